@@ -1,0 +1,945 @@
+//! The headless front end: `trainctl <command>`. Listings take `--json`; progress bars
+//! appear only on a TTY.
+//!
+//! Exit codes: 0 success; 1 error in trainctl itself (provider, store, IO);
+//! 2 bad usage or config; 3 the job failed; 4 the job was cancelled (budget included);
+//! 5 the job was lost with its machine.
+
+use crate::config::{ConfigError, Project, UserConfig};
+use crate::engine::{Engine, display_lines};
+use crate::metrics::LogParser;
+use crate::model::{JobState, Money, now_ms};
+use crate::provider::LaunchRequest;
+use crate::store::JobRecord;
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+use serde_json::json;
+use std::io::{IsTerminal, Read, Write};
+use std::path::{Path, PathBuf};
+
+pub const EXIT_OK: i32 = 0;
+pub const EXIT_ERROR: i32 = 1;
+pub const EXIT_USAGE: i32 = 2;
+pub const EXIT_JOB_FAILED: i32 = 3;
+pub const EXIT_JOB_CANCELLED: i32 = 4;
+pub const EXIT_JOB_LOST: i32 = 5;
+
+#[derive(Parser, Debug)]
+#[command(name = "trainctl", version, about = "Run ML training on rented machines, headless")]
+pub struct Cli {
+    /// User config file (default: confy's place, or $TRAINCTL_CONFIG).
+    #[arg(long, global = true, value_name = "PATH")]
+    pub config: Option<PathBuf>,
+    /// Machine-readable output: one JSON document (listings: an array).
+    #[arg(long, global = true)]
+    pub json: bool,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Launch an instance.
+    Launch {
+        #[arg(long)]
+        provider: Option<String>,
+        /// Instance type (the local provider has `local`).
+        #[arg(long = "type")]
+        instance_type: Option<String>,
+        #[arg(long)]
+        name: Option<String>,
+        #[arg(long)]
+        gpus: Option<u32>,
+        #[arg(long)]
+        spot: bool,
+        /// Override the hourly price in dollars (local provider's pretend price).
+        #[arg(long, value_name = "USD")]
+        hourly_usd: Option<String>,
+    },
+    /// List instances (live ones; `--all` for every one ever).
+    Ls {
+        #[arg(long)]
+        all: bool,
+    },
+    /// List jobs.
+    Jobs,
+    /// Launch if needed, sync, start, follow until done, pull artifacts.
+    Run {
+        /// Project directory or trainctl.toml (default: walk up from the current directory).
+        #[arg(long)]
+        project: Option<PathBuf>,
+        /// Run on this instance instead of launching one.
+        #[arg(long)]
+        instance: Option<String>,
+        #[arg(long)]
+        provider: Option<String>,
+        #[arg(long)]
+        name: Option<String>,
+        /// Terminate the instance when the job ends (after pulling artifacts).
+        #[arg(long)]
+        terminate_after: bool,
+        /// Start the job and return; follow later with `trainctl logs -f`.
+        #[arg(long)]
+        detach: bool,
+        /// Do not pull artifacts at the end.
+        #[arg(long)]
+        no_pull: bool,
+    },
+    /// Print a job's log (`-f` follows it until it ends).
+    Logs {
+        job: String,
+        #[arg(short, long)]
+        follow: bool,
+    },
+    /// Print the metric points parsed from a job's log.
+    Metrics {
+        job: String,
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// Cost per instance, per job, per day, total.
+    Cost,
+    /// Stop a job (SIGTERM, grace, SIGKILL) and wait for it to end.
+    Cancel {
+        job: String,
+        /// Return right after recording the request.
+        #[arg(long)]
+        no_wait: bool,
+    },
+    /// Pull a job's artifacts.
+    Pull {
+        job: String,
+        #[arg(long)]
+        to: Option<PathBuf>,
+    },
+    /// Terminate an instance (stops its jobs first) and confirm with the provider.
+    Terminate { instance: String },
+    /// Sync the project's code to an instance.
+    Sync {
+        #[arg(long)]
+        project: Option<PathBuf>,
+        #[arg(long)]
+        instance: Option<String>,
+        /// List what would move and what is excluded, move nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Print the metric points trainctl finds in a log file.
+    ParseLog { file: PathBuf },
+    /// The event history (state changes, budget, sync...), optionally of one job.
+    Events { job: Option<String> },
+    /// Configuration.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ConfigCommand {
+    /// Validate the user config and the project's trainctl.toml.
+    Check {
+        #[arg(long)]
+        project: Option<PathBuf>,
+    },
+    /// Print the path of the user config in effect.
+    Path,
+}
+
+/// An error that carries its exit code.
+#[derive(Debug)]
+pub struct Exit(pub i32);
+
+impl std::fmt::Display for Exit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "exit {}", self.0)
+    }
+}
+impl std::error::Error for Exit {}
+
+/// Run the CLI; returns the process exit code.
+pub async fn main(cli: Cli) -> i32 {
+    match run(cli).await {
+        Ok(code) => code,
+        Err(e) => {
+            if let Some(ce) = e.downcast_ref::<ConfigError>() {
+                eprintln!("error: {ce}");
+                return EXIT_USAGE;
+            }
+            eprintln!("error: {e:#}");
+            EXIT_ERROR
+        }
+    }
+}
+
+fn project_at(p: Option<&Path>) -> Result<Project> {
+    let start = match p {
+        Some(p) => p.to_path_buf(),
+        None => std::env::current_dir()?,
+    };
+    Ok(Project::discover(&start)?)
+}
+
+fn exit_for(state: JobState) -> i32 {
+    match state {
+        JobState::Succeeded => EXIT_OK,
+        JobState::Cancelled => EXIT_JOB_CANCELLED,
+        JobState::Lost => EXIT_JOB_LOST,
+        _ => EXIT_JOB_FAILED,
+    }
+}
+
+fn print_json(v: &serde_json::Value) {
+    println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
+}
+
+/// `1h02m`, `3m05s`, `12s`.
+pub fn fmt_duration(ms: i64) -> String {
+    let s = ms.max(0) / 1000;
+    if s >= 3600 {
+        format!("{}h{:02}m", s / 3600, (s % 3600) / 60)
+    } else if s >= 60 {
+        format!("{}m{:02}s", s / 60, s % 60)
+    } else {
+        format!("{s}s")
+    }
+}
+
+/// A JSON number, or a string for NaN and infinities (which JSON cannot hold).
+pub fn json_value(v: f64) -> serde_json::Value {
+    if v.is_finite() {
+        json!(v)
+    } else if v.is_nan() {
+        json!("NaN")
+    } else if v > 0.0 {
+        json!("inf")
+    } else {
+        json!("-inf")
+    }
+}
+
+/// Print rows as aligned columns.
+fn table(header: &[&str], rows: &[Vec<String>]) {
+    let mut w: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for r in rows {
+        for (i, c) in r.iter().enumerate() {
+            w[i] = w[i].max(c.chars().count());
+        }
+    }
+    let line = |cells: Vec<String>| {
+        let mut s = String::new();
+        for (i, c) in cells.iter().enumerate() {
+            if i + 1 == cells.len() {
+                s.push_str(c);
+            } else {
+                s.push_str(&format!("{c:<width$}  ", width = w[i]));
+            }
+        }
+        println!("{}", s.trim_end());
+    };
+    line(header.iter().map(|s| s.to_string()).collect());
+    for r in rows {
+        line(r.clone());
+    }
+}
+
+async fn run(cli: Cli) -> Result<i32> {
+    // Commands that need no engine first.
+    match &cli.command {
+        Command::ParseLog { file } => return parse_log(file, cli.json),
+        Command::Config {
+            command: ConfigCommand::Path,
+        } => {
+            println!("{}", UserConfig::resolve_path(cli.config.as_deref())?.display());
+            return Ok(EXIT_OK);
+        }
+        _ => {}
+    }
+    let (cfg, cfg_path) = UserConfig::load(cli.config.as_deref())?;
+    if let Command::Config {
+        command: ConfigCommand::Check { project },
+    } = &cli.command
+    {
+        let project = project_at(project.as_deref())?;
+        if cli.json {
+            print_json(&json!({"user_config": cfg_path, "project": project.file, "ok": true}));
+        } else {
+            println!("ok  {}", cfg_path.display());
+            println!("ok  {}", project.file.display());
+        }
+        return Ok(EXIT_OK);
+    }
+    let engine = Engine::open(cfg)?;
+    let json = cli.json;
+    match cli.command {
+        Command::Launch {
+            provider,
+            instance_type,
+            name,
+            gpus,
+            spot,
+            hourly_usd,
+        } => {
+            let hourly = match hourly_usd {
+                Some(s) => Some(
+                    Money::from_dollars_str(&s)
+                        .with_context(|| format!("--hourly-usd `{s}` is not a dollar amount"))?,
+                ),
+                None => None,
+            };
+            let provider = provider.unwrap_or_else(|| engine.config().default_provider.clone());
+            let req = LaunchRequest {
+                name,
+                instance_type,
+                gpus,
+                spot,
+                hourly,
+            };
+            let inst = engine.launch(&provider, &req).await?;
+            if json {
+                print_json(&serde_json::to_value(&inst)?);
+            } else {
+                println!("{}", inst.id);
+            }
+            Ok(EXIT_OK)
+        }
+        Command::Ls { all } => ls(&engine, all, json).await,
+        Command::Jobs => jobs(&engine, json).await,
+        Command::Run {
+            project,
+            instance,
+            provider,
+            name,
+            terminate_after,
+            detach,
+            no_pull,
+        } => {
+            let opts = RunOpts {
+                project,
+                instance,
+                provider,
+                name,
+                terminate_after,
+                detach,
+                no_pull,
+            };
+            run_job(&engine, opts, json).await
+        }
+        Command::Logs { job, follow } => logs(&engine, &job, follow).await,
+        Command::Metrics { job, name } => metrics(&engine, &job, name.as_deref(), json).await,
+        Command::Cost => cost(&engine, json).await,
+        Command::Cancel { job, no_wait } => {
+            let j = engine.cancel(&job, "cancelled by the user").await?;
+            if j.state.is_terminal() {
+                eprintln!("{} already {}", j.id, j.state);
+                return Ok(exit_for(j.state));
+            }
+            if no_wait {
+                println!("{} cancel requested", j.id);
+                return Ok(EXIT_OK);
+            }
+            let state = engine.follow_job(&j.id, |_| {}).await?;
+            println!("{} {}", j.id, state);
+            Ok(if state == JobState::Cancelled { EXIT_OK } else { exit_for(state) })
+        }
+        Command::Pull { job, to } => {
+            let report = engine.pull(&job, to.as_deref()).await?;
+            print_pull(&report, json);
+            Ok(EXIT_OK)
+        }
+        Command::Terminate { instance } => {
+            let inst = engine.terminate(&instance, "terminated by the user").await?;
+            let c = crate::cost::instance_cost(&inst, now_ms());
+            if json {
+                print_json(&json!({"id": inst.id, "state": inst.state, "cost_micros": c.0}));
+            } else {
+                println!("{} {} (cost {c})", inst.id, inst.state);
+            }
+            Ok(EXIT_OK)
+        }
+        Command::Sync {
+            project,
+            instance,
+            dry_run,
+        } => sync(&engine, project.as_deref(), instance.as_deref(), dry_run, json).await,
+        Command::Events { job } => {
+            let job_id = match job {
+                Some(k) => Some(engine.store().find_job(&k)?.id),
+                None => None,
+            };
+            let events = engine.store().events(job_id.as_deref(), None)?;
+            if json {
+                print_json(&serde_json::to_value(&events)?);
+            } else {
+                for e in events {
+                    println!(
+                        "{}  {:<22} {:<14} {:<14} {}",
+                        e.ts_ms,
+                        e.kind,
+                        e.instance_id.unwrap_or_default(),
+                        e.job_id.unwrap_or_default(),
+                        e.message
+                    );
+                }
+            }
+            Ok(EXIT_OK)
+        }
+        Command::ParseLog { .. } | Command::Config { .. } => Ok(EXIT_OK),
+    }
+}
+
+async fn ls(engine: &Engine, all: bool, json: bool) -> Result<i32> {
+    engine.reconcile_instances().await?;
+    let insts = engine.store().instances(all)?;
+    let orphans = engine.orphans().await?;
+    let now = now_ms();
+    if json {
+        let mut v: Vec<serde_json::Value> = insts
+            .iter()
+            .map(|i| {
+                let mut o = serde_json::to_value(i).unwrap_or_default();
+                o["cost_micros"] = json!(crate::cost::instance_cost(i, now).0);
+                o["orphan"] = json!(false);
+                o
+            })
+            .collect();
+        for (p, id) in &orphans {
+            v.push(json!({"id": id, "provider": p, "orphan": true}));
+        }
+        print_json(&json!(v));
+        return Ok(EXIT_OK);
+    }
+    let rows: Vec<Vec<String>> = insts
+        .iter()
+        .map(|i| {
+            let up = crate::cost::billed_interval(i, now).map_or(0, |(s, e)| e - s);
+            vec![
+                i.id.clone(),
+                i.name.clone(),
+                i.provider.clone(),
+                i.instance_type.clone(),
+                i.state.to_string(),
+                if i.spot { "spot" } else { "on-demand" }.into(),
+                fmt_duration(up),
+                i.hourly.to_string(),
+                crate::cost::instance_cost(i, now).to_string(),
+            ]
+        })
+        .collect();
+    table(
+        &["ID", "NAME", "PROVIDER", "TYPE", "STATE", "MARKET", "UPTIME", "$/H", "COST"],
+        &rows,
+    );
+    for (p, id) in &orphans {
+        println!("ORPHAN  {id} on {p}: the provider holds it but the store does not know it; `trainctl terminate` cannot see it, remove it by hand");
+    }
+    Ok(EXIT_OK)
+}
+
+async fn jobs(engine: &Engine, json: bool) -> Result<i32> {
+    engine.reconcile_jobs().await?;
+    let report = engine.cost_report()?;
+    let jobs = engine.store().jobs()?;
+    let now = now_ms();
+    let mut rows = Vec::new();
+    let mut out = Vec::new();
+    for j in &jobs {
+        let jc = report.jobs.iter().find(|c| c.id == j.id);
+        let att = engine.store().attempts(&j.id)?.pop();
+        let off = match &att {
+            Some(a) => Some(engine.store().log_offset(&j.id, a.attempt)?),
+            None => None,
+        };
+        let progress = off.as_ref().map(|o| o.progress).unwrap_or_default();
+        let elapsed = j.started_ms.map(|s| j.ended_ms.unwrap_or(now) - s);
+        if json {
+            out.push(json!({
+                "id": j.id, "name": j.name, "state": j.state, "instance_id": j.instance_id,
+                "exit_code": j.exit_code, "reason": j.reason, "progress": progress,
+                "elapsed_ms": elapsed, "cost_micros": jc.map(|c| c.cost_micros),
+                "eta_ms": jc.and_then(|c| c.eta_ms),
+                "projected_micros": jc.and_then(|c| c.projected_micros),
+            }));
+        } else {
+            rows.push(vec![
+                j.id.clone(),
+                j.name.clone(),
+                j.instance_id.clone().unwrap_or_default(),
+                j.state.to_string(),
+                progress_text(&progress),
+                elapsed.map_or("-".into(), fmt_duration),
+                jc.and_then(|c| c.eta_ms).map_or("-".into(), fmt_duration),
+                jc.map_or("-".into(), |c| Money(c.cost_micros).to_string()),
+            ]);
+        }
+    }
+    if json {
+        print_json(&json!(out));
+    } else {
+        table(
+            &["ID", "NAME", "INSTANCE", "STATE", "PROGRESS", "ELAPSED", "ETA", "COST"],
+            &rows,
+        );
+    }
+    Ok(EXIT_OK)
+}
+
+fn progress_text(p: &crate::model::Progress) -> String {
+    let mut parts = Vec::new();
+    if let Some(e) = p.epoch {
+        parts.push(match p.epochs_total {
+            Some(t) => format!("epoch {e}/{t}"),
+            None => format!("epoch {e}"),
+        });
+    }
+    if let Some(s) = p.step {
+        parts.push(match p.steps_total {
+            Some(t) => format!("step {s}/{t}"),
+            None => format!("step {s}"),
+        });
+    }
+    if parts.is_empty() {
+        "-".into()
+    } else {
+        parts.join(" ")
+    }
+}
+
+struct RunOpts {
+    project: Option<PathBuf>,
+    instance: Option<String>,
+    provider: Option<String>,
+    name: Option<String>,
+    terminate_after: bool,
+    detach: bool,
+    no_pull: bool,
+}
+
+/// Prints a job's stored log as it grows, from where it last stopped.
+struct LogPrinter {
+    job_id: String,
+    attempt: i64,
+    printed: u64,
+}
+
+impl LogPrinter {
+    fn new(job_id: &str) -> Self {
+        LogPrinter {
+            job_id: job_id.into(),
+            attempt: 1,
+            printed: 0,
+        }
+    }
+
+    /// New complete lines since the last call (every attempt, in order).
+    fn take_new(&mut self, engine: &Engine) -> Result<Vec<String>> {
+        let attempts = engine.store().attempts(&self.job_id)?;
+        let mut lines = Vec::new();
+        let from = self.attempt;
+        for a in attempts.iter().filter(|a| a.attempt >= from) {
+            if a.attempt > self.attempt {
+                self.attempt = a.attempt;
+                self.printed = 0;
+            }
+            let off = engine.store().log_offset(&self.job_id, a.attempt)?;
+            let bytes = engine.read_local_log(&self.job_id, a.attempt, self.printed, off.byte_offset)?;
+            // Print only up to the last newline; the rest waits for its end.
+            let mut upto = bytes.iter().rposition(|&b| b == b'\n').map_or(0, |p| p + 1);
+            let ended = engine
+                .store()
+                .job(&self.job_id)?
+                .is_some_and(|j| j.state.is_terminal());
+            if ended {
+                upto = bytes.len();
+            }
+            lines.extend(display_lines(&bytes[..upto]));
+            self.printed += upto as u64;
+        }
+        Ok(lines)
+    }
+}
+
+fn status_line(engine: &Engine, job_id: &str) -> String {
+    let store = engine.store();
+    let Ok(Some(j)) = store.job(job_id) else {
+        return String::new();
+    };
+    let mut s = format!("{} {}", j.id, j.state);
+    if let Ok(Some(a)) = store.attempts(job_id).map(|mut v| v.pop())
+        && let Ok(off) = store.log_offset(job_id, a.attempt)
+    {
+        let p = progress_text(&off.progress);
+        if p != "-" {
+            s.push_str(&format!("  {p}"));
+        }
+        if let Some(eta) = crate::cost::job_eta(&j, &off, now_ms()) {
+            s.push_str(&format!("  eta {}", fmt_duration(eta)));
+        }
+    }
+    drop(store);
+    if let Ok(r) = engine.cost_report()
+        && let Some(c) = r.jobs.iter().find(|c| c.id == job_id)
+    {
+        s.push_str(&format!("  {}", Money(c.cost_micros)));
+    }
+    s
+}
+
+/// Follow a job, printing its log; a progress spinner on a TTY.
+async fn follow_printing(engine: &Engine, job: &JobRecord) -> Result<JobState> {
+    let mut printer = LogPrinter::new(&job.id);
+    let bar = if std::io::stderr().is_terminal() {
+        let pb = indicatif::ProgressBar::new_spinner();
+        pb.set_style(
+            indicatif::ProgressStyle::with_template("{spinner} {msg}")
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
+        );
+        pb.enable_steady_tick(std::time::Duration::from_millis(200));
+        Some(pb)
+    } else {
+        None
+    };
+    let job_id = job.id.clone();
+    let follow = engine.follow_job(&job.id, |e| {
+        let lines = printer.take_new(e).unwrap_or_default();
+        match &bar {
+            Some(pb) => {
+                for l in lines {
+                    pb.println(l);
+                }
+                pb.set_message(status_line(e, &job_id));
+            }
+            None => {
+                let mut out = std::io::stdout().lock();
+                for l in lines {
+                    let _ = writeln!(out, "{l}");
+                }
+            }
+        }
+    });
+    tokio::pin!(follow);
+    let state = tokio::select! {
+        r = &mut follow => r?,
+        _ = tokio::signal::ctrl_c() => {
+            if let Some(pb) = &bar { pb.finish_and_clear(); }
+            eprintln!("detached; {} keeps running. Follow it with `trainctl logs -f {}`, stop it with `trainctl cancel {}`", job.id, job.id, job.id);
+            return Err(Exit(EXIT_OK).into());
+        }
+    };
+    if let Some(pb) = &bar {
+        pb.finish_and_clear();
+    }
+    Ok(state)
+}
+
+async fn run_job(engine: &Engine, o: RunOpts, json: bool) -> Result<i32> {
+    let project = project_at(o.project.as_deref())?;
+    let inst = match &o.instance {
+        Some(key) => {
+            let i = engine.store().find_instance(key)?;
+            if !i.state.is_live() {
+                bail!("instance {} is {}", i.id, i.state);
+            }
+            i
+        }
+        None => {
+            let provider = o
+                .provider
+                .clone()
+                .unwrap_or_else(|| engine.config().default_provider.clone());
+            let r = &project.config.resources;
+            let req = LaunchRequest {
+                name: Some(format!("{}-{}", project.name(), &crate::model::new_id("x")[2..])),
+                instance_type: r.instance_type.clone(),
+                gpus: r.gpus,
+                spot: r.spot.unwrap_or(false),
+                hourly: None,
+            };
+            let i = engine.launch(&provider, &req).await?;
+            eprintln!("launched {} on {provider}", i.id);
+            i
+        }
+    };
+    let job = engine.create_job(&project, &inst.id, o.name.as_deref())?;
+    eprintln!("job {} on {}", job.id, inst.id);
+    let started = engine.start_job(&job.id).await;
+    if let Err(e) = started {
+        if o.terminate_after {
+            engine.terminate(&inst.id, "run failed to start").await?;
+        }
+        return Err(e);
+    }
+    if o.detach {
+        if json {
+            print_json(&json!({"job_id": job.id, "instance_id": inst.id}));
+        } else {
+            println!("{}", job.id);
+        }
+        return Ok(EXIT_OK);
+    }
+    let state = match follow_printing(engine, &job).await {
+        Ok(s) => s,
+        Err(e) => {
+            if let Some(Exit(code)) = e.downcast_ref::<Exit>() {
+                return Ok(*code);
+            }
+            return Err(e);
+        }
+    };
+    let mut report = None;
+    let inst_now = engine.store().instance(&inst.id)?;
+    let inst_live = inst_now.is_some_and(|i| i.state.is_live());
+    if !o.no_pull && !project.config.artifacts.is_empty() && inst_live {
+        match engine.pull(&job.id, None).await {
+            Ok(r) => {
+                if !json {
+                    print_pull(&r, false);
+                }
+                report = Some(r);
+            }
+            Err(e) => eprintln!("warning: pulling artifacts failed: {e:#}"),
+        }
+    }
+    if o.terminate_after && inst_live {
+        let t = engine.terminate(&inst.id, "run --terminate-after").await?;
+        eprintln!("terminated {}", t.id);
+    }
+    let final_job = engine.store().job(&job.id)?.context("job vanished")?;
+    let cost = engine
+        .cost_report()?
+        .jobs
+        .into_iter()
+        .find(|c| c.id == job.id)
+        .map_or(0, |c| c.cost_micros);
+    if json {
+        print_json(&json!({
+            "job_id": job.id, "instance_id": inst.id, "state": state,
+            "exit_code": final_job.exit_code, "reason": final_job.reason,
+            "cost_micros": cost, "artifacts": report.map(|r| r.pulled),
+        }));
+    } else {
+        eprintln!(
+            "job {} {} ({}), cost {}",
+            job.id,
+            state,
+            final_job.reason.unwrap_or_default(),
+            Money(cost)
+        );
+    }
+    Ok(exit_for(state))
+}
+
+fn print_pull(report: &crate::job::artifacts::PullReport, json: bool) {
+    if json {
+        print_json(&serde_json::to_value(report).unwrap_or_default());
+        return;
+    }
+    for p in &report.pulled {
+        println!("pulled {} ({} bytes, blake3 {}) -> {}", p.path, p.size, &p.blake3[..16], p.local_path);
+    }
+    for u in &report.unmatched {
+        eprintln!("warning: no artifact matched {u}");
+    }
+}
+
+async fn logs(engine: &Engine, key: &str, follow: bool) -> Result<i32> {
+    let job = engine.store().find_job(key)?;
+    if !follow {
+        // Catch up once so the log is current, then print what is stored.
+        if !job.state.is_terminal()
+            && let Err(e) = engine.poll_job(&job.id).await
+        {
+            eprintln!("warning: could not reach the job's machine: {e:#}");
+        }
+        let bytes = engine.stored_log(&job.id)?;
+        let mut out = std::io::stdout().lock();
+        for l in display_lines(&bytes) {
+            writeln!(out, "{l}")?;
+        }
+        return Ok(EXIT_OK);
+    }
+    match follow_printing(engine, &job).await {
+        Ok(state) => Ok(exit_for(state)),
+        Err(e) => match e.downcast_ref::<Exit>() {
+            Some(Exit(c)) => Ok(*c),
+            None => Err(e),
+        },
+    }
+}
+
+async fn metrics(engine: &Engine, key: &str, name: Option<&str>, json: bool) -> Result<i32> {
+    let job = engine.store().find_job(key)?;
+    if !job.state.is_terminal() {
+        let _ = engine.poll_job(&job.id).await;
+    }
+    let points = engine.store().metrics(&job.id, name)?;
+    if json {
+        let v: Vec<_> = points
+            .iter()
+            .map(|p| json!({"name": p.name, "value": json_value(p.value), "step": p.step, "epoch": p.epoch, "line": p.line}))
+            .collect();
+        print_json(&json!(v));
+    } else {
+        let rows: Vec<Vec<String>> = points
+            .iter()
+            .map(|p| {
+                vec![
+                    p.line.to_string(),
+                    p.step.map_or("-".into(), |s| s.to_string()),
+                    p.epoch.map_or("-".into(), |e| e.to_string()),
+                    p.name.clone(),
+                    p.value.to_string(),
+                ]
+            })
+            .collect();
+        table(&["LINE", "STEP", "EPOCH", "NAME", "VALUE"], &rows);
+    }
+    Ok(EXIT_OK)
+}
+
+async fn cost(engine: &Engine, json: bool) -> Result<i32> {
+    engine.reconcile_instances().await?;
+    let r = engine.cost_report()?;
+    if json {
+        print_json(&serde_json::to_value(&r)?);
+        return Ok(EXIT_OK);
+    }
+    println!("total {}   today {}   burn {}/h", Money(r.total_micros), Money(r.today_micros), Money(r.burn_rate_micros_per_hour));
+    let b = &engine.config().budget;
+    if let Some(l) = b.per_day() {
+        println!("budget per day {l}, left today {}", Money(l.0 - r.today_micros));
+    }
+    if let Some(l) = b.per_job() {
+        println!("budget per job {l}");
+    }
+    println!();
+    table(
+        &["INSTANCE", "NAME", "STATE", "$/H", "COST"],
+        &r.instances
+            .iter()
+            .map(|i| {
+                vec![
+                    i.id.clone(),
+                    i.name.clone(),
+                    i.state.clone(),
+                    Money(i.hourly_micros).to_string(),
+                    Money(i.cost_micros).to_string(),
+                ]
+            })
+            .collect::<Vec<_>>(),
+    );
+    println!();
+    table(
+        &["JOB", "NAME", "STATE", "COST", "ETA", "PROJECTED"],
+        &r.jobs
+            .iter()
+            .map(|j| {
+                vec![
+                    j.id.clone(),
+                    j.name.clone(),
+                    j.state.clone(),
+                    Money(j.cost_micros).to_string(),
+                    j.eta_ms.map_or("-".into(), fmt_duration),
+                    j.projected_micros.map_or("-".into(), |m| Money(m).to_string()),
+                ]
+            })
+            .collect::<Vec<_>>(),
+    );
+    println!();
+    table(
+        &["DAY (UTC)", "COST"],
+        &r.days
+            .iter()
+            .map(|(d, c)| vec![d.clone(), Money(*c).to_string()])
+            .collect::<Vec<_>>(),
+    );
+    Ok(EXIT_OK)
+}
+
+async fn sync(engine: &Engine, project: Option<&Path>, instance: Option<&str>, dry_run: bool, json: bool) -> Result<i32> {
+    let project = project_at(project)?;
+    let inst_key = match instance {
+        Some(k) => k.to_string(),
+        None => {
+            let live = engine.store().instances(false)?;
+            match live.as_slice() {
+                [one] => one.id.clone(),
+                [] => bail!("no live instance; `trainctl launch` one or give --instance"),
+                _ => bail!("{} live instances; choose one with --instance", live.len()),
+            }
+        }
+    };
+    let plan = engine.sync_project(&project, &inst_key, dry_run).await?;
+    let root = project.root.clone();
+    let excludes = project.config.sync.exclude.clone();
+    let excluded = tokio::task::spawn_blocking(move || crate::job::sync::excluded(&root, &excludes)).await??;
+    if json {
+        print_json(&json!({
+            "dry_run": dry_run, "upload": plan.upload, "links": plan.links, "delete": plan.delete,
+            "unchanged": plan.unchanged, "upload_bytes": plan.upload_bytes, "excluded": excluded,
+        }));
+        return Ok(EXIT_OK);
+    }
+    let verb = if dry_run { "would copy" } else { "copied" };
+    for p in &plan.upload {
+        println!("{verb:<12} {p}");
+    }
+    for (p, t) in &plan.links {
+        println!("{:<12} {p} -> {t}", if dry_run { "would link" } else { "linked" });
+    }
+    for p in &plan.delete {
+        println!("{:<12} {p}", if dry_run { "would delete" } else { "deleted" });
+    }
+    for e in &excluded {
+        println!("{:<12} {} ({})", "excluded", e.path, e.reason);
+    }
+    println!(
+        "{} to copy ({} bytes), {} to delete, {} unchanged, {} excluded",
+        plan.upload.len() + plan.links.len(),
+        plan.upload_bytes,
+        plan.delete.len(),
+        plan.unchanged,
+        excluded.len()
+    );
+    Ok(EXIT_OK)
+}
+
+fn parse_log(file: &Path, json: bool) -> Result<i32> {
+    let mut f = std::fs::File::open(file).with_context(|| format!("opening {}", file.display()))?;
+    let mut parser = LogParser::new();
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    let mut buf = vec![0u8; 1 << 20];
+    let emit = |p: crate::metrics::PointRef<'_>, out: &mut dyn Write| {
+        let _ = if json {
+            writeln!(
+                out,
+                "{}",
+                json!({"name": p.name, "value": json_value(p.value), "step": p.step, "epoch": p.epoch, "line": p.line})
+            )
+        } else {
+            writeln!(
+                out,
+                "{:>7}  {:<24} {:>14}  step={} epoch={}",
+                p.line,
+                p.name,
+                p.value,
+                p.step.map_or("-".into(), |s| s.to_string()),
+                p.epoch.map_or("-".into(), |e| e.to_string())
+            )
+        };
+    };
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        parser.feed(&buf[..n], &mut |p| emit(p, &mut out));
+    }
+    parser.finish(&mut |p| emit(p, &mut out));
+    out.flush()?;
+    if !json {
+        let p = parser.progress();
+        eprintln!("progress: {}", progress_text(&p));
+    }
+    Ok(EXIT_OK)
+}

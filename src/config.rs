@@ -1,0 +1,462 @@
+//! User config (confy's place, `--config` / `TRAINCTL_CONFIG` override) and the per-project
+//! `trainctl.toml`. Both refuse unknown keys and type errors with `file:line:col: message`.
+
+use crate::model::Money;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+pub const APP: &str = "trainctl";
+pub const PROJECT_FILE: &str = "trainctl.toml";
+
+/// A config error a user can act on: where it is and what is wrong.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ConfigError {
+    pub path: PathBuf,
+    /// 1-based; 0 when the error is about the whole file (unreadable, missing).
+    pub line: usize,
+    pub col: usize,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.line > 0 {
+            write!(
+                f,
+                "{}:{}:{}: {}",
+                self.path.display(),
+                self.line,
+                self.col,
+                self.message
+            )
+        } else {
+            write!(f, "{}: {}", self.path.display(), self.message)
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// 1-based line and column (in characters) of a byte offset.
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let offset = offset.min(text.len());
+    let before = &text[..text.floor_char_boundary(offset)];
+    let line = before.matches('\n').count() + 1;
+    let col = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    (line, col)
+}
+
+/// Parse TOML text into `T`, mapping any error to a precise location in `path`.
+pub fn parse_toml<T: serde::de::DeserializeOwned>(path: &Path, text: &str) -> Result<T, ConfigError> {
+    toml::from_str::<T>(text).map_err(|e| {
+        let (line, col) = e.span().map_or((1, 1), |s| line_col(text, s.start));
+        ConfigError {
+            path: path.to_path_buf(),
+            line,
+            col,
+            message: e.message().trim().to_string(),
+        }
+    })
+}
+
+fn read_file(path: &Path) -> Result<String, ConfigError> {
+    std::fs::read_to_string(path).map_err(|e| ConfigError {
+        path: path.to_path_buf(),
+        line: 0,
+        col: 0,
+        message: format!("cannot read: {e}"),
+    })
+}
+
+// ---------------------------------------------------------------- user config
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct UserConfig {
+    /// Provider used when a command does not name one.
+    pub default_provider: String,
+    /// Where the store, logs and sandboxes live. Default: `$XDG_DATA_HOME/trainctl`.
+    pub data_dir: Option<PathBuf>,
+    pub budget: BudgetConfig,
+    pub providers: ProvidersConfig,
+    /// Seconds between SIGTERM and SIGKILL when a job is stopped.
+    pub stop_grace_seconds: u64,
+    /// How often a followed job's log and status are polled, in milliseconds.
+    pub poll_interval_ms: u64,
+}
+
+impl Default for UserConfig {
+    fn default() -> Self {
+        UserConfig {
+            default_provider: "local".into(),
+            data_dir: None,
+            budget: BudgetConfig::default(),
+            providers: ProvidersConfig::default(),
+            stop_grace_seconds: 10,
+            poll_interval_ms: 250,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct BudgetConfig {
+    /// Stop a job whose cost (all attempts) passes this many dollars.
+    pub per_job_usd: Option<f64>,
+    /// Stop jobs when today's (UTC) spend across all instances passes this many dollars.
+    pub per_day_usd: Option<f64>,
+}
+
+impl BudgetConfig {
+    pub fn per_job(&self) -> Option<Money> {
+        self.per_job_usd.map(Money::from_dollars_f64)
+    }
+    pub fn per_day(&self) -> Option<Money> {
+        self.per_day_usd.map(Money::from_dollars_f64)
+    }
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProvidersConfig {
+    pub local: LocalProviderConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct LocalProviderConfig {
+    /// Price the local sandbox pretends to cost, so cost accounting can be exercised.
+    pub hourly_usd: f64,
+    /// How many sandboxes may exist at once.
+    pub max_instances: u32,
+}
+
+impl Default for LocalProviderConfig {
+    fn default() -> Self {
+        LocalProviderConfig {
+            hourly_usd: 0.0,
+            max_instances: 16,
+        }
+    }
+}
+
+impl UserConfig {
+    /// The config file in effect: `--config`, then `TRAINCTL_CONFIG`, then confy's default place.
+    pub fn resolve_path(explicit: Option<&Path>) -> Result<PathBuf, ConfigError> {
+        if let Some(p) = explicit {
+            return Ok(p.to_path_buf());
+        }
+        if let Some(p) = std::env::var_os("TRAINCTL_CONFIG").filter(|p| !p.is_empty()) {
+            return Ok(PathBuf::from(p));
+        }
+        confy::get_configuration_file_path(APP, "config").map_err(|e| ConfigError {
+            path: PathBuf::from("<config>"),
+            line: 0,
+            col: 0,
+            message: format!("cannot find the user config directory: {e}"),
+        })
+    }
+
+    /// Load the user config. A missing file at confy's default place is created with the
+    /// defaults (confy's behaviour); a missing explicit file is an error.
+    pub fn load(explicit: Option<&Path>) -> Result<(UserConfig, PathBuf), ConfigError> {
+        let path = Self::resolve_path(explicit)?;
+        let is_explicit = explicit.is_some() || std::env::var_os("TRAINCTL_CONFIG").is_some();
+        if !path.exists() {
+            if is_explicit {
+                return Err(ConfigError {
+                    path,
+                    line: 0,
+                    col: 0,
+                    message: "no such config file".into(),
+                });
+            }
+            let cfg = UserConfig::default();
+            // Creating the default file is a convenience; a read-only home is not an error.
+            let _ = confy::store_path(&path, &cfg);
+            return Ok((cfg, path));
+        }
+        let text = read_file(&path)?;
+        let cfg: UserConfig = parse_toml(&path, &text)?;
+        cfg.validate(&path, &text)?;
+        Ok((cfg, path))
+    }
+
+    fn validate(&self, path: &Path, text: &str) -> Result<(), ConfigError> {
+        let at = |key: &str, message: String| {
+            let (line, col) = text
+                .find(key)
+                .map_or((1, 1), |off| line_col(text, off));
+            ConfigError {
+                path: path.to_path_buf(),
+                line,
+                col,
+                message,
+            }
+        };
+        if self.default_provider != "local" {
+            return Err(at(
+                "default_provider",
+                format!(
+                    "unknown provider `{}` (known: local)",
+                    self.default_provider
+                ),
+            ));
+        }
+        for (key, v) in [
+            ("per_job_usd", self.budget.per_job_usd),
+            ("per_day_usd", self.budget.per_day_usd),
+            ("hourly_usd", Some(self.providers.local.hourly_usd)),
+        ] {
+            if let Some(v) = v
+                && (!v.is_finite() || v < 0.0)
+            {
+                return Err(at(key, format!("`{key}` must be a non-negative number of dollars")));
+            }
+        }
+        Ok(())
+    }
+
+    /// The data directory: config, then `$XDG_DATA_HOME/trainctl`, then `~/.local/share/trainctl`.
+    pub fn data_dir(&self) -> PathBuf {
+        if let Some(d) = &self.data_dir {
+            return d.clone();
+        }
+        if let Some(x) = std::env::var_os("XDG_DATA_HOME").filter(|x| !x.is_empty()) {
+            return PathBuf::from(x).join(APP);
+        }
+        let home = std::env::var_os("HOME").map_or_else(|| PathBuf::from("."), PathBuf::from);
+        home.join(".local/share").join(APP)
+    }
+}
+
+// ------------------------------------------------------------- project config
+
+/// `trainctl.toml`: what to run and what to move.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(deny_unknown_fields)]
+pub struct ProjectConfig {
+    /// Project name; defaults to the directory holding `trainctl.toml`.
+    pub name: Option<String>,
+    /// The training command, run by `sh -c` in `workdir`.
+    pub command: String,
+    /// Where the command runs, relative to the project root. Default `.`.
+    #[serde(default)]
+    pub workdir: Option<String>,
+    #[serde(default)]
+    pub sync: SyncConfig,
+    /// Files to pull after the run. Each entry is a glob, or a list of globs tried in order
+    /// (the first that matches anything wins): `[["best.pt", "last.pt"], "logs/*.csv"]`.
+    #[serde(default)]
+    pub artifacts: Vec<ArtifactRule>,
+    /// Checkpoint directory relative to the workdir; exported as `TRAINCTL_CHECKPOINT_DIR`.
+    #[serde(default)]
+    pub checkpoints: Option<String>,
+    #[serde(default)]
+    pub resources: Resources,
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct SyncConfig {
+    /// Gitignore-style patterns excluded on top of `.gitignore`.
+    pub exclude: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(untagged)]
+pub enum ArtifactRule {
+    One(String),
+    FirstOf(Vec<String>),
+}
+
+impl ArtifactRule {
+    pub fn patterns(&self) -> Vec<&str> {
+        match self {
+            ArtifactRule::One(p) => vec![p.as_str()],
+            ArtifactRule::FirstOf(v) => v.iter().map(String::as_str).collect(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct Resources {
+    pub instance_type: Option<String>,
+    pub gpus: Option<u32>,
+    pub spot: Option<bool>,
+}
+
+/// A loaded project: its config and the root directory (the one holding `trainctl.toml`).
+#[derive(Debug, Clone)]
+pub struct Project {
+    pub root: PathBuf,
+    pub file: PathBuf,
+    pub config: ProjectConfig,
+}
+
+impl Project {
+    /// Walk up from `start` to the first directory holding `trainctl.toml`.
+    pub fn find(start: &Path) -> Option<PathBuf> {
+        let start = std::fs::canonicalize(start).unwrap_or_else(|_| start.to_path_buf());
+        start
+            .ancestors()
+            .map(|d| d.join(PROJECT_FILE))
+            .find(|f| f.is_file())
+    }
+
+    pub fn load(file: &Path) -> Result<Project, ConfigError> {
+        let text = read_file(file)?;
+        let config: ProjectConfig = parse_toml(file, &text)?;
+        let file = std::fs::canonicalize(file).unwrap_or_else(|_| file.to_path_buf());
+        let root = file.parent().unwrap_or(Path::new(".")).to_path_buf();
+        let p = Project { root, file, config };
+        p.validate(&text)?;
+        Ok(p)
+    }
+
+    /// Find and load the project for `start` (a directory or a `trainctl.toml` path).
+    pub fn discover(start: &Path) -> Result<Project, ConfigError> {
+        if start.is_file() {
+            return Self::load(start);
+        }
+        match Self::find(start) {
+            Some(f) => Self::load(&f),
+            None => Err(ConfigError {
+                path: start.to_path_buf(),
+                line: 0,
+                col: 0,
+                message: format!("no {PROJECT_FILE} here or in any parent directory"),
+            }),
+        }
+    }
+
+    fn validate(&self, text: &str) -> Result<(), ConfigError> {
+        let err_at = |needle: &str, message: String| {
+            let (line, col) = text.find(needle).map_or((1, 1), |o| line_col(text, o));
+            ConfigError {
+                path: self.file.clone(),
+                line,
+                col,
+                message,
+            }
+        };
+        if self.config.command.trim().is_empty() {
+            return Err(err_at("command", "`command` must not be empty".into()));
+        }
+        for (key, rel) in [
+            ("workdir", self.config.workdir.as_deref()),
+            ("checkpoints", self.config.checkpoints.as_deref()),
+        ] {
+            if let Some(rel) = rel
+                && !is_safe_relative(rel)
+            {
+                return Err(err_at(
+                    key,
+                    format!("`{key}` must be a relative path inside the project, not `{rel}`"),
+                ));
+            }
+        }
+        for rule in &self.config.artifacts {
+            for pat in rule.patterns() {
+                if let Err(e) = globset::Glob::new(pat) {
+                    return Err(err_at(pat, format!("bad artifact pattern `{pat}`: {e}")));
+                }
+                if !is_safe_relative(pat.trim_start_matches("**/")) {
+                    return Err(err_at(pat, format!("artifact pattern `{pat}` leaves the workdir")));
+                }
+            }
+        }
+        for key in self.config.env.keys() {
+            let ok = !key.is_empty()
+                && !key.starts_with(|c: char| c.is_ascii_digit())
+                && key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+            if !ok {
+                return Err(err_at(key, format!("`{key}` is not a valid environment variable name")));
+            }
+        }
+        Ok(())
+    }
+
+    pub fn name(&self) -> String {
+        let raw = self.config.name.clone().unwrap_or_else(|| {
+            self.root
+                .file_name()
+                .map_or_else(|| "project".into(), |n| n.to_string_lossy().into_owned())
+        });
+        // The name becomes a remote directory: keep it to a safe alphabet.
+        let clean: String = raw
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.' { c } else { '_' })
+            .collect();
+        if clean.is_empty() || clean.starts_with('.') { format!("p{clean}") } else { clean }
+    }
+
+    pub fn workdir(&self) -> &str {
+        self.config.workdir.as_deref().unwrap_or(".")
+    }
+}
+
+/// A relative path that cannot climb out of its base: no root, no `..`.
+pub fn is_safe_relative(p: &str) -> bool {
+    let path = Path::new(p);
+    !p.is_empty()
+        && path.components().all(|c| {
+            matches!(
+                c,
+                std::path::Component::Normal(_) | std::path::Component::CurDir
+            )
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse_project(text: &str) -> Result<ProjectConfig, ConfigError> {
+        parse_toml(Path::new("trainctl.toml"), text)
+    }
+
+    #[test]
+    fn unknown_key_is_located() {
+        let e = parse_project("command = \"x\"\nbogus = 1\n").unwrap_err();
+        assert_eq!((e.line, e.col), (2, 1));
+        assert!(e.message.contains("bogus"), "{e}");
+        assert!(e.to_string().starts_with("trainctl.toml:2:1:"), "{e}");
+    }
+
+    #[test]
+    fn type_error_is_located() {
+        let e = parse_project("command = \"x\"\n[resources]\ngpus = \"many\"\n").unwrap_err();
+        assert_eq!(e.line, 3, "{e}");
+        assert_eq!(e.col, 8, "{e}");
+    }
+
+    #[test]
+    fn artifacts_accept_fallback_lists() {
+        let c = parse_project("command = \"x\"\nartifacts = [[\"best.pt\", \"last.pt\"], \"m.json\"]\n")
+            .unwrap();
+        assert_eq!(c.artifacts[0].patterns(), vec!["best.pt", "last.pt"]);
+        assert_eq!(c.artifacts[1].patterns(), vec!["m.json"]);
+    }
+
+    #[test]
+    fn user_config_rejects_unknown_nested_key() {
+        let e = parse_toml::<UserConfig>(Path::new("c.toml"), "[budget]\nper_jb_usd = 1.0\n")
+            .unwrap_err();
+        assert_eq!(e.line, 2);
+    }
+
+    #[test]
+    fn safe_relative() {
+        assert!(is_safe_relative("a/b"));
+        assert!(is_safe_relative("./a"));
+        assert!(!is_safe_relative("../a"));
+        assert!(!is_safe_relative("/etc"));
+        assert!(!is_safe_relative("a/../../b"));
+    }
+}

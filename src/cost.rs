@@ -1,0 +1,265 @@
+//! Cost: per-second accrual of each instance's hourly price from launch to confirmed
+//! termination; per job (over all its attempts), per UTC day, total; projection from the
+//! ETA. Everything in integer micro-dollars.
+
+use crate::model::{JobState, Money, Progress, TimestampMs};
+use crate::store::{AttemptRecord, InstanceRecord, JobRecord, LogOffset};
+use serde::Serialize;
+use std::collections::{BTreeMap, HashMap};
+
+const DAY_MS: i64 = 86_400_000;
+
+/// The billed interval of an instance: from the provider's confirmation (or the recorded
+/// intent while a launch is in flight) to confirmed termination, or `now`.
+pub fn billed_interval(i: &InstanceRecord, now: TimestampMs) -> Option<(TimestampMs, TimestampMs)> {
+    let start = match i.launched_ms {
+        Some(t) => t,
+        // A launch in flight may already bill; one that never launched did not.
+        None if i.state.is_live() => i.created_ms,
+        None => return None,
+    };
+    let end = i.terminated_ms.unwrap_or(now).max(start);
+    Some((start, end))
+}
+
+/// Cost accrued by `hourly` between `start` and `t`, counted in whole seconds.
+fn accrued(hourly: Money, start: TimestampMs, t: TimestampMs) -> Money {
+    let secs = (t - start).max(0) / 1000;
+    hourly.accrue_hourly(secs * 1000)
+}
+
+pub fn instance_cost(i: &InstanceRecord, now: TimestampMs) -> Money {
+    billed_interval(i, now).map_or(Money::ZERO, |(s, e)| accrued(i.hourly, s, e))
+}
+
+/// A job's cost: for each attempt, its instance's price over the attempt's time on it.
+pub fn job_cost(
+    attempts: &[AttemptRecord],
+    instances: &HashMap<&str, &InstanceRecord>,
+    now: TimestampMs,
+) -> Money {
+    attempts
+        .iter()
+        .filter_map(|a| {
+            let inst = instances.get(a.instance_id.as_str())?;
+            let (s, e) = billed_interval(inst, now)?;
+            let start = a.started_ms.max(s);
+            let end = a.ended_ms.unwrap_or(now).min(e);
+            Some(accrued(inst.hourly, start, end.max(start)))
+        })
+        .sum()
+}
+
+/// `YYYY-MM-DD` (UTC) of a timestamp.
+pub fn utc_date(ms: TimestampMs) -> String {
+    // Howard Hinnant's civil-from-days.
+    let z = ms.div_euclid(DAY_MS) + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = if m <= 2 { y + 1 } else { y };
+    format!("{y:04}-{m:02}-{d:02}")
+}
+
+/// Cost per UTC day. Days of one instance sum exactly to its total (cumulative split).
+pub fn per_day(instances: &[InstanceRecord], now: TimestampMs) -> BTreeMap<String, Money> {
+    let mut days: BTreeMap<String, Money> = BTreeMap::new();
+    for i in instances {
+        let Some((s, e)) = billed_interval(i, now) else {
+            continue;
+        };
+        let mut t = s;
+        while t < e {
+            let day_end = (t.div_euclid(DAY_MS) + 1) * DAY_MS;
+            let seg_end = day_end.min(e);
+            let c = accrued(i.hourly, s, seg_end).0 - accrued(i.hourly, s, t).0;
+            *days.entry(utc_date(t)).or_default() += Money(c);
+            t = seg_end;
+        }
+    }
+    days
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct InstanceCost {
+    pub id: String,
+    pub name: String,
+    pub provider: String,
+    pub state: String,
+    pub hourly_micros: i64,
+    pub cost_micros: i64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct JobCost {
+    pub id: String,
+    pub name: String,
+    pub state: String,
+    pub cost_micros: i64,
+    /// Milliseconds left, from the log's progress.
+    pub eta_ms: Option<i64>,
+    /// Cost so far plus the current instance's price over the ETA.
+    pub projected_micros: Option<i64>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct CostReport {
+    pub total_micros: i64,
+    pub today_micros: i64,
+    /// Sum of the hourly prices of instances that are billing now.
+    pub burn_rate_micros_per_hour: i64,
+    pub instances: Vec<InstanceCost>,
+    pub jobs: Vec<JobCost>,
+    pub days: BTreeMap<String, i64>,
+}
+
+/// Time left, from progress `p` reached `elapsed_ms` after the job started.
+pub fn eta_ms(p: &Progress, elapsed_ms: i64) -> Option<i64> {
+    let f = p.fraction()?;
+    if f <= 0.0 || elapsed_ms <= 0 {
+        return None;
+    }
+    if f >= 1.0 {
+        return Some(0);
+    }
+    Some((elapsed_ms as f64 * (1.0 - f) / f) as i64)
+}
+
+/// ETA of a live job from its stored progress.
+pub fn job_eta(job: &JobRecord, off: &LogOffset, now: TimestampMs) -> Option<i64> {
+    if job.state.is_terminal() {
+        return None;
+    }
+    let started = job.started_ms?;
+    let at = off.progress_ms.unwrap_or(now);
+    let left = eta_ms(&off.progress, at - started)?;
+    // Time since the last progress report already counts against what is left.
+    Some((left - (now - at)).max(0))
+}
+
+pub fn report(
+    instances: &[InstanceRecord],
+    jobs: &[JobRecord],
+    attempts: &[AttemptRecord],
+    offsets: &HashMap<String, LogOffset>,
+    now: TimestampMs,
+) -> CostReport {
+    let by_id: HashMap<&str, &InstanceRecord> = instances.iter().map(|i| (i.id.as_str(), i)).collect();
+    let inst_costs: Vec<InstanceCost> = instances
+        .iter()
+        .map(|i| InstanceCost {
+            id: i.id.clone(),
+            name: i.name.clone(),
+            provider: i.provider.clone(),
+            state: i.state.as_str().into(),
+            hourly_micros: i.hourly.0,
+            cost_micros: instance_cost(i, now).0,
+        })
+        .collect();
+    let mut job_costs = Vec::new();
+    for j in jobs {
+        let mine: Vec<AttemptRecord> = attempts.iter().filter(|a| a.job_id == j.id).cloned().collect();
+        let cost = job_cost(&mine, &by_id, now);
+        let eta = offsets.get(&j.id).and_then(|o| job_eta(j, o, now));
+        let hourly = j
+            .instance_id
+            .as_deref()
+            .and_then(|id| by_id.get(id))
+            .filter(|i| i.state.is_live())
+            .map_or(Money::ZERO, |i| i.hourly);
+        let projected = match (j.state, eta) {
+            (s, _) if s.is_terminal() => Some(cost),
+            (JobState::Running, Some(e)) => Some(cost + hourly.accrue_hourly(e)),
+            _ => None,
+        };
+        job_costs.push(JobCost {
+            id: j.id.clone(),
+            name: j.name.clone(),
+            state: j.state.as_str().into(),
+            cost_micros: cost.0,
+            eta_ms: eta,
+            projected_micros: projected.map(|m| m.0),
+        });
+    }
+    let days = per_day(instances, now);
+    let today = days.get(&utc_date(now)).copied().unwrap_or_default();
+    CostReport {
+        total_micros: inst_costs.iter().map(|c| c.cost_micros).sum(),
+        today_micros: today.0,
+        burn_rate_micros_per_hour: instances
+            .iter()
+            .filter(|i| i.state.is_live())
+            .map(|i| i.hourly.0)
+            .sum(),
+        instances: inst_costs,
+        jobs: job_costs,
+        days: days.into_iter().map(|(k, v)| (k, v.0)).collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::InstanceState;
+
+    fn inst(launched: i64, terminated: Option<i64>, hourly: i64) -> InstanceRecord {
+        InstanceRecord {
+            id: "i".into(),
+            provider: "local".into(),
+            name: "i".into(),
+            instance_type: "local".into(),
+            spot: false,
+            state: if terminated.is_some() {
+                InstanceState::Terminated
+            } else {
+                InstanceState::Running
+            },
+            hourly: Money(hourly),
+            created_ms: launched - 500,
+            launched_ms: Some(launched),
+            terminated_ms: terminated,
+            address: None,
+            error: None,
+        }
+    }
+
+    #[test]
+    fn dates() {
+        assert_eq!(utc_date(0), "1970-01-01");
+        assert_eq!(utc_date(1_700_000_000_000), "2023-11-14");
+        assert_eq!(utc_date(951_782_400_000), "2000-02-29");
+    }
+
+    #[test]
+    fn per_second_accrual_stops_at_termination() {
+        // $3.60/h for 10.9 s bills 10 whole seconds = $0.01.
+        let i = inst(1_000_000, Some(1_010_900), 3_600_000);
+        assert_eq!(instance_cost(&i, 9_999_999_999), Money(10_000));
+    }
+
+    #[test]
+    fn days_split_at_midnight_and_sum_to_total() {
+        let midnight = 20_000 * DAY_MS;
+        let i = inst(midnight - 3_600_000, Some(midnight + 7_200_000), 1_000_001);
+        let days = per_day(std::slice::from_ref(&i), 0);
+        assert_eq!(days.len(), 2);
+        let sum: Money = days.values().copied().sum();
+        assert_eq!(sum, instance_cost(&i, 0));
+        assert_eq!(days[&utc_date(midnight)], Money(2_000_002));
+    }
+
+    #[test]
+    fn eta_from_progress() {
+        let p = Progress {
+            epoch: Some(1.5),
+            epochs_total: Some(3.0),
+            ..Default::default()
+        };
+        assert_eq!(eta_ms(&p, 60_000), Some(60_000));
+    }
+}

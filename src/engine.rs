@@ -1,0 +1,935 @@
+//! The engine: launches and terminates instances, drives jobs through their state machine,
+//! follows logs into the store, accounts cost and enforces the budget. Both front ends
+//! (the headless CLI and the cockpit) use it, and every step is safe to run from several
+//! trainctl processes at once: state lives in the store, log offsets advance by
+//! compare-and-swap, and a stop request is honoured by whichever process polls next.
+//!
+//! A running job is watched by a job actor ([`Engine::spawn_job_actor`]): a task that polls
+//! the machine ([`Engine::poll_job`]), pumps new log bytes into the store and a local copy,
+//! and broadcasts [`EngineEvent`]s to subscribers.
+
+use crate::config::{Project, ProjectConfig, UserConfig};
+use crate::cost;
+use crate::job::{self, RemoteStatus, artifacts, sync};
+use crate::metrics::{LogParser, complete_prefix_len};
+use crate::model::{InstanceState, JobState, MetricPoint, Money, Progress, new_id, now_ms};
+use crate::provider::local::LocalProvider;
+use crate::provider::{LaunchRequest, Observed, Provider};
+use crate::remote::Remote;
+use crate::store::{AttemptRecord, InstanceRecord, JobRecord, LogOffset, Store};
+use anyhow::{Context, Result, anyhow, bail};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+use tokio::sync::{broadcast, mpsc};
+
+/// Bytes read from a job's log per round trip.
+const LOG_CHUNK: usize = 4 << 20;
+
+/// What a job was created from, stored with it so any process can re-attach.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct JobSpec {
+    pub project: ProjectConfig,
+    pub project_name: String,
+    pub root: String,
+}
+
+/// What subscribers (the cockpit, `run`) hear about.
+#[derive(Debug, Clone)]
+pub enum EngineEvent {
+    JobState {
+        job_id: String,
+        state: JobState,
+        reason: String,
+    },
+    /// Complete log lines, sanitised, in order.
+    LogLines { job_id: String, lines: Vec<String> },
+    Metrics {
+        job_id: String,
+        points: Vec<MetricPoint>,
+        progress: Progress,
+    },
+    Instance { id: String, state: InstanceState },
+    Notice { job_id: Option<String>, message: String },
+}
+
+/// Messages to a job actor.
+#[derive(Debug)]
+pub enum JobCommand {
+    Cancel { reason: String },
+}
+
+/// A handle on a job actor: cancel it, or await its end.
+pub struct JobHandle {
+    pub job_id: String,
+    commands: mpsc::Sender<JobCommand>,
+    pub done: tokio::task::JoinHandle<Result<JobState>>,
+}
+
+impl JobHandle {
+    pub async fn cancel(&self, reason: &str) {
+        let _ = self
+            .commands
+            .send(JobCommand::Cancel {
+                reason: reason.to_string(),
+            })
+            .await;
+    }
+}
+
+struct Inner {
+    cfg: UserConfig,
+    data_dir: PathBuf,
+    store: Mutex<Store>,
+    providers: BTreeMap<String, Arc<dyn Provider>>,
+    events: broadcast::Sender<EngineEvent>,
+}
+
+#[derive(Clone)]
+pub struct Engine {
+    inner: Arc<Inner>,
+}
+
+impl Engine {
+    pub fn open(cfg: UserConfig) -> Result<Engine> {
+        let data_dir = cfg.data_dir();
+        std::fs::create_dir_all(&data_dir)
+            .with_context(|| format!("creating the data directory {}", data_dir.display()))?;
+        let store = Store::open(&data_dir.join("trainctl.db"))?;
+        let mut providers: BTreeMap<String, Arc<dyn Provider>> = BTreeMap::new();
+        providers.insert(
+            "local".into(),
+            Arc::new(LocalProvider::new(
+                &data_dir,
+                cfg.providers.local.clone(),
+                Duration::from_secs(cfg.stop_grace_seconds),
+            )),
+        );
+        let (events, _) = broadcast::channel(4096);
+        Ok(Engine {
+            inner: Arc::new(Inner {
+                cfg,
+                data_dir,
+                store: Mutex::new(store),
+                providers,
+                events,
+            }),
+        })
+    }
+
+    pub fn config(&self) -> &UserConfig {
+        &self.inner.cfg
+    }
+
+    pub fn data_dir(&self) -> &Path {
+        &self.inner.data_dir
+    }
+
+    /// The store, for short synchronous work. Never hold it across an await.
+    pub fn store(&self) -> MutexGuard<'_, Store> {
+        self.inner.store.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn subscribe(&self) -> broadcast::Receiver<EngineEvent> {
+        self.inner.events.subscribe()
+    }
+
+    fn emit(&self, e: EngineEvent) {
+        let _ = self.inner.events.send(e);
+    }
+
+    pub fn provider(&self, name: &str) -> Result<Arc<dyn Provider>> {
+        self.inner.providers.get(name).cloned().ok_or_else(|| {
+            anyhow!(
+                "unknown provider `{name}` (known: {})",
+                self.inner.providers.keys().cloned().collect::<Vec<_>>().join(", ")
+            )
+        })
+    }
+
+    pub fn provider_names(&self) -> Vec<String> {
+        self.inner.providers.keys().cloned().collect()
+    }
+
+    fn grace(&self) -> Duration {
+        Duration::from_secs(self.inner.cfg.stop_grace_seconds)
+    }
+
+    fn poll_interval(&self) -> Duration {
+        Duration::from_millis(self.inner.cfg.poll_interval_ms.max(10))
+    }
+
+    /// Where the local copy of an attempt's log lives.
+    pub fn local_log_path(&self, job_id: &str, attempt: i64) -> PathBuf {
+        self.inner
+            .data_dir
+            .join("logs")
+            .join(job_id)
+            .join(format!("{attempt}.log"))
+    }
+
+    // ------------------------------------------------------------- instances
+
+    /// Launch an instance: check the request, record the intent, then ask the provider.
+    pub async fn launch(&self, provider: &str, req: &LaunchRequest) -> Result<InstanceRecord> {
+        let p = self.provider(provider)?;
+        let plan = p.plan(req)?;
+        let id = new_id("i");
+        let rec = InstanceRecord {
+            id: id.clone(),
+            provider: provider.to_string(),
+            name: req.name.clone().unwrap_or_else(|| id.clone()),
+            instance_type: plan.instance_type.clone(),
+            spot: plan.spot,
+            state: InstanceState::Pending,
+            hourly: plan.hourly,
+            created_ms: now_ms(),
+            launched_ms: None,
+            terminated_ms: None,
+            address: None,
+            error: None,
+        };
+        self.store().insert_instance(&rec)?;
+        match p.launch(&id, &plan).await {
+            Ok(address) => {
+                self.store().mark_instance_running(&id, &address, now_ms())?;
+                self.emit(EngineEvent::Instance {
+                    id: id.clone(),
+                    state: InstanceState::Running,
+                });
+            }
+            Err(e) => {
+                // Only forget it if the provider confirms there is nothing there.
+                let observed = p.describe(&rec).await;
+                if matches!(observed, Ok(Observed::Gone)) {
+                    self.store().set_instance_state(
+                        &id,
+                        InstanceState::Terminated,
+                        &format!("launch failed: {e:#}"),
+                    )?;
+                } else {
+                    self.store().set_instance_error(&id, Some(&format!("launch failed: {e:#}")))?;
+                }
+                return Err(e.context(format!("launching {id} on {provider}")));
+            }
+        }
+        self.store()
+            .instance(&id)?
+            .context("instance vanished from the store")
+    }
+
+    /// Terminate an instance: stop trainctl's jobs there, release it, confirm with the
+    /// provider, and only then record it terminated.
+    pub async fn terminate(&self, key: &str, why: &str) -> Result<InstanceRecord> {
+        let inst = self.store().find_instance(key)?;
+        if inst.state == InstanceState::Terminated {
+            return Ok(inst);
+        }
+        let p = self.provider(&inst.provider)?;
+        self.store()
+            .set_instance_state(&inst.id, InstanceState::Terminating, why)?;
+        // Jobs still live there end as cancelled, with their logs caught up first.
+        let live_jobs: Vec<JobRecord> = self
+            .store()
+            .jobs()?
+            .into_iter()
+            .filter(|j| !j.state.is_terminal() && j.instance_id.as_deref() == Some(inst.id.as_str()))
+            .collect();
+        for j in live_jobs {
+            self.store()
+                .request_cancel(&j.id, &format!("instance {} terminated", inst.id))?;
+            if let Err(e) = self.stop_job_now(&j.id).await {
+                tracing::warn!("stopping job {} before terminate: {e:#}", j.id);
+            }
+        }
+        p.terminate(&inst).await.with_context(|| format!("terminating {}", inst.id))?;
+        match p.describe(&inst).await? {
+            Observed::Gone => {
+                self.store()
+                    .set_instance_state(&inst.id, InstanceState::Terminated, why)?;
+                self.emit(EngineEvent::Instance {
+                    id: inst.id.clone(),
+                    state: InstanceState::Terminated,
+                });
+            }
+            other => bail!(
+                "{} still reported as {other:?} after terminate; it stays in the store as terminating",
+                inst.id
+            ),
+        }
+        self.store().instance(&inst.id)?.context("instance vanished")
+    }
+
+    pub fn remote_for(&self, inst: &InstanceRecord) -> Result<Arc<dyn Remote>> {
+        if !inst.state.is_live() {
+            bail!("instance {} is {}", inst.id, inst.state);
+        }
+        self.provider(&inst.provider)?.remote(inst)
+    }
+
+    /// Ids the providers hold that the store does not know (or thinks are gone).
+    pub async fn orphans(&self) -> Result<Vec<(String, String)>> {
+        let known: HashMap<String, InstanceState> = self
+            .store()
+            .instances(true)?
+            .into_iter()
+            .map(|i| (i.id, i.state))
+            .collect();
+        let mut out = Vec::new();
+        for (name, p) in &self.inner.providers {
+            for id in p.list().await? {
+                match known.get(&id) {
+                    Some(s) if s.is_live() => {}
+                    _ => out.push((name.clone(), id)),
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Check live instances with their providers: one the provider no longer has is Lost.
+    pub async fn reconcile_instances(&self) -> Result<()> {
+        let live = self.store().instances(false)?;
+        for inst in live {
+            if inst.state == InstanceState::Pending {
+                continue;
+            }
+            let p = self.provider(&inst.provider)?;
+            if let Ok(Observed::Gone) = p.describe(&inst).await {
+                let why = if inst.state == InstanceState::Terminating {
+                    "provider confirms it is gone"
+                } else {
+                    "the provider no longer has this machine"
+                };
+                let to = if inst.state == InstanceState::Terminating {
+                    InstanceState::Terminated
+                } else {
+                    InstanceState::Lost
+                };
+                self.store().set_instance_state(&inst.id, to, why)?;
+            }
+        }
+        Ok(())
+    }
+
+    // ------------------------------------------------------------------ jobs
+
+    /// Record a job for `project` on `instance`, in Pending.
+    pub fn create_job(&self, project: &Project, instance_id: &str, name: Option<&str>) -> Result<JobRecord> {
+        let spec = JobSpec {
+            project: project.config.clone(),
+            project_name: project.name(),
+            root: project.root.to_string_lossy().into_owned(),
+        };
+        let j = JobRecord {
+            id: new_id("j"),
+            name: name.map_or_else(|| project.name(), str::to_string),
+            project: project.name(),
+            project_dir: project.root.to_string_lossy().into_owned(),
+            command: project.config.command.clone(),
+            spec_json: serde_json::to_string(&spec)?,
+            state: JobState::Pending,
+            instance_id: Some(instance_id.to_string()),
+            created_ms: now_ms(),
+            started_ms: None,
+            ended_ms: None,
+            exit_code: None,
+            reason: None,
+            cancel_requested: false,
+            driver_pid: Some(std::process::id() as i64),
+            stop_sent_ms: None,
+            terminate_on_end: false,
+        };
+        self.store().insert_job(&j)?;
+        Ok(j)
+    }
+
+    fn transition(&self, job_id: &str, to: JobState, why: &str, code: Option<i32>) -> Result<()> {
+        let from = self.store().transition_job_with(job_id, to, why, code)?;
+        if from != to {
+            self.emit(EngineEvent::JobState {
+                job_id: job_id.to_string(),
+                state: to,
+                reason: why.to_string(),
+            });
+        }
+        Ok(())
+    }
+
+    fn job_instance(&self, job: &JobRecord) -> Result<InstanceRecord> {
+        let id = job.instance_id.as_deref().context("job has no instance")?;
+        self.store().instance(id)?.context("job's instance is not in the store")
+    }
+
+    /// Sync the job's code, start it detached, and leave it Running. Honours a cancel
+    /// request at every step. Returns the state the job is in afterwards.
+    pub async fn start_job(&self, job_id: &str) -> Result<JobState> {
+        match self.start_job_inner(job_id).await {
+            Ok(s) => Ok(s),
+            Err(e) => {
+                let state = self.store().job(job_id)?.map(|j| j.state);
+                if state.is_some_and(|s| !s.is_terminal()) {
+                    self.transition(job_id, JobState::Failed, &format!("start failed: {e:#}"), None)?;
+                }
+                Err(e)
+            }
+        }
+    }
+
+    fn cancelled_before_start(&self, job_id: &str) -> Result<bool> {
+        let job = self.store().job(job_id)?.context("job vanished")?;
+        if job.cancel_requested {
+            let why = job.reason.clone().unwrap_or_else(|| "cancelled".into());
+            self.transition(job_id, JobState::Cancelled, &why, None)?;
+            return Ok(true);
+        }
+        Ok(false)
+    }
+
+    async fn start_job_inner(&self, job_id: &str) -> Result<JobState> {
+        let job = self.store().job(job_id)?.context("no such job")?;
+        if job.state != JobState::Pending {
+            return Ok(job.state);
+        }
+        let spec: JobSpec = serde_json::from_str(&job.spec_json).context("reading the job spec")?;
+        let inst = self.job_instance(&job)?;
+        let remote = self.remote_for(&inst)?;
+        if self.cancelled_before_start(job_id)? {
+            return Ok(JobState::Cancelled);
+        }
+        self.transition(job_id, JobState::Syncing, "syncing code", None)?;
+        let (uploaded, bytes, deleted) = self.sync_code(remote.as_ref(), &spec).await?;
+        self.store().add_event(
+            "sync.done",
+            Some(&inst.id),
+            Some(job_id),
+            &format!("{uploaded} files ({bytes} bytes) copied, {deleted} deleted"),
+        )?;
+        if self.cancelled_before_start(job_id)? {
+            return Ok(JobState::Cancelled);
+        }
+        self.transition(job_id, JobState::Starting, "starting the runner", None)?;
+        let attempt = self.store().attempts(job_id)?.len() as i64 + 1;
+        let root = remote.root().to_string();
+        let jd = job::job_dir(&root, job_id, attempt);
+        let code = sync::code_dir(&root, &spec.project_name);
+        let workdir = match spec.project.workdir.as_deref() {
+            None | Some(".") => code.clone(),
+            Some(w) => format!("{code}/{w}"),
+        };
+        self.store().add_attempt(&AttemptRecord {
+            job_id: job_id.to_string(),
+            attempt,
+            instance_id: inst.id.clone(),
+            remote_dir: jd.clone(),
+            workdir: workdir.clone(),
+            started_ms: now_ms(),
+            ended_ms: None,
+            exit_code: None,
+        })?;
+        let mut env = BTreeMap::new();
+        env.insert("PYTHONUNBUFFERED".to_string(), "1".to_string());
+        env.insert("TRAINCTL_JOB_ID".to_string(), job_id.to_string());
+        env.insert("TRAINCTL_ATTEMPT".to_string(), attempt.to_string());
+        if let Some(ck) = &spec.project.checkpoints {
+            env.insert("TRAINCTL_CHECKPOINT_DIR".to_string(), format!("{workdir}/{ck}"));
+        }
+        env.extend(spec.project.env.clone());
+        let script = job::command_script(&spec.project.command, &env);
+        let pid = job::start_detached(remote.as_ref(), &jd, &workdir, &script).await?;
+        self.transition(
+            job_id,
+            JobState::Running,
+            &format!("running as process group {pid} in {workdir}"),
+            None,
+        )?;
+        Ok(JobState::Running)
+    }
+
+    async fn sync_code(&self, remote: &dyn Remote, spec: &JobSpec) -> Result<(usize, u64, usize)> {
+        let root = PathBuf::from(&spec.root);
+        let plan = sync::prepare(remote, &spec.project_name, &root, &spec.project.sync.exclude).await?;
+        sync::apply(remote, &spec.project_name, &root, &plan).await?;
+        Ok((plan.upload.len() + plan.links.len(), plan.upload_bytes, plan.delete.len()))
+    }
+
+    /// A sync plan for `project` on `instance` (for `trainctl sync`), applied unless `dry_run`.
+    pub async fn sync_project(&self, project: &Project, instance_key: &str, dry_run: bool) -> Result<sync::SyncPlan> {
+        let inst = self.store().find_instance(instance_key)?;
+        let remote = self.remote_for(&inst)?;
+        let name = project.name();
+        let plan = sync::prepare(remote.as_ref(), &name, &project.root, &project.config.sync.exclude).await?;
+        if !dry_run {
+            sync::apply(remote.as_ref(), &name, &project.root, &plan).await?;
+        }
+        Ok(plan)
+    }
+
+    /// Read new log bytes of an attempt into the store and the local copy. Returns how many
+    /// bytes were consumed (0 when nothing new). With `final_read`, a last line without a
+    /// newline is taken too (the job has ended).
+    async fn pump_log(&self, remote: &dyn Remote, att: &AttemptRecord, final_read: bool) -> Result<usize> {
+        let off = self.store().log_offset(&att.job_id, att.attempt)?;
+        let Some(bytes) = remote
+            .read_range(&job::log_path(&att.remote_dir), off.byte_offset, LOG_CHUNK)
+            .await?
+        else {
+            return Ok(0);
+        };
+        let mut take = complete_prefix_len(&bytes);
+        if final_read || (take == 0 && bytes.len() == LOG_CHUNK) {
+            take = bytes.len();
+        }
+        if take == 0 {
+            return Ok(0);
+        }
+        let chunk = &bytes[..take];
+        let mut parser = LogParser::resume(off.line, off.progress);
+        let mut points = Vec::new();
+        parser.feed_complete(chunk, &mut |p| points.push(p.to_owned_point()));
+        let progress = parser.progress();
+        let new = LogOffset {
+            byte_offset: off.byte_offset + take as u64,
+            line: parser.line(),
+            progress,
+            progress_ms: if progress != off.progress {
+                Some(now_ms())
+            } else {
+                off.progress_ms
+            },
+        };
+        // The local copy is written at the remote offset, so a retry rewrites the same bytes.
+        let local = self.local_log_path(&att.job_id, att.attempt);
+        let data = chunk.to_vec();
+        let at = off.byte_offset;
+        tokio::task::spawn_blocking(move || -> Result<()> {
+            use std::os::unix::fs::FileExt;
+            if let Some(dir) = local.parent() {
+                std::fs::create_dir_all(dir)?;
+            }
+            let f = std::fs::OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open(&local)?;
+            f.write_all_at(&data, at)?;
+            Ok(())
+        })
+        .await??;
+        let committed = self
+            .store()
+            .commit_log_chunk(&att.job_id, att.attempt, &off, &new, &points)?;
+        if committed {
+            let lines = display_lines(chunk);
+            if !lines.is_empty() {
+                self.emit(EngineEvent::LogLines {
+                    job_id: att.job_id.clone(),
+                    lines,
+                });
+            }
+            if !points.is_empty() || progress != off.progress {
+                self.emit(EngineEvent::Metrics {
+                    job_id: att.job_id.clone(),
+                    points,
+                    progress,
+                });
+            }
+        }
+        Ok(take)
+    }
+
+    /// Send SIGTERM once, SIGKILL after the grace; all state in the store.
+    async fn enforce_stop(&self, job: &JobRecord, remote: &dyn Remote, att: &AttemptRecord) -> Result<()> {
+        match job.stop_sent_ms {
+            None => {
+                if self.store().mark_stop_sent(&job.id)? {
+                    job::signal(remote, &att.remote_dir, "TERM").await?;
+                }
+            }
+            Some(t) if now_ms() - t >= self.grace().as_millis() as i64 => {
+                job::signal(remote, &att.remote_dir, "KILL").await?;
+            }
+            Some(_) => {}
+        }
+        Ok(())
+    }
+
+    /// Stop a job now (SIGTERM, grace, SIGKILL) and record its end.
+    async fn stop_job_now(&self, job_id: &str) -> Result<JobState> {
+        let job = self.store().job(job_id)?.context("no such job")?;
+        if job.state.is_terminal() {
+            return Ok(job.state);
+        }
+        let Some(att) = self.store().attempts(job_id)?.pop() else {
+            let why = job.reason.clone().unwrap_or_else(|| "cancelled".into());
+            self.transition(job_id, JobState::Cancelled, &why, None)?;
+            return Ok(JobState::Cancelled);
+        };
+        let inst = self.job_instance(&job)?;
+        let remote = self.provider(&inst.provider)?.remote(&inst)?;
+        self.store().mark_stop_sent(job_id)?;
+        job::stop(remote.as_ref(), &att.remote_dir, self.grace()).await?;
+        self.poll_job(job_id).await
+    }
+
+    fn check_budget(&self, job: &JobRecord) -> Result<Option<String>> {
+        let budget = &self.inner.cfg.budget;
+        let (per_job, per_day) = (budget.per_job(), budget.per_day());
+        if per_job.is_none() && per_day.is_none() {
+            return Ok(None);
+        }
+        let now = now_ms();
+        let store = self.store();
+        let instances = store.instances(true)?;
+        if let Some(limit) = per_job {
+            let by_id: HashMap<&str, &InstanceRecord> =
+                instances.iter().map(|i| (i.id.as_str(), i)).collect();
+            let spent = cost::job_cost(&store.attempts(&job.id)?, &by_id, now);
+            if spent > limit {
+                return Ok(Some(format!(
+                    "budget: job cost {spent} passed the per-job budget {limit}"
+                )));
+            }
+        }
+        if let Some(limit) = per_day {
+            let today = cost::per_day(&instances, now)
+                .get(&cost::utc_date(now))
+                .copied()
+                .unwrap_or(Money::ZERO);
+            if today > limit {
+                return Ok(Some(format!(
+                    "budget: today's spend {today} passed the per-day budget {limit}"
+                )));
+            }
+        }
+        Ok(None)
+    }
+
+    /// One step of a job's life, safe from any process: honour a stop request, pump the
+    /// log, read the machine's status, finish the job when it ended, check the budget.
+    /// Returns the job's state afterwards.
+    pub async fn poll_job(&self, job_id: &str) -> Result<JobState> {
+        let job = self.store().job(job_id)?.context("no such job")?;
+        if job.state.is_terminal() {
+            return Ok(job.state);
+        }
+        let att = self.store().attempts(job_id)?.pop();
+        let Some(att) = att else {
+            // Not started yet. If the process that was starting it is gone, nobody will.
+            let driver_alive = job.driver_pid.is_some_and(pid_alive);
+            if job.cancel_requested && !driver_alive {
+                let why = job.reason.clone().unwrap_or_else(|| "cancelled".into());
+                self.transition(job_id, JobState::Cancelled, &why, None)?;
+            } else if !driver_alive && job.state != JobState::Pending {
+                self.transition(
+                    job_id,
+                    JobState::Failed,
+                    "the trainctl process starting it exited before the job started",
+                    None,
+                )?;
+            }
+            return Ok(self.store().job(job_id)?.map_or(JobState::Lost, |j| j.state));
+        };
+        let inst = self.job_instance(&job)?;
+        let provider = self.provider(&inst.provider)?;
+        let remote = match inst.state.is_live().then(|| provider.remote(&inst)) {
+            Some(Ok(r)) => r,
+            _ => return self.job_lost(&job, &inst, &att, "its machine is gone").await,
+        };
+        if job.cancel_requested {
+            self.enforce_stop(&job, remote.as_ref(), &att).await?;
+        }
+        // Pump before reading the status, then drain after: nothing written before the
+        // exit is missed.
+        while self.pump_log(remote.as_ref(), &att, false).await? == LOG_CHUNK {}
+        let status = job::status(remote.as_ref(), &att.remote_dir).await?;
+        match status {
+            RemoteStatus::Running { .. } => {
+                if job.state == JobState::Starting {
+                    self.transition(job_id, JobState::Running, "running (re-attached)", None)?;
+                }
+                if !job.cancel_requested
+                    && let Some(why) = self.check_budget(&job)?
+                {
+                    self.store().request_stop_and_terminate(job_id, &why)?;
+                    self.emit(EngineEvent::Notice {
+                        job_id: Some(job_id.to_string()),
+                        message: why,
+                    });
+                }
+                Ok(JobState::Running)
+            }
+            RemoteStatus::Starting => Ok(job.state),
+            RemoteStatus::Exited { code, .. } => {
+                while self.pump_log(remote.as_ref(), &att, true).await? > 0 {}
+                self.finish(&job, &att, Some(code)).await
+            }
+            RemoteStatus::Vanished => {
+                while self.pump_log(remote.as_ref(), &att, true).await? > 0 {}
+                self.finish(&job, &att, None).await
+            }
+            RemoteStatus::Missing => {
+                if matches!(provider.describe(&inst).await, Ok(Observed::Gone)) {
+                    self.job_lost(&job, &inst, &att, "its machine is gone").await
+                } else {
+                    self.job_lost(&job, &inst, &att, "its directory on the machine is gone")
+                        .await
+                }
+            }
+        }
+    }
+
+    async fn job_lost(&self, job: &JobRecord, inst: &InstanceRecord, att: &AttemptRecord, why: &str) -> Result<JobState> {
+        self.store().finish_attempt(&job.id, att.attempt, None, now_ms())?;
+        if inst.state.is_live() {
+            let p = self.provider(&inst.provider)?;
+            if matches!(p.describe(inst).await, Ok(Observed::Gone)) {
+                self.store().set_instance_state(
+                    &inst.id,
+                    InstanceState::Lost,
+                    "the provider no longer has this machine",
+                )?;
+            }
+        }
+        self.transition(&job.id, JobState::Lost, why, None)?;
+        Ok(JobState::Lost)
+    }
+
+    async fn finish(&self, job: &JobRecord, att: &AttemptRecord, code: Option<i32>) -> Result<JobState> {
+        self.store().finish_attempt(&job.id, att.attempt, code, now_ms())?;
+        // Re-read: a cancel may have come in since this poll started.
+        let job = self.store().job(&job.id)?.context("job vanished")?;
+        let (state, why) = if job.cancel_requested {
+            (
+                JobState::Cancelled,
+                job.reason.clone().unwrap_or_else(|| "cancelled".into()),
+            )
+        } else {
+            match code {
+                Some(0) => (JobState::Succeeded, "exited with status 0".to_string()),
+                Some(c) => (JobState::Failed, format!("exited with status {c}")),
+                None => (
+                    JobState::Failed,
+                    "the runner died without recording an exit status".to_string(),
+                ),
+            }
+        };
+        self.transition(&job.id, state, &why, code)?;
+        if job.terminate_on_end
+            && let Some(inst_id) = job.instance_id.as_deref()
+        {
+            // Keep what the job produced before the machine goes.
+            if let Err(e) = self.pull(&job.id, None).await {
+                self.store()
+                    .add_event("artifact.error", Some(inst_id), Some(&job.id), &format!("{e:#}"))?;
+            }
+            // Boxed: terminate stops live jobs, which polls them, which may finish them.
+            Box::pin(self.terminate(inst_id, &why)).await?;
+        }
+        Ok(state)
+    }
+
+    /// Poll every job that is not finished (re-attach after a restart). Errors on one job
+    /// are recorded and do not stop the others.
+    pub async fn reconcile_jobs(&self) -> Result<()> {
+        let live: Vec<String> = self
+            .store()
+            .jobs()?
+            .into_iter()
+            .filter(|j| !j.state.is_terminal())
+            .map(|j| j.id)
+            .collect();
+        for id in live {
+            if let Err(e) = self.poll_job(&id).await {
+                tracing::warn!("re-attaching to job {id}: {e:#}");
+            }
+        }
+        Ok(())
+    }
+
+    /// Follow a job until it ends, calling `on_tick` after every poll.
+    pub async fn follow_job(&self, job_id: &str, mut on_tick: impl FnMut(&Engine)) -> Result<JobState> {
+        loop {
+            let state = self.poll_job(job_id).await?;
+            on_tick(self);
+            if state.is_terminal() {
+                return Ok(state);
+            }
+            tokio::time::sleep(self.poll_interval()).await;
+        }
+    }
+
+    /// Start a job actor: it starts the job if it is pending, then polls it until it ends,
+    /// broadcasting events; a Cancel message stops it gracefully.
+    pub fn spawn_job_actor(&self, job_id: &str) -> JobHandle {
+        let (tx, mut rx) = mpsc::channel::<JobCommand>(8);
+        let engine = self.clone();
+        let id = job_id.to_string();
+        let done = tokio::spawn(async move {
+            let pending = engine.store().job(&id)?.is_some_and(|j| j.state == JobState::Pending);
+            if pending {
+                engine.start_job(&id).await?;
+            }
+            loop {
+                let state = engine.poll_job(&id).await?;
+                if state.is_terminal() {
+                    return Ok(state);
+                }
+                tokio::select! {
+                    cmd = rx.recv() => {
+                        if let Some(JobCommand::Cancel { reason }) = cmd {
+                            engine.store().request_cancel(&id, &reason)?;
+                        }
+                    }
+                    _ = tokio::time::sleep(engine.poll_interval()) => {}
+                }
+            }
+        });
+        JobHandle {
+            job_id: job_id.to_string(),
+            commands: tx,
+            done,
+        }
+    }
+
+    /// Ask a job to stop; the stop itself happens on the next poll (here or elsewhere).
+    pub async fn cancel(&self, job_key: &str, why: &str) -> Result<JobRecord> {
+        let job = self.store().find_job(job_key)?;
+        if job.state.is_terminal() {
+            return Ok(job);
+        }
+        self.store().request_cancel(&job.id, why)?;
+        Ok(job)
+    }
+
+    /// Pull a job's artifacts into `dest` (default `<project>/trainctl-out/<job>`).
+    pub async fn pull(&self, job_key: &str, dest: Option<&Path>) -> Result<artifacts::PullReport> {
+        let job = self.store().find_job(job_key)?;
+        let spec: JobSpec = serde_json::from_str(&job.spec_json)?;
+        let att = self
+            .store()
+            .attempts(&job.id)?
+            .pop()
+            .context("the job never started, so it has no artifacts")?;
+        let inst = self
+            .store()
+            .instance(&att.instance_id)?
+            .context("instance not in the store")?;
+        let remote = self
+            .remote_for(&inst)
+            .with_context(|| format!("artifacts of {} are on {}, which is gone", job.id, inst.id))?;
+        let dest = dest.map_or_else(
+            || Path::new(&job.project_dir).join("trainctl-out").join(&job.id),
+            Path::to_path_buf,
+        );
+        let report = artifacts::pull(remote.as_ref(), &att.workdir, &spec.project.artifacts, &dest).await?;
+        for p in &report.pulled {
+            self.store().record_artifact(&crate::store::ArtifactRecord {
+                job_id: job.id.clone(),
+                path: p.path.clone(),
+                size: p.size,
+                blake3: p.blake3.clone(),
+                local_path: p.local_path.clone(),
+            })?;
+        }
+        for u in &report.unmatched {
+            self.store()
+                .add_event("artifact.missing", Some(&inst.id), Some(&job.id), &format!("nothing matched {u}"))?;
+        }
+        Ok(report)
+    }
+
+    /// The cost report as of now.
+    pub fn cost_report(&self) -> Result<cost::CostReport> {
+        let store = self.store();
+        let instances = store.instances(true)?;
+        let jobs = store.jobs()?;
+        let attempts = store.all_attempts()?;
+        let mut offsets = HashMap::new();
+        for j in &jobs {
+            if let Some(a) = attempts.iter().rev().find(|a| a.job_id == j.id) {
+                offsets.insert(j.id.clone(), store.log_offset(&j.id, a.attempt)?);
+            }
+        }
+        Ok(cost::report(&instances, &jobs, &attempts, &offsets, now_ms()))
+    }
+
+    /// The stored log of a job (all attempts), raw bytes up to what was committed.
+    pub fn stored_log(&self, job_id: &str) -> Result<Vec<u8>> {
+        let attempts = self.store().attempts(job_id)?;
+        let mut out = Vec::new();
+        for a in attempts {
+            let off = self.store().log_offset(job_id, a.attempt)?;
+            out.extend(self.read_local_log(job_id, a.attempt, 0, off.byte_offset)?);
+        }
+        Ok(out)
+    }
+
+    /// Bytes `[from, to)` of an attempt's local log copy.
+    pub fn read_local_log(&self, job_id: &str, attempt: i64, from: u64, to: u64) -> Result<Vec<u8>> {
+        use std::os::unix::fs::FileExt;
+        if to <= from {
+            return Ok(Vec::new());
+        }
+        let path = self.local_log_path(job_id, attempt);
+        let f = match std::fs::File::open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(e.into()),
+        };
+        let mut buf = vec![0u8; (to - from) as usize];
+        let mut got = 0;
+        while got < buf.len() {
+            let n = f.read_at(&mut buf[got..], from + got as u64)?;
+            if n == 0 {
+                break;
+            }
+            got += n;
+        }
+        buf.truncate(got);
+        Ok(buf)
+    }
+}
+
+/// Lines as a terminal would show them: split on `\n`, a `\r` rewrite keeps only its last
+/// non-empty part, control sequences stripped.
+pub fn display_lines(chunk: &[u8]) -> Vec<String> {
+    let mut out = Vec::new();
+    let body = chunk.strip_suffix(b"\n").unwrap_or(chunk);
+    if body.is_empty() && chunk.len() <= 1 {
+        return out;
+    }
+    for line in body.split(|&b| b == b'\n') {
+        let seg = line
+            .split(|&b| b == b'\r')
+            .rfind(|s| !s.iter().all(u8::is_ascii_whitespace))
+            .unwrap_or(b"");
+        out.push(crate::sanitize::sanitize_line(seg));
+    }
+    out
+}
+
+/// Whether a process with this pid exists on this machine.
+pub fn pid_alive(pid: i64) -> bool {
+    if pid <= 0 || pid > i32::MAX as i64 {
+        return false;
+    }
+    // SAFETY: signal 0 only checks for existence.
+    let r = unsafe { libc::kill(pid as i32, 0) };
+    r == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn display_lines_shows_what_a_terminal_shows() {
+        assert_eq!(display_lines(b"a\nb\n"), vec!["a", "b"]);
+        assert_eq!(display_lines(b" 10%\r 50%\r100% done\n"), vec!["100% done"]);
+        assert_eq!(display_lines(b"\x1b[31merr\x1b[0m\n"), vec!["err"]);
+        assert!(display_lines(b"\n").len() <= 1);
+    }
+}

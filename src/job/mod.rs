@@ -1,0 +1,188 @@
+//! The job on the machine: where its files live, the detached runner that starts it,
+//! how its status is read and how it is signalled; code sync and artifact pull.
+//!
+//! Layout under the remote root (`~/.trainctl`):
+//! `runner.sh`, `code/<project>/`, `manifests/<project>.json`,
+//! `jobs/<job>-<attempt>/{cmd.sh, pid, status, started_at, stdout.log, exit_code, ended_at}`.
+
+pub mod artifacts;
+pub mod sync;
+
+use crate::remote::{Remote, sh_quote};
+use anyhow::{Context, Result, bail};
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+/// The runner script, embedded so the binary is all a machine needs.
+pub const RUNNER_SH: &str = include_str!("../../assets/remote/runner.sh");
+
+pub fn job_dir(root: &str, job_id: &str, attempt: i64) -> String {
+    format!("{root}/jobs/{job_id}-{attempt}")
+}
+
+pub fn log_path(job_dir: &str) -> String {
+    format!("{job_dir}/stdout.log")
+}
+
+/// What the job's files on the machine say.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RemoteStatus {
+    /// The job directory is gone: the machine was replaced or wiped.
+    Missing,
+    /// Started but the runner has not written its pid yet.
+    Starting,
+    Running { pid: i32 },
+    Exited { code: i32, ended_at: Option<i64> },
+    /// The runner died without recording an exit code (killed with SIGKILL, machine reboot).
+    Vanished,
+}
+
+/// The shell text of `cmd.sh`: exported environment, then the user's command.
+pub fn command_script(command: &str, env: &BTreeMap<String, String>) -> String {
+    let mut s = String::from("# written by trainctl\n");
+    for (k, v) in env {
+        // Keys are validated as identifiers when the project is loaded.
+        s.push_str(&format!("export {k}={}\n", sh_quote(v)));
+    }
+    s.push_str(command);
+    s.push('\n');
+    s
+}
+
+/// Upload the runner and the command, then start the job detached in its own session and
+/// process group. Returns once the runner recorded its pid.
+pub async fn start_detached(
+    remote: &dyn Remote,
+    job_dir: &str,
+    workdir: &str,
+    cmd_script: &str,
+) -> Result<i32> {
+    let runner = format!("{}/runner.sh", remote.root());
+    remote.write_file(&runner, RUNNER_SH.as_bytes(), 0o755).await?;
+    remote
+        .write_file(&format!("{job_dir}/cmd.sh"), cmd_script.as_bytes(), 0o644)
+        .await?;
+    // setsid: own session and process group, so neither a closed terminal nor a dropped
+    // connection reaches it; every stream redirected, so nothing dies of SIGPIPE.
+    let script = format!(
+        "cd {jd} && if command -v setsid >/dev/null 2>&1; then \
+           setsid sh {r} {jd} {wd} > runner.out 2>&1 < /dev/null & \
+         else nohup sh {r} {jd} {wd} > runner.out 2>&1 < /dev/null & fi",
+        jd = sh_quote(job_dir),
+        r = sh_quote(&runner),
+        wd = sh_quote(workdir),
+    );
+    remote.exec(&script).await?.check("starting the job")?;
+    for _ in 0..200 {
+        match status(remote, job_dir).await? {
+            RemoteStatus::Running { pid } => return Ok(pid),
+            RemoteStatus::Exited { .. } | RemoteStatus::Vanished => {
+                // Finished (or failed) faster than we looked: still started.
+                let pid = remote
+                    .read_range(&format!("{job_dir}/pid"), 0, 64)
+                    .await?
+                    .and_then(|b| String::from_utf8_lossy(&b).trim().parse().ok())
+                    .unwrap_or(0);
+                return Ok(pid);
+            }
+            _ => tokio::time::sleep(Duration::from_millis(25)).await,
+        }
+    }
+    let out = remote
+        .read_range(&format!("{job_dir}/runner.out"), 0, 4096)
+        .await?
+        .unwrap_or_default();
+    bail!(
+        "the runner did not start within 5 s: {}",
+        crate::sanitize::sanitize_line(&out)
+    )
+}
+
+/// Read the job's status in one command.
+pub async fn status(remote: &dyn Remote, job_dir: &str) -> Result<RemoteStatus> {
+    let script = format!(
+        "cd {} 2>/dev/null || {{ echo missing=1; exit 0; }}
+pid=$(cat pid 2>/dev/null)
+echo \"pid=$pid\"
+[ -f exit_code ] && echo \"exit_code=$(cat exit_code)\"
+[ -f ended_at ] && echo \"ended_at=$(cat ended_at)\"
+alive=0
+if [ -n \"$pid\" ] && kill -0 \"$pid\" 2>/dev/null; then
+  alive=1
+  # A zombie nobody reaped is dead for our purposes.
+  if [ -r /proc/$pid/stat ] && sed 's/.*) //' /proc/$pid/stat | grep -q '^Z'; then alive=0; fi
+fi
+echo \"alive=$alive\"",
+        sh_quote(job_dir)
+    );
+    let out = remote.exec(&script).await?.check("reading job status")?;
+    let text = out.stdout_str();
+    let kv: BTreeMap<&str, &str> = text
+        .lines()
+        .filter_map(|l| l.split_once('='))
+        .collect();
+    if kv.contains_key("missing") {
+        return Ok(RemoteStatus::Missing);
+    }
+    if let Some(code) = kv.get("exit_code").and_then(|c| c.trim().parse().ok()) {
+        return Ok(RemoteStatus::Exited {
+            code,
+            ended_at: kv.get("ended_at").and_then(|s| s.trim().parse().ok()),
+        });
+    }
+    let pid: Option<i32> = kv.get("pid").and_then(|p| p.trim().parse().ok());
+    let alive = kv.get("alive").map(|a| a.trim()) == Some("1");
+    Ok(match (pid, alive) {
+        (None, _) => RemoteStatus::Starting,
+        (Some(pid), true) => RemoteStatus::Running { pid },
+        (Some(_), false) => {
+            // The runner may have exited between our reads: look once more.
+            let code = remote
+                .read_range(&format!("{job_dir}/exit_code"), 0, 64)
+                .await?
+                .and_then(|b| String::from_utf8_lossy(&b).trim().parse().ok());
+            match code {
+                Some(code) => RemoteStatus::Exited { code, ended_at: None },
+                None => RemoteStatus::Vanished,
+            }
+        }
+    })
+}
+
+/// Send `signal` (e.g. "TERM", "KILL") to the job's whole process group.
+pub async fn signal(remote: &dyn Remote, job_dir: &str, signal: &str) -> Result<()> {
+    let script = format!(
+        "pid=$(cat {}/pid 2>/dev/null) && [ -n \"$pid\" ] && kill -{} -- -\"$pid\" 2>/dev/null; true",
+        sh_quote(job_dir),
+        sh_quote(signal)
+    );
+    remote.exec(&script).await?.check("signalling the job")?;
+    Ok(())
+}
+
+/// Stop the job gracefully: SIGTERM to its process group, wait up to `grace`, then SIGKILL.
+pub async fn stop(remote: &dyn Remote, job_dir: &str, grace: Duration) -> Result<RemoteStatus> {
+    signal(remote, job_dir, "TERM").await?;
+    let deadline = tokio::time::Instant::now() + grace;
+    loop {
+        let st = status(remote, job_dir).await?;
+        if !matches!(st, RemoteStatus::Running { .. } | RemoteStatus::Starting) {
+            return Ok(st);
+        }
+        if tokio::time::Instant::now() >= deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    signal(remote, job_dir, "KILL").await?;
+    for _ in 0..50 {
+        let st = status(remote, job_dir).await?;
+        if !matches!(st, RemoteStatus::Running { .. }) {
+            return Ok(st);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    status(remote, job_dir)
+        .await
+        .context("the job survived SIGKILL")
+}

@@ -1,0 +1,366 @@
+//! Code sync by content-hash manifest.
+//!
+//! The machine keeps the manifest of what was last synced (`<root>/manifests/<project>.json`).
+//! A sync walks the project (honouring `.gitignore` and `sync.exclude`), reuses the stored
+//! hash of every file whose size and mtime are unchanged (hashing only the rest), and moves
+//! only new or changed files; files that left the tree are deleted there. An unchanged tree
+//! costs one read of the manifest and no transfer. Excluded paths are always reported by
+//! `--dry-run`, never dropped silently.
+
+use crate::remote::{Remote, sh_quote};
+use anyhow::{Context, Result};
+use ignore::WalkBuilder;
+use ignore::overrides::{Override, OverrideBuilder};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+
+/// Paths never synced whatever the project says: VCS data and trainctl's own pull folder.
+pub const BUILTIN_EXCLUDES: &[&str] = &[".git/", "trainctl-out/"];
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Entry {
+    pub size: u64,
+    /// Modification time of the local file when it was hashed (ns since the epoch).
+    pub mtime_ns: i64,
+    /// Permission bits.
+    pub mode: u32,
+    /// BLAKE3 of the content (files), empty for links.
+    pub hash: String,
+    /// Target of a symbolic link.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub link: Option<String>,
+}
+
+impl Entry {
+    /// Same content and kind, whatever the mtime.
+    fn same_content(&self, o: &Entry) -> bool {
+        self.hash == o.hash && self.link == o.link && self.mode == o.mode && self.size == o.size
+    }
+}
+
+pub type Manifest = BTreeMap<String, Entry>;
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Excluded {
+    pub path: String,
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct SyncPlan {
+    /// New or changed files to copy.
+    pub upload: Vec<String>,
+    /// Symbolic links to (re)create: (path, target).
+    pub links: Vec<(String, String)>,
+    /// Paths that left the tree.
+    pub delete: Vec<String>,
+    pub unchanged: usize,
+    pub upload_bytes: u64,
+    #[serde(skip)]
+    pub manifest: Manifest,
+}
+
+impl SyncPlan {
+    pub fn is_noop(&self) -> bool {
+        self.upload.is_empty() && self.links.is_empty() && self.delete.is_empty()
+    }
+}
+
+fn overrides(root: &Path, excludes: &[String]) -> Result<Override> {
+    let mut ob = OverrideBuilder::new(root);
+    for pat in BUILTIN_EXCLUDES.iter().copied().chain(excludes.iter().map(String::as_str)) {
+        ob.add(&format!("!{pat}"))
+            .with_context(|| format!("bad sync.exclude pattern `{pat}`"))?;
+    }
+    Ok(ob.build()?)
+}
+
+fn walker(root: &Path, excludes: &[String], filtered: bool) -> Result<WalkBuilder> {
+    let mut wb = WalkBuilder::new(root);
+    wb.hidden(false)
+        .follow_links(false)
+        .require_git(false)
+        .git_global(false)
+        .sort_by_file_name(|a, b| a.cmp(b));
+    if filtered {
+        wb.git_ignore(true).git_exclude(true).ignore(true).parents(true);
+        wb.overrides(overrides(root, excludes)?);
+    } else {
+        wb.standard_filters(false).hidden(false);
+    }
+    Ok(wb)
+}
+
+fn rel_of(root: &Path, p: &Path) -> Option<String> {
+    let rel = p.strip_prefix(root).ok()?;
+    let s = rel.to_str()?.to_string();
+    if s.is_empty() { None } else { Some(s) }
+}
+
+fn mtime_ns(meta: &std::fs::Metadata) -> i64 {
+    use std::os::unix::fs::MetadataExt;
+    meta.mtime() * 1_000_000_000 + meta.mtime_nsec()
+}
+
+/// The manifest of the tree at `root` as it is now. Files whose size and mtime match
+/// `previous` keep its hash (no read); the others are hashed.
+pub fn scan(root: &Path, excludes: &[String], previous: &Manifest) -> Result<Manifest> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut out = Manifest::new();
+    for entry in walker(root, excludes, true)?.build() {
+        let entry = entry?;
+        let Some(ft) = entry.file_type() else { continue };
+        if ft.is_dir() {
+            continue;
+        }
+        let Some(rel) = rel_of(root, entry.path()) else {
+            // A name that is not UTF-8 cannot be carried in the manifest: refuse loudly.
+            anyhow::bail!(
+                "cannot sync {}: file names must be valid UTF-8",
+                entry.path().display()
+            );
+        };
+        let meta = entry.path().symlink_metadata()?;
+        let mtime = mtime_ns(&meta);
+        let mode = meta.permissions().mode() & 0o7777;
+        if ft.is_symlink() {
+            let target = std::fs::read_link(entry.path())?;
+            out.insert(
+                rel,
+                Entry {
+                    size: 0,
+                    mtime_ns: mtime,
+                    mode: 0o777,
+                    hash: String::new(),
+                    link: Some(target.to_string_lossy().into_owned()),
+                },
+            );
+            continue;
+        }
+        if !ft.is_file() {
+            continue; // sockets, fifos, devices
+        }
+        let size = meta.len();
+        let hash = match previous.get(&rel) {
+            Some(p) if p.size == size && p.mtime_ns == mtime && p.link.is_none() => p.hash.clone(),
+            _ => {
+                let mut h = blake3::Hasher::new();
+                h.update_reader(std::fs::File::open(entry.path())?)?;
+                h.finalize().to_hex().to_string()
+            }
+        };
+        out.insert(
+            rel,
+            Entry {
+                size,
+                mtime_ns: mtime,
+                mode,
+                hash,
+                link: None,
+            },
+        );
+    }
+    Ok(out)
+}
+
+/// Every path the sync leaves out, with why: the topmost excluded directory stands for
+/// everything under it.
+pub fn excluded(root: &Path, excludes: &[String]) -> Result<Vec<Excluded>> {
+    let mut included = BTreeSet::new();
+    for e in walker(root, excludes, true)?.build() {
+        if let Some(rel) = rel_of(root, e?.path()) {
+            included.insert(rel);
+        }
+    }
+    let ov = overrides(root, excludes)?;
+    let mut out = Vec::new();
+    let mut walk = walker(root, excludes, false)?.build();
+    let mut skip_under: Option<String> = None;
+    while let Some(e) = walk.next() {
+        let e = e?;
+        let Some(rel) = rel_of(root, e.path()) else { continue };
+        if let Some(prefix) = &skip_under {
+            if rel.starts_with(prefix.as_str()) {
+                continue;
+            }
+            skip_under = None;
+        }
+        if included.contains(&rel) {
+            continue;
+        }
+        let is_dir = e.file_type().is_some_and(|t| t.is_dir());
+        let reason = if ov.matched(e.path(), is_dir).is_ignore() {
+            let builtin = BUILTIN_EXCLUDES
+                .iter()
+                .any(|b| rel == b.trim_end_matches('/') || rel.starts_with(b));
+            if builtin { "built-in" } else { "sync.exclude" }
+        } else {
+            ".gitignore"
+        };
+        if is_dir {
+            skip_under = Some(format!("{rel}/"));
+        }
+        out.push(Excluded {
+            path: if is_dir { format!("{rel}/") } else { rel },
+            reason: reason.to_string(),
+        });
+    }
+    Ok(out)
+}
+
+/// What must move to turn `remote` into `local`.
+pub fn plan(local: Manifest, remote: &Manifest) -> SyncPlan {
+    let mut p = SyncPlan::default();
+    for (path, e) in &local {
+        match remote.get(path) {
+            Some(r) if r.same_content(e) => p.unchanged += 1,
+            _ => {
+                if let Some(t) = &e.link {
+                    p.links.push((path.clone(), t.clone()));
+                } else {
+                    p.upload.push(path.clone());
+                    p.upload_bytes += e.size;
+                }
+            }
+        }
+    }
+    for path in remote.keys() {
+        if !local.contains_key(path) {
+            p.delete.push(path.clone());
+        }
+    }
+    p.manifest = local;
+    p
+}
+
+pub fn code_dir(root: &str, project: &str) -> String {
+    format!("{root}/code/{project}")
+}
+
+fn manifest_path(root: &str, project: &str) -> String {
+    format!("{root}/manifests/{project}.json")
+}
+
+/// Read the manifest stored on the machine (empty when there is none or it is unreadable).
+pub async fn remote_manifest(remote: &dyn Remote, project: &str) -> Result<Manifest> {
+    let path = manifest_path(remote.root(), project);
+    Ok(match remote.read_range(&path, 0, usize::MAX).await? {
+        Some(bytes) => serde_json::from_slice(&bytes).unwrap_or_default(),
+        None => Manifest::new(),
+    })
+}
+
+/// Compute the plan for syncing `local_root` to the machine.
+pub async fn prepare(remote: &dyn Remote, project: &str, local_root: &Path, excludes: &[String]) -> Result<SyncPlan> {
+    let remote_m = remote_manifest(remote, project).await?;
+    let root = local_root.to_path_buf();
+    let ex = excludes.to_vec();
+    let prev = remote_m.clone();
+    let local = tokio::task::spawn_blocking(move || scan(&root, &ex, &prev)).await??;
+    Ok(plan(local, &remote_m))
+}
+
+/// Carry out a plan: copy, link, delete, then record the new manifest on the machine.
+pub async fn apply(remote: &dyn Remote, project: &str, local_root: &Path, plan: &SyncPlan) -> Result<()> {
+    if plan.is_noop() {
+        return Ok(());
+    }
+    let dir = code_dir(remote.root(), project);
+    remote
+        .exec(&format!("mkdir -p {}", sh_quote(&dir)))
+        .await?
+        .check("creating the code directory")?;
+    if !plan.upload.is_empty() {
+        remote.put_files(local_root, &plan.upload, &dir).await?;
+    }
+    // Links and deletions go in batches of shell commands, every path quoted.
+    let mut script = String::new();
+    let flush = async |script: &mut String| -> Result<()> {
+        if !script.is_empty() {
+            remote
+                .exec(&format!("cd {} && {script}", sh_quote(&dir)))
+                .await?
+                .check("updating links and deletions")?;
+            script.clear();
+        }
+        Ok(())
+    };
+    for path in &plan.delete {
+        script.push_str(&format!("rm -f -- {} && ", sh_quote(path)));
+        if script.len() > 64 * 1024 {
+            script.push_str("true");
+            flush(&mut script).await?;
+        }
+    }
+    for (path, target) in &plan.links {
+        let parent = Path::new(path).parent().and_then(|p| p.to_str()).unwrap_or("");
+        if !parent.is_empty() {
+            script.push_str(&format!("mkdir -p -- {} && ", sh_quote(parent)));
+        }
+        script.push_str(&format!(
+            "rm -rf -- {p} && ln -s -- {t} {p} && ",
+            p = sh_quote(path),
+            t = sh_quote(target)
+        ));
+        if script.len() > 64 * 1024 {
+            script.push_str("true");
+            flush(&mut script).await?;
+        }
+    }
+    if !script.is_empty() {
+        script.push_str("true");
+        flush(&mut script).await?;
+    }
+    let json = serde_json::to_vec(&plan.manifest)?;
+    remote
+        .write_file(&manifest_path(remote.root(), project), &json, 0o644)
+        .await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plan_moves_only_changes_and_propagates_deletions() {
+        let d = tempfile::tempdir().unwrap();
+        let root = d.path();
+        std::fs::write(root.join("a.py"), "print(1)").unwrap();
+        std::fs::write(root.join("b.py"), "print(2)").unwrap();
+        std::fs::write(root.join(".gitignore"), "data/\n*.tmp\n").unwrap();
+        std::fs::create_dir(root.join("data")).unwrap();
+        std::fs::write(root.join("data/big.bin"), "x").unwrap();
+        std::fs::write(root.join("x.tmp"), "x").unwrap();
+        std::fs::write(root.join("secret.key"), "x").unwrap();
+        let ex = vec!["*.key".to_string()];
+        let m1 = scan(root, &ex, &Manifest::new()).unwrap();
+        assert_eq!(
+            m1.keys().cloned().collect::<Vec<_>>(),
+            vec![".gitignore", "a.py", "b.py"]
+        );
+        let p = plan(m1.clone(), &Manifest::new());
+        assert_eq!(p.upload.len(), 3);
+        // Unchanged: nothing moves.
+        let m2 = scan(root, &ex, &m1).unwrap();
+        assert!(plan(m2, &m1).is_noop());
+        // Change one, delete one.
+        std::fs::write(root.join("a.py"), "print(10)").unwrap();
+        std::fs::remove_file(root.join("b.py")).unwrap();
+        let p = plan(scan(root, &ex, &m1).unwrap(), &m1);
+        assert_eq!(p.upload, vec!["a.py"]);
+        assert_eq!(p.delete, vec!["b.py"]);
+        let mut ex_list = excluded(root, &ex).unwrap();
+        ex_list.sort_by(|a, b| a.path.cmp(&b.path));
+        let shown: Vec<_> = ex_list.iter().map(|e| (e.path.as_str(), e.reason.as_str())).collect();
+        assert_eq!(
+            shown,
+            vec![
+                ("data/", ".gitignore"),
+                ("secret.key", "sync.exclude"),
+                ("x.tmp", ".gitignore")
+            ]
+        );
+    }
+}

@@ -1,0 +1,977 @@
+//! Metrics from plain logs, no instrumentation.
+//!
+//! [`LogParser`] reads log bytes as they arrive and calls back with one point per value it
+//! recognises. It splits on `\n` and `\r` (so tqdm's carriage-return updates count), keeps
+//! context across lines (the current epoch and step, a YOLO table header) and never
+//! allocates per line once warm. Families understood:
+//!
+//! * JSON and Python-dict lines: `{"loss": 0.5}`, `{"type": "progress", "data": {...}}`,
+//!   Hugging Face Trainer `{'loss': 2.3, 'learning_rate': 4.9e-05, 'epoch': 0.05}`;
+//! * `key=value` and `key: value` pairs anywhere in a line (Keras `- loss: 0.29`,
+//!   tqdm / Lightning postfixes `[..., loss=0.32]`, PyTorch `Loss: 2.289124`);
+//! * `Epoch 3/10`, `Epoch 3:`; progress counters `450/1000` in tqdm and Keras bars;
+//! * nanoGPT `iter 100: loss 2.4512, time 35.21ms`;
+//! * Ultralytics/YOLO tables whose header row names the columns.
+//!
+//! Names are lowercased as printed. `step`, `epoch`, `iter` and their totals are context,
+//! not points. NaN and infinities are kept.
+
+use crate::model::Progress;
+
+/// One recognised value, borrowed from the parser's buffers.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PointRef<'a> {
+    pub name: &'a str,
+    pub value: f64,
+    pub step: Option<i64>,
+    pub epoch: Option<f64>,
+    /// 1-based number of the `\n`-terminated line the value was on.
+    pub line: u64,
+}
+
+impl PointRef<'_> {
+    pub fn to_owned_point(&self) -> crate::model::MetricPoint {
+        crate::model::MetricPoint {
+            name: self.name.to_string(),
+            value: self.value,
+            step: self.step,
+            epoch: self.epoch,
+            line: self.line,
+        }
+    }
+}
+
+/// Byte length of the prefix of `buf` that ends with a line terminator (`\n` or `\r`).
+/// A follower feeds exactly this much and keeps the rest for the next read.
+pub fn complete_prefix_len(buf: &[u8]) -> usize {
+    memchr::memrchr2(b'\n', b'\r', buf).map_or(0, |p| p + 1)
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Role {
+    Metric,
+    Step,
+    Epoch,
+    StepsTotal,
+    EpochsTotal,
+    Ignore,
+}
+
+fn role_of(name: &str) -> Role {
+    match name {
+        "step" | "global_step" | "iter" | "iteration" | "steps" => Role::Step,
+        "epoch" => Role::Epoch,
+        "total_steps" | "max_steps" | "max_iters" | "num_steps" | "num_training_steps" => {
+            Role::StepsTotal
+        }
+        "epochs" | "total_epochs" | "num_epochs" | "max_epochs" | "num_train_epochs" => {
+            Role::EpochsTotal
+        }
+        "v_num" | "type" => Role::Ignore,
+        _ => Role::Metric,
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Pair {
+    name_start: u32,
+    name_len: u32,
+    value: f64,
+    /// The value was `a/b`; `total` is b.
+    total: Option<f64>,
+}
+
+/// Streaming log parser. Feed it bytes; it calls back with points.
+#[derive(Debug, Default)]
+pub struct LogParser {
+    progress: Progress,
+    line: u64,
+    /// Partial segment carried between [`LogParser::feed`] calls.
+    partial: Vec<u8>,
+    /// Column names of the last YOLO training header (`Epoch GPU_mem box_loss ...`).
+    yolo_train: Vec<String>,
+    /// Column names of the last YOLO validation header (`Class Images ... mAP50-95`).
+    yolo_val: Vec<String>,
+    pairs: Vec<Pair>,
+    /// Lowercased names for the pairs of the current segment, concatenated.
+    names: String,
+    saw_progress: bool,
+}
+
+impl LogParser {
+    pub fn new() -> Self {
+        LogParser {
+            line: 1,
+            ..Default::default()
+        }
+    }
+
+    /// Resume with context saved from an earlier run (line number and progress).
+    pub fn resume(line: u64, progress: Progress) -> Self {
+        LogParser {
+            line: line.max(1),
+            progress,
+            ..Default::default()
+        }
+    }
+
+    /// Current progress as the log has told it so far.
+    pub fn progress(&self) -> Progress {
+        self.progress
+    }
+
+    /// True once any progress counter (epoch or step) was seen.
+    pub fn saw_progress(&self) -> bool {
+        self.saw_progress
+    }
+
+    /// The 1-based number of the line being read.
+    pub fn line(&self) -> u64 {
+        self.line
+    }
+
+    /// Feed any bytes; complete segments are parsed now, a trailing partial one is kept.
+    pub fn feed(&mut self, bytes: &[u8], out: &mut impl FnMut(PointRef<'_>)) {
+        let mut rest = bytes;
+        if !self.partial.is_empty() {
+            match memchr::memchr2(b'\n', b'\r', rest) {
+                None => {
+                    self.partial.extend_from_slice(rest);
+                    return;
+                }
+                Some(p) => {
+                    let mut seg = std::mem::take(&mut self.partial);
+                    seg.extend_from_slice(&rest[..p]);
+                    self.segment(&seg, out);
+                    if rest[p] == b'\n' {
+                        self.line += 1;
+                    }
+                    seg.clear();
+                    self.partial = seg;
+                    rest = &rest[p + 1..];
+                }
+            }
+        }
+        let done = complete_prefix_len(rest);
+        self.feed_complete(&rest[..done], out);
+        self.partial.extend_from_slice(&rest[done..]);
+    }
+
+    /// Parse bytes that end at a segment boundary (or at the end of the input).
+    pub fn feed_complete(&mut self, bytes: &[u8], out: &mut impl FnMut(PointRef<'_>)) {
+        let mut start = 0;
+        for p in memchr::memchr2_iter(b'\n', b'\r', bytes) {
+            self.segment(&bytes[start..p], out);
+            if bytes[p] == b'\n' {
+                self.line += 1;
+            }
+            start = p + 1;
+        }
+        if start < bytes.len() {
+            self.segment(&bytes[start..], out);
+        }
+    }
+
+    /// Parse whatever partial segment is left (end of file).
+    pub fn finish(&mut self, out: &mut impl FnMut(PointRef<'_>)) {
+        if !self.partial.is_empty() {
+            let seg = std::mem::take(&mut self.partial);
+            self.segment(&seg, out);
+        }
+    }
+
+    fn segment(&mut self, raw: &[u8], out: &mut impl FnMut(PointRef<'_>)) {
+        let s = trim_start(raw);
+        if s.len() < 3 {
+            return;
+        }
+        self.pairs.clear();
+        self.names.clear();
+        // A cheap gate: a segment with no digit (nor NaN/inf) holds no value, but it may be
+        // a YOLO header.
+        if !s.iter().any(u8::is_ascii_digit) && !mentions_nan_or_inf(s) {
+            self.maybe_yolo_header(s);
+            return;
+        }
+        if s[0] == b'{' && self.parse_dict_line(s) {
+            // Parsed as a dict: pairs are filled.
+        } else if !self.yolo_row(s) {
+            self.epoch_prefix(s);
+            if !self.nanogpt(s) {
+                self.progress_counter(s);
+                self.scan_pairs(s);
+            }
+        }
+        self.apply_context();
+        self.emit(out);
+    }
+
+    // ------------------------------------------------------------ pair storage
+
+    fn push_pair(&mut self, name: &[u8], value: f64, total: Option<f64>) {
+        let start = self.names.len();
+        for &b in name {
+            // Names are ASCII-ish identifiers; keep non-ASCII bytes valid by lossy push.
+            if b.is_ascii() {
+                self.names.push(b.to_ascii_lowercase() as char);
+            } else {
+                self.names.push('\u{fffd}');
+            }
+        }
+        let name_len = self.names.len() - start;
+        if name_len == 0 {
+            return;
+        }
+        self.pairs.push(Pair {
+            name_start: start as u32,
+            name_len: name_len as u32,
+            value,
+            total,
+        });
+    }
+
+    fn pair_name(&self, p: &Pair) -> &str {
+        &self.names[p.name_start as usize..(p.name_start + p.name_len) as usize]
+    }
+
+    /// Move step/epoch pairs into the progress context; they are not points.
+    fn apply_context(&mut self) {
+        for i in 0..self.pairs.len() {
+            let p = self.pairs[i];
+            let role = role_of(self.pair_name(&p));
+            match role {
+                Role::Step if p.value.is_finite() => {
+                    self.progress.step = Some(p.value as i64);
+                    if let Some(t) = p.total {
+                        self.progress.steps_total = Some(t as i64);
+                    }
+                    self.saw_progress = true;
+                }
+                Role::Epoch if p.value.is_finite() => {
+                    self.progress.epoch = Some(p.value);
+                    if let Some(t) = p.total {
+                        self.progress.epochs_total = Some(t);
+                    }
+                    self.saw_progress = true;
+                }
+                Role::StepsTotal if p.value.is_finite() && p.value > 0.0 => {
+                    self.progress.steps_total = Some(p.value as i64)
+                }
+                Role::EpochsTotal if p.value.is_finite() && p.value > 0.0 => {
+                    self.progress.epochs_total = Some(p.value)
+                }
+                _ => {}
+            }
+        }
+    }
+
+    fn emit(&mut self, out: &mut impl FnMut(PointRef<'_>)) {
+        for p in &self.pairs {
+            let name = &self.names[p.name_start as usize..(p.name_start + p.name_len) as usize];
+            if role_of(name) != Role::Metric || p.total.is_some() {
+                continue;
+            }
+            out(PointRef {
+                name,
+                value: p.value,
+                step: self.progress.step,
+                epoch: self.progress.epoch,
+                line: self.line,
+            });
+        }
+    }
+
+    // ---------------------------------------------------------------- families
+
+    /// `Epoch 3/10 ...`, `Epoch 3: 100%|...` (Keras, Lightning).
+    fn epoch_prefix(&mut self, s: &[u8]) {
+        if s.len() < 7 || !s[..5].eq_ignore_ascii_case(b"epoch") || s[5] != b' ' {
+            return;
+        }
+        let rest = &s[6..];
+        let Some((n, used)) = parse_uint(rest) else {
+            return;
+        };
+        let after = &rest[used..];
+        let total = if after.first() == Some(&b'/') {
+            parse_uint(&after[1..]).map(|(t, _)| t as f64)
+        } else if matches!(after.first(), None | Some(b':') | Some(b' ')) {
+            None
+        } else {
+            return;
+        };
+        self.progress.epoch = Some(n as f64);
+        if total.is_some() {
+            self.progress.epochs_total = total;
+        }
+        self.saw_progress = true;
+    }
+
+    /// nanoGPT: `iter 100: loss 2.4512, time 35.21ms, mfu 12.34%` and
+    /// `step 500: train loss 2.1234, val loss 2.2345`.
+    fn nanogpt(&mut self, s: &[u8]) -> bool {
+        let rest = if s.starts_with(b"iter ") {
+            &s[5..]
+        } else if s.starts_with(b"step ") {
+            &s[5..]
+        } else {
+            return false;
+        };
+        let Some((n, used)) = parse_uint(rest) else {
+            return false;
+        };
+        if rest.get(used) != Some(&b':') {
+            return false;
+        }
+        self.progress.step = Some(n as i64);
+        self.saw_progress = true;
+        for part in rest[used + 1..].split(|&b| b == b',') {
+            let part = trim(part);
+            // `<words> <number>[unit]`: the value is the last word.
+            let Some(sp) = part.iter().rposition(|&b| b == b' ') else {
+                continue;
+            };
+            let (name, val) = (trim(&part[..sp]), &part[sp + 1..]);
+            if name.is_empty() || !name[0].is_ascii_alphabetic() {
+                continue;
+            }
+            if let Some((v, used)) = parse_number(val)
+                && is_unit_tail(&val[used..])
+            {
+                self.push_pair(name, v, None);
+            }
+        }
+        true
+    }
+
+    /// `450/1000 [` (tqdm) or `938/938 ━━` / `1875/1875 [===` (Keras): a step counter.
+    fn progress_counter(&mut self, s: &[u8]) {
+        // tqdm: `...%|<bar>| N/M [`; the counter follows the last `| `.
+        let candidate = if let Some(p) = memchr::memrchr(b'|', s) {
+            trim_start(&s[p + 1..])
+        } else {
+            s
+        };
+        let Some((n, used)) = parse_uint(candidate) else {
+            return;
+        };
+        if candidate.get(used) != Some(&b'/') {
+            return;
+        }
+        let Some((m, used2)) = parse_uint(&candidate[used + 1..]) else {
+            return;
+        };
+        let tail = trim_start(&candidate[used + 1 + used2..]);
+        let bar_follows = tail.is_empty()
+            || tail[0] == b'['
+            || tail.starts_with("━".as_bytes())
+            || tail.starts_with("─".as_bytes());
+        if bar_follows && m > 0 {
+            self.progress.step = Some(n as i64);
+            self.progress.steps_total = Some(m as i64);
+            self.saw_progress = true;
+        }
+    }
+
+    /// `key=value`, `key: value` anywhere in the line.
+    fn scan_pairs(&mut self, s: &[u8]) {
+        let mut from = 0;
+        while let Some(off) = memchr::memchr2(b'=', b':', &s[from..]) {
+            let sep = from + off;
+            from = sep + 1;
+            // Name: the identifier ending right before the separator.
+            let mut a = sep;
+            while a > 0 && is_ident(s[a - 1]) {
+                a -= 1;
+            }
+            if a == sep || !s[a].is_ascii_alphabetic() {
+                continue;
+            }
+            let mut v = sep + 1;
+            while v < s.len() && s[v] == b' ' {
+                v += 1;
+            }
+            if v >= s.len() {
+                break;
+            }
+            let Some((value, used)) = parse_number(&s[v..]) else {
+                continue;
+            };
+            let after = &s[v + used..];
+            // `epoch: 3/10`, `step=5/100`: a counter of a total.
+            if after.first() == Some(&b'/') {
+                if let Some((t, u2)) = parse_number(&after[1..])
+                    && is_unit_tail(&after[1 + u2..])
+                {
+                    let name = &s[a..sep];
+                    self.push_pair(name, value, Some(t));
+                }
+                from = v + used;
+                continue;
+            }
+            if !is_unit_tail(after) {
+                continue;
+            }
+            let name = &s[a..sep];
+            self.push_pair(name, value, None);
+            from = v + used;
+        }
+    }
+
+    // ------------------------------------------------------------------- dicts
+
+    /// `{...}` as JSON or a Python dict literal. Returns false when it is neither.
+    fn parse_dict_line(&mut self, s: &[u8]) -> bool {
+        let mut p = DictParser { s, i: 0 };
+        let mut key_buf: Vec<u8> = Vec::new();
+        let before = self.pairs.len();
+        let ok = p.dict(&mut |prefix: &[u8], key: &[u8], v: f64| {
+            key_buf.clear();
+            if !prefix.is_empty() {
+                key_buf.extend_from_slice(prefix);
+                key_buf.push(b'/');
+            }
+            key_buf.extend_from_slice(key);
+            self.push_pair(&key_buf.clone(), v, None);
+        }, b"");
+        if !ok {
+            self.pairs.truncate(before);
+            self.names.clear();
+        }
+        ok
+    }
+
+    // -------------------------------------------------------------------- YOLO
+
+    fn maybe_yolo_header(&mut self, s: &[u8]) {
+        let mut toks = s.split(|b| b.is_ascii_whitespace()).filter(|t| !t.is_empty());
+        let Some(first) = toks.next() else { return };
+        if first == b"Epoch" {
+            let cols: Vec<String> = s
+                .split(|b| b.is_ascii_whitespace())
+                .filter(|t| !t.is_empty())
+                .map(yolo_name)
+                .collect();
+            if cols.len() >= 3 && cols.iter().any(|c| c.ends_with("_loss")) {
+                self.yolo_train = cols;
+            }
+        } else if first == b"Class" {
+            let cols: Vec<String> = s
+                .split(|b| b.is_ascii_whitespace())
+                .filter(|t| !t.is_empty())
+                .map(yolo_name)
+                .collect();
+            if cols.iter().any(|c| c.starts_with("map50")) {
+                self.yolo_val = cols;
+            }
+        }
+    }
+
+    /// A row under a YOLO header: `1/100 2.61G 1.215 ...` or `all 4 17 0.613 ...`.
+    /// A header row with digits in it (`mAP50`) is recognised here too.
+    fn yolo_row(&mut self, s: &[u8]) -> bool {
+        let first_end = s.iter().position(|b| b.is_ascii_whitespace()).unwrap_or(s.len());
+        let first = &s[..first_end];
+        if first == b"Class" || first == b"Epoch" {
+            let had = (self.yolo_train.len(), self.yolo_val.len());
+            self.maybe_yolo_header(s);
+            if (self.yolo_train.len(), self.yolo_val.len()) != had || first == b"Class" {
+                return true;
+            }
+            return false;
+        }
+        let is_train_row = !self.yolo_train.is_empty()
+            && first.contains(&b'/')
+            && first[0].is_ascii_digit();
+        let is_val_row = !self.yolo_val.is_empty() && first == b"all";
+        if !is_train_row && !is_val_row {
+            return false;
+        }
+        let cols = if is_train_row {
+            std::mem::take(&mut self.yolo_train)
+        } else {
+            std::mem::take(&mut self.yolo_val)
+        };
+        let mut matched = false;
+        let toks = s.split(|b| b.is_ascii_whitespace()).filter(|t| !t.is_empty());
+        for (i, tok) in toks.enumerate() {
+            if i >= cols.len() {
+                break;
+            }
+            // Trailing `640:` before a tqdm bar.
+            let tok = tok.strip_suffix(b":").unwrap_or(tok);
+            if i == 0 {
+                if is_train_row {
+                    if let Some((n, used)) = parse_uint(tok)
+                        && tok.get(used) == Some(&b'/')
+                        && let Some((m, _)) = parse_uint(&tok[used + 1..])
+                    {
+                        self.progress.epoch = Some(n as f64);
+                        self.progress.epochs_total = Some(m as f64);
+                        self.saw_progress = true;
+                        matched = true;
+                    }
+                } else {
+                    matched = true;
+                }
+                continue;
+            }
+            if let Some((v, used)) = parse_number(tok)
+                && tok[used..].iter().all(|b| b.is_ascii_alphabetic())
+            {
+                let name = cols[i].clone();
+                self.push_pair(name.as_bytes(), v, None);
+            }
+        }
+        if is_train_row {
+            self.yolo_train = cols;
+        } else {
+            self.yolo_val = cols;
+        }
+        matched
+    }
+}
+
+/// `Box(P` → `p`, `mAP50-95):` → `map50-95`, `GPU_mem` → `gpu_mem`.
+fn yolo_name(tok: &[u8]) -> String {
+    let t = String::from_utf8_lossy(tok).to_ascii_lowercase();
+    let t = t.rsplit('(').next().unwrap_or(&t).to_string();
+    t.trim_end_matches([')', ':']).to_string()
+}
+
+fn mentions_nan_or_inf(s: &[u8]) -> bool {
+    s.windows(3)
+        .any(|w| w.eq_ignore_ascii_case(b"nan") || w.eq_ignore_ascii_case(b"inf"))
+}
+
+#[inline]
+fn is_ident(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'/' | b'-')
+}
+
+fn trim_start(s: &[u8]) -> &[u8] {
+    let n = s.iter().take_while(|b| b.is_ascii_whitespace()).count();
+    &s[n..]
+}
+
+fn trim(s: &[u8]) -> &[u8] {
+    let s = trim_start(s);
+    let n = s.iter().rev().take_while(|b| b.is_ascii_whitespace()).count();
+    &s[..s.len() - n]
+}
+
+/// What may follow a number for it to count: the end, a separator, or a unit
+/// (`ms`, `s`, `%`, `G`, `it/s`) followed by those.
+fn is_unit_tail(after: &[u8]) -> bool {
+    let mut i = 0;
+    while i < after.len() && (after[i].is_ascii_alphabetic() || after[i] == b'%') {
+        i += 1;
+    }
+    match after.get(i) {
+        None => true,
+        Some(b) => matches!(
+            b,
+            b' ' | b'\t' | b',' | b';' | b')' | b']' | b'}' | b'|' | b'\'' | b'"'
+        ) || (i > 0 && *b == b'/'),
+    }
+}
+
+/// A decimal unsigned integer at the start of `s`: (value, bytes used).
+fn parse_uint(s: &[u8]) -> Option<(u64, usize)> {
+    let n = s.iter().take_while(|b| b.is_ascii_digit()).count();
+    if n == 0 || n > 18 {
+        return None;
+    }
+    let mut v = 0u64;
+    for &b in &s[..n] {
+        v = v * 10 + (b - b'0') as u64;
+    }
+    Some((v, n))
+}
+
+/// A number at the start of `s`: `-1.5e-3`, `.5`, `nan`, `NaN`, `inf`, `-Infinity`.
+pub fn parse_number(s: &[u8]) -> Option<(f64, usize)> {
+    let mut i = 0;
+    let neg = match s.first() {
+        Some(b'-') => {
+            i = 1;
+            true
+        }
+        Some(b'+') => {
+            i = 1;
+            false
+        }
+        _ => false,
+    };
+    let rest = &s[i..];
+    for (word, val) in [
+        (&b"infinity"[..], f64::INFINITY),
+        (b"inf", f64::INFINITY),
+        (b"nan", f64::NAN),
+    ] {
+        if rest.len() >= word.len() && rest[..word.len()].eq_ignore_ascii_case(word) {
+            let end = i + word.len();
+            // `info`, `nano`: a word, not a number.
+            if s.get(end).is_some_and(|b| b.is_ascii_alphanumeric()) {
+                return None;
+            }
+            let v = if neg { -val } else { val };
+            return Some((v, end));
+        }
+    }
+    let start_digits = i;
+    while i < s.len() && s[i].is_ascii_digit() {
+        i += 1;
+    }
+    let int_digits = i - start_digits;
+    let mut frac_digits = 0;
+    if i < s.len() && s[i] == b'.' {
+        let j = i + 1;
+        let mut k = j;
+        while k < s.len() && s[k].is_ascii_digit() {
+            k += 1;
+        }
+        frac_digits = k - j;
+        if frac_digits > 0 || int_digits > 0 {
+            i = k;
+        }
+    }
+    if int_digits == 0 && frac_digits == 0 {
+        return None;
+    }
+    // A dotted version or address (`1.2.3`, `10.0.0.1`) is not a number.
+    if i < s.len() && s[i] == b'.' && s.get(i + 1).is_some_and(u8::is_ascii_digit) {
+        return None;
+    }
+    if i < s.len() && (s[i] == b'e' || s[i] == b'E') {
+        let mut k = i + 1;
+        if k < s.len() && (s[k] == b'-' || s[k] == b'+') {
+            k += 1;
+        }
+        let d0 = k;
+        while k < s.len() && s[k].is_ascii_digit() {
+            k += 1;
+        }
+        if k > d0 {
+            i = k;
+        }
+    }
+    // Fast path for plain integers and short decimals, exact like `str::parse`.
+    let text = std::str::from_utf8(&s[..i]).ok()?;
+    text.parse::<f64>().ok().map(|v| (v, i))
+}
+
+/// A tolerant reader of JSON objects and Python dict literals (single quotes, `True`,
+/// `None`, `nan`, `inf`). Calls back with every numeric leaf.
+struct DictParser<'a> {
+    s: &'a [u8],
+    i: usize,
+}
+
+impl DictParser<'_> {
+    fn ws(&mut self) {
+        while self.i < self.s.len() && self.s[self.i].is_ascii_whitespace() {
+            self.i += 1;
+        }
+    }
+
+    fn eat(&mut self, b: u8) -> bool {
+        self.ws();
+        if self.s.get(self.i) == Some(&b) {
+            self.i += 1;
+            true
+        } else {
+            false
+        }
+    }
+
+    /// A quoted string; returns the raw bytes between the quotes.
+    fn string(&mut self) -> Option<&[u8]> {
+        self.ws();
+        let q = *self.s.get(self.i)?;
+        if q != b'"' && q != b'\'' {
+            return None;
+        }
+        let start = self.i + 1;
+        let mut k = start;
+        while k < self.s.len() {
+            match self.s[k] {
+                b'\\' => k += 2,
+                c if c == q => {
+                    self.i = k + 1;
+                    return Some(&self.s[start..k]);
+                }
+                _ => k += 1,
+            }
+        }
+        None
+    }
+
+    /// Parse `{ key: value, ... }`. Nested dicts under `data` or `metrics` are flattened
+    /// without a prefix; other nested dicts as `outer/inner`.
+    fn dict(&mut self, out: &mut impl FnMut(&[u8], &[u8], f64), prefix: &[u8]) -> bool {
+        if !self.eat(b'{') {
+            return false;
+        }
+        if self.eat(b'}') {
+            return true;
+        }
+        loop {
+            let Some(key) = self.string() else {
+                return false;
+            };
+            let key = key.to_vec();
+            if !self.eat(b':') {
+                return false;
+            }
+            self.ws();
+            match self.s.get(self.i) {
+                Some(b'{') => {
+                    let nested_prefix: Vec<u8> = if key == b"data" || key == b"metrics" {
+                        prefix.to_vec()
+                    } else if prefix.is_empty() {
+                        key.clone()
+                    } else {
+                        [prefix, b"/", &key].concat()
+                    };
+                    if !self.dict(out, &nested_prefix) {
+                        return false;
+                    }
+                }
+                Some(b'"') | Some(b'\'') => {
+                    if self.string().is_none() {
+                        return false;
+                    }
+                }
+                Some(b'[') | Some(b'(') => {
+                    if !self.skip_list() {
+                        return false;
+                    }
+                }
+                Some(_) => {
+                    let rest = &self.s[self.i..];
+                    if let Some((v, used)) = parse_number(rest) {
+                        self.i += used;
+                        out(prefix, &key, v);
+                    } else {
+                        // true / false / null / None / True / False
+                        let n = rest.iter().take_while(|b| b.is_ascii_alphabetic()).count();
+                        if n == 0 {
+                            return false;
+                        }
+                        self.i += n;
+                    }
+                }
+                None => return false,
+            }
+            if self.eat(b',') {
+                if self.eat(b'}') {
+                    return true;
+                }
+                continue;
+            }
+            return self.eat(b'}');
+        }
+    }
+
+    fn skip_list(&mut self) -> bool {
+        let mut depth = 0usize;
+        while self.i < self.s.len() {
+            match self.s[self.i] {
+                b'[' | b'(' | b'{' => depth += 1,
+                b']' | b')' | b'}' => {
+                    depth = depth.saturating_sub(1);
+                    if depth == 0 {
+                        self.i += 1;
+                        return true;
+                    }
+                }
+                b'"' | b'\'' => {
+                    if self.string().is_none() {
+                        return false;
+                    }
+                    continue;
+                }
+                _ => {}
+            }
+            self.i += 1;
+        }
+        false
+    }
+}
+
+/// Parse a whole buffer (a log file) into owned points.
+pub fn parse_all(bytes: &[u8]) -> (Vec<crate::model::MetricPoint>, Progress) {
+    let mut parser = LogParser::new();
+    let mut points = Vec::new();
+    parser.feed(bytes, &mut |p| points.push(p.to_owned_point()));
+    parser.finish(&mut |p| points.push(p.to_owned_point()));
+    (points, parser.progress())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pts(log: &str) -> Vec<(String, f64, Option<i64>, Option<f64>)> {
+        parse_all(log.as_bytes())
+            .0
+            .into_iter()
+            .map(|p| (p.name, p.value, p.step, p.epoch))
+            .collect()
+    }
+
+    fn val(log: &str, name: &str) -> Option<f64> {
+        pts(log).into_iter().rev().find(|p| p.0 == name).map(|p| p.1)
+    }
+
+    #[test]
+    fn numbers() {
+        assert_eq!(parse_number(b"1.5e-3 "), Some((1.5e-3, 6)));
+        assert_eq!(parse_number(b"-2"), Some((-2.0, 2)));
+        assert!(parse_number(b"NaN").unwrap().0.is_nan());
+        assert_eq!(parse_number(b"-Infinity"), Some((f64::NEG_INFINITY, 9)));
+        assert_eq!(parse_number(b"info"), None);
+        assert_eq!(parse_number(b"10.0.0.1"), None);
+        assert_eq!(parse_number(b"."), None);
+    }
+
+    #[test]
+    fn json_lines_and_progress_records() {
+        let p = pts("{\"step\": 10, \"loss\": 0.5, \"acc\": NaN}\n");
+        assert_eq!(p[0], ("loss".into(), 0.5, Some(10), None));
+        assert!(p[1].1.is_nan());
+        let p = pts(
+            "{\"type\": \"progress\", \"data\": {\"epoch\": 2, \"total_epochs\": 5, \"train_loss\": 0.25}}\n",
+        );
+        assert_eq!(p, vec![("train_loss".into(), 0.25, None, Some(2.0))]);
+        let (_, prog) = parse_all(
+            b"{\"type\": \"progress\", \"data\": {\"epoch\": 2, \"total_epochs\": 5}}\n",
+        );
+        assert_eq!(prog.epochs_total, Some(5.0));
+    }
+
+    #[test]
+    fn key_value_and_colon_pairs() {
+        let p = pts("step=100 loss=0.25 lr=3e-4\n");
+        assert_eq!(p[0], ("loss".into(), 0.25, Some(100), None));
+        assert_eq!(p[1].1, 3e-4);
+        // Step after the metric still applies to the whole line.
+        let p = pts("loss: 1.5, step: 7\n");
+        assert_eq!(p, vec![("loss".into(), 1.5, Some(7), None)]);
+        // Times, dates and URLs are not metrics.
+        assert!(pts("2024-01-01 12:00:00,123 INFO: started at http://x:8080/\n").is_empty());
+        assert!(pts("eta=0:12:00 version=1.2.3\n").is_empty());
+    }
+
+    #[test]
+    fn epoch_of_n() {
+        let (_, prog) = parse_all(b"Epoch 3/10\n");
+        assert_eq!((prog.epoch, prog.epochs_total), (Some(3.0), Some(10.0)));
+    }
+
+    #[test]
+    fn keras_old_and_new() {
+        let log = "Epoch 1/5\n1875/1875 [==============================] - 5s 2ms/step - loss: 0.2950 - accuracy: 0.9146 - val_loss: 0.1400\n";
+        let p = pts(log);
+        assert_eq!(p[0], ("loss".into(), 0.295, Some(1875), Some(1.0)));
+        assert_eq!(val(log, "accuracy"), Some(0.9146));
+        assert_eq!(val(log, "val_loss"), Some(0.14));
+        let k3 = "Epoch 2/10\n\u{1b}[1m938/938\u{1b}[0m \u{1b}[32m━━━━━━━━━━━━━━━━━━━━\u{1b}[0m\u{1b}[37m\u{1b}[0m \u{1b}[1m3s\u{1b}[0m 3ms/step - accuracy: 0.8681 - loss: 0.4468\n";
+        // Keras 3 colours its bar: the parser sees sanitized text in the engine; raw here.
+        let clean = crate::sanitize::sanitize_line(k3.as_bytes());
+        let p = pts(&clean.replace("Epoch 2/10", "Epoch 2/10\n"));
+        assert!(p.contains(&("accuracy".into(), 0.8681, Some(938), Some(2.0))), "{p:?}");
+        assert!(p.contains(&("loss".into(), 0.4468, Some(938), Some(2.0))), "{p:?}");
+    }
+
+    #[test]
+    fn hugging_face_trainer_dicts() {
+        let log = "{'loss': 2.3, 'grad_norm': 1.25, 'learning_rate': 4.9e-05, 'epoch': 0.05}\n{'eval_loss': 1.9, 'eval_runtime': 3.2, 'epoch': 1.0}\n";
+        let p = pts(log);
+        assert_eq!(p[0], ("loss".into(), 2.3, None, Some(0.05)));
+        assert_eq!(p[2], ("learning_rate".into(), 4.9e-05, None, Some(0.05)));
+        assert_eq!(p[3], ("eval_loss".into(), 1.9, None, Some(1.0)));
+        assert_eq!(val("{'train_runtime': 10.5, 'train_loss': nan}\n", "train_runtime"), Some(10.5));
+        assert!(val("{'train_loss': nan}\n", "train_loss").unwrap().is_nan());
+    }
+
+    #[test]
+    fn tqdm_carriage_return_updates() {
+        let log = "  0%|          | 0/100 [00:00<?, ?it/s]\r 45%|████▌     | 45/100 [00:10<00:12,  4.45it/s, loss=0.32]\r100%|██████████| 100/100 [00:22<00:00,  4.50it/s, loss=0.12]\n";
+        let p = pts(log);
+        assert_eq!(
+            p,
+            vec![
+                ("loss".into(), 0.32, Some(45), None),
+                ("loss".into(), 0.12, Some(100), None)
+            ]
+        );
+        let (_, prog) = parse_all(log.as_bytes());
+        assert_eq!(prog.steps_total, Some(100));
+        // All three \r updates share line 1.
+        assert!(parse_all(log.as_bytes()).0.iter().all(|p| p.line == 1));
+    }
+
+    #[test]
+    fn lightning_postfix() {
+        let log = "Epoch 3: 100%|██████████| 938/938 [00:15<00:00, 60.12it/s, v_num=0, train_loss=0.123, val_acc=0.950]\n";
+        let p = pts(log);
+        assert_eq!(
+            p,
+            vec![
+                ("train_loss".into(), 0.123, Some(938), Some(3.0)),
+                ("val_acc".into(), 0.95, Some(938), Some(3.0))
+            ]
+        );
+    }
+
+    #[test]
+    fn pytorch_mnist_example() {
+        let log = "Train Epoch: 1 [640/60000 (1%)]\tLoss: 2.289124\nTrain Epoch: 2 [0/60000 (0%)]\tLoss: 0.155\n";
+        let p = pts(log);
+        assert_eq!(p[0], ("loss".into(), 2.289124, None, Some(1.0)));
+        assert_eq!(p[1], ("loss".into(), 0.155, None, Some(2.0)));
+    }
+
+    #[test]
+    fn nanogpt_lines() {
+        let log = "step 500: train loss 2.1234, val loss 2.2345\niter 510: loss 2.4512, time 35.21ms, mfu 12.34%\n";
+        let p = pts(log);
+        assert_eq!(p[0], ("train loss".into(), 2.1234, Some(500), None));
+        assert_eq!(p[1], ("val loss".into(), 2.2345, Some(500), None));
+        assert_eq!(p[2], ("loss".into(), 2.4512, Some(510), None));
+        assert_eq!(p[3], ("time".into(), 35.21, Some(510), None));
+        assert_eq!(p[4], ("mfu".into(), 12.34, Some(510), None));
+    }
+
+    #[test]
+    fn yolo_tables() {
+        let log = "      Epoch    GPU_mem   box_loss   cls_loss   dfl_loss  Instances       Size\n\
+                   \x20     1/100      2.61G      1.215      1.424      1.227         29        640: 100%|██████████| 8/8 [00:02<00:00,  3.21it/s]\n\
+                   \x20                Class     Images  Instances      Box(P          R      mAP50  mAP50-95): 100%|██████████| 1/1 [00:00<00:00,  5.12it/s]\n\
+                   \x20                  all          4         17      0.613      0.883      0.849      0.624\n";
+        let p = pts(log);
+        assert!(p.contains(&("box_loss".into(), 1.215, None, Some(1.0))), "{p:?}");
+        assert!(p.contains(&("gpu_mem".into(), 2.61, None, Some(1.0))), "{p:?}");
+        assert!(p.contains(&("size".into(), 640.0, None, Some(1.0))), "{p:?}");
+        assert!(p.contains(&("map50-95".into(), 0.624, None, Some(1.0))), "{p:?}");
+        assert!(p.contains(&("p".into(), 0.613, None, Some(1.0))), "{p:?}");
+        let (_, prog) = parse_all(log.as_bytes());
+        assert_eq!(prog.epochs_total, Some(100.0));
+    }
+
+    #[test]
+    fn split_feeds_equal_one_feed() {
+        let log = b"step=1 loss=0.5\nstep=2 loss=0.4\r\nEpoch 2/3\nacc: 0.9\n";
+        let whole = parse_all(log).0;
+        for cut in 0..log.len() {
+            let mut p = LogParser::new();
+            let mut got = Vec::new();
+            p.feed(&log[..cut], &mut |x| got.push(x.to_owned_point()));
+            p.feed(&log[cut..], &mut |x| got.push(x.to_owned_point()));
+            p.finish(&mut |x| got.push(x.to_owned_point()));
+            assert_eq!(got, whole, "cut at {cut}");
+        }
+    }
+}

@@ -1,0 +1,214 @@
+//! The local remote: processes on this machine, inside a sandbox directory.
+//!
+//! Every process it starts gets `HOME=<sandbox>/home` and the environment marker
+//! `TRAINCTL_SANDBOX=<instance id>`, which descendants inherit even when they leave the
+//! process group (a detached job does); the local provider finds and stops them by it.
+
+use super::{ExecOutput, Fetched, Remote};
+use anyhow::{Context, Result};
+use async_trait::async_trait;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use tokio::io::{AsyncReadExt, AsyncSeekExt};
+use tokio::sync::mpsc;
+
+/// Environment variable that marks every process started in a sandbox.
+pub const SANDBOX_ENV: &str = "TRAINCTL_SANDBOX";
+
+#[derive(Debug, Clone)]
+pub struct LocalRemote {
+    home: PathBuf,
+    root: String,
+    marker: String,
+}
+
+impl LocalRemote {
+    /// A remote for the sandbox whose home is `home`, marked with `marker`.
+    pub fn new(home: &Path, marker: &str) -> LocalRemote {
+        LocalRemote {
+            home: home.to_path_buf(),
+            root: home.join(".trainctl").to_string_lossy().into_owned(),
+            marker: marker.to_string(),
+        }
+    }
+
+    fn command(&self, script: &str) -> tokio::process::Command {
+        let mut cmd = tokio::process::Command::new("sh");
+        cmd.arg("-c")
+            .arg(script)
+            .current_dir(&self.home)
+            .env("HOME", &self.home)
+            .env(SANDBOX_ENV, &self.marker)
+            .stdin(Stdio::null())
+            .process_group(0)
+            .kill_on_drop(true);
+        cmd
+    }
+}
+
+/// Copy `src` to `dest` through a temp name in the same directory, hashing as it goes.
+fn copy_hashed(src: &Path, dest: &Path) -> Result<Fetched> {
+    let parent = dest.parent().context("destination has no parent directory")?;
+    std::fs::create_dir_all(parent)
+        .with_context(|| format!("creating {}", parent.display()))?;
+    let name = dest
+        .file_name()
+        .context("destination has no file name")?
+        .to_string_lossy();
+    let tmp = parent.join(format!(".{name}.trainctl-part"));
+    let mut input = std::fs::File::open(src).with_context(|| format!("opening {}", src.display()))?;
+    let meta = input.metadata()?;
+    let mut out = std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+    let mut hasher = blake3::Hasher::new();
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut size = 0u64;
+    loop {
+        let n = input.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+        out.write_all(&buf[..n])?;
+        size += n as u64;
+    }
+    out.flush()?;
+    drop(out);
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(meta.permissions().mode() & 0o7777))?;
+    std::fs::rename(&tmp, dest).with_context(|| format!("renaming into {}", dest.display()))?;
+    Ok(Fetched {
+        size,
+        blake3: hasher.finalize().to_hex().to_string(),
+    })
+}
+
+/// BLAKE3 of a local file, hex.
+pub fn hash_file(path: &Path) -> Result<(u64, String)> {
+    let mut f = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let mut hasher = blake3::Hasher::new();
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut size = 0u64;
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+        size += n as u64;
+    }
+    Ok((size, hasher.finalize().to_hex().to_string()))
+}
+
+#[async_trait]
+impl Remote for LocalRemote {
+    fn root(&self) -> &str {
+        &self.root
+    }
+
+    async fn exec(&self, script: &str) -> Result<ExecOutput> {
+        let out = self
+            .command(script)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .output()
+            .await
+            .context("running sh in the sandbox")?;
+        Ok(ExecOutput {
+            status: out.status.code().unwrap_or(128 + 9),
+            stdout: out.stdout,
+            stderr: out.stderr,
+        })
+    }
+
+    async fn exec_stream(&self, script: &str, sink: mpsc::Sender<Vec<u8>>) -> Result<i32> {
+        let mut child = self
+            .command(script)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("running sh in the sandbox")?;
+        let mut stdout = child.stdout.take().context("no stdout pipe")?;
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            let n = stdout.read(&mut buf).await?;
+            if n == 0 {
+                break;
+            }
+            if sink.send(buf[..n].to_vec()).await.is_err() {
+                // The reader went away: stop the command rather than let it block.
+                let _ = child.start_kill();
+                break;
+            }
+        }
+        let status = child.wait().await?;
+        Ok(status.code().unwrap_or(128 + 9))
+    }
+
+    async fn write_file(&self, path: &str, data: &[u8], mode: u32) -> Result<()> {
+        let path = PathBuf::from(path);
+        let data = data.to_vec();
+        tokio::task::spawn_blocking(move || -> Result<()> {
+            let parent = path.parent().context("path has no parent")?;
+            std::fs::create_dir_all(parent)?;
+            let tmp = parent.join(format!(
+                ".{}.trainctl-part",
+                path.file_name().context("no file name")?.to_string_lossy()
+            ));
+            std::fs::write(&tmp, &data)?;
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(mode))?;
+            std::fs::rename(&tmp, &path)?;
+            Ok(())
+        })
+        .await?
+    }
+
+    async fn put_files(&self, local_root: &Path, rels: &[String], remote_root: &str) -> Result<u64> {
+        let local_root = local_root.to_path_buf();
+        let remote_root = PathBuf::from(remote_root);
+        let rels = rels.to_vec();
+        tokio::task::spawn_blocking(move || -> Result<u64> {
+            let mut bytes = 0;
+            for rel in &rels {
+                let dest = super::safe_join(&remote_root, rel)?;
+                let f = copy_hashed(&local_root.join(rel), &dest)?;
+                bytes += f.size;
+            }
+            Ok(bytes)
+        })
+        .await?
+    }
+
+    async fn get(&self, path: &str, dest: &Path) -> Result<Fetched> {
+        let src = PathBuf::from(path);
+        let dest = dest.to_path_buf();
+        tokio::task::spawn_blocking(move || -> Result<Fetched> {
+            let fetched = copy_hashed(&src, &dest)?;
+            // Verify what landed, not what we meant to write.
+            let (size, hash) = hash_file(&dest)?;
+            let src_len = std::fs::metadata(&src)?.len();
+            if size != fetched.size || hash != fetched.blake3 || size != src_len {
+                let _ = std::fs::remove_file(&dest);
+                anyhow::bail!(
+                    "{} changed or was corrupted while copying (size {size} vs {src_len})",
+                    src.display()
+                );
+            }
+            Ok(fetched)
+        })
+        .await?
+    }
+
+    async fn read_range(&self, path: &str, offset: u64, max: usize) -> Result<Option<Vec<u8>>> {
+        let mut f = match tokio::fs::File::open(path).await {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e).with_context(|| format!("opening {path}")),
+        };
+        f.seek(std::io::SeekFrom::Start(offset)).await?;
+        let mut buf = Vec::with_capacity(max.min(1 << 20));
+        f.take(max as u64).read_to_end(&mut buf).await?;
+        Ok(Some(buf))
+    }
+}

@@ -1,0 +1,155 @@
+//! Remotes run commands and move files on a machine. The job state machine, sync,
+//! log follow and artifact pull are written once against [`Remote`]; `local` runs
+//! processes in a sandbox directory, `ssh` (next) the same over an SSH connection.
+
+pub mod local;
+
+use anyhow::Result;
+use async_trait::async_trait;
+use std::path::Path;
+use tokio::sync::mpsc;
+
+/// What a finished command left behind.
+#[derive(Debug, Clone, Default)]
+pub struct ExecOutput {
+    pub status: i32,
+    pub stdout: Vec<u8>,
+    pub stderr: Vec<u8>,
+}
+
+impl ExecOutput {
+    pub fn success(&self) -> bool {
+        self.status == 0
+    }
+    pub fn stdout_str(&self) -> String {
+        String::from_utf8_lossy(&self.stdout).into_owned()
+    }
+    /// An error naming what failed, with the (sanitised) stderr.
+    pub fn check(self, what: &str) -> Result<ExecOutput> {
+        if self.success() {
+            Ok(self)
+        } else {
+            anyhow::bail!(
+                "{what} failed (exit {}): {}",
+                self.status,
+                crate::sanitize::sanitize_line(self.stderr.trim_ascii())
+            )
+        }
+    }
+}
+
+/// One file moved by [`Remote::get`]: its size and BLAKE3 hash, checked after the copy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fetched {
+    pub size: u64,
+    pub blake3: String,
+}
+
+/// A machine trainctl can run things on. Paths are absolute paths on that machine;
+/// scripts are POSIX `sh` text whose every argument was quoted with [`sh_quote`].
+#[async_trait]
+pub trait Remote: Send + Sync {
+    /// trainctl's directory on the machine (`~/.trainctl`), absolute.
+    fn root(&self) -> &str;
+
+    /// Run a script with `sh -c` and collect its output.
+    async fn exec(&self, script: &str) -> Result<ExecOutput>;
+
+    /// Run a script, sending stdout to `sink` chunk by chunk as it comes; returns the exit status.
+    async fn exec_stream(&self, script: &str, sink: mpsc::Sender<Vec<u8>>) -> Result<i32>;
+
+    /// Write `data` to `path` atomically (temp name, then rename), creating parents, with `mode`.
+    async fn write_file(&self, path: &str, data: &[u8], mode: u32) -> Result<()>;
+
+    /// Copy local files `rels` (relative to `local_root`) to `remote_root/rel`, keeping the
+    /// permission bits, each atomically. Returns the bytes moved.
+    async fn put_files(&self, local_root: &Path, rels: &[String], remote_root: &str) -> Result<u64>;
+
+    /// Download `path` to the local file `dest` (temp name, then rename), verifying size and
+    /// BLAKE3 against the source.
+    async fn get(&self, path: &str, dest: &Path) -> Result<Fetched>;
+
+    /// Up to `max` bytes of `path` from `offset`; `None` when the file does not exist.
+    async fn read_range(&self, path: &str, offset: u64, max: usize) -> Result<Option<Vec<u8>>>;
+}
+
+/// Quote one shell argument for POSIX `sh`: `'...'` with embedded quotes as `'\''`.
+/// Safe for spaces, `$`, backticks, quotes and newlines.
+pub fn sh_quote(s: &str) -> String {
+    if !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_./:,+@%".contains(&b))
+    {
+        return s.to_string();
+    }
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('\'');
+    for c in s.chars() {
+        if c == '\'' {
+            out.push_str("'\\''");
+        } else {
+            out.push(c);
+        }
+    }
+    out.push('\'');
+    out
+}
+
+/// Join `rel` under `base` for writing a file that came from a machine: refuses absolute
+/// paths, `..`, and anything else that would land outside `base`.
+pub fn safe_join(base: &Path, rel: &str) -> Result<std::path::PathBuf> {
+    let rel_path = Path::new(rel);
+    let mut out = base.to_path_buf();
+    let mut depth = 0usize;
+    for c in rel_path.components() {
+        match c {
+            std::path::Component::Normal(part) => {
+                out.push(part);
+                depth += 1;
+            }
+            std::path::Component::CurDir => {}
+            _ => anyhow::bail!("refusing remote path `{rel}`: it would write outside {}", base.display()),
+        }
+    }
+    if depth == 0 {
+        anyhow::bail!("refusing empty remote path `{rel}`");
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quoting_round_trips_through_sh() {
+        for s in [
+            "plain",
+            "with space",
+            "it's",
+            "$HOME `id` $(id)",
+            "new\nline",
+            "",
+            "\"dq\" \\ back",
+            "ünïcödé ✓",
+            "-n",
+        ] {
+            let out = std::process::Command::new("sh")
+                .arg("-c")
+                .arg(format!("printf %s {}", sh_quote(s)))
+                .output()
+                .unwrap();
+            assert_eq!(String::from_utf8(out.stdout).unwrap(), s);
+        }
+    }
+
+    #[test]
+    fn safe_join_refuses_escapes() {
+        let b = Path::new("/tmp/dest");
+        assert!(safe_join(b, "../../etc/x").is_err());
+        assert!(safe_join(b, "/etc/passwd").is_err());
+        assert!(safe_join(b, "a/../../b").is_err());
+        assert!(safe_join(b, "").is_err());
+        assert_eq!(safe_join(b, "./a/b.pt").unwrap(), Path::new("/tmp/dest/a/b.pt"));
+    }
+}

@@ -1,0 +1,1030 @@
+//! The store: one SQLite file (WAL) shared by every trainctl process, the cockpit included.
+//!
+//! Every state change goes through a method here that also writes an event row in the same
+//! transaction. Writes take the lock up front (`BEGIN IMMEDIATE`) so two processes never
+//! dead-lock on a read-to-write upgrade, and wait (busy timeout) rather than fail.
+
+use crate::model::{InstanceState, JobState, MetricPoint, Money, Progress, TimestampMs, now_ms};
+use anyhow::{Context, Result, bail};
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
+use serde::Serialize;
+use std::path::{Path, PathBuf};
+
+/// Versioned migrations; the index + 1 is the schema version (`PRAGMA user_version`).
+const MIGRATIONS: &[&str] = &[
+    // 1: the first schema.
+    "CREATE TABLE instances (
+        id TEXT PRIMARY KEY,
+        provider TEXT NOT NULL,
+        name TEXT NOT NULL,
+        instance_type TEXT NOT NULL,
+        spot INTEGER NOT NULL DEFAULT 0,
+        state TEXT NOT NULL,
+        hourly_micros INTEGER NOT NULL,
+        created_ms INTEGER NOT NULL,
+        launched_ms INTEGER,
+        terminated_ms INTEGER,
+        address TEXT,
+        error TEXT
+    );
+    CREATE TABLE jobs (
+        id TEXT PRIMARY KEY,
+        name TEXT NOT NULL,
+        project TEXT NOT NULL,
+        project_dir TEXT NOT NULL,
+        command TEXT NOT NULL,
+        spec_json TEXT NOT NULL,
+        state TEXT NOT NULL,
+        instance_id TEXT REFERENCES instances(id),
+        created_ms INTEGER NOT NULL,
+        started_ms INTEGER,
+        ended_ms INTEGER,
+        exit_code INTEGER,
+        reason TEXT,
+        cancel_requested INTEGER NOT NULL DEFAULT 0,
+        -- pid of the trainctl process syncing and starting it (until it runs detached)
+        driver_pid INTEGER,
+        -- when SIGTERM was sent to stop it (SIGKILL follows after the grace)
+        stop_sent_ms INTEGER,
+        -- terminate the machine once the job ends (budget breach)
+        terminate_on_end INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE TABLE job_attempts (
+        job_id TEXT NOT NULL REFERENCES jobs(id),
+        attempt INTEGER NOT NULL,
+        instance_id TEXT NOT NULL REFERENCES instances(id),
+        remote_dir TEXT NOT NULL,
+        workdir TEXT NOT NULL,
+        started_ms INTEGER NOT NULL,
+        ended_ms INTEGER,
+        exit_code INTEGER,
+        PRIMARY KEY (job_id, attempt)
+    );
+    CREATE TABLE events (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        ts_ms INTEGER NOT NULL,
+        kind TEXT NOT NULL,
+        instance_id TEXT,
+        job_id TEXT,
+        message TEXT NOT NULL
+    );
+    CREATE INDEX events_job ON events(job_id);
+    CREATE TABLE metric_points (
+        job_id TEXT NOT NULL,
+        attempt INTEGER NOT NULL,
+        line INTEGER NOT NULL,
+        name TEXT NOT NULL,
+        value REAL,
+        step INTEGER,
+        epoch REAL,
+        ts_ms INTEGER NOT NULL
+    );
+    CREATE INDEX metric_points_job ON metric_points(job_id, name);
+    CREATE TABLE log_offsets (
+        job_id TEXT NOT NULL,
+        attempt INTEGER NOT NULL,
+        byte_offset INTEGER NOT NULL,
+        line INTEGER NOT NULL,
+        progress_json TEXT NOT NULL,
+        progress_ms INTEGER,
+        PRIMARY KEY (job_id, attempt)
+    );
+    CREATE TABLE artifacts (
+        job_id TEXT NOT NULL,
+        path TEXT NOT NULL,
+        size INTEGER NOT NULL,
+        blake3 TEXT NOT NULL,
+        local_path TEXT NOT NULL,
+        ts_ms INTEGER NOT NULL,
+        PRIMARY KEY (job_id, path)
+    );",
+];
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct InstanceRecord {
+    pub id: String,
+    pub provider: String,
+    pub name: String,
+    pub instance_type: String,
+    pub spot: bool,
+    pub state: InstanceState,
+    pub hourly: Money,
+    pub created_ms: TimestampMs,
+    pub launched_ms: Option<TimestampMs>,
+    pub terminated_ms: Option<TimestampMs>,
+    /// Where the machine is reached: a sandbox path (local) or host (ssh).
+    pub address: Option<String>,
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct JobRecord {
+    pub id: String,
+    pub name: String,
+    pub project: String,
+    pub project_dir: String,
+    pub command: String,
+    pub spec_json: String,
+    pub state: JobState,
+    pub instance_id: Option<String>,
+    pub created_ms: TimestampMs,
+    pub started_ms: Option<TimestampMs>,
+    pub ended_ms: Option<TimestampMs>,
+    pub exit_code: Option<i32>,
+    pub reason: Option<String>,
+    pub cancel_requested: bool,
+    pub driver_pid: Option<i64>,
+    pub stop_sent_ms: Option<TimestampMs>,
+    pub terminate_on_end: bool,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct AttemptRecord {
+    pub job_id: String,
+    pub attempt: i64,
+    pub instance_id: String,
+    /// The job's directory on the machine (runner files, `stdout.log`).
+    pub remote_dir: String,
+    /// Where the command runs on the machine.
+    pub workdir: String,
+    pub started_ms: TimestampMs,
+    pub ended_ms: Option<TimestampMs>,
+    pub exit_code: Option<i32>,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct EventRecord {
+    pub id: i64,
+    pub ts_ms: TimestampMs,
+    pub kind: String,
+    pub instance_id: Option<String>,
+    pub job_id: Option<String>,
+    pub message: String,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq, Default)]
+pub struct LogOffset {
+    pub byte_offset: u64,
+    pub line: u64,
+    pub progress: Progress,
+    /// When progress last moved (for the ETA).
+    pub progress_ms: Option<TimestampMs>,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct ArtifactRecord {
+    pub job_id: String,
+    pub path: String,
+    pub size: u64,
+    pub blake3: String,
+    pub local_path: String,
+}
+
+/// A handle on the store file. One per thread; cheap to open.
+pub struct Store {
+    conn: Connection,
+    path: PathBuf,
+}
+
+impl Store {
+    pub fn open(path: &Path) -> Result<Store> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("creating the data directory {}", dir.display()))?;
+        }
+        let conn = Connection::open(path)
+            .with_context(|| format!("opening the store {}", path.display()))?;
+        conn.busy_timeout(std::time::Duration::from_secs(30))?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        conn.pragma_update(None, "foreign_keys", "ON")?;
+        let mut store = Store {
+            conn,
+            path: path.to_path_buf(),
+        };
+        store.migrate()?;
+        Ok(store)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn migrate(&mut self) -> Result<()> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let version: usize = tx.pragma_query_value(None, "user_version", |r| r.get(0))?;
+        if version > MIGRATIONS.len() {
+            bail!(
+                "the store {} has schema version {version}, newer than this trainctl knows ({}); upgrade trainctl",
+                self.path.display(),
+                MIGRATIONS.len()
+            );
+        }
+        for (i, sql) in MIGRATIONS.iter().enumerate().skip(version) {
+            tx.execute_batch(sql)
+                .with_context(|| format!("store migration {}", i + 1))?;
+            tx.pragma_update(None, "user_version", i + 1)?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    pub fn schema_version(&self) -> Result<usize> {
+        Ok(self
+            .conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))?)
+    }
+
+    fn event_tx(
+        tx: &rusqlite::Transaction<'_>,
+        kind: &str,
+        instance_id: Option<&str>,
+        job_id: Option<&str>,
+        message: &str,
+    ) -> Result<()> {
+        tx.execute(
+            "INSERT INTO events (ts_ms, kind, instance_id, job_id, message) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![now_ms(), kind, instance_id, job_id, message],
+        )?;
+        Ok(())
+    }
+
+    pub fn add_event(
+        &mut self,
+        kind: &str,
+        instance_id: Option<&str>,
+        job_id: Option<&str>,
+        message: &str,
+    ) -> Result<()> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        Self::event_tx(&tx, kind, instance_id, job_id, message)?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    // ---------------------------------------------------------------- instances
+
+    /// Record the intent to launch, before any provider call.
+    pub fn insert_instance(&mut self, r: &InstanceRecord) -> Result<()> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        tx.execute(
+            "INSERT INTO instances (id, provider, name, instance_type, spot, state, hourly_micros,
+                created_ms, launched_ms, terminated_ms, address, error)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+            params![
+                r.id,
+                r.provider,
+                r.name,
+                r.instance_type,
+                r.spot,
+                r.state.as_str(),
+                r.hourly.0,
+                r.created_ms,
+                r.launched_ms,
+                r.terminated_ms,
+                r.address,
+                r.error
+            ],
+        )?;
+        Self::event_tx(
+            &tx,
+            "instance.intent",
+            Some(&r.id),
+            None,
+            &format!(
+                "launch of {} ({}) on {} recorded at {}/h",
+                r.name, r.instance_type, r.provider, r.hourly
+            ),
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// The provider confirmed the machine: running, reachable at `address`.
+    pub fn mark_instance_running(&mut self, id: &str, address: &str, launched_ms: i64) -> Result<()> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        tx.execute(
+            "UPDATE instances SET state = 'running', address = ?2, launched_ms = ?3 WHERE id = ?1",
+            params![id, address, launched_ms],
+        )?;
+        Self::event_tx(&tx, "instance.running", Some(id), None, &format!("running at {address}"))?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Change an instance's state, with an event saying why. `terminated_ms` is set when
+    /// moving to Terminated or Lost (cost accrual stops there).
+    pub fn set_instance_state(&mut self, id: &str, to: InstanceState, why: &str) -> Result<()> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let ended = matches!(to, InstanceState::Terminated | InstanceState::Lost);
+        let n = if ended {
+            tx.execute(
+                "UPDATE instances SET state = ?2, terminated_ms = COALESCE(terminated_ms, ?3),
+                    error = CASE WHEN ?2 = 'lost' THEN ?4 ELSE error END WHERE id = ?1",
+                params![id, to.as_str(), now_ms(), why],
+            )?
+        } else {
+            tx.execute(
+                "UPDATE instances SET state = ?2 WHERE id = ?1",
+                params![id, to.as_str()],
+            )?
+        };
+        if n == 0 {
+            bail!("no instance {id} in the store");
+        }
+        Self::event_tx(&tx, &format!("instance.{}", to.as_str()), Some(id), None, why)?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    pub fn set_instance_error(&mut self, id: &str, error: Option<&str>) -> Result<()> {
+        self.conn.execute(
+            "UPDATE instances SET error = ?2 WHERE id = ?1",
+            params![id, error],
+        )?;
+        Ok(())
+    }
+
+    fn instance_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<InstanceRecord> {
+        let state: String = r.get(5)?;
+        Ok(InstanceRecord {
+            id: r.get(0)?,
+            provider: r.get(1)?,
+            name: r.get(2)?,
+            instance_type: r.get(3)?,
+            spot: r.get(4)?,
+            state: InstanceState::parse(&state).unwrap_or(InstanceState::Lost),
+            hourly: Money(r.get(6)?),
+            created_ms: r.get(7)?,
+            launched_ms: r.get(8)?,
+            terminated_ms: r.get(9)?,
+            address: r.get(10)?,
+            error: r.get(11)?,
+        })
+    }
+
+    const INSTANCE_COLS: &'static str = "id, provider, name, instance_type, spot, state, hourly_micros,
+        created_ms, launched_ms, terminated_ms, address, error";
+
+    pub fn instance(&self, id: &str) -> Result<Option<InstanceRecord>> {
+        let sql = format!("SELECT {} FROM instances WHERE id = ?1", Self::INSTANCE_COLS);
+        Ok(self
+            .conn
+            .query_row(&sql, params![id], Self::instance_row)
+            .optional()?)
+    }
+
+    /// Find an instance by id, unique id prefix, or name (live instances first).
+    pub fn find_instance(&self, key: &str) -> Result<InstanceRecord> {
+        if let Some(r) = self.instance(key)? {
+            return Ok(r);
+        }
+        let all = self.instances(true)?;
+        let hits: Vec<_> = all
+            .iter()
+            .filter(|i| i.id.starts_with(key) || i.name == key)
+            .collect();
+        let live: Vec<_> = hits.iter().filter(|i| i.state.is_live()).collect();
+        match (hits.len(), live.len()) {
+            (0, _) => bail!("no instance `{key}` (see `trainctl ls --all`)"),
+            (1, _) => Ok(hits[0].clone()),
+            (_, 1) => Ok((*live[0]).clone()),
+            _ => bail!("`{key}` matches {} instances; give more of the id", hits.len()),
+        }
+    }
+
+    /// Instances, newest first. `all = false` keeps only those that may still bill.
+    pub fn instances(&self, all: bool) -> Result<Vec<InstanceRecord>> {
+        let filter = if all {
+            ""
+        } else {
+            "WHERE state IN ('pending', 'running', 'terminating')"
+        };
+        let sql = format!(
+            "SELECT {} FROM instances {filter} ORDER BY created_ms DESC, id DESC",
+            Self::INSTANCE_COLS
+        );
+        let mut stmt = self.conn.prepare(&sql)?;
+        let rows = stmt.query_map([], Self::instance_row)?;
+        Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+    }
+
+    // --------------------------------------------------------------------- jobs
+
+    pub fn insert_job(&mut self, j: &JobRecord) -> Result<()> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        tx.execute(
+            "INSERT INTO jobs (id, name, project, project_dir, command, spec_json, state, instance_id,
+                created_ms, started_ms, ended_ms, exit_code, reason, cancel_requested, driver_pid,
+                stop_sent_ms, terminate_on_end)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)",
+            params![
+                j.id,
+                j.name,
+                j.project,
+                j.project_dir,
+                j.command,
+                j.spec_json,
+                j.state.as_str(),
+                j.instance_id,
+                j.created_ms,
+                j.started_ms,
+                j.ended_ms,
+                j.exit_code,
+                j.reason,
+                j.cancel_requested,
+                j.driver_pid,
+                j.stop_sent_ms,
+                j.terminate_on_end
+            ],
+        )?;
+        Self::event_tx(
+            &tx,
+            "job.pending",
+            j.instance_id.as_deref(),
+            Some(&j.id),
+            &format!("job {} created: {}", j.name, j.command),
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Move a job along its state machine. Returns the state it was in. Refuses illegal
+    /// moves; a job already in `to` is left alone (Ok(to)).
+    pub fn transition_job(&mut self, id: &str, to: JobState, why: &str) -> Result<JobState> {
+        self.transition_job_with(id, to, why, None)
+    }
+
+    /// As [`Store::transition_job`], also recording the exit code on a terminal move.
+    pub fn transition_job_with(
+        &mut self,
+        id: &str,
+        to: JobState,
+        why: &str,
+        exit_code: Option<i32>,
+    ) -> Result<JobState> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let from: String = tx
+            .query_row("SELECT state FROM jobs WHERE id = ?1", params![id], |r| r.get(0))
+            .optional()?
+            .with_context(|| format!("no job {id} in the store"))?;
+        let from = JobState::parse(&from).unwrap_or(JobState::Lost);
+        if from == to {
+            return Ok(from);
+        }
+        if !from.can_transition_to(to) {
+            bail!("job {id} cannot go from {from} to {to}");
+        }
+        let now = now_ms();
+        tx.execute(
+            "UPDATE jobs SET state = ?2,
+                started_ms = CASE WHEN ?2 = 'running' THEN COALESCE(started_ms, ?3) ELSE started_ms END,
+                ended_ms = CASE WHEN ?4 THEN ?3 ELSE ended_ms END,
+                exit_code = COALESCE(?5, exit_code),
+                reason = CASE WHEN ?4 THEN ?6 ELSE reason END
+             WHERE id = ?1",
+            params![id, to.as_str(), now, to.is_terminal(), exit_code, why],
+        )?;
+        let instance: Option<String> =
+            tx.query_row("SELECT instance_id FROM jobs WHERE id = ?1", params![id], |r| {
+                r.get(0)
+            })?;
+        Self::event_tx(
+            &tx,
+            &format!("job.{}", to.as_str()),
+            instance.as_deref(),
+            Some(id),
+            why,
+        )?;
+        tx.commit()?;
+        Ok(from)
+    }
+
+    /// Record that SIGTERM went to the job (once; the first sender wins).
+    pub fn mark_stop_sent(&mut self, id: &str) -> Result<bool> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let n = tx.execute(
+            "UPDATE jobs SET stop_sent_ms = ?2 WHERE id = ?1 AND stop_sent_ms IS NULL",
+            params![id, now_ms()],
+        )?;
+        if n > 0 {
+            Self::event_tx(&tx, "job.sigterm", None, Some(id), "SIGTERM sent to the job's process group")?;
+        }
+        tx.commit()?;
+        Ok(n > 0)
+    }
+
+    /// Budget breach: stop the job and terminate its machine once it ends.
+    pub fn request_stop_and_terminate(&mut self, id: &str, why: &str) -> Result<()> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let n = tx.execute(
+            "UPDATE jobs SET cancel_requested = 1, terminate_on_end = 1, reason = ?2
+             WHERE id = ?1 AND terminate_on_end = 0",
+            params![id, why],
+        )?;
+        if n > 0 {
+            Self::event_tx(&tx, "budget.breach", None, Some(id), why)?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    pub fn set_job_instance(&mut self, id: &str, instance_id: &str) -> Result<()> {
+        self.conn.execute(
+            "UPDATE jobs SET instance_id = ?2 WHERE id = ?1",
+            params![id, instance_id],
+        )?;
+        Ok(())
+    }
+
+    /// Ask whoever follows the job to stop it; any trainctl process will honour it.
+    pub fn request_cancel(&mut self, id: &str, why: &str) -> Result<()> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        tx.execute(
+            "UPDATE jobs SET cancel_requested = 1, reason = COALESCE(reason, ?2) WHERE id = ?1",
+            params![id, why],
+        )?;
+        Self::event_tx(&tx, "job.cancel_requested", None, Some(id), why)?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    const JOB_COLS: &'static str = "id, name, project, project_dir, command, spec_json, state, instance_id,
+        created_ms, started_ms, ended_ms, exit_code, reason, cancel_requested, driver_pid, stop_sent_ms,
+        terminate_on_end";
+
+    fn job_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<JobRecord> {
+        let state: String = r.get(6)?;
+        Ok(JobRecord {
+            id: r.get(0)?,
+            name: r.get(1)?,
+            project: r.get(2)?,
+            project_dir: r.get(3)?,
+            command: r.get(4)?,
+            spec_json: r.get(5)?,
+            state: JobState::parse(&state).unwrap_or(JobState::Lost),
+            instance_id: r.get(7)?,
+            created_ms: r.get(8)?,
+            started_ms: r.get(9)?,
+            ended_ms: r.get(10)?,
+            exit_code: r.get(11)?,
+            reason: r.get(12)?,
+            cancel_requested: r.get(13)?,
+            driver_pid: r.get(14)?,
+            stop_sent_ms: r.get(15)?,
+            terminate_on_end: r.get(16)?,
+        })
+    }
+
+    pub fn job(&self, id: &str) -> Result<Option<JobRecord>> {
+        let sql = format!("SELECT {} FROM jobs WHERE id = ?1", Self::JOB_COLS);
+        Ok(self.conn.query_row(&sql, params![id], Self::job_row).optional()?)
+    }
+
+    /// Find a job by id or unique id prefix; `last` means the newest job.
+    pub fn find_job(&self, key: &str) -> Result<JobRecord> {
+        if let Some(j) = self.job(key)? {
+            return Ok(j);
+        }
+        let jobs = self.jobs()?;
+        if key == "last" || key == "@" {
+            return jobs.into_iter().next().context("no jobs yet");
+        }
+        let hits: Vec<_> = jobs
+            .into_iter()
+            .filter(|j| j.id.starts_with(key) || j.name == key)
+            .collect();
+        match hits.len() {
+            0 => bail!("no job `{key}` (see `trainctl jobs`)"),
+            1 => Ok(hits.into_iter().next().unwrap_or_else(|| unreachable!())),
+            n => bail!("`{key}` matches {n} jobs; give more of the id"),
+        }
+    }
+
+    /// All jobs, newest first.
+    pub fn jobs(&self) -> Result<Vec<JobRecord>> {
+        let sql = format!(
+            "SELECT {} FROM jobs ORDER BY created_ms DESC, id DESC",
+            Self::JOB_COLS
+        );
+        let mut stmt = self.conn.prepare(&sql)?;
+        let rows = stmt.query_map([], Self::job_row)?;
+        Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+    }
+
+    // ----------------------------------------------------------------- attempts
+
+    pub fn add_attempt(&mut self, a: &AttemptRecord) -> Result<()> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        tx.execute(
+            "INSERT INTO job_attempts (job_id, attempt, instance_id, remote_dir, workdir, started_ms, ended_ms, exit_code)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            params![
+                a.job_id,
+                a.attempt,
+                a.instance_id,
+                a.remote_dir,
+                a.workdir,
+                a.started_ms,
+                a.ended_ms,
+                a.exit_code
+            ],
+        )?;
+        tx.execute(
+            "INSERT OR IGNORE INTO log_offsets (job_id, attempt, byte_offset, line, progress_json)
+             VALUES (?1, ?2, 0, 1, '{}')",
+            params![a.job_id, a.attempt],
+        )?;
+        Self::event_tx(
+            &tx,
+            "job.attempt",
+            Some(&a.instance_id),
+            Some(&a.job_id),
+            &format!("attempt {} on {} in {}", a.attempt, a.instance_id, a.remote_dir),
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    pub fn finish_attempt(&mut self, job_id: &str, attempt: i64, exit_code: Option<i32>, ended_ms: i64) -> Result<()> {
+        self.conn.execute(
+            "UPDATE job_attempts SET ended_ms = COALESCE(ended_ms, ?3), exit_code = COALESCE(exit_code, ?4)
+             WHERE job_id = ?1 AND attempt = ?2",
+            params![job_id, attempt, ended_ms, exit_code],
+        )?;
+        Ok(())
+    }
+
+    pub fn attempts(&self, job_id: &str) -> Result<Vec<AttemptRecord>> {
+        let mut stmt = self.conn.prepare(
+            "SELECT job_id, attempt, instance_id, remote_dir, workdir, started_ms, ended_ms, exit_code
+             FROM job_attempts WHERE job_id = ?1 ORDER BY attempt",
+        )?;
+        let rows = stmt.query_map(params![job_id], |r| {
+            Ok(AttemptRecord {
+                job_id: r.get(0)?,
+                attempt: r.get(1)?,
+                instance_id: r.get(2)?,
+                remote_dir: r.get(3)?,
+                workdir: r.get(4)?,
+                started_ms: r.get(5)?,
+                ended_ms: r.get(6)?,
+                exit_code: r.get(7)?,
+            })
+        })?;
+        Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+    }
+
+    /// Every attempt ever made, for cost accounting.
+    pub fn all_attempts(&self) -> Result<Vec<AttemptRecord>> {
+        let mut stmt = self.conn.prepare(
+            "SELECT job_id, attempt, instance_id, remote_dir, workdir, started_ms, ended_ms, exit_code
+             FROM job_attempts ORDER BY job_id, attempt",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            Ok(AttemptRecord {
+                job_id: r.get(0)?,
+                attempt: r.get(1)?,
+                instance_id: r.get(2)?,
+                remote_dir: r.get(3)?,
+                workdir: r.get(4)?,
+                started_ms: r.get(5)?,
+                ended_ms: r.get(6)?,
+                exit_code: r.get(7)?,
+            })
+        })?;
+        Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+    }
+
+    // ------------------------------------------------------------- log + metrics
+
+    pub fn log_offset(&self, job_id: &str, attempt: i64) -> Result<LogOffset> {
+        let row = self
+            .conn
+            .query_row(
+                "SELECT byte_offset, line, progress_json, progress_ms FROM log_offsets WHERE job_id = ?1 AND attempt = ?2",
+                params![job_id, attempt],
+                |r| {
+                    Ok((
+                        r.get::<_, i64>(0)?,
+                        r.get::<_, i64>(1)?,
+                        r.get::<_, String>(2)?,
+                        r.get::<_, Option<i64>>(3)?,
+                    ))
+                },
+            )
+            .optional()?;
+        Ok(match row {
+            None => LogOffset {
+                line: 1,
+                ..Default::default()
+            },
+            Some((off, line, prog, pms)) => LogOffset {
+                byte_offset: off as u64,
+                line: line as u64,
+                progress: serde_json::from_str(&prog).unwrap_or_default(),
+                progress_ms: pms,
+            },
+        })
+    }
+
+    /// Advance a job's log offset from `old` to `new`, with the points parsed from those
+    /// bytes, atomically. Compare-and-swap: when another process advanced the offset first,
+    /// nothing is written and `false` comes back, so no point is ever stored twice.
+    pub fn commit_log_chunk(
+        &mut self,
+        job_id: &str,
+        attempt: i64,
+        old: &LogOffset,
+        new: &LogOffset,
+        points: &[MetricPoint],
+    ) -> Result<bool> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let progress = serde_json::to_string(&new.progress)?;
+        let n = tx.execute(
+            "UPDATE log_offsets SET byte_offset = ?3, line = ?4, progress_json = ?5, progress_ms = ?6
+             WHERE job_id = ?1 AND attempt = ?2 AND byte_offset = ?7",
+            params![
+                job_id,
+                attempt,
+                new.byte_offset as i64,
+                new.line as i64,
+                progress,
+                new.progress_ms,
+                old.byte_offset as i64
+            ],
+        )?;
+        if n == 0 {
+            return Ok(false);
+        }
+        Self::insert_points_tx(&tx, job_id, attempt, points)?;
+        tx.commit()?;
+        Ok(true)
+    }
+
+    fn insert_points_tx(
+        tx: &rusqlite::Transaction<'_>,
+        job_id: &str,
+        attempt: i64,
+        points: &[MetricPoint],
+    ) -> Result<()> {
+        let mut stmt = tx.prepare_cached(
+            "INSERT INTO metric_points (job_id, attempt, line, name, value, step, epoch, ts_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        )?;
+        let ts = now_ms();
+        for p in points {
+            // SQLite stores NaN as NULL; NULL reads back as NaN. Infinities are kept.
+            let value = if p.value.is_nan() { None } else { Some(p.value) };
+            stmt.execute(params![
+                job_id,
+                attempt,
+                p.line as i64,
+                p.name,
+                value,
+                p.step,
+                p.epoch,
+                ts
+            ])?;
+        }
+        Ok(())
+    }
+
+    /// Insert points in one transaction (benchmarks and imports).
+    pub fn insert_points(&mut self, job_id: &str, attempt: i64, points: &[MetricPoint]) -> Result<()> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        Self::insert_points_tx(&tx, job_id, attempt, points)?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// A job's points in log order, optionally one metric only.
+    pub fn metrics(&self, job_id: &str, name: Option<&str>) -> Result<Vec<MetricPoint>> {
+        let mut stmt = self.conn.prepare(
+            "SELECT name, value, step, epoch, line FROM metric_points
+             WHERE job_id = ?1 AND (?2 IS NULL OR name = ?2) ORDER BY attempt, rowid",
+        )?;
+        let rows = stmt.query_map(params![job_id, name], |r| {
+            Ok(MetricPoint {
+                name: r.get(0)?,
+                value: r.get::<_, Option<f64>>(1)?.unwrap_or(f64::NAN),
+                step: r.get(2)?,
+                epoch: r.get(3)?,
+                line: r.get::<_, i64>(4)? as u64,
+            })
+        })?;
+        Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+    }
+
+    pub fn metric_count(&self, job_id: &str) -> Result<u64> {
+        Ok(self.conn.query_row(
+            "SELECT COUNT(*) FROM metric_points WHERE job_id = ?1",
+            params![job_id],
+            |r| r.get::<_, i64>(0),
+        )? as u64)
+    }
+
+    // ------------------------------------------------------------------- events
+
+    /// Events, oldest first; for one job or instance when given.
+    pub fn events(&self, job_id: Option<&str>, instance_id: Option<&str>) -> Result<Vec<EventRecord>> {
+        let mut stmt = self.conn.prepare(
+            "SELECT id, ts_ms, kind, instance_id, job_id, message FROM events
+             WHERE (?1 IS NULL OR job_id = ?1) AND (?2 IS NULL OR instance_id = ?2) ORDER BY id",
+        )?;
+        let rows = stmt.query_map(params![job_id, instance_id], |r| {
+            Ok(EventRecord {
+                id: r.get(0)?,
+                ts_ms: r.get(1)?,
+                kind: r.get(2)?,
+                instance_id: r.get(3)?,
+                job_id: r.get(4)?,
+                message: r.get(5)?,
+            })
+        })?;
+        Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+    }
+
+    // ---------------------------------------------------------------- artifacts
+
+    pub fn record_artifact(&mut self, a: &ArtifactRecord) -> Result<()> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        tx.execute(
+            "INSERT OR REPLACE INTO artifacts (job_id, path, size, blake3, local_path, ts_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![a.job_id, a.path, a.size as i64, a.blake3, a.local_path, now_ms()],
+        )?;
+        Self::event_tx(
+            &tx,
+            "artifact.pulled",
+            None,
+            Some(&a.job_id),
+            &format!("{} ({} bytes, blake3 {}) -> {}", a.path, a.size, &a.blake3[..16.min(a.blake3.len())], a.local_path),
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    pub fn artifacts(&self, job_id: &str) -> Result<Vec<ArtifactRecord>> {
+        let mut stmt = self.conn.prepare(
+            "SELECT job_id, path, size, blake3, local_path FROM artifacts WHERE job_id = ?1 ORDER BY path",
+        )?;
+        let rows = stmt.query_map(params![job_id], |r| {
+            Ok(ArtifactRecord {
+                job_id: r.get(0)?,
+                path: r.get(1)?,
+                size: r.get::<_, i64>(2)? as u64,
+                blake3: r.get(3)?,
+                local_path: r.get(4)?,
+            })
+        })?;
+        Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+    }
+
+    /// `PRAGMA integrity_check` result ("ok" when healthy).
+    pub fn integrity_check(&self) -> Result<String> {
+        Ok(self
+            .conn
+            .query_row("PRAGMA integrity_check", [], |r| r.get(0))?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn instance(id: &str) -> InstanceRecord {
+        InstanceRecord {
+            id: id.into(),
+            provider: "local".into(),
+            name: id.into(),
+            instance_type: "local".into(),
+            spot: false,
+            state: InstanceState::Pending,
+            hourly: Money(1_000_000),
+            created_ms: now_ms(),
+            launched_ms: None,
+            terminated_ms: None,
+            address: None,
+            error: None,
+        }
+    }
+
+    fn job(id: &str, inst: &str) -> JobRecord {
+        JobRecord {
+            id: id.into(),
+            name: "toy".into(),
+            project: "toy".into(),
+            project_dir: "/tmp".into(),
+            command: "true".into(),
+            spec_json: "{}".into(),
+            state: JobState::Pending,
+            instance_id: Some(inst.into()),
+            created_ms: now_ms(),
+            started_ms: None,
+            ended_ms: None,
+            exit_code: None,
+            reason: None,
+            cancel_requested: false,
+            driver_pid: None,
+            stop_sent_ms: None,
+            terminate_on_end: false,
+        }
+    }
+
+    #[test]
+    fn every_state_change_is_an_event_and_illegal_moves_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = Store::open(&dir.path().join("s.db")).unwrap();
+        assert_eq!(s.schema_version().unwrap(), MIGRATIONS.len());
+        s.insert_instance(&instance("i-1")).unwrap();
+        s.insert_job(&job("j-1", "i-1")).unwrap();
+        s.transition_job("j-1", JobState::Syncing, "sync").unwrap();
+        assert!(s.transition_job("j-1", JobState::Succeeded, "x").is_err());
+        s.transition_job("j-1", JobState::Starting, "start").unwrap();
+        s.transition_job("j-1", JobState::Running, "run").unwrap();
+        s.transition_job_with("j-1", JobState::Succeeded, "done", Some(0)).unwrap();
+        let j = s.job("j-1").unwrap().unwrap();
+        assert_eq!((j.state, j.exit_code), (JobState::Succeeded, Some(0)));
+        assert!(j.started_ms.is_some() && j.ended_ms.is_some());
+        let kinds: Vec<_> = s.events(Some("j-1"), None).unwrap().into_iter().map(|e| e.kind).collect();
+        assert_eq!(
+            kinds,
+            vec!["job.pending", "job.syncing", "job.starting", "job.running", "job.succeeded"]
+        );
+        // Reopening migrates nothing and keeps everything.
+        drop(s);
+        let s = Store::open(&dir.path().join("s.db")).unwrap();
+        assert_eq!(s.jobs().unwrap().len(), 1);
+        assert_eq!(s.integrity_check().unwrap(), "ok");
+    }
+
+    #[test]
+    fn log_chunk_commit_is_compare_and_swap() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.db");
+        let mut a = Store::open(&path).unwrap();
+        let mut b = Store::open(&path).unwrap();
+        a.insert_instance(&instance("i-1")).unwrap();
+        a.insert_job(&job("j-1", "i-1")).unwrap();
+        a.add_attempt(&AttemptRecord {
+            job_id: "j-1".into(),
+            attempt: 1,
+            instance_id: "i-1".into(),
+            remote_dir: "/r".into(),
+            workdir: "/w".into(),
+            started_ms: now_ms(),
+            ended_ms: None,
+            exit_code: None,
+        })
+        .unwrap();
+        let old = a.log_offset("j-1", 1).unwrap();
+        let new = LogOffset {
+            byte_offset: 10,
+            line: 2,
+            ..Default::default()
+        };
+        let pt = MetricPoint {
+            name: "loss".into(),
+            value: f64::NAN,
+            step: Some(1),
+            epoch: None,
+            line: 1,
+        };
+        assert!(a.commit_log_chunk("j-1", 1, &old, &new, std::slice::from_ref(&pt)).unwrap());
+        // A second process with the stale offset loses the race and writes nothing.
+        assert!(!b.commit_log_chunk("j-1", 1, &old, &new, &[pt]).unwrap());
+        let m = b.metrics("j-1", None).unwrap();
+        assert_eq!(m.len(), 1);
+        assert!(m[0].value.is_nan());
+        assert_eq!(b.log_offset("j-1", 1).unwrap().byte_offset, 10);
+    }
+}
