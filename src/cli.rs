@@ -25,7 +25,11 @@ pub const EXIT_JOB_CANCELLED: i32 = 4;
 pub const EXIT_JOB_LOST: i32 = 5;
 
 #[derive(Parser, Debug)]
-#[command(name = "trainctl", version, about = "Run ML training on rented machines, headless")]
+#[command(
+    name = "trainctl",
+    version,
+    about = "Run ML training on rented machines, headless"
+)]
 pub struct Cli {
     /// User config file (default: confy's place, or $TRAINCTL_CONFIG).
     #[arg(long, global = true, value_name = "PATH")]
@@ -250,7 +254,10 @@ async fn run(cli: Cli) -> Result<i32> {
         Command::Config {
             command: ConfigCommand::Path,
         } => {
-            println!("{}", UserConfig::resolve_path(cli.config.as_deref())?.display());
+            println!(
+                "{}",
+                UserConfig::resolve_path(cli.config.as_deref())?.display()
+            );
             return Ok(EXIT_OK);
         }
         _ => {}
@@ -340,7 +347,11 @@ async fn run(cli: Cli) -> Result<i32> {
             }
             let state = engine.follow_job(&j.id, |_| {}).await?;
             println!("{} {}", j.id, state);
-            Ok(if state == JobState::Cancelled { EXIT_OK } else { exit_for(state) })
+            Ok(if state == JobState::Cancelled {
+                EXIT_OK
+            } else {
+                exit_for(state)
+            })
         }
         Command::Pull { job, to } => {
             let report = engine.pull(&job, to.as_deref()).await?;
@@ -348,7 +359,9 @@ async fn run(cli: Cli) -> Result<i32> {
             Ok(EXIT_OK)
         }
         Command::Terminate { instance } => {
-            let inst = engine.terminate(&instance, "terminated by the user").await?;
+            let inst = engine
+                .terminate(&instance, "terminated by the user")
+                .await?;
             let c = crate::cost::instance_cost(&inst, now_ms());
             if json {
                 print_json(&json!({"id": inst.id, "state": inst.state, "cost_micros": c.0}));
@@ -361,7 +374,16 @@ async fn run(cli: Cli) -> Result<i32> {
             project,
             instance,
             dry_run,
-        } => sync(&engine, project.as_deref(), instance.as_deref(), dry_run, json).await,
+        } => {
+            sync(
+                &engine,
+                project.as_deref(),
+                instance.as_deref(),
+                dry_run,
+                json,
+            )
+            .await
+        }
         Command::Events { job } => {
             let job_id = match job {
                 Some(k) => Some(engine.store().find_job(&k)?.id),
@@ -427,11 +449,15 @@ async fn ls(engine: &Engine, all: bool, json: bool) -> Result<i32> {
         })
         .collect();
     table(
-        &["ID", "NAME", "PROVIDER", "TYPE", "STATE", "MARKET", "UPTIME", "$/H", "COST"],
+        &[
+            "ID", "NAME", "PROVIDER", "TYPE", "STATE", "MARKET", "UPTIME", "$/H", "COST",
+        ],
         &rows,
     );
     for (p, id) in &orphans {
-        println!("ORPHAN  {id} on {p}: the provider holds it but the store does not know it; `trainctl terminate` cannot see it, remove it by hand");
+        println!(
+            "ORPHAN  {id} on {p}: the provider holds it but the store does not know it; `trainctl terminate` cannot see it, remove it by hand"
+        );
     }
     Ok(EXIT_OK)
 }
@@ -477,7 +503,9 @@ async fn jobs(engine: &Engine, json: bool) -> Result<i32> {
         print_json(&json!(out));
     } else {
         table(
-            &["ID", "NAME", "INSTANCE", "STATE", "PROGRESS", "ELAPSED", "ETA", "COST"],
+            &[
+                "ID", "NAME", "INSTANCE", "STATE", "PROGRESS", "ELAPSED", "ETA", "COST",
+            ],
             &rows,
         );
     }
@@ -542,7 +570,8 @@ impl LogPrinter {
                 self.printed = 0;
             }
             let off = engine.store().log_offset(&self.job_id, a.attempt)?;
-            let bytes = engine.read_local_log(&self.job_id, a.attempt, self.printed, off.byte_offset)?;
+            let bytes =
+                engine.read_local_log(&self.job_id, a.attempt, self.printed, off.byte_offset)?;
             // Print only up to the last newline; the rest waits for its end.
             let mut upto = bytes.iter().rposition(|&b| b == b'\n').map_or(0, |p| p + 1);
             let ended = engine
@@ -585,8 +614,9 @@ fn status_line(engine: &Engine, job_id: &str) -> String {
     s
 }
 
-/// Follow a job, printing its log; a progress spinner on a TTY.
-async fn follow_printing(engine: &Engine, job: &JobRecord) -> Result<JobState> {
+/// Follow a job, printing its log (to stderr when stdout carries JSON); a progress
+/// spinner on a TTY.
+async fn follow_printing(engine: &Engine, job: &JobRecord, json: bool) -> Result<JobState> {
     let mut printer = LogPrinter::new(&job.id);
     let bar = if std::io::stderr().is_terminal() {
         let pb = indicatif::ProgressBar::new_spinner();
@@ -608,6 +638,12 @@ async fn follow_printing(engine: &Engine, job: &JobRecord) -> Result<JobState> {
                     pb.println(l);
                 }
                 pb.set_message(status_line(e, &job_id));
+            }
+            None if json => {
+                let mut out = std::io::stderr().lock();
+                for l in lines {
+                    let _ = writeln!(out, "{l}");
+                }
             }
             None => {
                 let mut out = std::io::stdout().lock();
@@ -649,7 +685,11 @@ async fn run_job(engine: &Engine, o: RunOpts, json: bool) -> Result<i32> {
                 .unwrap_or_else(|| engine.config().default_provider.clone());
             let r = &project.config.resources;
             let req = LaunchRequest {
-                name: Some(format!("{}-{}", project.name(), &crate::model::new_id("x")[2..])),
+                name: Some(format!(
+                    "{}-{}",
+                    project.name(),
+                    &crate::model::new_id("x")[2..]
+                )),
                 instance_type: r.instance_type.clone(),
                 gpus: r.gpus,
                 spot: r.spot.unwrap_or(false),
@@ -677,7 +717,7 @@ async fn run_job(engine: &Engine, o: RunOpts, json: bool) -> Result<i32> {
         }
         return Ok(EXIT_OK);
     }
-    let state = match follow_printing(engine, &job).await {
+    let state = match follow_printing(engine, &job, json).await {
         Ok(s) => s,
         Err(e) => {
             if let Some(Exit(code)) = e.downcast_ref::<Exit>() {
@@ -735,7 +775,13 @@ fn print_pull(report: &crate::job::artifacts::PullReport, json: bool) {
         return;
     }
     for p in &report.pulled {
-        println!("pulled {} ({} bytes, blake3 {}) -> {}", p.path, p.size, &p.blake3[..16], p.local_path);
+        println!(
+            "pulled {} ({} bytes, blake3 {}) -> {}",
+            p.path,
+            p.size,
+            &p.blake3[..16],
+            p.local_path
+        );
     }
     for u in &report.unmatched {
         eprintln!("warning: no artifact matched {u}");
@@ -758,7 +804,7 @@ async fn logs(engine: &Engine, key: &str, follow: bool) -> Result<i32> {
         }
         return Ok(EXIT_OK);
     }
-    match follow_printing(engine, &job).await {
+    match follow_printing(engine, &job, false).await {
         Ok(state) => Ok(exit_for(state)),
         Err(e) => match e.downcast_ref::<Exit>() {
             Some(Exit(c)) => Ok(*c),
@@ -804,10 +850,18 @@ async fn cost(engine: &Engine, json: bool) -> Result<i32> {
         print_json(&serde_json::to_value(&r)?);
         return Ok(EXIT_OK);
     }
-    println!("total {}   today {}   burn {}/h", Money(r.total_micros), Money(r.today_micros), Money(r.burn_rate_micros_per_hour));
+    println!(
+        "total {}   today {}   burn {}/h",
+        Money(r.total_micros),
+        Money(r.today_micros),
+        Money(r.burn_rate_micros_per_hour)
+    );
     let b = &engine.config().budget;
     if let Some(l) = b.per_day() {
-        println!("budget per day {l}, left today {}", Money(l.0 - r.today_micros));
+        println!(
+            "budget per day {l}, left today {}",
+            Money(l.0 - r.today_micros)
+        );
     }
     if let Some(l) = b.per_job() {
         println!("budget per job {l}");
@@ -840,7 +894,8 @@ async fn cost(engine: &Engine, json: bool) -> Result<i32> {
                     j.state.clone(),
                     Money(j.cost_micros).to_string(),
                     j.eta_ms.map_or("-".into(), fmt_duration),
-                    j.projected_micros.map_or("-".into(), |m| Money(m).to_string()),
+                    j.projected_micros
+                        .map_or("-".into(), |m| Money(m).to_string()),
                 ]
             })
             .collect::<Vec<_>>(),
@@ -856,7 +911,13 @@ async fn cost(engine: &Engine, json: bool) -> Result<i32> {
     Ok(EXIT_OK)
 }
 
-async fn sync(engine: &Engine, project: Option<&Path>, instance: Option<&str>, dry_run: bool, json: bool) -> Result<i32> {
+async fn sync(
+    engine: &Engine,
+    project: Option<&Path>,
+    instance: Option<&str>,
+    dry_run: bool,
+    json: bool,
+) -> Result<i32> {
     let project = project_at(project)?;
     let inst_key = match instance {
         Some(k) => k.to_string(),
@@ -872,7 +933,8 @@ async fn sync(engine: &Engine, project: Option<&Path>, instance: Option<&str>, d
     let plan = engine.sync_project(&project, &inst_key, dry_run).await?;
     let root = project.root.clone();
     let excludes = project.config.sync.exclude.clone();
-    let excluded = tokio::task::spawn_blocking(move || crate::job::sync::excluded(&root, &excludes)).await??;
+    let excluded =
+        tokio::task::spawn_blocking(move || crate::job::sync::excluded(&root, &excludes)).await??;
     if json {
         print_json(&json!({
             "dry_run": dry_run, "upload": plan.upload, "links": plan.links, "delete": plan.delete,
@@ -885,10 +947,16 @@ async fn sync(engine: &Engine, project: Option<&Path>, instance: Option<&str>, d
         println!("{verb:<12} {p}");
     }
     for (p, t) in &plan.links {
-        println!("{:<12} {p} -> {t}", if dry_run { "would link" } else { "linked" });
+        println!(
+            "{:<12} {p} -> {t}",
+            if dry_run { "would link" } else { "linked" }
+        );
     }
     for p in &plan.delete {
-        println!("{:<12} {p}", if dry_run { "would delete" } else { "deleted" });
+        println!(
+            "{:<12} {p}",
+            if dry_run { "would delete" } else { "deleted" }
+        );
     }
     for e in &excluded {
         println!("{:<12} {} ({})", "excluded", e.path, e.reason);

@@ -49,7 +49,10 @@ fn line_col(text: &str, offset: usize) -> (usize, usize) {
 }
 
 /// Parse TOML text into `T`, mapping any error to a precise location in `path`.
-pub fn parse_toml<T: serde::de::DeserializeOwned>(path: &Path, text: &str) -> Result<T, ConfigError> {
+pub fn parse_toml<T: serde::de::DeserializeOwned>(
+    path: &Path,
+    text: &str,
+) -> Result<T, ConfigError> {
     toml::from_str::<T>(text).map_err(|e| {
         let (line, col) = e.span().map_or((1, 1), |s| line_col(text, s.start));
         ConfigError {
@@ -186,9 +189,7 @@ impl UserConfig {
 
     fn validate(&self, path: &Path, text: &str) -> Result<(), ConfigError> {
         let at = |key: &str, message: String| {
-            let (line, col) = text
-                .find(key)
-                .map_or((1, 1), |off| line_col(text, off));
+            let (line, col) = text.find(key).map_or((1, 1), |off| line_col(text, off));
             ConfigError {
                 path: path.to_path_buf(),
                 line,
@@ -213,7 +214,10 @@ impl UserConfig {
             if let Some(v) = v
                 && (!v.is_finite() || v < 0.0)
             {
-                return Err(at(key, format!("`{key}` must be a non-negative number of dollars")));
+                return Err(at(
+                    key,
+                    format!("`{key}` must be a non-negative number of dollars"),
+                ));
             }
         }
         Ok(())
@@ -367,7 +371,10 @@ impl Project {
                     return Err(err_at(pat, format!("bad artifact pattern `{pat}`: {e}")));
                 }
                 if !is_safe_relative(pat.trim_start_matches("**/")) {
-                    return Err(err_at(pat, format!("artifact pattern `{pat}` leaves the workdir")));
+                    return Err(err_at(
+                        pat,
+                        format!("artifact pattern `{pat}` leaves the workdir"),
+                    ));
                 }
             }
         }
@@ -376,7 +383,10 @@ impl Project {
                 && !key.starts_with(|c: char| c.is_ascii_digit())
                 && key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
             if !ok {
-                return Err(err_at(key, format!("`{key}` is not a valid environment variable name")));
+                return Err(err_at(
+                    key,
+                    format!("`{key}` is not a valid environment variable name"),
+                ));
             }
         }
         Ok(())
@@ -391,9 +401,19 @@ impl Project {
         // The name becomes a remote directory: keep it to a safe alphabet.
         let clean: String = raw
             .chars()
-            .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.' { c } else { '_' })
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.' {
+                    c
+                } else {
+                    '_'
+                }
+            })
             .collect();
-        if clean.is_empty() || clean.starts_with('.') { format!("p{clean}") } else { clean }
+        if clean.is_empty() || clean.starts_with('.') {
+            format!("p{clean}")
+        } else {
+            clean
+        }
     }
 
     pub fn workdir(&self) -> &str {
@@ -438,8 +458,10 @@ mod tests {
 
     #[test]
     fn artifacts_accept_fallback_lists() {
-        let c = parse_project("command = \"x\"\nartifacts = [[\"best.pt\", \"last.pt\"], \"m.json\"]\n")
-            .unwrap();
+        let c = parse_project(
+            "command = \"x\"\nartifacts = [[\"best.pt\", \"last.pt\"], \"m.json\"]\n",
+        )
+        .unwrap();
         assert_eq!(c.artifacts[0].patterns(), vec!["best.pt", "last.pt"]);
         assert_eq!(c.artifacts[1].patterns(), vec!["m.json"]);
     }

@@ -149,7 +149,8 @@ pub fn report(
     offsets: &HashMap<String, LogOffset>,
     now: TimestampMs,
 ) -> CostReport {
-    let by_id: HashMap<&str, &InstanceRecord> = instances.iter().map(|i| (i.id.as_str(), i)).collect();
+    let by_id: HashMap<&str, &InstanceRecord> =
+        instances.iter().map(|i| (i.id.as_str(), i)).collect();
     let inst_costs: Vec<InstanceCost> = instances
         .iter()
         .map(|i| InstanceCost {
@@ -163,7 +164,11 @@ pub fn report(
         .collect();
     let mut job_costs = Vec::new();
     for j in jobs {
-        let mine: Vec<AttemptRecord> = attempts.iter().filter(|a| a.job_id == j.id).cloned().collect();
+        let mine: Vec<AttemptRecord> = attempts
+            .iter()
+            .filter(|a| a.job_id == j.id)
+            .cloned()
+            .collect();
         let cost = job_cost(&mine, &by_id, now);
         let eta = offsets.get(&j.id).and_then(|o| job_eta(j, o, now));
         let hourly = j

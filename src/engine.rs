@@ -45,14 +45,23 @@ pub enum EngineEvent {
         reason: String,
     },
     /// Complete log lines, sanitised, in order.
-    LogLines { job_id: String, lines: Vec<String> },
+    LogLines {
+        job_id: String,
+        lines: Vec<String>,
+    },
     Metrics {
         job_id: String,
         points: Vec<MetricPoint>,
         progress: Progress,
     },
-    Instance { id: String, state: InstanceState },
-    Notice { job_id: Option<String>, message: String },
+    Instance {
+        id: String,
+        state: InstanceState,
+    },
+    Notice {
+        job_id: Option<String>,
+        message: String,
+    },
 }
 
 /// Messages to a job actor.
@@ -144,7 +153,12 @@ impl Engine {
         self.inner.providers.get(name).cloned().ok_or_else(|| {
             anyhow!(
                 "unknown provider `{name}` (known: {})",
-                self.inner.providers.keys().cloned().collect::<Vec<_>>().join(", ")
+                self.inner
+                    .providers
+                    .keys()
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join(", ")
             )
         })
     }
@@ -194,7 +208,8 @@ impl Engine {
         self.store().insert_instance(&rec)?;
         match p.launch(&id, &plan).await {
             Ok(address) => {
-                self.store().mark_instance_running(&id, &address, now_ms())?;
+                self.store()
+                    .mark_instance_running(&id, &address, now_ms())?;
                 self.emit(EngineEvent::Instance {
                     id: id.clone(),
                     state: InstanceState::Running,
@@ -210,7 +225,8 @@ impl Engine {
                         &format!("launch failed: {e:#}"),
                     )?;
                 } else {
-                    self.store().set_instance_error(&id, Some(&format!("launch failed: {e:#}")))?;
+                    self.store()
+                        .set_instance_error(&id, Some(&format!("launch failed: {e:#}")))?;
                 }
                 return Err(e.context(format!("launching {id} on {provider}")));
             }
@@ -235,7 +251,9 @@ impl Engine {
             .store()
             .jobs()?
             .into_iter()
-            .filter(|j| !j.state.is_terminal() && j.instance_id.as_deref() == Some(inst.id.as_str()))
+            .filter(|j| {
+                !j.state.is_terminal() && j.instance_id.as_deref() == Some(inst.id.as_str())
+            })
             .collect();
         for j in live_jobs {
             self.store()
@@ -244,7 +262,9 @@ impl Engine {
                 tracing::warn!("stopping job {} before terminate: {e:#}", j.id);
             }
         }
-        p.terminate(&inst).await.with_context(|| format!("terminating {}", inst.id))?;
+        p.terminate(&inst)
+            .await
+            .with_context(|| format!("terminating {}", inst.id))?;
         match p.describe(&inst).await? {
             Observed::Gone => {
                 self.store()
@@ -259,7 +279,9 @@ impl Engine {
                 inst.id
             ),
         }
-        self.store().instance(&inst.id)?.context("instance vanished")
+        self.store()
+            .instance(&inst.id)?
+            .context("instance vanished")
     }
 
     pub fn remote_for(&self, inst: &InstanceRecord) -> Result<Arc<dyn Remote>> {
@@ -317,7 +339,12 @@ impl Engine {
     // ------------------------------------------------------------------ jobs
 
     /// Record a job for `project` on `instance`, in Pending.
-    pub fn create_job(&self, project: &Project, instance_id: &str, name: Option<&str>) -> Result<JobRecord> {
+    pub fn create_job(
+        &self,
+        project: &Project,
+        instance_id: &str,
+        name: Option<&str>,
+    ) -> Result<JobRecord> {
         let spec = JobSpec {
             project: project.config.clone(),
             project_name: project.name(),
@@ -360,7 +387,9 @@ impl Engine {
 
     fn job_instance(&self, job: &JobRecord) -> Result<InstanceRecord> {
         let id = job.instance_id.as_deref().context("job has no instance")?;
-        self.store().instance(id)?.context("job's instance is not in the store")
+        self.store()
+            .instance(id)?
+            .context("job's instance is not in the store")
     }
 
     /// Sync the job's code, start it detached, and leave it Running. Honours a cancel
@@ -371,7 +400,12 @@ impl Engine {
             Err(e) => {
                 let state = self.store().job(job_id)?.map(|j| j.state);
                 if state.is_some_and(|s| !s.is_terminal()) {
-                    self.transition(job_id, JobState::Failed, &format!("start failed: {e:#}"), None)?;
+                    self.transition(
+                        job_id,
+                        JobState::Failed,
+                        &format!("start failed: {e:#}"),
+                        None,
+                    )?;
                 }
                 Err(e)
             }
@@ -434,7 +468,10 @@ impl Engine {
         env.insert("TRAINCTL_JOB_ID".to_string(), job_id.to_string());
         env.insert("TRAINCTL_ATTEMPT".to_string(), attempt.to_string());
         if let Some(ck) = &spec.project.checkpoints {
-            env.insert("TRAINCTL_CHECKPOINT_DIR".to_string(), format!("{workdir}/{ck}"));
+            env.insert(
+                "TRAINCTL_CHECKPOINT_DIR".to_string(),
+                format!("{workdir}/{ck}"),
+            );
         }
         env.extend(spec.project.env.clone());
         let script = job::command_script(&spec.project.command, &env);
@@ -450,17 +487,38 @@ impl Engine {
 
     async fn sync_code(&self, remote: &dyn Remote, spec: &JobSpec) -> Result<(usize, u64, usize)> {
         let root = PathBuf::from(&spec.root);
-        let plan = sync::prepare(remote, &spec.project_name, &root, &spec.project.sync.exclude).await?;
+        let plan = sync::prepare(
+            remote,
+            &spec.project_name,
+            &root,
+            &spec.project.sync.exclude,
+        )
+        .await?;
         sync::apply(remote, &spec.project_name, &root, &plan).await?;
-        Ok((plan.upload.len() + plan.links.len(), plan.upload_bytes, plan.delete.len()))
+        Ok((
+            plan.upload.len() + plan.links.len(),
+            plan.upload_bytes,
+            plan.delete.len(),
+        ))
     }
 
     /// A sync plan for `project` on `instance` (for `trainctl sync`), applied unless `dry_run`.
-    pub async fn sync_project(&self, project: &Project, instance_key: &str, dry_run: bool) -> Result<sync::SyncPlan> {
+    pub async fn sync_project(
+        &self,
+        project: &Project,
+        instance_key: &str,
+        dry_run: bool,
+    ) -> Result<sync::SyncPlan> {
         let inst = self.store().find_instance(instance_key)?;
         let remote = self.remote_for(&inst)?;
         let name = project.name();
-        let plan = sync::prepare(remote.as_ref(), &name, &project.root, &project.config.sync.exclude).await?;
+        let plan = sync::prepare(
+            remote.as_ref(),
+            &name,
+            &project.root,
+            &project.config.sync.exclude,
+        )
+        .await?;
         if !dry_run {
             sync::apply(remote.as_ref(), &name, &project.root, &plan).await?;
         }
@@ -470,7 +528,12 @@ impl Engine {
     /// Read new log bytes of an attempt into the store and the local copy. Returns how many
     /// bytes were consumed (0 when nothing new). With `final_read`, a last line without a
     /// newline is taken too (the job has ended).
-    async fn pump_log(&self, remote: &dyn Remote, att: &AttemptRecord, final_read: bool) -> Result<usize> {
+    async fn pump_log(
+        &self,
+        remote: &dyn Remote,
+        att: &AttemptRecord,
+        final_read: bool,
+    ) -> Result<usize> {
         let off = self.store().log_offset(&att.job_id, att.attempt)?;
         let Some(bytes) = remote
             .read_range(&job::log_path(&att.remote_dir), off.byte_offset, LOG_CHUNK)
@@ -518,9 +581,9 @@ impl Engine {
             Ok(())
         })
         .await??;
-        let committed = self
-            .store()
-            .commit_log_chunk(&att.job_id, att.attempt, &off, &new, &points)?;
+        let committed =
+            self.store()
+                .commit_log_chunk(&att.job_id, att.attempt, &off, &new, &points)?;
         if committed {
             let lines = display_lines(chunk);
             if !lines.is_empty() {
@@ -541,7 +604,12 @@ impl Engine {
     }
 
     /// Send SIGTERM once, SIGKILL after the grace; all state in the store.
-    async fn enforce_stop(&self, job: &JobRecord, remote: &dyn Remote, att: &AttemptRecord) -> Result<()> {
+    async fn enforce_stop(
+        &self,
+        job: &JobRecord,
+        remote: &dyn Remote,
+        att: &AttemptRecord,
+    ) -> Result<()> {
         match job.stop_sent_ms {
             None => {
                 if self.store().mark_stop_sent(&job.id)? {
@@ -630,13 +698,20 @@ impl Engine {
                     None,
                 )?;
             }
-            return Ok(self.store().job(job_id)?.map_or(JobState::Lost, |j| j.state));
+            return Ok(self
+                .store()
+                .job(job_id)?
+                .map_or(JobState::Lost, |j| j.state));
         };
         let inst = self.job_instance(&job)?;
         let provider = self.provider(&inst.provider)?;
         let remote = match inst.state.is_live().then(|| provider.remote(&inst)) {
             Some(Ok(r)) => r,
-            _ => return self.job_lost(&job, &inst, &att, "its machine is gone").await,
+            _ => {
+                return self
+                    .job_lost(&job, &inst, &att, "its machine is gone")
+                    .await;
+            }
         };
         if job.cancel_requested {
             self.enforce_stop(&job, remote.as_ref(), &att).await?;
@@ -672,7 +747,8 @@ impl Engine {
             }
             RemoteStatus::Missing => {
                 if matches!(provider.describe(&inst).await, Ok(Observed::Gone)) {
-                    self.job_lost(&job, &inst, &att, "its machine is gone").await
+                    self.job_lost(&job, &inst, &att, "its machine is gone")
+                        .await
                 } else {
                     self.job_lost(&job, &inst, &att, "its directory on the machine is gone")
                         .await
@@ -681,8 +757,15 @@ impl Engine {
         }
     }
 
-    async fn job_lost(&self, job: &JobRecord, inst: &InstanceRecord, att: &AttemptRecord, why: &str) -> Result<JobState> {
-        self.store().finish_attempt(&job.id, att.attempt, None, now_ms())?;
+    async fn job_lost(
+        &self,
+        job: &JobRecord,
+        inst: &InstanceRecord,
+        att: &AttemptRecord,
+        why: &str,
+    ) -> Result<JobState> {
+        self.store()
+            .finish_attempt(&job.id, att.attempt, None, now_ms())?;
         if inst.state.is_live() {
             let p = self.provider(&inst.provider)?;
             if matches!(p.describe(inst).await, Ok(Observed::Gone)) {
@@ -697,11 +780,20 @@ impl Engine {
         Ok(JobState::Lost)
     }
 
-    async fn finish(&self, job: &JobRecord, att: &AttemptRecord, code: Option<i32>) -> Result<JobState> {
-        self.store().finish_attempt(&job.id, att.attempt, code, now_ms())?;
+    async fn finish(
+        &self,
+        job: &JobRecord,
+        att: &AttemptRecord,
+        code: Option<i32>,
+    ) -> Result<JobState> {
+        self.store()
+            .finish_attempt(&job.id, att.attempt, code, now_ms())?;
         // Re-read: a cancel may have come in since this poll started.
         let job = self.store().job(&job.id)?.context("job vanished")?;
-        let (state, why) = if job.cancel_requested {
+        // Cancelled only when we actually stopped it: a job that finished cleanly before
+        // the stop signal went out succeeded.
+        let stopped = job.cancel_requested && (job.stop_sent_ms.is_some() || code != Some(0));
+        let (state, why) = if stopped {
             (
                 JobState::Cancelled,
                 job.reason.clone().unwrap_or_else(|| "cancelled".into()),
@@ -722,8 +814,12 @@ impl Engine {
         {
             // Keep what the job produced before the machine goes.
             if let Err(e) = self.pull(&job.id, None).await {
-                self.store()
-                    .add_event("artifact.error", Some(inst_id), Some(&job.id), &format!("{e:#}"))?;
+                self.store().add_event(
+                    "artifact.error",
+                    Some(inst_id),
+                    Some(&job.id),
+                    &format!("{e:#}"),
+                )?;
             }
             // Boxed: terminate stops live jobs, which polls them, which may finish them.
             Box::pin(self.terminate(inst_id, &why)).await?;
@@ -750,7 +846,11 @@ impl Engine {
     }
 
     /// Follow a job until it ends, calling `on_tick` after every poll.
-    pub async fn follow_job(&self, job_id: &str, mut on_tick: impl FnMut(&Engine)) -> Result<JobState> {
+    pub async fn follow_job(
+        &self,
+        job_id: &str,
+        mut on_tick: impl FnMut(&Engine),
+    ) -> Result<JobState> {
         loop {
             let state = self.poll_job(job_id).await?;
             on_tick(self);
@@ -768,7 +868,10 @@ impl Engine {
         let engine = self.clone();
         let id = job_id.to_string();
         let done = tokio::spawn(async move {
-            let pending = engine.store().job(&id)?.is_some_and(|j| j.state == JobState::Pending);
+            let pending = engine
+                .store()
+                .job(&id)?
+                .is_some_and(|j| j.state == JobState::Pending);
             if pending {
                 engine.start_job(&id).await?;
             }
@@ -817,26 +920,41 @@ impl Engine {
             .store()
             .instance(&att.instance_id)?
             .context("instance not in the store")?;
-        let remote = self
-            .remote_for(&inst)
-            .with_context(|| format!("artifacts of {} are on {}, which is gone", job.id, inst.id))?;
+        let remote = self.remote_for(&inst).with_context(|| {
+            format!("artifacts of {} are on {}, which is gone", job.id, inst.id)
+        })?;
         let dest = dest.map_or_else(
-            || Path::new(&job.project_dir).join("trainctl-out").join(&job.id),
+            || {
+                Path::new(&job.project_dir)
+                    .join("trainctl-out")
+                    .join(&job.id)
+            },
             Path::to_path_buf,
         );
-        let report = artifacts::pull(remote.as_ref(), &att.workdir, &spec.project.artifacts, &dest).await?;
+        let report = artifacts::pull(
+            remote.as_ref(),
+            &att.workdir,
+            &spec.project.artifacts,
+            &dest,
+        )
+        .await?;
         for p in &report.pulled {
-            self.store().record_artifact(&crate::store::ArtifactRecord {
-                job_id: job.id.clone(),
-                path: p.path.clone(),
-                size: p.size,
-                blake3: p.blake3.clone(),
-                local_path: p.local_path.clone(),
-            })?;
+            self.store()
+                .record_artifact(&crate::store::ArtifactRecord {
+                    job_id: job.id.clone(),
+                    path: p.path.clone(),
+                    size: p.size,
+                    blake3: p.blake3.clone(),
+                    local_path: p.local_path.clone(),
+                })?;
         }
         for u in &report.unmatched {
-            self.store()
-                .add_event("artifact.missing", Some(&inst.id), Some(&job.id), &format!("nothing matched {u}"))?;
+            self.store().add_event(
+                "artifact.missing",
+                Some(&inst.id),
+                Some(&job.id),
+                &format!("nothing matched {u}"),
+            )?;
         }
         Ok(report)
     }
@@ -853,7 +971,13 @@ impl Engine {
                 offsets.insert(j.id.clone(), store.log_offset(&j.id, a.attempt)?);
             }
         }
-        Ok(cost::report(&instances, &jobs, &attempts, &offsets, now_ms()))
+        Ok(cost::report(
+            &instances,
+            &jobs,
+            &attempts,
+            &offsets,
+            now_ms(),
+        ))
     }
 
     /// The stored log of a job (all attempts), raw bytes up to what was committed.
@@ -868,7 +992,13 @@ impl Engine {
     }
 
     /// Bytes `[from, to)` of an attempt's local log copy.
-    pub fn read_local_log(&self, job_id: &str, attempt: i64, from: u64, to: u64) -> Result<Vec<u8>> {
+    pub fn read_local_log(
+        &self,
+        job_id: &str,
+        attempt: i64,
+        from: u64,
+        to: u64,
+    ) -> Result<Vec<u8>> {
         use std::os::unix::fs::FileExt;
         if to <= from {
             return Ok(Vec::new());

@@ -310,13 +310,10 @@ impl LogParser {
     /// nanoGPT: `iter 100: loss 2.4512, time 35.21ms, mfu 12.34%` and
     /// `step 500: train loss 2.1234, val loss 2.2345`.
     fn nanogpt(&mut self, s: &[u8]) -> bool {
-        let rest = if s.starts_with(b"iter ") {
-            &s[5..]
-        } else if s.starts_with(b"step ") {
-            &s[5..]
-        } else {
+        if !(s.starts_with(b"iter ") || s.starts_with(b"step ")) {
             return false;
-        };
+        }
+        let rest = &s[5..];
         let Some((n, used)) = parse_uint(rest) else {
             return false;
         };
@@ -425,15 +422,18 @@ impl LogParser {
         let mut p = DictParser { s, i: 0 };
         let mut key_buf: Vec<u8> = Vec::new();
         let before = self.pairs.len();
-        let ok = p.dict(&mut |prefix: &[u8], key: &[u8], v: f64| {
-            key_buf.clear();
-            if !prefix.is_empty() {
-                key_buf.extend_from_slice(prefix);
-                key_buf.push(b'/');
-            }
-            key_buf.extend_from_slice(key);
-            self.push_pair(&key_buf.clone(), v, None);
-        }, b"");
+        let ok = p.dict(
+            &mut |prefix: &[u8], key: &[u8], v: f64| {
+                key_buf.clear();
+                if !prefix.is_empty() {
+                    key_buf.extend_from_slice(prefix);
+                    key_buf.push(b'/');
+                }
+                key_buf.extend_from_slice(key);
+                self.push_pair(&key_buf.clone(), v, None);
+            },
+            b"",
+        );
         if !ok {
             self.pairs.truncate(before);
             self.names.clear();
@@ -444,7 +444,9 @@ impl LogParser {
     // -------------------------------------------------------------------- YOLO
 
     fn maybe_yolo_header(&mut self, s: &[u8]) {
-        let mut toks = s.split(|b| b.is_ascii_whitespace()).filter(|t| !t.is_empty());
+        let mut toks = s
+            .split(|b| b.is_ascii_whitespace())
+            .filter(|t| !t.is_empty());
         let Some(first) = toks.next() else { return };
         if first == b"Epoch" {
             let cols: Vec<String> = s
@@ -470,7 +472,10 @@ impl LogParser {
     /// A row under a YOLO header: `1/100 2.61G 1.215 ...` or `all 4 17 0.613 ...`.
     /// A header row with digits in it (`mAP50`) is recognised here too.
     fn yolo_row(&mut self, s: &[u8]) -> bool {
-        let first_end = s.iter().position(|b| b.is_ascii_whitespace()).unwrap_or(s.len());
+        let first_end = s
+            .iter()
+            .position(|b| b.is_ascii_whitespace())
+            .unwrap_or(s.len());
         let first = &s[..first_end];
         if first == b"Class" || first == b"Epoch" {
             let had = (self.yolo_train.len(), self.yolo_val.len());
@@ -480,9 +485,8 @@ impl LogParser {
             }
             return false;
         }
-        let is_train_row = !self.yolo_train.is_empty()
-            && first.contains(&b'/')
-            && first[0].is_ascii_digit();
+        let is_train_row =
+            !self.yolo_train.is_empty() && first.contains(&b'/') && first[0].is_ascii_digit();
         let is_val_row = !self.yolo_val.is_empty() && first == b"all";
         if !is_train_row && !is_val_row {
             return false;
@@ -493,7 +497,9 @@ impl LogParser {
             std::mem::take(&mut self.yolo_val)
         };
         let mut matched = false;
-        let toks = s.split(|b| b.is_ascii_whitespace()).filter(|t| !t.is_empty());
+        let toks = s
+            .split(|b| b.is_ascii_whitespace())
+            .filter(|t| !t.is_empty());
         for (i, tok) in toks.enumerate() {
             if i >= cols.len() {
                 break;
@@ -556,7 +562,11 @@ fn trim_start(s: &[u8]) -> &[u8] {
 
 fn trim(s: &[u8]) -> &[u8] {
     let s = trim_start(s);
-    let n = s.iter().rev().take_while(|b| b.is_ascii_whitespace()).count();
+    let n = s
+        .iter()
+        .rev()
+        .take_while(|b| b.is_ascii_whitespace())
+        .count();
     &s[..s.len() - n]
 }
 
@@ -569,10 +579,12 @@ fn is_unit_tail(after: &[u8]) -> bool {
     }
     match after.get(i) {
         None => true,
-        Some(b) => matches!(
-            b,
-            b' ' | b'\t' | b',' | b';' | b')' | b']' | b'}' | b'|' | b'\'' | b'"'
-        ) || (i > 0 && *b == b'/'),
+        Some(b) => {
+            matches!(
+                b,
+                b' ' | b'\t' | b',' | b';' | b')' | b']' | b'}' | b'|' | b'\'' | b'"'
+            ) || (i > 0 && *b == b'/')
+        }
     }
 }
 
@@ -822,7 +834,11 @@ mod tests {
     }
 
     fn val(log: &str, name: &str) -> Option<f64> {
-        pts(log).into_iter().rev().find(|p| p.0 == name).map(|p| p.1)
+        pts(log)
+            .into_iter()
+            .rev()
+            .find(|p| p.0 == name)
+            .map(|p| p.1)
     }
 
     #[test]
@@ -845,9 +861,8 @@ mod tests {
             "{\"type\": \"progress\", \"data\": {\"epoch\": 2, \"total_epochs\": 5, \"train_loss\": 0.25}}\n",
         );
         assert_eq!(p, vec![("train_loss".into(), 0.25, None, Some(2.0))]);
-        let (_, prog) = parse_all(
-            b"{\"type\": \"progress\", \"data\": {\"epoch\": 2, \"total_epochs\": 5}}\n",
-        );
+        let (_, prog) =
+            parse_all(b"{\"type\": \"progress\", \"data\": {\"epoch\": 2, \"total_epochs\": 5}}\n");
         assert_eq!(prog.epochs_total, Some(5.0));
     }
 
@@ -881,8 +896,14 @@ mod tests {
         // Keras 3 colours its bar: the parser sees sanitized text in the engine; raw here.
         let clean = crate::sanitize::sanitize_line(k3.as_bytes());
         let p = pts(&clean.replace("Epoch 2/10", "Epoch 2/10\n"));
-        assert!(p.contains(&("accuracy".into(), 0.8681, Some(938), Some(2.0))), "{p:?}");
-        assert!(p.contains(&("loss".into(), 0.4468, Some(938), Some(2.0))), "{p:?}");
+        assert!(
+            p.contains(&("accuracy".into(), 0.8681, Some(938), Some(2.0))),
+            "{p:?}"
+        );
+        assert!(
+            p.contains(&("loss".into(), 0.4468, Some(938), Some(2.0))),
+            "{p:?}"
+        );
     }
 
     #[test]
@@ -892,7 +913,13 @@ mod tests {
         assert_eq!(p[0], ("loss".into(), 2.3, None, Some(0.05)));
         assert_eq!(p[2], ("learning_rate".into(), 4.9e-05, None, Some(0.05)));
         assert_eq!(p[3], ("eval_loss".into(), 1.9, None, Some(1.0)));
-        assert_eq!(val("{'train_runtime': 10.5, 'train_loss': nan}\n", "train_runtime"), Some(10.5));
+        assert_eq!(
+            val(
+                "{'train_runtime': 10.5, 'train_loss': nan}\n",
+                "train_runtime"
+            ),
+            Some(10.5)
+        );
         assert!(val("{'train_loss': nan}\n", "train_loss").unwrap().is_nan());
     }
 
@@ -952,10 +979,22 @@ mod tests {
                    \x20                Class     Images  Instances      Box(P          R      mAP50  mAP50-95): 100%|██████████| 1/1 [00:00<00:00,  5.12it/s]\n\
                    \x20                  all          4         17      0.613      0.883      0.849      0.624\n";
         let p = pts(log);
-        assert!(p.contains(&("box_loss".into(), 1.215, None, Some(1.0))), "{p:?}");
-        assert!(p.contains(&("gpu_mem".into(), 2.61, None, Some(1.0))), "{p:?}");
-        assert!(p.contains(&("size".into(), 640.0, None, Some(1.0))), "{p:?}");
-        assert!(p.contains(&("map50-95".into(), 0.624, None, Some(1.0))), "{p:?}");
+        assert!(
+            p.contains(&("box_loss".into(), 1.215, None, Some(1.0))),
+            "{p:?}"
+        );
+        assert!(
+            p.contains(&("gpu_mem".into(), 2.61, None, Some(1.0))),
+            "{p:?}"
+        );
+        assert!(
+            p.contains(&("size".into(), 640.0, None, Some(1.0))),
+            "{p:?}"
+        );
+        assert!(
+            p.contains(&("map50-95".into(), 0.624, None, Some(1.0))),
+            "{p:?}"
+        );
         assert!(p.contains(&("p".into(), 0.613, None, Some(1.0))), "{p:?}");
         let (_, prog) = parse_all(log.as_bytes());
         assert_eq!(prog.epochs_total, Some(100.0));

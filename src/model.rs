@@ -48,7 +48,9 @@ fn to_base36(mut n: u64) -> String {
 }
 
 /// Money in integer micro-dollars. Sums never touch floating point.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize,
+)]
 #[serde(transparent)]
 pub struct Money(pub i64);
 
@@ -73,7 +75,11 @@ impl Money {
             return None;
         }
         let int_v: i64 = if int.is_empty() { 0 } else { int.parse().ok()? };
-        let mut frac_v: i64 = if frac.is_empty() { 0 } else { frac.parse().ok()? };
+        let mut frac_v: i64 = if frac.is_empty() {
+            0
+        } else {
+            frac.parse().ok()?
+        };
         for _ in frac.len()..6 {
             frac_v *= 10;
         }
@@ -321,7 +327,9 @@ mod tests {
         // $3.60/h for one second is exactly $0.001.
         assert_eq!(Money(3_600_000).accrue_hourly(1000), Money(1000));
         // 10 000 one-second accruals equal one 10 000-second accrual (no drift).
-        let per: Money = (0..10_000).map(|_| Money(3_600_000).accrue_hourly(1000)).sum();
+        let per: Money = (0..10_000)
+            .map(|_| Money(3_600_000).accrue_hourly(1000))
+            .sum();
         assert_eq!(per, Money(3_600_000).accrue_hourly(10_000_000));
         assert_eq!(Money(1).accrue_hourly(1), Money::ZERO);
     }

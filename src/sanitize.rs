@@ -77,7 +77,10 @@ mod tests {
     fn strips_colours_titles_and_controls() {
         assert_eq!(sanitize_line(b"\x1b[31mred\x1b[0m ok"), "red ok");
         assert_eq!(sanitize_line(b"\x1b]0;evil title\x07after"), "after");
-        assert_eq!(sanitize_line(b"\x1b]8;;http://x\x1b\\link\x1b]8;;\x1b\\"), "link");
+        assert_eq!(
+            sanitize_line(b"\x1b]8;;http://x\x1b\\link\x1b]8;;\x1b\\"),
+            "link"
+        );
         assert_eq!(sanitize_line(b"a\x08b\x00c\x7fd"), "abcd");
         assert_eq!(sanitize_line(b"\x1bPq#0;2;0;0;0\x1b\\x"), "x");
         assert_eq!(sanitize_line("\u{9b}2Jz".as_bytes()), "z");

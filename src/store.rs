@@ -307,7 +307,12 @@ impl Store {
     }
 
     /// The provider confirmed the machine: running, reachable at `address`.
-    pub fn mark_instance_running(&mut self, id: &str, address: &str, launched_ms: i64) -> Result<()> {
+    pub fn mark_instance_running(
+        &mut self,
+        id: &str,
+        address: &str,
+        launched_ms: i64,
+    ) -> Result<()> {
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
@@ -315,7 +320,13 @@ impl Store {
             "UPDATE instances SET state = 'running', address = ?2, launched_ms = ?3 WHERE id = ?1",
             params![id, address, launched_ms],
         )?;
-        Self::event_tx(&tx, "instance.running", Some(id), None, &format!("running at {address}"))?;
+        Self::event_tx(
+            &tx,
+            "instance.running",
+            Some(id),
+            None,
+            &format!("running at {address}"),
+        )?;
         tx.commit()?;
         Ok(())
     }
@@ -342,7 +353,13 @@ impl Store {
         if n == 0 {
             bail!("no instance {id} in the store");
         }
-        Self::event_tx(&tx, &format!("instance.{}", to.as_str()), Some(id), None, why)?;
+        Self::event_tx(
+            &tx,
+            &format!("instance.{}", to.as_str()),
+            Some(id),
+            None,
+            why,
+        )?;
         tx.commit()?;
         Ok(())
     }
@@ -373,11 +390,15 @@ impl Store {
         })
     }
 
-    const INSTANCE_COLS: &'static str = "id, provider, name, instance_type, spot, state, hourly_micros,
+    const INSTANCE_COLS: &'static str =
+        "id, provider, name, instance_type, spot, state, hourly_micros,
         created_ms, launched_ms, terminated_ms, address, error";
 
     pub fn instance(&self, id: &str) -> Result<Option<InstanceRecord>> {
-        let sql = format!("SELECT {} FROM instances WHERE id = ?1", Self::INSTANCE_COLS);
+        let sql = format!(
+            "SELECT {} FROM instances WHERE id = ?1",
+            Self::INSTANCE_COLS
+        );
         Ok(self
             .conn
             .query_row(&sql, params![id], Self::instance_row)
@@ -399,7 +420,10 @@ impl Store {
             (0, _) => bail!("no instance `{key}` (see `trainctl ls --all`)"),
             (1, _) => Ok(hits[0].clone()),
             (_, 1) => Ok((*live[0]).clone()),
-            _ => bail!("`{key}` matches {} instances; give more of the id", hits.len()),
+            _ => bail!(
+                "`{key}` matches {} instances; give more of the id",
+                hits.len()
+            ),
         }
     }
 
@@ -479,7 +503,9 @@ impl Store {
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
         let from: String = tx
-            .query_row("SELECT state FROM jobs WHERE id = ?1", params![id], |r| r.get(0))
+            .query_row("SELECT state FROM jobs WHERE id = ?1", params![id], |r| {
+                r.get(0)
+            })
             .optional()?
             .with_context(|| format!("no job {id} in the store"))?;
         let from = JobState::parse(&from).unwrap_or(JobState::Lost);
@@ -499,10 +525,11 @@ impl Store {
              WHERE id = ?1",
             params![id, to.as_str(), now, to.is_terminal(), exit_code, why],
         )?;
-        let instance: Option<String> =
-            tx.query_row("SELECT instance_id FROM jobs WHERE id = ?1", params![id], |r| {
-                r.get(0)
-            })?;
+        let instance: Option<String> = tx.query_row(
+            "SELECT instance_id FROM jobs WHERE id = ?1",
+            params![id],
+            |r| r.get(0),
+        )?;
         Self::event_tx(
             &tx,
             &format!("job.{}", to.as_str()),
@@ -524,7 +551,13 @@ impl Store {
             params![id, now_ms()],
         )?;
         if n > 0 {
-            Self::event_tx(&tx, "job.sigterm", None, Some(id), "SIGTERM sent to the job's process group")?;
+            Self::event_tx(
+                &tx,
+                "job.sigterm",
+                None,
+                Some(id),
+                "SIGTERM sent to the job's process group",
+            )?;
         }
         tx.commit()?;
         Ok(n > 0)
@@ -598,7 +631,10 @@ impl Store {
 
     pub fn job(&self, id: &str) -> Result<Option<JobRecord>> {
         let sql = format!("SELECT {} FROM jobs WHERE id = ?1", Self::JOB_COLS);
-        Ok(self.conn.query_row(&sql, params![id], Self::job_row).optional()?)
+        Ok(self
+            .conn
+            .query_row(&sql, params![id], Self::job_row)
+            .optional()?)
     }
 
     /// Find a job by id or unique id prefix; `last` means the newest job.
@@ -662,13 +698,22 @@ impl Store {
             "job.attempt",
             Some(&a.instance_id),
             Some(&a.job_id),
-            &format!("attempt {} on {} in {}", a.attempt, a.instance_id, a.remote_dir),
+            &format!(
+                "attempt {} on {} in {}",
+                a.attempt, a.instance_id, a.remote_dir
+            ),
         )?;
         tx.commit()?;
         Ok(())
     }
 
-    pub fn finish_attempt(&mut self, job_id: &str, attempt: i64, exit_code: Option<i32>, ended_ms: i64) -> Result<()> {
+    pub fn finish_attempt(
+        &mut self,
+        job_id: &str,
+        attempt: i64,
+        exit_code: Option<i32>,
+        ended_ms: i64,
+    ) -> Result<()> {
         self.conn.execute(
             "UPDATE job_attempts SET ended_ms = COALESCE(ended_ms, ?3), exit_code = COALESCE(exit_code, ?4)
              WHERE job_id = ?1 AND attempt = ?2",
@@ -799,7 +844,11 @@ impl Store {
         let ts = now_ms();
         for p in points {
             // SQLite stores NaN as NULL; NULL reads back as NaN. Infinities are kept.
-            let value = if p.value.is_nan() { None } else { Some(p.value) };
+            let value = if p.value.is_nan() {
+                None
+            } else {
+                Some(p.value)
+            };
             stmt.execute(params![
                 job_id,
                 attempt,
@@ -815,7 +864,12 @@ impl Store {
     }
 
     /// Insert points in one transaction (benchmarks and imports).
-    pub fn insert_points(&mut self, job_id: &str, attempt: i64, points: &[MetricPoint]) -> Result<()> {
+    pub fn insert_points(
+        &mut self,
+        job_id: &str,
+        attempt: i64,
+        points: &[MetricPoint],
+    ) -> Result<()> {
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
@@ -853,7 +907,11 @@ impl Store {
     // ------------------------------------------------------------------- events
 
     /// Events, oldest first; for one job or instance when given.
-    pub fn events(&self, job_id: Option<&str>, instance_id: Option<&str>) -> Result<Vec<EventRecord>> {
+    pub fn events(
+        &self,
+        job_id: Option<&str>,
+        instance_id: Option<&str>,
+    ) -> Result<Vec<EventRecord>> {
         let mut stmt = self.conn.prepare(
             "SELECT id, ts_ms, kind, instance_id, job_id, message FROM events
              WHERE (?1 IS NULL OR job_id = ?1) AND (?2 IS NULL OR instance_id = ?2) ORDER BY id",
@@ -880,14 +938,27 @@ impl Store {
         tx.execute(
             "INSERT OR REPLACE INTO artifacts (job_id, path, size, blake3, local_path, ts_ms)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            params![a.job_id, a.path, a.size as i64, a.blake3, a.local_path, now_ms()],
+            params![
+                a.job_id,
+                a.path,
+                a.size as i64,
+                a.blake3,
+                a.local_path,
+                now_ms()
+            ],
         )?;
         Self::event_tx(
             &tx,
             "artifact.pulled",
             None,
             Some(&a.job_id),
-            &format!("{} ({} bytes, blake3 {}) -> {}", a.path, a.size, &a.blake3[..16.min(a.blake3.len())], a.local_path),
+            &format!(
+                "{} ({} bytes, blake3 {}) -> {}",
+                a.path,
+                a.size,
+                &a.blake3[..16.min(a.blake3.len())],
+                a.local_path
+            ),
         )?;
         tx.commit()?;
         Ok(())
@@ -969,16 +1040,29 @@ mod tests {
         s.insert_job(&job("j-1", "i-1")).unwrap();
         s.transition_job("j-1", JobState::Syncing, "sync").unwrap();
         assert!(s.transition_job("j-1", JobState::Succeeded, "x").is_err());
-        s.transition_job("j-1", JobState::Starting, "start").unwrap();
+        s.transition_job("j-1", JobState::Starting, "start")
+            .unwrap();
         s.transition_job("j-1", JobState::Running, "run").unwrap();
-        s.transition_job_with("j-1", JobState::Succeeded, "done", Some(0)).unwrap();
+        s.transition_job_with("j-1", JobState::Succeeded, "done", Some(0))
+            .unwrap();
         let j = s.job("j-1").unwrap().unwrap();
         assert_eq!((j.state, j.exit_code), (JobState::Succeeded, Some(0)));
         assert!(j.started_ms.is_some() && j.ended_ms.is_some());
-        let kinds: Vec<_> = s.events(Some("j-1"), None).unwrap().into_iter().map(|e| e.kind).collect();
+        let kinds: Vec<_> = s
+            .events(Some("j-1"), None)
+            .unwrap()
+            .into_iter()
+            .map(|e| e.kind)
+            .collect();
         assert_eq!(
             kinds,
-            vec!["job.pending", "job.syncing", "job.starting", "job.running", "job.succeeded"]
+            vec![
+                "job.pending",
+                "job.syncing",
+                "job.starting",
+                "job.running",
+                "job.succeeded"
+            ]
         );
         // Reopening migrates nothing and keeps everything.
         drop(s);
@@ -1019,7 +1103,10 @@ mod tests {
             epoch: None,
             line: 1,
         };
-        assert!(a.commit_log_chunk("j-1", 1, &old, &new, std::slice::from_ref(&pt)).unwrap());
+        assert!(
+            a.commit_log_chunk("j-1", 1, &old, &new, std::slice::from_ref(&pt))
+                .unwrap()
+        );
         // A second process with the stale offset loses the race and writes nothing.
         assert!(!b.commit_log_chunk("j-1", 1, &old, &new, &[pt]).unwrap());
         let m = b.metrics("j-1", None).unwrap();

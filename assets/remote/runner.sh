@@ -16,11 +16,29 @@ echo "$$" > pid.part && mv pid.part pid
 date +%s > started_at
 echo running > status
 child=
+stopping=
 forward() {
-    # Stop the whole process group: the command and everything it started.
+    # The group signal reached everyone; make sure the direct child has it too.
+    stopping=1
     [ -n "$child" ] && kill -TERM "$child" 2>/dev/null
 }
 trap forward TERM INT HUP
+# True while a process of our group other than this runner is alive (zombies do not count:
+# nothing may be left to reap them).
+group_busy() {
+    if [ -d /proc/self ]; then
+        for st in /proc/[0-9]*/stat; do
+            read -r line < "$st" 2>/dev/null || continue
+            set -- ${line##*) }
+            [ "$3" = "$$" ] || continue
+            [ "$1" = Z ] && continue
+            case "$st" in "/proc/$$/stat") continue ;; esac
+            return 0
+        done
+        return 1
+    fi
+    return 1
+}
 if cd "$work_dir"; then
     sh "$job_dir/cmd.sh" >> "$job_dir/stdout.log" 2>&1 < /dev/null &
     child=$!
@@ -33,6 +51,11 @@ if cd "$work_dir"; then
         fi
         break
     done
+    # Stopped: the command's children got the signal too; let them finish writing (the
+    # log's last lines, a checkpoint) before the exit is recorded. SIGKILL ends this wait.
+    if [ -n "$stopping" ]; then
+        while group_busy; do sleep 0.1; done
+    fi
 else
     echo "trainctl: workdir $work_dir does not exist" >> "$job_dir/stdout.log"
     code=127

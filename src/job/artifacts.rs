@@ -27,7 +27,10 @@ pub struct PullReport {
 /// Every regular file under `workdir` on the machine, relative to it.
 pub async fn list_files(remote: &dyn Remote, workdir: &str) -> Result<Vec<String>> {
     let out = remote
-        .exec(&format!("cd {} && find . -type f -print0", sh_quote(workdir)))
+        .exec(&format!(
+            "cd {} && find . -type f -print0",
+            sh_quote(workdir)
+        ))
         .await?
         .check("listing the workdir")?;
     let mut files: Vec<String> = out
@@ -74,7 +77,12 @@ pub fn select(rules: &[ArtifactRule], files: &[String]) -> Result<(Vec<String>, 
 }
 
 /// Pull the files the rules select from `workdir` on the machine into `dest`.
-pub async fn pull(remote: &dyn Remote, workdir: &str, rules: &[ArtifactRule], dest: &Path) -> Result<PullReport> {
+pub async fn pull(
+    remote: &dyn Remote,
+    workdir: &str,
+    rules: &[ArtifactRule],
+    dest: &Path,
+) -> Result<PullReport> {
     let files = list_files(remote, workdir).await?;
     let (chosen, unmatched) = select(rules, &files)?;
     let mut report = PullReport {

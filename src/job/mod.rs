@@ -31,8 +31,13 @@ pub enum RemoteStatus {
     Missing,
     /// Started but the runner has not written its pid yet.
     Starting,
-    Running { pid: i32 },
-    Exited { code: i32, ended_at: Option<i64> },
+    Running {
+        pid: i32,
+    },
+    Exited {
+        code: i32,
+        ended_at: Option<i64>,
+    },
     /// The runner died without recording an exit code (killed with SIGKILL, machine reboot).
     Vanished,
 }
@@ -58,7 +63,9 @@ pub async fn start_detached(
     cmd_script: &str,
 ) -> Result<i32> {
     let runner = format!("{}/runner.sh", remote.root());
-    remote.write_file(&runner, RUNNER_SH.as_bytes(), 0o755).await?;
+    remote
+        .write_file(&runner, RUNNER_SH.as_bytes(), 0o755)
+        .await?;
     remote
         .write_file(&format!("{job_dir}/cmd.sh"), cmd_script.as_bytes(), 0o644)
         .await?;
@@ -117,10 +124,7 @@ echo \"alive=$alive\"",
     );
     let out = remote.exec(&script).await?.check("reading job status")?;
     let text = out.stdout_str();
-    let kv: BTreeMap<&str, &str> = text
-        .lines()
-        .filter_map(|l| l.split_once('='))
-        .collect();
+    let kv: BTreeMap<&str, &str> = text.lines().filter_map(|l| l.split_once('=')).collect();
     if kv.contains_key("missing") {
         return Ok(RemoteStatus::Missing);
     }
@@ -142,7 +146,10 @@ echo \"alive=$alive\"",
                 .await?
                 .and_then(|b| String::from_utf8_lossy(&b).trim().parse().ok());
             match code {
-                Some(code) => RemoteStatus::Exited { code, ended_at: None },
+                Some(code) => RemoteStatus::Exited {
+                    code,
+                    ended_at: None,
+                },
                 None => RemoteStatus::Vanished,
             }
         }
@@ -152,7 +159,8 @@ echo \"alive=$alive\"",
 /// Send `signal` (e.g. "TERM", "KILL") to the job's whole process group.
 pub async fn signal(remote: &dyn Remote, job_dir: &str, signal: &str) -> Result<()> {
     let script = format!(
-        "pid=$(cat {}/pid 2>/dev/null) && [ -n \"$pid\" ] && kill -{} -- -\"$pid\" 2>/dev/null; true",
+        // No `--`: dash's kill refuses it; a negative pid means the process group.
+        "pid=$(cat {}/pid 2>/dev/null) && [ -n \"$pid\" ] && kill -{} -\"$pid\" 2>/dev/null; true",
         sh_quote(job_dir),
         sh_quote(signal)
     );

@@ -69,7 +69,11 @@ impl SyncPlan {
 
 fn overrides(root: &Path, excludes: &[String]) -> Result<Override> {
     let mut ob = OverrideBuilder::new(root);
-    for pat in BUILTIN_EXCLUDES.iter().copied().chain(excludes.iter().map(String::as_str)) {
+    for pat in BUILTIN_EXCLUDES
+        .iter()
+        .copied()
+        .chain(excludes.iter().map(String::as_str))
+    {
         ob.add(&format!("!{pat}"))
             .with_context(|| format!("bad sync.exclude pattern `{pat}`"))?;
     }
@@ -84,7 +88,10 @@ fn walker(root: &Path, excludes: &[String], filtered: bool) -> Result<WalkBuilde
         .git_global(false)
         .sort_by_file_name(|a, b| a.cmp(b));
     if filtered {
-        wb.git_ignore(true).git_exclude(true).ignore(true).parents(true);
+        wb.git_ignore(true)
+            .git_exclude(true)
+            .ignore(true)
+            .parents(true);
         wb.overrides(overrides(root, excludes)?);
     } else {
         wb.standard_filters(false).hidden(false);
@@ -110,7 +117,9 @@ pub fn scan(root: &Path, excludes: &[String], previous: &Manifest) -> Result<Man
     let mut out = Manifest::new();
     for entry in walker(root, excludes, true)?.build() {
         let entry = entry?;
-        let Some(ft) = entry.file_type() else { continue };
+        let Some(ft) = entry.file_type() else {
+            continue;
+        };
         if ft.is_dir() {
             continue;
         }
@@ -175,11 +184,12 @@ pub fn excluded(root: &Path, excludes: &[String]) -> Result<Vec<Excluded>> {
     }
     let ov = overrides(root, excludes)?;
     let mut out = Vec::new();
-    let mut walk = walker(root, excludes, false)?.build();
     let mut skip_under: Option<String> = None;
-    while let Some(e) = walk.next() {
+    for e in walker(root, excludes, false)?.build() {
         let e = e?;
-        let Some(rel) = rel_of(root, e.path()) else { continue };
+        let Some(rel) = rel_of(root, e.path()) else {
+            continue;
+        };
         if let Some(prefix) = &skip_under {
             if rel.starts_with(prefix.as_str()) {
                 continue;
@@ -252,7 +262,12 @@ pub async fn remote_manifest(remote: &dyn Remote, project: &str) -> Result<Manif
 }
 
 /// Compute the plan for syncing `local_root` to the machine.
-pub async fn prepare(remote: &dyn Remote, project: &str, local_root: &Path, excludes: &[String]) -> Result<SyncPlan> {
+pub async fn prepare(
+    remote: &dyn Remote,
+    project: &str,
+    local_root: &Path,
+    excludes: &[String],
+) -> Result<SyncPlan> {
     let remote_m = remote_manifest(remote, project).await?;
     let root = local_root.to_path_buf();
     let ex = excludes.to_vec();
@@ -262,7 +277,12 @@ pub async fn prepare(remote: &dyn Remote, project: &str, local_root: &Path, excl
 }
 
 /// Carry out a plan: copy, link, delete, then record the new manifest on the machine.
-pub async fn apply(remote: &dyn Remote, project: &str, local_root: &Path, plan: &SyncPlan) -> Result<()> {
+pub async fn apply(
+    remote: &dyn Remote,
+    project: &str,
+    local_root: &Path,
+    plan: &SyncPlan,
+) -> Result<()> {
     if plan.is_noop() {
         return Ok(());
     }
@@ -294,7 +314,10 @@ pub async fn apply(remote: &dyn Remote, project: &str, local_root: &Path, plan: 
         }
     }
     for (path, target) in &plan.links {
-        let parent = Path::new(path).parent().and_then(|p| p.to_str()).unwrap_or("");
+        let parent = Path::new(path)
+            .parent()
+            .and_then(|p| p.to_str())
+            .unwrap_or("");
         if !parent.is_empty() {
             script.push_str(&format!("mkdir -p -- {} && ", sh_quote(parent)));
         }
@@ -353,7 +376,10 @@ mod tests {
         assert_eq!(p.delete, vec!["b.py"]);
         let mut ex_list = excluded(root, &ex).unwrap();
         ex_list.sort_by(|a, b| a.path.cmp(&b.path));
-        let shown: Vec<_> = ex_list.iter().map(|e| (e.path.as_str(), e.reason.as_str())).collect();
+        let shown: Vec<_> = ex_list
+            .iter()
+            .map(|e| (e.path.as_str(), e.reason.as_str()))
+            .collect();
         assert_eq!(
             shown,
             vec![

@@ -49,17 +49,20 @@ impl LocalRemote {
 
 /// Copy `src` to `dest` through a temp name in the same directory, hashing as it goes.
 fn copy_hashed(src: &Path, dest: &Path) -> Result<Fetched> {
-    let parent = dest.parent().context("destination has no parent directory")?;
-    std::fs::create_dir_all(parent)
-        .with_context(|| format!("creating {}", parent.display()))?;
+    let parent = dest
+        .parent()
+        .context("destination has no parent directory")?;
+    std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
     let name = dest
         .file_name()
         .context("destination has no file name")?
         .to_string_lossy();
     let tmp = parent.join(format!(".{name}.trainctl-part"));
-    let mut input = std::fs::File::open(src).with_context(|| format!("opening {}", src.display()))?;
+    let mut input =
+        std::fs::File::open(src).with_context(|| format!("opening {}", src.display()))?;
     let meta = input.metadata()?;
-    let mut out = std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+    let mut out =
+        std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
     let mut hasher = blake3::Hasher::new();
     let mut buf = vec![0u8; 256 * 1024];
     let mut size = 0u64;
@@ -75,7 +78,10 @@ fn copy_hashed(src: &Path, dest: &Path) -> Result<Fetched> {
     out.flush()?;
     drop(out);
     use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(meta.permissions().mode() & 0o7777))?;
+    std::fs::set_permissions(
+        &tmp,
+        std::fs::Permissions::from_mode(meta.permissions().mode() & 0o7777),
+    )?;
     std::fs::rename(&tmp, dest).with_context(|| format!("renaming into {}", dest.display()))?;
     Ok(Fetched {
         size,
@@ -164,7 +170,12 @@ impl Remote for LocalRemote {
         .await?
     }
 
-    async fn put_files(&self, local_root: &Path, rels: &[String], remote_root: &str) -> Result<u64> {
+    async fn put_files(
+        &self,
+        local_root: &Path,
+        rels: &[String],
+        remote_root: &str,
+    ) -> Result<u64> {
         let local_root = local_root.to_path_buf();
         let remote_root = PathBuf::from(remote_root);
         let rels = rels.to_vec();

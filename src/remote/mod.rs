@@ -63,7 +63,8 @@ pub trait Remote: Send + Sync {
 
     /// Copy local files `rels` (relative to `local_root`) to `remote_root/rel`, keeping the
     /// permission bits, each atomically. Returns the bytes moved.
-    async fn put_files(&self, local_root: &Path, rels: &[String], remote_root: &str) -> Result<u64>;
+    async fn put_files(&self, local_root: &Path, rels: &[String], remote_root: &str)
+    -> Result<u64>;
 
     /// Download `path` to the local file `dest` (temp name, then rename), verifying size and
     /// BLAKE3 against the source.
@@ -108,7 +109,10 @@ pub fn safe_join(base: &Path, rel: &str) -> Result<std::path::PathBuf> {
                 depth += 1;
             }
             std::path::Component::CurDir => {}
-            _ => anyhow::bail!("refusing remote path `{rel}`: it would write outside {}", base.display()),
+            _ => anyhow::bail!(
+                "refusing remote path `{rel}`: it would write outside {}",
+                base.display()
+            ),
         }
     }
     if depth == 0 {
@@ -150,6 +154,9 @@ mod tests {
         assert!(safe_join(b, "/etc/passwd").is_err());
         assert!(safe_join(b, "a/../../b").is_err());
         assert!(safe_join(b, "").is_err());
-        assert_eq!(safe_join(b, "./a/b.pt").unwrap(), Path::new("/tmp/dest/a/b.pt"));
+        assert_eq!(
+            safe_join(b, "./a/b.pt").unwrap(),
+            Path::new("/tmp/dest/a/b.pt")
+        );
     }
 }

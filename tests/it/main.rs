@@ -1,1 +1,9 @@
+//! Integration tests: the real `trainctl` binary on the embedded local provider, a real
+//! SQLite store, real processes. One test crate so everything links once.
 
+mod common;
+mod config_errors;
+mod local_e2e;
+mod parser;
+mod store_concurrency;
+mod sync;

@@ -1,0 +1,118 @@
+//! Test fixtures: a private data dir and config per test, the real `trainctl` binary, and a
+//! copy of the example project.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+pub struct Env {
+    pub dir: tempfile::TempDir,
+    pub config: PathBuf,
+    pub project: PathBuf,
+}
+
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_trainctl")
+}
+
+impl Env {
+    /// A fresh data dir, a user config with fast polling (plus `extra` TOML), and a copy
+    /// of `examples/toy-train` whose step sleep is `step_sleep` seconds.
+    pub fn new(extra: &str, step_sleep: &str) -> Env {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        let config = dir.path().join("config.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "data_dir = {:?}\npoll_interval_ms = 50\nstop_grace_seconds = 3\n{extra}",
+                data.to_str().unwrap()
+            ),
+        )
+        .unwrap();
+        let project = dir.path().join("toy");
+        std::fs::create_dir(&project).unwrap();
+        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/toy-train");
+        std::fs::copy(src.join("train.py"), project.join("train.py")).unwrap();
+        std::fs::copy(src.join(".gitignore"), project.join(".gitignore")).unwrap();
+        let toml = std::fs::read_to_string(src.join("trainctl.toml"))
+            .unwrap()
+            .replace(
+                "TOY_STEP_SLEEP = \"0.04\"",
+                &format!("TOY_STEP_SLEEP = \"{step_sleep}\""),
+            );
+        std::fs::write(project.join("trainctl.toml"), toml).unwrap();
+        Env {
+            dir,
+            config,
+            project,
+        }
+    }
+
+    pub fn data(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    pub fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(bin());
+        c.args(args)
+            .env("TRAINCTL_CONFIG", &self.config)
+            .env_remove("TRAINCTL_LOG")
+            .current_dir(&self.project);
+        c
+    }
+
+    pub fn run(&self, args: &[&str]) -> Output {
+        self.cmd(args).output().unwrap()
+    }
+
+    /// Run and require success; returns stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(
+            out.status.success(),
+            "trainctl {args:?} failed ({:?}):\n{}\n{}",
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    pub fn json(&self, args: &[&str]) -> serde_json::Value {
+        let mut a = args.to_vec();
+        a.push("--json");
+        let s = self.ok(&a);
+        serde_json::from_str(&s).unwrap_or_else(|e| panic!("{e}: {s}"))
+    }
+
+    pub fn job(&self, id: &str) -> serde_json::Value {
+        self.json(&["jobs"])
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|j| j["id"] == id)
+            .cloned()
+            .unwrap_or_else(|| panic!("no job {id}"))
+    }
+
+    pub fn events(&self, job: &str) -> Vec<serde_json::Value> {
+        self.json(&["events", job]).as_array().unwrap().clone()
+    }
+
+    /// Wait until `f` holds, up to `secs`.
+    pub fn wait_for(&self, secs: u64, what: &str, mut f: impl FnMut() -> bool) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+        while std::time::Instant::now() < deadline {
+            if f() {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        panic!("timed out waiting for {what}");
+    }
+}
+
+/// Live processes carrying the sandbox marker of instance `id`.
+pub fn sandbox_processes(id: &str) -> Vec<i32> {
+    trainctl::provider::local::sandbox_processes(id)
+}
