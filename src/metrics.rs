@@ -79,6 +79,7 @@ struct Pair {
     value: f64,
     /// The value was `a/b`; `total` is b.
     total: Option<f64>,
+    role: Role,
 }
 
 /// Streaming log parser. Feed it bytes; it calls back with points.
@@ -93,7 +94,7 @@ pub struct LogParser {
     /// Column names of the last YOLO validation header (`Class Images ... mAP50-95`).
     yolo_val: Vec<String>,
     pairs: Vec<Pair>,
-    /// Lowercased names for the pairs of the current segment, concatenated.
+    /// Lowercased names for the pairs of the current segment, concatenated (ASCII only).
     names: String,
     saw_progress: bool,
 }
@@ -187,9 +188,8 @@ impl LogParser {
         }
         self.pairs.clear();
         self.names.clear();
-        // A cheap gate: a segment with no digit (nor NaN/inf) holds no value, but it may be
-        // a YOLO header.
-        if !s.iter().any(u8::is_ascii_digit) && !mentions_nan_or_inf(s) {
+        // A YOLO training header names its columns and holds no number.
+        if s.starts_with(b"Epoch ") && !s.iter().any(u8::is_ascii_digit) {
             self.maybe_yolo_header(s);
             return;
         }
@@ -198,8 +198,8 @@ impl LogParser {
         } else if !self.yolo_row(s) {
             self.epoch_prefix(s);
             if !self.nanogpt(s) {
-                self.progress_counter(s);
-                self.scan_pairs(s);
+                let last_bar = self.scan_pairs(s);
+                self.progress_counter(s, last_bar);
             }
         }
         self.apply_context();
@@ -208,38 +208,52 @@ impl LogParser {
 
     // ------------------------------------------------------------ pair storage
 
+    fn push_name_bytes(&mut self, name: &[u8]) {
+        for &b in name {
+            // Non-ASCII bytes become `?` so a name is always valid UTF-8.
+            self.names
+                .push(if b.is_ascii() { char::from(b.to_ascii_lowercase()) } else { '?' });
+        }
+    }
+
+    /// A dict leaf: `outer/inner/key`.
+    fn push_pair_parts(&mut self, prefix: &[&[u8]], key: &[u8], value: f64) {
+        let start = self.names.len();
+        for part in prefix {
+            self.push_name_bytes(part);
+            self.names.push('/');
+        }
+        self.push_name_bytes(key);
+        self.finish_pair(start, value, None);
+    }
+
     fn push_pair(&mut self, name: &[u8], value: f64, total: Option<f64>) {
         let start = self.names.len();
-        for &b in name {
-            // Names are ASCII-ish identifiers; keep non-ASCII bytes valid by lossy push.
-            if b.is_ascii() {
-                self.names.push(b.to_ascii_lowercase() as char);
-            } else {
-                self.names.push('\u{fffd}');
-            }
-        }
+        self.push_name_bytes(name);
+        self.finish_pair(start, value, total);
+    }
+
+    fn finish_pair(&mut self, start: usize, value: f64, total: Option<f64>) {
         let name_len = self.names.len() - start;
         if name_len == 0 {
             return;
         }
+        let role = role_of(&self.names[start..]);
         self.pairs.push(Pair {
             name_start: start as u32,
             name_len: name_len as u32,
             value,
             total,
+            role,
         });
     }
 
-    fn pair_name(&self, p: &Pair) -> &str {
-        &self.names[p.name_start as usize..(p.name_start + p.name_len) as usize]
-    }
 
     /// Move step/epoch pairs into the progress context; they are not points.
     fn apply_context(&mut self) {
         for i in 0..self.pairs.len() {
             let p = self.pairs[i];
-            let role = role_of(self.pair_name(&p));
-            match role {
+            match p.role {
                 Role::Step if p.value.is_finite() => {
                     self.progress.step = Some(p.value as i64);
                     if let Some(t) = p.total {
@@ -267,10 +281,10 @@ impl LogParser {
 
     fn emit(&mut self, out: &mut impl FnMut(PointRef<'_>)) {
         for p in &self.pairs {
-            let name = &self.names[p.name_start as usize..(p.name_start + p.name_len) as usize];
-            if role_of(name) != Role::Metric || p.total.is_some() {
+            if p.role != Role::Metric || p.total.is_some() {
                 continue;
             }
+            let name = name_str(&self.names, p);
             out(PointRef {
                 name,
                 value: p.value,
@@ -342,9 +356,10 @@ impl LogParser {
     }
 
     /// `450/1000 [` (tqdm) or `938/938 ━━` / `1875/1875 [===` (Keras): a step counter.
-    fn progress_counter(&mut self, s: &[u8]) {
+    /// `last_bar` is the position of the line's last `|`, found by [`Self::scan_pairs`].
+    fn progress_counter(&mut self, s: &[u8], last_bar: Option<usize>) {
         // tqdm: `...%|<bar>| N/M [`; the counter follows the last `| `.
-        let candidate = if let Some(p) = memchr::memrchr(b'|', s) {
+        let candidate = if let Some(p) = last_bar {
             trim_start(&s[p + 1..])
         } else {
             s
@@ -370,18 +385,28 @@ impl LogParser {
         }
     }
 
-    /// `key=value`, `key: value` anywhere in the line.
-    fn scan_pairs(&mut self, s: &[u8]) {
+    /// `key=value`, `key: value` anywhere in the line. Returns where the last `|` is (one
+    /// pass serves both).
+    fn scan_pairs(&mut self, s: &[u8]) -> Option<usize> {
         let mut from = 0;
-        while let Some(off) = memchr::memchr2(b'=', b':', &s[from..]) {
+        let mut last_bar = None;
+        while let Some(off) = memchr::memchr3(b'=', b':', b'|', &s[from..]) {
             let sep = from + off;
             from = sep + 1;
+            if s[sep] == b'|' {
+                last_bar = Some(sep);
+                continue;
+            }
             // Name: the identifier ending right before the separator.
             let mut a = sep;
             while a > 0 && is_ident(s[a - 1]) {
                 a -= 1;
             }
             if a == sep || !s[a].is_ascii_alphabetic() {
+                // A bar like `[=====>....]`: skip the run rather than stop at every `=`.
+                while from < s.len() && s[from] == s[sep] {
+                    from += 1;
+                }
                 continue;
             }
             let mut v = sep + 1;
@@ -413,6 +438,7 @@ impl LogParser {
             self.push_pair(name, value, None);
             from = v + used;
         }
+        last_bar
     }
 
     // ------------------------------------------------------------------- dicts
@@ -420,19 +446,10 @@ impl LogParser {
     /// `{...}` as JSON or a Python dict literal. Returns false when it is neither.
     fn parse_dict_line(&mut self, s: &[u8]) -> bool {
         let mut p = DictParser { s, i: 0 };
-        let mut key_buf: Vec<u8> = Vec::new();
         let before = self.pairs.len();
         let ok = p.dict(
-            &mut |prefix: &[u8], key: &[u8], v: f64| {
-                key_buf.clear();
-                if !prefix.is_empty() {
-                    key_buf.extend_from_slice(prefix);
-                    key_buf.push(b'/');
-                }
-                key_buf.extend_from_slice(key);
-                self.push_pair(&key_buf.clone(), v, None);
-            },
-            b"",
+            &mut |prefix: &[&[u8]], key: &[u8], v: f64| self.push_pair_parts(prefix, key, v),
+            &mut Vec::new(),
         );
         if !ok {
             self.pairs.truncate(before);
@@ -444,6 +461,10 @@ impl LogParser {
     // -------------------------------------------------------------------- YOLO
 
     fn maybe_yolo_header(&mut self, s: &[u8]) {
+        // Cheap test first: a header names a loss column or mAP50.
+        if memchr::memmem::find(s, b"_loss").is_none() && memchr::memmem::find(s, b"mAP50").is_none() {
+            return;
+        }
         let mut toks = s
             .split(|b| b.is_ascii_whitespace())
             .filter(|t| !t.is_empty());
@@ -472,18 +493,19 @@ impl LogParser {
     /// A row under a YOLO header: `1/100 2.61G 1.215 ...` or `all 4 17 0.613 ...`.
     /// A header row with digits in it (`mAP50`) is recognised here too.
     fn yolo_row(&mut self, s: &[u8]) -> bool {
+        if self.yolo_train.is_empty() && self.yolo_val.is_empty() && !s.starts_with(b"Class") {
+            return false;
+        }
         let first_end = s
             .iter()
             .position(|b| b.is_ascii_whitespace())
             .unwrap_or(s.len());
         let first = &s[..first_end];
-        if first == b"Class" || first == b"Epoch" {
-            let had = (self.yolo_train.len(), self.yolo_val.len());
+        // A training header (`Epoch GPU_mem box_loss ...`) has no digits and was seen by
+        // the caller; a validation header (`Class ... mAP50-95`) has some.
+        if first == b"Class" {
             self.maybe_yolo_header(s);
-            if (self.yolo_train.len(), self.yolo_val.len()) != had || first == b"Class" {
-                return true;
-            }
-            return false;
+            return true;
         }
         let is_train_row =
             !self.yolo_train.is_empty() && first.contains(&b'/') && first[0].is_ascii_digit();
@@ -538,16 +560,16 @@ impl LogParser {
     }
 }
 
+fn name_str<'n>(names: &'n str, p: &Pair) -> &'n str {
+    // Names hold only ASCII (see `push_name_bytes`): any byte index is a char boundary.
+    &names[p.name_start as usize..(p.name_start + p.name_len) as usize]
+}
+
 /// `Box(P` → `p`, `mAP50-95):` → `map50-95`, `GPU_mem` → `gpu_mem`.
 fn yolo_name(tok: &[u8]) -> String {
     let t = String::from_utf8_lossy(tok).to_ascii_lowercase();
     let t = t.rsplit('(').next().unwrap_or(&t).to_string();
     t.trim_end_matches([')', ':']).to_string()
-}
-
-fn mentions_nan_or_inf(s: &[u8]) -> bool {
-    s.windows(3)
-        .any(|w| w.eq_ignore_ascii_case(b"nan") || w.eq_ignore_ascii_case(b"inf"))
 }
 
 #[inline]
@@ -601,6 +623,16 @@ fn parse_uint(s: &[u8]) -> Option<(u64, usize)> {
     Some((v, n))
 }
 
+const WORDS: [(&[u8], f64); 3] = [
+    (b"infinity", f64::INFINITY),
+    (b"inf", f64::INFINITY),
+    (b"nan", f64::NAN),
+];
+
+const POW10: [f64; 16] = [
+    1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14, 1e15,
+];
+
 /// A number at the start of `s`: `-1.5e-3`, `.5`, `nan`, `NaN`, `inf`, `-Infinity`.
 pub fn parse_number(s: &[u8]) -> Option<(f64, usize)> {
     let mut i = 0;
@@ -616,11 +648,9 @@ pub fn parse_number(s: &[u8]) -> Option<(f64, usize)> {
         _ => false,
     };
     let rest = &s[i..];
-    for (word, val) in [
-        (&b"infinity"[..], f64::INFINITY),
-        (b"inf", f64::INFINITY),
-        (b"nan", f64::NAN),
-    ] {
+    let starts_numeric = rest.first().is_some_and(|b| b.is_ascii_digit() || *b == b'.');
+    for (word, val) in if starts_numeric { &[][..] } else { &WORDS[..] } {
+        let (word, val) = (*word, *val);
         if rest.len() >= word.len() && rest[..word.len()].eq_ignore_ascii_case(word) {
             let end = i + word.len();
             // `info`, `nano`: a word, not a number.
@@ -655,6 +685,7 @@ pub fn parse_number(s: &[u8]) -> Option<(f64, usize)> {
     if i < s.len() && s[i] == b'.' && s.get(i + 1).is_some_and(u8::is_ascii_digit) {
         return None;
     }
+    let num_end = i;
     if i < s.len() && (s[i] == b'e' || s[i] == b'E') {
         let mut k = i + 1;
         if k < s.len() && (s[k] == b'-' || s[k] == b'+') {
@@ -668,7 +699,19 @@ pub fn parse_number(s: &[u8]) -> Option<(f64, usize)> {
             i = k;
         }
     }
-    // Fast path for plain integers and short decimals, exact like `str::parse`.
+    // Fast path (Clinger): up to 15 significant digits and no exponent is an exact integer
+    // divided by an exact power of ten: one correctly rounded division, the same result as
+    // `str::parse`.
+    if i == num_end && int_digits + frac_digits <= 15 {
+        let mut m: u64 = 0;
+        for &b in &s[start_digits..i] {
+            if b != b'.' {
+                m = m * 10 + (b - b'0') as u64;
+            }
+        }
+        let v = m as f64 / POW10[frac_digits];
+        return Some((if neg { -v } else { v }, i));
+    }
     let text = std::str::from_utf8(&s[..i]).ok()?;
     text.parse::<f64>().ok().map(|v| (v, i))
 }
@@ -680,7 +723,7 @@ struct DictParser<'a> {
     i: usize,
 }
 
-impl DictParser<'_> {
+impl<'a> DictParser<'a> {
     fn ws(&mut self) {
         while self.i < self.s.len() && self.s[self.i].is_ascii_whitespace() {
             self.i += 1;
@@ -698,7 +741,7 @@ impl DictParser<'_> {
     }
 
     /// A quoted string; returns the raw bytes between the quotes.
-    fn string(&mut self) -> Option<&[u8]> {
+    fn string(&mut self) -> Option<&'a [u8]> {
         self.ws();
         let q = *self.s.get(self.i)?;
         if q != b'"' && q != b'\'' {
@@ -721,8 +764,8 @@ impl DictParser<'_> {
 
     /// Parse `{ key: value, ... }`. Nested dicts under `data` or `metrics` are flattened
     /// without a prefix; other nested dicts as `outer/inner`.
-    fn dict(&mut self, out: &mut impl FnMut(&[u8], &[u8], f64), prefix: &[u8]) -> bool {
-        if !self.eat(b'{') {
+    fn dict(&mut self, out: &mut impl FnMut(&[&[u8]], &[u8], f64), prefix: &mut Vec<&'a [u8]>) -> bool {
+        if prefix.len() > 16 || !self.eat(b'{') {
             return false;
         }
         if self.eat(b'}') {
@@ -732,21 +775,21 @@ impl DictParser<'_> {
             let Some(key) = self.string() else {
                 return false;
             };
-            let key = key.to_vec();
             if !self.eat(b':') {
                 return false;
             }
             self.ws();
             match self.s.get(self.i) {
                 Some(b'{') => {
-                    let nested_prefix: Vec<u8> = if key == b"data" || key == b"metrics" {
-                        prefix.to_vec()
-                    } else if prefix.is_empty() {
-                        key.clone()
-                    } else {
-                        [prefix, b"/", &key].concat()
-                    };
-                    if !self.dict(out, &nested_prefix) {
+                    let flatten = key == b"data" || key == b"metrics";
+                    if !flatten {
+                        prefix.push(key);
+                    }
+                    let ok = self.dict(out, prefix);
+                    if !flatten {
+                        prefix.pop();
+                    }
+                    if !ok {
                         return false;
                     }
                 }
@@ -764,7 +807,7 @@ impl DictParser<'_> {
                     let rest = &self.s[self.i..];
                     if let Some((v, used)) = parse_number(rest) {
                         self.i += used;
-                        out(prefix, &key, v);
+                        out(prefix, key, v);
                     } else {
                         // true / false / null / None / True / False
                         let n = rest.iter().take_while(|b| b.is_ascii_alphabetic()).count();
@@ -850,6 +893,27 @@ mod tests {
         assert_eq!(parse_number(b"info"), None);
         assert_eq!(parse_number(b"10.0.0.1"), None);
         assert_eq!(parse_number(b"."), None);
+    }
+
+    #[test]
+    fn fast_number_path_matches_std_parse() {
+        let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
+        for _ in 0..200_000 {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            let int = seed % 1_000_000;
+            let frac_len = (seed >> 20) % 10;
+            let frac = (seed >> 24) % 10u64.pow(frac_len as u32);
+            let text = if frac_len == 0 {
+                format!("{int}")
+            } else {
+                format!("{int}.{frac:0width$}", width = frac_len as usize)
+            };
+            let (v, used) = parse_number(text.as_bytes()).unwrap();
+            assert_eq!(used, text.len());
+            assert_eq!(v.to_bits(), text.parse::<f64>().unwrap().to_bits(), "{text}");
+        }
     }
 
     #[test]
