@@ -48,26 +48,31 @@ impl LocalRemote {
 }
 
 /// Copy `src` to `dest` through a temp name in the same directory, hashing as it goes.
-fn copy_hashed(src: &Path, dest: &Path) -> Result<Fetched> {
-    let parent = dest
-        .parent()
-        .context("destination has no parent directory")?;
-    std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+/// The caller has created `dest`'s parent directory.
+fn copy_hashed(src: &Path, dest: &Path, buf: &mut Vec<u8>) -> Result<Fetched> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let parent = dest.parent().context("destination has no parent directory")?;
     let name = dest
         .file_name()
         .context("destination has no file name")?
         .to_string_lossy();
     let tmp = parent.join(format!(".{name}.trainctl-part"));
-    let mut input =
-        std::fs::File::open(src).with_context(|| format!("opening {}", src.display()))?;
-    let meta = input.metadata()?;
-    let mut out =
-        std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+    let mut input = std::fs::File::open(src).with_context(|| format!("opening {}", src.display()))?;
+    let mode = input.metadata()?.permissions().mode() & 0o7777;
+    let mut out = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(mode)
+        .open(&tmp)
+        .with_context(|| format!("creating {}", tmp.display()))?;
     let mut hasher = blake3::Hasher::new();
-    let mut buf = vec![0u8; 256 * 1024];
+    if buf.len() < 256 * 1024 {
+        buf.resize(256 * 1024, 0);
+    }
     let mut size = 0u64;
     loop {
-        let n = input.read(&mut buf)?;
+        let n = input.read(buf)?;
         if n == 0 {
             break;
         }
@@ -75,13 +80,9 @@ fn copy_hashed(src: &Path, dest: &Path) -> Result<Fetched> {
         out.write_all(&buf[..n])?;
         size += n as u64;
     }
-    out.flush()?;
     drop(out);
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(
-        &tmp,
-        std::fs::Permissions::from_mode(meta.permissions().mode() & 0o7777),
-    )?;
+    // The umask may have narrowed the mode at creation.
+    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(mode))?;
     std::fs::rename(&tmp, dest).with_context(|| format!("renaming into {}", dest.display()))?;
     Ok(Fetched {
         size,
@@ -181,9 +182,17 @@ impl Remote for LocalRemote {
         let rels = rels.to_vec();
         tokio::task::spawn_blocking(move || -> Result<u64> {
             let mut bytes = 0;
+            let mut buf = Vec::new();
+            let mut made: Option<PathBuf> = None;
             for rel in &rels {
                 let dest = super::safe_join(&remote_root, rel)?;
-                let f = copy_hashed(&local_root.join(rel), &dest)?;
+                let parent = dest.parent().context("no parent")?;
+                if made.as_deref() != Some(parent) {
+                    std::fs::create_dir_all(parent)
+                        .with_context(|| format!("creating {}", parent.display()))?;
+                    made = Some(parent.to_path_buf());
+                }
+                let f = copy_hashed(&local_root.join(rel), &dest, &mut buf)?;
                 bytes += f.size;
             }
             Ok(bytes)
@@ -195,7 +204,10 @@ impl Remote for LocalRemote {
         let src = PathBuf::from(path);
         let dest = dest.to_path_buf();
         tokio::task::spawn_blocking(move || -> Result<Fetched> {
-            let fetched = copy_hashed(&src, &dest)?;
+            let parent = dest.parent().context("destination has no parent directory")?;
+            std::fs::create_dir_all(parent)
+                .with_context(|| format!("creating {}", parent.display()))?;
+            let fetched = copy_hashed(&src, &dest, &mut Vec::new())?;
             // Verify what landed, not what we meant to write.
             let (size, hash) = hash_file(&dest)?;
             let src_len = std::fs::metadata(&src)?.len();
