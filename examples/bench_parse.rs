@@ -25,9 +25,10 @@ const LINES: &[&str] = &[
 fn main() -> std::io::Result<()> {
     let args: Vec<String> = std::env::args().collect();
     let mb: u64 = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(1024);
-    let path = args.get(2).map(std::path::PathBuf::from).unwrap_or_else(|| {
-        std::env::temp_dir().join(format!("trainctl-bench-{mb}mb.log"))
-    });
+    let path = args
+        .get(2)
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| std::env::temp_dir().join(format!("trainctl-bench-{mb}mb.log")));
     let want = mb << 20;
     if std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0) != want {
         let t = Instant::now();
@@ -42,7 +43,11 @@ fn main() -> std::io::Result<()> {
             i += 1;
         }
         f.flush()?;
-        eprintln!("wrote {} in {:.1}s", path.display(), t.elapsed().as_secs_f64());
+        eprintln!(
+            "wrote {} in {:.1}s",
+            path.display(),
+            t.elapsed().as_secs_f64()
+        );
     }
     // Warm the page cache so both sides read from memory.
     let mut f = std::fs::File::open(&path)?;
@@ -79,8 +84,20 @@ fn main() -> std::io::Result<()> {
     }
     let mbs = |s: f64| mb as f64 / s;
     println!("log size          {mb} MB ({} points)", points);
-    println!("grep -c loss      {:.3} s  {:.0} MB/s", best_grep, mbs(best_grep));
-    println!("trainctl parser   {:.3} s  {:.0} MB/s  ({:.1} M points/s)", best_parse, mbs(best_parse), points as f64 / best_parse / 1e6);
-    println!("ratio parser/grep {:.2} (target >= 0.33)", best_grep / best_parse);
+    println!(
+        "grep -c loss      {:.3} s  {:.0} MB/s",
+        best_grep,
+        mbs(best_grep)
+    );
+    println!(
+        "trainctl parser   {:.3} s  {:.0} MB/s  ({:.1} M points/s)",
+        best_parse,
+        mbs(best_parse),
+        points as f64 / best_parse / 1e6
+    );
+    println!(
+        "ratio parser/grep {:.2} (target >= 0.33)",
+        best_grep / best_parse
+    );
     Ok(())
 }

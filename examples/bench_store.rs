@@ -10,7 +10,10 @@ use trainctl::store::Store;
 
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().collect();
-    let n: usize = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(1_000_000);
+    let n: usize = args
+        .get(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1_000_000);
     let batch: usize = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(10_000);
     let names = ["loss", "lr", "accuracy", "grad_norm"];
     let points: Vec<MetricPoint> = (0..n)
@@ -36,9 +39,19 @@ fn main() -> anyhow::Result<()> {
     for chunk in points.chunks(batch) {
         let tx = conn.transaction()?;
         {
-            let mut st = tx.prepare_cached("INSERT INTO p VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)")?;
+            let mut st =
+                tx.prepare_cached("INSERT INTO p VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)")?;
             for p in chunk {
-                st.execute(rusqlite::params!["j-bench", 1, p.line as i64, p.name, p.value, p.step, p.epoch, 0])?;
+                st.execute(rusqlite::params![
+                    "j-bench",
+                    1,
+                    p.line as i64,
+                    p.name,
+                    p.value,
+                    p.step,
+                    p.epoch,
+                    0
+                ])?;
             }
         }
         tx.commit()?;
@@ -55,8 +68,16 @@ fn main() -> anyhow::Result<()> {
 
     let rate = |s: f64| n as f64 / s;
     println!("points            {n} in batches of {batch}");
-    println!("bare table        {:.3} s  {:.0} k points/s", bare, rate(bare) / 1e3);
-    println!("trainctl store    {:.3} s  {:.0} k points/s (target >= 500 k/s)", ours, rate(ours) / 1e3);
+    println!(
+        "bare table        {:.3} s  {:.0} k points/s",
+        bare,
+        rate(bare) / 1e3
+    );
+    println!(
+        "trainctl store    {:.3} s  {:.0} k points/s (target >= 500 k/s)",
+        ours,
+        rate(ours) / 1e3
+    );
     println!("ratio store/bare  {:.2}", bare / ours);
     Ok(())
 }

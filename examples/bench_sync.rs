@@ -27,13 +27,19 @@ fn rsync(src: &std::path::Path, dst: &std::path::Path) -> f64 {
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
-    let files: usize = std::env::args().nth(1).and_then(|s| s.parse().ok()).unwrap_or(10_000);
+    let files: usize = std::env::args()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(10_000);
     let dir = tempfile::tempdir()?;
     let src = dir.path().join("project");
     for i in 0..files {
         let d = src.join(format!("pkg{:03}", i % 100));
         std::fs::create_dir_all(&d)?;
-        std::fs::write(d.join(format!("mod{i:05}.py")), format!("# file {i}\n{}\n", "x = 1\n".repeat(i % 50)))?;
+        std::fs::write(
+            d.join(format!("mod{i:05}.py")),
+            format!("# file {i}\n{}\n", "x = 1\n".repeat(i % 50)),
+        )?;
     }
     let home = dir.path().join("sandbox/home");
     std::fs::create_dir_all(&home)?;
@@ -72,9 +78,24 @@ async fn main() -> anyhow::Result<()> {
 
     let (o, r) = (median(ours), median(theirs));
     println!("tree                  {files} files");
-    println!("first sync            trainctl {:.1} ms   rsync -a {:.1} ms", first_ours * 1e3, first_rsync * 1e3);
-    println!("10 files changed      trainctl {:.1} ms   rsync -a {:.1} ms", changed_ours * 1e3, changed_rsync * 1e3);
-    println!("unchanged (median 7)  trainctl {:.1} ms   rsync -a {:.1} ms", o * 1e3, r * 1e3);
-    println!("ratio rsync/trainctl  {:.2} (target > 1: faster than rsync)", r / o);
+    println!(
+        "first sync            trainctl {:.1} ms   rsync -a {:.1} ms",
+        first_ours * 1e3,
+        first_rsync * 1e3
+    );
+    println!(
+        "10 files changed      trainctl {:.1} ms   rsync -a {:.1} ms",
+        changed_ours * 1e3,
+        changed_rsync * 1e3
+    );
+    println!(
+        "unchanged (median 7)  trainctl {:.1} ms   rsync -a {:.1} ms",
+        o * 1e3,
+        r * 1e3
+    );
+    println!(
+        "ratio rsync/trainctl  {:.2} (target > 1: faster than rsync)",
+        r / o
+    );
     Ok(())
 }

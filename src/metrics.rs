@@ -211,8 +211,11 @@ impl LogParser {
     fn push_name_bytes(&mut self, name: &[u8]) {
         for &b in name {
             // Non-ASCII bytes become `?` so a name is always valid UTF-8.
-            self.names
-                .push(if b.is_ascii() { char::from(b.to_ascii_lowercase()) } else { '?' });
+            self.names.push(if b.is_ascii() {
+                char::from(b.to_ascii_lowercase())
+            } else {
+                '?'
+            });
         }
     }
 
@@ -247,7 +250,6 @@ impl LogParser {
             role,
         });
     }
-
 
     /// Move step/epoch pairs into the progress context; they are not points.
     fn apply_context(&mut self) {
@@ -462,7 +464,9 @@ impl LogParser {
 
     fn maybe_yolo_header(&mut self, s: &[u8]) {
         // Cheap test first: a header names a loss column or mAP50.
-        if memchr::memmem::find(s, b"_loss").is_none() && memchr::memmem::find(s, b"mAP50").is_none() {
+        if memchr::memmem::find(s, b"_loss").is_none()
+            && memchr::memmem::find(s, b"mAP50").is_none()
+        {
             return;
         }
         let mut toks = s
@@ -648,7 +652,9 @@ pub fn parse_number(s: &[u8]) -> Option<(f64, usize)> {
         _ => false,
     };
     let rest = &s[i..];
-    let starts_numeric = rest.first().is_some_and(|b| b.is_ascii_digit() || *b == b'.');
+    let starts_numeric = rest
+        .first()
+        .is_some_and(|b| b.is_ascii_digit() || *b == b'.');
     for (word, val) in if starts_numeric { &[][..] } else { &WORDS[..] } {
         let (word, val) = (*word, *val);
         if rest.len() >= word.len() && rest[..word.len()].eq_ignore_ascii_case(word) {
@@ -764,7 +770,11 @@ impl<'a> DictParser<'a> {
 
     /// Parse `{ key: value, ... }`. Nested dicts under `data` or `metrics` are flattened
     /// without a prefix; other nested dicts as `outer/inner`.
-    fn dict(&mut self, out: &mut impl FnMut(&[&[u8]], &[u8], f64), prefix: &mut Vec<&'a [u8]>) -> bool {
+    fn dict(
+        &mut self,
+        out: &mut impl FnMut(&[&[u8]], &[u8], f64),
+        prefix: &mut Vec<&'a [u8]>,
+    ) -> bool {
         if prefix.len() > 16 || !self.eat(b'{') {
             return false;
         }
@@ -912,7 +922,11 @@ mod tests {
             };
             let (v, used) = parse_number(text.as_bytes()).unwrap();
             assert_eq!(used, text.len());
-            assert_eq!(v.to_bits(), text.parse::<f64>().unwrap().to_bits(), "{text}");
+            assert_eq!(
+                v.to_bits(),
+                text.parse::<f64>().unwrap().to_bits(),
+                "{text}"
+            );
         }
     }
 

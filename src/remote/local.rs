@@ -51,13 +51,16 @@ impl LocalRemote {
 /// The caller has created `dest`'s parent directory.
 fn copy_hashed(src: &Path, dest: &Path, buf: &mut Vec<u8>) -> Result<Fetched> {
     use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-    let parent = dest.parent().context("destination has no parent directory")?;
+    let parent = dest
+        .parent()
+        .context("destination has no parent directory")?;
     let name = dest
         .file_name()
         .context("destination has no file name")?
         .to_string_lossy();
     let tmp = parent.join(format!(".{name}.trainctl-part"));
-    let mut input = std::fs::File::open(src).with_context(|| format!("opening {}", src.display()))?;
+    let mut input =
+        std::fs::File::open(src).with_context(|| format!("opening {}", src.display()))?;
     let mode = input.metadata()?.permissions().mode() & 0o7777;
     let mut out = std::fs::OpenOptions::new()
         .write(true)
@@ -204,7 +207,9 @@ impl Remote for LocalRemote {
         let src = PathBuf::from(path);
         let dest = dest.to_path_buf();
         tokio::task::spawn_blocking(move || -> Result<Fetched> {
-            let parent = dest.parent().context("destination has no parent directory")?;
+            let parent = dest
+                .parent()
+                .context("destination has no parent directory")?;
             std::fs::create_dir_all(parent)
                 .with_context(|| format!("creating {}", parent.display()))?;
             let fetched = copy_hashed(&src, &dest, &mut Vec::new())?;
