@@ -88,6 +88,8 @@ pub struct UserConfig {
     pub stop_grace_seconds: u64,
     /// How often a followed job's log and status are polled, in milliseconds.
     pub poll_interval_ms: u64,
+    /// The cockpit.
+    pub tui: TuiConfig,
 }
 
 impl Default for UserConfig {
@@ -99,6 +101,51 @@ impl Default for UserConfig {
             providers: ProvidersConfig::default(),
             stop_grace_seconds: 10,
             poll_interval_ms: 250,
+            tui: TuiConfig::default(),
+        }
+    }
+}
+
+/// `[tui]`: the cockpit's frame cap, key bindings and colours.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct TuiConfig {
+    /// Most frames per second (frames are drawn only when something changed).
+    pub fps: u32,
+    /// Lines of log kept in memory per job view (older lines are read back from disk).
+    pub log_scrollback: usize,
+    /// Mouse capture (off: the terminal keeps its own selection and copy).
+    pub mouse: bool,
+    /// Key overrides: action name to keys, e.g. `terminate = "ctrl-d"`, `quit = ["ctrl-c", "ctrl-q"]`.
+    pub keys: BTreeMap<String, KeyList>,
+    /// Colour overrides as `#rrggbb`: accent, ok, warn, error, dim, selection.
+    pub theme: BTreeMap<String, String>,
+}
+
+impl Default for TuiConfig {
+    fn default() -> Self {
+        TuiConfig {
+            fps: 20,
+            log_scrollback: 100_000,
+            mouse: false,
+            keys: BTreeMap::new(),
+            theme: BTreeMap::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(untagged)]
+pub enum KeyList {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl KeyList {
+    pub fn keys(&self) -> Vec<&str> {
+        match self {
+            KeyList::One(k) => vec![k.as_str()],
+            KeyList::Many(v) => v.iter().map(String::as_str).collect(),
         }
     }
 }

@@ -85,7 +85,7 @@ pub fn per_day(instances: &[InstanceRecord], now: TimestampMs) -> BTreeMap<Strin
     days
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct InstanceCost {
     pub id: String,
     pub name: String,
@@ -95,7 +95,7 @@ pub struct InstanceCost {
     pub cost_micros: i64,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct JobCost {
     pub id: String,
     pub name: String,
@@ -107,7 +107,7 @@ pub struct JobCost {
     pub projected_micros: Option<i64>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct CostReport {
     pub total_micros: i64,
     pub today_micros: i64,
@@ -219,6 +219,7 @@ mod tests {
             name: "i".into(),
             instance_type: "local".into(),
             spot: false,
+            gpus: 0,
             state: if terminated.is_some() {
                 InstanceState::Terminated
             } else {

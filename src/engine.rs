@@ -197,6 +197,7 @@ impl Engine {
             name: req.name.clone().unwrap_or_else(|| id.clone()),
             instance_type: plan.instance_type.clone(),
             spot: plan.spot,
+            gpus: plan.gpus,
             state: InstanceState::Pending,
             hourly: plan.hourly,
             created_ms: now_ms(),
@@ -433,7 +434,17 @@ impl Engine {
         if self.cancelled_before_start(job_id)? {
             return Ok(JobState::Cancelled);
         }
-        self.transition(job_id, JobState::Syncing, "syncing code", None)?;
+        // Only one process may take a job out of Pending: the move is checked in the store.
+        let from = self.store().transition_job(job_id, JobState::Syncing, "syncing code")?;
+        if from != JobState::Pending {
+            // Another process took it first; it is theirs to start.
+            return Ok(from);
+        }
+        self.emit(EngineEvent::JobState {
+            job_id: job_id.to_string(),
+            state: JobState::Syncing,
+            reason: "syncing code".into(),
+        });
         let (uploaded, bytes, deleted) = self.sync_code(remote.as_ref(), &spec).await?;
         self.store().add_event(
             "sync.done",
@@ -861,9 +872,10 @@ impl Engine {
         }
     }
 
-    /// Start a job actor: it starts the job if it is pending, then polls it until it ends,
-    /// broadcasting events; a Cancel message stops it gracefully.
-    pub fn spawn_job_actor(&self, job_id: &str) -> JobHandle {
+    /// Start a job actor: it starts the job when `start` (this process created it), then
+    /// polls it until it ends, broadcasting events; a Cancel message stops it gracefully.
+    /// With `start = false` it only re-attaches: a job someone else is starting is left to them.
+    pub fn spawn_job_actor(&self, job_id: &str, start: bool) -> JobHandle {
         let (tx, mut rx) = mpsc::channel::<JobCommand>(8);
         let engine = self.clone();
         let id = job_id.to_string();
@@ -872,7 +884,7 @@ impl Engine {
                 .store()
                 .job(&id)?
                 .is_some_and(|j| j.state == JobState::Pending);
-            if pending {
+            if start && pending {
                 engine.start_job(&id).await?;
             }
             loop {

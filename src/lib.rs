@@ -15,3 +15,4 @@ pub mod provider;
 pub mod remote;
 pub mod sanitize;
 pub mod store;
+pub mod tui;

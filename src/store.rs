@@ -98,6 +98,8 @@ const MIGRATIONS: &[&str] = &[
         ts_ms INTEGER NOT NULL,
         PRIMARY KEY (job_id, path)
     );",
+    // 2: GPUs per instance (shown in the cockpit; the local provider has none).
+    "ALTER TABLE instances ADD COLUMN gpus INTEGER NOT NULL DEFAULT 0;",
 ];
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -107,6 +109,7 @@ pub struct InstanceRecord {
     pub name: String,
     pub instance_type: String,
     pub spot: bool,
+    pub gpus: u32,
     pub state: InstanceState,
     pub hourly: Money,
     pub created_ms: TimestampMs,
@@ -275,8 +278,8 @@ impl Store {
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
         tx.execute(
             "INSERT INTO instances (id, provider, name, instance_type, spot, state, hourly_micros,
-                created_ms, launched_ms, terminated_ms, address, error)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+                created_ms, launched_ms, terminated_ms, address, error, gpus)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
             params![
                 r.id,
                 r.provider,
@@ -289,7 +292,8 @@ impl Store {
                 r.launched_ms,
                 r.terminated_ms,
                 r.address,
-                r.error
+                r.error,
+                r.gpus
             ],
         )?;
         Self::event_tx(
@@ -387,6 +391,7 @@ impl Store {
             terminated_ms: r.get(9)?,
             address: r.get(10)?,
             error: r.get(11)?,
+            gpus: r.get(12)?,
         })
     }
 
@@ -896,6 +901,69 @@ impl Store {
         Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
     }
 
+    /// A job's points stored after `after_rowid`, with their rowids, in order (incremental load).
+    pub fn metrics_after(&self, job_id: &str, after_rowid: i64, limit: usize) -> Result<Vec<(i64, MetricPoint)>> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT rowid, name, value, step, epoch, line FROM metric_points
+             WHERE job_id = ?1 AND rowid > ?2 ORDER BY rowid LIMIT ?3",
+        )?;
+        let rows = stmt.query_map(params![job_id, after_rowid, limit as i64], |r| {
+            Ok((
+                r.get::<_, i64>(0)?,
+                MetricPoint {
+                    name: r.get(1)?,
+                    value: r.get::<_, Option<f64>>(2)?.unwrap_or(f64::NAN),
+                    step: r.get(3)?,
+                    epoch: r.get(4)?,
+                    line: r.get::<_, i64>(5)? as u64,
+                },
+            ))
+        })?;
+        Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+    }
+
+    /// The newest `limit` values of metric `name` of a job, oldest first.
+    pub fn recent_values(&self, job_id: &str, name: &str, limit: usize) -> Result<Vec<f64>> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT value FROM metric_points WHERE job_id = ?1 AND name = ?2 ORDER BY rowid DESC LIMIT ?3",
+        )?;
+        let rows = stmt.query_map(params![job_id, name, limit as i64], |r| {
+            Ok(r.get::<_, Option<f64>>(0)?.unwrap_or(f64::NAN))
+        })?;
+        let mut v = rows.collect::<rusqlite::Result<Vec<_>>>()?;
+        v.reverse();
+        Ok(v)
+    }
+
+    /// Distinct metric names of a job, in order of first appearance.
+    pub fn metric_names(&self, job_id: &str) -> Result<Vec<String>> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT name FROM metric_points WHERE job_id = ?1 GROUP BY name ORDER BY MIN(rowid)",
+        )?;
+        let rows = stmt.query_map(params![job_id], |r| r.get(0))?;
+        Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+    }
+
+    /// Every attempt's log offset: (job, attempt, offset). Cheap change detection.
+    pub fn all_log_offsets(&self) -> Result<Vec<(String, i64, LogOffset)>> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT job_id, attempt, byte_offset, line, progress_json, progress_ms FROM log_offsets",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, i64>(1)?,
+                LogOffset {
+                    byte_offset: r.get::<_, i64>(2)? as u64,
+                    line: r.get::<_, i64>(3)? as u64,
+                    progress: serde_json::from_str(&r.get::<_, String>(4)?).unwrap_or_default(),
+                    progress_ms: r.get(5)?,
+                },
+            ))
+        })?;
+        Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+    }
+
     pub fn metric_count(&self, job_id: &str) -> Result<u64> {
         Ok(self.conn.query_row(
             "SELECT COUNT(*) FROM metric_points WHERE job_id = ?1",
@@ -999,6 +1067,7 @@ mod tests {
             name: id.into(),
             instance_type: "local".into(),
             spot: false,
+            gpus: 0,
             state: InstanceState::Pending,
             hourly: Money(1_000_000),
             created_ms: now_ms(),

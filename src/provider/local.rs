@@ -132,11 +132,16 @@ impl Provider for LocalProvider {
         }
         Ok(Plan {
             instance_type: ty.to_string(),
+            gpus: 0,
             spot: false,
             hourly: req
                 .hourly
                 .unwrap_or_else(|| Money::from_dollars_f64(self.cfg.hourly_usd)),
         })
+    }
+
+    fn instance_types(&self) -> Vec<String> {
+        vec![INSTANCE_TYPE.to_string()]
     }
 
     async fn launch(&self, id: &str, _plan: &Plan) -> Result<String> {

@@ -12,7 +12,7 @@ use async_trait::async_trait;
 use std::sync::Arc;
 
 /// What the user asked for.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct LaunchRequest {
     pub name: Option<String>,
     pub instance_type: Option<String>,
@@ -26,6 +26,7 @@ pub struct LaunchRequest {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Plan {
     pub instance_type: String,
+    pub gpus: u32,
     pub spot: bool,
     pub hourly: Money,
 }
@@ -47,6 +48,9 @@ pub trait Provider: Send + Sync {
     /// Validate a request and price it. No API call with side effects; an unknown instance
     /// type is refused here.
     fn plan(&self, req: &LaunchRequest) -> Result<Plan>;
+
+    /// Instance types this provider offers (for completion), cheapest first.
+    fn instance_types(&self) -> Vec<String>;
 
     /// Create the machine whose intent row `id` is already in the store. Returns the address
     /// its remote is reached at.

@@ -1,0 +1,464 @@
+//! The cockpit's runtime: one `tokio::select!` loop over terminal input, engine events,
+//! finished work and a once-a-second store refresh. The UI task never awaits IO: every
+//! [`Command`] runs in its own task and reports back as a [`Msg`]. A frame is drawn only
+//! when the state changed, at most `fps` times a second.
+
+use super::app::{App, Command, InstanceRow, JobRow, Msg, Snapshot};
+use super::ui;
+use crate::config::Project;
+use crate::engine::{Engine, display_lines};
+use crate::model::{Money, now_ms};
+use anyhow::Result;
+use crossterm::event::Event;
+use futures_util::{Stream, StreamExt};
+use ratatui::Terminal;
+use ratatui::backend::Backend;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+/// What the runtime needs besides the app state.
+#[derive(Clone)]
+pub struct Context {
+    pub engine: Engine,
+    pub project: Option<Project>,
+    tx: mpsc::UnboundedSender<Msg>,
+    /// Jobs this process follows with an actor.
+    actors: Arc<Mutex<HashSet<String>>>,
+    cache: Arc<Mutex<SnapshotCache>>,
+    refreshing: Arc<std::sync::atomic::AtomicBool>,
+}
+
+/// Per-job memo so a refresh only re-reads metrics of jobs whose log moved.
+#[derive(Default)]
+pub struct SnapshotCache {
+    seen_offset: HashMap<String, u64>,
+    metric: HashMap<String, (Option<String>, Option<(String, f64)>, Vec<f64>)>,
+    orphans: Vec<(String, String)>,
+    last_slow: Option<std::time::Instant>,
+}
+
+/// The name of the loss-like metric to show for a job: `loss`, else any `*loss*`, else the first.
+fn loss_like(names: &[String]) -> Option<String> {
+    names
+        .iter()
+        .find(|n| *n == "loss" || *n == "train_loss")
+        .or_else(|| names.iter().find(|n| n.contains("loss")))
+        .or_else(|| names.first())
+        .cloned()
+}
+
+/// Read everything the lists show from the store (blocking; run off the UI task).
+pub fn build_snapshot(engine: &Engine, cache: &mut SnapshotCache) -> Result<Snapshot> {
+    let now = now_ms();
+    let report = engine.cost_report()?;
+    let store = engine.store();
+    let instances = store.instances(true)?;
+    let jobs = store.jobs()?;
+    // Latest attempt's offset per job.
+    let mut offsets: HashMap<String, (i64, crate::store::LogOffset)> = HashMap::new();
+    for (job, attempt, off) in store.all_log_offsets()? {
+        match offsets.get(&job) {
+            Some((a, _)) if *a >= attempt => {}
+            _ => {
+                offsets.insert(job, (attempt, off));
+            }
+        }
+    }
+    let inst_cost: HashMap<&str, i64> = report
+        .instances
+        .iter()
+        .map(|c| (c.id.as_str(), c.cost_micros))
+        .collect();
+    let mut inst_rows: Vec<InstanceRow> = instances
+        .into_iter()
+        .map(|i| InstanceRow {
+            cost: Money(inst_cost.get(i.id.as_str()).copied().unwrap_or(0)),
+            uptime_ms: crate::cost::billed_interval(&i, now).map_or(0, |(s, e)| e - s),
+            rec: i,
+            orphan: false,
+        })
+        .collect();
+    for (provider, id) in &cache.orphans {
+        if inst_rows.iter().any(|r| &r.rec.id == id && r.rec.state.is_live()) {
+            continue;
+        }
+        inst_rows.insert(
+            0,
+            InstanceRow {
+                rec: crate::store::InstanceRecord {
+                    id: id.clone(),
+                    provider: provider.clone(),
+                    name: "?".into(),
+                    instance_type: "?".into(),
+                    spot: false,
+                    gpus: 0,
+                    state: crate::model::InstanceState::Running,
+                    hourly: Money::ZERO,
+                    created_ms: now,
+                    launched_ms: None,
+                    terminated_ms: None,
+                    address: None,
+                    error: None,
+                },
+                cost: Money::ZERO,
+                uptime_ms: 0,
+                orphan: true,
+            },
+        );
+    }
+    let job_cost: HashMap<&str, &crate::cost::JobCost> = report.jobs.iter().map(|c| (c.id.as_str(), c)).collect();
+    let mut job_rows = Vec::with_capacity(jobs.len());
+    for j in jobs {
+        let (progress, offset) = offsets
+            .get(&j.id)
+            .map(|(_, o)| (o.progress, o.byte_offset))
+            .unwrap_or_default();
+        if cache.seen_offset.get(&j.id) != Some(&offset) || !cache.metric.contains_key(&j.id) {
+            cache.seen_offset.insert(j.id.clone(), offset);
+            let entry = cache.metric.entry(j.id.clone()).or_default();
+            if entry.0.is_none() && offset > 0 {
+                entry.0 = loss_like(&store.metric_names(&j.id)?);
+            }
+            if let Some(name) = entry.0.clone() {
+                let spark = store.recent_values(&j.id, &name, 32)?;
+                entry.1 = spark.last().map(|v| (name, *v));
+                entry.2 = spark;
+            }
+        }
+        let (_, metric, spark) = cache.metric.get(&j.id).cloned().unwrap_or_default();
+        let c = job_cost.get(j.id.as_str());
+        job_rows.push(JobRow {
+            progress,
+            elapsed_ms: j.started_ms.map(|s| j.ended_ms.unwrap_or(now) - s),
+            eta_ms: c.and_then(|c| c.eta_ms),
+            cost: Money(c.map_or(0, |c| c.cost_micros)),
+            projected: c.and_then(|c| c.projected_micros).map(Money),
+            metric,
+            spark,
+            rec: j,
+        });
+    }
+    Ok(Snapshot {
+        now_ms: now,
+        instances: inst_rows,
+        jobs: job_rows,
+        cost: Some(report),
+        budget_day: engine.config().budget.per_day(),
+        budget_job: engine.config().budget.per_job(),
+    })
+}
+
+/// Read an attempt-ordered log from (attempt, offset) up to what is committed: complete
+/// lines only while the job runs. Returns (attempt, end offset, lines).
+fn read_new_log(engine: &Engine, job: &str, attempt: i64, from: u64) -> Result<(i64, u64, Vec<String>)> {
+    let attempts = engine.store().attempts(job)?;
+    let ended = engine.store().job(job)?.is_some_and(|j| j.state.is_terminal());
+    let mut lines = Vec::new();
+    let (mut at, mut end) = (attempt, from);
+    for a in attempts.iter().filter(|a| a.attempt >= attempt) {
+        if a.attempt > at {
+            at = a.attempt;
+            end = 0;
+        }
+        let off = engine.store().log_offset(job, a.attempt)?;
+        let bytes = engine.read_local_log(job, a.attempt, end, off.byte_offset)?;
+        let last_attempt = Some(a.attempt) == attempts.last().map(|l| l.attempt);
+        let take = if ended || !last_attempt {
+            bytes.len()
+        } else {
+            bytes.iter().rposition(|&b| b == b'\n').map_or(0, |p| p + 1)
+        };
+        lines.extend(display_lines(&bytes[..take]));
+        end += take as u64;
+    }
+    Ok((at, end, lines))
+}
+
+impl Context {
+    pub fn new(engine: Engine, project: Option<Project>, tx: mpsc::UnboundedSender<Msg>) -> Context {
+        Context {
+            engine,
+            project,
+            tx,
+            actors: Arc::default(),
+            cache: Arc::default(),
+            refreshing: Arc::default(),
+        }
+    }
+
+    fn send(&self, m: Msg) {
+        let _ = self.tx.send(m);
+    }
+
+    /// Follow `job` with an actor in this process (once).
+    fn follow(&self, job: &str, start: bool) {
+        if !self.actors.lock().unwrap_or_else(|p| p.into_inner()).insert(job.to_string()) {
+            return;
+        }
+        let handle = self.engine.spawn_job_actor(job, start);
+        let (actors, id, tx) = (self.actors.clone(), job.to_string(), self.tx.clone());
+        tokio::spawn(async move {
+            let r = handle.done.await;
+            actors.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
+            if let Ok(Err(e)) = r {
+                let _ = tx.send(Msg::Done(Err(format!("job {id}: {e:#}"))));
+            }
+        });
+    }
+
+    /// Run one command in its own task; its result comes back as a message.
+    pub fn execute(&self, cmd: Command) {
+        let ctx = self.clone();
+        match cmd {
+            Command::Refresh => {
+                use std::sync::atomic::Ordering;
+                if ctx.refreshing.swap(true, Ordering::AcqRel) {
+                    return;
+                }
+                tokio::spawn(async move {
+                    ctx.refresh().await;
+                    ctx.refreshing.store(false, Ordering::Release);
+                });
+            }
+            Command::Launch { provider, req } => {
+                tokio::spawn(async move {
+                    let r = ctx.engine.launch(&provider, &req).await;
+                    ctx.send(Msg::Done(
+                        r.map(|i| format!("launched {} ({})", i.id, i.instance_type))
+                            .map_err(|e| format!("launch failed: {e:#}")),
+                    ));
+                });
+            }
+            Command::Terminate { instance } => {
+                tokio::spawn(async move {
+                    let r = ctx.engine.terminate(&instance, "terminated from the cockpit").await;
+                    ctx.send(Msg::Done(
+                        r.map(|i| format!("terminated {}", i.id))
+                            .map_err(|e| format!("terminate failed: {e:#}")),
+                    ));
+                });
+            }
+            Command::RunJob { instance } => {
+                let Some(project) = ctx.project.clone() else {
+                    ctx.send(Msg::Done(Err("no trainctl.toml to run".into())));
+                    return;
+                };
+                match ctx.engine.create_job(&project, &instance, None) {
+                    Ok(job) => {
+                        ctx.follow(&job.id, true);
+                        ctx.send(Msg::JobStarted(job.id));
+                    }
+                    Err(e) => ctx.send(Msg::Done(Err(format!("run failed: {e:#}")))),
+                }
+            }
+            Command::Cancel { job } => {
+                tokio::spawn(async move {
+                    let r = ctx.engine.cancel(&job, "cancelled from the cockpit").await;
+                    if r.is_ok() {
+                        ctx.follow(&job, false);
+                    }
+                    ctx.send(Msg::Done(
+                        r.map(|j| format!("stopping {}…", j.id))
+                            .map_err(|e| format!("cancel failed: {e:#}")),
+                    ));
+                });
+            }
+            Command::Pull { job } => {
+                tokio::spawn(async move {
+                    let r = ctx.engine.pull(&job, None).await;
+                    ctx.send(Msg::Done(
+                        r.map(|rep| {
+                            let dir = rep
+                                .pulled
+                                .first()
+                                .and_then(|p| std::path::Path::new(&p.local_path).parent().map(|d| d.display().to_string()))
+                                .unwrap_or_default();
+                            format!("pulled {} file(s) {dir}", rep.pulled.len())
+                        })
+                        .map_err(|e| format!("pull failed: {e:#}")),
+                    ));
+                });
+            }
+            Command::Sync { instance } => {
+                let Some(project) = ctx.project.clone() else {
+                    return;
+                };
+                tokio::spawn(async move {
+                    let r = ctx.engine.sync_project(&project, &instance, false).await;
+                    ctx.send(Msg::Done(
+                        r.map(|p| {
+                            format!(
+                                "synced {}: {} copied, {} deleted, {} unchanged",
+                                project.name(),
+                                p.upload.len() + p.links.len(),
+                                p.delete.len(),
+                                p.unchanged
+                            )
+                        })
+                        .map_err(|e| format!("sync failed: {e:#}")),
+                    ));
+                });
+            }
+            Command::LoadLog { job, attempt, from } => {
+                let cap = ctx.engine.config().tui.log_scrollback;
+                tokio::task::spawn_blocking(move || {
+                    let msg = match read_new_log(&ctx.engine, &job, attempt, from) {
+                        Ok((attempt, end, mut lines)) => {
+                            let first = attempt == 1 && from == 0;
+                            let skipped = if first && lines.len() > cap {
+                                let s = lines.len() - cap;
+                                lines.drain(..s);
+                                Some(s as u64)
+                            } else if first {
+                                Some(0)
+                            } else {
+                                None
+                            };
+                            Msg::LogAppend {
+                                job,
+                                attempt,
+                                end,
+                                lines,
+                                skipped,
+                            }
+                        }
+                        Err(e) => Msg::Done(Err(format!("reading the log: {e:#}"))),
+                    };
+                    ctx.send(msg);
+                });
+            }
+            Command::LoadOlderLog { job, before, count } => {
+                tokio::task::spawn_blocking(move || {
+                    let msg = match ctx.engine.stored_log(&job) {
+                        Ok(bytes) => {
+                            let all = display_lines(&bytes);
+                            let end = (before as usize).min(all.len());
+                            let start = end.saturating_sub(count);
+                            Msg::LogOlder {
+                                job,
+                                first_line: start as u64,
+                                lines: all[start..end].to_vec(),
+                            }
+                        }
+                        Err(e) => Msg::Done(Err(format!("reading the log: {e:#}"))),
+                    };
+                    ctx.send(msg);
+                });
+            }
+            Command::LoadMetrics { job, after_rowid } => {
+                tokio::task::spawn_blocking(move || {
+                    let mut after = after_rowid;
+                    loop {
+                        let batch = ctx.engine.store().metrics_after(&job, after, 100_000);
+                        match batch {
+                            Ok(rows) => {
+                                let full = rows.len() == 100_000;
+                                if let Some((id, _)) = rows.last() {
+                                    after = *id;
+                                }
+                                let points = rows.into_iter().map(|(_, p)| p).collect();
+                                ctx.send(Msg::MetricsAppend {
+                                    job: job.clone(),
+                                    last_rowid: after,
+                                    points,
+                                });
+                                if !full {
+                                    break;
+                                }
+                            }
+                            Err(e) => {
+                                ctx.send(Msg::Done(Err(format!("reading metrics: {e:#}"))));
+                                break;
+                            }
+                        }
+                    }
+                });
+            }
+        }
+    }
+
+    async fn refresh(&self) {
+        let slow_due = {
+            let c = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+            c.last_slow.is_none_or(|t| t.elapsed() >= Duration::from_secs(5))
+        };
+        if slow_due {
+            // Provider round trips: who is gone, what is orphaned.
+            let _ = self.engine.reconcile_instances().await;
+            let orphans = self.engine.orphans().await.unwrap_or_default();
+            let mut c = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+            c.orphans = orphans;
+            c.last_slow = Some(std::time::Instant::now());
+        }
+        let (engine, cache) = (self.engine.clone(), self.cache.clone());
+        let snap = tokio::task::spawn_blocking(move || {
+            let mut c = cache.lock().unwrap_or_else(|p| p.into_inner());
+            build_snapshot(&engine, &mut c)
+        })
+        .await;
+        match snap {
+            Ok(Ok(s)) => {
+                // Re-attach: every live job gets a follower here.
+                for j in s.jobs.iter().filter(|j| !j.rec.state.is_terminal()) {
+                    self.follow(&j.rec.id, false);
+                }
+                self.send(Msg::Snapshot(Box::new(s)));
+            }
+            Ok(Err(e)) => self.send(Msg::Done(Err(format!("reading the store: {e:#}")))),
+            Err(e) => self.send(Msg::Done(Err(format!("refresh task: {e}")))),
+        }
+    }
+}
+
+/// The event loop, generic over the backend and the input stream so tests and benchmarks
+/// can drive it. Returns when the app quits or the input ends.
+pub async fn event_loop<B: Backend, S>(
+    terminal: &mut Terminal<B>,
+    app: &mut App,
+    ctx: &Context,
+    rx: &mut mpsc::UnboundedReceiver<Msg>,
+    mut input: S,
+    fps: u32,
+) -> Result<()>
+where
+    S: Stream<Item = std::io::Result<Event>> + Unpin,
+    B::Error: Send + Sync + 'static,
+{
+    let mut events = ctx.engine.subscribe();
+    let mut refresh = tokio::time::interval(Duration::from_secs(1));
+    refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let gap = Duration::from_millis(1000 / fps.clamp(1, 120) as u64);
+    let mut last_draw = Instant::now() - gap;
+    while !app.quit {
+        let draw_at = last_draw + gap;
+        let cmds = tokio::select! {
+            ev = input.next() => match ev {
+                Some(Ok(Event::Key(k))) => app.update(Msg::Key(k)),
+                Some(Ok(Event::Resize(..))) => app.update(Msg::Resize),
+                Some(Ok(_)) => Vec::new(),
+                Some(Err(e)) => return Err(e.into()),
+                None => break,
+            },
+            Some(m) = rx.recv() => app.update(m),
+            ev = events.recv() => match ev {
+                Ok(e) => app.update(Msg::Engine(e)),
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => vec![Command::Refresh],
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => Vec::new(),
+            },
+            _ = refresh.tick() => vec![Command::Refresh],
+            _ = tokio::time::sleep_until(draw_at), if app.dirty => {
+                terminal.draw(|f| ui::draw(f, app))?;
+                app.dirty = false;
+                last_draw = Instant::now();
+                Vec::new()
+            }
+        };
+        for c in cmds {
+            ctx.execute(c);
+        }
+    }
+    Ok(())
+}
