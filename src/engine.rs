@@ -435,7 +435,9 @@ impl Engine {
             return Ok(JobState::Cancelled);
         }
         // Only one process may take a job out of Pending: the move is checked in the store.
-        let from = self.store().transition_job(job_id, JobState::Syncing, "syncing code")?;
+        let from = self
+            .store()
+            .transition_job(job_id, JobState::Syncing, "syncing code")?;
         if from != JobState::Pending {
             // Another process took it first; it is theirs to start.
             return Ok(from);

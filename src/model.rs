@@ -104,6 +104,19 @@ impl Money {
         Money(((self.0 as i128 * ms as i128) / 3_600_000) as i64)
     }
 
+    /// Compact form for tables: `$1234`, `$12.34`, `$0.1235` (rounded; sums stay exact).
+    pub fn short(self) -> String {
+        let d = self.0 as f64 / 1_000_000.0;
+        let a = d.abs();
+        if a >= 1000.0 {
+            format!("${d:.0}")
+        } else if a >= 1.0 || self.0 % 10_000 == 0 {
+            format!("${d:.2}")
+        } else {
+            format!("${d:.4}")
+        }
+    }
+
     pub fn saturating_add(self, o: Money) -> Money {
         Money(self.0.saturating_add(o.0))
     }

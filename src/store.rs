@@ -397,7 +397,7 @@ impl Store {
 
     const INSTANCE_COLS: &'static str =
         "id, provider, name, instance_type, spot, state, hourly_micros,
-        created_ms, launched_ms, terminated_ms, address, error";
+        created_ms, launched_ms, terminated_ms, address, error, gpus";
 
     pub fn instance(&self, id: &str) -> Result<Option<InstanceRecord>> {
         let sql = format!(
@@ -902,7 +902,12 @@ impl Store {
     }
 
     /// A job's points stored after `after_rowid`, with their rowids, in order (incremental load).
-    pub fn metrics_after(&self, job_id: &str, after_rowid: i64, limit: usize) -> Result<Vec<(i64, MetricPoint)>> {
+    pub fn metrics_after(
+        &self,
+        job_id: &str,
+        after_rowid: i64,
+        limit: usize,
+    ) -> Result<Vec<(i64, MetricPoint)>> {
         let mut stmt = self.conn.prepare_cached(
             "SELECT rowid, name, value, step, epoch, line FROM metric_points
              WHERE job_id = ?1 AND rowid > ?2 ORDER BY rowid LIMIT ?3",

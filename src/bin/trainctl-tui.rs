@@ -43,7 +43,11 @@ fn main() {
     let engine = Engine::open(cfg).unwrap_or_else(|e| fail(1, format!("{e:#}")));
     // Logs go to a file, never to the screen.
     let log_path = engine.data_dir().join("trainctl-tui.log");
-    if let Ok(file) = std::fs::OpenOptions::new().create(true).append(true).open(&log_path) {
+    if let Ok(file) = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log_path)
+    {
         tracing_subscriber::fmt()
             .with_env_filter(
                 tracing_subscriber::EnvFilter::try_from_env("TRAINCTL_LOG")
@@ -55,8 +59,13 @@ fn main() {
     }
     let theme = tui::theme::Theme::new(tui::theme::ColorMode::detect(), &engine.config().tui.theme)
         .unwrap_or_else(|e| fail(2, e));
-    let mut app = tui::new_app(&engine, args.readonly, project.as_ref().map(|p| p.name()), theme)
-        .unwrap_or_else(|e| fail(2, e));
+    let mut app = tui::new_app(
+        &engine,
+        args.readonly,
+        project.as_ref().map(|p| p.name()),
+        theme,
+    )
+    .unwrap_or_else(|e| fail(2, e));
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

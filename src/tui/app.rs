@@ -24,7 +24,7 @@ pub struct InstanceRow {
     pub orphan: bool,
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub struct JobRow {
     pub rec: JobRecord,
     pub progress: Progress,
@@ -36,6 +36,27 @@ pub struct JobRow {
     pub metric: Option<(String, f64)>,
     /// Its recent values, for the sparkline.
     pub spark: Vec<f64>,
+}
+
+/// Equality for "would the screen change": NaN equals NaN here (a job whose loss went NaN
+/// must not force a redraw every second).
+impl PartialEq for JobRow {
+    fn eq(&self, o: &JobRow) -> bool {
+        let same_f = |a: f64, b: f64| a.to_bits() == b.to_bits();
+        self.rec == o.rec
+            && self.progress == o.progress
+            && self.elapsed_ms == o.elapsed_ms
+            && self.eta_ms == o.eta_ms
+            && self.cost == o.cost
+            && self.projected == o.projected
+            && match (&self.metric, &o.metric) {
+                (Some((n1, v1)), Some((n2, v2))) => n1 == n2 && same_f(*v1, *v2),
+                (None, None) => true,
+                _ => false,
+            }
+            && self.spark.len() == o.spark.len()
+            && self.spark.iter().zip(&o.spark).all(|(a, b)| same_f(*a, *b))
+    }
 }
 
 /// Everything the lists and the cost pane show, read from the store off the UI task.
@@ -67,18 +88,42 @@ impl Snapshot {
 /// Side effects, run by the runtime.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Command {
-    Launch { provider: String, req: LaunchRequest },
-    Terminate { instance: String },
-    RunJob { instance: String },
-    Cancel { job: String },
-    Pull { job: String },
-    Sync { instance: String },
+    Launch {
+        provider: String,
+        req: LaunchRequest,
+    },
+    Terminate {
+        instance: String,
+    },
+    RunJob {
+        instance: String,
+    },
+    Cancel {
+        job: String,
+    },
+    Pull {
+        job: String,
+    },
+    Sync {
+        instance: String,
+    },
     Refresh,
     /// Read the job's stored log from `from` (attempt, byte offset) to what is committed.
-    LoadLog { job: String, attempt: i64, from: u64 },
+    LoadLog {
+        job: String,
+        attempt: i64,
+        from: u64,
+    },
     /// Read lines before line `before` (0-based index in the whole log) from the stored log.
-    LoadOlderLog { job: String, before: u64, count: usize },
-    LoadMetrics { job: String, after_rowid: i64 },
+    LoadOlderLog {
+        job: String,
+        before: u64,
+        count: usize,
+    },
+    LoadMetrics {
+        job: String,
+        after_rowid: i64,
+    },
 }
 
 #[derive(Debug)]
@@ -186,7 +231,10 @@ impl LogView {
         if forward {
             (from..n).chain(0..from).find(|&i| hit(i))
         } else {
-            (0..=from.min(n.saturating_sub(1))).rev().chain((from + 1..n).rev()).find(|&i| hit(i))
+            (0..=from.min(n.saturating_sub(1)))
+                .rev()
+                .chain((from + 1..n).rev())
+                .find(|&i| hit(i))
         }
     }
 }
@@ -222,7 +270,13 @@ impl MetricsView {
 /// Checks a launch request (provider, request) and prices it, with no side effect.
 pub type Validator = Arc<dyn Fn(&str, &LaunchRequest) -> Result<Plan, String> + Send + Sync>;
 
-pub const FORM_FIELDS: [&str; 5] = ["provider", "instance type", "spot (yes/no)", "max $/h", "name"];
+pub const FORM_FIELDS: [&str; 5] = [
+    "provider",
+    "instance type",
+    "spot (yes/no)",
+    "max $/h",
+    "name",
+];
 
 pub struct LaunchForm {
     pub fields: Vec<TextArea<'static>>,
@@ -247,7 +301,8 @@ impl std::fmt::Debug for LaunchForm {
 
 impl LaunchForm {
     fn new(provider: &str, instance_type: &str) -> LaunchForm {
-        let mut fields: Vec<TextArea<'static>> = FORM_FIELDS.iter().map(|_| TextArea::default()).collect();
+        let mut fields: Vec<TextArea<'static>> =
+            FORM_FIELDS.iter().map(|_| TextArea::default()).collect();
         fields[0].insert_str(provider);
         fields[1].insert_str(instance_type);
         fields[2].insert_str("no");
@@ -337,7 +392,13 @@ pub fn filter_match(filter: &str, text: &str) -> bool {
 }
 
 impl App {
-    pub fn new(keymap: Keymap, theme: Theme, readonly: bool, log_cap: usize, validator: Validator) -> App {
+    pub fn new(
+        keymap: Keymap,
+        theme: Theme,
+        readonly: bool,
+        log_cap: usize,
+        validator: Validator,
+    ) -> App {
         App {
             view: View::Instances,
             mode: Mode::Normal,
@@ -395,7 +456,12 @@ impl App {
     /// Recompute the filtered rows and keep the selection on a visible row.
     pub fn refilter(&mut self) {
         self.inst_visible = (0..self.snap.instances.len())
-            .filter(|&i| filter_match(&self.inst_filter, &Self::instance_text(&self.snap.instances[i])))
+            .filter(|&i| {
+                filter_match(
+                    &self.inst_filter,
+                    &Self::instance_text(&self.snap.instances[i]),
+                )
+            })
             .collect();
         self.job_visible = (0..self.snap.jobs.len())
             .filter(|&i| filter_match(&self.job_filter, &Self::job_text(&self.snap.jobs[i])))
@@ -411,7 +477,9 @@ impl App {
     }
 
     pub fn selected_job(&self) -> Option<&JobRow> {
-        self.job_visible.get(self.job_sel).and_then(|&i| self.snap.jobs.get(i))
+        self.job_visible
+            .get(self.job_sel)
+            .and_then(|&i| self.snap.jobs.get(i))
     }
 
     pub fn focus_job_row(&self) -> Option<&JobRow> {
@@ -440,7 +508,10 @@ impl App {
                         attempt: 1,
                         from: 0,
                     },
-                    Command::LoadMetrics { job: j, after_rowid: 0 },
+                    Command::LoadMetrics {
+                        job: j,
+                        after_rowid: 0,
+                    },
                 ]
             }
             None => Vec::new(),
@@ -502,7 +573,9 @@ impl App {
                 {
                     self.poll_focus()
                 }
-                EngineEvent::JobState { .. } | EngineEvent::Instance { .. } => vec![Command::Refresh],
+                EngineEvent::JobState { .. } | EngineEvent::Instance { .. } => {
+                    vec![Command::Refresh]
+                }
                 EngineEvent::Notice { message, .. } => {
                     self.say(message, true);
                     self.dirty = true;
@@ -536,7 +609,11 @@ impl App {
                 }
                 Vec::new()
             }
-            Msg::LogOlder { job, first_line, lines } => {
+            Msg::LogOlder {
+                job,
+                first_line,
+                lines,
+            } => {
                 if Some(&job) != self.logs.job.as_ref() {
                     return Vec::new();
                 }
@@ -637,7 +714,8 @@ impl App {
             View::Metrics => {
                 let n = self.metrics.series.len();
                 if n > 0 {
-                    self.metrics.selected = (self.metrics.selected as isize + delta).rem_euclid(n as isize) as usize;
+                    self.metrics.selected =
+                        (self.metrics.selected as isize + delta).rem_euclid(n as isize) as usize;
                 }
                 Vec::new()
             }
@@ -731,10 +809,12 @@ impl App {
                 self.mode = Mode::Search(self.logs.search.clone().unwrap_or_default());
                 Vec::new()
             }
-            Action::NextView => self.switch_view(View::ALL[(self.view.index() + 1) % View::ALL.len()]),
-            Action::PrevView => {
-                self.switch_view(View::ALL[(self.view.index() + View::ALL.len() - 1) % View::ALL.len()])
+            Action::NextView => {
+                self.switch_view(View::ALL[(self.view.index() + 1) % View::ALL.len()])
             }
+            Action::PrevView => self.switch_view(
+                View::ALL[(self.view.index() + View::ALL.len() - 1) % View::ALL.len()],
+            ),
             Action::ShowInstances => self.switch_view(View::Instances),
             Action::ShowJobs => self.switch_view(View::Jobs),
             Action::ShowLogs => self.switch_view(View::Logs),
@@ -790,7 +870,12 @@ impl App {
                     View::Jobs => self
                         .selected_job()
                         .and_then(|j| j.rec.instance_id.clone())
-                        .filter(|id| self.snap.instances.iter().any(|i| &i.rec.id == id && i.rec.state.is_live())),
+                        .filter(|id| {
+                            self.snap
+                                .instances
+                                .iter()
+                                .any(|i| &i.rec.id == id && i.rec.state.is_live())
+                        }),
                     _ => self
                         .selected_instance()
                         .filter(|i| i.rec.state.is_live() && !i.orphan)
@@ -822,12 +907,18 @@ impl App {
                 None => Vec::new(),
             },
             Action::Terminate => {
-                if let Some(i) = self.selected_instance().filter(|i| i.rec.state.is_live() && !i.orphan) {
+                if let Some(i) = self
+                    .selected_instance()
+                    .filter(|i| i.rec.state.is_live() && !i.orphan)
+                {
                     let live_jobs = self
                         .snap
                         .jobs
                         .iter()
-                        .filter(|j| !j.rec.state.is_terminal() && j.rec.instance_id.as_deref() == Some(&i.rec.id))
+                        .filter(|j| {
+                            !j.rec.state.is_terminal()
+                                && j.rec.instance_id.as_deref() == Some(&i.rec.id)
+                        })
                         .count();
                     let mut lines = vec![
                         format!("{} ({}, {})", i.rec.name, i.rec.id, i.rec.instance_type),
@@ -856,18 +947,27 @@ impl App {
                     self.mode = Mode::Confirm(Confirm {
                         title: "Cancel job?".into(),
                         lines: vec![
-                            format!("{} ({}) on {}", j.rec.name, j.rec.id, j.rec.instance_id.as_deref().unwrap_or("-")),
+                            format!(
+                                "{} ({}) on {}",
+                                j.rec.name,
+                                j.rec.id,
+                                j.rec.instance_id.as_deref().unwrap_or("-")
+                            ),
                             format!("cost so far {}", j.cost),
                             "SIGTERM now, SIGKILL after the grace period".into(),
                         ],
                         yes: false,
-                        on_yes: Command::Cancel { job: j.rec.id.clone() },
+                        on_yes: Command::Cancel {
+                            job: j.rec.id.clone(),
+                        },
                     });
                 }
                 Vec::new()
             }
             Action::Pull => match self.selected_job() {
-                Some(j) => vec![Command::Pull { job: j.rec.id.clone() }],
+                Some(j) => vec![Command::Pull {
+                    job: j.rec.id.clone(),
+                }],
                 None => Vec::new(),
             },
             Action::Autoscroll => {
@@ -905,7 +1005,9 @@ impl App {
                 self.logs.current_match = Some(i);
                 self.logs.autoscroll = false;
                 let page = self.page.max(1);
-                self.logs.top = i.saturating_sub(page / 2).min(self.logs.lines.len().saturating_sub(page));
+                self.logs.top = i
+                    .saturating_sub(page / 2)
+                    .min(self.logs.lines.len().saturating_sub(page));
             }
             None => {
                 let s = self.logs.search.clone().unwrap_or_default();
@@ -1003,7 +1105,9 @@ impl App {
     fn on_confirm_key(&mut self, ev: KeyEvent, mut c: Confirm) -> Vec<Command> {
         match ev.code {
             KeyCode::Char('y') | KeyCode::Char('Y') => vec![c.on_yes],
-            KeyCode::Char('n') | KeyCode::Char('N') | KeyCode::Esc | KeyCode::Char('q') => Vec::new(),
+            KeyCode::Char('n') | KeyCode::Char('N') | KeyCode::Esc | KeyCode::Char('q') => {
+                Vec::new()
+            }
             KeyCode::Enter => {
                 if c.yes {
                     vec![c.on_yes]
@@ -1011,7 +1115,11 @@ impl App {
                     Vec::new()
                 }
             }
-            KeyCode::Left | KeyCode::Right | KeyCode::Tab | KeyCode::Char('h') | KeyCode::Char('l') => {
+            KeyCode::Left
+            | KeyCode::Right
+            | KeyCode::Tab
+            | KeyCode::Char('h')
+            | KeyCode::Char('l') => {
                 c.yes = !c.yes;
                 self.mode = Mode::Confirm(c);
                 Vec::new()
@@ -1045,7 +1153,10 @@ impl App {
         f.plan = None;
         let provider_ok = self.providers.contains(&v[0]);
         if !provider_ok {
-            f.errors[0] = Some(format!("unknown provider (known: {})", self.providers.join(", ")));
+            f.errors[0] = Some(format!(
+                "unknown provider (known: {})",
+                self.providers.join(", ")
+            ));
         }
         let types: Vec<String> = self
             .catalog
@@ -1053,7 +1164,11 @@ impl App {
             .find(|(p, _)| *p == v[0])
             .map(|(_, t)| t.clone())
             .unwrap_or_default();
-        f.completions = types.iter().filter(|t| t.starts_with(&v[1])).cloned().collect();
+        f.completions = types
+            .iter()
+            .filter(|t| t.starts_with(&v[1]))
+            .cloned()
+            .collect();
         let spot = match v[2].to_lowercase().as_str() {
             "yes" | "y" | "true" | "spot" => Some(true),
             "no" | "n" | "false" | "" | "on-demand" => Some(false),
@@ -1073,7 +1188,11 @@ impl App {
                 }
             }
         };
-        if !v[4].is_empty() && !v[4].chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
+        if !v[4].is_empty()
+            && !v[4]
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        {
             f.errors[4] = Some("letters, digits, - _ . only".into());
         }
         if !provider_ok || f.errors.iter().any(Option::is_some) {
@@ -1085,7 +1204,10 @@ impl App {
                 if let Some(max) = max_price
                     && plan.hourly > max
                 {
-                    f.errors[3] = Some(format!("{} costs {}/h, above your max", plan.instance_type, plan.hourly));
+                    f.errors[3] = Some(format!(
+                        "{} costs {}/h, above your max",
+                        plan.instance_type, plan.hourly
+                    ));
                     return;
                 }
                 f.plan = Some(plan);
@@ -1112,7 +1234,8 @@ impl App {
                 self.validate_form(&mut f);
                 if f.plan.is_some() {
                     let v = f.values();
-                    let spot = matches!(v[2].to_lowercase().as_str(), "yes" | "y" | "true" | "spot");
+                    let spot =
+                        matches!(v[2].to_lowercase().as_str(), "yes" | "y" | "true" | "spot");
                     let req = self.form_request(&v, spot);
                     self.say(format!("launching on {}…", v[0]), false);
                     return vec![Command::Launch {

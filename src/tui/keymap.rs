@@ -256,7 +256,13 @@ pub struct Keymap {
     pub bindings: Vec<Binding>,
 }
 
-fn b(action: Action, keys: &[&str], views: Option<&[View]>, hint: &'static str, in_bar: bool) -> Binding {
+fn b(
+    action: Action,
+    keys: &[&str],
+    views: Option<&[View]>,
+    hint: &'static str,
+    in_bar: bool,
+) -> Binding {
     Binding {
         action,
         keys: keys.iter().filter_map(|k| Key::parse(k).ok()).collect(),
@@ -295,8 +301,20 @@ impl Default for Keymap {
                 b(Launch, &["L"], Some(&[Instances]), "launch", true),
                 b(RunJob, &["r"], Some(&[Instances, Jobs]), "run job", true),
                 b(Sync, &["y"], Some(&[Instances]), "sync code", true),
-                b(Terminate, &["ctrl-d"], Some(&[Instances]), "terminate", true),
-                b(CancelJob, &["ctrl-k"], Some(&[Jobs, Logs]), "cancel job", true),
+                b(
+                    Terminate,
+                    &["ctrl-d"],
+                    Some(&[Instances]),
+                    "terminate",
+                    true,
+                ),
+                b(
+                    CancelJob,
+                    &["ctrl-k"],
+                    Some(&[Jobs, Logs]),
+                    "cancel job",
+                    true,
+                ),
                 b(Pull, &["p"], Some(&[Jobs]), "pull artifacts", true),
                 b(Autoscroll, &["s"], Some(&[Logs]), "autoscroll", true),
                 b(Wrap, &["w"], Some(&[Logs]), "wrap", true),
@@ -305,8 +323,20 @@ impl Default for Keymap {
                 b(Search, &["/"], Some(&[Logs]), "search", true),
                 b(NextMatch, &["n"], Some(&[Logs]), "next match", false),
                 b(PrevMatch, &["N"], Some(&[Logs]), "previous match", false),
-                b(NextMetric, &["l", "right"], Some(&[Metrics]), "next metric", true),
-                b(PrevMetric, &["h", "left"], Some(&[Metrics]), "previous metric", true),
+                b(
+                    NextMetric,
+                    &["l", "right"],
+                    Some(&[Metrics]),
+                    "next metric",
+                    true,
+                ),
+                b(
+                    PrevMetric,
+                    &["h", "left"],
+                    Some(&[Metrics]),
+                    "previous metric",
+                    true,
+                ),
             ],
         }
     }
@@ -322,7 +352,8 @@ impl Keymap {
                 .iter_mut()
                 .find(|b| b.action.name() == name)
                 .ok_or_else(|| format!("unknown action `{name}` in [tui.keys]"))?;
-            let parsed: Result<Vec<Key>, String> = keys.keys().into_iter().map(Key::parse).collect();
+            let parsed: Result<Vec<Key>, String> =
+                keys.keys().into_iter().map(Key::parse).collect();
             binding.keys = parsed.map_err(|e| format!("[tui.keys] {name}: {e}"))?;
         }
         Ok(km)
@@ -336,7 +367,12 @@ impl Keymap {
             .iter()
             .filter(visible)
             .filter(in_view)
-            .chain(self.bindings.iter().filter(visible).filter(|b| b.views.is_none()))
+            .chain(
+                self.bindings
+                    .iter()
+                    .filter(visible)
+                    .filter(|b| b.views.is_none()),
+            )
             .find(|b| b.keys.iter().any(|k| k.matches(ev)))
             .map(|b| b.action)
     }
@@ -351,7 +387,11 @@ impl Keymap {
     }
 
     pub fn keys_text(b: &Binding) -> String {
-        b.keys.iter().map(|k| k.to_string()).collect::<Vec<_>>().join("/")
+        b.keys
+            .iter()
+            .map(|k| k.to_string())
+            .collect::<Vec<_>>()
+            .join("/")
     }
 
     pub fn first_key(&self, action: Action) -> String {
@@ -378,7 +418,11 @@ mod tests {
         assert!(!k.matches(&ev(KeyCode::Char('d'), KeyModifiers::NONE)));
         let g = Key::parse("G").unwrap();
         assert!(g.matches(&ev(KeyCode::Char('G'), KeyModifiers::SHIFT)));
-        assert!(Key::parse("shift-tab").unwrap().matches(&ev(KeyCode::BackTab, KeyModifiers::NONE)));
+        assert!(
+            Key::parse("shift-tab")
+                .unwrap()
+                .matches(&ev(KeyCode::BackTab, KeyModifiers::NONE))
+        );
         assert!(Key::parse("hyper-x").is_err());
     }
 
@@ -386,19 +430,31 @@ mod tests {
     fn readonly_hides_destructive_actions() {
         let km = Keymap::default();
         let ctrl_d = ev(KeyCode::Char('d'), KeyModifiers::CONTROL);
-        assert_eq!(km.action_for(&ctrl_d, View::Instances, false), Some(Action::Terminate));
+        assert_eq!(
+            km.action_for(&ctrl_d, View::Instances, false),
+            Some(Action::Terminate)
+        );
         assert_eq!(km.action_for(&ctrl_d, View::Instances, true), None);
-        assert!(km.for_view(View::Instances, true).iter().all(|b| !b.action.is_destructive()));
+        assert!(
+            km.for_view(View::Instances, true)
+                .iter()
+                .all(|b| !b.action.is_destructive())
+        );
     }
 
     #[test]
     fn overrides_apply_and_unknown_actions_are_refused() {
         let mut cfg = TuiConfig::default();
-        cfg.keys
-            .insert("terminate".into(), crate::config::KeyList::One("ctrl-x".into()));
+        cfg.keys.insert(
+            "terminate".into(),
+            crate::config::KeyList::One("ctrl-x".into()),
+        );
         let km = Keymap::from_config(&cfg).unwrap();
         let x = ev(KeyCode::Char('x'), KeyModifiers::CONTROL);
-        assert_eq!(km.action_for(&x, View::Instances, false), Some(Action::Terminate));
+        assert_eq!(
+            km.action_for(&x, View::Instances, false),
+            Some(Action::Terminate)
+        );
         cfg.keys
             .insert("explode".into(), crate::config::KeyList::One("x".into()));
         assert!(Keymap::from_config(&cfg).is_err());

@@ -82,7 +82,10 @@ pub fn build_snapshot(engine: &Engine, cache: &mut SnapshotCache) -> Result<Snap
         })
         .collect();
     for (provider, id) in &cache.orphans {
-        if inst_rows.iter().any(|r| &r.rec.id == id && r.rec.state.is_live()) {
+        if inst_rows
+            .iter()
+            .any(|r| &r.rec.id == id && r.rec.state.is_live())
+        {
             continue;
         }
         inst_rows.insert(
@@ -109,7 +112,8 @@ pub fn build_snapshot(engine: &Engine, cache: &mut SnapshotCache) -> Result<Snap
             },
         );
     }
-    let job_cost: HashMap<&str, &crate::cost::JobCost> = report.jobs.iter().map(|c| (c.id.as_str(), c)).collect();
+    let job_cost: HashMap<&str, &crate::cost::JobCost> =
+        report.jobs.iter().map(|c| (c.id.as_str(), c)).collect();
     let mut job_rows = Vec::with_capacity(jobs.len());
     for j in jobs {
         let (progress, offset) = offsets
@@ -153,9 +157,17 @@ pub fn build_snapshot(engine: &Engine, cache: &mut SnapshotCache) -> Result<Snap
 
 /// Read an attempt-ordered log from (attempt, offset) up to what is committed: complete
 /// lines only while the job runs. Returns (attempt, end offset, lines).
-fn read_new_log(engine: &Engine, job: &str, attempt: i64, from: u64) -> Result<(i64, u64, Vec<String>)> {
+fn read_new_log(
+    engine: &Engine,
+    job: &str,
+    attempt: i64,
+    from: u64,
+) -> Result<(i64, u64, Vec<String>)> {
     let attempts = engine.store().attempts(job)?;
-    let ended = engine.store().job(job)?.is_some_and(|j| j.state.is_terminal());
+    let ended = engine
+        .store()
+        .job(job)?
+        .is_some_and(|j| j.state.is_terminal());
     let mut lines = Vec::new();
     let (mut at, mut end) = (attempt, from);
     for a in attempts.iter().filter(|a| a.attempt >= attempt) {
@@ -178,7 +190,11 @@ fn read_new_log(engine: &Engine, job: &str, attempt: i64, from: u64) -> Result<(
 }
 
 impl Context {
-    pub fn new(engine: Engine, project: Option<Project>, tx: mpsc::UnboundedSender<Msg>) -> Context {
+    pub fn new(
+        engine: Engine,
+        project: Option<Project>,
+        tx: mpsc::UnboundedSender<Msg>,
+    ) -> Context {
         Context {
             engine,
             project,
@@ -195,7 +211,12 @@ impl Context {
 
     /// Follow `job` with an actor in this process (once).
     fn follow(&self, job: &str, start: bool) {
-        if !self.actors.lock().unwrap_or_else(|p| p.into_inner()).insert(job.to_string()) {
+        if !self
+            .actors
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(job.to_string())
+        {
             return;
         }
         let handle = self.engine.spawn_job_actor(job, start);
@@ -234,7 +255,10 @@ impl Context {
             }
             Command::Terminate { instance } => {
                 tokio::spawn(async move {
-                    let r = ctx.engine.terminate(&instance, "terminated from the cockpit").await;
+                    let r = ctx
+                        .engine
+                        .terminate(&instance, "terminated from the cockpit")
+                        .await;
                     ctx.send(Msg::Done(
                         r.map(|i| format!("terminated {}", i.id))
                             .map_err(|e| format!("terminate failed: {e:#}")),
@@ -274,7 +298,11 @@ impl Context {
                             let dir = rep
                                 .pulled
                                 .first()
-                                .and_then(|p| std::path::Path::new(&p.local_path).parent().map(|d| d.display().to_string()))
+                                .and_then(|p| {
+                                    std::path::Path::new(&p.local_path)
+                                        .parent()
+                                        .map(|d| d.display().to_string())
+                                })
                                 .unwrap_or_default();
                             format!("pulled {} file(s) {dir}", rep.pulled.len())
                         })
@@ -383,7 +411,8 @@ impl Context {
     async fn refresh(&self) {
         let slow_due = {
             let c = self.cache.lock().unwrap_or_else(|p| p.into_inner());
-            c.last_slow.is_none_or(|t| t.elapsed() >= Duration::from_secs(5))
+            c.last_slow
+                .is_none_or(|t| t.elapsed() >= Duration::from_secs(5))
         };
         if slow_due {
             // Provider round trips: who is gone, what is orphaned.

@@ -177,7 +177,11 @@ mod tests {
     fn a_million_points_fold_into_bounded_buckets_keeping_extremes() {
         let mut s = Series::new();
         for i in 0..1_000_000u32 {
-            let y = if i == 777_777 { -50.0 } else { (i as f64 / 1000.0).sin() };
+            let y = if i == 777_777 {
+                -50.0
+            } else {
+                (i as f64 / 1000.0).sin()
+            };
             s.push(i as f64, y);
         }
         assert!(s.bucket_count() <= MAX_BUCKETS);
@@ -187,7 +191,10 @@ mod tests {
         assert!(pts.iter().any(|p| p.1 == -50.0));
         assert!(pts.windows(2).all(|w| w[0].0 <= w[1].0), "x order");
         assert_eq!(s.bounds().unwrap().1[0], -50.0);
-        assert_eq!(pts.last().copied(), Some((999_999.0, (999_999f64 / 1000.0).sin())));
+        assert_eq!(
+            pts.last().copied(),
+            Some((999_999.0, (999_999f64 / 1000.0).sin()))
+        );
     }
 
     #[test]

@@ -58,7 +58,11 @@ pub fn to_ansi256(r: u8, g: u8, b: u8) -> u8 {
     let grey_i = ((avg - 8).max(0) / 10).min(23);
     let grey_v = 8 + 10 * grey_i;
     let grey_d = dist((grey_v, grey_v, grey_v));
-    if grey_d < cube_d { 232 + grey_i as u8 } else { cube }
+    if grey_d < cube_d {
+        232 + grey_i as u8
+    } else {
+        cube
+    }
 }
 
 pub fn parse_hex(s: &str) -> Result<(u8, u8, u8), String> {
@@ -90,7 +94,11 @@ impl Theme {
                 "error" => t.error = c,
                 "dim" => t.dim = c,
                 "selection" => t.selection = c,
-                _ => return Err(format!("unknown colour `{k}` in [tui.theme] (accent, ok, warn, error, dim, selection)")),
+                _ => {
+                    return Err(format!(
+                        "unknown colour `{k}` in [tui.theme] (accent, ok, warn, error, dim, selection)"
+                    ));
+                }
             }
         }
         Ok(t)

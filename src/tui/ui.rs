@@ -11,7 +11,8 @@ use ratatui::style::{Modifier, Style};
 use ratatui::symbols;
 use ratatui::text::{Line, Span};
 use ratatui::widgets::{
-    Axis, Block, Borders, Cell, Chart, Clear, Dataset, Gauge, GraphType, Paragraph, Row, Table, TableState, Wrap,
+    Axis, Block, Borders, Cell, Chart, Clear, Dataset, Gauge, GraphType, Paragraph, Row, Table,
+    TableState, Wrap,
 };
 
 /// Smallest terminal the cockpit draws in; below it, a clear message.
@@ -60,7 +61,11 @@ fn draw_tabs(f: &mut Frame, app: &App, area: Rect) {
     let t = &app.theme;
     let mut spans = Vec::new();
     for (i, v) in View::ALL.iter().enumerate() {
-        let style = if *v == app.view { t.selected() } else { t.dim() };
+        let style = if *v == app.view {
+            t.selected()
+        } else {
+            t.dim()
+        };
         spans.push(Span::styled(format!(" {} {} ", i + 1, v.title()), style));
     }
     let mut right = String::new();
@@ -93,7 +98,9 @@ fn window(len: usize, sel: usize, height: usize) -> (usize, usize) {
     if len <= height {
         return (0, len);
     }
-    let start = sel.saturating_sub(height.saturating_sub(1)).min(len - height);
+    let start = sel
+        .saturating_sub(height.saturating_sub(1))
+        .min(len - height);
     let start = if sel < start { sel } else { start };
     (start, (start + height).min(len))
 }
@@ -136,7 +143,12 @@ fn draw_instances(f: &mut Frame, app: &mut App, area: Rect) {
         } else {
             "Nothing matches the filter (esc clears it).".to_string()
         };
-        f.render_widget(Paragraph::new(hint).style(app.theme.dim()).wrap(Wrap { trim: true }), inner);
+        f.render_widget(
+            Paragraph::new(hint)
+                .style(app.theme.dim())
+                .wrap(Wrap { trim: true }),
+            inner,
+        );
         return;
     }
     let (start, end) = window(app.inst_visible.len(), app.inst_sel, height);
@@ -148,15 +160,17 @@ fn draw_instances(f: &mut Frame, app: &mut App, area: Rect) {
     let mut widths = vec![
         Constraint::Length(14),
         Constraint::Fill(1),
-        Constraint::Length(if wide { 16 } else { 8 }),
+        Constraint::Length(if wide { 16 } else { 7 }),
         Constraint::Length(3),
         Constraint::Length(11),
         Constraint::Length(if wide { 9 } else { 4 }),
+        Constraint::Length(6),
         Constraint::Length(7),
         Constraint::Length(8),
-        Constraint::Length(9),
     ];
-    let mut header = vec!["ID", "NAME", "TYPE", "GPU", "STATE", "MKT", "UPTIME", "$/H", "COST"];
+    let mut header = vec![
+        "ID", "NAME", "TYPE", "GPU", "STATE", "MKT", "UPTIME", "$/H", "COST",
+    ];
     if wide {
         widths.insert(2, Constraint::Length(8));
         header.insert(2, "PROVIDER");
@@ -188,11 +202,18 @@ fn instance_row<'a>(app: &App, r: &InstanceRow, wide: bool) -> Row<'a> {
         Cell::from(i.name.clone()),
         Cell::from(i.instance_type.clone()),
         Cell::from(i.gpus.to_string()),
-        Cell::from(Span::styled(i.state.to_string(), state_style(app, i.state.as_str()))),
+        Cell::from(Span::styled(
+            i.state.to_string(),
+            state_style(app, i.state.as_str()),
+        )),
         Cell::from(market),
-        Cell::from(if i.state.is_live() { fmt_duration(r.uptime_ms) } else { "-".into() }),
-        Cell::from(i.hourly.to_string()),
-        Cell::from(r.cost.to_string()),
+        Cell::from(if i.state.is_live() {
+            fmt_duration(r.uptime_ms)
+        } else {
+            "-".into()
+        }),
+        Cell::from(i.hourly.short()),
+        Cell::from(r.cost.short()),
     ];
     if wide {
         cells.insert(2, Cell::from(i.provider.clone()));
@@ -207,7 +228,9 @@ pub fn sparkline_text(values: &[f64], width: usize) -> String {
     let v = &v[v.len().saturating_sub(width)..];
     let (lo, hi) = v
         .iter()
-        .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &x| (a.min(x), b.max(x)));
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &x| {
+            (a.min(x), b.max(x))
+        });
     v.iter()
         .map(|&x| {
             if hi > lo {
@@ -243,7 +266,12 @@ fn fmt_value(v: f64) -> String {
 }
 
 fn draw_jobs(f: &mut Frame, app: &mut App, area: Rect) {
-    let title = filter_title("Jobs", &app.job_filter, app.job_visible.len(), app.snap.jobs.len());
+    let title = filter_title(
+        "Jobs",
+        &app.job_filter,
+        app.job_visible.len(),
+        app.snap.jobs.len(),
+    );
     let b = block(app, title);
     let inner = b.inner(area);
     f.render_widget(b, area);
@@ -252,35 +280,46 @@ fn draw_jobs(f: &mut Frame, app: &mut App, area: Rect) {
     if app.job_visible.is_empty() {
         let hint = if app.snap.jobs.is_empty() {
             match &app.project {
-                Some(p) => format!("No jobs yet. Select a running instance and press r to run {p}."),
+                Some(p) => {
+                    format!("No jobs yet. Select a running instance and press r to run {p}.")
+                }
                 None => "No jobs yet, and no trainctl.toml here to run.".into(),
             }
         } else {
             "Nothing matches the filter (esc clears it).".into()
         };
-        f.render_widget(Paragraph::new(hint).style(app.theme.dim()).wrap(Wrap { trim: true }), inner);
+        f.render_widget(
+            Paragraph::new(hint)
+                .style(app.theme.dim())
+                .wrap(Wrap { trim: true }),
+            inner,
+        );
         return;
     }
-    let wide = inner.width >= 120;
+    let wide = inner.width >= 100;
     let (start, end) = window(app.job_visible.len(), app.job_sel, height);
-    let spark_w = if wide { 16 } else { 6 };
+    let spark_w = if wide { 16 } else { 5 };
     let rows: Vec<Row> = app.job_visible[start..end]
         .iter()
         .map(|&i| job_row(app, &app.snap.jobs[i], wide, spark_w))
         .collect();
+    // Narrow: the name stands for the job (its id is in the Logs title); wide: id and instance too.
     let mut widths = vec![
-        Constraint::Length(14),
         Constraint::Fill(1),
         Constraint::Length(9),
-        Constraint::Length(10),
-        Constraint::Length(if wide { 16 } else { 11 } + spark_w as u16),
+        Constraint::Length(9),
+        Constraint::Length(if wide { 16 } else { 10 } + spark_w as u16),
         Constraint::Length(6),
         Constraint::Length(6),
         Constraint::Length(8),
         Constraint::Length(8),
     ];
-    let mut header = vec!["ID", "NAME", "STATE", "PROGRESS", "METRIC", "TIME", "ETA", "COST", "PROJ"];
+    let mut header = vec![
+        "NAME", "STATE", "PROGRESS", "METRIC", "TIME", "ETA", "COST", "PROJ",
+    ];
     if wide {
+        widths.insert(0, Constraint::Length(14));
+        header.insert(0, "ID");
         widths.insert(2, Constraint::Length(14));
         header.insert(2, "INSTANCE");
     }
@@ -297,22 +336,27 @@ fn job_row<'a>(app: &App, r: &JobRow, wide: bool, spark_w: usize) -> Row<'a> {
     let metric = match &r.metric {
         Some((name, v)) => {
             let name: String = name.chars().take(if wide { 10 } else { 4 }).collect();
-            format!("{name} {} {}", fmt_value(*v), sparkline_text(&r.spark, spark_w))
+            let v = fmt_value(*v);
+            let v: String = v.chars().take(if wide { 10 } else { 5 }).collect();
+            format!("{name} {v} {}", sparkline_text(&r.spark, spark_w))
         }
         None => "-".into(),
     };
     let mut cells = vec![
-        Cell::from(j.id.clone()),
         Cell::from(j.name.clone()),
-        Cell::from(Span::styled(j.state.to_string(), state_style(app, j.state.as_str()))),
+        Cell::from(Span::styled(
+            j.state.to_string(),
+            state_style(app, j.state.as_str()),
+        )),
         Cell::from(progress_text(&r.progress)),
         Cell::from(metric),
         Cell::from(r.elapsed_ms.map_or("-".into(), fmt_duration)),
         Cell::from(r.eta_ms.map_or("-".into(), fmt_duration)),
-        Cell::from(r.cost.to_string()),
-        Cell::from(r.projected.map_or("-".into(), |m| m.to_string())),
+        Cell::from(r.cost.short()),
+        Cell::from(r.projected.map_or("-".into(), Money::short)),
     ];
     if wide {
+        cells.insert(0, Cell::from(j.id.clone()));
         cells.insert(2, Cell::from(j.instance_id.clone().unwrap_or_default()));
     }
     Row::new(cells)
@@ -354,7 +398,8 @@ fn draw_logs(f: &mut Frame, app: &mut App, area: Rect, fullscreen: bool) {
     let lv = &mut app.logs;
     if lv.job.is_none() {
         f.render_widget(
-            Paragraph::new("No job selected: pick one in Jobs (2) and press enter.").style(app.theme.dim()),
+            Paragraph::new("No job selected: pick one in Jobs (2) and press enter.")
+                .style(app.theme.dim()),
             inner,
         );
         return;
@@ -368,7 +413,9 @@ fn draw_logs(f: &mut Frame, app: &mut App, area: Rect, fullscreen: bool) {
             let mut rows = 0;
             let mut s = len;
             while s > 0 {
-                let h = (lv.lines[s - 1].text.chars().count() + ts_w).div_ceil(width).max(1);
+                let h = (lv.lines[s - 1].text.chars().count() + ts_w)
+                    .div_ceil(width)
+                    .max(1);
                 if rows + h > height {
                     break;
                 }
@@ -393,10 +440,13 @@ fn draw_logs(f: &mut Frame, app: &mut App, area: Rect, fullscreen: bool) {
             let l = &lv.lines[i];
             let mut spans = Vec::with_capacity(2);
             if lv.timestamps {
-                let ts = l.ts.map_or_else(|| "--:--:-- ".to_string(), |ms| {
-                    let s = ms.div_euclid(1000).rem_euclid(86_400);
-                    format!("{:02}:{:02}:{:02} ", s / 3600, (s / 60) % 60, s % 60)
-                });
+                let ts = l.ts.map_or_else(
+                    || "--:--:-- ".to_string(),
+                    |ms| {
+                        let s = ms.div_euclid(1000).rem_euclid(86_400);
+                        format!("{:02}:{:02}:{:02} ", s / 3600, (s / 60) % 60, s % 60)
+                    },
+                );
                 spans.push(Span::styled(ts, t.dim()));
             }
             let style = match &needle {
@@ -493,10 +543,15 @@ fn draw_metrics(f: &mut Frame, app: &mut App, area: Rect) {
     }
     let sel = app.metrics.selected.min(n - 1);
     // A names line, then one chart or a 2x2 grid when there is room.
-    let [names, charts] = Layout::vertical([Constraint::Length(1), Constraint::Fill(1)]).areas(area);
+    let [names, charts] =
+        Layout::vertical([Constraint::Length(1), Constraint::Fill(1)]).areas(area);
     let mut spans = vec![Span::styled("metric: ", app.theme.dim())];
     for (i, (name, _)) in app.metrics.series.iter().enumerate() {
-        let style = if i == sel { app.theme.selected() } else { app.theme.dim() };
+        let style = if i == sel {
+            app.theme.selected()
+        } else {
+            app.theme.dim()
+        };
         spans.push(Span::styled(format!(" {name} "), style));
     }
     f.render_widget(Paragraph::new(Line::from(spans)), names);
@@ -505,12 +560,19 @@ fn draw_metrics(f: &mut Frame, app: &mut App, area: Rect) {
         draw_chart(f, app, sel, charts, true);
         return;
     }
-    let rows = Layout::vertical([Constraint::Percentage(50); 2]).split(charts);
+    let shown = n.min(4);
+    let rows = Layout::vertical(vec![Constraint::Fill(1); shown.div_ceil(2)]).split(charts);
     let mut cells = Vec::new();
-    for r in rows.iter() {
-        cells.extend(Layout::horizontal([Constraint::Percentage(50); 2]).split(*r).iter().copied());
+    for (ri, r) in rows.iter().enumerate() {
+        let in_row = if ri * 2 + 1 < shown { 2 } else { 1 };
+        cells.extend(
+            Layout::horizontal(vec![Constraint::Fill(1); in_row])
+                .split(*r)
+                .iter()
+                .copied(),
+        );
     }
-    for (k, cell) in cells.into_iter().enumerate().take(n.min(4)) {
+    for (k, cell) in cells.into_iter().enumerate().take(shown) {
         let idx = (sel + k) % n;
         draw_chart(f, app, idx, cell, k == 0);
     }
@@ -556,8 +618,18 @@ fn draw_cost(f: &mut Frame, app: &mut App, area: Rect) {
     )));
     f.render_widget(Paragraph::new(lines), summary);
     if let Some(l) = app.snap.budget_day {
-        let ratio = if l.0 > 0 { c.today_micros as f64 / l.0 as f64 } else { 1.0 };
-        let style = if ratio >= 0.9 { t.error() } else if ratio >= 0.7 { t.warn() } else { t.ok() };
+        let ratio = if l.0 > 0 {
+            c.today_micros as f64 / l.0 as f64
+        } else {
+            1.0
+        };
+        let style = if ratio >= 0.9 {
+            t.error()
+        } else if ratio >= 0.7 {
+            t.warn()
+        } else {
+            t.ok()
+        };
         f.render_widget(
             Gauge::default()
                 .ratio(ratio.clamp(0.0, 1.0))
@@ -577,18 +649,28 @@ fn draw_cost(f: &mut Frame, app: &mut App, area: Rect) {
             Row::new(vec![
                 Cell::from(i.name.clone()),
                 Cell::from(Span::styled(i.state.clone(), state_style(app, &i.state))),
-                Cell::from(Money(i.hourly_micros).to_string()),
-                Cell::from(Money(i.cost_micros).to_string()),
+                Cell::from(Money(i.hourly_micros).short()),
+                Cell::from(Money(i.cost_micros).short()),
             ])
         })
         .collect();
     f.render_widget(
         Table::new(
             inst_rows,
-            [Constraint::Fill(1), Constraint::Length(11), Constraint::Length(8), Constraint::Length(10)],
+            [
+                Constraint::Fill(1),
+                Constraint::Length(11),
+                Constraint::Length(8),
+                Constraint::Length(10),
+            ],
         )
         .header(Row::new(vec!["INSTANCE", "STATE", "$/H", "COST"]).style(t.header()))
-        .block(Block::default().borders(Borders::TOP).border_style(t.dim()).title(" per instance ")),
+        .block(
+            Block::default()
+                .borders(Borders::TOP)
+                .border_style(t.dim())
+                .title(" per instance "),
+        ),
         left,
     );
     let job_rows: Vec<Row> = c
@@ -599,18 +681,28 @@ fn draw_cost(f: &mut Frame, app: &mut App, area: Rect) {
             Row::new(vec![
                 Cell::from(j.name.clone()),
                 Cell::from(Span::styled(j.state.clone(), state_style(app, &j.state))),
-                Cell::from(Money(j.cost_micros).to_string()),
-                Cell::from(j.projected_micros.map_or("-".into(), |m| Money(m).to_string())),
+                Cell::from(Money(j.cost_micros).short()),
+                Cell::from(j.projected_micros.map_or("-".into(), |m| Money(m).short())),
             ])
         })
         .collect();
     f.render_widget(
         Table::new(
             job_rows,
-            [Constraint::Fill(1), Constraint::Length(10), Constraint::Length(10), Constraint::Length(10)],
+            [
+                Constraint::Fill(1),
+                Constraint::Length(10),
+                Constraint::Length(10),
+                Constraint::Length(10),
+            ],
         )
         .header(Row::new(vec!["JOB", "STATE", "COST", "PROJECTED"]).style(t.header()))
-        .block(Block::default().borders(Borders::TOP).border_style(t.dim()).title(" per job ")),
+        .block(
+            Block::default()
+                .borders(Borders::TOP)
+                .border_style(t.dim())
+                .title(" per job "),
+        ),
         right,
     );
 }
@@ -618,9 +710,21 @@ fn draw_cost(f: &mut Frame, app: &mut App, area: Rect) {
 fn draw_bar(f: &mut Frame, app: &App, area: Rect) {
     let t = &app.theme;
     let line = match &app.mode {
-        Mode::Filter(s) => Line::from(vec![Span::styled("/", t.accent()), Span::raw(s.clone()), Span::raw("█")]),
-        Mode::Search(s) => Line::from(vec![Span::styled("search /", t.accent()), Span::raw(s.clone()), Span::raw("█")]),
-        Mode::Command(s) => Line::from(vec![Span::styled(":", t.accent()), Span::raw(s.clone()), Span::raw("█")]),
+        Mode::Filter(s) => Line::from(vec![
+            Span::styled("/", t.accent()),
+            Span::raw(s.clone()),
+            Span::raw("█"),
+        ]),
+        Mode::Search(s) => Line::from(vec![
+            Span::styled("search /", t.accent()),
+            Span::raw(s.clone()),
+            Span::raw("█"),
+        ]),
+        Mode::Command(s) => Line::from(vec![
+            Span::styled(":", t.accent()),
+            Span::raw(s.clone()),
+            Span::raw("█"),
+        ]),
         _ => match &app.status {
             Some((msg, true)) => Line::from(Span::styled(msg.clone(), t.error())),
             Some((msg, false)) => Line::from(Span::styled(msg.clone(), t.ok())),
@@ -634,7 +738,12 @@ fn draw_bar(f: &mut Frame, app: &App, area: Rect) {
 fn hints_line(app: &App) -> Line<'static> {
     let t = &app.theme;
     let mut spans = Vec::new();
-    for b in app.keymap.for_view(app.view, app.readonly).into_iter().filter(|b| b.in_bar) {
+    for b in app
+        .keymap
+        .for_view(app.view, app.readonly)
+        .into_iter()
+        .filter(|b| b.in_bar)
+    {
         spans.push(Span::styled(Keymap::keys_text(b), t.accent()));
         spans.push(Span::styled(format!(" {}  ", b.hint), t.dim()));
     }
@@ -644,7 +753,12 @@ fn hints_line(app: &App) -> Line<'static> {
 fn centered(area: Rect, w: u16, h: u16) -> Rect {
     let w = w.min(area.width);
     let h = h.min(area.height);
-    Rect::new(area.x + (area.width - w) / 2, area.y + (area.height - h) / 2, w, h)
+    Rect::new(
+        area.x + (area.width - w) / 2,
+        area.y + (area.height - h) / 2,
+        w,
+        h,
+    )
 }
 
 fn draw_help(f: &mut Frame, app: &App, area: Rect) {
@@ -671,22 +785,26 @@ fn draw_help(f: &mut Frame, app: &App, area: Rect) {
             sections.push((v.title().to_lowercase(), bs));
         }
     }
+    // One wrapped paragraph per section, so all of it fits at 80x24.
     for (name, bs) in sections {
-        lines.push(Line::from(Span::styled(name, t.accent())));
-        let pairs: Vec<String> = bs
-            .iter()
-            .map(|b| format!("{:>11} {:<16}", Keymap::keys_text(b), b.hint))
-            .collect();
-        for chunk in pairs.chunks(2) {
-            lines.push(Line::from(chunk.join(" ")));
+        let mut spans = vec![Span::styled(format!("{name}: "), t.accent())];
+        for (i, b) in bs.iter().enumerate() {
+            if i > 0 {
+                spans.push(Span::styled(" · ", t.dim()));
+            }
+            spans.push(Span::styled(Keymap::keys_text(b), t.accent()));
+            spans.push(Span::raw(format!(" {}", b.hint)));
         }
+        lines.push(Line::from(spans));
     }
     lines.push(Line::from(Span::styled(
         ": commands: instances jobs logs metrics cost launch help quit · / filter (!x inverts)",
         t.dim(),
     )));
     f.render_widget(
-        Paragraph::new(lines).block(block(app, " Help (any key closes) ".into())),
+        Paragraph::new(lines)
+            .wrap(Wrap { trim: true })
+            .block(block(app, " Help (any key closes) ".into())),
         r,
     );
 }
@@ -722,7 +840,8 @@ fn draw_launch(f: &mut Frame, app: &App, form: &LaunchForm, area: Rect) {
     let outer = block(app, " Launch an instance ".into());
     let inner = outer.inner(r);
     f.render_widget(outer, r);
-    let mut constraints: Vec<Constraint> = FORM_FIELDS.iter().map(|_| Constraint::Length(3)).collect();
+    let mut constraints: Vec<Constraint> =
+        FORM_FIELDS.iter().map(|_| Constraint::Length(3)).collect();
     constraints.push(Constraint::Fill(1));
     let rows = Layout::vertical(constraints).split(inner);
     for (i, label) in FORM_FIELDS.iter().enumerate() {
@@ -738,7 +857,10 @@ fn draw_launch(f: &mut Frame, app: &App, form: &LaunchForm, area: Rect) {
         } else {
             t.dim()
         };
-        let mut b = Block::default().borders(Borders::ALL).border_style(border).title(title);
+        let mut b = Block::default()
+            .borders(Borders::ALL)
+            .border_style(border)
+            .title(title);
         if let Some(e) = err {
             b = b.title_bottom(Span::styled(format!(" {e} "), t.error()));
         }
@@ -752,7 +874,12 @@ fn draw_launch(f: &mut Frame, app: &App, form: &LaunchForm, area: Rect) {
     let footer = match &form.plan {
         Some(p) => Line::from(vec![
             Span::styled(
-                format!("→ {} {} at {}/h", p.instance_type, if p.spot { "spot" } else { "on-demand" }, p.hourly),
+                format!(
+                    "→ {} {} at {}/h",
+                    p.instance_type,
+                    if p.spot { "spot" } else { "on-demand" },
+                    p.hourly
+                ),
                 t.ok(),
             ),
             Span::styled("   enter launch · esc cancel · ↑/↓ field", t.dim()),

@@ -22,7 +22,7 @@ fn threads_with_their_own_connections_never_corrupt_the_store() {
                         name: id.clone(),
                         instance_type: "local".into(),
                         spot: false,
-            gpus: 0,
+                        gpus: 0,
                         state: InstanceState::Pending,
                         hourly: Money(1),
                         created_ms: now_ms(),

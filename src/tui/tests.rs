@@ -1,0 +1,559 @@
+//! Cockpit tests: key sequences through the app state machine, and snapshots of every pane
+//! and popup at 80x24 and 120x40 drawn with `TestBackend`.
+
+use super::app::{App, Command, InstanceRow, JobRow, Mode, Msg, Snapshot};
+use super::keymap::{Keymap, View};
+use super::theme::{ColorMode, Theme};
+use crate::config::LocalProviderConfig;
+use crate::cost::{CostReport, InstanceCost, JobCost};
+use crate::model::{InstanceState, JobState, MetricPoint, Money, Progress};
+use crate::provider::Provider;
+use crate::provider::local::LocalProvider;
+use crate::store::{InstanceRecord, JobRecord};
+use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
+use ratatui::Terminal;
+use ratatui::backend::TestBackend;
+use std::sync::Arc;
+
+const NOW: i64 = 1_795_600_000_000;
+
+fn validator() -> super::app::Validator {
+    // The real local provider's plan: no IO, no side effect.
+    let p = Arc::new(LocalProvider::new(
+        std::path::Path::new("/nonexistent"),
+        LocalProviderConfig::default(),
+        std::time::Duration::from_secs(1),
+    ));
+    Arc::new(
+        move |provider: &str, req: &crate::provider::LaunchRequest| {
+            if provider != "local" {
+                return Err(format!("unknown provider {provider}"));
+            }
+            p.plan(req).map_err(|e| e.to_string())
+        },
+    )
+}
+
+fn instance(id: &str, name: &str, state: InstanceState, hourly: i64) -> InstanceRow {
+    InstanceRow {
+        rec: InstanceRecord {
+            id: id.into(),
+            provider: "local".into(),
+            name: name.into(),
+            instance_type: "local".into(),
+            spot: false,
+            gpus: 0,
+            state,
+            hourly: Money(hourly),
+            created_ms: NOW - 3_700_000,
+            launched_ms: Some(NOW - 3_600_000),
+            terminated_ms: (!state.is_live()).then_some(NOW - 60_000),
+            address: None,
+            error: None,
+        },
+        cost: Money(hourly),
+        uptime_ms: 3_600_000,
+        orphan: false,
+    }
+}
+
+fn job(id: &str, name: &str, inst: &str, state: JobState, epoch: f64, loss: f64) -> JobRow {
+    JobRow {
+        rec: JobRecord {
+            id: id.into(),
+            name: name.into(),
+            project: name.into(),
+            project_dir: "/p".into(),
+            command: "python3 train.py".into(),
+            spec_json: "{}".into(),
+            state,
+            instance_id: Some(inst.into()),
+            created_ms: NOW - 600_000,
+            started_ms: Some(NOW - 590_000),
+            ended_ms: state.is_terminal().then_some(NOW - 10_000),
+            exit_code: None,
+            reason: None,
+            cancel_requested: false,
+            driver_pid: None,
+            stop_sent_ms: None,
+            terminate_on_end: false,
+        },
+        progress: Progress {
+            epoch: Some(epoch),
+            epochs_total: Some(10.0),
+            step: Some(120),
+            steps_total: None,
+        },
+        elapsed_ms: Some(580_000),
+        eta_ms: (!state.is_terminal()).then_some(700_000),
+        cost: Money(123_456),
+        projected: Some(Money(400_000)),
+        metric: Some(("loss".into(), loss)),
+        spark: (0..20).map(|i| 2.0 / (i as f64 + 1.0)).collect(),
+    }
+}
+
+fn fixture(readonly: bool) -> App {
+    let theme = Theme::new(ColorMode::Palette256, &Default::default()).unwrap();
+    let mut app = App::new(Keymap::default(), theme, readonly, 1000, validator());
+    app.project = Some("toy-train".into());
+    let mut orphan = instance("i-orphan00001", "?", InstanceState::Running, 0);
+    orphan.orphan = true;
+    let snap = Snapshot {
+        now_ms: NOW,
+        instances: vec![
+            orphan,
+            instance(
+                "i-tp2k0000aaaa",
+                "gpu-box",
+                InstanceState::Running,
+                2_500_000,
+            ),
+            instance(
+                "i-tp2k0000bbbb",
+                "old-run",
+                InstanceState::Terminated,
+                500_000,
+            ),
+        ],
+        jobs: vec![
+            job(
+                "j-tp2k0000cccc",
+                "toy-train",
+                "i-tp2k0000aaaa",
+                JobState::Running,
+                3.0,
+                0.4321,
+            ),
+            job(
+                "j-tp2k0000dddd",
+                "bert-ft",
+                "i-tp2k0000bbbb",
+                JobState::Succeeded,
+                10.0,
+                0.1234,
+            ),
+            job(
+                "j-tp2k0000eeee",
+                "yolo",
+                "i-tp2k0000bbbb",
+                JobState::Failed,
+                2.0,
+                f64::NAN,
+            ),
+        ],
+        cost: Some(CostReport {
+            total_micros: 3_000_000,
+            today_micros: 2_500_000,
+            burn_rate_micros_per_hour: 2_500_000,
+            instances: vec![
+                InstanceCost {
+                    id: "i-tp2k0000aaaa".into(),
+                    name: "gpu-box".into(),
+                    provider: "local".into(),
+                    state: "running".into(),
+                    hourly_micros: 2_500_000,
+                    cost_micros: 2_500_000,
+                },
+                InstanceCost {
+                    id: "i-tp2k0000bbbb".into(),
+                    name: "old-run".into(),
+                    provider: "local".into(),
+                    state: "terminated".into(),
+                    hourly_micros: 500_000,
+                    cost_micros: 500_000,
+                },
+            ],
+            jobs: vec![JobCost {
+                id: "j-tp2k0000cccc".into(),
+                name: "toy-train".into(),
+                state: "running".into(),
+                cost_micros: 123_456,
+                eta_ms: Some(700_000),
+                projected_micros: Some(400_000),
+            }],
+            days: Default::default(),
+        }),
+        budget_day: Some(Money(10_000_000)),
+        budget_job: None,
+    };
+    let cmds = app.update(Msg::Snapshot(Box::new(snap)));
+    // The newest job is focused and its log and metrics requested.
+    assert!(cmds.iter().any(|c| matches!(c, Command::LoadLog { .. })));
+    let job = "j-tp2k0000cccc".to_string();
+    app.update(Msg::LogAppend {
+        job: job.clone(),
+        attempt: 1,
+        end: 100,
+        lines: (1..=60)
+            .map(|i| format!("step={i} loss={:.4} lr=0.1", 1.0 / i as f64))
+            .collect(),
+        skipped: Some(0),
+    });
+    let points: Vec<MetricPoint> = (1..=200)
+        .flat_map(|i| {
+            [
+                MetricPoint {
+                    name: "loss".into(),
+                    value: 2.0 / (i as f64).sqrt(),
+                    step: Some(i),
+                    epoch: None,
+                    line: i as u64,
+                },
+                MetricPoint {
+                    name: "accuracy".into(),
+                    value: 1.0 - 1.0 / i as f64,
+                    step: Some(i),
+                    epoch: None,
+                    line: i as u64,
+                },
+            ]
+        })
+        .collect();
+    app.update(Msg::MetricsAppend {
+        job,
+        last_rowid: 400,
+        points,
+    });
+    app
+}
+
+fn key(app: &mut App, code: KeyCode) -> Vec<Command> {
+    app.update(Msg::Key(KeyEvent::new(code, KeyModifiers::NONE)))
+}
+
+fn ctrl(app: &mut App, c: char) -> Vec<Command> {
+    app.update(Msg::Key(KeyEvent::new(
+        KeyCode::Char(c),
+        KeyModifiers::CONTROL,
+    )))
+}
+
+fn typed(app: &mut App, s: &str) {
+    for c in s.chars() {
+        key(app, KeyCode::Char(c));
+    }
+}
+
+fn screen(app: &mut App, w: u16, h: u16) -> String {
+    let mut t = Terminal::new(TestBackend::new(w, h)).unwrap();
+    t.draw(|f| super::ui::draw(f, app)).unwrap();
+    format!("{}", t.backend())
+}
+
+// ------------------------------------------------------------------ key sequences
+
+#[test]
+fn launch_form_validates_as_you_type_and_submits_only_when_valid() {
+    let mut app = fixture(false);
+    key(&mut app, KeyCode::Char('L'));
+    assert!(matches!(app.mode, Mode::Launch(_)));
+    // Down to the instance type, replace it with an unknown one.
+    key(&mut app, KeyCode::Down);
+    for _ in 0..5 {
+        key(&mut app, KeyCode::Backspace);
+    }
+    typed(&mut app, "p5.48xlarge");
+    let Mode::Launch(f) = &app.mode else { panic!() };
+    assert!(f.errors[1].as_deref().unwrap().contains("unknown"), "{f:?}");
+    assert!(f.plan.is_none());
+    // Enter refuses; nothing is launched.
+    assert!(key(&mut app, KeyCode::Enter).is_empty());
+    assert!(matches!(app.mode, Mode::Launch(_)));
+    // Clear it, complete with tab, give a bad price, then a good one.
+    for _ in 0..11 {
+        key(&mut app, KeyCode::Backspace);
+    }
+    key(&mut app, KeyCode::Tab);
+    let Mode::Launch(f) = &app.mode else { panic!() };
+    assert_eq!(f.values()[1], "local");
+    assert!(f.errors[1].is_none());
+    key(&mut app, KeyCode::Down);
+    key(&mut app, KeyCode::Down);
+    typed(&mut app, "abc");
+    let Mode::Launch(f) = &app.mode else { panic!() };
+    assert!(f.errors[3].is_some());
+    for _ in 0..3 {
+        key(&mut app, KeyCode::Backspace);
+    }
+    typed(&mut app, "1.50");
+    key(&mut app, KeyCode::Down);
+    typed(&mut app, "my-box");
+    let cmds = key(&mut app, KeyCode::Enter);
+    assert_eq!(
+        cmds,
+        vec![Command::Launch {
+            provider: "local".into(),
+            req: crate::provider::LaunchRequest {
+                name: Some("my-box".into()),
+                instance_type: Some("local".into()),
+                gpus: None,
+                spot: false,
+                hourly: None,
+            }
+        }]
+    );
+    assert!(matches!(app.mode, Mode::Normal));
+}
+
+#[test]
+fn spot_on_the_local_provider_is_refused_in_the_form() {
+    let mut app = fixture(false);
+    key(&mut app, KeyCode::Char('L'));
+    key(&mut app, KeyCode::Down);
+    key(&mut app, KeyCode::Down);
+    key(&mut app, KeyCode::Backspace);
+    key(&mut app, KeyCode::Backspace);
+    typed(&mut app, "yes");
+    let Mode::Launch(f) = &app.mode else { panic!() };
+    assert!(f.errors[1].as_deref().unwrap().contains("spot"), "{f:?}");
+    assert!(key(&mut app, KeyCode::Enter).is_empty());
+    key(&mut app, KeyCode::Esc);
+    assert!(matches!(app.mode, Mode::Normal));
+}
+
+#[test]
+fn terminate_confirmation_defaults_to_no() {
+    let mut app = fixture(false);
+    key(&mut app, KeyCode::Down); // past the orphan, onto gpu-box
+    assert!(ctrl(&mut app, 'd').is_empty());
+    let Mode::Confirm(c) = &app.mode else {
+        panic!("no confirmation")
+    };
+    assert!(!c.yes);
+    assert!(
+        c.lines
+            .iter()
+            .any(|l| l.contains("gpu-box") && l.contains("i-tp2k0000aaaa"))
+    );
+    assert!(c.lines.iter().any(|l| l.contains("cost so far $2.50")));
+    // Enter on the default does nothing.
+    assert!(key(&mut app, KeyCode::Enter).is_empty());
+    assert!(matches!(app.mode, Mode::Normal));
+    // Explicit yes terminates that instance.
+    ctrl(&mut app, 'd');
+    assert_eq!(
+        key(&mut app, KeyCode::Char('y')),
+        vec![Command::Terminate {
+            instance: "i-tp2k0000aaaa".into()
+        }]
+    );
+    // Moving to Yes, then Enter, too.
+    ctrl(&mut app, 'd');
+    key(&mut app, KeyCode::Right);
+    assert_eq!(key(&mut app, KeyCode::Enter).len(), 1);
+    // An orphan or a terminated instance offers nothing to confirm.
+    key(&mut app, KeyCode::Char('g'));
+    ctrl(&mut app, 'd');
+    assert!(matches!(app.mode, Mode::Normal));
+}
+
+#[test]
+fn readonly_hides_every_destructive_action() {
+    let mut app = fixture(true);
+    key(&mut app, KeyCode::Down);
+    ctrl(&mut app, 'd');
+    assert!(matches!(app.mode, Mode::Normal));
+    key(&mut app, KeyCode::Char('L'));
+    assert!(matches!(app.mode, Mode::Normal));
+    assert!(key(&mut app, KeyCode::Char('r')).is_empty());
+    key(&mut app, KeyCode::Char(':'));
+    typed(&mut app, "launch");
+    key(&mut app, KeyCode::Enter);
+    assert!(!matches!(app.mode, Mode::Launch(_)));
+    key(&mut app, KeyCode::Char('2'));
+    ctrl(&mut app, 'k');
+    assert!(matches!(app.mode, Mode::Normal));
+    // Nor are they advertised.
+    let s = screen(&mut app, 120, 40);
+    assert!(
+        !s.contains("terminate") && !s.contains("cancel job") && !s.contains("run job"),
+        "{s}"
+    );
+    assert!(s.contains("[readonly]"));
+    // Pulling artifacts is not destructive.
+    assert_eq!(key(&mut app, KeyCode::Char('p')).len(), 1);
+}
+
+#[test]
+fn filter_narrows_lists_inverts_and_clears() {
+    let mut app = fixture(false);
+    key(&mut app, KeyCode::Char('2'));
+    key(&mut app, KeyCode::Char('/'));
+    typed(&mut app, "yolo");
+    assert_eq!(app.job_visible.len(), 1);
+    key(&mut app, KeyCode::Enter);
+    assert_eq!(app.job_filter, "yolo");
+    assert_eq!(app.selected_job().unwrap().rec.name, "yolo");
+    // esc in normal mode clears the filter.
+    key(&mut app, KeyCode::Esc);
+    assert_eq!(app.job_visible.len(), 3);
+    key(&mut app, KeyCode::Char('/'));
+    typed(&mut app, "!toy");
+    key(&mut app, KeyCode::Enter);
+    assert_eq!(app.job_visible.len(), 2);
+    assert!(
+        app.job_visible
+            .iter()
+            .all(|&i| app.snap.jobs[i].rec.name != "toy-train")
+    );
+    // Filtering instances by state.
+    key(&mut app, KeyCode::Char('1'));
+    key(&mut app, KeyCode::Char('/'));
+    typed(&mut app, "terminated");
+    assert_eq!(app.inst_visible.len(), 1);
+}
+
+#[test]
+fn command_line_switches_panes_refuses_unknowns_and_quits() {
+    let mut app = fixture(false);
+    key(&mut app, KeyCode::Char(':'));
+    typed(&mut app, "cost");
+    key(&mut app, KeyCode::Enter);
+    assert_eq!(app.view, View::Cost);
+    key(&mut app, KeyCode::Char(':'));
+    typed(&mut app, "frobnicate");
+    key(&mut app, KeyCode::Enter);
+    assert!(
+        app.status
+            .as_ref()
+            .is_some_and(|(m, err)| *err && m.contains("frobnicate"))
+    );
+    key(&mut app, KeyCode::Char(':'));
+    typed(&mut app, "launch");
+    key(&mut app, KeyCode::Enter);
+    assert!(matches!(app.mode, Mode::Launch(_)));
+    key(&mut app, KeyCode::Esc);
+    key(&mut app, KeyCode::Char(':'));
+    typed(&mut app, "q");
+    key(&mut app, KeyCode::Enter);
+    assert!(app.quit);
+}
+
+#[test]
+fn logs_search_scroll_and_toggles() {
+    let mut app = fixture(false);
+    key(&mut app, KeyCode::Char('3'));
+    let _ = screen(&mut app, 80, 24);
+    assert!(app.logs.autoscroll);
+    key(&mut app, KeyCode::Char('/'));
+    typed(&mut app, "step=7 ");
+    key(&mut app, KeyCode::Enter);
+    assert_eq!(app.logs.current_match, Some(6));
+    assert!(!app.logs.autoscroll);
+    assert!(screen(&mut app, 80, 24).contains("step=7 loss"));
+    key(&mut app, KeyCode::Char('G'));
+    assert!(app.logs.autoscroll);
+    key(&mut app, KeyCode::Char('w'));
+    key(&mut app, KeyCode::Char('t'));
+    key(&mut app, KeyCode::Char('f'));
+    assert!(app.logs.wrap && app.logs.timestamps && app.logs.fullscreen);
+    let s = screen(&mut app, 80, 24);
+    assert!(s.contains("step=60 loss"), "{s}");
+    // esc leaves fullscreen before anything else.
+    key(&mut app, KeyCode::Esc);
+    assert!(!app.logs.fullscreen);
+    assert_eq!(app.view, View::Logs);
+}
+
+#[test]
+fn log_buffer_is_bounded_and_reads_older_lines_back() {
+    let mut app = fixture(false);
+    let job = app.logs.job.clone().unwrap();
+    app.update(Msg::LogAppend {
+        job: job.clone(),
+        attempt: 1,
+        end: 200,
+        lines: (0..5000).map(|i| format!("line {i}")).collect(),
+        skipped: None,
+    });
+    assert_eq!(app.logs.lines.len(), 1000);
+    assert_eq!(app.logs.first_line, 4060);
+    key(&mut app, KeyCode::Char('3'));
+    key(&mut app, KeyCode::Char('g'));
+    let cmds = key(&mut app, KeyCode::Up);
+    assert!(
+        matches!(&cmds[..], [Command::LoadOlderLog { before: 4060, .. }]),
+        "{cmds:?}"
+    );
+    app.update(Msg::LogOlder {
+        job,
+        first_line: 3960,
+        lines: (3960..4060).map(|i| format!("older {i}")).collect(),
+    });
+    assert_eq!(app.logs.lines.len(), 1000);
+    assert_eq!(app.logs.lines[0].text, "older 3960");
+}
+
+#[test]
+fn metrics_pane_cycles_metrics() {
+    let mut app = fixture(false);
+    key(&mut app, KeyCode::Char('4'));
+    assert_eq!(app.metrics.series.len(), 2);
+    assert_eq!(app.metrics.selected, 0);
+    key(&mut app, KeyCode::Char('l'));
+    assert_eq!(app.metrics.selected, 1);
+    key(&mut app, KeyCode::Char('l'));
+    assert_eq!(app.metrics.selected, 0);
+    key(&mut app, KeyCode::Left);
+    assert_eq!(app.metrics.selected, 1);
+}
+
+#[test]
+fn idle_snapshots_do_not_redraw() {
+    let mut app = fixture(false);
+    // Nothing live: the same data a second later changes nothing on screen.
+    let mut snap = app.snap.clone();
+    snap.instances.retain(|i| !i.rec.state.is_live());
+    snap.jobs.retain(|j| j.rec.state.is_terminal());
+    app.update(Msg::Snapshot(Box::new(snap.clone())));
+    app.dirty = false;
+    snap.now_ms += 5000;
+    app.update(Msg::Snapshot(Box::new(snap)));
+    assert!(!app.dirty);
+}
+
+// ---------------------------------------------------------------------- snapshots
+
+fn snap_all(size: (u16, u16)) {
+    let (w, h) = size;
+    let suffix = format!("{w}x{h}");
+    let mut app = fixture(false);
+    insta::assert_snapshot!(format!("instances_{suffix}"), screen(&mut app, w, h));
+    key(&mut app, KeyCode::Char('2'));
+    insta::assert_snapshot!(format!("jobs_{suffix}"), screen(&mut app, w, h));
+    key(&mut app, KeyCode::Char('3'));
+    insta::assert_snapshot!(format!("logs_{suffix}"), screen(&mut app, w, h));
+    key(&mut app, KeyCode::Char('4'));
+    insta::assert_snapshot!(format!("metrics_{suffix}"), screen(&mut app, w, h));
+    key(&mut app, KeyCode::Char('5'));
+    insta::assert_snapshot!(format!("cost_{suffix}"), screen(&mut app, w, h));
+    key(&mut app, KeyCode::Char('?'));
+    insta::assert_snapshot!(format!("help_{suffix}"), screen(&mut app, w, h));
+    key(&mut app, KeyCode::Char('1'));
+    key(&mut app, KeyCode::Char('1'));
+    key(&mut app, KeyCode::Char('L'));
+    insta::assert_snapshot!(format!("launch_{suffix}"), screen(&mut app, w, h));
+    key(&mut app, KeyCode::Esc);
+    key(&mut app, KeyCode::Down);
+    ctrl(&mut app, 'd');
+    insta::assert_snapshot!(format!("confirm_{suffix}"), screen(&mut app, w, h));
+}
+
+#[test]
+fn snapshots_80x24() {
+    snap_all((80, 24));
+}
+
+#[test]
+fn snapshots_120x40() {
+    snap_all((120, 40));
+}
+
+#[test]
+fn too_small_terminal_says_so() {
+    let mut app = fixture(false);
+    let s = screen(&mut app, 50, 10);
+    assert!(s.contains("terminal too small: 50x10"), "{s}");
+    insta::assert_snapshot!("too_small_50x10", s);
+}
