@@ -298,7 +298,7 @@ fn draw_jobs(f: &mut Frame, app: &mut App, area: Rect) {
     }
     let wide = inner.width >= 100;
     let (start, end) = window(app.job_visible.len(), app.job_sel, height);
-    let spark_w = if wide { 16 } else { 5 };
+    let spark_w = if wide { 10 } else { 5 };
     let rows: Vec<Row> = app.job_visible[start..end]
         .iter()
         .map(|&i| job_row(app, &app.snap.jobs[i], wide, spark_w))
@@ -308,7 +308,7 @@ fn draw_jobs(f: &mut Frame, app: &mut App, area: Rect) {
         Constraint::Fill(1),
         Constraint::Length(9),
         Constraint::Length(9),
-        Constraint::Length(if wide { 16 } else { 10 } + spark_w as u16),
+        Constraint::Length(if wide { 13 } else { 10 } + spark_w as u16),
         Constraint::Length(6),
         Constraint::Length(6),
         Constraint::Length(8),
@@ -335,9 +335,9 @@ fn job_row<'a>(app: &App, r: &JobRow, wide: bool, spark_w: usize) -> Row<'a> {
     let j = &r.rec;
     let metric = match &r.metric {
         Some((name, v)) => {
-            let name: String = name.chars().take(if wide { 10 } else { 4 }).collect();
+            let name: String = name.chars().take(if wide { 6 } else { 4 }).collect();
             let v = fmt_value(*v);
-            let v: String = v.chars().take(if wide { 10 } else { 5 }).collect();
+            let v: String = v.chars().take(if wide { 6 } else { 5 }).collect();
             format!("{name} {v} {}", sparkline_text(&r.spark, spark_w))
         }
         None => "-".into(),
