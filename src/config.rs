@@ -267,6 +267,25 @@ impl UserConfig {
                 ));
             }
         }
+        // Key bindings and colours are checked here, so a typo is a located error at start.
+        for (name, keys) in &self.tui.keys {
+            let mut one = TuiConfig::default();
+            one.keys.insert(name.clone(), keys.clone());
+            if let Err(e) = crate::tui::keymap::Keymap::from_config(&one) {
+                return Err(at(name, e));
+            }
+        }
+        for (name, value) in &self.tui.theme {
+            let one = BTreeMap::from([(name.clone(), value.clone())]);
+            if let Err(e) =
+                crate::tui::theme::Theme::new(crate::tui::theme::ColorMode::TrueColor, &one)
+            {
+                return Err(at(name, e));
+            }
+        }
+        if self.tui.fps == 0 || self.tui.fps > 120 {
+            return Err(at("fps", "`fps` must be between 1 and 120".into()));
+        }
         Ok(())
     }
 

@@ -33,10 +33,10 @@ fn main() {
     let (cfg, _) = UserConfig::load(args.config.as_deref()).unwrap_or_else(|e| fail(2, e));
     let project = match &args.project {
         Some(p) => Some(Project::discover(p).unwrap_or_else(|e| fail(2, e))),
-        None => match std::env::current_dir().ok().and_then(|d| Project::find(&d)) {
-            Some(f) => Some(Project::load(&f).unwrap_or_else(|e| fail(2, e))),
-            None => None,
-        },
+        None => std::env::current_dir()
+            .ok()
+            .and_then(|d| Project::find(&d))
+            .map(|f| Project::load(&f).unwrap_or_else(|e| fail(2, e))),
     };
     let fps = args.fps.unwrap_or(cfg.tui.fps).clamp(1, 60);
     let mouse = cfg.tui.mouse;

@@ -31,11 +31,14 @@ pub struct Context {
     refreshing: Arc<std::sync::atomic::AtomicBool>,
 }
 
+/// A job's loss-like metric: its name once known, the latest value, recent values.
+type JobMetricMemo = (Option<String>, Option<(String, f64)>, Vec<f64>);
+
 /// Per-job memo so a refresh only re-reads metrics of jobs whose log moved.
 #[derive(Default)]
 pub struct SnapshotCache {
     seen_offset: HashMap<String, u64>,
-    metric: HashMap<String, (Option<String>, Option<(String, f64)>, Vec<f64>)>,
+    metric: HashMap<String, JobMetricMemo>,
     orphans: Vec<(String, String)>,
     last_slow: Option<std::time::Instant>,
 }

@@ -89,3 +89,22 @@ fn unknown_instance_type_is_refused_before_anything_is_recorded() {
     );
     assert!(env.json(&["ls", "--all"]).as_array().unwrap().is_empty());
 }
+
+#[test]
+fn bad_key_binding_or_colour_is_located() {
+    let env = Env::new("[tui.keys]\nterminate = \"hyper-q\"\n", "0");
+    let out = env.run(&["config", "check"]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = stderr_of(&out);
+    assert!(err.contains(":5:1:") && err.contains("hyper-q"), "{err}");
+    let env = Env::new("[tui.theme]\naccent = \"blue\"\n", "0");
+    let out = env.run(&["config", "check"]);
+    assert!(stderr_of(&out).contains(":5:1:"), "{}", stderr_of(&out));
+    // The cockpit refuses it the same way, before touching the terminal.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_trainctl-tui"))
+        .env("TRAINCTL_CONFIG", &env.config)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr_of(&out).contains(":5:1:"), "{}", stderr_of(&out));
+}

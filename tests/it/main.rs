@@ -7,3 +7,4 @@ mod local_e2e;
 mod parser;
 mod store_concurrency;
 mod sync;
+mod tui_pty;
