@@ -365,6 +365,8 @@ pub struct App {
     pub focus_job: Option<String>,
     pub status: Option<(String, bool)>,
     pub dirty: bool,
+    /// A key was pressed since the last frame: draw now, not at the next frame slot.
+    pub urgent: bool,
     pub quit: bool,
     pub project: Option<String>,
     pub providers: Vec<String>,
@@ -417,6 +419,7 @@ impl App {
             focus_job: None,
             status: None,
             dirty: true,
+            urgent: false,
             quit: false,
             project: None,
             providers: vec!["local".into()],
@@ -547,6 +550,7 @@ impl App {
         match msg {
             Msg::Key(ev) if is_press(&ev) => {
                 self.dirty = true;
+                self.urgent = true;
                 self.on_key(ev)
             }
             Msg::Key(_) => Vec::new(),

@@ -465,7 +465,12 @@ where
     let gap = Duration::from_millis(1000 / fps.clamp(1, 120) as u64);
     let mut last_draw = Instant::now() - gap;
     while !app.quit {
-        let draw_at = last_draw + gap;
+        // Input is answered at once; streamed data waits for the next frame slot.
+        let draw_at = if app.urgent {
+            Instant::now()
+        } else {
+            last_draw + gap
+        };
         let cmds = tokio::select! {
             ev = input.next() => match ev {
                 Some(Ok(Event::Key(k))) => app.update(Msg::Key(k)),
@@ -484,6 +489,7 @@ where
             _ = tokio::time::sleep_until(draw_at), if app.dirty => {
                 terminal.draw(|f| ui::draw(f, app))?;
                 app.dirty = false;
+                app.urgent = false;
                 last_draw = Instant::now();
                 Vec::new()
             }
