@@ -240,3 +240,85 @@ impl Remote for LocalRemote {
         Ok(Some(buf))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn exec_stream_delivers_output_as_it_comes_and_the_status() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = LocalRemote::new(dir.path(), "t-stream");
+        let (tx, mut rx) = mpsc::channel(16);
+        let run = tokio::spawn(async move {
+            r.exec_stream("echo one; sleep 0.3; echo two; exit 7", tx)
+                .await
+        });
+        // The first chunk arrives before the command ends.
+        let first = tokio::time::timeout(std::time::Duration::from_millis(250), rx.recv())
+            .await
+            .expect("first line should stream before the command ends")
+            .unwrap();
+        assert_eq!(first, b"one\n");
+        let mut rest = Vec::new();
+        while let Some(c) = rx.recv().await {
+            rest.extend(c);
+        }
+        assert_eq!(rest, b"two\n");
+        assert_eq!(run.await.unwrap().unwrap(), 7);
+    }
+
+    #[tokio::test]
+    async fn put_get_and_read_range_round_trip_with_checks() {
+        let dir = tempfile::tempdir().unwrap();
+        let home = dir.path().join("home");
+        std::fs::create_dir(&home).unwrap();
+        let r = LocalRemote::new(&home, "t-files");
+        let src = dir.path().join("src");
+        std::fs::create_dir_all(src.join("sub dir")).unwrap();
+        std::fs::write(src.join("sub dir/a b.txt"), b"hello world").unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(
+            src.join("sub dir/a b.txt"),
+            std::fs::Permissions::from_mode(0o750),
+        )
+        .unwrap();
+        let dest_root = home.join("code");
+        let n = r
+            .put_files(
+                &src,
+                &["sub dir/a b.txt".into()],
+                dest_root.to_str().unwrap(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(n, 11);
+        let copied = dest_root.join("sub dir/a b.txt");
+        assert_eq!(
+            std::fs::metadata(&copied).unwrap().permissions().mode() & 0o777,
+            0o750
+        );
+        let got = r
+            .read_range(copied.to_str().unwrap(), 6, 100)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(got, b"world");
+        assert!(
+            r.read_range("/nonexistent/x", 0, 10)
+                .await
+                .unwrap()
+                .is_none()
+        );
+        let back = dir.path().join("back/x.txt");
+        let f = r.get(copied.to_str().unwrap(), &back).await.unwrap();
+        assert_eq!(f.size, 11);
+        assert_eq!(f.blake3, blake3::hash(b"hello world").to_hex().to_string());
+        // A remote name that climbs out of the target is refused before anything is written.
+        assert!(
+            r.put_files(&src, &["../escape".into()], dest_root.to_str().unwrap())
+                .await
+                .is_err()
+        );
+    }
+}

@@ -273,13 +273,16 @@ impl Context {
                     ctx.send(Msg::Done(Err("no trainctl.toml to run".into())));
                     return;
                 };
-                match ctx.engine.create_job(&project, &instance, None) {
-                    Ok(job) => {
-                        ctx.follow(&job.id, true);
-                        ctx.send(Msg::JobStarted(job.id));
+                // Creating the job writes the store: off the UI task like everything else.
+                tokio::spawn(async move {
+                    match ctx.engine.create_job(&project, &instance, None) {
+                        Ok(job) => {
+                            ctx.follow(&job.id, true);
+                            ctx.send(Msg::JobStarted(job.id));
+                        }
+                        Err(e) => ctx.send(Msg::Done(Err(format!("run failed: {e:#}")))),
                     }
-                    Err(e) => ctx.send(Msg::Done(Err(format!("run failed: {e:#}")))),
-                }
+                });
             }
             Command::Cancel { job } => {
                 tokio::spawn(async move {

@@ -160,7 +160,7 @@ fn draw_instances(f: &mut Frame, app: &mut App, area: Rect) {
     let mut widths = vec![
         Constraint::Length(14),
         Constraint::Fill(1),
-        Constraint::Length(if wide { 16 } else { 7 }),
+        Constraint::Length(if wide { 16 } else { 11 }),
         Constraint::Length(3),
         Constraint::Length(11),
         Constraint::Length(if wide { 9 } else { 4 }),
@@ -169,7 +169,15 @@ fn draw_instances(f: &mut Frame, app: &mut App, area: Rect) {
         Constraint::Length(8),
     ];
     let mut header = vec![
-        "ID", "NAME", "TYPE", "GPU", "STATE", "MKT", "UPTIME", "$/H", "COST",
+        "ID",
+        "NAME",
+        if wide { "TYPE" } else { "PROV/TYPE" },
+        "GPU",
+        "STATE",
+        "MKT",
+        "UPTIME",
+        "$/H",
+        "COST",
     ];
     if wide {
         widths.insert(2, Constraint::Length(8));
@@ -200,7 +208,12 @@ fn instance_row<'a>(app: &App, r: &InstanceRow, wide: bool) -> Row<'a> {
     let mut cells = vec![
         Cell::from(i.id.clone()),
         Cell::from(i.name.clone()),
-        Cell::from(i.instance_type.clone()),
+        // Narrow: provider and type share a column.
+        Cell::from(if wide {
+            i.instance_type.clone()
+        } else {
+            format!("{}/{}", i.provider, i.instance_type)
+        }),
         Cell::from(i.gpus.to_string()),
         Cell::from(Span::styled(
             i.state.to_string(),

@@ -348,3 +348,89 @@ fn failing_job_exits_non_zero_and_records_its_status() {
     // --terminate-after launched and then terminated its own machine.
     assert!(env.json(&["ls"]).as_array().unwrap().is_empty());
 }
+
+#[test]
+fn daily_budget_breach_stops_the_job_too() {
+    let env = Env::new("[budget]\nper_day_usd = 0.01\n", "0.05");
+    let id = launch(&env, "36");
+    let out = env.run(&["run", "--instance", &id, "--json"]);
+    assert_eq!(
+        out.status.code(),
+        Some(4),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let run: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(
+        run["reason"]
+            .as_str()
+            .unwrap()
+            .contains("per-day budget $0.01"),
+        "{run}"
+    );
+    assert!(sandbox_processes(&id).is_empty());
+    assert!(!sandbox(&env, &id).exists());
+}
+
+#[test]
+fn example_resumes_to_exactly_the_uninterrupted_result() {
+    let env = Env::new("", "0");
+    let dir = &env.project;
+    let py = |args: &[&str], extra_env: &[(&str, &str)]| {
+        let mut c = std::process::Command::new("python3");
+        c.arg("train.py").args(args).current_dir(dir);
+        for (k, v) in extra_env {
+            c.env(k, v);
+        }
+        let out = c.output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    py(&["--epochs", "4", "--out", "full.json"], &[]);
+    // Interrupted after epoch 2, resumed from its newest checkpoint.
+    py(
+        &[
+            "--epochs",
+            "4",
+            "--stop-after-epoch",
+            "2",
+            "--out",
+            "resumed.json",
+        ],
+        &[],
+    );
+    let log = py(&["--epochs", "4", "--resume", "--out", "resumed.json"], &[]);
+    assert!(
+        log.contains("resumed from") && log.contains("at epoch 3"),
+        "{log}"
+    );
+    assert_eq!(
+        std::fs::read(dir.join("full.json")).unwrap(),
+        std::fs::read(dir.join("resumed.json")).unwrap()
+    );
+    // Resumed through TRAINCTL_RESUME_FROM from an earlier checkpoint.
+    py(
+        &[
+            "--epochs",
+            "4",
+            "--stop-after-epoch",
+            "3",
+            "--out",
+            "x.json",
+        ],
+        &[],
+    );
+    let ck = dir.join("checkpoints/epoch-0001.json");
+    py(
+        &["--epochs", "4", "--out", "env.json"],
+        &[("TRAINCTL_RESUME_FROM", ck.to_str().unwrap())],
+    );
+    assert_eq!(
+        std::fs::read(dir.join("full.json")).unwrap(),
+        std::fs::read(dir.join("env.json")).unwrap()
+    );
+}
