@@ -335,8 +335,10 @@ fn keypress_latency() {
         .unwrap();
     rt.block_on(async {
         let dir = tempfile::tempdir().unwrap();
-        let mut cfg = trainctl::config::UserConfig::default();
-        cfg.data_dir = Some(dir.path().to_path_buf());
+        let cfg = trainctl::config::UserConfig {
+            data_dir: Some(dir.path().to_path_buf()),
+            ..Default::default()
+        };
         let engine = trainctl::engine::Engine::open(cfg).unwrap();
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
         let ctx = trainctl::tui::run::Context::new(engine, None, tx.clone());
