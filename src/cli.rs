@@ -59,6 +59,10 @@ pub enum Command {
         /// Override the hourly price in dollars (local provider's pretend price).
         #[arg(long, value_name = "USD")]
         hourly_usd: Option<String>,
+        /// Trust and record the machine's SSH host key if it was never seen before
+        /// (check the fingerprint it prints). A changed key is refused regardless.
+        #[arg(long)]
+        accept_new_host_key: bool,
     },
     /// List instances (live ones; `--all` for every one ever).
     Ls {
@@ -286,6 +290,7 @@ async fn run(cli: Cli) -> Result<i32> {
             gpus,
             spot,
             hourly_usd,
+            accept_new_host_key,
         } => {
             let hourly = match hourly_usd {
                 Some(s) => Some(
@@ -301,6 +306,7 @@ async fn run(cli: Cli) -> Result<i32> {
                 gpus,
                 spot,
                 hourly,
+                accept_new_host_key,
             };
             let inst = engine.launch(&provider, &req).await?;
             if json {
@@ -694,6 +700,7 @@ async fn run_job(engine: &Engine, o: RunOpts, json: bool) -> Result<i32> {
                 gpus: r.gpus,
                 spot: r.spot.unwrap_or(false),
                 hourly: None,
+                accept_new_host_key: false,
             };
             let i = engine.launch(&provider, &req).await?;
             eprintln!("launched {} on {provider}", i.id);

@@ -172,6 +172,50 @@ impl BudgetConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct ProvidersConfig {
     pub local: LocalProviderConfig,
+    pub ssh: SshProviderConfig,
+}
+
+/// `[providers.ssh]`: machines you already have, reached over SSH.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct SshProviderConfig {
+    /// Trust and record host keys never seen before (for freshly built machines).
+    pub accept_new_host_keys: bool,
+    /// trainctl's own known_hosts (default `<data dir>/known_hosts`); `~/.ssh/known_hosts`
+    /// is always read too.
+    pub known_hosts: Option<PathBuf>,
+    /// The ssh_config to honour (default `~/.ssh/config`).
+    pub ssh_config: Option<PathBuf>,
+    pub hosts: Vec<SshHostConfig>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct SshHostConfig {
+    /// The name trainctl shows and `--type` picks.
+    pub name: String,
+    /// Address or ssh_config alias.
+    pub address: String,
+    #[serde(default)]
+    pub user: Option<String>,
+    #[serde(default)]
+    pub port: Option<u16>,
+    #[serde(default)]
+    pub identity_file: Option<PathBuf>,
+    #[serde(default)]
+    pub gpus: u32,
+    #[serde(default)]
+    pub hourly_usd: f64,
+    /// Jobs (instances) it takes at once.
+    #[serde(default = "one")]
+    pub max_jobs: u32,
+    /// trainctl's directory there (default `$HOME/.trainctl`).
+    #[serde(default)]
+    pub remote_dir: Option<String>,
+}
+
+fn one() -> u32 {
+    1
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -244,14 +288,38 @@ impl UserConfig {
                 message,
             }
         };
-        if self.default_provider != "local" {
+        let ssh_on = !self.providers.ssh.hosts.is_empty();
+        if !(self.default_provider == "local" || (self.default_provider == "ssh" && ssh_on)) {
             return Err(at(
                 "default_provider",
                 format!(
-                    "unknown provider `{}` (known: local)",
-                    self.default_provider
+                    "unknown provider `{}` (known: local{})",
+                    self.default_provider,
+                    if ssh_on { ", ssh" } else { "" }
                 ),
             ));
+        }
+        let mut names = std::collections::BTreeSet::new();
+        for h in &self.providers.ssh.hosts {
+            let ok = !h.name.is_empty()
+                && h.name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
+            if !ok || !names.insert(h.name.clone()) {
+                return Err(at(
+                    &h.name,
+                    format!(
+                        "ssh host name `{}` must be unique and use letters, digits, - _ .",
+                        h.name
+                    ),
+                ));
+            }
+            if !h.hourly_usd.is_finite() || h.hourly_usd < 0.0 || h.max_jobs == 0 {
+                return Err(at(
+                    &h.name,
+                    format!("ssh host `{}`: hourly_usd >= 0 and max_jobs >= 1", h.name),
+                ));
+            }
         }
         for (key, v) in [
             ("per_job_usd", self.budget.per_job_usd),

@@ -116,6 +116,15 @@ impl Engine {
                 Duration::from_secs(cfg.stop_grace_seconds),
             )),
         );
+        if !cfg.providers.ssh.hosts.is_empty() {
+            providers.insert(
+                "ssh".into(),
+                Arc::new(crate::provider::ssh::SshProvider::new(
+                    &data_dir,
+                    cfg.providers.ssh.clone(),
+                )),
+            );
+        }
         let (events, _) = broadcast::channel(4096);
         Ok(Engine {
             inner: Arc::new(Inner {
@@ -285,11 +294,11 @@ impl Engine {
             .context("instance vanished")
     }
 
-    pub fn remote_for(&self, inst: &InstanceRecord) -> Result<Arc<dyn Remote>> {
+    pub async fn remote_for(&self, inst: &InstanceRecord) -> Result<Arc<dyn Remote>> {
         if !inst.state.is_live() {
             bail!("instance {} is {}", inst.id, inst.state);
         }
-        self.provider(&inst.provider)?.remote(inst)
+        self.provider(&inst.provider)?.remote(inst).await
     }
 
     /// Ids the providers hold that the store does not know (or thinks are gone).
@@ -430,7 +439,7 @@ impl Engine {
         }
         let spec: JobSpec = serde_json::from_str(&job.spec_json).context("reading the job spec")?;
         let inst = self.job_instance(&job)?;
-        let remote = self.remote_for(&inst)?;
+        let remote = self.remote_for(&inst).await?;
         if self.cancelled_before_start(job_id)? {
             return Ok(JobState::Cancelled);
         }
@@ -523,7 +532,7 @@ impl Engine {
         dry_run: bool,
     ) -> Result<sync::SyncPlan> {
         let inst = self.store().find_instance(instance_key)?;
-        let remote = self.remote_for(&inst)?;
+        let remote = self.remote_for(&inst).await?;
         let name = project.name();
         let plan = sync::prepare(
             remote.as_ref(),
@@ -649,7 +658,7 @@ impl Engine {
             return Ok(JobState::Cancelled);
         };
         let inst = self.job_instance(&job)?;
-        let remote = self.provider(&inst.provider)?.remote(&inst)?;
+        let remote = self.provider(&inst.provider)?.remote(&inst).await?;
         self.store().mark_stop_sent(job_id)?;
         job::stop(remote.as_ref(), &att.remote_dir, self.grace()).await?;
         self.poll_job(job_id).await
@@ -718,12 +727,28 @@ impl Engine {
         };
         let inst = self.job_instance(&job)?;
         let provider = self.provider(&inst.provider)?;
-        let remote = match inst.state.is_live().then(|| provider.remote(&inst)) {
-            Some(Ok(r)) => r,
-            _ => {
-                return self
-                    .job_lost(&job, &inst, &att, "its machine is gone")
-                    .await;
+        if !inst.state.is_live() {
+            return self
+                .job_lost(&job, &inst, &att, "its machine is gone")
+                .await;
+        }
+        let remote = match provider.remote(&inst).await {
+            Ok(r) => {
+                if inst.error.is_some() {
+                    self.store().set_instance_error(&inst.id, None)?;
+                }
+                r
+            }
+            Err(e) => {
+                // Unreachable is not lost: only the provider saying it is gone makes it so.
+                if matches!(provider.describe(&inst).await, Ok(Observed::Gone)) {
+                    return self
+                        .job_lost(&job, &inst, &att, "its machine is gone")
+                        .await;
+                }
+                self.store()
+                    .set_instance_error(&inst.id, Some(&format!("unreachable: {e:#}")))?;
+                return Err(e.context(format!("reaching {} for job {job_id}", inst.id)));
             }
         };
         if job.cancel_requested {
@@ -934,7 +959,7 @@ impl Engine {
             .store()
             .instance(&att.instance_id)?
             .context("instance not in the store")?;
-        let remote = self.remote_for(&inst).with_context(|| {
+        let remote = self.remote_for(&inst).await.with_context(|| {
             format!("artifacts of {} are on {}, which is gone", job.id, inst.id)
         })?;
         let dest = dest.map_or_else(

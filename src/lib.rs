@@ -14,5 +14,6 @@ pub mod model;
 pub mod provider;
 pub mod remote;
 pub mod sanitize;
+pub mod ssh;
 pub mod store;
 pub mod tui;

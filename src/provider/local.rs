@@ -134,6 +134,7 @@ impl Provider for LocalProvider {
             instance_type: ty.to_string(),
             gpus: 0,
             spot: false,
+            accept_new_host_key: false,
             hourly: req
                 .hourly
                 .unwrap_or_else(|| Money::from_dollars_f64(self.cfg.hourly_usd)),
@@ -200,7 +201,7 @@ impl Provider for LocalProvider {
         Ok(ids)
     }
 
-    fn remote(&self, inst: &InstanceRecord) -> Result<Arc<dyn Remote>> {
+    async fn remote(&self, inst: &InstanceRecord) -> Result<Arc<dyn Remote>> {
         let home = self.home(&inst.id);
         if !home.is_dir() {
             bail!("sandbox {} is gone", inst.id);

@@ -3,6 +3,7 @@
 //! it gone, so a crash can never leave a billing machine nobody knows about.
 
 pub mod local;
+pub mod ssh;
 
 use crate::model::Money;
 use crate::remote::Remote;
@@ -20,6 +21,8 @@ pub struct LaunchRequest {
     pub spot: bool,
     /// Price override in dollars per hour (the local provider's pretend price).
     pub hourly: Option<Money>,
+    /// Trust and record the machine's host key if it has never been seen (SSH).
+    pub accept_new_host_key: bool,
 }
 
 /// A request checked against the provider's catalog, before any side effect.
@@ -29,6 +32,7 @@ pub struct Plan {
     pub gpus: u32,
     pub spot: bool,
     pub hourly: Money,
+    pub accept_new_host_key: bool,
 }
 
 /// What the provider says about a machine right now.
@@ -64,6 +68,6 @@ pub trait Provider: Send + Sync {
     /// Ids of every machine this provider holds for trainctl (to find orphans).
     async fn list(&self) -> Result<Vec<String>>;
 
-    /// A remote for a running instance.
-    fn remote(&self, inst: &InstanceRecord) -> Result<Arc<dyn Remote>>;
+    /// A remote for a running instance (connecting if the provider needs to).
+    async fn remote(&self, inst: &InstanceRecord) -> Result<Arc<dyn Remote>>;
 }

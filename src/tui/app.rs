@@ -1227,6 +1227,7 @@ impl App {
             gpus: None,
             spot,
             hourly: None,
+            accept_new_host_key: false,
         }
     }
 

@@ -290,6 +290,7 @@ fn launch_form_validates_as_you_type_and_submits_only_when_valid() {
                 gpus: None,
                 spot: false,
                 hourly: None,
+                accept_new_host_key: false,
             }
         }]
     );

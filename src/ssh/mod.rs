@@ -1,0 +1,4 @@
+//! SSH: `~/.ssh/config` resolution ([`config`]) and the russh-based remote ([`remote`]).
+
+pub mod config;
+pub mod remote;

@@ -1,0 +1,655 @@
+//! The SSH remote (russh): one connection per machine, multiplexing a channel per command;
+//! host keys verified against `~/.ssh/known_hosts` (hashed entries too) and trainctl's own
+//! file; agent keys first, then key files. A dropped connection is re-opened with jittered
+//! backoff and the operation retried.
+
+use super::config::{HostConfig, SshConfig, expand, home};
+use crate::remote::{ExecOutput, Fetched, Remote, safe_join, sh_quote};
+use anyhow::{Context, Result, anyhow, bail};
+use async_trait::async_trait;
+use russh::ChannelMsg;
+use russh::client;
+use russh::keys::{HashAlg, PrivateKeyWithHashAlg, PublicKey, PublicKeyOrCertificate};
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::io::AsyncWriteExt;
+use tokio::sync::mpsc;
+
+/// How host keys are trusted.
+#[derive(Debug, Clone)]
+pub struct HostKeyPolicy {
+    /// The user's files, read only (`~/.ssh/known_hosts`, `UserKnownHostsFile`).
+    pub user_files: Vec<PathBuf>,
+    /// trainctl's own file: read, and written when a first-seen key is accepted.
+    pub own_file: PathBuf,
+    /// Accept and record a key never seen before (a flag or config option, never a default).
+    pub accept_new: bool,
+}
+
+/// Everything needed to reach one machine.
+#[derive(Debug, Clone)]
+pub struct SshTarget {
+    /// What the user wrote (an ssh_config alias or an address).
+    pub alias: String,
+    pub hostname: String,
+    pub port: u16,
+    pub user: String,
+    pub identity_files: Vec<PathBuf>,
+    pub identities_only: bool,
+    pub proxy_command: Option<String>,
+    pub keepalive: Option<Duration>,
+    pub keepalive_max: usize,
+    pub policy: HostKeyPolicy,
+}
+
+impl SshTarget {
+    /// Resolve `alias` through the ssh config; explicit `user`/`port` win over the file.
+    pub fn resolve(
+        alias: &str,
+        user: Option<&str>,
+        port: Option<u16>,
+        identity: Option<&Path>,
+        ssh_config: &SshConfig,
+        own_known_hosts: &Path,
+        accept_new: bool,
+    ) -> SshTarget {
+        let h: HostConfig = ssh_config.resolve(alias);
+        let local_user = std::env::var("USER").unwrap_or_else(|_| "root".into());
+        let user = user
+            .map(str::to_string)
+            .or(h.user.clone())
+            .unwrap_or(local_user);
+        let port = port.or(h.port).unwrap_or(22);
+        let hostname = h
+            .hostname
+            .as_deref()
+            .map_or_else(|| alias.to_string(), |n| expand(n, alias, port, &user));
+        let mut identity_files: Vec<PathBuf> =
+            identity.map(Path::to_path_buf).into_iter().collect();
+        identity_files.extend(
+            h.identity_files
+                .iter()
+                .map(|f| PathBuf::from(expand(f, &hostname, port, &user))),
+        );
+        if identity_files.is_empty() {
+            for d in ["id_ed25519", "id_ecdsa", "id_rsa"] {
+                identity_files.push(home().join(".ssh").join(d));
+            }
+        }
+        let proxy_command = match (&h.proxy_command, &h.proxy_jump) {
+            (Some(c), _) if c != "none" => Some(expand(c, &hostname, port, &user)),
+            // ProxyJump through the OpenSSH client's -W, the same hop OpenSSH makes.
+            (_, Some(j)) if j != "none" => Some(format!(
+                "ssh -W {}:{} {}",
+                sh_quote(&hostname),
+                port,
+                sh_quote(j)
+            )),
+            _ => None,
+        };
+        let mut user_files: Vec<PathBuf> = h
+            .user_known_hosts_files
+            .iter()
+            .map(|f| PathBuf::from(expand(f, &hostname, port, &user)))
+            .collect();
+        if user_files.is_empty() {
+            user_files.push(home().join(".ssh/known_hosts"));
+        }
+        SshTarget {
+            alias: alias.to_string(),
+            hostname,
+            port,
+            user,
+            identity_files,
+            identities_only: h.identities_only.unwrap_or(false),
+            proxy_command,
+            keepalive: h
+                .server_alive_interval
+                .filter(|s| *s > 0)
+                .map(Duration::from_secs),
+            keepalive_max: h.server_alive_count_max.unwrap_or(3),
+            policy: HostKeyPolicy {
+                user_files,
+                own_file: own_known_hosts.to_path_buf(),
+                accept_new,
+            },
+        }
+    }
+}
+
+/// The handler russh calls with the server's key.
+struct Verifier {
+    host: String,
+    port: u16,
+    policy: HostKeyPolicy,
+    refusal: Arc<Mutex<Option<String>>>,
+}
+
+fn fingerprint(key: &PublicKey) -> String {
+    key.fingerprint(HashAlg::Sha256).to_string()
+}
+
+impl Verifier {
+    fn verify(&self, key: &PublicKey) -> Result<bool, String> {
+        let files = self
+            .policy
+            .user_files
+            .iter()
+            .chain(std::iter::once(&self.policy.own_file));
+        for f in files {
+            if !f.exists() {
+                continue;
+            }
+            match russh::keys::check_known_hosts_path(&self.host, self.port, key, f) {
+                Ok(true) => return Ok(true),
+                Ok(false) => {}
+                Err(russh::keys::Error::KeyChanged { line }) => {
+                    return Err(format!(
+                        "HOST KEY CHANGED for {}:{} (now {}; {} line {line} has another). This may be an attack; \
+                         if the machine was rebuilt, delete that line and connect again",
+                        self.host,
+                        self.port,
+                        fingerprint(key),
+                        f.display()
+                    ));
+                }
+                Err(_) => {}
+            }
+        }
+        if self.policy.accept_new {
+            russh::keys::known_hosts::learn_known_hosts_path(
+                &self.host,
+                self.port,
+                key,
+                &self.policy.own_file,
+            )
+            .map_err(|e| {
+                format!(
+                    "recording the host key in {}: {e}",
+                    self.policy.own_file.display()
+                )
+            })?;
+            tracing::info!(
+                "accepted new host key {} for {}:{}",
+                fingerprint(key),
+                self.host,
+                self.port
+            );
+            return Ok(true);
+        }
+        Err(format!(
+            "unknown host key for {}:{} ({}). Check the fingerprint, then accept it with \
+             --accept-new-host-key (or accept_new_host_keys = true for this provider); it is recorded in {}",
+            self.host,
+            self.port,
+            fingerprint(key),
+            self.policy.own_file.display()
+        ))
+    }
+}
+
+impl client::Handler for Verifier {
+    type Error = russh::Error;
+
+    async fn check_server_key(
+        &mut self,
+        key: &PublicKeyOrCertificate,
+    ) -> Result<bool, Self::Error> {
+        let PublicKeyOrCertificate::PublicKey { key, .. } = key else {
+            *self.refusal.lock().unwrap_or_else(|p| p.into_inner()) =
+                Some("host certificates are not supported; add the host key to known_hosts".into());
+            return Ok(false);
+        };
+        match self.verify(key) {
+            Ok(ok) => Ok(ok),
+            Err(why) => {
+                *self.refusal.lock().unwrap_or_else(|p| p.into_inner()) = Some(why);
+                Ok(false)
+            }
+        }
+    }
+}
+
+type Conn = Arc<client::Handle<Verifier>>;
+
+pub struct SshRemote {
+    target: SshTarget,
+    conn: tokio::sync::Mutex<Option<Conn>>,
+    root: String,
+}
+
+impl std::fmt::Debug for SshRemote {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "SshRemote({}@{}:{})",
+            self.target.user, self.target.hostname, self.target.port
+        )
+    }
+}
+
+async fn open_connection(t: &SshTarget) -> Result<Conn> {
+    let config = Arc::new(client::Config {
+        keepalive_interval: Some(t.keepalive.unwrap_or(Duration::from_secs(15))),
+        keepalive_max: t.keepalive_max,
+        ..Default::default()
+    });
+    let refusal = Arc::new(Mutex::new(None));
+    let verifier = Verifier {
+        host: t.hostname.clone(),
+        port: t.port,
+        policy: t.policy.clone(),
+        refusal: refusal.clone(),
+    };
+    let connected = match &t.proxy_command {
+        Some(cmd) => {
+            let mut child = tokio::process::Command::new("sh")
+                .arg("-c")
+                .arg(cmd)
+                .stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::null())
+                .kill_on_drop(true)
+                .spawn()
+                .with_context(|| format!("starting ProxyCommand `{cmd}`"))?;
+            let stream = tokio::io::join(
+                child.stdout.take().context("ProxyCommand stdout")?,
+                child.stdin.take().context("ProxyCommand stdin")?,
+            );
+            // The proxy lives as long as the connection's task holds the stream.
+            tokio::spawn(async move {
+                let _ = child.wait().await;
+            });
+            client::connect_stream(config, stream, verifier).await
+        }
+        None => {
+            let addr = (t.hostname.as_str(), t.port);
+            tokio::time::timeout(
+                Duration::from_secs(20),
+                client::connect(config, addr, verifier),
+            )
+            .await
+            .map_err(|_| anyhow!("connecting to {}:{} timed out", t.hostname, t.port))?
+        }
+    };
+    let mut handle = match connected {
+        Ok(h) => h,
+        Err(e) => {
+            if let Some(why) = refusal.lock().unwrap_or_else(|p| p.into_inner()).take() {
+                bail!("{why}");
+            }
+            return Err(anyhow!("connecting to {}:{}: {e}", t.hostname, t.port));
+        }
+    };
+    authenticate(&mut handle, t).await?;
+    Ok(Arc::new(handle))
+}
+
+async fn authenticate(handle: &mut client::Handle<Verifier>, t: &SshTarget) -> Result<()> {
+    let mut tried = Vec::new();
+    // ssh-agent keys first (unless IdentitiesOnly).
+    if !t.identities_only
+        && std::env::var_os("SSH_AUTH_SOCK").is_some()
+        && let Ok(mut agent) = russh::keys::agent::client::AgentClient::connect_env().await
+    {
+        let ids = agent.request_identities().await.unwrap_or_default();
+        for id in ids {
+            let russh::keys::agent::AgentIdentity::PublicKey { key, comment } = id else {
+                continue;
+            };
+            let hash = handle
+                .best_supported_rsa_hash()
+                .await
+                .ok()
+                .flatten()
+                .flatten();
+            match handle
+                .authenticate_publickey_with(&t.user, key, hash, &mut agent)
+                .await
+            {
+                Ok(r) if r.success() => return Ok(()),
+                _ => tried.push(format!("agent key {comment}")),
+            }
+        }
+    }
+    for path in &t.identity_files {
+        if !path.exists() {
+            continue;
+        }
+        let key = match russh::keys::load_secret_key(path, None) {
+            Ok(k) => k,
+            Err(e) => {
+                let msg = e.to_string();
+                if msg.to_lowercase().contains("encrypted") || msg.contains("passphrase") {
+                    bail!(
+                        "{} is protected by a passphrase: add it to ssh-agent (`ssh-add {}`) so trainctl can use it",
+                        path.display(),
+                        path.display()
+                    );
+                }
+                tried.push(format!("{} (unreadable: {msg})", path.display()));
+                continue;
+            }
+        };
+        let hash = handle
+            .best_supported_rsa_hash()
+            .await
+            .ok()
+            .flatten()
+            .flatten();
+        let r = handle
+            .authenticate_publickey(&t.user, PrivateKeyWithHashAlg::new(Arc::new(key), hash))
+            .await?;
+        if r.success() {
+            return Ok(());
+        }
+        tried.push(path.display().to_string());
+    }
+    bail!(
+        "{}@{}:{} refused every key (tried: {})",
+        t.user,
+        t.hostname,
+        t.port,
+        if tried.is_empty() {
+            "none found".into()
+        } else {
+            tried.join(", ")
+        }
+    )
+}
+
+impl SshRemote {
+    /// Connect (verifying the host key, authenticating) and learn the remote home.
+    /// `root` overrides trainctl's directory there (default `$HOME/.trainctl`).
+    pub async fn connect(target: SshTarget, root: Option<&str>) -> Result<SshRemote> {
+        let conn = open_connection(&target).await?;
+        let mut r = SshRemote {
+            target,
+            conn: tokio::sync::Mutex::new(Some(conn)),
+            root: String::new(),
+        };
+        let home = r.exec_raw("printf %s \"$HOME\"", None, None).await?;
+        let home = String::from_utf8_lossy(&home.stdout).trim().to_string();
+        if home.is_empty() || !home.starts_with('/') {
+            bail!(
+                "{}: could not learn the remote home directory",
+                r.target.alias
+            );
+        }
+        r.root = match root {
+            Some(p) if p.starts_with('/') => p.trim_end_matches('/').to_string(),
+            Some(p) => format!("{home}/{}", p.trim_end_matches('/')),
+            None => format!("{home}/.trainctl"),
+        };
+        Ok(r)
+    }
+
+    pub fn target(&self) -> &SshTarget {
+        &self.target
+    }
+
+    /// The live connection, re-opened with jittered backoff when it dropped.
+    async fn handle(&self, fresh: bool) -> Result<Conn> {
+        let mut guard = self.conn.lock().await;
+        if !fresh
+            && let Some(c) = guard.as_ref()
+            && !c.is_closed()
+        {
+            return Ok(c.clone());
+        }
+        *guard = None;
+        let mut delay = 200u64;
+        let mut last = None;
+        for attempt in 0..6 {
+            match open_connection(&self.target).await {
+                Ok(c) => {
+                    *guard = Some(c.clone());
+                    return Ok(c);
+                }
+                Err(e) => {
+                    let msg = e.to_string();
+                    // A key problem will not fix itself: say so now.
+                    if msg.contains("host key")
+                        || msg.contains("refused every key")
+                        || msg.contains("passphrase")
+                    {
+                        return Err(e);
+                    }
+                    tracing::warn!("reconnect {} attempt {attempt}: {e:#}", self.target.alias);
+                    last = Some(e);
+                }
+            }
+            let jitter = (crate::model::now_ms() as u64 * 7919) % (delay / 2 + 1);
+            tokio::time::sleep(Duration::from_millis(delay + jitter)).await;
+            delay = (delay * 2).min(5000);
+        }
+        Err(last.unwrap_or_else(|| anyhow!("cannot reach {}", self.target.alias)))
+    }
+
+    /// Run `script` under `sh -c`, with optional stdin, streaming stdout to `sink` when given.
+    /// Retried once on a fresh connection when the channel cannot be opened.
+    async fn exec_raw(
+        &self,
+        script: &str,
+        stdin: Option<&[u8]>,
+        sink: Option<&mpsc::Sender<Vec<u8>>>,
+    ) -> Result<ExecOutput> {
+        let command = format!("sh -c {}", sh_quote(script));
+        let mut fresh = false;
+        let mut channel = loop {
+            let conn = self.handle(fresh).await?;
+            match conn.channel_open_session().await {
+                Ok(c) => break c,
+                Err(e) if !fresh => {
+                    tracing::warn!("{}: channel failed ({e}); reconnecting", self.target.alias);
+                    fresh = true;
+                }
+                Err(e) => return Err(anyhow!("{}: opening a channel: {e}", self.target.alias)),
+            }
+        };
+        channel.exec(true, command.as_bytes()).await?;
+        if let Some(data) = stdin {
+            channel.data(data).await?;
+        }
+        channel.eof().await?;
+        let mut out = ExecOutput::default();
+        let mut status = None;
+        while let Some(msg) = channel.wait().await {
+            match msg {
+                ChannelMsg::Data { data } => match sink {
+                    Some(s) => {
+                        if s.send(data.to_vec()).await.is_err() {
+                            let _ = channel.close().await;
+                            break;
+                        }
+                    }
+                    None => out.stdout.extend_from_slice(&data),
+                },
+                ChannelMsg::ExtendedData { data, .. } => out.stderr.extend_from_slice(&data),
+                ChannelMsg::ExitStatus { exit_status } => status = Some(exit_status as i32),
+                ChannelMsg::ExitSignal { .. } => status = status.or(Some(128 + 9)),
+                _ => {}
+            }
+        }
+        out.status = status.ok_or_else(|| {
+            anyhow!(
+                "{}: the connection dropped before the command ended",
+                self.target.alias
+            )
+        })?;
+        Ok(out)
+    }
+
+    /// Like `exec_raw`, retried on a new connection if the connection dropped mid-way.
+    /// Only for commands that are safe to run twice.
+    async fn exec_idempotent(&self, script: &str) -> Result<ExecOutput> {
+        match self.exec_raw(script, None, None).await {
+            Ok(o) => Ok(o),
+            Err(e) if e.to_string().contains("dropped") => {
+                let _ = self.handle(true).await?;
+                self.exec_raw(script, None, None).await
+            }
+            Err(e) => Err(e),
+        }
+    }
+}
+
+#[async_trait]
+impl Remote for SshRemote {
+    fn root(&self) -> &str {
+        &self.root
+    }
+
+    async fn exec(&self, script: &str) -> Result<ExecOutput> {
+        self.exec_raw(script, None, None).await
+    }
+
+    async fn exec_stream(&self, script: &str, sink: mpsc::Sender<Vec<u8>>) -> Result<i32> {
+        Ok(self.exec_raw(script, None, Some(&sink)).await?.status)
+    }
+
+    async fn write_file(&self, path: &str, data: &[u8], mode: u32) -> Result<()> {
+        let tmp = format!("{path}.trainctl-part");
+        let script = format!(
+            "mkdir -p \"$(dirname {p})\" && cat > {t} && chmod {m:o} {t} && mv -f {t} {p}",
+            p = sh_quote(path),
+            t = sh_quote(&tmp),
+            m = mode
+        );
+        self.exec_raw(&script, Some(data), None)
+            .await?
+            .check(&format!("writing {path}"))?;
+        Ok(())
+    }
+
+    async fn put_files(
+        &self,
+        local_root: &Path,
+        rels: &[String],
+        remote_root: &str,
+    ) -> Result<u64> {
+        // One tar stream for every file: one round trip, permissions kept.
+        for r in rels {
+            safe_join(Path::new("/x"), r)?;
+        }
+        let root = local_root.to_path_buf();
+        let list = rels.to_vec();
+        let (archive, bytes) = tokio::task::spawn_blocking(move || -> Result<(Vec<u8>, u64)> {
+            let mut b = tar::Builder::new(Vec::new());
+            b.mode(tar::HeaderMode::Complete);
+            b.follow_symlinks(false);
+            let mut total = 0;
+            for rel in &list {
+                let p = root.join(rel);
+                total += std::fs::metadata(&p)?.len();
+                b.append_path_with_name(&p, rel)
+                    .with_context(|| format!("packing {rel}"))?;
+            }
+            Ok((b.into_inner()?, total))
+        })
+        .await??;
+        let script = format!(
+            "mkdir -p {r} && tar -x -p -m --no-same-owner -f - -C {r}",
+            r = sh_quote(remote_root)
+        );
+        self.exec_raw(&script, Some(&archive), None)
+            .await?
+            .check("unpacking files on the machine")?;
+        Ok(bytes)
+    }
+
+    async fn get(&self, path: &str, dest: &Path) -> Result<Fetched> {
+        let q = sh_quote(path);
+        // Size and checksum first, then the bytes (resuming a partial download).
+        let info = self
+            .exec_idempotent(&format!(
+                "wc -c < {q} && (sha256sum {q} 2>/dev/null || shasum -a 256 {q} 2>/dev/null || echo -)"
+            ))
+            .await?
+            .check(&format!("reading {path}"))?;
+        let text = info.stdout_str();
+        let mut lines = text.lines();
+        let size: u64 = lines
+            .next()
+            .and_then(|l| l.trim().parse().ok())
+            .ok_or_else(|| anyhow!("cannot read the size of {path}"))?;
+        let remote_sha = lines
+            .next()
+            .and_then(|l| l.split_whitespace().next())
+            .filter(|s| s.len() == 64)
+            .map(str::to_string);
+        let parent = dest.parent().context("destination has no parent")?;
+        tokio::fs::create_dir_all(parent).await?;
+        let name = dest
+            .file_name()
+            .context("no file name")?
+            .to_string_lossy()
+            .into_owned();
+        let part = parent.join(format!(".{name}.trainctl-part"));
+        let have = tokio::fs::metadata(&part)
+            .await
+            .map(|m| m.len())
+            .unwrap_or(0);
+        let have = if have > size { 0 } else { have };
+        if have < size {
+            let mut f = tokio::fs::OpenOptions::new()
+                .create(true)
+                .append(have > 0)
+                .write(true)
+                .truncate(have == 0)
+                .open(&part)
+                .await?;
+            let out = self
+                .exec_raw(&format!("tail -c +{} {q}", have + 1), None, None)
+                .await?
+                .check(&format!("downloading {path}"))?;
+            f.write_all(&out.stdout).await?;
+            f.flush().await?;
+        }
+        let part2 = part.clone();
+        let (got, b3, sha) =
+            tokio::task::spawn_blocking(move || -> Result<(u64, String, String)> {
+                use sha2::Digest;
+                let data = std::fs::read(&part2)?;
+                let sha: String = sha2::Sha256::digest(&data)
+                    .iter()
+                    .map(|b| format!("{b:02x}"))
+                    .collect();
+                Ok((
+                    data.len() as u64,
+                    blake3::hash(&data).to_hex().to_string(),
+                    sha,
+                ))
+            })
+            .await??;
+        if got != size || remote_sha.as_ref().is_some_and(|r| *r != sha) {
+            let _ = tokio::fs::remove_file(&part).await;
+            bail!(
+                "{path}: the download does not match the file on the machine (size {got} vs {size}); try again"
+            );
+        }
+        tokio::fs::rename(&part, dest).await?;
+        Ok(Fetched { size, blake3: b3 })
+    }
+
+    async fn read_range(&self, path: &str, offset: u64, max: usize) -> Result<Option<Vec<u8>>> {
+        let q = sh_quote(path);
+        let max = max.min(64 << 20);
+        let out = self
+            .exec_idempotent(&format!(
+                "[ -f {q} ] || exit 44; tail -c +{} {q} | head -c {max}",
+                offset + 1
+            ))
+            .await?;
+        match out.status {
+            44 => Ok(None),
+            0 => Ok(Some(out.stdout)),
+            _ => Err(anyhow!(
+                "reading {path}: {}",
+                crate::sanitize::sanitize_line(out.stderr.trim_ascii())
+            )),
+        }
+    }
+}
