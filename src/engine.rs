@@ -884,13 +884,38 @@ impl Engine {
     }
 
     /// Follow a job until it ends, calling `on_tick` after every poll.
+    /// One poll, retried with jittered backoff while the machine cannot be reached: a
+    /// dropped connection delays the follow, it never ends it. Errors about the job itself
+    /// (it vanished from the store) still return.
+    pub async fn poll_job_retrying(&self, job_id: &str) -> Result<JobState> {
+        let mut failures = 0u32;
+        loop {
+            match self.poll_job(job_id).await {
+                Ok(s) => return Ok(s),
+                Err(e) if self.store().job(job_id)?.is_none() => return Err(e),
+                Err(e) => {
+                    failures += 1;
+                    let base = (250u64 << failures.min(6)).min(10_000);
+                    let jitter = (now_ms() as u64).wrapping_mul(2_654_435_761) % (base / 2 + 1);
+                    tracing::warn!("job {job_id}: {e:#}; retrying in {} ms", base + jitter);
+                    self.emit(EngineEvent::Notice {
+                        job_id: Some(job_id.to_string()),
+                        message: format!("retrying: {e:#}"),
+                    });
+                    tokio::time::sleep(Duration::from_millis(base + jitter)).await;
+                }
+            }
+        }
+    }
+
+    /// Follow a job until it ends, calling `on_tick` after every poll.
     pub async fn follow_job(
         &self,
         job_id: &str,
         mut on_tick: impl FnMut(&Engine),
     ) -> Result<JobState> {
         loop {
-            let state = self.poll_job(job_id).await?;
+            let state = self.poll_job_retrying(job_id).await?;
             on_tick(self);
             if state.is_terminal() {
                 return Ok(state);
@@ -915,7 +940,7 @@ impl Engine {
                 engine.start_job(&id).await?;
             }
             loop {
-                let state = engine.poll_job(&id).await?;
+                let state = engine.poll_job_retrying(&id).await?;
                 if state.is_terminal() {
                     return Ok(state);
                 }

@@ -1,0 +1,322 @@
+//! SSH against a real OpenSSH sshd on 127.0.0.1: keys, host keys, ProxyCommand, quoting,
+//! files, the example job end to end, and log follow across killed connections.
+
+use crate::common::Env;
+use crate::sshd::Sshd;
+use std::path::Path;
+use trainctl::remote::Remote;
+use trainctl::ssh::config::SshConfig;
+use trainctl::ssh::remote::{SshRemote, SshTarget};
+
+fn target(sshd: &Sshd, known: &Path, accept_new: bool, cfg: &SshConfig, alias: &str) -> SshTarget {
+    SshTarget::resolve(
+        alias,
+        Some("root"),
+        Some(sshd.port),
+        Some(&sshd.client_key),
+        cfg,
+        known,
+        accept_new,
+    )
+}
+
+#[tokio::test]
+async fn ssh_remote_runs_quoted_commands_and_moves_files_with_checks() {
+    let sshd = Sshd::start();
+    let work = tempfile::tempdir().unwrap();
+    let known = work.path().join("known_hosts");
+    let root = work.path().join("remote/.trainctl");
+    let r = SshRemote::connect(
+        target(&sshd, &known, true, &SshConfig::default(), "127.0.0.1"),
+        Some(root.to_str().unwrap()),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.root(), root.to_str().unwrap());
+    // Arguments with spaces, quotes, `$`, backticks and newlines round-trip.
+    for s in [
+        "plain",
+        "with space",
+        "it's",
+        "$HOME `id` $(id)",
+        "new\nline",
+        "ünïcödé ✓",
+    ] {
+        let out = r
+            .exec(&format!("printf %s {}", trainctl::remote::sh_quote(s)))
+            .await
+            .unwrap();
+        assert_eq!(String::from_utf8(out.stdout).unwrap(), s);
+    }
+    let out = r.exec("echo err >&2; exit 3").await.unwrap();
+    assert_eq!((out.status, out.stderr.as_slice()), (3, &b"err\n"[..]));
+    // Files: one tar stream in, permissions kept; ranges; checked download.
+    let src = work.path().join("src");
+    std::fs::create_dir_all(src.join("dir with space")).unwrap();
+    std::fs::write(src.join("dir with space/ünï 'q'.py"), b"print('hi')\n").unwrap();
+    std::fs::write(src.join("empty"), b"").unwrap();
+    std::fs::write(src.join("run.sh"), b"#!/bin/sh\necho ok\n").unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(src.join("run.sh"), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let dest = format!("{}/code/p", r.root());
+    let rels: Vec<String> = ["dir with space/ünï 'q'.py", "empty", "run.sh"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    assert_eq!(r.put_files(&src, &rels, &dest).await.unwrap(), 30);
+    let out = r
+        .exec(&format!(
+            "cd {} && ./run.sh",
+            trainctl::remote::sh_quote(&dest)
+        ))
+        .await
+        .unwrap();
+    assert_eq!(out.stdout_str(), "ok\n");
+    let got = r
+        .read_range(&format!("{dest}/dir with space/ünï 'q'.py"), 5, 4)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(got, b"('hi");
+    assert!(
+        r.read_range(&format!("{dest}/nope"), 0, 10)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    let local = work.path().join("back/model.py");
+    let f = r
+        .get(&format!("{dest}/dir with space/ünï 'q'.py"), &local)
+        .await
+        .unwrap();
+    assert_eq!(
+        f.blake3,
+        blake3::hash(b"print('hi')\n").to_hex().to_string()
+    );
+    assert_eq!(std::fs::read(&local).unwrap(), b"print('hi')\n");
+    r.write_file(&format!("{dest}/w/x.txt"), b"abc", 0o600)
+        .await
+        .unwrap();
+    assert_eq!(std::fs::read(root.join("code/p/w/x.txt")).unwrap(), b"abc");
+    // A streamed command delivers its output as it comes.
+    let (tx, mut rx) = tokio::sync::mpsc::channel(8);
+    let status = r.exec_stream("echo a; echo b; exit 5", tx).await.unwrap();
+    let mut all = Vec::new();
+    while let Some(c) = rx.recv().await {
+        all.extend(c);
+    }
+    assert_eq!((status, all.as_slice()), (5, &b"a\nb\n"[..]));
+}
+
+#[tokio::test]
+async fn unknown_host_key_is_refused_then_accepted_on_request_and_remembered() {
+    let sshd = Sshd::start();
+    let work = tempfile::tempdir().unwrap();
+    let known = work.path().join("known_hosts");
+    let cfg = SshConfig::default();
+    let err = SshRemote::connect(target(&sshd, &known, false, &cfg, "127.0.0.1"), None)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("unknown host key") && err.contains("SHA256:"),
+        "{err}"
+    );
+    assert!(!known.exists(), "nothing may be recorded without consent");
+    SshRemote::connect(target(&sshd, &known, true, &cfg, "127.0.0.1"), None)
+        .await
+        .unwrap();
+    let recorded = std::fs::read_to_string(&known).unwrap();
+    assert!(
+        recorded.contains(&format!("[127.0.0.1]:{}", sshd.port)),
+        "{recorded}"
+    );
+    // Known now: no flag needed.
+    SshRemote::connect(target(&sshd, &known, false, &cfg, "127.0.0.1"), None)
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn changed_host_key_is_refused_even_with_accept_new() {
+    let sshd = Sshd::start();
+    let work = tempfile::tempdir().unwrap();
+    let known = work.path().join("known_hosts");
+    // Record another key for this host:port, as if the machine had been replaced.
+    let other = std::fs::read_to_string(sshd.dir.path().join("client_key.pub")).unwrap();
+    std::fs::write(&known, format!("[127.0.0.1]:{} {}", sshd.port, other)).unwrap();
+    let err = SshRemote::connect(
+        target(&sshd, &known, true, &SshConfig::default(), "127.0.0.1"),
+        None,
+    )
+    .await
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("HOST KEY CHANGED") && err.contains("line 1"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn ssh_config_alias_with_proxy_command_reaches_the_host() {
+    let sshd = Sshd::start();
+    let work = tempfile::tempdir().unwrap();
+    let known = work.path().join("known_hosts");
+    let cfg = SshConfig::parse(&format!(
+        "Host lab-*\n  HostName 127.0.0.1\n  Port {}\n  User root\n  IdentityFile {}\n  IdentitiesOnly yes\n  \
+         ProxyCommand bash -c 'exec 3<>/dev/tcp/%h/%p; cat <&3 & cat >&3'\n",
+        sshd.port,
+        sshd.client_key.display()
+    ));
+    let t = SshTarget::resolve("lab-gpu", None, None, None, &cfg, &known, true);
+    assert!(
+        t.proxy_command
+            .as_deref()
+            .unwrap()
+            .contains(&format!("/dev/tcp/127.0.0.1/{}", sshd.port))
+    );
+    let r = SshRemote::connect(t, None).await.unwrap();
+    assert_eq!(
+        r.exec("echo via-proxy").await.unwrap().stdout_str(),
+        "via-proxy\n"
+    );
+}
+
+fn ssh_env(sshd: &Sshd, extra: &str, step_sleep: &str) -> Env {
+    let remote_dir = tempfile::tempdir().unwrap().keep();
+    Env::new(
+        &format!(
+            "[providers.ssh]\n\
+             [[providers.ssh.hosts]]\nname = \"lab1\"\naddress = \"127.0.0.1\"\nuser = \"root\"\nport = {}\n\
+             identity_file = \"{}\"\ngpus = 0\nhourly_usd = 36.0\nremote_dir = \"{}/.trainctl\"\n{extra}",
+            sshd.port,
+            sshd.client_key.display(),
+            remote_dir.display()
+        ),
+        step_sleep,
+    )
+}
+
+#[test]
+fn example_job_end_to_end_over_ssh() {
+    let sshd = Sshd::start();
+    let env = ssh_env(&sshd, "", "0.005");
+    // Unknown host: refused, nothing held.
+    let out = env.run(&["launch", "--provider", "ssh"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown host key"));
+    assert!(env.json(&["ls"]).as_array().unwrap().is_empty());
+    let inst = env.json(&["launch", "--provider", "ssh", "--accept-new-host-key"]);
+    let id = inst["id"].as_str().unwrap().to_string();
+    assert_eq!(inst["instance_type"], "lab1");
+    // The host is held: a second launch finds no free host.
+    let busy = env.run(&["launch", "--provider", "ssh"]);
+    assert!(
+        String::from_utf8_lossy(&busy.stderr).contains("busy"),
+        "{}",
+        String::from_utf8_lossy(&busy.stderr)
+    );
+
+    let run = env.json(&["run", "--instance", &id]);
+    assert_eq!(run["state"], "succeeded", "{run}");
+    let job = run["job_id"].as_str().unwrap();
+    let local_model = env
+        .project
+        .join("trainctl-out")
+        .join(job)
+        .join("model.json");
+    let model: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&local_model).unwrap()).unwrap();
+    let art = run["artifacts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["path"] == "model.json")
+        .unwrap();
+    assert_eq!(
+        art["blake3"].as_str().unwrap(),
+        blake3::hash(&std::fs::read(&local_model).unwrap())
+            .to_hex()
+            .to_string()
+    );
+    let fl = env.json(&["metrics", job, "--name", "final_loss"]);
+    assert_eq!(fl[0]["value"].as_f64(), model["final_loss"].as_f64());
+    assert_eq!(
+        env.json(&["metrics", job, "--name", "lr"])
+            .as_array()
+            .unwrap()
+            .len(),
+        80
+    );
+    // An unchanged tree syncs nothing the second time.
+    let again = env.json(&["sync", "--instance", &id]);
+    assert!(again["upload"].as_array().unwrap().is_empty(), "{again}");
+    env.ok(&["terminate", &id]);
+    let all = env.json(&["ls", "--all"]);
+    assert_eq!(all[0]["state"], "terminated");
+    // Released: the host can be taken again.
+    let again = env.json(&["launch", "--provider", "ssh"]);
+    env.ok(&["terminate", again["id"].as_str().unwrap()]);
+}
+
+#[test]
+fn follow_survives_killed_connections_with_no_line_lost_or_repeated() {
+    let sshd = Sshd::start();
+    let env = ssh_env(&sshd, "", "0.03");
+    let id = env.json(&["launch", "--provider", "ssh", "--accept-new-host-key"])["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let toml = env.project.join("trainctl.toml");
+    let text = std::fs::read_to_string(&toml)
+        .unwrap()
+        .replace("--epochs 5", "--epochs 6");
+    std::fs::write(&toml, text).unwrap();
+    let job = env
+        .ok(&["run", "--instance", &id, "--detach"])
+        .trim()
+        .to_string();
+    let follower = env
+        .cmd(&["logs", "-f", &job])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Kill every server-side connection, again and again, while the job runs (and the
+    // follower is mid-read), then let it finish.
+    let mut kills = 0;
+    for _ in 0..8 {
+        std::thread::sleep(std::time::Duration::from_millis(350));
+        sshd.kill_sessions();
+        kills += 1;
+    }
+    let out = follower.wait_with_output().unwrap();
+    assert!(kills >= 3, "the connection was killed only {kills} times");
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    let steps: Vec<u32> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("step="))
+        .map(|l| l.split(' ').next().unwrap().parse().unwrap())
+        .collect();
+    assert_eq!(
+        steps,
+        (1..=96).collect::<Vec<_>>(),
+        "lines lost or repeated"
+    );
+    let lr = env.json(&["metrics", &job, "--name", "lr"]);
+    let metric_steps: Vec<i64> = lr
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["step"].as_i64().unwrap())
+        .collect();
+    assert_eq!(metric_steps, (1..=96).collect::<Vec<_>>());
+    env.ok(&["terminate", &id]);
+}
