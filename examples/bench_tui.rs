@@ -59,6 +59,7 @@ fn big_snapshot() -> Snapshot {
                 instance_type: "local".into(),
                 spot: i % 3 == 0,
                 gpus: (i % 9) as u32,
+                gpu_info: None,
                 state: if i % 4 == 0 {
                     InstanceState::Terminated
                 } else {

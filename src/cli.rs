@@ -451,12 +451,25 @@ async fn ls(engine: &Engine, all: bool, json: bool) -> Result<i32> {
                 fmt_duration(up),
                 i.hourly.to_string(),
                 crate::cost::instance_cost(i, now).to_string(),
+                match (&i.error, i.state.is_live()) {
+                    (Some(e), true) => format!("ERROR: {e}"),
+                    _ => i.gpu_info.clone().unwrap_or_else(|| "-".into()),
+                },
             ]
         })
         .collect();
     table(
         &[
-            "ID", "NAME", "PROVIDER", "TYPE", "STATE", "MARKET", "UPTIME", "$/H", "COST",
+            "ID",
+            "NAME",
+            "PROVIDER",
+            "TYPE",
+            "STATE",
+            "MARKET",
+            "UPTIME",
+            "$/H",
+            "COST",
+            "GPUS / HEALTH",
         ],
         &rows,
     );

@@ -220,6 +220,7 @@ mod tests {
             instance_type: "local".into(),
             spot: false,
             gpus: 0,
+            gpu_info: None,
             state: if terminated.is_some() {
                 InstanceState::Terminated
             } else {

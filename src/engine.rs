@@ -207,6 +207,7 @@ impl Engine {
             instance_type: plan.instance_type.clone(),
             spot: plan.spot,
             gpus: plan.gpus,
+            gpu_info: None,
             state: InstanceState::Pending,
             hourly: plan.hourly,
             created_ms: now_ms(),
@@ -220,6 +221,11 @@ impl Engine {
             Ok(address) => {
                 self.store()
                     .mark_instance_running(&id, &address, now_ms())?;
+                let inst = self.store().instance(&id)?;
+                if let Some(inst) = inst {
+                    let info = self.gpu_facts(&inst).await;
+                    self.store().set_gpu_info(&id, &info)?;
+                }
                 self.emit(EngineEvent::Instance {
                     id: id.clone(),
                     state: InstanceState::Running,
@@ -299,6 +305,27 @@ impl Engine {
             bail!("instance {} is {}", inst.id, inst.state);
         }
         self.provider(&inst.provider)?.remote(inst).await
+    }
+
+    /// What the machine says about its GPUs: `2x NVIDIA A100-SXM4-80GB (81920 MiB)`,
+    /// `no GPU`, or why it could not be asked.
+    pub async fn gpu_facts(&self, inst: &InstanceRecord) -> String {
+        let script = "if command -v nvidia-smi >/dev/null 2>&1; then \
+                      nvidia-smi --query-gpu=name,memory.total --format=csv,noheader 2>&1 | head -n 64; \
+                      else echo 'no GPU'; fi";
+        let asked = async {
+            let r = self.remote_for(inst).await?;
+            r.exec(script).await
+        };
+        match tokio::time::timeout(Duration::from_secs(15), asked).await {
+            Ok(Ok(out)) if out.success() => summarize_gpus(&out.stdout_str()),
+            Ok(Ok(out)) => format!(
+                "nvidia-smi failed: {}",
+                crate::sanitize::sanitize_line(out.stderr.trim_ascii())
+            ),
+            Ok(Err(e)) => format!("unknown ({e:#})"),
+            Err(_) => "unknown (timed out)".into(),
+        }
     }
 
     /// Ids the providers hold that the store does not know (or thinks are gone).
@@ -1087,6 +1114,39 @@ impl Engine {
     }
 }
 
+/// `2x NVIDIA A100 (81920 MiB), 1x T4 (15360 MiB)` from nvidia-smi CSV lines.
+pub fn summarize_gpus(csv: &str) -> String {
+    let mut counts: Vec<(String, usize)> = Vec::new();
+    for line in csv
+        .lines()
+        .map(|l| crate::sanitize::sanitize_line(l.as_bytes()))
+    {
+        let line = line.trim().to_string();
+        if line.is_empty() {
+            continue;
+        }
+        if line == "no GPU" {
+            return line;
+        }
+        let desc = match line.split_once(',') {
+            Some((name, mem)) => format!("{} ({})", name.trim(), mem.trim()),
+            None => line,
+        };
+        match counts.iter_mut().find(|(d, _)| *d == desc) {
+            Some((_, n)) => *n += 1,
+            None => counts.push((desc, 1)),
+        }
+    }
+    if counts.is_empty() {
+        return "no GPU".into();
+    }
+    counts
+        .iter()
+        .map(|(d, n)| format!("{n}x {d}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// Lines as a terminal would show them: split on `\n`, a `\r` rewrite keeps only its last
 /// non-empty part, control sequences stripped.
 pub fn display_lines(chunk: &[u8]) -> Vec<String> {
@@ -1118,6 +1178,18 @@ pub fn pid_alive(pid: i64) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn gpu_summary() {
+        assert_eq!(
+            summarize_gpus(
+                "NVIDIA A100-SXM4-80GB, 81920 MiB\nNVIDIA A100-SXM4-80GB, 81920 MiB\nTesla T4, 15360 MiB\n"
+            ),
+            "2x NVIDIA A100-SXM4-80GB (81920 MiB), 1x Tesla T4 (15360 MiB)"
+        );
+        assert_eq!(summarize_gpus("no GPU\n"), "no GPU");
+        assert_eq!(summarize_gpus("\x1b[31mX\x1b[0m, 1 MiB"), "1x X (1 MiB)");
+    }
 
     #[test]
     fn display_lines_shows_what_a_terminal_shows() {

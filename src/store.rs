@@ -100,6 +100,8 @@ const MIGRATIONS: &[&str] = &[
     );",
     // 2: GPUs per instance (shown in the cockpit; the local provider has none).
     "ALTER TABLE instances ADD COLUMN gpus INTEGER NOT NULL DEFAULT 0;",
+    // 3: what the machine says about its GPUs (nvidia-smi), or "no GPU".
+    "ALTER TABLE instances ADD COLUMN gpu_info TEXT;",
 ];
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -110,6 +112,8 @@ pub struct InstanceRecord {
     pub instance_type: String,
     pub spot: bool,
     pub gpus: u32,
+    /// The machine's own account of its GPUs (`nvidia-smi`), once asked.
+    pub gpu_info: Option<String>,
     pub state: InstanceState,
     pub hourly: Money,
     pub created_ms: TimestampMs,
@@ -368,6 +372,14 @@ impl Store {
         Ok(())
     }
 
+    pub fn set_gpu_info(&mut self, id: &str, info: &str) -> Result<()> {
+        self.conn.execute(
+            "UPDATE instances SET gpu_info = ?2 WHERE id = ?1",
+            params![id, info],
+        )?;
+        Ok(())
+    }
+
     pub fn set_instance_error(&mut self, id: &str, error: Option<&str>) -> Result<()> {
         self.conn.execute(
             "UPDATE instances SET error = ?2 WHERE id = ?1",
@@ -392,12 +404,13 @@ impl Store {
             address: r.get(10)?,
             error: r.get(11)?,
             gpus: r.get(12)?,
+            gpu_info: r.get(13)?,
         })
     }
 
     const INSTANCE_COLS: &'static str =
         "id, provider, name, instance_type, spot, state, hourly_micros,
-        created_ms, launched_ms, terminated_ms, address, error, gpus";
+        created_ms, launched_ms, terminated_ms, address, error, gpus, gpu_info";
 
     pub fn instance(&self, id: &str) -> Result<Option<InstanceRecord>> {
         let sql = format!(
@@ -1073,6 +1086,7 @@ mod tests {
             instance_type: "local".into(),
             spot: false,
             gpus: 0,
+            gpu_info: None,
             state: InstanceState::Pending,
             hourly: Money(1_000_000),
             created_ms: now_ms(),

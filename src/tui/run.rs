@@ -101,6 +101,7 @@ pub fn build_snapshot(engine: &Engine, cache: &mut SnapshotCache) -> Result<Snap
                     instance_type: "?".into(),
                     spot: false,
                     gpus: 0,
+                    gpu_info: None,
                     state: crate::model::InstanceState::Running,
                     hourly: Money::ZERO,
                     created_ms: now,

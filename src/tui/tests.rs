@@ -43,6 +43,7 @@ fn instance(id: &str, name: &str, state: InstanceState, hourly: i64) -> Instance
             instance_type: "local".into(),
             spot: false,
             gpus: 0,
+            gpu_info: None,
             state,
             hourly: Money(hourly),
             created_ms: NOW - 3_700_000,

@@ -434,3 +434,31 @@ fn example_resumes_to_exactly_the_uninterrupted_result() {
         std::fs::read(dir.join("env.json")).unwrap()
     );
 }
+
+#[test]
+fn gpu_facts_come_from_nvidia_smi_when_the_machine_has_it() {
+    let env = Env::new("", "0");
+    let v = env.json(&["launch"]);
+    assert_eq!(v["gpu_info"], "no GPU");
+    env.ok(&["terminate", v["id"].as_str().unwrap()]);
+    // A machine whose nvidia-smi answers (a stand-in on PATH).
+    let bin = env.dir.path().join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let smi = bin.join("nvidia-smi");
+    std::fs::write(
+        &smi,
+        "#!/bin/sh\nprintf 'NVIDIA A100-SXM4-80GB, 81920 MiB\\nNVIDIA A100-SXM4-80GB, 81920 MiB\\n'\n",
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&smi, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap());
+    let out = env
+        .cmd(&["launch", "--json"])
+        .env("PATH", &path)
+        .output()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["gpu_info"], "2x NVIDIA A100-SXM4-80GB (81920 MiB)");
+    env.ok(&["terminate", v["id"].as_str().unwrap()]);
+}

@@ -320,3 +320,137 @@ fn follow_survives_killed_connections_with_no_line_lost_or_repeated() {
     assert_eq!(metric_steps, (1..=96).collect::<Vec<_>>());
     env.ok(&["terminate", &id]);
 }
+
+#[test]
+fn agent_keys_are_used_when_no_key_file_is_given() {
+    let sshd = Sshd::start();
+    let work = tempfile::tempdir().unwrap();
+    let sock = work.path().join("agent.sock");
+    let mut agent = std::process::Command::new("ssh-agent")
+        .args(["-D", "-a"])
+        .arg(&sock)
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("ssh-agent");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while !sock.exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "ssh-agent did not start"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let added = std::process::Command::new("ssh-add")
+        .arg(&sshd.client_key)
+        .env("SSH_AUTH_SOCK", &sock)
+        .output()
+        .unwrap();
+    assert!(
+        added.status.success(),
+        "{}",
+        String::from_utf8_lossy(&added.stderr)
+    );
+    // The host config names no key, and HOME has none: only the agent can log in.
+    let env = Env::new(
+        &format!(
+            "[providers.ssh]\naccept_new_host_keys = true\n\
+             [[providers.ssh.hosts]]\nname = \"lab1\"\naddress = \"127.0.0.1\"\nuser = \"root\"\nport = {}\n\
+             remote_dir = \"{}/.trainctl\"\n",
+            sshd.port,
+            work.path().display()
+        ),
+        "0",
+    );
+    let fake_home = work.path().join("home");
+    std::fs::create_dir_all(&fake_home).unwrap();
+    let run = |with_agent: bool| {
+        let mut c = env.cmd(&["launch", "--provider", "ssh", "--json"]);
+        c.env("HOME", &fake_home);
+        if with_agent {
+            c.env("SSH_AUTH_SOCK", &sock);
+        } else {
+            c.env_remove("SSH_AUTH_SOCK");
+        }
+        c.output().unwrap()
+    };
+    let without = run(false);
+    assert_eq!(without.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&without.stderr).contains("refused every key"));
+    let with = run(true);
+    assert!(
+        with.status.success(),
+        "{}",
+        String::from_utf8_lossy(&with.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&with.stdout).unwrap();
+    env.ok(&["terminate", v["id"].as_str().unwrap()]);
+    let _ = agent.kill();
+    let _ = agent.wait();
+}
+
+#[test]
+fn sync_over_ssh_keeps_links_modes_odd_names_and_propagates_deletions() {
+    let sshd = Sshd::start();
+    let env = ssh_env(&sshd, "", "0");
+    let inst = env.json(&["launch", "--provider", "ssh", "--accept-new-host-key"]);
+    let id = inst["id"].as_str().unwrap().to_string();
+    let p = &env.project;
+    std::fs::write(p.join("with space & 'quote'.py"), "x = 1\n").unwrap();
+    std::fs::write(p.join("ünïcödé.txt"), "u").unwrap();
+    std::fs::write(p.join("empty"), "").unwrap();
+    std::fs::write(p.join("run.sh"), "#!/bin/sh\necho ran\n").unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(p.join("run.sh"), std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::os::unix::fs::symlink("train.py", p.join("link.py")).unwrap();
+    let first = env.json(&["sync", "--instance", &id]);
+    assert_eq!(first["upload"].as_array().unwrap().len(), 7, "{first}");
+    let cfg = std::fs::read_to_string(&env.config).unwrap();
+    let remote_dir = cfg
+        .lines()
+        .find_map(|l| l.strip_prefix("remote_dir = \""))
+        .unwrap()
+        .trim_end_matches('"')
+        .to_string();
+    let code = Path::new(&remote_dir).join("code/toy-train");
+    assert_eq!(
+        std::fs::read_to_string(code.join("with space & 'quote'.py")).unwrap(),
+        "x = 1\n"
+    );
+    assert_eq!(std::fs::read(code.join("empty")).unwrap().len(), 0);
+    assert_eq!(
+        std::fs::metadata(code.join("run.sh"))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777,
+        0o755
+    );
+    assert_eq!(
+        std::fs::read_link(code.join("link.py")).unwrap().to_str(),
+        Some("train.py")
+    );
+    // Unchanged: nothing moves; then a change, a deletion and a rename.
+    let again = env.json(&["sync", "--instance", &id]);
+    assert!(
+        again["upload"].as_array().unwrap().is_empty()
+            && again["delete"].as_array().unwrap().is_empty()
+    );
+    std::fs::write(p.join("train.py"), "print('changed')\n").unwrap();
+    std::fs::remove_file(p.join("empty")).unwrap();
+    std::fs::rename(p.join("ünïcödé.txt"), p.join("renamed.txt")).unwrap();
+    let third = env.json(&["sync", "--instance", &id]);
+    let mut up: Vec<&str> = third["upload"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    up.sort();
+    assert_eq!(up, vec!["renamed.txt", "train.py"]);
+    assert!(!code.join("empty").exists() && !code.join("ünïcödé.txt").exists());
+    assert_eq!(
+        std::fs::read_to_string(code.join("train.py")).unwrap(),
+        "print('changed')\n"
+    );
+    env.ok(&["terminate", &id]);
+}

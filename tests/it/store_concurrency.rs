@@ -23,6 +23,7 @@ fn threads_with_their_own_connections_never_corrupt_the_store() {
                         instance_type: "local".into(),
                         spot: false,
                         gpus: 0,
+                        gpu_info: None,
                         state: InstanceState::Pending,
                         hourly: Money(1),
                         created_ms: now_ms(),
