@@ -454,3 +454,45 @@ fn sync_over_ssh_keeps_links_modes_odd_names_and_propagates_deletions() {
     );
     env.ok(&["terminate", &id]);
 }
+
+#[test]
+fn killed_trainctl_reattaches_to_the_job_over_ssh() {
+    let sshd = Sshd::start();
+    let env = ssh_env(&sshd, "", "0.03");
+    let id = env.json(&["launch", "--provider", "ssh", "--accept-new-host-key"])["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let mut child = env
+        .cmd(&["run", "--instance", &id])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut job = String::new();
+    env.wait_for(30, "the job to run and log", || {
+        let jobs = env.json(&["jobs"]);
+        match jobs.as_array().unwrap().first() {
+            Some(j) if j["state"] == "running" => {
+                job = j["id"].as_str().unwrap().to_string();
+                !env.json(&["metrics", &job, "--name", "lr"]).as_array().unwrap().is_empty()
+            }
+            _ => false,
+        }
+    });
+    child.kill().unwrap();
+    child.wait().unwrap();
+    // Its connection is gone too; the job is not.
+    sshd.kill_sessions();
+    let out = env.run(&["logs", "-f", &job]);
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8(out.stdout).unwrap();
+    let steps: Vec<u32> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("step="))
+        .map(|l| l.split(' ').next().unwrap().parse().unwrap())
+        .collect();
+    assert_eq!(steps, (1..=80).collect::<Vec<_>>());
+    assert_eq!(env.job(&job)["state"], "succeeded");
+    env.ok(&["terminate", &id]);
+}
