@@ -153,6 +153,12 @@ pub enum Msg {
     Done(Result<String, String>),
     /// A job this cockpit started: show it.
     JobStarted(String),
+    /// A launch met a host key never seen before: ask before trusting it.
+    UnknownHostKey {
+        provider: String,
+        req: LaunchRequest,
+        message: String,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -651,6 +657,43 @@ impl App {
                     self.dirty = true;
                 }
                 self.metrics.last_rowid = last_rowid;
+                Vec::new()
+            }
+            Msg::UnknownHostKey {
+                provider,
+                req,
+                message,
+            } => {
+                self.dirty = true;
+                self.urgent = true;
+                let fingerprint = message
+                    .split(|c: char| c.is_whitespace() || c == '(' || c == ')')
+                    .find(|w| w.starts_with("SHA256:"))
+                    .unwrap_or("(fingerprint unknown)")
+                    .to_string();
+                let host = message
+                    .split("unknown host key for ")
+                    .nth(1)
+                    .and_then(|r| r.split_whitespace().next())
+                    .unwrap_or("the machine")
+                    .to_string();
+                self.mode = Mode::Confirm(Confirm {
+                    title: "Trust this host key?".into(),
+                    lines: vec![
+                        format!("{host} presents a host key never seen before:"),
+                        fingerprint,
+                        "Compare it with the machine's own (ssh-keygen -lf).".into(),
+                        "Yes records it in trainctl's known_hosts.".into(),
+                    ],
+                    yes: false,
+                    on_yes: Command::Launch {
+                        provider,
+                        req: LaunchRequest {
+                            accept_new_host_key: true,
+                            ..req
+                        },
+                    },
+                });
                 Vec::new()
             }
             Msg::JobStarted(job) => {

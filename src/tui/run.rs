@@ -250,11 +250,24 @@ impl Context {
             }
             Command::Launch { provider, req } => {
                 tokio::spawn(async move {
-                    let r = ctx.engine.launch(&provider, &req).await;
-                    ctx.send(Msg::Done(
-                        r.map(|i| format!("launched {} ({})", i.id, i.instance_type))
-                            .map_err(|e| format!("launch failed: {e:#}")),
-                    ));
+                    match ctx.engine.launch(&provider, &req).await {
+                        Ok(i) => ctx.send(Msg::Done(Ok(format!(
+                            "launched {} ({})",
+                            i.id, i.instance_type
+                        )))),
+                        // A first-seen host key: ask, showing its fingerprint.
+                        Err(e)
+                            if format!("{e:#}").contains("unknown host key")
+                                && !req.accept_new_host_key =>
+                        {
+                            ctx.send(Msg::UnknownHostKey {
+                                provider,
+                                req,
+                                message: format!("{e:#}"),
+                            })
+                        }
+                        Err(e) => ctx.send(Msg::Done(Err(format!("launch failed: {e:#}")))),
+                    }
                 });
             }
             Command::Terminate { instance } => {

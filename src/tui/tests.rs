@@ -351,6 +351,44 @@ fn terminate_confirmation_defaults_to_no() {
 }
 
 #[test]
+fn unknown_host_key_asks_with_the_fingerprint_and_defaults_to_no() {
+    let mut app = fixture(false);
+    let req = crate::provider::LaunchRequest {
+        instance_type: Some("lab1".into()),
+        ..Default::default()
+    };
+    app.update(Msg::UnknownHostKey {
+        provider: "ssh".into(),
+        req: req.clone(),
+        message: "ssh host `lab1` (10.0.0.5): unknown host key for 10.0.0.5:22 (SHA256:abcDEF123). Check it".into(),
+    });
+    let Mode::Confirm(c) = &app.mode else {
+        panic!("no prompt")
+    };
+    assert!(!c.yes);
+    assert!(c.lines.iter().any(|l| l == "SHA256:abcDEF123"), "{c:?}");
+    assert!(c.lines[0].starts_with("10.0.0.5:22"), "{c:?}");
+    // Enter on the default (No) trusts nothing.
+    assert!(key(&mut app, KeyCode::Enter).is_empty());
+    app.update(Msg::UnknownHostKey {
+        provider: "ssh".into(),
+        req: req.clone(),
+        message: "unknown host key for h:22 (SHA256:x)".into(),
+    });
+    let cmds = key(&mut app, KeyCode::Char('y'));
+    assert_eq!(
+        cmds,
+        vec![Command::Launch {
+            provider: "ssh".into(),
+            req: crate::provider::LaunchRequest {
+                accept_new_host_key: true,
+                ..req
+            }
+        }]
+    );
+}
+
+#[test]
 fn readonly_hides_every_destructive_action() {
     let mut app = fixture(true);
     key(&mut app, KeyCode::Down);

@@ -475,7 +475,10 @@ fn killed_trainctl_reattaches_to_the_job_over_ssh() {
         match jobs.as_array().unwrap().first() {
             Some(j) if j["state"] == "running" => {
                 job = j["id"].as_str().unwrap().to_string();
-                !env.json(&["metrics", &job, "--name", "lr"]).as_array().unwrap().is_empty()
+                !env.json(&["metrics", &job, "--name", "lr"])
+                    .as_array()
+                    .unwrap()
+                    .is_empty()
             }
             _ => false,
         }
@@ -485,7 +488,12 @@ fn killed_trainctl_reattaches_to_the_job_over_ssh() {
     // Its connection is gone too; the job is not.
     sshd.kill_sessions();
     let out = env.run(&["logs", "-f", &job]);
-    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let text = String::from_utf8(out.stdout).unwrap();
     let steps: Vec<u32> = text
         .lines()
