@@ -94,6 +94,8 @@ struct Inner {
     store: Mutex<Store>,
     providers: BTreeMap<String, Arc<dyn Provider>>,
     events: broadcast::Sender<EngineEvent>,
+    /// Where SSH key passphrases are asked (the cockpit fills it).
+    prompt: crate::ssh::remote::PromptSlot,
 }
 
 #[derive(Clone)]
@@ -116,12 +118,14 @@ impl Engine {
                 Duration::from_secs(cfg.stop_grace_seconds),
             )),
         );
+        let prompt: crate::ssh::remote::PromptSlot = Arc::default();
         if !cfg.providers.ssh.hosts.is_empty() {
             providers.insert(
                 "ssh".into(),
                 Arc::new(crate::provider::ssh::SshProvider::new(
                     &data_dir,
                     cfg.providers.ssh.clone(),
+                    prompt.clone(),
                 )),
             );
         }
@@ -133,6 +137,7 @@ impl Engine {
                 store: Mutex::new(store),
                 providers,
                 events,
+                prompt,
             }),
         })
     }
@@ -148,6 +153,11 @@ impl Engine {
     /// The store, for short synchronous work. Never hold it across an await.
     pub fn store(&self) -> MutexGuard<'_, Store> {
         self.inner.store.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Route SSH key passphrase questions to `tx` (the cockpit asks the person).
+    pub fn set_passphrase_prompter(&self, tx: mpsc::Sender<crate::ssh::remote::PassphraseRequest>) {
+        *self.inner.prompt.lock().unwrap_or_else(|p| p.into_inner()) = Some(tx);
     }
 
     pub fn subscribe(&self) -> broadcast::Receiver<EngineEvent> {

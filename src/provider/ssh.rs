@@ -8,7 +8,7 @@ use crate::config::{SshHostConfig, SshProviderConfig};
 use crate::model::Money;
 use crate::remote::Remote;
 use crate::ssh::config::SshConfig;
-use crate::ssh::remote::{SshRemote, SshTarget};
+use crate::ssh::remote::{PromptSlot, SshRemote, SshTarget};
 use crate::store::InstanceRecord;
 use anyhow::{Context, Result, bail};
 use async_trait::async_trait;
@@ -22,10 +22,11 @@ pub struct SshProvider {
     known_hosts: PathBuf,
     ssh_config: SshConfig,
     conns: tokio::sync::Mutex<HashMap<String, Arc<SshRemote>>>,
+    prompt: PromptSlot,
 }
 
 impl SshProvider {
-    pub fn new(data_dir: &Path, cfg: SshProviderConfig) -> SshProvider {
+    pub fn new(data_dir: &Path, cfg: SshProviderConfig, prompt: PromptSlot) -> SshProvider {
         let ssh_config = match &cfg.ssh_config {
             Some(p) => SshConfig::load(p),
             None => SshConfig::load_default(),
@@ -39,6 +40,7 @@ impl SshProvider {
             cfg,
             ssh_config,
             conns: tokio::sync::Mutex::new(HashMap::new()),
+            prompt,
         }
     }
 
@@ -62,7 +64,7 @@ impl SshProvider {
     }
 
     fn target(&self, h: &SshHostConfig, accept_new: bool) -> SshTarget {
-        SshTarget::resolve(
+        let mut t = SshTarget::resolve(
             &h.address,
             h.user.as_deref(),
             h.port,
@@ -70,7 +72,9 @@ impl SshProvider {
             &self.ssh_config,
             &self.known_hosts,
             accept_new || self.cfg.accept_new_host_keys,
-        )
+        );
+        t.prompt = Some(self.prompt.clone());
+        t
     }
 
     async fn connect(&self, h: &SshHostConfig, accept_new: bool) -> Result<Arc<SshRemote>> {

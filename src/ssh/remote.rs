@@ -17,6 +17,38 @@ use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
 
+/// Asks a person for a key's passphrase (the cockpit registers one; headless there is none).
+pub struct PassphraseRequest {
+    pub key: PathBuf,
+    /// `None`: the person declined.
+    pub reply: tokio::sync::oneshot::Sender<Option<String>>,
+}
+
+impl std::fmt::Debug for PassphraseRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "PassphraseRequest({})", self.key.display())
+    }
+}
+
+/// Where passphrase questions go, shared by the engine and the SSH provider.
+pub type PromptSlot = Arc<Mutex<Option<mpsc::Sender<PassphraseRequest>>>>;
+
+async fn ask_passphrase(slot: &PromptSlot, key: &Path) -> Option<String> {
+    let tx = slot.lock().unwrap_or_else(|p| p.into_inner()).clone()?;
+    let (reply, answer) = tokio::sync::oneshot::channel();
+    tx.send(PassphraseRequest {
+        key: key.to_path_buf(),
+        reply,
+    })
+    .await
+    .ok()?;
+    tokio::time::timeout(Duration::from_secs(300), answer)
+        .await
+        .ok()?
+        .ok()
+        .flatten()
+}
+
 /// How host keys are trusted.
 #[derive(Debug, Clone)]
 pub struct HostKeyPolicy {
@@ -42,6 +74,8 @@ pub struct SshTarget {
     pub keepalive: Option<Duration>,
     pub keepalive_max: usize,
     pub policy: HostKeyPolicy,
+    /// Where to ask for a key's passphrase, if anyone can answer.
+    pub prompt: Option<PromptSlot>,
 }
 
 impl SshTarget {
@@ -115,6 +149,7 @@ impl SshTarget {
                 own_file: own_known_hosts.to_path_buf(),
                 accept_new,
             },
+            prompt: None,
         }
     }
 }
@@ -320,16 +355,41 @@ async fn authenticate(handle: &mut client::Handle<Verifier>, t: &SshTarget) -> R
         }
         let key = match russh::keys::load_secret_key(path, None) {
             Ok(k) => k,
-            Err(e) => {
-                let msg = e.to_string();
-                if msg.to_lowercase().contains("encrypted") || msg.contains("passphrase") {
+            Err(russh::keys::Error::KeyIsEncrypted) => {
+                let someone_to_ask = t
+                    .prompt
+                    .as_ref()
+                    .filter(|s| s.lock().unwrap_or_else(|p| p.into_inner()).is_some());
+                let Some(slot) = someone_to_ask else {
                     bail!(
                         "{} is protected by a passphrase: add it to ssh-agent (`ssh-add {}`) so trainctl can use it",
                         path.display(),
                         path.display()
                     );
+                };
+                let mut unlocked = None;
+                for _ in 0..3 {
+                    let Some(pass) = ask_passphrase(slot, path).await else {
+                        break;
+                    };
+                    match russh::keys::load_secret_key(path, Some(&pass)) {
+                        Ok(k) => {
+                            unlocked = Some(k);
+                            break;
+                        }
+                        Err(e) => tracing::warn!("{}: {e}", path.display()),
+                    }
                 }
-                tried.push(format!("{} (unreadable: {msg})", path.display()));
+                match unlocked {
+                    Some(k) => k,
+                    None => bail!(
+                        "{} is protected by a passphrase and none that works was given (or add it to ssh-agent)",
+                        path.display()
+                    ),
+                }
+            }
+            Err(e) => {
+                tried.push(format!("{} (unreadable: {e})", path.display()));
                 continue;
             }
         };

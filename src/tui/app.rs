@@ -153,6 +153,8 @@ pub enum Msg {
     Done(Result<String, String>),
     /// A job this cockpit started: show it.
     JobStarted(String),
+    /// An SSH key needs its passphrase.
+    Passphrase(crate::ssh::remote::PassphraseRequest),
     /// A launch met a host key never seen before: ask before trusting it.
     UnknownHostKey {
         provider: String,
@@ -341,6 +343,27 @@ pub struct Confirm {
     pub on_yes: Command,
 }
 
+/// A masked passphrase field for an SSH key; the answer goes back to the connection.
+pub struct PassphrasePrompt {
+    pub key: std::path::PathBuf,
+    pub input: TextArea<'static>,
+    reply: Option<tokio::sync::oneshot::Sender<Option<String>>>,
+}
+
+impl std::fmt::Debug for PassphrasePrompt {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "PassphrasePrompt({})", self.key.display())
+    }
+}
+
+impl PassphrasePrompt {
+    fn answer(mut self, value: Option<String>) {
+        if let Some(r) = self.reply.take() {
+            let _ = r.send(value);
+        }
+    }
+}
+
 #[derive(Debug)]
 pub enum Mode {
     Normal,
@@ -349,6 +372,7 @@ pub enum Mode {
     Search(String),
     Launch(Box<LaunchForm>),
     Confirm(Confirm),
+    Passphrase(Box<PassphrasePrompt>),
     Help,
 }
 
@@ -659,6 +683,25 @@ impl App {
                 self.metrics.last_rowid = last_rowid;
                 Vec::new()
             }
+            Msg::Passphrase(req) => {
+                self.dirty = true;
+                self.urgent = true;
+                let mut input = TextArea::default();
+                input.set_mask_char('•');
+                input.set_cursor_line_style(ratatui::style::Style::default());
+                let prompt = PassphrasePrompt {
+                    key: req.key,
+                    input,
+                    reply: Some(req.reply),
+                };
+                // Whatever was open gives way; the connection is waiting.
+                if let Mode::Passphrase(old) =
+                    std::mem::replace(&mut self.mode, Mode::Passphrase(Box::new(prompt)))
+                {
+                    old.answer(None);
+                }
+                Vec::new()
+            }
             Msg::UnknownHostKey {
                 provider,
                 req,
@@ -731,6 +774,20 @@ impl App {
             Mode::Command(s) => self.on_line_key(ev, s, LineKind::Command),
             Mode::Search(s) => self.on_line_key(ev, s, LineKind::Search),
             Mode::Confirm(c) => self.on_confirm_key(ev, c),
+            Mode::Passphrase(mut p) => {
+                match ev.code {
+                    KeyCode::Enter => {
+                        let pass = p.input.lines().join("");
+                        p.answer(Some(pass));
+                    }
+                    KeyCode::Esc => p.answer(None),
+                    _ => {
+                        p.input.input(ev);
+                        self.mode = Mode::Passphrase(p);
+                    }
+                }
+                Vec::new()
+            }
             Mode::Launch(f) => self.on_launch_key(ev, f),
         }
     }

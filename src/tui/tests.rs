@@ -389,6 +389,34 @@ fn unknown_host_key_asks_with_the_fingerprint_and_defaults_to_no() {
 }
 
 #[test]
+fn passphrase_popup_masks_input_and_answers_the_connection() {
+    let mut app = fixture(false);
+    let (reply, mut answer) = tokio::sync::oneshot::channel();
+    app.update(Msg::Passphrase(crate::ssh::remote::PassphraseRequest {
+        key: "/home/me/.ssh/id_ed25519".into(),
+        reply,
+    }));
+    assert!(matches!(app.mode, Mode::Passphrase(_)));
+    typed(&mut app, "s3cret");
+    let s = screen(&mut app, 80, 24);
+    assert!(
+        s.contains("SSH key passphrase") && s.contains("••••••") && !s.contains("s3cret"),
+        "{s}"
+    );
+    key(&mut app, KeyCode::Enter);
+    assert_eq!(answer.try_recv().unwrap(), Some("s3cret".to_string()));
+    assert!(matches!(app.mode, Mode::Normal));
+    // Esc declines.
+    let (reply, mut answer) = tokio::sync::oneshot::channel();
+    app.update(Msg::Passphrase(crate::ssh::remote::PassphraseRequest {
+        key: "/k".into(),
+        reply,
+    }));
+    key(&mut app, KeyCode::Esc);
+    assert_eq!(answer.try_recv().unwrap(), None);
+}
+
+#[test]
 fn readonly_hides_every_destructive_action() {
     let mut app = fixture(true);
     key(&mut app, KeyCode::Down);

@@ -53,6 +53,28 @@ pub fn draw(f: &mut Frame, app: &mut App) {
         Mode::Help => draw_help(f, app, area),
         Mode::Confirm(c) => draw_confirm(f, app, c, area),
         Mode::Launch(form) => draw_launch(f, app, form, area),
+        Mode::Passphrase(p) => {
+            let r = centered(area, 64, 6);
+            f.render_widget(Clear, r);
+            let outer = block(app, " SSH key passphrase ".into());
+            let inner = outer.inner(r);
+            f.render_widget(outer, r);
+            let [label, field, hint] = Layout::vertical([
+                Constraint::Length(1),
+                Constraint::Length(1),
+                Constraint::Length(1),
+            ])
+            .areas(inner);
+            f.render_widget(Paragraph::new(format!("{}", p.key.display())), label);
+            f.render_widget(&p.input, field);
+            f.render_widget(
+                Paragraph::new(Span::styled(
+                    "enter unlock · esc cancel (never stored)",
+                    app.theme.dim(),
+                )),
+                hint,
+            );
+        }
         _ => {}
     }
 }

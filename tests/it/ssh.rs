@@ -504,3 +504,62 @@ fn killed_trainctl_reattaches_to_the_job_over_ssh() {
     assert_eq!(env.job(&job)["state"], "succeeded");
     env.ok(&["terminate", &id]);
 }
+
+#[test]
+fn passphrase_keys_need_the_agent_headless_and_a_prompt_in_the_cockpit() {
+    let sshd = Sshd::start();
+    let key = sshd.add_encrypted_key("open sesame");
+    let work = tempfile::tempdir().unwrap();
+    let extra = format!(
+        "[providers.ssh]\naccept_new_host_keys = true\n\
+         [[providers.ssh.hosts]]\nname = \"lab1\"\naddress = \"127.0.0.1\"\nuser = \"root\"\nport = {}\n\
+         identity_file = \"{}\"\nremote_dir = \"{}/.trainctl\"\n",
+        sshd.port,
+        key.display(),
+        work.path().display()
+    );
+    let env = Env::new(&extra, "0");
+    // Headless: a clear error, nothing held.
+    let out = env
+        .cmd(&["launch", "--provider", "ssh"])
+        .env_remove("SSH_AUTH_SOCK")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("protected by a passphrase") && err.contains("ssh-add"),
+        "{err}"
+    );
+    assert!(env.json(&["ls"]).as_array().unwrap().is_empty());
+    // With someone to ask (the cockpit's prompter): a wrong answer, then the right one.
+    let (cfg, _) = trainctl::config::UserConfig::load(Some(&env.config)).unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let engine = trainctl::engine::Engine::open(cfg).unwrap();
+        let (tx, mut rx) =
+            tokio::sync::mpsc::channel::<trainctl::ssh::remote::PassphraseRequest>(4);
+        engine.set_passphrase_prompter(tx);
+        let answers = tokio::spawn(async move {
+            let mut asked = 0;
+            while let Some(req) = rx.recv().await {
+                asked += 1;
+                let a = if asked == 1 { "wrong" } else { "open sesame" };
+                let _ = req.reply.send(Some(a.to_string()));
+            }
+            asked
+        });
+        let inst = engine
+            .launch("ssh", &trainctl::provider::LaunchRequest::default())
+            .await
+            .unwrap();
+        assert_eq!(inst.state, trainctl::model::InstanceState::Running);
+        engine.terminate(&inst.id, "test").await.unwrap();
+        drop(engine);
+        let asked = tokio::time::timeout(std::time::Duration::from_secs(5), answers).await;
+        // The prompter stays registered while the engine lives; it was asked at least twice.
+        if let Ok(Ok(n)) = asked {
+            assert!(n >= 2);
+        }
+    });
+}

@@ -77,6 +77,23 @@ impl Sshd {
         }
     }
 
+    /// A new client key protected by `passphrase`, authorized on this server.
+    pub fn add_encrypted_key(&self, passphrase: &str) -> PathBuf {
+        let k = self.dir.path().join("enc_key");
+        let st = Command::new("ssh-keygen")
+            .args(["-q", "-t", "ed25519", "-N", passphrase, "-C", "enc", "-f"])
+            .arg(&k)
+            .stdout(Stdio::null())
+            .status()
+            .unwrap();
+        assert!(st.success());
+        let pubkey = std::fs::read_to_string(self.dir.path().join("enc_key.pub")).unwrap();
+        let mut ak = std::fs::read_to_string(self.dir.path().join("authorized_keys")).unwrap();
+        ak.push_str(&pubkey);
+        std::fs::write(self.dir.path().join("authorized_keys"), ak).unwrap();
+        k
+    }
+
     /// Kill every connection this sshd serves (its session children), keeping the listener.
     pub fn kill_sessions(&self) {
         let me = self.child.id();
