@@ -16,4 +16,5 @@ pub mod remote;
 pub mod sanitize;
 pub mod ssh;
 pub mod store;
+pub mod testkit;
 pub mod tui;

@@ -11,6 +11,7 @@ use russh::ChannelMsg;
 use russh::client;
 use russh::keys::{HashAlg, PrivateKeyWithHashAlg, PublicKey, PublicKeyOrCertificate};
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -249,10 +250,45 @@ impl client::Handler for Verifier {
 
 type Conn = Arc<client::Handle<Verifier>>;
 
+/// What a command reads on stdin.
+enum Stdin<'a> {
+    Empty,
+    Bytes(&'a [u8]),
+    /// Chunks as they are produced (a tar archive being built).
+    Stream(mpsc::Receiver<Vec<u8>>),
+}
+
+/// A `Write` that hands 1 MiB chunks to an async sender (from a blocking thread).
+struct ChunkWriter {
+    tx: mpsc::Sender<Vec<u8>>,
+    buf: Vec<u8>,
+}
+
+impl std::io::Write for ChunkWriter {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.buf.extend_from_slice(b);
+        if self.buf.len() >= 1 << 20 {
+            self.flush()?;
+        }
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        if !self.buf.is_empty() {
+            let chunk = std::mem::replace(&mut self.buf, Vec::with_capacity(1 << 20));
+            self.tx.blocking_send(chunk).map_err(|_| {
+                std::io::Error::new(std::io::ErrorKind::BrokenPipe, "the connection closed")
+            })?;
+        }
+        Ok(())
+    }
+}
+
 pub struct SshRemote {
     target: SshTarget,
     conn: tokio::sync::Mutex<Option<Conn>>,
     root: String,
+    execs: std::sync::atomic::AtomicU64,
+    sent: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for SshRemote {
@@ -429,8 +465,12 @@ impl SshRemote {
             target,
             conn: tokio::sync::Mutex::new(Some(conn)),
             root: String::new(),
+            execs: Default::default(),
+            sent: Default::default(),
         };
-        let home = r.exec_raw("printf %s \"$HOME\"", None, None).await?;
+        let home = r
+            .exec_raw("printf %s \"$HOME\"", Stdin::Empty, None)
+            .await?;
         let home = String::from_utf8_lossy(&home.stdout).trim().to_string();
         if home.is_empty() || !home.starts_with('/') {
             bail!(
@@ -488,14 +528,26 @@ impl SshRemote {
         Err(last.unwrap_or_else(|| anyhow!("cannot reach {}", self.target.alias)))
     }
 
+    /// Bytes sent to commands' stdin so far (file uploads).
+    pub fn bytes_sent(&self) -> u64 {
+        self.sent.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Commands run on this machine so far (each is one round trip).
+    pub fn exec_count(&self) -> u64 {
+        self.execs.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// Run `script` under `sh -c`, with optional stdin, streaming stdout to `sink` when given.
     /// Retried once on a fresh connection when the channel cannot be opened.
     async fn exec_raw(
         &self,
         script: &str,
-        stdin: Option<&[u8]>,
+        stdin: Stdin<'_>,
         sink: Option<&mpsc::Sender<Vec<u8>>>,
     ) -> Result<ExecOutput> {
+        self.execs
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let command = format!("sh -c {}", sh_quote(script));
         let mut fresh = false;
         let mut channel = loop {
@@ -510,8 +562,20 @@ impl SshRemote {
             }
         };
         channel.exec(true, command.as_bytes()).await?;
-        if let Some(data) = stdin {
-            channel.data(data).await?;
+        match stdin {
+            Stdin::Empty => {}
+            Stdin::Bytes(data) => {
+                self.sent
+                    .fetch_add(data.len() as u64, std::sync::atomic::Ordering::Relaxed);
+                channel.data(data).await?
+            }
+            Stdin::Stream(mut rx) => {
+                while let Some(chunk) = rx.recv().await {
+                    self.sent
+                        .fetch_add(chunk.len() as u64, std::sync::atomic::Ordering::Relaxed);
+                    channel.data(&chunk[..]).await?;
+                }
+            }
         }
         channel.eof().await?;
         let mut out = ExecOutput::default();
@@ -545,11 +609,11 @@ impl SshRemote {
     /// Like `exec_raw`, retried on a new connection if the connection dropped mid-way.
     /// Only for commands that are safe to run twice.
     async fn exec_idempotent(&self, script: &str) -> Result<ExecOutput> {
-        match self.exec_raw(script, None, None).await {
+        match self.exec_raw(script, Stdin::Empty, None).await {
             Ok(o) => Ok(o),
             Err(e) if e.to_string().contains("dropped") => {
                 let _ = self.handle(true).await?;
-                self.exec_raw(script, None, None).await
+                self.exec_raw(script, Stdin::Empty, None).await
             }
             Err(e) => Err(e),
         }
@@ -563,11 +627,14 @@ impl Remote for SshRemote {
     }
 
     async fn exec(&self, script: &str) -> Result<ExecOutput> {
-        self.exec_raw(script, None, None).await
+        self.exec_raw(script, Stdin::Empty, None).await
     }
 
     async fn exec_stream(&self, script: &str, sink: mpsc::Sender<Vec<u8>>) -> Result<i32> {
-        Ok(self.exec_raw(script, None, Some(&sink)).await?.status)
+        Ok(self
+            .exec_raw(script, Stdin::Empty, Some(&sink))
+            .await?
+            .status)
     }
 
     async fn write_file(&self, path: &str, data: &[u8], mode: u32) -> Result<()> {
@@ -578,7 +645,7 @@ impl Remote for SshRemote {
             t = sh_quote(&tmp),
             m = mode
         );
-        self.exec_raw(&script, Some(data), None)
+        self.exec_raw(&script, Stdin::Bytes(data), None)
             .await?
             .check(&format!("writing {path}"))?;
         Ok(())
@@ -596,8 +663,13 @@ impl Remote for SshRemote {
         }
         let root = local_root.to_path_buf();
         let list = rels.to_vec();
-        let (archive, bytes) = tokio::task::spawn_blocking(move || -> Result<(Vec<u8>, u64)> {
-            let mut b = tar::Builder::new(Vec::new());
+        // The archive is built while it is sent: memory stays at a few chunks.
+        let (tx, rx) = mpsc::channel::<Vec<u8>>(4);
+        let packer = tokio::task::spawn_blocking(move || -> Result<u64> {
+            let mut b = tar::Builder::new(ChunkWriter {
+                tx,
+                buf: Vec::with_capacity(1 << 20),
+            });
             b.mode(tar::HeaderMode::Complete);
             b.follow_symlinks(false);
             let mut total = 0;
@@ -607,16 +679,17 @@ impl Remote for SshRemote {
                 b.append_path_with_name(&p, rel)
                     .with_context(|| format!("packing {rel}"))?;
             }
-            Ok((b.into_inner()?, total))
-        })
-        .await??;
+            let mut w = b.into_inner()?;
+            w.flush()?;
+            Ok(total)
+        });
         let script = format!(
             "mkdir -p {r} && tar -x -p -m --no-same-owner -f - -C {r}",
             r = sh_quote(remote_root)
         );
-        self.exec_raw(&script, Some(&archive), None)
-            .await?
-            .check("unpacking files on the machine")?;
+        let sent = self.exec_raw(&script, Stdin::Stream(rx), None).await;
+        let bytes = packer.await??;
+        sent?.check("unpacking files on the machine")?;
         Ok(bytes)
     }
 
@@ -662,7 +735,7 @@ impl Remote for SshRemote {
                 .open(&part)
                 .await?;
             let out = self
-                .exec_raw(&format!("tail -c +{} {q}", have + 1), None, None)
+                .exec_raw(&format!("tail -c +{} {q}", have + 1), Stdin::Empty, None)
                 .await?
                 .check(&format!("downloading {path}"))?;
             f.write_all(&out.stdout).await?;

@@ -6,7 +6,6 @@ mod config_errors;
 mod local_e2e;
 mod parser;
 mod ssh;
-mod sshd;
 mod store_concurrency;
 mod sync;
 mod tui_pty;

@@ -2,11 +2,11 @@
 //! files, the example job end to end, and log follow across killed connections.
 
 use crate::common::Env;
-use crate::sshd::Sshd;
 use std::path::Path;
 use trainctl::remote::Remote;
 use trainctl::ssh::config::SshConfig;
 use trainctl::ssh::remote::{SshRemote, SshTarget};
+use trainctl::testkit::Sshd;
 
 fn target(sshd: &Sshd, known: &Path, accept_new: bool, cfg: &SshConfig, alias: &str) -> SshTarget {
     SshTarget::resolve(
@@ -562,4 +562,47 @@ fn passphrase_keys_need_the_agent_headless_and_a_prompt_in_the_cockpit() {
             assert!(n >= 2);
         }
     });
+}
+
+#[tokio::test]
+async fn unchanged_tree_costs_one_round_trip_over_ssh() {
+    let sshd = Sshd::start();
+    let work = tempfile::tempdir().unwrap();
+    let r = SshRemote::connect(
+        target(
+            &sshd,
+            &work.path().join("kh"),
+            true,
+            &SshConfig::default(),
+            "127.0.0.1",
+        ),
+        Some(work.path().join("remote").to_str().unwrap()),
+    )
+    .await
+    .unwrap();
+    let src = work.path().join("src");
+    for i in 0..200 {
+        let d = src.join(format!("d{}", i % 10));
+        std::fs::create_dir_all(&d).unwrap();
+        std::fs::write(d.join(format!("f{i}.py")), format!("x = {i}\n")).unwrap();
+    }
+    use trainctl::job::sync;
+    let plan = sync::prepare(&r, "p", &src, &[]).await.unwrap();
+    let before = r.exec_count();
+    sync::apply(&r, "p", &src, &plan).await.unwrap();
+    // Everything in one stream: mkdir, one tar, the manifest.
+    assert!(
+        r.exec_count() - before <= 3,
+        "{} round trips",
+        r.exec_count() - before
+    );
+    let before = r.exec_count();
+    let plan = sync::prepare(&r, "p", &src, &[]).await.unwrap();
+    sync::apply(&r, "p", &src, &plan).await.unwrap();
+    assert!(plan.is_noop());
+    assert_eq!(
+        r.exec_count() - before,
+        1,
+        "an unchanged tree must cost one round trip"
+    );
 }

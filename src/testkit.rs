@@ -1,12 +1,39 @@
-//! A real OpenSSH `sshd` on 127.0.0.1 with a free port, a temp host key and an
-//! authorized client key; stopped when dropped.
+//! Test and benchmark support: a real OpenSSH `sshd` on 127.0.0.1 with a free port, a temp
+//! host key and an authorized client key, stopped (and its directory removed) when dropped.
+//! Needs `/usr/sbin/sshd` and `ssh-keygen` (Debian: openssh-server, openssh-client).
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+/// A directory removed when dropped.
+pub struct TempDir(PathBuf);
+
+impl TempDir {
+    pub fn new(prefix: &str) -> TempDir {
+        static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let p = std::env::temp_dir().join(format!(
+            "{prefix}-{}-{n}-{}",
+            std::process::id(),
+            crate::model::now_ms()
+        ));
+        std::fs::create_dir_all(&p).expect("creating a temp dir");
+        TempDir(p)
+    }
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 pub struct Sshd {
-    pub dir: tempfile::TempDir,
+    pub dir: TempDir,
     pub port: u16,
     pub client_key: PathBuf,
     child: Child,
@@ -32,7 +59,7 @@ pub fn free_port() -> u16 {
 
 impl Sshd {
     pub fn start() -> Sshd {
-        let dir = tempfile::tempdir().unwrap();
+        let dir = TempDir::new("trainctl-sshd");
         let hk = dir.path().join("host_key");
         keygen(&hk);
         let client_key = dir.path().join("client_key");
@@ -106,6 +133,7 @@ impl Sshd {
             };
             let fields: Vec<&str> = stat.rsplit(") ").next().unwrap_or("").split(' ').collect();
             if fields.get(1).and_then(|p| p.parse::<u32>().ok()) == Some(me) {
+                // SAFETY: kill(2) on a pid read from /proc; no memory is touched.
                 unsafe {
                     libc::kill(pid, libc::SIGKILL);
                 }
