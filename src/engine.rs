@@ -584,48 +584,87 @@ impl Engine {
         Ok(plan)
     }
 
-    /// Read new log bytes of an attempt into the store and the local copy. Returns how many
-    /// bytes were consumed (0 when nothing new). With `final_read`, a last line without a
-    /// newline is taken too (the job has ended).
+    /// Read every new byte of an attempt's log into the store and the local copy: one
+    /// streamed read (one round trip), committed in pieces of complete lines as they
+    /// arrive, so memory stays bounded whatever the backlog. With `final_read`, a last line
+    /// without a newline is taken too (the job has ended). Returns the bytes consumed.
     async fn pump_log(
         &self,
         remote: &dyn Remote,
         att: &AttemptRecord,
         final_read: bool,
     ) -> Result<usize> {
-        let off = self.store().log_offset(&att.job_id, att.attempt)?;
-        let Some(bytes) = remote
-            .read_range(&job::log_path(&att.remote_dir), off.byte_offset, LOG_CHUNK)
-            .await?
-        else {
-            return Ok(0);
+        let start = self.store().log_offset(&att.job_id, att.attempt)?;
+        let (tx, mut rx) = mpsc::channel::<Vec<u8>>(32);
+        let path = job::log_path(&att.remote_dir);
+        let reader = remote.stream_file(&path, start.byte_offset, tx);
+        let consume = async {
+            let mut cur = start.clone();
+            let mut pending: Vec<u8> = Vec::new();
+            let mut total = 0usize;
+            let mut open = true;
+            while open {
+                match rx.recv().await {
+                    Some(chunk) => pending.extend_from_slice(&chunk),
+                    None => open = false,
+                }
+                // Take whatever else already arrived, up to a piece's size.
+                while pending.len() < LOG_CHUNK {
+                    match rx.try_recv() {
+                        Ok(c) => pending.extend_from_slice(&c),
+                        Err(_) => break,
+                    }
+                }
+                let mut take = complete_prefix_len(&pending);
+                if (!open && final_read) || (take == 0 && pending.len() >= LOG_CHUNK) {
+                    take = pending.len();
+                }
+                if take == 0 {
+                    continue;
+                }
+                match self.commit_log_piece(att, &cur, &pending[..take]).await? {
+                    Some(next) => {
+                        cur = next;
+                        total += take;
+                        pending.drain(..take);
+                    }
+                    // Another process advanced this log first: it owns these bytes.
+                    None => break,
+                }
+            }
+            Ok::<usize, anyhow::Error>(total)
         };
-        let mut take = complete_prefix_len(&bytes);
-        if final_read || (take == 0 && bytes.len() == LOG_CHUNK) {
-            take = bytes.len();
-        }
-        if take == 0 {
-            return Ok(0);
-        }
-        let chunk = &bytes[..take];
-        let mut parser = LogParser::resume(off.line, off.progress);
+        let (read, consumed) = tokio::join!(reader, consume);
+        read?;
+        consumed
+    }
+
+    /// Parse `chunk` (which starts at `old`), write it to the local copy at its offset, and
+    /// advance the stored offset by compare-and-swap. `None` when another process won.
+    async fn commit_log_piece(
+        &self,
+        att: &AttemptRecord,
+        old: &LogOffset,
+        chunk: &[u8],
+    ) -> Result<Option<LogOffset>> {
+        let mut parser = LogParser::resume(old.line, old.progress);
         let mut points = Vec::new();
         parser.feed_complete(chunk, &mut |p| points.push(p.to_owned_point()));
         let progress = parser.progress();
         let new = LogOffset {
-            byte_offset: off.byte_offset + take as u64,
+            byte_offset: old.byte_offset + chunk.len() as u64,
             line: parser.line(),
             progress,
-            progress_ms: if progress != off.progress {
+            progress_ms: if progress != old.progress {
                 Some(now_ms())
             } else {
-                off.progress_ms
+                old.progress_ms
             },
         };
         // The local copy is written at the remote offset, so a retry rewrites the same bytes.
         let local = self.local_log_path(&att.job_id, att.attempt);
         let data = chunk.to_vec();
-        let at = off.byte_offset;
+        let at = old.byte_offset;
         tokio::task::spawn_blocking(move || -> Result<()> {
             use std::os::unix::fs::FileExt;
             if let Some(dir) = local.parent() {
@@ -640,26 +679,27 @@ impl Engine {
             Ok(())
         })
         .await??;
-        let committed =
-            self.store()
-                .commit_log_chunk(&att.job_id, att.attempt, &off, &new, &points)?;
-        if committed {
-            let lines = display_lines(chunk);
-            if !lines.is_empty() {
-                self.emit(EngineEvent::LogLines {
-                    job_id: att.job_id.clone(),
-                    lines,
-                });
-            }
-            if !points.is_empty() || progress != off.progress {
-                self.emit(EngineEvent::Metrics {
-                    job_id: att.job_id.clone(),
-                    points,
-                    progress,
-                });
-            }
+        if !self
+            .store()
+            .commit_log_chunk(&att.job_id, att.attempt, old, &new, &points)?
+        {
+            return Ok(None);
         }
-        Ok(take)
+        let lines = display_lines(chunk);
+        if !lines.is_empty() {
+            self.emit(EngineEvent::LogLines {
+                job_id: att.job_id.clone(),
+                lines,
+            });
+        }
+        if !points.is_empty() || progress != old.progress {
+            self.emit(EngineEvent::Metrics {
+                job_id: att.job_id.clone(),
+                points,
+                progress,
+            });
+        }
+        Ok(Some(new))
     }
 
     /// Send SIGTERM once, SIGKILL after the grace; all state in the store.
@@ -793,7 +833,7 @@ impl Engine {
         }
         // Pump before reading the status, then drain after: nothing written before the
         // exit is missed.
-        while self.pump_log(remote.as_ref(), &att, false).await? == LOG_CHUNK {}
+        self.pump_log(remote.as_ref(), &att, false).await?;
         let status = job::status(remote.as_ref(), &att.remote_dir).await?;
         match status {
             RemoteStatus::Running { .. } => {
@@ -813,11 +853,11 @@ impl Engine {
             }
             RemoteStatus::Starting => Ok(job.state),
             RemoteStatus::Exited { code, .. } => {
-                while self.pump_log(remote.as_ref(), &att, true).await? > 0 {}
+                self.pump_log(remote.as_ref(), &att, true).await?;
                 self.finish(&job, &att, Some(code)).await
             }
             RemoteStatus::Vanished => {
-                while self.pump_log(remote.as_ref(), &att, true).await? > 0 {}
+                self.pump_log(remote.as_ref(), &att, true).await?;
                 self.finish(&job, &att, None).await
             }
             RemoteStatus::Missing => {

@@ -72,6 +72,30 @@ pub trait Remote: Send + Sync {
 
     /// Up to `max` bytes of `path` from `offset`; `None` when the file does not exist.
     async fn read_range(&self, path: &str, offset: u64, max: usize) -> Result<Option<Vec<u8>>>;
+
+    /// Everything in `path` from `offset` to its current end, sent to `sink` in chunks as it
+    /// is read (one round trip on a remote machine). Stops early, without error, when the
+    /// receiver goes away. Returns false when the file does not exist.
+    async fn stream_file(
+        &self,
+        path: &str,
+        offset: u64,
+        sink: mpsc::Sender<Vec<u8>>,
+    ) -> Result<bool> {
+        let mut off = offset;
+        loop {
+            match self.read_range(path, off, 1 << 20).await? {
+                None => return Ok(false),
+                Some(b) if b.is_empty() => return Ok(true),
+                Some(b) => {
+                    off += b.len() as u64;
+                    if sink.send(b).await.is_err() {
+                        return Ok(true);
+                    }
+                }
+            }
+        }
+    }
 }
 
 /// Quote one shell argument for POSIX `sh`: `'...'` with embedded quotes as `'\''`.

@@ -302,9 +302,20 @@ impl std::fmt::Debug for SshRemote {
 }
 
 async fn open_connection(t: &SshTarget) -> Result<Conn> {
+    // Throughput: a large window and packets, AES-GCM first (hardware AES where there
+    // is some), no Nagle delay on small command round trips.
+    let mut preferred = russh::Preferred::default();
+    let mut ciphers: Vec<russh::cipher::Name> = preferred.cipher.to_vec();
+    ciphers.sort_by_key(|c| *c != russh::cipher::AES_256_GCM);
+    preferred.cipher = std::borrow::Cow::Owned(ciphers);
     let config = Arc::new(client::Config {
         keepalive_interval: Some(t.keepalive.unwrap_or(Duration::from_secs(15))),
         keepalive_max: t.keepalive_max,
+        window_size: 16 << 20,
+        maximum_packet_size: 65_535,
+        channel_buffer_size: 1024,
+        nodelay: true,
+        preferred,
         ..Default::default()
     });
     let refusal = Arc::new(Mutex::new(None));
@@ -580,12 +591,14 @@ impl SshRemote {
         channel.eof().await?;
         let mut out = ExecOutput::default();
         let mut status = None;
+        let mut stopped_by_reader = false;
         while let Some(msg) = channel.wait().await {
             match msg {
                 ChannelMsg::Data { data } => match sink {
                     Some(s) => {
                         if s.send(data.to_vec()).await.is_err() {
                             let _ = channel.close().await;
+                            stopped_by_reader = true;
                             break;
                         }
                     }
@@ -596,6 +609,9 @@ impl SshRemote {
                 ChannelMsg::ExitSignal { .. } => status = status.or(Some(128 + 9)),
                 _ => {}
             }
+        }
+        if stopped_by_reader {
+            status = status.or(Some(0));
         }
         out.status = status.ok_or_else(|| {
             anyhow!(
@@ -765,6 +781,30 @@ impl Remote for SshRemote {
         }
         tokio::fs::rename(&part, dest).await?;
         Ok(Fetched { size, blake3: b3 })
+    }
+
+    async fn stream_file(
+        &self,
+        path: &str,
+        offset: u64,
+        sink: mpsc::Sender<Vec<u8>>,
+    ) -> Result<bool> {
+        let q = sh_quote(path);
+        let out = self
+            .exec_raw(
+                &format!("[ -f {q} ] || exit 44; exec tail -c +{} {q}", offset + 1),
+                Stdin::Empty,
+                Some(&sink),
+            )
+            .await?;
+        match out.status {
+            44 => Ok(false),
+            0 => Ok(true),
+            _ => Err(anyhow!(
+                "reading {path}: {}",
+                crate::sanitize::sanitize_line(out.stderr.trim_ascii())
+            )),
+        }
     }
 
     async fn read_range(&self, path: &str, offset: u64, max: usize) -> Result<Option<Vec<u8>>> {
