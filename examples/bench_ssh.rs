@@ -8,6 +8,7 @@
 //! `cargo run --release --example bench_ssh [-- LOG_MB TREE_MB]` (needs openssh-server,
 //! openssh-client and rsync).
 
+use anyhow::Context;
 use std::io::Write;
 use std::path::Path;
 use std::process::Command;
@@ -194,13 +195,17 @@ async fn main() -> anyhow::Result<()> {
 
     let (b0, e0) = (r.bytes_sent(), r.exec_count());
     let t = Instant::now();
-    let plan = sync::prepare(&r, "bench", &src, &[]).await?;
-    sync::apply(&r, "bench", &src, &plan).await?;
+    let plan = sync::prepare(&r, "bench", &src, &[])
+        .await
+        .context("first prepare")?;
+    sync::apply(&r, "bench", &src, &plan)
+        .await
+        .context("first apply")?;
     let first = (t.elapsed().as_secs_f64(), r.bytes_sent() - b0, round(e0));
     let rs_first = rsync(&sshd, &kh, &src, &rs_dst);
 
     for i in 0..10 {
-        let f = src.join(format!("pkg{:03}/f{:05}.bin", i % 100, i * 7));
+        let f = src.join(format!("pkg{:03}/f{:05}.bin", (i * 7) % 100, i * 7));
         let mut data = std::fs::read(&f)?;
         data[0] ^= 0xff;
         std::fs::write(&f, data)?;

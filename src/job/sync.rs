@@ -41,6 +41,48 @@ impl Entry {
 
 pub type Manifest = BTreeMap<String, Entry>;
 
+/// One line of the manifest file on the machine. The file is a log: a full snapshot, then
+/// patches appended by later syncs (so changing 10 files sends 10 entries, not all of
+/// them); it is rewritten as one snapshot when the log grows long.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+struct ManifestLine {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    full: Option<Manifest>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    set: BTreeMap<String, Entry>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    del: Vec<String>,
+}
+
+/// Patch lines kept before the manifest is rewritten as one snapshot.
+const MANIFEST_MAX_LINES: usize = 32;
+
+/// Replay a manifest log. A torn last line (a crash mid-append) is ignored: the files it
+/// described are simply sent again. Anything else unreadable means "unknown": sync all.
+fn replay_manifest(bytes: &[u8]) -> (Manifest, usize) {
+    let mut m = Manifest::new();
+    let lines: Vec<&[u8]> = bytes
+        .split(|&b| b == b'\n')
+        .filter(|l| !l.trim_ascii().is_empty())
+        .collect();
+    for (i, line) in lines.iter().enumerate() {
+        match serde_json::from_slice::<ManifestLine>(line) {
+            Ok(rec) => {
+                if let Some(full) = rec.full {
+                    m = full;
+                }
+                m.extend(rec.set);
+                for d in rec.del {
+                    m.remove(&d);
+                }
+            }
+            Err(_) if i + 1 == lines.len() => {}
+            Err(_) => return (Manifest::new(), 0),
+        }
+    }
+    (m, lines.len())
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Excluded {
     pub path: String,
@@ -57,8 +99,14 @@ pub struct SyncPlan {
     pub delete: Vec<String>,
     pub unchanged: usize,
     pub upload_bytes: u64,
+    /// Same content, new mtime: recorded so the next scan need not hash them again.
+    #[serde(skip)]
+    pub touched: Vec<String>,
     #[serde(skip)]
     pub manifest: Manifest,
+    /// Lines in the manifest log on the machine when it was read.
+    #[serde(skip)]
+    pub manifest_lines: usize,
 }
 
 impl SyncPlan {
@@ -224,7 +272,12 @@ pub fn plan(local: Manifest, remote: &Manifest) -> SyncPlan {
     let mut p = SyncPlan::default();
     for (path, e) in &local {
         match remote.get(path) {
-            Some(r) if r.same_content(e) => p.unchanged += 1,
+            Some(r) if r.same_content(e) => {
+                p.unchanged += 1;
+                if r.mtime_ns != e.mtime_ns {
+                    p.touched.push(path.clone());
+                }
+            }
             _ => {
                 if let Some(t) = &e.link {
                     p.links.push((path.clone(), t.clone()));
@@ -252,12 +305,13 @@ fn manifest_path(root: &str, project: &str) -> String {
     format!("{root}/manifests/{project}.json")
 }
 
-/// Read the manifest stored on the machine (empty when there is none or it is unreadable).
-pub async fn remote_manifest(remote: &dyn Remote, project: &str) -> Result<Manifest> {
+/// Read the manifest stored on the machine (empty when there is none or it is unreadable),
+/// with the number of lines of its log.
+pub async fn remote_manifest(remote: &dyn Remote, project: &str) -> Result<(Manifest, usize)> {
     let path = manifest_path(remote.root(), project);
     Ok(match remote.read_range(&path, 0, usize::MAX).await? {
-        Some(bytes) => serde_json::from_slice(&bytes).unwrap_or_default(),
-        None => Manifest::new(),
+        Some(bytes) => replay_manifest(&bytes),
+        None => (Manifest::new(), 0),
     })
 }
 
@@ -268,12 +322,14 @@ pub async fn prepare(
     local_root: &Path,
     excludes: &[String],
 ) -> Result<SyncPlan> {
-    let remote_m = remote_manifest(remote, project).await?;
+    let (remote_m, lines) = remote_manifest(remote, project).await?;
     let root = local_root.to_path_buf();
     let ex = excludes.to_vec();
     let prev = remote_m.clone();
     let local = tokio::task::spawn_blocking(move || scan(&root, &ex, &prev)).await??;
-    Ok(plan(local, &remote_m))
+    let mut p = plan(local, &remote_m);
+    p.manifest_lines = lines;
+    Ok(p)
 }
 
 /// Carry out a plan: copy, link, delete, then record the new manifest on the machine.
@@ -283,16 +339,18 @@ pub async fn apply(
     local_root: &Path,
     plan: &SyncPlan,
 ) -> Result<()> {
-    if plan.is_noop() {
+    if plan.is_noop() && plan.touched.is_empty() {
         return Ok(());
     }
     let dir = code_dir(remote.root(), project);
-    remote
-        .exec(&format!("mkdir -p {}", sh_quote(&dir)))
-        .await?
-        .check("creating the code directory")?;
     if !plan.upload.is_empty() {
+        // Creates the directory too.
         remote.put_files(local_root, &plan.upload, &dir).await?;
+    } else if !plan.links.is_empty() || !plan.delete.is_empty() {
+        remote
+            .exec(&format!("mkdir -p {}", sh_quote(&dir)))
+            .await?
+            .check("creating the code directory")?;
     }
     // Links and deletions go in batches of shell commands, every path quoted.
     let mut script = String::new();
@@ -335,16 +393,69 @@ pub async fn apply(
         script.push_str("true");
         flush(&mut script).await?;
     }
-    let json = serde_json::to_vec(&plan.manifest)?;
-    remote
-        .write_file(&manifest_path(remote.root(), project), &json, 0o644)
-        .await?;
+    let path = manifest_path(remote.root(), project);
+    if plan.manifest_lines == 0 || plan.manifest_lines >= MANIFEST_MAX_LINES {
+        let mut json = serde_json::to_vec(&ManifestLine {
+            full: Some(plan.manifest.clone()),
+            ..Default::default()
+        })?;
+        json.push(b'\n');
+        remote.write_file(&path, &json, 0o644).await?;
+    } else {
+        let set = plan
+            .upload
+            .iter()
+            .chain(plan.links.iter().map(|(p, _)| p))
+            .chain(plan.touched.iter())
+            .filter_map(|p| plan.manifest.get(p).map(|e| (p.clone(), e.clone())))
+            .collect();
+        let mut json = serde_json::to_vec(&ManifestLine {
+            full: None,
+            set,
+            del: plan.delete.clone(),
+        })?;
+        json.push(b'\n');
+        remote.append_file(&path, &json).await?;
+    }
     Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn manifest_log_replays_patches_and_survives_a_torn_tail() {
+        let e = |h: &str| Entry {
+            size: 1,
+            mtime_ns: 1,
+            mode: 0o644,
+            hash: h.into(),
+            link: None,
+        };
+        let full = ManifestLine {
+            full: Some(Manifest::from([("a".into(), e("1")), ("b".into(), e("2"))])),
+            ..Default::default()
+        };
+        let patch = ManifestLine {
+            full: None,
+            set: BTreeMap::from([("c".into(), e("3")), ("a".into(), e("9"))]),
+            del: vec!["b".into()],
+        };
+        let mut log = serde_json::to_vec(&full).unwrap();
+        log.push(b'\n');
+        log.extend(serde_json::to_vec(&patch).unwrap());
+        log.push(b'\n');
+        let (m, n) = replay_manifest(&log);
+        assert_eq!(n, 2);
+        assert_eq!(m.keys().cloned().collect::<Vec<_>>(), vec!["a", "c"]);
+        assert_eq!(m["a"].hash, "9");
+        // A crash mid-append leaves half a line: it is ignored.
+        log.extend_from_slice(b"{\"set\": {\"d\"");
+        assert_eq!(replay_manifest(&log).0, m);
+        // Garbage in the middle: unknown, sync everything.
+        assert!(replay_manifest(b"nonsense\n{}\n").0.is_empty());
+    }
 
     #[test]
     fn plan_moves_only_changes_and_propagates_deletions() {

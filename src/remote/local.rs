@@ -174,6 +174,23 @@ impl Remote for LocalRemote {
         .await?
     }
 
+    async fn append_file(&self, path: &str, data: &[u8]) -> Result<()> {
+        let path = PathBuf::from(path);
+        let data = data.to_vec();
+        tokio::task::spawn_blocking(move || -> Result<()> {
+            if let Some(parent) = path.parent() {
+                std::fs::create_dir_all(parent)?;
+            }
+            let mut f = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&path)?;
+            f.write_all(&data)?;
+            Ok(())
+        })
+        .await?
+    }
+
     async fn put_files(
         &self,
         local_root: &Path,

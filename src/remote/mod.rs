@@ -61,6 +61,9 @@ pub trait Remote: Send + Sync {
     /// Write `data` to `path` atomically (temp name, then rename), creating parents, with `mode`.
     async fn write_file(&self, path: &str, data: &[u8], mode: u32) -> Result<()>;
 
+    /// Append `data` to `path` (created if missing, parents too).
+    async fn append_file(&self, path: &str, data: &[u8]) -> Result<()>;
+
     /// Copy local files `rels` (relative to `local_root`) to `remote_root/rel`, keeping the
     /// permission bits, each atomically. Returns the bytes moved.
     async fn put_files(&self, local_root: &Path, rels: &[String], remote_root: &str)

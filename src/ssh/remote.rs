@@ -667,6 +667,17 @@ impl Remote for SshRemote {
         Ok(())
     }
 
+    async fn append_file(&self, path: &str, data: &[u8]) -> Result<()> {
+        let script = format!(
+            "mkdir -p \"$(dirname {p})\" && cat >> {p}",
+            p = sh_quote(path)
+        );
+        self.exec_raw(&script, Stdin::Bytes(data), None)
+            .await?
+            .check(&format!("appending to {path}"))?;
+        Ok(())
+    }
+
     async fn put_files(
         &self,
         local_root: &Path,
