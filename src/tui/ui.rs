@@ -690,21 +690,12 @@ fn draw_cost(f: &mut Frame, app: &mut App, area: Rect) {
         })
         .collect();
     f.render_widget(
-        Table::new(
+        cost_table(
+            app,
+            " per instance ",
             inst_rows,
-            [
-                Constraint::Fill(1),
-                Constraint::Length(11),
-                Constraint::Length(8),
-                Constraint::Length(10),
-            ],
-        )
-        .header(Row::new(vec!["INSTANCE", "STATE", "$/H", "COST"]).style(t.header()))
-        .block(
-            Block::default()
-                .borders(Borders::TOP)
-                .border_style(t.dim())
-                .title(" per instance "),
+            ["INSTANCE", "STATE", "$/H", "COST"],
+            11,
         ),
         left,
     );
@@ -722,24 +713,42 @@ fn draw_cost(f: &mut Frame, app: &mut App, area: Rect) {
         })
         .collect();
     f.render_widget(
-        Table::new(
+        cost_table(
+            app,
+            " per job ",
             job_rows,
-            [
-                Constraint::Fill(1),
-                Constraint::Length(10),
-                Constraint::Length(10),
-                Constraint::Length(10),
-            ],
-        )
-        .header(Row::new(vec!["JOB", "STATE", "COST", "PROJECTED"]).style(t.header()))
-        .block(
-            Block::default()
-                .borders(Borders::TOP)
-                .border_style(t.dim())
-                .title(" per job "),
+            ["JOB", "STATE", "COST", "PROJECTED"],
+            10,
         ),
         right,
     );
+}
+
+/// A four-column table of the cost pane: name, state, two amounts.
+fn cost_table<'a>(
+    app: &App,
+    title: &'a str,
+    rows: Vec<Row<'a>>,
+    header: [&'a str; 4],
+    state_w: u16,
+) -> Table<'a> {
+    let t = &app.theme;
+    Table::new(
+        rows,
+        [
+            Constraint::Fill(1),
+            Constraint::Length(state_w),
+            Constraint::Length(9),
+            Constraint::Length(10),
+        ],
+    )
+    .header(Row::new(header.to_vec()).style(t.header()))
+    .block(
+        Block::default()
+            .borders(Borders::TOP)
+            .border_style(t.dim())
+            .title(title),
+    )
 }
 
 fn draw_bar(f: &mut Frame, app: &App, area: Rect) {

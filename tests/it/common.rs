@@ -112,6 +112,26 @@ impl Env {
     }
 }
 
+/// The `step=N` numbers of the toy job's log lines, in order.
+pub fn steps_in_log(text: &str) -> Vec<u32> {
+    text.lines()
+        .filter_map(|l| l.strip_prefix("step="))
+        .map(|l| l.split(' ').next().unwrap().parse().unwrap())
+        .collect()
+}
+
+impl Env {
+    /// The steps of a job's stored points of metric `name`, in order.
+    pub fn metric_steps(&self, job: &str, name: &str) -> Vec<i64> {
+        self.json(&["metrics", job, "--name", name])
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["step"].as_i64().unwrap())
+            .collect()
+    }
+}
+
 /// Live processes carrying the sandbox marker of instance `id`.
 pub fn sandbox_processes(id: &str) -> Vec<i32> {
     trainctl::provider::local::sandbox_processes(id)

@@ -203,23 +203,13 @@ fn killed_trainctl_reattaches_with_no_line_lost_or_repeated() {
         String::from_utf8_lossy(&out.stderr)
     );
     let text = String::from_utf8(out.stdout).unwrap();
-    let steps: Vec<u32> = text
-        .lines()
-        .filter_map(|l| l.strip_prefix("step="))
-        .map(|l| l.split(' ').next().unwrap().parse().unwrap())
-        .collect();
+    let steps = crate::common::steps_in_log(&text);
     assert_eq!(
         steps,
         (1..=80).collect::<Vec<_>>(),
         "log lines lost or repeated"
     );
-    let lr = env.json(&["metrics", &job, "--name", "lr"]);
-    let metric_steps: Vec<i64> = lr
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| p["step"].as_i64().unwrap())
-        .collect();
+    let metric_steps = env.metric_steps(&job, "lr");
     assert_eq!(
         metric_steps,
         (1..=80).collect::<Vec<_>>(),

@@ -300,23 +300,13 @@ fn follow_survives_killed_connections_with_no_line_lost_or_repeated() {
         String::from_utf8_lossy(&out.stderr)
     );
     let text = String::from_utf8(out.stdout).unwrap();
-    let steps: Vec<u32> = text
-        .lines()
-        .filter_map(|l| l.strip_prefix("step="))
-        .map(|l| l.split(' ').next().unwrap().parse().unwrap())
-        .collect();
+    let steps = crate::common::steps_in_log(&text);
     assert_eq!(
         steps,
         (1..=96).collect::<Vec<_>>(),
         "lines lost or repeated"
     );
-    let lr = env.json(&["metrics", &job, "--name", "lr"]);
-    let metric_steps: Vec<i64> = lr
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| p["step"].as_i64().unwrap())
-        .collect();
+    let metric_steps = env.metric_steps(&job, "lr");
     assert_eq!(metric_steps, (1..=96).collect::<Vec<_>>());
     env.ok(&["terminate", &id]);
 }
@@ -495,11 +485,7 @@ fn killed_trainctl_reattaches_to_the_job_over_ssh() {
         String::from_utf8_lossy(&out.stderr)
     );
     let text = String::from_utf8(out.stdout).unwrap();
-    let steps: Vec<u32> = text
-        .lines()
-        .filter_map(|l| l.strip_prefix("step="))
-        .map(|l| l.split(' ').next().unwrap().parse().unwrap())
-        .collect();
+    let steps = crate::common::steps_in_log(&text);
     assert_eq!(steps, (1..=80).collect::<Vec<_>>());
     assert_eq!(env.job(&job)["state"], "succeeded");
     env.ok(&["terminate", &id]);
