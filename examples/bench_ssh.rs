@@ -198,9 +198,14 @@ async fn main() -> anyhow::Result<()> {
     let plan = sync::prepare(&r, "bench", &src, &[])
         .await
         .context("first prepare")?;
+    let scanned = t.elapsed().as_secs_f64();
     sync::apply(&r, "bench", &src, &plan)
         .await
         .context("first apply")?;
+    eprintln!(
+        "  (first sync: scan {scanned:.2} s, transfer {:.2} s)",
+        t.elapsed().as_secs_f64() - scanned
+    );
     let first = (t.elapsed().as_secs_f64(), r.bytes_sent() - b0, round(e0));
     let rs_first = rsync(&sshd, &kh, &src, &rs_dst);
 

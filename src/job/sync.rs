@@ -160,7 +160,24 @@ fn mtime_ns(meta: &std::fs::Metadata) -> i64 {
 
 /// The manifest of the tree at `root` as it is now. Files whose size and mtime match
 /// `previous` keep its hash (no read); the others are hashed.
+/// Whether [`scan`] hashes files the machine does not have yet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HashNew {
+    Now,
+    /// Leave their hash empty: the upload computes it while reading them.
+    WhileSending,
+}
+
 pub fn scan(root: &Path, excludes: &[String], previous: &Manifest) -> Result<Manifest> {
+    scan_with(root, excludes, previous, HashNew::Now)
+}
+
+pub fn scan_with(
+    root: &Path,
+    excludes: &[String],
+    previous: &Manifest,
+    hash_new: HashNew,
+) -> Result<Manifest> {
     use std::os::unix::fs::PermissionsExt;
     let mut out = Manifest::new();
     for entry in walker(root, excludes, true)?.build() {
@@ -201,6 +218,8 @@ pub fn scan(root: &Path, excludes: &[String], previous: &Manifest) -> Result<Man
         let size = meta.len();
         let hash = match previous.get(&rel) {
             Some(p) if p.size == size && p.mtime_ns == mtime && p.link.is_none() => p.hash.clone(),
+            // New on the machine: it travels anyway and is hashed on the way (see `apply`).
+            None if hash_new == HashNew::WhileSending => String::new(),
             _ => {
                 let mut h = blake3::Hasher::new();
                 h.update_reader(std::fs::File::open(entry.path())?)?;
@@ -326,7 +345,9 @@ pub async fn prepare(
     let root = local_root.to_path_buf();
     let ex = excludes.to_vec();
     let prev = remote_m.clone();
-    let local = tokio::task::spawn_blocking(move || scan(&root, &ex, &prev)).await??;
+    let local =
+        tokio::task::spawn_blocking(move || scan_with(&root, &ex, &prev, HashNew::WhileSending))
+            .await??;
     let mut p = plan(local, &remote_m);
     p.manifest_lines = lines;
     Ok(p)
@@ -343,9 +364,16 @@ pub async fn apply(
         return Ok(());
     }
     let dir = code_dir(remote.root(), project);
+    let mut manifest = plan.manifest.clone();
     if !plan.upload.is_empty() {
-        // Creates the directory too.
-        remote.put_files(local_root, &plan.upload, &dir).await?;
+        // Creates the directory too; hashes what it sends.
+        let sent = remote.put_files(local_root, &plan.upload, &dir).await?;
+        for (rel, f) in plan.upload.iter().zip(sent) {
+            if let Some(e) = manifest.get_mut(rel) {
+                e.hash = f.blake3;
+                e.size = f.size;
+            }
+        }
     } else if !plan.links.is_empty() || !plan.delete.is_empty() {
         remote
             .exec(&format!("mkdir -p {}", sh_quote(&dir)))
@@ -396,7 +424,7 @@ pub async fn apply(
     let path = manifest_path(remote.root(), project);
     if plan.manifest_lines == 0 || plan.manifest_lines >= MANIFEST_MAX_LINES {
         let mut json = serde_json::to_vec(&ManifestLine {
-            full: Some(plan.manifest.clone()),
+            full: Some(manifest),
             ..Default::default()
         })?;
         json.push(b'\n');
@@ -407,7 +435,7 @@ pub async fn apply(
             .iter()
             .chain(plan.links.iter().map(|(p, _)| p))
             .chain(plan.touched.iter())
-            .filter_map(|p| plan.manifest.get(p).map(|e| (p.clone(), e.clone())))
+            .filter_map(|p| manifest.get(p).map(|e| (p.clone(), e.clone())))
             .collect();
         let mut json = serde_json::to_vec(&ManifestLine {
             full: None,
@@ -423,6 +451,44 @@ pub async fn apply(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn manifest_records_the_hash_of_what_was_sent() {
+        let d = tempfile::tempdir().unwrap();
+        let src = d.path().join("src");
+        std::fs::create_dir_all(src.join("a")).unwrap();
+        std::fs::write(src.join("a/x.py"), "x = 1\n").unwrap();
+        std::fs::write(src.join("y.txt"), "why").unwrap();
+        let home = d.path().join("home");
+        std::fs::create_dir_all(&home).unwrap();
+        let r = crate::remote::local::LocalRemote::new(&home, "t-manifest");
+        let p = prepare(&r, "p", &src, &[]).await.unwrap();
+        // New files are not hashed by the scan: the upload hashes them.
+        assert!(p.manifest.values().all(|e| e.hash.is_empty()));
+        apply(&r, "p", &src, &p).await.unwrap();
+        let (m, lines) = remote_manifest(&r, "p").await.unwrap();
+        assert_eq!(lines, 1);
+        assert_eq!(
+            m["a/x.py"].hash,
+            blake3::hash(b"x = 1\n").to_hex().to_string()
+        );
+        assert_eq!(m["y.txt"].hash, blake3::hash(b"why").to_hex().to_string());
+        // Touching a file without changing it moves nothing but records the new mtime.
+        let f = std::fs::File::options()
+            .write(true)
+            .open(src.join("y.txt"))
+            .unwrap();
+        f.set_modified(std::time::SystemTime::now() + std::time::Duration::from_secs(5))
+            .unwrap();
+        let p2 = prepare(&r, "p", &src, &[]).await.unwrap();
+        assert!(p2.is_noop());
+        assert_eq!(p2.touched, vec!["y.txt"]);
+        apply(&r, "p", &src, &p2).await.unwrap();
+        let (m2, lines) = remote_manifest(&r, "p").await.unwrap();
+        assert_eq!(lines, 2);
+        assert_eq!(m2["y.txt"].hash, m["y.txt"].hash);
+        assert_ne!(m2["y.txt"].mtime_ns, m["y.txt"].mtime_ns);
+    }
 
     #[test]
     fn manifest_log_replays_patches_and_survives_a_torn_tail() {

@@ -196,12 +196,12 @@ impl Remote for LocalRemote {
         local_root: &Path,
         rels: &[String],
         remote_root: &str,
-    ) -> Result<u64> {
+    ) -> Result<Vec<Fetched>> {
         let local_root = local_root.to_path_buf();
         let remote_root = PathBuf::from(remote_root);
         let rels = rels.to_vec();
-        tokio::task::spawn_blocking(move || -> Result<u64> {
-            let mut bytes = 0;
+        tokio::task::spawn_blocking(move || -> Result<Vec<Fetched>> {
+            let mut sent = Vec::with_capacity(rels.len());
             let mut buf = Vec::new();
             let mut made: Option<PathBuf> = None;
             for rel in &rels {
@@ -212,10 +212,9 @@ impl Remote for LocalRemote {
                         .with_context(|| format!("creating {}", parent.display()))?;
                     made = Some(parent.to_path_buf());
                 }
-                let f = copy_hashed(&local_root.join(rel), &dest, &mut buf)?;
-                bytes += f.size;
+                sent.push(copy_hashed(&local_root.join(rel), &dest, &mut buf)?);
             }
-            Ok(bytes)
+            Ok(sent)
         })
         .await?
     }
@@ -309,7 +308,11 @@ mod tests {
             )
             .await
             .unwrap();
-        assert_eq!(n, 11);
+        assert_eq!(n[0].size, 11);
+        assert_eq!(
+            n[0].blake3,
+            blake3::hash(b"hello world").to_hex().to_string()
+        );
         let copied = dest_root.join("sub dir/a b.txt");
         assert_eq!(
             std::fs::metadata(&copied).unwrap().permissions().mode() & 0o777,

@@ -65,9 +65,14 @@ pub trait Remote: Send + Sync {
     async fn append_file(&self, path: &str, data: &[u8]) -> Result<()>;
 
     /// Copy local files `rels` (relative to `local_root`) to `remote_root/rel`, keeping the
-    /// permission bits, each atomically. Returns the bytes moved.
-    async fn put_files(&self, local_root: &Path, rels: &[String], remote_root: &str)
-    -> Result<u64>;
+    /// permission bits. Returns each file's size and BLAKE3 as sent (hashed while read, so
+    /// a first sync reads every file once).
+    async fn put_files(
+        &self,
+        local_root: &Path,
+        rels: &[String],
+        remote_root: &str,
+    ) -> Result<Vec<Fetched>>;
 
     /// Download `path` to the local file `dest` (temp name, then rename), verifying size and
     /// BLAKE3 against the source.

@@ -11,7 +11,7 @@ use russh::ChannelMsg;
 use russh::client;
 use russh::keys::{HashAlg, PrivateKeyWithHashAlg, PublicKey, PublicKeyOrCertificate};
 
-use std::io::Write;
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -249,6 +249,22 @@ impl client::Handler for Verifier {
 }
 
 type Conn = Arc<client::Handle<Verifier>>;
+
+/// Reads through, hashing and counting what passes.
+struct HashingReader<R> {
+    inner: R,
+    hasher: blake3::Hasher,
+    n: u64,
+}
+
+impl<R: std::io::Read> std::io::Read for HashingReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let k = self.inner.read(buf)?;
+        self.hasher.update(&buf[..k]);
+        self.n += k as u64;
+        Ok(k)
+    }
+}
 
 /// What a command reads on stdin.
 enum Stdin<'a> {
@@ -683,7 +699,7 @@ impl Remote for SshRemote {
         local_root: &Path,
         rels: &[String],
         remote_root: &str,
-    ) -> Result<u64> {
+    ) -> Result<Vec<Fetched>> {
         // One tar stream for every file: one round trip, permissions kept.
         for r in rels {
             safe_join(Path::new("/x"), r)?;
@@ -692,32 +708,43 @@ impl Remote for SshRemote {
         let list = rels.to_vec();
         // The archive is built while it is sent: memory stays at a few chunks.
         let (tx, rx) = mpsc::channel::<Vec<u8>>(4);
-        let packer = tokio::task::spawn_blocking(move || -> Result<u64> {
+        let packer = tokio::task::spawn_blocking(move || -> Result<Vec<Fetched>> {
             let mut b = tar::Builder::new(ChunkWriter {
                 tx,
                 buf: Vec::with_capacity(1 << 20),
             });
-            b.mode(tar::HeaderMode::Complete);
-            b.follow_symlinks(false);
-            let mut total = 0;
+            let mut sent = Vec::with_capacity(list.len());
             for rel in &list {
                 let p = root.join(rel);
-                total += std::fs::metadata(&p)?.len();
-                b.append_path_with_name(&p, rel)
+                let file = std::fs::File::open(&p).with_context(|| format!("opening {rel}"))?;
+                let meta = file.metadata()?;
+                let mut header = tar::Header::new_gnu();
+                header.set_metadata_in_mode(&meta, tar::HeaderMode::Complete);
+                // Hash what is read into the archive: exactly the bytes the machine gets.
+                let mut reader = HashingReader {
+                    inner: file.take(meta.len()),
+                    hasher: blake3::Hasher::new(),
+                    n: 0,
+                };
+                b.append_data(&mut header, rel, &mut reader)
                     .with_context(|| format!("packing {rel}"))?;
+                sent.push(Fetched {
+                    size: reader.n,
+                    blake3: reader.hasher.finalize().to_hex().to_string(),
+                });
             }
             let mut w = b.into_inner()?;
             w.flush()?;
-            Ok(total)
+            Ok(sent)
         });
         let script = format!(
             "mkdir -p {r} && tar -x -p -m --no-same-owner -f - -C {r}",
             r = sh_quote(remote_root)
         );
         let sent = self.exec_raw(&script, Stdin::Stream(rx), None).await;
-        let bytes = packer.await??;
+        let files = packer.await??;
         sent?.check("unpacking files on the machine")?;
-        Ok(bytes)
+        Ok(files)
     }
 
     async fn get(&self, path: &str, dest: &Path) -> Result<Fetched> {

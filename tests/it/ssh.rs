@@ -63,7 +63,12 @@ async fn ssh_remote_runs_quoted_commands_and_moves_files_with_checks() {
         .iter()
         .map(|s| s.to_string())
         .collect();
-    assert_eq!(r.put_files(&src, &rels, &dest).await.unwrap(), 30);
+    let sent = r.put_files(&src, &rels, &dest).await.unwrap();
+    assert_eq!(sent.iter().map(|f| f.size).sum::<u64>(), 30);
+    assert_eq!(
+        sent[2].blake3,
+        blake3::hash(b"#!/bin/sh\necho ok\n").to_hex().to_string()
+    );
     let out = r
         .exec(&format!(
             "cd {} && ./run.sh",
