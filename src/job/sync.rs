@@ -15,6 +15,22 @@ use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
+/// Changed files at least this large travel as changed blocks when the machine has them.
+pub const DELTA_MIN_SIZE: u64 = 16 * 1024;
+const DELTA_BLOCK: usize = 4096;
+/// The helper that checksums and patches blocks on the machine (needs python3 there; without
+/// it, files travel whole).
+const DELTA_PY: &str = include_str!("../../assets/remote/delta.py");
+
+/// What a sync moved.
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct SyncStats {
+    pub whole_files: usize,
+    pub delta_files: usize,
+    /// Block bytes sent for the delta files.
+    pub delta_bytes: u64,
+}
+
 /// Paths never synced whatever the project says: VCS data and trainctl's own pull folder.
 pub const BUILTIN_EXCLUDES: &[&str] = &[".git/", "trainctl-out/"];
 
@@ -99,6 +115,9 @@ pub struct SyncPlan {
     pub delete: Vec<String>,
     pub unchanged: usize,
     pub upload_bytes: u64,
+    /// Uploads the machine already has an older version of (block-delta candidates).
+    #[serde(skip)]
+    pub modified: Vec<String>,
     /// Same content, new mtime: recorded so the next scan need not hash them again.
     #[serde(skip)]
     pub touched: Vec<String>,
@@ -301,6 +320,12 @@ pub fn plan(local: Manifest, remote: &Manifest) -> SyncPlan {
                 if let Some(t) = &e.link {
                     p.links.push((path.clone(), t.clone()));
                 } else {
+                    if let Some(r) = remote.get(path)
+                        && r.link.is_none()
+                        && e.size >= DELTA_MIN_SIZE
+                    {
+                        p.modified.push(path.clone());
+                    }
                     p.upload.push(path.clone());
                     p.upload_bytes += e.size;
                 }
@@ -353,22 +378,135 @@ pub async fn prepare(
     Ok(p)
 }
 
+/// The blocks to patch, and per file what it will hash to and the block bytes.
+type Deltas = (Vec<u8>, Vec<(String, crate::remote::Fetched, u64)>);
+
+/// Work out the changed blocks of `files` (relative to `dir` on the machine, which has older
+/// versions): one round trip for the machine's block sums. Returns the patch stream and
+/// the files it covers; files it cannot do (no python3 there, file gone, mostly changed)
+/// are left for a whole upload.
+async fn prepare_deltas(
+    remote: &dyn Remote,
+    dir: &str,
+    local_root: &Path,
+    files: &[String],
+) -> Result<Deltas> {
+    if files.is_empty() {
+        return Ok((Vec::new(), Vec::new()));
+    }
+    let mut script = format!(
+        "cd {} && python3 -c {} sums {DELTA_BLOCK}",
+        sh_quote(dir),
+        sh_quote(DELTA_PY)
+    );
+    for f in files {
+        script.push(' ');
+        script.push_str(&sh_quote(f));
+    }
+    let out = remote.exec(&script).await?;
+    if !out.success() {
+        tracing::info!("block delta unavailable on the machine; sending whole files");
+        return Ok((Vec::new(), Vec::new()));
+    }
+    let mut remote_sums: Vec<Option<Vec<String>>> = vec![None; files.len()];
+    for line in out.stdout_str().lines() {
+        let mut words = line.split_whitespace();
+        let Some(i) = words.next().and_then(|w| w.parse::<usize>().ok()) else {
+            continue;
+        };
+        let sums: Vec<String> = words.map(str::to_string).collect();
+        if i < files.len() && sums.first().map(String::as_str) != Some("-") {
+            remote_sums[i] = Some(sums);
+        }
+    }
+    let root = local_root.to_path_buf();
+    let list = files.to_vec();
+    tokio::task::spawn_blocking(move || -> Result<Deltas> {
+        use sha2::Digest;
+        use std::os::unix::fs::PermissionsExt;
+        let mut stream = Vec::new();
+        let mut done = Vec::new();
+        for (rel, sums) in list.iter().zip(remote_sums) {
+            let Some(sums) = sums else { continue };
+            let path = root.join(rel);
+            let data = std::fs::read(&path)?;
+            let mode = std::fs::metadata(&path)?.permissions().mode() & 0o7777;
+            let mut blocks: Vec<(usize, usize)> = Vec::new();
+            for (k, block) in data.chunks(DELTA_BLOCK).enumerate() {
+                let h: String = sha2::Sha256::digest(block)
+                    .iter()
+                    .take(16)
+                    .map(|b| format!("{b:02x}"))
+                    .collect();
+                if sums.get(k) != Some(&h) {
+                    let off = k * DELTA_BLOCK;
+                    match blocks.last_mut() {
+                        Some((o, n)) if *o + *n == off => *n += block.len(),
+                        _ => blocks.push((off, block.len())),
+                    }
+                }
+            }
+            let bytes: usize = blocks.iter().map(|b| b.1).sum();
+            if bytes * 2 >= data.len() {
+                continue; // mostly changed: whole is as cheap and simpler
+            }
+            let header = serde_json::json!({
+                "path": rel, "size": data.len(), "mode": mode,
+                "blocks": blocks.iter().map(|(o, n)| [*o, *n]).collect::<Vec<_>>(),
+            });
+            stream.extend_from_slice(header.to_string().as_bytes());
+            stream.push(b'\n');
+            for (o, n) in &blocks {
+                stream.extend_from_slice(&data[*o..*o + *n]);
+            }
+            done.push((
+                rel.clone(),
+                crate::remote::Fetched {
+                    size: data.len() as u64,
+                    blake3: blake3::hash(&data).to_hex().to_string(),
+                },
+                bytes as u64,
+            ));
+        }
+        Ok((stream, done))
+    })
+    .await?
+}
+
 /// Carry out a plan: copy, link, delete, then record the new manifest on the machine.
 pub async fn apply(
     remote: &dyn Remote,
     project: &str,
     local_root: &Path,
     plan: &SyncPlan,
-) -> Result<()> {
+) -> Result<SyncStats> {
     if plan.is_noop() && plan.touched.is_empty() {
-        return Ok(());
+        return Ok(SyncStats::default());
     }
     let dir = code_dir(remote.root(), project);
     let mut manifest = plan.manifest.clone();
-    if !plan.upload.is_empty() {
+    let mut stats = SyncStats::default();
+    // Modified large files: only their changed blocks, when the machine can patch.
+    let (patch, deltas) = prepare_deltas(remote, &dir, local_root, &plan.modified).await?;
+    for (rel, f, bytes) in &deltas {
+        if let Some(e) = manifest.get_mut(rel) {
+            e.hash = f.blake3.clone();
+            e.size = f.size;
+        }
+        stats.delta_files += 1;
+        stats.delta_bytes += bytes;
+    }
+    let whole: Vec<String> = plan
+        .upload
+        .iter()
+        .filter(|p| !deltas.iter().any(|(d, _, _)| d == *p))
+        .cloned()
+        .collect();
+    if !whole.is_empty() {
         // Creates the directory too; hashes what it sends.
-        let sent = remote.put_files(local_root, &plan.upload, &dir).await?;
-        for (rel, f) in plan.upload.iter().zip(sent) {
+        let sent = remote.put_files(local_root, &whole, &dir).await?;
+        stats.whole_files = whole.len();
+        for (rel, f) in whole.iter().zip(sent) {
             if let Some(e) = manifest.get_mut(rel) {
                 e.hash = f.blake3;
                 e.size = f.size;
@@ -422,13 +560,12 @@ pub async fn apply(
         flush(&mut script).await?;
     }
     let path = manifest_path(remote.root(), project);
-    if plan.manifest_lines == 0 || plan.manifest_lines >= MANIFEST_MAX_LINES {
-        let mut json = serde_json::to_vec(&ManifestLine {
-            full: Some(manifest),
+    let rewrite = plan.manifest_lines == 0 || plan.manifest_lines >= MANIFEST_MAX_LINES;
+    let record = if rewrite {
+        ManifestLine {
+            full: Some(manifest.clone()),
             ..Default::default()
-        })?;
-        json.push(b'\n');
-        remote.write_file(&path, &json, 0o644).await?;
+        }
     } else {
         let set = plan
             .upload
@@ -437,15 +574,43 @@ pub async fn apply(
             .chain(plan.touched.iter())
             .filter_map(|p| manifest.get(p).map(|e| (p.clone(), e.clone())))
             .collect();
-        let mut json = serde_json::to_vec(&ManifestLine {
+        ManifestLine {
             full: None,
             set,
             del: plan.delete.clone(),
-        })?;
-        json.push(b'\n');
-        remote.append_file(&path, &json).await?;
+        }
+    };
+    let mut json = serde_json::to_vec(&record)?;
+    json.push(b'\n');
+    let mut recorded = false;
+    if !deltas.is_empty() {
+        // The patch and, when it is a small append, the manifest line go in one round trip.
+        let mut script = format!(
+            "cd {} && python3 -c {} patch",
+            sh_quote(&dir),
+            sh_quote(DELTA_PY)
+        );
+        if !rewrite && json.len() < 64 * 1024 {
+            script.push_str(&format!(
+                " && printf '%s\\n' {} >> {}",
+                sh_quote(std::str::from_utf8(&json[..json.len() - 1])?),
+                sh_quote(&path)
+            ));
+            recorded = true;
+        }
+        remote
+            .exec_with_stdin(&script, &patch)
+            .await?
+            .check("patching changed blocks on the machine")?;
     }
-    Ok(())
+    if !recorded {
+        if rewrite {
+            remote.write_file(&path, &json, 0o644).await?;
+        } else {
+            remote.append_file(&path, &json).await?;
+        }
+    }
+    Ok(stats)
 }
 
 #[cfg(test)]
@@ -488,6 +653,54 @@ mod tests {
         assert_eq!(lines, 2);
         assert_eq!(m2["y.txt"].hash, m["y.txt"].hash);
         assert_ne!(m2["y.txt"].mtime_ns, m["y.txt"].mtime_ns);
+    }
+
+    #[tokio::test]
+    async fn changed_large_files_travel_as_blocks_and_come_out_identical() {
+        let d = tempfile::tempdir().unwrap();
+        let src = d.path().join("src");
+        std::fs::create_dir_all(&src).unwrap();
+        let mut big: Vec<u8> = (0..200_000u32)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+            .collect();
+        std::fs::write(src.join("big.bin"), &big).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(src.join("big.bin"), std::fs::Permissions::from_mode(0o640))
+            .unwrap();
+        let home = d.path().join("home");
+        std::fs::create_dir_all(&home).unwrap();
+        let r = crate::remote::local::LocalRemote::new(&home, "t-delta");
+        let p = prepare(&r, "p", &src, &[]).await.unwrap();
+        assert_eq!(apply(&r, "p", &src, &p).await.unwrap().whole_files, 1);
+        // One byte in the middle changes, and the file grows and then shrinks.
+        big[100_000] ^= 0xff;
+        big.extend_from_slice(b"tail");
+        std::fs::write(src.join("big.bin"), &big).unwrap();
+        let p = prepare(&r, "p", &src, &[]).await.unwrap();
+        assert_eq!(p.modified, vec!["big.bin"]);
+        let st = apply(&r, "p", &src, &p).await.unwrap();
+        assert_eq!((st.delta_files, st.whole_files), (1, 0), "{st:?}");
+        assert!(st.delta_bytes <= 2 * DELTA_BLOCK as u64, "{st:?}");
+        let remote_file = home.join(".trainctl/code/p/big.bin");
+        assert_eq!(std::fs::read(&remote_file).unwrap(), big);
+        big.truncate(150_000);
+        big[10] ^= 1;
+        std::fs::write(src.join("big.bin"), &big).unwrap();
+        let p = prepare(&r, "p", &src, &[]).await.unwrap();
+        apply(&r, "p", &src, &p).await.unwrap();
+        assert_eq!(std::fs::read(&remote_file).unwrap(), big);
+        assert_eq!(
+            std::fs::metadata(&remote_file)
+                .unwrap()
+                .permissions()
+                .mode()
+                & 0o777,
+            0o640
+        );
+        // The manifest agrees with the content: nothing moves next time.
+        let (m, _) = remote_manifest(&r, "p").await.unwrap();
+        assert_eq!(m["big.bin"].hash, blake3::hash(&big).to_hex().to_string());
+        assert!(prepare(&r, "p", &src, &[]).await.unwrap().is_noop());
     }
 
     #[test]

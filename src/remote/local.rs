@@ -174,6 +174,31 @@ impl Remote for LocalRemote {
         .await?
     }
 
+    async fn exec_with_stdin(&self, script: &str, data: &[u8]) -> Result<ExecOutput> {
+        use tokio::io::AsyncWriteExt;
+        let mut child = self
+            .command(script)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("running sh in the sandbox")?;
+        let mut stdin = child.stdin.take().context("no stdin pipe")?;
+        let data = data.to_vec();
+        let writer = tokio::spawn(async move {
+            let r = stdin.write_all(&data).await;
+            drop(stdin);
+            r
+        });
+        let out = child.wait_with_output().await?;
+        let _ = writer.await;
+        Ok(ExecOutput {
+            status: out.status.code().unwrap_or(128 + 9),
+            stdout: out.stdout,
+            stderr: out.stderr,
+        })
+    }
+
     async fn append_file(&self, path: &str, data: &[u8]) -> Result<()> {
         let path = PathBuf::from(path);
         let data = data.to_vec();

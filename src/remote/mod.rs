@@ -61,6 +61,9 @@ pub trait Remote: Send + Sync {
     /// Write `data` to `path` atomically (temp name, then rename), creating parents, with `mode`.
     async fn write_file(&self, path: &str, data: &[u8], mode: u32) -> Result<()>;
 
+    /// Run a script with `data` on its stdin.
+    async fn exec_with_stdin(&self, script: &str, data: &[u8]) -> Result<ExecOutput>;
+
     /// Append `data` to `path` (created if missing, parents too).
     async fn append_file(&self, path: &str, data: &[u8]) -> Result<()>;
 

@@ -683,6 +683,10 @@ impl Remote for SshRemote {
         Ok(())
     }
 
+    async fn exec_with_stdin(&self, script: &str, data: &[u8]) -> Result<ExecOutput> {
+        self.exec_raw(script, Stdin::Bytes(data), None).await
+    }
+
     async fn append_file(&self, path: &str, data: &[u8]) -> Result<()> {
         let script = format!(
             "mkdir -p \"$(dirname {p})\" && cat >> {p}",

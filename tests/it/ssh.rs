@@ -597,3 +597,47 @@ async fn unchanged_tree_costs_one_round_trip_over_ssh() {
         "an unchanged tree must cost one round trip"
     );
 }
+
+#[tokio::test]
+async fn a_changed_large_file_travels_as_blocks_over_ssh() {
+    let sshd = Sshd::start();
+    let work = tempfile::tempdir().unwrap();
+    let remote_root = work.path().join("remote");
+    let r = SshRemote::connect(
+        target(
+            &sshd,
+            &work.path().join("kh"),
+            true,
+            &SshConfig::default(),
+            "127.0.0.1",
+        ),
+        Some(remote_root.to_str().unwrap()),
+    )
+    .await
+    .unwrap();
+    let src = work.path().join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    let mut data: Vec<u8> = (0..300_000u32)
+        .map(|i| (i.wrapping_mul(40_503) >> 7) as u8)
+        .collect();
+    std::fs::write(src.join("weights.bin"), &data).unwrap();
+    use trainctl::job::sync;
+    let p = sync::prepare(&r, "p", &src, &[]).await.unwrap();
+    sync::apply(&r, "p", &src, &p).await.unwrap();
+    data[123_456] ^= 0x55;
+    std::fs::write(src.join("weights.bin"), &data).unwrap();
+    let p = sync::prepare(&r, "p", &src, &[]).await.unwrap();
+    let before = r.bytes_sent();
+    let st = sync::apply(&r, "p", &src, &p).await.unwrap();
+    assert_eq!(st.delta_files, 1, "{st:?}");
+    assert!(
+        r.bytes_sent() - before < 10_000,
+        "{} bytes for a 1-byte change",
+        r.bytes_sent() - before
+    );
+    assert_eq!(
+        std::fs::read(remote_root.join("code/p/weights.bin")).unwrap(),
+        data
+    );
+    assert!(sync::prepare(&r, "p", &src, &[]).await.unwrap().is_noop());
+}

@@ -1,0 +1,45 @@
+# trainctl block delta helper, run on the machine by `python3 -c`.
+# usage: sums BLOCK PATH...   -> one line per path: "<path-index> <sha256-hex> <sha256-hex> ..."
+#        patch                -> reads stdin: for each file a header line (JSON) then the block
+#                               bytes; rebuilds each file in a temp copy and renames it over.
+import hashlib, json, os, shutil, sys
+
+def sums(block, paths):
+    out = sys.stdout
+    for i, p in enumerate(paths):
+        hs = []
+        try:
+            with open(p, "rb") as f:
+                while True:
+                    b = f.read(block)
+                    if not b:
+                        break
+                    hs.append(hashlib.sha256(b).hexdigest()[:32])
+        except OSError:
+            hs = ["-"]
+        out.write("%d %s\n" % (i, " ".join(hs)))
+
+def patch():
+    inp = sys.stdin.buffer
+    while True:
+        line = inp.readline()
+        if not line:
+            break
+        h = json.loads(line)
+        path, tmp = h["path"], h["path"] + ".trainctl-part"
+        shutil.copyfile(path, tmp)
+        with open(tmp, "r+b") as f:
+            for off, n in h["blocks"]:
+                data = inp.read(n)
+                if len(data) != n:
+                    raise SystemExit("truncated patch for " + path)
+                f.seek(off)
+                f.write(data)
+            f.truncate(h["size"])
+        os.chmod(tmp, h["mode"])
+        os.replace(tmp, path)
+
+if sys.argv[1] == "sums":
+    sums(int(sys.argv[2]), sys.argv[3:])
+else:
+    patch()
