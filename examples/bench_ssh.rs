@@ -34,7 +34,14 @@ fn ssh_opts(sshd: &Sshd, kh: &Path) -> Vec<String> {
     ]
 }
 
+/// Flush dirty pages so neither side pays for the other's writes.
+fn settle() {
+    let _ = Command::new("sync").status();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+}
+
 fn rsync(sshd: &Sshd, kh: &Path, src: &Path, dst: &Path) -> (f64, u64) {
+    settle();
     let e = format!("ssh {}", ssh_opts(sshd, kh).join(" "));
     let t = Instant::now();
     let out = Command::new("rsync")
@@ -189,17 +196,19 @@ async fn main() -> anyhow::Result<()> {
         }
         std::fs::write(d.join(format!("f{i:05}.bin")), &buf)?;
     }
+    let cache = work.path().join("sync-cache.json");
     let rs_dst = work.path().join("rsync-dst");
     std::fs::create_dir_all(&rs_dst)?;
     let round = |before: u64| r.exec_count() - before;
 
+    settle();
     let (b0, e0) = (r.bytes_sent(), r.exec_count());
     let t = Instant::now();
-    let plan = sync::prepare(&r, "bench", &src, &[])
+    let plan = sync::prepare_with(&r, "bench", &src, &[], Some(&cache))
         .await
         .context("first prepare")?;
     let scanned = t.elapsed().as_secs_f64();
-    sync::apply(&r, "bench", &src, &plan)
+    sync::apply_with(&r, "bench", &src, &plan, Some(&cache))
         .await
         .context("first apply")?;
     eprintln!(
@@ -215,18 +224,20 @@ async fn main() -> anyhow::Result<()> {
         data[0] ^= 0xff;
         std::fs::write(&f, data)?;
     }
+    settle();
     let (b0, e0) = (r.bytes_sent(), r.exec_count());
     let t = Instant::now();
-    let plan = sync::prepare(&r, "bench", &src, &[]).await?;
-    sync::apply(&r, "bench", &src, &plan).await?;
+    let plan = sync::prepare_with(&r, "bench", &src, &[], Some(&cache)).await?;
+    sync::apply_with(&r, "bench", &src, &plan, Some(&cache)).await?;
     assert_eq!(plan.upload.len(), 10);
     let changed = (t.elapsed().as_secs_f64(), r.bytes_sent() - b0, round(e0));
     let rs_changed = rsync(&sshd, &kh, &src, &rs_dst);
 
+    settle();
     let (b0, e0) = (r.bytes_sent(), r.exec_count());
     let t = Instant::now();
-    let plan = sync::prepare(&r, "bench", &src, &[]).await?;
-    sync::apply(&r, "bench", &src, &plan).await?;
+    let plan = sync::prepare_with(&r, "bench", &src, &[], Some(&cache)).await?;
+    sync::apply_with(&r, "bench", &src, &plan, Some(&cache)).await?;
     assert!(plan.is_noop());
     let unchanged = (t.elapsed().as_secs_f64(), r.bytes_sent() - b0, round(e0));
     let rs_unchanged = rsync(&sshd, &kh, &src, &rs_dst);

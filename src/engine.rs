@@ -493,7 +493,7 @@ impl Engine {
             state: JobState::Syncing,
             reason: "syncing code".into(),
         });
-        let (uploaded, bytes, deleted) = self.sync_code(remote.as_ref(), &spec).await?;
+        let (uploaded, bytes, deleted) = self.sync_code(remote.as_ref(), &inst.id, &spec).await?;
         self.store().add_event(
             "sync.done",
             Some(&inst.id),
@@ -544,16 +544,32 @@ impl Engine {
         Ok(JobState::Running)
     }
 
-    async fn sync_code(&self, remote: &dyn Remote, spec: &JobSpec) -> Result<(usize, u64, usize)> {
+    /// Where the manifest last written to `instance` for `project` is remembered locally.
+    fn sync_cache(&self, instance: &str, project: &str) -> PathBuf {
+        self.inner
+            .data_dir
+            .join("sync-cache")
+            .join(instance)
+            .join(format!("{project}.json"))
+    }
+
+    async fn sync_code(
+        &self,
+        remote: &dyn Remote,
+        instance: &str,
+        spec: &JobSpec,
+    ) -> Result<(usize, u64, usize)> {
         let root = PathBuf::from(&spec.root);
-        let plan = sync::prepare(
+        let cache = self.sync_cache(instance, &spec.project_name);
+        let plan = sync::prepare_with(
             remote,
             &spec.project_name,
             &root,
             &spec.project.sync.exclude,
+            Some(&cache),
         )
         .await?;
-        sync::apply(remote, &spec.project_name, &root, &plan).await?;
+        sync::apply_with(remote, &spec.project_name, &root, &plan, Some(&cache)).await?;
         Ok((
             plan.upload.len() + plan.links.len(),
             plan.upload_bytes,
@@ -571,15 +587,17 @@ impl Engine {
         let inst = self.store().find_instance(instance_key)?;
         let remote = self.remote_for(&inst).await?;
         let name = project.name();
-        let plan = sync::prepare(
+        let cache = self.sync_cache(&inst.id, &name);
+        let plan = sync::prepare_with(
             remote.as_ref(),
             &name,
             &project.root,
             &project.config.sync.exclude,
+            Some(&cache),
         )
         .await?;
         if !dry_run {
-            sync::apply(remote.as_ref(), &name, &project.root, &plan).await?;
+            sync::apply_with(remote.as_ref(), &name, &project.root, &plan, Some(&cache)).await?;
         }
         Ok(plan)
     }

@@ -8,11 +8,11 @@
 //! `--dry-run`, never dropped silently.
 
 use crate::remote::{Remote, sh_quote};
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use ignore::WalkBuilder;
 use ignore::overrides::{Override, OverrideBuilder};
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::Path;
 
 /// Changed files at least this large travel as changed blocks when the machine has them.
@@ -118,6 +118,9 @@ pub struct SyncPlan {
     /// Uploads the machine already has an older version of (block-delta candidates).
     #[serde(skip)]
     pub modified: Vec<String>,
+    /// The machine's block sums of `modified` files, when fetched with the manifest.
+    #[serde(skip)]
+    pub block_sums: HashMap<String, Vec<String>>,
     /// Same content, new mtime: recorded so the next scan need not hash them again.
     #[serde(skip)]
     pub touched: Vec<String>,
@@ -359,6 +362,97 @@ pub async fn remote_manifest(remote: &dyn Remote, project: &str) -> Result<(Mani
     })
 }
 
+const SUMS_MARK: &str = "--trainctl-block-sums--";
+
+/// Like [`prepare`], with a local copy of the manifest last written to this machine
+/// (`cache`): the local tree is compared with it first, so the machine's block sums of
+/// the changed large files come back in the same round trip as its manifest. If the
+/// machine's manifest is not the cached one (someone else synced), the plan is made
+/// against what is there, as [`prepare`] does.
+pub async fn prepare_with(
+    remote: &dyn Remote,
+    project: &str,
+    local_root: &Path,
+    excludes: &[String],
+    cache: Option<&Path>,
+) -> Result<SyncPlan> {
+    let cached = cache
+        .and_then(|c| std::fs::read(c).ok())
+        .map(|b| replay_manifest(&b).0)
+        .filter(|m| !m.is_empty());
+    let Some(cached) = cached else {
+        return prepare(remote, project, local_root, excludes).await;
+    };
+    let scan_against = |prev: Manifest| {
+        let root = local_root.to_path_buf();
+        let ex = excludes.to_vec();
+        tokio::task::spawn_blocking(move || scan_with(&root, &ex, &prev, HashNew::WhileSending))
+    };
+    let guess = plan(scan_against(cached.clone()).await??, &cached);
+    let mut script = format!(
+        "cat {} 2>/dev/null; printf '\\n%s\\n' {SUMS_MARK}",
+        sh_quote(&manifest_path(remote.root(), project))
+    );
+    if !guess.modified.is_empty() {
+        script.push_str("; ");
+        script.push_str(&sums_script(
+            &code_dir(remote.root(), project),
+            &guess.modified,
+        ));
+    }
+    let out = remote.exec(&script).await?;
+    let text = out.stdout;
+    let mark = format!("\n{SUMS_MARK}\n");
+    let Some(at) = memchr::memmem::find(&text, mark.as_bytes()) else {
+        bail!("could not read the manifest on the machine");
+    };
+    let (remote_m, lines) = replay_manifest(&text[..at]);
+    if remote_m == cached {
+        let mut p = guess;
+        p.manifest_lines = lines;
+        p.block_sums = parse_sums(
+            &String::from_utf8_lossy(&text[at + mark.len()..]),
+            &p.modified,
+        );
+        return Ok(p);
+    }
+    let mut p = plan(scan_against(remote_m.clone()).await??, &remote_m);
+    p.manifest_lines = lines;
+    Ok(p)
+}
+
+/// [`apply`], then remember the machine's new manifest in `cache`.
+pub async fn apply_with(
+    remote: &dyn Remote,
+    project: &str,
+    local_root: &Path,
+    plan: &SyncPlan,
+    cache: Option<&Path>,
+) -> Result<SyncStats> {
+    let (stats, manifest) = apply_inner(remote, project, local_root, plan).await?;
+    let write = |c: &Path, m: Manifest| -> Result<()> {
+        if let Some(dir) = c.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        let mut json = serde_json::to_vec(&ManifestLine {
+            full: Some(m),
+            ..Default::default()
+        })?;
+        json.push(b'\n');
+        let tmp = c.with_extension("part");
+        std::fs::write(&tmp, &json)?;
+        std::fs::rename(&tmp, c)?;
+        Ok(())
+    };
+    match (cache, manifest) {
+        (Some(c), Some(m)) => write(c, m)?,
+        // Nothing moved: the machine has what the plan describes.
+        (Some(c), None) if !c.exists() => write(c, plan.manifest.clone())?,
+        _ => {}
+    }
+    Ok(stats)
+}
+
 /// Compute the plan for syncing `local_root` to the machine.
 pub async fn prepare(
     remote: &dyn Remote,
@@ -378,6 +472,36 @@ pub async fn prepare(
     Ok(p)
 }
 
+/// The shell text that prints the machine's block sums of `files` (relative to `dir`).
+fn sums_script(dir: &str, files: &[String]) -> String {
+    let mut script = format!(
+        "cd {} && python3 -c {} sums {DELTA_BLOCK}",
+        sh_quote(dir),
+        sh_quote(DELTA_PY)
+    );
+    for f in files {
+        script.push(' ');
+        script.push_str(&sh_quote(f));
+    }
+    script
+}
+
+/// Parse the helper's `index sum sum ...` lines into sums per file (missing files left out).
+fn parse_sums(text: &str, files: &[String]) -> HashMap<String, Vec<String>> {
+    let mut out = HashMap::new();
+    for line in text.lines() {
+        let mut words = line.split_whitespace();
+        let Some(i) = words.next().and_then(|w| w.parse::<usize>().ok()) else {
+            continue;
+        };
+        let sums: Vec<String> = words.map(str::to_string).collect();
+        if i < files.len() && sums.first().map(String::as_str) != Some("-") {
+            out.insert(files[i].clone(), sums);
+        }
+    }
+    out
+}
+
 /// The blocks to patch, and per file what it will hash to and the block bytes.
 type Deltas = (Vec<u8>, Vec<(String, crate::remote::Fetched, u64)>);
 
@@ -390,35 +514,28 @@ async fn prepare_deltas(
     dir: &str,
     local_root: &Path,
     files: &[String],
+    prefetched: &HashMap<String, Vec<String>>,
 ) -> Result<Deltas> {
     if files.is_empty() {
         return Ok((Vec::new(), Vec::new()));
     }
-    let mut script = format!(
-        "cd {} && python3 -c {} sums {DELTA_BLOCK}",
-        sh_quote(dir),
-        sh_quote(DELTA_PY)
-    );
-    for f in files {
-        script.push(' ');
-        script.push_str(&sh_quote(f));
-    }
-    let out = remote.exec(&script).await?;
-    if !out.success() {
-        tracing::info!("block delta unavailable on the machine; sending whole files");
-        return Ok((Vec::new(), Vec::new()));
-    }
-    let mut remote_sums: Vec<Option<Vec<String>>> = vec![None; files.len()];
-    for line in out.stdout_str().lines() {
-        let mut words = line.split_whitespace();
-        let Some(i) = words.next().and_then(|w| w.parse::<usize>().ok()) else {
-            continue;
-        };
-        let sums: Vec<String> = words.map(str::to_string).collect();
-        if i < files.len() && sums.first().map(String::as_str) != Some("-") {
-            remote_sums[i] = Some(sums);
+    // Sums fetched with the manifest (see `prepare_with`) save a round trip.
+    let mut known: HashMap<String, Vec<String>> = prefetched.clone();
+    let missing: Vec<String> = files
+        .iter()
+        .filter(|f| !known.contains_key(*f))
+        .cloned()
+        .collect();
+    if !missing.is_empty() {
+        let out = remote.exec(&sums_script(dir, &missing)).await?;
+        if out.success() {
+            known.extend(parse_sums(&out.stdout_str(), &missing));
+        } else {
+            tracing::info!("block delta unavailable on the machine; sending whole files");
         }
     }
+    let remote_sums: Vec<Option<Vec<String>>> =
+        files.iter().map(|f| known.get(f).cloned()).collect();
     let root = local_root.to_path_buf();
     let list = files.to_vec();
     tokio::task::spawn_blocking(move || -> Result<Deltas> {
@@ -480,14 +597,25 @@ pub async fn apply(
     local_root: &Path,
     plan: &SyncPlan,
 ) -> Result<SyncStats> {
+    Ok(apply_inner(remote, project, local_root, plan).await?.0)
+}
+
+/// Returns what moved and, when the manifest on the machine was written, its new content.
+async fn apply_inner(
+    remote: &dyn Remote,
+    project: &str,
+    local_root: &Path,
+    plan: &SyncPlan,
+) -> Result<(SyncStats, Option<Manifest>)> {
     if plan.is_noop() && plan.touched.is_empty() {
-        return Ok(SyncStats::default());
+        return Ok((SyncStats::default(), None));
     }
     let dir = code_dir(remote.root(), project);
     let mut manifest = plan.manifest.clone();
     let mut stats = SyncStats::default();
     // Modified large files: only their changed blocks, when the machine can patch.
-    let (patch, deltas) = prepare_deltas(remote, &dir, local_root, &plan.modified).await?;
+    let (patch, deltas) =
+        prepare_deltas(remote, &dir, local_root, &plan.modified, &plan.block_sums).await?;
     for (rel, f, bytes) in &deltas {
         if let Some(e) = manifest.get_mut(rel) {
             e.hash = f.blake3.clone();
@@ -610,7 +738,7 @@ pub async fn apply(
             remote.append_file(&path, &json).await?;
         }
     }
-    Ok(stats)
+    Ok((stats, Some(manifest)))
 }
 
 #[cfg(test)]
