@@ -159,7 +159,7 @@ fn run_to_completion_stores_metrics_pulls_checksummed_artifacts_and_cleans_up() 
 
 #[test]
 fn killed_trainctl_reattaches_with_no_line_lost_or_repeated() {
-    let env = Env::new("", "0.03");
+    let env = Env::new("", "0.05");
     let id = launch(&env, "0");
     let mut child = env
         .cmd(&["run", "--instance", &id])

@@ -268,7 +268,7 @@ fn example_job_end_to_end_over_ssh() {
 #[test]
 fn follow_survives_killed_connections_with_no_line_lost_or_repeated() {
     let sshd = Sshd::start();
-    let env = ssh_env(&sshd, "", "0.03");
+    let env = ssh_env(&sshd, "", "0.04");
     let id = env.json(&["launch", "--provider", "ssh", "--accept-new-host-key"])["id"]
         .as_str()
         .unwrap()
@@ -453,7 +453,7 @@ fn sync_over_ssh_keeps_links_modes_odd_names_and_propagates_deletions() {
 #[test]
 fn killed_trainctl_reattaches_to_the_job_over_ssh() {
     let sshd = Sshd::start();
-    let env = ssh_env(&sshd, "", "0.03");
+    let env = ssh_env(&sshd, "", "0.05");
     let id = env.json(&["launch", "--provider", "ssh", "--accept-new-host-key"])["id"]
         .as_str()
         .unwrap()
