@@ -22,6 +22,10 @@ const DELTA_BLOCK: usize = 4096;
 /// it, files travel whole).
 const DELTA_PY: &str = include_str!("../../assets/remote/delta.py");
 
+/// The machine's system python, without site packages (fast start; a pyenv or conda shim
+/// can cost 100 ms a start), else whatever `python3` is on PATH.
+const PY_DEF: &str = "py() { p=/usr/bin/python3; [ -x \"$p\" ] || p=python3; \"$p\" -S \"$@\"; }; ";
+
 /// What a sync moved.
 #[derive(Debug, Clone, Default, Serialize, PartialEq)]
 pub struct SyncStats {
@@ -475,7 +479,7 @@ pub async fn prepare(
 /// The shell text that prints the machine's block sums of `files` (relative to `dir`).
 fn sums_script(dir: &str, files: &[String]) -> String {
     let mut script = format!(
-        "cd {} && python3 -c {} sums {DELTA_BLOCK}",
+        "{PY_DEF}cd {} && py -c {} sums {DELTA_BLOCK}",
         sh_quote(dir),
         sh_quote(DELTA_PY)
     );
@@ -714,7 +718,7 @@ async fn apply_inner(
     if !deltas.is_empty() {
         // The patch and, when it is a small append, the manifest line go in one round trip.
         let mut script = format!(
-            "cd {} && python3 -c {} patch",
+            "{PY_DEF}cd {} && py -c {} patch",
             sh_quote(&dir),
             sh_quote(DELTA_PY)
         );
