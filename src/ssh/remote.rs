@@ -385,6 +385,16 @@ async fn open_connection(t: &SshTarget) -> Result<Conn> {
     Ok(Arc::new(handle))
 }
 
+/// The RSA signature hash the server prefers (None for other key types or old servers).
+async fn rsa_hash(handle: &client::Handle<Verifier>) -> Option<HashAlg> {
+    handle
+        .best_supported_rsa_hash()
+        .await
+        .ok()
+        .flatten()
+        .flatten()
+}
+
 async fn authenticate(handle: &mut client::Handle<Verifier>, t: &SshTarget) -> Result<()> {
     let mut tried = Vec::new();
     // ssh-agent keys first (unless IdentitiesOnly).
@@ -397,12 +407,7 @@ async fn authenticate(handle: &mut client::Handle<Verifier>, t: &SshTarget) -> R
             let russh::keys::agent::AgentIdentity::PublicKey { key, comment } = id else {
                 continue;
             };
-            let hash = handle
-                .best_supported_rsa_hash()
-                .await
-                .ok()
-                .flatten()
-                .flatten();
+            let hash = rsa_hash(handle).await;
             match handle
                 .authenticate_publickey_with(&t.user, key, hash, &mut agent)
                 .await
@@ -456,12 +461,7 @@ async fn authenticate(handle: &mut client::Handle<Verifier>, t: &SshTarget) -> R
                 continue;
             }
         };
-        let hash = handle
-            .best_supported_rsa_hash()
-            .await
-            .ok()
-            .flatten()
-            .flatten();
+        let hash = rsa_hash(handle).await;
         let r = handle
             .authenticate_publickey(&t.user, PrivateKeyWithHashAlg::new(Arc::new(key), hash))
             .await?;

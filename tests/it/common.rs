@@ -121,6 +121,28 @@ pub fn steps_in_log(text: &str) -> Vec<u32> {
 }
 
 impl Env {
+    /// A `logs -f` that ended well printed steps 1..=n exactly once, and the store holds
+    /// the `lr` point of each step exactly once.
+    pub fn assert_followed_completely(&self, out: &Output, job: &str, n: u32) {
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(
+            steps_in_log(&text),
+            (1..=n).collect::<Vec<_>>(),
+            "log lines lost or repeated"
+        );
+        assert_eq!(
+            self.metric_steps(job, "lr"),
+            (1..=n as i64).collect::<Vec<_>>(),
+            "metric points lost or repeated"
+        );
+    }
+
     /// The steps of a job's stored points of metric `name`, in order.
     pub fn metric_steps(&self, job: &str, name: &str) -> Vec<i64> {
         self.json(&["metrics", job, "--name", name])

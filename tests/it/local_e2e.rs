@@ -196,25 +196,7 @@ fn killed_trainctl_reattaches_with_no_line_lost_or_repeated() {
 
     // A new trainctl re-attaches and follows to the end.
     let out = env.run(&["logs", "-f", &job]);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let text = String::from_utf8(out.stdout).unwrap();
-    let steps = crate::common::steps_in_log(&text);
-    assert_eq!(
-        steps,
-        (1..=80).collect::<Vec<_>>(),
-        "log lines lost or repeated"
-    );
-    let metric_steps = env.metric_steps(&job, "lr");
-    assert_eq!(
-        metric_steps,
-        (1..=80).collect::<Vec<_>>(),
-        "metric points lost or repeated"
-    );
+    env.assert_followed_completely(&out, &job, 80);
     assert_eq!(env.job(&job)["state"], "succeeded");
     // The finished job's outcome is known to a later process too.
     assert_eq!(env.job(&job)["exit_code"], 0);

@@ -298,21 +298,7 @@ fn follow_survives_killed_connections_with_no_line_lost_or_repeated() {
     }
     let out = follower.wait_with_output().unwrap();
     assert!(kills >= 3, "the connection was killed only {kills} times");
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let text = String::from_utf8(out.stdout).unwrap();
-    let steps = crate::common::steps_in_log(&text);
-    assert_eq!(
-        steps,
-        (1..=96).collect::<Vec<_>>(),
-        "lines lost or repeated"
-    );
-    let metric_steps = env.metric_steps(&job, "lr");
-    assert_eq!(metric_steps, (1..=96).collect::<Vec<_>>());
+    env.assert_followed_completely(&out, &job, 96);
     env.ok(&["terminate", &id]);
 }
 
@@ -483,15 +469,7 @@ fn killed_trainctl_reattaches_to_the_job_over_ssh() {
     // Its connection is gone too; the job is not.
     sshd.kill_sessions();
     let out = env.run(&["logs", "-f", &job]);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let text = String::from_utf8(out.stdout).unwrap();
-    let steps = crate::common::steps_in_log(&text);
-    assert_eq!(steps, (1..=80).collect::<Vec<_>>());
+    env.assert_followed_completely(&out, &job, 80);
     assert_eq!(env.job(&job)["state"], "succeeded");
     env.ok(&["terminate", &id]);
 }
