@@ -580,29 +580,10 @@ impl LogPrinter {
 
     /// New complete lines since the last call (every attempt, in order).
     fn take_new(&mut self, engine: &Engine) -> Result<Vec<String>> {
-        let attempts = engine.store().attempts(&self.job_id)?;
-        let mut lines = Vec::new();
-        let from = self.attempt;
-        for a in attempts.iter().filter(|a| a.attempt >= from) {
-            if a.attempt > self.attempt {
-                self.attempt = a.attempt;
-                self.printed = 0;
-            }
-            let off = engine.store().log_offset(&self.job_id, a.attempt)?;
-            let bytes =
-                engine.read_local_log(&self.job_id, a.attempt, self.printed, off.byte_offset)?;
-            // Print only up to the last newline; the rest waits for its end.
-            let mut upto = bytes.iter().rposition(|&b| b == b'\n').map_or(0, |p| p + 1);
-            let ended = engine
-                .store()
-                .job(&self.job_id)?
-                .is_some_and(|j| j.state.is_terminal());
-            if ended {
-                upto = bytes.len();
-            }
-            lines.extend(display_lines(&bytes[..upto]));
-            self.printed += upto as u64;
-        }
+        let (attempt, printed, lines) =
+            engine.log_lines_since(&self.job_id, self.attempt, self.printed)?;
+        self.attempt = attempt;
+        self.printed = printed;
         Ok(lines)
     }
 }

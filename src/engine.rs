@@ -1139,6 +1139,41 @@ impl Engine {
         ))
     }
 
+    /// Display lines of a job's stored log from (attempt, byte offset) up to what is
+    /// committed, every attempt in order: complete lines only in the live attempt, all of
+    /// it once the job ended. Returns where the next read starts (attempt, offset).
+    pub fn log_lines_since(
+        &self,
+        job_id: &str,
+        attempt: i64,
+        from: u64,
+    ) -> Result<(i64, u64, Vec<String>)> {
+        let attempts = self.store().attempts(job_id)?;
+        let ended = self
+            .store()
+            .job(job_id)?
+            .is_some_and(|j| j.state.is_terminal());
+        let mut lines = Vec::new();
+        let (mut at, mut end) = (attempt, from);
+        for a in attempts.iter().filter(|a| a.attempt >= attempt) {
+            if a.attempt > at {
+                at = a.attempt;
+                end = 0;
+            }
+            let off = self.store().log_offset(job_id, a.attempt)?;
+            let bytes = self.read_local_log(job_id, a.attempt, end, off.byte_offset)?;
+            let live = !ended && Some(a.attempt) == attempts.last().map(|l| l.attempt);
+            let take = if live {
+                bytes.iter().rposition(|&b| b == b'\n').map_or(0, |p| p + 1)
+            } else {
+                bytes.len()
+            };
+            lines.extend(display_lines(&bytes[..take]));
+            end += take as u64;
+        }
+        Ok((at, end, lines))
+    }
+
     /// The stored log of a job (all attempts), raw bytes up to what was committed.
     pub fn stored_log(&self, job_id: &str) -> Result<Vec<u8>> {
         let attempts = self.store().attempts(job_id)?;

@@ -740,23 +740,25 @@ impl Store {
         Ok(())
     }
 
+    fn attempt_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<AttemptRecord> {
+        Ok(AttemptRecord {
+            job_id: r.get(0)?,
+            attempt: r.get(1)?,
+            instance_id: r.get(2)?,
+            remote_dir: r.get(3)?,
+            workdir: r.get(4)?,
+            started_ms: r.get(5)?,
+            ended_ms: r.get(6)?,
+            exit_code: r.get(7)?,
+        })
+    }
+
     pub fn attempts(&self, job_id: &str) -> Result<Vec<AttemptRecord>> {
         let mut stmt = self.conn.prepare(
             "SELECT job_id, attempt, instance_id, remote_dir, workdir, started_ms, ended_ms, exit_code
              FROM job_attempts WHERE job_id = ?1 ORDER BY attempt",
         )?;
-        let rows = stmt.query_map(params![job_id], |r| {
-            Ok(AttemptRecord {
-                job_id: r.get(0)?,
-                attempt: r.get(1)?,
-                instance_id: r.get(2)?,
-                remote_dir: r.get(3)?,
-                workdir: r.get(4)?,
-                started_ms: r.get(5)?,
-                ended_ms: r.get(6)?,
-                exit_code: r.get(7)?,
-            })
-        })?;
+        let rows = stmt.query_map(params![job_id], Self::attempt_row)?;
         Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
     }
 
@@ -766,18 +768,7 @@ impl Store {
             "SELECT job_id, attempt, instance_id, remote_dir, workdir, started_ms, ended_ms, exit_code
              FROM job_attempts ORDER BY job_id, attempt",
         )?;
-        let rows = stmt.query_map([], |r| {
-            Ok(AttemptRecord {
-                job_id: r.get(0)?,
-                attempt: r.get(1)?,
-                instance_id: r.get(2)?,
-                remote_dir: r.get(3)?,
-                workdir: r.get(4)?,
-                started_ms: r.get(5)?,
-                ended_ms: r.get(6)?,
-                exit_code: r.get(7)?,
-            })
-        })?;
+        let rows = stmt.query_map([], Self::attempt_row)?;
         Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
     }
 

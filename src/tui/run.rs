@@ -159,40 +159,6 @@ pub fn build_snapshot(engine: &Engine, cache: &mut SnapshotCache) -> Result<Snap
     })
 }
 
-/// Read an attempt-ordered log from (attempt, offset) up to what is committed: complete
-/// lines only while the job runs. Returns (attempt, end offset, lines).
-fn read_new_log(
-    engine: &Engine,
-    job: &str,
-    attempt: i64,
-    from: u64,
-) -> Result<(i64, u64, Vec<String>)> {
-    let attempts = engine.store().attempts(job)?;
-    let ended = engine
-        .store()
-        .job(job)?
-        .is_some_and(|j| j.state.is_terminal());
-    let mut lines = Vec::new();
-    let (mut at, mut end) = (attempt, from);
-    for a in attempts.iter().filter(|a| a.attempt >= attempt) {
-        if a.attempt > at {
-            at = a.attempt;
-            end = 0;
-        }
-        let off = engine.store().log_offset(job, a.attempt)?;
-        let bytes = engine.read_local_log(job, a.attempt, end, off.byte_offset)?;
-        let last_attempt = Some(a.attempt) == attempts.last().map(|l| l.attempt);
-        let take = if ended || !last_attempt {
-            bytes.len()
-        } else {
-            bytes.iter().rposition(|&b| b == b'\n').map_or(0, |p| p + 1)
-        };
-        lines.extend(display_lines(&bytes[..take]));
-        end += take as u64;
-    }
-    Ok((at, end, lines))
-}
-
 impl Context {
     pub fn new(
         engine: Engine,
@@ -353,7 +319,7 @@ impl Context {
             Command::LoadLog { job, attempt, from } => {
                 let cap = ctx.engine.config().tui.log_scrollback;
                 tokio::task::spawn_blocking(move || {
-                    let msg = match read_new_log(&ctx.engine, &job, attempt, from) {
+                    let msg = match ctx.engine.log_lines_since(&job, attempt, from) {
                         Ok((attempt, end, mut lines)) => {
                             let first = attempt == 1 && from == 0;
                             let skipped = if first && lines.len() > cap {

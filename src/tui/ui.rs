@@ -144,6 +144,33 @@ fn filter_title(name: &str, filter: &str, shown: usize, total: usize) -> String 
     }
 }
 
+/// A list pane's frame: titled block (with the filter), page size, and `empty` in place of
+/// the table when no row is shown. Returns the table's area and height, or None.
+fn list_frame(
+    f: &mut Frame,
+    app: &mut App,
+    area: Rect,
+    title: String,
+    shown: usize,
+    empty: impl FnOnce(&App) -> String,
+) -> Option<(Rect, usize)> {
+    let b = block(app, title);
+    let inner = b.inner(area);
+    f.render_widget(b, area);
+    let height = inner.height.saturating_sub(1) as usize;
+    app.page = height.max(1);
+    if shown > 0 {
+        return Some((inner, height));
+    }
+    f.render_widget(
+        Paragraph::new(empty(app))
+            .style(app.theme.dim())
+            .wrap(Wrap { trim: true }),
+        inner,
+    );
+    None
+}
+
 fn draw_instances(f: &mut Frame, app: &mut App, area: Rect) {
     let title = filter_title(
         "Instances",
@@ -151,28 +178,18 @@ fn draw_instances(f: &mut Frame, app: &mut App, area: Rect) {
         app.inst_visible.len(),
         app.snap.instances.len(),
     );
-    let b = block(app, title);
-    let inner = b.inner(area);
-    f.render_widget(b, area);
-    let height = inner.height.saturating_sub(1) as usize;
-    app.page = height.max(1);
-    if app.inst_visible.is_empty() {
-        let hint = if app.snap.instances.is_empty() {
+    let Some((inner, height)) = list_frame(f, app, area, title, app.inst_visible.len(), |app| {
+        if app.snap.instances.is_empty() {
             format!(
                 "No instances. Press {} to launch one on the local provider (free, no credentials).",
                 app.keymap.first_key(super::keymap::Action::Launch)
             )
         } else {
             "Nothing matches the filter (esc clears it).".to_string()
-        };
-        f.render_widget(
-            Paragraph::new(hint)
-                .style(app.theme.dim())
-                .wrap(Wrap { trim: true }),
-            inner,
-        );
+        }
+    }) else {
         return;
-    }
+    };
     let (start, end) = window(app.inst_visible.len(), app.inst_sel, height);
     let wide = inner.width >= 110;
     let rows: Vec<Row> = app.inst_visible[start..end]
@@ -307,30 +324,17 @@ fn draw_jobs(f: &mut Frame, app: &mut App, area: Rect) {
         app.job_visible.len(),
         app.snap.jobs.len(),
     );
-    let b = block(app, title);
-    let inner = b.inner(area);
-    f.render_widget(b, area);
-    let height = inner.height.saturating_sub(1) as usize;
-    app.page = height.max(1);
-    if app.job_visible.is_empty() {
-        let hint = if app.snap.jobs.is_empty() {
-            match &app.project {
-                Some(p) => {
-                    format!("No jobs yet. Select a running instance and press r to run {p}.")
-                }
-                None => "No jobs yet, and no trainctl.toml here to run.".into(),
-            }
-        } else {
-            "Nothing matches the filter (esc clears it).".into()
-        };
-        f.render_widget(
-            Paragraph::new(hint)
-                .style(app.theme.dim())
-                .wrap(Wrap { trim: true }),
-            inner,
-        );
+    let Some((inner, height)) = list_frame(f, app, area, title, app.job_visible.len(), |app| {
+        if !app.snap.jobs.is_empty() {
+            return "Nothing matches the filter (esc clears it).".into();
+        }
+        match &app.project {
+            Some(p) => format!("No jobs yet. Select a running instance and press r to run {p}."),
+            None => "No jobs yet, and no trainctl.toml here to run.".into(),
+        }
+    }) else {
         return;
-    }
+    };
     let wide = inner.width >= 100;
     let (start, end) = window(app.job_visible.len(), app.job_sel, height);
     let spark_w = if wide { 10 } else { 5 };
