@@ -85,6 +85,9 @@ def main():
     args = ap.parse_args()
     signal.signal(signal.SIGTERM, on_term)
     step_sleep = float(os.environ.get("TOY_STEP_SLEEP", "0"))
+    # Tests: after step TOY_HOLD_AT_STEP, wait until the file TOY_HOLD_FILE exists.
+    hold_at = int(os.environ.get("TOY_HOLD_AT_STEP", "0"))
+    hold_file = os.environ.get("TOY_HOLD_FILE", "")
     ckpt_dir = os.environ.get("TRAINCTL_CHECKPOINT_DIR", "checkpoints")
     os.makedirs(ckpt_dir, exist_ok=True)
 
@@ -134,6 +137,9 @@ def main():
             print(f"step={global_step} loss={loss / BATCH:.6f} lr={args.lr}", flush=True)
             if step_sleep:
                 time.sleep(step_sleep)
+            if global_step == hold_at and hold_file:
+                while not os.path.exists(hold_file) and not stop_requested:
+                    time.sleep(0.02)
             if stop_requested:
                 break
         train_loss, acc = evaluate(w, b, xs, ys)

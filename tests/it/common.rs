@@ -48,6 +48,23 @@ impl Env {
         }
     }
 
+    /// Make the toy job wait after step `step` until the returned file exists, so a test
+    /// can act while the job is certainly still running.
+    pub fn hold_at(&self, step: u32) -> PathBuf {
+        let gate = self.dir.path().join("release-the-job");
+        let toml = self.project.join("trainctl.toml");
+        let mut text = std::fs::read_to_string(&toml).unwrap();
+        // `[env]` is the last table of the example's trainctl.toml.
+        assert_eq!(text.rfind("\n["), text.find("\n[env]"));
+        text.push('\n');
+        text.push_str(&format!(
+            "TOY_HOLD_AT_STEP = \"{step}\"\nTOY_HOLD_FILE = {:?}\n",
+            gate.to_str().unwrap()
+        ));
+        std::fs::write(&toml, text).unwrap();
+        gate
+    }
+
     pub fn data(&self) -> PathBuf {
         self.dir.path().join("data")
     }

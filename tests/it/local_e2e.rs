@@ -159,7 +159,9 @@ fn run_to_completion_stores_metrics_pulls_checksummed_artifacts_and_cleans_up() 
 
 #[test]
 fn killed_trainctl_reattaches_with_no_line_lost_or_repeated() {
-    let env = Env::new("", "0.05");
+    let env = Env::new("", "0.01");
+    // The job waits after step 10 until the test lets it go: it is running when trainctl dies.
+    let gate = env.hold_at(10);
     let id = launch(&env, "0");
     let mut child = env
         .cmd(&["run", "--instance", &id])
@@ -193,6 +195,7 @@ fn killed_trainctl_reattaches_with_no_line_lost_or_repeated() {
         "the job died with trainctl"
     );
     assert_eq!(env.job(&job)["state"], "running");
+    std::fs::write(&gate, "").unwrap();
 
     // A new trainctl re-attaches and follows to the end.
     let out = env.run(&["logs", "-f", &job]);
@@ -205,7 +208,9 @@ fn killed_trainctl_reattaches_with_no_line_lost_or_repeated() {
 
 #[test]
 fn cancel_stops_the_job_gracefully_and_leaves_no_process() {
-    let env = Env::new("", "0.05");
+    let env = Env::new("", "0.01");
+    // Held after step 10 and never let go: only the cancel can end it.
+    let _gate = env.hold_at(10);
     let id = launch(&env, "0");
     let job = env
         .ok(&["run", "--instance", &id, "--detach"])

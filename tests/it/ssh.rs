@@ -439,7 +439,9 @@ fn sync_over_ssh_keeps_links_modes_odd_names_and_propagates_deletions() {
 #[test]
 fn killed_trainctl_reattaches_to_the_job_over_ssh() {
     let sshd = Sshd::start();
-    let env = ssh_env(&sshd, "", "0.05");
+    let env = ssh_env(&sshd, "", "0.01");
+    // The job waits after step 10 until the test lets it go: it is running when trainctl dies.
+    let gate = env.hold_at(10);
     let id = env.json(&["launch", "--provider", "ssh", "--accept-new-host-key"])["id"]
         .as_str()
         .unwrap()
@@ -468,6 +470,8 @@ fn killed_trainctl_reattaches_to_the_job_over_ssh() {
     child.wait().unwrap();
     // Its connection is gone too; the job is not.
     sshd.kill_sessions();
+    assert_eq!(env.job(&job)["state"], "running");
+    std::fs::write(&gate, "").unwrap();
     let out = env.run(&["logs", "-f", &job]);
     env.assert_followed_completely(&out, &job, 80);
     assert_eq!(env.job(&job)["state"], "succeeded");
