@@ -34,10 +34,33 @@ fn ssh_opts(sshd: &Sshd, kh: &Path) -> Vec<String> {
     ]
 }
 
-/// Flush dirty pages so neither side pays for the other's writes.
+/// Flush dirty pages (and the discards of deleted trees) so neither side pays for the
+/// other's writes.
 fn settle() {
     let _ = Command::new("sync").status();
-    std::thread::sleep(std::time::Duration::from_millis(300));
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+}
+
+/// CPU seconds spent by the whole machine (user + system, all cores) so far: a figure
+/// the disk's noisy wall-clock times do not swing as much.
+fn machine_cpu() -> f64 {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let ticks: Vec<u64> = stat
+        .lines()
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq steal
+    let busy: u64 = ticks
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| ![3, 4].contains(i) && *i < 8)
+        .map(|(_, v)| v)
+        .sum();
+    busy as f64 / 100.0
 }
 
 fn rsync(sshd: &Sshd, kh: &Path, src: &Path, dst: &Path) -> (f64, u64) {
@@ -85,94 +108,101 @@ async fn main() -> anyhow::Result<()> {
     );
     let r = SshRemote::connect(target, Some(root.to_str().unwrap())).await?;
     let log_only = std::env::var_os("BENCH_LOG_ONLY").is_some();
+    let sync_only = std::env::var_os("BENCH_SYNC_ONLY").is_some();
+    let rounds: usize = std::env::var("BENCH_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(5);
 
     // ---- 1. log follow
     std::fs::create_dir_all(&root)?;
-    let log = root.join("bench.log");
-    {
-        let lines = [
-            "step=1234 loss=0.4567 lr=3e-4 grad_norm=1.25\n",
-            "{'loss': 2.3051, 'learning_rate': 4.9e-05, 'epoch': 0.05}\n",
-            "1875/1875 [==============================] - 5s 2ms/step - loss: 0.2950 - accuracy: 0.9146\n",
-            "2024-05-01 12:00:01,123 INFO trainer.py:88 saving checkpoint to /ckpt/step_1234.pt\n",
-        ];
-        let mut f = std::io::BufWriter::new(std::fs::File::create(&log)?);
-        let mut n = 0;
-        let mut i = 0;
-        while n < log_mb << 20 {
-            f.write_all(lines[i % 4].as_bytes())?;
-            n += lines[i % 4].len();
-            i += 1;
+    if !sync_only {
+        let log = root.join("bench.log");
+        {
+            let lines = [
+                "step=1234 loss=0.4567 lr=3e-4 grad_norm=1.25\n",
+                "{'loss': 2.3051, 'learning_rate': 4.9e-05, 'epoch': 0.05}\n",
+                "1875/1875 [==============================] - 5s 2ms/step - loss: 0.2950 - accuracy: 0.9146\n",
+                "2024-05-01 12:00:01,123 INFO trainer.py:88 saving checkpoint to /ckpt/step_1234.pt\n",
+            ];
+            let mut f = std::io::BufWriter::new(std::fs::File::create(&log)?);
+            let mut n = 0;
+            let mut i = 0;
+            while n < log_mb << 20 {
+                f.write_all(lines[i % 4].as_bytes())?;
+                n += lines[i % 4].len();
+                i += 1;
+            }
+            f.flush()?;
         }
-        f.flush()?;
-    }
-    let size = std::fs::metadata(&log)?.len();
-    let mut best_cat = f64::MAX;
-    let mut best_follow = f64::MAX;
-    let mut best_parse = f64::MAX;
-    for _ in 0..3 {
-        let t = Instant::now();
-        let out = Command::new("ssh")
-            .args(ssh_opts(&sshd, &kh))
-            .arg("root@127.0.0.1")
-            .arg(format!("cat {}", log.display()))
-            .stdout(std::process::Stdio::piped())
-            .output()?;
-        assert_eq!(out.stdout.len() as u64, size);
-        best_cat = best_cat.min(t.elapsed().as_secs_f64());
+        let size = std::fs::metadata(&log)?.len();
+        let mut best_cat = f64::MAX;
+        let mut best_follow = f64::MAX;
+        let mut best_parse = f64::MAX;
+        for _ in 0..3 {
+            let t = Instant::now();
+            let out = Command::new("ssh")
+                .args(ssh_opts(&sshd, &kh))
+                .arg("root@127.0.0.1")
+                .arg(format!("cat {}", log.display()))
+                .stdout(std::process::Stdio::piped())
+                .output()?;
+            assert_eq!(out.stdout.len() as u64, size);
+            best_cat = best_cat.min(t.elapsed().as_secs_f64());
 
-        // The follower's read: one streamed command from the stored offset, chunks
-        // through a bounded channel (32 chunks in flight at most).
-        let path = log.to_str().unwrap();
-        let t = Instant::now();
-        let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<u8>>(32);
-        let count = tokio::spawn(async move {
-            let mut n = 0u64;
-            while let Some(c) = rx.recv().await {
-                n += c.len() as u64;
-            }
-            n
-        });
-        r.stream_file(path, 0, tx).await?;
-        assert_eq!(count.await?, size);
-        best_follow = best_follow.min(t.elapsed().as_secs_f64());
+            // The follower's read: one streamed command from the stored offset, chunks
+            // through a bounded channel (32 chunks in flight at most).
+            let path = log.to_str().unwrap();
+            let t = Instant::now();
+            let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<u8>>(32);
+            let count = tokio::spawn(async move {
+                let mut n = 0u64;
+                while let Some(c) = rx.recv().await {
+                    n += c.len() as u64;
+                }
+                n
+            });
+            r.stream_file(path, 0, tx).await?;
+            assert_eq!(count.await?, size);
+            best_follow = best_follow.min(t.elapsed().as_secs_f64());
 
-        // The same with metric parsing on the receiving side.
-        let t = Instant::now();
-        let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<u8>>(32);
-        let parse = tokio::spawn(async move {
-            let mut parser = trainctl::metrics::LogParser::new();
-            let mut points = 0u64;
-            while let Some(c) = rx.recv().await {
-                parser.feed(&c, &mut |_| points += 1);
-            }
-            points
-        });
-        r.stream_file(path, 0, tx).await?;
-        let points = parse.await?;
-        assert!(points > 0);
-        best_parse = best_parse.min(t.elapsed().as_secs_f64());
+            // The same with metric parsing on the receiving side.
+            let t = Instant::now();
+            let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<u8>>(32);
+            let parse = tokio::spawn(async move {
+                let mut parser = trainctl::metrics::LogParser::new();
+                let mut points = 0u64;
+                while let Some(c) = rx.recv().await {
+                    parser.feed(&c, &mut |_| points += 1);
+                }
+                points
+            });
+            r.stream_file(path, 0, tx).await?;
+            let points = parse.await?;
+            assert!(points > 0);
+            best_parse = best_parse.min(t.elapsed().as_secs_f64());
+        }
+        let mbs = |s: f64| size as f64 / 1e6 / s;
+        println!("log follow over ssh, {} MB (best of 3)", size >> 20);
+        println!(
+            "  ssh host cat             {:.2} s  {:.0} MB/s",
+            best_cat,
+            mbs(best_cat)
+        );
+        println!(
+            "  trainctl follow          {:.2} s  {:.0} MB/s  = {:.0}% of ssh cat (target >= 80%), one round trip, <= 32 chunks in memory",
+            best_follow,
+            mbs(best_follow),
+            100.0 * best_cat / best_follow
+        );
+        println!(
+            "  trainctl follow + parse  {:.2} s  {:.0} MB/s  = {:.0}% of ssh cat",
+            best_parse,
+            mbs(best_parse),
+            100.0 * best_cat / best_parse
+        );
+        std::fs::remove_file(&log)?;
     }
-    let mbs = |s: f64| size as f64 / 1e6 / s;
-    println!("log follow over ssh, {} MB (best of 3)", size >> 20);
-    println!(
-        "  ssh host cat             {:.2} s  {:.0} MB/s",
-        best_cat,
-        mbs(best_cat)
-    );
-    println!(
-        "  trainctl follow          {:.2} s  {:.0} MB/s  = {:.0}% of ssh cat (target >= 80%), one round trip, <= 32 chunks in memory",
-        best_follow,
-        mbs(best_follow),
-        100.0 * best_cat / best_follow
-    );
-    println!(
-        "  trainctl follow + parse  {:.2} s  {:.0} MB/s  = {:.0}% of ssh cat",
-        best_parse,
-        mbs(best_parse),
-        100.0 * best_cat / best_parse
-    );
-    std::fs::remove_file(&log)?;
     if log_only {
         return Ok(());
     }
@@ -196,91 +226,132 @@ async fn main() -> anyhow::Result<()> {
         }
         std::fs::write(d.join(format!("f{i:05}.bin")), &buf)?;
     }
-    let cache = work.path().join("sync-cache.json");
-    let rs_dst = work.path().join("rsync-dst");
-    std::fs::create_dir_all(&rs_dst)?;
     let round = |before: u64| r.exec_count() - before;
 
-    // First sync: three rounds, alternating who goes first, each into fresh destinations;
-    // the medians are reported.
-    let code = root.join("code/bench");
-    let manifest = root.join("manifests/bench.json");
+    // First sync: `rounds` rounds (BENCH_ROUNDS, default 5), alternating who goes first,
+    // each into fresh destinations; medians are reported, of wall time and of the CPU time
+    // the whole machine spent (both ends run here). Every round writes into new
+    // directories and nothing is deleted while measuring: ext4 skips the inodes of files
+    // deleted in the last seconds when it allocates new ones (`recently_deleted`, seen
+    // in `perf`), which made whoever followed a deletion pay for it, at random.
     let mut ours_runs = Vec::new();
     let mut theirs_runs = Vec::new();
     let mut first = (0.0, 0, 0);
     let mut rs_first = (0.0, 0);
-    for round_no in 0..3 {
-        let _ = std::fs::remove_dir_all(&code);
-        let _ = std::fs::remove_file(&manifest);
-        let _ = std::fs::remove_file(&cache);
-        let _ = std::fs::remove_dir_all(&rs_dst);
-        std::fs::create_dir_all(&rs_dst)?;
-        let ours = async || -> anyhow::Result<(f64, u64, u64)> {
+    for round_no in 0..rounds {
+        let project = format!("bench{round_no}");
+        let cache = work.path().join(format!("sync-cache-{round_no}.json"));
+        let rs_dst = work.path().join(format!("rsync-dst-{round_no}"));
+        let ours = async || -> anyhow::Result<((f64, u64, u64), f64)> {
             settle();
             let (b0, e0) = (r.bytes_sent(), r.exec_count());
+            let c0 = machine_cpu();
             let t = Instant::now();
-            let plan = sync::prepare_with(&r, "bench", &src, &[], Some(&cache))
+            let plan = sync::prepare_with(&r, &project, &src, &[], Some(&cache))
                 .await
                 .context("first prepare")?;
-            sync::apply_with(&r, "bench", &src, &plan, Some(&cache))
+            sync::apply_with(&r, &project, &src, &plan, Some(&cache))
                 .await
                 .context("first apply")?;
             Ok((
-                t.elapsed().as_secs_f64(),
-                r.bytes_sent() - b0,
-                r.exec_count() - e0,
+                (
+                    t.elapsed().as_secs_f64(),
+                    r.bytes_sent() - b0,
+                    r.exec_count() - e0,
+                ),
+                machine_cpu() - c0,
             ))
+        };
+        let theirs = || -> anyhow::Result<((f64, u64), f64)> {
+            std::fs::create_dir_all(&rs_dst)?;
+            settle();
+            let c0 = machine_cpu();
+            let t = rsync(&sshd, &kh, &src, &rs_dst);
+            Ok((t, machine_cpu() - c0))
         };
         let (o, t) = if round_no % 2 == 0 {
             let o = ours().await?;
-            (o, rsync(&sshd, &kh, &src, &rs_dst))
+            (o, theirs()?)
         } else {
-            let t = rsync(&sshd, &kh, &src, &rs_dst);
+            let t = theirs()?;
             (ours().await?, t)
         };
         eprintln!(
-            "  first sync round {round_no}: trainctl {:.2} s, rsync {:.2} s",
-            o.0, t.0
+            "  first sync round {round_no}: trainctl {:.2} s ({:.2} CPU s), rsync {:.2} s ({:.2} CPU s)",
+            o.0.0, o.1, t.0.0, t.1
         );
-        ours_runs.push(o.0);
-        theirs_runs.push(t.0);
-        first = o;
-        rs_first = t;
+        ours_runs.push((o.0.0, o.1));
+        theirs_runs.push((t.0.0, t.1));
+        first = o.0;
+        rs_first = t.0;
     }
-    ours_runs.sort_by(f64::total_cmp);
-    theirs_runs.sort_by(f64::total_cmp);
-    first.0 = ours_runs[1];
-    rs_first.0 = theirs_runs[1];
+    let median = |v: &[(f64, f64)], pick: fn(&(f64, f64)) -> f64| {
+        let mut x: Vec<f64> = v.iter().map(pick).collect();
+        x.sort_by(f64::total_cmp);
+        x[x.len() / 2]
+    };
+    first.0 = median(&ours_runs, |x| x.0);
+    rs_first.0 = median(&theirs_runs, |x| x.0);
+    let (cpu_ours, cpu_theirs) = (median(&ours_runs, |x| x.1), median(&theirs_runs, |x| x.1));
 
-    for i in 0..10 {
-        let f = src.join(format!("pkg{:03}/f{:05}.bin", (i * 7) % 100, i * 7));
-        let mut data = std::fs::read(&f)?;
-        data[0] ^= 0xff;
-        std::fs::write(&f, data)?;
+    // The later steps continue from the last round's destinations.
+    let project = format!("bench{}", rounds - 1);
+    let cache = work.path().join(format!("sync-cache-{}.json", rounds - 1));
+    let rs_dst = work.path().join(format!("rsync-dst-{}", rounds - 1));
+    // Then `rounds` times: change 10 files (one byte each, different files each time) and
+    // sync; then sync the unchanged tree. Medians, alternating who goes first.
+    let mut changed_runs = Vec::new();
+    let mut unchanged_runs = Vec::new();
+    let ours_sync = async |expect: usize| -> anyhow::Result<(f64, u64, u64)> {
+        settle();
+        let (b0, e0) = (r.bytes_sent(), r.exec_count());
+        let t = Instant::now();
+        let plan = sync::prepare_with(&r, &project, &src, &[], Some(&cache)).await?;
+        sync::apply_with(&r, &project, &src, &plan, Some(&cache)).await?;
+        assert_eq!(plan.upload.len(), expect);
+        Ok((t.elapsed().as_secs_f64(), r.bytes_sent() - b0, round(e0)))
+    };
+    for k in 0..rounds {
+        for i in 0..10 {
+            let n = (i * 997 + k * 131) % files;
+            let f = src.join(format!("pkg{:03}/f{n:05}.bin", n % 100));
+            let mut data = std::fs::read(&f)?;
+            data[per / 2] ^= 0xff;
+            std::fs::write(&f, data)?;
+        }
+        let (o, t) = if k % 2 == 0 {
+            let o = ours_sync(10).await?;
+            (o, rsync(&sshd, &kh, &src, &rs_dst))
+        } else {
+            let t = rsync(&sshd, &kh, &src, &rs_dst);
+            (ours_sync(10).await?, t)
+        };
+        changed_runs.push((o, t));
+        let (o, t) = if k % 2 == 0 {
+            let o = ours_sync(0).await?;
+            (o, rsync(&sshd, &kh, &src, &rs_dst))
+        } else {
+            let t = rsync(&sshd, &kh, &src, &rs_dst);
+            (ours_sync(0).await?, t)
+        };
+        unchanged_runs.push((o, t));
     }
-    settle();
-    let (b0, e0) = (r.bytes_sent(), r.exec_count());
-    let t = Instant::now();
-    let plan = sync::prepare_with(&r, "bench", &src, &[], Some(&cache)).await?;
-    sync::apply_with(&r, "bench", &src, &plan, Some(&cache)).await?;
-    assert_eq!(plan.upload.len(), 10);
-    let changed = (t.elapsed().as_secs_f64(), r.bytes_sent() - b0, round(e0));
-    let rs_changed = rsync(&sshd, &kh, &src, &rs_dst);
-
-    settle();
-    let (b0, e0) = (r.bytes_sent(), r.exec_count());
-    let t = Instant::now();
-    let plan = sync::prepare_with(&r, "bench", &src, &[], Some(&cache)).await?;
-    sync::apply_with(&r, "bench", &src, &plan, Some(&cache)).await?;
-    assert!(plan.is_noop());
-    let unchanged = (t.elapsed().as_secs_f64(), r.bytes_sent() - b0, round(e0));
-    let rs_unchanged = rsync(&sshd, &kh, &src, &rs_dst);
+    type Run = ((f64, u64, u64), (f64, u64));
+    let medians = |v: &[Run]| {
+        let mut ours: Vec<(f64, u64, u64)> = v.iter().map(|x| x.0).collect();
+        let mut theirs: Vec<(f64, u64)> = v.iter().map(|x| x.1).collect();
+        ours.sort_by(|a, b| a.0.total_cmp(&b.0));
+        theirs.sort_by(|a, b| a.0.total_cmp(&b.0));
+        (ours[ours.len() / 2], theirs[theirs.len() / 2])
+    };
+    let (changed, rs_changed) = medians(&changed_runs);
+    let (unchanged, rs_unchanged) = medians(&unchanged_runs);
 
     println!("sync over ssh, {files} files, {} MB", (per * files) >> 20);
     for (label, ours, theirs) in [
-        ("first (median of 3)", first, rs_first),
-        ("10 changed", changed, rs_changed),
-        ("unchanged", unchanged, rs_unchanged),
+        ("first (median)", first, rs_first),
+        ("10 changed (median)", changed, rs_changed),
+        ("unchanged (median)", unchanged, rs_unchanged),
     ] {
         println!(
             "  {label:<19} trainctl {:.2} s, {} bytes, {} round trips | rsync -a {:.2} s, {} bytes | time {:.2}x rsync's, bytes {:.2}x rsync's",
@@ -297,5 +368,9 @@ async fn main() -> anyhow::Result<()> {
             }
         );
     }
+    println!(
+        "  first sync CPU (whole machine, median of {rounds}): trainctl {cpu_ours:.2} s, rsync {cpu_theirs:.2} s = {:.2}x",
+        cpu_ours / cpu_theirs
+    );
     Ok(())
 }

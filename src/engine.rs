@@ -878,6 +878,24 @@ impl Engine {
                 self.pump_log(remote.as_ref(), &att, true).await?;
                 self.finish(&job, &att, None).await
             }
+            // The attempt is recorded before its directory exists on the machine: while the
+            // process starting it lives, a missing directory means "not there yet".
+            RemoteStatus::Missing
+                if job.state == JobState::Starting && job.driver_pid.is_some_and(pid_alive) =>
+            {
+                Ok(JobState::Starting)
+            }
+            RemoteStatus::Missing if job.state == JobState::Starting => {
+                self.store()
+                    .finish_attempt(&job.id, att.attempt, None, now_ms())?;
+                self.transition(
+                    job_id,
+                    JobState::Failed,
+                    "the trainctl process starting it exited before the job started",
+                    None,
+                )?;
+                Ok(JobState::Failed)
+            }
             RemoteStatus::Missing => {
                 if matches!(provider.describe(&inst).await, Ok(Observed::Gone)) {
                     self.job_lost(&job, &inst, &att, "its machine is gone")
@@ -1300,5 +1318,70 @@ mod tests {
         assert_eq!(display_lines(b" 10%\r 50%\r100% done\n"), vec!["100% done"]);
         assert_eq!(display_lines(b"\x1b[31merr\x1b[0m\n"), vec!["err"]);
         assert!(display_lines(b"\n").len() <= 1);
+    }
+
+    /// The attempt row is written before the job's directory exists on the machine; a
+    /// second process polling in between must not call the job lost.
+    #[tokio::test]
+    async fn a_starting_job_without_its_directory_yet_is_not_lost() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = UserConfig {
+            data_dir: Some(dir.path().join("data")),
+            ..Default::default()
+        };
+        let engine = Engine::open(cfg).unwrap();
+        let inst = engine
+            .launch("local", &LaunchRequest::default())
+            .await
+            .unwrap();
+        let starting = |id: &str, driver: i64| {
+            let j = JobRecord {
+                id: id.into(),
+                name: "t".into(),
+                project: "t".into(),
+                project_dir: "/nowhere".into(),
+                command: "true".into(),
+                spec_json: "{}".into(),
+                state: JobState::Pending,
+                instance_id: Some(inst.id.clone()),
+                created_ms: now_ms(),
+                started_ms: None,
+                ended_ms: None,
+                exit_code: None,
+                reason: None,
+                cancel_requested: false,
+                driver_pid: Some(driver),
+                stop_sent_ms: None,
+                terminate_on_end: false,
+            };
+            let mut st = engine.store();
+            st.insert_job(&j).unwrap();
+            st.transition_job(id, JobState::Syncing, "t").unwrap();
+            st.transition_job(id, JobState::Starting, "t").unwrap();
+            st.add_attempt(&AttemptRecord {
+                job_id: id.into(),
+                attempt: 1,
+                instance_id: inst.id.clone(),
+                remote_dir: dir.path().join("not-yet").to_string_lossy().into_owned(),
+                workdir: "/nowhere".into(),
+                started_ms: now_ms(),
+                ended_ms: None,
+                exit_code: None,
+            })
+            .unwrap();
+        };
+        // Its starter is alive (this process): still starting.
+        starting("j-alive", std::process::id() as i64);
+        assert_eq!(
+            engine.poll_job("j-alive").await.unwrap(),
+            JobState::Starting
+        );
+        // Its starter is gone: it failed to start; it was never lost on the machine.
+        let mut dead = std::process::Command::new("true").spawn().unwrap();
+        let pid = dead.id() as i64;
+        dead.wait().unwrap();
+        starting("j-orphan", pid);
+        assert_eq!(engine.poll_job("j-orphan").await.unwrap(), JobState::Failed);
+        engine.terminate(&inst.id, "test over").await.unwrap();
     }
 }

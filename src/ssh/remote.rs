@@ -299,12 +299,60 @@ impl std::io::Write for ChunkWriter {
     }
 }
 
+/// The checksum a machine reported for a file it is about to send.
+#[derive(Debug, PartialEq)]
+enum RemoteSum {
+    Blake3(String),
+    Sha256(String),
+    None,
+}
+
+impl RemoteSum {
+    /// `b3 HEX…` or `sha256 HEX…` (the tool's `  -` suffix ignored), else none.
+    fn parse(line: &str) -> RemoteSum {
+        let mut w = line.split_whitespace();
+        let kind = w.next().unwrap_or("");
+        let hex = w
+            .next()
+            .filter(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()))
+            .map(str::to_ascii_lowercase);
+        match (kind, hex) {
+            ("b3", Some(h)) => RemoteSum::Blake3(h),
+            ("sha256", Some(h)) => RemoteSum::Sha256(h),
+            _ => RemoteSum::None,
+        }
+    }
+}
+
+/// Size, BLAKE3 and SHA-256 of a local file, read once in 1 MiB blocks.
+fn hash_both(path: &Path) -> Result<(u64, String, String)> {
+    use sha2::Digest;
+    use std::io::Read;
+    let mut f = std::fs::File::open(path).with_context(|| format!("reading {}", path.display()))?;
+    let mut b3 = blake3::Hasher::new();
+    let mut sha = sha2::Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut n = 0u64;
+    loop {
+        let k = f.read(&mut buf)?;
+        if k == 0 {
+            break;
+        }
+        b3.update(&buf[..k]);
+        sha.update(&buf[..k]);
+        n += k as u64;
+    }
+    let sha: String = sha.finalize().iter().map(|b| format!("{b:02x}")).collect();
+    Ok((n, b3.finalize().to_hex().to_string(), sha))
+}
+
 pub struct SshRemote {
     target: SshTarget,
     conn: tokio::sync::Mutex<Option<Conn>>,
     root: String,
     execs: std::sync::atomic::AtomicU64,
     sent: std::sync::atomic::AtomicU64,
+    received: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for SshRemote {
@@ -470,6 +518,15 @@ async fn authenticate(handle: &mut client::Handle<Verifier>, t: &SshTarget) -> R
         }
         tried.push(path.display().to_string());
     }
+    // A connection cut during authentication looks like refused keys; it is not final.
+    if handle.is_closed() {
+        bail!(
+            "{}@{}:{}: the connection dropped during authentication",
+            t.user,
+            t.hostname,
+            t.port
+        );
+    }
     bail!(
         "{}@{}:{} refused every key (tried: {})",
         t.user,
@@ -494,6 +551,7 @@ impl SshRemote {
             root: String::new(),
             execs: Default::default(),
             sent: Default::default(),
+            received: Default::default(),
         };
         let home = r
             .exec_raw("printf %s \"$HOME\"", Stdin::Empty, None)
@@ -558,6 +616,11 @@ impl SshRemote {
     /// Bytes sent to commands' stdin so far (file uploads).
     pub fn bytes_sent(&self) -> u64 {
         self.sent.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Bytes of files downloaded so far (`get`).
+    pub fn bytes_received(&self) -> u64 {
+        self.received.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Commands run on this machine so far (each is one round trip).
@@ -636,6 +699,67 @@ impl SshRemote {
             )
         })?;
         Ok(out)
+    }
+
+    /// Append the bytes of remote `path` from `part`'s current length up to `size`, written
+    /// as they arrive (a dropped connection keeps what came). Retries on a new connection
+    /// while it makes progress.
+    async fn download_into(&self, path: &str, part: &Path, size: u64) -> Result<()> {
+        let q = sh_quote(path);
+        let mut stalls = 0;
+        loop {
+            let have = match tokio::fs::metadata(part).await {
+                Ok(m) if m.len() <= size => m.len(),
+                Ok(_) => {
+                    tokio::fs::remove_file(part).await?;
+                    0
+                }
+                Err(_) => 0,
+            };
+            if have == size {
+                return Ok(());
+            }
+            let mut f = tokio::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(part)
+                .await
+                .with_context(|| format!("opening {}", part.display()))?;
+            let (tx, mut rx) = mpsc::channel::<Vec<u8>>(32);
+            let writer = tokio::spawn(async move {
+                let mut n = 0u64;
+                while let Some(chunk) = rx.recv().await {
+                    f.write_all(&chunk).await?;
+                    n += chunk.len() as u64;
+                }
+                f.flush().await?;
+                f.sync_data().await?;
+                anyhow::Ok(n)
+            });
+            let script = format!("tail -c +{} {q} | head -c {}", have + 1, size - have);
+            let res = self.exec_raw(&script, Stdin::Empty, Some(&tx)).await;
+            drop(tx);
+            let written = writer.await??;
+            self.received
+                .fetch_add(written, std::sync::atomic::Ordering::Relaxed);
+            match res {
+                // Complete, or the file shrank on the machine: the checksum will tell.
+                Ok(out) => return out.check(&format!("downloading {path}")).map(|_| ()),
+                Err(e) if e.to_string().contains("dropped") => {
+                    stalls = if written == 0 { stalls + 1 } else { 0 };
+                    if stalls >= 3 {
+                        return Err(e.context(format!("downloading {path}")));
+                    }
+                    tracing::warn!(
+                        "{}: connection dropped while downloading {path} at {} of {size} bytes; resuming",
+                        self.target.alias,
+                        have + written
+                    );
+                    self.handle(true).await?;
+                }
+                Err(e) => return Err(e),
+            }
+        }
     }
 
     /// Like `exec_raw`, retried on a new connection if the connection dropped mid-way.
@@ -753,24 +877,28 @@ impl Remote for SshRemote {
 
     async fn get(&self, path: &str, dest: &Path) -> Result<Fetched> {
         let q = sh_quote(path);
-        // Size and checksum first, then the bytes (resuming a partial download).
+        // Size and the machine's own checksum first: BLAKE3 when `b3sum` is there, SHA-256
+        // (coreutils) otherwise. Both read the file on stdin so no name is ever printed.
         let info = self
             .exec_idempotent(&format!(
-                "wc -c < {q} && (sha256sum {q} 2>/dev/null || shasum -a 256 {q} 2>/dev/null || echo -)"
+                "[ -f {q} ] || exit 44; wc -c < {q} || exit 1; \
+                 if command -v b3sum >/dev/null 2>&1; then echo \"b3 $(b3sum < {q})\"; \
+                 elif command -v sha256sum >/dev/null 2>&1; then echo \"sha256 $(sha256sum < {q})\"; \
+                 elif command -v shasum >/dev/null 2>&1; then echo \"sha256 $(shasum -a 256 < {q})\"; \
+                 else echo none; fi"
             ))
-            .await?
-            .check(&format!("reading {path}"))?;
+            .await?;
+        if info.status == 44 {
+            bail!("{path}: no such file on the machine");
+        }
+        let info = info.check(&format!("reading {path}"))?;
         let text = info.stdout_str();
         let mut lines = text.lines();
         let size: u64 = lines
             .next()
             .and_then(|l| l.trim().parse().ok())
             .ok_or_else(|| anyhow!("cannot read the size of {path}"))?;
-        let remote_sha = lines
-            .next()
-            .and_then(|l| l.split_whitespace().next())
-            .filter(|s| s.len() == 64)
-            .map(str::to_string);
+        let expected = RemoteSum::parse(lines.next().unwrap_or(""));
         let parent = dest.parent().context("destination has no parent")?;
         tokio::fs::create_dir_all(parent).await?;
         let name = dest
@@ -779,50 +907,31 @@ impl Remote for SshRemote {
             .to_string_lossy()
             .into_owned();
         let part = parent.join(format!(".{name}.trainctl-part"));
-        let have = tokio::fs::metadata(&part)
-            .await
-            .map(|m| m.len())
-            .unwrap_or(0);
-        let have = if have > size { 0 } else { have };
-        if have < size {
-            let mut f = tokio::fs::OpenOptions::new()
-                .create(true)
-                .append(have > 0)
-                .write(true)
-                .truncate(have == 0)
-                .open(&part)
-                .await?;
-            let out = self
-                .exec_raw(&format!("tail -c +{} {q}", have + 1), Stdin::Empty, None)
-                .await?
-                .check(&format!("downloading {path}"))?;
-            f.write_all(&out.stdout).await?;
-            f.flush().await?;
+        // A partial file from an earlier attempt is resumed; one that does not match in the
+        // end is thrown away and the download made once more from the start.
+        for from_scratch in [false, true] {
+            if from_scratch {
+                let _ = tokio::fs::remove_file(&part).await;
+            }
+            self.download_into(path, &part, size).await?;
+            let part2 = part.clone();
+            let (got, b3, sha) = tokio::task::spawn_blocking(move || hash_both(&part2)).await??;
+            let matches = got == size
+                && match &expected {
+                    RemoteSum::Blake3(h) => *h == b3,
+                    RemoteSum::Sha256(h) => *h == sha,
+                    RemoteSum::None => true,
+                };
+            if matches {
+                tokio::fs::rename(&part, dest).await?;
+                return Ok(Fetched { size, blake3: b3 });
+            }
+            tracing::warn!("{path}: downloaded copy does not match (size {got} vs {size})");
         }
-        let part2 = part.clone();
-        let (got, b3, sha) =
-            tokio::task::spawn_blocking(move || -> Result<(u64, String, String)> {
-                use sha2::Digest;
-                let data = std::fs::read(&part2)?;
-                let sha: String = sha2::Sha256::digest(&data)
-                    .iter()
-                    .map(|b| format!("{b:02x}"))
-                    .collect();
-                Ok((
-                    data.len() as u64,
-                    blake3::hash(&data).to_hex().to_string(),
-                    sha,
-                ))
-            })
-            .await??;
-        if got != size || remote_sha.as_ref().is_some_and(|r| *r != sha) {
-            let _ = tokio::fs::remove_file(&part).await;
-            bail!(
-                "{path}: the download does not match the file on the machine (size {got} vs {size}); try again"
-            );
-        }
-        tokio::fs::rename(&part, dest).await?;
-        Ok(Fetched { size, blake3: b3 })
+        let _ = tokio::fs::remove_file(&part).await;
+        bail!(
+            "{path}: the download does not match the file on the machine (did it change while it was copied?); try again"
+        )
     }
 
     async fn stream_file(
@@ -866,5 +975,51 @@ impl Remote for SshRemote {
                 crate::sanitize::sanitize_line(out.stderr.trim_ascii())
             )),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn remote_checksum_lines_are_read_strictly() {
+        let h = "a".repeat(64);
+        assert_eq!(
+            RemoteSum::parse(&format!("b3 {h}  -")),
+            RemoteSum::Blake3(h.clone())
+        );
+        assert_eq!(
+            RemoteSum::parse(&format!("sha256 {}  -", h.to_uppercase())),
+            RemoteSum::Sha256(h.clone())
+        );
+        // Anything else (a missing tool, an error text, a short or non-hex value) is none.
+        for line in [
+            "none",
+            "",
+            "sha256 ",
+            "b3 abc",
+            &format!("md5 {h}"),
+            &format!("b3 {}", "z".repeat(64)),
+        ] {
+            assert_eq!(RemoteSum::parse(line), RemoteSum::None, "{line}");
+        }
+    }
+
+    #[test]
+    fn local_hashes_match_the_one_shot_functions() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("f");
+        let data: Vec<u8> = (0..3_000_000u32).map(|i| (i * 31 % 251) as u8).collect();
+        std::fs::write(&p, &data).unwrap();
+        let (n, b3, sha) = hash_both(&p).unwrap();
+        use sha2::Digest;
+        assert_eq!(n, data.len() as u64);
+        assert_eq!(b3, blake3::hash(&data).to_hex().to_string());
+        let want: String = sha2::Sha256::digest(&data)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        assert_eq!(sha, want);
     }
 }

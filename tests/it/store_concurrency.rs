@@ -53,7 +53,8 @@ fn two_trainctl_processes_launching_at_once_both_land() {
     let env = Env::new("[providers.local]\nmax_instances = 64\n", "0");
     let spawn = || {
         let mut c = env.cmd(&["launch"]);
-        c.stdout(std::process::Stdio::piped());
+        c.stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
         c
     };
     let mut children = Vec::new();
@@ -62,7 +63,12 @@ fn two_trainctl_processes_launching_at_once_both_land() {
     }
     for c in children {
         let out = c.wait_with_output().unwrap();
-        assert!(out.status.success());
+        assert!(
+            out.status.success(),
+            "{:?}: {}",
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     let live = env.json(&["ls"]);
     assert_eq!(live.as_array().unwrap().len(), 6);
