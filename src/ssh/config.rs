@@ -32,6 +32,8 @@ struct Block {
 #[derive(Debug, Clone, Default)]
 pub struct SshConfig {
     blocks: Vec<Block>,
+    /// The file it was read from (handed to `ssh -F` for ProxyJump hops).
+    path: Option<PathBuf>,
 }
 
 /// `*` and `?` glob match, as ssh_config patterns.
@@ -110,7 +112,7 @@ impl SshConfig {
                 }
             }
         }
-        SshConfig { blocks }
+        SshConfig { blocks, path: None }
     }
 
     /// `~/.ssh/config`, or empty when there is none.
@@ -120,9 +122,18 @@ impl SshConfig {
     }
 
     pub fn load(path: &Path) -> SshConfig {
-        std::fs::read_to_string(path)
-            .map(|t| Self::parse(&t))
-            .unwrap_or_default()
+        match std::fs::read_to_string(path) {
+            Ok(t) => SshConfig {
+                path: Some(path.to_path_buf()),
+                ..Self::parse(&t)
+            },
+            Err(_) => SshConfig::default(),
+        }
+    }
+
+    /// The file this configuration was read from, if any.
+    pub fn source(&self) -> Option<&Path> {
+        self.path.as_deref()
     }
 
     /// The settings for `alias`: first value wins, identity and known-hosts files accumulate.

@@ -115,13 +115,9 @@ impl SshTarget {
         }
         let proxy_command = match (&h.proxy_command, &h.proxy_jump) {
             (Some(c), _) if c != "none" => Some(expand(c, &hostname, port, &user)),
-            // ProxyJump through the OpenSSH client's -W, the same hop OpenSSH makes.
-            (_, Some(j)) if j != "none" => Some(format!(
-                "ssh -W {}:{} {}",
-                sh_quote(&hostname),
-                port,
-                sh_quote(j)
-            )),
+            (_, Some(j)) if j != "none" => {
+                Some(proxy_jump_command(j, &hostname, port, ssh_config.source()))
+            }
             _ => None,
         };
         let mut user_files: Vec<PathBuf> = h
@@ -153,6 +149,58 @@ impl SshTarget {
             prompt: None,
         }
     }
+}
+
+/// ProxyJump as the ProxyCommand OpenSSH itself makes of it: `ssh -W host:port` through the
+/// last hop, earlier hops with `-J`, the same ssh_config file (`-F`), and never a prompt on
+/// the terminal (`BatchMode`): the hop's host key is checked by OpenSSH against the user's
+/// known_hosts. Hops are `[user@]host[:port]` or `ssh://[user@]host[:port]`.
+pub fn proxy_jump_command(jumps: &str, host: &str, port: u16, config: Option<&Path>) -> String {
+    let hops: Vec<&str> = jumps
+        .split(',')
+        .map(str::trim)
+        .filter(|h| !h.is_empty())
+        .collect();
+    let mut cmd = String::from("ssh -o BatchMode=yes");
+    if let Some(f) = config {
+        cmd.push_str(&format!(" -F {}", sh_quote(&f.to_string_lossy())));
+    }
+    let Some((last, before)) = hops.split_last() else {
+        return cmd;
+    };
+    if !before.is_empty() {
+        cmd.push_str(&format!(" -J {}", sh_quote(&before.join(","))));
+    }
+    let spec = last.strip_prefix("ssh://").unwrap_or(last);
+    let (user, rest) = match spec.rsplit_once('@') {
+        Some((u, r)) => (Some(u), r),
+        None => (None, spec),
+    };
+    // `host:port`, `[v6]:port`, or a bare name or address.
+    let (jhost, jport) = if let Some(r) = rest.strip_prefix('[') {
+        match r.split_once(']') {
+            Some((h, p)) => (h, p.strip_prefix(':')),
+            None => (rest, None),
+        }
+    } else {
+        match rest.rsplit_once(':') {
+            Some((h, p)) if !h.contains(':') && p.parse::<u16>().is_ok() => (h, Some(p)),
+            _ => (rest, None),
+        }
+    };
+    if let Some(u) = user {
+        cmd.push_str(&format!(" -l {}", sh_quote(u)));
+    }
+    if let Some(p) = jport.filter(|p| p.parse::<u16>().is_ok()) {
+        cmd.push_str(&format!(" -p {p}"));
+    }
+    let target = if host.contains(':') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    };
+    cmd.push_str(&format!(" -W {} {}", sh_quote(&target), sh_quote(jhost)));
+    cmd
 }
 
 /// The handler russh calls with the server's key.
@@ -389,6 +437,8 @@ async fn open_connection(t: &SshTarget) -> Result<Conn> {
         policy: t.policy.clone(),
         refusal: refusal.clone(),
     };
+    // What the ProxyCommand printed on stderr (its last 2 KB), to explain a failed hop.
+    let mut proxy_said: Option<tokio::task::JoinHandle<Vec<u8>>> = None;
     let connected = match &t.proxy_command {
         Some(cmd) => {
             let mut child = tokio::process::Command::new("sh")
@@ -396,7 +446,7 @@ async fn open_connection(t: &SshTarget) -> Result<Conn> {
                 .arg(cmd)
                 .stdin(std::process::Stdio::piped())
                 .stdout(std::process::Stdio::piped())
-                .stderr(std::process::Stdio::null())
+                .stderr(std::process::Stdio::piped())
                 .kill_on_drop(true)
                 .spawn()
                 .with_context(|| format!("starting ProxyCommand `{cmd}`"))?;
@@ -404,6 +454,22 @@ async fn open_connection(t: &SshTarget) -> Result<Conn> {
                 child.stdout.take().context("ProxyCommand stdout")?,
                 child.stdin.take().context("ProxyCommand stdin")?,
             );
+            if let Some(mut err) = child.stderr.take() {
+                proxy_said = Some(tokio::spawn(async move {
+                    use tokio::io::AsyncReadExt;
+                    let mut tail = Vec::new();
+                    let mut buf = [0u8; 1024];
+                    while let Ok(n) = err.read(&mut buf).await {
+                        if n == 0 {
+                            break;
+                        }
+                        tail.extend_from_slice(&buf[..n]);
+                        let extra = tail.len().saturating_sub(2048);
+                        tail.drain(..extra);
+                    }
+                    tail
+                }));
+            }
             // The proxy lives as long as the connection's task holds the stream.
             tokio::spawn(async move {
                 let _ = child.wait().await;
@@ -425,6 +491,22 @@ async fn open_connection(t: &SshTarget) -> Result<Conn> {
         Err(e) => {
             if let Some(why) = refusal.lock().unwrap_or_else(|p| p.into_inner()).take() {
                 bail!("{why}");
+            }
+            if let Some(said) = proxy_said {
+                let said = tokio::time::timeout(Duration::from_secs(2), said)
+                    .await
+                    .ok()
+                    .and_then(Result::ok)
+                    .unwrap_or_default();
+                let said = crate::sanitize::sanitize_line(said.trim_ascii());
+                if !said.is_empty() {
+                    bail!(
+                        "connecting to {}:{} through `{}`: {e}; the proxy said: {said}",
+                        t.hostname,
+                        t.port,
+                        t.proxy_command.as_deref().unwrap_or_default()
+                    );
+                }
             }
             return Err(anyhow!("connecting to {}:{}: {e}", t.hostname, t.port));
         }
@@ -594,11 +676,12 @@ impl SshRemote {
                     return Ok(c);
                 }
                 Err(e) => {
-                    let msg = e.to_string();
-                    // A key problem will not fix itself: say so now.
+                    let msg = e.to_string().to_lowercase();
+                    // A key problem will not fix itself (here or at a ProxyJump hop): say so now.
                     if msg.contains("host key")
                         || msg.contains("refused every key")
                         || msg.contains("passphrase")
+                        || msg.contains("permission denied")
                     {
                         return Err(e);
                     }
@@ -981,6 +1064,27 @@ impl Remote for SshRemote {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn proxy_jump_becomes_the_command_openssh_would_run() {
+        assert_eq!(
+            proxy_jump_command("bastion", "10.0.0.5", 22, None),
+            "ssh -o BatchMode=yes -W 10.0.0.5:22 bastion"
+        );
+        assert_eq!(
+            proxy_jump_command(
+                "a, ops@b:2222",
+                "gpu box",
+                2200,
+                Some(Path::new("/home/u/.ssh/my config"))
+            ),
+            "ssh -o BatchMode=yes -F '/home/u/.ssh/my config' -J a -l ops -p 2222 -W 'gpu box:2200' b"
+        );
+        assert_eq!(
+            proxy_jump_command("ssh://me@[::1]:2022", "fe80::1", 22, None),
+            "ssh -o BatchMode=yes -l me -p 2022 -W '[fe80::1]:22' ::1"
+        );
+    }
 
     #[test]
     fn remote_checksum_lines_are_read_strictly() {

@@ -195,6 +195,63 @@ async fn ssh_config_alias_with_proxy_command_reaches_the_host() {
     );
 }
 
+#[tokio::test]
+async fn proxy_jump_goes_through_the_bastion_and_checks_its_key() {
+    let sshd = Sshd::start();
+    let work = tempfile::tempdir().unwrap();
+    let known = work.path().join("known_hosts");
+    // OpenSSH makes the hop and checks the bastion's key against the user's known_hosts.
+    let hop_known = work.path().join("hop_known_hosts");
+    let host_pub = std::fs::read_to_string(sshd.dir.path().join("host_key.pub")).unwrap();
+    let mut f = host_pub.split_whitespace();
+    let (kind, key) = (f.next().unwrap(), f.next().unwrap());
+    let cfg_path = work.path().join("ssh config");
+    let write_cfg = |hop_key: &str| {
+        std::fs::write(
+            &hop_known,
+            format!("[127.0.0.1]:{} {kind} {hop_key}\n", sshd.port),
+        )
+        .unwrap();
+        std::fs::write(
+            &cfg_path,
+            format!(
+                "Host bastion\n  HostName 127.0.0.1\n  Port {p}\n  User root\n  IdentityFile {k}\n  \
+                 IdentitiesOnly yes\n  UserKnownHostsFile {hk}\n  StrictHostKeyChecking yes\n\
+                 Host inner\n  HostName 127.0.0.1\n  Port {p}\n  User root\n  IdentityFile {k}\n  \
+                 ProxyJump bastion\n",
+                p = sshd.port,
+                k = sshd.client_key.display(),
+                hk = hop_known.display()
+            ),
+        )
+        .unwrap();
+    };
+    write_cfg(key);
+    let cfg = SshConfig::load(&cfg_path);
+    let t = SshTarget::resolve("inner", None, None, None, &cfg, &known, true);
+    let cmd = t.proxy_command.clone().unwrap();
+    assert!(
+        cmd.contains(&format!("-W 127.0.0.1:{} bastion", sshd.port)) && cmd.contains("-F '"),
+        "{cmd}"
+    );
+    let r = SshRemote::connect(t, None).await.unwrap();
+    assert_eq!(
+        r.exec("echo via-jump").await.unwrap().stdout_str(),
+        "via-jump\n"
+    );
+    // The bastion presenting a key the user's known_hosts does not have: no connection.
+    let other = trainctl::testkit::Sshd::start();
+    let other_pub = std::fs::read_to_string(other.dir.path().join("host_key.pub")).unwrap();
+    write_cfg(other_pub.split_whitespace().nth(1).unwrap());
+    let cfg = SshConfig::load(&cfg_path);
+    let t = SshTarget::resolve("inner", None, None, None, &cfg, &known, true);
+    let err = format!("{:#}", SshRemote::connect(t, None).await.unwrap_err());
+    assert!(
+        err.contains("the proxy said") && err.contains("Host key verification failed"),
+        "{err}"
+    );
+}
+
 fn ssh_env(sshd: &Sshd, extra: &str, step_sleep: &str) -> Env {
     let remote_dir = tempfile::tempdir().unwrap().keep();
     Env::new(
