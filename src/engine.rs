@@ -561,15 +561,21 @@ impl Engine {
     ) -> Result<(usize, u64, usize)> {
         let root = PathBuf::from(&spec.root);
         let cache = self.sync_cache(instance, &spec.project_name);
-        let plan = sync::prepare_with(
-            remote,
-            &spec.project_name,
-            &root,
-            &spec.project.sync.exclude,
-            Some(&cache),
-        )
+        // A sync cut short is planned again from what the machine's manifest says: files
+        // already in place are not sent twice, half-written ones are.
+        let plan = crate::remote::retry_lost(4, "code sync", async || {
+            let plan = sync::prepare_with(
+                remote,
+                &spec.project_name,
+                &root,
+                &spec.project.sync.exclude,
+                Some(&cache),
+            )
+            .await?;
+            sync::apply_with(remote, &spec.project_name, &root, &plan, Some(&cache)).await?;
+            Ok(plan)
+        })
         .await?;
-        sync::apply_with(remote, &spec.project_name, &root, &plan, Some(&cache)).await?;
         Ok((
             plan.upload.len() + plan.links.len(),
             plan.upload_bytes,
@@ -588,18 +594,22 @@ impl Engine {
         let remote = self.remote_for(&inst).await?;
         let name = project.name();
         let cache = self.sync_cache(&inst.id, &name);
-        let plan = sync::prepare_with(
-            remote.as_ref(),
-            &name,
-            &project.root,
-            &project.config.sync.exclude,
-            Some(&cache),
-        )
-        .await?;
-        if !dry_run {
-            sync::apply_with(remote.as_ref(), &name, &project.root, &plan, Some(&cache)).await?;
-        }
-        Ok(plan)
+        crate::remote::retry_lost(4, "code sync", async || {
+            let plan = sync::prepare_with(
+                remote.as_ref(),
+                &name,
+                &project.root,
+                &project.config.sync.exclude,
+                Some(&cache),
+            )
+            .await?;
+            if !dry_run {
+                sync::apply_with(remote.as_ref(), &name, &project.root, &plan, Some(&cache))
+                    .await?;
+            }
+            Ok(plan)
+        })
+        .await
     }
 
     /// Read every new byte of an attempt's log into the store and the local copy: one

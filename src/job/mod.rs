@@ -8,7 +8,7 @@
 pub mod artifacts;
 pub mod sync;
 
-use crate::remote::{Remote, sh_quote};
+use crate::remote::{Remote, retry_lost, sh_quote};
 use anyhow::{Context, Result, bail};
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -63,25 +63,34 @@ pub async fn start_detached(
     cmd_script: &str,
 ) -> Result<i32> {
     let runner = format!("{}/runner.sh", remote.root());
-    remote
-        .write_file(&runner, RUNNER_SH.as_bytes(), 0o755)
-        .await?;
-    remote
-        .write_file(&format!("{job_dir}/cmd.sh"), cmd_script.as_bytes(), 0o644)
-        .await?;
+    // Every step is safe to repeat, so a connection lost on the way is retried: the files
+    // are written atomically, and the start takes a lock so the job starts once at most.
+    retry_lost(4, "uploading the runner", || {
+        remote.write_file(&runner, RUNNER_SH.as_bytes(), 0o755)
+    })
+    .await?;
+    let cmd = format!("{job_dir}/cmd.sh");
+    retry_lost(4, "uploading the command", || {
+        remote.write_file(&cmd, cmd_script.as_bytes(), 0o644)
+    })
+    .await?;
     // setsid: own session and process group, so neither a closed terminal nor a dropped
     // connection reaches it; every stream redirected, so nothing dies of SIGPIPE.
     let script = format!(
-        "cd {jd} && if command -v setsid >/dev/null 2>&1; then \
+        "cd {jd} && {{ mkdir start.lock 2>/dev/null || exit 0; }} && \
+         if command -v setsid >/dev/null 2>&1; then \
            setsid sh {r} {jd} {wd} > runner.out 2>&1 < /dev/null & \
          else nohup sh {r} {jd} {wd} > runner.out 2>&1 < /dev/null & fi",
         jd = sh_quote(job_dir),
         r = sh_quote(&runner),
         wd = sh_quote(workdir),
     );
-    remote.exec(&script).await?.check("starting the job")?;
+    retry_lost(4, "starting the job", async || {
+        remote.exec(&script).await?.check("starting the job")
+    })
+    .await?;
     for _ in 0..200 {
-        match status(remote, job_dir).await? {
+        match retry_lost(4, "reading the job's status", || status(remote, job_dir)).await? {
             RemoteStatus::Running { pid } => return Ok(pid),
             RemoteStatus::Exited { .. } | RemoteStatus::Vanished => {
                 // Finished (or failed) faster than we looked: still started.

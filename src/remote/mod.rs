@@ -9,6 +9,44 @@ use async_trait::async_trait;
 use std::path::Path;
 use tokio::sync::mpsc;
 
+/// The connection to a machine was lost while a command was in flight: whether the command
+/// ran is unknown. Operations that are safe to repeat retry on a new connection
+/// ([`is_connection_lost`]); the others say so.
+#[derive(Debug)]
+pub struct ConnectionLost(pub String);
+
+impl std::fmt::Display for ConnectionLost {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for ConnectionLost {}
+
+/// Whether `e` (or anything in its chain) is a [`ConnectionLost`].
+pub fn is_connection_lost(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| c.is::<ConnectionLost>())
+}
+
+/// Run `op` again (up to `tries` times in all) while it fails with a lost connection; the
+/// remote reconnects on its own, with backoff. Only for operations safe to repeat.
+pub async fn retry_lost<T, F, Fut>(tries: usize, what: &str, mut op: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T>>,
+{
+    let mut n = 1;
+    loop {
+        match op().await {
+            Err(e) if n < tries && is_connection_lost(&e) => {
+                tracing::warn!("{what}: {e:#}; retrying on a new connection ({n}/{tries})");
+                n += 1;
+            }
+            r => return r,
+        }
+    }
+}
+
 /// What a finished command left behind.
 #[derive(Debug, Clone, Default)]
 pub struct ExecOutput {

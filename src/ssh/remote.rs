@@ -4,7 +4,9 @@
 //! backoff and the operation retried.
 
 use super::config::{HostConfig, SshConfig, expand, home};
-use crate::remote::{ExecOutput, Fetched, Remote, safe_join, sh_quote};
+use crate::remote::{
+    ConnectionLost, ExecOutput, Fetched, Remote, is_connection_lost, safe_join, sh_quote,
+};
 use anyhow::{Context, Result, anyhow, bail};
 use async_trait::async_trait;
 use russh::ChannelMsg;
@@ -297,6 +299,21 @@ impl client::Handler for Verifier {
 }
 
 type Conn = Arc<client::Handle<Verifier>>;
+
+/// `fut`, or None once the connection is closed (checked every 250 ms).
+async fn watch<T>(conn: &Conn, fut: impl std::future::Future<Output = T>) -> Option<T> {
+    tokio::pin!(fut);
+    loop {
+        tokio::select! {
+            v = &mut fut => return Some(v),
+            _ = tokio::time::sleep(Duration::from_millis(250)) => {
+                if conn.is_closed() {
+                    return None;
+                }
+            }
+        }
+    }
+}
 
 /// Reads through, hashing and counting what passes.
 struct HashingReader<R> {
@@ -723,10 +740,10 @@ impl SshRemote {
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let command = format!("sh -c {}", sh_quote(script));
         let mut fresh = false;
-        let mut channel = loop {
+        let (conn, mut channel) = loop {
             let conn = self.handle(fresh).await?;
             match conn.channel_open_session().await {
-                Ok(c) => break c,
+                Ok(c) => break (conn, c),
                 Err(e) if !fresh => {
                     tracing::warn!("{}: channel failed ({e}); reconnecting", self.target.alias);
                     fresh = true;
@@ -734,27 +751,53 @@ impl SshRemote {
                 Err(e) => return Err(anyhow!("{}: opening a channel: {e}", self.target.alias)),
             }
         };
-        channel.exec(true, command.as_bytes()).await?;
+        let lost = |e: russh::Error| {
+            anyhow::Error::new(ConnectionLost(format!(
+                "{}: the connection dropped before the command ended ({e})",
+                self.target.alias
+            )))
+        };
+        // A send waiting for window space is not woken when the connection dies: every
+        // step also watches the connection itself.
+        let gone = || {
+            anyhow::Error::new(ConnectionLost(format!(
+                "{}: the connection dropped before the command ended",
+                self.target.alias
+            )))
+        };
+        watch(&conn, channel.exec(true, command.as_bytes()))
+            .await
+            .ok_or_else(gone)?
+            .map_err(lost)?;
         match stdin {
             Stdin::Empty => {}
             Stdin::Bytes(data) => {
                 self.sent
                     .fetch_add(data.len() as u64, std::sync::atomic::Ordering::Relaxed);
-                channel.data(data).await?
+                watch(&conn, channel.data(data))
+                    .await
+                    .ok_or_else(gone)?
+                    .map_err(lost)?
             }
             Stdin::Stream(mut rx) => {
                 while let Some(chunk) = rx.recv().await {
                     self.sent
                         .fetch_add(chunk.len() as u64, std::sync::atomic::Ordering::Relaxed);
-                    channel.data(&chunk[..]).await?;
+                    watch(&conn, channel.data(&chunk[..]))
+                        .await
+                        .ok_or_else(gone)?
+                        .map_err(lost)?;
                 }
             }
         }
-        channel.eof().await?;
+        watch(&conn, channel.eof())
+            .await
+            .ok_or_else(gone)?
+            .map_err(lost)?;
         let mut out = ExecOutput::default();
         let mut status = None;
         let mut stopped_by_reader = false;
-        while let Some(msg) = channel.wait().await {
+        while let Some(msg) = watch(&conn, channel.wait()).await.flatten() {
             match msg {
                 ChannelMsg::Data { data } => match sink {
                     Some(s) => {
@@ -776,10 +819,10 @@ impl SshRemote {
             status = status.or(Some(0));
         }
         out.status = status.ok_or_else(|| {
-            anyhow!(
+            anyhow::Error::new(ConnectionLost(format!(
                 "{}: the connection dropped before the command ended",
                 self.target.alias
-            )
+            )))
         })?;
         Ok(out)
     }
@@ -828,7 +871,7 @@ impl SshRemote {
             match res {
                 // Complete, or the file shrank on the machine: the checksum will tell.
                 Ok(out) => return out.check(&format!("downloading {path}")).map(|_| ()),
-                Err(e) if e.to_string().contains("dropped") => {
+                Err(e) if is_connection_lost(&e) => {
                     stalls = if written == 0 { stalls + 1 } else { 0 };
                     if stalls >= 3 {
                         return Err(e.context(format!("downloading {path}")));
@@ -850,7 +893,7 @@ impl SshRemote {
     async fn exec_idempotent(&self, script: &str) -> Result<ExecOutput> {
         match self.exec_raw(script, Stdin::Empty, None).await {
             Ok(o) => Ok(o),
-            Err(e) if e.to_string().contains("dropped") => {
+            Err(e) if is_connection_lost(&e) => {
                 let _ = self.handle(true).await?;
                 self.exec_raw(script, Stdin::Empty, None).await
             }
@@ -953,8 +996,11 @@ impl Remote for SshRemote {
             r = sh_quote(remote_root)
         );
         let sent = self.exec_raw(&script, Stdin::Stream(rx), None).await;
-        let files = packer.await??;
-        sent?.check("unpacking files on the machine")?;
+        let files = packer.await?;
+        // A lost connection also stops the packer (its channel closes): report the cause.
+        let out = sent?;
+        let files = files?;
+        out.check("unpacking files on the machine")?;
         Ok(files)
     }
 

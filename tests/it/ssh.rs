@@ -779,3 +779,84 @@ async fn downloads_resume_survive_dropped_connections_and_reject_stale_parts() {
     names.sort();
     assert_eq!(names, vec!["again.pt", "best.pt"]);
 }
+
+#[test]
+fn sync_cut_by_killed_connections_completes_and_matches() {
+    let sshd = Sshd::start();
+    let env = ssh_env(&sshd, "", "0");
+    let id = env.json(&["launch", "--provider", "ssh", "--accept-new-host-key"])["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    // 300 files of 128 KiB (random, so nothing compresses or repeats).
+    let data_dir = env.project.join("data");
+    std::fs::create_dir_all(&data_dir).unwrap();
+    let mut x = 0x2545_f491_4f6c_dd1du64;
+    for i in 0..300 {
+        let mut buf = vec![0u8; 128 << 10];
+        for b in buf.chunks_mut(8) {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            b.copy_from_slice(&x.to_le_bytes()[..b.len()]);
+        }
+        std::fs::write(data_dir.join(format!("shard-{i:03}.bin")), buf).unwrap();
+    }
+    let cfg = std::fs::read_to_string(&env.config).unwrap();
+    let remote_dir = cfg
+        .lines()
+        .find_map(|l| l.strip_prefix("remote_dir = \""))
+        .unwrap()
+        .trim_end_matches('"')
+        .to_string();
+    let code = Path::new(&remote_dir).join("code/toy-train");
+    let mut child = env
+        .cmd(&["sync", "--instance", &id, "--json"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Kill the server side of the connection twice while files are being unpacked.
+    let mut kills = 0;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while kills < 2 && std::time::Instant::now() < deadline {
+        let n = std::fs::read_dir(code.join("data")).map_or(0, |d| d.count());
+        if (kills == 0 && n >= 20) || (kills == 1 && n >= 120) {
+            sshd.kill_sessions();
+            kills += 1;
+        }
+        if child.try_wait().unwrap().is_some() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    // A sync stuck on a dead connection would never end: give it a deadline.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(90);
+    while child.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("the sync hung after its connection was killed");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(kills >= 1, "the sync ended before a kill landed");
+    // Every file arrived whole, and the machine's manifest knows it: nothing left to send.
+    for i in 0..300 {
+        let name = format!("data/shard-{i:03}.bin");
+        assert!(
+            std::fs::read(code.join(&name)).unwrap()
+                == std::fs::read(env.project.join(&name)).unwrap(),
+            "{name} differs"
+        );
+    }
+    let again = env.json(&["sync", "--instance", &id]);
+    assert!(again["upload"].as_array().unwrap().is_empty(), "{again}");
+    env.ok(&["terminate", &id]);
+}
