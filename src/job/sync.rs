@@ -571,8 +571,12 @@ async fn prepare_deltas(
             if bytes * 2 >= data.len() {
                 continue; // mostly changed: whole is as cheap and simpler
             }
+            let whole: String = sha2::Sha256::digest(&data)
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect();
             let header = serde_json::json!({
-                "path": rel, "size": data.len(), "mode": mode,
+                "path": rel, "size": data.len(), "mode": mode, "sha256": whole,
                 "blocks": blocks.iter().map(|(o, n)| [*o, *n]).collect::<Vec<_>>(),
             });
             stream.extend_from_slice(header.to_string().as_bytes());
@@ -730,10 +734,36 @@ async fn apply_inner(
             ));
             recorded = true;
         }
-        remote
-            .exec_with_stdin(&script, &patch)
-            .await?
-            .check("patching changed blocks on the machine")?;
+        let out = remote.exec_with_stdin(&script, &patch).await?;
+        if out.status == 3 {
+            // Files that changed on the machine since their block sums were read: the patch
+            // did not match and left them alone; send them whole.
+            let redo: Vec<String> = out
+                .stdout_str()
+                .lines()
+                .filter_map(|l| serde_json::from_str::<String>(l).ok())
+                .filter(|p| deltas.iter().any(|(d, _, _)| d == p))
+                .collect();
+            if redo.is_empty() {
+                out.check("patching changed blocks on the machine")?;
+            }
+            tracing::warn!(
+                "{} file(s) changed on the machine during the sync; sending them whole",
+                redo.len()
+            );
+            let sent = remote.put_files(local_root, &redo, &dir).await?;
+            for (rel, f) in redo.iter().zip(sent) {
+                if let Some(e) = manifest.get_mut(rel) {
+                    e.hash = f.blake3;
+                    e.size = f.size;
+                }
+                stats.delta_files -= 1;
+                stats.whole_files += 1;
+            }
+            recorded = false;
+        } else {
+            out.check("patching changed blocks on the machine")?;
+        }
     }
     if !recorded {
         if rewrite {

@@ -686,6 +686,38 @@ async fn a_changed_large_file_travels_as_blocks_over_ssh() {
         data
     );
     assert!(sync::prepare(&r, "p", &src, &[]).await.unwrap().is_noop());
+
+    // The file changes on the machine between the plan (block sums fetched with the
+    // manifest, as `run` does with its local cache) and the patch (a job writing into its
+    // code directory): the patched copy does not match, so it is sent whole instead.
+    let cache = work.path().join("cache.json");
+    let p0 = sync::prepare_with(&r, "p", &src, &[], Some(&cache))
+        .await
+        .unwrap();
+    sync::apply_with(&r, "p", &src, &p0, Some(&cache))
+        .await
+        .unwrap();
+    data[7] ^= 0x11;
+    std::fs::write(src.join("weights.bin"), &data).unwrap();
+    let p = sync::prepare_with(&r, "p", &src, &[], Some(&cache))
+        .await
+        .unwrap();
+    assert!(p.block_sums.contains_key("weights.bin"));
+    let on_machine = remote_root.join("code/p/weights.bin");
+    let mut theirs = std::fs::read(&on_machine).unwrap();
+    theirs[250_000] ^= 0x22;
+    std::fs::write(&on_machine, &theirs).unwrap();
+    let st = sync::apply_with(&r, "p", &src, &p, Some(&cache))
+        .await
+        .unwrap();
+    assert_eq!((st.delta_files, st.whole_files), (0, 1), "{st:?}");
+    assert!(std::fs::read(&on_machine).unwrap() == data);
+    assert!(
+        !remote_root
+            .join("code/p/weights.bin.trainctl-part")
+            .exists()
+    );
+    assert!(sync::prepare(&r, "p", &src, &[]).await.unwrap().is_noop());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
