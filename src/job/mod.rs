@@ -203,3 +203,29 @@ pub async fn stop(remote: &dyn Remote, job_dir: &str, grace: Duration) -> Result
         .await
         .context("the job survived SIGKILL")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::remote::local::LocalRemote;
+
+    /// A start repeated after a lost connection must not start the job twice.
+    #[tokio::test]
+    async fn starting_twice_starts_the_job_once() {
+        let home = tempfile::tempdir().unwrap();
+        let r = LocalRemote::new(home.path(), "trainctl-test-start-twice");
+        let jd = job_dir(r.root(), "j-twice", 1);
+        let work = home.path().join("w");
+        std::fs::create_dir_all(&work).unwrap();
+        let script = command_script("echo started >> ../count; sleep 30", &BTreeMap::new());
+        let wd = work.to_str().unwrap();
+        let first = start_detached(&r, &jd, wd, &script).await.unwrap();
+        let second = start_detached(&r, &jd, wd, &script).await.unwrap();
+        assert_eq!(first, second);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let count = std::fs::read_to_string(home.path().join("count")).unwrap();
+        assert_eq!(count, "started\n");
+        let end = stop(&r, &jd, Duration::from_secs(2)).await.unwrap();
+        assert!(matches!(end, RemoteStatus::Exited { .. }), "{end:?}");
+    }
+}
