@@ -15,6 +15,16 @@ pub fn now_ms() -> TimestampMs {
         .unwrap_or(0)
 }
 
+/// Lower-case hex of `bytes` (digests).
+pub fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write;
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        let _ = write!(s, "{b:02x}");
+    }
+    s
+}
+
 /// A new id with a readable prefix, sortable by creation time: `j-<time>-<random>`.
 pub fn new_id(prefix: &str) -> String {
     let nanos = SystemTime::now()

@@ -554,11 +554,7 @@ async fn prepare_deltas(
             let mode = std::fs::metadata(&path)?.permissions().mode() & 0o7777;
             let mut blocks: Vec<(usize, usize)> = Vec::new();
             for (k, block) in data.chunks(DELTA_BLOCK).enumerate() {
-                let h: String = sha2::Sha256::digest(block)
-                    .iter()
-                    .take(16)
-                    .map(|b| format!("{b:02x}"))
-                    .collect();
+                let h = crate::model::hex(&sha2::Sha256::digest(block)[..16]);
                 if sums.get(k) != Some(&h) {
                     let off = k * DELTA_BLOCK;
                     match blocks.last_mut() {
@@ -571,12 +567,9 @@ async fn prepare_deltas(
             if bytes * 2 >= data.len() {
                 continue; // mostly changed: whole is as cheap and simpler
             }
-            let whole: String = sha2::Sha256::digest(&data)
-                .iter()
-                .map(|b| format!("{b:02x}"))
-                .collect();
             let header = serde_json::json!({
-                "path": rel, "size": data.len(), "mode": mode, "sha256": whole,
+                "path": rel, "size": data.len(), "mode": mode,
+                "sha256": crate::model::hex(&sha2::Sha256::digest(&data)),
                 "blocks": blocks.iter().map(|(o, n)| [*o, *n]).collect::<Vec<_>>(),
             });
             stream.extend_from_slice(header.to_string().as_bytes());

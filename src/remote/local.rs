@@ -95,8 +95,17 @@ fn copy_hashed(src: &Path, dest: &Path, buf: &mut Vec<u8>) -> Result<Fetched> {
 
 /// BLAKE3 of a local file, hex.
 pub fn hash_file(path: &Path) -> Result<(u64, String)> {
+    let (size, b3, _) = hash_file_with(path, false)?;
+    Ok((size, b3))
+}
+
+/// Size and BLAKE3 of a local file, hex, read once; its SHA-256 too when `with_sha256`
+/// (to compare with a machine that has `sha256sum` but no `b3sum`).
+pub fn hash_file_with(path: &Path, with_sha256: bool) -> Result<(u64, String, Option<String>)> {
+    use sha2::Digest;
     let mut f = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
     let mut hasher = blake3::Hasher::new();
+    let mut sha = with_sha256.then(sha2::Sha256::new);
     let mut buf = vec![0u8; 256 * 1024];
     let mut size = 0u64;
     loop {
@@ -105,9 +114,16 @@ pub fn hash_file(path: &Path) -> Result<(u64, String)> {
             break;
         }
         hasher.update(&buf[..n]);
+        if let Some(s) = sha.as_mut() {
+            s.update(&buf[..n]);
+        }
         size += n as u64;
     }
-    Ok((size, hasher.finalize().to_hex().to_string()))
+    Ok((
+        size,
+        hasher.finalize().to_hex().to_string(),
+        sha.map(|s| crate::model::hex(&s.finalize())),
+    ))
 }
 
 #[async_trait]
@@ -285,6 +301,25 @@ impl Remote for LocalRemote {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn file_hashes_match_the_one_shot_functions() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("f");
+        let data: Vec<u8> = (0..3_000_000u32).map(|i| (i * 31 % 251) as u8).collect();
+        std::fs::write(&p, &data).unwrap();
+        use sha2::Digest;
+        let want_sha: String = sha2::Sha256::digest(&data)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        let (n, b3, sha) = hash_file_with(&p, true).unwrap();
+        assert_eq!(n, data.len() as u64);
+        assert_eq!(b3, blake3::hash(&data).to_hex().to_string());
+        assert_eq!(sha, Some(want_sha));
+        assert_eq!(hash_file_with(&p, false).unwrap().2, None);
+        assert_eq!(hash_file(&p).unwrap(), (n, b3));
+    }
 
     #[tokio::test]
     async fn exec_stream_delivers_output_as_it_comes_and_the_status() {

@@ -389,28 +389,6 @@ impl RemoteSum {
     }
 }
 
-/// Size, BLAKE3 and SHA-256 of a local file, read once in 1 MiB blocks.
-fn hash_both(path: &Path) -> Result<(u64, String, String)> {
-    use sha2::Digest;
-    use std::io::Read;
-    let mut f = std::fs::File::open(path).with_context(|| format!("reading {}", path.display()))?;
-    let mut b3 = blake3::Hasher::new();
-    let mut sha = sha2::Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    let mut n = 0u64;
-    loop {
-        let k = f.read(&mut buf)?;
-        if k == 0 {
-            break;
-        }
-        b3.update(&buf[..k]);
-        sha.update(&buf[..k]);
-        n += k as u64;
-    }
-    let sha: String = sha.finalize().iter().map(|b| format!("{b:02x}")).collect();
-    Ok((n, b3.finalize().to_hex().to_string(), sha))
-}
-
 pub struct SshRemote {
     target: SshTarget,
     conn: tokio::sync::Mutex<Option<Conn>>,
@@ -1044,11 +1022,15 @@ impl Remote for SshRemote {
             }
             self.download_into(path, &part, size).await?;
             let part2 = part.clone();
-            let (got, b3, sha) = tokio::task::spawn_blocking(move || hash_both(&part2)).await??;
+            let with_sha = matches!(expected, RemoteSum::Sha256(_));
+            let (got, b3, sha) = tokio::task::spawn_blocking(move || {
+                crate::remote::local::hash_file_with(&part2, with_sha)
+            })
+            .await??;
             let matches = got == size
                 && match &expected {
                     RemoteSum::Blake3(h) => *h == b3,
-                    RemoteSum::Sha256(h) => *h == sha,
+                    RemoteSum::Sha256(h) => sha.as_ref() == Some(h),
                     RemoteSum::None => true,
                 };
             if matches {
@@ -1154,22 +1136,5 @@ mod tests {
         ] {
             assert_eq!(RemoteSum::parse(line), RemoteSum::None, "{line}");
         }
-    }
-
-    #[test]
-    fn local_hashes_match_the_one_shot_functions() {
-        let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("f");
-        let data: Vec<u8> = (0..3_000_000u32).map(|i| (i * 31 % 251) as u8).collect();
-        std::fs::write(&p, &data).unwrap();
-        let (n, b3, sha) = hash_both(&p).unwrap();
-        use sha2::Digest;
-        assert_eq!(n, data.len() as u64);
-        assert_eq!(b3, blake3::hash(&data).to_hex().to_string());
-        let want: String = sha2::Sha256::digest(&data)
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
-        assert_eq!(sha, want);
     }
 }
