@@ -432,6 +432,16 @@ impl Engine {
         Ok(())
     }
 
+    /// The process starting `job_id` exited before the job started: nobody will start it.
+    fn fail_abandoned_start(&self, job_id: &str) -> Result<()> {
+        self.transition(
+            job_id,
+            JobState::Failed,
+            "the trainctl process starting it exited before the job started",
+            None,
+        )
+    }
+
     fn job_instance(&self, job: &JobRecord) -> Result<InstanceRecord> {
         let id = job.instance_id.as_deref().context("job has no instance")?;
         self.store()
@@ -818,12 +828,7 @@ impl Engine {
                 let why = job.reason.clone().unwrap_or_else(|| "cancelled".into());
                 self.transition(job_id, JobState::Cancelled, &why, None)?;
             } else if !driver_alive && job.state != JobState::Pending {
-                self.transition(
-                    job_id,
-                    JobState::Failed,
-                    "the trainctl process starting it exited before the job started",
-                    None,
-                )?;
+                self.fail_abandoned_start(job_id)?;
             }
             return Ok(self
                 .store()
@@ -890,20 +895,13 @@ impl Engine {
             }
             // The attempt is recorded before its directory exists on the machine: while the
             // process starting it lives, a missing directory means "not there yet".
-            RemoteStatus::Missing
-                if job.state == JobState::Starting && job.driver_pid.is_some_and(pid_alive) =>
-            {
-                Ok(JobState::Starting)
-            }
             RemoteStatus::Missing if job.state == JobState::Starting => {
+                if job.driver_pid.is_some_and(pid_alive) {
+                    return Ok(JobState::Starting);
+                }
                 self.store()
                     .finish_attempt(&job.id, att.attempt, None, now_ms())?;
-                self.transition(
-                    job_id,
-                    JobState::Failed,
-                    "the trainctl process starting it exited before the job started",
-                    None,
-                )?;
+                self.fail_abandoned_start(job_id)?;
                 Ok(JobState::Failed)
             }
             RemoteStatus::Missing => {
