@@ -80,27 +80,21 @@ fn big_snapshot() -> Snapshot {
     let jobs = (0..10_000)
         .map(|i| JobRow {
             rec: JobRecord {
-                id: format!("j-{i:012}"),
                 name: format!("run-{i}"),
-                project: "p".into(),
-                project_dir: "/p".into(),
-                command: "python3 train.py".into(),
-                spec_json: "{}".into(),
                 state: if i % 5 == 0 {
                     JobState::Running
                 } else {
                     JobState::Succeeded
                 },
-                instance_id: Some(format!("i-{:012}", i % 1000)),
                 created_ms: now - 1_000_000,
                 started_ms: Some(now - 900_000),
-                ended_ms: None,
-                exit_code: None,
-                reason: None,
-                cancel_requested: false,
-                driver_pid: None,
-                stop_sent_ms: None,
-                terminate_on_end: false,
+                ..JobRecord::pending(
+                    &format!("j-{i:012}"),
+                    "p",
+                    "/p",
+                    "python3 train.py",
+                    &format!("i-{:012}", i % 1000),
+                )
             },
             progress: Progress {
                 epoch: Some(3.0),

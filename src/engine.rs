@@ -398,23 +398,16 @@ impl Engine {
             root: project.root.to_string_lossy().into_owned(),
         };
         let j = JobRecord {
-            id: new_id("j"),
             name: name.map_or_else(|| project.name(), str::to_string),
-            project: project.name(),
-            project_dir: project.root.to_string_lossy().into_owned(),
-            command: project.config.command.clone(),
             spec_json: serde_json::to_string(&spec)?,
-            state: JobState::Pending,
-            instance_id: Some(instance_id.to_string()),
-            created_ms: now_ms(),
-            started_ms: None,
-            ended_ms: None,
-            exit_code: None,
-            reason: None,
-            cancel_requested: false,
             driver_pid: Some(std::process::id() as i64),
-            stop_sent_ms: None,
-            terminate_on_end: false,
+            ..JobRecord::pending(
+                &new_id("j"),
+                &project.name(),
+                &project.root.to_string_lossy(),
+                &project.config.command,
+                instance_id,
+            )
         };
         self.store().insert_job(&j)?;
         Ok(j)
@@ -1344,23 +1337,8 @@ mod tests {
             .unwrap();
         let starting = |id: &str, driver: i64| {
             let j = JobRecord {
-                id: id.into(),
-                name: "t".into(),
-                project: "t".into(),
-                project_dir: "/nowhere".into(),
-                command: "true".into(),
-                spec_json: "{}".into(),
-                state: JobState::Pending,
-                instance_id: Some(inst.id.clone()),
-                created_ms: now_ms(),
-                started_ms: None,
-                ended_ms: None,
-                exit_code: None,
-                reason: None,
-                cancel_requested: false,
                 driver_pid: Some(driver),
-                stop_sent_ms: None,
-                terminate_on_end: false,
+                ..JobRecord::pending(id, "t", "/nowhere", "true", &inst.id)
             };
             let mut st = engine.store();
             st.insert_job(&j).unwrap();

@@ -145,6 +145,38 @@ pub struct JobRecord {
     pub terminate_on_end: bool,
 }
 
+impl JobRecord {
+    /// A job that has not run yet: Pending on `instance_id`, created now, named after its
+    /// project, no driver, spec `{}`. Callers set what they know beyond that.
+    pub fn pending(
+        id: &str,
+        project: &str,
+        project_dir: &str,
+        command: &str,
+        instance_id: &str,
+    ) -> JobRecord {
+        JobRecord {
+            id: id.into(),
+            name: project.into(),
+            project: project.into(),
+            project_dir: project_dir.into(),
+            command: command.into(),
+            spec_json: "{}".into(),
+            state: JobState::Pending,
+            instance_id: Some(instance_id.into()),
+            created_ms: now_ms(),
+            started_ms: None,
+            ended_ms: None,
+            exit_code: None,
+            reason: None,
+            cancel_requested: false,
+            driver_pid: None,
+            stop_sent_ms: None,
+            terminate_on_end: false,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct AttemptRecord {
     pub job_id: String,
@@ -1089,25 +1121,7 @@ mod tests {
     }
 
     fn job(id: &str, inst: &str) -> JobRecord {
-        JobRecord {
-            id: id.into(),
-            name: "toy".into(),
-            project: "toy".into(),
-            project_dir: "/tmp".into(),
-            command: "true".into(),
-            spec_json: "{}".into(),
-            state: JobState::Pending,
-            instance_id: Some(inst.into()),
-            created_ms: now_ms(),
-            started_ms: None,
-            ended_ms: None,
-            exit_code: None,
-            reason: None,
-            cancel_requested: false,
-            driver_pid: None,
-            stop_sent_ms: None,
-            terminate_on_end: false,
-        }
+        JobRecord::pending(id, "toy", "/tmp", "true", inst)
     }
 
     #[test]

@@ -61,23 +61,11 @@ fn instance(id: &str, name: &str, state: InstanceState, hourly: i64) -> Instance
 fn job(id: &str, name: &str, inst: &str, state: JobState, epoch: f64, loss: f64) -> JobRow {
     JobRow {
         rec: JobRecord {
-            id: id.into(),
-            name: name.into(),
-            project: name.into(),
-            project_dir: "/p".into(),
-            command: "python3 train.py".into(),
-            spec_json: "{}".into(),
             state,
-            instance_id: Some(inst.into()),
             created_ms: NOW - 600_000,
             started_ms: Some(NOW - 590_000),
             ended_ms: state.is_terminal().then_some(NOW - 10_000),
-            exit_code: None,
-            reason: None,
-            cancel_requested: false,
-            driver_pid: None,
-            stop_sent_ms: None,
-            terminate_on_end: false,
+            ..JobRecord::pending(id, name, "/p", "python3 train.py", inst)
         },
         progress: Progress {
             epoch: Some(epoch),
