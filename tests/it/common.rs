@@ -129,6 +129,19 @@ impl Env {
     }
 }
 
+/// `len` bytes of xorshift64 output from `state` (advanced), for data that neither
+/// compresses nor repeats.
+pub fn pseudo_random(state: &mut u64, len: usize) -> Vec<u8> {
+    let mut buf = vec![0u8; len];
+    for b in buf.chunks_mut(8) {
+        *state ^= *state << 13;
+        *state ^= *state >> 7;
+        *state ^= *state << 17;
+        b.copy_from_slice(&state.to_le_bytes()[..b.len()]);
+    }
+    buf
+}
+
 /// The `step=N` numbers of the toy job's log lines, in order.
 pub fn steps_in_log(text: &str) -> Vec<u32> {
     text.lines()

@@ -1,7 +1,7 @@
 //! SSH against a real OpenSSH sshd on 127.0.0.1: keys, host keys, ProxyCommand, quoting,
 //! files, the example job end to end, and log follow across killed connections.
 
-use crate::common::Env;
+use crate::common::{Env, pseudo_random};
 use std::path::Path;
 use trainctl::remote::Remote;
 use trainctl::ssh::config::SshConfig;
@@ -267,6 +267,18 @@ fn ssh_env(sshd: &Sshd, extra: &str, step_sleep: &str) -> Env {
     )
 }
 
+/// Where `ssh_env`'s host keeps the toy project's code.
+fn remote_code_dir(env: &Env) -> std::path::PathBuf {
+    let cfg = std::fs::read_to_string(&env.config).unwrap();
+    let remote_dir = cfg
+        .lines()
+        .find_map(|l| l.strip_prefix("remote_dir = \""))
+        .unwrap()
+        .trim_end_matches('"')
+        .to_string();
+    Path::new(&remote_dir).join("code/toy-train")
+}
+
 #[test]
 fn example_job_end_to_end_over_ssh() {
     let sshd = Sshd::start();
@@ -449,14 +461,7 @@ fn sync_over_ssh_keeps_links_modes_odd_names_and_propagates_deletions() {
     std::os::unix::fs::symlink("train.py", p.join("link.py")).unwrap();
     let first = env.json(&["sync", "--instance", &id]);
     assert_eq!(first["upload"].as_array().unwrap().len(), 7, "{first}");
-    let cfg = std::fs::read_to_string(&env.config).unwrap();
-    let remote_dir = cfg
-        .lines()
-        .find_map(|l| l.strip_prefix("remote_dir = \""))
-        .unwrap()
-        .trim_end_matches('"')
-        .to_string();
-    let code = Path::new(&remote_dir).join("code/toy-train");
+    let code = remote_code_dir(&env);
     assert_eq!(
         std::fs::read_to_string(code.join("with space & 'quote'.py")).unwrap(),
         "x = 1\n"
@@ -734,14 +739,7 @@ async fn downloads_resume_survive_dropped_connections_and_reject_stale_parts() {
     // A 24 MiB "checkpoint" on the machine.
     let remote = work.path().join("remote/ckpt dir/model 'best'.pt");
     std::fs::create_dir_all(remote.parent().unwrap()).unwrap();
-    let mut data = vec![0u8; 24 << 20];
-    let mut x = 0x9e37_79b9_7f4a_7c15u64;
-    for b in data.chunks_mut(8) {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        b.copy_from_slice(&x.to_le_bytes()[..b.len()]);
-    }
+    let data = pseudo_random(&mut 0x9e37_79b9_7f4a_7c15u64, 24 << 20);
     std::fs::write(&remote, &data).unwrap();
     let path = remote.to_str().unwrap();
     let out = work.path().join("out");
@@ -825,23 +823,10 @@ fn sync_cut_by_killed_connections_completes_and_matches() {
     std::fs::create_dir_all(&data_dir).unwrap();
     let mut x = 0x2545_f491_4f6c_dd1du64;
     for i in 0..300 {
-        let mut buf = vec![0u8; 128 << 10];
-        for b in buf.chunks_mut(8) {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            b.copy_from_slice(&x.to_le_bytes()[..b.len()]);
-        }
+        let buf = pseudo_random(&mut x, 128 << 10);
         std::fs::write(data_dir.join(format!("shard-{i:03}.bin")), buf).unwrap();
     }
-    let cfg = std::fs::read_to_string(&env.config).unwrap();
-    let remote_dir = cfg
-        .lines()
-        .find_map(|l| l.strip_prefix("remote_dir = \""))
-        .unwrap()
-        .trim_end_matches('"')
-        .to_string();
-    let code = Path::new(&remote_dir).join("code/toy-train");
+    let code = remote_code_dir(&env);
     let mut child = env
         .cmd(&["sync", "--instance", &id, "--json"])
         .stdout(std::process::Stdio::piped())
