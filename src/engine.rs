@@ -562,23 +562,16 @@ impl Engine {
         instance: &str,
         spec: &JobSpec,
     ) -> Result<(usize, u64, usize)> {
-        let root = PathBuf::from(&spec.root);
-        let cache = self.sync_cache(instance, &spec.project_name);
-        // A sync cut short is planned again from what the machine's manifest says: files
-        // already in place are not sent twice, half-written ones are.
-        let plan = crate::remote::retry_lost(4, "code sync", async || {
-            let plan = sync::prepare_with(
+        let plan = self
+            .sync_tree(
                 remote,
+                instance,
                 &spec.project_name,
-                &root,
+                Path::new(&spec.root),
                 &spec.project.sync.exclude,
-                Some(&cache),
+                false,
             )
             .await?;
-            sync::apply_with(remote, &spec.project_name, &root, &plan, Some(&cache)).await?;
-            Ok(plan)
-        })
-        .await?;
         Ok((
             plan.upload.len() + plan.links.len(),
             plan.upload_bytes,
@@ -595,20 +588,35 @@ impl Engine {
     ) -> Result<sync::SyncPlan> {
         let inst = self.store().find_instance(instance_key)?;
         let remote = self.remote_for(&inst).await?;
-        let name = project.name();
-        let cache = self.sync_cache(&inst.id, &name);
+        self.sync_tree(
+            remote.as_ref(),
+            &inst.id,
+            &project.name(),
+            &project.root,
+            &project.config.sync.exclude,
+            dry_run,
+        )
+        .await
+    }
+
+    /// Plan the sync of `root` as `project` on `instance` (from the manifest on the machine,
+    /// with the local cache of it) and apply it unless `dry_run`. A sync cut short by a lost
+    /// connection is planned again from what the machine's manifest then says: files
+    /// already in place are not sent twice, half-written ones are.
+    async fn sync_tree(
+        &self,
+        remote: &dyn Remote,
+        instance: &str,
+        project: &str,
+        root: &Path,
+        excludes: &[String],
+        dry_run: bool,
+    ) -> Result<sync::SyncPlan> {
+        let cache = self.sync_cache(instance, project);
         crate::remote::retry_lost(4, "code sync", async || {
-            let plan = sync::prepare_with(
-                remote.as_ref(),
-                &name,
-                &project.root,
-                &project.config.sync.exclude,
-                Some(&cache),
-            )
-            .await?;
+            let plan = sync::prepare_with(remote, project, root, excludes, Some(&cache)).await?;
             if !dry_run {
-                sync::apply_with(remote.as_ref(), &name, &project.root, &plan, Some(&cache))
-                    .await?;
+                sync::apply_with(remote, project, root, &plan, Some(&cache)).await?;
             }
             Ok(plan)
         })
