@@ -5,7 +5,8 @@
 
 use super::config::{HostConfig, SshConfig, expand, home};
 use crate::remote::{
-    ConnectionLost, ExecOutput, Fetched, Remote, is_connection_lost, safe_join, sh_quote,
+    ConnectionLost, ExecOutput, Fetched, Remote, is_connection_lost, retry_lost, safe_join,
+    sh_quote,
 };
 use anyhow::{Context, Result, anyhow, bail};
 use async_trait::async_trait;
@@ -866,17 +867,13 @@ impl SshRemote {
         }
     }
 
-    /// Like `exec_raw`, retried on a new connection if the connection dropped mid-way.
-    /// Only for commands that are safe to run twice.
+    /// Like `exec_raw`, run once more (`exec_raw` reconnects) if the connection dropped
+    /// mid-way. Only for commands that are safe to run twice.
     async fn exec_idempotent(&self, script: &str) -> Result<ExecOutput> {
-        match self.exec_raw(script, Stdin::Empty, None).await {
-            Ok(o) => Ok(o),
-            Err(e) if is_connection_lost(&e) => {
-                let _ = self.handle(true).await?;
-                self.exec_raw(script, Stdin::Empty, None).await
-            }
-            Err(e) => Err(e),
-        }
+        retry_lost(2, &self.target.alias, || {
+            self.exec_raw(script, Stdin::Empty, None)
+        })
+        .await
     }
 }
 
