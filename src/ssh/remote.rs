@@ -730,49 +730,26 @@ impl SshRemote {
                 Err(e) => return Err(anyhow!("{}: opening a channel: {e}", self.target.alias)),
             }
         };
-        let lost = |e: russh::Error| {
-            anyhow::Error::new(ConnectionLost(format!(
-                "{}: the connection dropped before the command ended ({e})",
-                self.target.alias
-            )))
-        };
         // A send waiting for window space is not woken when the connection dies: every
         // step also watches the connection itself.
-        let gone = || {
-            anyhow::Error::new(ConnectionLost(format!(
-                "{}: the connection dropped before the command ended",
-                self.target.alias
-            )))
-        };
-        watch(&conn, channel.exec(true, command.as_bytes()))
-            .await
-            .ok_or_else(gone)?
-            .map_err(lost)?;
+        self.step(&conn, channel.exec(true, command.as_bytes()))
+            .await?;
         match stdin {
             Stdin::Empty => {}
             Stdin::Bytes(data) => {
                 self.sent
                     .fetch_add(data.len() as u64, std::sync::atomic::Ordering::Relaxed);
-                watch(&conn, channel.data(data))
-                    .await
-                    .ok_or_else(gone)?
-                    .map_err(lost)?
+                self.step(&conn, channel.data(data)).await?
             }
             Stdin::Stream(mut rx) => {
                 while let Some(chunk) = rx.recv().await {
                     self.sent
                         .fetch_add(chunk.len() as u64, std::sync::atomic::Ordering::Relaxed);
-                    watch(&conn, channel.data(&chunk[..]))
-                        .await
-                        .ok_or_else(gone)?
-                        .map_err(lost)?;
+                    self.step(&conn, channel.data(&chunk[..])).await?;
                 }
             }
         }
-        watch(&conn, channel.eof())
-            .await
-            .ok_or_else(gone)?
-            .map_err(lost)?;
+        self.step(&conn, channel.eof()).await?;
         let mut out = ExecOutput::default();
         let mut status = None;
         let mut stopped_by_reader = false;
@@ -797,13 +774,34 @@ impl SshRemote {
         if stopped_by_reader {
             status = status.or(Some(0));
         }
-        out.status = status.ok_or_else(|| {
-            anyhow::Error::new(ConnectionLost(format!(
-                "{}: the connection dropped before the command ended",
-                self.target.alias
-            )))
-        })?;
+        out.status = status.ok_or_else(|| self.lost(None))?;
         Ok(out)
+    }
+
+    /// The error for a command whose connection went away, with the cause when known.
+    fn lost(&self, cause: Option<russh::Error>) -> anyhow::Error {
+        let mut msg = format!(
+            "{}: the connection dropped before the command ended",
+            self.target.alias
+        );
+        if let Some(e) = cause {
+            msg.push_str(&format!(" ({e})"));
+        }
+        anyhow::Error::new(ConnectionLost(msg))
+    }
+
+    /// One step on a channel of `conn`: its failure, or the connection closing under it, is
+    /// a lost connection.
+    async fn step<T>(
+        &self,
+        conn: &Conn,
+        fut: impl std::future::Future<Output = Result<T, russh::Error>>,
+    ) -> Result<T> {
+        match watch(conn, fut).await {
+            Some(Ok(v)) => Ok(v),
+            Some(Err(e)) => Err(self.lost(Some(e))),
+            None => Err(self.lost(None)),
+        }
     }
 
     /// Append the bytes of remote `path` from `part`'s current length up to `size`, written
