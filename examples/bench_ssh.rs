@@ -63,8 +63,8 @@ fn machine_cpu() -> f64 {
     busy as f64 / 100.0
 }
 
+/// rsync -a of `src` into `dst` over the fixture's sshd: seconds and bytes sent.
 fn rsync(sshd: &Sshd, kh: &Path, src: &Path, dst: &Path) -> (f64, u64) {
-    settle();
     let e = format!("ssh {}", ssh_opts(sshd, kh).join(" "));
     let t = Instant::now();
     let out = Command::new("rsync")
@@ -86,6 +86,39 @@ fn rsync(sshd: &Sshd, kh: &Path, src: &Path, dst: &Path) -> (f64, u64) {
         .map(|n| n.replace(',', "").trim().parse::<u64>().unwrap_or(0))
         .unwrap_or(0);
     (secs, sent)
+}
+
+/// One measured sync.
+#[derive(Clone, Copy)]
+struct Measured {
+    secs: f64,
+    bytes: u64,
+    /// Commands run on the machine (trainctl only).
+    trips: u64,
+    /// CPU seconds of the whole machine.
+    cpu: f64,
+}
+
+/// The run of median wall time.
+fn median_run(runs: impl Iterator<Item = Measured>) -> Measured {
+    let mut v: Vec<Measured> = runs.collect();
+    v.sort_by(|a, b| a.secs.total_cmp(&b.secs));
+    v[v.len() / 2]
+}
+
+/// trainctl's sync and rsync's, trainctl first in even rounds.
+async fn both(
+    round: usize,
+    ours: impl AsyncFnOnce() -> anyhow::Result<Measured>,
+    theirs: impl FnOnce() -> Measured,
+) -> anyhow::Result<(Measured, Measured)> {
+    if round.is_multiple_of(2) {
+        let o = ours().await?;
+        Ok((o, theirs()))
+    } else {
+        let t = theirs();
+        Ok((ours().await?, t))
+    }
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
@@ -226,91 +259,77 @@ async fn main() -> anyhow::Result<()> {
         }
         std::fs::write(d.join(format!("f{i:05}.bin")), &buf)?;
     }
-    let round = |before: u64| r.exec_count() - before;
+    // One measured sync by trainctl into `project` (with its local manifest cache), and one
+    // by rsync into `dst`; each starts from flushed dirty pages and counts the whole
+    // machine's CPU (both ends run here).
+    let ours = async |project: &str, cache: &Path, expect: Option<usize>| {
+        settle();
+        let (b0, e0, c0) = (r.bytes_sent(), r.exec_count(), machine_cpu());
+        let t = Instant::now();
+        let plan = sync::prepare_with(&r, project, &src, &[], Some(cache))
+            .await
+            .context("prepare")?;
+        sync::apply_with(&r, project, &src, &plan, Some(cache))
+            .await
+            .context("apply")?;
+        let m = Measured {
+            secs: t.elapsed().as_secs_f64(),
+            bytes: r.bytes_sent() - b0,
+            trips: r.exec_count() - e0,
+            cpu: machine_cpu() - c0,
+        };
+        if let Some(n) = expect {
+            assert_eq!(plan.upload.len(), n);
+        }
+        anyhow::Ok(m)
+    };
+    let theirs = |dst: &Path| {
+        std::fs::create_dir_all(dst).expect("rsync destination");
+        settle();
+        let c0 = machine_cpu();
+        let (secs, bytes) = rsync(&sshd, &kh, &src, dst);
+        Measured {
+            secs,
+            bytes,
+            trips: 0,
+            cpu: machine_cpu() - c0,
+        }
+    };
 
     // First sync: `rounds` rounds (BENCH_ROUNDS, default 5), alternating who goes first,
-    // each into fresh destinations; medians are reported, of wall time and of the CPU time
-    // the whole machine spent (both ends run here). Every round writes into new
-    // directories and nothing is deleted while measuring: ext4 skips the inodes of files
-    // deleted in the last seconds when it allocates new ones (`recently_deleted`, seen
-    // in `perf`), which made whoever followed a deletion pay for it, at random.
-    let mut ours_runs = Vec::new();
-    let mut theirs_runs = Vec::new();
-    let mut first = (0.0, 0, 0);
-    let mut rs_first = (0.0, 0);
-    for round_no in 0..rounds {
-        let project = format!("bench{round_no}");
-        let cache = work.path().join(format!("sync-cache-{round_no}.json"));
-        let rs_dst = work.path().join(format!("rsync-dst-{round_no}"));
-        let ours = async || -> anyhow::Result<((f64, u64, u64), f64)> {
-            settle();
-            let (b0, e0) = (r.bytes_sent(), r.exec_count());
-            let c0 = machine_cpu();
-            let t = Instant::now();
-            let plan = sync::prepare_with(&r, &project, &src, &[], Some(&cache))
-                .await
-                .context("first prepare")?;
-            sync::apply_with(&r, &project, &src, &plan, Some(&cache))
-                .await
-                .context("first apply")?;
-            Ok((
-                (
-                    t.elapsed().as_secs_f64(),
-                    r.bytes_sent() - b0,
-                    r.exec_count() - e0,
-                ),
-                machine_cpu() - c0,
-            ))
-        };
-        let theirs = || -> anyhow::Result<((f64, u64), f64)> {
-            std::fs::create_dir_all(&rs_dst)?;
-            settle();
-            let c0 = machine_cpu();
-            let t = rsync(&sshd, &kh, &src, &rs_dst);
-            Ok((t, machine_cpu() - c0))
-        };
-        let (o, t) = if round_no % 2 == 0 {
-            let o = ours().await?;
-            (o, theirs()?)
-        } else {
-            let t = theirs()?;
-            (ours().await?, t)
-        };
-        eprintln!(
-            "  first sync round {round_no}: trainctl {:.2} s ({:.2} CPU s), rsync {:.2} s ({:.2} CPU s)",
-            o.0.0, o.1, t.0.0, t.1
-        );
-        ours_runs.push((o.0.0, o.1));
-        theirs_runs.push((t.0.0, t.1));
-        first = o.0;
-        rs_first = t.0;
-    }
-    let median = |v: &[(f64, f64)], pick: fn(&(f64, f64)) -> f64| {
-        let mut x: Vec<f64> = v.iter().map(pick).collect();
-        x.sort_by(f64::total_cmp);
-        x[x.len() / 2]
+    // each into fresh destinations; medians are reported, of wall time and of CPU time.
+    // Every round writes into new directories and nothing is deleted while measuring: ext4
+    // skips the inodes of files deleted in the last seconds when it allocates new ones
+    // (`recently_deleted`, seen in `perf`), which made whoever followed a deletion pay for
+    // it, at random.
+    let dest = |k: usize| {
+        (
+            format!("bench{k}"),
+            work.path().join(format!("sync-cache-{k}.json")),
+            work.path().join(format!("rsync-dst-{k}")),
+        )
     };
-    first.0 = median(&ours_runs, |x| x.0);
-    rs_first.0 = median(&theirs_runs, |x| x.0);
-    let (cpu_ours, cpu_theirs) = (median(&ours_runs, |x| x.1), median(&theirs_runs, |x| x.1));
+    let mut first_runs = Vec::new();
+    for k in 0..rounds {
+        let (project, cache, rs_dst) = dest(k);
+        let (o, t) = both(
+            k,
+            async || ours(&project, &cache, None).await,
+            || theirs(&rs_dst),
+        )
+        .await?;
+        eprintln!(
+            "  first sync round {k}: trainctl {:.2} s ({:.2} CPU s), rsync {:.2} s ({:.2} CPU s)",
+            o.secs, o.cpu, t.secs, t.cpu
+        );
+        first_runs.push((o, t));
+    }
 
-    // The later steps continue from the last round's destinations.
-    let project = format!("bench{}", rounds - 1);
-    let cache = work.path().join(format!("sync-cache-{}.json", rounds - 1));
-    let rs_dst = work.path().join(format!("rsync-dst-{}", rounds - 1));
-    // Then `rounds` times: change 10 files (one byte each, different files each time) and
-    // sync; then sync the unchanged tree. Medians, alternating who goes first.
+    // Then `rounds` times, continuing from the last round's destinations: change 10 files
+    // (one byte each, different files each time) and sync; then sync the unchanged tree.
+    let (project, cache, rs_dst) = dest(rounds - 1);
     let mut changed_runs = Vec::new();
     let mut unchanged_runs = Vec::new();
-    let ours_sync = async |expect: usize| -> anyhow::Result<(f64, u64, u64)> {
-        settle();
-        let (b0, e0) = (r.bytes_sent(), r.exec_count());
-        let t = Instant::now();
-        let plan = sync::prepare_with(&r, &project, &src, &[], Some(&cache)).await?;
-        sync::apply_with(&r, &project, &src, &plan, Some(&cache)).await?;
-        assert_eq!(plan.upload.len(), expect);
-        Ok((t.elapsed().as_secs_f64(), r.bytes_sent() - b0, round(e0)))
-    };
     for k in 0..rounds {
         for i in 0..10 {
             let n = (i * 997 + k * 131) % files;
@@ -319,55 +338,53 @@ async fn main() -> anyhow::Result<()> {
             data[per / 2] ^= 0xff;
             std::fs::write(&f, data)?;
         }
-        let (o, t) = if k % 2 == 0 {
-            let o = ours_sync(10).await?;
-            (o, rsync(&sshd, &kh, &src, &rs_dst))
-        } else {
-            let t = rsync(&sshd, &kh, &src, &rs_dst);
-            (ours_sync(10).await?, t)
-        };
-        changed_runs.push((o, t));
-        let (o, t) = if k % 2 == 0 {
-            let o = ours_sync(0).await?;
-            (o, rsync(&sshd, &kh, &src, &rs_dst))
-        } else {
-            let t = rsync(&sshd, &kh, &src, &rs_dst);
-            (ours_sync(0).await?, t)
-        };
-        unchanged_runs.push((o, t));
+        changed_runs.push(
+            both(
+                k,
+                async || ours(&project, &cache, Some(10)).await,
+                || theirs(&rs_dst),
+            )
+            .await?,
+        );
+        unchanged_runs.push(
+            both(
+                k,
+                async || ours(&project, &cache, Some(0)).await,
+                || theirs(&rs_dst),
+            )
+            .await?,
+        );
     }
-    type Run = ((f64, u64, u64), (f64, u64));
-    let medians = |v: &[Run]| {
-        let mut ours: Vec<(f64, u64, u64)> = v.iter().map(|x| x.0).collect();
-        let mut theirs: Vec<(f64, u64)> = v.iter().map(|x| x.1).collect();
-        ours.sort_by(|a, b| a.0.total_cmp(&b.0));
-        theirs.sort_by(|a, b| a.0.total_cmp(&b.0));
-        (ours[ours.len() / 2], theirs[theirs.len() / 2])
-    };
-    let (changed, rs_changed) = medians(&changed_runs);
-    let (unchanged, rs_unchanged) = medians(&unchanged_runs);
 
     println!("sync over ssh, {files} files, {} MB", (per * files) >> 20);
-    for (label, ours, theirs) in [
-        ("first (median)", first, rs_first),
-        ("10 changed (median)", changed, rs_changed),
-        ("unchanged (median)", unchanged, rs_unchanged),
+    for (label, runs) in [
+        ("first (median)", &first_runs),
+        ("10 changed (median)", &changed_runs),
+        ("unchanged (median)", &unchanged_runs),
     ] {
+        let ours = median_run(runs.iter().map(|r| r.0));
+        let theirs = median_run(runs.iter().map(|r| r.1));
         println!(
             "  {label:<19} trainctl {:.2} s, {} bytes, {} round trips | rsync -a {:.2} s, {} bytes | time {:.2}x rsync's, bytes {:.2}x rsync's",
-            ours.0,
-            ours.1,
-            ours.2,
-            theirs.0,
-            theirs.1,
-            ours.0 / theirs.0,
-            if theirs.1 > 0 {
-                ours.1 as f64 / theirs.1 as f64
+            ours.secs,
+            ours.bytes,
+            ours.trips,
+            theirs.secs,
+            theirs.bytes,
+            ours.secs / theirs.secs,
+            if theirs.bytes > 0 {
+                ours.bytes as f64 / theirs.bytes as f64
             } else {
                 0.0
             }
         );
     }
+    let cpu = |pick: fn(&(Measured, Measured)) -> f64| {
+        let mut x: Vec<f64> = first_runs.iter().map(pick).collect();
+        x.sort_by(f64::total_cmp);
+        x[x.len() / 2]
+    };
+    let (cpu_ours, cpu_theirs) = (cpu(|r| r.0.cpu), cpu(|r| r.1.cpu));
     println!(
         "  first sync CPU (whole machine, median of {rounds}): trainctl {cpu_ours:.2} s, rsync {cpu_theirs:.2} s = {:.2}x",
         cpu_ours / cpu_theirs
