@@ -601,6 +601,25 @@ pub async fn apply(
     Ok(apply_inner(remote, project, local_root, plan).await?.0)
 }
 
+/// Send `rels` whole in one stream (creating `dir` too) and record in `manifest` the size
+/// and hash of what was sent.
+async fn send_whole(
+    remote: &dyn Remote,
+    local_root: &Path,
+    rels: &[String],
+    dir: &str,
+    manifest: &mut Manifest,
+) -> Result<()> {
+    let sent = remote.put_files(local_root, rels, dir).await?;
+    for (rel, f) in rels.iter().zip(sent) {
+        if let Some(e) = manifest.get_mut(rel) {
+            e.hash = f.blake3;
+            e.size = f.size;
+        }
+    }
+    Ok(())
+}
+
 /// Returns what moved and, when the manifest on the machine was written, its new content.
 async fn apply_inner(
     remote: &dyn Remote,
@@ -632,15 +651,8 @@ async fn apply_inner(
         .cloned()
         .collect();
     if !whole.is_empty() {
-        // Creates the directory too; hashes what it sends.
-        let sent = remote.put_files(local_root, &whole, &dir).await?;
+        send_whole(remote, local_root, &whole, &dir, &mut manifest).await?;
         stats.whole_files = whole.len();
-        for (rel, f) in whole.iter().zip(sent) {
-            if let Some(e) = manifest.get_mut(rel) {
-                e.hash = f.blake3;
-                e.size = f.size;
-            }
-        }
     } else if !plan.links.is_empty() || !plan.delete.is_empty() {
         remote
             .exec(&format!("mkdir -p {}", sh_quote(&dir)))
@@ -744,15 +756,9 @@ async fn apply_inner(
                 "{} file(s) changed on the machine during the sync; sending them whole",
                 redo.len()
             );
-            let sent = remote.put_files(local_root, &redo, &dir).await?;
-            for (rel, f) in redo.iter().zip(sent) {
-                if let Some(e) = manifest.get_mut(rel) {
-                    e.hash = f.blake3;
-                    e.size = f.size;
-                }
-                stats.delta_files -= 1;
-                stats.whole_files += 1;
-            }
+            send_whole(remote, local_root, &redo, &dir, &mut manifest).await?;
+            stats.delta_files -= redo.len();
+            stats.whole_files += redo.len();
             recorded = false;
         } else {
             out.check("patching changed blocks on the machine")?;
