@@ -116,6 +116,32 @@ impl Env {
         self.json(&["events", job]).as_array().unwrap().clone()
     }
 
+    /// Whether the store holds any `lr` point of `job` (the toy job logs one a step).
+    pub fn has_metrics(&self, job: &str) -> bool {
+        !self
+            .json(&["metrics", job, "--name", "lr"])
+            .as_array()
+            .unwrap()
+            .is_empty()
+    }
+
+    /// Wait until the first job listed is running and some of its log was consumed;
+    /// returns its id.
+    pub fn wait_running_with_metrics(&self) -> String {
+        let mut job = String::new();
+        self.wait_for(30, "the job to run and log", || {
+            let jobs = self.json(&["jobs"]);
+            match jobs.as_array().unwrap().first() {
+                Some(j) if j["state"] == "running" => {
+                    job = j["id"].as_str().unwrap().to_string();
+                    self.has_metrics(&job)
+                }
+                _ => false,
+            }
+        });
+        job
+    }
+
     /// Wait until `f` holds, up to `secs`.
     pub fn wait_for(&self, secs: u64, what: &str, mut f: impl FnMut() -> bool) {
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);

@@ -170,23 +170,7 @@ fn killed_trainctl_reattaches_with_no_line_lost_or_repeated() {
         .spawn()
         .unwrap();
     // Wait until the job runs and some of its log was consumed, then kill trainctl hard.
-    let mut job = String::new();
-    env.wait_for(30, "the job to run", || {
-        let jobs = env.json(&["jobs"]);
-        match jobs.as_array().unwrap().first() {
-            Some(j) if j["state"] == "running" => {
-                job = j["id"].as_str().unwrap().to_string();
-                true
-            }
-            _ => false,
-        }
-    });
-    env.wait_for(30, "some metrics", || {
-        !env.json(&["metrics", &job, "--name", "lr"])
-            .as_array()
-            .unwrap()
-            .is_empty()
-    });
+    let job = env.wait_running_with_metrics();
     child.kill().unwrap();
     child.wait().unwrap();
     // Training did not die with it.
@@ -216,12 +200,7 @@ fn cancel_stops_the_job_gracefully_and_leaves_no_process() {
         .ok(&["run", "--instance", &id, "--detach"])
         .trim()
         .to_string();
-    env.wait_for(30, "some metrics", || {
-        !env.json(&["metrics", &job, "--name", "lr"])
-            .as_array()
-            .unwrap()
-            .is_empty()
-    });
+    env.wait_for(30, "some metrics", || env.has_metrics(&job));
     let out = env.run(&["cancel", &job]);
     assert_eq!(
         out.status.code(),

@@ -521,20 +521,7 @@ fn killed_trainctl_reattaches_to_the_job_over_ssh() {
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    let mut job = String::new();
-    env.wait_for(30, "the job to run and log", || {
-        let jobs = env.json(&["jobs"]);
-        match jobs.as_array().unwrap().first() {
-            Some(j) if j["state"] == "running" => {
-                job = j["id"].as_str().unwrap().to_string();
-                !env.json(&["metrics", &job, "--name", "lr"])
-                    .as_array()
-                    .unwrap()
-                    .is_empty()
-            }
-            _ => false,
-        }
-    });
+    let job = env.wait_running_with_metrics();
     child.kill().unwrap();
     child.wait().unwrap();
     // Its connection is gone too; the job is not.
