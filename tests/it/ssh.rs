@@ -267,6 +267,14 @@ fn ssh_env(sshd: &Sshd, extra: &str, step_sleep: &str) -> Env {
     )
 }
 
+/// Hold `ssh_env`'s host (trusting its key on first sight); the instance id.
+fn launch_ssh(env: &Env) -> String {
+    env.json(&["launch", "--provider", "ssh", "--accept-new-host-key"])["id"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
 /// Where `ssh_env`'s host keeps the toy project's code.
 fn remote_code_dir(env: &Env) -> std::path::PathBuf {
     let cfg = std::fs::read_to_string(&env.config).unwrap();
@@ -345,10 +353,7 @@ fn example_job_end_to_end_over_ssh() {
 fn follow_survives_killed_connections_with_no_line_lost_or_repeated() {
     let sshd = Sshd::start();
     let env = ssh_env(&sshd, "", "0.04");
-    let id = env.json(&["launch", "--provider", "ssh", "--accept-new-host-key"])["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let id = launch_ssh(&env);
     let toml = env.project.join("trainctl.toml");
     let text = std::fs::read_to_string(&toml)
         .unwrap()
@@ -449,8 +454,7 @@ fn agent_keys_are_used_when_no_key_file_is_given() {
 fn sync_over_ssh_keeps_links_modes_odd_names_and_propagates_deletions() {
     let sshd = Sshd::start();
     let env = ssh_env(&sshd, "", "0");
-    let inst = env.json(&["launch", "--provider", "ssh", "--accept-new-host-key"]);
-    let id = inst["id"].as_str().unwrap().to_string();
+    let id = launch_ssh(&env);
     let p = &env.project;
     std::fs::write(p.join("with space & 'quote'.py"), "x = 1\n").unwrap();
     std::fs::write(p.join("ünïcödé.txt"), "u").unwrap();
@@ -511,10 +515,7 @@ fn killed_trainctl_reattaches_to_the_job_over_ssh() {
     let env = ssh_env(&sshd, "", "0.01");
     // The job waits after step 10 until the test lets it go: it is running when trainctl dies.
     let gate = env.hold_at(10);
-    let id = env.json(&["launch", "--provider", "ssh", "--accept-new-host-key"])["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let id = launch_ssh(&env);
     let mut child = env
         .cmd(&["run", "--instance", &id])
         .stdout(std::process::Stdio::null())
@@ -788,11 +789,10 @@ async fn downloads_resume_survive_dropped_connections_and_reject_stale_parts() {
     assert_eq!(got.blake3, blake3::hash(&data).to_hex().to_string());
     assert!(std::fs::read(out.join("again.pt")).unwrap() == data);
     // Nothing is ever written outside the destination's folder.
-    let names: Vec<_> = std::fs::read_dir(&out)
+    let mut names: Vec<_> = std::fs::read_dir(&out)
         .unwrap()
         .map(|e| e.unwrap().file_name().into_string().unwrap())
         .collect();
-    let mut names = names;
     names.sort();
     assert_eq!(names, vec!["again.pt", "best.pt"]);
 }
@@ -801,10 +801,7 @@ async fn downloads_resume_survive_dropped_connections_and_reject_stale_parts() {
 fn sync_cut_by_killed_connections_completes_and_matches() {
     let sshd = Sshd::start();
     let env = ssh_env(&sshd, "", "0");
-    let id = env.json(&["launch", "--provider", "ssh", "--accept-new-host-key"])["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let id = launch_ssh(&env);
     // 300 files of 128 KiB (random, so nothing compresses or repeats).
     let data_dir = env.project.join("data");
     std::fs::create_dir_all(&data_dir).unwrap();
