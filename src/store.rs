@@ -219,6 +219,81 @@ pub struct ArtifactRecord {
     pub local_path: String,
 }
 
+/// How long one statement waits for another process's lock (SQLite's busy handler).
+const BUSY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Whether `e` is SQLite saying another connection holds a lock (transient).
+pub fn is_busy(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        matches!(
+            c.downcast_ref::<rusqlite::Error>(),
+            Some(rusqlite::Error::SqliteFailure(f, _))
+                if matches!(f.code, rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
+        )
+    })
+}
+
+/// Run `f` again while it fails with a busy/locked store: jittered exponential backoff
+/// from 2 ms to 500 ms, for up to two busy timeouts in all; any other error returns at once.
+fn retry_busy<T>(mut f: impl FnMut() -> Result<T>) -> Result<T> {
+    let start = std::time::Instant::now();
+    let mut delay_ms = 2u64;
+    loop {
+        match f() {
+            Err(e) if is_busy(&e) && start.elapsed() < 2 * BUSY_TIMEOUT => {
+                // Jitter from the clock's low bits: no two processes retry in step.
+                let nanos = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.subsec_nanos() as u64)
+                    .unwrap_or(0);
+                let sleep = delay_ms / 2 + nanos % (delay_ms / 2 + 1);
+                tracing::debug!("store busy ({e:#}); retrying in {sleep} ms");
+                std::thread::sleep(std::time::Duration::from_millis(sleep));
+                delay_ms = (delay_ms * 2).min(500);
+            }
+            r => return r,
+        }
+    }
+}
+
+/// An exclusive `flock` on `<store>.lock`, held while a process creates, switches to WAL
+/// and migrates the store; released on drop (and by the kernel if the process dies).
+struct InitLock(std::fs::File);
+
+impl InitLock {
+    fn acquire(store: &Path) -> Result<InitLock> {
+        use std::os::fd::AsRawFd;
+        let mut name = store.as_os_str().to_owned();
+        name.push(".lock");
+        let path = PathBuf::from(name);
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .read(true)
+            .write(true)
+            .open(&path)
+            .with_context(|| format!("opening {}", path.display()))?;
+        loop {
+            // SAFETY: flock on a descriptor this File owns.
+            if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } == 0 {
+                return Ok(InitLock(file));
+            }
+            let err = std::io::Error::last_os_error();
+            if err.kind() != std::io::ErrorKind::Interrupted {
+                return Err(err).with_context(|| format!("locking {}", path.display()));
+            }
+        }
+    }
+}
+
+impl Drop for InitLock {
+    fn drop(&mut self) {
+        use std::os::fd::AsRawFd;
+        // SAFETY: as above; closing the file would release it too.
+        unsafe { libc::flock(self.0.as_raw_fd(), libc::LOCK_UN) };
+    }
+}
+
 /// A handle on the store file. One per thread; cheap to open.
 pub struct Store {
     conn: Connection,
@@ -226,23 +301,58 @@ pub struct Store {
 }
 
 impl Store {
+    /// Open (creating if needed) the store at `path`. Safe however many processes open one
+    /// store at once, a brand-new one included: the file is created, switched to WAL and
+    /// migrated by one opener at a time, under an exclusive `flock` on `<path>.lock`.
+    /// (Two openers each switching a fresh file to WAL deadlock inside SQLite — each holds
+    /// a read lock while asking for the exclusive one — and SQLite answers one of them
+    /// `SQLITE_BUSY` at once, without consulting the busy handler: issue 16.)
     pub fn open(path: &Path) -> Result<Store> {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir)
                 .with_context(|| format!("creating the data directory {}", dir.display()))?;
         }
+        let _init = InitLock::acquire(path)?;
         let conn = Connection::open(path)
             .with_context(|| format!("opening the store {}", path.display()))?;
-        conn.busy_timeout(std::time::Duration::from_secs(30))?;
-        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.busy_timeout(BUSY_TIMEOUT)?;
+        retry_busy(|| {
+            let mode: String =
+                conn.pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0))?;
+            if !mode.eq_ignore_ascii_case("wal") {
+                bail!(
+                    "the store {} cannot use WAL (journal mode {mode})",
+                    path.display()
+                );
+            }
+            Ok(())
+        })
+        .context("switching the store to WAL")?;
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
         let mut store = Store {
             conn,
             path: path.to_path_buf(),
         };
-        store.migrate()?;
+        store.migrate().context("migrating the store")?;
         Ok(store)
+    }
+
+    /// Run `f` in a write transaction taken up front (`BEGIN IMMEDIATE`), committed when
+    /// `f` succeeds. A `SQLITE_BUSY`/`SQLITE_LOCKED` that escapes the busy timeout (cases
+    /// where SQLite does not consult the handler) is transient: the whole transaction is
+    /// rolled back and run again with backoff, never reported as a failure.
+    fn write<T>(
+        &mut self,
+        mut f: impl FnMut(&rusqlite::Transaction<'_>) -> Result<T>,
+    ) -> Result<T> {
+        let conn = &mut self.conn;
+        retry_busy(|| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let v = f(&tx)?;
+            tx.commit()?;
+            Ok(v)
+        })
     }
 
     pub fn path(&self) -> &Path {
@@ -250,24 +360,23 @@ impl Store {
     }
 
     fn migrate(&mut self) -> Result<()> {
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let version: usize = tx.pragma_query_value(None, "user_version", |r| r.get(0))?;
-        if version > MIGRATIONS.len() {
-            bail!(
-                "the store {} has schema version {version}, newer than this trainctl knows ({}); upgrade trainctl",
-                self.path.display(),
-                MIGRATIONS.len()
-            );
-        }
-        for (i, sql) in MIGRATIONS.iter().enumerate().skip(version) {
-            tx.execute_batch(sql)
-                .with_context(|| format!("store migration {}", i + 1))?;
-            tx.pragma_update(None, "user_version", i + 1)?;
-        }
-        tx.commit()?;
-        Ok(())
+        let path = self.path.clone();
+        self.write(|tx| {
+            let version: usize = tx.pragma_query_value(None, "user_version", |r| r.get(0))?;
+            if version > MIGRATIONS.len() {
+                bail!(
+                    "the store {} has schema version {version}, newer than this trainctl knows ({}); upgrade trainctl",
+                    path.display(),
+                    MIGRATIONS.len()
+                );
+            }
+            for (i, sql) in MIGRATIONS.iter().enumerate().skip(version) {
+                tx.execute_batch(sql)
+                    .with_context(|| format!("store migration {}", i + 1))?;
+                tx.pragma_update(None, "user_version", i + 1)?;
+            }
+            Ok(())
+        })
     }
 
     pub fn schema_version(&self) -> Result<usize> {
@@ -297,53 +406,49 @@ impl Store {
         job_id: Option<&str>,
         message: &str,
     ) -> Result<()> {
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)?;
-        Self::event_tx(&tx, kind, instance_id, job_id, message)?;
-        tx.commit()?;
-        Ok(())
+        self.write(|tx| {
+            Self::event_tx(tx, kind, instance_id, job_id, message)?;
+            Ok(())
+        })
     }
 
     // ---------------------------------------------------------------- instances
 
     /// Record the intent to launch, before any provider call.
     pub fn insert_instance(&mut self, r: &InstanceRecord) -> Result<()> {
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)?;
-        tx.execute(
-            "INSERT INTO instances (id, provider, name, instance_type, spot, state, hourly_micros,
-                created_ms, launched_ms, terminated_ms, address, error, gpus)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
-            params![
-                r.id,
-                r.provider,
-                r.name,
-                r.instance_type,
-                r.spot,
-                r.state.as_str(),
-                r.hourly.0,
-                r.created_ms,
-                r.launched_ms,
-                r.terminated_ms,
-                r.address,
-                r.error,
-                r.gpus
-            ],
-        )?;
-        Self::event_tx(
-            &tx,
-            "instance.intent",
-            Some(&r.id),
-            None,
-            &format!(
-                "launch of {} ({}) on {} recorded at {}/h",
-                r.name, r.instance_type, r.provider, r.hourly
-            ),
-        )?;
-        tx.commit()?;
-        Ok(())
+        self.write(|tx| {
+            tx.execute(
+                "INSERT INTO instances (id, provider, name, instance_type, spot, state, hourly_micros,
+                    created_ms, launched_ms, terminated_ms, address, error, gpus)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+                params![
+                    r.id,
+                    r.provider,
+                    r.name,
+                    r.instance_type,
+                    r.spot,
+                    r.state.as_str(),
+                    r.hourly.0,
+                    r.created_ms,
+                    r.launched_ms,
+                    r.terminated_ms,
+                    r.address,
+                    r.error,
+                    r.gpus
+                ],
+            )?;
+            Self::event_tx(
+                tx,
+                "instance.intent",
+                Some(&r.id),
+                None,
+                &format!(
+                    "launch of {} ({}) on {} recorded at {}/h",
+                    r.name, r.instance_type, r.provider, r.hourly
+                ),
+            )?;
+            Ok(())
+        })
     }
 
     /// The provider confirmed the machine: running, reachable at `address`.
@@ -353,71 +458,71 @@ impl Store {
         address: &str,
         launched_ms: i64,
     ) -> Result<()> {
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)?;
-        tx.execute(
-            "UPDATE instances SET state = 'running', address = ?2, launched_ms = ?3 WHERE id = ?1",
-            params![id, address, launched_ms],
-        )?;
-        Self::event_tx(
-            &tx,
-            "instance.running",
-            Some(id),
-            None,
-            &format!("running at {address}"),
-        )?;
-        tx.commit()?;
-        Ok(())
+        self.write(|tx| {
+            tx.execute(
+                "UPDATE instances SET state = 'running', address = ?2, launched_ms = ?3 WHERE id = ?1",
+                params![id, address, launched_ms],
+            )?;
+            Self::event_tx(
+                tx,
+                "instance.running",
+                Some(id),
+                None,
+                &format!("running at {address}"),
+            )?;
+            Ok(())
+        })
     }
 
     /// Change an instance's state, with an event saying why. `terminated_ms` is set when
     /// moving to Terminated or Lost (cost accrual stops there).
     pub fn set_instance_state(&mut self, id: &str, to: InstanceState, why: &str) -> Result<()> {
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let ended = matches!(to, InstanceState::Terminated | InstanceState::Lost);
-        let n = if ended {
-            tx.execute(
-                "UPDATE instances SET state = ?2, terminated_ms = COALESCE(terminated_ms, ?3),
-                    error = CASE WHEN ?2 = 'lost' THEN ?4 ELSE error END WHERE id = ?1",
-                params![id, to.as_str(), now_ms(), why],
-            )?
-        } else {
-            tx.execute(
-                "UPDATE instances SET state = ?2 WHERE id = ?1",
-                params![id, to.as_str()],
-            )?
-        };
-        if n == 0 {
-            bail!("no instance {id} in the store");
-        }
-        Self::event_tx(
-            &tx,
-            &format!("instance.{}", to.as_str()),
-            Some(id),
-            None,
-            why,
-        )?;
-        tx.commit()?;
-        Ok(())
+        self.write(|tx| {
+            let ended = matches!(to, InstanceState::Terminated | InstanceState::Lost);
+            let n = if ended {
+                tx.execute(
+                    "UPDATE instances SET state = ?2, terminated_ms = COALESCE(terminated_ms, ?3),
+                        error = CASE WHEN ?2 = 'lost' THEN ?4 ELSE error END WHERE id = ?1",
+                    params![id, to.as_str(), now_ms(), why],
+                )?
+            } else {
+                tx.execute(
+                    "UPDATE instances SET state = ?2 WHERE id = ?1",
+                    params![id, to.as_str()],
+                )?
+            };
+            if n == 0 {
+                bail!("no instance {id} in the store");
+            }
+            Self::event_tx(
+                tx,
+                &format!("instance.{}", to.as_str()),
+                Some(id),
+                None,
+                why,
+            )?;
+            Ok(())
+        })
     }
 
     pub fn set_gpu_info(&mut self, id: &str, info: &str) -> Result<()> {
-        self.conn.execute(
-            "UPDATE instances SET gpu_info = ?2 WHERE id = ?1",
-            params![id, info],
-        )?;
-        Ok(())
+        self.write(|tx| {
+            tx.execute(
+                "UPDATE instances SET gpu_info = ?2 WHERE id = ?1",
+                params![id, info],
+            )?;
+            Ok(())
+        })
     }
 
     pub fn set_instance_error(&mut self, id: &str, error: Option<&str>) -> Result<()> {
-        self.conn.execute(
-            "UPDATE instances SET error = ?2 WHERE id = ?1",
-            params![id, error],
-        )?;
-        Ok(())
+        self.write(|tx| {
+            tx.execute(
+                "UPDATE instances SET error = ?2 WHERE id = ?1",
+                params![id, error],
+            )?;
+            Ok(())
+        })
     }
 
     fn instance_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<InstanceRecord> {
@@ -496,43 +601,41 @@ impl Store {
     // --------------------------------------------------------------------- jobs
 
     pub fn insert_job(&mut self, j: &JobRecord) -> Result<()> {
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)?;
-        tx.execute(
-            "INSERT INTO jobs (id, name, project, project_dir, command, spec_json, state, instance_id,
-                created_ms, started_ms, ended_ms, exit_code, reason, cancel_requested, driver_pid,
-                stop_sent_ms, terminate_on_end)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)",
-            params![
-                j.id,
-                j.name,
-                j.project,
-                j.project_dir,
-                j.command,
-                j.spec_json,
-                j.state.as_str(),
-                j.instance_id,
-                j.created_ms,
-                j.started_ms,
-                j.ended_ms,
-                j.exit_code,
-                j.reason,
-                j.cancel_requested,
-                j.driver_pid,
-                j.stop_sent_ms,
-                j.terminate_on_end
-            ],
-        )?;
-        Self::event_tx(
-            &tx,
-            "job.pending",
-            j.instance_id.as_deref(),
-            Some(&j.id),
-            &format!("job {} created: {}", j.name, j.command),
-        )?;
-        tx.commit()?;
-        Ok(())
+        self.write(|tx| {
+            tx.execute(
+                "INSERT INTO jobs (id, name, project, project_dir, command, spec_json, state, instance_id,
+                    created_ms, started_ms, ended_ms, exit_code, reason, cancel_requested, driver_pid,
+                    stop_sent_ms, terminate_on_end)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)",
+                params![
+                    j.id,
+                    j.name,
+                    j.project,
+                    j.project_dir,
+                    j.command,
+                    j.spec_json,
+                    j.state.as_str(),
+                    j.instance_id,
+                    j.created_ms,
+                    j.started_ms,
+                    j.ended_ms,
+                    j.exit_code,
+                    j.reason,
+                    j.cancel_requested,
+                    j.driver_pid,
+                    j.stop_sent_ms,
+                    j.terminate_on_end
+                ],
+            )?;
+            Self::event_tx(
+                tx,
+                "job.pending",
+                j.instance_id.as_deref(),
+                Some(&j.id),
+                &format!("job {} created: {}", j.name, j.command),
+            )?;
+            Ok(())
+        })
     }
 
     /// Move a job along its state machine. Returns the state it was in. Refuses illegal
@@ -549,107 +652,101 @@ impl Store {
         why: &str,
         exit_code: Option<i32>,
     ) -> Result<JobState> {
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let from: String = tx
-            .query_row("SELECT state FROM jobs WHERE id = ?1", params![id], |r| {
-                r.get(0)
-            })
-            .optional()?
-            .with_context(|| format!("no job {id} in the store"))?;
-        let from = JobState::parse(&from).unwrap_or(JobState::Lost);
-        if from == to {
-            return Ok(from);
-        }
-        if !from.can_transition_to(to) {
-            bail!("job {id} cannot go from {from} to {to}");
-        }
-        let now = now_ms();
-        tx.execute(
-            "UPDATE jobs SET state = ?2,
-                started_ms = CASE WHEN ?2 = 'running' THEN COALESCE(started_ms, ?3) ELSE started_ms END,
-                ended_ms = CASE WHEN ?4 THEN ?3 ELSE ended_ms END,
-                exit_code = COALESCE(?5, exit_code),
-                reason = CASE WHEN ?4 THEN ?6 ELSE reason END
-             WHERE id = ?1",
-            params![id, to.as_str(), now, to.is_terminal(), exit_code, why],
-        )?;
-        let instance: Option<String> = tx.query_row(
-            "SELECT instance_id FROM jobs WHERE id = ?1",
-            params![id],
-            |r| r.get(0),
-        )?;
-        Self::event_tx(
-            &tx,
-            &format!("job.{}", to.as_str()),
-            instance.as_deref(),
-            Some(id),
-            why,
-        )?;
-        tx.commit()?;
-        Ok(from)
+        self.write(|tx| {
+            let from: String = tx
+                .query_row("SELECT state FROM jobs WHERE id = ?1", params![id], |r| {
+                    r.get(0)
+                })
+                .optional()?
+                .with_context(|| format!("no job {id} in the store"))?;
+            let from = JobState::parse(&from).unwrap_or(JobState::Lost);
+            if from == to {
+                return Ok(from);
+            }
+            if !from.can_transition_to(to) {
+                bail!("job {id} cannot go from {from} to {to}");
+            }
+            let now = now_ms();
+            tx.execute(
+                "UPDATE jobs SET state = ?2,
+                    started_ms = CASE WHEN ?2 = 'running' THEN COALESCE(started_ms, ?3) ELSE started_ms END,
+                    ended_ms = CASE WHEN ?4 THEN ?3 ELSE ended_ms END,
+                    exit_code = COALESCE(?5, exit_code),
+                    reason = CASE WHEN ?4 THEN ?6 ELSE reason END
+                 WHERE id = ?1",
+                params![id, to.as_str(), now, to.is_terminal(), exit_code, why],
+            )?;
+            let instance: Option<String> = tx.query_row(
+                "SELECT instance_id FROM jobs WHERE id = ?1",
+                params![id],
+                |r| r.get(0),
+            )?;
+            Self::event_tx(
+                tx,
+                &format!("job.{}", to.as_str()),
+                instance.as_deref(),
+                Some(id),
+                why,
+            )?;
+            Ok(from)
+        })
     }
 
     /// Record that SIGTERM went to the job (once; the first sender wins).
     pub fn mark_stop_sent(&mut self, id: &str) -> Result<bool> {
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let n = tx.execute(
-            "UPDATE jobs SET stop_sent_ms = ?2 WHERE id = ?1 AND stop_sent_ms IS NULL",
-            params![id, now_ms()],
-        )?;
-        if n > 0 {
-            Self::event_tx(
-                &tx,
-                "job.sigterm",
-                None,
-                Some(id),
-                "SIGTERM sent to the job's process group",
+        self.write(|tx| {
+            let n = tx.execute(
+                "UPDATE jobs SET stop_sent_ms = ?2 WHERE id = ?1 AND stop_sent_ms IS NULL",
+                params![id, now_ms()],
             )?;
-        }
-        tx.commit()?;
-        Ok(n > 0)
+            if n > 0 {
+                Self::event_tx(
+                    tx,
+                    "job.sigterm",
+                    None,
+                    Some(id),
+                    "SIGTERM sent to the job's process group",
+                )?;
+            }
+            Ok(n > 0)
+        })
     }
 
     /// Budget breach: stop the job and terminate its machine once it ends.
     pub fn request_stop_and_terminate(&mut self, id: &str, why: &str) -> Result<()> {
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let n = tx.execute(
-            "UPDATE jobs SET cancel_requested = 1, terminate_on_end = 1, reason = ?2
-             WHERE id = ?1 AND terminate_on_end = 0",
-            params![id, why],
-        )?;
-        if n > 0 {
-            Self::event_tx(&tx, "budget.breach", None, Some(id), why)?;
-        }
-        tx.commit()?;
-        Ok(())
+        self.write(|tx| {
+            let n = tx.execute(
+                "UPDATE jobs SET cancel_requested = 1, terminate_on_end = 1, reason = ?2
+                 WHERE id = ?1 AND terminate_on_end = 0",
+                params![id, why],
+            )?;
+            if n > 0 {
+                Self::event_tx(tx, "budget.breach", None, Some(id), why)?;
+            }
+            Ok(())
+        })
     }
 
     pub fn set_job_instance(&mut self, id: &str, instance_id: &str) -> Result<()> {
-        self.conn.execute(
-            "UPDATE jobs SET instance_id = ?2 WHERE id = ?1",
-            params![id, instance_id],
-        )?;
-        Ok(())
+        self.write(|tx| {
+            tx.execute(
+                "UPDATE jobs SET instance_id = ?2 WHERE id = ?1",
+                params![id, instance_id],
+            )?;
+            Ok(())
+        })
     }
 
     /// Ask whoever follows the job to stop it; any trainctl process will honour it.
     pub fn request_cancel(&mut self, id: &str, why: &str) -> Result<()> {
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)?;
-        tx.execute(
-            "UPDATE jobs SET cancel_requested = 1, reason = COALESCE(reason, ?2) WHERE id = ?1",
-            params![id, why],
-        )?;
-        Self::event_tx(&tx, "job.cancel_requested", None, Some(id), why)?;
-        tx.commit()?;
-        Ok(())
+        self.write(|tx| {
+            tx.execute(
+                "UPDATE jobs SET cancel_requested = 1, reason = COALESCE(reason, ?2) WHERE id = ?1",
+                params![id, why],
+            )?;
+            Self::event_tx(tx, "job.cancel_requested", None, Some(id), why)?;
+            Ok(())
+        })
     }
 
     const JOB_COLS: &'static str = "id, name, project, project_dir, command, spec_json, state, instance_id,
@@ -721,40 +818,38 @@ impl Store {
     // ----------------------------------------------------------------- attempts
 
     pub fn add_attempt(&mut self, a: &AttemptRecord) -> Result<()> {
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)?;
-        tx.execute(
-            "INSERT INTO job_attempts (job_id, attempt, instance_id, remote_dir, workdir, started_ms, ended_ms, exit_code)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-            params![
-                a.job_id,
-                a.attempt,
-                a.instance_id,
-                a.remote_dir,
-                a.workdir,
-                a.started_ms,
-                a.ended_ms,
-                a.exit_code
-            ],
-        )?;
-        tx.execute(
-            "INSERT OR IGNORE INTO log_offsets (job_id, attempt, byte_offset, line, progress_json)
-             VALUES (?1, ?2, 0, 1, '{}')",
-            params![a.job_id, a.attempt],
-        )?;
-        Self::event_tx(
-            &tx,
-            "job.attempt",
-            Some(&a.instance_id),
-            Some(&a.job_id),
-            &format!(
-                "attempt {} on {} in {}",
-                a.attempt, a.instance_id, a.remote_dir
-            ),
-        )?;
-        tx.commit()?;
-        Ok(())
+        self.write(|tx| {
+            tx.execute(
+                "INSERT INTO job_attempts (job_id, attempt, instance_id, remote_dir, workdir, started_ms, ended_ms, exit_code)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                params![
+                    a.job_id,
+                    a.attempt,
+                    a.instance_id,
+                    a.remote_dir,
+                    a.workdir,
+                    a.started_ms,
+                    a.ended_ms,
+                    a.exit_code
+                ],
+            )?;
+            tx.execute(
+                "INSERT OR IGNORE INTO log_offsets (job_id, attempt, byte_offset, line, progress_json)
+                 VALUES (?1, ?2, 0, 1, '{}')",
+                params![a.job_id, a.attempt],
+            )?;
+            Self::event_tx(
+                tx,
+                "job.attempt",
+                Some(&a.instance_id),
+                Some(&a.job_id),
+                &format!(
+                    "attempt {} on {} in {}",
+                    a.attempt, a.instance_id, a.remote_dir
+                ),
+            )?;
+            Ok(())
+        })
     }
 
     pub fn finish_attempt(
@@ -764,12 +859,14 @@ impl Store {
         exit_code: Option<i32>,
         ended_ms: i64,
     ) -> Result<()> {
-        self.conn.execute(
-            "UPDATE job_attempts SET ended_ms = COALESCE(ended_ms, ?3), exit_code = COALESCE(exit_code, ?4)
-             WHERE job_id = ?1 AND attempt = ?2",
-            params![job_id, attempt, ended_ms, exit_code],
-        )?;
-        Ok(())
+        self.write(|tx| {
+            tx.execute(
+                "UPDATE job_attempts SET ended_ms = COALESCE(ended_ms, ?3), exit_code = COALESCE(exit_code, ?4)
+                 WHERE job_id = ?1 AND attempt = ?2",
+                params![job_id, attempt, ended_ms, exit_code],
+            )?;
+            Ok(())
+        })
     }
 
     fn attempt_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<AttemptRecord> {
@@ -847,29 +944,27 @@ impl Store {
         new: &LogOffset,
         points: &[MetricPoint],
     ) -> Result<bool> {
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let progress = serde_json::to_string(&new.progress)?;
-        let n = tx.execute(
-            "UPDATE log_offsets SET byte_offset = ?3, line = ?4, progress_json = ?5, progress_ms = ?6
-             WHERE job_id = ?1 AND attempt = ?2 AND byte_offset = ?7",
-            params![
-                job_id,
-                attempt,
-                new.byte_offset as i64,
-                new.line as i64,
-                progress,
-                new.progress_ms,
-                old.byte_offset as i64
-            ],
-        )?;
-        if n == 0 {
-            return Ok(false);
-        }
-        Self::insert_points_tx(&tx, job_id, attempt, points)?;
-        tx.commit()?;
-        Ok(true)
+        self.write(|tx| {
+            let progress = serde_json::to_string(&new.progress)?;
+            let n = tx.execute(
+                "UPDATE log_offsets SET byte_offset = ?3, line = ?4, progress_json = ?5, progress_ms = ?6
+                 WHERE job_id = ?1 AND attempt = ?2 AND byte_offset = ?7",
+                params![
+                    job_id,
+                    attempt,
+                    new.byte_offset as i64,
+                    new.line as i64,
+                    progress,
+                    new.progress_ms,
+                    old.byte_offset as i64
+                ],
+            )?;
+            if n == 0 {
+                return Ok(false);
+            }
+            Self::insert_points_tx(tx, job_id, attempt, points)?;
+            Ok(true)
+        })
     }
 
     fn insert_points_tx(
@@ -911,12 +1006,10 @@ impl Store {
         attempt: i64,
         points: &[MetricPoint],
     ) -> Result<()> {
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)?;
-        Self::insert_points_tx(&tx, job_id, attempt, points)?;
-        tx.commit()?;
-        Ok(())
+        self.write(|tx| {
+            Self::insert_points_tx(tx, job_id, attempt, points)?;
+            Ok(())
+        })
     }
 
     /// A job's points in log order, optionally one metric only.
@@ -1041,36 +1134,34 @@ impl Store {
     // ---------------------------------------------------------------- artifacts
 
     pub fn record_artifact(&mut self, a: &ArtifactRecord) -> Result<()> {
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)?;
-        tx.execute(
-            "INSERT OR REPLACE INTO artifacts (job_id, path, size, blake3, local_path, ts_ms)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            params![
-                a.job_id,
-                a.path,
-                a.size as i64,
-                a.blake3,
-                a.local_path,
-                now_ms()
-            ],
-        )?;
-        Self::event_tx(
-            &tx,
-            "artifact.pulled",
-            None,
-            Some(&a.job_id),
-            &format!(
-                "{} ({} bytes, blake3 {}) -> {}",
-                a.path,
-                a.size,
-                &a.blake3[..16.min(a.blake3.len())],
-                a.local_path
-            ),
-        )?;
-        tx.commit()?;
-        Ok(())
+        self.write(|tx| {
+            tx.execute(
+                "INSERT OR REPLACE INTO artifacts (job_id, path, size, blake3, local_path, ts_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![
+                    a.job_id,
+                    a.path,
+                    a.size as i64,
+                    a.blake3,
+                    a.local_path,
+                    now_ms()
+                ],
+            )?;
+            Self::event_tx(
+                tx,
+                "artifact.pulled",
+                None,
+                Some(&a.job_id),
+                &format!(
+                    "{} ({} bytes, blake3 {}) -> {}",
+                    a.path,
+                    a.size,
+                    &a.blake3[..16.min(a.blake3.len())],
+                    a.local_path
+                ),
+            )?;
+            Ok(())
+        })
     }
 
     pub fn artifacts(&self, job_id: &str) -> Result<Vec<ArtifactRecord>> {
@@ -1100,6 +1191,34 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn busy() -> anyhow::Error {
+        anyhow::Error::from(rusqlite::Error::SqliteFailure(
+            rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_BUSY),
+            Some("database is locked".into()),
+        ))
+        .context("inserting")
+    }
+
+    #[test]
+    fn a_busy_store_is_retried_and_other_errors_are_not() {
+        let mut calls = 0;
+        let v = retry_busy(|| {
+            calls += 1;
+            if calls < 4 { Err(busy()) } else { Ok(7) }
+        })
+        .unwrap();
+        assert_eq!((v, calls), (7, 4));
+        let mut calls = 0;
+        let e = retry_busy::<()>(|| {
+            calls += 1;
+            bail!("no instance x in the store")
+        })
+        .unwrap_err();
+        assert_eq!(calls, 1);
+        assert!(!is_busy(&e));
+        assert!(is_busy(&busy()));
+    }
 
     fn instance(id: &str) -> InstanceRecord {
         InstanceRecord {

@@ -76,3 +76,90 @@ fn two_trainctl_processes_launching_at_once_both_land() {
         env.ok(&["terminate", i["id"].as_str().unwrap()]);
     }
 }
+
+/// Issue 16's cause, reproduced: many processes open one brand-new store at the same
+/// moment (a file barrier), each then writes once. Before the fix, two openers each
+/// holding a read lock while switching the file to WAL made SQLite answer BUSY at once
+/// (a deadlock its busy handler is never asked about): "database is locked".
+#[test]
+fn many_processes_opening_one_fresh_store_at_once_all_succeed() {
+    const PROCS: usize = 8;
+    let rounds: usize = std::env::var("STORE_OPEN_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(12);
+    let exe = std::env::current_exe().unwrap();
+    for round in 0..rounds {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("data").join("trainctl.db");
+        let gate = dir.path().join("go");
+        let children: Vec<_> = (0..PROCS)
+            .map(|i| {
+                std::process::Command::new(&exe)
+                    .args([
+                        "--exact",
+                        "store_concurrency::opener_child",
+                        "--ignored",
+                        "--nocapture",
+                        "--test-threads=1",
+                    ])
+                    .env("OPENER_STORE", &path)
+                    .env("OPENER_GATE", &gate)
+                    .env("OPENER_ID", format!("{round}-{i}"))
+                    .stdout(std::process::Stdio::piped())
+                    .stderr(std::process::Stdio::piped())
+                    .spawn()
+                    .unwrap()
+            })
+            .collect();
+        // Let every child reach the barrier, then release them together.
+        std::thread::sleep(std::time::Duration::from_millis(150));
+        std::fs::write(&gate, b"").unwrap();
+        for c in children {
+            let out = c.wait_with_output().unwrap();
+            let stdout = String::from_utf8_lossy(&out.stdout);
+            assert!(
+                out.status.success() && stdout.contains("opener ok"),
+                "round {round}: {:?}\n{stdout}\n{}",
+                out.status.code(),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        let s = Store::open(&path).unwrap();
+        assert_eq!(s.integrity_check().unwrap(), "ok");
+        assert_eq!(s.instances(true).unwrap().len(), PROCS, "round {round}");
+    }
+}
+
+/// One opener of the test above, run as its own process (ignored when run directly).
+#[test]
+#[ignore = "a child process of many_processes_opening_one_fresh_store_at_once_all_succeed"]
+fn opener_child() {
+    let Ok(path) = std::env::var("OPENER_STORE") else {
+        return;
+    };
+    let gate = std::path::PathBuf::from(std::env::var("OPENER_GATE").unwrap());
+    let id = format!("i-{}", std::env::var("OPENER_ID").unwrap());
+    while !gate.exists() {
+        std::thread::sleep(std::time::Duration::from_micros(200));
+    }
+    let mut s = Store::open(std::path::Path::new(&path)).expect("open");
+    s.insert_instance(&InstanceRecord {
+        id: id.clone(),
+        provider: "local".into(),
+        name: id.clone(),
+        instance_type: "local".into(),
+        spot: false,
+        gpus: 0,
+        gpu_info: None,
+        state: InstanceState::Pending,
+        hourly: Money(1),
+        created_ms: now_ms(),
+        launched_ms: None,
+        terminated_ms: None,
+        address: None,
+        error: None,
+    })
+    .expect("insert");
+    println!("opener ok");
+}
