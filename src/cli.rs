@@ -6,7 +6,7 @@
 //! 5 the job was lost with its machine.
 
 use crate::config::{ConfigError, Project, UserConfig};
-use crate::engine::{Engine, display_lines};
+use crate::engine::Engine;
 use crate::metrics::LogParser;
 use crate::model::{JobState, Money, now_ms};
 use crate::provider::LaunchRequest;
@@ -132,6 +132,27 @@ pub enum Command {
         #[arg(long)]
         dry_run: bool,
     },
+    /// Move a running job to another machine: it is stopped with the grace to save, its
+    /// newest checkpoint kept, and it resumes as the next attempt on a new machine like
+    /// its own (or of `--type`, or on `--instance`). Waits until it runs there.
+    Migrate {
+        job: String,
+        /// Resume on this (running) instance.
+        #[arg(long, conflicts_with = "instance_type")]
+        instance: Option<String>,
+        /// Resume on a new machine of this type (same provider).
+        #[arg(long = "type")]
+        instance_type: Option<String>,
+        /// Return right after the job was told to move.
+        #[arg(long)]
+        no_wait: bool,
+    },
+    /// Supervise every live job (follow logs, ship checkpoints, recover interrupted jobs,
+    /// honour budgets and what `run` was asked to do at the end) until none is left. For
+    /// SSH-only servers, tmux, cron or systemd; the cockpit and `run` do the same.
+    Watch,
+    /// A job's checkpoints kept off the machine, newest first.
+    Checkpoints { job: String },
     /// Print the metric points trainctl finds in a log file.
     ParseLog { file: PathBuf },
     /// The event history (state changes, budget, sync...), optionally of one job.
@@ -412,8 +433,144 @@ async fn run(cli: Cli) -> Result<i32> {
             }
             Ok(EXIT_OK)
         }
+        Command::Migrate {
+            job,
+            instance,
+            instance_type,
+            no_wait,
+        } => migrate(&engine, &job, instance, instance_type, no_wait, json).await,
+        Command::Watch => watch(&engine, json).await,
+        Command::Checkpoints { job } => {
+            let j = engine.store().find_job(&job)?;
+            let cks = engine.store().checkpoints(&j.id)?;
+            if json {
+                print_json(&serde_json::to_value(&cks)?);
+            } else {
+                for c in cks {
+                    println!(
+                        "{}  {:>12} bytes  attempt {}  blake3 {}  {}",
+                        c.name,
+                        c.size,
+                        c.attempt,
+                        &c.blake3[..16.min(c.blake3.len())],
+                        c.local_path
+                    );
+                }
+            }
+            Ok(EXIT_OK)
+        }
         Command::ParseLog { .. } | Command::Config { .. } => Ok(EXIT_OK),
     }
+}
+
+async fn migrate(
+    engine: &Engine,
+    job: &str,
+    instance: Option<String>,
+    instance_type: Option<String>,
+    no_wait: bool,
+    json: bool,
+) -> Result<i32> {
+    let to = match (instance, instance_type) {
+        (Some(i), _) => crate::engine::MigrateTarget::Instance(i),
+        (None, Some(t)) => crate::engine::MigrateTarget::Type(t),
+        (None, None) => crate::engine::MigrateTarget::Same,
+    };
+    let j = engine.migrate(job, to).await?;
+    let before = engine.store().attempts(&j.id)?.len();
+    eprintln!(
+        "{}: told to stop and move; waiting for it to run elsewhere",
+        j.id
+    );
+    if no_wait {
+        return Ok(EXIT_OK);
+    }
+    // Supervise until the next attempt runs (or the job ends).
+    loop {
+        let state = engine.supervise_step(&j.id).await?;
+        let attempts = engine.store().attempts(&j.id)?;
+        if state.is_terminal() || (state == JobState::Running && attempts.len() > before) {
+            let now = engine.store().job(&j.id)?.context("job vanished")?;
+            if json {
+                print_json(&json!({
+                    "job_id": now.id, "state": now.state, "attempt": attempts.len(),
+                    "instance_id": now.instance_id, "reason": now.reason,
+                }));
+            } else {
+                println!(
+                    "{} {} (attempt {} on {})",
+                    now.id,
+                    now.state,
+                    attempts.len(),
+                    now.instance_id.unwrap_or_default()
+                );
+            }
+            return Ok(if state.is_terminal() {
+                exit_for(state)
+            } else {
+                EXIT_OK
+            });
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(
+            engine.config().poll_interval_ms.max(10),
+        ))
+        .await;
+    }
+}
+
+/// Supervise every live job until none is left: one job actor each (the same as the
+/// cockpit's), new jobs picked up as they appear.
+async fn watch(engine: &Engine, json: bool) -> Result<i32> {
+    let mut actors: std::collections::HashMap<String, crate::engine::JobHandle> =
+        std::collections::HashMap::new();
+    let mut ended = Vec::new();
+    loop {
+        let live: Vec<JobRecord> = engine
+            .store()
+            .jobs()?
+            .into_iter()
+            .filter(|j| !j.state.is_terminal())
+            .collect();
+        for j in &live {
+            if !actors.contains_key(&j.id) {
+                eprintln!("watching {} ({})", j.id, j.state);
+                actors.insert(j.id.clone(), engine.spawn_job_actor(&j.id, false));
+            }
+        }
+        let done: Vec<String> = actors
+            .iter()
+            .filter(|(_, h)| h.done.is_finished())
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in done {
+            if let Some(h) = actors.remove(&id) {
+                match h.done.await {
+                    Ok(Ok(state)) => {
+                        eprintln!("{id} {state}");
+                        ended.push(json!({"job_id": id, "state": state}));
+                    }
+                    Ok(Err(e)) => eprintln!("{id}: {e:#}"),
+                    Err(e) => eprintln!("{id}: {e}"),
+                }
+            }
+        }
+        if live.is_empty() && actors.is_empty() {
+            break;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(std::time::Duration::from_millis(
+                engine.config().poll_interval_ms.clamp(50, 1000),
+            )) => {}
+            _ = tokio::signal::ctrl_c() => {
+                eprintln!("watch stopped; the jobs keep running");
+                return Ok(EXIT_OK);
+            }
+        }
+    }
+    if json {
+        print_json(&serde_json::Value::Array(ended));
+    }
+    Ok(EXIT_OK)
 }
 
 async fn ls(engine: &Engine, all: bool, json: bool) -> Result<i32> {
@@ -702,6 +859,11 @@ async fn run_job(engine: &Engine, o: RunOpts, json: bool) -> Result<i32> {
         }
     };
     let job = engine.create_job(&project, &inst.id, o.name.as_deref())?;
+    // Stored with the job: whichever trainctl sees it end (this one, `watch`, the
+    // cockpit) pulls and terminates, even if this process is killed.
+    engine
+        .store()
+        .set_end_intent(&job.id, o.terminate_after, !o.no_pull)?;
     eprintln!("job {} on {}", job.id, inst.id);
     let started = engine.start_job(&job.id).await;
     if let Err(e) = started {
@@ -798,9 +960,10 @@ async fn logs(engine: &Engine, key: &str, follow: bool) -> Result<i32> {
         {
             eprintln!("warning: could not reach the job's machine: {e:#}");
         }
-        let bytes = engine.stored_log(&job.id)?;
+        // Every attempt in order, with a marker line where the job moved machines.
+        let (_, _, lines) = engine.log_lines_since(&job.id, 1, 0)?;
         let mut out = std::io::stdout().lock();
-        for l in display_lines(&bytes) {
+        for l in lines {
             writeln!(out, "{l}")?;
         }
         return Ok(EXIT_OK);

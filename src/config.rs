@@ -396,6 +396,42 @@ pub struct ProjectConfig {
     pub resources: Resources,
     #[serde(default)]
     pub env: BTreeMap<String, String>,
+    /// What happens when the job's machine is interrupted or lost.
+    #[serde(default)]
+    pub recovery: RecoveryConfig,
+}
+
+/// `[recovery]`: a job that outlives its machine.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RecoveryConfig {
+    /// Attempts in all, the first included; reached -> the job fails, machines released.
+    pub max_attempts: u32,
+    /// Which ends are recovered: `interrupted` (a notice stopped it), `lost` (the machine
+    /// vanished, died, or stayed unreachable past `lost_after_seconds`).
+    pub on: Vec<RecoverOn>,
+    /// Newest checkpoints kept in the checkpoint store per job.
+    pub keep_checkpoints: u32,
+    /// A machine unreachable this long, which its provider cannot vouch for, is lost.
+    pub lost_after_seconds: u64,
+}
+
+impl Default for RecoveryConfig {
+    fn default() -> Self {
+        RecoveryConfig {
+            max_attempts: 3,
+            on: vec![RecoverOn::Interrupted, RecoverOn::Lost],
+            keep_checkpoints: 3,
+            lost_after_seconds: 120,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum RecoverOn {
+    Interrupted,
+    Lost,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
@@ -485,6 +521,13 @@ impl Project {
         };
         if self.config.command.trim().is_empty() {
             return Err(err_at("command", "`command` must not be empty".into()));
+        }
+        if self.config.recovery.max_attempts == 0 {
+            return Err(err_at(
+                "max_attempts",
+                "`recovery.max_attempts` counts the first attempt too: it must be at least 1"
+                    .into(),
+            ));
         }
         for (key, rel) in [
             ("workdir", self.config.workdir.as_deref()),

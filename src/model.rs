@@ -217,12 +217,17 @@ pub enum JobState {
     Succeeded,
     Failed,
     Cancelled,
-    /// The machine disappeared under the job.
+    /// The machine disappeared under the job and it is not recovered (terminal).
     Lost,
+    /// Stopped by an interruption notice, or its machine was lost: waiting to be resumed
+    /// on another machine (not terminal).
+    Interrupted,
+    /// A replacement machine is being readied (launch, sync, checkpoint restore).
+    Recovering,
 }
 
 impl JobState {
-    pub const ALL: [JobState; 8] = [
+    pub const ALL: [JobState; 10] = [
         Self::Pending,
         Self::Syncing,
         Self::Starting,
@@ -231,6 +236,8 @@ impl JobState {
         Self::Failed,
         Self::Cancelled,
         Self::Lost,
+        Self::Interrupted,
+        Self::Recovering,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -243,6 +250,8 @@ impl JobState {
             Self::Failed => "failed",
             Self::Cancelled => "cancelled",
             Self::Lost => "lost",
+            Self::Interrupted => "interrupted",
+            Self::Recovering => "recovering",
         }
     }
     pub fn parse(s: &str) -> Option<Self> {
@@ -255,8 +264,10 @@ impl JobState {
         )
     }
 
-    /// The only legal moves. Forward through the pipeline; any live state may end in
-    /// Failed, Cancelled or Lost; terminal states never move again.
+    /// The only legal moves. Forward through the pipeline; a started job may be
+    /// interrupted, and an interrupted one recovers through a new attempt (Recovering ->
+    /// Syncing); any live state may end in Failed, Cancelled or Lost; terminal states
+    /// never move again.
     pub fn can_transition_to(self, to: JobState) -> bool {
         use JobState::*;
         if self.is_terminal() {
@@ -266,6 +277,8 @@ impl JobState {
             (Pending, Syncing) | (Syncing, Starting) | (Starting, Running) => true,
             // Re-attaching may learn that a job finished while nobody watched.
             (Starting | Running, Succeeded) => true,
+            (Syncing | Starting | Running, Interrupted) => true,
+            (Interrupted, Recovering) | (Recovering, Syncing) => true,
             (_, Failed | Cancelled | Lost) => true,
             _ => false,
         }
@@ -365,6 +378,12 @@ mod tests {
         assert!(!Pending.can_transition_to(Running));
         assert!(!Succeeded.can_transition_to(Failed));
         assert!(!Cancelled.can_transition_to(Running));
+        assert!(Running.can_transition_to(Interrupted));
+        assert!(Interrupted.can_transition_to(Recovering));
+        assert!(Recovering.can_transition_to(Syncing));
+        assert!(!Interrupted.can_transition_to(Running));
+        assert!(!Pending.can_transition_to(Interrupted));
+        assert!(!Lost.can_transition_to(Recovering));
         for s in JobState::ALL {
             assert_eq!(JobState::parse(s.as_str()), Some(s));
             if !s.is_terminal() {

@@ -102,6 +102,26 @@ const MIGRATIONS: &[&str] = &[
     "ALTER TABLE instances ADD COLUMN gpus INTEGER NOT NULL DEFAULT 0;",
     // 3: what the machine says about its GPUs (nvidia-smi), or "no GPU".
     "ALTER TABLE instances ADD COLUMN gpu_info TEXT;",
+    // 4: jobs that outlive their machine. What the user asked at `run` (pull on end)
+    // outlives the process that heard it; the replacement machine a recovery chose is
+    // recorded before it is launched; a migration's target; shipped checkpoints.
+    "ALTER TABLE jobs ADD COLUMN pull_on_end INTEGER NOT NULL DEFAULT 1;
+    ALTER TABLE jobs ADD COLUMN recovery_instance TEXT;
+    ALTER TABLE jobs ADD COLUMN migrate_to TEXT;
+    ALTER TABLE jobs ADD COLUMN lease_pid INTEGER;
+    ALTER TABLE jobs ADD COLUMN lease_until_ms INTEGER;
+    CREATE TABLE checkpoints (
+        job_id TEXT NOT NULL,
+        name TEXT NOT NULL,
+        attempt INTEGER NOT NULL,
+        size INTEGER NOT NULL,
+        mtime_ms INTEGER NOT NULL,
+        blake3 TEXT NOT NULL,
+        local_path TEXT NOT NULL,
+        ts_ms INTEGER NOT NULL,
+        PRIMARY KEY (job_id, name)
+    );
+    CREATE INDEX metric_points_step ON metric_points(job_id, name, step);",
 ];
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -142,7 +162,14 @@ pub struct JobRecord {
     pub cancel_requested: bool,
     pub driver_pid: Option<i64>,
     pub stop_sent_ms: Option<TimestampMs>,
+    /// Terminate the machine once the job ends (`run --terminate-after`, budget breach).
     pub terminate_on_end: bool,
+    /// With `terminate_on_end`: pull the artifacts first.
+    pub pull_on_end: bool,
+    /// The replacement machine a recovery chose (recorded before it is launched).
+    pub recovery_instance: Option<String>,
+    /// Where `migrate` asked the job to go: `instance:ID` or `type:T` (or `same`).
+    pub migrate_to: Option<String>,
 }
 
 impl JobRecord {
@@ -173,6 +200,9 @@ impl JobRecord {
             driver_pid: None,
             stop_sent_ms: None,
             terminate_on_end: false,
+            pull_on_end: true,
+            recovery_instance: None,
+            migrate_to: None,
         }
     }
 }
@@ -216,6 +246,22 @@ pub struct ArtifactRecord {
     pub path: String,
     pub size: u64,
     pub blake3: String,
+    pub local_path: String,
+}
+
+/// A checkpoint file shipped off the machine into the checkpoint store.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct CheckpointRecord {
+    pub job_id: String,
+    /// Path relative to the job's checkpoint directory.
+    pub name: String,
+    /// The attempt that wrote it.
+    pub attempt: i64,
+    pub size: u64,
+    /// Its modification time on the machine.
+    pub mtime_ms: TimestampMs,
+    pub blake3: String,
+    /// Where the checkpoint store keeps it.
     pub local_path: String,
 }
 
@@ -605,8 +651,9 @@ impl Store {
             tx.execute(
                 "INSERT INTO jobs (id, name, project, project_dir, command, spec_json, state, instance_id,
                     created_ms, started_ms, ended_ms, exit_code, reason, cancel_requested, driver_pid,
-                    stop_sent_ms, terminate_on_end)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)",
+                    stop_sent_ms, terminate_on_end, pull_on_end, recovery_instance, migrate_to)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17,
+                    ?18, ?19, ?20)",
                 params![
                     j.id,
                     j.name,
@@ -624,7 +671,10 @@ impl Store {
                     j.cancel_requested,
                     j.driver_pid,
                     j.stop_sent_ms,
-                    j.terminate_on_end
+                    j.terminate_on_end,
+                    j.pull_on_end,
+                    j.recovery_instance,
+                    j.migrate_to
                 ],
             )?;
             Self::event_tx(
@@ -672,7 +722,7 @@ impl Store {
                     started_ms = CASE WHEN ?2 = 'running' THEN COALESCE(started_ms, ?3) ELSE started_ms END,
                     ended_ms = CASE WHEN ?4 THEN ?3 ELSE ended_ms END,
                     exit_code = COALESCE(?5, exit_code),
-                    reason = CASE WHEN ?4 THEN ?6 ELSE reason END
+                    reason = CASE WHEN ?4 OR ?2 = 'interrupted' THEN ?6 ELSE reason END
                  WHERE id = ?1",
                 params![id, to.as_str(), now, to.is_terminal(), exit_code, why],
             )?;
@@ -689,6 +739,60 @@ impl Store {
                 why,
             )?;
             Ok(from)
+        })
+    }
+
+    /// Move a job to `to` only while `attempt` is its newest attempt and it is Starting or
+    /// Running: a decision about an attempt, taken from a read that another process has
+    /// since overtaken (the job already moved on to its next attempt), changes nothing.
+    /// Returns whether the move was made.
+    pub fn transition_attempt(
+        &mut self,
+        id: &str,
+        attempt: i64,
+        to: JobState,
+        why: &str,
+    ) -> Result<bool> {
+        let current: Option<(String, Option<i64>)> = self
+            .conn
+            .query_row(
+                "SELECT state, (SELECT MAX(attempt) FROM job_attempts WHERE job_id = ?1)
+                 FROM jobs WHERE id = ?1",
+                params![id],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()?;
+        let Some((state, newest)) = current else {
+            bail!("no job {id} in the store");
+        };
+        if !matches!(state.as_str(), "starting" | "running") || newest != Some(attempt) {
+            return Ok(false);
+        }
+        // Checked again inside the write, by compare-and-swap on the state read above.
+        let from = JobState::parse(&state).unwrap_or(JobState::Lost);
+        if !from.can_transition_to(to) {
+            bail!("job {id} cannot go from {from} to {to}");
+        }
+        self.write(|tx| {
+            let n = tx.execute(
+                "UPDATE jobs SET state = ?2, reason = ?3,
+                    ended_ms = CASE WHEN ?5 THEN ?6 ELSE ended_ms END
+                 WHERE id = ?1 AND state = ?4
+                   AND (SELECT MAX(attempt) FROM job_attempts WHERE job_id = ?1) = ?7",
+                params![
+                    id,
+                    to.as_str(),
+                    why,
+                    from.as_str(),
+                    to.is_terminal(),
+                    now_ms(),
+                    attempt
+                ],
+            )?;
+            if n > 0 {
+                Self::event_tx(tx, &format!("job.{}", to.as_str()), None, Some(id), why)?;
+            }
+            Ok(n > 0)
         })
     }
 
@@ -749,9 +853,232 @@ impl Store {
         })
     }
 
+    /// What `run` was asked to do when the job ends, stored with the job so whichever
+    /// trainctl process sees the end honours it.
+    pub fn set_end_intent(&mut self, id: &str, terminate: bool, pull: bool) -> Result<()> {
+        self.write(|tx| {
+            tx.execute(
+                "UPDATE jobs SET terminate_on_end = ?2, pull_on_end = ?3 WHERE id = ?1",
+                params![id, terminate, pull],
+            )?;
+            if terminate {
+                Self::event_tx(
+                    tx,
+                    "job.end_intent",
+                    None,
+                    Some(id),
+                    if pull {
+                        "pull the artifacts and terminate the machine when the job ends"
+                    } else {
+                        "terminate the machine when the job ends"
+                    },
+                )?;
+            }
+            Ok(())
+        })
+    }
+
+    /// Record where `migrate` sends the job (`instance:ID`, `type:T` or `same`).
+    pub fn set_migrate_to(&mut self, id: &str, target: &str) -> Result<()> {
+        self.write(|tx| {
+            tx.execute(
+                "UPDATE jobs SET migrate_to = ?2 WHERE id = ?1",
+                params![id, target],
+            )?;
+            Self::event_tx(
+                tx,
+                "job.migrate",
+                None,
+                Some(id),
+                &format!("migration requested to {target}"),
+            )?;
+            Ok(())
+        })
+    }
+
+    /// The replacement machine of a recovery: `candidate` when none was chosen yet, else
+    /// the one chosen first (by whichever process). Recorded before anything is launched,
+    /// so a recovery cut off anywhere resumes with the same machine id.
+    pub fn claim_recovery_instance(&mut self, id: &str, candidate: &str) -> Result<String> {
+        self.write(|tx| {
+            let n = tx.execute(
+                "UPDATE jobs SET recovery_instance = ?2 WHERE id = ?1 AND recovery_instance IS NULL",
+                params![id, candidate],
+            )?;
+            if n > 0 {
+                Self::event_tx(
+                    tx,
+                    "recovery.intent",
+                    Some(candidate),
+                    Some(id),
+                    &format!("the job resumes on {candidate}"),
+                )?;
+            }
+            Ok(tx.query_row(
+                "SELECT recovery_instance FROM jobs WHERE id = ?1",
+                params![id],
+                |r| r.get(0),
+            )?)
+        })
+    }
+
+    /// Take a Recovering job into its next attempt on `instance_id`: Recovering -> Syncing
+    /// (compare-and-swap: false when another process took it), the job moved to the
+    /// replacement, the stop and migration marks of the last attempt cleared.
+    pub fn begin_recovered_attempt(&mut self, id: &str, instance_id: &str) -> Result<bool> {
+        self.write(|tx| {
+            let n = tx.execute(
+                "UPDATE jobs SET state = 'syncing', instance_id = ?2, recovery_instance = NULL,
+                    migrate_to = NULL, stop_sent_ms = NULL, driver_pid = ?3
+                 WHERE id = ?1 AND state = 'recovering'",
+                params![id, instance_id, std::process::id() as i64],
+            )?;
+            if n > 0 {
+                Self::event_tx(
+                    tx,
+                    "job.syncing",
+                    Some(instance_id),
+                    Some(id),
+                    "syncing code to the replacement machine",
+                )?;
+            }
+            Ok(n > 0)
+        })
+    }
+
+    /// Take (or renew) the supervision lease of a job for `ttl_ms`: only its holder drives
+    /// the job's recovery. Free when nobody holds it, when it expired, or when its holder
+    /// (a trainctl process on this machine, where the store file is) is dead.
+    pub fn try_lease(&mut self, id: &str, ttl_ms: i64) -> Result<bool> {
+        let me = std::process::id() as i64;
+        let holder: Option<(Option<i64>, Option<i64>)> = self
+            .conn
+            .query_row(
+                "SELECT lease_pid, lease_until_ms FROM jobs WHERE id = ?1",
+                params![id],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()?;
+        let Some((pid, _)) = holder else {
+            bail!("no job {id} in the store");
+        };
+        // A dead holder's lease is free at once (checked here, outside the write).
+        let dead = pid.filter(|&p| p != me && !crate::engine::pid_alive(p));
+        self.write(|tx| {
+            let now = now_ms();
+            let n = tx.execute(
+                "UPDATE jobs SET lease_pid = ?2, lease_until_ms = ?3
+                 WHERE id = ?1 AND (lease_pid IS NULL OR lease_pid = ?2 OR lease_until_ms < ?4
+                    OR lease_pid = ?5)",
+                params![id, me, now + ttl_ms, now, dead],
+            )?;
+            Ok(n > 0)
+        })
+    }
+
+    /// Give the lease back (it would expire anyway).
+    pub fn release_lease(&mut self, id: &str) -> Result<()> {
+        let me = std::process::id() as i64;
+        self.write(|tx| {
+            tx.execute(
+                "UPDATE jobs SET lease_pid = NULL, lease_until_ms = NULL
+                 WHERE id = ?1 AND lease_pid = ?2",
+                params![id, me],
+            )?;
+            Ok(())
+        })
+    }
+
+    /// Forget a replacement that can no longer be used (it ended before the job ran there).
+    pub fn clear_recovery_instance(&mut self, id: &str) -> Result<()> {
+        self.write(|tx| {
+            tx.execute(
+                "UPDATE jobs SET recovery_instance = NULL WHERE id = ?1",
+                params![id],
+            )?;
+            Ok(())
+        })
+    }
+
+    /// Whether a recovery of `job_id` chose (and so launched) `instance_id`.
+    pub fn recovery_launched(&self, job_id: &str, instance_id: &str) -> Result<bool> {
+        Ok(self.conn.query_row(
+            "SELECT EXISTS (SELECT 1 FROM events WHERE kind = 'recovery.intent'
+                AND job_id = ?1 AND instance_id = ?2)",
+            params![job_id, instance_id],
+            |r| r.get(0),
+        )?)
+    }
+
+    // ------------------------------------------------------------- checkpoints
+
+    pub fn record_checkpoint(&mut self, c: &CheckpointRecord) -> Result<()> {
+        self.write(|tx| {
+            tx.execute(
+                "INSERT OR REPLACE INTO checkpoints
+                    (job_id, name, attempt, size, mtime_ms, blake3, local_path, ts_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                params![
+                    c.job_id,
+                    c.name,
+                    c.attempt,
+                    c.size as i64,
+                    c.mtime_ms,
+                    c.blake3,
+                    c.local_path,
+                    now_ms()
+                ],
+            )?;
+            Self::event_tx(
+                tx,
+                "checkpoint.shipped",
+                None,
+                Some(&c.job_id),
+                &format!(
+                    "{} ({} bytes, blake3 {}) from attempt {}",
+                    c.name,
+                    c.size,
+                    &c.blake3[..16.min(c.blake3.len())],
+                    c.attempt
+                ),
+            )?;
+            Ok(())
+        })
+    }
+
+    pub fn forget_checkpoint(&mut self, job_id: &str, name: &str) -> Result<()> {
+        self.write(|tx| {
+            tx.execute(
+                "DELETE FROM checkpoints WHERE job_id = ?1 AND name = ?2",
+                params![job_id, name],
+            )?;
+            Ok(())
+        })
+    }
+
+    /// A job's shipped checkpoints, newest first (by their time on the machine).
+    pub fn checkpoints(&self, job_id: &str) -> Result<Vec<CheckpointRecord>> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT job_id, name, attempt, size, mtime_ms, blake3, local_path FROM checkpoints
+             WHERE job_id = ?1 ORDER BY mtime_ms DESC, name DESC",
+        )?;
+        let rows = stmt.query_map(params![job_id], |r| {
+            Ok(CheckpointRecord {
+                job_id: r.get(0)?,
+                name: r.get(1)?,
+                attempt: r.get(2)?,
+                size: r.get::<_, i64>(3)? as u64,
+                mtime_ms: r.get(4)?,
+                blake3: r.get(5)?,
+                local_path: r.get(6)?,
+            })
+        })?;
+        Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+    }
+
     const JOB_COLS: &'static str = "id, name, project, project_dir, command, spec_json, state, instance_id,
         created_ms, started_ms, ended_ms, exit_code, reason, cancel_requested, driver_pid, stop_sent_ms,
-        terminate_on_end";
+        terminate_on_end, pull_on_end, recovery_instance, migrate_to";
 
     fn job_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<JobRecord> {
         let state: String = r.get(6)?;
@@ -773,6 +1100,9 @@ impl Store {
             driver_pid: r.get(14)?,
             stop_sent_ms: r.get(15)?,
             terminate_on_end: r.get(16)?,
+            pull_on_end: r.get(17)?,
+            recovery_instance: r.get(18)?,
+            migrate_to: r.get(19)?,
         })
     }
 
@@ -1015,8 +1345,18 @@ impl Store {
     /// A job's points in log order, optionally one metric only.
     pub fn metrics(&self, job_id: &str, name: Option<&str>) -> Result<Vec<MetricPoint>> {
         let mut stmt = self.conn.prepare(
-            "SELECT name, value, step, epoch, line FROM metric_points
-             WHERE job_id = ?1 AND (?2 IS NULL OR name = ?2) ORDER BY attempt, rowid",
+            // A later attempt re-computes the steps (or epochs) after its resume point:
+            // its points replace the earlier attempts' for the same (name, step), so a
+            // resumed job reads as one continuous series.
+            "SELECT name, value, step, epoch, line FROM metric_points mp
+             WHERE job_id = ?1 AND (?2 IS NULL OR name = ?2)
+               AND NOT EXISTS (
+                 SELECT 1 FROM metric_points n
+                 WHERE n.job_id = mp.job_id AND n.name = mp.name AND n.attempt > mp.attempt
+                   AND ((mp.step IS NOT NULL AND n.step = mp.step)
+                     OR (mp.step IS NULL AND mp.epoch IS NOT NULL AND n.step IS NULL
+                         AND n.epoch = mp.epoch)))
+             ORDER BY attempt, rowid",
         )?;
         let rows = stmt.query_map(params![job_id, name], |r| {
             Ok(MetricPoint {

@@ -7,8 +7,69 @@
 #   stdout.log  the command's stdout and stderr
 #   exit_code   the command's exit status (128+N when killed by signal N)
 #   ended_at    unix seconds when it ended
+#   interrupting  written when an interruption notice stopped the job (deadline, reason)
+#   interrupted   unix seconds when the interrupted job had stopped
 # usage: sh runner.sh JOB_DIR WORK_DIR   (the command is JOB_DIR/cmd.sh)
+#        TRAINCTL_GRACE=seconds to save on a notice (default 30)
+#
+# A notice watcher runs beside the job in its own session (so stopping the job's group
+# never stops it): every second it looks for JOB_DIR/notice (one job: `trainctl migrate`)
+# or ROOT/notice (the whole machine: an admin draining it; on EC2 the AWS provider adds
+# the spot notice). A notice file may say `deadline=UNIX_SECONDS` and `reason=TEXT`. On a
+# notice the machine itself, without trainctl: records `interrupting`, sends SIGTERM to
+# the job's group, gives it the grace (ending 5 s before the deadline) to save, SIGKILL,
+# records the exit if the runner could not, and records `interrupted`.
 set -u
+
+# True while process $1 is alive (a zombie nobody reaps counts as dead).
+alive() {
+    kill -0 "$1" 2>/dev/null || return 1
+    if [ -r "/proc/$1/stat" ]; then
+        read -r line < "/proc/$1/stat" 2>/dev/null || return 1
+        set -- ${line##*) }
+        [ "$1" != Z ] || return 1
+    fi
+    return 0
+}
+
+if [ "${1:-}" = --watch ]; then
+    job_dir=$2
+    runner=$3
+    grace=$4
+    root=${job_dir%/jobs/*}
+    trap '' TERM INT HUP
+    cd "$job_dir" || exit 111
+    while alive "$runner" && [ "$(cat status 2>/dev/null)" != exited ]; do
+        for n in "$job_dir/notice" "$root/notice"; do
+            [ -f "$n" ] || continue
+            now=$(date +%s)
+            deadline=$(sed -n 's/^deadline=\([0-9][0-9]*\).*/\1/p' "$n" 2>/dev/null | head -n 1)
+            [ -n "$deadline" ] || deadline=$((now + grace + 5))
+            stop_by=$((deadline - 5))
+            [ $((now + grace)) -lt "$stop_by" ] && stop_by=$((now + grace))
+            [ "$stop_by" -gt "$now" ] || stop_by=$((now + 1))
+            reason=$(sed -n 's/^reason=//p' "$n" 2>/dev/null | head -n 1)
+            printf 'deadline=%s\nnoticed_at=%s\nsource=%s\nreason=%s\n' \
+                "$deadline" "$now" "$n" "$reason" > interrupting.part && mv interrupting.part interrupting
+            kill -TERM -"$runner" 2>/dev/null
+            while alive "$runner" && [ "$(date +%s)" -lt "$stop_by" ]; do sleep 0.2; done
+            if alive "$runner"; then
+                kill -KILL -"$runner" 2>/dev/null
+                sleep 0.2
+            fi
+            if [ ! -f exit_code ]; then
+                echo 137 > exit_code.part && mv exit_code.part exit_code
+                date +%s > ended_at
+                echo exited > status
+            fi
+            date +%s > interrupted
+            exit 0
+        done
+        sleep 1
+    done
+    exit 0
+fi
+
 job_dir=$1
 work_dir=$2
 cd "$job_dir" || exit 111
@@ -42,6 +103,12 @@ group_busy() {
 if cd "$work_dir"; then
     sh "$job_dir/cmd.sh" >> "$job_dir/stdout.log" 2>&1 < /dev/null &
     child=$!
+    if command -v setsid >/dev/null 2>&1; then
+        setsid sh "$0" --watch "$job_dir" "$$" "${TRAINCTL_GRACE:-30}" < /dev/null > /dev/null 2>&1 &
+    else
+        sh "$0" --watch "$job_dir" "$$" "${TRAINCTL_GRACE:-30}" < /dev/null > /dev/null 2>&1 &
+    fi
+    watcher=$!
     while :; do
         wait "$child"
         code=$?
@@ -64,3 +131,10 @@ cd "$job_dir" || exit 111
 echo "$code" > exit_code.part && mv exit_code.part exit_code
 date +%s > ended_at
 echo exited > status
+[ -f interrupting ] && date +%s > interrupted
+# The watcher ignores SIGTERM (it must outlive the job's stop): end it and its `sleep`
+# (its own process group under setsid), so nothing is left behind.
+if [ -n "${watcher:-}" ]; then
+    kill -KILL -"$watcher" 2>/dev/null || kill -KILL "$watcher" 2>/dev/null
+fi
+exit 0

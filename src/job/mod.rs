@@ -6,6 +6,7 @@
 //! `jobs/<job>-<attempt>/{cmd.sh, pid, status, started_at, stdout.log, exit_code, ended_at}`.
 
 pub mod artifacts;
+pub mod checkpoint;
 pub mod sync;
 
 use crate::remote::{Remote, retry_lost, sh_quote};
@@ -37,6 +38,8 @@ pub enum RemoteStatus {
     Exited {
         code: i32,
         ended_at: Option<i64>,
+        /// An interruption notice stopped it: the notice's reason (untrusted text).
+        interrupted: Option<String>,
     },
     /// The runner died without recording an exit code (killed with SIGKILL, machine reboot).
     Vanished,
@@ -61,6 +64,7 @@ pub async fn start_detached(
     job_dir: &str,
     workdir: &str,
     cmd_script: &str,
+    grace: Duration,
 ) -> Result<i32> {
     let runner = format!("{}/runner.sh", remote.root());
     // Every step is safe to repeat, so a connection lost on the way is retried: the files
@@ -79,8 +83,9 @@ pub async fn start_detached(
     let script = format!(
         "cd {jd} && {{ mkdir start.lock 2>/dev/null || exit 0; }} && \
          if command -v setsid >/dev/null 2>&1; then \
-           setsid sh {r} {jd} {wd} > runner.out 2>&1 < /dev/null & \
-         else nohup sh {r} {jd} {wd} > runner.out 2>&1 < /dev/null & fi",
+           TRAINCTL_GRACE={g} setsid sh {r} {jd} {wd} > runner.out 2>&1 < /dev/null & \
+         else TRAINCTL_GRACE={g} nohup sh {r} {jd} {wd} > runner.out 2>&1 < /dev/null & fi",
+        g = grace.as_secs().max(1),
         jd = sh_quote(job_dir),
         r = sh_quote(&runner),
         wd = sh_quote(workdir),
@@ -122,6 +127,7 @@ pid=$(cat pid 2>/dev/null)
 echo \"pid=$pid\"
 [ -f exit_code ] && echo \"exit_code=$(cat exit_code)\"
 [ -f ended_at ] && echo \"ended_at=$(cat ended_at)\"
+[ -f interrupting ] && echo \"interrupting=$(sed -n 's/^reason=//p' interrupting | head -n 1)\"
 alive=0
 if [ -n \"$pid\" ] && kill -0 \"$pid\" 2>/dev/null; then
   alive=1
@@ -137,10 +143,19 @@ echo \"alive=$alive\"",
     if kv.contains_key("missing") {
         return Ok(RemoteStatus::Missing);
     }
+    let interrupted = kv.get("interrupting").map(|r| {
+        let r = crate::sanitize::sanitize_line(r.trim().as_bytes());
+        if r.is_empty() {
+            "interruption notice".to_string()
+        } else {
+            r
+        }
+    });
     if let Some(code) = kv.get("exit_code").and_then(|c| c.trim().parse().ok()) {
         return Ok(RemoteStatus::Exited {
             code,
             ended_at: kv.get("ended_at").and_then(|s| s.trim().parse().ok()),
+            interrupted,
         });
     }
     let pid: Option<i32> = kv.get("pid").and_then(|p| p.trim().parse().ok());
@@ -158,11 +173,24 @@ echo \"alive=$alive\"",
                 Some(code) => RemoteStatus::Exited {
                     code,
                     ended_at: None,
+                    interrupted,
                 },
                 None => RemoteStatus::Vanished,
             }
         }
     })
+}
+
+/// Give one job an interruption notice: the watcher on the machine stops it within ~1 s
+/// (SIGTERM, the grace to save, SIGKILL) and records `interrupted`, with or without us.
+pub async fn notify(remote: &dyn Remote, job_dir: &str, reason: &str) -> Result<()> {
+    let reason: String = reason.chars().filter(|c| !c.is_control()).collect();
+    let path = format!("{job_dir}/notice");
+    let body = format!("reason={reason}\n");
+    retry_lost(4, "writing the interruption notice", || {
+        remote.write_file(&path, body.as_bytes(), 0o644)
+    })
+    .await
 }
 
 /// Send `signal` (e.g. "TERM", "KILL") to the job's whole process group.
@@ -219,8 +247,9 @@ mod tests {
         std::fs::create_dir_all(&work).unwrap();
         let script = command_script("echo started >> ../count; sleep 30", &BTreeMap::new());
         let wd = work.to_str().unwrap();
-        let first = start_detached(&r, &jd, wd, &script).await.unwrap();
-        let second = start_detached(&r, &jd, wd, &script).await.unwrap();
+        let g = Duration::from_secs(2);
+        let first = start_detached(&r, &jd, wd, &script, g).await.unwrap();
+        let second = start_detached(&r, &jd, wd, &script, g).await.unwrap();
         assert_eq!(first, second);
         tokio::time::sleep(Duration::from_millis(200)).await;
         let count = std::fs::read_to_string(home.path().join("count")).unwrap();

@@ -146,6 +146,11 @@ impl Provider for LocalProvider {
     }
 
     async fn launch(&self, id: &str, _plan: &Plan) -> Result<String> {
+        // Launching the same id again (a launch cut off and resumed) finds its sandbox.
+        let home = self.home(id);
+        if home.join(".trainctl").is_dir() {
+            return Ok(home.to_string_lossy().into_owned());
+        }
         let live = self.list().await?.len();
         if live >= self.cfg.max_instances as usize {
             bail!(

@@ -5,6 +5,7 @@ mod common;
 mod config_errors;
 mod local_e2e;
 mod parser;
+mod recovery;
 mod ssh;
 mod store_concurrency;
 mod sync;

@@ -25,6 +25,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 use tokio::sync::{broadcast, mpsc};
 
+mod recovery;
+pub use recovery::MigrateTarget;
+
 /// Bytes read from a job's log per round trip.
 const LOG_CHUNK: usize = 4 << 20;
 
@@ -96,6 +99,10 @@ struct Inner {
     events: broadcast::Sender<EngineEvent>,
     /// Where SSH key passphrases are asked (the cockpit fills it).
     prompt: crate::ssh::remote::PromptSlot,
+    /// Where shipped checkpoints are kept.
+    checkpoints: Arc<dyn crate::job::checkpoint::CheckpointStore>,
+    /// When each job's checkpoint directory was last scanned (scans are rate-limited).
+    last_ship: Mutex<HashMap<String, std::time::Instant>>,
 }
 
 #[derive(Clone)]
@@ -130,6 +137,7 @@ impl Engine {
             );
         }
         let (events, _) = broadcast::channel(4096);
+        let checkpoints_dir = data_dir.clone();
         Ok(Engine {
             inner: Arc::new(Inner {
                 cfg,
@@ -138,6 +146,8 @@ impl Engine {
                 providers,
                 events,
                 prompt,
+                checkpoints: Arc::new(crate::job::checkpoint::LocalDirStore::new(&checkpoints_dir)),
+                last_ship: Mutex::default(),
             }),
         })
     }
@@ -207,9 +217,21 @@ impl Engine {
 
     /// Launch an instance: check the request, record the intent, then ask the provider.
     pub async fn launch(&self, provider: &str, req: &LaunchRequest) -> Result<InstanceRecord> {
+        self.launch_as(provider, req, &new_id("i")).await
+    }
+
+    /// [`Engine::launch`] with the id chosen by the caller (a recovery records it first).
+    /// An intent row already there (a launch cut off and resumed) is launched again under
+    /// the same id, which providers answer idempotently.
+    pub(crate) async fn launch_as(
+        &self,
+        provider: &str,
+        req: &LaunchRequest,
+        id: &str,
+    ) -> Result<InstanceRecord> {
         let p = self.provider(provider)?;
         let plan = p.plan(req)?;
-        let id = new_id("i");
+        let id = id.to_string();
         let rec = InstanceRecord {
             id: id.clone(),
             provider: provider.to_string(),
@@ -226,7 +248,13 @@ impl Engine {
             address: None,
             error: None,
         };
-        self.store().insert_instance(&rec)?;
+        // Bound first: a guard held by the match's scrutinee would dead-lock the arms.
+        let existing = self.store().instance(&id)?;
+        match existing {
+            None => self.store().insert_instance(&rec)?,
+            Some(i) if i.state == InstanceState::Pending => {}
+            Some(i) => bail!("instance {id} is already {}", i.state),
+        }
         match p.launch(&id, &plan).await {
             Ok(address) => {
                 self.store()
@@ -425,14 +453,16 @@ impl Engine {
         Ok(())
     }
 
-    /// The process starting `job_id` exited before the job started: nobody will start it.
-    fn fail_abandoned_start(&self, job_id: &str) -> Result<()> {
-        self.transition(
-            job_id,
-            JobState::Failed,
-            "the trainctl process starting it exited before the job started",
-            None,
-        )
+    /// The process starting `job` exited before the job started: nobody will start it. A
+    /// first start fails; a recovery (earlier attempts exist) goes back to Interrupted, so
+    /// the next supervisor resumes it.
+    fn abandoned_start(&self, job: &JobRecord, attempts: usize) -> Result<()> {
+        let why = "the trainctl process starting it exited before the job started";
+        if attempts > 0 && job.state != JobState::Pending {
+            self.transition(&job.id, JobState::Interrupted, why, None)
+        } else {
+            self.transition(&job.id, JobState::Failed, why, None)
+        }
     }
 
     fn job_instance(&self, job: &JobRecord) -> Result<InstanceRecord> {
@@ -496,7 +526,21 @@ impl Engine {
             state: JobState::Syncing,
             reason: "syncing code".into(),
         });
-        let (uploaded, bytes, deleted) = self.sync_code(remote.as_ref(), &inst.id, &spec).await?;
+        self.sync_and_start(job_id, &spec, &inst, remote.as_ref(), None)
+            .await
+    }
+
+    /// From Syncing: sync the code to `inst`, restore `restore` (a shipped checkpoint) when
+    /// given, and start the next attempt detached. Honours a cancel request between steps.
+    async fn sync_and_start(
+        &self,
+        job_id: &str,
+        spec: &JobSpec,
+        inst: &InstanceRecord,
+        remote: &dyn Remote,
+        restore: Option<&recovery::Restore>,
+    ) -> Result<JobState> {
+        let (uploaded, bytes, deleted) = self.sync_code(remote, &inst.id, spec).await?;
         self.store().add_event(
             "sync.done",
             Some(&inst.id),
@@ -530,18 +574,20 @@ impl Engine {
         env.insert("TRAINCTL_JOB_ID".to_string(), job_id.to_string());
         env.insert("TRAINCTL_ATTEMPT".to_string(), attempt.to_string());
         if let Some(ck) = &spec.project.checkpoints {
-            env.insert(
-                "TRAINCTL_CHECKPOINT_DIR".to_string(),
-                format!("{workdir}/{ck}"),
-            );
+            let dir = format!("{workdir}/{ck}");
+            if let Some(c) = restore {
+                let at = self.restore_checkpoint(job_id, remote, &dir, c).await?;
+                env.insert("TRAINCTL_RESUME_FROM".to_string(), at);
+            }
+            env.insert("TRAINCTL_CHECKPOINT_DIR".to_string(), dir);
         }
         env.extend(spec.project.env.clone());
         let script = job::command_script(&spec.project.command, &env);
-        let pid = job::start_detached(remote.as_ref(), &jd, &workdir, &script).await?;
+        let pid = job::start_detached(remote, &jd, &workdir, &script, self.grace()).await?;
         self.transition(
             job_id,
             JobState::Running,
-            &format!("running as process group {pid} in {workdir}"),
+            &format!("attempt {attempt} running as process group {pid} in {workdir}"),
             None,
         )?;
         Ok(JobState::Running)
@@ -821,20 +867,30 @@ impl Engine {
         if job.state.is_terminal() {
             return Ok(job.state);
         }
-        let att = self.store().attempts(job_id)?.pop();
-        let Some(att) = att else {
-            // Not started yet. If the process that was starting it is gone, nobody will.
-            let driver_alive = job.driver_pid.is_some_and(pid_alive);
-            if job.cancel_requested && !driver_alive {
-                let why = job.reason.clone().unwrap_or_else(|| "cancelled".into());
-                self.transition(job_id, JobState::Cancelled, &why, None)?;
-            } else if !driver_alive && job.state != JobState::Pending {
-                self.fail_abandoned_start(job_id)?;
+        // Recovery (a new machine, the checkpoint back, the next attempt) is the
+        // supervisor's: see `Engine::recover`.
+        if matches!(job.state, JobState::Interrupted | JobState::Recovering) {
+            return Ok(job.state);
+        }
+        let attempts = self.store().attempts(job_id)?;
+        let att = match attempts.last() {
+            // Syncing: the next attempt is being prepared (after a recovery the last row
+            // is the previous attempt's, on the previous machine).
+            Some(a) if !matches!(job.state, JobState::Pending | JobState::Syncing) => a.clone(),
+            _ => {
+                // Not started yet. If the process that was starting it is gone, nobody will.
+                let driver_alive = job.driver_pid.is_some_and(pid_alive);
+                if job.cancel_requested && !driver_alive {
+                    let why = job.reason.clone().unwrap_or_else(|| "cancelled".into());
+                    self.transition(job_id, JobState::Cancelled, &why, None)?;
+                } else if !driver_alive && job.state != JobState::Pending {
+                    self.abandoned_start(&job, attempts.len())?;
+                }
+                return Ok(self
+                    .store()
+                    .job(job_id)?
+                    .map_or(JobState::Lost, |j| j.state));
             }
-            return Ok(self
-                .store()
-                .job(job_id)?
-                .map_or(JobState::Lost, |j| j.state));
         };
         let inst = self.job_instance(&job)?;
         let provider = self.provider(&inst.provider)?;
@@ -874,6 +930,12 @@ impl Engine {
                 if job.state == JobState::Starting {
                     self.transition(job_id, JobState::Running, "running (re-attached)", None)?;
                 }
+                if let Err(e) = self
+                    .ship_checkpoints(remote.as_ref(), &job, &att, false)
+                    .await
+                {
+                    tracing::warn!("job {job_id}: shipping checkpoints: {e:#}");
+                }
                 if !job.cancel_requested
                     && let Some(why) = self.check_budget(&job)?
                 {
@@ -886,12 +948,48 @@ impl Engine {
                 Ok(JobState::Running)
             }
             RemoteStatus::Starting => Ok(job.state),
+            RemoteStatus::Exited {
+                code,
+                interrupted: Some(notice),
+                ..
+            } if code != 0 && !job.cancel_requested => {
+                self.pump_log(remote.as_ref(), &att, true).await?;
+                self.ship_checkpoints(remote.as_ref(), &job, &att, true)
+                    .await
+                    .context("shipping the interrupted job's checkpoints")?;
+                self.store()
+                    .finish_attempt(&job.id, att.attempt, Some(code), now_ms())?;
+                self.interrupted(
+                    &job,
+                    att.attempt,
+                    crate::config::RecoverOn::Interrupted,
+                    &format!(
+                        "interrupted ({notice}); attempt {} exited {code}",
+                        att.attempt
+                    ),
+                )
+            }
             RemoteStatus::Exited { code, .. } => {
                 self.pump_log(remote.as_ref(), &att, true).await?;
                 self.finish(&job, &att, Some(code)).await
             }
             RemoteStatus::Vanished => {
+                // The runner died without recording an exit: the machine rebooted, or its
+                // processes were killed. That is a lost machine, not a failed job.
                 self.pump_log(remote.as_ref(), &att, true).await?;
+                if self.recovers(&job, crate::config::RecoverOn::Lost) {
+                    let _ = self
+                        .ship_checkpoints(remote.as_ref(), &job, &att, true)
+                        .await;
+                    self.store()
+                        .finish_attempt(&job.id, att.attempt, None, now_ms())?;
+                    return self.interrupted(
+                        &job,
+                        att.attempt,
+                        crate::config::RecoverOn::Lost,
+                        "the job's processes died without recording an exit (machine rebooted or killed)",
+                    );
+                }
                 self.finish(&job, &att, None).await
             }
             // The attempt is recorded before its directory exists on the machine: while the
@@ -902,8 +1000,11 @@ impl Engine {
                 }
                 self.store()
                     .finish_attempt(&job.id, att.attempt, None, now_ms())?;
-                self.fail_abandoned_start(job_id)?;
-                Ok(JobState::Failed)
+                self.abandoned_start(&job, attempts.len() - 1)?;
+                Ok(self
+                    .store()
+                    .job(job_id)?
+                    .map_or(JobState::Lost, |j| j.state))
             }
             RemoteStatus::Missing => {
                 if matches!(provider.describe(&inst).await, Ok(Observed::Gone)) {
@@ -935,6 +1036,14 @@ impl Engine {
                     "the provider no longer has this machine",
                 )?;
             }
+        }
+        if self.recovers(job, crate::config::RecoverOn::Lost) {
+            return self.interrupted(
+                job,
+                att.attempt,
+                crate::config::RecoverOn::Lost,
+                &format!("lost: {why}"),
+            );
         }
         self.transition(&job.id, JobState::Lost, why, None)?;
         Ok(JobState::Lost)
@@ -973,7 +1082,12 @@ impl Engine {
             && let Some(inst_id) = job.instance_id.as_deref()
         {
             // Keep what the job produced before the machine goes.
-            if let Err(e) = self.pull(&job.id, None).await {
+            let pulled = if job.pull_on_end {
+                self.pull(&job.id, None).await.map(|_| ())
+            } else {
+                Ok(())
+            };
+            if let Err(e) = pulled {
                 self.store().add_event(
                     "artifact.error",
                     Some(inst_id),
@@ -1011,33 +1125,59 @@ impl Engine {
     /// (it vanished from the store) still return.
     pub async fn poll_job_retrying(&self, job_id: &str) -> Result<JobState> {
         let mut failures = 0u32;
+        let first_failure = std::time::Instant::now();
         loop {
             match self.poll_job(job_id).await {
                 Ok(s) => return Ok(s),
-                Err(e) if self.store().job(job_id)?.is_none() => return Err(e),
                 Err(e) => {
+                    let Some(job) = self.store().job(job_id)? else {
+                        return Err(e);
+                    };
+                    // Unreachable past the limit, and the provider could not say it is gone
+                    // (then poll_job would have): the machine is lost.
+                    let limit = recovery::job_spec(&job)
+                        .map_or(120, |s| s.project.recovery.lost_after_seconds);
+                    if failures > 0 && first_failure.elapsed() >= Duration::from_secs(limit) {
+                        return self
+                            .declare_unreachable(
+                                job_id,
+                                &format!("unreachable for {limit} s: {e:#}"),
+                            )
+                            .await;
+                    }
                     failures += 1;
                     let base = (250u64 << failures.min(6)).min(10_000);
                     let jitter = (now_ms() as u64).wrapping_mul(2_654_435_761) % (base / 2 + 1);
-                    tracing::warn!("job {job_id}: {e:#}; retrying in {} ms", base + jitter);
+                    let wait = (base + jitter).min(limit.max(1) * 1000 / 2);
+                    tracing::warn!("job {job_id}: {e:#}; retrying in {wait} ms");
                     self.emit(EngineEvent::Notice {
                         job_id: Some(job_id.to_string()),
                         message: format!("retrying: {e:#}"),
                     });
-                    tokio::time::sleep(Duration::from_millis(base + jitter)).await;
+                    tokio::time::sleep(Duration::from_millis(wait)).await;
                 }
             }
         }
     }
 
-    /// Follow a job until it ends, calling `on_tick` after every poll.
+    /// Supervise a job one step: poll it, or drive its recovery when it is interrupted.
+    pub async fn supervise_step(&self, job_id: &str) -> Result<JobState> {
+        let state = self.poll_job_retrying(job_id).await?;
+        if matches!(state, JobState::Interrupted | JobState::Recovering) {
+            return self.recover_retrying(job_id).await;
+        }
+        Ok(state)
+    }
+
+    /// Follow a job until it ends, across its attempts (recovering it when interrupted),
+    /// calling `on_tick` after every poll.
     pub async fn follow_job(
         &self,
         job_id: &str,
         mut on_tick: impl FnMut(&Engine),
     ) -> Result<JobState> {
         loop {
-            let state = self.poll_job_retrying(job_id).await?;
+            let state = self.supervise_step(job_id).await?;
             on_tick(self);
             if state.is_terminal() {
                 return Ok(state);
@@ -1062,7 +1202,7 @@ impl Engine {
                 engine.start_job(&id).await?;
             }
             loop {
-                let state = engine.poll_job_retrying(&id).await?;
+                let state = engine.supervise_step(&id).await?;
                 if state.is_terminal() {
                     return Ok(state);
                 }
@@ -1186,6 +1326,13 @@ impl Engine {
             if a.attempt > at {
                 at = a.attempt;
                 end = 0;
+                // One marker line between attempts: the log goes on across machines.
+                if a.attempt > 1 {
+                    lines.push(format!(
+                        "── trainctl: attempt {} on {} ──",
+                        a.attempt, a.instance_id
+                    ));
+                }
             }
             let off = self.store().log_offset(job_id, a.attempt)?;
             let bytes = self.read_local_log(job_id, a.attempt, end, off.byte_offset)?;
