@@ -459,6 +459,17 @@ impl Engine {
     fn abandoned_start(&self, job: &JobRecord, attempts: usize) -> Result<()> {
         let why = "the trainctl process starting it exited before the job started";
         if attempts > 0 && job.state != JobState::Pending {
+            // A recovery cut off while readying its replacement: resume it on the same
+            // replacement (it is fine; only the process driving it died).
+            if let Some(id) = job.instance_id.as_deref()
+                && self
+                    .store()
+                    .instance(id)?
+                    .is_some_and(|i| i.state == InstanceState::Running)
+            {
+                self.store()
+                    .set_migrate_to(&job.id, &format!("instance:{id}"))?;
+            }
             self.transition(&job.id, JobState::Interrupted, why, None)
         } else {
             self.transition(&job.id, JobState::Failed, why, None)
@@ -547,6 +558,9 @@ impl Engine {
             Some(job_id),
             &format!("{uploaded} files ({bytes} bytes) copied, {deleted} deleted"),
         )?;
+        if restore.is_some() {
+            recovery::failpoint("recovery.sync");
+        }
         if self.cancelled_before_start(job_id)? {
             return Ok(JobState::Cancelled);
         }
@@ -577,6 +591,7 @@ impl Engine {
             let dir = format!("{workdir}/{ck}");
             if let Some(c) = restore {
                 let at = self.restore_checkpoint(job_id, remote, &dir, c).await?;
+                recovery::failpoint("recovery.restore");
                 env.insert("TRAINCTL_RESUME_FROM".to_string(), at);
             }
             env.insert("TRAINCTL_CHECKPOINT_DIR".to_string(), dir);
@@ -584,6 +599,9 @@ impl Engine {
         env.extend(spec.project.env.clone());
         let script = job::command_script(&spec.project.command, &env);
         let pid = job::start_detached(remote, &jd, &workdir, &script, self.grace()).await?;
+        if restore.is_some() {
+            recovery::failpoint("recovery.start");
+        }
         self.transition(
             job_id,
             JobState::Running,
@@ -929,6 +947,12 @@ impl Engine {
             RemoteStatus::Running { .. } => {
                 if job.state == JobState::Starting {
                     self.transition(job_id, JobState::Running, "running (re-attached)", None)?;
+                    // A recovery whose driver died after the start: its earlier machines
+                    // were not released yet.
+                    if attempts.len() > 1 {
+                        Box::pin(self.release_machines(&job, &attempts, Some(&att.instance_id)))
+                            .await;
+                    }
                 }
                 if let Err(e) = self
                     .ship_checkpoints(remote.as_ref(), &job, &att, false)
@@ -1097,6 +1121,12 @@ impl Engine {
             }
             // Boxed: terminate stops live jobs, which polls them, which may finish them.
             Box::pin(self.terminate(inst_id, &why)).await?;
+        }
+        // Machines of earlier attempts that the job owns and that are still up (the
+        // last one stays unless the job was to terminate it: its files may be wanted).
+        let attempts = self.store().attempts(&job.id)?;
+        if attempts.len() > 1 {
+            Box::pin(self.release_machines(&job, &attempts, job.instance_id.as_deref())).await;
         }
         Ok(state)
     }

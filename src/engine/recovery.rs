@@ -47,6 +47,16 @@ pub struct Restore {
     pub local: PathBuf,
 }
 
+/// Crash here, as `kill -9` would, when `TRAINCTL_FAILPOINT` names this point: the tests
+/// kill trainctl after each recovery step and check that the next supervisor completes
+/// the recovery with one replacement and no orphan. Costs one env lookup otherwise.
+pub(crate) fn failpoint(name: &str) {
+    if std::env::var("TRAINCTL_FAILPOINT").is_ok_and(|v| v == name) {
+        // SAFETY: signalling ourselves; SIGKILL runs no destructor, like a real crash.
+        unsafe { libc::kill(libc::getpid(), libc::SIGKILL) };
+    }
+}
+
 pub(crate) fn job_spec(job: &JobRecord) -> Result<JobSpec> {
     serde_json::from_str(&job.spec_json).context("reading the job spec")
 }
@@ -353,6 +363,7 @@ impl Engine {
             .last()
             .and_then(|a| self.store().instance(&a.instance_id).ok().flatten());
         let inst = self.replacement(&job, previous.as_ref(), next).await?;
+        failpoint("recovery.launch");
         let remote = self.remote_for(&inst).await?;
         if !self.store().begin_recovered_attempt(job_id, &inst.id)? {
             // Another process took this recovery further; it is theirs.
@@ -393,11 +404,8 @@ impl Engine {
                 return Err(e.context(why));
             }
         };
-        if let Some(prev) = previous
-            && prev.id != inst.id
-        {
-            self.release_machines(&job, &attempts, Some(&inst.id)).await;
-        }
+        // The machines of earlier attempts that the job owns are released now.
+        self.release_machines(&job, &attempts, Some(&inst.id)).await;
         Ok(state)
     }
 
@@ -415,6 +423,7 @@ impl Engine {
             _ => (new_id("i"), None),
         };
         let id = self.store().claim_recovery_instance(&job.id, &chosen)?;
+        failpoint("recovery.intent");
         let existing = self.store().instance(&id)?;
         match existing {
             Some(i) if i.state == InstanceState::Running => return Ok(i),
@@ -443,7 +452,7 @@ impl Engine {
     /// Release the job's earlier machines that it owns — launched by a recovery, or any
     /// when the job was to terminate its machine at the end — except `keep` and machines
     /// another live job uses. Failures are recorded, never lost.
-    async fn release_machines(
+    pub(crate) async fn release_machines(
         &self,
         job: &JobRecord,
         attempts: &[AttemptRecord],

@@ -234,3 +234,90 @@ fn sandbox_job_dir(env: &Env, job: &str, attempt: u32) -> PathBuf {
         Path::new(&sandboxes).display()
     );
 }
+
+/// Kill the trainctl driving a migration (as `kill -9` would) right after recovery step
+/// `step`; a later `trainctl watch` completes the recovery with exactly one replacement,
+/// the job ends well, and nothing is left running (`--terminate-after` was stored).
+fn killed_during_recovery_is_completed_by_watch(step: &str) {
+    let env = env6("", "0.01");
+    let gate = env.hold_at(2 * SPE + 5);
+    let mut run = spawn_run(&env, &["run", "--json", "--terminate-after"]);
+    let job = env.wait_running_with_metrics();
+    wait_checkpoint(&env, &job, "epoch-0002.json");
+    // The first supervisor goes away mid-job (what `run --terminate-after` asked is stored).
+    run.kill().unwrap();
+    run.wait().unwrap();
+    let out = env
+        .cmd(&["migrate", &job])
+        .env("TRAINCTL_FAILPOINT", format!("recovery.{step}"))
+        .output()
+        .unwrap();
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&out.status),
+        Some(libc::SIGKILL),
+        "migrate was to die at {step}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    std::fs::write(&gate, b"").unwrap();
+    let watched = env.json(&["watch"]);
+    assert_eq!(watched[0]["state"], "succeeded", "{step}: {watched}");
+    let instances = env.json(&["ls", "--all"]);
+    assert_eq!(
+        instances.as_array().unwrap().len(),
+        2,
+        "{step}: one replacement only: {instances}"
+    );
+    assert!(env.json(&["ls"]).as_array().unwrap().is_empty(), "{step}");
+    for i in instances.as_array().unwrap() {
+        let left = sandbox_processes(i["id"].as_str().unwrap());
+        let cmds: Vec<String> = left
+            .iter()
+            .map(|p| std::fs::read_to_string(format!("/proc/{p}/cmdline")).unwrap_or_default())
+            .collect();
+        assert!(left.is_empty(), "{step}: {cmds:?} left in {i}");
+    }
+    let log = env.ok(&["logs", &job]);
+    assert!(log.contains("resumed from"), "{step}: {log}");
+    // Pulled at the end by `watch`, as `run --terminate-after` would have.
+    assert!(!model_of(&env, &job).is_empty());
+}
+
+#[test]
+fn killed_after_the_recovery_intent() {
+    killed_during_recovery_is_completed_by_watch("intent");
+}
+
+#[test]
+fn killed_after_the_replacement_launch() {
+    killed_during_recovery_is_completed_by_watch("launch");
+}
+
+#[test]
+fn killed_after_the_code_sync() {
+    killed_during_recovery_is_completed_by_watch("sync");
+}
+
+#[test]
+fn killed_after_the_checkpoint_restore() {
+    killed_during_recovery_is_completed_by_watch("restore");
+}
+
+#[test]
+fn killed_after_the_start() {
+    killed_during_recovery_is_completed_by_watch("start");
+}
+
+#[test]
+fn a_killed_run_terminate_after_is_honoured_by_watch() {
+    let env = env6("", "0.01");
+    let gate = env.hold_at(SPE + 3);
+    let mut run = spawn_run(&env, &["run", "--json", "--terminate-after"]);
+    let job = env.wait_running_with_metrics();
+    run.kill().unwrap();
+    run.wait().unwrap();
+    std::fs::write(&gate, b"").unwrap();
+    let watched = env.json(&["watch"]);
+    assert_eq!(watched[0]["state"], "succeeded", "{watched}");
+    assert!(env.json(&["ls"]).as_array().unwrap().is_empty());
+    assert!(!model_of(&env, &job).is_empty());
+}
