@@ -12,12 +12,9 @@ const DAY_MS: i64 = 86_400_000;
 /// The billed interval of an instance: from the provider's confirmation (or the recorded
 /// intent while a launch is in flight) to confirmed termination, or `now`.
 pub fn billed_interval(i: &InstanceRecord, now: TimestampMs) -> Option<(TimestampMs, TimestampMs)> {
-    let start = match i.launched_ms {
-        Some(t) => t,
-        // A launch in flight may already bill; one that never launched did not.
-        None if i.state.is_live() => i.created_ms,
-        None => return None,
-    };
+    // Billing starts at the provider's own launch time, never at our intent: a launch the
+    // provider never answered bills nothing.
+    let start = i.launched_ms?;
     let end = i.terminated_ms.unwrap_or(now).max(start);
     Some((start, end))
 }
@@ -232,6 +229,9 @@ mod tests {
             terminated_ms: terminated,
             address: None,
             error: None,
+            provider_id: None,
+            region: None,
+            backend: None,
         }
     }
 

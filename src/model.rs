@@ -178,6 +178,10 @@ pub enum InstanceState {
     Terminated,
     /// The provider no longer knows it although we never terminated it.
     Lost,
+    /// Stopped at the provider (compute not billing; may be started again).
+    Stopped,
+    /// Taken back by the provider (a spot reclaim, a preemption); cost accrual stops.
+    Preempted,
 }
 
 impl InstanceState {
@@ -188,6 +192,8 @@ impl InstanceState {
             Self::Terminating => "terminating",
             Self::Terminated => "terminated",
             Self::Lost => "lost",
+            Self::Stopped => "stopped",
+            Self::Preempted => "preempted",
         }
     }
     pub fn parse(s: &str) -> Option<Self> {
@@ -197,12 +203,17 @@ impl InstanceState {
             "terminating" => Self::Terminating,
             "terminated" => Self::Terminated,
             "lost" => Self::Lost,
+            "stopped" => Self::Stopped,
+            "preempted" => Self::Preempted,
             _ => return None,
         })
     }
     /// True while the machine may still be billing.
     pub fn is_live(self) -> bool {
-        matches!(self, Self::Pending | Self::Running | Self::Terminating)
+        matches!(
+            self,
+            Self::Pending | Self::Running | Self::Terminating | Self::Stopped
+        )
     }
 }
 

@@ -102,12 +102,17 @@ const MIGRATIONS: &[&str] = &[
     "ALTER TABLE instances ADD COLUMN gpus INTEGER NOT NULL DEFAULT 0;",
     // 3: what the machine says about its GPUs (nvidia-smi), or "no GPU".
     "ALTER TABLE instances ADD COLUMN gpu_info TEXT;",
-    // 4: jobs that outlive their machine. What the user asked at `run` (pull on end)
+    // 4: jobs that outlive their machine. What the provider answered to a launch (its own
+    // id, region, opaque backend data) is kept as soon as it answers. What the user asked at `run` (pull on end)
     // outlives the process that heard it; the replacement machine a recovery chose is
     // recorded before it is launched; a migration's target; shipped checkpoints.
     "ALTER TABLE jobs ADD COLUMN pull_on_end INTEGER NOT NULL DEFAULT 1;
     ALTER TABLE jobs ADD COLUMN recovery_instance TEXT;
     ALTER TABLE jobs ADD COLUMN migrate_to TEXT;
+    ALTER TABLE instances ADD COLUMN provider_id TEXT;
+    ALTER TABLE instances ADD COLUMN region TEXT;
+    ALTER TABLE instances ADD COLUMN backend TEXT;
+    ALTER TABLE instances ADD COLUMN launch_pid INTEGER;
     ALTER TABLE jobs ADD COLUMN lease_pid INTEGER;
     ALTER TABLE jobs ADD COLUMN lease_until_ms INTEGER;
     CREATE TABLE checkpoints (
@@ -142,6 +147,11 @@ pub struct InstanceRecord {
     /// Where the machine is reached: a sandbox path (local) or host (ssh).
     pub address: Option<String>,
     pub error: Option<String>,
+    /// The provider's own id (EC2 instance id, pod id...), once it answered the launch.
+    pub provider_id: Option<String>,
+    pub region: Option<String>,
+    /// Provider-only data (JSON text), opaque to the engine.
+    pub backend: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -465,8 +475,10 @@ impl Store {
         self.write(|tx| {
             tx.execute(
                 "INSERT INTO instances (id, provider, name, instance_type, spot, state, hourly_micros,
-                    created_ms, launched_ms, terminated_ms, address, error, gpus)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+                    created_ms, launched_ms, terminated_ms, address, error, gpus, provider_id,
+                    region, backend, launch_pid)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16,
+                    ?17)",
                 params![
                     r.id,
                     r.provider,
@@ -480,7 +492,11 @@ impl Store {
                     r.terminated_ms,
                     r.address,
                     r.error,
-                    r.gpus
+                    r.gpus,
+                    r.provider_id,
+                    r.region,
+                    r.backend,
+                    std::process::id() as i64
                 ],
             )?;
             Self::event_tx(
@@ -497,6 +513,51 @@ impl Store {
         })
     }
 
+    /// What the provider answered to the launch of `id`: kept before anything waits on the
+    /// machine. Billing starts at the provider's own launch time.
+    pub fn record_launched(
+        &mut self,
+        id: &str,
+        l: &crate::provider::Launched,
+        launched_ms: TimestampMs,
+    ) -> Result<()> {
+        self.write(|tx| {
+            tx.execute(
+                "UPDATE instances SET provider_id = ?2, region = ?3, backend = ?4,
+                    launched_ms = COALESCE(launched_ms, ?5) WHERE id = ?1",
+                params![id, l.provider_id, l.region, l.backend, launched_ms],
+            )?;
+            Self::event_tx(
+                tx,
+                "instance.launched",
+                Some(id),
+                None,
+                &format!(
+                    "the provider holds it as {}{}",
+                    l.provider_id,
+                    l.region
+                        .as_deref()
+                        .map_or(String::new(), |r| format!(" in {r}"))
+                ),
+            )?;
+            Ok(())
+        })
+    }
+
+    /// The pid of the trainctl process that recorded a launch intent (while it lives, the
+    /// launch is in flight and nobody else heals it).
+    pub fn launch_pid(&self, id: &str) -> Result<Option<i64>> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT launch_pid FROM instances WHERE id = ?1",
+                params![id],
+                |r| r.get(0),
+            )
+            .optional()?
+            .flatten())
+    }
+
     /// The provider confirmed the machine: running, reachable at `address`.
     pub fn mark_instance_running(
         &mut self,
@@ -506,7 +567,8 @@ impl Store {
     ) -> Result<()> {
         self.write(|tx| {
             tx.execute(
-                "UPDATE instances SET state = 'running', address = ?2, launched_ms = ?3 WHERE id = ?1",
+                "UPDATE instances SET state = 'running', address = ?2,
+                    launched_ms = COALESCE(launched_ms, ?3) WHERE id = ?1",
                 params![id, address, launched_ms],
             )?;
             Self::event_tx(
@@ -524,7 +586,10 @@ impl Store {
     /// moving to Terminated or Lost (cost accrual stops there).
     pub fn set_instance_state(&mut self, id: &str, to: InstanceState, why: &str) -> Result<()> {
         self.write(|tx| {
-            let ended = matches!(to, InstanceState::Terminated | InstanceState::Lost);
+            let ended = matches!(
+                to,
+                InstanceState::Terminated | InstanceState::Lost | InstanceState::Preempted
+            );
             let n = if ended {
                 tx.execute(
                     "UPDATE instances SET state = ?2, terminated_ms = COALESCE(terminated_ms, ?3),
@@ -588,12 +653,16 @@ impl Store {
             error: r.get(11)?,
             gpus: r.get(12)?,
             gpu_info: r.get(13)?,
+            provider_id: r.get(14)?,
+            region: r.get(15)?,
+            backend: r.get(16)?,
         })
     }
 
     const INSTANCE_COLS: &'static str =
         "id, provider, name, instance_type, spot, state, hourly_micros,
-        created_ms, launched_ms, terminated_ms, address, error, gpus, gpu_info";
+        created_ms, launched_ms, terminated_ms, address, error, gpus, gpu_info, provider_id,
+        region, backend";
 
     pub fn instance(&self, id: &str) -> Result<Option<InstanceRecord>> {
         let sql = format!(
@@ -1576,6 +1645,9 @@ mod tests {
             terminated_ms: None,
             address: None,
             error: None,
+            provider_id: None,
+            region: None,
+            backend: None,
         }
     }
 

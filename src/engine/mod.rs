@@ -13,7 +13,6 @@ use crate::cost;
 use crate::job::{self, RemoteStatus, artifacts, sync};
 use crate::metrics::{LogParser, complete_prefix_len};
 use crate::model::{InstanceState, JobState, MetricPoint, Money, Progress, new_id, now_ms};
-use crate::provider::local::LocalProvider;
 use crate::provider::{LaunchRequest, Observed, Provider};
 use crate::remote::Remote;
 use crate::store::{AttemptRecord, InstanceRecord, JobRecord, LogOffset, Store};
@@ -116,26 +115,8 @@ impl Engine {
         std::fs::create_dir_all(&data_dir)
             .with_context(|| format!("creating the data directory {}", data_dir.display()))?;
         let store = Store::open(&data_dir.join("trainctl.db"))?;
-        let mut providers: BTreeMap<String, Arc<dyn Provider>> = BTreeMap::new();
-        providers.insert(
-            "local".into(),
-            Arc::new(LocalProvider::new(
-                &data_dir,
-                cfg.providers.local.clone(),
-                Duration::from_secs(cfg.stop_grace_seconds),
-            )),
-        );
         let prompt: crate::ssh::remote::PromptSlot = Arc::default();
-        if !cfg.providers.ssh.hosts.is_empty() {
-            providers.insert(
-                "ssh".into(),
-                Arc::new(crate::provider::ssh::SshProvider::new(
-                    &data_dir,
-                    cfg.providers.ssh.clone(),
-                    prompt.clone(),
-                )),
-            );
-        }
+        let providers = crate::provider::registry(&cfg, &data_dir, prompt.clone());
         let (events, _) = broadcast::channel(4096);
         let checkpoints_dir = data_dir.clone();
         Ok(Engine {
@@ -230,7 +211,7 @@ impl Engine {
         id: &str,
     ) -> Result<InstanceRecord> {
         let p = self.provider(provider)?;
-        let plan = p.plan(req)?;
+        let plan = p.plan(req).await?;
         let id = id.to_string();
         let rec = InstanceRecord {
             id: id.clone(),
@@ -247,6 +228,9 @@ impl Engine {
             terminated_ms: None,
             address: None,
             error: None,
+            provider_id: None,
+            region: None,
+            backend: None,
         };
         // Bound first: a guard held by the match's scrutinee would dead-lock the arms.
         let existing = self.store().instance(&id)?;
@@ -255,7 +239,15 @@ impl Engine {
             Some(i) if i.state == InstanceState::Pending => {}
             Some(i) => bail!("instance {id} is already {}", i.state),
         }
-        match p.launch(&id, &plan).await {
+        let launched = async {
+            let l = p.launch(&id, &plan).await?;
+            // Kept before anything waits on the machine.
+            self.store()
+                .record_launched(&id, &l, l.launched_ms.unwrap_or_else(now_ms))?;
+            let inst = self.store().instance(&id)?.context("instance vanished")?;
+            p.reach(&inst).await
+        };
+        match launched.await {
             Ok(address) => {
                 self.store()
                     .mark_instance_running(&id, &address, now_ms())?;
@@ -376,10 +368,10 @@ impl Engine {
             .collect();
         let mut out = Vec::new();
         for (name, p) in &self.inner.providers {
-            for id in p.list().await? {
-                match known.get(&id) {
+            for l in p.list().await? {
+                match known.get(&l.id) {
                     Some(s) if s.is_live() => {}
-                    _ => out.push((name.clone(), id)),
+                    _ => out.push((name.clone(), l.id)),
                 }
             }
         }
@@ -391,10 +383,38 @@ impl Engine {
         let live = self.store().instances(false)?;
         for inst in live {
             if inst.state == InstanceState::Pending {
+                if let Err(e) = self.heal_pending(&inst).await {
+                    tracing::warn!("healing the launch of {}: {e:#}", inst.id);
+                }
                 continue;
             }
             let p = self.provider(&inst.provider)?;
-            if let Ok(Observed::Gone) = p.describe(&inst).await {
+            let observed = p.describe(&inst).await;
+            match &observed {
+                Ok(Observed::Stopped) if inst.state == InstanceState::Running => {
+                    self.store().set_instance_state(
+                        &inst.id,
+                        InstanceState::Stopped,
+                        "the provider reports it stopped",
+                    )?;
+                }
+                Ok(Observed::Running) if inst.state == InstanceState::Stopped => {
+                    self.store().set_instance_state(
+                        &inst.id,
+                        InstanceState::Running,
+                        "the provider reports it running again",
+                    )?;
+                }
+                Ok(Observed::Interrupted { reason, .. }) => {
+                    self.store().set_instance_state(
+                        &inst.id,
+                        InstanceState::Preempted,
+                        &format!("taken back by the provider: {reason}"),
+                    )?;
+                }
+                _ => {}
+            }
+            if let Ok(Observed::Gone) = observed {
                 let why = if inst.state == InstanceState::Terminating {
                     "provider confirms it is gone"
                 } else {
@@ -406,6 +426,39 @@ impl Engine {
                     InstanceState::Lost
                 };
                 self.store().set_instance_state(&inst.id, to, why)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// A `Pending` intent whose launching process is gone: ask the provider by trainctl's
+    /// id. Held -> its answer is recorded, the machine reached and marked running (billed
+    /// from the provider's launch time). Not held -> closed; it never billed.
+    async fn heal_pending(&self, inst: &InstanceRecord) -> Result<()> {
+        if self.store().launch_pid(&inst.id)?.is_some_and(pid_alive) {
+            return Ok(()); // in flight
+        }
+        let p = self.provider(&inst.provider)?;
+        match p.find(&inst.id).await? {
+            Some(l) => {
+                self.store()
+                    .record_launched(&inst.id, &l, l.launched_ms.unwrap_or_else(now_ms))?;
+                let address = p.reach(inst).await?;
+                self.store()
+                    .mark_instance_running(&inst.id, &address, now_ms())?;
+                self.store().add_event(
+                    "instance.healed",
+                    Some(&inst.id),
+                    None,
+                    "the launch was cut off after the provider answered; found by its id",
+                )?;
+            }
+            None => {
+                self.store().set_instance_state(
+                    &inst.id,
+                    InstanceState::Terminated,
+                    "the launch never reached the provider (it holds nothing under this id); closed, $0",
+                )?;
             }
         }
         Ok(())
@@ -1167,7 +1220,10 @@ impl Engine {
                     // (then poll_job would have): the machine is lost.
                     let limit = recovery::job_spec(&job)
                         .map_or(120, |s| s.project.recovery.lost_after_seconds);
-                    if failures > 0 && first_failure.elapsed() >= Duration::from_secs(limit) {
+                    if failures > 0
+                        && first_failure.elapsed() >= Duration::from_secs(limit)
+                        && !self.provider_vouches_running(&job).await
+                    {
                         return self
                             .declare_unreachable(
                                 job_id,
@@ -1188,6 +1244,18 @@ impl Engine {
                 }
             }
         }
+    }
+
+    /// Whether the job's provider can vouch that its machine is running (then an
+    /// unreachable machine is waited for, not declared lost).
+    async fn provider_vouches_running(&self, job: &JobRecord) -> bool {
+        let Ok(inst) = self.job_instance(job) else {
+            return false;
+        };
+        let Ok(p) = self.provider(&inst.provider) else {
+            return false;
+        };
+        p.capabilities().vouches && matches!(p.describe(&inst).await, Ok(Observed::Running))
     }
 
     /// Supervise a job one step: poll it, or drive its recovery when it is interrupted.

@@ -283,7 +283,8 @@ impl Engine {
             MigrateTarget::Type(t) => {
                 // Refused before anything is stopped: an unknown type never strands a job.
                 self.provider(&current.provider)?
-                    .plan(&replacement_request(&current, Some(t), &job))?;
+                    .plan(&replacement_request(&current, Some(t), &job))
+                    .await?;
                 format!("type:{t}")
             }
         };
@@ -441,6 +442,15 @@ impl Engine {
         }
         let prev = previous.context("the job has no earlier machine to replace")?;
         let mut req = replacement_request(prev, ty, job);
+        if ty.is_none()
+            && self
+                .provider(&prev.provider)?
+                .capabilities()
+                .types_are_hosts
+        {
+            // A host pool: any host that fits, not the one that was lost.
+            req.instance_type = None;
+        }
         req.name = Some(format!("{}-a{next}", job.name));
         let inst = self
             .launch_as(&prev.provider, &req, &id)
@@ -552,8 +562,10 @@ impl Engine {
         self.store()
             .finish_attempt(job_id, att.attempt, None, now_ms())?;
         let inst = self.job_instance(&job)?;
+        // Its provider cannot vouch for it: it is lost (billing stops; a host pool keeps it
+        // out of use until it is terminated, so a replacement goes elsewhere).
         self.store()
-            .set_instance_error(&inst.id, Some(&format!("lost: {why}")))?;
+            .set_instance_state(&inst.id, InstanceState::Lost, &format!("lost: {why}"))?;
         self.interrupted(&job, att.attempt, RecoverOn::Lost, &format!("lost: {why}"))
     }
 }

@@ -3,7 +3,7 @@
 //! makes cost accounting real. Terminate stops every process that carries the sandbox's
 //! marker (see [`crate::remote::local::SANDBOX_ENV`]) and removes the directory.
 
-use super::{LaunchRequest, Observed, Plan, Provider};
+use super::{Capabilities, LaunchRequest, Launched, Listed, Observed, Plan, Provider};
 use crate::config::LocalProviderConfig;
 use crate::model::Money;
 use crate::remote::Remote;
@@ -116,7 +116,14 @@ impl Provider for LocalProvider {
         "local"
     }
 
-    fn plan(&self, req: &LaunchRequest) -> Result<Plan> {
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            vouches: true,
+            ..Capabilities::default()
+        }
+    }
+
+    fn check(&self, req: &LaunchRequest) -> Result<Plan> {
         let ty = req.instance_type.as_deref().unwrap_or(INSTANCE_TYPE);
         if ty != INSTANCE_TYPE {
             bail!("the local provider has one instance type, `{INSTANCE_TYPE}`; `{ty}` is unknown");
@@ -145,11 +152,10 @@ impl Provider for LocalProvider {
         vec![INSTANCE_TYPE.to_string()]
     }
 
-    async fn launch(&self, id: &str, _plan: &Plan) -> Result<String> {
+    async fn launch(&self, id: &str, _plan: &Plan) -> Result<Launched> {
         // Launching the same id again (a launch cut off and resumed) finds its sandbox.
-        let home = self.home(id);
-        if home.join(".trainctl").is_dir() {
-            return Ok(home.to_string_lossy().into_owned());
+        if let Some(l) = self.find(id).await? {
+            return Ok(l);
         }
         let live = self.list().await?.len();
         if live >= self.cfg.max_instances as usize {
@@ -162,7 +168,36 @@ impl Provider for LocalProvider {
         tokio::fs::create_dir_all(home.join(".trainctl"))
             .await
             .with_context(|| format!("creating sandbox {}", home.display()))?;
+        self.find(id)
+            .await?
+            .with_context(|| format!("sandbox {id} vanished as it was made"))
+    }
+
+    async fn reach(&self, inst: &InstanceRecord) -> Result<String> {
+        let home = self.home(&inst.id);
+        if !home.is_dir() {
+            bail!("sandbox {} is gone", inst.id);
+        }
         Ok(home.to_string_lossy().into_owned())
+    }
+
+    async fn find(&self, id: &str) -> Result<Option<Launched>> {
+        let home = self.home(id);
+        let Ok(meta) = tokio::fs::metadata(home.join(".trainctl")).await else {
+            return Ok(None);
+        };
+        // The sandbox's own birth is the provider's launch time.
+        let at = meta
+            .modified()
+            .ok()
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map(|d| d.as_millis() as i64);
+        Ok(Some(Launched {
+            provider_id: id.to_string(),
+            region: None,
+            backend: None,
+            launched_ms: at,
+        }))
     }
 
     async fn describe(&self, inst: &InstanceRecord) -> Result<Observed> {
@@ -190,7 +225,7 @@ impl Provider for LocalProvider {
         Ok(())
     }
 
-    async fn list(&self) -> Result<Vec<String>> {
+    async fn list(&self) -> Result<Vec<Listed>> {
         let mut ids = Vec::new();
         let mut rd = match tokio::fs::read_dir(&self.root).await {
             Ok(rd) => rd,
@@ -199,10 +234,14 @@ impl Provider for LocalProvider {
         };
         while let Some(e) = rd.next_entry().await? {
             if e.file_type().await?.is_dir() {
-                ids.push(e.file_name().to_string_lossy().into_owned());
+                let id = e.file_name().to_string_lossy().into_owned();
+                ids.push(Listed {
+                    provider_id: id.clone(),
+                    id,
+                });
             }
         }
-        ids.sort();
+        ids.sort_by(|a, b| a.id.cmp(&b.id));
         Ok(ids)
     }
 

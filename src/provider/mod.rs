@@ -5,7 +5,7 @@
 pub mod local;
 pub mod ssh;
 
-use crate::model::Money;
+use crate::model::{Money, TimestampMs};
 use crate::remote::Remote;
 use crate::store::InstanceRecord;
 use anyhow::Result;
@@ -35,39 +35,130 @@ pub struct Plan {
     pub accept_new_host_key: bool,
 }
 
+/// What the provider answered to a launch, at once: stored before anything waits on the
+/// machine, so a trainctl killed after this point finds the machine again by its ids.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Launched {
+    /// The provider's own id of the machine (an EC2 instance id, a pod id; the sandbox or
+    /// hold id for `local` and `ssh`).
+    pub provider_id: String,
+    pub region: Option<String>,
+    /// Provider-only data kept with the instance (JSON text, opaque to the engine).
+    pub backend: Option<String>,
+    /// The provider's own launch time: billing starts here, never at our intent.
+    pub launched_ms: Option<TimestampMs>,
+}
+
 /// What the provider says about a machine right now.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Observed {
     Running,
     /// Still coming up.
     Pending,
+    /// Stopped (not billing for compute; its disk may still bill).
+    Stopped,
+    /// Reclaimed or interrupted by the provider (a spot reclaim, a preemption).
+    Interrupted {
+        reason: String,
+        at: Option<TimestampMs>,
+    },
     /// The provider no longer has it (terminated, or never existed).
     Gone,
+}
+
+/// What a provider can do; the engine asks instead of knowing providers by name.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Capabilities {
+    pub spot: bool,
+    pub stop_start: bool,
+    /// The provider warns before it takes a machine (EC2's two-minute spot notice).
+    pub interruption_notices: bool,
+    pub regions: Vec<String>,
+    /// `describe` reflects the machine's real state. When false (a host pool: the hold is
+    /// ours, not the host's), a machine unreachable past `lost_after_seconds` is lost.
+    pub vouches: bool,
+    /// Instance types name fixed hosts: a replacement may be any host that fits.
+    pub types_are_hosts: bool,
+}
+
+/// A machine the provider holds for trainctl.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Listed {
+    /// trainctl's id (the provider keeps it as a tag or name).
+    pub id: String,
+    pub provider_id: String,
 }
 
 #[async_trait]
 pub trait Provider: Send + Sync {
     fn name(&self) -> &'static str;
 
-    /// Validate a request and price it. No API call with side effects; an unknown instance
-    /// type is refused here.
-    fn plan(&self, req: &LaunchRequest) -> Result<Plan>;
+    fn capabilities(&self) -> Capabilities;
+
+    /// Validate a request and price it from what the provider knows offline (its
+    /// catalog, its config): no IO, so the cockpit's launch form runs it as you type. An
+    /// unknown instance type is refused here.
+    fn check(&self, req: &LaunchRequest) -> Result<Plan>;
+
+    /// [`Provider::check`], then whatever needs the network (the region's offerings,
+    /// quotas), still without side effects. Runs as a command, never on the UI task.
+    async fn plan(&self, req: &LaunchRequest) -> Result<Plan> {
+        self.check(req)
+    }
 
     /// Instance types this provider offers (for completion), cheapest first.
     fn instance_types(&self) -> Vec<String>;
 
-    /// Create the machine whose intent row `id` is already in the store. Returns the address
-    /// its remote is reached at.
-    async fn launch(&self, id: &str, plan: &Plan) -> Result<String>;
+    /// Create the machine whose intent row `id` is already in the store, idempotently by
+    /// `id` (a launch repeated after a crash finds the first one). Returns what the
+    /// provider answered at once; reaching the machine is [`Provider::reach`].
+    async fn launch(&self, id: &str, plan: &Plan) -> Result<Launched>;
+
+    /// Wait until a launched machine can be reached; returns its address. Resumable.
+    async fn reach(&self, inst: &InstanceRecord) -> Result<String>;
+
+    /// Ask the provider by trainctl's id whether it holds a machine (heals a launch whose
+    /// answer never reached the store).
+    async fn find(&self, id: &str) -> Result<Option<Launched>>;
 
     async fn describe(&self, inst: &InstanceRecord) -> Result<Observed>;
 
     /// Stop every process trainctl started there and release the machine.
     async fn terminate(&self, inst: &InstanceRecord) -> Result<()>;
 
-    /// Ids of every machine this provider holds for trainctl (to find orphans).
-    async fn list(&self) -> Result<Vec<String>>;
+    /// Every machine this provider holds for trainctl (to find orphans).
+    async fn list(&self) -> Result<Vec<Listed>>;
 
     /// A remote for a running instance (connecting if the provider needs to).
     async fn remote(&self, inst: &InstanceRecord) -> Result<Arc<dyn Remote>>;
+}
+
+/// Every provider the config enables, by name: a new provider is one folder under
+/// `provider/` and one line here.
+pub fn registry(
+    cfg: &crate::config::UserConfig,
+    data_dir: &std::path::Path,
+    prompt: crate::ssh::remote::PromptSlot,
+) -> std::collections::BTreeMap<String, Arc<dyn Provider>> {
+    let mut out: std::collections::BTreeMap<String, Arc<dyn Provider>> = Default::default();
+    let grace = std::time::Duration::from_secs(cfg.stop_grace_seconds);
+    out.insert(
+        "local".into(),
+        Arc::new(local::LocalProvider::new(
+            data_dir,
+            cfg.providers.local.clone(),
+            grace,
+        )),
+    );
+    if !cfg.providers.ssh.hosts.is_empty() {
+        out.insert(
+            "ssh".into(),
+            Arc::new(ssh::SshProvider::new(
+                data_dir,
+                cfg.providers.ssh.clone(),
+                prompt,
+            )),
+        );
+    }
+    out
 }

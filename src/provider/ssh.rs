@@ -3,7 +3,7 @@
 //! host) and records a hold on it; `terminate` releases the hold (trainctl's jobs there are
 //! stopped by the engine first). It never powers a host off.
 
-use super::{LaunchRequest, Observed, Plan, Provider};
+use super::{Capabilities, LaunchRequest, Launched, Listed, Observed, Plan, Provider};
 use crate::config::{SshHostConfig, SshProviderConfig};
 use crate::model::Money;
 use crate::remote::Remote;
@@ -97,7 +97,16 @@ impl Provider for SshProvider {
         "ssh"
     }
 
-    fn plan(&self, req: &LaunchRequest) -> Result<Plan> {
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            // The hold is ours: the host's own state is only known by reaching it.
+            vouches: false,
+            types_are_hosts: true,
+            ..Capabilities::default()
+        }
+    }
+
+    fn check(&self, req: &LaunchRequest) -> Result<Plan> {
         if req.spot {
             bail!("ssh hosts have no spot market");
         }
@@ -154,15 +163,49 @@ impl Provider for SshProvider {
         self.cfg.hosts.iter().map(|h| h.name.clone()).collect()
     }
 
-    async fn launch(&self, id: &str, plan: &Plan) -> Result<String> {
+    async fn launch(&self, id: &str, plan: &Plan) -> Result<Launched> {
+        if let Some(l) = self.find(id).await? {
+            return Ok(l);
+        }
         let h = self.host(&plan.instance_type)?.clone();
         // Reachable, host key trusted, authenticated: only then is it held.
-        let r = self.connect(&h, plan.accept_new_host_key).await?;
+        self.connect(&h, plan.accept_new_host_key).await?;
         let dir = self.holds.join(&h.name);
         tokio::fs::create_dir_all(&dir).await?;
         tokio::fs::write(dir.join(id), id).await?;
+        Ok(Launched {
+            provider_id: format!("{}/{id}", h.name),
+            region: None,
+            backend: None,
+            launched_ms: Some(crate::model::now_ms()),
+        })
+    }
+
+    async fn reach(&self, inst: &InstanceRecord) -> Result<String> {
+        let h = self.host(&inst.instance_type)?.clone();
+        let r = self.connect(&h, false).await?;
         let t = r.target();
         Ok(format!("{}@{}:{}", t.user, t.hostname, t.port))
+    }
+
+    async fn find(&self, id: &str) -> Result<Option<Launched>> {
+        for h in &self.cfg.hosts {
+            let hold = self.holds.join(&h.name).join(id);
+            if let Ok(meta) = tokio::fs::metadata(&hold).await {
+                let at = meta
+                    .modified()
+                    .ok()
+                    .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                    .map(|d| d.as_millis() as i64);
+                return Ok(Some(Launched {
+                    provider_id: format!("{}/{id}", h.name),
+                    region: None,
+                    backend: None,
+                    launched_ms: at,
+                }));
+            }
+        }
+        Ok(None)
     }
 
     async fn describe(&self, inst: &InstanceRecord) -> Result<Observed> {
@@ -188,12 +231,15 @@ impl Provider for SshProvider {
         Ok(())
     }
 
-    async fn list(&self) -> Result<Vec<String>> {
+    async fn list(&self) -> Result<Vec<Listed>> {
         let mut ids = Vec::new();
         for h in &self.cfg.hosts {
-            ids.extend(self.holders(&h.name));
+            ids.extend(self.holders(&h.name).into_iter().map(|id| Listed {
+                provider_id: format!("{}/{id}", h.name),
+                id,
+            }));
         }
-        ids.sort();
+        ids.sort_by(|a, b| a.id.cmp(&b.id));
         Ok(ids)
     }
 

@@ -18,7 +18,7 @@ pub fn validator(engine: &Engine) -> app::Validator {
     Arc::new(
         move |provider: &str, req: &crate::provider::LaunchRequest| {
             let p = engine.provider(provider).map_err(|e| e.to_string())?;
-            p.plan(req).map_err(|e| e.to_string())
+            p.check(req).map_err(|e| e.to_string())
         },
     )
 }

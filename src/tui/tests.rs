@@ -29,7 +29,7 @@ fn validator() -> super::app::Validator {
             if provider != "local" {
                 return Err(format!("unknown provider {provider}"));
             }
-            p.plan(req).map_err(|e| e.to_string())
+            p.check(req).map_err(|e| e.to_string())
         },
     )
 }
@@ -51,6 +51,9 @@ fn instance(id: &str, name: &str, state: InstanceState, hourly: i64) -> Instance
             terminated_ms: (!state.is_live()).then_some(NOW - 60_000),
             address: None,
             error: None,
+            provider_id: None,
+            region: None,
+            backend: None,
         },
         cost: Money(hourly),
         uptime_ms: 3_600_000,

@@ -31,6 +31,9 @@ fn threads_with_their_own_connections_never_corrupt_the_store() {
                         terminated_ms: None,
                         address: None,
                         error: None,
+                        provider_id: None,
+                        region: None,
+                        backend: None,
                     })
                     .unwrap();
                     s.mark_instance_running(&id, "/x", now_ms()).unwrap();
@@ -159,6 +162,9 @@ fn opener_child() {
         terminated_ms: None,
         address: None,
         error: None,
+        provider_id: None,
+        region: None,
+        backend: None,
     })
     .expect("insert");
     println!("opener ok");
