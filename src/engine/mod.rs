@@ -239,8 +239,10 @@ impl Engine {
             Some(i) if i.state == InstanceState::Pending => {}
             Some(i) => bail!("instance {id} is already {}", i.state),
         }
+        recovery::failpoint("launch.intent");
         let launched = async {
             let l = p.launch(&id, &plan).await?;
+            recovery::failpoint("launch.answered");
             // Kept before anything waits on the machine.
             self.store()
                 .record_launched(&id, &l, l.launched_ms.unwrap_or_else(now_ms))?;
@@ -370,7 +372,8 @@ impl Engine {
         for (name, p) in &self.inner.providers {
             for l in p.list().await? {
                 match known.get(&l.id) {
-                    Some(s) if s.is_live() => {}
+                    // A lost machine a host pool still holds is known: `terminate` frees it.
+                    Some(s) if s.is_live() || *s == InstanceState::Lost => {}
                     _ => out.push((name.clone(), l.id)),
                 }
             }

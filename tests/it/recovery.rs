@@ -321,3 +321,50 @@ fn a_killed_run_terminate_after_is_honoured_by_watch() {
     assert!(env.json(&["ls"]).as_array().unwrap().is_empty());
     assert!(!model_of(&env, &job).is_empty());
 }
+
+fn launch_killed_at(env: &Env, point: &str) {
+    let out = env
+        .cmd(&["launch"])
+        .env("TRAINCTL_FAILPOINT", point)
+        .output()
+        .unwrap();
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&out.status),
+        Some(libc::SIGKILL),
+        "launch was to die at {point}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn a_launch_cut_off_after_the_providers_answer_is_healed() {
+    let env = Env::new("[providers.local]\nhourly_usd = 36\n", "0");
+    launch_killed_at(&env, "launch.answered");
+    // The next trainctl asks the provider by trainctl's id and finds the machine.
+    let live = env.json(&["ls"]);
+    let inst = &live.as_array().unwrap()[0];
+    assert_eq!(inst["state"], "running", "{live}");
+    assert_eq!(inst["provider_id"], inst["id"], "{live}");
+    assert!(inst["launched_ms"].as_i64().is_some());
+    let kinds: Vec<_> = env
+        .json(&["events"])
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["kind"].as_str().unwrap().to_string())
+        .collect();
+    assert!(kinds.contains(&"instance.healed".to_string()), "{kinds:?}");
+    env.ok(&["terminate", inst["id"].as_str().unwrap()]);
+}
+
+#[test]
+fn a_pending_intent_the_provider_never_saw_is_closed_and_bills_nothing() {
+    let env = Env::new("[providers.local]\nhourly_usd = 3600\n", "0");
+    launch_killed_at(&env, "launch.intent");
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    assert!(env.json(&["ls"]).as_array().unwrap().is_empty());
+    let all = env.json(&["ls", "--all"]);
+    assert_eq!(all[0]["state"], "terminated", "{all}");
+    let cost = env.json(&["cost"]);
+    assert_eq!(cost["total_micros"], 0, "{cost}");
+}

@@ -861,3 +861,84 @@ fn sync_cut_by_killed_connections_completes_and_matches() {
     assert!(again["upload"].as_array().unwrap().is_empty(), "{again}");
     env.ok(&["terminate", &id]);
 }
+
+/// A host of the pool dies (its sshd and the job's processes gone, no notice): past
+/// `lost_after_seconds` the job is lost there and resumed on the other host from the
+/// newest shipped checkpoint.
+#[test]
+fn a_dead_pool_host_job_resumes_on_another_host() {
+    let mut a = Some(Sshd::start());
+    let b = Sshd::start();
+    let work = tempfile::tempdir().unwrap();
+    let host = |name: &str, sshd: &Sshd, usd: f64| {
+        format!(
+            "[[providers.ssh.hosts]]\nname = \"{name}\"\naddress = \"127.0.0.1\"\nuser = \"root\"\n\
+             port = {}\nidentity_file = \"{}\"\nhourly_usd = {usd}\nremote_dir = \"{}/{name}/.trainctl\"\n",
+            sshd.port,
+            sshd.client_key.display(),
+            work.path().display()
+        )
+    };
+    let env = Env::new(
+        &format!(
+            "[providers.ssh]\naccept_new_host_keys = true\n{}{}",
+            host("lab1", a.as_ref().unwrap(), 1.0),
+            host("lab2", &b, 2.0)
+        ),
+        "0.01",
+    );
+    let toml = env.project.join("trainctl.toml");
+    let text = std::fs::read_to_string(&toml)
+        .unwrap()
+        .replace("\n[env]", "\n[recovery]\nlost_after_seconds = 3\n\n[env]");
+    std::fs::write(&toml, text).unwrap();
+    let gate = env.hold_at(2 * 16 + 5);
+    let run = env
+        .cmd(&["run", "--provider", "ssh", "--json", "--terminate-after"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let job = env.wait_running_with_metrics();
+    env.wait_for(30, "epoch 2's checkpoint to be shipped", || {
+        env.json(&["checkpoints", &job])
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c["name"] == "epoch-0002.json")
+    });
+    // lab1 dies: the job's process group, then its sshd.
+    let jd = work.path().join(format!("lab1/.trainctl/jobs/{job}-1"));
+    let pgid: i32 = std::fs::read_to_string(jd.join("pid"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    unsafe { libc::kill(-pgid, libc::SIGKILL) };
+    let dead = a.take().unwrap();
+    dead.kill_sessions();
+    drop(dead);
+    std::fs::write(&gate, b"").unwrap();
+
+    let out = run.wait_with_output().unwrap();
+    let end: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)));
+    assert_eq!(end["state"], "succeeded", "{end}");
+    let log = env.ok(&["logs", &job]);
+    assert!(log.contains("epoch-0002.json at epoch 3"), "{log}");
+    let all = env.json(&["ls", "--all"]);
+    let by_host = |h: &str| {
+        all.as_array()
+            .unwrap()
+            .iter()
+            .find(|i| i["instance_type"] == h)
+            .unwrap_or_else(|| panic!("no instance on {h}: {all}"))
+            .clone()
+    };
+    // lab1 stays lost (out of the pool, not billing) until it is terminated.
+    assert_eq!(by_host("lab1")["state"], "lost", "{all}");
+    env.ok(&["terminate", by_host("lab1")["id"].as_str().unwrap()]);
+    assert_eq!(by_host("lab2")["state"], "terminated", "{all}");
+    let live = env.json(&["ls"]);
+    assert!(live.as_array().unwrap().is_empty(), "{live}");
+}
