@@ -7,7 +7,7 @@ use super::series::Series;
 use super::theme::Theme;
 use crate::cost::CostReport;
 use crate::engine::EngineEvent;
-use crate::model::{MetricPoint, Money, Progress, TimestampMs};
+use crate::model::{JobState, MetricPoint, Money, Progress, TimestampMs};
 use crate::provider::{LaunchRequest, Plan};
 use crate::store::{InstanceRecord, JobRecord};
 use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
@@ -99,6 +99,9 @@ pub enum Command {
         instance: String,
     },
     Cancel {
+        job: String,
+    },
+    Migrate {
         job: String,
     },
     Pull {
@@ -1065,6 +1068,34 @@ impl App {
                             job: j.rec.id.clone(),
                         },
                     });
+                }
+                Vec::new()
+            }
+            Action::Migrate => {
+                let job = match self.view {
+                    View::Logs => self.focus_job_row(),
+                    _ => self.selected_job(),
+                };
+                if let Some(j) = job.filter(|j| j.rec.state == JobState::Running) {
+                    self.mode = Mode::Confirm(Confirm {
+                        title: "Migrate job?".into(),
+                        lines: vec![
+                            format!(
+                                "{} ({}) on {}",
+                                j.rec.name,
+                                j.rec.id,
+                                j.rec.instance_id.as_deref().unwrap_or("-")
+                            ),
+                            "stopped with the grace to save, then resumed from its".into(),
+                            "newest checkpoint on a new machine like this one".into(),
+                        ],
+                        yes: false,
+                        on_yes: Command::Migrate {
+                            job: j.rec.id.clone(),
+                        },
+                    });
+                } else {
+                    self.say("select a running job to migrate", true);
                 }
                 Vec::new()
             }

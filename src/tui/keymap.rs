@@ -75,6 +75,7 @@ pub enum Action {
     Sync,
     Terminate,
     CancelJob,
+    Migrate,
     Pull,
     Autoscroll,
     Wrap,
@@ -116,6 +117,7 @@ impl Action {
             Sync => "sync",
             Terminate => "terminate",
             CancelJob => "cancel",
+            Migrate => "migrate",
             Pull => "pull",
             Autoscroll => "autoscroll",
             Wrap => "wrap",
@@ -133,7 +135,12 @@ impl Action {
     pub fn is_destructive(self) -> bool {
         matches!(
             self,
-            Action::Launch | Action::RunJob | Action::Sync | Action::Terminate | Action::CancelJob
+            Action::Launch
+                | Action::RunJob
+                | Action::Sync
+                | Action::Terminate
+                | Action::CancelJob
+                | Action::Migrate
         )
     }
 }
@@ -315,6 +322,7 @@ impl Default for Keymap {
                     "cancel job",
                     true,
                 ),
+                b(Migrate, &["m"], Some(&[Jobs, Logs]), "migrate job", true),
                 b(Pull, &["p"], Some(&[Jobs]), "pull artifacts", true),
                 b(Autoscroll, &["s"], Some(&[Logs]), "autoscroll", true),
                 b(Wrap, &["w"], Some(&[Logs]), "wrap", true),

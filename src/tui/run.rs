@@ -279,6 +279,22 @@ impl Context {
                     ));
                 });
             }
+            Command::Migrate { job } => {
+                tokio::spawn(async move {
+                    let r = ctx
+                        .engine
+                        .migrate(&job, crate::engine::MigrateTarget::Same)
+                        .await;
+                    if r.is_ok() {
+                        // The job actor recovers it on the new machine.
+                        ctx.follow(&job, false);
+                    }
+                    ctx.send(Msg::Done(
+                        r.map(|j| format!("moving {} to a new machine…", j.id))
+                            .map_err(|e| format!("migrate failed: {e:#}")),
+                    ));
+                });
+            }
             Command::Pull { job } => {
                 tokio::spawn(async move {
                     let r = ctx.engine.pull(&job, None).await;

@@ -342,6 +342,35 @@ fn terminate_confirmation_defaults_to_no() {
 }
 
 #[test]
+fn migrate_asks_first_defaults_to_no_and_only_moves_running_jobs() {
+    let mut app = fixture(false);
+    key(&mut app, KeyCode::Char('2'));
+    assert!(key(&mut app, KeyCode::Char('m')).is_empty());
+    let Mode::Confirm(c) = &app.mode else {
+        panic!("no confirmation")
+    };
+    assert!(!c.yes);
+    assert!(c.lines.iter().any(|l| l.contains("j-tp2k0000cccc")));
+    assert!(key(&mut app, KeyCode::Enter).is_empty());
+    key(&mut app, KeyCode::Char('m'));
+    assert_eq!(
+        key(&mut app, KeyCode::Char('y')),
+        vec![Command::Migrate {
+            job: "j-tp2k0000cccc".into()
+        }]
+    );
+    // A finished job has nothing to move.
+    key(&mut app, KeyCode::Down);
+    key(&mut app, KeyCode::Char('m'));
+    assert!(matches!(app.mode, Mode::Normal));
+    // Read-only cockpits never move a job.
+    let mut ro = fixture(true);
+    key(&mut ro, KeyCode::Char('2'));
+    key(&mut ro, KeyCode::Char('m'));
+    assert!(matches!(ro.mode, Mode::Normal));
+}
+
+#[test]
 fn unknown_host_key_asks_with_the_fingerprint_and_defaults_to_no() {
     let mut app = fixture(false);
     let req = crate::provider::LaunchRequest {
@@ -426,7 +455,10 @@ fn readonly_hides_every_destructive_action() {
     // Nor are they advertised.
     let s = screen(&mut app, 120, 40);
     assert!(
-        !s.contains("terminate") && !s.contains("cancel job") && !s.contains("run job"),
+        !s.contains("terminate")
+            && !s.contains("cancel job")
+            && !s.contains("run job")
+            && !s.contains("migrate"),
         "{s}"
     );
     assert!(s.contains("[readonly]"));
