@@ -1058,8 +1058,10 @@ impl Engine {
                 // processes were killed. That is a lost machine, not a failed job.
                 self.pump_log(remote.as_ref(), &att, true).await?;
                 if self.recovers(&job, crate::config::RecoverOn::Lost) {
+                    // The runner is gone but the job's processes may not be: only files
+                    // that are still are taken.
                     let _ = self
-                        .ship_checkpoints(remote.as_ref(), &job, &att, true)
+                        .ship_checkpoints(remote.as_ref(), &job, &att, false)
                         .await;
                     self.store()
                         .finish_attempt(&job.id, att.attempt, None, now_ms())?;

@@ -99,8 +99,9 @@ impl Engine {
     }
 
     /// Ship the job's new complete checkpoints from the machine into the checkpoint store
-    /// (newest `keep_checkpoints` kept). While the job runs, at most every second; with
-    /// `final_read` (the job stopped), at once, waiting up to 3 s for files still settling.
+    /// (newest `keep_checkpoints` kept). While the job runs, at most every second, files
+    /// still for [`checkpoint::STABLE_MS`]; with `final_read` (the attempt exited: the
+    /// runner saw its whole process group end) at once, every file with a final name.
     /// Returns how many were shipped.
     pub(crate) async fn ship_checkpoints(
         &self,
@@ -133,7 +134,7 @@ impl Engine {
         let store = &self.inner.checkpoints;
         let mut shipped = 0;
         for round in 0..4 {
-            let files = checkpoint::scan(remote, &dir).await?;
+            let files = checkpoint::scan(remote, &dir, final_read).await?;
             let known: HashMap<String, (u64, i64)> = self
                 .store()
                 .checkpoints(&job.id)?

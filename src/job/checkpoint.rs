@@ -143,8 +143,10 @@ pub struct RemoteFile {
 }
 
 /// List the checkpoint directory `dir` on the machine in one command (the machine's own
-/// clock decides what is still).
-pub async fn scan(remote: &dyn Remote, dir: &str) -> Result<Vec<RemoteFile>> {
+/// clock decides what is still). With `writers_gone` (the job's whole process group has
+/// exited, as the runner records it) nothing can still be writing: every file with a final
+/// name is complete at once, and waiting for it to be still would only delay its rescue.
+pub async fn scan(remote: &dyn Remote, dir: &str, writers_gone: bool) -> Result<Vec<RemoteFile>> {
     let script = format!(
         "cd {} 2>/dev/null || exit 0; date +%s.%N; printf '\\0'; \
          find . -type f -printf '%s %T@ %P\\0'",
@@ -173,7 +175,7 @@ pub async fn scan(remote: &dyn Remote, dir: &str) -> Result<Vec<RemoteFile>> {
             size,
             mtime_ms,
             temp,
-            complete: !temp && now_ms - mtime_ms >= STABLE_MS,
+            complete: !temp && (writers_gone || now_ms - mtime_ms >= STABLE_MS),
         });
     }
     files.sort_by(|a, b| (a.mtime_ms, &a.name).cmp(&(b.mtime_ms, &b.name)));
@@ -216,7 +218,7 @@ mod tests {
             f.set_modified(old).unwrap();
         }
         std::fs::write(dir.join("growing.pt"), b"half").unwrap();
-        let files = scan(&r, dir.to_str().unwrap()).await.unwrap();
+        let files = scan(&r, dir.to_str().unwrap(), false).await.unwrap();
         let complete: Vec<_> = files
             .iter()
             .filter(|f| f.complete)
@@ -224,7 +226,11 @@ mod tests {
             .collect();
         assert_eq!(complete, ["epoch-1.pt", "sub/deep.pt"]);
         assert_eq!(files.len(), 5);
-        assert!(scan(&r, "/nonexistent/x").await.unwrap().is_empty());
+        assert!(scan(&r, "/nonexistent/x", false).await.unwrap().is_empty());
+        // Once the job's processes are gone, a file with a final name is complete at once;
+        // temp names never are.
+        let done = scan(&r, dir.to_str().unwrap(), true).await.unwrap();
+        assert_eq!(done.iter().filter(|f| f.complete).count(), 3);
     }
 
     #[tokio::test]
