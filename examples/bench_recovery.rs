@@ -156,10 +156,7 @@ impl Env {
     }
 
     fn shipped(s: &Store, job: &str, name: &str) -> bool {
-        s.checkpoints(job)
-            .unwrap()
-            .iter()
-            .any(|c| c.name == name)
+        s.checkpoints(job).unwrap().iter().any(|c| c.name == name)
     }
 
     /// Start the job (detached) on `instance`, supervised by `watch`; wait until its first
@@ -181,9 +178,11 @@ impl Env {
 fn notice_to_safe(env: &Env, instance: &str) -> f64 {
     let (job, job_dir, mut w) = env.start(instance);
     std::fs::write(format!("{job_dir}/notice"), "reason=bench\n").unwrap();
-    let secs = env.until("the checkpoint saved on notice", Duration::from_secs(600), |s| {
-        Env::shipped(s, &job, "ckpt-0002.bin")
-    });
+    let secs = env.until(
+        "the checkpoint saved on notice",
+        Duration::from_secs(600),
+        |s| Env::shipped(s, &job, "ckpt-0002.bin"),
+    );
     let _ = w.kill();
     let _ = w.wait();
     let _ = env.cmd(&["cancel", &job, "--no-wait"]).output();
@@ -200,9 +199,11 @@ fn loss_to_resumed(env: &Env, instance: &str) -> f64 {
     }
     std::fs::remove_dir_all(&sandbox).unwrap();
     let log2 = env.dir.path().join(format!("data/logs/{job}/2.log"));
-    env.until("the resumed attempt's first line", Duration::from_secs(600), |_| {
-        std::fs::read_to_string(&log2).is_ok_and(|l| l.contains("resumed from"))
-    });
+    env.until(
+        "the resumed attempt's first line",
+        Duration::from_secs(600),
+        |_| std::fs::read_to_string(&log2).is_ok_and(|l| l.contains("resumed from")),
+    );
     let secs = t.elapsed().as_secs_f64();
     let _ = w.kill();
     let _ = w.wait();
@@ -212,7 +213,10 @@ fn loss_to_resumed(env: &Env, instance: &str) -> f64 {
 
 fn main() {
     let sizes: Vec<u64> = {
-        let v: Vec<u64> = std::env::args().skip(1).filter_map(|a| a.parse().ok()).collect();
+        let v: Vec<u64> = std::env::args()
+            .skip(1)
+            .filter_map(|a| a.parse().ok())
+            .collect();
         if v.is_empty() { vec![10, 1024] } else { v }
     };
     println!("| checkpoint | provider | notice → safe | loss → resumed |");

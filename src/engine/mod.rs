@@ -1221,6 +1221,10 @@ impl Engine {
                     let Some(job) = self.store().job(job_id)? else {
                         return Err(e);
                     };
+                    // A changed host key, refused credentials: waiting cannot fix them.
+                    if crate::remote::is_final(&e) {
+                        return Err(e);
+                    }
                     // Unreachable past the limit, and the provider could not say it is gone
                     // (then poll_job would have): the machine is lost.
                     let limit = recovery::job_spec(&job)

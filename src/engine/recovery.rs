@@ -533,6 +533,7 @@ impl Engine {
                     failures = 0;
                     tokio::time::sleep(self.poll_interval()).await;
                 }
+                Err(e) if crate::remote::is_final(&e) => return Err(e),
                 Err(e) => {
                     let state = self.store().job(job_id)?.map(|j| j.state);
                     if !matches!(state, Some(JobState::Interrupted | JobState::Recovering)) {

@@ -28,6 +28,88 @@ pub fn is_connection_lost(e: &anyhow::Error) -> bool {
     e.chain().any(|c| c.is::<ConnectionLost>())
 }
 
+/// What went wrong, where callers act on it. Decisions are made on this, never on text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// The machine's host key was never seen (accept it knowingly).
+    HostKeyUnknown,
+    /// The machine's host key differs from the recorded one (possible attack).
+    HostKeyChanged,
+    /// A key needs its passphrase and nobody can be asked.
+    PassphraseNeeded,
+    /// Credentials refused.
+    Auth,
+    /// The provider has no capacity for the request now.
+    Capacity,
+    /// An account limit (quota) stops the request.
+    Quota,
+    /// The connection dropped; what was in flight may or may not have happened.
+    LostConnection,
+}
+
+/// How a caller treats an error: retry it, give up at once, or tell the user to act.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorClass {
+    /// Retried with backoff (a dropped connection, no capacity yet).
+    Transient,
+    /// Retrying cannot help (a changed host key): what waits on it ends.
+    Permanent,
+    /// The user must act (accept a key, add a key to the agent, raise a quota).
+    User,
+}
+
+impl ErrorKind {
+    pub fn class(self) -> ErrorClass {
+        use ErrorKind::*;
+        match self {
+            LostConnection | Capacity => ErrorClass::Transient,
+            HostKeyChanged => ErrorClass::Permanent,
+            HostKeyUnknown | PassphraseNeeded | Auth | Quota => ErrorClass::User,
+        }
+    }
+}
+
+/// An error with its [`ErrorKind`]; its message is what the user reads.
+#[derive(Debug)]
+pub struct Classified {
+    pub kind: ErrorKind,
+    pub message: String,
+}
+
+impl std::fmt::Display for Classified {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for Classified {}
+
+/// `Err(Classified)` as an `anyhow::Error`.
+pub fn classified(kind: ErrorKind, message: impl Into<String>) -> anyhow::Error {
+    anyhow::Error::new(Classified {
+        kind,
+        message: message.into(),
+    })
+}
+
+/// The kind of `e`, from anything in its chain.
+pub fn error_kind(e: &anyhow::Error) -> Option<ErrorKind> {
+    e.chain().find_map(|c| {
+        if let Some(k) = c.downcast_ref::<Classified>() {
+            Some(k.kind)
+        } else if c.is::<ConnectionLost>() {
+            Some(ErrorKind::LostConnection)
+        } else {
+            None
+        }
+    })
+}
+
+/// Whether retrying `e` is pointless (permanent, or the user must act first).
+pub fn is_final(e: &anyhow::Error) -> bool {
+    error_kind(e).is_some_and(|k| k.class() != ErrorClass::Transient)
+}
+
 /// Run `op` again (up to `tries` times in all) while it fails with a lost connection; the
 /// remote reconnects on its own, with backoff. Only for operations safe to repeat.
 pub async fn retry_lost<T, F, Fut>(tries: usize, what: &str, mut op: F) -> Result<T>

@@ -211,7 +211,7 @@ struct Verifier {
     host: String,
     port: u16,
     policy: HostKeyPolicy,
-    refusal: Arc<Mutex<Option<String>>>,
+    refusal: Arc<Mutex<Option<(crate::remote::ErrorKind, String)>>>,
 }
 
 fn fingerprint(key: &PublicKey) -> String {
@@ -219,7 +219,7 @@ fn fingerprint(key: &PublicKey) -> String {
 }
 
 impl Verifier {
-    fn verify(&self, key: &PublicKey) -> Result<bool, String> {
+    fn verify(&self, key: &PublicKey) -> Result<bool, (crate::remote::ErrorKind, String)> {
         let files = self
             .policy
             .user_files
@@ -233,13 +233,16 @@ impl Verifier {
                 Ok(true) => return Ok(true),
                 Ok(false) => {}
                 Err(russh::keys::Error::KeyChanged { line }) => {
-                    return Err(format!(
-                        "HOST KEY CHANGED for {}:{} (now {}; {} line {line} has another). This may be an attack; \
+                    return Err((
+                        crate::remote::ErrorKind::HostKeyChanged,
+                        format!(
+                            "HOST KEY CHANGED for {}:{} (now {}; {} line {line} has another). This may be an attack; \
                          if the machine was rebuilt, delete that line and connect again",
-                        self.host,
-                        self.port,
-                        fingerprint(key),
-                        f.display()
+                            self.host,
+                            self.port,
+                            fingerprint(key),
+                            f.display()
+                        ),
                     ));
                 }
                 Err(_) => {}
@@ -253,9 +256,12 @@ impl Verifier {
                 &self.policy.own_file,
             )
             .map_err(|e| {
-                format!(
-                    "recording the host key in {}: {e}",
-                    self.policy.own_file.display()
+                (
+                    crate::remote::ErrorKind::HostKeyUnknown,
+                    format!(
+                        "recording the host key in {}: {e}",
+                        self.policy.own_file.display()
+                    ),
                 )
             })?;
             tracing::info!(
@@ -266,13 +272,16 @@ impl Verifier {
             );
             return Ok(true);
         }
-        Err(format!(
-            "unknown host key for {}:{} ({}). Check the fingerprint, then accept it with \
-             --accept-new-host-key (or accept_new_host_keys = true for this provider); it is recorded in {}",
-            self.host,
-            self.port,
-            fingerprint(key),
-            self.policy.own_file.display()
+        Err((
+            crate::remote::ErrorKind::HostKeyUnknown,
+            format!(
+                "unknown host key for {}:{} ({}). Check the fingerprint, then accept it with \
+                 --accept-new-host-key (or accept_new_host_keys = true for this provider); it is recorded in {}",
+                self.host,
+                self.port,
+                fingerprint(key),
+                self.policy.own_file.display()
+            ),
         ))
     }
 }
@@ -285,8 +294,10 @@ impl client::Handler for Verifier {
         key: &PublicKeyOrCertificate,
     ) -> Result<bool, Self::Error> {
         let PublicKeyOrCertificate::PublicKey { key, .. } = key else {
-            *self.refusal.lock().unwrap_or_else(|p| p.into_inner()) =
-                Some("host certificates are not supported; add the host key to known_hosts".into());
+            *self.refusal.lock().unwrap_or_else(|p| p.into_inner()) = Some((
+                crate::remote::ErrorKind::HostKeyUnknown,
+                "host certificates are not supported; add the host key to known_hosts".into(),
+            ));
             return Ok(false);
         };
         match self.verify(key) {
@@ -485,8 +496,8 @@ async fn open_connection(t: &SshTarget) -> Result<Conn> {
     let mut handle = match connected {
         Ok(h) => h,
         Err(e) => {
-            if let Some(why) = refusal.lock().unwrap_or_else(|p| p.into_inner()).take() {
-                bail!("{why}");
+            if let Some((kind, why)) = refusal.lock().unwrap_or_else(|p| p.into_inner()).take() {
+                return Err(crate::remote::classified(kind, why));
             }
             if let Some(said) = proxy_said {
                 let said = tokio::time::timeout(Duration::from_secs(2), said)
@@ -496,12 +507,26 @@ async fn open_connection(t: &SshTarget) -> Result<Conn> {
                     .unwrap_or_default();
                 let said = crate::sanitize::sanitize_line(said.trim_ascii());
                 if !said.is_empty() {
-                    bail!(
+                    let msg = format!(
                         "connecting to {}:{} through `{}`: {e}; the proxy said: {said}",
                         t.hostname,
                         t.port,
                         t.proxy_command.as_deref().unwrap_or_default()
                     );
+                    // The hop is OpenSSH, another program: its words are the only account
+                    // of why it refused, so they are classified here, once, at the border.
+                    let lower = said.to_lowercase();
+                    let kind = if lower.contains("host key") {
+                        Some(crate::remote::ErrorKind::HostKeyChanged)
+                    } else if lower.contains("permission denied") {
+                        Some(crate::remote::ErrorKind::Auth)
+                    } else {
+                        None
+                    };
+                    return Err(match kind {
+                        Some(k) => crate::remote::classified(k, msg),
+                        None => anyhow!(msg),
+                    });
                 }
             }
             return Err(anyhow!("connecting to {}:{}: {e}", t.hostname, t.port));
@@ -555,11 +580,14 @@ async fn authenticate(handle: &mut client::Handle<Verifier>, t: &SshTarget) -> R
                     .as_ref()
                     .filter(|s| s.lock().unwrap_or_else(|p| p.into_inner()).is_some());
                 let Some(slot) = someone_to_ask else {
-                    bail!(
-                        "{} is protected by a passphrase: add it to ssh-agent (`ssh-add {}`) so trainctl can use it",
-                        path.display(),
-                        path.display()
-                    );
+                    return Err(crate::remote::classified(
+                        crate::remote::ErrorKind::PassphraseNeeded,
+                        format!(
+                            "{} is protected by a passphrase: add it to ssh-agent (`ssh-add {}`) so trainctl can use it",
+                            path.display(),
+                            path.display()
+                        ),
+                    ));
                 };
                 let mut unlocked = None;
                 for _ in 0..3 {
@@ -576,10 +604,15 @@ async fn authenticate(handle: &mut client::Handle<Verifier>, t: &SshTarget) -> R
                 }
                 match unlocked {
                     Some(k) => k,
-                    None => bail!(
-                        "{} is protected by a passphrase and none that works was given (or add it to ssh-agent)",
-                        path.display()
-                    ),
+                    None => {
+                        return Err(crate::remote::classified(
+                            crate::remote::ErrorKind::PassphraseNeeded,
+                            format!(
+                                "{} is protected by a passphrase and none that works was given (or add it to ssh-agent)",
+                                path.display()
+                            ),
+                        ));
+                    }
                 }
             }
             Err(e) => {
@@ -605,17 +638,20 @@ async fn authenticate(handle: &mut client::Handle<Verifier>, t: &SshTarget) -> R
             t.port
         );
     }
-    bail!(
-        "{}@{}:{} refused every key (tried: {})",
-        t.user,
-        t.hostname,
-        t.port,
-        if tried.is_empty() {
-            "none found".into()
-        } else {
-            tried.join(", ")
-        }
-    )
+    Err(crate::remote::classified(
+        crate::remote::ErrorKind::Auth,
+        format!(
+            "{}@{}:{} refused every key (tried: {})",
+            t.user,
+            t.hostname,
+            t.port,
+            if tried.is_empty() {
+                "none found".into()
+            } else {
+                tried.join(", ")
+            }
+        ),
+    ))
 }
 
 impl SshRemote {
@@ -672,13 +708,8 @@ impl SshRemote {
                     return Ok(c);
                 }
                 Err(e) => {
-                    let msg = e.to_string().to_lowercase();
                     // A key problem will not fix itself (here or at a ProxyJump hop): say so now.
-                    if msg.contains("host key")
-                        || msg.contains("refused every key")
-                        || msg.contains("passphrase")
-                        || msg.contains("permission denied")
-                    {
+                    if crate::remote::is_final(&e) {
                         return Err(e);
                     }
                     tracing::warn!("reconnect {} attempt {attempt}: {e:#}", self.target.alias);

@@ -942,3 +942,53 @@ fn a_dead_pool_host_job_resumes_on_another_host() {
     let live = env.json(&["ls"]);
     assert!(live.as_array().unwrap().is_empty(), "{live}");
 }
+
+/// The machine's host key changes while `logs -f` follows a job there: retrying cannot
+/// fix that (it may be an attack), so `logs -f` exits non-zero at once and says why.
+#[test]
+fn a_host_key_changed_mid_follow_ends_logs_follow_at_once() {
+    let sshd = Sshd::start();
+    let env = ssh_env(&sshd, "", "0.05");
+    let gate = env.hold_at(5);
+    let id = launch_ssh(&env);
+    let job = env
+        .ok(&["run", "--instance", &id, "--detach"])
+        .trim()
+        .to_string();
+    let follow = env
+        .cmd(&["logs", "-f", &job])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    env.wait_for(30, "some metrics", || env.has_metrics(&job));
+    // The machine now answers with another key than the one recorded.
+    let known = env.data().join("known_hosts");
+    let recorded = std::fs::read_to_string(&known).unwrap();
+    let other = std::fs::read_to_string(sshd.dir.path().join("client_key.pub")).unwrap();
+    std::fs::write(&known, format!("[127.0.0.1]:{} {}", sshd.port, other)).unwrap();
+    let t = std::time::Instant::now();
+    sshd.kill_sessions();
+    let mut follow = follow;
+    while follow.try_wait().unwrap().is_none() {
+        if t.elapsed() > std::time::Duration::from_secs(20) {
+            let _ = follow.kill();
+            panic!("logs -f kept retrying a changed host key");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let out = follow.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("HOST KEY CHANGED"), "{stderr}");
+    assert!(
+        t.elapsed() < std::time::Duration::from_secs(15),
+        "{:?}",
+        t.elapsed()
+    );
+    // Put the real key back and let the job go.
+    std::fs::write(&known, recorded).unwrap();
+    std::fs::write(&gate, b"").unwrap();
+    env.ok(&["cancel", &job]);
+    env.ok(&["terminate", &id]);
+}
