@@ -531,11 +531,11 @@ async fn watch(engine: &Engine, json: bool) -> Result<i32> {
             .into_iter()
             .filter(|j| !j.state.is_terminal())
             .collect();
-        for j in &live {
-            if !actors.contains_key(&j.id) {
+        for h in engine.supervise_live()? {
+            if let Some(j) = live.iter().find(|j| j.id == h.job_id) {
                 eprintln!("watching {} ({})", j.id, j.state);
-                actors.insert(j.id.clone(), engine.spawn_job_actor(&j.id, false));
             }
+            actors.insert(h.job_id.clone(), h);
         }
         let done: Vec<String> = actors
             .iter()

@@ -102,6 +102,8 @@ struct Inner {
     checkpoints: Arc<dyn crate::job::checkpoint::CheckpointStore>,
     /// When each job's checkpoint directory was last scanned (scans are rate-limited).
     last_ship: Mutex<HashMap<String, std::time::Instant>>,
+    /// Jobs a job actor of this process supervises now (one actor per job).
+    supervised: Mutex<std::collections::HashSet<String>>,
 }
 
 #[derive(Clone)]
@@ -129,6 +131,7 @@ impl Engine {
                 prompt,
                 checkpoints: Arc::new(crate::job::checkpoint::LocalDirStore::new(&checkpoints_dir)),
                 last_ship: Mutex::default(),
+                supervised: Mutex::default(),
             }),
         })
     }
@@ -175,6 +178,12 @@ impl Engine {
 
     pub fn provider_names(&self) -> Vec<String> {
         self.inner.providers.keys().cloned().collect()
+    }
+
+    /// How attempts run on machines (the detached runner; Slurm's `sbatch` will be chosen
+    /// per provider here).
+    pub(crate) fn executor(&self) -> &dyn crate::job::executor::Executor {
+        &crate::job::executor::DetachedRunner
     }
 
     fn grace(&self) -> Duration {
@@ -654,7 +663,10 @@ impl Engine {
         }
         env.extend(spec.project.env.clone());
         let script = job::command_script(&spec.project.command, &env);
-        let pid = job::start_detached(remote, &jd, &workdir, &script, self.grace()).await?;
+        let pid = self
+            .executor()
+            .start(remote, &jd, &workdir, &script, self.grace())
+            .await?;
         if restore.is_some() {
             recovery::failpoint("recovery.start");
         }
@@ -871,11 +883,15 @@ impl Engine {
         match job.stop_sent_ms {
             None => {
                 if self.store().mark_stop_sent(&job.id)? {
-                    job::signal(remote, &att.remote_dir, "TERM").await?;
+                    self.executor()
+                        .signal(remote, &att.remote_dir, "TERM")
+                        .await?;
                 }
             }
             Some(t) if now_ms() - t >= self.grace().as_millis() as i64 => {
-                job::signal(remote, &att.remote_dir, "KILL").await?;
+                self.executor()
+                    .signal(remote, &att.remote_dir, "KILL")
+                    .await?;
             }
             Some(_) => {}
         }
@@ -896,7 +912,9 @@ impl Engine {
         let inst = self.job_instance(&job)?;
         let remote = self.provider(&inst.provider)?.remote(&inst).await?;
         self.store().mark_stop_sent(job_id)?;
-        job::stop(remote.as_ref(), &att.remote_dir, self.grace()).await?;
+        self.executor()
+            .stop(remote.as_ref(), &att.remote_dir, self.grace())
+            .await?;
         self.poll_job(job_id).await
     }
 
@@ -998,7 +1016,10 @@ impl Engine {
         // Pump before reading the status, then drain after: nothing written before the
         // exit is missed.
         self.pump_log(remote.as_ref(), &att, false).await?;
-        let status = job::status(remote.as_ref(), &att.remote_dir).await?;
+        let status = self
+            .executor()
+            .status(remote.as_ref(), &att.remote_dir)
+            .await?;
         match status {
             RemoteStatus::Running { .. } => {
                 if job.state == JobState::Starting {
@@ -1293,6 +1314,37 @@ impl Engine {
         }
     }
 
+    /// Supervise `job_id` in this process unless a job actor of this process already does
+    /// (the cockpit, `run` and `watch` all start supervision here). Returns the new actor's
+    /// handle, or None when one was already running.
+    pub fn supervise(&self, job_id: &str, start: bool) -> Option<JobHandle> {
+        if !self
+            .inner
+            .supervised
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(job_id.to_string())
+        {
+            return None;
+        }
+        Some(self.spawn_job_actor(job_id, start))
+    }
+
+    /// Supervise every live job of the store not supervised here yet; the new actors.
+    pub fn supervise_live(&self) -> Result<Vec<JobHandle>> {
+        let live: Vec<String> = self
+            .store()
+            .jobs()?
+            .into_iter()
+            .filter(|j| !j.state.is_terminal())
+            .map(|j| j.id)
+            .collect();
+        Ok(live
+            .iter()
+            .filter_map(|id| self.supervise(id, false))
+            .collect())
+    }
+
     /// Start a job actor: it starts the job when `start` (this process created it), then
     /// polls it until it ends, broadcasting events; a Cancel message stops it gracefully.
     /// With `start = false` it only re-attaches: a job someone else is starting is left to them.
@@ -1301,6 +1353,19 @@ impl Engine {
         let engine = self.clone();
         let id = job_id.to_string();
         let done = tokio::spawn(async move {
+            // However the actor ends, this process no longer supervises the job.
+            struct Unregister(Engine, String);
+            impl Drop for Unregister {
+                fn drop(&mut self) {
+                    self.0
+                        .inner
+                        .supervised
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .remove(&self.1);
+                }
+            }
+            let _unregister = Unregister(engine.clone(), id.clone());
             let pending = engine
                 .store()
                 .job(&id)?

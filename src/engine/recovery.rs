@@ -13,7 +13,7 @@
 
 use super::{Engine, EngineEvent, JobSpec};
 use crate::config::RecoverOn;
-use crate::job::{self, checkpoint};
+use crate::job::checkpoint;
 use crate::model::{InstanceState, JobState, new_id, now_ms};
 use crate::provider::LaunchRequest;
 use crate::remote::Remote;
@@ -296,12 +296,13 @@ impl Engine {
             .context("the job has no attempt to migrate")?;
         let remote = self.remote_for(&current).await?;
         self.store().set_migrate_to(&job.id, &target)?;
-        job::notify(
-            remote.as_ref(),
-            &att.remote_dir,
-            &format!("migrate to {target}"),
-        )
-        .await?;
+        self.executor()
+            .notify(
+                remote.as_ref(),
+                &att.remote_dir,
+                &format!("migrate to {target}"),
+            )
+            .await?;
         self.store().job(&job.id)?.context("job vanished")
     }
 

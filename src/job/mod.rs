@@ -7,6 +7,7 @@
 
 pub mod artifacts;
 pub mod checkpoint;
+pub mod executor;
 pub mod sync;
 
 use crate::remote::{Remote, retry_lost, sh_quote};

@@ -13,7 +13,7 @@ use crossterm::event::Event;
 use futures_util::{Stream, StreamExt};
 use ratatui::Terminal;
 use ratatui::backend::Backend;
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::mpsc;
@@ -26,7 +26,6 @@ pub struct Context {
     pub project: Option<Project>,
     tx: mpsc::UnboundedSender<Msg>,
     /// Jobs this process follows with an actor.
-    actors: Arc<Mutex<HashSet<String>>>,
     cache: Arc<Mutex<SnapshotCache>>,
     refreshing: Arc<std::sync::atomic::AtomicBool>,
 }
@@ -172,7 +171,6 @@ impl Context {
             engine,
             project,
             tx,
-            actors: Arc::default(),
             cache: Arc::default(),
             refreshing: Arc::default(),
         }
@@ -184,20 +182,13 @@ impl Context {
 
     /// Follow `job` with an actor in this process (once).
     fn follow(&self, job: &str, start: bool) {
-        if !self
-            .actors
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(job.to_string())
-        {
+        // One actor per job in this process: the engine keeps the registry.
+        let Some(handle) = self.engine.supervise(job, start) else {
             return;
-        }
-        let handle = self.engine.spawn_job_actor(job, start);
-        let (actors, id, tx) = (self.actors.clone(), job.to_string(), self.tx.clone());
+        };
+        let (id, tx) = (job.to_string(), self.tx.clone());
         tokio::spawn(async move {
-            let r = handle.done.await;
-            actors.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
-            if let Ok(Err(e)) = r {
+            if let Ok(Err(e)) = handle.done.await {
                 let _ = tx.send(Msg::Done(Err(format!("job {id}: {e:#}"))));
             }
         });
