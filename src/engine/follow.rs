@@ -1,0 +1,123 @@
+//! Following a log: stream new bytes from the stored offset, parse, write the local copy at the remote offset, commit by compare-and-swap.
+
+use super::*;
+
+impl Engine {
+    /// Read every new byte of an attempt's log into the store and the local copy: one
+    /// streamed read (one round trip), committed in pieces of complete lines as they
+    /// arrive, so memory stays bounded whatever the backlog. With `final_read`, a last line
+    /// without a newline is taken too (the job has ended). Returns the bytes consumed.
+    pub(super) async fn pump_log(
+        &self,
+        remote: &dyn Remote,
+        att: &AttemptRecord,
+        final_read: bool,
+    ) -> Result<usize> {
+        let start = self.store().log_offset(&att.job_id, att.attempt)?;
+        let (tx, mut rx) = mpsc::channel::<Vec<u8>>(32);
+        let path = job::log_path(&att.remote_dir);
+        let reader = remote.stream_file(&path, start.byte_offset, tx);
+        let consume = async {
+            let mut cur = start.clone();
+            let mut pending: Vec<u8> = Vec::new();
+            let mut total = 0usize;
+            let mut open = true;
+            while open {
+                match rx.recv().await {
+                    Some(chunk) => pending.extend_from_slice(&chunk),
+                    None => open = false,
+                }
+                // Take whatever else already arrived, up to a piece's size.
+                while pending.len() < LOG_CHUNK {
+                    match rx.try_recv() {
+                        Ok(c) => pending.extend_from_slice(&c),
+                        Err(_) => break,
+                    }
+                }
+                let mut take = complete_prefix_len(&pending);
+                if (!open && final_read) || (take == 0 && pending.len() >= LOG_CHUNK) {
+                    take = pending.len();
+                }
+                if take == 0 {
+                    continue;
+                }
+                match self.commit_log_piece(att, &cur, &pending[..take]).await? {
+                    Some(next) => {
+                        cur = next;
+                        total += take;
+                        pending.drain(..take);
+                    }
+                    // Another process advanced this log first: it owns these bytes.
+                    None => break,
+                }
+            }
+            Ok::<usize, anyhow::Error>(total)
+        };
+        let (read, consumed) = tokio::join!(reader, consume);
+        read?;
+        consumed
+    }
+
+    /// Parse `chunk` (which starts at `old`), write it to the local copy at its offset, and
+    /// advance the stored offset by compare-and-swap. `None` when another process won.
+    pub(super) async fn commit_log_piece(
+        &self,
+        att: &AttemptRecord,
+        old: &LogOffset,
+        chunk: &[u8],
+    ) -> Result<Option<LogOffset>> {
+        let mut parser = LogParser::resume(old.line, old.progress);
+        let mut points = Vec::new();
+        parser.feed_complete(chunk, &mut |p| points.push(p.to_owned_point()));
+        let progress = parser.progress();
+        let new = LogOffset {
+            byte_offset: old.byte_offset + chunk.len() as u64,
+            line: parser.line(),
+            progress,
+            progress_ms: if progress != old.progress {
+                Some(now_ms())
+            } else {
+                old.progress_ms
+            },
+        };
+        // The local copy is written at the remote offset, so a retry rewrites the same bytes.
+        let local = self.local_log_path(&att.job_id, att.attempt);
+        let data = chunk.to_vec();
+        let at = old.byte_offset;
+        tokio::task::spawn_blocking(move || -> Result<()> {
+            use std::os::unix::fs::FileExt;
+            if let Some(dir) = local.parent() {
+                std::fs::create_dir_all(dir)?;
+            }
+            let f = std::fs::OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open(&local)?;
+            f.write_all_at(&data, at)?;
+            Ok(())
+        })
+        .await??;
+        if !self
+            .store()
+            .commit_log_chunk(&att.job_id, att.attempt, old, &new, &points)?
+        {
+            return Ok(None);
+        }
+        let lines = display_lines(chunk);
+        if !lines.is_empty() {
+            self.emit(EngineEvent::LogLines {
+                job_id: att.job_id.clone(),
+                lines,
+            });
+        }
+        if !points.is_empty() || progress != old.progress {
+            self.emit(EngineEvent::Metrics {
+                job_id: att.job_id.clone(),
+                points,
+                progress,
+            });
+        }
+        Ok(Some(new))
+    }
+}

@@ -1,0 +1,278 @@
+//! Instances: launch (intent first, the provider's answer stored before anything waits), terminate (confirmed with the provider), healing of cut-off launches, reconcile, orphans.
+
+use super::*;
+
+impl Engine {
+    // ------------------------------------------------------------- instances
+
+    /// Launch an instance: check the request, record the intent, then ask the provider.
+    pub async fn launch(&self, provider: &str, req: &LaunchRequest) -> Result<InstanceRecord> {
+        self.launch_as(provider, req, &new_id("i")).await
+    }
+
+    /// [`Engine::launch`] with the id chosen by the caller (a recovery records it first).
+    /// An intent row already there (a launch cut off and resumed) is launched again under
+    /// the same id, which providers answer idempotently.
+    pub(crate) async fn launch_as(
+        &self,
+        provider: &str,
+        req: &LaunchRequest,
+        id: &str,
+    ) -> Result<InstanceRecord> {
+        let p = self.provider(provider)?;
+        let plan = p.plan(req).await?;
+        let id = id.to_string();
+        let rec = InstanceRecord {
+            id: id.clone(),
+            provider: provider.to_string(),
+            name: req.name.clone().unwrap_or_else(|| id.clone()),
+            instance_type: plan.instance_type.clone(),
+            spot: plan.spot,
+            gpus: plan.gpus,
+            gpu_info: None,
+            state: InstanceState::Pending,
+            hourly: plan.hourly,
+            created_ms: now_ms(),
+            launched_ms: None,
+            terminated_ms: None,
+            address: None,
+            error: None,
+            provider_id: None,
+            region: None,
+            backend: None,
+        };
+        // Bound first: a guard held by the match's scrutinee would dead-lock the arms.
+        let existing = self.store().instance(&id)?;
+        match existing {
+            None => self.store().insert_instance(&rec)?,
+            Some(i) if i.state == InstanceState::Pending => {}
+            Some(i) => bail!("instance {id} is already {}", i.state),
+        }
+        recovery::failpoint("launch.intent");
+        let launched = async {
+            let l = p.launch(&id, &plan).await?;
+            recovery::failpoint("launch.answered");
+            // Kept before anything waits on the machine.
+            self.store()
+                .record_launched(&id, &l, l.launched_ms.unwrap_or_else(now_ms))?;
+            let inst = self.store().instance(&id)?.context("instance vanished")?;
+            p.reach(&inst).await
+        };
+        match launched.await {
+            Ok(address) => {
+                self.store()
+                    .mark_instance_running(&id, &address, now_ms())?;
+                let inst = self.store().instance(&id)?;
+                if let Some(inst) = inst {
+                    let info = self.gpu_facts(&inst).await;
+                    self.store().set_gpu_info(&id, &info)?;
+                }
+                self.emit(EngineEvent::Instance {
+                    id: id.clone(),
+                    state: InstanceState::Running,
+                });
+            }
+            Err(e) => {
+                // Only forget it if the provider confirms there is nothing there.
+                let observed = p.describe(&rec).await;
+                if matches!(observed, Ok(Observed::Gone)) {
+                    self.store().set_instance_state(
+                        &id,
+                        InstanceState::Terminated,
+                        &format!("launch failed: {e:#}"),
+                    )?;
+                } else {
+                    self.store()
+                        .set_instance_error(&id, Some(&format!("launch failed: {e:#}")))?;
+                }
+                return Err(e.context(format!("launching {id} on {provider}")));
+            }
+        }
+        self.store()
+            .instance(&id)?
+            .context("instance vanished from the store")
+    }
+
+    /// Terminate an instance: stop trainctl's jobs there, release it, confirm with the
+    /// provider, and only then record it terminated.
+    pub async fn terminate(&self, key: &str, why: &str) -> Result<InstanceRecord> {
+        let inst = self.store().find_instance(key)?;
+        if inst.state == InstanceState::Terminated {
+            return Ok(inst);
+        }
+        let p = self.provider(&inst.provider)?;
+        self.store()
+            .set_instance_state(&inst.id, InstanceState::Terminating, why)?;
+        // Jobs still live there end as cancelled, with their logs caught up first.
+        let live_jobs: Vec<JobRecord> = self
+            .store()
+            .jobs()?
+            .into_iter()
+            .filter(|j| {
+                !j.state.is_terminal() && j.instance_id.as_deref() == Some(inst.id.as_str())
+            })
+            .collect();
+        for j in live_jobs {
+            self.store()
+                .request_cancel(&j.id, &format!("instance {} terminated", inst.id))?;
+            if let Err(e) = self.stop_job_now(&j.id).await {
+                tracing::warn!("stopping job {} before terminate: {e:#}", j.id);
+            }
+        }
+        p.terminate(&inst)
+            .await
+            .with_context(|| format!("terminating {}", inst.id))?;
+        match p.describe(&inst).await? {
+            Observed::Gone => {
+                self.store()
+                    .set_instance_state(&inst.id, InstanceState::Terminated, why)?;
+                self.emit(EngineEvent::Instance {
+                    id: inst.id.clone(),
+                    state: InstanceState::Terminated,
+                });
+            }
+            other => bail!(
+                "{} still reported as {other:?} after terminate; it stays in the store as terminating",
+                inst.id
+            ),
+        }
+        self.store()
+            .instance(&inst.id)?
+            .context("instance vanished")
+    }
+
+    pub async fn remote_for(&self, inst: &InstanceRecord) -> Result<Arc<dyn Remote>> {
+        if !inst.state.is_live() {
+            bail!("instance {} is {}", inst.id, inst.state);
+        }
+        self.provider(&inst.provider)?.remote(inst).await
+    }
+
+    /// What the machine says about its GPUs: `2x NVIDIA A100-SXM4-80GB (81920 MiB)`,
+    /// `no GPU`, or why it could not be asked.
+    pub async fn gpu_facts(&self, inst: &InstanceRecord) -> String {
+        let script = "if command -v nvidia-smi >/dev/null 2>&1; then \
+                      nvidia-smi --query-gpu=name,memory.total --format=csv,noheader 2>&1 | head -n 64; \
+                      else echo 'no GPU'; fi";
+        let asked = async {
+            let r = self.remote_for(inst).await?;
+            r.exec(script).await
+        };
+        match tokio::time::timeout(Duration::from_secs(15), asked).await {
+            Ok(Ok(out)) if out.success() => summarize_gpus(&out.stdout_str()),
+            Ok(Ok(out)) => format!(
+                "nvidia-smi failed: {}",
+                crate::sanitize::sanitize_line(out.stderr.trim_ascii())
+            ),
+            Ok(Err(e)) => format!("unknown ({e:#})"),
+            Err(_) => "unknown (timed out)".into(),
+        }
+    }
+
+    /// Ids the providers hold that the store does not know (or thinks are gone).
+    pub async fn orphans(&self) -> Result<Vec<(String, String)>> {
+        let known: HashMap<String, InstanceState> = self
+            .store()
+            .instances(true)?
+            .into_iter()
+            .map(|i| (i.id, i.state))
+            .collect();
+        let mut out = Vec::new();
+        for (name, p) in &self.inner.providers {
+            for l in p.list().await? {
+                match known.get(&l.id) {
+                    // A lost machine a host pool still holds is known: `terminate` frees it.
+                    Some(s) if s.is_live() || *s == InstanceState::Lost => {}
+                    _ => out.push((name.clone(), l.id)),
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Check live instances with their providers: one the provider no longer has is Lost.
+    pub async fn reconcile_instances(&self) -> Result<()> {
+        let live = self.store().instances(false)?;
+        for inst in live {
+            if inst.state == InstanceState::Pending {
+                if let Err(e) = self.heal_pending(&inst).await {
+                    tracing::warn!("healing the launch of {}: {e:#}", inst.id);
+                }
+                continue;
+            }
+            let p = self.provider(&inst.provider)?;
+            let observed = p.describe(&inst).await;
+            match &observed {
+                Ok(Observed::Stopped) if inst.state == InstanceState::Running => {
+                    self.store().set_instance_state(
+                        &inst.id,
+                        InstanceState::Stopped,
+                        "the provider reports it stopped",
+                    )?;
+                }
+                Ok(Observed::Running) if inst.state == InstanceState::Stopped => {
+                    self.store().set_instance_state(
+                        &inst.id,
+                        InstanceState::Running,
+                        "the provider reports it running again",
+                    )?;
+                }
+                Ok(Observed::Interrupted { reason, .. }) => {
+                    self.store().set_instance_state(
+                        &inst.id,
+                        InstanceState::Preempted,
+                        &format!("taken back by the provider: {reason}"),
+                    )?;
+                }
+                _ => {}
+            }
+            if let Ok(Observed::Gone) = observed {
+                let why = if inst.state == InstanceState::Terminating {
+                    "provider confirms it is gone"
+                } else {
+                    "the provider no longer has this machine"
+                };
+                let to = if inst.state == InstanceState::Terminating {
+                    InstanceState::Terminated
+                } else {
+                    InstanceState::Lost
+                };
+                self.store().set_instance_state(&inst.id, to, why)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// A `Pending` intent whose launching process is gone: ask the provider by trainctl's
+    /// id. Held -> its answer is recorded, the machine reached and marked running (billed
+    /// from the provider's launch time). Not held -> closed; it never billed.
+    pub(super) async fn heal_pending(&self, inst: &InstanceRecord) -> Result<()> {
+        if self.store().launch_pid(&inst.id)?.is_some_and(pid_alive) {
+            return Ok(()); // in flight
+        }
+        let p = self.provider(&inst.provider)?;
+        match p.find(&inst.id).await? {
+            Some(l) => {
+                self.store()
+                    .record_launched(&inst.id, &l, l.launched_ms.unwrap_or_else(now_ms))?;
+                let address = p.reach(inst).await?;
+                self.store()
+                    .mark_instance_running(&inst.id, &address, now_ms())?;
+                self.store().add_event(
+                    "instance.healed",
+                    Some(&inst.id),
+                    None,
+                    "the launch was cut off after the provider answered; found by its id",
+                )?;
+            }
+            None => {
+                self.store().set_instance_state(
+                    &inst.id,
+                    InstanceState::Terminated,
+                    "the launch never reached the provider (it holds nothing under this id); closed, $0",
+                )?;
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,389 @@
+//! One step of a job's life (`poll_job`), stopping it, its end (pull and terminate when asked), and loss.
+
+use super::*;
+
+impl Engine {
+    /// Send SIGTERM once, SIGKILL after the grace; all state in the store.
+    pub(super) async fn enforce_stop(
+        &self,
+        job: &JobRecord,
+        remote: &dyn Remote,
+        att: &AttemptRecord,
+    ) -> Result<()> {
+        match job.stop_sent_ms {
+            None => {
+                if self.store().mark_stop_sent(&job.id)? {
+                    self.executor()
+                        .signal(remote, &att.remote_dir, "TERM")
+                        .await?;
+                }
+            }
+            Some(t) if now_ms() - t >= self.grace().as_millis() as i64 => {
+                self.executor()
+                    .signal(remote, &att.remote_dir, "KILL")
+                    .await?;
+            }
+            Some(_) => {}
+        }
+        Ok(())
+    }
+
+    /// Stop a job now (SIGTERM, grace, SIGKILL) and record its end.
+    pub(super) async fn stop_job_now(&self, job_id: &str) -> Result<JobState> {
+        let job = self.store().job(job_id)?.context("no such job")?;
+        if job.state.is_terminal() {
+            return Ok(job.state);
+        }
+        let Some(att) = self.store().attempts(job_id)?.pop() else {
+            let why = job.reason.clone().unwrap_or_else(|| "cancelled".into());
+            self.transition(job_id, JobState::Cancelled, &why, None)?;
+            return Ok(JobState::Cancelled);
+        };
+        let inst = self.job_instance(&job)?;
+        let remote = self.provider(&inst.provider)?.remote(&inst).await?;
+        self.store().mark_stop_sent(job_id)?;
+        self.executor()
+            .stop(remote.as_ref(), &att.remote_dir, self.grace())
+            .await?;
+        self.poll_job(job_id).await
+    }
+
+    /// One step of a job's life, safe from any process: honour a stop request, pump the
+    /// log, read the machine's status, finish the job when it ended, check the budget.
+    /// Returns the job's state afterwards.
+    pub async fn poll_job(&self, job_id: &str) -> Result<JobState> {
+        let job = self.store().job(job_id)?.context("no such job")?;
+        if job.state.is_terminal() {
+            return Ok(job.state);
+        }
+        // Recovery (a new machine, the checkpoint back, the next attempt) is the
+        // supervisor's: see `Engine::recover`.
+        if matches!(job.state, JobState::Interrupted | JobState::Recovering) {
+            return Ok(job.state);
+        }
+        let attempts = self.store().attempts(job_id)?;
+        let att = match attempts.last() {
+            // Syncing: the next attempt is being prepared (after a recovery the last row
+            // is the previous attempt's, on the previous machine).
+            Some(a) if !matches!(job.state, JobState::Pending | JobState::Syncing) => a.clone(),
+            _ => {
+                // Not started yet. If the process that was starting it is gone, nobody will.
+                let driver_alive = job.driver_pid.is_some_and(pid_alive);
+                if job.cancel_requested && !driver_alive {
+                    let why = job.reason.clone().unwrap_or_else(|| "cancelled".into());
+                    self.transition(job_id, JobState::Cancelled, &why, None)?;
+                } else if !driver_alive && job.state != JobState::Pending {
+                    self.abandoned_start(&job, attempts.len())?;
+                }
+                return Ok(self
+                    .store()
+                    .job(job_id)?
+                    .map_or(JobState::Lost, |j| j.state));
+            }
+        };
+        let inst = self.job_instance(&job)?;
+        let provider = self.provider(&inst.provider)?;
+        if !inst.state.is_live() {
+            return self
+                .job_lost(&job, &inst, &att, "its machine is gone")
+                .await;
+        }
+        let remote = match provider.remote(&inst).await {
+            Ok(r) => {
+                if inst.error.is_some() {
+                    self.store().set_instance_error(&inst.id, None)?;
+                }
+                r
+            }
+            Err(e) => {
+                // Unreachable is not lost: only the provider saying it is gone makes it so.
+                if matches!(provider.describe(&inst).await, Ok(Observed::Gone)) {
+                    return self
+                        .job_lost(&job, &inst, &att, "its machine is gone")
+                        .await;
+                }
+                self.store()
+                    .set_instance_error(&inst.id, Some(&format!("unreachable: {e:#}")))?;
+                return Err(e.context(format!("reaching {} for job {job_id}", inst.id)));
+            }
+        };
+        if job.cancel_requested {
+            self.enforce_stop(&job, remote.as_ref(), &att).await?;
+        }
+        // Pump before reading the status, then drain after: nothing written before the
+        // exit is missed.
+        self.pump_log(remote.as_ref(), &att, false).await?;
+        let status = self
+            .executor()
+            .status(remote.as_ref(), &att.remote_dir)
+            .await?;
+        match status {
+            RemoteStatus::Running { .. } => {
+                if job.state == JobState::Starting {
+                    self.transition(job_id, JobState::Running, "running (re-attached)", None)?;
+                    // A recovery whose driver died after the start: its earlier machines
+                    // were not released yet.
+                    if attempts.len() > 1 {
+                        Box::pin(self.release_machines(&job, &attempts, Some(&att.instance_id)))
+                            .await;
+                    }
+                }
+                if let Err(e) = self
+                    .ship_checkpoints(remote.as_ref(), &job, &att, false)
+                    .await
+                {
+                    tracing::warn!("job {job_id}: shipping checkpoints: {e:#}");
+                }
+                if !job.cancel_requested
+                    && let Some(why) = self.check_budget(&job)?
+                {
+                    self.store().request_stop_and_terminate(job_id, &why)?;
+                    self.emit(EngineEvent::Notice {
+                        job_id: Some(job_id.to_string()),
+                        message: why,
+                    });
+                }
+                Ok(JobState::Running)
+            }
+            RemoteStatus::Starting => Ok(job.state),
+            RemoteStatus::Exited {
+                code,
+                interrupted: Some(notice),
+                ..
+            } if code != 0 && !job.cancel_requested => {
+                self.pump_log(remote.as_ref(), &att, true).await?;
+                self.ship_checkpoints(remote.as_ref(), &job, &att, true)
+                    .await
+                    .context("shipping the interrupted job's checkpoints")?;
+                self.store()
+                    .finish_attempt(&job.id, att.attempt, Some(code), now_ms())?;
+                self.interrupted(
+                    &job,
+                    att.attempt,
+                    crate::config::RecoverOn::Interrupted,
+                    &format!(
+                        "interrupted ({notice}); attempt {} exited {code}",
+                        att.attempt
+                    ),
+                )
+            }
+            RemoteStatus::Exited { code, .. } => {
+                self.pump_log(remote.as_ref(), &att, true).await?;
+                self.finish(&job, &att, Some(code)).await
+            }
+            RemoteStatus::Vanished => {
+                // The runner died without recording an exit: the machine rebooted, or its
+                // processes were killed. That is a lost machine, not a failed job.
+                self.pump_log(remote.as_ref(), &att, true).await?;
+                if self.recovers(&job, crate::config::RecoverOn::Lost) {
+                    // The runner is gone but the job's processes may not be: only files
+                    // that are still are taken.
+                    let _ = self
+                        .ship_checkpoints(remote.as_ref(), &job, &att, false)
+                        .await;
+                    self.store()
+                        .finish_attempt(&job.id, att.attempt, None, now_ms())?;
+                    return self.interrupted(
+                        &job,
+                        att.attempt,
+                        crate::config::RecoverOn::Lost,
+                        "the job's processes died without recording an exit (machine rebooted or killed)",
+                    );
+                }
+                self.finish(&job, &att, None).await
+            }
+            // The attempt is recorded before its directory exists on the machine: while the
+            // process starting it lives, a missing directory means "not there yet".
+            RemoteStatus::Missing if job.state == JobState::Starting => {
+                if job.driver_pid.is_some_and(pid_alive) {
+                    return Ok(JobState::Starting);
+                }
+                self.store()
+                    .finish_attempt(&job.id, att.attempt, None, now_ms())?;
+                self.abandoned_start(&job, attempts.len() - 1)?;
+                Ok(self
+                    .store()
+                    .job(job_id)?
+                    .map_or(JobState::Lost, |j| j.state))
+            }
+            RemoteStatus::Missing => {
+                if matches!(provider.describe(&inst).await, Ok(Observed::Gone)) {
+                    self.job_lost(&job, &inst, &att, "its machine is gone")
+                        .await
+                } else {
+                    self.job_lost(&job, &inst, &att, "its directory on the machine is gone")
+                        .await
+                }
+            }
+        }
+    }
+
+    pub(super) async fn job_lost(
+        &self,
+        job: &JobRecord,
+        inst: &InstanceRecord,
+        att: &AttemptRecord,
+        why: &str,
+    ) -> Result<JobState> {
+        self.store()
+            .finish_attempt(&job.id, att.attempt, None, now_ms())?;
+        if inst.state.is_live() {
+            let p = self.provider(&inst.provider)?;
+            if matches!(p.describe(inst).await, Ok(Observed::Gone)) {
+                self.store().set_instance_state(
+                    &inst.id,
+                    InstanceState::Lost,
+                    "the provider no longer has this machine",
+                )?;
+            }
+        }
+        if self.recovers(job, crate::config::RecoverOn::Lost) {
+            return self.interrupted(
+                job,
+                att.attempt,
+                crate::config::RecoverOn::Lost,
+                &format!("lost: {why}"),
+            );
+        }
+        self.transition(&job.id, JobState::Lost, why, None)?;
+        Ok(JobState::Lost)
+    }
+
+    pub(super) async fn finish(
+        &self,
+        job: &JobRecord,
+        att: &AttemptRecord,
+        code: Option<i32>,
+    ) -> Result<JobState> {
+        self.store()
+            .finish_attempt(&job.id, att.attempt, code, now_ms())?;
+        // Re-read: a cancel may have come in since this poll started.
+        let job = self.store().job(&job.id)?.context("job vanished")?;
+        // Cancelled only when we actually stopped it: a job that finished cleanly before
+        // the stop signal went out succeeded.
+        let stopped = job.cancel_requested && (job.stop_sent_ms.is_some() || code != Some(0));
+        let (state, why) = if stopped {
+            (
+                JobState::Cancelled,
+                job.reason.clone().unwrap_or_else(|| "cancelled".into()),
+            )
+        } else {
+            match code {
+                Some(0) => (JobState::Succeeded, "exited with status 0".to_string()),
+                Some(c) => (JobState::Failed, format!("exited with status {c}")),
+                None => (
+                    JobState::Failed,
+                    "the runner died without recording an exit status".to_string(),
+                ),
+            }
+        };
+        self.transition(&job.id, state, &why, code)?;
+        if job.terminate_on_end
+            && let Some(inst_id) = job.instance_id.as_deref()
+        {
+            // Keep what the job produced before the machine goes.
+            let pulled = if job.pull_on_end {
+                self.pull(&job.id, None).await.map(|_| ())
+            } else {
+                Ok(())
+            };
+            if let Err(e) = pulled {
+                self.store().add_event(
+                    "artifact.error",
+                    Some(inst_id),
+                    Some(&job.id),
+                    &format!("{e:#}"),
+                )?;
+            }
+            // Boxed: terminate stops live jobs, which polls them, which may finish them.
+            Box::pin(self.terminate(inst_id, &why)).await?;
+        }
+        // Machines of earlier attempts that the job owns and that are still up (the
+        // last one stays unless the job was to terminate it: its files may be wanted).
+        let attempts = self.store().attempts(&job.id)?;
+        if attempts.len() > 1 {
+            Box::pin(self.release_machines(&job, &attempts, job.instance_id.as_deref())).await;
+        }
+        Ok(state)
+    }
+
+    /// Poll every job that is not finished (re-attach after a restart). Errors on one job
+    /// are recorded and do not stop the others.
+    pub async fn reconcile_jobs(&self) -> Result<()> {
+        let live: Vec<String> = self
+            .store()
+            .jobs()?
+            .into_iter()
+            .filter(|j| !j.state.is_terminal())
+            .map(|j| j.id)
+            .collect();
+        for id in live {
+            if let Err(e) = self.poll_job(&id).await {
+                tracing::warn!("re-attaching to job {id}: {e:#}");
+            }
+        }
+        Ok(())
+    }
+
+    /// Ask a job to stop; the stop itself happens on the next poll (here or elsewhere).
+    pub async fn cancel(&self, job_key: &str, why: &str) -> Result<JobRecord> {
+        let job = self.store().find_job(job_key)?;
+        if job.state.is_terminal() {
+            return Ok(job);
+        }
+        self.store().request_cancel(&job.id, why)?;
+        Ok(job)
+    }
+
+    /// Pull a job's artifacts into `dest` (default `<project>/trainctl-out/<job>`).
+    pub async fn pull(&self, job_key: &str, dest: Option<&Path>) -> Result<artifacts::PullReport> {
+        let job = self.store().find_job(job_key)?;
+        let spec: JobSpec = serde_json::from_str(&job.spec_json)?;
+        let att = self
+            .store()
+            .attempts(&job.id)?
+            .pop()
+            .context("the job never started, so it has no artifacts")?;
+        let inst = self
+            .store()
+            .instance(&att.instance_id)?
+            .context("instance not in the store")?;
+        let remote = self.remote_for(&inst).await.with_context(|| {
+            format!("artifacts of {} are on {}, which is gone", job.id, inst.id)
+        })?;
+        let dest = dest.map_or_else(
+            || {
+                Path::new(&job.project_dir)
+                    .join("trainctl-out")
+                    .join(&job.id)
+            },
+            Path::to_path_buf,
+        );
+        let report = artifacts::pull(
+            remote.as_ref(),
+            &att.workdir,
+            &spec.project.artifacts,
+            &dest,
+        )
+        .await?;
+        for p in &report.pulled {
+            self.store()
+                .record_artifact(&crate::store::ArtifactRecord {
+                    job_id: job.id.clone(),
+                    path: p.path.clone(),
+                    size: p.size,
+                    blake3: p.blake3.clone(),
+                    local_path: p.local_path.clone(),
+                })?;
+        }
+        for u in &report.unmatched {
+            self.store().add_event(
+                "artifact.missing",
+                Some(&inst.id),
+                Some(&job.id),
+                &format!("nothing matched {u}"),
+            )?;
+        }
+        Ok(report)
+    }
+}

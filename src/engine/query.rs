@@ -1,0 +1,110 @@
+//! Reads for both front ends: the cost report, a job's stored log across attempts.
+
+use super::*;
+
+impl Engine {
+    /// The cost report as of now.
+    pub fn cost_report(&self) -> Result<cost::CostReport> {
+        let store = self.store();
+        let instances = store.instances(true)?;
+        let jobs = store.jobs()?;
+        let attempts = store.all_attempts()?;
+        let mut offsets = HashMap::new();
+        for j in &jobs {
+            if let Some(a) = attempts.iter().rev().find(|a| a.job_id == j.id) {
+                offsets.insert(j.id.clone(), store.log_offset(&j.id, a.attempt)?);
+            }
+        }
+        Ok(cost::report(
+            &instances,
+            &jobs,
+            &attempts,
+            &offsets,
+            now_ms(),
+        ))
+    }
+
+    /// Display lines of a job's stored log from (attempt, byte offset) up to what is
+    /// committed, every attempt in order: complete lines only in the live attempt, all of
+    /// it once the job ended. Returns where the next read starts (attempt, offset).
+    pub fn log_lines_since(
+        &self,
+        job_id: &str,
+        attempt: i64,
+        from: u64,
+    ) -> Result<(i64, u64, Vec<String>)> {
+        let attempts = self.store().attempts(job_id)?;
+        let ended = self
+            .store()
+            .job(job_id)?
+            .is_some_and(|j| j.state.is_terminal());
+        let mut lines = Vec::new();
+        let (mut at, mut end) = (attempt, from);
+        for a in attempts.iter().filter(|a| a.attempt >= attempt) {
+            if a.attempt > at {
+                at = a.attempt;
+                end = 0;
+                // One marker line between attempts: the log goes on across machines.
+                if a.attempt > 1 {
+                    lines.push(format!(
+                        "── trainctl: attempt {} on {} ──",
+                        a.attempt, a.instance_id
+                    ));
+                }
+            }
+            let off = self.store().log_offset(job_id, a.attempt)?;
+            let bytes = self.read_local_log(job_id, a.attempt, end, off.byte_offset)?;
+            let live = !ended && Some(a.attempt) == attempts.last().map(|l| l.attempt);
+            let take = if live {
+                bytes.iter().rposition(|&b| b == b'\n').map_or(0, |p| p + 1)
+            } else {
+                bytes.len()
+            };
+            lines.extend(display_lines(&bytes[..take]));
+            end += take as u64;
+        }
+        Ok((at, end, lines))
+    }
+
+    /// The stored log of a job (all attempts), raw bytes up to what was committed.
+    pub fn stored_log(&self, job_id: &str) -> Result<Vec<u8>> {
+        let attempts = self.store().attempts(job_id)?;
+        let mut out = Vec::new();
+        for a in attempts {
+            let off = self.store().log_offset(job_id, a.attempt)?;
+            out.extend(self.read_local_log(job_id, a.attempt, 0, off.byte_offset)?);
+        }
+        Ok(out)
+    }
+
+    /// Bytes `[from, to)` of an attempt's local log copy.
+    pub fn read_local_log(
+        &self,
+        job_id: &str,
+        attempt: i64,
+        from: u64,
+        to: u64,
+    ) -> Result<Vec<u8>> {
+        use std::os::unix::fs::FileExt;
+        if to <= from {
+            return Ok(Vec::new());
+        }
+        let path = self.local_log_path(job_id, attempt);
+        let f = match std::fs::File::open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(e.into()),
+        };
+        let mut buf = vec![0u8; (to - from) as usize];
+        let mut got = 0;
+        while got < buf.len() {
+            let n = f.read_at(&mut buf[got..], from + got as u64)?;
+            if n == 0 {
+                break;
+            }
+            got += n;
+        }
+        buf.truncate(got);
+        Ok(buf)
+    }
+}

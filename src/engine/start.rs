@@ -1,0 +1,242 @@
+//! Starting a job: create it, take it out of Pending, sync its code, restore a checkpoint when resuming, start the attempt through the executor.
+
+use super::*;
+
+impl Engine {
+    // ------------------------------------------------------------------ jobs
+
+    /// Record a job for `project` on `instance`, in Pending.
+    pub fn create_job(
+        &self,
+        project: &Project,
+        instance_id: &str,
+        name: Option<&str>,
+    ) -> Result<JobRecord> {
+        let spec = JobSpec {
+            project: project.config.clone(),
+            project_name: project.name(),
+            root: project.root.to_string_lossy().into_owned(),
+        };
+        let j = JobRecord {
+            name: name.map_or_else(|| project.name(), str::to_string),
+            spec_json: serde_json::to_string(&spec)?,
+            driver_pid: Some(std::process::id() as i64),
+            ..JobRecord::pending(
+                &new_id("j"),
+                &project.name(),
+                &project.root.to_string_lossy(),
+                &project.config.command,
+                instance_id,
+            )
+        };
+        self.store().insert_job(&j)?;
+        Ok(j)
+    }
+
+    /// Sync the job's code, start it detached, and leave it Running. Honours a cancel
+    /// request at every step. Returns the state the job is in afterwards.
+    pub async fn start_job(&self, job_id: &str) -> Result<JobState> {
+        match self.start_job_inner(job_id).await {
+            Ok(s) => Ok(s),
+            Err(e) => {
+                let state = self.store().job(job_id)?.map(|j| j.state);
+                if state.is_some_and(|s| !s.is_terminal()) {
+                    self.transition(
+                        job_id,
+                        JobState::Failed,
+                        &format!("start failed: {e:#}"),
+                        None,
+                    )?;
+                }
+                Err(e)
+            }
+        }
+    }
+
+    pub(super) fn cancelled_before_start(&self, job_id: &str) -> Result<bool> {
+        let job = self.store().job(job_id)?.context("job vanished")?;
+        if job.cancel_requested {
+            let why = job.reason.clone().unwrap_or_else(|| "cancelled".into());
+            self.transition(job_id, JobState::Cancelled, &why, None)?;
+            return Ok(true);
+        }
+        Ok(false)
+    }
+
+    pub(super) async fn start_job_inner(&self, job_id: &str) -> Result<JobState> {
+        let job = self.store().job(job_id)?.context("no such job")?;
+        if job.state != JobState::Pending {
+            return Ok(job.state);
+        }
+        let spec: JobSpec = serde_json::from_str(&job.spec_json).context("reading the job spec")?;
+        let inst = self.job_instance(&job)?;
+        let remote = self.remote_for(&inst).await?;
+        if self.cancelled_before_start(job_id)? {
+            return Ok(JobState::Cancelled);
+        }
+        // Only one process may take a job out of Pending: the move is checked in the store.
+        let from = self
+            .store()
+            .transition_job(job_id, JobState::Syncing, "syncing code")?;
+        if from != JobState::Pending {
+            // Another process took it first; it is theirs to start.
+            return Ok(from);
+        }
+        self.emit(EngineEvent::JobState {
+            job_id: job_id.to_string(),
+            state: JobState::Syncing,
+            reason: "syncing code".into(),
+        });
+        self.sync_and_start(job_id, &spec, &inst, remote.as_ref(), None)
+            .await
+    }
+
+    /// From Syncing: sync the code to `inst`, restore `restore` (a shipped checkpoint) when
+    /// given, and start the next attempt detached. Honours a cancel request between steps.
+    pub(super) async fn sync_and_start(
+        &self,
+        job_id: &str,
+        spec: &JobSpec,
+        inst: &InstanceRecord,
+        remote: &dyn Remote,
+        restore: Option<&recovery::Restore>,
+    ) -> Result<JobState> {
+        let (uploaded, bytes, deleted) = self.sync_code(remote, &inst.id, spec).await?;
+        self.store().add_event(
+            "sync.done",
+            Some(&inst.id),
+            Some(job_id),
+            &format!("{uploaded} files ({bytes} bytes) copied, {deleted} deleted"),
+        )?;
+        if restore.is_some() {
+            recovery::failpoint("recovery.sync");
+        }
+        if self.cancelled_before_start(job_id)? {
+            return Ok(JobState::Cancelled);
+        }
+        self.transition(job_id, JobState::Starting, "starting the runner", None)?;
+        let attempt = self.store().attempts(job_id)?.len() as i64 + 1;
+        let root = remote.root().to_string();
+        let jd = job::job_dir(&root, job_id, attempt);
+        let code = sync::code_dir(&root, &spec.project_name);
+        let workdir = match spec.project.workdir.as_deref() {
+            None | Some(".") => code.clone(),
+            Some(w) => format!("{code}/{w}"),
+        };
+        self.store().add_attempt(&AttemptRecord {
+            job_id: job_id.to_string(),
+            attempt,
+            instance_id: inst.id.clone(),
+            remote_dir: jd.clone(),
+            workdir: workdir.clone(),
+            started_ms: now_ms(),
+            ended_ms: None,
+            exit_code: None,
+        })?;
+        let mut env = BTreeMap::new();
+        env.insert("PYTHONUNBUFFERED".to_string(), "1".to_string());
+        env.insert("TRAINCTL_JOB_ID".to_string(), job_id.to_string());
+        env.insert("TRAINCTL_ATTEMPT".to_string(), attempt.to_string());
+        if let Some(ck) = &spec.project.checkpoints {
+            let dir = format!("{workdir}/{ck}");
+            if let Some(c) = restore {
+                let at = self.restore_checkpoint(job_id, remote, &dir, c).await?;
+                recovery::failpoint("recovery.restore");
+                env.insert("TRAINCTL_RESUME_FROM".to_string(), at);
+            }
+            env.insert("TRAINCTL_CHECKPOINT_DIR".to_string(), dir);
+        }
+        env.extend(spec.project.env.clone());
+        let script = job::command_script(&spec.project.command, &env);
+        let pid = self
+            .executor()
+            .start(remote, &jd, &workdir, &script, self.grace())
+            .await?;
+        if restore.is_some() {
+            recovery::failpoint("recovery.start");
+        }
+        self.transition(
+            job_id,
+            JobState::Running,
+            &format!("attempt {attempt} running as process group {pid} in {workdir}"),
+            None,
+        )?;
+        Ok(JobState::Running)
+    }
+
+    /// Where the manifest last written to `instance` for `project` is remembered locally.
+    pub(super) fn sync_cache(&self, instance: &str, project: &str) -> PathBuf {
+        self.inner
+            .data_dir
+            .join("sync-cache")
+            .join(instance)
+            .join(format!("{project}.json"))
+    }
+
+    pub(super) async fn sync_code(
+        &self,
+        remote: &dyn Remote,
+        instance: &str,
+        spec: &JobSpec,
+    ) -> Result<(usize, u64, usize)> {
+        let plan = self
+            .sync_tree(
+                remote,
+                instance,
+                &spec.project_name,
+                Path::new(&spec.root),
+                &spec.project.sync.exclude,
+                false,
+            )
+            .await?;
+        Ok((
+            plan.upload.len() + plan.links.len(),
+            plan.upload_bytes,
+            plan.delete.len(),
+        ))
+    }
+
+    /// A sync plan for `project` on `instance` (for `trainctl sync`), applied unless `dry_run`.
+    pub async fn sync_project(
+        &self,
+        project: &Project,
+        instance_key: &str,
+        dry_run: bool,
+    ) -> Result<sync::SyncPlan> {
+        let inst = self.store().find_instance(instance_key)?;
+        let remote = self.remote_for(&inst).await?;
+        self.sync_tree(
+            remote.as_ref(),
+            &inst.id,
+            &project.name(),
+            &project.root,
+            &project.config.sync.exclude,
+            dry_run,
+        )
+        .await
+    }
+
+    /// Plan the sync of `root` as `project` on `instance` (from the manifest on the machine,
+    /// with the local cache of it) and apply it unless `dry_run`. A sync cut short by a lost
+    /// connection is planned again from what the machine's manifest then says: files
+    /// already in place are not sent twice, half-written ones are.
+    pub(super) async fn sync_tree(
+        &self,
+        remote: &dyn Remote,
+        instance: &str,
+        project: &str,
+        root: &Path,
+        excludes: &[String],
+        dry_run: bool,
+    ) -> Result<sync::SyncPlan> {
+        let cache = self.sync_cache(instance, project);
+        crate::remote::retry_lost(4, "code sync", async || {
+            let plan = sync::prepare_with(remote, project, root, excludes, Some(&cache)).await?;
+            if !dry_run {
+                sync::apply_with(remote, project, root, &plan, Some(&cache)).await?;
+            }
+            Ok(plan)
+        })
+        .await
+    }
+}
