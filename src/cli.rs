@@ -575,6 +575,7 @@ async fn watch(engine: &Engine, json: bool) -> Result<i32> {
 
 async fn ls(engine: &Engine, all: bool, json: bool) -> Result<i32> {
     engine.reconcile_instances().await?;
+    engine.probe_live(std::time::Duration::from_secs(3)).await?;
     let insts = engine.store().instances(all)?;
     let orphans = engine.orphans().await?;
     let now = now_ms();

@@ -275,4 +275,40 @@ impl Engine {
         }
         Ok(())
     }
+
+    /// Ask every running machine, all at once, whether it answers (one `true` over its
+    /// remote, at most `limit` each); record why one cannot be reached, clear it when it
+    /// answers again. `ls` shows the result, so a dead machine never shows a stale
+    /// healthy row.
+    pub async fn probe_live(&self, limit: Duration) -> Result<()> {
+        let running: Vec<InstanceRecord> = self
+            .store()
+            .instances(false)?
+            .into_iter()
+            .filter(|i| i.state == InstanceState::Running)
+            .collect();
+        let probes = running.iter().map(|inst| async move {
+            let asked = async {
+                let r = self.remote_for(inst).await?;
+                r.exec("true").await?.check("a liveness check")?;
+                Ok::<(), anyhow::Error>(())
+            };
+            let outcome = match tokio::time::timeout(limit, asked).await {
+                Ok(Ok(())) => None,
+                Ok(Err(e)) => Some(format!("unreachable: {e:#}")),
+                Err(_) => Some(format!(
+                    "unreachable: no answer within {} s",
+                    limit.as_secs_f64()
+                )),
+            };
+            (inst, outcome)
+        });
+        for (inst, outcome) in futures_util::future::join_all(probes).await {
+            if inst.error != outcome {
+                self.store()
+                    .set_instance_error(&inst.id, outcome.as_deref())?;
+            }
+        }
+        Ok(())
+    }
 }

@@ -992,3 +992,27 @@ fn a_host_key_changed_mid_follow_ends_logs_follow_at_once() {
     env.ok(&["cancel", &job]);
     env.ok(&["terminate", &id]);
 }
+
+/// `ls` asks every running machine (at once, briefly) and shows why one cannot be reached,
+/// instead of a stale healthy row.
+#[test]
+fn ls_shows_a_dead_host_as_unreachable() {
+    let sshd = Sshd::start();
+    let env = ssh_env(&sshd, "", "0");
+    let id = launch_ssh(&env);
+    assert!(env.json(&["ls"])[0]["error"].is_null());
+    sshd.kill_sessions();
+    drop(sshd);
+    let t = std::time::Instant::now();
+    let live = env.json(&["ls"]);
+    assert!(
+        t.elapsed() < std::time::Duration::from_secs(10),
+        "{:?}",
+        t.elapsed()
+    );
+    let err = live[0]["error"].as_str().unwrap_or_default().to_string();
+    assert!(err.contains("unreachable"), "{live}");
+    let shown = env.ok(&["ls"]);
+    assert!(shown.contains("ERROR: unreachable"), "{shown}");
+    env.ok(&["terminate", &id]);
+}
