@@ -74,6 +74,7 @@ fn big_snapshot() -> Snapshot {
                 provider_id: None,
                 region: None,
                 backend: None,
+                price_segments: Vec::new(),
             },
             cost: Money(2_500_000 + i),
             uptime_ms: 9_000_000,

@@ -19,14 +19,33 @@ pub fn billed_interval(i: &InstanceRecord, now: TimestampMs) -> Option<(Timestam
     Some((start, end))
 }
 
-/// Cost accrued by `hourly` between `start` and `t`, counted in whole seconds.
-fn accrued(hourly: Money, start: TimestampMs, t: TimestampMs) -> Money {
+/// Cost accrued by instance `i` between `start` and `t`, counted in whole seconds from
+/// `start`, at its price over time: each price segment's share in exact integer
+/// arithmetic, floored once to the micro-dollar.
+fn accrued(i: &InstanceRecord, start: TimestampMs, t: TimestampMs) -> Money {
     let secs = (t - start).max(0) / 1000;
-    hourly.accrue_hourly(secs * 1000)
+    if i.price_segments.is_empty() {
+        return i.hourly.accrue_hourly(secs * 1000);
+    }
+    let end = start + secs * 1000;
+    let mut micro_ms: i128 = 0;
+    for (k, &(from, price)) in i.price_segments.iter().enumerate() {
+        // The first segment also covers any time before it.
+        let seg_start = if k == 0 { i64::MIN } else { from };
+        let seg_end = i
+            .price_segments
+            .get(k + 1)
+            .map_or(i64::MAX, |&(next, _)| next);
+        let (a, b) = (start.max(seg_start), end.min(seg_end));
+        if b > a {
+            micro_ms += price.0 as i128 * (b - a) as i128;
+        }
+    }
+    Money((micro_ms / 3_600_000) as i64)
 }
 
 pub fn instance_cost(i: &InstanceRecord, now: TimestampMs) -> Money {
-    billed_interval(i, now).map_or(Money::ZERO, |(s, e)| accrued(i.hourly, s, e))
+    billed_interval(i, now).map_or(Money::ZERO, |(s, e)| accrued(i, s, e))
 }
 
 /// A job's cost: for each attempt, its instance's price over the attempt's time on it.
@@ -42,7 +61,7 @@ pub fn job_cost(
             let (s, e) = billed_interval(inst, now)?;
             let start = a.started_ms.max(s);
             let end = a.ended_ms.unwrap_or(now).min(e);
-            Some(accrued(inst.hourly, start, end.max(start)))
+            Some(accrued(inst, start, end.max(start)))
         })
         .sum()
 }
@@ -74,7 +93,7 @@ pub fn per_day(instances: &[InstanceRecord], now: TimestampMs) -> BTreeMap<Strin
         while t < e {
             let day_end = (t.div_euclid(DAY_MS) + 1) * DAY_MS;
             let seg_end = day_end.min(e);
-            let c = accrued(i.hourly, s, seg_end).0 - accrued(i.hourly, s, t).0;
+            let c = accrued(i, s, seg_end).0 - accrued(i, s, t).0;
             *days.entry(utc_date(t)).or_default() += Money(c);
             t = seg_end;
         }
@@ -232,7 +251,33 @@ mod tests {
             provider_id: None,
             region: None,
             backend: None,
+            price_segments: Vec::new(),
         }
+    }
+
+    #[test]
+    fn a_moving_price_sums_its_segments_exactly() {
+        // $3.60/h for 100 s, then $7.20/h for 50 s, then $0.36/h: launched at t=1000.
+        let mut i = inst(1_000, Some(1_000 + 200_000), 3_600_000);
+        i.price_segments = vec![
+            (1_000, Money(3_600_000)),
+            (101_000, Money(7_200_000)),
+            (151_000, Money(360_000)),
+        ];
+        // 100 s x $0.001/s + 50 s x $0.002/s + 50 s x $0.0001/s = $0.205
+        assert_eq!(instance_cost(&i, 0), Money(205_000));
+        // Days still sum to the total, and one segment equals the flat price.
+        assert_eq!(
+            per_day(std::slice::from_ref(&i), 0)
+                .values()
+                .copied()
+                .sum::<Money>(),
+            Money(205_000)
+        );
+        let mut flat = inst(1_000, Some(1_000 + 200_000), 3_600_000);
+        assert_eq!(instance_cost(&flat, 0), Money(200_000));
+        flat.price_segments = vec![(1_000, Money(3_600_000))];
+        assert_eq!(instance_cost(&flat, 0), Money(200_000));
     }
 
     #[test]

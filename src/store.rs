@@ -8,6 +8,7 @@ use crate::model::{InstanceState, JobState, MetricPoint, Money, Progress, Timest
 use anyhow::{Context, Result, bail};
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use serde::Serialize;
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 /// Versioned migrations; the index + 1 is the schema version (`PRAGMA user_version`).
@@ -126,7 +127,15 @@ const MIGRATIONS: &[&str] = &[
         ts_ms INTEGER NOT NULL,
         PRIMARY KEY (job_id, name)
     );
-    CREATE INDEX metric_points_step ON metric_points(job_id, name, step);",
+    CREATE INDEX metric_points_step ON metric_points(job_id, name, step);
+    -- An instance's price over time (a spot price moves): each row is the hourly price
+    -- from from_ms on; the first row also covers any time before it.
+    CREATE TABLE price_segments (
+        instance_id TEXT NOT NULL,
+        from_ms INTEGER NOT NULL,
+        hourly_micros INTEGER NOT NULL,
+        PRIMARY KEY (instance_id, from_ms)
+    );",
 ];
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -152,6 +161,10 @@ pub struct InstanceRecord {
     pub region: Option<String>,
     /// Provider-only data (JSON text), opaque to the engine.
     pub backend: Option<String>,
+    /// The price over time, oldest first, when it ever changed (a spot price); empty
+    /// means `hourly` all along. Cost sums the segments exactly.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub price_segments: Vec<(TimestampMs, Money)>,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -656,6 +669,7 @@ impl Store {
             provider_id: r.get(14)?,
             region: r.get(15)?,
             backend: r.get(16)?,
+            price_segments: Vec::new(),
         })
     }
 
@@ -669,10 +683,17 @@ impl Store {
             "SELECT {} FROM instances WHERE id = ?1",
             Self::INSTANCE_COLS
         );
-        Ok(self
+        let Some(inst) = self
             .conn
             .query_row(&sql, params![id], Self::instance_row)
-            .optional()?)
+            .optional()?
+        else {
+            return Ok(None);
+        };
+        let mut one = [inst];
+        self.attach_price_segments(&mut one, Some(id))?;
+        let [inst] = one;
+        Ok(Some(inst))
     }
 
     /// Find an instance by id, unique id prefix, or name (live instances first).
@@ -702,7 +723,7 @@ impl Store {
         let filter = if all {
             ""
         } else {
-            "WHERE state IN ('pending', 'running', 'terminating')"
+            "WHERE state IN ('pending', 'running', 'terminating', 'stopped')"
         };
         let sql = format!(
             "SELECT {} FROM instances {filter} ORDER BY created_ms DESC, id DESC",
@@ -710,7 +731,69 @@ impl Store {
         );
         let mut stmt = self.conn.prepare(&sql)?;
         let rows = stmt.query_map([], Self::instance_row)?;
-        Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+        let mut out = rows.collect::<rusqlite::Result<Vec<_>>>()?;
+        self.attach_price_segments(&mut out, None)?;
+        Ok(out)
+    }
+
+    /// Fill `price_segments` of `insts` (one query; `only` narrows it to one instance).
+    fn attach_price_segments(
+        &self,
+        insts: &mut [InstanceRecord],
+        only: Option<&str>,
+    ) -> Result<()> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT instance_id, from_ms, hourly_micros FROM price_segments
+             WHERE ?1 IS NULL OR instance_id = ?1 ORDER BY instance_id, from_ms",
+        )?;
+        let mut by_id: HashMap<String, Vec<(TimestampMs, Money)>> = HashMap::new();
+        for row in stmt.query_map(params![only], |r| {
+            Ok((r.get::<_, String>(0)?, r.get(1)?, Money(r.get(2)?)))
+        })? {
+            let (id, from, price) = row?;
+            by_id.entry(id).or_default().push((from, price));
+        }
+        for i in insts {
+            if let Some(v) = by_id.remove(&i.id) {
+                i.price_segments = v;
+            }
+        }
+        Ok(())
+    }
+
+    /// The instance's price changes to `hourly` from `from_ms` on (a spot price moved).
+    /// The price it had until then is kept as the first segment, so cost stays exact.
+    pub fn set_price(&mut self, id: &str, from_ms: TimestampMs, hourly: Money) -> Result<()> {
+        self.write(|tx| {
+            let (old, since): (i64, i64) = tx.query_row(
+                "SELECT hourly_micros, COALESCE(launched_ms, created_ms) FROM instances WHERE id = ?1",
+                params![id],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )?;
+            tx.execute(
+                "INSERT OR IGNORE INTO price_segments (instance_id, from_ms, hourly_micros)
+                 SELECT ?1, ?2, ?3 WHERE NOT EXISTS
+                    (SELECT 1 FROM price_segments WHERE instance_id = ?1)",
+                params![id, since.min(from_ms), old],
+            )?;
+            tx.execute(
+                "INSERT OR REPLACE INTO price_segments (instance_id, from_ms, hourly_micros)
+                 VALUES (?1, ?2, ?3)",
+                params![id, from_ms, hourly.0],
+            )?;
+            tx.execute(
+                "UPDATE instances SET hourly_micros = ?2 WHERE id = ?1",
+                params![id, hourly.0],
+            )?;
+            Self::event_tx(
+                tx,
+                "instance.price",
+                Some(id),
+                None,
+                &format!("{}/h from {from_ms} (was {}/h)", hourly, Money(old)),
+            )?;
+            Ok(())
+        })
     }
 
     // --------------------------------------------------------------------- jobs
@@ -1610,6 +1693,25 @@ mod tests {
     }
 
     #[test]
+    fn price_changes_are_kept_as_segments_with_the_first_price() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = Store::open(&dir.path().join("t.db")).unwrap();
+        s.insert_instance(&instance("i-1")).unwrap();
+        s.mark_instance_running("i-1", "/x", 1_000).unwrap();
+        let before = s.instance("i-1").unwrap().unwrap();
+        assert!(before.price_segments.is_empty());
+        s.set_price("i-1", 5_000, Money(7)).unwrap();
+        s.set_price("i-1", 9_000, Money(3)).unwrap();
+        let after = s.instance("i-1").unwrap().unwrap();
+        assert_eq!(
+            after.price_segments,
+            vec![(1_000, before.hourly), (5_000, Money(7)), (9_000, Money(3))]
+        );
+        assert_eq!(after.hourly, Money(3));
+        assert_eq!(s.instances(true).unwrap()[0].price_segments.len(), 3);
+    }
+
+    #[test]
     fn a_busy_store_is_retried_and_other_errors_are_not() {
         let mut calls = 0;
         let v = retry_busy(|| {
@@ -1648,6 +1750,7 @@ mod tests {
             provider_id: None,
             region: None,
             backend: None,
+            price_segments: Vec::new(),
         }
     }
 

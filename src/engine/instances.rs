@@ -40,6 +40,7 @@ impl Engine {
             provider_id: None,
             region: None,
             backend: None,
+            price_segments: Vec::new(),
         };
         // Bound first: a guard held by the match's scrutinee would dead-lock the arms.
         let existing = self.store().instance(&id)?;

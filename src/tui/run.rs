@@ -111,6 +111,7 @@ pub fn build_snapshot(engine: &Engine, cache: &mut SnapshotCache) -> Result<Snap
                     provider_id: None,
                     region: None,
                     backend: None,
+                    price_segments: Vec::new(),
                 },
                 cost: Money::ZERO,
                 uptime_ms: 0,

@@ -54,6 +54,7 @@ fn instance(id: &str, name: &str, state: InstanceState, hourly: i64) -> Instance
             provider_id: None,
             region: None,
             backend: None,
+            price_segments: Vec::new(),
         },
         cost: Money(hourly),
         uptime_ms: 3_600_000,

@@ -34,6 +34,7 @@ fn threads_with_their_own_connections_never_corrupt_the_store() {
                         provider_id: None,
                         region: None,
                         backend: None,
+                        price_segments: Vec::new(),
                     })
                     .unwrap();
                     s.mark_instance_running(&id, "/x", now_ms()).unwrap();
@@ -165,6 +166,7 @@ fn opener_child() {
         provider_id: None,
         region: None,
         backend: None,
+        price_segments: Vec::new(),
     })
     .expect("insert");
     println!("opener ok");
