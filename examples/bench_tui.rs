@@ -53,28 +53,22 @@ fn big_snapshot() -> Snapshot {
     let instances = (0..1000)
         .map(|i| InstanceRow {
             rec: InstanceRecord {
-                id: format!("i-{i:012}"),
-                provider: "local".into(),
                 name: format!("box-{i}"),
-                instance_type: "local".into(),
                 spot: i % 3 == 0,
                 gpus: (i % 9) as u32,
-                gpu_info: None,
                 state: if i % 4 == 0 {
                     InstanceState::Terminated
                 } else {
                     InstanceState::Running
                 },
-                hourly: Money(1_000_000 + i),
                 created_ms: now - 10_000_000,
                 launched_ms: Some(now - 9_000_000),
-                terminated_ms: None,
-                address: None,
-                error: None,
-                provider_id: None,
-                region: None,
-                backend: None,
-                price_segments: Vec::new(),
+                ..InstanceRecord::intent(
+                    &format!("i-{i:012}"),
+                    "local",
+                    "local",
+                    Money(1_000_000 + i),
+                )
             },
             cost: Money(2_500_000 + i),
             uptime_ms: 9_000_000,

@@ -230,28 +230,16 @@ mod tests {
 
     fn inst(launched: i64, terminated: Option<i64>, hourly: i64) -> InstanceRecord {
         InstanceRecord {
-            id: "i".into(),
-            provider: "local".into(),
             name: "i".into(),
-            instance_type: "local".into(),
-            spot: false,
-            gpus: 0,
-            gpu_info: None,
             state: if terminated.is_some() {
                 InstanceState::Terminated
             } else {
                 InstanceState::Running
             },
-            hourly: Money(hourly),
             created_ms: launched - 500,
             launched_ms: Some(launched),
             terminated_ms: terminated,
-            address: None,
-            error: None,
-            provider_id: None,
-            region: None,
-            backend: None,
-            price_segments: Vec::new(),
+            ..InstanceRecord::intent("i", "local", "local", Money(hourly))
         }
     }
 

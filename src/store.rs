@@ -167,6 +167,33 @@ pub struct InstanceRecord {
     pub price_segments: Vec<(TimestampMs, Money)>,
 }
 
+impl InstanceRecord {
+    /// A launch intent: Pending, created now, named by its id, nothing launched or known
+    /// about it yet. Callers set what they know beyond that.
+    pub fn intent(id: &str, provider: &str, instance_type: &str, hourly: Money) -> InstanceRecord {
+        InstanceRecord {
+            id: id.into(),
+            provider: provider.into(),
+            name: id.into(),
+            instance_type: instance_type.into(),
+            spot: false,
+            gpus: 0,
+            gpu_info: None,
+            state: InstanceState::Pending,
+            hourly,
+            created_ms: now_ms(),
+            launched_ms: None,
+            terminated_ms: None,
+            address: None,
+            error: None,
+            provider_id: None,
+            region: None,
+            backend: None,
+            price_segments: Vec::new(),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct JobRecord {
     pub id: String,
@@ -1732,26 +1759,7 @@ mod tests {
     }
 
     fn instance(id: &str) -> InstanceRecord {
-        InstanceRecord {
-            id: id.into(),
-            provider: "local".into(),
-            name: id.into(),
-            instance_type: "local".into(),
-            spot: false,
-            gpus: 0,
-            gpu_info: None,
-            state: InstanceState::Pending,
-            hourly: Money(1_000_000),
-            created_ms: now_ms(),
-            launched_ms: None,
-            terminated_ms: None,
-            address: None,
-            error: None,
-            provider_id: None,
-            region: None,
-            backend: None,
-            price_segments: Vec::new(),
-        }
+        InstanceRecord::intent(id, "local", "local", Money(1_000_000))
     }
 
     fn job(id: &str, inst: &str) -> JobRecord {

@@ -23,24 +23,10 @@ impl Engine {
         let plan = p.plan(req).await?;
         let id = id.to_string();
         let rec = InstanceRecord {
-            id: id.clone(),
-            provider: provider.to_string(),
             name: req.name.clone().unwrap_or_else(|| id.clone()),
-            instance_type: plan.instance_type.clone(),
             spot: plan.spot,
             gpus: plan.gpus,
-            gpu_info: None,
-            state: InstanceState::Pending,
-            hourly: plan.hourly,
-            created_ms: now_ms(),
-            launched_ms: None,
-            terminated_ms: None,
-            address: None,
-            error: None,
-            provider_id: None,
-            region: None,
-            backend: None,
-            price_segments: Vec::new(),
+            ..InstanceRecord::intent(&id, provider, &plan.instance_type, plan.hourly)
         };
         // Bound first: a guard held by the match's scrutinee would dead-lock the arms.
         let existing = self.store().instance(&id)?;

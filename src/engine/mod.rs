@@ -187,6 +187,17 @@ impl Engine {
         self.inner.providers.keys().cloned().collect()
     }
 
+    /// Ids of the jobs that have not ended, oldest first.
+    pub fn live_job_ids(&self) -> Result<Vec<String>> {
+        Ok(self
+            .store()
+            .jobs()?
+            .into_iter()
+            .filter(|j| !j.state.is_terminal())
+            .map(|j| j.id)
+            .collect())
+    }
+
     /// How attempts run on machines (the detached runner; Slurm's `sbatch` will be chosen
     /// per provider here).
     pub(crate) fn executor(&self) -> &dyn crate::job::executor::Executor {

@@ -310,14 +310,7 @@ impl Engine {
     /// Poll every job that is not finished (re-attach after a restart). Errors on one job
     /// are recorded and do not stop the others.
     pub async fn reconcile_jobs(&self) -> Result<()> {
-        let live: Vec<String> = self
-            .store()
-            .jobs()?
-            .into_iter()
-            .filter(|j| !j.state.is_terminal())
-            .map(|j| j.id)
-            .collect();
-        for id in live {
+        for id in self.live_job_ids()? {
             if let Err(e) = self.poll_job(&id).await {
                 tracing::warn!("re-attaching to job {id}: {e:#}");
             }

@@ -107,13 +107,7 @@ impl Engine {
 
     /// Supervise every live job of the store not supervised here yet; the new actors.
     pub fn supervise_live(&self) -> Result<Vec<JobHandle>> {
-        let live: Vec<String> = self
-            .store()
-            .jobs()?
-            .into_iter()
-            .filter(|j| !j.state.is_terminal())
-            .map(|j| j.id)
-            .collect();
+        let live = self.live_job_ids()?;
         Ok(live
             .iter()
             .filter_map(|id| self.supervise(id, false))

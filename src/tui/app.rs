@@ -518,6 +518,40 @@ impl App {
             .and_then(|&i| self.snap.jobs.get(i))
     }
 
+    /// Ask before acting on the job in view (the focused one in Logs, else the selected):
+    /// `what` gives the lines after the job's own and the command, or None when the action
+    /// does not apply to it. The answer defaults to No. Returns whether it asked.
+    fn job_confirm(
+        &mut self,
+        title: &str,
+        what: impl FnOnce(&JobRow) -> Option<(Vec<String>, Command)>,
+    ) -> bool {
+        let job = match self.view {
+            View::Logs => self.focus_job_row(),
+            _ => self.selected_job(),
+        };
+        let Some(j) = job else {
+            return false;
+        };
+        let Some((more, on_yes)) = what(j) else {
+            return false;
+        };
+        let mut lines = vec![format!(
+            "{} ({}) on {}",
+            j.rec.name,
+            j.rec.id,
+            j.rec.instance_id.as_deref().unwrap_or("-")
+        )];
+        lines.extend(more);
+        self.mode = Mode::Confirm(Confirm {
+            title: title.into(),
+            lines,
+            yes: false,
+            on_yes,
+        });
+        true
+    }
+
     pub fn focus_job_row(&self) -> Option<&JobRow> {
         let id = self.focus_job.as_deref()?;
         self.snap.jobs.iter().find(|j| j.rec.id == id)
@@ -1046,55 +1080,36 @@ impl App {
                 Vec::new()
             }
             Action::CancelJob => {
-                let job = match self.view {
-                    View::Logs => self.focus_job_row(),
-                    _ => self.selected_job(),
-                };
-                if let Some(j) = job.filter(|j| !j.rec.state.is_terminal()) {
-                    self.mode = Mode::Confirm(Confirm {
-                        title: "Cancel job?".into(),
-                        lines: vec![
-                            format!(
-                                "{} ({}) on {}",
-                                j.rec.name,
-                                j.rec.id,
-                                j.rec.instance_id.as_deref().unwrap_or("-")
-                            ),
-                            format!("cost so far {}", j.cost),
-                            "SIGTERM now, SIGKILL after the grace period".into(),
-                        ],
-                        yes: false,
-                        on_yes: Command::Cancel {
-                            job: j.rec.id.clone(),
-                        },
-                    });
-                }
+                self.job_confirm("Cancel job?", |j| {
+                    (!j.rec.state.is_terminal()).then(|| {
+                        (
+                            vec![
+                                format!("cost so far {}", j.cost),
+                                "SIGTERM now, SIGKILL after the grace period".into(),
+                            ],
+                            Command::Cancel {
+                                job: j.rec.id.clone(),
+                            },
+                        )
+                    })
+                });
                 Vec::new()
             }
             Action::Migrate => {
-                let job = match self.view {
-                    View::Logs => self.focus_job_row(),
-                    _ => self.selected_job(),
-                };
-                if let Some(j) = job.filter(|j| j.rec.state == JobState::Running) {
-                    self.mode = Mode::Confirm(Confirm {
-                        title: "Migrate job?".into(),
-                        lines: vec![
-                            format!(
-                                "{} ({}) on {}",
-                                j.rec.name,
-                                j.rec.id,
-                                j.rec.instance_id.as_deref().unwrap_or("-")
-                            ),
-                            "stopped with the grace to save, then resumed from its".into(),
-                            "newest checkpoint on a new machine like this one".into(),
-                        ],
-                        yes: false,
-                        on_yes: Command::Migrate {
-                            job: j.rec.id.clone(),
-                        },
-                    });
-                } else {
+                let asked = self.job_confirm("Migrate job?", |j| {
+                    (j.rec.state == JobState::Running).then(|| {
+                        (
+                            vec![
+                                "stopped with the grace to save, then resumed from its".into(),
+                                "newest checkpoint on a new machine like this one".into(),
+                            ],
+                            Command::Migrate {
+                                job: j.rec.id.clone(),
+                            },
+                        )
+                    })
+                });
+                if !asked {
                     self.say("select a running job to migrate", true);
                 }
                 Vec::new()

@@ -37,24 +37,12 @@ fn validator() -> super::app::Validator {
 fn instance(id: &str, name: &str, state: InstanceState, hourly: i64) -> InstanceRow {
     InstanceRow {
         rec: InstanceRecord {
-            id: id.into(),
-            provider: "local".into(),
             name: name.into(),
-            instance_type: "local".into(),
-            spot: false,
-            gpus: 0,
-            gpu_info: None,
             state,
-            hourly: Money(hourly),
             created_ms: NOW - 3_700_000,
             launched_ms: Some(NOW - 3_600_000),
             terminated_ms: (!state.is_live()).then_some(NOW - 60_000),
-            address: None,
-            error: None,
-            provider_id: None,
-            region: None,
-            backend: None,
-            price_segments: Vec::new(),
+            ..InstanceRecord::intent(id, "local", "local", Money(hourly))
         },
         cost: Money(hourly),
         uptime_ms: 3_600_000,

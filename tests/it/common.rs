@@ -214,3 +214,15 @@ impl Env {
 pub fn sandbox_processes(id: &str) -> Vec<i32> {
     trainctl::provider::local::sandbox_processes(id)
 }
+
+/// `cost_micros` of row `id` in table `table` ("instances" or "jobs") of `cost --json`.
+pub fn cost_of(cost: &serde_json::Value, table: &str, id: &str) -> i64 {
+    cost[table]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["id"] == id)
+        .unwrap_or_else(|| panic!("no {table} row {id}: {cost}"))["cost_micros"]
+        .as_i64()
+        .unwrap()
+}

@@ -1,6 +1,6 @@
 //! End to end on the local provider: run, re-attach, cancel, budget, failure.
 
-use crate::common::{Env, sandbox_processes};
+use crate::common::{Env, cost_of, sandbox_processes};
 use std::path::Path;
 use std::process::Stdio;
 
@@ -84,14 +84,7 @@ fn run_to_completion_stores_metrics_pulls_checksummed_artifacts_and_cleans_up() 
 
     // Cost rows exist and are positive.
     let cost = env.json(&["cost"]);
-    let inst_cost = cost["instances"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|i| i["id"] == id.as_str())
-        .unwrap()["cost_micros"]
-        .as_i64()
-        .unwrap();
+    let inst_cost = cost_of(&cost, "instances", &id);
     assert!(inst_cost >= 0);
     assert!(!cost["days"].as_object().unwrap().is_empty());
     assert!(

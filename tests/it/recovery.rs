@@ -1,7 +1,7 @@
 //! Jobs that survive their machine, on the local provider: migrate, loss without notice,
 //! max_attempts. Real processes, the real binary, a real store.
 
-use crate::common::{Env, sandbox_processes};
+use crate::common::{Env, cost_of, sandbox_processes};
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
@@ -126,24 +126,8 @@ fn migrate_moves_a_running_job_to_a_new_machine_with_an_identical_result() {
     assert!(log.contains("attempt 2 on"), "{log}");
     // Cost: both machines billed, and the job's cost covers both attempts.
     let cost = env.json(&["cost"]);
-    let job_cost = cost["jobs"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|j| j["id"] == job.as_str())
-        .unwrap()["cost_micros"]
-        .as_i64()
-        .unwrap();
-    let inst_cost = |id: &str| {
-        cost["instances"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|i| i["id"] == id)
-            .unwrap()["cost_micros"]
-            .as_i64()
-            .unwrap()
-    };
+    let job_cost = cost_of(&cost, "jobs", &job);
+    let inst_cost = |id: &str| cost_of(&cost, "instances", id);
     assert!(inst_cost(&first) > 0 && inst_cost(&second) > 0, "{cost}");
     assert!(job_cost > inst_cost(&second), "{cost}");
     // Both machines terminated: nothing left billing, no process left.

@@ -1,7 +1,7 @@
 //! Several processes (and threads) writing one store at once: nothing lost, nothing corrupt.
 
 use crate::common::Env;
-use trainctl::model::{InstanceState, Money, now_ms};
+use trainctl::model::{Money, now_ms};
 use trainctl::store::{InstanceRecord, Store};
 
 #[test]
@@ -16,27 +16,8 @@ fn threads_with_their_own_connections_never_corrupt_the_store() {
                 let mut s = Store::open(&path).unwrap();
                 for i in 0..100 {
                     let id = format!("i-{t}-{i}");
-                    s.insert_instance(&InstanceRecord {
-                        id: id.clone(),
-                        provider: "local".into(),
-                        name: id.clone(),
-                        instance_type: "local".into(),
-                        spot: false,
-                        gpus: 0,
-                        gpu_info: None,
-                        state: InstanceState::Pending,
-                        hourly: Money(1),
-                        created_ms: now_ms(),
-                        launched_ms: None,
-                        terminated_ms: None,
-                        address: None,
-                        error: None,
-                        provider_id: None,
-                        region: None,
-                        backend: None,
-                        price_segments: Vec::new(),
-                    })
-                    .unwrap();
+                    s.insert_instance(&InstanceRecord::intent(&id, "local", "local", Money(1)))
+                        .unwrap();
                     s.mark_instance_running(&id, "/x", now_ms()).unwrap();
                 }
             })
@@ -148,26 +129,7 @@ fn opener_child() {
         std::thread::sleep(std::time::Duration::from_micros(200));
     }
     let mut s = Store::open(std::path::Path::new(&path)).expect("open");
-    s.insert_instance(&InstanceRecord {
-        id: id.clone(),
-        provider: "local".into(),
-        name: id.clone(),
-        instance_type: "local".into(),
-        spot: false,
-        gpus: 0,
-        gpu_info: None,
-        state: InstanceState::Pending,
-        hourly: Money(1),
-        created_ms: now_ms(),
-        launched_ms: None,
-        terminated_ms: None,
-        address: None,
-        error: None,
-        provider_id: None,
-        region: None,
-        backend: None,
-        price_segments: Vec::new(),
-    })
-    .expect("insert");
+    s.insert_instance(&InstanceRecord::intent(&id, "local", "local", Money(1)))
+        .expect("insert");
     println!("opener ok");
 }
