@@ -318,6 +318,20 @@ pub struct CheckpointRecord {
 /// How long one statement waits for another process's lock (SQLite's busy handler).
 const BUSY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
+/// Run blocking store work without holding an async worker hostage: on a multi-threaded
+/// tokio runtime the worker hands its other tasks to another thread while `f` blocks
+/// (`block_in_place`); elsewhere (no runtime, a current-thread runtime, a blocking
+/// thread) `f` simply runs. SQLite calls wait up to the busy timeout when another process
+/// writes, and a waiting worker must not stall the cockpit or a follow.
+pub fn off_worker<R>(f: impl FnOnce() -> R) -> R {
+    match tokio::runtime::Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(f)
+        }
+        _ => f(),
+    }
+}
+
 /// Whether `e` is SQLite saying another connection holds a lock (transient).
 pub fn is_busy(e: &anyhow::Error) -> bool {
     e.chain().any(|c| {
@@ -443,11 +457,13 @@ impl Store {
         mut f: impl FnMut(&rusqlite::Transaction<'_>) -> Result<T>,
     ) -> Result<T> {
         let conn = &mut self.conn;
-        retry_busy(|| {
-            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            let v = f(&tx)?;
-            tx.commit()?;
-            Ok(v)
+        off_worker(|| {
+            retry_busy(|| {
+                let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+                let v = f(&tx)?;
+                tx.commit()?;
+                Ok(v)
+            })
         })
     }
 

@@ -153,7 +153,8 @@ impl Engine {
 
     /// The store, for short synchronous work. Never hold it across an await.
     pub fn store(&self) -> MutexGuard<'_, Store> {
-        self.inner.store.lock().unwrap_or_else(|p| p.into_inner())
+        // Waiting for another task's store work blocks: off the async worker.
+        crate::store::off_worker(|| self.inner.store.lock().unwrap_or_else(|p| p.into_inner()))
     }
 
     /// Route SSH key passphrase questions to `tx` (the cockpit asks the person).
