@@ -56,9 +56,14 @@ pub enum Command {
         gpus: Option<u32>,
         #[arg(long)]
         spot: bool,
-        /// Override the hourly price in dollars (local provider's pretend price).
+        /// Override the hourly price in dollars (local provider's pretend price); the same
+        /// as `-o hourly_usd=USD`.
         #[arg(long, value_name = "USD")]
         hourly_usd: Option<String>,
+        /// A provider-only option, KEY=VALUE (repeatable); the provider refuses keys it
+        /// does not know.
+        #[arg(short = 'o', long = "option", value_name = "KEY=VALUE")]
+        option: Vec<String>,
         /// Trust and record the machine's SSH host key if it was never seen before
         /// (check the fingerprint it prints). A changed key is refused regardless.
         #[arg(long)]
@@ -312,22 +317,27 @@ async fn run(cli: Cli) -> Result<i32> {
             spot,
             hourly_usd,
             accept_new_host_key,
+            option,
         } => {
-            let hourly = match hourly_usd {
-                Some(s) => Some(
-                    Money::from_dollars_str(&s)
-                        .with_context(|| format!("--hourly-usd `{s}` is not a dollar amount"))?,
-                ),
-                None => None,
-            };
+            let mut options = std::collections::BTreeMap::new();
+            for o in option {
+                let Some((k, v)) = o.split_once('=') else {
+                    eprintln!("error: -o `{o}`: expected KEY=VALUE");
+                    return Ok(EXIT_USAGE);
+                };
+                options.insert(k.trim().to_string(), v.trim().to_string());
+            }
+            if let Some(s) = hourly_usd {
+                options.insert("hourly_usd".to_string(), s);
+            }
             let provider = provider.unwrap_or_else(|| engine.config().default_provider.clone());
             let req = LaunchRequest {
                 name,
                 instance_type,
                 gpus,
                 spot,
-                hourly,
                 accept_new_host_key,
+                options,
             };
             let inst = engine.launch(&provider, &req).await?;
             if json {
@@ -851,8 +861,8 @@ async fn run_job(engine: &Engine, o: RunOpts, json: bool) -> Result<i32> {
                 instance_type: r.instance_type.clone(),
                 gpus: r.gpus,
                 spot: r.spot.unwrap_or(false),
-                hourly: None,
                 accept_new_host_key: false,
+                options: Default::default(),
             };
             let i = engine.launch(&provider, &req).await?;
             eprintln!("launched {} on {provider}", i.id);

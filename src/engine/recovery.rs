@@ -580,11 +580,7 @@ fn replacement_request(prev: &InstanceRecord, ty: Option<&str>, job: &JobRecord)
         instance_type: Some(ty.unwrap_or(&prev.instance_type).to_string()),
         gpus: if ty.is_some() { None } else { Some(prev.gpus) },
         spot: prev.spot,
-        hourly: if ty.is_some() {
-            None
-        } else {
-            Some(prev.hourly)
-        },
         accept_new_host_key: false,
+        options: Default::default(),
     }
 }

@@ -124,6 +124,7 @@ impl Provider for LocalProvider {
     }
 
     fn check(&self, req: &LaunchRequest) -> Result<Plan> {
+        req.only_options("local", &["hourly_usd"])?;
         let ty = req.instance_type.as_deref().unwrap_or(INSTANCE_TYPE);
         if ty != INSTANCE_TYPE {
             bail!("the local provider has one instance type, `{INSTANCE_TYPE}`; `{ty}` is unknown");
@@ -143,7 +144,7 @@ impl Provider for LocalProvider {
             spot: false,
             accept_new_host_key: false,
             hourly: req
-                .hourly
+                .money_option("hourly_usd")?
                 .unwrap_or_else(|| Money::from_dollars_f64(self.cfg.hourly_usd)),
         })
     }

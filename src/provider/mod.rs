@@ -19,10 +19,43 @@ pub struct LaunchRequest {
     pub instance_type: Option<String>,
     pub gpus: Option<u32>,
     pub spot: bool,
-    /// Price override in dollars per hour (the local provider's pretend price).
-    pub hourly: Option<Money>,
-    /// Trust and record the machine's host key if it has never been seen (SSH).
+    /// Trust and record the machine's host key if it has never been seen (every provider
+    /// whose machines are reached over SSH).
     pub accept_new_host_key: bool,
+    /// Options only one provider understands (`hourly_usd` for `local` and `ssh`; an AMI or
+    /// a bid for the clouds), `trainctl launch -o KEY=VALUE`. Each provider's `check`
+    /// refuses a key it does not know, naming the ones it does.
+    pub options: std::collections::BTreeMap<String, String>,
+}
+
+impl LaunchRequest {
+    /// Refuse options other than `known`, for provider `provider`.
+    pub fn only_options(&self, provider: &str, known: &[&str]) -> Result<()> {
+        for k in self.options.keys() {
+            if !known.contains(&k.as_str()) {
+                anyhow::bail!(
+                    "the {provider} provider has no option `{k}` (it knows: {})",
+                    if known.is_empty() {
+                        "none".to_string()
+                    } else {
+                        known.join(", ")
+                    }
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// A dollar amount given as option `key`.
+    pub fn money_option(&self, key: &str) -> Result<Option<Money>> {
+        self.options
+            .get(key)
+            .map(|v| {
+                Money::from_dollars_str(v)
+                    .ok_or_else(|| anyhow::anyhow!("option {key} = `{v}` is not a dollar amount"))
+            })
+            .transpose()
+    }
 }
 
 /// A request checked against the provider's catalog, before any side effect.

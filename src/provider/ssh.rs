@@ -107,6 +107,7 @@ impl Provider for SshProvider {
     }
 
     fn check(&self, req: &LaunchRequest) -> Result<Plan> {
+        req.only_options("ssh", &["hourly_usd"])?;
         if req.spot {
             bail!("ssh hosts have no spot market");
         }
@@ -153,7 +154,7 @@ impl Provider for SshProvider {
             gpus: free.gpus,
             spot: false,
             hourly: req
-                .hourly
+                .money_option("hourly_usd")?
                 .unwrap_or_else(|| Money::from_dollars_f64(free.hourly_usd)),
             accept_new_host_key: req.accept_new_host_key,
         })

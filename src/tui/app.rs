@@ -1372,8 +1372,8 @@ impl App {
             instance_type: (!v[1].is_empty()).then(|| v[1].clone()),
             gpus: None,
             spot,
-            hourly: None,
             accept_new_host_key: false,
+            options: Default::default(),
         }
     }
 

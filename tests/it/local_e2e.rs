@@ -411,3 +411,23 @@ fn gpu_facts_come_from_nvidia_smi_when_the_machine_has_it() {
     assert_eq!(v["gpu_info"], "2x NVIDIA A100-SXM4-80GB (81920 MiB)");
     env.ok(&["terminate", v["id"].as_str().unwrap()]);
 }
+
+#[test]
+fn provider_only_options_are_checked_by_their_provider_before_any_launch() {
+    let env = Env::new("", "0");
+    let out = env.run(&["launch", "-o", "ami=ami-123"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("no option `ami`") && err.contains("hourly_usd"),
+        "{err}"
+    );
+    let out = env.run(&["launch", "-o", "hourly_usd=lots"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not a dollar amount"));
+    assert_eq!(env.run(&["launch", "-o", "novalue"]).status.code(), Some(2));
+    // Nothing was recorded, let alone launched.
+    assert!(env.json(&["ls", "--all"]).as_array().unwrap().is_empty());
+    let v = env.json(&["launch", "-o", "hourly_usd=1.5"]);
+    assert_eq!(v["hourly"], 1_500_000);
+    env.ok(&["terminate", v["id"].as_str().unwrap()]);
+}
