@@ -901,8 +901,14 @@ async fn run_job(engine: &Engine, o: RunOpts, json: bool) -> Result<i32> {
         }
     };
     let mut report = None;
-    let inst_now = engine.store().instance(&inst.id)?;
-    let inst_live = inst_now.is_some_and(|i| i.state.is_live());
+    // The job may have moved machines (recovery, migrate): its end is on the current one.
+    let current = engine
+        .store()
+        .job(&job.id)?
+        .and_then(|j| j.instance_id)
+        .unwrap_or_else(|| inst.id.clone());
+    let inst_now = engine.store().instance(&current)?;
+    let inst_live = inst_now.as_ref().is_some_and(|i| i.state.is_live());
     if !o.no_pull && !project.config.artifacts.is_empty() && inst_live {
         match engine.pull(&job.id, None).await {
             Ok(r) => {
@@ -913,10 +919,35 @@ async fn run_job(engine: &Engine, o: RunOpts, json: bool) -> Result<i32> {
             }
             Err(e) => eprintln!("warning: pulling artifacts failed: {e:#}"),
         }
+    } else if o.terminate_after && !o.no_pull {
+        // Pulled by whichever supervisor saw the end (the stored end intent).
+        let pulled: Vec<crate::job::artifacts::Pulled> = engine
+            .store()
+            .artifacts(&job.id)?
+            .into_iter()
+            .map(|a| crate::job::artifacts::Pulled {
+                path: a.path,
+                size: a.size,
+                blake3: a.blake3,
+                local_path: a.local_path,
+            })
+            .collect();
+        let r = crate::job::artifacts::PullReport {
+            pulled,
+            unmatched: Vec::new(),
+        };
+        if !json {
+            print_pull(&r, false);
+        }
+        report = Some(r);
     }
-    if o.terminate_after && inst_live {
-        let t = engine.terminate(&inst.id, "run --terminate-after").await?;
-        eprintln!("terminated {}", t.id);
+    if o.terminate_after {
+        if inst_live {
+            engine.terminate(&current, "run --terminate-after").await?;
+        }
+        if let Some(i) = engine.store().instance(&current)? {
+            eprintln!("{} {}", i.id, i.state);
+        }
     }
     let final_job = engine.store().job(&job.id)?.context("job vanished")?;
     let cost = engine
