@@ -125,9 +125,14 @@ pub struct SyncPlan {
     /// The machine's block sums of `modified` files, when fetched with the manifest.
     #[serde(skip)]
     pub block_sums: HashMap<String, Vec<String>>,
-    /// Same content, new mtime: recorded so the next scan need not hash them again.
+    /// Same content, new mtime: the machine's copy gets the mtime (as `rsync -a` keeps
+    /// it), and the manifest records it so the next scan need not hash them again.
     #[serde(skip)]
     pub touched: Vec<String>,
+    /// New files where the machine has a directory (a directory became a file): removed
+    /// before the file lands, whatever the machine added inside it.
+    #[serde(skip)]
+    pub in_the_way: Vec<String>,
     #[serde(skip)]
     pub manifest: Manifest,
     /// Lines in the manifest log on the machine when it was read.
@@ -342,6 +347,20 @@ pub fn plan(local: Manifest, remote: &Manifest) -> SyncPlan {
     for path in remote.keys() {
         if !local.contains_key(path) {
             p.delete.push(path.clone());
+        }
+    }
+    // A new file or link at a path the machine holds as a directory (it has entries below).
+    for path in p.upload.iter().chain(p.links.iter().map(|(l, _)| l)) {
+        if remote.contains_key(path) {
+            continue;
+        }
+        let below = format!("{path}/");
+        if remote
+            .range(below.clone()..)
+            .next()
+            .is_some_and(|(k, _)| k.starts_with(&below))
+        {
+            p.in_the_way.push(path.clone());
         }
     }
     p.manifest = local;
@@ -650,29 +669,79 @@ async fn apply_inner(
         .filter(|p| !deltas.iter().any(|(d, _, _)| d == *p))
         .cloned()
         .collect();
+    // Shell work goes in batches of commands, every path quoted.
+    let mut script = String::new();
+    let flush = async |script: &mut String| -> Result<()> {
+        if !script.is_empty() {
+            remote
+                .exec(&format!(
+                    "mkdir -p {d} && cd {d} && {script}",
+                    d = sh_quote(&dir)
+                ))
+                .await?
+                .check("updating links, deletions and times")?;
+            script.clear();
+        }
+        Ok(())
+    };
+    // Deletions first, so a path that changed kind (file <-> directory) is free before the
+    // new one lands; directories left empty go too (deepest first, never the code dir).
+    let mut emptied: Vec<&str> = Vec::new();
+    for path in &plan.delete {
+        script.push_str(&format!("rm -f -- {} && ", sh_quote(path)));
+        if let Some(parent) = Path::new(path).parent().and_then(|p| p.to_str())
+            && !parent.is_empty()
+        {
+            emptied.push(parent);
+        }
+        if script.len() > 64 * 1024 {
+            script.push_str("true");
+            flush(&mut script).await?;
+        }
+    }
+    for path in &plan.in_the_way {
+        script.push_str(&format!(
+            "{{ [ -L {p} ] || [ ! -d {p} ] || rm -rf -- {p}; }} && ",
+            p = sh_quote(path)
+        ));
+    }
+    emptied.sort_unstable_by(|a, b| b.len().cmp(&a.len()).then(a.cmp(b)));
+    emptied.dedup();
+    for d in emptied {
+        script.push_str(&format!(
+            "{{ rmdir -p --ignore-fail-on-non-empty -- {} 2>/dev/null || true; }} && ",
+            sh_quote(d)
+        ));
+        if script.len() > 64 * 1024 {
+            script.push_str("true");
+            flush(&mut script).await?;
+        }
+    }
+    if !script.is_empty() {
+        script.push_str("true");
+        flush(&mut script).await?;
+    }
     if !whole.is_empty() {
         send_whole(remote, local_root, &whole, &dir, &mut manifest).await?;
         stats.whole_files = whole.len();
-    } else if !plan.links.is_empty() || !plan.delete.is_empty() {
+    } else if !plan.links.is_empty() || !plan.touched.is_empty() {
         remote
             .exec(&format!("mkdir -p {}", sh_quote(&dir)))
             .await?
             .check("creating the code directory")?;
     }
-    // Links and deletions go in batches of shell commands, every path quoted.
-    let mut script = String::new();
-    let flush = async |script: &mut String| -> Result<()> {
-        if !script.is_empty() {
-            remote
-                .exec(&format!("cd {} && {script}", sh_quote(&dir)))
-                .await?
-                .check("updating links and deletions")?;
-            script.clear();
+    // Same content, new mtime: the machine's copy takes the local mtime.
+    for path in &plan.touched {
+        if let Some(e) = manifest.get(path)
+            && e.link.is_none()
+        {
+            script.push_str(&format!(
+                "touch -m -d @{}.{:09} -- {} && ",
+                e.mtime_ns.div_euclid(1_000_000_000),
+                e.mtime_ns.rem_euclid(1_000_000_000),
+                sh_quote(path)
+            ));
         }
-        Ok(())
-    };
-    for path in &plan.delete {
-        script.push_str(&format!("rm -f -- {} && ", sh_quote(path)));
         if script.len() > 64 * 1024 {
             script.push_str("true");
             flush(&mut script).await?;

@@ -83,6 +83,10 @@ fn copy_hashed(src: &Path, dest: &Path, buf: &mut Vec<u8>) -> Result<Fetched> {
         out.write_all(&buf[..n])?;
         size += n as u64;
     }
+    // The source's mtime, to the nanosecond, as `rsync -a` keeps it.
+    if let Ok(m) = input.metadata().and_then(|m| m.modified()) {
+        out.set_modified(m)?;
+    }
     drop(out);
     // The umask may have narrowed the mode at creation.
     std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(mode))?;

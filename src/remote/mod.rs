@@ -149,10 +149,19 @@ impl ExecOutput {
         if self.success() {
             Ok(self)
         } else {
+            // The machine's own lines, each made safe, shown as the lines they were.
+            let lines: Vec<String> = self
+                .stderr
+                .trim_ascii()
+                .split(|&b| b == b'\n')
+                .map(crate::sanitize::sanitize_line)
+                .filter(|l| !l.trim().is_empty())
+                .collect();
             anyhow::bail!(
-                "{what} failed (exit {}): {}",
+                "{what} failed (exit {}):{}{}",
                 self.status,
-                crate::sanitize::sanitize_line(self.stderr.trim_ascii())
+                if lines.len() > 1 { "\n" } else { " " },
+                lines.join("\n")
             )
         }
     }

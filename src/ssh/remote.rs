@@ -976,6 +976,13 @@ impl Remote for SshRemote {
                 let p = root.join(rel);
                 let file = std::fs::File::open(&p).with_context(|| format!("opening {rel}"))?;
                 let meta = file.metadata()?;
+                // The mtime to the nanosecond, as `rsync -a` keeps it: a PAX record before
+                // the entry (the GNU header itself holds whole seconds).
+                if let Ok(m) = meta.modified()
+                    && let Ok(d) = m.duration_since(std::time::UNIX_EPOCH)
+                {
+                    append_pax_mtime(&mut b, d.as_secs(), d.subsec_nanos())?;
+                }
                 let mut header = tar::Header::new_gnu();
                 header.set_metadata_in_mode(&meta, tar::HeaderMode::Complete);
                 // Hash what is read into the archive: exactly the bytes the machine gets.
@@ -996,7 +1003,7 @@ impl Remote for SshRemote {
             Ok(sent)
         });
         let script = format!(
-            "mkdir -p {r} && tar -x -p -m --no-same-owner -f - -C {r}",
+            "mkdir -p {r} && tar -x -p --no-same-owner -f - -C {r}",
             r = sh_quote(remote_root)
         );
         let sent = self.exec_raw(&script, Stdin::Stream(rx), None).await;
@@ -1113,6 +1120,26 @@ impl Remote for SshRemote {
             )),
         }
     }
+}
+
+/// A PAX extended header carrying `mtime=SECS.NANOS` for the next entry of `b`.
+fn append_pax_mtime<W: std::io::Write>(
+    b: &mut tar::Builder<W>,
+    secs: u64,
+    nanos: u32,
+) -> std::io::Result<()> {
+    let body = format!(" mtime={secs}.{nanos:09}\n");
+    // The record's length counts its own digits.
+    let mut len = body.len() + 1;
+    while format!("{len}{body}").len() != len {
+        len += 1;
+    }
+    let record = format!("{len}{body}");
+    let mut h = tar::Header::new_ustar();
+    h.set_entry_type(tar::EntryType::XHeader);
+    h.set_size(record.len() as u64);
+    h.set_mode(0o644);
+    b.append_data(&mut h, "././@PaxHeader", record.as_bytes())
 }
 
 #[cfg(test)]

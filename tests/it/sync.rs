@@ -106,3 +106,250 @@ fn sync_moves_only_changes_and_reports_exclusions() {
     );
     env.ok(&["terminate", &id]);
 }
+
+mod converge {
+    //! Any change of the tree converges in one sync: file <-> directory <-> symlink swaps,
+    //! renames, deletions (empty directories removed), mode changes, mtimes to the ns.
+
+    use proptest::prelude::*;
+    use std::collections::BTreeMap;
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    use std::path::Path;
+    use trainctl::job::sync;
+    use trainctl::remote::Remote;
+
+    /// What a tree holds, as `rsync -a` would compare it: files (content, mode, mtime),
+    /// links (target); directories only where they hold something.
+    #[derive(Debug, PartialEq)]
+    pub enum Node {
+        File(Vec<u8>, u32, i64),
+        Link(String),
+        Dir,
+    }
+
+    fn snapshot(root: &Path) -> BTreeMap<String, Node> {
+        let mut out = BTreeMap::new();
+        walk(root, root, &mut out);
+        out
+    }
+
+    fn walk(root: &Path, dir: &Path, out: &mut BTreeMap<String, Node>) {
+        let mut entries: Vec<_> = std::fs::read_dir(dir).unwrap().flatten().collect();
+        entries.sort_by_key(|e| e.file_name());
+        for e in entries {
+            let p = e.path();
+            let rel = p.strip_prefix(root).unwrap().to_string_lossy().into_owned();
+            let meta = std::fs::symlink_metadata(&p).unwrap();
+            if meta.file_type().is_symlink() {
+                let t = std::fs::read_link(&p).unwrap();
+                out.insert(rel, Node::Link(t.to_string_lossy().into_owned()));
+            } else if meta.is_dir() {
+                out.insert(rel, Node::Dir);
+                walk(root, &p, out);
+            } else {
+                let mtime = meta.mtime() * 1_000_000_000 + meta.mtime_nsec();
+                let mode = meta.permissions().mode() & 0o777;
+                out.insert(rel, Node::File(std::fs::read(&p).unwrap(), mode, mtime));
+            }
+        }
+    }
+
+    /// The local tree as the machine should hold it: directories only where they hold a
+    /// file or link (empty ones are not synced, as with `git`).
+    fn expected(root: &Path) -> BTreeMap<String, Node> {
+        let mut s = snapshot(root);
+        let keep: Vec<String> = s
+            .keys()
+            .filter(|k| !matches!(s[*k], Node::Dir))
+            .cloned()
+            .collect();
+        s.retain(|k, n| {
+            !matches!(n, Node::Dir) || keep.iter().any(|f| f.starts_with(&format!("{k}/")))
+        });
+        s
+    }
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Write(usize, u8),
+        Remove(usize),
+        Link(usize, usize),
+        Chmod(usize, bool),
+        Touch(usize, i64),
+    }
+
+    /// Paths that overlap on purpose: `a` is a file in one step and a directory in the next.
+    const PATHS: [&str; 8] = ["a", "a/b", "a/b/c", "a/d", "e", "e/f", "g/h/i", "g"];
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            (0..PATHS.len(), any::<u8>()).prop_map(|(p, b)| Op::Write(p, b)),
+            (0..PATHS.len()).prop_map(Op::Remove),
+            (0..PATHS.len(), 0..PATHS.len()).prop_map(|(p, t)| Op::Link(p, t)),
+            (0..PATHS.len(), any::<bool>()).prop_map(|(p, x)| Op::Chmod(p, x)),
+            (0..PATHS.len(), 0i64..1_000_000_000).prop_map(|(p, t)| Op::Touch(p, t)),
+        ]
+    }
+
+    fn remove(p: &Path) {
+        if let Ok(m) = std::fs::symlink_metadata(p) {
+            if m.is_dir() {
+                std::fs::remove_dir_all(p).unwrap();
+            } else {
+                std::fs::remove_file(p).unwrap();
+            }
+        }
+    }
+
+    /// Make `p`'s parents directories, replacing whatever non-directory stands in the way.
+    fn make_parents(root: &Path, rel: &str) {
+        let mut cur = root.to_path_buf();
+        let parts: Vec<&str> = rel.split('/').collect();
+        for part in &parts[..parts.len() - 1] {
+            cur.push(part);
+            match std::fs::symlink_metadata(&cur) {
+                Ok(m) if m.is_dir() => {}
+                Ok(_) => {
+                    std::fs::remove_file(&cur).unwrap();
+                    std::fs::create_dir(&cur).unwrap();
+                }
+                Err(_) => std::fs::create_dir(&cur).unwrap(),
+            }
+        }
+    }
+
+    fn apply_op(root: &Path, op: &Op) {
+        match op {
+            Op::Write(i, b) => {
+                let p = root.join(PATHS[*i]);
+                make_parents(root, PATHS[*i]);
+                remove(&p);
+                std::fs::write(&p, vec![*b; 1 + *b as usize]).unwrap();
+            }
+            Op::Remove(i) => remove(&root.join(PATHS[*i])),
+            Op::Link(i, t) => {
+                let p = root.join(PATHS[*i]);
+                make_parents(root, PATHS[*i]);
+                remove(&p);
+                std::os::unix::fs::symlink(format!("target-{t}"), &p).unwrap();
+            }
+            Op::Chmod(i, x) => {
+                let p = root.join(PATHS[*i]);
+                if std::fs::symlink_metadata(&p).is_ok_and(|m| m.is_file()) {
+                    let mode = if *x { 0o755 } else { 0o644 };
+                    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).unwrap();
+                }
+            }
+            Op::Touch(i, ns) => {
+                let p = root.join(PATHS[*i]);
+                if std::fs::symlink_metadata(&p).is_ok_and(|m| m.is_file()) {
+                    let t = std::time::UNIX_EPOCH
+                        + std::time::Duration::from_nanos(1_600_000_000_000_000_000 + *ns as u64);
+                    std::fs::File::options()
+                        .write(true)
+                        .open(&p)
+                        .unwrap()
+                        .set_modified(t)
+                        .unwrap();
+                }
+            }
+        }
+    }
+
+    /// Sync `root` to the machine once; its tree must then equal the local one.
+    pub async fn sync_and_compare(remote: &dyn Remote, root: &Path, code: &Path) {
+        let plan = sync::prepare(remote, "p", root, &[]).await.unwrap();
+        sync::apply(remote, "p", root, &plan).await.unwrap();
+        let got = if code.exists() {
+            snapshot(code)
+        } else {
+            BTreeMap::new()
+        };
+        assert_eq!(got, expected(root));
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+        #[test]
+        fn any_sequence_of_tree_changes_converges_in_one_sync(
+            ops in proptest::collection::vec(proptest::collection::vec(op(), 1..4), 1..7)
+        ) {
+            let dir = tempfile::tempdir().unwrap();
+            let root = dir.path().join("src");
+            std::fs::create_dir_all(&root).unwrap();
+            let home = dir.path().join("home");
+            std::fs::create_dir_all(&home).unwrap();
+            let remote = trainctl::remote::local::LocalRemote::new(&home, "trainctl-test-converge");
+            let code = Path::new(remote.root()).join("code/p");
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            for step in &ops {
+                for o in step {
+                    apply_op(&root, o);
+                }
+                rt.block_on(sync_and_compare(&remote, &root, &code));
+            }
+        }
+    }
+}
+
+/// Over SSH (tar on the machine): a directory becomes a file and a file a directory, a
+/// directory is removed, mtimes kept to the nanosecond, and errors keep their lines.
+#[tokio::test]
+async fn tree_kind_changes_converge_over_ssh() {
+    use trainctl::remote::Remote;
+    let sshd = trainctl::testkit::Sshd::start();
+    let work = tempfile::tempdir().unwrap();
+    let known = work.path().join("known_hosts");
+    let root_dir = work.path().join("remote/.trainctl");
+    let t = trainctl::ssh::remote::SshTarget::resolve(
+        "127.0.0.1",
+        Some("root"),
+        Some(sshd.port),
+        Some(&sshd.client_key),
+        &trainctl::ssh::config::SshConfig::default(),
+        &known,
+        true,
+    );
+    let r = trainctl::ssh::remote::SshRemote::connect(t, Some(root_dir.to_str().unwrap()))
+        .await
+        .unwrap();
+    let src = work.path().join("src");
+    let code = root_dir.join("code/p");
+    std::fs::create_dir_all(src.join("pkg/models")).unwrap();
+    std::fs::write(src.join("pkg/models/net.py"), "net").unwrap();
+    std::fs::write(src.join("pkg/settings"), "settings").unwrap();
+    std::fs::create_dir_all(src.join("old/deep")).unwrap();
+    std::fs::write(src.join("old/deep/x.py"), "x").unwrap();
+    converge::sync_and_compare(&r, &src, &code).await;
+    // Swap kinds, drop a directory, and let the machine add a file of its own in the way.
+    std::fs::remove_dir_all(src.join("pkg/models")).unwrap();
+    std::fs::write(src.join("pkg/models"), "now a file").unwrap();
+    std::fs::remove_file(src.join("pkg/settings")).unwrap();
+    std::fs::create_dir_all(src.join("pkg/settings")).unwrap();
+    std::fs::write(src.join("pkg/settings/base.py"), "base").unwrap();
+    std::fs::remove_dir_all(src.join("old")).unwrap();
+    std::fs::create_dir_all(code.join("pkg/models/__pycache__")).unwrap();
+    std::fs::write(code.join("pkg/models/__pycache__/net.pyc"), "junk").unwrap();
+    converge::sync_and_compare(&r, &src, &code).await;
+    assert!(
+        !code.join("old").exists(),
+        "an empty directory was left behind"
+    );
+    // Only the mtime changes: the machine's copy follows.
+    std::fs::File::options()
+        .write(true)
+        .open(src.join("pkg/models"))
+        .unwrap()
+        .set_modified(std::time::UNIX_EPOCH + std::time::Duration::new(1_600_000_000, 123_456_789))
+        .unwrap();
+    converge::sync_and_compare(&r, &src, &code).await;
+    // A failing command's stderr keeps its lines.
+    let e = r
+        .exec("echo one >&2; echo two >&2; exit 4")
+        .await
+        .unwrap()
+        .check("the test command")
+        .unwrap_err()
+        .to_string();
+    assert!(e.ends_with("one\ntwo"), "{e}");
+}
