@@ -1197,10 +1197,15 @@ impl Store {
 
     /// Whether a recovery of `job_id` chose (and so launched) `instance_id`.
     pub fn recovery_launched(&self, job_id: &str, instance_id: &str) -> Result<bool> {
+        self.has_event("recovery.intent", job_id, instance_id)
+    }
+
+    /// Whether an event of `kind` about `job_id` on `instance_id` was recorded.
+    pub fn has_event(&self, kind: &str, job_id: &str, instance_id: &str) -> Result<bool> {
         Ok(self.conn.query_row(
-            "SELECT EXISTS (SELECT 1 FROM events WHERE kind = 'recovery.intent'
-                AND job_id = ?1 AND instance_id = ?2)",
-            params![job_id, instance_id],
+            "SELECT EXISTS (SELECT 1 FROM events WHERE kind = ?1
+                AND job_id = ?2 AND instance_id = ?3)",
+            params![kind, job_id, instance_id],
             |r| r.get(0),
         )?)
     }

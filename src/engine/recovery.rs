@@ -499,6 +499,14 @@ impl Engine {
                 })
             });
             if !owned || shared {
+                // Said once per machine.
+                if self
+                    .store()
+                    .has_event("recovery.kept", &job.id, &id)
+                    .unwrap_or(false)
+                {
+                    continue;
+                }
                 let _ = self.store().add_event(
                     "recovery.kept",
                     Some(&id),
