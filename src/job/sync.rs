@@ -639,6 +639,41 @@ async fn send_whole(
     Ok(())
 }
 
+/// Shell commands run in the code directory, joined with `&&` and sent in batches of
+/// up to 64 KiB (one round trip each; the directory is created first).
+struct Batch<'a> {
+    remote: &'a dyn Remote,
+    dir: &'a str,
+    script: String,
+}
+
+impl Batch<'_> {
+    async fn push(&mut self, command: &str) -> Result<()> {
+        self.script.push_str(command);
+        self.script.push_str(" && ");
+        if self.script.len() > 64 * 1024 {
+            self.flush().await?;
+        }
+        Ok(())
+    }
+
+    async fn flush(&mut self) -> Result<()> {
+        if self.script.is_empty() {
+            return Ok(());
+        }
+        self.remote
+            .exec(&format!(
+                "mkdir -p {d} && cd {d} && {}true",
+                self.script,
+                d = sh_quote(self.dir)
+            ))
+            .await?
+            .check("updating links, deletions and times")?;
+        self.script.clear();
+        Ok(())
+    }
+}
+
 /// Returns what moved and, when the manifest on the machine was written, its new content.
 async fn apply_inner(
     remote: &dyn Remote,
@@ -670,81 +705,58 @@ async fn apply_inner(
         .cloned()
         .collect();
     // Shell work goes in batches of commands, every path quoted.
-    let mut script = String::new();
-    let flush = async |script: &mut String| -> Result<()> {
-        if !script.is_empty() {
-            remote
-                .exec(&format!(
-                    "mkdir -p {d} && cd {d} && {script}",
-                    d = sh_quote(&dir)
-                ))
-                .await?
-                .check("updating links, deletions and times")?;
-            script.clear();
-        }
-        Ok(())
+    let mut batch = Batch {
+        remote,
+        dir: &dir,
+        script: String::new(),
     };
     // Deletions first, so a path that changed kind (file <-> directory) is free before the
     // new one lands; directories left empty go too (deepest first, never the code dir).
     let mut emptied: Vec<&str> = Vec::new();
     for path in &plan.delete {
-        script.push_str(&format!("rm -f -- {} && ", sh_quote(path)));
+        batch.push(&format!("rm -f -- {}", sh_quote(path))).await?;
         if let Some(parent) = Path::new(path).parent().and_then(|p| p.to_str())
             && !parent.is_empty()
         {
             emptied.push(parent);
         }
-        if script.len() > 64 * 1024 {
-            script.push_str("true");
-            flush(&mut script).await?;
-        }
     }
     for path in &plan.in_the_way {
-        script.push_str(&format!(
-            "{{ [ -L {p} ] || [ ! -d {p} ] || rm -rf -- {p}; }} && ",
-            p = sh_quote(path)
-        ));
+        batch
+            .push(&format!(
+                "{{ [ -L {p} ] || [ ! -d {p} ] || rm -rf -- {p}; }}",
+                p = sh_quote(path)
+            ))
+            .await?;
     }
     emptied.sort_unstable_by(|a, b| b.len().cmp(&a.len()).then(a.cmp(b)));
     emptied.dedup();
     for d in emptied {
-        script.push_str(&format!(
-            "{{ rmdir -p --ignore-fail-on-non-empty -- {} 2>/dev/null || true; }} && ",
-            sh_quote(d)
-        ));
-        if script.len() > 64 * 1024 {
-            script.push_str("true");
-            flush(&mut script).await?;
-        }
+        batch
+            .push(&format!(
+                "{{ rmdir -p --ignore-fail-on-non-empty -- {} 2>/dev/null || true; }}",
+                sh_quote(d)
+            ))
+            .await?;
     }
-    if !script.is_empty() {
-        script.push_str("true");
-        flush(&mut script).await?;
-    }
+    batch.flush().await?;
     if !whole.is_empty() {
         send_whole(remote, local_root, &whole, &dir, &mut manifest).await?;
         stats.whole_files = whole.len();
-    } else if !plan.links.is_empty() || !plan.touched.is_empty() {
-        remote
-            .exec(&format!("mkdir -p {}", sh_quote(&dir)))
-            .await?
-            .check("creating the code directory")?;
     }
     // Same content, new mtime: the machine's copy takes the local mtime.
     for path in &plan.touched {
         if let Some(e) = manifest.get(path)
             && e.link.is_none()
         {
-            script.push_str(&format!(
-                "touch -m -d @{}.{:09} -- {} && ",
-                e.mtime_ns.div_euclid(1_000_000_000),
-                e.mtime_ns.rem_euclid(1_000_000_000),
-                sh_quote(path)
-            ));
-        }
-        if script.len() > 64 * 1024 {
-            script.push_str("true");
-            flush(&mut script).await?;
+            batch
+                .push(&format!(
+                    "touch -m -d @{}.{:09} -- {}",
+                    e.mtime_ns.div_euclid(1_000_000_000),
+                    e.mtime_ns.rem_euclid(1_000_000_000),
+                    sh_quote(path)
+                ))
+                .await?;
         }
     }
     for (path, target) in &plan.links {
@@ -753,22 +765,19 @@ async fn apply_inner(
             .and_then(|p| p.to_str())
             .unwrap_or("");
         if !parent.is_empty() {
-            script.push_str(&format!("mkdir -p -- {} && ", sh_quote(parent)));
+            batch
+                .push(&format!("mkdir -p -- {}", sh_quote(parent)))
+                .await?;
         }
-        script.push_str(&format!(
-            "rm -rf -- {p} && ln -s -- {t} {p} && ",
-            p = sh_quote(path),
-            t = sh_quote(target)
-        ));
-        if script.len() > 64 * 1024 {
-            script.push_str("true");
-            flush(&mut script).await?;
-        }
+        batch
+            .push(&format!(
+                "rm -rf -- {p} && ln -s -- {t} {p}",
+                p = sh_quote(path),
+                t = sh_quote(target)
+            ))
+            .await?;
     }
-    if !script.is_empty() {
-        script.push_str("true");
-        flush(&mut script).await?;
-    }
+    batch.flush().await?;
     let path = manifest_path(remote.root(), project);
     let rewrite = plan.manifest_lines == 0 || plan.manifest_lines >= MANIFEST_MAX_LINES;
     let record = if rewrite {

@@ -112,6 +112,18 @@ impl Env {
             .unwrap_or_else(|| panic!("no job {id}"))
     }
 
+    /// The kinds of every event (of one job, or all), in order.
+    pub fn event_kinds(&self, job: Option<&str>) -> Vec<String> {
+        let mut args = vec!["events"];
+        args.extend(job);
+        self.json(&args)
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["kind"].as_str().unwrap().to_string())
+            .collect()
+    }
+
     pub fn events(&self, job: &str) -> Vec<serde_json::Value> {
         self.json(&["events", job]).as_array().unwrap().clone()
     }

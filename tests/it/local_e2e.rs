@@ -132,13 +132,7 @@ fn run_to_completion_stores_metrics_pulls_checksummed_artifacts_and_cleans_up() 
         .find(|i| i["id"] == id.as_str())
         .unwrap();
     assert_eq!(inst["cost_micros"].as_i64().unwrap(), c1);
-    let kinds: Vec<String> = env
-        .json(&["events"])
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e["kind"].as_str().unwrap().to_string())
-        .collect();
+    let kinds = env.event_kinds(None);
     for k in [
         "instance.intent",
         "instance.running",
@@ -215,11 +209,7 @@ fn cancel_stops_the_job_gracefully_and_leaves_no_process() {
         sandbox_processes(&id).is_empty(),
         "processes left after cancel"
     );
-    let kinds: Vec<String> = env
-        .events(&job)
-        .iter()
-        .map(|e| e["kind"].as_str().unwrap().to_string())
-        .collect();
+    let kinds = env.event_kinds(Some(&job));
     assert!(kinds.contains(&"job.sigterm".to_string()), "{kinds:?}");
     env.ok(&["terminate", &id]);
 }

@@ -337,13 +337,7 @@ fn a_launch_cut_off_after_the_providers_answer_is_healed() {
     assert_eq!(inst["state"], "running", "{live}");
     assert_eq!(inst["provider_id"], inst["id"], "{live}");
     assert!(inst["launched_ms"].as_i64().is_some());
-    let kinds: Vec<_> = env
-        .json(&["events"])
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e["kind"].as_str().unwrap().to_string())
-        .collect();
+    let kinds = env.event_kinds(None);
     assert!(kinds.contains(&"instance.healed".to_string()), "{kinds:?}");
     env.ok(&["terminate", inst["id"].as_str().unwrap()]);
 }
