@@ -72,6 +72,12 @@ struct ManifestLine {
     set: BTreeMap<String, Entry>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     del: Vec<String>,
+    /// Local cache only: the generation token the machine's manifest had when this copy
+    /// was written, and its number of lines then.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    generation: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    lines: Option<usize>,
 }
 
 /// Patch lines kept before the manifest is rewritten as one snapshot.
@@ -375,6 +381,32 @@ fn manifest_path(root: &str, project: &str) -> String {
     format!("{root}/manifests/{project}.json")
 }
 
+/// A token rewritten with every change of the manifest: a client holding a copy of the
+/// manifest with the same token needs nothing more from the machine.
+fn generation_path(root: &str, project: &str) -> String {
+    format!("{root}/manifests/{project}.gen")
+}
+
+/// The shell that records `token` as the manifest's generation (atomically).
+fn generation_cmd(root: &str, project: &str, token: &str) -> String {
+    let g = generation_path(root, project);
+    format!(
+        "mkdir -p {d} && printf %s {t} > {p} && mv {p} {g}",
+        d = sh_quote(&format!("{root}/manifests")),
+        t = sh_quote(token),
+        p = sh_quote(&format!("{g}.part")),
+        g = sh_quote(&g)
+    )
+}
+
+/// The local copy of the machine's manifest: (manifest, generation, log lines).
+fn read_cache(c: &Path) -> Option<(Manifest, Option<String>, Option<usize>)> {
+    let bytes = std::fs::read(c).ok()?;
+    let line: ManifestLine = serde_json::from_slice(bytes.trim_ascii()).ok()?;
+    let m = line.full.filter(|m| !m.is_empty())?;
+    Some((m, line.generation, line.lines))
+}
+
 /// Read the manifest stored on the machine (empty when there is none or it is unreadable),
 /// with the number of lines of its log.
 pub async fn remote_manifest(remote: &dyn Remote, project: &str) -> Result<(Manifest, usize)> {
@@ -386,6 +418,7 @@ pub async fn remote_manifest(remote: &dyn Remote, project: &str) -> Result<(Mani
 }
 
 const SUMS_MARK: &str = "--trainctl-block-sums--";
+const SAME_MARK: &str = "--trainctl-manifest-unchanged--";
 
 /// Like [`prepare`], with a local copy of the manifest last written to this machine
 /// (`cache`): the local tree is compared with it first, so the machine's block sums of
@@ -399,11 +432,7 @@ pub async fn prepare_with(
     excludes: &[String],
     cache: Option<&Path>,
 ) -> Result<SyncPlan> {
-    let cached = cache
-        .and_then(|c| std::fs::read(c).ok())
-        .map(|b| replay_manifest(&b).0)
-        .filter(|m| !m.is_empty());
-    let Some(cached) = cached else {
+    let Some((cached, generation, cached_lines)) = cache.and_then(read_cache) else {
         return prepare(remote, project, local_root, excludes).await;
     };
     let scan_against = |prev: Manifest| {
@@ -412,10 +441,20 @@ pub async fn prepare_with(
         tokio::task::spawn_blocking(move || scan_with(&root, &ex, &prev, HashNew::WhileSending))
     };
     let guess = plan(scan_against(cached.clone()).await??, &cached);
-    let mut script = format!(
-        "cat {} 2>/dev/null; printf '\\n%s\\n' {SUMS_MARK}",
+    // The manifest travels only when the machine's is not the one we hold.
+    let cat = format!(
+        "cat {} 2>/dev/null",
         sh_quote(&manifest_path(remote.root(), project))
     );
+    let fetch = match &generation {
+        Some(g) => format!(
+            "if [ \"$(cat {} 2>/dev/null)\" = {} ]; then printf %s {SAME_MARK}; else {cat}; fi",
+            sh_quote(&generation_path(remote.root(), project)),
+            sh_quote(g)
+        ),
+        None => cat,
+    };
+    let mut script = format!("{fetch}; printf '\\n%s\\n' {SUMS_MARK}");
     if !guess.modified.is_empty() {
         script.push_str("; ");
         script.push_str(&sums_script(
@@ -429,7 +468,12 @@ pub async fn prepare_with(
     let Some(at) = memchr::memmem::find(&text, mark.as_bytes()) else {
         bail!("could not read the manifest on the machine");
     };
-    let (remote_m, lines) = replay_manifest(&text[..at]);
+    let (remote_m, lines) = if &text[..at] == SAME_MARK.as_bytes() {
+        // Unknown line count: a cache that lost it makes the next change a rewrite.
+        (cached.clone(), cached_lines.unwrap_or(MANIFEST_MAX_LINES))
+    } else {
+        replay_manifest(&text[..at])
+    };
     if remote_m == cached {
         let mut p = guess;
         p.manifest_lines = lines;
@@ -444,7 +488,8 @@ pub async fn prepare_with(
     Ok(p)
 }
 
-/// [`apply`], then remember the machine's new manifest in `cache`.
+/// [`apply`], then remember the machine's new manifest (with its generation token) in
+/// `cache`, so the next unchanged sync fetches nothing but "unchanged".
 pub async fn apply_with(
     remote: &dyn Remote,
     project: &str,
@@ -452,27 +497,43 @@ pub async fn apply_with(
     plan: &SyncPlan,
     cache: Option<&Path>,
 ) -> Result<SyncStats> {
-    let (stats, manifest) = apply_inner(remote, project, local_root, plan).await?;
-    let write = |c: &Path, m: Manifest| -> Result<()> {
-        if let Some(dir) = c.parent() {
-            std::fs::create_dir_all(dir)?;
-        }
-        let mut json = serde_json::to_vec(&ManifestLine {
-            full: Some(m),
-            ..Default::default()
-        })?;
-        json.push(b'\n');
-        let tmp = c.with_extension("part");
-        std::fs::write(&tmp, &json)?;
-        std::fs::rename(&tmp, c)?;
-        Ok(())
+    let (stats, applied) = apply_inner(remote, project, local_root, plan).await?;
+    let Some(c) = cache else {
+        return Ok(stats);
     };
-    match (cache, manifest) {
-        (Some(c), Some(m)) => write(c, m)?,
-        // Nothing moved: the machine has what the plan describes.
-        (Some(c), None) if !c.exists() => write(c, plan.manifest.clone())?,
-        _ => {}
+    let applied = match applied {
+        Some(a) => a,
+        None => {
+            // Nothing moved. A cache that lacks the machine's generation gets one: the
+            // machine records a new token for the manifest it has (what the plan read).
+            if read_cache(c).is_some_and(|(m, g, _)| g.is_some() && m == plan.manifest) {
+                return Ok(stats);
+            }
+            let generation = crate::model::new_id("g");
+            remote
+                .exec(&generation_cmd(remote.root(), project, &generation))
+                .await?
+                .check("recording the manifest's generation")?;
+            Applied {
+                manifest: plan.manifest.clone(),
+                generation,
+                lines: plan.manifest_lines,
+            }
+        }
+    };
+    if let Some(dir) = c.parent() {
+        std::fs::create_dir_all(dir)?;
     }
+    let mut json = serde_json::to_vec(&ManifestLine {
+        full: Some(applied.manifest),
+        generation: Some(applied.generation),
+        lines: Some(applied.lines),
+        ..Default::default()
+    })?;
+    json.push(b'\n');
+    let tmp = c.with_extension("part");
+    std::fs::write(&tmp, &json)?;
+    std::fs::rename(&tmp, c)?;
     Ok(stats)
 }
 
@@ -674,13 +735,13 @@ impl Batch<'_> {
     }
 }
 
-/// Returns what moved and, when the manifest on the machine was written, its new content.
+/// Returns what moved and, when the manifest on the machine was written, what it became.
 async fn apply_inner(
     remote: &dyn Remote,
     project: &str,
     local_root: &Path,
     plan: &SyncPlan,
-) -> Result<(SyncStats, Option<Manifest>)> {
+) -> Result<(SyncStats, Option<Applied>)> {
     if plan.is_noop() && plan.touched.is_empty() {
         return Ok((SyncStats::default(), None));
     }
@@ -779,6 +840,8 @@ async fn apply_inner(
     }
     batch.flush().await?;
     let path = manifest_path(remote.root(), project);
+    let generation = crate::model::new_id("g");
+    let gen_cmd = generation_cmd(remote.root(), project, &generation);
     let rewrite = plan.manifest_lines == 0 || plan.manifest_lines >= MANIFEST_MAX_LINES;
     let record = if rewrite {
         ManifestLine {
@@ -794,9 +857,9 @@ async fn apply_inner(
             .filter_map(|p| manifest.get(p).map(|e| (p.clone(), e.clone())))
             .collect();
         ManifestLine {
-            full: None,
             set,
             del: plan.delete.clone(),
+            ..Default::default()
         }
     };
     let mut json = serde_json::to_vec(&record)?;
@@ -811,7 +874,7 @@ async fn apply_inner(
         );
         if !rewrite && json.len() < 64 * 1024 {
             script.push_str(&format!(
-                " && printf '%s\\n' {} >> {}",
+                " && printf '%s\\n' {} >> {} && {gen_cmd}",
                 sh_quote(std::str::from_utf8(&json[..json.len() - 1])?),
                 sh_quote(&path)
             ));
@@ -843,13 +906,37 @@ async fn apply_inner(
         }
     }
     if !recorded {
-        if rewrite {
-            remote.write_file(&path, &json, 0o644).await?;
+        // The manifest line and its new generation in one command (one round trip).
+        let script = if rewrite {
+            format!(
+                "mkdir -p {d} && cat > {p}.part && mv {p}.part {p} && {gen_cmd}",
+                d = sh_quote(&format!("{}/manifests", remote.root())),
+                p = sh_quote(&path)
+            )
         } else {
-            remote.append_file(&path, &json).await?;
-        }
+            format!("cat >> {} && {gen_cmd}", sh_quote(&path))
+        };
+        remote
+            .exec_with_stdin(&script, &json)
+            .await?
+            .check("recording the manifest")?;
     }
-    Ok((stats, Some(manifest)))
+    let lines = if rewrite { 1 } else { plan.manifest_lines + 1 };
+    Ok((
+        stats,
+        Some(Applied {
+            manifest,
+            generation,
+            lines,
+        }),
+    ))
+}
+
+/// What the machine's manifest became: its content, generation token and log lines.
+struct Applied {
+    manifest: Manifest,
+    generation: String,
+    lines: usize,
 }
 
 #[cfg(test)]
@@ -956,9 +1043,9 @@ mod tests {
             ..Default::default()
         };
         let patch = ManifestLine {
-            full: None,
             set: BTreeMap::from([("c".into(), e("3")), ("a".into(), e("9"))]),
             del: vec!["b".into()],
+            ..Default::default()
         };
         let mut log = serde_json::to_vec(&full).unwrap();
         log.push(b'\n');

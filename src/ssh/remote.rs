@@ -408,6 +408,8 @@ pub struct SshRemote {
     execs: std::sync::atomic::AtomicU64,
     sent: std::sync::atomic::AtomicU64,
     received: std::sync::atomic::AtomicU64,
+    /// Bytes of every command's output (stdout and stderr) received so far.
+    output: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for SshRemote {
@@ -666,6 +668,7 @@ impl SshRemote {
             execs: Default::default(),
             sent: Default::default(),
             received: Default::default(),
+            output: Default::default(),
         };
         let home = r
             .exec_raw("printf %s \"$HOME\"", Stdin::Empty, None)
@@ -733,6 +736,11 @@ impl SshRemote {
         self.received.load(std::sync::atomic::Ordering::Relaxed)
     }
 
+    /// Bytes of command output (stdout and stderr) received so far.
+    pub fn output_bytes(&self) -> u64 {
+        self.output.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// Commands run on this machine so far (each is one round trip).
     pub fn exec_count(&self) -> u64 {
         self.execs.load(std::sync::atomic::Ordering::Relaxed)
@@ -785,6 +793,10 @@ impl SshRemote {
         let mut status = None;
         let mut stopped_by_reader = false;
         while let Some(msg) = watch(&conn, channel.wait()).await.flatten() {
+            if let ChannelMsg::Data { data } | ChannelMsg::ExtendedData { data, .. } = &msg {
+                self.output
+                    .fetch_add(data.len() as u64, std::sync::atomic::Ordering::Relaxed);
+            }
             match msg {
                 ChannelMsg::Data { data } => match sink {
                     Some(s) => {

@@ -1016,3 +1016,58 @@ fn ls_shows_a_dead_host_as_unreachable() {
     assert!(shown.contains("ERROR: unreachable"), "{shown}");
     env.ok(&["terminate", &id]);
 }
+
+/// With a local copy of the machine's manifest, an unchanged sync is one short round trip:
+/// the machine only says its manifest is the one we hold (its generation token), the
+/// manifest itself does not travel. A sync by someone else changes the token, and the next
+/// sync plans against what is really there.
+#[tokio::test]
+async fn an_unchanged_sync_with_a_cached_manifest_moves_almost_nothing() {
+    let sshd = Sshd::start();
+    let work = tempfile::tempdir().unwrap();
+    let r = SshRemote::connect(
+        target(
+            &sshd,
+            &work.path().join("kh"),
+            true,
+            &SshConfig::default(),
+            "127.0.0.1",
+        ),
+        Some(work.path().join("remote").to_str().unwrap()),
+    )
+    .await
+    .unwrap();
+    let src = work.path().join("src");
+    for i in 0..2000 {
+        let d = src.join(format!("d{}", i % 20));
+        std::fs::create_dir_all(&d).unwrap();
+        std::fs::write(d.join(format!("f{i}.py")), format!("x = {i}\n")).unwrap();
+    }
+    use trainctl::job::sync;
+    let cache = work.path().join("cache.json");
+    let sync_once = async |cache: Option<&Path>| {
+        let plan = sync::prepare_with(&r, "p", &src, &[], cache).await.unwrap();
+        sync::apply_with(&r, "p", &src, &plan, cache).await.unwrap();
+        plan
+    };
+    sync_once(Some(&cache)).await;
+    // The first unchanged sync may record a generation; from then on, one short trip.
+    sync_once(Some(&cache)).await;
+    let (execs, out) = (r.exec_count(), r.output_bytes());
+    let plan = sync_once(Some(&cache)).await;
+    assert!(plan.is_noop());
+    assert_eq!(r.exec_count() - execs, 1);
+    assert!(
+        r.output_bytes() - out < 200,
+        "{} bytes came back for an unchanged sync",
+        r.output_bytes() - out
+    );
+    // Someone else changes the tree on the machine (no cache): our copy is stale.
+    std::fs::write(src.join("d0/f0.py"), "x = 'changed'\n").unwrap();
+    sync_once(None).await;
+    std::fs::write(src.join("d0/f0.py"), "x = 0\n").unwrap();
+    let plan = sync_once(Some(&cache)).await;
+    assert_eq!(plan.upload, vec!["d0/f0.py".to_string()]);
+    let code = work.path().join("remote/code/p/d0/f0.py");
+    assert_eq!(std::fs::read_to_string(code).unwrap(), "x = 0\n");
+}

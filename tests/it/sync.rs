@@ -257,9 +257,18 @@ mod converge {
     }
 
     /// Sync `root` to the machine once; its tree must then equal the local one.
-    pub async fn sync_and_compare(remote: &dyn Remote, root: &Path, code: &Path) {
-        let plan = sync::prepare(remote, "p", root, &[]).await.unwrap();
-        sync::apply(remote, "p", root, &plan).await.unwrap();
+    pub async fn sync_and_compare(
+        remote: &dyn Remote,
+        root: &Path,
+        code: &Path,
+        cache: Option<&Path>,
+    ) {
+        let plan = sync::prepare_with(remote, "p", root, &[], cache)
+            .await
+            .unwrap();
+        sync::apply_with(remote, "p", root, &plan, cache)
+            .await
+            .unwrap();
         let got = if code.exists() {
             snapshot(code)
         } else {
@@ -282,11 +291,13 @@ mod converge {
             let remote = trainctl::remote::local::LocalRemote::new(&home, "trainctl-test-converge");
             let code = Path::new(remote.root()).join("code/p");
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            // With a local copy of the machine's manifest, as the engine syncs.
+            let cache = dir.path().join("cache.json");
             for step in &ops {
                 for o in step {
                     apply_op(&root, o);
                 }
-                rt.block_on(sync_and_compare(&remote, &root, &code));
+                rt.block_on(sync_and_compare(&remote, &root, &code, Some(&cache)));
             }
         }
     }
@@ -320,7 +331,7 @@ async fn tree_kind_changes_converge_over_ssh() {
     std::fs::write(src.join("pkg/settings"), "settings").unwrap();
     std::fs::create_dir_all(src.join("old/deep")).unwrap();
     std::fs::write(src.join("old/deep/x.py"), "x").unwrap();
-    converge::sync_and_compare(&r, &src, &code).await;
+    converge::sync_and_compare(&r, &src, &code, None).await;
     // Swap kinds, drop a directory, and let the machine add a file of its own in the way.
     std::fs::remove_dir_all(src.join("pkg/models")).unwrap();
     std::fs::write(src.join("pkg/models"), "now a file").unwrap();
@@ -330,7 +341,7 @@ async fn tree_kind_changes_converge_over_ssh() {
     std::fs::remove_dir_all(src.join("old")).unwrap();
     std::fs::create_dir_all(code.join("pkg/models/__pycache__")).unwrap();
     std::fs::write(code.join("pkg/models/__pycache__/net.pyc"), "junk").unwrap();
-    converge::sync_and_compare(&r, &src, &code).await;
+    converge::sync_and_compare(&r, &src, &code, None).await;
     assert!(
         !code.join("old").exists(),
         "an empty directory was left behind"
@@ -342,7 +353,7 @@ async fn tree_kind_changes_converge_over_ssh() {
         .unwrap()
         .set_modified(std::time::UNIX_EPOCH + std::time::Duration::new(1_600_000_000, 123_456_789))
         .unwrap();
-    converge::sync_and_compare(&r, &src, &code).await;
+    converge::sync_and_compare(&r, &src, &code, None).await;
     // A failing command's stderr keeps its lines.
     let e = r
         .exec("echo one >&2; echo two >&2; exit 4")
