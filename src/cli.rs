@@ -137,9 +137,11 @@ pub enum Command {
         #[arg(long)]
         dry_run: bool,
     },
-    /// Move a running job to another machine: it is stopped with the grace to save, its
-    /// newest checkpoint kept, and it resumes as the next attempt on a new machine like
-    /// its own (or of `--type`, or on `--instance`). Waits until it runs there.
+    /// Move a running job to another machine (resumed from its newest checkpoint).
+    ///
+    /// The job is stopped with the grace to save, its newest checkpoint kept, and it
+    /// resumes as the next attempt on a new machine like its own (or of `--type`, or on
+    /// `--instance`). Waits until it runs there.
     Migrate {
         job: String,
         /// Resume on this (running) instance.
@@ -152,9 +154,10 @@ pub enum Command {
         #[arg(long)]
         no_wait: bool,
     },
-    /// Supervise every live job (follow logs, ship checkpoints, recover interrupted jobs,
-    /// honour budgets and what `run` was asked to do at the end) until none is left. For
-    /// SSH-only servers, tmux, cron or systemd; the cockpit and `run` do the same.
+    /// Supervise every live job until none is left (for tmux, cron or systemd).
+    ///
+    /// Follows logs, ships checkpoints, recovers interrupted jobs, honours budgets and
+    /// what `run` was asked to do at the end, as the cockpit and `run` do.
     Watch,
     /// A job's checkpoints kept off the machine, newest first.
     Checkpoints { job: String },
