@@ -465,7 +465,7 @@ async fn run(cli: Cli) -> Result<i32> {
                         c.name,
                         c.size,
                         c.attempt,
-                        &c.blake3[..16.min(c.blake3.len())],
+                        crate::model::short_hash(&c.blake3),
                         c.local_path
                     );
                 }
@@ -538,17 +538,12 @@ async fn watch(engine: &Engine, json: bool) -> Result<i32> {
         std::collections::HashMap::new();
     let mut ended = Vec::new();
     loop {
-        let live: Vec<JobRecord> = engine
-            .store()
-            .jobs()?
-            .into_iter()
-            .filter(|j| !j.state.is_terminal())
-            .collect();
-        for h in engine.supervise_live()? {
-            if let Some(j) = live.iter().find(|j| j.id == h.job_id) {
-                eprintln!("watching {} ({})", j.id, j.state);
+        let live = engine.live_job_ids()?;
+        for id in &live {
+            if let Some(h) = engine.supervise(id, false) {
+                eprintln!("watching {id}");
+                actors.insert(id.clone(), h);
             }
-            actors.insert(h.job_id.clone(), h);
         }
         let done: Vec<String> = actors
             .iter()
@@ -987,7 +982,7 @@ fn print_pull(report: &crate::job::artifacts::PullReport, json: bool) {
             "pulled {} ({} bytes, blake3 {}) -> {}",
             p.path,
             p.size,
-            &p.blake3[..16],
+            crate::model::short_hash(&p.blake3),
             p.local_path
         );
     }

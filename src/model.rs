@@ -25,6 +25,11 @@ pub fn hex(bytes: &[u8]) -> String {
     s
 }
 
+/// The first 16 characters of a hex digest, for display (sums are kept whole).
+pub fn short_hash(hex: &str) -> &str {
+    &hex[..16.min(hex.len())]
+}
+
 /// A new id with a readable prefix, sortable by creation time: `j-<time>-<random>`.
 pub fn new_id(prefix: &str) -> String {
     let nanos = SystemTime::now()
@@ -273,6 +278,11 @@ impl JobState {
             self,
             Self::Succeeded | Self::Failed | Self::Cancelled | Self::Lost
         )
+    }
+
+    /// Waiting for, or in, a recovery onto another machine.
+    pub fn is_recovering(self) -> bool {
+        matches!(self, Self::Interrupted | Self::Recovering)
     }
 
     /// The only legal moves. Forward through the pipeline; a started job may be

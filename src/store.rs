@@ -1238,7 +1238,7 @@ impl Store {
                     "{} ({} bytes, blake3 {}) from attempt {}",
                     c.name,
                     c.size,
-                    &c.blake3[..16.min(c.blake3.len())],
+                    crate::model::short_hash(&c.blake3),
                     c.attempt
                 ),
             )?;
@@ -1696,7 +1696,7 @@ impl Store {
                     "{} ({} bytes, blake3 {}) -> {}",
                     a.path,
                     a.size,
-                    &a.blake3[..16.min(a.blake3.len())],
+                    crate::model::short_hash(&a.blake3),
                     a.local_path
                 ),
             )?;

@@ -188,43 +188,31 @@ impl Engine {
                 continue;
             }
             let p = self.provider(&inst.provider)?;
-            let observed = p.describe(&inst).await;
-            match &observed {
-                Ok(Observed::Stopped) if inst.state == InstanceState::Running => {
-                    self.store().set_instance_state(
-                        &inst.id,
-                        InstanceState::Stopped,
-                        "the provider reports it stopped",
-                    )?;
-                }
-                Ok(Observed::Running) if inst.state == InstanceState::Stopped => {
-                    self.store().set_instance_state(
-                        &inst.id,
-                        InstanceState::Running,
-                        "the provider reports it running again",
-                    )?;
-                }
-                Ok(Observed::Interrupted { reason, .. }) => {
-                    self.store().set_instance_state(
-                        &inst.id,
-                        InstanceState::Preempted,
-                        &format!("taken back by the provider: {reason}"),
-                    )?;
-                }
-                _ => {}
-            }
-            if let Ok(Observed::Gone) = observed {
-                let why = if inst.state == InstanceState::Terminating {
-                    "provider confirms it is gone"
-                } else {
-                    "the provider no longer has this machine"
-                };
-                let to = if inst.state == InstanceState::Terminating {
-                    InstanceState::Terminated
-                } else {
-                    InstanceState::Lost
-                };
-                self.store().set_instance_state(&inst.id, to, why)?;
+            let change = match (p.describe(&inst).await, inst.state) {
+                (Ok(Observed::Stopped), InstanceState::Running) => Some((
+                    InstanceState::Stopped,
+                    "the provider reports it stopped".to_string(),
+                )),
+                (Ok(Observed::Running), InstanceState::Stopped) => Some((
+                    InstanceState::Running,
+                    "the provider reports it running again".to_string(),
+                )),
+                (Ok(Observed::Interrupted { reason, .. }), _) => Some((
+                    InstanceState::Preempted,
+                    format!("taken back by the provider: {reason}"),
+                )),
+                (Ok(Observed::Gone), InstanceState::Terminating) => Some((
+                    InstanceState::Terminated,
+                    "provider confirms it is gone".to_string(),
+                )),
+                (Ok(Observed::Gone), _) => Some((
+                    InstanceState::Lost,
+                    "the provider no longer has this machine".to_string(),
+                )),
+                _ => None,
+            };
+            if let Some((to, why)) = change {
+                self.store().set_instance_state(&inst.id, to, &why)?;
             }
         }
         Ok(())

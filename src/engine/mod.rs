@@ -188,6 +188,14 @@ impl Engine {
         self.inner.providers.keys().cloned().collect()
     }
 
+    /// A job's state now (`Lost` for a job the store no longer has).
+    fn job_state(&self, job_id: &str) -> Result<JobState> {
+        Ok(self
+            .store()
+            .job(job_id)?
+            .map_or(JobState::Lost, |j| j.state))
+    }
+
     /// Ids of the jobs that have not ended, oldest first.
     pub fn live_job_ids(&self) -> Result<Vec<String>> {
         Ok(self

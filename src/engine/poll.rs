@@ -58,7 +58,7 @@ impl Engine {
         }
         // Recovery (a new machine, the checkpoint back, the next attempt) is the
         // supervisor's: see `Engine::recover`.
-        if matches!(job.state, JobState::Interrupted | JobState::Recovering) {
+        if job.state.is_recovering() {
             return Ok(job.state);
         }
         let attempts = self.store().attempts(job_id)?;
@@ -75,10 +75,7 @@ impl Engine {
                 } else if !driver_alive && job.state != JobState::Pending {
                     self.abandoned_start(&job, attempts.len())?;
                 }
-                return Ok(self
-                    .store()
-                    .job(job_id)?
-                    .map_or(JobState::Lost, |j| j.state));
+                return self.job_state(job_id);
             }
         };
         let inst = self.job_instance(&job)?;
@@ -201,10 +198,7 @@ impl Engine {
                 self.store()
                     .finish_attempt(&job.id, att.attempt, None, now_ms())?;
                 self.abandoned_start(&job, attempts.len() - 1)?;
-                Ok(self
-                    .store()
-                    .job(job_id)?
-                    .map_or(JobState::Lost, |j| j.state))
+                self.job_state(job_id)
             }
             RemoteStatus::Missing => {
                 if matches!(provider.describe(&inst).await, Ok(Observed::Gone)) {

@@ -92,10 +92,7 @@ impl Engine {
             });
             return Ok(to);
         }
-        Ok(self
-            .store()
-            .job(&job.id)?
-            .map_or(JobState::Lost, |j| j.state))
+        self.job_state(&job.id)
     }
 
     /// Ship the job's new complete checkpoints from the machine into the checkpoint store
@@ -133,59 +130,52 @@ impl Engine {
         let keep = spec.project.recovery.keep_checkpoints.max(1) as usize;
         let store = &self.inner.checkpoints;
         let mut shipped = 0;
-        for round in 0..4 {
-            let files = checkpoint::scan(remote, &dir, final_read).await?;
-            let known: HashMap<String, (u64, i64)> = self
-                .store()
-                .checkpoints(&job.id)?
-                .into_iter()
-                .map(|c| (c.name, (c.size, c.mtime_ms)))
-                .collect();
-            let settling = files.iter().any(|f| !f.complete && !f.temp);
-            let complete: Vec<_> = files.iter().filter(|f| f.complete).collect();
-            for f in complete.iter().skip(complete.len().saturating_sub(keep)) {
-                if known.get(&f.name) == Some(&(f.size, f.mtime_ms)) {
-                    continue;
-                }
-                let scratch = store.scratch(&job.id, &f.name)?;
-                if let Some(d) = scratch.parent() {
-                    tokio::fs::create_dir_all(d).await?;
-                }
-                let got = remote
-                    .get(&format!("{dir}/{}", f.name), &scratch)
-                    .await
-                    .with_context(|| format!("downloading checkpoint {}", f.name))?;
-                if got.size != f.size {
-                    // Rewritten since it was listed: the next scan takes the new one.
-                    let _ = tokio::fs::remove_file(&scratch).await;
-                    continue;
-                }
-                let kept = store.put(&job.id, &f.name, &scratch).await?;
-                self.store().record_checkpoint(&CheckpointRecord {
-                    job_id: job.id.clone(),
-                    name: f.name.clone(),
-                    attempt: att.attempt,
-                    size: got.size,
-                    mtime_ms: f.mtime_ms,
-                    blake3: got.blake3,
-                    local_path: kept,
-                })?;
-                shipped += 1;
+        let files = checkpoint::scan(remote, &dir, final_read).await?;
+        let known: HashMap<String, (u64, i64)> = self
+            .store()
+            .checkpoints(&job.id)?
+            .into_iter()
+            .map(|c| (c.name, (c.size, c.mtime_ms)))
+            .collect();
+        let complete: Vec<_> = files.iter().filter(|f| f.complete).collect();
+        for f in complete.iter().skip(complete.len().saturating_sub(keep)) {
+            if known.get(&f.name) == Some(&(f.size, f.mtime_ms)) {
+                continue;
             }
-            let stale: Vec<_> = self
-                .store()
-                .checkpoints(&job.id)?
-                .into_iter()
-                .skip(keep)
-                .collect();
-            for old in stale {
-                store.delete(&job.id, &old.name).await?;
-                self.store().forget_checkpoint(&job.id, &old.name)?;
+            let scratch = store.scratch(&job.id, &f.name)?;
+            if let Some(d) = scratch.parent() {
+                tokio::fs::create_dir_all(d).await?;
             }
-            if !final_read || !settling || round == 3 {
-                break;
+            let got = remote
+                .get(&format!("{dir}/{}", f.name), &scratch)
+                .await
+                .with_context(|| format!("downloading checkpoint {}", f.name))?;
+            if got.size != f.size {
+                // Rewritten since it was listed: the next scan takes the new one.
+                let _ = tokio::fs::remove_file(&scratch).await;
+                continue;
             }
-            tokio::time::sleep(Duration::from_secs(1)).await;
+            let kept = store.put(&job.id, &f.name, &scratch).await?;
+            self.store().record_checkpoint(&CheckpointRecord {
+                job_id: job.id.clone(),
+                name: f.name.clone(),
+                attempt: att.attempt,
+                size: got.size,
+                mtime_ms: f.mtime_ms,
+                blake3: got.blake3,
+                local_path: kept,
+            })?;
+            shipped += 1;
+        }
+        let stale: Vec<_> = self
+            .store()
+            .checkpoints(&job.id)?
+            .into_iter()
+            .skip(keep)
+            .collect();
+        for old in stale {
+            store.delete(&job.id, &old.name).await?;
+            self.store().forget_checkpoint(&job.id, &old.name)?;
         }
         Ok(shipped)
     }
@@ -284,7 +274,7 @@ impl Engine {
             MigrateTarget::Type(t) => {
                 // Refused before anything is stopped: an unknown type never strands a job.
                 self.provider(&current.provider)?
-                    .plan(&replacement_request(&current, Some(t), &job))
+                    .plan(&replacement_request(&current, Some(t), &job.name))
                     .await?;
                 format!("type:{t}")
             }
@@ -314,10 +304,7 @@ impl Engine {
         // One supervisor at a time: whoever holds the lease drives the recovery; the
         // others wait and see the job run again.
         if !self.store().try_lease(job_id, LEASE_MS)? {
-            return Ok(self
-                .store()
-                .job(job_id)?
-                .map_or(JobState::Lost, |j| j.state));
+            return self.job_state(job_id);
         }
         let r = self.recover_leased(job_id).await;
         let _ = self.store().release_lease(job_id);
@@ -326,7 +313,7 @@ impl Engine {
 
     async fn recover_leased(&self, job_id: &str) -> Result<JobState> {
         let job = self.store().job(job_id)?.context("no such job")?;
-        if !matches!(job.state, JobState::Interrupted | JobState::Recovering) {
+        if !job.state.is_recovering() {
             return Ok(job.state);
         }
         let spec = job_spec(&job)?;
@@ -349,18 +336,12 @@ impl Engine {
                 self.release_machines(&job, &attempts, None).await;
                 return Ok(JobState::Failed);
             }
-            let from = self.store().transition_job(
+            self.transition(
                 job_id,
                 JobState::Recovering,
                 &format!("recovering: attempt {next} of {max}"),
+                None,
             )?;
-            if from != JobState::Recovering {
-                self.emit(EngineEvent::JobState {
-                    job_id: job_id.to_string(),
-                    state: JobState::Recovering,
-                    reason: format!("recovering: attempt {next} of {max}"),
-                });
-            }
         }
         let previous = attempts
             .last()
@@ -370,10 +351,7 @@ impl Engine {
         let remote = self.remote_for(&inst).await?;
         if !self.store().begin_recovered_attempt(job_id, &inst.id)? {
             // Another process took this recovery further; it is theirs.
-            return Ok(self
-                .store()
-                .job(job_id)?
-                .map_or(JobState::Lost, |j| j.state));
+            return self.job_state(job_id);
         }
         self.emit(EngineEvent::JobState {
             job_id: job_id.to_string(),
@@ -443,7 +421,7 @@ impl Engine {
             _ => {}
         }
         let prev = previous.context("the job has no earlier machine to replace")?;
-        let mut req = replacement_request(prev, ty, job);
+        let mut req = replacement_request(prev, ty, &format!("{}-a{next}", job.name));
         if ty.is_none()
             && self
                 .provider(&prev.provider)?
@@ -453,7 +431,6 @@ impl Engine {
             // A host pool: any host that fits, not the one that was lost.
             req.instance_type = None;
         }
-        req.name = Some(format!("{}-a{next}", job.name));
         let inst = self
             .launch_as(&prev.provider, &req, &id)
             .await
@@ -476,6 +453,13 @@ impl Engine {
         }
         ids.sort();
         ids.dedup();
+        let others: Vec<JobRecord> = self
+            .store()
+            .jobs()
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|j| j.id != job.id && !j.state.is_terminal())
+            .collect();
         for id in ids {
             if Some(id.as_str()) == keep {
                 continue;
@@ -491,13 +475,9 @@ impl Engine {
                     .store()
                     .recovery_launched(&job.id, &id)
                     .unwrap_or(false);
-            let shared = self.store().jobs().is_ok_and(|js| {
-                js.iter().any(|j| {
-                    j.id != job.id
-                        && !j.state.is_terminal()
-                        && j.instance_id.as_deref() == Some(id.as_str())
-                })
-            });
+            let shared = others
+                .iter()
+                .any(|j| j.instance_id.as_deref() == Some(id.as_str()));
             if !owned || shared {
                 // Said once per machine.
                 if self
@@ -534,7 +514,7 @@ impl Engine {
         let mut failures = 0u32;
         loop {
             match self.recover(job_id).await {
-                Ok(s) if !matches!(s, JobState::Interrupted | JobState::Recovering) => {
+                Ok(s) if !s.is_recovering() => {
                     return Ok(s);
                 }
                 Ok(_) => {
@@ -545,7 +525,7 @@ impl Engine {
                 Err(e) if crate::remote::is_final(&e) => return Err(e),
                 Err(e) => {
                     let state = self.store().job(job_id)?.map(|j| j.state);
-                    if !matches!(state, Some(JobState::Interrupted | JobState::Recovering)) {
+                    if !state.is_some_and(JobState::is_recovering) {
                         return state.context("job vanished");
                     }
                     failures += 1;
@@ -582,9 +562,9 @@ impl Engine {
 }
 
 /// A launch request like `prev` (same provider, type, spot), or of type `ty`.
-fn replacement_request(prev: &InstanceRecord, ty: Option<&str>, job: &JobRecord) -> LaunchRequest {
+fn replacement_request(prev: &InstanceRecord, ty: Option<&str>, name: &str) -> LaunchRequest {
     LaunchRequest {
-        name: Some(format!("{}-moved", job.name)),
+        name: Some(name.to_string()),
         instance_type: Some(ty.unwrap_or(&prev.instance_type).to_string()),
         gpus: if ty.is_some() { None } else { Some(prev.gpus) },
         spot: prev.spot,

@@ -3,7 +3,6 @@
 use super::*;
 
 impl Engine {
-    /// Follow a job until it ends, calling `on_tick` after every poll.
     /// One poll, retried with jittered backoff while the machine cannot be reached: a
     /// dropped connection delays the follow, it never ends it. Errors about the job itself
     /// (it vanished from the store) still return.
@@ -66,7 +65,7 @@ impl Engine {
     /// Supervise a job one step: poll it, or drive its recovery when it is interrupted.
     pub async fn supervise_step(&self, job_id: &str) -> Result<JobState> {
         let state = self.poll_job_retrying(job_id).await?;
-        if matches!(state, JobState::Interrupted | JobState::Recovering) {
+        if state.is_recovering() {
             return self.recover_retrying(job_id).await;
         }
         Ok(state)
@@ -103,15 +102,6 @@ impl Engine {
             return None;
         }
         Some(self.spawn_job_actor(job_id, start))
-    }
-
-    /// Supervise every live job of the store not supervised here yet; the new actors.
-    pub fn supervise_live(&self) -> Result<Vec<JobHandle>> {
-        let live = self.live_job_ids()?;
-        Ok(live
-            .iter()
-            .filter_map(|id| self.supervise(id, false))
-            .collect())
     }
 
     /// Start a job actor: it starts the job when `start` (this process created it), then

@@ -102,8 +102,8 @@ impl CheckpointStore for LocalDirStore {
             bail!(
                 "checkpoint {} is damaged: BLAKE3 {} where {} was shipped; refused",
                 path.display(),
-                &actual[..16],
-                &blake3[..16.min(blake3.len())]
+                crate::model::short_hash(&actual),
+                crate::model::short_hash(blake3)
             );
         }
         Ok(path)
@@ -136,8 +136,6 @@ pub struct RemoteFile {
     pub name: String,
     pub size: u64,
     pub mtime_ms: i64,
-    /// A temp name (`*.part`, `*.tmp`, `.*`): never shipped.
-    pub temp: bool,
     /// Still for at least [`STABLE_MS`] as of the machine's clock, and not a temp name.
     pub complete: bool,
 }
@@ -174,7 +172,6 @@ pub async fn scan(remote: &dyn Remote, dir: &str, writers_gone: bool) -> Result<
             name: name.to_string(),
             size,
             mtime_ms,
-            temp,
             complete: !temp && (writers_gone || now_ms - mtime_ms >= STABLE_MS),
         });
     }
