@@ -26,6 +26,19 @@ fn env6(extra_project: &str, step_sleep: &str) -> Env {
     env
 }
 
+/// A `run --json --terminate-after` in the background whose job is held after step
+/// `hold` (until the returned gate file exists), once it runs and logs, and, when given,
+/// once checkpoint `shipped` is in the checkpoint store. Returns (gate, run, job).
+fn start_held(env: &Env, hold: u32, shipped: Option<&str>) -> (PathBuf, Child, String) {
+    let gate = env.hold_at(hold);
+    let run = spawn_run(env, &["run", "--json", "--terminate-after"]);
+    let job = env.wait_running_with_metrics();
+    if let Some(name) = shipped {
+        wait_checkpoint(env, &job, name);
+    }
+    (gate, run, job)
+}
+
 fn spawn_run(env: &Env, args: &[&str]) -> Child {
     let mut c = env.cmd(args);
     c.stdout(Stdio::piped()).stderr(Stdio::piped());
@@ -103,10 +116,7 @@ fn migrate_moves_a_running_job_to_a_new_machine_with_an_identical_result() {
     let env = env6("", "0.03");
     let (reference, expected) = uninterrupted(&env);
     // Hold the job inside epoch 3, with epoch 2's checkpoint written.
-    let gate = env.hold_at(2 * SPE + 5);
-    let run = spawn_run(&env, &["run", "--json", "--terminate-after"]);
-    let job = env.wait_running_with_metrics();
-    wait_checkpoint(&env, &job, "epoch-0002.json");
+    let (gate, run, job) = start_held(&env, 2 * SPE + 5, Some("epoch-0002.json"));
     let first = env.job(&job)["instance_id"].as_str().unwrap().to_string();
 
     let moved = env.json(&["migrate", &job]);
@@ -139,10 +149,7 @@ fn migrate_moves_a_running_job_to_a_new_machine_with_an_identical_result() {
 fn a_machine_lost_without_notice_resumes_from_the_newest_shipped_checkpoint() {
     let env = env6("", "0.01");
     let (reference, expected) = uninterrupted(&env);
-    let gate = env.hold_at(3 * SPE + 3);
-    let run = spawn_run(&env, &["run", "--json", "--terminate-after"]);
-    let job = env.wait_running_with_metrics();
-    wait_checkpoint(&env, &job, "epoch-0003.json");
+    let (gate, run, job) = start_held(&env, 3 * SPE + 3, Some("epoch-0003.json"));
     let first = env.job(&job)["instance_id"].as_str().unwrap().to_string();
     // The machine dies: every process killed, its disk gone. No notice, no grace.
     for pid in sandbox_processes(&first) {
@@ -164,9 +171,7 @@ fn a_machine_lost_without_notice_resumes_from_the_newest_shipped_checkpoint() {
 #[test]
 fn max_attempts_reached_fails_the_job_and_releases_every_machine() {
     let env = env6("[recovery]\nmax_attempts = 2", "0.01");
-    let gate: PathBuf = env.hold_at(SPE + 2);
-    let run = spawn_run(&env, &["run", "--json", "--terminate-after"]);
-    let job = env.wait_running_with_metrics();
+    let (gate, run, job) = start_held(&env, SPE + 2, None);
     // Two interruptions in a row: the second exhausts max_attempts.
     for attempt in 1..=2 {
         env.wait_for(30, "the attempt to run", || {
@@ -231,10 +236,7 @@ fn sandbox_job_dir(env: &Env, job: &str, attempt: u32) -> PathBuf {
 /// the job ends well, and nothing is left running (`--terminate-after` was stored).
 fn killed_during_recovery_is_completed_by_watch(step: &str) {
     let env = env6("", "0.01");
-    let gate = env.hold_at(2 * SPE + 5);
-    let mut run = spawn_run(&env, &["run", "--json", "--terminate-after"]);
-    let job = env.wait_running_with_metrics();
-    wait_checkpoint(&env, &job, "epoch-0002.json");
+    let (gate, mut run, job) = start_held(&env, 2 * SPE + 5, Some("epoch-0002.json"));
     // The first supervisor goes away mid-job (what `run --terminate-after` asked is stored).
     run.kill().unwrap();
     run.wait().unwrap();
@@ -301,9 +303,7 @@ fn killed_after_the_start() {
 #[test]
 fn a_killed_run_terminate_after_is_honoured_by_watch() {
     let env = env6("", "0.01");
-    let gate = env.hold_at(SPE + 3);
-    let mut run = spawn_run(&env, &["run", "--json", "--terminate-after"]);
-    let job = env.wait_running_with_metrics();
+    let (gate, mut run, job) = start_held(&env, SPE + 3, None);
     run.kill().unwrap();
     run.wait().unwrap();
     std::fs::write(&gate, b"").unwrap();

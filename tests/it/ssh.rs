@@ -20,6 +20,32 @@ fn target(sshd: &Sshd, known: &Path, accept_new: bool, cfg: &SshConfig, alias: &
     )
 }
 
+/// A connection to the fixture's sshd as root (its key trusted on first sight, recorded in
+/// `work/kh`), with trainctl's directory on the machine at `root`.
+pub async fn connect_trusting(sshd: &Sshd, work: &Path, root: &Path) -> SshRemote {
+    SshRemote::connect(
+        target(
+            sshd,
+            &work.join("kh"),
+            true,
+            &SshConfig::default(),
+            "127.0.0.1",
+        ),
+        Some(root.to_str().unwrap()),
+    )
+    .await
+    .unwrap()
+}
+
+/// `n` small Python files spread over `dirs` folders under `src`.
+fn small_tree(src: &Path, n: usize, dirs: usize) {
+    for i in 0..n {
+        let d = src.join(format!("d{}", i % dirs));
+        std::fs::create_dir_all(&d).unwrap();
+        std::fs::write(d.join(format!("f{i}.py")), format!("x = {i}\n")).unwrap();
+    }
+}
+
 #[tokio::test]
 async fn ssh_remote_runs_quoted_commands_and_moves_files_with_checks() {
     let sshd = Sshd::start();
@@ -598,24 +624,9 @@ fn passphrase_keys_need_the_agent_headless_and_a_prompt_in_the_cockpit() {
 async fn unchanged_tree_costs_one_round_trip_over_ssh() {
     let sshd = Sshd::start();
     let work = tempfile::tempdir().unwrap();
-    let r = SshRemote::connect(
-        target(
-            &sshd,
-            &work.path().join("kh"),
-            true,
-            &SshConfig::default(),
-            "127.0.0.1",
-        ),
-        Some(work.path().join("remote").to_str().unwrap()),
-    )
-    .await
-    .unwrap();
+    let r = connect_trusting(&sshd, work.path(), &work.path().join("remote")).await;
     let src = work.path().join("src");
-    for i in 0..200 {
-        let d = src.join(format!("d{}", i % 10));
-        std::fs::create_dir_all(&d).unwrap();
-        std::fs::write(d.join(format!("f{i}.py")), format!("x = {i}\n")).unwrap();
-    }
+    small_tree(&src, 200, 10);
     use trainctl::job::sync;
     let plan = sync::prepare(&r, "p", &src, &[]).await.unwrap();
     let before = r.exec_count();
@@ -642,18 +653,7 @@ async fn a_changed_large_file_travels_as_blocks_over_ssh() {
     let sshd = Sshd::start();
     let work = tempfile::tempdir().unwrap();
     let remote_root = work.path().join("remote");
-    let r = SshRemote::connect(
-        target(
-            &sshd,
-            &work.path().join("kh"),
-            true,
-            &SshConfig::default(),
-            "127.0.0.1",
-        ),
-        Some(remote_root.to_str().unwrap()),
-    )
-    .await
-    .unwrap();
+    let r = connect_trusting(&sshd, work.path(), &remote_root).await;
     let src = work.path().join("src");
     std::fs::create_dir_all(&src).unwrap();
     let mut data: Vec<u8> = (0..300_000u32)
@@ -1025,24 +1025,9 @@ fn ls_shows_a_dead_host_as_unreachable() {
 async fn an_unchanged_sync_with_a_cached_manifest_moves_almost_nothing() {
     let sshd = Sshd::start();
     let work = tempfile::tempdir().unwrap();
-    let r = SshRemote::connect(
-        target(
-            &sshd,
-            &work.path().join("kh"),
-            true,
-            &SshConfig::default(),
-            "127.0.0.1",
-        ),
-        Some(work.path().join("remote").to_str().unwrap()),
-    )
-    .await
-    .unwrap();
+    let r = connect_trusting(&sshd, work.path(), &work.path().join("remote")).await;
     let src = work.path().join("src");
-    for i in 0..2000 {
-        let d = src.join(format!("d{}", i % 20));
-        std::fs::create_dir_all(&d).unwrap();
-        std::fs::write(d.join(format!("f{i}.py")), format!("x = {i}\n")).unwrap();
-    }
+    small_tree(&src, 2000, 20);
     use trainctl::job::sync;
     let cache = work.path().join("cache.json");
     let sync_once = async |cache: Option<&Path>| {

@@ -65,9 +65,13 @@ fn two_trainctl_processes_launching_at_once_both_land() {
 /// Issue 16's cause, reproduced: many processes open one brand-new store at the same
 /// moment (a file barrier), each then writes once. Before the fix, two openers each
 /// holding a read lock while switching the file to WAL made SQLite answer BUSY at once
-/// (a deadlock its busy handler is never asked about): "database is locked".
+/// (a deadlock its busy handler is never asked about): "database is locked". The openers
+/// are this test binary run again on this same test, as children (`OPENER_STORE` set).
 #[test]
 fn many_processes_opening_one_fresh_store_at_once_all_succeed() {
+    if let Ok(path) = std::env::var("OPENER_STORE") {
+        return open_and_write_once_behind_the_gate(&path);
+    }
     const PROCS: usize = 8;
     let rounds: usize = std::env::var("STORE_OPEN_ROUNDS")
         .ok()
@@ -83,8 +87,7 @@ fn many_processes_opening_one_fresh_store_at_once_all_succeed() {
                 std::process::Command::new(&exe)
                     .args([
                         "--exact",
-                        "store_concurrency::opener_child",
-                        "--ignored",
+                        "store_concurrency::many_processes_opening_one_fresh_store_at_once_all_succeed",
                         "--nocapture",
                         "--test-threads=1",
                     ])
@@ -116,19 +119,14 @@ fn many_processes_opening_one_fresh_store_at_once_all_succeed() {
     }
 }
 
-/// One opener of the test above, run as its own process (ignored when run directly).
-#[test]
-#[ignore = "a child process of many_processes_opening_one_fresh_store_at_once_all_succeed"]
-fn opener_child() {
-    let Ok(path) = std::env::var("OPENER_STORE") else {
-        return;
-    };
+/// One opener of the test above, in its own process: wait for the gate, open, write.
+fn open_and_write_once_behind_the_gate(path: &str) {
     let gate = std::path::PathBuf::from(std::env::var("OPENER_GATE").unwrap());
     let id = format!("i-{}", std::env::var("OPENER_ID").unwrap());
     while !gate.exists() {
         std::thread::sleep(std::time::Duration::from_micros(200));
     }
-    let mut s = Store::open(std::path::Path::new(&path)).expect("open");
+    let mut s = Store::open(std::path::Path::new(path)).expect("open");
     s.insert_instance(&InstanceRecord::intent(&id, "local", "local", Money(1)))
         .expect("insert");
     println!("opener ok");

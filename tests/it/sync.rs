@@ -310,20 +310,8 @@ async fn tree_kind_changes_converge_over_ssh() {
     use trainctl::remote::Remote;
     let sshd = trainctl::testkit::Sshd::start();
     let work = tempfile::tempdir().unwrap();
-    let known = work.path().join("known_hosts");
     let root_dir = work.path().join("remote/.trainctl");
-    let t = trainctl::ssh::remote::SshTarget::resolve(
-        "127.0.0.1",
-        Some("root"),
-        Some(sshd.port),
-        Some(&sshd.client_key),
-        &trainctl::ssh::config::SshConfig::default(),
-        &known,
-        true,
-    );
-    let r = trainctl::ssh::remote::SshRemote::connect(t, Some(root_dir.to_str().unwrap()))
-        .await
-        .unwrap();
+    let r = crate::ssh::connect_trusting(&sshd, work.path(), &root_dir).await;
     let src = work.path().join("src");
     let code = root_dir.join("code/p");
     std::fs::create_dir_all(src.join("pkg/models")).unwrap();
