@@ -53,12 +53,9 @@ impl Engine {
     /// Returns the job's state afterwards.
     pub async fn poll_job(&self, job_id: &str) -> Result<JobState> {
         let job = self.store().job(job_id)?.context("no such job")?;
-        if job.state.is_terminal() {
-            return Ok(job.state);
-        }
         // Recovery (a new machine, the checkpoint back, the next attempt) is the
         // supervisor's: see `Engine::recover`.
-        if job.state.is_recovering() {
+        if job.state.is_terminal() || job.state.is_recovering() {
             return Ok(job.state);
         }
         let attempts = self.store().attempts(job_id)?;

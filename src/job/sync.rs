@@ -144,6 +144,10 @@ pub struct SyncPlan {
     /// Lines in the manifest log on the machine when it was read.
     #[serde(skip)]
     pub manifest_lines: usize,
+    /// The machine answered that its manifest is the local copy's (same generation): a
+    /// sync that moves nothing leaves both as they are.
+    #[serde(skip)]
+    pub cache_current: bool,
 }
 
 impl SyncPlan {
@@ -468,7 +472,8 @@ pub async fn prepare_with(
     let Some(at) = memchr::memmem::find(&text, mark.as_bytes()) else {
         bail!("could not read the manifest on the machine");
     };
-    let (remote_m, lines) = if &text[..at] == SAME_MARK.as_bytes() {
+    let same = &text[..at] == SAME_MARK.as_bytes();
+    let (remote_m, lines) = if same {
         // Unknown line count: a cache that lost it makes the next change a rewrite.
         (cached.clone(), cached_lines.unwrap_or(MANIFEST_MAX_LINES))
     } else {
@@ -477,6 +482,7 @@ pub async fn prepare_with(
     if remote_m == cached {
         let mut p = guess;
         p.manifest_lines = lines;
+        p.cache_current = same;
         p.block_sums = parse_sums(
             &String::from_utf8_lossy(&text[at + mark.len()..]),
             &p.modified,
@@ -504,9 +510,9 @@ pub async fn apply_with(
     let applied = match applied {
         Some(a) => a,
         None => {
-            // Nothing moved. A cache that lacks the machine's generation gets one: the
-            // machine records a new token for the manifest it has (what the plan read).
-            if read_cache(c).is_some_and(|(m, g, _)| g.is_some() && m == plan.manifest) {
+            // Nothing moved. Unless the machine confirmed our copy's generation, it
+            // records a new token for the manifest it has (what the plan read).
+            if plan.cache_current {
                 return Ok(stats);
             }
             let generation = crate::model::new_id("g");
