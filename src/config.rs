@@ -173,6 +173,96 @@ impl BudgetConfig {
 pub struct ProvidersConfig {
     pub local: LocalProviderConfig,
     pub ssh: SshProviderConfig,
+    /// Present (even empty: `[providers.aws]`) turns the `aws` provider on.
+    pub aws: Option<AwsProviderConfig>,
+}
+
+/// `[providers.aws]`: EC2 machines (on-demand or spot), S3 checkpoints. Credentials and
+/// region come from the standard AWS chain (env, `~/.aws` profile, SSO, instance role);
+/// nothing secret is ever read from or written to this file.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct AwsProviderConfig {
+    /// Regions trainctl launches in and watches for orphans; the first is the default.
+    /// Empty: the region of the AWS chain (`AWS_REGION`, the profile's `region`).
+    pub regions: Vec<String>,
+    /// The AWS profile (else `AWS_PROFILE`, else `default`).
+    pub profile: Option<String>,
+    /// One endpoint for every service (an emulator, a private endpoint).
+    pub endpoint_url: Option<String>,
+    /// Per-service endpoints (`ec2`, `s3`, `ssm`), over `endpoint_url`.
+    pub endpoints: BTreeMap<String, String>,
+    /// S3 path-style addressing (emulators, some private endpoints).
+    pub s3_force_path_style: bool,
+    /// The `trainctl:owner` tag of this store's machines (default: made once per data
+    /// directory, `<user>@<host>-<random>`, kept in `<data>/aws/owner`).
+    pub owner: Option<String>,
+    /// The machine image; else resolved from `ami_parameter` (an SSM public parameter).
+    pub ami: Option<String>,
+    pub ami_parameter: String,
+    /// The login user of the image.
+    pub ssh_user: String,
+    /// An existing EC2 key pair whose private key is `identity_file`. Default: a key made
+    /// on this machine once (`<data>/aws/id_ed25519`, 0600) and imported as `trainctl-<owner>`.
+    pub key_name: Option<String>,
+    pub identity_file: Option<PathBuf>,
+    /// Who may reach port 22 (CIDR). Default: this machine's public address, as
+    /// `checkip.amazonaws.com` sees it, `/32`.
+    pub ssh_cidr: Option<String>,
+    /// Security groups to use instead of the one trainctl makes (`trainctl-ssh`).
+    pub security_group_ids: Vec<String>,
+    pub subnet_id: Option<String>,
+    pub root_volume_gb: u32,
+    /// An IAM instance profile for the machines (S3 rights for checkpoints).
+    pub instance_profile: Option<String>,
+    /// Spot capacity gone in every zone and type: launch on demand instead.
+    pub spot_fallback: bool,
+    /// Spot bid in dollars per hour (default: the on-demand price).
+    pub spot_max_usd: Option<f64>,
+    /// Reach machines through a bastion, as in ssh_config.
+    pub proxy_jump: Option<String>,
+    pub proxy_command: Option<String>,
+    /// Connect to the private address (a VPN, a bastion) instead of the public one.
+    pub use_private_ip: bool,
+    /// Stop or terminate a machine with no live job for this long.
+    pub idle_minutes: u64,
+    /// Seconds to wait for a machine to run and answer SSH.
+    pub reach_timeout_seconds: u64,
+    /// Tries per AWS API call (throttling and 5xx are retried with jittered backoff).
+    pub api_max_attempts: u32,
+}
+
+impl Default for AwsProviderConfig {
+    fn default() -> Self {
+        AwsProviderConfig {
+            regions: Vec::new(),
+            profile: None,
+            endpoint_url: None,
+            endpoints: BTreeMap::new(),
+            s3_force_path_style: false,
+            owner: None,
+            ami: None,
+            ami_parameter:
+                "/aws/service/deeplearning/ami/x86_64/base-oss-nvidia-driver-gpu-ubuntu-22.04/latest/ami-id"
+                    .into(),
+            ssh_user: "ubuntu".into(),
+            key_name: None,
+            identity_file: None,
+            ssh_cidr: None,
+            security_group_ids: Vec::new(),
+            subnet_id: None,
+            root_volume_gb: 100,
+            instance_profile: None,
+            spot_fallback: false,
+            spot_max_usd: None,
+            proxy_jump: None,
+            proxy_command: None,
+            use_private_ip: false,
+            idle_minutes: 30,
+            reach_timeout_seconds: 600,
+            api_max_attempts: 5,
+        }
+    }
 }
 
 /// `[providers.ssh]`: machines you already have, reached over SSH.
@@ -289,15 +379,55 @@ impl UserConfig {
             }
         };
         let ssh_on = !self.providers.ssh.hosts.is_empty();
-        if !(self.default_provider == "local" || (self.default_provider == "ssh" && ssh_on)) {
+        let aws_on = self.providers.aws.is_some();
+        if !(self.default_provider == "local"
+            || (self.default_provider == "ssh" && ssh_on)
+            || (self.default_provider == "aws" && aws_on))
+        {
             return Err(at(
                 "default_provider",
                 format!(
-                    "unknown provider `{}` (known: local{})",
+                    "unknown provider `{}` (known: local{}{})",
                     self.default_provider,
-                    if ssh_on { ", ssh" } else { "" }
+                    if ssh_on { ", ssh" } else { "" },
+                    if aws_on { ", aws" } else { "" }
                 ),
             ));
+        }
+        if let Some(aws) = &self.providers.aws {
+            for r in &aws.regions {
+                let ok = r.split('-').count() >= 3
+                    && r.chars()
+                        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+                if !ok {
+                    return Err(at(
+                        r,
+                        format!("`{r}` is not an AWS region name (like us-east-1)"),
+                    ));
+                }
+            }
+            if let Some(c) = &aws.ssh_cidr
+                && !crate::provider::aws::valid_cidr(c)
+            {
+                return Err(at(
+                    c,
+                    format!("ssh_cidr `{c}` is not an IPv4 CIDR like 203.0.113.7/32"),
+                ));
+            }
+            if aws.spot_max_usd.is_some_and(|v| !v.is_finite() || v <= 0.0) {
+                return Err(at(
+                    "spot_max_usd",
+                    "`spot_max_usd` must be a positive number of dollars".into(),
+                ));
+            }
+            for k in aws.endpoints.keys() {
+                if !["ec2", "s3", "ssm"].contains(&k.as_str()) {
+                    return Err(at(
+                        k,
+                        format!("no AWS service `{k}` here (endpoints for: ec2, s3, ssm)"),
+                    ));
+                }
+            }
         }
         let mut names = std::collections::BTreeSet::new();
         for h in &self.providers.ssh.hosts {

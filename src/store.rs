@@ -580,9 +580,20 @@ impl Store {
         self.write(|tx| {
             tx.execute(
                 "UPDATE instances SET provider_id = ?2, region = ?3, backend = ?4,
-                    launched_ms = COALESCE(launched_ms, ?5) WHERE id = ?1",
-                params![id, l.provider_id, l.region, l.backend, launched_ms],
+                    launched_ms = COALESCE(launched_ms, ?5),
+                    hourly_micros = COALESCE(?6, hourly_micros) WHERE id = ?1",
+                params![
+                    id,
+                    l.provider_id,
+                    l.region,
+                    l.backend,
+                    launched_ms,
+                    l.hourly.map(|m| m.0)
+                ],
             )?;
+            for note in &l.notes {
+                Self::event_tx(tx, "instance.launch_try", Some(id), None, note)?;
+            }
             Self::event_tx(
                 tx,
                 "instance.launched",

@@ -59,16 +59,42 @@ pub fn free_port() -> u16 {
 
 impl Sshd {
     pub fn start() -> Sshd {
+        Sshd::start_with(None, None, false)
+    }
+
+    /// A stand-in for a cloud machine: it presents `host_key` (an OpenSSH private key, as
+    /// the machine's user-data gave it), lets in `authorized` (a public key line) besides
+    /// the test client key, and gives every session its own HOME (`<dir>/home`), so two
+    /// machines never share a disk.
+    pub fn start_machine(host_key: &str, authorized: &str) -> Sshd {
+        Sshd::start_with(Some(host_key), Some(authorized), true)
+    }
+
+    fn start_with(host_key: Option<&str>, authorized: Option<&str>, own_home: bool) -> Sshd {
         let dir = TempDir::new("trainctl-sshd");
         let hk = dir.path().join("host_key");
-        keygen(&hk);
+        match host_key {
+            Some(k) => {
+                use std::os::unix::fs::PermissionsExt;
+                std::fs::write(&hk, k).unwrap();
+                std::fs::set_permissions(&hk, std::fs::Permissions::from_mode(0o600)).unwrap();
+            }
+            None => keygen(&hk),
+        }
         let client_key = dir.path().join("client_key");
         keygen(&client_key);
-        std::fs::copy(
-            dir.path().join("client_key.pub"),
-            dir.path().join("authorized_keys"),
-        )
-        .unwrap();
+        let mut ak = std::fs::read_to_string(dir.path().join("client_key.pub")).unwrap();
+        if let Some(a) = authorized {
+            ak.push_str(a.trim());
+            ak.push('\n');
+        }
+        std::fs::write(dir.path().join("authorized_keys"), ak).unwrap();
+        let home = dir.path().join("home");
+        let mut extra = String::new();
+        if own_home {
+            std::fs::create_dir_all(&home).unwrap();
+            extra = format!("SetEnv HOME={}\n", home.display());
+        }
         std::fs::create_dir_all("/run/sshd").unwrap();
         let port = free_port();
         let cfg = dir.path().join("sshd_config");
@@ -77,7 +103,7 @@ impl Sshd {
             format!(
                 "ListenAddress 127.0.0.1\nPort {port}\nHostKey {hk}\nAuthorizedKeysFile {ak}\nPidFile {pid}\n\
                  UsePAM no\nStrictModes no\nPasswordAuthentication no\nKbdInteractiveAuthentication no\n\
-                 PermitRootLogin yes\nSubsystem sftp internal-sftp\nLogLevel ERROR\nMaxSessions 64\nMaxStartups 64\n",
+                 PermitRootLogin yes\nSubsystem sftp internal-sftp\nLogLevel ERROR\nMaxSessions 64\nMaxStartups 64\n{extra}",
                 hk = hk.display(),
                 ak = dir.path().join("authorized_keys").display(),
                 pid = dir.path().join("sshd.pid").display(),
@@ -148,4 +174,219 @@ impl Drop for Sshd {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+// ------------------------------------------------------------------------------- AWS
+
+/// A real `moto_server` (PyPI `moto[server]`) on 127.0.0.1 and a free port, stopped when
+/// dropped. Its EC2, S3 and SSM are the AWS APIs the `aws` provider's tests talk to.
+pub struct Moto {
+    pub port: u16,
+    child: Child,
+}
+
+impl Moto {
+    pub fn start() -> Moto {
+        let port = free_port();
+        let child = Command::new("moto_server")
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("moto_server (pip install 'moto[server]') is needed");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "moto_server did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Moto { port, child }
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// The SDK configuration a test talks to moto with (static test credentials, no
+    /// retries: a retry would hide a failure).
+    pub fn sdk(&self, region: &str) -> aws_config::SdkConfig {
+        aws_config::SdkConfig::builder()
+            .behavior_version(aws_config::BehaviorVersion::latest())
+            .region(aws_config::Region::new(region.to_string()))
+            .endpoint_url(self.endpoint())
+            .credentials_provider(
+                aws_credential_types::provider::SharedCredentialsProvider::new(
+                    aws_credential_types::Credentials::new(
+                        "testing", "testing", None, None, "test",
+                    ),
+                ),
+            )
+            .retry_config(aws_config::retry::RetryConfig::disabled())
+            .build()
+    }
+
+    pub fn ec2(&self, region: &str) -> aws_sdk_ec2::Client {
+        aws_sdk_ec2::Client::new(&self.sdk(region))
+    }
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A ProxyCommand for tests: `python3 PROXY MAP HOST` connects to the loopback port that
+/// MAP (lines `HOST PORT`) gives HOST, waiting up to 10 s for the line to appear, and
+/// relays bytes both ways. Nothing leaves 127.0.0.1: the machines' public addresses only
+/// name which local sshd stands in for them.
+pub const PROXY_PY: &str = r#"
+import os, socket, sys, time, select
+mapfile, host = sys.argv[1], sys.argv[2]
+port, deadline = None, time.time() + 10
+while port is None and time.time() < deadline:
+    try:
+        for line in open(mapfile):
+            h, p = line.split()
+            if h == host: port = int(p)
+    except FileNotFoundError: pass
+    if port is None: time.sleep(0.1)
+if port is None:
+    sys.stderr.write("no machine answers at %s\n" % host); sys.exit(1)
+s = socket.create_connection(("127.0.0.1", port))
+inp, out = sys.stdin.fileno(), sys.stdout.fileno()
+while True:
+    r, _, _ = select.select([inp, s], [], [])
+    if inp in r:
+        b = os.read(inp, 65536)
+        if not b: s.shutdown(socket.SHUT_WR); inp = -1
+        else: s.sendall(b)
+    if s in r:
+        b = s.recv(65536)
+        if not b: break
+        os.write(out, b)
+    if inp == -1:
+        while True:
+            b = s.recv(65536)
+            if not b: sys.exit(0)
+            os.write(out, b)
+"#;
+
+/// EC2's side of a machine's life, for tests against moto (which runs nothing): each
+/// instance that moto reports running gets a real sshd presenting the host key its
+/// user-data carries and accepting the key pair's public key, reachable through
+/// [`PROXY_PY`] at the instance's public address; an instance moto reports terminated
+/// loses its sshd (its machine is gone). Stops when dropped.
+pub struct Ec2Machines {
+    pub dir: TempDir,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Ec2Machines {
+    /// Boot the instances of `region` in `moto`; `authorized` is the public key file the
+    /// provider logs in with (it may appear later: read when a machine boots).
+    pub fn start(moto: &Moto, region: &str, authorized: PathBuf) -> Ec2Machines {
+        let dir = TempDir::new("trainctl-ec2");
+        std::fs::write(dir.path().join("proxy.py"), PROXY_PY).unwrap();
+        std::fs::write(dir.path().join("map"), "").unwrap();
+        let map = dir.path().join("map");
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let ec2 = moto.ec2(region);
+        let stop2 = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            let mut machines: std::collections::HashMap<String, Sshd> = Default::default();
+            while !stop2.load(std::sync::atomic::Ordering::Relaxed) {
+                let seen = rt.block_on(async { ec2.describe_instances().send().await });
+                if let Ok(seen) = seen {
+                    for i in seen.reservations().iter().flat_map(|r| r.instances()) {
+                        let id = i.instance_id().unwrap_or_default().to_string();
+                        let state = i
+                            .state()
+                            .and_then(|s| s.name())
+                            .map(|n| n.as_str().to_string());
+                        let running = state.as_deref() == Some("running");
+                        if !running {
+                            machines.remove(&id);
+                            continue;
+                        }
+                        if machines.contains_key(&id) {
+                            continue;
+                        }
+                        let Some(ip) = i.public_ip_address() else {
+                            continue;
+                        };
+                        let ud = rt.block_on(async {
+                            ec2.describe_instance_attribute()
+                                .instance_id(&id)
+                                .attribute(aws_sdk_ec2::types::InstanceAttributeName::UserData)
+                                .send()
+                                .await
+                        });
+                        let Some(key) = ud
+                            .ok()
+                            .and_then(|a| a.user_data().and_then(|u| u.value()).map(str::to_string))
+                            .and_then(|b| aws_smithy_types::base64::decode(b).ok())
+                            .and_then(|b| String::from_utf8(b).ok())
+                            .and_then(|t| host_key_of_user_data(&t))
+                        else {
+                            continue;
+                        };
+                        let Ok(auth) = std::fs::read_to_string(&authorized) else {
+                            continue;
+                        };
+                        let sshd = Sshd::start_machine(&key, &auth);
+                        use std::io::Write;
+                        let mut f = std::fs::OpenOptions::new().append(true).open(&map).unwrap();
+                        writeln!(f, "{ip} {}", sshd.port).unwrap();
+                        machines.insert(id, sshd);
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(150));
+            }
+        });
+        Ec2Machines {
+            dir,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    /// The `proxy_command` that reaches these machines.
+    pub fn proxy_command(&self) -> String {
+        format!(
+            "python3 {} {} %h",
+            self.dir.path().join("proxy.py").display(),
+            self.dir.path().join("map").display()
+        )
+    }
+
+    /// How many machines were booted so far.
+    pub fn booted(&self) -> usize {
+        std::fs::read_to_string(self.dir.path().join("map"))
+            .map(|m| m.lines().count())
+            .unwrap_or(0)
+    }
+}
+
+impl Drop for Ec2Machines {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// The ed25519 private host key in a cloud-config's `ssh_keys`, as cloud-init reads it.
+pub fn host_key_of_user_data(text: &str) -> Option<String> {
+    let start = text.find("-----BEGIN OPENSSH PRIVATE KEY-----")?;
+    let end = text[start..].find("-----END OPENSSH PRIVATE KEY-----")? + start;
+    let block = &text[start..end + "-----END OPENSSH PRIVATE KEY-----".len()];
+    let lines: Vec<&str> = block.lines().map(str::trim).collect();
+    Some(lines.join("\n") + "\n")
 }

@@ -166,7 +166,16 @@ impl Engine {
             .collect();
         let mut out = Vec::new();
         for (name, p) in &self.inner.providers {
-            for l in p.list().await? {
+            // One provider that cannot be asked (no credentials, no network) must not hide
+            // the others' orphans nor the store's own instances: said, and skipped.
+            let listed = match p.list().await {
+                Ok(l) => l,
+                Err(e) => {
+                    tracing::warn!("cannot look for orphans on {name}: {e:#}");
+                    continue;
+                }
+            };
+            for l in listed {
                 match known.get(&l.id) {
                     // A lost machine a host pool still holds is known: `terminate` frees it.
                     Some(s) if s.is_live() || *s == InstanceState::Lost => {}
@@ -230,7 +239,9 @@ impl Engine {
             Some(l) => {
                 self.store()
                     .record_launched(&inst.id, &l, l.launched_ms.unwrap_or_else(now_ms))?;
-                let address = p.reach(inst).await?;
+                // Reached as the store now knows it (the provider's id, region, keys).
+                let known = self.store().instance(&inst.id)?;
+                let address = p.reach(known.as_ref().unwrap_or(inst)).await?;
                 self.store()
                     .mark_instance_running(&inst.id, &address, now_ms())?;
                 self.store().add_event(

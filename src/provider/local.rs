@@ -146,6 +146,7 @@ impl Provider for LocalProvider {
             hourly: req
                 .money_option("hourly_usd")?
                 .unwrap_or_else(|| Money::from_dollars_f64(self.cfg.hourly_usd)),
+            ..Plan::default()
         })
     }
 
@@ -198,6 +199,7 @@ impl Provider for LocalProvider {
             region: None,
             backend: None,
             launched_ms: at,
+            ..Launched::default()
         }))
     }
 

@@ -2,6 +2,7 @@
 //! [`Provider::launch`], and forgets an instance only after [`Provider::describe`] confirms
 //! it gone, so a crash can never leave a billing machine nobody knows about.
 
+pub mod aws;
 pub mod local;
 pub mod ssh;
 
@@ -59,13 +60,18 @@ impl LaunchRequest {
 }
 
 /// A request checked against the provider's catalog, before any side effect.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Default)]
 pub struct Plan {
     pub instance_type: String,
     pub gpus: u32,
     pub spot: bool,
+    /// The price expected (a spot price is sampled again at launch: [`Launched::hourly`]).
     pub hourly: Money,
     pub accept_new_host_key: bool,
+    /// Where it will run, for providers with regions.
+    pub region: Option<String>,
+    /// The request's provider-only options, checked.
+    pub options: std::collections::BTreeMap<String, String>,
 }
 
 /// What the provider answered to a launch, at once: stored before anything waits on the
@@ -80,6 +86,11 @@ pub struct Launched {
     pub backend: Option<String>,
     /// The provider's own launch time: billing starts here, never at our intent.
     pub launched_ms: Option<TimestampMs>,
+    /// The price the provider charges from launch, when it differs from the plan's (the
+    /// live spot price of the zone it landed in).
+    pub hourly: Option<Money>,
+    /// What happened on the way, one event each (a zone without capacity, a fallback).
+    pub notes: Vec<String>,
 }
 
 /// What the provider says about a machine right now.
@@ -189,8 +200,14 @@ pub fn registry(
             Arc::new(ssh::SshProvider::new(
                 data_dir,
                 cfg.providers.ssh.clone(),
-                prompt,
+                prompt.clone(),
             )),
+        );
+    }
+    if let Some(aws) = &cfg.providers.aws {
+        out.insert(
+            "aws".into(),
+            Arc::new(aws::AwsProvider::new(data_dir, aws.clone(), prompt)),
         );
     }
     out

@@ -157,6 +157,7 @@ impl Provider for SshProvider {
                 .money_option("hourly_usd")?
                 .unwrap_or_else(|| Money::from_dollars_f64(free.hourly_usd)),
             accept_new_host_key: req.accept_new_host_key,
+            ..Plan::default()
         })
     }
 
@@ -179,6 +180,7 @@ impl Provider for SshProvider {
             region: None,
             backend: None,
             launched_ms: Some(crate::model::now_ms()),
+            ..Launched::default()
         })
     }
 
@@ -203,6 +205,7 @@ impl Provider for SshProvider {
                     region: None,
                     backend: None,
                     launched_ms: at,
+                    ..Launched::default()
                 }));
             }
         }

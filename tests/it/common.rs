@@ -8,6 +8,8 @@ pub struct Env {
     pub dir: tempfile::TempDir,
     pub config: PathBuf,
     pub project: PathBuf,
+    /// Environment every trainctl command of this test gets.
+    pub vars: Vec<(String, String)>,
 }
 
 pub fn bin() -> &'static str {
@@ -45,6 +47,7 @@ impl Env {
             dir,
             config,
             project,
+            vars: Vec::new(),
         }
     }
 
@@ -74,6 +77,7 @@ impl Env {
         c.args(args)
             .env("TRAINCTL_CONFIG", &self.config)
             .env_remove("TRAINCTL_LOG")
+            .envs(self.vars.iter().map(|(k, v)| (k, v)))
             .current_dir(&self.project);
         c
     }

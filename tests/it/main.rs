@@ -1,6 +1,7 @@
 //! Integration tests: the real `trainctl` binary on the embedded local provider, a real
 //! SQLite store, real processes. One test crate so everything links once.
 
+mod aws;
 mod common;
 mod config_errors;
 mod local_e2e;

@@ -1,0 +1,1041 @@
+//! The `aws` provider: EC2 machines on demand or on spot, reached over SSH.
+//!
+//! - `check` prices a type from the shipped catalog (no IO); `plan` asks EC2 which zones of
+//!   the region offer it, still without side effects.
+//! - `launch` is idempotent by trainctl's id: the instance carries `trainctl:id` and
+//!   `trainctl:owner` tags and a ClientToken derived from the id, the zone, the type and the
+//!   market, so a launch repeated after a crash finds the first machine. No capacity in a
+//!   zone (or a spot refusal) tries the region's next zone, then on demand when
+//!   `spot_fallback` is set; each try is an event.
+//! - Every machine gets an SSH host key made here and handed over in its user-data; it is
+//!   pinned in `<data>/aws/known_hosts` before the first connection (and kept in the
+//!   `trainctl:hostkey` tag), so no connection ever trusts a key on first use.
+//! - `describe` maps EC2's state; a spot machine EC2 took back is `Interrupted`.
+
+pub mod catalog;
+pub mod ec2;
+
+use super::{Capabilities, LaunchRequest, Launched, Listed, Observed, Plan, Provider};
+use crate::config::AwsProviderConfig;
+use crate::model::Money;
+use crate::remote::{ErrorKind, Remote, classified, error_kind};
+use crate::ssh::config::{SshConfig, expand};
+use crate::ssh::remote::{PromptSlot, SshRemote, SshTarget, proxy_jump_command};
+use crate::store::InstanceRecord;
+use anyhow::{Context, Result, bail};
+use async_trait::async_trait;
+use aws_config::SdkConfig;
+use aws_sdk_ec2::error::ProvideErrorMetadata;
+use aws_sdk_ec2::types::{
+    BlockDeviceMapping, EbsBlockDevice, Filter, IamInstanceProfileSpecification,
+    InstanceInterruptionBehavior, InstanceMarketOptionsRequest, InstanceType, IpPermission,
+    IpRange, MarketType, Placement, ResourceType, SpotInstanceType, SpotMarketOptions, Tag,
+    TagSpecification, VolumeType,
+};
+use catalog::Catalog;
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+pub const TAG_OWNER: &str = "trainctl:owner";
+pub const TAG_ID: &str = "trainctl:id";
+pub const TAG_HOST_KEY: &str = "trainctl:hostkey";
+const GROUP_NAME: &str = "trainctl-ssh";
+const USER_DATA: &str = include_str!("../../../assets/aws/user-data.yaml");
+const OPTIONS: &[&str] = &["region", "ami", "zone"];
+
+/// What trainctl keeps about an EC2 machine (the instance's `backend` column).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct Backend {
+    pub zone: Option<String>,
+    pub ami: Option<String>,
+    /// The machine's SSH host key (public), pinned before the first connection.
+    pub host_key: Option<String>,
+    pub market: String,
+}
+
+pub struct AwsProvider {
+    cfg: AwsProviderConfig,
+    dir: PathBuf,
+    sdk: tokio::sync::OnceCell<SdkConfig>,
+    ssh_config: SshConfig,
+    conns: tokio::sync::Mutex<HashMap<String, Arc<SshRemote>>>,
+    prompt: PromptSlot,
+}
+
+/// `a.b.c.d/n`, IPv4.
+pub fn valid_cidr(c: &str) -> bool {
+    let Some((ip, bits)) = c.split_once('/') else {
+        return false;
+    };
+    ip.parse::<std::net::Ipv4Addr>().is_ok() && bits.parse::<u8>().is_ok_and(|b| b <= 32)
+}
+
+impl AwsProvider {
+    pub fn new(data_dir: &Path, cfg: AwsProviderConfig, prompt: PromptSlot) -> AwsProvider {
+        AwsProvider {
+            ssh_config: SshConfig::load_default(),
+            dir: data_dir.join("aws"),
+            cfg,
+            sdk: tokio::sync::OnceCell::new(),
+            conns: tokio::sync::Mutex::new(HashMap::new()),
+            prompt,
+        }
+    }
+
+    /// A provider on a given SDK configuration (tests: static credentials, an emulator).
+    pub fn with_sdk(
+        data_dir: &Path,
+        cfg: AwsProviderConfig,
+        prompt: PromptSlot,
+        sdk: SdkConfig,
+    ) -> AwsProvider {
+        let p = AwsProvider::new(data_dir, cfg, prompt);
+        let _ = p.sdk.set(sdk);
+        p
+    }
+
+    /// The SDK configuration, loaded (and credentials checked) on first use only: a
+    /// command that never talks to AWS never waits for the credential chain.
+    async fn sdk(&self) -> Result<&SdkConfig> {
+        self.sdk.get_or_try_init(|| ec2::load_sdk(&self.cfg)).await
+    }
+
+    async fn ec2(&self, region: &str) -> Result<aws_sdk_ec2::Client> {
+        Ok(ec2::client(self.sdk().await?, &self.cfg, region))
+    }
+
+    /// The region a request runs in, offline: its `region` option, the first configured
+    /// region, else the environment's.
+    fn region_for(&self, req_region: Option<&str>) -> Result<String> {
+        req_region
+            .map(str::to_string)
+            .or_else(|| self.cfg.regions.first().cloned())
+            .or_else(|| std::env::var("AWS_REGION").ok().filter(|r| !r.is_empty()))
+            .or_else(|| {
+                std::env::var("AWS_DEFAULT_REGION")
+                    .ok()
+                    .filter(|r| !r.is_empty())
+            })
+            .context(
+                "no AWS region: set `regions` in [providers.aws], AWS_REGION, or -o region=...",
+            )
+    }
+
+    /// Regions watched for this store's machines.
+    async fn regions(&self) -> Result<Vec<String>> {
+        if !self.cfg.regions.is_empty() {
+            return Ok(self.cfg.regions.clone());
+        }
+        Ok(vec![
+            self.sdk()
+                .await?
+                .region()
+                .map(|r| r.to_string())
+                .context("no AWS region")?,
+        ])
+    }
+
+    /// This store's `trainctl:owner`: configured, or made once per data directory.
+    pub fn owner(&self) -> Result<String> {
+        if let Some(o) = &self.cfg.owner {
+            return Ok(o.clone());
+        }
+        let f = self.dir.join("owner");
+        if let Ok(o) = std::fs::read_to_string(&f)
+            && !o.trim().is_empty()
+        {
+            return Ok(o.trim().to_string());
+        }
+        std::fs::create_dir_all(&self.dir)?;
+        let user = std::env::var("USER").unwrap_or_else(|_| "user".into());
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_string())
+            .unwrap_or_else(|_| "host".into());
+        let rand = blake3::hash(&random_bytes::<16>()).to_hex();
+        let o: String = format!("{user}@{host}-{}", &rand[..8])
+            .chars()
+            .filter(|c| c.is_ascii_alphanumeric() || "@._-".contains(*c))
+            .collect();
+        // Another process may have made it first: the file wins.
+        let tmp = self.dir.join(format!("owner.{}", std::process::id()));
+        std::fs::write(&tmp, &o)?;
+        if std::fs::hard_link(&tmp, &f).is_err() {
+            let _ = std::fs::remove_file(&tmp);
+            return Ok(std::fs::read_to_string(&f)?.trim().to_string());
+        }
+        let _ = std::fs::remove_file(&tmp);
+        Ok(o)
+    }
+
+    /// The key pair machines are launched with, and the private key file that logs in.
+    fn login_key(&self) -> Result<(String, PathBuf, Option<String>)> {
+        if let Some(name) = &self.cfg.key_name {
+            let file = self.cfg.identity_file.clone().with_context(|| {
+                format!(
+                    "key_name `{name}` needs identity_file (its private key) in [providers.aws]"
+                )
+            })?;
+            return Ok((name.clone(), file, None));
+        }
+        let file = self
+            .cfg
+            .identity_file
+            .clone()
+            .unwrap_or_else(|| self.dir.join("id_ed25519"));
+        let pub_file = PathBuf::from(format!("{}.pub", file.display()));
+        if !file.exists() {
+            std::fs::create_dir_all(file.parent().unwrap_or(Path::new(".")))?;
+            let (private, public) = new_ed25519("trainctl")?;
+            write_private(&file, private.as_bytes())?;
+            std::fs::write(&pub_file, format!("{public}\n"))?;
+        }
+        let public = std::fs::read_to_string(&pub_file)
+            .with_context(|| format!("reading {}", pub_file.display()))?;
+        let name = format!("trainctl-{}", self.owner()?);
+        Ok((name, file, Some(public.trim().to_string())))
+    }
+
+    async fn ensure_key_pair(&self, ec2: &aws_sdk_ec2::Client) -> Result<String> {
+        let (name, _, public) = self.login_key()?;
+        let Some(public) = public else {
+            return Ok(name);
+        };
+        match ec2.describe_key_pairs().key_names(&name).send().await {
+            Ok(_) => return Ok(name),
+            Err(e) if e.code() == Some("InvalidKeyPair.NotFound") => {}
+            Err(e) => return Err(ec2::sdk_error("looking for the key pair", e)),
+        }
+        match ec2
+            .import_key_pair()
+            .key_name(&name)
+            .public_key_material(aws_smithy_types::Blob::new(public.into_bytes()))
+            .send()
+            .await
+        {
+            Ok(_) => Ok(name),
+            Err(e) if e.code() == Some("InvalidKeyPair.Duplicate") => Ok(name),
+            Err(e) => Err(ec2::sdk_error("importing trainctl's key pair", e)),
+        }
+    }
+
+    /// The security groups a machine gets: configured, or `trainctl-ssh` in the VPC (made
+    /// once), open on port 22 to `ssh_cidr` only.
+    async fn security_groups(&self, ec2: &aws_sdk_ec2::Client) -> Result<Vec<String>> {
+        if !self.cfg.security_group_ids.is_empty() {
+            return Ok(self.cfg.security_group_ids.clone());
+        }
+        let vpc = match &self.cfg.subnet_id {
+            Some(s) => ec2
+                .describe_subnets()
+                .subnet_ids(s)
+                .send()
+                .await
+                .map_err(|e| ec2::sdk_error("describing the subnet", e))?
+                .subnets()
+                .first()
+                .and_then(|s| s.vpc_id())
+                .map(str::to_string)
+                .with_context(|| format!("subnet {s} not found"))?,
+            None => ec2
+                .describe_vpcs()
+                .filters(Filter::builder().name("is-default").values("true").build())
+                .send()
+                .await
+                .map_err(|e| ec2::sdk_error("looking for the default VPC", e))?
+                .vpcs()
+                .first()
+                .and_then(|v| v.vpc_id())
+                .map(str::to_string)
+                .context("this region has no default VPC: set subnet_id (and security_group_ids) in [providers.aws]")?,
+        };
+        let found = ec2
+            .describe_security_groups()
+            .filters(
+                Filter::builder()
+                    .name("group-name")
+                    .values(GROUP_NAME)
+                    .build(),
+            )
+            .filters(Filter::builder().name("vpc-id").values(&vpc).build())
+            .send()
+            .await
+            .map_err(|e| ec2::sdk_error("looking for the trainctl-ssh security group", e))?;
+        let group = match found.security_groups().first().and_then(|g| g.group_id()) {
+            Some(g) => g.to_string(),
+            None => {
+                let made = ec2
+                    .create_security_group()
+                    .group_name(GROUP_NAME)
+                    .description("trainctl: SSH to training machines")
+                    .vpc_id(&vpc)
+                    .send()
+                    .await;
+                match made {
+                    Ok(m) => m.group_id().context("no group id")?.to_string(),
+                    // Made by another trainctl meanwhile.
+                    Err(e) if e.code() == Some("InvalidGroup.Duplicate") => {
+                        Box::pin(self.security_groups(ec2)).await?[0].clone()
+                    }
+                    Err(e) => return Err(ec2::sdk_error("making the security group", e)),
+                }
+            }
+        };
+        let cidr = match &self.cfg.ssh_cidr {
+            Some(c) => c.clone(),
+            None => format!("{}/32", public_ip().await?),
+        };
+        let rule = IpPermission::builder()
+            .ip_protocol("tcp")
+            .from_port(22)
+            .to_port(22)
+            .ip_ranges(
+                IpRange::builder()
+                    .cidr_ip(&cidr)
+                    .description("trainctl")
+                    .build(),
+            )
+            .build();
+        match ec2
+            .authorize_security_group_ingress()
+            .group_id(&group)
+            .ip_permissions(rule)
+            .send()
+            .await
+        {
+            Ok(_) => {}
+            Err(e) if e.code() == Some("InvalidPermission.Duplicate") => {}
+            Err(e) => return Err(ec2::sdk_error("opening port 22 in the security group", e)),
+        }
+        Ok(vec![group])
+    }
+
+    async fn resolve_ami(&self, region: &str, plan: &Plan) -> Result<String> {
+        if let Some(a) = plan.options.get("ami").or(self.cfg.ami.as_ref()) {
+            return Ok(a.clone());
+        }
+        let ssm = ec2::ssm_client(self.sdk().await?, &self.cfg, region);
+        let p = &self.cfg.ami_parameter;
+        let out = ssm.get_parameter().name(p).send().await.map_err(|e| {
+            anyhow::anyhow!(
+                "resolving the image from SSM parameter {p} in {region}: {}; set `ami` in [providers.aws] or -o ami=...",
+                aws_smithy_types::error::display::DisplayErrorContext(&e)
+            )
+        })?;
+        out.parameter()
+            .and_then(|p| p.value())
+            .map(str::to_string)
+            .with_context(|| format!("SSM parameter {p} has no value"))
+    }
+
+    /// Zone names of `region` that offer `ty`, in EC2's order.
+    async fn zones_offering(&self, ec2: &aws_sdk_ec2::Client, ty: &str) -> Result<Vec<String>> {
+        let out = ec2
+            .describe_instance_type_offerings()
+            .location_type(aws_sdk_ec2::types::LocationType::AvailabilityZone)
+            .filters(Filter::builder().name("instance-type").values(ty).build())
+            .send()
+            .await
+            .map_err(|e| ec2::sdk_error("asking which zones offer the type", e))?;
+        let mut zones: Vec<String> = out
+            .instance_type_offerings()
+            .iter()
+            .filter_map(|o| o.location().map(str::to_string))
+            .collect();
+        zones.sort();
+        zones.dedup();
+        Ok(zones)
+    }
+
+    /// The live spot price of `ty` in `zone` now.
+    async fn spot_price(&self, ec2: &aws_sdk_ec2::Client, ty: &str, zone: &str) -> Result<Money> {
+        let out = ec2
+            .describe_spot_price_history()
+            .instance_types(InstanceType::from(ty))
+            .availability_zone(zone)
+            .product_descriptions("Linux/UNIX")
+            .start_time(aws_smithy_types::DateTime::from_millis(
+                crate::model::now_ms(),
+            ))
+            .send()
+            .await
+            .map_err(|e| ec2::sdk_error("reading the spot price", e))?;
+        let newest = out
+            .spot_price_history()
+            .iter()
+            .max_by_key(|p| p.timestamp().map(|t| t.to_millis().unwrap_or(0)))
+            .and_then(|p| p.spot_price())
+            .context("no spot price")?;
+        Money::from_dollars_str(newest).with_context(|| format!("spot price `{newest}`"))
+    }
+
+    fn launched_from(&self, i: &aws_sdk_ec2::types::Instance, region: &str) -> Launched {
+        let backend = Backend {
+            zone: i
+                .placement()
+                .and_then(|p| p.availability_zone())
+                .map(str::to_string),
+            ami: i.image_id().map(str::to_string),
+            host_key: ec2::tag(i, TAG_HOST_KEY).map(str::to_string),
+            market: if i.instance_lifecycle().is_some_and(|l| l.as_str() == "spot") {
+                "spot".into()
+            } else {
+                "on-demand".into()
+            },
+        };
+        Launched {
+            provider_id: i.instance_id().unwrap_or_default().to_string(),
+            region: Some(region.to_string()),
+            backend: serde_json::to_string(&backend).ok(),
+            launched_ms: i.launch_time().and_then(|t| t.to_millis().ok()),
+            ..Launched::default()
+        }
+    }
+
+    async fn instance(
+        &self,
+        inst: &InstanceRecord,
+    ) -> Result<Option<aws_sdk_ec2::types::Instance>> {
+        let (Some(pid), Some(region)) = (&inst.provider_id, &inst.region) else {
+            return Ok(None);
+        };
+        let ec2 = self.ec2(region).await?;
+        match ec2.describe_instances().instance_ids(pid).send().await {
+            Ok(out) => Ok(out
+                .reservations()
+                .iter()
+                .flat_map(|r| r.instances())
+                .next()
+                .cloned()),
+            Err(e) if e.code() == Some("InvalidInstanceID.NotFound") => Ok(None),
+            Err(e) => Err(ec2::sdk_error(&format!("describing {pid}"), e)),
+        }
+    }
+
+    fn target(&self, host: &str, key: &Path) -> Result<SshTarget> {
+        let mut t = SshTarget::resolve(
+            host,
+            Some(&self.cfg.ssh_user),
+            Some(22),
+            Some(key),
+            &self.ssh_config,
+            &self.dir.join("known_hosts"),
+            false,
+        );
+        if let Some(c) = &self.cfg.proxy_command {
+            t.proxy_command = Some(expand(c, &t.hostname, t.port, &t.user));
+        } else if let Some(j) = &self.cfg.proxy_jump {
+            t.proxy_command = Some(proxy_jump_command(
+                j,
+                &t.hostname,
+                t.port,
+                self.ssh_config.source(),
+            ));
+        }
+        t.prompt = Some(self.prompt.clone());
+        Ok(t)
+    }
+
+    async fn connect(&self, inst: &InstanceRecord, host: &str) -> Result<Arc<SshRemote>> {
+        let mut conns = self.conns.lock().await;
+        if let Some(c) = conns.get(&inst.id) {
+            return Ok(c.clone());
+        }
+        let backend: Backend = inst
+            .backend
+            .as_deref()
+            .and_then(|b| serde_json::from_str(b).ok())
+            .unwrap_or_default();
+        let key = backend.host_key.with_context(|| {
+            format!(
+                "{} has no recorded host key: trainctl will not trust one on first use",
+                inst.id
+            )
+        })?;
+        pin_host_key(&self.dir.join("known_hosts"), host, &key)?;
+        let (_, login, _) = self.login_key()?;
+        let r = SshRemote::connect(self.target(host, &login)?, None).await?;
+        let r = Arc::new(r);
+        conns.insert(inst.id.clone(), r.clone());
+        Ok(r)
+    }
+}
+
+#[async_trait]
+impl Provider for AwsProvider {
+    fn name(&self) -> &'static str {
+        "aws"
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            spot: true,
+            stop_start: false,
+            interruption_notices: false,
+            regions: self.cfg.regions.clone(),
+            vouches: true,
+            types_are_hosts: false,
+        }
+    }
+
+    fn check(&self, req: &LaunchRequest) -> Result<Plan> {
+        req.only_options("aws", OPTIONS)?;
+        let region = self.region_for(req.options.get("region").map(String::as_str))?;
+        let cat = Catalog::embedded();
+        let ty = match &req.instance_type {
+            Some(t) => t.clone(),
+            None => {
+                let want = req.gpus.unwrap_or(1).max(1);
+                let offers = cat.offers(Some(&region), None, Some(want));
+                let pick = offers
+                    .iter()
+                    .find(|o| {
+                        if req.spot {
+                            o.spot_micros.is_some()
+                        } else {
+                            o.on_demand_micros.is_some()
+                        }
+                    })
+                    .with_context(|| format!("no type with {want} GPU in {region}"))?;
+                pick.instance_type.clone()
+            }
+        };
+        let Some(spec) = cat.spec(&ty) else {
+            bail!(
+                "unknown instance type `{ty}` (not a GPU type in trainctl's AWS catalog); nearest: {}",
+                cat.nearest(&ty, 4).join(", ")
+            );
+        };
+        if let Some(g) = req.gpus
+            && spec.count < g as f64
+        {
+            bail!(
+                "{ty} has {} {} GPU, {g} asked",
+                spec.count,
+                spec.accelerator
+            );
+        }
+        let Some(prices) = cat.prices(&ty, &region) else {
+            bail!(
+                "{ty} is not sold in {region} (the catalog lists it in: {})",
+                cat.regions_of(&ty).join(", ")
+            );
+        };
+        let on_demand = prices.on_demand;
+        let hourly = if req.spot {
+            let bid = self
+                .cfg
+                .spot_max_usd
+                .map(Money::from_dollars_f64)
+                .or(on_demand);
+            let spot = prices
+                .cheapest_spot()
+                .with_context(|| format!("{ty} has no spot market in {region}"))?;
+            if let Some(b) = bid
+                && spot > b
+            {
+                bail!("{ty} spot in {region} is {spot}/h, above the bid {b}/h (spot_max_usd)");
+            }
+            spot
+        } else {
+            on_demand.with_context(|| {
+                format!("{ty} has no on-demand price in {region} (sold as Capacity Blocks only)")
+            })?
+        };
+        Ok(Plan {
+            instance_type: ty,
+            gpus: spec.gpus(),
+            spot: req.spot,
+            hourly,
+            accept_new_host_key: false,
+            region: Some(region),
+            options: req.options.clone(),
+        })
+    }
+
+    async fn plan(&self, req: &LaunchRequest) -> Result<Plan> {
+        let plan = self.check(req)?;
+        let region = plan.region.clone().unwrap_or_default();
+        let ec2 = self.ec2(&region).await?;
+        let zones = self.zones_offering(&ec2, &plan.instance_type).await?;
+        if zones.is_empty() {
+            bail!(
+                "EC2 offers {} in no zone of {region} now",
+                plan.instance_type
+            );
+        }
+        if let Some(z) = plan.options.get("zone")
+            && !zones.contains(z)
+        {
+            bail!(
+                "zone {z} does not offer {} (zones that do: {})",
+                plan.instance_type,
+                zones.join(", ")
+            );
+        }
+        Ok(plan)
+    }
+
+    fn instance_types(&self) -> Vec<String> {
+        let region = self.region_for(None).ok();
+        let mut seen = std::collections::BTreeSet::new();
+        Catalog::embedded()
+            .offers(region.as_deref(), None, None)
+            .into_iter()
+            .filter(|o| seen.insert(o.instance_type.clone()))
+            .map(|o| o.instance_type)
+            .collect()
+    }
+
+    async fn launch(&self, id: &str, plan: &Plan) -> Result<Launched> {
+        if let Some(l) = self.find(id).await? {
+            return Ok(l);
+        }
+        let region = plan.region.clone().context("a plan without a region")?;
+        let ec2 = self.ec2(&region).await?;
+        let owner = self.owner()?;
+        let ami = self.resolve_ami(&region, plan).await?;
+        let key_name = self.ensure_key_pair(&ec2).await?;
+        let groups = self.security_groups(&ec2).await?;
+        let root_device = ec2
+            .describe_images()
+            .image_ids(&ami)
+            .send()
+            .await
+            .map_err(|e| ec2::sdk_error(&format!("describing image {ami}"), e))?
+            .images()
+            .first()
+            .with_context(|| format!("image {ami} not found in {region}"))?
+            .root_device_name()
+            .unwrap_or("/dev/sda1")
+            .to_string();
+        let (host_private, host_public) = new_ed25519(&format!("trainctl {id}"))?;
+        let user_data = USER_DATA
+            .replace(
+                "@HOST_KEY_PRIVATE@",
+                &host_private
+                    .lines()
+                    .map(|l| format!("    {l}"))
+                    .collect::<Vec<_>>()
+                    .join("\n"),
+            )
+            .replace("@HOST_KEY_PUBLIC@", &host_public);
+        let zones: Vec<Option<String>> = if self.cfg.subnet_id.is_some() {
+            vec![None]
+        } else if let Some(z) = plan.options.get("zone") {
+            vec![Some(z.clone())]
+        } else {
+            self.zones_offering(&ec2, &plan.instance_type)
+                .await?
+                .into_iter()
+                .map(Some)
+                .collect()
+        };
+        let markets: Vec<bool> = match (plan.spot, self.cfg.spot_fallback) {
+            (true, true) => vec![true, false],
+            (spot, _) => vec![spot],
+        };
+        let tags = |rt: ResourceType| {
+            TagSpecification::builder()
+                .resource_type(rt)
+                .tags(
+                    Tag::builder()
+                        .key("Name")
+                        .value(format!("trainctl {id}"))
+                        .build(),
+                )
+                .tags(Tag::builder().key(TAG_OWNER).value(&owner).build())
+                .tags(Tag::builder().key(TAG_ID).value(id).build())
+                .tags(Tag::builder().key(TAG_HOST_KEY).value(&host_public).build())
+                .build()
+        };
+        let mut notes = Vec::new();
+        for spot in markets {
+            for zone in &zones {
+                let market = if spot { "spot" } else { "on-demand" };
+                let token = client_token(id, zone.as_deref(), &plan.instance_type, spot);
+                let mut run = ec2
+                    .run_instances()
+                    .image_id(&ami)
+                    .instance_type(InstanceType::from(plan.instance_type.as_str()))
+                    .min_count(1)
+                    .max_count(1)
+                    .client_token(&token)
+                    .key_name(&key_name)
+                    .set_security_group_ids(Some(groups.clone()))
+                    .set_subnet_id(self.cfg.subnet_id.clone())
+                    .user_data(aws_smithy_types::base64::encode(&user_data))
+                    .tag_specifications(tags(ResourceType::Instance))
+                    .tag_specifications(tags(ResourceType::Volume))
+                    .block_device_mappings(
+                        BlockDeviceMapping::builder()
+                            .device_name(&root_device)
+                            .ebs(
+                                EbsBlockDevice::builder()
+                                    .volume_size(self.cfg.root_volume_gb as i32)
+                                    .volume_type(VolumeType::Gp3)
+                                    .delete_on_termination(true)
+                                    .build(),
+                            )
+                            .build(),
+                    );
+                if let Some(z) = zone {
+                    run = run.placement(Placement::builder().availability_zone(z).build());
+                }
+                if let Some(p) = &self.cfg.instance_profile {
+                    let spec = if p.starts_with("arn:") {
+                        IamInstanceProfileSpecification::builder().arn(p)
+                    } else {
+                        IamInstanceProfileSpecification::builder().name(p)
+                    };
+                    run = run.iam_instance_profile(spec.build());
+                }
+                if spot {
+                    let mut so = SpotMarketOptions::builder()
+                        .spot_instance_type(SpotInstanceType::OneTime)
+                        .instance_interruption_behavior(InstanceInterruptionBehavior::Terminate);
+                    // Default bid: the on-demand price (EC2's own default, said explicitly).
+                    let bid = self
+                        .cfg
+                        .spot_max_usd
+                        .map(Money::from_dollars_f64)
+                        .or_else(|| {
+                            Catalog::embedded()
+                                .prices(&plan.instance_type, &region)
+                                .and_then(|p| p.on_demand)
+                        });
+                    if let Some(b) = bid {
+                        so = so.max_price(b.to_string().trim_start_matches('$'));
+                    }
+                    run = run.instance_market_options(
+                        InstanceMarketOptionsRequest::builder()
+                            .market_type(MarketType::Spot)
+                            .spot_options(so.build())
+                            .build(),
+                    );
+                }
+                let where_ = format!(
+                    "{} {market} in {}",
+                    plan.instance_type,
+                    zone.as_deref().unwrap_or("the subnet's zone")
+                );
+                match run.send().await {
+                    Ok(out) => {
+                        let i = out
+                            .instances()
+                            .first()
+                            .context("RunInstances returned no instance")?;
+                        let mut l = self.launched_from(i, &region);
+                        // The tag is on the instance; the answer may not echo it.
+                        let mut b: Backend =
+                            serde_json::from_str(l.backend.as_deref().unwrap_or("{}"))?;
+                        b.host_key = Some(host_public.clone());
+                        b.market = market.into();
+                        l.backend = serde_json::to_string(&b).ok();
+                        if spot {
+                            let z = b.zone.clone().or(zone.clone()).unwrap_or_default();
+                            match self.spot_price(&ec2, &plan.instance_type, &z).await {
+                                Ok(p) => l.hourly = Some(p),
+                                Err(e) => notes.push(format!(
+                                    "spot price of {z} unknown ({e:#}); the catalog's {} stays",
+                                    plan.hourly
+                                )),
+                            }
+                        } else if plan.spot {
+                            // Fell back to on demand: the on-demand price.
+                            l.hourly = Catalog::embedded()
+                                .prices(&plan.instance_type, &region)
+                                .and_then(|p| p.on_demand);
+                        }
+                        notes.push(format!("launched {where_} as {}", l.provider_id));
+                        l.notes = notes;
+                        return Ok(l);
+                    }
+                    Err(e) => {
+                        let (f, code) = ec2::failure(&e);
+                        if matches!(f, ec2::Failure::Capacity | ec2::Failure::Unsupported) {
+                            notes.push(format!("{where_}: {code}, trying the next"));
+                            continue;
+                        }
+                        return Err(ec2::sdk_error(&format!("launching {where_}"), e));
+                    }
+                }
+            }
+        }
+        Err(classified(
+            ErrorKind::Capacity,
+            format!(
+                "no capacity for {} in {region}: {}",
+                plan.instance_type,
+                notes.join("; ")
+            ),
+        ))
+    }
+
+    async fn reach(&self, inst: &InstanceRecord) -> Result<String> {
+        let started = Instant::now();
+        let limit = Duration::from_secs(self.cfg.reach_timeout_seconds);
+        let mut wait = Duration::from_millis(500);
+        let mut waiting_for = "EC2 to report it running".to_string();
+        loop {
+            let step = async {
+                let Some(i) = self.instance(inst).await? else {
+                    bail!("EC2 no longer knows {}", inst.id);
+                };
+                match ec2::observed(&i) {
+                    Observed::Running => {}
+                    Observed::Pending => return Ok(None),
+                    other => bail!("the machine ended before it could be reached ({other:?})"),
+                }
+                let host = if self.cfg.use_private_ip {
+                    i.private_ip_address()
+                } else {
+                    i.public_ip_address().or(i.private_ip_address())
+                };
+                let Some(host) = host else {
+                    return Ok(Some(Err("an address".to_string())));
+                };
+                match self.connect(inst, host).await {
+                    Ok(_) => Ok(Some(Ok(format!("{}@{host}:22", self.cfg.ssh_user)))),
+                    Err(e) if error_kind(&e).is_some_and(|k| k != ErrorKind::LostConnection) => {
+                        Err(e)
+                    }
+                    Err(e) => Ok(Some(Err(format!("SSH on {host} ({e:#})")))),
+                }
+            };
+            match step.await? {
+                Some(Ok(address)) => return Ok(address),
+                Some(Err(what)) => waiting_for = what,
+                None => {}
+            }
+            if started.elapsed() > limit {
+                bail!(
+                    "{} not reachable after {}s: still waiting for {waiting_for}",
+                    inst.id,
+                    limit.as_secs()
+                );
+            }
+            tracing::info!("{}: waiting for {waiting_for}", inst.id);
+            tokio::time::sleep(wait).await;
+            wait = (wait * 2).min(Duration::from_secs(10));
+        }
+    }
+
+    async fn find(&self, id: &str) -> Result<Option<Launched>> {
+        let owner = self.owner()?;
+        for region in self.regions().await? {
+            let ec2 = self.ec2(&region).await?;
+            let out = ec2
+                .describe_instances()
+                .filters(
+                    Filter::builder()
+                        .name(format!("tag:{TAG_ID}"))
+                        .values(id)
+                        .build(),
+                )
+                .filters(
+                    Filter::builder()
+                        .name(format!("tag:{TAG_OWNER}"))
+                        .values(&owner)
+                        .build(),
+                )
+                .send()
+                .await
+                .map_err(|e| ec2::sdk_error("looking for the instance by its tags", e))?;
+            let mut all: Vec<&aws_sdk_ec2::types::Instance> = out
+                .reservations()
+                .iter()
+                .flat_map(|r| r.instances())
+                .collect();
+            // A live one first.
+            all.sort_by_key(|i| matches!(ec2::observed(i), Observed::Gone));
+            if let Some(i) = all.first() {
+                return Ok(Some(self.launched_from(i, &region)));
+            }
+        }
+        Ok(None)
+    }
+
+    async fn describe(&self, inst: &InstanceRecord) -> Result<Observed> {
+        if inst.provider_id.is_none() {
+            // The launch never answered: EC2 may still hold it under our tag.
+            return Ok(match self.find(&inst.id).await? {
+                Some(_) => Observed::Pending,
+                None => Observed::Gone,
+            });
+        }
+        Ok(match self.instance(inst).await? {
+            Some(i) => ec2::observed(&i),
+            None => Observed::Gone,
+        })
+    }
+
+    async fn terminate(&self, inst: &InstanceRecord) -> Result<()> {
+        self.conns.lock().await.remove(&inst.id);
+        let pid = match &inst.provider_id {
+            Some(p) => p.clone(),
+            None => match self.find(&inst.id).await? {
+                Some(l) => l.provider_id,
+                None => return Ok(()),
+            },
+        };
+        let region = self.region_for(inst.region.as_deref())?;
+        let ec2 = self.ec2(&region).await?;
+        match ec2.terminate_instances().instance_ids(&pid).send().await {
+            Ok(_) => Ok(()),
+            Err(e) if e.code() == Some("InvalidInstanceID.NotFound") => Ok(()),
+            Err(e) => Err(ec2::sdk_error(&format!("terminating {pid}"), e)),
+        }
+    }
+
+    async fn list(&self) -> Result<Vec<Listed>> {
+        let owner = self.owner()?;
+        let mut out = Vec::new();
+        for region in self.regions().await? {
+            let ec2 = self.ec2(&region).await?;
+            let mut next: Option<String> = None;
+            loop {
+                let page = ec2
+                    .describe_instances()
+                    .filters(
+                        Filter::builder()
+                            .name(format!("tag:{TAG_OWNER}"))
+                            .values(&owner)
+                            .build(),
+                    )
+                    .filters(
+                        Filter::builder()
+                            .name("instance-state-name")
+                            .values("pending")
+                            .values("running")
+                            .values("stopping")
+                            .values("stopped")
+                            .build(),
+                    )
+                    .set_next_token(next.take())
+                    .send()
+                    .await
+                    .map_err(|e| {
+                        ec2::sdk_error(&format!("listing trainctl's machines in {region}"), e)
+                    })?;
+                for i in page.reservations().iter().flat_map(|r| r.instances()) {
+                    out.push(Listed {
+                        id: ec2::tag(i, TAG_ID).unwrap_or("?").to_string(),
+                        provider_id: i.instance_id().unwrap_or_default().to_string(),
+                    });
+                }
+                match page.next_token() {
+                    Some(t) if !t.is_empty() => next = Some(t.to_string()),
+                    _ => break,
+                }
+            }
+        }
+        out.sort_by(|a, b| a.id.cmp(&b.id));
+        Ok(out)
+    }
+
+    async fn remote(&self, inst: &InstanceRecord) -> Result<Arc<dyn Remote>> {
+        let host = inst
+            .address
+            .as_deref()
+            .and_then(|a| a.rsplit_once('@').map(|(_, h)| h).or(Some(a)))
+            .map(|h| h.rsplit_once(':').map_or(h, |(h, _)| h))
+            .with_context(|| format!("{} has no address yet", inst.id))?
+            .to_string();
+        let r: Arc<dyn Remote> = self.connect(inst, &host).await?;
+        Ok(r)
+    }
+}
+
+/// A ClientToken for one try: the same id, zone, type and market always give the same
+/// token (a retried call after a crash is answered with the first machine); another
+/// zone or market is a new request.
+pub fn client_token(id: &str, zone: Option<&str>, ty: &str, spot: bool) -> String {
+    let h = blake3::hash(format!("{id}|{}|{ty}|{spot}", zone.unwrap_or("")).as_bytes()).to_hex();
+    let mut t = format!("{id}-{}", &h[..16]);
+    t.truncate(64);
+    t
+}
+
+fn random_bytes<const N: usize>() -> [u8; N] {
+    use std::io::Read;
+    let mut b = [0u8; N];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut b))
+        .expect("/dev/urandom");
+    b
+}
+
+/// A new ed25519 key pair: (private key in OpenSSH format, public key line).
+pub fn new_ed25519(comment: &str) -> Result<(String, String)> {
+    use russh::keys::ssh_key::{LineEnding, private::Ed25519Keypair};
+    let kp = Ed25519Keypair::from_seed(&random_bytes::<32>());
+    let mut key = russh::keys::PrivateKey::from(kp);
+    key.set_comment(comment);
+    let private = key.to_openssh(LineEnding::LF)?.to_string();
+    let public = key.public_key().to_openssh()?;
+    Ok((private, public))
+}
+
+fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("creating {}", path.display()))?;
+    f.write_all(bytes)?;
+    Ok(())
+}
+
+/// Record `key` as the only key of `host` (port 22) in trainctl's known_hosts: an address
+/// EC2 gave an earlier machine must not carry that machine's key.
+pub fn pin_host_key(known_hosts: &Path, host: &str, key: &str) -> Result<()> {
+    let key = key.split_whitespace().take(2).collect::<Vec<_>>().join(" ");
+    let line = format!("{host} {key}");
+    let old = std::fs::read_to_string(known_hosts).unwrap_or_default();
+    if old.lines().any(|l| l == line) {
+        return Ok(());
+    }
+    let mut kept: Vec<&str> = old
+        .lines()
+        .filter(|l| l.split_whitespace().next() != Some(host))
+        .collect();
+    kept.push(&line);
+    if let Some(d) = known_hosts.parent() {
+        std::fs::create_dir_all(d)?;
+    }
+    let tmp = known_hosts.with_extension(format!("tmp{}", std::process::id()));
+    std::fs::write(&tmp, kept.join("\n") + "\n")?;
+    std::fs::rename(&tmp, known_hosts)?;
+    Ok(())
+}
+
+/// This machine's public IPv4 address as AWS sees it (`checkip.amazonaws.com`), for the
+/// default `ssh_cidr`.
+async fn public_ip() -> Result<std::net::Ipv4Addr> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let ask = async {
+        let mut s = tokio::net::TcpStream::connect("checkip.amazonaws.com:80").await?;
+        s.write_all(b"GET / HTTP/1.0\r\nHost: checkip.amazonaws.com\r\n\r\n")
+            .await?;
+        let mut body = String::new();
+        s.read_to_string(&mut body).await?;
+        let ip = body
+            .rsplit("\r\n\r\n")
+            .next()
+            .unwrap_or("")
+            .trim()
+            .parse::<std::net::Ipv4Addr>()?;
+        anyhow::Ok(ip)
+    };
+    tokio::time::timeout(Duration::from_secs(10), ask)
+        .await
+        .map_err(anyhow::Error::from)
+        .and_then(|r| r)
+        .context("finding this machine's public address for ssh_cidr (checkip.amazonaws.com); set ssh_cidr in [providers.aws]")
+}

@@ -1,0 +1,280 @@
+//! The `aws` provider against a real `moto_server`: launches (on demand, spot, the
+//! ClientToken and tags), the catalog's refusals before any call, missing credentials, a
+//! launch cut off and healed, orphans, and a whole run whose machine is a real sshd that
+//! booted from the instance's user-data (host key pinned, no trust on first use).
+
+use crate::common::*;
+use trainctl::testkit::{Ec2Machines, Moto};
+
+const REGION: &str = "us-east-1";
+
+fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(f)
+}
+
+/// An image moto knows, published at an SSM parameter of the test's own (the real
+/// `/aws/service/...` names are reserved).
+fn publish_ami(moto: &Moto) -> String {
+    block_on(async {
+        let sdk = moto.sdk(REGION);
+        let ec2 = aws_sdk_ec2::Client::new(&sdk);
+        let images = ec2.describe_images().owners("amazon").send().await.unwrap();
+        let ami = images
+            .images()
+            .iter()
+            .find(|i| {
+                i.name()
+                    .is_some_and(|n| n.to_lowercase().contains("ubuntu"))
+            })
+            .or(images.images().first())
+            .and_then(|i| i.image_id())
+            .unwrap()
+            .to_string();
+        aws_sdk_ssm::Client::new(&sdk)
+            .put_parameter()
+            .name("/trainctl-test/ami")
+            .value(&ami)
+            .r#type(aws_sdk_ssm::types::ParameterType::String)
+            .overwrite(true)
+            .send()
+            .await
+            .unwrap();
+        ami
+    })
+}
+
+/// Credentials for moto only, and nothing read from this machine's own AWS setup.
+fn aws_vars(env: &mut Env) {
+    let none = env.dir.path().join("no-aws-files");
+    for (k, v) in [
+        ("AWS_ACCESS_KEY_ID", "testing".to_string()),
+        ("AWS_SECRET_ACCESS_KEY", "testing".to_string()),
+        ("AWS_EC2_METADATA_DISABLED", "true".to_string()),
+        ("AWS_CONFIG_FILE", none.display().to_string()),
+        ("AWS_SHARED_CREDENTIALS_FILE", none.display().to_string()),
+    ] {
+        env.vars.push((k.into(), v));
+    }
+    for k in [
+        "AWS_PROFILE",
+        "AWS_REGION",
+        "AWS_DEFAULT_REGION",
+        "AWS_SESSION_TOKEN",
+    ] {
+        env.vars.push((k.into(), String::new()));
+    }
+}
+
+fn aws_env(endpoint: &str, extra: &str) -> Env {
+    let mut env = Env::new(
+        &format!(
+            "[providers.aws]\nregions = [\"{REGION}\"]\nendpoint_url = \"{endpoint}\"\n\
+             ssh_cidr = \"127.0.0.1/32\"\nami_parameter = \"/trainctl-test/ami\"\nssh_user = \"root\"\n\
+             api_max_attempts = 1\nreach_timeout_seconds = 60\n{extra}"
+        ),
+        "0.005",
+    );
+    aws_vars(&mut env);
+    env
+}
+
+/// Machines for `env`'s instances: each running instance in moto becomes a real sshd,
+/// reached through the proxy (added to `env`'s `[providers.aws]`, its last table).
+fn boot_machines(moto: &Moto, env: &Env) -> Ec2Machines {
+    let m = Ec2Machines::start(moto, REGION, env.data().join("aws/id_ed25519.pub"));
+    let cfg = std::fs::read_to_string(&env.config).unwrap();
+    std::fs::write(
+        &env.config,
+        format!("{cfg}\nproxy_command = {:?}\n", m.proxy_command()),
+    )
+    .unwrap();
+    m
+}
+
+/// Every instance moto holds: (instance id, state, tags).
+fn moto_instances(moto: &Moto) -> Vec<aws_sdk_ec2::types::Instance> {
+    block_on(async {
+        moto.ec2(REGION)
+            .describe_instances()
+            .send()
+            .await
+            .unwrap()
+            .reservations()
+            .iter()
+            .flat_map(|r| r.instances().to_vec())
+            .collect()
+    })
+}
+
+fn tag(i: &aws_sdk_ec2::types::Instance, k: &str) -> Option<String> {
+    trainctl::provider::aws::ec2::tag(i, k).map(str::to_string)
+}
+
+fn state(i: &aws_sdk_ec2::types::Instance) -> String {
+    i.state()
+        .and_then(|s| s.name())
+        .map(|n| n.as_str().to_string())
+        .unwrap_or_default()
+}
+
+#[test]
+fn spot_launch_is_tagged_pinned_and_terminated_with_confirmation() {
+    let moto = Moto::start();
+    let ami = publish_ami(&moto);
+    let env = aws_env(&moto.endpoint(), "");
+    let _machines = boot_machines(&moto, &env);
+
+    let inst = env.json(&[
+        "launch",
+        "--provider",
+        "aws",
+        "--type",
+        "g5.xlarge",
+        "--spot",
+        "--name",
+        "spotty",
+    ]);
+    let id = inst["id"].as_str().unwrap().to_string();
+    assert_eq!(inst["state"], "running", "{inst}");
+    assert_eq!(inst["spot"], true);
+    assert_eq!(inst["region"], REGION);
+    let pid = inst["provider_id"].as_str().unwrap().to_string();
+    assert!(pid.starts_with("i-"), "{inst}");
+
+    // What EC2 holds: one spot instance with our tags, the image from SSM, our key pair,
+    // and the ClientToken derived from the id, zone, type and market.
+    let all = moto_instances(&moto);
+    assert_eq!(all.len(), 1);
+    let i = &all[0];
+    assert_eq!(i.instance_id(), Some(pid.as_str()));
+    assert_eq!(tag(i, "trainctl:id").as_deref(), Some(id.as_str()));
+    let owner = std::fs::read_to_string(env.data().join("aws/owner")).unwrap();
+    assert_eq!(tag(i, "trainctl:owner").as_deref(), Some(owner.trim()));
+    assert_eq!(i.instance_lifecycle().map(|l| l.as_str()), Some("spot"));
+    assert_eq!(i.image_id(), Some(ami.as_str()));
+    assert_eq!(
+        i.key_name(),
+        Some(format!("trainctl-{}", owner.trim()).as_str())
+    );
+    let zone = i.placement().and_then(|p| p.availability_zone()).unwrap();
+    assert_eq!(
+        i.client_token(),
+        Some(trainctl::provider::aws::client_token(&id, Some(zone), "g5.xlarge", true).as_str())
+    );
+    // The login key stays private; the host key the machine presented is the one made
+    // for it, pinned before the first connection.
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(env.data().join("aws/id_ed25519"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+    let host_key = tag(i, "trainctl:hostkey").unwrap();
+    let host_key = host_key.split(' ').take(2).collect::<Vec<_>>().join(" ");
+    let known = std::fs::read_to_string(env.data().join("aws/known_hosts")).unwrap();
+    let ip = i.public_ip_address().unwrap();
+    assert!(
+        known.contains(&format!("{ip} {host_key}")),
+        "{known}\n{host_key}"
+    );
+    // The security group lets SSH in from ssh_cidr only.
+    let groups = block_on(async {
+        moto.ec2(REGION)
+            .describe_security_groups()
+            .group_names("trainctl-ssh")
+            .send()
+            .await
+            .unwrap()
+    });
+    let g = &groups.security_groups()[0];
+    let rules: Vec<(i32, String)> = g
+        .ip_permissions()
+        .iter()
+        .flat_map(|p| {
+            p.ip_ranges().iter().map(move |r| {
+                (
+                    p.from_port().unwrap_or(-1),
+                    r.cidr_ip().unwrap_or("").to_string(),
+                )
+            })
+        })
+        .collect();
+    assert_eq!(rules, vec![(22, "127.0.0.1/32".to_string())]);
+    // The machine runs commands (it is the sshd that booted from the user-data).
+    let facts = inst["gpu_info"].as_str().unwrap_or_default().to_string();
+    assert_eq!(facts, "no GPU", "{inst}");
+    // The launch's steps are events.
+    assert!(
+        env.event_kinds(None)
+            .contains(&"instance.launch_try".to_string())
+    );
+
+    // Terminate: confirmed with EC2 before the store forgets it.
+    env.ok(&["terminate", &id]);
+    let after = moto_instances(&moto);
+    assert!(
+        ["shutting-down", "terminated"].contains(&state(&after[0]).as_str()),
+        "{}",
+        state(&after[0])
+    );
+    let rec = env.json(&["ls", "--all"]);
+    let rec = rec
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["id"] == id.as_str())
+        .unwrap()
+        .clone();
+    assert_eq!(rec["state"], "terminated");
+    assert!(rec["terminated_ms"].as_i64().unwrap() >= rec["launched_ms"].as_i64().unwrap());
+}
+
+#[test]
+fn an_unknown_type_is_refused_before_any_aws_call() {
+    // Nothing listens here: any API call would fail with a connection error instead.
+    let closed = format!("http://127.0.0.1:{}", trainctl::testkit::free_port());
+    let env = aws_env(&closed, "");
+    let out = env.run(&["launch", "--provider", "aws", "--type", "g5.xlarg"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("unknown instance type `g5.xlarg`"), "{err}");
+    assert!(err.contains("nearest: g5.xlarge"), "{err}");
+    // A type sold only as Capacity Blocks is refused on demand, from the catalog too.
+    let out = env.run(&[
+        "launch",
+        "--provider",
+        "aws",
+        "--type",
+        "p5e.48xlarge",
+        "-o",
+        "region=us-east-2",
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("no on-demand price"), "{err}");
+    // Nothing was recorded.
+    assert!(env.json(&["ls", "--all"]).as_array().unwrap().is_empty());
+}
+
+#[test]
+fn missing_credentials_name_what_was_looked_for() {
+    let moto = Moto::start();
+    let mut env = aws_env(&moto.endpoint(), "");
+    env.vars
+        .retain(|(k, _)| !k.starts_with("AWS_ACCESS_KEY") && !k.starts_with("AWS_SECRET"));
+    env.vars.push(("AWS_ACCESS_KEY_ID".into(), String::new()));
+    env.vars
+        .push(("AWS_SECRET_ACCESS_KEY".into(), String::new()));
+    let out = env.run(&["launch", "--provider", "aws", "--type", "g5.xlarge"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("no AWS credentials"), "{err}");
+    for looked in ["AWS_ACCESS_KEY_ID", "profile `default`", "instance role"] {
+        assert!(err.contains(looked), "{looked}: {err}");
+    }
+    assert!(moto_instances(&moto).is_empty());
+    assert!(env.json(&["ls", "--all"]).as_array().unwrap().is_empty());
+}
