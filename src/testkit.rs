@@ -390,3 +390,133 @@ pub fn host_key_of_user_data(text: &str) -> Option<String> {
     let lines: Vec<&str> = block.lines().map(str::trim).collect();
     Some(lines.join("\n") + "\n")
 }
+
+/// A loopback HTTP proxy in front of an emulator that can answer a request itself (an
+/// error the emulator never gives, such as EC2's `InsufficientInstanceCapacity`) and
+/// records every request's form body (the AWS query `Action=...` calls, in order). One
+/// request per connection; everything else is forwarded as is.
+pub struct HttpFaults {
+    pub port: u16,
+    seen: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+type FaultRule = dyn Fn(&str) -> Option<(u16, String)> + Send + Sync;
+
+impl HttpFaults {
+    pub fn start(
+        upstream: u16,
+        rule: impl Fn(&str) -> Option<(u16, String)> + Send + Sync + 'static,
+    ) -> HttpFaults {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let rule: std::sync::Arc<FaultRule> = std::sync::Arc::new(rule);
+        let seen2 = seen.clone();
+        std::thread::spawn(move || {
+            for conn in listener.incoming().flatten() {
+                let (rule, seen) = (rule.clone(), seen2.clone());
+                std::thread::spawn(move || {
+                    let _ = serve_one(conn, upstream, &*rule, &seen);
+                });
+            }
+        });
+        HttpFaults { port, seen }
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// The `Action` of every query-protocol request so far (EC2, SSM's JSON target too).
+    pub fn actions(&self) -> Vec<String> {
+        self.seen
+            .lock()
+            .unwrap()
+            .iter()
+            .filter_map(|b| {
+                b.split('&')
+                    .find_map(|kv| kv.strip_prefix("Action="))
+                    .map(str::to_string)
+                    .or_else(|| b.strip_prefix("X-Amz-Target: ").map(str::to_string))
+            })
+            .collect()
+    }
+}
+
+/// EC2's error document.
+pub fn ec2_error(code: &str, message: &str) -> String {
+    format!(
+        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Response><Errors><Error><Code>{code}</Code><Message>{message}</Message></Error></Errors><RequestID>fault-{code}</RequestID></Response>"
+    )
+}
+
+fn serve_one(
+    mut c: std::net::TcpStream,
+    upstream: u16,
+    rule: &FaultRule,
+    seen: &std::sync::Mutex<Vec<String>>,
+) -> std::io::Result<()> {
+    use std::io::{Read, Write};
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 65536];
+    let head_end = loop {
+        let n = c.read(&mut chunk)?;
+        if n == 0 {
+            return Ok(());
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        if let Some(p) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break p + 4;
+        }
+    };
+    let head = String::from_utf8_lossy(&buf[..head_end]).to_string();
+    let len = head
+        .lines()
+        .find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.eq_ignore_ascii_case("content-length")
+                .then(|| v.trim().parse::<usize>().ok())?
+        })
+        .unwrap_or(0);
+    while buf.len() < head_end + len {
+        let n = c.read(&mut chunk)?;
+        if n == 0 {
+            break;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+    let body = String::from_utf8_lossy(&buf[head_end..]).to_string();
+    let target = head.lines().find_map(|l| {
+        l.strip_prefix("x-amz-target: ")
+            .or(l.strip_prefix("X-Amz-Target: "))
+    });
+    seen.lock().unwrap().push(match target {
+        Some(t) => format!("X-Amz-Target: {t}"),
+        None => body.clone(),
+    });
+    if let Some((status, doc)) = rule(&body) {
+        let resp = format!(
+            "HTTP/1.1 {status} Fault\r\nContent-Type: text/xml\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{doc}",
+            doc.len()
+        );
+        c.write_all(resp.as_bytes())?;
+        return Ok(());
+    }
+    // Forward with `Connection: close`, so the answer ends with the upstream's EOF.
+    let mut head_fwd = String::new();
+    for l in head.split("\r\n") {
+        if l.to_ascii_lowercase().starts_with("connection:") || l.is_empty() {
+            continue;
+        }
+        head_fwd.push_str(l);
+        head_fwd.push_str("\r\n");
+    }
+    head_fwd.push_str("Connection: close\r\n\r\n");
+    let mut u = std::net::TcpStream::connect(("127.0.0.1", upstream))?;
+    u.write_all(head_fwd.as_bytes())?;
+    u.write_all(&buf[head_end..])?;
+    let mut resp = Vec::new();
+    u.read_to_end(&mut resp)?;
+    c.write_all(&resp)?;
+    Ok(())
+}

@@ -278,3 +278,187 @@ fn missing_credentials_name_what_was_looked_for() {
     assert!(moto_instances(&moto).is_empty());
     assert!(env.json(&["ls", "--all"]).as_array().unwrap().is_empty());
 }
+
+#[test]
+fn no_capacity_in_a_zone_tries_the_next_then_on_demand() {
+    use trainctl::testkit::{HttpFaults, ec2_error};
+    let moto = Moto::start();
+    publish_ami(&moto);
+    // Zone a has no capacity at all; no zone has spot capacity.
+    let faults = HttpFaults::start(moto.port, |body| {
+        let run = body.contains("Action=RunInstances");
+        let zone_a = body.contains("Placement.AvailabilityZone=us-east-1a");
+        let spot = body.contains("InstanceMarketOptions.MarketType=spot");
+        (run && (zone_a || spot)).then(|| {
+            (
+                500,
+                ec2_error(
+                    "InsufficientInstanceCapacity",
+                    "We currently do not have sufficient capacity in the Availability Zone you requested.",
+                ),
+            )
+        })
+    });
+    let env = aws_env(&faults.endpoint(), "");
+    let _machines = boot_machines(&moto, &env);
+    // On demand: zone a refuses, zone b takes it.
+    let inst = env.json(&["launch", "--provider", "aws", "--type", "g5.xlarge"]);
+    assert_eq!(inst["state"], "running", "{inst}");
+    let all = moto_instances(&moto);
+    assert_eq!(all.len(), 1);
+    assert_eq!(
+        all[0].placement().and_then(|p| p.availability_zone()),
+        Some("us-east-1b")
+    );
+    let id = inst["id"].as_str().unwrap();
+    let tries: Vec<String> = env
+        .json(&["events"])
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["kind"] == "instance.launch_try" && e["instance_id"] == id)
+        .map(|e| e["message"].as_str().unwrap().to_string())
+        .collect();
+    assert!(
+        tries[0].contains("us-east-1a: InsufficientInstanceCapacity"),
+        "{tries:?}"
+    );
+    assert!(
+        tries
+            .last()
+            .unwrap()
+            .contains("launched g5.xlarge on-demand in us-east-1b"),
+        "{tries:?}"
+    );
+    // Spot without fallback: every zone refuses, nothing is left running or billed.
+    let out = env.run(&[
+        "launch",
+        "--provider",
+        "aws",
+        "--type",
+        "g5.xlarge",
+        "--spot",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("no capacity for g5.xlarge in us-east-1"),
+        "{err}"
+    );
+    assert_eq!(moto_instances(&moto).len(), 1);
+    let failed = env.json(&["ls", "--all"]);
+    let failed = failed
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["id"] != id)
+        .unwrap()
+        .clone();
+    assert_eq!(failed["state"], "terminated", "{failed}");
+    // With spot_fallback, the same request lands on demand, priced on demand.
+    let cfg = std::fs::read_to_string(&env.config).unwrap();
+    std::fs::write(&env.config, format!("{cfg}spot_fallback = true\n")).unwrap();
+    let inst = env.json(&[
+        "launch",
+        "--provider",
+        "aws",
+        "--type",
+        "g5.xlarge",
+        "--spot",
+    ]);
+    assert_eq!(inst["state"], "running", "{inst}");
+    let all = moto_instances(&moto);
+    assert_eq!(all.len(), 2);
+    assert!(all.iter().all(|i| i.instance_lifecycle().is_none()));
+    assert_eq!(inst["hourly"], 1_006_000, "{inst}");
+    assert!(
+        faults
+            .actions()
+            .iter()
+            .filter(|a| *a == "RunInstances")
+            .count()
+            >= 6
+    );
+}
+
+#[test]
+fn a_launch_cut_off_on_either_side_of_ec2s_answer_is_healed() {
+    let moto = Moto::start();
+    publish_ami(&moto);
+    let env = aws_env(&moto.endpoint(), "");
+    let _machines = boot_machines(&moto, &env);
+    // Killed after EC2 answered, before the store heard: the machine is found by its tag.
+    let out = env
+        .cmd(&[
+            "launch",
+            "--provider",
+            "aws",
+            "--type",
+            "g5.xlarge",
+            "--spot",
+        ])
+        .env("TRAINCTL_FAILPOINT", "launch.answered")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let all = moto_instances(&moto);
+    assert_eq!(all.len(), 1);
+    let id = tag(&all[0], "trainctl:id").unwrap();
+    let rows = env.json(&["ls"]);
+    let row = rows
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["id"] == id.as_str())
+        .unwrap();
+    assert_eq!(row["state"], "running", "{row}");
+    assert_eq!(row["provider_id"], all[0].instance_id().unwrap());
+    assert!(
+        env.event_kinds(None)
+            .contains(&"instance.healed".to_string())
+    );
+    // Killed after the intent, before any call: EC2 holds nothing, the row closes at $0.
+    let out = env
+        .cmd(&["launch", "--provider", "aws", "--type", "g5.xlarge"])
+        .env("TRAINCTL_FAILPOINT", "launch.intent")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let rows = env.json(&["ls", "--all"]);
+    let closed = rows
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["id"] != id.as_str())
+        .unwrap();
+    assert_eq!(closed["state"], "terminated", "{closed}");
+    assert_eq!(moto_instances(&moto).len(), 1);
+}
+
+#[test]
+fn the_same_launch_twice_is_one_machine() {
+    use trainctl::provider::{LaunchRequest, Provider, aws::AwsProvider};
+    let moto = Moto::start();
+    publish_ami(&moto);
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = trainctl::config::AwsProviderConfig {
+        regions: vec![REGION.into()],
+        ssh_cidr: Some("127.0.0.1/32".into()),
+        ami_parameter: "/trainctl-test/ami".into(),
+        ..Default::default()
+    };
+    let p = AwsProvider::with_sdk(dir.path(), cfg, Default::default(), moto.sdk(REGION));
+    block_on(async {
+        let req = LaunchRequest {
+            instance_type: Some("g5.xlarge".into()),
+            spot: true,
+            ..Default::default()
+        };
+        let plan = p.plan(&req).await.unwrap();
+        let a = p.launch("i-twice", &plan).await.unwrap();
+        let b = p.launch("i-twice", &plan).await.unwrap();
+        assert_eq!(a.provider_id, b.provider_id);
+        assert_eq!(p.list().await.unwrap().len(), 1);
+    });
+    assert_eq!(moto_instances(&moto).len(), 1);
+}

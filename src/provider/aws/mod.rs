@@ -721,7 +721,7 @@ impl Provider for AwsProvider {
                     plan.instance_type,
                     zone.as_deref().unwrap_or("the subnet's zone")
                 );
-                match run.send().await {
+                match send_retrying(run).await {
                     Ok(out) => {
                         let i = out
                             .instances()
@@ -947,6 +947,60 @@ impl Provider for AwsProvider {
         let r: Arc<dyn Remote> = self.connect(inst, &host).await?;
         Ok(r)
     }
+}
+
+/// RunInstances, retried here (not by the SDK) when EC2 throttles or the answer was lost:
+/// the ClientToken makes a repeat safe. A capacity error is not retried in the same zone;
+/// the caller moves on at once.
+async fn send_retrying(
+    run: aws_sdk_ec2::operation::run_instances::builders::RunInstancesFluentBuilder,
+) -> Result<
+    aws_sdk_ec2::operation::run_instances::RunInstancesOutput,
+    aws_sdk_ec2::error::SdkError<aws_sdk_ec2::operation::run_instances::RunInstancesError>,
+> {
+    use aws_sdk_ec2::error::SdkError;
+    let mut attempt = 0u32;
+    loop {
+        let once = run
+            .clone()
+            .customize()
+            .config_override(
+                aws_sdk_ec2::config::Builder::default()
+                    .retry_config(aws_config::retry::RetryConfig::disabled()),
+            )
+            .send()
+            .await;
+        let again = match &once {
+            Err(
+                SdkError::DispatchFailure(_)
+                | SdkError::TimeoutError(_)
+                | SdkError::ResponseError(_),
+            ) => true,
+            Err(e) => matches!(
+                e.code(),
+                Some(
+                    "RequestLimitExceeded"
+                        | "Throttling"
+                        | "ThrottlingException"
+                        | "InternalError"
+                        | "ServiceUnavailable"
+                        | "Unavailable"
+                )
+            ),
+            Ok(_) => false,
+        };
+        if !again || attempt >= 6 {
+            return once;
+        }
+        attempt += 1;
+        tokio::time::sleep(jittered(Duration::from_millis(250) * 2u32.pow(attempt))).await;
+    }
+}
+
+/// `d` scaled by a random factor in [0.5, 1.5).
+fn jittered(d: Duration) -> Duration {
+    let r = u16::from_le_bytes(random_bytes::<2>()) as f64 / 65536.0;
+    d.mul_f64(0.5 + r)
 }
 
 /// A ClientToken for one try: the same id, zone, type and market always give the same
