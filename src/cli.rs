@@ -125,8 +125,12 @@ pub enum Command {
         #[arg(long)]
         to: Option<PathBuf>,
     },
-    /// Terminate an instance (stops its jobs first) and confirm with the provider.
+    /// Terminate an instance (stops its jobs first) and confirm with the provider; also
+    /// an orphan (a machine the provider holds for this store that the store lost).
     Terminate { instance: String },
+    /// Take an orphan into the store (`trainctl ls` lists them): reached, then used and
+    /// billed like an instance trainctl launched.
+    Adopt { instance: String },
     /// Sync the project's code to an instance.
     Sync {
         #[arg(long)]
@@ -410,6 +414,20 @@ async fn run(cli: Cli) -> Result<i32> {
             }
             Ok(EXIT_OK)
         }
+        Command::Adopt { instance } => {
+            let inst = engine.adopt(&instance).await?;
+            if json {
+                print_json(&serde_json::to_value(&inst)?);
+            } else {
+                println!(
+                    "{} {} ({})",
+                    inst.id,
+                    inst.state,
+                    inst.address.unwrap_or_default()
+                );
+            }
+            Ok(EXIT_OK)
+        }
         Command::Sync {
             project,
             instance,
@@ -581,6 +599,14 @@ async fn watch(engine: &Engine, json: bool) -> Result<i32> {
     Ok(EXIT_OK)
 }
 
+/// What an orphan has cost so far, from its provider's launch time at its estimated price.
+fn orphan_cost(l: &crate::provider::Listed, now: i64) -> Money {
+    match (l.launched_ms, l.hourly) {
+        (Some(s), Some(h)) => h.accrue_hourly(((now - s).max(0) / 1000) * 1000),
+        _ => Money::ZERO,
+    }
+}
+
 async fn ls(engine: &Engine, all: bool, json: bool) -> Result<i32> {
     engine.reconcile_instances().await?;
     engine.probe_live(std::time::Duration::from_secs(3)).await?;
@@ -597,13 +623,17 @@ async fn ls(engine: &Engine, all: bool, json: bool) -> Result<i32> {
                 o
             })
             .collect();
-        for (p, id) in &orphans {
-            v.push(json!({"id": id, "provider": p, "orphan": true}));
+        for (p, l) in &orphans {
+            let mut o = serde_json::to_value(l).unwrap_or_default();
+            o["provider"] = json!(p);
+            o["orphan"] = json!(true);
+            o["cost_micros"] = json!(orphan_cost(l, now).0);
+            v.push(o);
         }
         print_json(&json!(v));
         return Ok(EXIT_OK);
     }
-    let rows: Vec<Vec<String>> = insts
+    let mut rows: Vec<Vec<String>> = insts
         .iter()
         .map(|i| {
             let up = crate::cost::billed_interval(i, now).map_or(0, |(s, e)| e - s);
@@ -624,6 +654,20 @@ async fn ls(engine: &Engine, all: bool, json: bool) -> Result<i32> {
             ]
         })
         .collect();
+    for (p, l) in &orphans {
+        rows.push(vec![
+            l.id.clone(),
+            l.provider_id.clone(),
+            p.clone(),
+            l.instance_type.clone().unwrap_or_else(|| "?".into()),
+            "ORPHAN".into(),
+            if l.spot { "spot" } else { "on-demand" }.into(),
+            fmt_duration(l.launched_ms.map_or(0, |s| now - s)),
+            l.hourly.map_or_else(|| "?".into(), |h| h.to_string()),
+            orphan_cost(l, now).to_string(),
+            "unknown to the store: `trainctl terminate ID` or `trainctl adopt ID`".into(),
+        ]);
+    }
     table(
         &[
             "ID",
@@ -639,9 +683,10 @@ async fn ls(engine: &Engine, all: bool, json: bool) -> Result<i32> {
         ],
         &rows,
     );
-    for (p, id) in &orphans {
-        println!(
-            "ORPHAN  {id} on {p}: the provider holds it but the store does not know it; `trainctl terminate` cannot see it, remove it by hand"
+    if !orphans.is_empty() {
+        eprintln!(
+            "warning: {} machine(s) the providers hold for this store are unknown to it and may be billing",
+            orphans.len()
         );
     }
     Ok(EXIT_OK)

@@ -83,7 +83,23 @@ impl Engine {
     /// Terminate an instance: stop trainctl's jobs there, release it, confirm with the
     /// provider, and only then record it terminated.
     pub async fn terminate(&self, key: &str, why: &str) -> Result<InstanceRecord> {
-        let inst = self.store().find_instance(key)?;
+        // Bound first: the store's guard must not live across the awaits below.
+        let found = self.store().find_instance(key);
+        let inst = match found {
+            Ok(i) => i,
+            Err(unknown) => {
+                // Not the store's: maybe a machine the provider holds that the store lost.
+                let Some((provider, l)) = self.orphan(key).await? else {
+                    return Err(unknown);
+                };
+                self.terminate_orphan(&provider, &l).await?;
+                return Ok(InstanceRecord {
+                    state: InstanceState::Terminated,
+                    terminated_ms: Some(now_ms()),
+                    ..Self::orphan_record(&provider, &l)
+                });
+            }
+        };
         if inst.state == InstanceState::Terminated {
             return Ok(inst);
         }
@@ -156,8 +172,9 @@ impl Engine {
         }
     }
 
-    /// Ids the providers hold that the store does not know (or thinks are gone).
-    pub async fn orphans(&self) -> Result<Vec<(String, String)>> {
+    /// Machines the providers hold for this store that the store does not know (or thinks
+    /// are gone), with their provider: each one may be billing.
+    pub async fn orphans(&self) -> Result<Vec<(String, Listed)>> {
         let known: HashMap<String, InstanceState> = self
             .store()
             .instances(true)?
@@ -179,11 +196,107 @@ impl Engine {
                 match known.get(&l.id) {
                     // A lost machine a host pool still holds is known: `terminate` frees it.
                     Some(s) if s.is_live() || *s == InstanceState::Lost => {}
-                    _ => out.push((name.clone(), l.id)),
+                    _ => out.push((name.clone(), l)),
                 }
             }
         }
         Ok(out)
+    }
+
+    /// The orphan `key` names (trainctl's id or the provider's).
+    async fn orphan(&self, key: &str) -> Result<Option<(String, Listed)>> {
+        Ok(self
+            .orphans()
+            .await?
+            .into_iter()
+            .find(|(_, l)| l.id == key || l.provider_id == key))
+    }
+
+    /// An orphan as an instance record (what terminating or adopting it starts from).
+    fn orphan_record(provider: &str, l: &Listed) -> InstanceRecord {
+        InstanceRecord {
+            spot: l.spot,
+            provider_id: Some(l.provider_id.clone()),
+            region: l.region.clone(),
+            launched_ms: l.launched_ms,
+            ..InstanceRecord::intent(
+                &l.id,
+                provider,
+                l.instance_type.as_deref().unwrap_or("?"),
+                l.hourly.unwrap_or(Money::ZERO),
+            )
+        }
+    }
+
+    /// Terminate a machine the store does not know, confirmed with its provider.
+    async fn terminate_orphan(&self, provider: &str, l: &Listed) -> Result<()> {
+        let p = self.provider(provider)?;
+        let rec = Self::orphan_record(provider, l);
+        p.terminate(&rec)
+            .await
+            .with_context(|| format!("terminating orphan {} ({})", l.id, l.provider_id))?;
+        match p.describe(&rec).await? {
+            Observed::Gone => {}
+            other => bail!(
+                "orphan {} ({}) still reported as {other:?} after terminate",
+                l.id,
+                l.provider_id
+            ),
+        }
+        self.store().add_event(
+            "orphan.terminated",
+            None,
+            None,
+            &format!(
+                "{} ({}) on {provider}, which the store did not know, terminated",
+                l.id, l.provider_id
+            ),
+        )?;
+        Ok(())
+    }
+
+    /// Take a machine the store does not know into it (its cost counted from the
+    /// provider's launch time), reached and running like one trainctl launched.
+    pub async fn adopt(&self, key: &str) -> Result<InstanceRecord> {
+        let (provider, l) = self
+            .orphan(key)
+            .await?
+            .with_context(|| format!("no orphan `{key}` (see `trainctl ls`)"))?;
+        let rec = Self::orphan_record(&provider, &l);
+        self.store().insert_instance(&InstanceRecord {
+            provider_id: None,
+            region: None,
+            launched_ms: None,
+            ..rec.clone()
+        })?;
+        let p = self.provider(&provider)?;
+        let launched = p
+            .find(&l.id)
+            .await?
+            .with_context(|| format!("{} vanished while being adopted", l.id))?;
+        self.take_over(
+            &rec.id,
+            &launched,
+            "adopted: the provider held it, the store did not know it",
+        )
+        .await?;
+        self.store().instance(&rec.id)?.context("instance vanished")
+    }
+
+    /// A machine the provider holds under `id` becomes the store's running instance:
+    /// its answer recorded, reached, marked running.
+    async fn take_over(&self, id: &str, l: &Launched, why: &str) -> Result<()> {
+        let inst = self.store().instance(id)?.context("instance vanished")?;
+        let p = self.provider(&inst.provider)?;
+        self.store()
+            .record_launched(id, l, l.launched_ms.unwrap_or_else(now_ms))?;
+        // Reached as the store now knows it (the provider's id, region, keys).
+        let known = self.store().instance(id)?.unwrap_or(inst);
+        let address = p.reach(&known).await?;
+        self.store().mark_instance_running(id, &address, now_ms())?;
+        self.store()
+            .add_event("instance.healed", Some(id), None, why)?;
+        Ok(())
     }
 
     /// Check live instances with their providers: one the provider no longer has is Lost.
@@ -237,19 +350,12 @@ impl Engine {
         let p = self.provider(&inst.provider)?;
         match p.find(&inst.id).await? {
             Some(l) => {
-                self.store()
-                    .record_launched(&inst.id, &l, l.launched_ms.unwrap_or_else(now_ms))?;
-                // Reached as the store now knows it (the provider's id, region, keys).
-                let known = self.store().instance(&inst.id)?;
-                let address = p.reach(known.as_ref().unwrap_or(inst)).await?;
-                self.store()
-                    .mark_instance_running(&inst.id, &address, now_ms())?;
-                self.store().add_event(
-                    "instance.healed",
-                    Some(&inst.id),
-                    None,
+                self.take_over(
+                    &inst.id,
+                    &l,
                     "the launch was cut off after the provider answered; found by its id",
-                )?;
+                )
+                .await?;
             }
             None => {
                 self.store().set_instance_state(

@@ -13,7 +13,7 @@ use crate::cost;
 use crate::job::{self, RemoteStatus, artifacts, sync};
 use crate::metrics::{LogParser, complete_prefix_len};
 use crate::model::{InstanceState, JobState, MetricPoint, Money, Progress, new_id, now_ms};
-use crate::provider::{LaunchRequest, Observed, Provider};
+use crate::provider::{LaunchRequest, Launched, Listed, Observed, Provider};
 use crate::remote::Remote;
 use crate::store::{AttemptRecord, InstanceRecord, JobRecord, LogOffset, Store};
 use anyhow::{Context, Result, anyhow, bail};

@@ -241,6 +241,7 @@ impl Provider for LocalProvider {
                 ids.push(Listed {
                     provider_id: id.clone(),
                     id,
+                    ..Listed::default()
                 });
             }
         }

@@ -126,11 +126,18 @@ pub struct Capabilities {
 }
 
 /// A machine the provider holds for trainctl.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Default, serde::Serialize)]
 pub struct Listed {
     /// trainctl's id (the provider keeps it as a tag or name).
     pub id: String,
     pub provider_id: String,
+    pub region: Option<String>,
+    pub instance_type: Option<String>,
+    pub spot: bool,
+    /// The provider's launch time (an orphan's cost runs from here).
+    pub launched_ms: Option<TimestampMs>,
+    /// What it costs per hour, when the provider can say.
+    pub hourly: Option<Money>,
 }
 
 #[async_trait]

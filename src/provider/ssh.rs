@@ -241,6 +241,8 @@ impl Provider for SshProvider {
             ids.extend(self.holders(&h.name).into_iter().map(|id| Listed {
                 provider_id: format!("{}/{id}", h.name),
                 id,
+                instance_type: Some(h.name.clone()),
+                ..Listed::default()
             }));
         }
         ids.sort_by(|a, b| a.id.cmp(&b.id));

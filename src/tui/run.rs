@@ -38,7 +38,7 @@ type JobMetricMemo = (Option<String>, Option<(String, f64)>, Vec<f64>);
 pub struct SnapshotCache {
     seen_offset: HashMap<String, u64>,
     metric: HashMap<String, JobMetricMemo>,
-    orphans: Vec<(String, String)>,
+    orphans: Vec<(String, crate::provider::Listed)>,
     last_slow: Option<std::time::Instant>,
 }
 
@@ -83,24 +83,34 @@ pub fn build_snapshot(engine: &Engine, cache: &mut SnapshotCache) -> Result<Snap
             orphan: false,
         })
         .collect();
-    for (provider, id) in &cache.orphans {
+    for (provider, l) in &cache.orphans {
         if inst_rows
             .iter()
-            .any(|r| &r.rec.id == id && r.rec.state.is_live())
+            .any(|r| r.rec.id == l.id && r.rec.state.is_live())
         {
             continue;
         }
+        let rec = crate::store::InstanceRecord {
+            name: l.provider_id.clone(),
+            state: crate::model::InstanceState::Running,
+            created_ms: l.launched_ms.unwrap_or(now),
+            spot: l.spot,
+            provider_id: Some(l.provider_id.clone()),
+            region: l.region.clone(),
+            launched_ms: l.launched_ms,
+            ..crate::store::InstanceRecord::intent(
+                &l.id,
+                provider,
+                l.instance_type.as_deref().unwrap_or("?"),
+                l.hourly.unwrap_or(Money::ZERO),
+            )
+        };
         inst_rows.insert(
             0,
             InstanceRow {
-                rec: crate::store::InstanceRecord {
-                    name: "?".into(),
-                    state: crate::model::InstanceState::Running,
-                    created_ms: now,
-                    ..crate::store::InstanceRecord::intent(id, provider, "?", Money::ZERO)
-                },
-                cost: Money::ZERO,
-                uptime_ms: 0,
+                cost: crate::cost::instance_cost(&rec, now),
+                uptime_ms: crate::cost::billed_interval(&rec, now).map_or(0, |(s, e)| e - s),
+                rec,
                 orphan: true,
             },
         );

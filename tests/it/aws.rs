@@ -462,3 +462,99 @@ fn the_same_launch_twice_is_one_machine() {
     });
     assert_eq!(moto_instances(&moto).len(), 1);
 }
+
+#[test]
+fn orphans_are_listed_with_their_cost_adopted_or_terminated() {
+    let moto = Moto::start();
+    let ami = publish_ami(&moto);
+    let env = aws_env(&moto.endpoint(), "");
+    let _machines = boot_machines(&moto, &env);
+    // A machine trainctl launched, then lost from its store (a deleted data dir, a
+    // restored backup): EC2 still holds it under this store's owner tag.
+    let id = env.json(&["launch", "--provider", "aws", "--type", "g5.xlarge"])["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    {
+        let db = rusqlite::Connection::open(env.data().join("trainctl.db")).unwrap();
+        db.execute("DELETE FROM instances WHERE id = ?1", [&id])
+            .unwrap();
+    }
+    // And one made by hand with the owner tag and nothing else.
+    let owner = std::fs::read_to_string(env.data().join("aws/owner")).unwrap();
+    let stray = block_on(async {
+        let tags = aws_sdk_ec2::types::TagSpecification::builder()
+            .resource_type(aws_sdk_ec2::types::ResourceType::Instance)
+            .tags(
+                aws_sdk_ec2::types::Tag::builder()
+                    .key("trainctl:owner")
+                    .value(owner.trim())
+                    .build(),
+            )
+            .tags(
+                aws_sdk_ec2::types::Tag::builder()
+                    .key("trainctl:id")
+                    .value("i-stray")
+                    .build(),
+            )
+            .build();
+        moto.ec2(REGION)
+            .run_instances()
+            .image_id(&ami)
+            .instance_type(aws_sdk_ec2::types::InstanceType::G4dnXlarge)
+            .min_count(1)
+            .max_count(1)
+            .tag_specifications(tags)
+            .send()
+            .await
+            .unwrap()
+            .instances()[0]
+            .instance_id()
+            .unwrap()
+            .to_string()
+    });
+    let rows = env.json(&["ls"]);
+    let orphans: Vec<&serde_json::Value> = rows
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["orphan"] == true)
+        .collect();
+    assert_eq!(orphans.len(), 2, "{rows}");
+    let o = orphans.iter().find(|o| o["id"] == "i-stray").unwrap();
+    assert_eq!(o["provider_id"], stray.as_str());
+    assert_eq!(o["instance_type"], "g4dn.xlarge");
+    assert_eq!(o["hourly"], 526_000, "the catalog's on-demand price: {o}");
+    assert!(o["cost_micros"].as_i64().unwrap() >= 0);
+    // The table says so too, with what to do.
+    let table = env.ok(&["ls"]);
+    assert!(
+        table.contains("ORPHAN") && table.contains("trainctl adopt"),
+        "{table}"
+    );
+
+    // The lost machine is adopted: reached (its pinned host key is in its tag) and known.
+    let adopted = env.json(&["adopt", &id]);
+    assert_eq!(adopted["state"], "running", "{adopted}");
+    assert!(adopted["launched_ms"].as_i64().is_some());
+    // The stray one is terminated by its provider id, confirmed with EC2.
+    env.ok(&["terminate", &stray]);
+    let gone = moto_instances(&moto)
+        .into_iter()
+        .find(|i| i.instance_id() == Some(stray.as_str()))
+        .unwrap();
+    assert!(["shutting-down", "terminated"].contains(&state(&gone).as_str()));
+    assert!(
+        env.event_kinds(None)
+            .contains(&"orphan.terminated".to_string())
+    );
+    let rows = env.json(&["ls"]);
+    assert!(
+        rows.as_array()
+            .unwrap()
+            .iter()
+            .all(|r| r["orphan"] == false),
+        "{rows}"
+    );
+    env.ok(&["terminate", &id]);
+}

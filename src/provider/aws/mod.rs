@@ -921,9 +921,24 @@ impl Provider for AwsProvider {
                         ec2::sdk_error(&format!("listing trainctl's machines in {region}"), e)
                     })?;
                 for i in page.reservations().iter().flat_map(|r| r.instances()) {
+                    let ty = i.instance_type().map(|t| t.as_str().to_string());
+                    let spot = i.instance_lifecycle().is_some_and(|l| l.as_str() == "spot");
+                    let prices = ty
+                        .as_deref()
+                        .and_then(|t| Catalog::embedded().prices(t, &region));
                     out.push(Listed {
                         id: ec2::tag(i, TAG_ID).unwrap_or("?").to_string(),
                         provider_id: i.instance_id().unwrap_or_default().to_string(),
+                        region: Some(region.clone()),
+                        instance_type: ty.clone(),
+                        spot,
+                        launched_ms: i.launch_time().and_then(|t| t.to_millis().ok()),
+                        // An estimate from the catalog (its spot prices are per zone id).
+                        hourly: prices.and_then(
+                            |p| {
+                                if spot { p.cheapest_spot() } else { p.on_demand }
+                            },
+                        ),
                     });
                 }
                 match page.next_token() {
