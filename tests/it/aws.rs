@@ -558,3 +558,45 @@ fn orphans_are_listed_with_their_cost_adopted_or_terminated() {
     );
     env.ok(&["terminate", &id]);
 }
+
+#[test]
+fn the_example_job_runs_end_to_end_on_an_ec2_machine() {
+    let moto = Moto::start();
+    publish_ami(&moto);
+    let env = aws_env(&moto.endpoint(), "");
+    let _machines = boot_machines(&moto, &env);
+    let toml = env.project.join("trainctl.toml");
+    let text = std::fs::read_to_string(&toml).unwrap();
+    let (head, tail) = text.split_at(text.find("\n[env]").unwrap());
+    std::fs::write(
+        &toml,
+        format!("{head}\n[resources]\ninstance_type = \"g5.xlarge\"\n{tail}"),
+    )
+    .unwrap();
+    let out = env.run(&["run", "--provider", "aws", "--terminate-after"]);
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let jobs = env.json(&["jobs"]);
+    let job = &jobs.as_array().unwrap()[0];
+    assert_eq!(job["state"], "succeeded", "{job}");
+    // The model came back, the machine is gone from EC2, and what it cost is recorded.
+    let model = env
+        .project
+        .join("trainctl-out")
+        .join(job["id"].as_str().unwrap())
+        .join("model.json");
+    let model: serde_json::Value = serde_json::from_slice(&std::fs::read(&model).unwrap()).unwrap();
+    assert!(model.is_object(), "{model}");
+    let all = moto_instances(&moto);
+    assert_eq!(all.len(), 1);
+    assert!(["shutting-down", "terminated"].contains(&state(&all[0]).as_str()));
+    let cost = env.json(&["cost"]);
+    let inst = job["instance_id"].as_str().unwrap();
+    let c = cost_of(&cost, "instances", inst);
+    assert!(c > 0, "on demand at $1.006/h for some seconds: {cost}");
+    assert!(cost_of(&cost, "jobs", job["id"].as_str().unwrap()) <= c);
+}
