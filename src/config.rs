@@ -230,6 +230,12 @@ pub struct AwsProviderConfig {
     pub reach_timeout_seconds: u64,
     /// Tries per AWS API call (throttling and 5xx are retried with jittered backoff).
     pub api_max_attempts: u32,
+    /// The instance metadata service the machines ask for spot notices (EC2's own by
+    /// default; another address only for tests or unusual networks).
+    pub imds_endpoint: String,
+    /// Where checkpoints of jobs on AWS machines are kept: `s3://BUCKET/PREFIX` (else the
+    /// local data directory, like every other provider).
+    pub checkpoints_s3: Option<String>,
 }
 
 impl Default for AwsProviderConfig {
@@ -261,6 +267,8 @@ impl Default for AwsProviderConfig {
             idle_minutes: 30,
             reach_timeout_seconds: 600,
             api_max_attempts: 5,
+            imds_endpoint: "http://169.254.169.254".into(),
+            checkpoints_s3: None,
         }
     }
 }
@@ -419,6 +427,11 @@ impl UserConfig {
                     "spot_max_usd",
                     "`spot_max_usd` must be a positive number of dollars".into(),
                 ));
+            }
+            if let Some(u) = &aws.checkpoints_s3
+                && let Err(e) = crate::provider::aws::s3::parse_url(u)
+            {
+                return Err(at(u, format!("checkpoints_s3: {e}")));
             }
             for k in aws.endpoints.keys() {
                 if !["ec2", "s3", "ssm"].contains(&k.as_str()) {

@@ -433,12 +433,23 @@ impl HttpFaults {
             .lock()
             .unwrap()
             .iter()
-            .filter_map(|b| {
+            .filter_map(|r| {
+                let b = r.split_once('\n').map_or("", |(_, b)| b);
                 b.split('&')
                     .find_map(|kv| kv.strip_prefix("Action="))
                     .map(str::to_string)
                     .or_else(|| b.strip_prefix("X-Amz-Target: ").map(str::to_string))
             })
+            .collect()
+    }
+
+    /// The request line of every request so far (`PUT /bucket/key?partNumber=2&... HTTP/1.1`).
+    pub fn request_lines(&self) -> Vec<String> {
+        self.seen
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|r| r.split('\n').next().unwrap_or("").to_string())
             .collect()
     }
 }
@@ -490,9 +501,10 @@ fn serve_one(
         l.strip_prefix("x-amz-target: ")
             .or(l.strip_prefix("X-Amz-Target: "))
     });
+    let line = head.lines().next().unwrap_or("").to_string();
     seen.lock().unwrap().push(match target {
-        Some(t) => format!("X-Amz-Target: {t}"),
-        None => body.clone(),
+        Some(t) => format!("{line}\nX-Amz-Target: {t}"),
+        None => format!("{line}\n{body}"),
     });
     if let Some((status, doc)) = rule(&body) {
         let resp = format!(
@@ -519,4 +531,151 @@ fn serve_one(
     u.read_to_end(&mut resp)?;
     c.write_all(&resp)?;
     Ok(())
+}
+
+/// An EC2 instance metadata service (IMDSv2) on 127.0.0.1, as EC2 behaves: `PUT
+/// /latest/api/token` with a TTL of 1..21600 s (400 otherwise), 401 for a GET without a
+/// live token, `spot/instance-action` 404 until [`Imds::interrupt`], then a fixed
+/// `{"action","time"}` (the time never drifts: every poll sees the same notice),
+/// `events/recommendations/rebalance` likewise, and `iam/security-credentials/<role>`.
+pub struct Imds {
+    pub port: u16,
+    state: std::sync::Arc<std::sync::Mutex<ImdsState>>,
+}
+
+#[derive(Default)]
+struct ImdsState {
+    tokens: std::collections::HashMap<String, Instant>,
+    action: Option<String>,
+    rebalance: Option<String>,
+    gets: usize,
+}
+
+/// `YYYY-MM-DDTHH:MM:SSZ` of unix seconds.
+pub fn rfc3339(secs: i64) -> String {
+    let days = secs.div_euclid(86_400);
+    let rem = secs.rem_euclid(86_400);
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        (rem % 3600) / 60,
+        rem % 60
+    )
+}
+
+impl Imds {
+    pub fn start() -> Imds {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let state = std::sync::Arc::new(std::sync::Mutex::new(ImdsState::default()));
+        let st = state.clone();
+        std::thread::spawn(move || {
+            for conn in listener.incoming().flatten() {
+                let st = st.clone();
+                std::thread::spawn(move || {
+                    let _ = imds_serve(conn, &st);
+                });
+            }
+        });
+        Imds { port, state }
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// From now on, a spot interruption notice: EC2 takes the machine `in_secs` from now.
+    pub fn interrupt(&self, in_secs: i64) {
+        let at = rfc3339(crate::model::now_ms() / 1000 + in_secs);
+        self.state.lock().unwrap().action =
+            Some(format!("{{\"action\": \"terminate\", \"time\": \"{at}\"}}"));
+    }
+
+    pub fn rebalance(&self) {
+        let at = rfc3339(crate::model::now_ms() / 1000);
+        self.state.lock().unwrap().rebalance = Some(format!("{{\"noticeTime\": \"{at}\"}}"));
+    }
+
+    /// Authorized GETs answered so far.
+    pub fn gets(&self) -> usize {
+        self.state.lock().unwrap().gets
+    }
+}
+
+fn imds_serve(mut c: std::net::TcpStream, st: &std::sync::Mutex<ImdsState>) -> std::io::Result<()> {
+    use std::io::{BufRead, BufReader, Write};
+    let mut r = BufReader::new(c.try_clone()?);
+    let mut first = String::new();
+    r.read_line(&mut first)?;
+    let mut headers = Vec::new();
+    loop {
+        let mut l = String::new();
+        if r.read_line(&mut l)? == 0 || l == "\r\n" {
+            break;
+        }
+        if let Some((k, v)) = l.trim_end().split_once(':') {
+            headers.push((k.to_ascii_lowercase(), v.trim().to_string()));
+        }
+    }
+    let header = |k: &str| headers.iter().find(|(h, _)| h == k).map(|(_, v)| v.clone());
+    let mut parts = first.split_whitespace();
+    let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+    let (status, body): (u16, String) = {
+        let mut s = st.lock().unwrap();
+        let now = Instant::now();
+        s.tokens.retain(|_, exp| *exp > now);
+        if method == "PUT" && path == "/latest/api/token" {
+            match header("x-aws-ec2-metadata-token-ttl-seconds").and_then(|t| t.parse::<u64>().ok())
+            {
+                Some(ttl) if (1..=21600).contains(&ttl) => {
+                    let token = blake3::hash(format!("{:?}{}", now, s.tokens.len()).as_bytes())
+                        .to_hex()
+                        .to_string();
+                    s.tokens
+                        .insert(token.clone(), now + Duration::from_secs(ttl));
+                    (200, token)
+                }
+                _ => (400, String::new()),
+            }
+        } else if method != "GET" {
+            (405, String::new())
+        } else if !header("x-aws-ec2-metadata-token").is_some_and(|t| s.tokens.contains_key(&t)) {
+            (401, String::new())
+        } else {
+            s.gets += 1;
+            match path {
+                "/latest/meta-data/spot/instance-action" => {
+                    s.action.clone().map_or((404, String::new()), |a| (200, a))
+                }
+                "/latest/meta-data/events/recommendations/rebalance" => s
+                    .rebalance
+                    .clone()
+                    .map_or((404, String::new()), |a| (200, a)),
+                "/latest/meta-data/iam/security-credentials/" => (200, "trainctl-test-role".into()),
+                "/latest/meta-data/iam/security-credentials/trainctl-test-role" => (
+                    200,
+                    format!(
+                        "{{\"Code\":\"Success\",\"Type\":\"AWS-HMAC\",\"AccessKeyId\":\"testing\",\"SecretAccessKey\":\"testing\",\"Token\":\"testing\",\"LastUpdated\":\"{}\",\"Expiration\":\"{}\"}}",
+                        rfc3339(crate::model::now_ms() / 1000),
+                        rfc3339(crate::model::now_ms() / 1000 + 6 * 3600)
+                    ),
+                ),
+                _ => (404, String::new()),
+            }
+        }
+    };
+    let resp = format!(
+        "HTTP/1.1 {status} X\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    c.write_all(resp.as_bytes())
 }

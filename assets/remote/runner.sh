@@ -14,8 +14,10 @@
 #
 # A notice watcher runs beside the job in its own session (so stopping the job's group
 # never stops it): every second it looks for JOB_DIR/notice (one job: `trainctl migrate`)
-# or ROOT/notice (the whole machine: an admin draining it; on EC2 the AWS provider adds
-# the spot notice). A notice file may say `deadline=UNIX_SECONDS` and `reason=TEXT`. On a
+# or ROOT/notice (the whole machine: an admin draining it). When ROOT/imds names an EC2
+# instance metadata endpoint (the aws provider writes it), it also asks IMDSv2 every 2 s
+# for a spot interruption (`spot/instance-action`, whose `time` becomes the deadline) and
+# a rebalance recommendation (recorded in ROOT/rebalance), and writes ROOT/notice itself. A notice file may say `deadline=UNIX_SECONDS` and `reason=TEXT`. On a
 # notice the machine itself, without trainctl: records `interrupting`, sends SIGTERM to
 # the job's group, gives it the grace (ending 5 s before the deadline) to save, SIGKILL,
 # records the exit if the runner could not, and records `interrupted`.
@@ -32,6 +34,53 @@ alive() {
     return 0
 }
 
+# http METHOD URL HEADER: the body on stdout; fails on any status but 2xx (curl, else
+# python3, whichever the image has).
+http() {
+    if command -v curl >/dev/null 2>&1; then
+        curl -sf -m 2 -X "$1" -H "$3" "$2"
+    else
+        python3 - "$1" "$2" "$3" <<'PY'
+import sys, urllib.request
+m, url, h = sys.argv[1:4]
+k, v = h.split(": ", 1)
+try:
+    r = urllib.request.urlopen(urllib.request.Request(url, method=m, headers={k: v}), timeout=2)
+    sys.stdout.write(r.read().decode())
+except Exception:
+    sys.exit(1)
+PY
+    fi
+}
+
+imds_token=
+imds_token_at=0
+imds_next=0
+# Ask IMDSv2 (endpoint in ROOT/imds) for a spot interruption; write ROOT/notice on one.
+imds_poll() {
+    [ -s "$root/imds" ] || return 0
+    now=$(date +%s)
+    [ "$now" -ge "$imds_next" ] || return 0
+    imds_next=$((now + 2))
+    ep=$(head -n 1 "$root/imds")
+    if [ -z "$imds_token" ] || [ $((now - imds_token_at)) -gt 3000 ]; then
+        imds_token=$(http PUT "$ep/latest/api/token" "X-aws-ec2-metadata-token-ttl-seconds: 3600") || {
+            imds_token=
+            return 0
+        }
+        imds_token_at=$now
+    fi
+    if body=$(http GET "$ep/latest/meta-data/events/recommendations/rebalance" "X-aws-ec2-metadata-token: $imds_token"); then
+        [ -f "$root/rebalance" ] || printf '%s\n' "$body" > "$root/rebalance"
+    fi
+    body=$(http GET "$ep/latest/meta-data/spot/instance-action" "X-aws-ec2-metadata-token: $imds_token") || return 0
+    action=$(printf '%s' "$body" | sed -n 's/.*"action" *: *"\([a-z]*\)".*/\1/p')
+    at=$(printf '%s' "$body" | sed -n 's/.*"time" *: *"\([^"]*\)".*/\1/p')
+    deadline=$(date -d "$at" +%s 2>/dev/null) || deadline=$((now + 120))
+    printf 'deadline=%s\nreason=EC2 spot interruption: %s at %s\n' "$deadline" "${action:-terminate}" "$at" \
+        > "$root/notice.part" && mv "$root/notice.part" "$root/notice"
+}
+
 if [ "${1:-}" = --watch ]; then
     job_dir=$2
     runner=$3
@@ -40,6 +89,7 @@ if [ "${1:-}" = --watch ]; then
     trap '' TERM INT HUP
     cd "$job_dir" || exit 111
     while alive "$runner" && [ "$(cat status 2>/dev/null)" != exited ]; do
+        imds_poll
         for n in "$job_dir/notice" "$root/notice"; do
             [ -f "$n" ] || continue
             now=$(date +%s)

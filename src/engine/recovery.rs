@@ -128,7 +128,7 @@ impl Engine {
         }
         let dir = format!("{}/{ck}", att.workdir);
         let keep = spec.project.recovery.keep_checkpoints.max(1) as usize;
-        let store = &self.inner.checkpoints;
+        let store = self.checkpoint_store_for(job)?;
         let mut shipped = 0;
         let files = checkpoint::scan(remote, &dir, final_read).await?;
         let known: HashMap<String, (u64, i64)> = self
@@ -180,17 +180,30 @@ impl Engine {
         Ok(shipped)
     }
 
+    /// Where `job`'s checkpoints are kept: its provider's own store (S3 for `aws` when
+    /// configured), else the local data directory.
+    pub(crate) fn checkpoint_store_for(
+        &self,
+        job: &JobRecord,
+    ) -> Result<std::sync::Arc<dyn checkpoint::CheckpointStore>> {
+        let provider = match &job.instance_id {
+            Some(i) => self.store().instance(i)?.map(|i| i.provider),
+            None => None,
+        };
+        Ok(provider
+            .and_then(|p| self.inner.providers.get(&p).cloned())
+            .and_then(|p| p.checkpoint_store())
+            .unwrap_or_else(|| self.inner.checkpoints.clone()))
+    }
+
     /// The newest shipped checkpoint whose file still matches its BLAKE3; damaged ones are
     /// refused (with an event) and the next older one is tried.
     pub(crate) async fn newest_good_checkpoint(&self, job_id: &str) -> Result<Option<Restore>> {
         let recs = self.store().checkpoints(job_id)?;
+        let job = self.store().job(job_id)?.context("no such job")?;
+        let store = self.checkpoint_store_for(&job)?;
         for rec in recs {
-            match self
-                .inner
-                .checkpoints
-                .get(job_id, &rec.name, &rec.blake3)
-                .await
-            {
+            match store.get(job_id, &rec.name, &rec.blake3).await {
                 Ok(local) => return Ok(Some(Restore { rec, local })),
                 Err(e) => {
                     self.store().add_event(

@@ -182,6 +182,12 @@ pub trait Provider: Send + Sync {
 
     /// A remote for a running instance (connecting if the provider needs to).
     async fn remote(&self, inst: &InstanceRecord) -> Result<Arc<dyn Remote>>;
+
+    /// Where checkpoints of jobs on this provider's machines are kept, when not in the
+    /// local data directory (S3 for `aws` when configured).
+    fn checkpoint_store(&self) -> Option<Arc<dyn crate::job::checkpoint::CheckpointStore>> {
+        None
+    }
 }
 
 /// Every provider the config enables, by name: a new provider is one folder under

@@ -600,3 +600,97 @@ fn the_example_job_runs_end_to_end_on_an_ec2_machine() {
     assert!(c > 0, "on demand at $1.006/h for some seconds: {cost}");
     assert!(cost_of(&cost, "jobs", job["id"].as_str().unwrap()) <= c);
 }
+
+#[test]
+fn checkpoints_round_trip_through_s3_and_a_cut_upload_resumes() {
+    use trainctl::job::checkpoint::CheckpointStore;
+    use trainctl::provider::aws::s3::S3Store;
+    use trainctl::testkit::HttpFaults;
+    let moto = Moto::start();
+    let faults = HttpFaults::start(moto.port, |_| None);
+    block_on(async {
+        aws_sdk_s3::Client::from_conf(
+            aws_sdk_s3::config::Builder::from(&moto.sdk(REGION))
+                .force_path_style(true)
+                .build(),
+        )
+        .create_bucket()
+        .bucket("ckpts")
+        .send()
+        .await
+        .unwrap();
+    });
+    let cfg = trainctl::config::AwsProviderConfig {
+        regions: vec![REGION.into()],
+        endpoint_url: Some(faults.endpoint()),
+        s3_force_path_style: true,
+        ..Default::default()
+    };
+    let mut sdk_cfg = moto.sdk(REGION).into_builder();
+    sdk_cfg.set_endpoint_url(Some(faults.endpoint()));
+    let sdk = std::sync::Arc::new(tokio::sync::OnceCell::new_with(Some(sdk_cfg.build())));
+    let store = |dir: &std::path::Path, stop: Option<usize>| {
+        S3Store::new(sdk.clone(), cfg.clone(), "s3://ckpts/runs", dir)
+            .unwrap()
+            .with_part_size(5 << 20)
+            .stop_after_parts(stop)
+    };
+    let laptop = tempfile::tempdir().unwrap();
+    let src = tempfile::tempdir().unwrap();
+    let mut seed = 7u64;
+    let small = pseudo_random(&mut seed, 100_000);
+    let big = pseudo_random(&mut seed, 12 << 20); // three parts of 5 MiB
+    block_on(async {
+        // Small: one PUT, its BLAKE3 in the object's metadata.
+        std::fs::write(src.path().join("a.pt"), &small).unwrap();
+        let s = store(laptop.path(), None);
+        let at = s
+            .put("j-1", "epoch-1.pt", &src.path().join("a.pt"))
+            .await
+            .unwrap();
+        assert_eq!(at, "s3://ckpts/runs/j-1/epoch-1.pt");
+        // Big, cut after one part (as a killed process would leave it), then resumed.
+        std::fs::write(src.path().join("b.pt"), &big).unwrap();
+        let cut = store(laptop.path(), Some(1));
+        let e = cut
+            .put("j-1", "epoch-2.pt", &src.path().join("b.pt"))
+            .await
+            .unwrap_err();
+        assert!(format!("{e:#}").contains("stopped after 1 parts"), "{e:#}");
+        let parts_before = faults
+            .request_lines()
+            .iter()
+            .filter(|l| l.contains("partNumber="))
+            .count();
+        assert_eq!(parts_before, 1);
+        s.put("j-1", "epoch-2.pt", &src.path().join("b.pt"))
+            .await
+            .unwrap();
+        let parts: Vec<String> = faults
+            .request_lines()
+            .into_iter()
+            .filter(|l| l.starts_with("PUT") && l.contains("partNumber="))
+            .collect();
+        assert_eq!(parts.len(), 3, "part 1 is not sent again: {parts:?}");
+        assert!(parts[1].contains("partNumber=2") && parts[2].contains("partNumber=3"));
+        assert_eq!(
+            s.list("j-1").await.unwrap(),
+            vec!["epoch-1.pt", "epoch-2.pt"]
+        );
+
+        // Another laptop (no local cache) downloads and checks the BLAKE3.
+        let elsewhere = tempfile::tempdir().unwrap();
+        let s2 = store(elsewhere.path(), None);
+        let want = blake3::hash(&big).to_hex().to_string();
+        let got = s2.get("j-1", "epoch-2.pt", &want).await.unwrap();
+        assert_eq!(std::fs::read(&got).unwrap(), big);
+        // What S3 holds is not what was shipped: refused.
+        let e = store(tempfile::tempdir().unwrap().path(), None)
+            .get("j-1", "epoch-1.pt", &want)
+            .await
+            .unwrap_err();
+        assert!(format!("{e:#}").contains("refused"), "{e:#}");
+        s.delete("j-1", "epoch-1.pt").await.unwrap();
+        assert_eq!(s.list("j-1").await.unwrap(), vec!["epoch-2.pt"]);
+    });
+}

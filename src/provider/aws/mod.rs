@@ -14,6 +14,7 @@
 
 pub mod catalog;
 pub mod ec2;
+pub mod s3;
 
 use super::{Capabilities, LaunchRequest, Launched, Listed, Observed, Plan, Provider};
 use crate::config::AwsProviderConfig;
@@ -59,7 +60,8 @@ pub struct Backend {
 pub struct AwsProvider {
     cfg: AwsProviderConfig,
     dir: PathBuf,
-    sdk: tokio::sync::OnceCell<SdkConfig>,
+    sdk: Arc<tokio::sync::OnceCell<SdkConfig>>,
+    checkpoints: Option<Arc<dyn crate::job::checkpoint::CheckpointStore>>,
     ssh_config: SshConfig,
     conns: tokio::sync::Mutex<HashMap<String, Arc<SshRemote>>>,
     prompt: PromptSlot,
@@ -75,11 +77,19 @@ pub fn valid_cidr(c: &str) -> bool {
 
 impl AwsProvider {
     pub fn new(data_dir: &Path, cfg: AwsProviderConfig, prompt: PromptSlot) -> AwsProvider {
+        let sdk = Arc::new(tokio::sync::OnceCell::new());
+        // The config check refused a bad address already.
+        let checkpoints = cfg.checkpoints_s3.as_deref().and_then(|url| {
+            s3::S3Store::new(sdk.clone(), cfg.clone(), url, data_dir)
+                .ok()
+                .map(|s| Arc::new(s) as Arc<dyn crate::job::checkpoint::CheckpointStore>)
+        });
         AwsProvider {
             ssh_config: SshConfig::load_default(),
             dir: data_dir.join("aws"),
             cfg,
-            sdk: tokio::sync::OnceCell::new(),
+            sdk,
+            checkpoints,
             conns: tokio::sync::Mutex::new(HashMap::new()),
             prompt,
         }
@@ -457,6 +467,15 @@ impl AwsProvider {
         pin_host_key(&self.dir.join("known_hosts"), host, &key)?;
         let (_, login, _) = self.login_key()?;
         let r = SshRemote::connect(self.target(host, &login)?, None).await?;
+        // The runner's watcher asks this endpoint for spot notices while a job runs.
+        let imds = format!("{}/imds", r.root());
+        r.write_file(
+            &imds,
+            format!("{}\n", self.cfg.imds_endpoint).as_bytes(),
+            0o644,
+        )
+        .await
+        .context("telling the machine where its instance metadata is")?;
         let r = Arc::new(r);
         conns.insert(inst.id.clone(), r.clone());
         Ok(r)
@@ -473,7 +492,7 @@ impl Provider for AwsProvider {
         Capabilities {
             spot: true,
             stop_start: false,
-            interruption_notices: false,
+            interruption_notices: true,
             regions: self.cfg.regions.clone(),
             vouches: true,
             types_are_hosts: false,
@@ -949,6 +968,10 @@ impl Provider for AwsProvider {
         }
         out.sort_by(|a, b| a.id.cmp(&b.id));
         Ok(out)
+    }
+
+    fn checkpoint_store(&self) -> Option<Arc<dyn crate::job::checkpoint::CheckpointStore>> {
+        self.checkpoints.clone()
     }
 
     async fn remote(&self, inst: &InstanceRecord) -> Result<Arc<dyn Remote>> {

@@ -1,0 +1,443 @@
+//! Checkpoints in S3: `s3://BUCKET/PREFIX/<job>/<name>`, the file's BLAKE3 in the object's
+//! metadata (`x-amz-meta-blake3`), large files in parts that a later try resumes (the
+//! upload id is kept beside the local copy; parts S3 already holds are not sent again).
+//! A local copy stays in `<data>/checkpoints` as a cache, so a restore on the same laptop
+//! reads no S3 bytes; a restore anywhere else downloads and checks the BLAKE3.
+//!
+//! The laptop's credentials do the S3 work (the engine ships checkpoints off the machine
+//! over SSH as they are written): the machine needs no S3 rights of its own.
+
+use crate::config::AwsProviderConfig;
+use crate::job::checkpoint::{CheckpointStore, LocalDirStore};
+use anyhow::{Context, Result, bail};
+use async_trait::async_trait;
+use aws_config::{Region, SdkConfig};
+use aws_sdk_s3::error::ProvideErrorMetadata;
+use aws_sdk_s3::primitives::{ByteStream, Length};
+use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+const FORGOTTEN: &str = "upload forgotten";
+
+/// Files above this go up in parts of this size (S3's minimum part is 5 MiB).
+pub const PART_SIZE: u64 = 16 << 20;
+
+/// `s3://bucket/prefix` → (bucket, prefix without slashes at either end).
+pub fn parse_url(url: &str) -> Result<(String, String)> {
+    let rest = url
+        .strip_prefix("s3://")
+        .with_context(|| format!("`{url}` is not an s3://BUCKET/PREFIX address"))?;
+    let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+    let ok = (3..=63).contains(&bucket.len())
+        && bucket
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.');
+    if !ok {
+        bail!("`{bucket}` is not an S3 bucket name (3-63 of a-z 0-9 . -)");
+    }
+    Ok((bucket.to_string(), prefix.trim_matches('/').to_string()))
+}
+
+/// A multipart upload under way, kept beside the local copy so a later try resumes it.
+#[derive(Debug, Serialize, Deserialize)]
+struct Pending {
+    upload_id: String,
+    blake3: String,
+    size: u64,
+    /// Parts S3 confirmed: (number, ETag).
+    #[serde(default)]
+    parts: Vec<(i32, String)>,
+}
+
+pub struct S3Store {
+    sdk: Arc<tokio::sync::OnceCell<SdkConfig>>,
+    cfg: AwsProviderConfig,
+    bucket: String,
+    prefix: String,
+    cache: LocalDirStore,
+    uploads: PathBuf,
+    part_size: u64,
+    /// Tests: give up after this many parts, as a process killed mid-upload would.
+    stop_after_parts: Option<usize>,
+}
+
+impl S3Store {
+    pub fn new(
+        sdk: Arc<tokio::sync::OnceCell<SdkConfig>>,
+        cfg: AwsProviderConfig,
+        url: &str,
+        data_dir: &Path,
+    ) -> Result<S3Store> {
+        let (bucket, prefix) = parse_url(url)?;
+        Ok(S3Store {
+            sdk,
+            cfg,
+            bucket,
+            prefix,
+            cache: LocalDirStore::new(data_dir),
+            uploads: data_dir.join("checkpoints").join(".uploads"),
+            part_size: PART_SIZE,
+            stop_after_parts: None,
+        })
+    }
+
+    /// Smaller parts (tests: a multipart upload without hundreds of megabytes).
+    pub fn with_part_size(mut self, bytes: u64) -> S3Store {
+        self.part_size = bytes.max(5 << 20);
+        self
+    }
+
+    /// Tests: fail every upload after `n` parts, leaving it to be resumed.
+    pub fn stop_after_parts(mut self, n: Option<usize>) -> S3Store {
+        self.stop_after_parts = n;
+        self
+    }
+
+    async fn client(&self) -> Result<aws_sdk_s3::Client> {
+        let sdk = self
+            .sdk
+            .get_or_try_init(|| super::ec2::load_sdk(&self.cfg))
+            .await?;
+        let mut b =
+            aws_sdk_s3::config::Builder::from(sdk).force_path_style(self.cfg.s3_force_path_style);
+        if let Some(r) = self.cfg.regions.first() {
+            b = b.region(Region::new(r.clone()));
+        }
+        if let Some(u) = self.cfg.endpoints.get("s3") {
+            b = b.endpoint_url(u);
+        }
+        Ok(aws_sdk_s3::Client::from_conf(b.build()))
+    }
+
+    pub fn key(&self, job_id: &str, name: &str) -> String {
+        if self.prefix.is_empty() {
+            format!("{job_id}/{name}")
+        } else {
+            format!("{}/{job_id}/{name}", self.prefix)
+        }
+    }
+
+    fn pending_file(&self, job_id: &str, name: &str) -> PathBuf {
+        let flat: String = name
+            .chars()
+            .map(|c| if c == '/' { '_' } else { c })
+            .collect();
+        self.uploads.join(job_id).join(format!("{flat}.json"))
+    }
+
+    /// Upload `src` as `key` in parts, resuming an upload of the same content cut off
+    /// before. Parts S3 already has are skipped.
+    async fn put_multipart(
+        &self,
+        s3: &aws_sdk_s3::Client,
+        key: &str,
+        src: &Path,
+        size: u64,
+        blake3: &str,
+        pending: &Path,
+    ) -> Result<()> {
+        let earlier: Option<Pending> = tokio::fs::read(pending)
+            .await
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .filter(|p: &Pending| p.blake3 == blake3 && p.size == size);
+        // Parts already sent are in the journal (written after each part): no ListParts
+        // round trip, and an upload S3 has forgotten fails at the first part or at the end
+        // with NoSuchUpload, which starts it over.
+        let mut journal = match earlier {
+            Some(p) => p,
+            None => self.start_upload(s3, key, blake3, size, pending).await?,
+        };
+        let upload_id = journal.upload_id.clone();
+        let parts = size.div_ceil(self.part_size).max(1);
+        let mut sent = 0usize;
+        for n in 1..=parts {
+            if journal.parts.iter().any(|(k, _)| *k == n as i32) {
+                continue;
+            }
+            if self.stop_after_parts.is_some_and(|max| sent >= max) {
+                bail!("upload of {key} stopped after {sent} parts (test)");
+            }
+            let offset = (n - 1) * self.part_size;
+            let len = self.part_size.min(size - offset);
+            let mut tries = 0;
+            let etag = loop {
+                let body = ByteStream::read_from()
+                    .path(src)
+                    .offset(offset)
+                    .length(Length::Exact(len))
+                    .build()
+                    .await?;
+                match s3
+                    .upload_part()
+                    .bucket(&self.bucket)
+                    .key(key)
+                    .upload_id(&upload_id)
+                    .part_number(n as i32)
+                    .body(body)
+                    .send()
+                    .await
+                {
+                    Ok(o) => break o.e_tag().map(str::to_string),
+                    Err(e) if e.code() == Some("NoSuchUpload") => {
+                        let _ = tokio::fs::remove_file(pending).await;
+                        bail!("{FORGOTTEN}: S3 no longer has the upload of {key}");
+                    }
+                    Err(e) if tries < 3 => {
+                        tries += 1;
+                        tracing::warn!("part {n} of {key}: {e}; again");
+                        tokio::time::sleep(std::time::Duration::from_millis(500 << tries)).await;
+                    }
+                    Err(e) => {
+                        return Err(anyhow::anyhow!(
+                            "uploading part {n} of {key}: {}",
+                            aws_smithy_types::error::display::DisplayErrorContext(&e)
+                        ));
+                    }
+                }
+            };
+            journal.parts.push((n as i32, etag.unwrap_or_default()));
+            tokio::fs::write(pending, serde_json::to_vec(&journal)?).await?;
+            sent += 1;
+        }
+        journal.parts.sort();
+        let done: Vec<CompletedPart> = journal
+            .parts
+            .iter()
+            .map(|(n, e)| CompletedPart::builder().part_number(*n).e_tag(e).build())
+            .collect();
+        let completed = s3
+            .complete_multipart_upload()
+            .bucket(&self.bucket)
+            .key(key)
+            .upload_id(&upload_id)
+            .multipart_upload(
+                CompletedMultipartUpload::builder()
+                    .set_parts(Some(done))
+                    .build(),
+            )
+            .send()
+            .await;
+        if let Err(e) = completed {
+            // An answer the SDK cannot read (S3 may answer 200 with an error inside; moto
+            // names the document's root differently) is settled by asking for the object.
+            let there = s3
+                .head_object()
+                .bucket(&self.bucket)
+                .key(key)
+                .send()
+                .await
+                .ok()
+                .filter(|h| {
+                    h.content_length() == Some(size as i64)
+                        && h.metadata()
+                            .and_then(|m| m.get("blake3"))
+                            .map(String::as_str)
+                            == Some(blake3)
+                });
+            if there.is_none() {
+                bail!(
+                    "completing the upload of {key}: {}",
+                    aws_smithy_types::error::display::DisplayErrorContext(&e)
+                );
+            }
+        }
+        let _ = tokio::fs::remove_file(pending).await;
+        Ok(())
+    }
+
+    async fn start_upload(
+        &self,
+        s3: &aws_sdk_s3::Client,
+        key: &str,
+        blake3: &str,
+        size: u64,
+        pending: &Path,
+    ) -> Result<Pending> {
+        let up = s3
+            .create_multipart_upload()
+            .bucket(&self.bucket)
+            .key(key)
+            .metadata("blake3", blake3)
+            .send()
+            .await
+            .map_err(|e| s3_error(&format!("starting the upload of {key}"), &self.bucket, e))?;
+        let id = up.upload_id().context("no upload id")?.to_string();
+        if let Some(d) = pending.parent() {
+            tokio::fs::create_dir_all(d).await?;
+        }
+        let p = Pending {
+            upload_id: id,
+            blake3: blake3.to_string(),
+            size,
+            parts: Vec::new(),
+        };
+        tokio::fs::write(pending, serde_json::to_vec(&p)?).await?;
+        Ok(p)
+    }
+}
+
+fn s3_error<E, R>(what: &str, bucket: &str, e: aws_sdk_s3::error::SdkError<E, R>) -> anyhow::Error
+where
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+    R: std::fmt::Debug + Send + Sync + 'static,
+{
+    let hint = match e.code() {
+        Some("NoSuchBucket") => {
+            format!(" (bucket {bucket} does not exist: create it, or fix checkpoints_s3)")
+        }
+        Some("AccessDenied") => format!(" (these credentials may not write to {bucket})"),
+        _ => String::new(),
+    };
+    anyhow::anyhow!(
+        "{what}: {}{hint}",
+        aws_smithy_types::error::display::DisplayErrorContext(&e)
+    )
+}
+
+fn blake3_file(p: &Path) -> Result<String> {
+    let mut h = blake3::Hasher::new();
+    h.update_reader(std::fs::File::open(p)?)?;
+    Ok(h.finalize().to_hex().to_string())
+}
+
+#[async_trait]
+impl CheckpointStore for S3Store {
+    async fn put(&self, job_id: &str, name: &str, src: &Path) -> Result<String> {
+        let s3 = self.client().await?;
+        let key = self.key(job_id, name);
+        let p = src.to_path_buf();
+        let (size, blake3) = tokio::task::spawn_blocking(move || -> Result<(u64, String)> {
+            Ok((std::fs::metadata(&p)?.len(), blake3_file(&p)?))
+        })
+        .await??;
+        if size <= self.part_size {
+            s3.put_object()
+                .bucket(&self.bucket)
+                .key(&key)
+                .metadata("blake3", &blake3)
+                .body(ByteStream::from_path(src).await?)
+                .send()
+                .await
+                .map_err(|e| s3_error(&format!("uploading {key}"), &self.bucket, e))?;
+        } else {
+            let pending = self.pending_file(job_id, name);
+            match self
+                .put_multipart(&s3, &key, src, size, &blake3, &pending)
+                .await
+            {
+                // The journal named an upload S3 dropped (expired, aborted): once afresh.
+                Err(e) if format!("{e}").starts_with(FORGOTTEN) => {
+                    self.put_multipart(&s3, &key, src, size, &blake3, &pending)
+                        .await?
+                }
+                r => r?,
+            }
+        }
+        // The local copy stays as a cache for restores from this machine.
+        self.cache.put(job_id, name, src).await?;
+        Ok(format!("s3://{}/{key}", self.bucket))
+    }
+
+    async fn list(&self, job_id: &str) -> Result<Vec<String>> {
+        let s3 = self.client().await?;
+        let base = self.key(job_id, "");
+        let mut names = Vec::new();
+        let mut token: Option<String> = None;
+        loop {
+            let page = s3
+                .list_objects_v2()
+                .bucket(&self.bucket)
+                .prefix(&base)
+                .set_continuation_token(token.take())
+                .send()
+                .await
+                .map_err(|e| s3_error("listing checkpoints", &self.bucket, e))?;
+            for o in page.contents() {
+                if let Some(n) = o.key().and_then(|k| k.strip_prefix(&base)) {
+                    names.push(n.to_string());
+                }
+            }
+            match page.next_continuation_token() {
+                Some(t) if page.is_truncated() == Some(true) => token = Some(t.to_string()),
+                _ => break,
+            }
+        }
+        names.sort();
+        Ok(names)
+    }
+
+    async fn get(&self, job_id: &str, name: &str, blake3: &str) -> Result<PathBuf> {
+        if let Ok(p) = self.cache.get(job_id, name, blake3).await {
+            return Ok(p);
+        }
+        let s3 = self.client().await?;
+        let key = self.key(job_id, name);
+        let obj = s3
+            .get_object()
+            .bucket(&self.bucket)
+            .key(&key)
+            .send()
+            .await
+            .map_err(|e| s3_error(&format!("downloading {key}"), &self.bucket, e))?;
+        if let Some(m) = obj.metadata().and_then(|m| m.get("blake3"))
+            && m != blake3
+        {
+            bail!(
+                "s3://{}/{key} holds another file (BLAKE3 {}) than the one shipped; refused",
+                self.bucket,
+                crate::model::short_hash(m)
+            );
+        }
+        let scratch = self.cache.scratch(job_id, name)?;
+        if let Some(d) = scratch.parent() {
+            tokio::fs::create_dir_all(d).await?;
+        }
+        let mut body = obj.body.into_async_read();
+        let mut f = tokio::fs::File::create(&scratch).await?;
+        tokio::io::copy_buf(&mut body, &mut f).await?;
+        use tokio::io::AsyncWriteExt;
+        f.flush().await?;
+        f.sync_all().await?;
+        drop(f);
+        self.cache.put(job_id, name, &scratch).await?;
+        self.cache.get(job_id, name, blake3).await
+    }
+
+    async fn delete(&self, job_id: &str, name: &str) -> Result<()> {
+        let s3 = self.client().await?;
+        let key = self.key(job_id, name);
+        s3.delete_object()
+            .bucket(&self.bucket)
+            .key(&key)
+            .send()
+            .await
+            .map_err(|e| s3_error(&format!("deleting {key}"), &self.bucket, e))?;
+        self.cache.delete(job_id, name).await
+    }
+
+    fn scratch(&self, job_id: &str, name: &str) -> Result<PathBuf> {
+        self.cache.scratch(job_id, name)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn s3_addresses_are_checked() {
+        assert_eq!(
+            parse_url("s3://my-bucket/runs/ckpt/").unwrap(),
+            ("my-bucket".into(), "runs/ckpt".into())
+        );
+        assert_eq!(
+            parse_url("s3://my-bucket").unwrap(),
+            ("my-bucket".into(), "".into())
+        );
+        assert!(parse_url("my-bucket/x").is_err());
+        assert!(parse_url("s3://My_Bucket/x").is_err());
+    }
+}
