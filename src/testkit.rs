@@ -600,6 +600,13 @@ impl Imds {
             Some(format!("{{\"action\": \"terminate\", \"time\": \"{at}\"}}"));
     }
 
+    /// No notice any more (the machine that got it is gone; a new one asks a fresh IMDS).
+    pub fn clear(&self) {
+        let mut s = self.state.lock().unwrap();
+        s.action = None;
+        s.rebalance = None;
+    }
+
     pub fn rebalance(&self) {
         let at = rfc3339(crate::model::now_ms() / 1000);
         self.state.lock().unwrap().rebalance = Some(format!("{{\"noticeTime\": \"{at}\"}}"));

@@ -694,3 +694,154 @@ fn checkpoints_round_trip_through_s3_and_a_cut_upload_resumes() {
         assert_eq!(s.list("j-1").await.unwrap(), vec!["epoch-2.pt"]);
     });
 }
+
+/// Steps per epoch of the toy job.
+const SPE: u32 = 16;
+
+#[test]
+fn a_spot_interruption_is_survived_with_the_checkpoint_in_s3() {
+    use std::process::Stdio;
+    use trainctl::testkit::Imds;
+    let moto = Moto::start();
+    publish_ami(&moto);
+    let imds = Imds::start();
+    block_on(async {
+        aws_sdk_s3::Client::from_conf(
+            aws_sdk_s3::config::Builder::from(&moto.sdk(REGION))
+                .force_path_style(true)
+                .build(),
+        )
+        .create_bucket()
+        .bucket("ckpts")
+        .send()
+        .await
+        .unwrap();
+    });
+    let env = aws_env(
+        &moto.endpoint(),
+        &format!(
+            "imds_endpoint = \"{}\"\ncheckpoints_s3 = \"s3://ckpts/runs\"\ns3_force_path_style = true\n",
+            imds.endpoint()
+        ),
+    );
+    let _machines = boot_machines(&moto, &env);
+    // The same job uninterrupted (on the local provider: the model does not depend on
+    // the machine).
+    let reference = env.json(&["run", "--provider", "local", "--terminate-after"]);
+    assert_eq!(reference["state"], "succeeded", "{reference}");
+    let expected = std::fs::read(
+        env.project
+            .join("trainctl-out")
+            .join(reference["job_id"].as_str().unwrap())
+            .join("model.json"),
+    )
+    .unwrap();
+
+    let toml = env.project.join("trainctl.toml");
+    let text = std::fs::read_to_string(&toml).unwrap();
+    let (head, tail) = text.split_at(text.find("\n[env]").unwrap());
+    std::fs::write(
+        &toml,
+        format!("{head}\n[resources]\ninstance_type = \"g5.xlarge\"\nspot = true\n{tail}"),
+    )
+    .unwrap();
+    // On spot, held inside epoch 3 with epoch 2's checkpoint shipped to S3.
+    let gate = env.hold_at(2 * SPE + 5);
+    let run = env
+        .cmd(&["run", "--provider", "aws", "--json", "--terminate-after"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let job = env.wait_running_with_metrics();
+    env.wait_for(60, "epoch 2's checkpoint in S3", || {
+        env.json(&["checkpoints", &job])
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c["name"] == "epoch-0002.json")
+    });
+    let first = env.job(&job)["instance_id"].as_str().unwrap().to_string();
+    let first_ec2 = moto_instances(&moto)[0].instance_id().unwrap().to_string();
+    // EC2 gives the two-minute notice; the machine sees it in IMDS by itself.
+    imds.interrupt(120);
+    env.wait_for(60, "the job to be interrupted", || {
+        env.event_kinds(Some(&job))
+            .iter()
+            .any(|k| k == "job.interrupted")
+    });
+    // The notice was that machine's: the next one's metadata has none.
+    imds.clear();
+    let in_s3 = block_on(async {
+        aws_sdk_s3::Client::from_conf(
+            aws_sdk_s3::config::Builder::from(&moto.sdk(REGION))
+                .force_path_style(true)
+                .build(),
+        )
+        .list_objects_v2()
+        .bucket("ckpts")
+        .prefix(format!("runs/{job}/"))
+        .send()
+        .await
+        .unwrap()
+        .contents()
+        .iter()
+        .filter_map(|o| o.key().map(str::to_string))
+        .collect::<Vec<_>>()
+    });
+    assert!(
+        in_s3.contains(&format!("runs/{job}/epoch-0002.json")),
+        "{in_s3:?}"
+    );
+    // EC2 takes the machine; the job goes on elsewhere.
+    block_on(async {
+        moto.ec2(REGION)
+            .terminate_instances()
+            .instance_ids(&first_ec2)
+            .send()
+            .await
+            .unwrap();
+    });
+    std::fs::write(&gate, "").unwrap();
+    let out = run.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let result: serde_json::Value = serde_json::from_str(&stdout)
+        .unwrap_or_else(|e| panic!("{e}: {stdout}\n{}", String::from_utf8_lossy(&out.stderr)));
+    assert_eq!(result["state"], "succeeded", "{result}");
+    let model = std::fs::read(
+        env.project
+            .join("trainctl-out")
+            .join(&job)
+            .join("model.json"),
+    )
+    .unwrap();
+    assert_eq!(
+        model, expected,
+        "the resumed model is the uninterrupted one"
+    );
+    let kinds = env.event_kinds(Some(&job));
+    assert!(
+        kinds.contains(&"checkpoint.restored".to_string()),
+        "{kinds:?}"
+    );
+    // Two machines, both gone from EC2, both billed in the store.
+    let all = moto_instances(&moto);
+    assert_eq!(all.len(), 2);
+    assert!(
+        all.iter()
+            .all(|i| ["shutting-down", "terminated"].contains(&state(i).as_str()))
+    );
+    let second = env.job(&job)["instance_id"].as_str().unwrap().to_string();
+    assert_ne!(first, second);
+    let rows = env.json(&["ls", "--all"]);
+    for id in [&first, &second] {
+        let r = rows
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["id"] == id.as_str())
+            .unwrap();
+        assert!(r["terminated_ms"].as_i64().is_some(), "{r}");
+        assert!(r["launched_ms"].as_i64().is_some(), "{r}");
+    }
+}
