@@ -167,6 +167,23 @@ pub enum Command {
     Checkpoints { job: String },
     /// Print the metric points trainctl finds in a log file.
     ParseLog { file: PathBuf },
+    /// The cheapest AWS GPU machines that fit, from trainctl's catalog (offline).
+    ///
+    /// On-demand price per region and the cheapest spot price of the region's zones at
+    /// catalog time (a launch reads the live spot price of the zone it lands in).
+    Gpus {
+        #[arg(long)]
+        region: Option<String>,
+        /// Least memory per GPU, GiB.
+        #[arg(long, value_name = "GIB")]
+        min_gpu_mem: Option<f64>,
+        /// Least GPUs per machine.
+        #[arg(long)]
+        gpus: Option<u32>,
+        /// Rows shown (0: all).
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+    },
     /// The event history (state changes, budget, sync...), optionally of one job.
     Events { job: Option<String> },
     /// Configuration.
@@ -260,6 +277,72 @@ pub fn json_value(v: f64) -> serde_json::Value {
 }
 
 /// Print rows as aligned columns.
+fn gpus_list(
+    region: Option<&str>,
+    min_gpu_mem: Option<f64>,
+    gpus: Option<u32>,
+    limit: usize,
+    json: bool,
+) -> Result<i32> {
+    use crate::provider::aws::catalog::Catalog;
+    let cat = Catalog::embedded();
+    if let Some(r) = region
+        && !cat.prices.keys().any(|(_, cr)| cr == r)
+    {
+        let mut regions: Vec<&str> = cat.prices.keys().map(|(_, r)| r.as_str()).collect();
+        regions.sort();
+        regions.dedup();
+        bail!(
+            "the catalog has no region `{r}` (it has: {})",
+            regions.join(", ")
+        );
+    }
+    let mut offers = cat.offers(region, min_gpu_mem, gpus);
+    if limit > 0 {
+        offers.truncate(limit);
+    }
+    if json {
+        print_json(&serde_json::to_value(&offers)?);
+        return Ok(EXIT_OK);
+    }
+    let price = |m: Option<i64>| m.map_or_else(|| "-".to_string(), |m| Money(m).to_string());
+    let rows: Vec<Vec<String>> = offers
+        .iter()
+        .map(|o| {
+            vec![
+                o.instance_type.clone(),
+                o.region.clone(),
+                format!("{}x {}", o.gpus, o.accelerator),
+                o.gpu_memory_gib
+                    .map_or_else(|| "-".into(), |g| format!("{g:.0} GiB")),
+                o.vcpus.to_string(),
+                format!("{:.0} GiB", o.memory_gib),
+                price(o.on_demand_micros),
+                price(o.spot_micros),
+                Money((o.best() as f64 / o.gpus.max(0.125)) as i64).to_string(),
+            ]
+        })
+        .collect();
+    table(
+        &[
+            "TYPE",
+            "REGION",
+            "GPUS",
+            "MEM/GPU",
+            "VCPU",
+            "RAM",
+            "ON-DEMAND/H",
+            "SPOT/H",
+            "BEST/GPU-H",
+        ],
+        &rows,
+    );
+    if rows.is_empty() {
+        eprintln!("no GPU type fits");
+    }
+    Ok(EXIT_OK)
+}
+
 fn table(header: &[&str], rows: &[Vec<String>]) {
     let mut w: Vec<usize> = header.iter().map(|h| h.len()).collect();
     for r in rows {
@@ -288,6 +371,12 @@ async fn run(cli: Cli) -> Result<i32> {
     // Commands that need no engine first.
     match &cli.command {
         Command::ParseLog { file } => return parse_log(file, cli.json),
+        Command::Gpus {
+            region,
+            min_gpu_mem,
+            gpus,
+            limit,
+        } => return gpus_list(region.as_deref(), *min_gpu_mem, *gpus, *limit, cli.json),
         Command::Config {
             command: ConfigCommand::Path,
         } => {
@@ -490,7 +579,7 @@ async fn run(cli: Cli) -> Result<i32> {
             }
             Ok(EXIT_OK)
         }
-        Command::ParseLog { .. } | Command::Config { .. } => Ok(EXIT_OK),
+        Command::ParseLog { .. } | Command::Config { .. } | Command::Gpus { .. } => Ok(EXIT_OK),
     }
 }
 

@@ -845,3 +845,35 @@ fn a_spot_interruption_is_survived_with_the_checkpoint_in_s3() {
         assert!(r["launched_ms"].as_i64().is_some(), "{r}");
     }
 }
+
+#[test]
+fn gpus_lists_the_cheapest_fitting_types_offline() {
+    let env = Env::new("", "0.005");
+    let rows = env.json(&[
+        "gpus",
+        "--region",
+        "us-east-1",
+        "--min-gpu-mem",
+        "40",
+        "--limit",
+        "0",
+    ]);
+    let rows = rows.as_array().unwrap();
+    assert!(rows.len() > 5, "{rows:?}");
+    let best = |r: &serde_json::Value| {
+        [r["spot_micros"].as_i64(), r["on_demand_micros"].as_i64()]
+            .into_iter()
+            .flatten()
+            .min()
+            .unwrap()
+    };
+    assert!(rows.windows(2).all(|w| best(&w[0]) <= best(&w[1])));
+    assert!(
+        rows.iter()
+            .all(|r| r["region"] == "us-east-1" && r["gpu_memory_gib"].as_f64().unwrap() >= 40.0)
+    );
+    assert!(rows.iter().any(|r| r["instance_type"] == "p4d.24xlarge"));
+    let out = env.run(&["gpus", "--region", "mars-1"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("it has: ap-northeast-1"));
+}
