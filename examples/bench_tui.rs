@@ -52,6 +52,7 @@ fn big_snapshot() -> Snapshot {
     let now = 1_795_600_000_000;
     let instances = (0..1000)
         .map(|i| InstanceRow {
+            idle_deadline: None,
             rec: InstanceRecord {
                 name: format!("box-{i}"),
                 spot: i % 3 == 0,

@@ -161,7 +161,8 @@ pub enum Command {
     /// Supervise every live job until none is left (for tmux, cron or systemd).
     ///
     /// Follows logs, ships checkpoints, recovers interrupted jobs, honours budgets and
-    /// what `run` was asked to do at the end, as the cockpit and `run` do.
+    /// what `run` was asked to do at the end, as the cockpit and `run` do; samples spot
+    /// prices and ends machines idle past their provider's limit (and waits for those).
     Watch,
     /// A job's checkpoints kept off the machine, newest first.
     Checkpoints { job: String },
@@ -644,6 +645,7 @@ async fn watch(engine: &Engine, json: bool) -> Result<i32> {
     let mut actors: std::collections::HashMap<String, crate::engine::JobHandle> =
         std::collections::HashMap::new();
     let mut ended = Vec::new();
+    let mut last_tend = None;
     loop {
         let live = engine.live_job_ids()?;
         for id in &live {
@@ -669,7 +671,22 @@ async fn watch(engine: &Engine, json: bool) -> Result<i32> {
                 }
             }
         }
-        if live.is_empty() && actors.is_empty() {
+        if last_tend
+            .is_none_or(|t: std::time::Instant| t.elapsed() >= std::time::Duration::from_secs(5))
+        {
+            if let Err(e) = engine.tend_machines().await {
+                eprintln!("warning: tending machines: {e:#}");
+            }
+            last_tend = Some(std::time::Instant::now());
+        }
+        // Machines the idle guard will end keep `watch` going until they are ended.
+        // Bound first: the store's guard must be gone before idle_deadline takes it.
+        let machines = engine.store().instances(false)?;
+        let idle_pending = machines
+            .iter()
+            .filter(|i| engine.idle_deadline(i).is_some())
+            .count();
+        if live.is_empty() && actors.is_empty() && idle_pending == 0 {
             break;
         }
         tokio::select! {

@@ -224,8 +224,9 @@ pub struct AwsProviderConfig {
     pub proxy_command: Option<String>,
     /// Connect to the private address (a VPN, a bastion) instead of the public one.
     pub use_private_ip: bool,
-    /// Stop or terminate a machine with no live job for this long.
-    pub idle_minutes: u64,
+    /// Terminate a machine that ran no job for this many minutes (0: never); a warning
+    /// event (and the cockpit's countdown) comes 5 minutes before.
+    pub idle_minutes: f64,
     /// Seconds to wait for a machine to run and answer SSH.
     pub reach_timeout_seconds: u64,
     /// Tries per AWS API call (throttling and 5xx are retried with jittered backoff).
@@ -264,7 +265,7 @@ impl Default for AwsProviderConfig {
             proxy_jump: None,
             proxy_command: None,
             use_private_ip: false,
-            idle_minutes: 30,
+            idle_minutes: 30.0,
             reach_timeout_seconds: 600,
             api_max_attempts: 5,
             imds_endpoint: "http://169.254.169.254".into(),
@@ -420,6 +421,12 @@ impl UserConfig {
                 return Err(at(
                     c,
                     format!("ssh_cidr `{c}` is not an IPv4 CIDR like 203.0.113.7/32"),
+                ));
+            }
+            if !aws.idle_minutes.is_finite() || aws.idle_minutes < 0.0 {
+                return Err(at(
+                    "idle_minutes",
+                    "`idle_minutes` must be >= 0 (0: never)".into(),
                 ));
             }
             if aws.spot_max_usd.is_some_and(|v| !v.is_finite() || v <= 0.0) {

@@ -15,7 +15,11 @@ pub fn billed_interval(i: &InstanceRecord, now: TimestampMs) -> Option<(Timestam
     // Billing starts at the provider's own launch time, never at our intent: a launch the
     // provider never answered bills nothing.
     let start = i.launched_ms?;
-    let end = i.terminated_ms.unwrap_or(now).max(start);
+    // A provider's minimum (EC2's 60 s) is owed from the first moment.
+    let end = i
+        .terminated_ms
+        .unwrap_or(now)
+        .max(start + i.min_billed_ms.max(0));
     Some((start, end))
 }
 
@@ -80,6 +84,12 @@ pub fn utc_date(ms: TimestampMs) -> String {
     let m = if mp < 10 { mp + 3 } else { mp - 9 };
     let y = if m <= 2 { y + 1 } else { y };
     format!("{y:04}-{m:02}-{d:02}")
+}
+
+/// `YYYY-MM-DD HH:MM UTC` of a timestamp.
+pub fn utc_time(ms: TimestampMs) -> String {
+    let in_day = ms.rem_euclid(DAY_MS) / 60_000;
+    format!("{} {:02}:{:02} UTC", utc_date(ms), in_day / 60, in_day % 60)
 }
 
 /// Cost per UTC day. Days of one instance sum exactly to its total (cumulative split).
@@ -241,6 +251,20 @@ mod tests {
             terminated_ms: terminated,
             ..InstanceRecord::intent("i", "local", "local", Money(hourly))
         }
+    }
+
+    #[test]
+    fn a_provider_minimum_is_owed_from_the_first_moment() {
+        // $3.60/h is $0.001/s; EC2 bills at least 60 s.
+        let mut i = inst(1_000, Some(1_000 + 10_000), 3_600_000);
+        assert_eq!(instance_cost(&i, 0), Money(10_000));
+        i.min_billed_ms = 60_000;
+        assert_eq!(instance_cost(&i, 0), Money(60_000));
+        i.terminated_ms = Some(1_000 + 90_000);
+        assert_eq!(instance_cost(&i, 0), Money(90_000));
+        // Still running 5 s in: the minute is owed already.
+        i.terminated_ms = None;
+        assert_eq!(instance_cost(&i, 6_000), Money(60_000));
     }
 
     #[test]

@@ -136,6 +136,8 @@ const MIGRATIONS: &[&str] = &[
         hourly_micros INTEGER NOT NULL,
         PRIMARY KEY (instance_id, from_ms)
     );",
+    // 5: the provider's minimum billed time per machine (EC2 bills at least 60 s).
+    "ALTER TABLE instances ADD COLUMN min_billed_ms INTEGER NOT NULL DEFAULT 0;",
 ];
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -165,6 +167,8 @@ pub struct InstanceRecord {
     /// means `hourly` all along. Cost sums the segments exactly.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub price_segments: Vec<(TimestampMs, Money)>,
+    /// The least time the provider bills a machine for (EC2: 60 s); 0 for none.
+    pub min_billed_ms: i64,
 }
 
 impl InstanceRecord {
@@ -190,6 +194,7 @@ impl InstanceRecord {
             region: None,
             backend: None,
             price_segments: Vec::new(),
+            min_billed_ms: 0,
         }
     }
 }
@@ -532,9 +537,9 @@ impl Store {
             tx.execute(
                 "INSERT INTO instances (id, provider, name, instance_type, spot, state, hourly_micros,
                     created_ms, launched_ms, terminated_ms, address, error, gpus, provider_id,
-                    region, backend, launch_pid)
+                    region, backend, launch_pid, min_billed_ms)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16,
-                    ?17)",
+                    ?17, ?18)",
                 params![
                     r.id,
                     r.provider,
@@ -552,7 +557,8 @@ impl Store {
                     r.provider_id,
                     r.region,
                     r.backend,
-                    std::process::id() as i64
+                    std::process::id() as i64,
+                    r.min_billed_ms
                 ],
             )?;
             Self::event_tx(
@@ -724,13 +730,14 @@ impl Store {
             region: r.get(15)?,
             backend: r.get(16)?,
             price_segments: Vec::new(),
+            min_billed_ms: r.get(17)?,
         })
     }
 
     const INSTANCE_COLS: &'static str =
         "id, provider, name, instance_type, spot, state, hourly_micros,
         created_ms, launched_ms, terminated_ms, address, error, gpus, gpu_info, provider_id,
-        region, backend";
+        region, backend, min_billed_ms";
 
     pub fn instance(&self, id: &str) -> Result<Option<InstanceRecord>> {
         let sql = format!(
@@ -1430,6 +1437,18 @@ impl Store {
         )?;
         let rows = stmt.query_map(params![job_id], Self::attempt_row)?;
         Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+    }
+
+    /// When `instance_id` last did work: None while an attempt runs there, else the last
+    /// attempt's end (or None when it never ran one).
+    pub fn last_work_on(&self, instance_id: &str) -> Result<Option<Option<TimestampMs>>> {
+        let (running, last): (i64, Option<i64>) = self.conn.query_row(
+            "SELECT COUNT(*) FILTER (WHERE ended_ms IS NULL), MAX(ended_ms)
+             FROM job_attempts WHERE instance_id = ?1",
+            params![instance_id],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )?;
+        Ok(if running > 0 { None } else { Some(last) })
     }
 
     /// Every attempt ever made, for cost accounting.

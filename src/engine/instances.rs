@@ -26,6 +26,7 @@ impl Engine {
             name: req.name.clone().unwrap_or_else(|| id.clone()),
             spot: plan.spot,
             gpus: plan.gpus,
+            min_billed_ms: p.capabilities().min_billed_seconds as i64 * 1000,
             ..InstanceRecord::intent(&id, provider, &plan.instance_type, plan.hourly)
         };
         // Bound first: a guard held by the match's scrutinee would dead-lock the arms.
@@ -96,7 +97,7 @@ impl Engine {
                 return Ok(InstanceRecord {
                     state: InstanceState::Terminated,
                     terminated_ms: Some(now_ms()),
-                    ..Self::orphan_record(&provider, &l)
+                    ..self.orphan_record(&provider, &l)
                 });
             }
         };
@@ -213,8 +214,11 @@ impl Engine {
     }
 
     /// An orphan as an instance record (what terminating or adopting it starts from).
-    fn orphan_record(provider: &str, l: &Listed) -> InstanceRecord {
+    fn orphan_record(&self, provider: &str, l: &Listed) -> InstanceRecord {
         InstanceRecord {
+            min_billed_ms: self
+                .provider(provider)
+                .map_or(0, |p| p.capabilities().min_billed_seconds as i64 * 1000),
             spot: l.spot,
             provider_id: Some(l.provider_id.clone()),
             region: l.region.clone(),
@@ -231,7 +235,7 @@ impl Engine {
     /// Terminate a machine the store does not know, confirmed with its provider.
     async fn terminate_orphan(&self, provider: &str, l: &Listed) -> Result<()> {
         let p = self.provider(provider)?;
-        let rec = Self::orphan_record(provider, l);
+        let rec = self.orphan_record(provider, l);
         p.terminate(&rec)
             .await
             .with_context(|| format!("terminating orphan {} ({})", l.id, l.provider_id))?;
@@ -262,7 +266,7 @@ impl Engine {
             .orphan(key)
             .await?
             .with_context(|| format!("no orphan `{key}` (see `trainctl ls`)"))?;
-        let rec = Self::orphan_record(&provider, &l);
+        let rec = self.orphan_record(&provider, &l);
         self.store().insert_instance(&InstanceRecord {
             provider_id: None,
             region: None,

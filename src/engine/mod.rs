@@ -12,7 +12,9 @@ use crate::config::{Project, ProjectConfig, UserConfig};
 use crate::cost;
 use crate::job::{self, RemoteStatus, artifacts, sync};
 use crate::metrics::{LogParser, complete_prefix_len};
-use crate::model::{InstanceState, JobState, MetricPoint, Money, Progress, new_id, now_ms};
+use crate::model::{
+    InstanceState, JobState, MetricPoint, Money, Progress, TimestampMs, new_id, now_ms,
+};
 use crate::provider::{LaunchRequest, Launched, Listed, Observed, Provider};
 use crate::remote::Remote;
 use crate::store::{AttemptRecord, InstanceRecord, JobRecord, LogOffset, Store};
@@ -25,6 +27,7 @@ use std::time::Duration;
 use tokio::sync::{broadcast, mpsc};
 
 mod budget;
+mod fleet;
 mod follow;
 mod instances;
 mod poll;
@@ -109,6 +112,8 @@ struct Inner {
     checkpoints: Arc<dyn crate::job::checkpoint::CheckpointStore>,
     /// When each job's checkpoint directory was last scanned (scans are rate-limited).
     last_ship: Mutex<HashMap<String, std::time::Instant>>,
+    /// When each spot machine's price was last read.
+    last_price: Mutex<HashMap<String, std::time::Instant>>,
     /// Jobs a job actor of this process supervises now (one actor per job).
     supervised: Mutex<std::collections::HashSet<String>>,
 }
@@ -138,6 +143,7 @@ impl Engine {
                 prompt,
                 checkpoints: Arc::new(crate::job::checkpoint::LocalDirStore::new(&checkpoints_dir)),
                 last_ship: Mutex::default(),
+                last_price: Mutex::default(),
                 supervised: Mutex::default(),
             }),
         })

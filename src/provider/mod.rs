@@ -123,6 +123,8 @@ pub struct Capabilities {
     pub vouches: bool,
     /// Instance types name fixed hosts: a replacement may be any host that fits.
     pub types_are_hosts: bool,
+    /// The least time a machine is billed for (EC2: 60 s), in seconds.
+    pub min_billed_seconds: u32,
 }
 
 /// A machine the provider holds for trainctl.
@@ -182,6 +184,17 @@ pub trait Provider: Send + Sync {
 
     /// A remote for a running instance (connecting if the provider needs to).
     async fn remote(&self, inst: &InstanceRecord) -> Result<Arc<dyn Remote>>;
+
+    /// The price the provider charges for `inst` now, when it moves (a spot price);
+    /// None when it does not or cannot say.
+    async fn price_now(&self, _inst: &InstanceRecord) -> Result<Option<Money>> {
+        Ok(None)
+    }
+
+    /// How long a machine may sit without a job before trainctl ends it (None: never).
+    fn idle_limit(&self) -> Option<std::time::Duration> {
+        None
+    }
 
     /// Where checkpoints of jobs on this provider's machines are kept, when not in the
     /// local data directory (S3 for `aws` when configured).

@@ -22,6 +22,8 @@ pub struct InstanceRow {
     pub uptime_ms: i64,
     /// Known to the provider, not to the store.
     pub orphan: bool,
+    /// When the idle guard ends it, if it stays without a job.
+    pub idle_deadline: Option<crate::model::TimestampMs>,
 }
 
 #[derive(Debug, Clone)]

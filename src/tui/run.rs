@@ -77,6 +77,7 @@ pub fn build_snapshot(engine: &Engine, cache: &mut SnapshotCache) -> Result<Snap
     let mut inst_rows: Vec<InstanceRow> = instances
         .into_iter()
         .map(|i| InstanceRow {
+            idle_deadline: engine.idle_deadline_in(&store, &i),
             cost: Money(inst_cost.get(i.id.as_str()).copied().unwrap_or(0)),
             uptime_ms: crate::cost::billed_interval(&i, now).map_or(0, |(s, e)| e - s),
             rec: i,
@@ -112,6 +113,7 @@ pub fn build_snapshot(engine: &Engine, cache: &mut SnapshotCache) -> Result<Snap
                 uptime_ms: crate::cost::billed_interval(&rec, now).map_or(0, |(s, e)| e - s),
                 rec,
                 orphan: true,
+                idle_deadline: None,
             },
         );
     }
@@ -408,8 +410,11 @@ impl Context {
                 .is_none_or(|t| t.elapsed() >= Duration::from_secs(5))
         };
         if slow_due {
-            // Provider round trips: who is gone, what is orphaned.
+            // Provider round trips: who is gone, what is orphaned, prices, idle machines.
             let _ = self.engine.reconcile_instances().await;
+            if let Err(e) = self.engine.tend_machines().await {
+                tracing::warn!("tending machines: {e:#}");
+            }
             let orphans = self.engine.orphans().await.unwrap_or_default();
             let mut c = self.cache.lock().unwrap_or_else(|p| p.into_inner());
             c.orphans = orphans;

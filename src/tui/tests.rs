@@ -36,6 +36,7 @@ fn validator() -> super::app::Validator {
 
 fn instance(id: &str, name: &str, state: InstanceState, hourly: i64) -> InstanceRow {
     InstanceRow {
+        idle_deadline: None,
         rec: InstanceRecord {
             name: name.into(),
             state,

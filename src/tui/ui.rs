@@ -255,10 +255,17 @@ fn instance_row<'a>(app: &App, r: &InstanceRow, wide: bool) -> Row<'a> {
             format!("{}/{}", i.provider, i.instance_type)
         }),
         Cell::from(i.gpus.to_string()),
-        Cell::from(Span::styled(
-            i.state.to_string(),
-            state_style(app, i.state.as_str()),
-        )),
+        Cell::from(match r.idle_deadline {
+            // The idle guard's countdown, in its last five minutes.
+            Some(d) if d - crate::model::now_ms() < 5 * 60_000 => Span::styled(
+                format!(
+                    "idle, ends in {}",
+                    fmt_duration((d - crate::model::now_ms()).max(0))
+                ),
+                app.theme.warn(),
+            ),
+            _ => Span::styled(i.state.to_string(), state_style(app, i.state.as_str())),
+        }),
         Cell::from(market),
         Cell::from(if i.state.is_live() {
             fmt_duration(r.uptime_ms)

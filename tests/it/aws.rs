@@ -597,7 +597,8 @@ fn the_example_job_runs_end_to_end_on_an_ec2_machine() {
     let cost = env.json(&["cost"]);
     let inst = job["instance_id"].as_str().unwrap();
     let c = cost_of(&cost, "instances", inst);
-    assert!(c > 0, "on demand at $1.006/h for some seconds: {cost}");
+    // On demand at $1.006/h, and EC2 bills at least a minute: $0.016766 at least.
+    assert!(c >= 16_766, "{cost}");
     assert!(cost_of(&cost, "jobs", job["id"].as_str().unwrap()) <= c);
 }
 
@@ -876,4 +877,39 @@ fn gpus_lists_the_cheapest_fitting_types_offline() {
     let out = env.run(&["gpus", "--region", "mars-1"]);
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("it has: ap-northeast-1"));
+}
+
+#[test]
+fn an_idle_machine_is_warned_about_then_ended_by_watch() {
+    let moto = Moto::start();
+    publish_ami(&moto);
+    // Six seconds of idling allowed: the warning (5 minutes ahead) comes at once.
+    let env = aws_env(&moto.endpoint(), "idle_minutes = 0.1\n");
+    let _machines = boot_machines(&moto, &env);
+    let id = env.json(&["launch", "--provider", "aws", "--type", "g5.xlarge"])["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let t = std::time::Instant::now();
+    env.ok(&["watch"]);
+    assert!(t.elapsed() < std::time::Duration::from_secs(40));
+    let evs = env.json(&["events"]);
+    let kinds: Vec<&str> = evs
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["instance_id"] == id.as_str())
+        .map(|e| e["kind"].as_str().unwrap())
+        .collect();
+    let warned = kinds
+        .iter()
+        .position(|k| *k == "instance.idle")
+        .expect("warned");
+    let ended = kinds
+        .iter()
+        .rposition(|k| *k == "instance.terminated")
+        .expect("ended");
+    assert!(warned < ended, "{kinds:?}");
+    let all = moto_instances(&moto);
+    assert!(["shutting-down", "terminated"].contains(&state(&all[0]).as_str()));
 }

@@ -496,6 +496,8 @@ impl Provider for AwsProvider {
             regions: self.cfg.regions.clone(),
             vouches: true,
             types_are_hosts: false,
+            // Linux on EC2 is billed per second with a one-minute minimum.
+            min_billed_seconds: 60,
         }
     }
 
@@ -972,6 +974,28 @@ impl Provider for AwsProvider {
 
     fn checkpoint_store(&self) -> Option<Arc<dyn crate::job::checkpoint::CheckpointStore>> {
         self.checkpoints.clone()
+    }
+
+    async fn price_now(&self, inst: &InstanceRecord) -> Result<Option<Money>> {
+        if !inst.spot {
+            return Ok(None);
+        }
+        let backend: Backend = inst
+            .backend
+            .as_deref()
+            .and_then(|b| serde_json::from_str(b).ok())
+            .unwrap_or_default();
+        let (Some(zone), Some(region)) = (backend.zone, &inst.region) else {
+            return Ok(None);
+        };
+        let ec2 = self.ec2(region).await?;
+        Ok(Some(
+            self.spot_price(&ec2, &inst.instance_type, &zone).await?,
+        ))
+    }
+
+    fn idle_limit(&self) -> Option<Duration> {
+        (self.cfg.idle_minutes > 0.0).then(|| Duration::from_secs_f64(self.cfg.idle_minutes * 60.0))
     }
 
     async fn remote(&self, inst: &InstanceRecord) -> Result<Arc<dyn Remote>> {

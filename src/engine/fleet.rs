@@ -1,0 +1,108 @@
+//! Machine-level supervision, run every few seconds by the cockpit and `watch`: a spot
+//! machine's live price sampled hourly into its price segments, and the idle guard (a
+//! machine with no job for its provider's idle limit is warned about, then terminated).
+
+use super::*;
+
+/// How often a spot machine's price is read again.
+const PRICE_EVERY: Duration = Duration::from_secs(3600);
+/// How long before an idle machine is ended the warning comes.
+const IDLE_WARNING: i64 = 5 * 60_000;
+
+impl Engine {
+    /// When `inst` will be ended for idling, if it idles until then: None while a job runs
+    /// there or when its provider never ends idle machines.
+    pub fn idle_deadline(&self, inst: &InstanceRecord) -> Option<TimestampMs> {
+        let store = self.store();
+        self.idle_deadline_in(&store, inst)
+    }
+
+    /// [`Engine::idle_deadline`] with the store already in hand.
+    pub fn idle_deadline_in(&self, store: &Store, inst: &InstanceRecord) -> Option<TimestampMs> {
+        if inst.state != InstanceState::Running {
+            return None;
+        }
+        let limit = self.provider(&inst.provider).ok()?.idle_limit()?;
+        let last = store.last_work_on(&inst.id).ok()??;
+        let since = last.or(inst.launched_ms).unwrap_or(inst.created_ms);
+        Some(since + limit.as_millis() as i64)
+    }
+
+    /// One pass over the live machines: prices, then the idle guard.
+    pub async fn tend_machines(&self) -> Result<()> {
+        let live = self.store().instances(false)?;
+        let now = now_ms();
+        for inst in live.iter().filter(|i| i.state == InstanceState::Running) {
+            self.sample_price(inst).await;
+            let Some(deadline) = self.idle_deadline(inst) else {
+                continue;
+            };
+            let warned = self.idle_warned(&inst.id, deadline)?;
+            if now >= deadline {
+                let why = "idle: no job ran there for the provider's idle limit";
+                if let Err(e) = self.terminate(&inst.id, why).await {
+                    tracing::warn!("ending idle {}: {e:#}", inst.id);
+                }
+            } else if now >= deadline - IDLE_WARNING && !warned {
+                self.store().add_event(
+                    "instance.idle",
+                    Some(&inst.id),
+                    None,
+                    &format!(
+                        "no job: terminated at {} unless one starts",
+                        crate::cost::utc_time(deadline)
+                    ),
+                )?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether the idle warning for the idle stretch ending at `deadline` was given.
+    fn idle_warned(&self, id: &str, deadline: TimestampMs) -> Result<bool> {
+        let evs = self.store().events(None, Some(id))?;
+        Ok(evs
+            .iter()
+            .any(|e| e.kind == "instance.idle" && e.ts_ms >= deadline - IDLE_WARNING - 60_000))
+    }
+
+    async fn sample_price(&self, inst: &InstanceRecord) {
+        if !inst.spot {
+            return;
+        }
+        let due = {
+            let mut last = self
+                .inner
+                .last_price
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            let now = std::time::Instant::now();
+            match last.get(&inst.id) {
+                Some(t) if now.duration_since(*t) < PRICE_EVERY => false,
+                _ => {
+                    last.insert(inst.id.clone(), now);
+                    true
+                }
+            }
+        };
+        // The launch sampled the price: the first check comes an hour after it.
+        let launched_recently = inst
+            .launched_ms
+            .is_some_and(|l| now_ms() - l < PRICE_EVERY.as_millis() as i64);
+        if !due || launched_recently && inst.price_segments.is_empty() {
+            return;
+        }
+        let Ok(p) = self.provider(&inst.provider) else {
+            return;
+        };
+        match p.price_now(inst).await {
+            Ok(Some(price)) if price != inst.hourly => {
+                if let Err(e) = self.store().set_price(&inst.id, now_ms(), price) {
+                    tracing::warn!("recording the price of {}: {e:#}", inst.id);
+                }
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!("reading the price of {}: {e:#}", inst.id),
+        }
+    }
+}
