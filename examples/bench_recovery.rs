@@ -70,6 +70,7 @@ struct Env {
     dir: tempfile::TempDir,
     config: PathBuf,
     project: PathBuf,
+    vars: Vec<(String, String)>,
 }
 
 impl Env {
@@ -100,6 +101,7 @@ impl Env {
             dir,
             config,
             project,
+            vars: Vec::new(),
         }
     }
 
@@ -107,6 +109,7 @@ impl Env {
         let mut c = Command::new(trainctl());
         c.args(args)
             .env("TRAINCTL_CONFIG", &self.config)
+            .envs(self.vars.iter().map(|(k, v)| (k, v)))
             .current_dir(&self.project);
         c
     }
@@ -176,8 +179,16 @@ impl Env {
 }
 
 fn notice_to_safe(env: &Env, instance: &str) -> f64 {
+    notice_to_safe_by(env, instance, |job_dir| {
+        std::fs::write(format!("{job_dir}/notice"), "reason=bench\n").unwrap();
+    })
+}
+
+/// From `notify(job_dir)` (whatever gives the notice) until the checkpoint saved on it is
+/// shipped and recorded.
+fn notice_to_safe_by(env: &Env, instance: &str, notify: impl FnOnce(&str)) -> f64 {
     let (job, job_dir, mut w) = env.start(instance);
-    std::fs::write(format!("{job_dir}/notice"), "reason=bench\n").unwrap();
+    notify(&job_dir);
     let secs = env.until(
         "the checkpoint saved on notice",
         Duration::from_secs(600),
@@ -247,5 +258,156 @@ fn main() {
         let notice = notice_to_safe(&env, &id);
         println!("| {mb} MB | ssh (127.0.0.1) | {notice:.2} s | see docs/benchmarks.md |");
         env.cleanup();
+
+        let notice = aws_notice_to_safe(mb);
+        println!(
+            "| {mb} MB | aws on moto: IMDS spot notice → checkpoint in S3 | {notice:.2} s | - |"
+        );
     }
+    aws_launch_overhead();
+}
+
+/// An AWS environment on moto: machines that boot as real sshds, an IMDS emulator, a
+/// bucket; EC2 and SSM calls go through a counting proxy, S3 straight to moto. Returned
+/// with what must live as long as it.
+fn aws_env(
+    mb: u64,
+    extra: &str,
+) -> (
+    Env,
+    trainctl::testkit::Moto,
+    trainctl::testkit::Ec2Machines,
+    trainctl::testkit::Imds,
+    trainctl::testkit::HttpFaults,
+) {
+    use trainctl::testkit::{Ec2Machines, HttpFaults, Imds, Moto};
+    let moto = Moto::start();
+    let imds = Imds::start();
+    let faults = HttpFaults::start(moto.port, |_| None);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let ami = rt.block_on(async {
+        let sdk = moto.sdk("us-east-1");
+        aws_sdk_s3::Client::from_conf(
+            aws_sdk_s3::config::Builder::from(&sdk)
+                .force_path_style(true)
+                .build(),
+        )
+        .create_bucket()
+        .bucket("bench")
+        .send()
+        .await
+        .unwrap();
+        let images = aws_sdk_ec2::Client::new(&sdk)
+            .describe_images()
+            .owners("amazon")
+            .send()
+            .await
+            .unwrap();
+        images.images()[0].image_id().unwrap().to_string()
+    });
+    let mut env = Env::new(mb, "");
+    let machines = Ec2Machines::start(
+        &moto,
+        "us-east-1",
+        env.dir.path().join("data/aws/id_ed25519.pub"),
+    );
+    let cfg = std::fs::read_to_string(&env.config).unwrap();
+    std::fs::write(
+        &env.config,
+        format!(
+            "{cfg}[providers.aws]\nregions = [\"us-east-1\"]\nendpoint_url = \"{}\"\nssh_cidr = \"127.0.0.1/32\"\n\
+             ami = \"{ami}\"\nssh_user = \"root\"\nimds_endpoint = \"{}\"\ncheckpoints_s3 = \"s3://bench/ck\"\n\
+             s3_force_path_style = true\nproxy_command = {:?}\nendpoints = {{ s3 = \"{}\" }}\n{extra}",
+            faults.endpoint(),
+            imds.endpoint(),
+            machines.proxy_command(),
+            moto.endpoint()
+        ),
+    )
+    .unwrap();
+    let none = env.dir.path().join("none").display().to_string();
+    for (k, v) in [
+        ("AWS_ACCESS_KEY_ID", "testing"),
+        ("AWS_SECRET_ACCESS_KEY", "testing"),
+        ("AWS_EC2_METADATA_DISABLED", "true"),
+        ("AWS_CONFIG_FILE", none.as_str()),
+        ("AWS_SHARED_CREDENTIALS_FILE", none.as_str()),
+    ] {
+        env.vars.push((k.into(), v.into()));
+    }
+    (env, moto, machines, imds, faults)
+}
+
+/// IMDS says the spot machine goes in two minutes → the checkpoint the job saved on
+/// SIGTERM is in S3 (uploaded, recorded).
+fn aws_notice_to_safe(mb: u64) -> f64 {
+    let (env, _moto, _machines, imds, _faults) = aws_env(mb, "");
+    let id = env
+        .ok(&[
+            "launch",
+            "--provider",
+            "aws",
+            "--type",
+            "g5.xlarge",
+            "--spot",
+        ])
+        .trim()
+        .to_string();
+    let secs = notice_to_safe_by(&env, &id, |_| imds.interrupt(120));
+    env.cleanup();
+    secs
+}
+
+/// What a launch costs beyond EC2's own waits: AWS API calls by action, and the wall time
+/// of `trainctl launch` on moto (whose instances run at once and whose machines answer
+/// SSH within ~0.2 s), median of 5, the first (key pair, security group made) apart.
+fn aws_launch_overhead() {
+    let (env, _moto, _machines, _imds, faults) = aws_env(1, "");
+    let mut times = Vec::new();
+    let mut calls: Vec<Vec<String>> = Vec::new();
+    for _ in 0..6 {
+        let before = faults.actions().len();
+        let t = Instant::now();
+        env.ok(&[
+            "launch",
+            "--provider",
+            "aws",
+            "--type",
+            "g5.xlarge",
+            "--spot",
+        ]);
+        times.push(t.elapsed().as_secs_f64());
+        calls.push(faults.actions()[before..].to_vec());
+    }
+    let first = times[0];
+    let mut rest = times[1..].to_vec();
+    rest.sort_by(f64::total_cmp);
+    let count = |c: &[String]| {
+        let mut m: std::collections::BTreeMap<&str, usize> = Default::default();
+        for a in c {
+            *m.entry(a.as_str()).or_default() += 1;
+        }
+        m.iter()
+            .map(|(k, v)| format!("{k} {v}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    println!();
+    println!("| aws launch on moto | wall time | AWS calls |");
+    println!("|---|---|---|");
+    println!(
+        "| first (key pair, security group made) | {first:.2} s | {} ({}) |",
+        calls[0].len(),
+        count(&calls[0])
+    );
+    println!(
+        "| later (median of 5) | {:.2} s | {} ({}) |",
+        rest[2],
+        calls[1].len(),
+        count(&calls[1])
+    );
+    env.cleanup();
 }

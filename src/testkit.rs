@@ -481,6 +481,13 @@ fn serve_one(
         }
     };
     let head = String::from_utf8_lossy(&buf[..head_end]).to_string();
+    // A client that asks to be told to go on (the S3 SDK for bodies) waits for it.
+    if head
+        .lines()
+        .any(|l| l.to_ascii_lowercase().starts_with("expect: 100-continue"))
+    {
+        c.write_all(b"HTTP/1.1 100 Continue\r\n\r\n")?;
+    }
     let len = head
         .lines()
         .find_map(|l| {
@@ -517,7 +524,8 @@ fn serve_one(
     // Forward with `Connection: close`, so the answer ends with the upstream's EOF.
     let mut head_fwd = String::new();
     for l in head.split("\r\n") {
-        if l.to_ascii_lowercase().starts_with("connection:") || l.is_empty() {
+        let lower = l.to_ascii_lowercase();
+        if lower.starts_with("connection:") || lower.starts_with("expect:") || l.is_empty() {
             continue;
         }
         head_fwd.push_str(l);
@@ -527,8 +535,32 @@ fn serve_one(
     let mut u = std::net::TcpStream::connect(("127.0.0.1", upstream))?;
     u.write_all(head_fwd.as_bytes())?;
     u.write_all(&buf[head_end..])?;
+    // Read the answer to its length (an upstream may be slow to close), else to EOF.
     let mut resp = Vec::new();
-    u.read_to_end(&mut resp)?;
+    let mut chunk = [0u8; 65536];
+    let mut want: Option<usize> = None;
+    loop {
+        if let Some(w) = want
+            && resp.len() >= w
+        {
+            break;
+        }
+        let n = u.read(&mut chunk)?;
+        if n == 0 {
+            break;
+        }
+        resp.extend_from_slice(&chunk[..n]);
+        if want.is_none()
+            && let Some(p) = resp.windows(4).position(|w| w == b"\r\n\r\n")
+        {
+            let head = String::from_utf8_lossy(&resp[..p]).to_ascii_lowercase();
+            want = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .and_then(|v| v.trim().parse::<usize>().ok())
+                .map(|len| p + 4 + len);
+        }
+    }
     c.write_all(&resp)?;
     Ok(())
 }

@@ -70,6 +70,14 @@ impl Engine {
         }
         let spec: JobSpec = serde_json::from_str(&job.spec_json).context("reading the job spec")?;
         let inst = self.job_instance(&job)?;
+        // A checkpoint store the job cannot write to is said now, not at the first
+        // checkpoint (or at an interruption, when it is too late).
+        if spec.project.checkpoints.is_some() {
+            self.checkpoint_store_for(&job)?
+                .check(job_id)
+                .await
+                .context("the checkpoint store")?;
+        }
         let remote = self.remote_for(&inst).await?;
         if self.cancelled_before_start(job_id)? {
             return Ok(JobState::Cancelled);

@@ -33,6 +33,11 @@ pub trait CheckpointStore: Send + Sync {
     async fn delete(&self, job_id: &str, name: &str) -> Result<()>;
     /// A local scratch path for a download that [`CheckpointStore::put`] then takes in.
     fn scratch(&self, job_id: &str, name: &str) -> Result<PathBuf>;
+    /// Whether `job_id`'s checkpoints can be kept here (rights, the bucket exists): asked
+    /// before the job starts, so a missing right is an error before anything depends on it.
+    async fn check(&self, _job_id: &str) -> Result<()> {
+        Ok(())
+    }
 }
 
 /// Checkpoints in `<data dir>/checkpoints/<job>/<name>`.

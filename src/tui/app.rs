@@ -97,6 +97,9 @@ pub enum Command {
     Terminate {
         instance: String,
     },
+    Adopt {
+        instance: String,
+    },
     RunJob {
         instance: String,
     },
@@ -1050,7 +1053,29 @@ impl App {
                 None => Vec::new(),
             },
             Action::Terminate => {
-                if let Some(i) = self
+                if let Some(i) = self.selected_instance().filter(|i| i.orphan) {
+                    // A machine the provider holds that the store lost: it may be billing.
+                    self.mode = Mode::Confirm(Confirm {
+                        title: "Terminate orphan?".into(),
+                        lines: vec![
+                            format!(
+                                "{} ({}, {}) on {}",
+                                i.rec.id,
+                                i.rec.provider_id.clone().unwrap_or_default(),
+                                i.rec.instance_type,
+                                i.rec.provider
+                            ),
+                            format!(
+                                "unknown to the store; cost so far {} at {}/h",
+                                i.cost, i.rec.hourly
+                            ),
+                        ],
+                        yes: false,
+                        on_yes: Command::Terminate {
+                            instance: i.rec.id.clone(),
+                        },
+                    });
+                } else if let Some(i) = self
                     .selected_instance()
                     .filter(|i| i.rec.state.is_live() && !i.orphan)
                 {
@@ -1081,6 +1106,18 @@ impl App {
                 }
                 Vec::new()
             }
+            Action::Adopt => match self.selected_instance().filter(|i| i.orphan) {
+                Some(i) => vec![Command::Adopt {
+                    instance: i.rec.id.clone(),
+                }],
+                None => {
+                    self.say(
+                        "adopt takes an orphan (a machine the store does not know)",
+                        true,
+                    );
+                    Vec::new()
+                }
+            },
             Action::CancelJob => {
                 self.job_confirm("Cancel job?", |j| {
                     (!j.rec.state.is_terminal()).then(|| {

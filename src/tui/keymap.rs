@@ -74,6 +74,7 @@ pub enum Action {
     RunJob,
     Sync,
     Terminate,
+    Adopt,
     CancelJob,
     Migrate,
     Pull,
@@ -116,6 +117,7 @@ impl Action {
             RunJob => "run",
             Sync => "sync",
             Terminate => "terminate",
+            Adopt => "adopt",
             CancelJob => "cancel",
             Migrate => "migrate",
             Pull => "pull",
@@ -139,6 +141,7 @@ impl Action {
                 | Action::RunJob
                 | Action::Sync
                 | Action::Terminate
+                | Action::Adopt
                 | Action::CancelJob
                 | Action::Migrate
         )
@@ -315,6 +318,7 @@ impl Default for Keymap {
                     "terminate",
                     true,
                 ),
+                b(Adopt, &["a"], Some(&[Instances]), "adopt orphan", false),
                 b(
                     CancelJob,
                     &["ctrl-k"],

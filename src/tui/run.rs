@@ -241,6 +241,15 @@ impl Context {
                     ));
                 });
             }
+            Command::Adopt { instance } => {
+                tokio::spawn(async move {
+                    let r = ctx.engine.adopt(&instance).await;
+                    ctx.send(Msg::Done(
+                        r.map(|i| format!("adopted {} ({})", i.id, i.state))
+                            .map_err(|e| format!("adopt failed: {e:#}")),
+                    ));
+                });
+            }
             Command::RunJob { instance } => {
                 let Some(project) = ctx.project.clone() else {
                     ctx.send(Msg::Done(Err("no trainctl.toml to run".into())));

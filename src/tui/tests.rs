@@ -325,10 +325,33 @@ fn terminate_confirmation_defaults_to_no() {
     ctrl(&mut app, 'd');
     key(&mut app, KeyCode::Right);
     assert_eq!(key(&mut app, KeyCode::Enter).len(), 1);
-    // An orphan or a terminated instance offers nothing to confirm.
-    key(&mut app, KeyCode::Char('g'));
+    // A terminated instance offers nothing to confirm.
+    key(&mut app, KeyCode::Char('G'));
     ctrl(&mut app, 'd');
     assert!(matches!(app.mode, Mode::Normal));
+    // An orphan asks too, saying it is unknown to the store, and is terminated by its id.
+    key(&mut app, KeyCode::Char('g'));
+    ctrl(&mut app, 'd');
+    let Mode::Confirm(c) = &app.mode else {
+        panic!("no confirmation for the orphan")
+    };
+    assert_eq!(c.title, "Terminate orphan?");
+    assert!(c.lines.iter().any(|l| l.contains("unknown to the store")));
+    assert_eq!(
+        key(&mut app, KeyCode::Char('y')),
+        vec![Command::Terminate {
+            instance: "i-orphan00001".into()
+        }]
+    );
+    // `a` adopts it; on a known instance it only explains.
+    assert_eq!(
+        key(&mut app, KeyCode::Char('a')),
+        vec![Command::Adopt {
+            instance: "i-orphan00001".into()
+        }]
+    );
+    key(&mut app, KeyCode::Down);
+    assert!(key(&mut app, KeyCode::Char('a')).is_empty());
 }
 
 #[test]

@@ -233,13 +233,6 @@ fn draw_instances(f: &mut Frame, app: &mut App, area: Rect) {
 
 fn instance_row<'a>(app: &App, r: &InstanceRow, wide: bool) -> Row<'a> {
     let i = &r.rec;
-    if r.orphan {
-        return Row::new(vec![
-            Cell::from(i.id.clone()),
-            Cell::from("ORPHAN: the provider has it, the store does not"),
-        ])
-        .style(app.theme.error());
-    }
     let market = match (i.spot, wide) {
         (true, _) => "spot",
         (false, true) => "on-demand",
@@ -247,7 +240,12 @@ fn instance_row<'a>(app: &App, r: &InstanceRow, wide: bool) -> Row<'a> {
     };
     let mut cells = vec![
         Cell::from(i.id.clone()),
-        Cell::from(i.name.clone()),
+        // An orphan's name is its provider id: what the provider's console shows.
+        Cell::from(if r.orphan {
+            i.provider_id.clone().unwrap_or_default()
+        } else {
+            i.name.clone()
+        }),
         // Narrow: provider and type share a column.
         Cell::from(if wide {
             i.instance_type.clone()
@@ -256,6 +254,8 @@ fn instance_row<'a>(app: &App, r: &InstanceRow, wide: bool) -> Row<'a> {
         }),
         Cell::from(i.gpus.to_string()),
         Cell::from(match r.idle_deadline {
+            // Held by the provider, unknown to the store: ctrl-d terminates, `a` adopts.
+            _ if r.orphan => Span::styled("ORPHAN", app.theme.error()),
             // The idle guard's countdown, in its last five minutes.
             Some(d) if d - crate::model::now_ms() < 5 * 60_000 => Span::styled(
                 format!(

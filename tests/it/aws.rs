@@ -673,7 +673,12 @@ fn checkpoints_round_trip_through_s3_and_a_cut_upload_resumes() {
             .filter(|l| l.starts_with("PUT") && l.contains("partNumber="))
             .collect();
         assert_eq!(parts.len(), 3, "part 1 is not sent again: {parts:?}");
-        assert!(parts[1].contains("partNumber=2") && parts[2].contains("partNumber=3"));
+        let mut resumed: Vec<&str> = parts[1..]
+            .iter()
+            .filter_map(|l| l.split("partNumber=").nth(1)?.split('&').next())
+            .collect();
+        resumed.sort();
+        assert_eq!(resumed, ["2", "3"], "{parts:?}");
         assert_eq!(
             s.list("j-1").await.unwrap(),
             vec!["epoch-1.pt", "epoch-2.pt"]
@@ -910,6 +915,44 @@ fn an_idle_machine_is_warned_about_then_ended_by_watch() {
         .rposition(|k| *k == "instance.terminated")
         .expect("ended");
     assert!(warned < ended, "{kinds:?}");
+    let all = moto_instances(&moto);
+    assert!(["shutting-down", "terminated"].contains(&state(&all[0]).as_str()));
+}
+
+#[test]
+fn a_checkpoint_bucket_that_cannot_be_written_stops_the_run_before_the_job_starts() {
+    let moto = Moto::start();
+    publish_ami(&moto);
+    let env = aws_env(
+        &moto.endpoint(),
+        "checkpoints_s3 = \"s3://no-such-bucket/ck\"\ns3_force_path_style = true\n",
+    );
+    let _machines = boot_machines(&moto, &env);
+    let toml = env.project.join("trainctl.toml");
+    let text = std::fs::read_to_string(&toml).unwrap();
+    let (head, tail) = text.split_at(text.find("\n[env]").unwrap());
+    std::fs::write(
+        &toml,
+        format!("{head}\n[resources]\ninstance_type = \"g5.xlarge\"\n{tail}"),
+    )
+    .unwrap();
+    let out = env.run(&["run", "--provider", "aws", "--terminate-after"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("cannot write checkpoints to s3://no-such-bucket/"),
+        "{err}"
+    );
+    assert!(err.contains("does not exist"), "{err}");
+    let jobs = env.json(&["jobs"]);
+    assert_eq!(jobs[0]["state"], "failed", "{jobs}");
+    // Nothing ran, and the machine asked for with --terminate-after is gone.
+    assert!(
+        env.json(&["metrics", jobs[0]["id"].as_str().unwrap()])
+            .as_array()
+            .unwrap()
+            .is_empty()
+    );
     let all = moto_instances(&moto);
     assert!(["shutting-down", "terminated"].contains(&state(&all[0]).as_str()));
 }

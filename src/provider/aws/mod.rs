@@ -820,7 +820,14 @@ impl Provider for AwsProvider {
                 };
                 match self.connect(inst, host).await {
                     Ok(_) => Ok(Some(Ok(format!("{}@{host}:22", self.cfg.ssh_user)))),
-                    Err(e) if error_kind(&e).is_some_and(|k| k != ErrorKind::LostConnection) => {
+                    // A key refused while the machine boots may be one cloud-init has not
+                    // installed yet: waited for like a closed port. A host key that is not
+                    // the one trainctl gave the machine is never waited out.
+                    Err(e)
+                        if error_kind(&e).is_some_and(|k| {
+                            !matches!(k, ErrorKind::LostConnection | ErrorKind::Auth)
+                        }) =>
+                    {
                         Err(e)
                     }
                     Err(e) => Ok(Some(Err(format!("SSH on {host} ({e:#})")))),

@@ -23,6 +23,8 @@ const FORGOTTEN: &str = "upload forgotten";
 
 /// Files above this go up in parts of this size (S3's minimum part is 5 MiB).
 pub const PART_SIZE: u64 = 16 << 20;
+/// Parts in flight at once (one stream to S3 rarely fills a link).
+const PARALLEL: usize = 4;
 
 /// `s3://bucket/prefix` → (bucket, prefix without slashes at either end).
 pub fn parse_url(url: &str) -> Result<(String, String)> {
@@ -152,55 +154,36 @@ impl S3Store {
         };
         let upload_id = journal.upload_id.clone();
         let parts = size.div_ceil(self.part_size).max(1);
-        let mut sent = 0usize;
-        for n in 1..=parts {
-            if journal.parts.iter().any(|(k, _)| *k == n as i32) {
-                continue;
-            }
-            if self.stop_after_parts.is_some_and(|max| sent >= max) {
-                bail!("upload of {key} stopped after {sent} parts (test)");
-            }
-            let offset = (n - 1) * self.part_size;
-            let len = self.part_size.min(size - offset);
-            let mut tries = 0;
-            let etag = loop {
-                let body = ByteStream::read_from()
-                    .path(src)
-                    .offset(offset)
-                    .length(Length::Exact(len))
-                    .build()
+        let todo: Vec<u64> = (1..=parts)
+            .filter(|n| !journal.parts.iter().any(|(k, _)| *k == *n as i32))
+            .take(self.stop_after_parts.unwrap_or(usize::MAX))
+            .collect();
+        let cut = self
+            .stop_after_parts
+            .is_some_and(|max| (parts as usize).saturating_sub(journal.parts.len()) > max);
+        // PARALLEL parts in flight; each one journaled as S3 confirms it.
+        use futures_util::StreamExt;
+        let mut uploads = futures_util::stream::iter(todo.into_iter().map(|n| {
+            let upload_id = upload_id.clone();
+            async move {
+                let etag = self
+                    .upload_part(s3, key, src, size, &upload_id, n, pending)
                     .await?;
-                match s3
-                    .upload_part()
-                    .bucket(&self.bucket)
-                    .key(key)
-                    .upload_id(&upload_id)
-                    .part_number(n as i32)
-                    .body(body)
-                    .send()
-                    .await
-                {
-                    Ok(o) => break o.e_tag().map(str::to_string),
-                    Err(e) if e.code() == Some("NoSuchUpload") => {
-                        let _ = tokio::fs::remove_file(pending).await;
-                        bail!("{FORGOTTEN}: S3 no longer has the upload of {key}");
-                    }
-                    Err(e) if tries < 3 => {
-                        tries += 1;
-                        tracing::warn!("part {n} of {key}: {e}; again");
-                        tokio::time::sleep(std::time::Duration::from_millis(500 << tries)).await;
-                    }
-                    Err(e) => {
-                        return Err(anyhow::anyhow!(
-                            "uploading part {n} of {key}: {}",
-                            aws_smithy_types::error::display::DisplayErrorContext(&e)
-                        ));
-                    }
-                }
-            };
-            journal.parts.push((n as i32, etag.unwrap_or_default()));
+                anyhow::Ok((n, etag))
+            }
+        }))
+        .buffer_unordered(PARALLEL);
+        while let Some(done) = uploads.next().await {
+            let (n, etag) = done?;
+            journal.parts.push((n as i32, etag));
             tokio::fs::write(pending, serde_json::to_vec(&journal)?).await?;
-            sent += 1;
+        }
+        drop(uploads);
+        if cut {
+            bail!(
+                "upload of {key} stopped after {} parts (test)",
+                self.stop_after_parts.unwrap_or(0)
+            );
         }
         journal.parts.sort();
         let done: Vec<CompletedPart> = journal
@@ -246,6 +229,58 @@ impl S3Store {
         }
         let _ = tokio::fs::remove_file(pending).await;
         Ok(())
+    }
+
+    /// One part, retried 3 times; a forgotten upload ends the whole upload at once.
+    #[allow(clippy::too_many_arguments)]
+    async fn upload_part(
+        &self,
+        s3: &aws_sdk_s3::Client,
+        key: &str,
+        src: &Path,
+        size: u64,
+        upload_id: &str,
+        n: u64,
+        pending: &Path,
+    ) -> Result<String> {
+        let offset = (n - 1) * self.part_size;
+        let len = self.part_size.min(size - offset);
+        let mut tries = 0;
+        loop {
+            let body = ByteStream::read_from()
+                .path(src)
+                .offset(offset)
+                .length(Length::Exact(len))
+                .build()
+                .await?;
+            match s3
+                .upload_part()
+                .bucket(&self.bucket)
+                .key(key)
+                .upload_id(upload_id)
+                .part_number(n as i32)
+                .body(body)
+                .send()
+                .await
+            {
+                Ok(o) => return Ok(o.e_tag().unwrap_or_default().to_string()),
+                Err(e) if e.code() == Some("NoSuchUpload") => {
+                    let _ = tokio::fs::remove_file(pending).await;
+                    bail!("{FORGOTTEN}: S3 no longer has the upload of {key}");
+                }
+                Err(e) if tries < 3 => {
+                    tries += 1;
+                    tracing::warn!("part {n} of {key}: {e}; again");
+                    tokio::time::sleep(std::time::Duration::from_millis(500 << tries)).await;
+                }
+                Err(e) => {
+                    bail!(
+                        "uploading part {n} of {key}: {}",
+                        aws_smithy_types::error::display::DisplayErrorContext(&e)
+                    );
+                }
+            }
+        }
     }
 
     async fn start_upload(
@@ -420,6 +455,38 @@ impl CheckpointStore for S3Store {
 
     fn scratch(&self, job_id: &str, name: &str) -> Result<PathBuf> {
         self.cache.scratch(job_id, name)
+    }
+
+    /// Write, then delete, a small object where the job's checkpoints will go.
+    async fn check(&self, job_id: &str) -> Result<()> {
+        let s3 = self.client().await?;
+        let key = self.key(job_id, ".trainctl-write-check");
+        s3.put_object()
+            .bucket(&self.bucket)
+            .key(&key)
+            .body(ByteStream::from_static(b"trainctl"))
+            .send()
+            .await
+            .map_err(|e| {
+                s3_error(
+                    &format!("cannot write checkpoints to s3://{}/{key}", self.bucket),
+                    &self.bucket,
+                    e,
+                )
+            })?;
+        s3.delete_object()
+            .bucket(&self.bucket)
+            .key(&key)
+            .send()
+            .await
+            .map_err(|e| {
+                s3_error(
+                    &format!("deleting s3://{}/{key}", self.bucket),
+                    &self.bucket,
+                    e,
+                )
+            })?;
+        Ok(())
     }
 }
 
