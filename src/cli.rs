@@ -131,6 +131,11 @@ pub enum Command {
     /// Take an orphan into the store (`trainctl ls` lists them): reached, then used and
     /// billed like an instance trainctl launched.
     Adopt { instance: String },
+    /// Stop a machine, keeping its disk (aws on demand): compute stops billing, the disk
+    /// does not. Refused while a job runs there.
+    Stop { instance: String },
+    /// Start a stopped machine again and reach it.
+    Start { instance: String },
     /// Sync the project's code to an instance.
     Sync {
         #[arg(long)]
@@ -435,6 +440,7 @@ async fn run(cli: Cli) -> Result<i32> {
                 spot,
                 accept_new_host_key,
                 options,
+                ..Default::default()
             };
             let inst = engine.launch(&provider, &req).await?;
             if json {
@@ -501,6 +507,32 @@ async fn run(cli: Cli) -> Result<i32> {
                 print_json(&json!({"id": inst.id, "state": inst.state, "cost_micros": c.0}));
             } else {
                 println!("{} {} (cost {c})", inst.id, inst.state);
+            }
+            Ok(EXIT_OK)
+        }
+        Command::Stop { instance } => {
+            let inst = engine.stop_instance(&instance).await?;
+            if json {
+                print_json(&serde_json::to_value(&inst)?);
+            } else {
+                println!(
+                    "{} {} (compute no longer billed; its disk still is)",
+                    inst.id, inst.state
+                );
+            }
+            Ok(EXIT_OK)
+        }
+        Command::Start { instance } => {
+            let inst = engine.start_instance(&instance).await?;
+            if json {
+                print_json(&serde_json::to_value(&inst)?);
+            } else {
+                println!(
+                    "{} {} ({})",
+                    inst.id,
+                    inst.state,
+                    inst.address.unwrap_or_default()
+                );
             }
             Ok(EXIT_OK)
         }
@@ -1011,7 +1043,8 @@ async fn run_job(engine: &Engine, o: RunOpts, json: bool) -> Result<i32> {
                 gpus: r.gpus,
                 spot: r.spot.unwrap_or(false),
                 accept_new_host_key: false,
-                options: Default::default(),
+                any_of: r.any_of.clone(),
+                ..Default::default()
             };
             let i = engine.launch(&provider, &req).await?;
             eprintln!("launched {} on {provider}", i.id);

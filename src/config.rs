@@ -613,6 +613,8 @@ pub struct Resources {
     pub instance_type: Option<String>,
     pub gpus: Option<u32>,
     pub spot: Option<bool>,
+    /// Types tried in order when `instance_type` has no capacity (aws).
+    pub any_of: Vec<String>,
 }
 
 /// A loaded project: its config and the root directory (the one holding `trainctl.toml`).

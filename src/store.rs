@@ -587,14 +587,16 @@ impl Store {
             tx.execute(
                 "UPDATE instances SET provider_id = ?2, region = ?3, backend = ?4,
                     launched_ms = COALESCE(launched_ms, ?5),
-                    hourly_micros = COALESCE(?6, hourly_micros) WHERE id = ?1",
+                    hourly_micros = COALESCE(?6, hourly_micros),
+                    instance_type = COALESCE(?7, instance_type) WHERE id = ?1",
                 params![
                     id,
                     l.provider_id,
                     l.region,
                     l.backend,
                     launched_ms,
-                    l.hourly.map(|m| m.0)
+                    l.hourly.map(|m| m.0),
+                    l.instance_type
                 ],
             )?;
             for note in &l.notes {

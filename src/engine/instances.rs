@@ -315,14 +315,14 @@ impl Engine {
             }
             let p = self.provider(&inst.provider)?;
             let change = match (p.describe(&inst).await, inst.state) {
-                (Ok(Observed::Stopped), InstanceState::Running) => Some((
-                    InstanceState::Stopped,
-                    "the provider reports it stopped".to_string(),
-                )),
-                (Ok(Observed::Running), InstanceState::Stopped) => Some((
-                    InstanceState::Running,
-                    "the provider reports it running again".to_string(),
-                )),
+                (Ok(Observed::Stopped), InstanceState::Running) => {
+                    self.note_stopped(&inst, "the provider reports it stopped")?;
+                    None
+                }
+                (Ok(Observed::Running), InstanceState::Stopped) => {
+                    self.note_running_again(&inst, "the provider reports it running again")?;
+                    None
+                }
                 (Ok(Observed::Interrupted { reason, .. }), _) => Some((
                     InstanceState::Preempted,
                     format!("taken back by the provider: {reason}"),
@@ -342,6 +342,100 @@ impl Engine {
             }
         }
         Ok(())
+    }
+
+    /// Stop a running machine, keeping its disk: its compute stops billing (its disk does
+    /// not). Refused while a job runs there (cancel or migrate it first).
+    pub async fn stop_instance(&self, key: &str) -> Result<InstanceRecord> {
+        let inst = self.store().find_instance(key)?;
+        if inst.state != InstanceState::Running {
+            bail!("{} is {}, not running", inst.id, inst.state);
+        }
+        let p = self.provider(&inst.provider)?;
+        if !p.capabilities().stop_start {
+            bail!(
+                "{} machines cannot be stopped; terminate it instead",
+                inst.provider
+            );
+        }
+        let busy: Vec<String> = self
+            .store()
+            .jobs()?
+            .into_iter()
+            .filter(|j| !j.state.is_terminal() && j.instance_id.as_deref() == Some(&inst.id))
+            .map(|j| j.id)
+            .collect();
+        if !busy.is_empty() {
+            bail!(
+                "{} runs {}: cancel or migrate first (a stop would kill it)",
+                inst.id,
+                busy.join(", ")
+            );
+        }
+        p.stop(&inst).await?;
+        let mut wait = Duration::from_millis(250);
+        let deadline = std::time::Instant::now() + Duration::from_secs(600);
+        loop {
+            match p.describe(&inst).await? {
+                Observed::Stopped => break,
+                Observed::Gone | Observed::Interrupted { .. } => {
+                    bail!("{} ended while stopping", inst.id)
+                }
+                _ if std::time::Instant::now() > deadline => {
+                    bail!("{} still not stopped after 10 minutes", inst.id)
+                }
+                _ => {
+                    tokio::time::sleep(wait).await;
+                    wait = (wait * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+        self.note_stopped(&inst, "stopped by the user")?;
+        self.store()
+            .instance(&inst.id)?
+            .context("instance vanished")
+    }
+
+    /// Start a stopped machine and reach it again (a new address, the same host key).
+    pub async fn start_instance(&self, key: &str) -> Result<InstanceRecord> {
+        let inst = self.store().find_instance(key)?;
+        if inst.state != InstanceState::Stopped {
+            bail!("{} is {}, not stopped", inst.id, inst.state);
+        }
+        let p = self.provider(&inst.provider)?;
+        p.start(&inst).await?;
+        let address = p.reach(&inst).await?;
+        self.note_running_again(&inst, "started by the user")?;
+        self.store()
+            .mark_instance_running(&inst.id, &address, now_ms())?;
+        self.store()
+            .instance(&inst.id)?
+            .context("instance vanished")
+    }
+
+    /// A machine now stopped: no compute billed from now (a zero-price segment).
+    fn note_stopped(&self, inst: &InstanceRecord, why: &str) -> Result<()> {
+        let mut s = self.store();
+        s.set_instance_state(
+            &inst.id,
+            InstanceState::Stopped,
+            &format!("{why}; compute no longer billed (its disk still is)"),
+        )?;
+        s.set_price(&inst.id, now_ms(), Money::ZERO)
+    }
+
+    /// A stopped machine running again: billed at its running price from now.
+    fn note_running_again(&self, inst: &InstanceRecord, why: &str) -> Result<()> {
+        let price = inst
+            .price_segments
+            .iter()
+            .rev()
+            .map(|(_, p)| *p)
+            .find(|p| *p > Money::ZERO)
+            .unwrap_or(inst.hourly);
+        let mut s = self.store();
+        s.set_instance_state(&inst.id, InstanceState::Running, why)?;
+        s.set_price(&inst.id, now_ms(), price)
     }
 
     /// A `Pending` intent whose launching process is gone: ask the provider by trainctl's

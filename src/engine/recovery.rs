@@ -574,14 +574,21 @@ impl Engine {
     }
 }
 
-/// A launch request like `prev` (same provider, type, spot), or of type `ty`.
+/// A launch request like `prev` (same provider, type, spot, region), or of type `ty`.
 fn replacement_request(prev: &InstanceRecord, ty: Option<&str>, name: &str) -> LaunchRequest {
+    // Providers with regions take the option `region`; the others have none recorded.
+    let options = prev
+        .region
+        .iter()
+        .map(|r| ("region".to_string(), r.clone()))
+        .collect();
     LaunchRequest {
         name: Some(name.to_string()),
         instance_type: Some(ty.unwrap_or(&prev.instance_type).to_string()),
         gpus: if ty.is_some() { None } else { Some(prev.gpus) },
         spot: prev.spot,
         accept_new_host_key: false,
-        options: Default::default(),
+        options,
+        ..Default::default()
     }
 }

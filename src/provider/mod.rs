@@ -23,6 +23,9 @@ pub struct LaunchRequest {
     /// Trust and record the machine's host key if it has never been seen (every provider
     /// whose machines are reached over SSH).
     pub accept_new_host_key: bool,
+    /// Other instance types to try, in order, when the first has no capacity anywhere
+    /// (`[resources] any_of`).
+    pub any_of: Vec<String>,
     /// Options only one provider understands (`hourly_usd` for `local` and `ssh`; an AMI or
     /// a bid for the clouds), `trainctl launch -o KEY=VALUE`. Each provider's `check`
     /// refuses a key it does not know, naming the ones it does.
@@ -72,6 +75,8 @@ pub struct Plan {
     pub region: Option<String>,
     /// The request's provider-only options, checked.
     pub options: std::collections::BTreeMap<String, String>,
+    /// Types to try after `instance_type` when it has no capacity (checked like it).
+    pub alternatives: Vec<String>,
 }
 
 /// What the provider answered to a launch, at once: stored before anything waits on the
@@ -91,6 +96,8 @@ pub struct Launched {
     pub hourly: Option<Money>,
     /// What happened on the way, one event each (a zone without capacity, a fallback).
     pub notes: Vec<String>,
+    /// The type it landed as, when not the plan's (an `any_of` alternative).
+    pub instance_type: Option<String>,
 }
 
 /// What the provider says about a machine right now.
@@ -184,6 +191,16 @@ pub trait Provider: Send + Sync {
 
     /// A remote for a running instance (connecting if the provider needs to).
     async fn remote(&self, inst: &InstanceRecord) -> Result<Arc<dyn Remote>>;
+
+    /// Stop a machine, keeping its disk (providers with `stop_start`).
+    async fn stop(&self, inst: &InstanceRecord) -> Result<()> {
+        anyhow::bail!("{} machines cannot be stopped ({})", self.name(), inst.id)
+    }
+
+    /// Start a stopped machine again; [`Provider::reach`] then finds its new address.
+    async fn start(&self, inst: &InstanceRecord) -> Result<()> {
+        anyhow::bail!("{} machines cannot be started ({})", self.name(), inst.id)
+    }
 
     /// The price the provider charges for `inst` now, when it moves (a spot price);
     /// None when it does not or cannot say.

@@ -1412,7 +1412,7 @@ impl App {
             gpus: None,
             spot,
             accept_new_host_key: false,
-            options: Default::default(),
+            ..Default::default()
         }
     }
 

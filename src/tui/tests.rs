@@ -271,8 +271,8 @@ fn launch_form_validates_as_you_type_and_submits_only_when_valid() {
                 instance_type: Some("local".into()),
                 gpus: None,
                 spot: false,
-                options: Default::default(),
                 accept_new_host_key: false,
+                ..Default::default()
             }
         }]
     );

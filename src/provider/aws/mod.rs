@@ -491,7 +491,8 @@ impl Provider for AwsProvider {
     fn capabilities(&self) -> Capabilities {
         Capabilities {
             spot: true,
-            stop_start: false,
+            // On-demand machines only: a one-time spot request cannot be stopped.
+            stop_start: true,
             interruption_notices: true,
             regions: self.cfg.regions.clone(),
             vouches: true,
@@ -565,14 +566,27 @@ impl Provider for AwsProvider {
                 format!("{ty} has no on-demand price in {region} (sold as Capacity Blocks only)")
             })?
         };
+        // Alternatives are checked like the first choice, before anything is asked of AWS.
+        for alt in &req.any_of {
+            if cat.spec(alt).is_none() {
+                bail!(
+                    "unknown instance type `{alt}` in any_of; nearest: {}",
+                    cat.nearest(alt, 4).join(", ")
+                );
+            }
+            if cat.prices(alt, &region).is_none() {
+                bail!("{alt} (any_of) is not sold in {region}");
+            }
+        }
         Ok(Plan {
-            instance_type: ty,
+            instance_type: ty.clone(),
             gpus: spec.gpus(),
             spot: req.spot,
             hourly,
             accept_new_host_key: false,
             region: Some(region),
             options: req.options.clone(),
+            alternatives: req.any_of.iter().filter(|a| **a != ty).cloned().collect(),
         })
     }
 
@@ -643,17 +657,22 @@ impl Provider for AwsProvider {
                     .join("\n"),
             )
             .replace("@HOST_KEY_PUBLIC@", &host_public);
-        let zones: Vec<Option<String>> = if self.cfg.subnet_id.is_some() {
-            vec![None]
-        } else if let Some(z) = plan.options.get("zone") {
-            vec![Some(z.clone())]
-        } else {
-            self.zones_offering(&ec2, &plan.instance_type)
-                .await?
-                .into_iter()
-                .map(Some)
-                .collect()
-        };
+        // The plan's type first, then its alternatives (`any_of`), each in its zones.
+        let mut types: Vec<(String, Vec<Option<String>>)> = Vec::new();
+        for ty in std::iter::once(&plan.instance_type).chain(&plan.alternatives) {
+            let zones: Vec<Option<String>> = if self.cfg.subnet_id.is_some() {
+                vec![None]
+            } else if let Some(z) = plan.options.get("zone") {
+                vec![Some(z.clone())]
+            } else {
+                self.zones_offering(&ec2, ty)
+                    .await?
+                    .into_iter()
+                    .map(Some)
+                    .collect()
+            };
+            types.push((ty.clone(), zones));
+        }
         let markets: Vec<bool> = match (plan.spot, self.cfg.spot_fallback) {
             (true, true) => vec![true, false],
             (spot, _) => vec![spot],
@@ -673,14 +692,23 @@ impl Provider for AwsProvider {
                 .build()
         };
         let mut notes = Vec::new();
-        for spot in markets {
-            for zone in &zones {
+        // Every try in order: market, then type, then zone.
+        let mut tries: Vec<(bool, &String, &Option<String>)> = Vec::new();
+        for &spot in &markets {
+            for (ty, zones) in &types {
+                for zone in zones {
+                    tries.push((spot, ty, zone));
+                }
+            }
+        }
+        for (spot, ty, zone) in tries {
+            {
                 let market = if spot { "spot" } else { "on-demand" };
-                let token = client_token(id, zone.as_deref(), &plan.instance_type, spot);
+                let token = client_token(id, zone.as_deref(), ty, spot);
                 let mut run = ec2
                     .run_instances()
                     .image_id(&ami)
-                    .instance_type(InstanceType::from(plan.instance_type.as_str()))
+                    .instance_type(InstanceType::from(ty.as_str()))
                     .min_count(1)
                     .max_count(1)
                     .client_token(&token)
@@ -724,7 +752,7 @@ impl Provider for AwsProvider {
                         .map(Money::from_dollars_f64)
                         .or_else(|| {
                             Catalog::embedded()
-                                .prices(&plan.instance_type, &region)
+                                .prices(ty, &region)
                                 .and_then(|p| p.on_demand)
                         });
                     if let Some(b) = bid {
@@ -738,8 +766,7 @@ impl Provider for AwsProvider {
                     );
                 }
                 let where_ = format!(
-                    "{} {market} in {}",
-                    plan.instance_type,
+                    "{ty} {market} in {}",
                     zone.as_deref().unwrap_or("the subnet's zone")
                 );
                 match send_retrying(run).await {
@@ -755,20 +782,24 @@ impl Provider for AwsProvider {
                         b.host_key = Some(host_public.clone());
                         b.market = market.into();
                         l.backend = serde_json::to_string(&b).ok();
+                        let prices = Catalog::embedded().prices(ty, &region);
                         if spot {
                             let z = b.zone.clone().or(zone.clone()).unwrap_or_default();
-                            match self.spot_price(&ec2, &plan.instance_type, &z).await {
+                            match self.spot_price(&ec2, ty, &z).await {
                                 Ok(p) => l.hourly = Some(p),
-                                Err(e) => notes.push(format!(
-                                    "spot price of {z} unknown ({e:#}); the catalog's {} stays",
-                                    plan.hourly
-                                )),
+                                Err(e) => {
+                                    l.hourly = prices.and_then(|p| p.cheapest_spot());
+                                    notes.push(format!(
+                                        "spot price of {z} unknown ({e:#}); the catalog's stays"
+                                    ))
+                                }
                             }
-                        } else if plan.spot {
-                            // Fell back to on demand: the on-demand price.
-                            l.hourly = Catalog::embedded()
-                                .prices(&plan.instance_type, &region)
-                                .and_then(|p| p.on_demand);
+                        } else if plan.spot || *ty != plan.instance_type {
+                            // On demand after all, or another type: its on-demand price.
+                            l.hourly = prices.and_then(|p| p.on_demand);
+                        }
+                        if *ty != plan.instance_type {
+                            l.instance_type = Some(ty.clone());
                         }
                         notes.push(format!("launched {where_} as {}", l.provider_id));
                         l.notes = notes;
@@ -983,6 +1014,36 @@ impl Provider for AwsProvider {
         self.checkpoints.clone()
     }
 
+    async fn stop(&self, inst: &InstanceRecord) -> Result<()> {
+        if inst.spot {
+            bail!(
+                "{} is a spot machine: EC2 cannot stop a one-time spot instance (terminate it; its job's checkpoints resume elsewhere)",
+                inst.id
+            );
+        }
+        let pid = inst.provider_id.as_deref().context("no EC2 id yet")?;
+        let ec2 = self.ec2(&self.region_for(inst.region.as_deref())?).await?;
+        self.conns.lock().await.remove(&inst.id);
+        ec2.stop_instances()
+            .instance_ids(pid)
+            .send()
+            .await
+            .map_err(|e| ec2::sdk_error(&format!("stopping {pid}"), e))?;
+        Ok(())
+    }
+
+    async fn start(&self, inst: &InstanceRecord) -> Result<()> {
+        let pid = inst.provider_id.as_deref().context("no EC2 id yet")?;
+        let ec2 = self.ec2(&self.region_for(inst.region.as_deref())?).await?;
+        self.conns.lock().await.remove(&inst.id);
+        ec2.start_instances()
+            .instance_ids(pid)
+            .send()
+            .await
+            .map_err(|e| ec2::sdk_error(&format!("starting {pid}"), e))?;
+        Ok(())
+    }
+
     async fn price_now(&self, inst: &InstanceRecord) -> Result<Option<Money>> {
         if !inst.spot {
             return Ok(None);
@@ -1120,6 +1181,18 @@ fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
 pub fn pin_host_key(known_hosts: &Path, host: &str, key: &str) -> Result<()> {
     let key = key.split_whitespace().take(2).collect::<Vec<_>>().join(" ");
     let line = format!("{host} {key}");
+    if let Some(d) = known_hosts.parent() {
+        std::fs::create_dir_all(d)?;
+    }
+    // Two trainctl processes pinning at once must not lose each other's line.
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(known_hosts.with_extension("lock"))?;
+    use std::os::fd::AsRawFd;
+    // SAFETY: flock(2) on a file descriptor we own; released when `lock` is dropped.
+    unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) };
     let old = std::fs::read_to_string(known_hosts).unwrap_or_default();
     if old.lines().any(|l| l == line) {
         return Ok(());
@@ -1129,9 +1202,6 @@ pub fn pin_host_key(known_hosts: &Path, host: &str, key: &str) -> Result<()> {
         .filter(|l| l.split_whitespace().next() != Some(host))
         .collect();
     kept.push(&line);
-    if let Some(d) = known_hosts.parent() {
-        std::fs::create_dir_all(d)?;
-    }
     let tmp = known_hosts.with_extension(format!("tmp{}", std::process::id()));
     std::fs::write(&tmp, kept.join("\n") + "\n")?;
     std::fs::rename(&tmp, known_hosts)?;
@@ -1161,4 +1231,51 @@ async fn public_ip() -> Result<std::net::Ipv4Addr> {
         .map_err(anyhow::Error::from)
         .and_then(|r| r)
         .context("finding this machine's public address for ssh_cidr (checkip.amazonaws.com); set ssh_cidr in [providers.aws]")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_pinned_address_keeps_only_its_newest_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let kh = dir.path().join("aws/known_hosts");
+        pin_host_key(&kh, "54.1.2.3", "ssh-ed25519 AAAA1 trainctl i-1").unwrap();
+        pin_host_key(&kh, "54.9.9.9", "ssh-ed25519 BBBB").unwrap();
+        // EC2 gave the first address to a new machine: its key replaces the old one.
+        pin_host_key(&kh, "54.1.2.3", "ssh-ed25519 CCCC").unwrap();
+        pin_host_key(&kh, "54.1.2.3", "ssh-ed25519 CCCC").unwrap();
+        let text = std::fs::read_to_string(&kh).unwrap();
+        assert_eq!(
+            text,
+            "54.9.9.9 ssh-ed25519 BBBB\n54.1.2.3 ssh-ed25519 CCCC\n"
+        );
+    }
+
+    #[test]
+    fn client_tokens_differ_by_zone_and_market_and_fit_ec2s_limit() {
+        let a = client_token("i-abc", Some("us-east-1a"), "g5.xlarge", true);
+        assert_eq!(
+            a,
+            client_token("i-abc", Some("us-east-1a"), "g5.xlarge", true)
+        );
+        assert_ne!(
+            a,
+            client_token("i-abc", Some("us-east-1b"), "g5.xlarge", true)
+        );
+        assert_ne!(
+            a,
+            client_token("i-abc", Some("us-east-1a"), "g5.xlarge", false)
+        );
+        assert!(client_token(&"x".repeat(100), None, "g5.xlarge", true).len() <= 64);
+    }
+
+    #[test]
+    fn cidrs_are_checked() {
+        assert!(valid_cidr("203.0.113.7/32"));
+        assert!(!valid_cidr("203.0.113.7"));
+        assert!(!valid_cidr("203.0.113.7/33"));
+        assert!(!valid_cidr("::1/128"));
+    }
 }
