@@ -93,7 +93,10 @@ impl Sshd {
         let mut extra = String::new();
         if own_home {
             std::fs::create_dir_all(&home).unwrap();
-            extra = format!("SetEnv HOME={}\n", home.display());
+            // The machine's tools are this host's (an image with python3 and boto3, as a
+            // Deep Learning AMI has the aws CLI): the same PATH.
+            let path = std::env::var("PATH").unwrap_or_default();
+            extra = format!("SetEnv HOME={} PATH={path}\n", home.display());
         }
         std::fs::create_dir_all("/run/sshd").unwrap();
         let port = free_port();
@@ -247,7 +250,7 @@ port, deadline = None, time.time() + 10
 while port is None and time.time() < deadline:
     try:
         for line in open(mapfile):
-            h, p = line.split()
+            h, p = line.split()[:2]
             if h == host: port = int(p)
     except FileNotFoundError: pass
     if port is None: time.sleep(0.1)
@@ -342,7 +345,13 @@ impl Ec2Machines {
                         let sshd = Sshd::start_machine(&key, &auth);
                         use std::io::Write;
                         let mut f = std::fs::OpenOptions::new().append(true).open(&map).unwrap();
-                        writeln!(f, "{ip} {}", sshd.port).unwrap();
+                        writeln!(
+                            f,
+                            "{ip} {} {}",
+                            sshd.port,
+                            sshd.dir.path().join("home").display()
+                        )
+                        .unwrap();
                         machines.insert(id, sshd);
                     }
                 }
@@ -363,6 +372,15 @@ impl Ec2Machines {
             self.dir.path().join("proxy.py").display(),
             self.dir.path().join("map").display()
         )
+    }
+
+    /// Each booted machine's HOME (its disk), in boot order.
+    pub fn homes(&self) -> Vec<PathBuf> {
+        std::fs::read_to_string(self.dir.path().join("map"))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.split(' ').nth(2).map(PathBuf::from))
+            .collect()
     }
 
     /// How many machines were booted so far.

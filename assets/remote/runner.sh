@@ -9,6 +9,9 @@
 #   ended_at    unix seconds when it ended
 #   interrupting  written when an interruption notice stopped the job (deadline, reason)
 #   interrupted   unix seconds when the interrupted job had stopped
+#   seen          unix seconds of trainctl's last poll (written by the poll)
+#   rescued       the checkpoint this machine put in the store itself on a notice
+#                 (rescue.err: why it could not)
 # usage: sh runner.sh JOB_DIR WORK_DIR   (the command is JOB_DIR/cmd.sh)
 #        TRAINCTL_GRACE=seconds to save on a notice (default 30)
 #
@@ -81,6 +84,49 @@ imds_poll() {
         > "$root/notice.part" && mv "$root/notice.part" "$root/notice"
 }
 
+# On a notice with no trainctl watching (JOB_DIR/seen, written by every poll, older than
+# 15 s), put the newest complete checkpoint where the job's checkpoint store is, before
+# the deadline: rescue.env (written by trainctl for S3) names it; the upload uses the
+# machine's own credentials (its instance role) through the aws CLI, else python3 boto3.
+rescue() {
+    [ -f rescue.env ] || return 0
+    seen_at=$(cat seen 2>/dev/null || echo 0)
+    [ $(($(date +%s) - seen_at)) -gt 15 ] || return 0
+    . ./rescue.env
+    newest=
+    for f in $(ls -t "$TRAINCTL_RESCUE_DIR" 2>/dev/null); do
+        case "$f" in *.part | *.tmp | .*) continue ;; esac
+        [ -f "$TRAINCTL_RESCUE_DIR/$f" ] || continue
+        newest=$f
+        break
+    done
+    if [ -z "$newest" ]; then
+        echo "no checkpoint to rescue in $TRAINCTL_RESCUE_DIR" > rescue.err
+        return 0
+    fi
+    src="$TRAINCTL_RESCUE_DIR/$newest"
+    mtime=$(date -r "$src" +%s 2>/dev/null || echo 0)
+    left=$((deadline - $(date +%s) - 2))
+    [ "$left" -gt 5 ] || left=5
+    if command -v aws >/dev/null 2>&1; then
+        timeout "$left" aws s3 cp --only-show-errors --metadata "mtime=$mtime" \
+            "$src" "$TRAINCTL_RESCUE_URL$newest" 2> rescue.err
+    elif python3 -c 'import boto3' 2>/dev/null; then
+        timeout "$left" python3 - "$src" "$TRAINCTL_RESCUE_BUCKET" \
+            "$TRAINCTL_RESCUE_PREFIX$newest" "$mtime" 2> rescue.err <<'PY'
+import sys, boto3
+src, bucket, key, mtime = sys.argv[1:5]
+boto3.client("s3").upload_file(src, bucket, key, ExtraArgs={"Metadata": {"mtime": mtime}})
+PY
+    else
+        echo "neither the aws CLI nor python3 with boto3 is on the machine" > rescue.err
+        return 0
+    fi && {
+        printf 'name=%s\nat=%s\n' "$newest" "$(date +%s)" > rescued
+        rm -f rescue.err
+    }
+}
+
 if [ "${1:-}" = --watch ]; then
     job_dir=$2
     runner=$3
@@ -113,6 +159,7 @@ if [ "${1:-}" = --watch ]; then
                 echo exited > status
             fi
             date +%s > interrupted
+            rescue
             exit 0
         done
         sleep 1
@@ -183,8 +230,9 @@ date +%s > ended_at
 echo exited > status
 [ -f interrupting ] && date +%s > interrupted
 # The watcher ignores SIGTERM (it must outlive the job's stop): end it and its `sleep`
-# (its own process group under setsid), so nothing is left behind.
-if [ -n "${watcher:-}" ]; then
+# (its own process group under setsid), so nothing is left behind; unless it is handling
+# a notice, which it finishes (the rescue upload) and then exits by itself.
+if [ -n "${watcher:-}" ] && [ ! -f interrupting ]; then
     kill -KILL -"$watcher" 2>/dev/null || kill -KILL "$watcher" 2>/dev/null
 fi
 exit 0

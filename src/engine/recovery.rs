@@ -199,9 +199,12 @@ impl Engine {
     /// The newest shipped checkpoint whose file still matches its BLAKE3; damaged ones are
     /// refused (with an event) and the next older one is tried.
     pub(crate) async fn newest_good_checkpoint(&self, job_id: &str) -> Result<Option<Restore>> {
-        let recs = self.store().checkpoints(job_id)?;
         let job = self.store().job(job_id)?.context("no such job")?;
         let store = self.checkpoint_store_for(&job)?;
+        if let Err(e) = self.take_in_rescued(&job, store.as_ref()).await {
+            tracing::warn!("looking for checkpoints the machine kept itself: {e:#}");
+        }
+        let recs = self.store().checkpoints(job_id)?;
         for rec in recs {
             match store.get(job_id, &rec.name, &rec.blake3).await {
                 Ok(local) => return Ok(Some(Restore { rec, local })),
@@ -216,6 +219,53 @@ impl Engine {
             }
         }
         Ok(None)
+    }
+
+    /// Record checkpoints a machine put in the store by itself (on a notice, with nobody
+    /// watching): hashed here, then restorable like shipped ones.
+    async fn take_in_rescued(
+        &self,
+        job: &JobRecord,
+        store: &dyn checkpoint::CheckpointStore,
+    ) -> Result<()> {
+        let known: Vec<String> = self
+            .store()
+            .checkpoints(&job.id)?
+            .into_iter()
+            .map(|c| c.name)
+            .collect();
+        let attempt = self.store().attempts(&job.id)?.len() as i64;
+        for u in store.unrecorded(&job.id, &known).await? {
+            let f = u.file.clone();
+            let (size, blake3) = tokio::task::spawn_blocking(move || -> Result<(u64, String)> {
+                let mut h = blake3::Hasher::new();
+                h.update_reader(std::fs::File::open(&f)?)?;
+                Ok((
+                    std::fs::metadata(&f)?.len(),
+                    h.finalize().to_hex().to_string(),
+                ))
+            })
+            .await??;
+            self.store().record_checkpoint(&CheckpointRecord {
+                job_id: job.id.clone(),
+                name: u.name.clone(),
+                attempt,
+                size,
+                mtime_ms: u.mtime_ms.unwrap_or_else(now_ms),
+                blake3,
+                local_path: u.location.clone(),
+            })?;
+            self.store().add_event(
+                "checkpoint.rescued",
+                None,
+                Some(&job.id),
+                &format!(
+                    "{} ({size} bytes): the machine put it in {} itself when it was interrupted",
+                    u.name, u.location
+                ),
+            )?;
+        }
+        Ok(())
     }
 
     /// Put a verified checkpoint back into the job's checkpoint directory `dir` on the new

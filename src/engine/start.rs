@@ -152,6 +152,19 @@ impl Engine {
                 recovery::failpoint("recovery.restore");
                 env.insert("TRAINCTL_RESUME_FROM".to_string(), at);
             }
+            // A store the machine can reach itself (S3) gets what the machine's watcher
+            // needs to ship the newest checkpoint on a notice when no trainctl watches.
+            let job = self.store().job(job_id)?.context("job vanished")?;
+            if let Some(vars) = self.checkpoint_store_for(&job)?.rescue_env(job_id, inst) {
+                let mut text = format!("TRAINCTL_RESCUE_DIR={}\n", crate::remote::sh_quote(&dir));
+                for (k, v) in vars {
+                    text.push_str(&format!("export {k}={}\n", crate::remote::sh_quote(&v)));
+                }
+                remote
+                    .write_file(&format!("{jd}/rescue.env"), text.as_bytes(), 0o600)
+                    .await
+                    .context("writing the rescue settings")?;
+            }
             env.insert("TRAINCTL_CHECKPOINT_DIR".to_string(), dir);
         }
         env.extend(spec.project.env.clone());

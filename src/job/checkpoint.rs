@@ -38,6 +38,34 @@ pub trait CheckpointStore: Send + Sync {
     async fn check(&self, _job_id: &str) -> Result<()> {
         Ok(())
     }
+    /// What a machine needs to put `job_id`'s newest checkpoint here by itself when it is
+    /// interrupted and no trainctl watches (`TRAINCTL_RESCUE_URL` and the uploader's
+    /// environment), when it can: None for a store on this laptop.
+    fn rescue_env(
+        &self,
+        _job_id: &str,
+        _inst: &crate::store::InstanceRecord,
+    ) -> Option<Vec<(String, String)>> {
+        None
+    }
+    /// Checkpoints kept here that the trainctl store has no record of (a machine put them
+    /// here itself), each fetched to a local file.
+    async fn unrecorded(&self, job_id: &str, known: &[String]) -> Result<Vec<Unrecorded>> {
+        let _ = (job_id, known);
+        Ok(Vec::new())
+    }
+}
+
+/// A checkpoint found in a store without a record (see [`CheckpointStore::unrecorded`]).
+#[derive(Debug, Clone)]
+pub struct Unrecorded {
+    pub name: String,
+    /// A local copy (the store's cache).
+    pub file: PathBuf,
+    /// Where the store keeps it.
+    pub location: String,
+    /// Its modification time on the machine, when the machine said.
+    pub mtime_ms: Option<i64>,
 }
 
 /// Checkpoints in `<data dir>/checkpoints/<job>/<name>`.

@@ -124,6 +124,7 @@ pub async fn start_detached(
 pub async fn status(remote: &dyn Remote, job_dir: &str) -> Result<RemoteStatus> {
     let script = format!(
         "cd {} 2>/dev/null || {{ echo missing=1; exit 0; }}
+date +%s > seen 2>/dev/null
 pid=$(cat pid 2>/dev/null)
 echo \"pid=$pid\"
 [ -f exit_code ] && echo \"exit_code=$(cat exit_code)\"

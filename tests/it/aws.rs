@@ -1080,3 +1080,110 @@ fn a_type_without_capacity_anywhere_gives_way_to_the_next_of_any_of() {
         &faults.actions()[before..]
     );
 }
+
+#[test]
+fn with_no_trainctl_watching_the_machine_puts_its_checkpoint_in_s3_itself() {
+    use trainctl::testkit::Imds;
+    let moto = Moto::start();
+    publish_ami(&moto);
+    let imds = Imds::start();
+    block_on(async {
+        aws_sdk_s3::Client::from_conf(
+            aws_sdk_s3::config::Builder::from(&moto.sdk(REGION))
+                .force_path_style(true)
+                .build(),
+        )
+        .create_bucket()
+        .bucket("ckpts")
+        .send()
+        .await
+        .unwrap();
+    });
+    let env = aws_env(
+        &moto.endpoint(),
+        &format!(
+            "imds_endpoint = \"{}\"\ncheckpoints_s3 = \"s3://ckpts/runs\"\ns3_force_path_style = true\n",
+            imds.endpoint()
+        ),
+    );
+    let machines = boot_machines(&moto, &env);
+    let reference = env.json(&["run", "--provider", "local", "--terminate-after"]);
+    let expected = std::fs::read(
+        env.project
+            .join("trainctl-out")
+            .join(reference["job_id"].as_str().unwrap())
+            .join("model.json"),
+    )
+    .unwrap();
+    let toml = env.project.join("trainctl.toml");
+    let text = std::fs::read_to_string(&toml).unwrap();
+    let (head, tail) = text.split_at(text.find("\n[env]").unwrap());
+    std::fs::write(
+        &toml,
+        format!("{head}\n[resources]\ninstance_type = \"g5.xlarge\"\nspot = true\n{tail}"),
+    )
+    .unwrap();
+    let gate = env.hold_at(2 * SPE + 5);
+    // Started, then nobody watches (the laptop closed).
+    let job = env
+        .ok(&["run", "--provider", "aws", "--detach", "--terminate-after"])
+        .trim()
+        .to_string();
+    let home = machines.homes()[0].clone();
+    let ckpt = home.join(".trainctl/code/toy-train/checkpoints/epoch-0002.json");
+    let job_dir = home.join(format!(".trainctl/jobs/{job}-1"));
+    env.wait_for(60, "epoch 2's checkpoint on the machine", || ckpt.exists());
+    // The machine only acts alone once no trainctl has polled it for 15 s.
+    std::thread::sleep(std::time::Duration::from_secs(16));
+    imds.interrupt(120);
+    env.wait_for(60, "the machine's own upload", || {
+        let err = std::fs::read_to_string(job_dir.join("rescue.err")).unwrap_or_default();
+        assert!(
+            !err.contains("Error") && !err.contains("neither"),
+            "the rescue failed: {err}"
+        );
+        job_dir.join("rescued").exists()
+    });
+    let rescued = std::fs::read_to_string(job_dir.join("rescued")).unwrap();
+    assert!(rescued.contains("name=epoch-0002.json"), "{rescued}");
+    // EC2 takes the machine; later a trainctl comes back and the job goes on.
+    imds.clear();
+    let id = moto_instances(&moto)[0].instance_id().unwrap().to_string();
+    block_on(async {
+        moto.ec2(REGION)
+            .terminate_instances()
+            .instance_ids(id)
+            .send()
+            .await
+            .unwrap();
+    });
+    std::fs::write(&gate, "").unwrap();
+    env.ok(&["watch"]);
+    let j = env.job(&job);
+    assert_eq!(j["state"], "succeeded", "{j}");
+    let kinds = env.event_kinds(Some(&job));
+    assert!(
+        kinds.contains(&"checkpoint.rescued".to_string()),
+        "{kinds:?}"
+    );
+    assert!(
+        kinds.contains(&"checkpoint.restored".to_string()),
+        "{kinds:?}"
+    );
+    let model = std::fs::read(
+        env.project
+            .join("trainctl-out")
+            .join(&job)
+            .join("model.json"),
+    )
+    .unwrap();
+    assert_eq!(
+        model, expected,
+        "resumed from the machine's own upload, same model"
+    );
+    assert!(
+        moto_instances(&moto)
+            .iter()
+            .all(|i| ["shutting-down", "terminated"].contains(&state(i).as_str()))
+    );
+}

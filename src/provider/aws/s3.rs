@@ -8,7 +8,7 @@
 //! over SSH as they are written): the machine needs no S3 rights of its own.
 
 use crate::config::AwsProviderConfig;
-use crate::job::checkpoint::{CheckpointStore, LocalDirStore};
+use crate::job::checkpoint::{CheckpointStore, LocalDirStore, Unrecorded};
 use anyhow::{Context, Result, bail};
 use async_trait::async_trait;
 use aws_config::{Region, SdkConfig};
@@ -455,6 +455,88 @@ impl CheckpointStore for S3Store {
 
     fn scratch(&self, job_id: &str, name: &str) -> Result<PathBuf> {
         self.cache.scratch(job_id, name)
+    }
+
+    fn rescue_env(
+        &self,
+        job_id: &str,
+        inst: &crate::store::InstanceRecord,
+    ) -> Option<Vec<(String, String)>> {
+        if inst.provider != "aws" {
+            return None;
+        }
+        let mut v = vec![
+            (
+                "TRAINCTL_RESCUE_URL".to_string(),
+                format!("s3://{}/{}", self.bucket, self.key(job_id, "")),
+            ),
+            ("TRAINCTL_RESCUE_BUCKET".to_string(), self.bucket.clone()),
+            ("TRAINCTL_RESCUE_PREFIX".to_string(), self.key(job_id, "")),
+        ];
+        if let Some(r) = inst
+            .region
+            .clone()
+            .or_else(|| self.cfg.regions.first().cloned())
+        {
+            v.push(("AWS_DEFAULT_REGION".into(), r));
+        }
+        // Only for emulators and private endpoints; on EC2 the defaults are right.
+        if let Some(u) = self
+            .cfg
+            .endpoints
+            .get("s3")
+            .or(self.cfg.endpoint_url.as_ref())
+        {
+            v.push(("AWS_ENDPOINT_URL_S3".into(), u.clone()));
+        }
+        if self.cfg.imds_endpoint != crate::config::AwsProviderConfig::default().imds_endpoint {
+            v.push((
+                "AWS_EC2_METADATA_SERVICE_ENDPOINT".into(),
+                format!("{}/", self.cfg.imds_endpoint.trim_end_matches('/')),
+            ));
+        }
+        Some(v)
+    }
+
+    async fn unrecorded(&self, job_id: &str, known: &[String]) -> Result<Vec<Unrecorded>> {
+        let mut out = Vec::new();
+        for name in self.list(job_id).await? {
+            if known.contains(&name) || name.starts_with('.') || name.contains('/') {
+                continue;
+            }
+            let s3 = self.client().await?;
+            let key = self.key(job_id, &name);
+            let obj = s3
+                .get_object()
+                .bucket(&self.bucket)
+                .key(&key)
+                .send()
+                .await
+                .map_err(|e| s3_error(&format!("downloading {key}"), &self.bucket, e))?;
+            let mtime_ms = obj
+                .metadata()
+                .and_then(|m| m.get("mtime"))
+                .and_then(|t| t.trim().parse::<f64>().ok())
+                .map(|t| (t * 1000.0) as i64);
+            let scratch = self.cache.scratch(job_id, &name)?;
+            if let Some(d) = scratch.parent() {
+                tokio::fs::create_dir_all(d).await?;
+            }
+            let mut body = obj.body.into_async_read();
+            let mut f = tokio::fs::File::create(&scratch).await?;
+            tokio::io::copy_buf(&mut body, &mut f).await?;
+            use tokio::io::AsyncWriteExt;
+            f.flush().await?;
+            drop(f);
+            let file = PathBuf::from(self.cache.put(job_id, &name, &scratch).await?);
+            out.push(Unrecorded {
+                name,
+                file,
+                location: format!("s3://{}/{key}", self.bucket),
+                mtime_ms,
+            });
+        }
+        Ok(out)
     }
 
     /// Write, then delete, a small object where the job's checkpoints will go.
