@@ -678,6 +678,8 @@ async fn watch(engine: &Engine, json: bool) -> Result<i32> {
         std::collections::HashMap::new();
     let mut ended = Vec::new();
     let mut last_tend = None;
+    let mut last_orphans = None;
+    let mut warned = std::collections::HashSet::new();
     loop {
         let live = engine.live_job_ids()?;
         for id in &live {
@@ -710,6 +712,27 @@ async fn watch(engine: &Engine, json: bool) -> Result<i32> {
                 eprintln!("warning: tending machines: {e:#}");
             }
             last_tend = Some(std::time::Instant::now());
+        }
+        // Machines billing that the store does not know: looked for at start and every
+        // five minutes, each said once.
+        if last_orphans
+            .is_none_or(|t: std::time::Instant| t.elapsed() >= std::time::Duration::from_secs(300))
+        {
+            for (p, l) in engine.orphans().await.unwrap_or_default() {
+                if warned.insert(l.provider_id.clone()) {
+                    let msg = format!(
+                        "{} ({}) on {p} is held for this store but unknown to it, {} so far: `trainctl terminate {}` or `trainctl adopt {}`",
+                        l.id,
+                        l.provider_id,
+                        orphan_cost(&l, now_ms()),
+                        l.id,
+                        l.id
+                    );
+                    eprintln!("warning: {msg}");
+                    engine.store().add_event("orphan.found", None, None, &msg)?;
+                }
+            }
+            last_orphans = Some(std::time::Instant::now());
         }
         // Machines the idle guard will end keep `watch` going until they are ended.
         // Bound first: the store's guard must be gone before idle_deadline takes it.

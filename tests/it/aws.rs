@@ -533,6 +533,19 @@ fn orphans_are_listed_with_their_cost_adopted_or_terminated() {
         "{table}"
     );
 
+    // `watch` looks for them too, and says each once, as an event.
+    let out = env.run(&["watch"]);
+    assert!(out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(&format!("trainctl adopt {id}")), "{err}");
+    let found = env
+        .json(&["events"])
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["kind"] == "orphan.found")
+        .count();
+    assert_eq!(found, 2);
     // The lost machine is adopted: reached (its pinned host key is in its tag) and known.
     let adopted = env.json(&["adopt", &id]);
     assert_eq!(adopted["state"], "running", "{adopted}");
