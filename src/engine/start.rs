@@ -176,6 +176,11 @@ impl Engine {
         if restore.is_some() {
             recovery::failpoint("recovery.start");
         }
+        if let Ok(p) = self.provider(&inst.provider)
+            && let Err(e) = p.label_job(inst, job_id).await
+        {
+            tracing::warn!("labelling {} with job {job_id}: {e:#}", inst.id);
+        }
         self.transition(
             job_id,
             JobState::Running,

@@ -192,6 +192,12 @@ pub trait Provider: Send + Sync {
     /// A remote for a running instance (connecting if the provider needs to).
     async fn remote(&self, inst: &InstanceRecord) -> Result<Arc<dyn Remote>>;
 
+    /// Mark the machine as running `job_id` where the provider shows it (a tag), so its
+    /// console says what it is for. Best effort.
+    async fn label_job(&self, _inst: &InstanceRecord, _job_id: &str) -> Result<()> {
+        Ok(())
+    }
+
     /// Stop a machine, keeping its disk (providers with `stop_start`).
     async fn stop(&self, inst: &InstanceRecord) -> Result<()> {
         anyhow::bail!("{} machines cannot be stopped ({})", self.name(), inst.id)

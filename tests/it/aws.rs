@@ -607,6 +607,8 @@ fn the_example_job_runs_end_to_end_on_an_ec2_machine() {
     let all = moto_instances(&moto);
     assert_eq!(all.len(), 1);
     assert!(["shutting-down", "terminated"].contains(&state(&all[0]).as_str()));
+    // The console says what the machine was for.
+    assert_eq!(tag(&all[0], "trainctl:job").as_deref(), job["id"].as_str());
     let cost = env.json(&["cost"]);
     let inst = job["instance_id"].as_str().unwrap();
     let c = cost_of(&cost, "instances", inst);

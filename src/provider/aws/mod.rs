@@ -43,6 +43,7 @@ use std::time::{Duration, Instant};
 pub const TAG_OWNER: &str = "trainctl:owner";
 pub const TAG_ID: &str = "trainctl:id";
 pub const TAG_HOST_KEY: &str = "trainctl:hostkey";
+pub const TAG_JOB: &str = "trainctl:job";
 const GROUP_NAME: &str = "trainctl-ssh";
 const USER_DATA: &str = include_str!("../../../assets/aws/user-data.yaml");
 const OPTIONS: &[&str] = &["region", "ami", "zone"];
@@ -1012,6 +1013,20 @@ impl Provider for AwsProvider {
 
     fn checkpoint_store(&self) -> Option<Arc<dyn crate::job::checkpoint::CheckpointStore>> {
         self.checkpoints.clone()
+    }
+
+    async fn label_job(&self, inst: &InstanceRecord, job_id: &str) -> Result<()> {
+        let Some(pid) = inst.provider_id.as_deref() else {
+            return Ok(());
+        };
+        let ec2 = self.ec2(&self.region_for(inst.region.as_deref())?).await?;
+        ec2.create_tags()
+            .resources(pid)
+            .tags(Tag::builder().key(TAG_JOB).value(job_id).build())
+            .send()
+            .await
+            .map_err(|e| ec2::sdk_error(&format!("tagging {pid}"), e))?;
+        Ok(())
     }
 
     async fn stop(&self, inst: &InstanceRecord) -> Result<()> {
