@@ -341,21 +341,20 @@ fn aws_env(
     (env, moto, machines, imds, faults)
 }
 
+const LAUNCH_G5_SPOT: [&str; 6] = [
+    "launch",
+    "--provider",
+    "aws",
+    "--type",
+    "g5.xlarge",
+    "--spot",
+];
+
 /// IMDS says the spot machine goes in two minutes → the checkpoint the job saved on
 /// SIGTERM is in S3 (uploaded, recorded).
 fn aws_notice_to_safe(mb: u64) -> f64 {
     let (env, _moto, _machines, imds, _faults) = aws_env(mb, "");
-    let id = env
-        .ok(&[
-            "launch",
-            "--provider",
-            "aws",
-            "--type",
-            "g5.xlarge",
-            "--spot",
-        ])
-        .trim()
-        .to_string();
+    let id = env.ok(&LAUNCH_G5_SPOT).trim().to_string();
     let secs = notice_to_safe_by(&env, &id, |_| imds.interrupt(120));
     env.cleanup();
     secs
@@ -371,14 +370,7 @@ fn aws_launch_overhead() {
     for _ in 0..6 {
         let before = faults.actions().len();
         let t = Instant::now();
-        env.ok(&[
-            "launch",
-            "--provider",
-            "aws",
-            "--type",
-            "g5.xlarge",
-            "--spot",
-        ]);
+        env.ok(&LAUNCH_G5_SPOT);
         times.push(t.elapsed().as_secs_f64());
         calls.push(faults.actions()[before..].to_vec());
     }

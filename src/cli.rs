@@ -512,43 +512,15 @@ async fn run(cli: Cli) -> Result<i32> {
         }
         Command::Stop { instance } => {
             let inst = engine.stop_instance(&instance).await?;
-            if json {
-                print_json(&serde_json::to_value(&inst)?);
-            } else {
-                println!(
-                    "{} {} (compute no longer billed; its disk still is)",
-                    inst.id, inst.state
-                );
-            }
-            Ok(EXIT_OK)
+            print_instance(&inst, json, "compute no longer billed; its disk still is")
         }
         Command::Start { instance } => {
             let inst = engine.start_instance(&instance).await?;
-            if json {
-                print_json(&serde_json::to_value(&inst)?);
-            } else {
-                println!(
-                    "{} {} ({})",
-                    inst.id,
-                    inst.state,
-                    inst.address.unwrap_or_default()
-                );
-            }
-            Ok(EXIT_OK)
+            print_instance(&inst, json, inst.address.as_deref().unwrap_or_default())
         }
         Command::Adopt { instance } => {
             let inst = engine.adopt(&instance).await?;
-            if json {
-                print_json(&serde_json::to_value(&inst)?);
-            } else {
-                println!(
-                    "{} {} ({})",
-                    inst.id,
-                    inst.state,
-                    inst.address.unwrap_or_default()
-                );
-            }
-            Ok(EXIT_OK)
+            print_instance(&inst, json, inst.address.as_deref().unwrap_or_default())
         }
         Command::Sync {
             project,
@@ -756,6 +728,16 @@ async fn watch(engine: &Engine, json: bool) -> Result<i32> {
     }
     if json {
         print_json(&serde_json::Value::Array(ended));
+    }
+    Ok(EXIT_OK)
+}
+
+/// An instance as JSON, or `ID STATE (note)`.
+fn print_instance(inst: &crate::store::InstanceRecord, json: bool, note: &str) -> Result<i32> {
+    if json {
+        print_json(&serde_json::to_value(inst)?);
+    } else {
+        println!("{} {} ({note})", inst.id, inst.state);
     }
     Ok(EXIT_OK)
 }

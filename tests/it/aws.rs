@@ -121,6 +121,102 @@ fn state(i: &aws_sdk_ec2::types::Instance) -> String {
         .unwrap_or_default()
 }
 
+/// moto with an image published, a test env on it (`extra` in `[providers.aws]`), and
+/// machines that boot for its instances.
+fn on_moto(extra: &str) -> (Moto, Env, Ec2Machines) {
+    let moto = Moto::start();
+    publish_ami(&moto);
+    let env = aws_env(&moto.endpoint(), extra);
+    let machines = boot_machines(&moto, &env);
+    (moto, env, machines)
+}
+
+const G5_SPOT: [&str; 6] = [
+    "launch",
+    "--provider",
+    "aws",
+    "--type",
+    "g5.xlarge",
+    "--spot",
+];
+
+/// Launch a g5.xlarge (on spot or not); its trainctl id.
+fn launch_g5(env: &Env, spot: bool) -> String {
+    env.json(&G5_SPOT[..if spot { 6 } else { 5 }])["id"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+/// A bucket in moto.
+fn create_bucket(moto: &Moto, name: &str) {
+    block_on(async {
+        s3_client(moto)
+            .create_bucket()
+            .bucket(name)
+            .send()
+            .await
+            .unwrap();
+    });
+}
+
+fn s3_client(moto: &Moto) -> aws_sdk_s3::Client {
+    aws_sdk_s3::Client::from_conf(
+        aws_sdk_s3::config::Builder::from(&moto.sdk(REGION))
+            .force_path_style(true)
+            .build(),
+    )
+}
+
+/// Put `[resources]` (TOML lines) into the project, before `[env]` (the last table).
+fn set_resources(env: &Env, lines: &str) {
+    let toml = env.project.join("trainctl.toml");
+    let text = std::fs::read_to_string(&toml).unwrap();
+    let (head, tail) = text.split_at(text.find("\n[env]").unwrap());
+    std::fs::write(&toml, format!("{head}\n[resources]\n{lines}\n{tail}")).unwrap();
+}
+
+/// The model a job pulled.
+fn model_of(env: &Env, job: &str) -> Vec<u8> {
+    std::fs::read(
+        env.project
+            .join("trainctl-out")
+            .join(job)
+            .join("model.json"),
+    )
+    .unwrap()
+}
+
+/// The model of an uninterrupted run of the project on the local provider (the toy's
+/// model does not depend on the machine).
+fn reference_model(env: &Env) -> Vec<u8> {
+    let run = env.json(&["run", "--provider", "local", "--terminate-after"]);
+    assert_eq!(run["state"], "succeeded", "{run}");
+    model_of(env, run["job_id"].as_str().unwrap())
+}
+
+/// EC2 takes a machine (as at a spot deadline).
+fn ec2_terminate(moto: &Moto, id: &str) {
+    block_on(async {
+        moto.ec2(REGION)
+            .terminate_instances()
+            .instance_ids(id)
+            .send()
+            .await
+            .unwrap();
+    });
+}
+
+/// EC2 no longer bills it.
+fn assert_ended(i: &aws_sdk_ec2::types::Instance) {
+    assert!(
+        ["shutting-down", "terminated"].contains(&state(i).as_str()),
+        "{:?} is {}",
+        i.instance_id(),
+        state(i)
+    );
+}
+
 #[test]
 fn spot_launch_is_tagged_pinned_and_terminated_with_confirmation() {
     let moto = Moto::start();
@@ -216,11 +312,7 @@ fn spot_launch_is_tagged_pinned_and_terminated_with_confirmation() {
     // Terminate: confirmed with EC2 before the store forgets it.
     env.ok(&["terminate", &id]);
     let after = moto_instances(&moto);
-    assert!(
-        ["shutting-down", "terminated"].contains(&state(&after[0]).as_str()),
-        "{}",
-        state(&after[0])
-    );
+    assert_ended(&after[0]);
     let rec = env.json(&["ls", "--all"]);
     let rec = rec
         .as_array()
@@ -302,7 +394,7 @@ fn no_capacity_in_a_zone_tries_the_next_then_on_demand() {
     let env = aws_env(&faults.endpoint(), "");
     let _machines = boot_machines(&moto, &env);
     // On demand: zone a refuses, zone b takes it.
-    let inst = env.json(&["launch", "--provider", "aws", "--type", "g5.xlarge"]);
+    let inst = env.json(&G5_SPOT[..5]);
     assert_eq!(inst["state"], "running", "{inst}");
     let all = moto_instances(&moto);
     assert_eq!(all.len(), 1);
@@ -358,14 +450,7 @@ fn no_capacity_in_a_zone_tries_the_next_then_on_demand() {
     // With spot_fallback, the same request lands on demand, priced on demand.
     let cfg = std::fs::read_to_string(&env.config).unwrap();
     std::fs::write(&env.config, format!("{cfg}spot_fallback = true\n")).unwrap();
-    let inst = env.json(&[
-        "launch",
-        "--provider",
-        "aws",
-        "--type",
-        "g5.xlarge",
-        "--spot",
-    ]);
+    let inst = env.json(&G5_SPOT);
     assert_eq!(inst["state"], "running", "{inst}");
     let all = moto_instances(&moto);
     assert_eq!(all.len(), 2);
@@ -383,10 +468,7 @@ fn no_capacity_in_a_zone_tries_the_next_then_on_demand() {
 
 #[test]
 fn a_launch_cut_off_on_either_side_of_ec2s_answer_is_healed() {
-    let moto = Moto::start();
-    publish_ami(&moto);
-    let env = aws_env(&moto.endpoint(), "");
-    let _machines = boot_machines(&moto, &env);
+    let (moto, env, _machines) = on_moto("");
     // Killed after EC2 answered, before the store heard: the machine is found by its tag.
     let out = env
         .cmd(&[
@@ -471,10 +553,7 @@ fn orphans_are_listed_with_their_cost_adopted_or_terminated() {
     let _machines = boot_machines(&moto, &env);
     // A machine trainctl launched, then lost from its store (a deleted data dir, a
     // restored backup): EC2 still holds it under this store's owner tag.
-    let id = env.json(&["launch", "--provider", "aws", "--type", "g5.xlarge"])["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let id = launch_g5(&env, false);
     {
         let db = rusqlite::Connection::open(env.data().join("trainctl.db")).unwrap();
         db.execute("DELETE FROM instances WHERE id = ?1", [&id])
@@ -556,7 +635,7 @@ fn orphans_are_listed_with_their_cost_adopted_or_terminated() {
         .into_iter()
         .find(|i| i.instance_id() == Some(stray.as_str()))
         .unwrap();
-    assert!(["shutting-down", "terminated"].contains(&state(&gone).as_str()));
+    assert_ended(&gone);
     assert!(
         env.event_kinds(None)
             .contains(&"orphan.terminated".to_string())
@@ -574,18 +653,8 @@ fn orphans_are_listed_with_their_cost_adopted_or_terminated() {
 
 #[test]
 fn the_example_job_runs_end_to_end_on_an_ec2_machine() {
-    let moto = Moto::start();
-    publish_ami(&moto);
-    let env = aws_env(&moto.endpoint(), "");
-    let _machines = boot_machines(&moto, &env);
-    let toml = env.project.join("trainctl.toml");
-    let text = std::fs::read_to_string(&toml).unwrap();
-    let (head, tail) = text.split_at(text.find("\n[env]").unwrap());
-    std::fs::write(
-        &toml,
-        format!("{head}\n[resources]\ninstance_type = \"g5.xlarge\"\n{tail}"),
-    )
-    .unwrap();
+    let (moto, env, _machines) = on_moto("");
+    set_resources(&env, "instance_type = \"g5.xlarge\"");
     let out = env.run(&["run", "--provider", "aws", "--terminate-after"]);
     assert!(
         out.status.success(),
@@ -597,16 +666,12 @@ fn the_example_job_runs_end_to_end_on_an_ec2_machine() {
     let job = &jobs.as_array().unwrap()[0];
     assert_eq!(job["state"], "succeeded", "{job}");
     // The model came back, the machine is gone from EC2, and what it cost is recorded.
-    let model = env
-        .project
-        .join("trainctl-out")
-        .join(job["id"].as_str().unwrap())
-        .join("model.json");
-    let model: serde_json::Value = serde_json::from_slice(&std::fs::read(&model).unwrap()).unwrap();
+    let model: serde_json::Value =
+        serde_json::from_slice(&model_of(&env, job["id"].as_str().unwrap())).unwrap();
     assert!(model.is_object(), "{model}");
     let all = moto_instances(&moto);
     assert_eq!(all.len(), 1);
-    assert!(["shutting-down", "terminated"].contains(&state(&all[0]).as_str()));
+    assert_ended(&all[0]);
     // The console says what the machine was for.
     assert_eq!(tag(&all[0], "trainctl:job").as_deref(), job["id"].as_str());
     let cost = env.json(&["cost"]);
@@ -624,18 +689,7 @@ fn checkpoints_round_trip_through_s3_and_a_cut_upload_resumes() {
     use trainctl::testkit::HttpFaults;
     let moto = Moto::start();
     let faults = HttpFaults::start(moto.port, |_| None);
-    block_on(async {
-        aws_sdk_s3::Client::from_conf(
-            aws_sdk_s3::config::Builder::from(&moto.sdk(REGION))
-                .force_path_style(true)
-                .build(),
-        )
-        .create_bucket()
-        .bucket("ckpts")
-        .send()
-        .await
-        .unwrap();
-    });
+    create_bucket(&moto, "ckpts");
     let cfg = trainctl::config::AwsProviderConfig {
         regions: vec![REGION.into()],
         endpoint_url: Some(faults.endpoint()),
@@ -719,25 +773,22 @@ fn checkpoints_round_trip_through_s3_and_a_cut_upload_resumes() {
 /// Steps per epoch of the toy job.
 const SPE: u32 = 16;
 
-#[test]
-fn a_spot_interruption_is_survived_with_the_checkpoint_in_s3() {
-    use std::process::Stdio;
-    use trainctl::testkit::Imds;
+/// A spot job on moto with checkpoints in S3 and an IMDS emulator, held inside epoch 3
+/// (until `gate` exists), and the model an uninterrupted run makes.
+struct SpotS3 {
+    moto: Moto,
+    imds: trainctl::testkit::Imds,
+    env: Env,
+    machines: Ec2Machines,
+    expected: Vec<u8>,
+    gate: std::path::PathBuf,
+}
+
+fn spot_s3() -> SpotS3 {
     let moto = Moto::start();
     publish_ami(&moto);
-    let imds = Imds::start();
-    block_on(async {
-        aws_sdk_s3::Client::from_conf(
-            aws_sdk_s3::config::Builder::from(&moto.sdk(REGION))
-                .force_path_style(true)
-                .build(),
-        )
-        .create_bucket()
-        .bucket("ckpts")
-        .send()
-        .await
-        .unwrap();
-    });
+    let imds = trainctl::testkit::Imds::start();
+    create_bucket(&moto, "ckpts");
     let env = aws_env(
         &moto.endpoint(),
         &format!(
@@ -745,29 +796,32 @@ fn a_spot_interruption_is_survived_with_the_checkpoint_in_s3() {
             imds.endpoint()
         ),
     );
-    let _machines = boot_machines(&moto, &env);
-    // The same job uninterrupted (on the local provider: the model does not depend on
-    // the machine).
-    let reference = env.json(&["run", "--provider", "local", "--terminate-after"]);
-    assert_eq!(reference["state"], "succeeded", "{reference}");
-    let expected = std::fs::read(
-        env.project
-            .join("trainctl-out")
-            .join(reference["job_id"].as_str().unwrap())
-            .join("model.json"),
-    )
-    .unwrap();
-
-    let toml = env.project.join("trainctl.toml");
-    let text = std::fs::read_to_string(&toml).unwrap();
-    let (head, tail) = text.split_at(text.find("\n[env]").unwrap());
-    std::fs::write(
-        &toml,
-        format!("{head}\n[resources]\ninstance_type = \"g5.xlarge\"\nspot = true\n{tail}"),
-    )
-    .unwrap();
-    // On spot, held inside epoch 3 with epoch 2's checkpoint shipped to S3.
+    let machines = boot_machines(&moto, &env);
+    let expected = reference_model(&env);
+    set_resources(&env, "instance_type = \"g5.xlarge\"\nspot = true");
     let gate = env.hold_at(2 * SPE + 5);
+    SpotS3 {
+        moto,
+        imds,
+        env,
+        machines,
+        expected,
+        gate,
+    }
+}
+
+#[test]
+fn a_spot_interruption_is_survived_with_the_checkpoint_in_s3() {
+    use std::process::Stdio;
+    // On spot, held inside epoch 3 with epoch 2's checkpoint shipped to S3.
+    let SpotS3 {
+        moto,
+        imds,
+        env,
+        machines: _machines,
+        expected,
+        gate,
+    } = spot_s3();
     let run = env
         .cmd(&["run", "--provider", "aws", "--json", "--terminate-after"])
         .stdout(Stdio::piped())
@@ -794,48 +848,31 @@ fn a_spot_interruption_is_survived_with_the_checkpoint_in_s3() {
     // The notice was that machine's: the next one's metadata has none.
     imds.clear();
     let in_s3 = block_on(async {
-        aws_sdk_s3::Client::from_conf(
-            aws_sdk_s3::config::Builder::from(&moto.sdk(REGION))
-                .force_path_style(true)
-                .build(),
-        )
-        .list_objects_v2()
-        .bucket("ckpts")
-        .prefix(format!("runs/{job}/"))
-        .send()
-        .await
-        .unwrap()
-        .contents()
-        .iter()
-        .filter_map(|o| o.key().map(str::to_string))
-        .collect::<Vec<_>>()
+        s3_client(&moto)
+            .list_objects_v2()
+            .bucket("ckpts")
+            .prefix(format!("runs/{job}/"))
+            .send()
+            .await
+            .unwrap()
+            .contents()
+            .iter()
+            .filter_map(|o| o.key().map(str::to_string))
+            .collect::<Vec<_>>()
     });
     assert!(
         in_s3.contains(&format!("runs/{job}/epoch-0002.json")),
         "{in_s3:?}"
     );
     // EC2 takes the machine; the job goes on elsewhere.
-    block_on(async {
-        moto.ec2(REGION)
-            .terminate_instances()
-            .instance_ids(&first_ec2)
-            .send()
-            .await
-            .unwrap();
-    });
+    ec2_terminate(&moto, &first_ec2);
     std::fs::write(&gate, "").unwrap();
     let out = run.wait_with_output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     let result: serde_json::Value = serde_json::from_str(&stdout)
         .unwrap_or_else(|e| panic!("{e}: {stdout}\n{}", String::from_utf8_lossy(&out.stderr)));
     assert_eq!(result["state"], "succeeded", "{result}");
-    let model = std::fs::read(
-        env.project
-            .join("trainctl-out")
-            .join(&job)
-            .join("model.json"),
-    )
-    .unwrap();
+    let model = model_of(&env, &job);
     assert_eq!(
         model, expected,
         "the resumed model is the uninterrupted one"
@@ -848,10 +885,7 @@ fn a_spot_interruption_is_survived_with_the_checkpoint_in_s3() {
     // Two machines, both gone from EC2, both billed in the store.
     let all = moto_instances(&moto);
     assert_eq!(all.len(), 2);
-    assert!(
-        all.iter()
-            .all(|i| ["shutting-down", "terminated"].contains(&state(i).as_str()))
-    );
+    all.iter().for_each(assert_ended);
     let second = env.job(&job)["instance_id"].as_str().unwrap().to_string();
     assert_ne!(first, second);
     let rows = env.json(&["ls", "--all"]);
@@ -901,15 +935,9 @@ fn gpus_lists_the_cheapest_fitting_types_offline() {
 
 #[test]
 fn an_idle_machine_is_warned_about_then_ended_by_watch() {
-    let moto = Moto::start();
-    publish_ami(&moto);
     // Six seconds of idling allowed: the warning (5 minutes ahead) comes at once.
-    let env = aws_env(&moto.endpoint(), "idle_minutes = 0.1\n");
-    let _machines = boot_machines(&moto, &env);
-    let id = env.json(&["launch", "--provider", "aws", "--type", "g5.xlarge"])["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let (moto, env, _machines) = on_moto("idle_minutes = 0.1\n");
+    let id = launch_g5(&env, false);
     let t = std::time::Instant::now();
     env.ok(&["watch"]);
     assert!(t.elapsed() < std::time::Duration::from_secs(40));
@@ -931,26 +959,14 @@ fn an_idle_machine_is_warned_about_then_ended_by_watch() {
         .expect("ended");
     assert!(warned < ended, "{kinds:?}");
     let all = moto_instances(&moto);
-    assert!(["shutting-down", "terminated"].contains(&state(&all[0]).as_str()));
+    assert_ended(&all[0]);
 }
 
 #[test]
 fn a_checkpoint_bucket_that_cannot_be_written_stops_the_run_before_the_job_starts() {
-    let moto = Moto::start();
-    publish_ami(&moto);
-    let env = aws_env(
-        &moto.endpoint(),
-        "checkpoints_s3 = \"s3://no-such-bucket/ck\"\ns3_force_path_style = true\n",
-    );
-    let _machines = boot_machines(&moto, &env);
-    let toml = env.project.join("trainctl.toml");
-    let text = std::fs::read_to_string(&toml).unwrap();
-    let (head, tail) = text.split_at(text.find("\n[env]").unwrap());
-    std::fs::write(
-        &toml,
-        format!("{head}\n[resources]\ninstance_type = \"g5.xlarge\"\n{tail}"),
-    )
-    .unwrap();
+    let (moto, env, _machines) =
+        on_moto("checkpoints_s3 = \"s3://no-such-bucket/ck\"\ns3_force_path_style = true\n");
+    set_resources(&env, "instance_type = \"g5.xlarge\"");
     let out = env.run(&["run", "--provider", "aws", "--terminate-after"]);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
@@ -969,19 +985,13 @@ fn a_checkpoint_bucket_that_cannot_be_written_stops_the_run_before_the_job_start
             .is_empty()
     );
     let all = moto_instances(&moto);
-    assert!(["shutting-down", "terminated"].contains(&state(&all[0]).as_str()));
+    assert_ended(&all[0]);
 }
 
 #[test]
 fn an_on_demand_machine_stops_without_billing_and_starts_again() {
-    let moto = Moto::start();
-    publish_ami(&moto);
-    let env = aws_env(&moto.endpoint(), "");
-    let _machines = boot_machines(&moto, &env);
-    let id = env.json(&["launch", "--provider", "aws", "--type", "g5.xlarge"])["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let (moto, env, _machines) = on_moto("");
+    let id = launch_g5(&env, false);
     let stopped = env.json(&["stop", &id]);
     assert_eq!(stopped["state"], "stopped", "{stopped}");
     assert_eq!(state(&moto_instances(&moto)[0]), "stopped");
@@ -1015,17 +1025,7 @@ fn an_on_demand_machine_stops_without_billing_and_starts_again() {
             .contains(&"instance.stopped".to_string())
     );
     // A spot machine cannot be stopped: said, nothing changes.
-    let spot = env.json(&[
-        "launch",
-        "--provider",
-        "aws",
-        "--type",
-        "g5.xlarge",
-        "--spot",
-    ])["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let spot = env.json(&G5_SPOT)["id"].as_str().unwrap().to_string();
     let out = env.run(&["stop", &spot]);
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot stop a one-time spot instance"));
@@ -1049,16 +1049,10 @@ fn a_type_without_capacity_anywhere_gives_way_to_the_next_of_any_of() {
     });
     let env = aws_env(&faults.endpoint(), "");
     let _machines = boot_machines(&moto, &env);
-    let toml = env.project.join("trainctl.toml");
-    let text = std::fs::read_to_string(&toml).unwrap();
-    let (head, tail) = text.split_at(text.find("\n[env]").unwrap());
-    std::fs::write(
-        &toml,
-        format!(
-            "{head}\n[resources]\ninstance_type = \"g5.xlarge\"\nany_of = [\"g6.xlarge\"]\n{tail}"
-        ),
-    )
-    .unwrap();
+    set_resources(
+        &env,
+        "instance_type = \"g5.xlarge\"\nany_of = [\"g6.xlarge\"]",
+    );
     let run = env.json(&["run", "--provider", "aws", "--terminate-after"]);
     assert_eq!(run["state"], "succeeded", "{run}");
     let inst = run["instance_id"].as_str().unwrap();
@@ -1078,6 +1072,7 @@ fn a_type_without_capacity_anywhere_gives_way_to_the_next_of_any_of() {
         Some("g6.xlarge")
     );
     // An unknown alternative is refused before any call.
+    let toml = env.project.join("trainctl.toml");
     let text = std::fs::read_to_string(&toml)
         .unwrap()
         .replace("g6.xlarge", "g6.xlargee");
@@ -1098,47 +1093,14 @@ fn a_type_without_capacity_anywhere_gives_way_to_the_next_of_any_of() {
 
 #[test]
 fn with_no_trainctl_watching_the_machine_puts_its_checkpoint_in_s3_itself() {
-    use trainctl::testkit::Imds;
-    let moto = Moto::start();
-    publish_ami(&moto);
-    let imds = Imds::start();
-    block_on(async {
-        aws_sdk_s3::Client::from_conf(
-            aws_sdk_s3::config::Builder::from(&moto.sdk(REGION))
-                .force_path_style(true)
-                .build(),
-        )
-        .create_bucket()
-        .bucket("ckpts")
-        .send()
-        .await
-        .unwrap();
-    });
-    let env = aws_env(
-        &moto.endpoint(),
-        &format!(
-            "imds_endpoint = \"{}\"\ncheckpoints_s3 = \"s3://ckpts/runs\"\ns3_force_path_style = true\n",
-            imds.endpoint()
-        ),
-    );
-    let machines = boot_machines(&moto, &env);
-    let reference = env.json(&["run", "--provider", "local", "--terminate-after"]);
-    let expected = std::fs::read(
-        env.project
-            .join("trainctl-out")
-            .join(reference["job_id"].as_str().unwrap())
-            .join("model.json"),
-    )
-    .unwrap();
-    let toml = env.project.join("trainctl.toml");
-    let text = std::fs::read_to_string(&toml).unwrap();
-    let (head, tail) = text.split_at(text.find("\n[env]").unwrap());
-    std::fs::write(
-        &toml,
-        format!("{head}\n[resources]\ninstance_type = \"g5.xlarge\"\nspot = true\n{tail}"),
-    )
-    .unwrap();
-    let gate = env.hold_at(2 * SPE + 5);
+    let SpotS3 {
+        moto,
+        imds,
+        env,
+        machines,
+        expected,
+        gate,
+    } = spot_s3();
     // Started, then nobody watches (the laptop closed).
     let job = env
         .ok(&["run", "--provider", "aws", "--detach", "--terminate-after"])
@@ -1164,14 +1126,7 @@ fn with_no_trainctl_watching_the_machine_puts_its_checkpoint_in_s3_itself() {
     // EC2 takes the machine; later a trainctl comes back and the job goes on.
     imds.clear();
     let id = moto_instances(&moto)[0].instance_id().unwrap().to_string();
-    block_on(async {
-        moto.ec2(REGION)
-            .terminate_instances()
-            .instance_ids(id)
-            .send()
-            .await
-            .unwrap();
-    });
+    ec2_terminate(&moto, &id);
     std::fs::write(&gate, "").unwrap();
     env.ok(&["watch"]);
     let j = env.job(&job);
@@ -1185,20 +1140,10 @@ fn with_no_trainctl_watching_the_machine_puts_its_checkpoint_in_s3_itself() {
         kinds.contains(&"checkpoint.restored".to_string()),
         "{kinds:?}"
     );
-    let model = std::fs::read(
-        env.project
-            .join("trainctl-out")
-            .join(&job)
-            .join("model.json"),
-    )
-    .unwrap();
+    let model = model_of(&env, &job);
     assert_eq!(
         model, expected,
         "resumed from the machine's own upload, same model"
     );
-    assert!(
-        moto_instances(&moto)
-            .iter()
-            .all(|i| ["shutting-down", "terminated"].contains(&state(i).as_str()))
-    );
+    moto_instances(&moto).iter().for_each(assert_ended);
 }

@@ -425,6 +425,15 @@ impl AwsProvider {
         }
     }
 
+    /// `inst`'s EC2 id and a client for its region, its SSH connection dropped (a stop or
+    /// start gives it a new address).
+    async fn ec2_of(&self, inst: &InstanceRecord) -> Result<(String, aws_sdk_ec2::Client)> {
+        let pid = inst.provider_id.clone().context("no EC2 id yet")?;
+        let ec2 = self.ec2(&self.region_for(inst.region.as_deref())?).await?;
+        self.conns.lock().await.remove(&inst.id);
+        Ok((pid, ec2))
+    }
+
     fn target(&self, host: &str, key: &Path) -> Result<SshTarget> {
         let mut t = SshTarget::resolve(
             host,
@@ -1036,11 +1045,9 @@ impl Provider for AwsProvider {
                 inst.id
             );
         }
-        let pid = inst.provider_id.as_deref().context("no EC2 id yet")?;
-        let ec2 = self.ec2(&self.region_for(inst.region.as_deref())?).await?;
-        self.conns.lock().await.remove(&inst.id);
+        let (pid, ec2) = self.ec2_of(inst).await?;
         ec2.stop_instances()
-            .instance_ids(pid)
+            .instance_ids(&pid)
             .send()
             .await
             .map_err(|e| ec2::sdk_error(&format!("stopping {pid}"), e))?;
@@ -1048,11 +1055,9 @@ impl Provider for AwsProvider {
     }
 
     async fn start(&self, inst: &InstanceRecord) -> Result<()> {
-        let pid = inst.provider_id.as_deref().context("no EC2 id yet")?;
-        let ec2 = self.ec2(&self.region_for(inst.region.as_deref())?).await?;
-        self.conns.lock().await.remove(&inst.id);
+        let (pid, ec2) = self.ec2_of(inst).await?;
         ec2.start_instances()
-            .instance_ids(pid)
+            .instance_ids(&pid)
             .send()
             .await
             .map_err(|e| ec2::sdk_error(&format!("starting {pid}"), e))?;

@@ -283,6 +283,41 @@ impl S3Store {
         }
     }
 
+    /// Download `name` of `job_id` into the local cache, after `accept` has seen the
+    /// object's metadata (refusing stops before any byte is written); returns the cached
+    /// file and the metadata.
+    async fn fetch(
+        &self,
+        job_id: &str,
+        name: &str,
+        accept: impl FnOnce(&std::collections::HashMap<String, String>) -> Result<()>,
+    ) -> Result<(PathBuf, std::collections::HashMap<String, String>)> {
+        let s3 = self.client().await?;
+        let key = self.key(job_id, name);
+        let obj = s3
+            .get_object()
+            .bucket(&self.bucket)
+            .key(&key)
+            .send()
+            .await
+            .map_err(|e| s3_error(&format!("downloading {key}"), &self.bucket, e))?;
+        let meta = obj.metadata().cloned().unwrap_or_default();
+        accept(&meta)?;
+        let scratch = self.cache.scratch(job_id, name)?;
+        if let Some(d) = scratch.parent() {
+            tokio::fs::create_dir_all(d).await?;
+        }
+        let mut body = obj.body.into_async_read();
+        let mut f = tokio::fs::File::create(&scratch).await?;
+        tokio::io::copy_buf(&mut body, &mut f).await?;
+        use tokio::io::AsyncWriteExt;
+        f.flush().await?;
+        f.sync_all().await?;
+        drop(f);
+        let file = PathBuf::from(self.cache.put(job_id, name, &scratch).await?);
+        Ok((file, meta))
+    }
+
     async fn start_upload(
         &self,
         s3: &aws_sdk_s3::Client,
@@ -408,36 +443,16 @@ impl CheckpointStore for S3Store {
         if let Ok(p) = self.cache.get(job_id, name, blake3).await {
             return Ok(p);
         }
-        let s3 = self.client().await?;
         let key = self.key(job_id, name);
-        let obj = s3
-            .get_object()
-            .bucket(&self.bucket)
-            .key(&key)
-            .send()
-            .await
-            .map_err(|e| s3_error(&format!("downloading {key}"), &self.bucket, e))?;
-        if let Some(m) = obj.metadata().and_then(|m| m.get("blake3"))
-            && m != blake3
-        {
-            bail!(
+        self.fetch(job_id, name, |m| match m.get("blake3") {
+            Some(h) if h != blake3 => Err(anyhow::anyhow!(
                 "s3://{}/{key} holds another file (BLAKE3 {}) than the one shipped; refused",
                 self.bucket,
-                crate::model::short_hash(m)
-            );
-        }
-        let scratch = self.cache.scratch(job_id, name)?;
-        if let Some(d) = scratch.parent() {
-            tokio::fs::create_dir_all(d).await?;
-        }
-        let mut body = obj.body.into_async_read();
-        let mut f = tokio::fs::File::create(&scratch).await?;
-        tokio::io::copy_buf(&mut body, &mut f).await?;
-        use tokio::io::AsyncWriteExt;
-        f.flush().await?;
-        f.sync_all().await?;
-        drop(f);
-        self.cache.put(job_id, name, &scratch).await?;
+                crate::model::short_hash(h)
+            )),
+            _ => Ok(()),
+        })
+        .await?;
         self.cache.get(job_id, name, blake3).await
     }
 
@@ -504,31 +519,12 @@ impl CheckpointStore for S3Store {
             if known.contains(&name) || name.starts_with('.') || name.contains('/') {
                 continue;
             }
-            let s3 = self.client().await?;
-            let key = self.key(job_id, &name);
-            let obj = s3
-                .get_object()
-                .bucket(&self.bucket)
-                .key(&key)
-                .send()
-                .await
-                .map_err(|e| s3_error(&format!("downloading {key}"), &self.bucket, e))?;
-            let mtime_ms = obj
-                .metadata()
-                .and_then(|m| m.get("mtime"))
+            let (file, meta) = self.fetch(job_id, &name, |_| Ok(())).await?;
+            let mtime_ms = meta
+                .get("mtime")
                 .and_then(|t| t.trim().parse::<f64>().ok())
                 .map(|t| (t * 1000.0) as i64);
-            let scratch = self.cache.scratch(job_id, &name)?;
-            if let Some(d) = scratch.parent() {
-                tokio::fs::create_dir_all(d).await?;
-            }
-            let mut body = obj.body.into_async_read();
-            let mut f = tokio::fs::File::create(&scratch).await?;
-            tokio::io::copy_buf(&mut body, &mut f).await?;
-            use tokio::io::AsyncWriteExt;
-            f.flush().await?;
-            drop(f);
-            let file = PathBuf::from(self.cache.put(job_id, &name, &scratch).await?);
+            let key = self.key(job_id, &name);
             out.push(Unrecorded {
                 name,
                 file,
