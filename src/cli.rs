@@ -696,7 +696,7 @@ async fn watch(engine: &Engine, json: bool) -> Result<i32> {
                         "{} ({}) on {p} is held for this store but unknown to it, {} so far: `trainctl terminate {}` or `trainctl adopt {}`",
                         l.id,
                         l.provider_id,
-                        orphan_cost(&l, now_ms()),
+                        orphan_cost(engine, &p, &l, now_ms()),
                         l.id,
                         l.id
                     );
@@ -742,12 +742,10 @@ fn print_instance(inst: &crate::store::InstanceRecord, json: bool, note: &str) -
     Ok(EXIT_OK)
 }
 
-/// What an orphan has cost so far, from its provider's launch time at its estimated price.
-fn orphan_cost(l: &crate::provider::Listed, now: i64) -> Money {
-    match (l.launched_ms, l.hourly) {
-        (Some(s), Some(h)) => h.accrue_hourly(((now - s).max(0) / 1000) * 1000),
-        _ => Money::ZERO,
-    }
+/// What an orphan has cost so far, from its provider's launch time at its estimated price
+/// (the provider's minimum included).
+fn orphan_cost(engine: &Engine, provider: &str, l: &crate::provider::Listed, now: i64) -> Money {
+    crate::cost::instance_cost(&engine.orphan_record(provider, l), now)
 }
 
 async fn ls(engine: &Engine, all: bool, json: bool) -> Result<i32> {
@@ -770,7 +768,7 @@ async fn ls(engine: &Engine, all: bool, json: bool) -> Result<i32> {
             let mut o = serde_json::to_value(l).unwrap_or_default();
             o["provider"] = json!(p);
             o["orphan"] = json!(true);
-            o["cost_micros"] = json!(orphan_cost(l, now).0);
+            o["cost_micros"] = json!(orphan_cost(engine, p, l, now).0);
             v.push(o);
         }
         print_json(&json!(v));
@@ -807,7 +805,7 @@ async fn ls(engine: &Engine, all: bool, json: bool) -> Result<i32> {
             if l.spot { "spot" } else { "on-demand" }.into(),
             fmt_duration(l.launched_ms.map_or(0, |s| now - s)),
             l.hourly.map_or_else(|| "?".into(), |h| h.to_string()),
-            orphan_cost(l, now).to_string(),
+            orphan_cost(engine, p, l, now).to_string(),
             "unknown to the store: `trainctl terminate ID` or `trainctl adopt ID`".into(),
         ]);
     }

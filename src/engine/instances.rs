@@ -213,8 +213,9 @@ impl Engine {
             .find(|(_, l)| l.id == key || l.provider_id == key))
     }
 
-    /// An orphan as an instance record (what terminating or adopting it starts from).
-    fn orphan_record(&self, provider: &str, l: &Listed) -> InstanceRecord {
+    /// An orphan as an instance record (what terminating or adopting it starts from, and
+    /// what its cost so far is computed on).
+    pub fn orphan_record(&self, provider: &str, l: &Listed) -> InstanceRecord {
         InstanceRecord {
             min_billed_ms: self
                 .provider(provider)

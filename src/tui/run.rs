@@ -92,19 +92,9 @@ pub fn build_snapshot(engine: &Engine, cache: &mut SnapshotCache) -> Result<Snap
             continue;
         }
         let rec = crate::store::InstanceRecord {
-            name: l.provider_id.clone(),
             state: crate::model::InstanceState::Running,
-            created_ms: l.launched_ms.unwrap_or(now),
-            spot: l.spot,
-            provider_id: Some(l.provider_id.clone()),
-            region: l.region.clone(),
-            launched_ms: l.launched_ms,
-            ..crate::store::InstanceRecord::intent(
-                &l.id,
-                provider,
-                l.instance_type.as_deref().unwrap_or("?"),
-                l.hourly.unwrap_or(Money::ZERO),
-            )
+            name: l.provider_id.clone(),
+            ..engine.orphan_record(provider, l)
         };
         inst_rows.insert(
             0,
