@@ -37,6 +37,10 @@ pub struct Cli {
     /// Machine-readable output: one JSON document (listings: an array).
     #[arg(long, global = true)]
     pub json: bool,
+    /// The AWS profile for this command (over `profile` in [providers.aws] and
+    /// AWS_PROFILE).
+    #[arg(long, global = true, value_name = "NAME")]
+    pub profile: Option<String>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -394,7 +398,15 @@ async fn run(cli: Cli) -> Result<i32> {
         }
         _ => {}
     }
-    let (cfg, cfg_path) = UserConfig::load(cli.config.as_deref())?;
+    let (mut cfg, cfg_path) = UserConfig::load(cli.config.as_deref())?;
+    if let Some(p) = &cli.profile {
+        match cfg.providers.aws.as_mut() {
+            Some(aws) => aws.profile = Some(p.clone()),
+            None => bail!(
+                "--profile is for the aws provider, which is off: add [providers.aws] to the config"
+            ),
+        }
+    }
     if let Command::Config {
         command: ConfigCommand::Check { project },
     } = &cli.command

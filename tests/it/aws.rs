@@ -367,6 +367,18 @@ fn missing_credentials_name_what_was_looked_for() {
     for looked in ["AWS_ACCESS_KEY_ID", "profile `default`", "instance role"] {
         assert!(err.contains(looked), "{looked}: {err}");
     }
+    // --profile names the profile looked at.
+    let out = env.run(&[
+        "--profile",
+        "work",
+        "launch",
+        "--provider",
+        "aws",
+        "--type",
+        "g5.xlarge",
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("profile `work`"), "{err}");
     assert!(moto_instances(&moto).is_empty());
     assert!(env.json(&["ls", "--all"]).as_array().unwrap().is_empty());
 }
