@@ -224,9 +224,12 @@ pub struct AwsProviderConfig {
     pub proxy_command: Option<String>,
     /// Connect to the private address (a VPN, a bastion) instead of the public one.
     pub use_private_ip: bool,
-    /// Terminate a machine that ran no job for this many minutes (0: never); a warning
-    /// event (and the cockpit's countdown) comes 5 minutes before.
+    /// End a machine that ran no job for this many minutes (0: never); a warning event
+    /// (and the cockpit's countdown) comes 5 minutes before.
     pub idle_minutes: f64,
+    /// How an idle machine ends: `terminate`, or `stop` (on-demand machines keep their
+    /// disk and stop billing compute; spot machines are terminated).
+    pub idle_action: IdleAction,
     /// Seconds to wait for a machine to run and answer SSH.
     pub reach_timeout_seconds: u64,
     /// Tries per AWS API call (throttling and 5xx are retried with jittered backoff).
@@ -237,6 +240,13 @@ pub struct AwsProviderConfig {
     /// Where checkpoints of jobs on AWS machines are kept: `s3://BUCKET/PREFIX` (else the
     /// local data directory, like every other provider).
     pub checkpoints_s3: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum IdleAction {
+    Terminate,
+    Stop,
 }
 
 impl Default for AwsProviderConfig {
@@ -266,6 +276,7 @@ impl Default for AwsProviderConfig {
             proxy_command: None,
             use_private_ip: false,
             idle_minutes: 30.0,
+            idle_action: IdleAction::Terminate,
             reach_timeout_seconds: 600,
             api_max_attempts: 5,
             imds_endpoint: "http://169.254.169.254".into(),

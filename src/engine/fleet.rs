@@ -1,6 +1,7 @@
 //! Machine-level supervision, run every few seconds by the cockpit and `watch`: a spot
 //! machine's live price sampled hourly into its price segments, and the idle guard (a
-//! machine with no job for its provider's idle limit is warned about, then terminated).
+//! machine with no job for its provider's idle limit is warned about, then terminated, or
+//! stopped when its provider is told to and it can).
 
 use super::*;
 
@@ -24,7 +25,18 @@ impl Engine {
         }
         let limit = self.provider(&inst.provider).ok()?.idle_limit()?;
         let last = store.last_work_on(&inst.id).ok()??;
-        let since = last.or(inst.launched_ms).unwrap_or(inst.created_ms);
+        // Idle since its last job ended, or since it last came up (launched, or started
+        // again after a stop), whichever is later.
+        let up = store
+            .events(None, Some(&inst.id))
+            .ok()?
+            .iter()
+            .rev()
+            .find(|e| e.kind == "instance.running")
+            .map(|e| e.ts_ms)
+            .or(inst.launched_ms)
+            .unwrap_or(inst.created_ms);
+        let since = last.map_or(up, |l| l.max(up));
         Some(since + limit.as_millis() as i64)
     }
 
@@ -40,7 +52,18 @@ impl Engine {
             let warned = self.idle_warned(&inst.id, deadline)?;
             if now >= deadline {
                 let why = "idle: no job ran there for the provider's idle limit";
-                if let Err(e) = self.terminate(&inst.id, why).await {
+                let stops = !inst.spot
+                    && self
+                        .provider(&inst.provider)
+                        .is_ok_and(|p| p.idle_stops() && p.capabilities().stop_start);
+                let ended = if stops {
+                    self.store()
+                        .add_event("instance.idle", Some(&inst.id), None, why)?;
+                    self.stop_instance(&inst.id).await.map(|_| ())
+                } else {
+                    self.terminate(&inst.id, why).await.map(|_| ())
+                };
+                if let Err(e) = ended {
                     tracing::warn!("ending idle {}: {e:#}", inst.id);
                 }
             } else if now >= deadline - IDLE_WARNING && !warned {

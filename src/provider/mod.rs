@@ -219,6 +219,12 @@ pub trait Provider: Send + Sync {
         None
     }
 
+    /// Whether an idle machine is stopped (its disk kept) rather than terminated; only
+    /// asked for machines that can stop.
+    fn idle_stops(&self) -> bool {
+        false
+    }
+
     /// Where checkpoints of jobs on this provider's machines are kept, when not in the
     /// local data directory (S3 for `aws` when configured).
     fn checkpoint_store(&self) -> Option<Arc<dyn crate::job::checkpoint::CheckpointStore>> {

@@ -973,6 +973,19 @@ fn an_idle_machine_is_warned_about_then_ended_by_watch() {
     assert!(warned < ended, "{kinds:?}");
     let all = moto_instances(&moto);
     assert_ended(&all[0]);
+    // Told to stop instead: an on-demand machine keeps its disk, stopped.
+    let cfg = std::fs::read_to_string(&env.config).unwrap();
+    std::fs::write(&env.config, format!("{cfg}idle_action = \"stop\"\n")).unwrap();
+    let id = launch_g5(&env, false);
+    env.ok(&["watch"]);
+    let rows = env.json(&["ls"]);
+    let row = rows
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["id"] == id.as_str())
+        .unwrap();
+    assert_eq!(row["state"], "stopped", "{row}");
 }
 
 #[test]

@@ -1086,6 +1086,10 @@ impl Provider for AwsProvider {
         (self.cfg.idle_minutes > 0.0).then(|| Duration::from_secs_f64(self.cfg.idle_minutes * 60.0))
     }
 
+    fn idle_stops(&self) -> bool {
+        self.cfg.idle_action == crate::config::IdleAction::Stop
+    }
+
     async fn remote(&self, inst: &InstanceRecord) -> Result<Arc<dyn Remote>> {
         let host = inst
             .address
