@@ -980,6 +980,15 @@ fn status_line(engine: &Engine, job_id: &str) -> String {
 
 /// Follow a job, printing its log (to stderr when stdout carries JSON); a progress
 /// spinner on a TTY.
+/// Aborts its task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 async fn follow_printing(engine: &Engine, job: &JobRecord, json: bool) -> Result<JobState> {
     let mut printer = LogPrinter::new(&job.id);
     let bar = if std::io::stderr().is_terminal() {
@@ -994,6 +1003,20 @@ async fn follow_printing(engine: &Engine, job: &JobRecord, json: bool) -> Result
         None
     };
     let job_id = job.id.clone();
+    // The machines' own supervision (spot prices, rebalance notes, idle machines) goes on
+    // while this process follows the job, as in the cockpit and `watch`.
+    let tender = tokio::spawn({
+        let engine = engine.clone();
+        async move {
+            loop {
+                if let Err(e) = engine.tend_machines().await {
+                    tracing::warn!("tending machines: {e:#}");
+                }
+                tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+            }
+        }
+    });
+    let _stop_tending = AbortOnDrop(tender);
     let follow = engine.follow_job(&job.id, |e| {
         let lines = printer.take_new(e).unwrap_or_default();
         match &bar {

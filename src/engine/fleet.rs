@@ -40,12 +40,15 @@ impl Engine {
         Some(since + limit.as_millis() as i64)
     }
 
-    /// One pass over the live machines: prices, then the idle guard.
+    /// One pass over the live machines: prices, rebalance notes, then the idle guard.
     pub async fn tend_machines(&self) -> Result<()> {
         let live = self.store().instances(false)?;
         let now = now_ms();
         for inst in live.iter().filter(|i| i.state == InstanceState::Running) {
             self.sample_price(inst).await;
+            if let Err(e) = self.note_rebalance(inst).await {
+                tracing::debug!("rebalance check on {}: {e:#}", inst.id);
+            }
             let Some(deadline) = self.idle_deadline(inst) else {
                 continue;
             };
@@ -78,6 +81,51 @@ impl Engine {
                 )?;
             }
         }
+        Ok(())
+    }
+
+    /// A machine whose provider recommends moving off it (EC2's rebalance recommendation,
+    /// which the machine's watcher records in ROOT/rebalance): said once, as an event
+    /// naming the jobs to migrate.
+    async fn note_rebalance(&self, inst: &InstanceRecord) -> Result<()> {
+        let p = self.provider(&inst.provider)?;
+        if !inst.spot || !p.capabilities().interruption_notices {
+            return Ok(());
+        }
+        let said = self
+            .store()
+            .events(None, Some(&inst.id))?
+            .iter()
+            .any(|e| e.kind == "instance.rebalance");
+        if said {
+            return Ok(());
+        }
+        let remote = self.remote_for(inst).await?;
+        let path = format!("{}/rebalance", remote.root());
+        let Some(text) = remote.read_range(&path, 0, 512).await? else {
+            return Ok(());
+        };
+        let jobs: Vec<String> = self
+            .store()
+            .jobs()?
+            .into_iter()
+            .filter(|j| !j.state.is_terminal() && j.instance_id.as_deref() == Some(&inst.id))
+            .map(|j| j.id)
+            .collect();
+        let when = crate::sanitize::sanitize_line(text.trim_ascii());
+        self.store().add_event(
+            "instance.rebalance",
+            Some(&inst.id),
+            None,
+            &format!(
+                "the provider recommends moving off this spot machine ({when}): an interruption is more likely; {}",
+                if jobs.is_empty() {
+                    "no job runs there".to_string()
+                } else {
+                    format!("`trainctl migrate {}` moves its job now", jobs.join(" / "))
+                }
+            ),
+        )?;
         Ok(())
     }
 

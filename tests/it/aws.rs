@@ -851,7 +851,18 @@ fn a_spot_interruption_is_survived_with_the_checkpoint_in_s3() {
     });
     let first = env.job(&job)["instance_id"].as_str().unwrap().to_string();
     let first_ec2 = moto_instances(&moto)[0].instance_id().unwrap().to_string();
-    // EC2 gives the two-minute notice; the machine sees it in IMDS by itself.
+    // First EC2 recommends moving off (rebalance): `run` says so, naming the job.
+    imds.rebalance();
+    env.wait_for(30, "the rebalance recommendation", || {
+        env.json(&["events"]).as_array().unwrap().iter().any(|e| {
+            e["kind"] == "instance.rebalance"
+                && e["message"]
+                    .as_str()
+                    .unwrap()
+                    .contains(&format!("trainctl migrate {job}"))
+        })
+    });
+    // Then EC2 gives the two-minute notice; the machine sees it in IMDS by itself.
     imds.interrupt(120);
     env.wait_for(60, "the job to be interrupted", || {
         env.event_kinds(Some(&job))
