@@ -269,6 +269,7 @@ impl Engine {
             }
         };
         self.transition(&job.id, state, &why, code)?;
+        self.archive_logs(&job).await;
         if job.terminate_on_end
             && let Some(inst_id) = job.instance_id.as_deref()
         {
@@ -296,6 +297,32 @@ impl Engine {
             Box::pin(self.release_machines(&job, &attempts, job.instance_id.as_deref())).await;
         }
         Ok(state)
+    }
+
+    /// Copy an ended job's logs (every attempt) to its checkpoint store when that store
+    /// keeps logs (S3), with an event each; a failure is an event, not an error.
+    async fn archive_logs(&self, job: &JobRecord) {
+        let Ok(store) = self.checkpoint_store_for(job) else {
+            return;
+        };
+        let attempts = self.store().attempts(&job.id).unwrap_or_default();
+        for a in attempts {
+            let file = self.local_log_path(&job.id, a.attempt);
+            if !file.exists() {
+                continue;
+            }
+            let (kind, msg) = match store.keep_log(&job.id, a.attempt, &file).await {
+                Ok(Some(at)) => (
+                    "log.archived",
+                    format!("attempt {}'s log kept at {at}", a.attempt),
+                ),
+                Ok(None) => return,
+                Err(e) => ("log.archive_error", format!("attempt {}: {e:#}", a.attempt)),
+            };
+            if let Err(e) = self.store().add_event(kind, None, Some(&job.id), &msg) {
+                tracing::warn!("recording {kind}: {e:#}");
+            }
+        }
     }
 
     /// Poll every job that is not finished (re-attach after a restart). Errors on one job

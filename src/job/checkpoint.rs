@@ -48,6 +48,13 @@ pub trait CheckpointStore: Send + Sync {
     ) -> Option<Vec<(String, String)>> {
         None
     }
+    /// Keep a copy of attempt `attempt`'s log of `job_id` beside its checkpoints (S3:
+    /// `PREFIX/<job>/logs/<attempt>.log`); None when this store keeps no logs (the local
+    /// one: the log is already in the data directory). Returns where it went.
+    async fn keep_log(&self, job_id: &str, attempt: i64, file: &Path) -> Result<Option<String>> {
+        let _ = (job_id, attempt, file);
+        Ok(None)
+    }
     /// Checkpoints kept here that the trainctl store has no record of (a machine put them
     /// here itself), each fetched to a local file.
     async fn unrecorded(&self, job_id: &str, known: &[String]) -> Result<Vec<Unrecorded>> {

@@ -912,6 +912,26 @@ fn a_spot_interruption_is_survived_with_the_checkpoint_in_s3() {
     all.iter().for_each(assert_ended);
     let second = env.job(&job)["instance_id"].as_str().unwrap().to_string();
     assert_ne!(first, second);
+    // Both attempts' logs are kept beside the checkpoints, as the laptop has them.
+    for attempt in [1, 2] {
+        let key = format!("runs/{job}/logs/{attempt}.log");
+        let body = block_on(async {
+            s3_client(&moto)
+                .get_object()
+                .bucket("ckpts")
+                .key(&key)
+                .send()
+                .await
+                .unwrap_or_else(|e| panic!("{key}: {e:?}"))
+                .body
+                .collect()
+                .await
+                .unwrap()
+                .into_bytes()
+        });
+        let local = std::fs::read(env.data().join(format!("logs/{job}/{attempt}.log"))).unwrap();
+        assert_eq!(body.as_ref(), local.as_slice(), "{key}");
+    }
     let rows = env.json(&["ls", "--all"]);
     for id in [&first, &second] {
         let r = rows

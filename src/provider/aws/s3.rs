@@ -472,6 +472,20 @@ impl CheckpointStore for S3Store {
         self.cache.scratch(job_id, name)
     }
 
+    async fn keep_log(&self, job_id: &str, attempt: i64, file: &Path) -> Result<Option<String>> {
+        let s3 = self.client().await?;
+        let key = self.key(job_id, &format!("logs/{attempt}.log"));
+        s3.put_object()
+            .bucket(&self.bucket)
+            .key(&key)
+            .content_type("text/plain; charset=utf-8")
+            .body(ByteStream::from_path(file).await?)
+            .send()
+            .await
+            .map_err(|e| s3_error(&format!("archiving the log as {key}"), &self.bucket, e))?;
+        Ok(Some(format!("s3://{}/{key}", self.bucket)))
+    }
+
     fn rescue_env(
         &self,
         job_id: &str,
