@@ -1204,3 +1204,71 @@ fn with_no_trainctl_watching_the_machine_puts_its_checkpoint_in_s3_itself() {
     );
     moto_instances(&moto).iter().for_each(assert_ended);
 }
+
+#[test]
+fn later_launches_skip_the_setup_and_redo_it_when_it_is_gone() {
+    use trainctl::testkit::HttpFaults;
+    let moto = Moto::start();
+    publish_ami(&moto);
+    let faults = HttpFaults::start(moto.port, |_| None);
+    let env = aws_env(&faults.endpoint(), "");
+    let _machines = boot_machines(&moto, &env);
+    let calls = |f: &dyn Fn()| {
+        let before = faults.actions().len();
+        f();
+        let mut c = faults.actions()[before..].to_vec();
+        c.sort();
+        c
+    };
+    let first = calls(&|| {
+        launch_g5(&env, false);
+    });
+    assert!(first.contains(&"ImportKeyPair".to_string()), "{first:?}");
+    assert!(
+        first.contains(&"CreateSecurityGroup".to_string()),
+        "{first:?}"
+    );
+    // The key pair, group, rule and image were remembered for the region.
+    let second = calls(&|| {
+        launch_g5(&env, false);
+    });
+    assert_eq!(
+        second,
+        [
+            // The newest image is asked for every time (it changes).
+            "AmazonSSM.GetParameter",
+            "DescribeInstanceTypeOfferings",
+            "DescribeInstanceTypeOfferings",
+            "DescribeInstances",
+            "DescribeInstances",
+            "RunInstances"
+        ],
+        "{second:?}"
+    );
+    // Someone deleted the group: the launch that finds out makes it again and lands.
+    let groups = block_on(async {
+        moto.ec2(REGION)
+            .describe_security_groups()
+            .group_names("trainctl-ssh")
+            .send()
+            .await
+            .unwrap()
+    });
+    let gid = groups.security_groups()[0].group_id().unwrap().to_string();
+    block_on(async {
+        moto.ec2(REGION)
+            .delete_security_group()
+            .group_id(&gid)
+            .send()
+            .await
+            .unwrap();
+    });
+    let third = calls(&|| {
+        launch_g5(&env, false);
+    });
+    assert!(
+        third.contains(&"CreateSecurityGroup".to_string()),
+        "{third:?}"
+    );
+    assert_eq!(moto_instances(&moto).len(), 3);
+}

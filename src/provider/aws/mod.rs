@@ -58,6 +58,20 @@ pub struct Backend {
     pub market: String,
 }
 
+/// What a launch checked or made once per region (`<data>/aws/setup-<region>.json`),
+/// so later launches skip those calls; forgotten when EC2 says it is gone.
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct Setup {
+    key_name: Option<String>,
+    groups: Vec<String>,
+    /// The `ssh_cidr` the groups were opened to.
+    cidr: Option<String>,
+    /// AMI id → its root device name.
+    root_devices: std::collections::BTreeMap<String, String>,
+}
+
+const STALE_SETUP: &str = "remembered setup is stale";
+
 pub struct AwsProvider {
     cfg: AwsProviderConfig,
     dir: PathBuf,
@@ -234,10 +248,7 @@ impl AwsProvider {
 
     /// The security groups a machine gets: configured, or `trainctl-ssh` in the VPC (made
     /// once), open on port 22 to `ssh_cidr` only.
-    async fn security_groups(&self, ec2: &aws_sdk_ec2::Client) -> Result<Vec<String>> {
-        if !self.cfg.security_group_ids.is_empty() {
-            return Ok(self.cfg.security_group_ids.clone());
-        }
+    async fn security_groups(&self, ec2: &aws_sdk_ec2::Client, cidr: &str) -> Result<Vec<String>> {
         let vpc = match &self.cfg.subnet_id {
             Some(s) => ec2
                 .describe_subnets()
@@ -288,15 +299,11 @@ impl AwsProvider {
                     Ok(m) => m.group_id().context("no group id")?.to_string(),
                     // Made by another trainctl meanwhile.
                     Err(e) if e.code() == Some("InvalidGroup.Duplicate") => {
-                        Box::pin(self.security_groups(ec2)).await?[0].clone()
+                        Box::pin(self.security_groups(ec2, cidr)).await?[0].clone()
                     }
                     Err(e) => return Err(ec2::sdk_error("making the security group", e)),
                 }
             }
-        };
-        let cidr = match &self.cfg.ssh_cidr {
-            Some(c) => c.clone(),
-            None => format!("{}/32", public_ip().await?),
         };
         let rule = IpPermission::builder()
             .ip_protocol("tcp")
@@ -304,7 +311,7 @@ impl AwsProvider {
             .to_port(22)
             .ip_ranges(
                 IpRange::builder()
-                    .cidr_ip(&cidr)
+                    .cidr_ip(cidr)
                     .description("trainctl")
                     .build(),
             )
@@ -422,6 +429,278 @@ impl AwsProvider {
                 .cloned()),
             Err(e) if e.code() == Some("InvalidInstanceID.NotFound") => Ok(None),
             Err(e) => Err(ec2::sdk_error(&format!("describing {pid}"), e)),
+        }
+    }
+
+    /// RunInstances for trainctl's `id`, zone after zone, type after type, market after
+    /// market. The per-region setup (key pair, group, the image's root device) is taken
+    /// from what an earlier launch remembered when `remembered`, else checked (made when
+    /// missing) and remembered.
+    async fn launch_new(&self, id: &str, plan: &Plan, remembered: bool) -> Result<Launched> {
+        let region = plan.region.clone().context("a plan without a region")?;
+        let ec2 = self.ec2(&region).await?;
+        let owner = self.owner()?;
+        let ami = self.resolve_ami(&region, plan).await?;
+        let mut setup = if remembered {
+            self.load_setup(&region)
+        } else {
+            Setup::default()
+        };
+        let (want_key, _, _) = self.login_key()?;
+        let key_name = if setup.key_name.as_deref() == Some(want_key.as_str()) {
+            want_key
+        } else {
+            let k = self.ensure_key_pair(&ec2).await?;
+            setup.key_name = Some(k.clone());
+            k
+        };
+        let groups = if !self.cfg.security_group_ids.is_empty() {
+            self.cfg.security_group_ids.clone()
+        } else {
+            let cidr = match &self.cfg.ssh_cidr {
+                Some(c) => c.clone(),
+                None => format!("{}/32", public_ip().await?),
+            };
+            if setup.cidr.as_deref() == Some(cidr.as_str()) && !setup.groups.is_empty() {
+                setup.groups.clone()
+            } else {
+                let g = self.security_groups(&ec2, &cidr).await?;
+                setup.groups = g.clone();
+                setup.cidr = Some(cidr);
+                g
+            }
+        };
+        let root_device = match setup.root_devices.get(&ami) {
+            Some(d) => d.clone(),
+            None => {
+                let d = ec2
+                    .describe_images()
+                    .image_ids(&ami)
+                    .send()
+                    .await
+                    .map_err(|e| ec2::sdk_error(&format!("describing image {ami}"), e))?
+                    .images()
+                    .first()
+                    .with_context(|| format!("image {ami} not found in {region}"))?
+                    .root_device_name()
+                    .unwrap_or("/dev/sda1")
+                    .to_string();
+                setup.root_devices.insert(ami.clone(), d.clone());
+                d
+            }
+        };
+        self.save_setup(&region, &setup);
+        let (host_private, host_public) = new_ed25519(&format!("trainctl {id}"))?;
+        let user_data = USER_DATA
+            .replace(
+                "@HOST_KEY_PRIVATE@",
+                &host_private
+                    .lines()
+                    .map(|l| format!("    {l}"))
+                    .collect::<Vec<_>>()
+                    .join("\n"),
+            )
+            .replace("@HOST_KEY_PUBLIC@", &host_public);
+        // The plan's type first, then its alternatives (`any_of`), each in its zones.
+        let mut types: Vec<(String, Vec<Option<String>>)> = Vec::new();
+        for ty in std::iter::once(&plan.instance_type).chain(&plan.alternatives) {
+            let zones: Vec<Option<String>> = if self.cfg.subnet_id.is_some() {
+                vec![None]
+            } else if let Some(z) = plan.options.get("zone") {
+                vec![Some(z.clone())]
+            } else {
+                self.zones_offering(&ec2, ty)
+                    .await?
+                    .into_iter()
+                    .map(Some)
+                    .collect()
+            };
+            types.push((ty.clone(), zones));
+        }
+        let markets: Vec<bool> = match (plan.spot, self.cfg.spot_fallback) {
+            (true, true) => vec![true, false],
+            (spot, _) => vec![spot],
+        };
+        let tags = |rt: ResourceType| {
+            TagSpecification::builder()
+                .resource_type(rt)
+                .tags(
+                    Tag::builder()
+                        .key("Name")
+                        .value(format!("trainctl {id}"))
+                        .build(),
+                )
+                .tags(Tag::builder().key(TAG_OWNER).value(&owner).build())
+                .tags(Tag::builder().key(TAG_ID).value(id).build())
+                .tags(Tag::builder().key(TAG_HOST_KEY).value(&host_public).build())
+                .build()
+        };
+        let mut notes = Vec::new();
+        // Every try in order: market, then type, then zone.
+        let mut tries: Vec<(bool, &String, &Option<String>)> = Vec::new();
+        for &spot in &markets {
+            for (ty, zones) in &types {
+                for zone in zones {
+                    tries.push((spot, ty, zone));
+                }
+            }
+        }
+        for (spot, ty, zone) in tries {
+            {
+                let market = if spot { "spot" } else { "on-demand" };
+                let token = client_token(id, zone.as_deref(), ty, spot);
+                let mut run = ec2
+                    .run_instances()
+                    .image_id(&ami)
+                    .instance_type(InstanceType::from(ty.as_str()))
+                    .min_count(1)
+                    .max_count(1)
+                    .client_token(&token)
+                    .key_name(&key_name)
+                    .set_security_group_ids(Some(groups.clone()))
+                    .set_subnet_id(self.cfg.subnet_id.clone())
+                    .user_data(aws_smithy_types::base64::encode(&user_data))
+                    .tag_specifications(tags(ResourceType::Instance))
+                    .tag_specifications(tags(ResourceType::Volume))
+                    .block_device_mappings(
+                        BlockDeviceMapping::builder()
+                            .device_name(&root_device)
+                            .ebs(
+                                EbsBlockDevice::builder()
+                                    .volume_size(self.cfg.root_volume_gb as i32)
+                                    .volume_type(VolumeType::Gp3)
+                                    .delete_on_termination(true)
+                                    .build(),
+                            )
+                            .build(),
+                    );
+                if let Some(z) = zone {
+                    run = run.placement(Placement::builder().availability_zone(z).build());
+                }
+                if let Some(p) = &self.cfg.instance_profile {
+                    let spec = if p.starts_with("arn:") {
+                        IamInstanceProfileSpecification::builder().arn(p)
+                    } else {
+                        IamInstanceProfileSpecification::builder().name(p)
+                    };
+                    run = run.iam_instance_profile(spec.build());
+                }
+                if spot {
+                    let mut so = SpotMarketOptions::builder()
+                        .spot_instance_type(SpotInstanceType::OneTime)
+                        .instance_interruption_behavior(InstanceInterruptionBehavior::Terminate);
+                    // Default bid: the on-demand price (EC2's own default, said explicitly).
+                    let bid = self
+                        .cfg
+                        .spot_max_usd
+                        .map(Money::from_dollars_f64)
+                        .or_else(|| {
+                            Catalog::embedded()
+                                .prices(ty, &region)
+                                .and_then(|p| p.on_demand)
+                        });
+                    if let Some(b) = bid {
+                        so = so.max_price(b.to_string().trim_start_matches('$'));
+                    }
+                    run = run.instance_market_options(
+                        InstanceMarketOptionsRequest::builder()
+                            .market_type(MarketType::Spot)
+                            .spot_options(so.build())
+                            .build(),
+                    );
+                }
+                let where_ = format!(
+                    "{ty} {market} in {}",
+                    zone.as_deref().unwrap_or("the subnet's zone")
+                );
+                match send_retrying(run).await {
+                    Ok(out) => {
+                        let i = out
+                            .instances()
+                            .first()
+                            .context("RunInstances returned no instance")?;
+                        let mut l = self.launched_from(i, &region);
+                        // The tag is on the instance; the answer may not echo it.
+                        let mut b: Backend =
+                            serde_json::from_str(l.backend.as_deref().unwrap_or("{}"))?;
+                        b.host_key = Some(host_public.clone());
+                        b.market = market.into();
+                        l.backend = serde_json::to_string(&b).ok();
+                        let prices = Catalog::embedded().prices(ty, &region);
+                        if spot {
+                            let z = b.zone.clone().or(zone.clone()).unwrap_or_default();
+                            match self.spot_price(&ec2, ty, &z).await {
+                                Ok(p) => l.hourly = Some(p),
+                                Err(e) => {
+                                    l.hourly = prices.and_then(|p| p.cheapest_spot());
+                                    notes.push(format!(
+                                        "spot price of {z} unknown ({e:#}); the catalog's stays"
+                                    ))
+                                }
+                            }
+                        } else if plan.spot || *ty != plan.instance_type {
+                            // On demand after all, or another type: its on-demand price.
+                            l.hourly = prices.and_then(|p| p.on_demand);
+                        }
+                        if *ty != plan.instance_type {
+                            l.instance_type = Some(ty.clone());
+                        }
+                        notes.push(format!("launched {where_} as {}", l.provider_id));
+                        l.notes = notes;
+                        return Ok(l);
+                    }
+                    Err(e) => {
+                        let (f, code) = ec2::failure(&e);
+                        if remembered
+                            && matches!(
+                                code.as_str(),
+                                "InvalidKeyPair.NotFound"
+                                    | "InvalidGroup.NotFound"
+                                    | "InvalidGroupId.NotFound"
+                            )
+                        {
+                            let _ = std::fs::remove_file(self.setup_path(&region));
+                            bail!("{STALE_SETUP}: {code}");
+                        }
+                        if matches!(f, ec2::Failure::Capacity | ec2::Failure::Unsupported) {
+                            notes.push(format!("{where_}: {code}, trying the next"));
+                            continue;
+                        }
+                        return Err(ec2::sdk_error(&format!("launching {where_}"), e));
+                    }
+                }
+            }
+        }
+        Err(classified(
+            ErrorKind::Capacity,
+            format!(
+                "no capacity for {} in {region}: {}",
+                plan.instance_type,
+                notes.join("; ")
+            ),
+        ))
+    }
+
+    fn setup_path(&self, region: &str) -> PathBuf {
+        self.dir.join(format!("setup-{region}.json"))
+    }
+
+    fn load_setup(&self, region: &str) -> Setup {
+        std::fs::read(self.setup_path(region))
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default()
+    }
+
+    /// Best effort: a setup not remembered is checked again next time.
+    fn save_setup(&self, region: &str, setup: &Setup) {
+        let path = self.setup_path(region);
+        let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+        let saved = std::fs::create_dir_all(&self.dir)
+            .and_then(|_| std::fs::write(&tmp, serde_json::to_vec(setup).unwrap_or_default()))
+            .and_then(|_| std::fs::rename(&tmp, &path));
+        if let Err(e) = saved {
+            tracing::warn!("remembering the {region} setup: {e}");
         }
     }
 
@@ -638,204 +917,14 @@ impl Provider for AwsProvider {
         if let Some(l) = self.find(id).await? {
             return Ok(l);
         }
-        let region = plan.region.clone().context("a plan without a region")?;
-        let ec2 = self.ec2(&region).await?;
-        let owner = self.owner()?;
-        let ami = self.resolve_ami(&region, plan).await?;
-        let key_name = self.ensure_key_pair(&ec2).await?;
-        let groups = self.security_groups(&ec2).await?;
-        let root_device = ec2
-            .describe_images()
-            .image_ids(&ami)
-            .send()
-            .await
-            .map_err(|e| ec2::sdk_error(&format!("describing image {ami}"), e))?
-            .images()
-            .first()
-            .with_context(|| format!("image {ami} not found in {region}"))?
-            .root_device_name()
-            .unwrap_or("/dev/sda1")
-            .to_string();
-        let (host_private, host_public) = new_ed25519(&format!("trainctl {id}"))?;
-        let user_data = USER_DATA
-            .replace(
-                "@HOST_KEY_PRIVATE@",
-                &host_private
-                    .lines()
-                    .map(|l| format!("    {l}"))
-                    .collect::<Vec<_>>()
-                    .join("\n"),
-            )
-            .replace("@HOST_KEY_PUBLIC@", &host_public);
-        // The plan's type first, then its alternatives (`any_of`), each in its zones.
-        let mut types: Vec<(String, Vec<Option<String>>)> = Vec::new();
-        for ty in std::iter::once(&plan.instance_type).chain(&plan.alternatives) {
-            let zones: Vec<Option<String>> = if self.cfg.subnet_id.is_some() {
-                vec![None]
-            } else if let Some(z) = plan.options.get("zone") {
-                vec![Some(z.clone())]
-            } else {
-                self.zones_offering(&ec2, ty)
-                    .await?
-                    .into_iter()
-                    .map(Some)
-                    .collect()
-            };
-            types.push((ty.clone(), zones));
-        }
-        let markets: Vec<bool> = match (plan.spot, self.cfg.spot_fallback) {
-            (true, true) => vec![true, false],
-            (spot, _) => vec![spot],
-        };
-        let tags = |rt: ResourceType| {
-            TagSpecification::builder()
-                .resource_type(rt)
-                .tags(
-                    Tag::builder()
-                        .key("Name")
-                        .value(format!("trainctl {id}"))
-                        .build(),
-                )
-                .tags(Tag::builder().key(TAG_OWNER).value(&owner).build())
-                .tags(Tag::builder().key(TAG_ID).value(id).build())
-                .tags(Tag::builder().key(TAG_HOST_KEY).value(&host_public).build())
-                .build()
-        };
-        let mut notes = Vec::new();
-        // Every try in order: market, then type, then zone.
-        let mut tries: Vec<(bool, &String, &Option<String>)> = Vec::new();
-        for &spot in &markets {
-            for (ty, zones) in &types {
-                for zone in zones {
-                    tries.push((spot, ty, zone));
-                }
+        match self.launch_new(id, plan, true).await {
+            // The remembered key pair or group is gone: made again, once.
+            Err(e) if format!("{e}").starts_with(STALE_SETUP) => {
+                self.launch_new(id, plan, false).await
             }
+            r => r,
         }
-        for (spot, ty, zone) in tries {
-            {
-                let market = if spot { "spot" } else { "on-demand" };
-                let token = client_token(id, zone.as_deref(), ty, spot);
-                let mut run = ec2
-                    .run_instances()
-                    .image_id(&ami)
-                    .instance_type(InstanceType::from(ty.as_str()))
-                    .min_count(1)
-                    .max_count(1)
-                    .client_token(&token)
-                    .key_name(&key_name)
-                    .set_security_group_ids(Some(groups.clone()))
-                    .set_subnet_id(self.cfg.subnet_id.clone())
-                    .user_data(aws_smithy_types::base64::encode(&user_data))
-                    .tag_specifications(tags(ResourceType::Instance))
-                    .tag_specifications(tags(ResourceType::Volume))
-                    .block_device_mappings(
-                        BlockDeviceMapping::builder()
-                            .device_name(&root_device)
-                            .ebs(
-                                EbsBlockDevice::builder()
-                                    .volume_size(self.cfg.root_volume_gb as i32)
-                                    .volume_type(VolumeType::Gp3)
-                                    .delete_on_termination(true)
-                                    .build(),
-                            )
-                            .build(),
-                    );
-                if let Some(z) = zone {
-                    run = run.placement(Placement::builder().availability_zone(z).build());
-                }
-                if let Some(p) = &self.cfg.instance_profile {
-                    let spec = if p.starts_with("arn:") {
-                        IamInstanceProfileSpecification::builder().arn(p)
-                    } else {
-                        IamInstanceProfileSpecification::builder().name(p)
-                    };
-                    run = run.iam_instance_profile(spec.build());
-                }
-                if spot {
-                    let mut so = SpotMarketOptions::builder()
-                        .spot_instance_type(SpotInstanceType::OneTime)
-                        .instance_interruption_behavior(InstanceInterruptionBehavior::Terminate);
-                    // Default bid: the on-demand price (EC2's own default, said explicitly).
-                    let bid = self
-                        .cfg
-                        .spot_max_usd
-                        .map(Money::from_dollars_f64)
-                        .or_else(|| {
-                            Catalog::embedded()
-                                .prices(ty, &region)
-                                .and_then(|p| p.on_demand)
-                        });
-                    if let Some(b) = bid {
-                        so = so.max_price(b.to_string().trim_start_matches('$'));
-                    }
-                    run = run.instance_market_options(
-                        InstanceMarketOptionsRequest::builder()
-                            .market_type(MarketType::Spot)
-                            .spot_options(so.build())
-                            .build(),
-                    );
-                }
-                let where_ = format!(
-                    "{ty} {market} in {}",
-                    zone.as_deref().unwrap_or("the subnet's zone")
-                );
-                match send_retrying(run).await {
-                    Ok(out) => {
-                        let i = out
-                            .instances()
-                            .first()
-                            .context("RunInstances returned no instance")?;
-                        let mut l = self.launched_from(i, &region);
-                        // The tag is on the instance; the answer may not echo it.
-                        let mut b: Backend =
-                            serde_json::from_str(l.backend.as_deref().unwrap_or("{}"))?;
-                        b.host_key = Some(host_public.clone());
-                        b.market = market.into();
-                        l.backend = serde_json::to_string(&b).ok();
-                        let prices = Catalog::embedded().prices(ty, &region);
-                        if spot {
-                            let z = b.zone.clone().or(zone.clone()).unwrap_or_default();
-                            match self.spot_price(&ec2, ty, &z).await {
-                                Ok(p) => l.hourly = Some(p),
-                                Err(e) => {
-                                    l.hourly = prices.and_then(|p| p.cheapest_spot());
-                                    notes.push(format!(
-                                        "spot price of {z} unknown ({e:#}); the catalog's stays"
-                                    ))
-                                }
-                            }
-                        } else if plan.spot || *ty != plan.instance_type {
-                            // On demand after all, or another type: its on-demand price.
-                            l.hourly = prices.and_then(|p| p.on_demand);
-                        }
-                        if *ty != plan.instance_type {
-                            l.instance_type = Some(ty.clone());
-                        }
-                        notes.push(format!("launched {where_} as {}", l.provider_id));
-                        l.notes = notes;
-                        return Ok(l);
-                    }
-                    Err(e) => {
-                        let (f, code) = ec2::failure(&e);
-                        if matches!(f, ec2::Failure::Capacity | ec2::Failure::Unsupported) {
-                            notes.push(format!("{where_}: {code}, trying the next"));
-                            continue;
-                        }
-                        return Err(ec2::sdk_error(&format!("launching {where_}"), e));
-                    }
-                }
-            }
-        }
-        Err(classified(
-            ErrorKind::Capacity,
-            format!(
-                "no capacity for {} in {region}: {}",
-                plan.instance_type,
-                notes.join("; ")
-            ),
-        ))
     }
-
     async fn reach(&self, inst: &InstanceRecord) -> Result<String> {
         let started = Instant::now();
         let limit = Duration::from_secs(self.cfg.reach_timeout_seconds);
