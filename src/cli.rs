@@ -187,9 +187,9 @@ pub enum Command {
         /// Least memory per GPU, GiB.
         #[arg(long, value_name = "GIB")]
         min_gpu_mem: Option<f64>,
-        /// Least GPUs per machine.
-        #[arg(long)]
-        gpus: Option<u32>,
+        /// Least GPUs per machine (0 also lists fractional GPU slices such as g6f).
+        #[arg(long, default_value_t = 1)]
+        gpus: u32,
         /// Rows shown (0: all).
         #[arg(long, default_value_t = 20)]
         limit: usize,
@@ -386,7 +386,15 @@ async fn run(cli: Cli) -> Result<i32> {
             min_gpu_mem,
             gpus,
             limit,
-        } => return gpus_list(region.as_deref(), *min_gpu_mem, *gpus, *limit, cli.json),
+        } => {
+            return gpus_list(
+                region.as_deref(),
+                *min_gpu_mem,
+                (*gpus > 0).then_some(*gpus),
+                *limit,
+                cli.json,
+            );
+        }
         Command::Config {
             command: ConfigCommand::Path,
         } => {

@@ -972,6 +972,22 @@ fn gpus_lists_the_cheapest_fitting_types_offline() {
             .all(|r| r["region"] == "us-east-1" && r["gpu_memory_gib"].as_f64().unwrap() >= 40.0)
     );
     assert!(rows.iter().any(|r| r["instance_type"] == "p4d.24xlarge"));
+    // Whole GPUs by default; `--gpus 0` lists the fractional slices too.
+    let whole = env.json(&["gpus", "--limit", "0"]);
+    assert!(
+        whole
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|r| r["gpus"].as_f64().unwrap() >= 1.0)
+    );
+    let all = env.json(&["gpus", "--gpus", "0", "--limit", "0"]);
+    assert!(
+        all.as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["gpus"].as_f64().unwrap() < 1.0)
+    );
     let out = env.run(&["gpus", "--region", "mars-1"]);
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("it has: ap-northeast-1"));
