@@ -105,13 +105,7 @@ impl Engine {
         let Some(text) = remote.read_range(&path, 0, 512).await? else {
             return Ok(());
         };
-        let jobs: Vec<String> = self
-            .store()
-            .jobs()?
-            .into_iter()
-            .filter(|j| !j.state.is_terminal() && j.instance_id.as_deref() == Some(&inst.id))
-            .map(|j| j.id)
-            .collect();
+        let jobs = self.live_jobs_on(&inst.id)?;
         let when = crate::sanitize::sanitize_line(text.trim_ascii());
         self.store().add_event(
             "instance.rebalance",

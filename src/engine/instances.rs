@@ -359,13 +359,7 @@ impl Engine {
                 inst.provider
             );
         }
-        let busy: Vec<String> = self
-            .store()
-            .jobs()?
-            .into_iter()
-            .filter(|j| !j.state.is_terminal() && j.instance_id.as_deref() == Some(&inst.id))
-            .map(|j| j.id)
-            .collect();
+        let busy = self.live_jobs_on(&inst.id)?;
         if !busy.is_empty() {
             bail!(
                 "{} runs {}: cancel or migrate first (a stop would kill it)",
@@ -395,6 +389,17 @@ impl Engine {
         self.store()
             .instance(&inst.id)?
             .context("instance vanished")
+    }
+
+    /// Ids of the jobs not yet ended whose current machine is `instance_id`.
+    pub(crate) fn live_jobs_on(&self, instance_id: &str) -> Result<Vec<String>> {
+        Ok(self
+            .store()
+            .jobs()?
+            .into_iter()
+            .filter(|j| !j.state.is_terminal() && j.instance_id.as_deref() == Some(instance_id))
+            .map(|j| j.id)
+            .collect())
     }
 
     /// Start a stopped machine and reach it again (a new address, the same host key).

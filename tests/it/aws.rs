@@ -148,6 +148,17 @@ fn launch_g5(env: &Env, spot: bool) -> String {
         .to_string()
 }
 
+/// `id`'s row in `trainctl ls --json` (live instances).
+fn ls_row(env: &Env, id: &str) -> serde_json::Value {
+    let rows = env.json(&["ls"]);
+    rows.as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["id"] == id)
+        .unwrap_or_else(|| panic!("{id} not in {rows}"))
+        .clone()
+}
+
 /// A bucket in moto.
 fn create_bucket(moto: &Moto, name: &str) {
     block_on(async {
@@ -498,13 +509,7 @@ fn a_launch_cut_off_on_either_side_of_ec2s_answer_is_healed() {
     let all = moto_instances(&moto);
     assert_eq!(all.len(), 1);
     let id = tag(&all[0], "trainctl:id").unwrap();
-    let rows = env.json(&["ls"]);
-    let row = rows
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|r| r["id"] == id.as_str())
-        .unwrap();
+    let row = ls_row(&env, &id);
     assert_eq!(row["state"], "running", "{row}");
     assert_eq!(row["provider_id"], all[0].instance_id().unwrap());
     assert!(
@@ -1025,13 +1030,7 @@ fn an_idle_machine_is_warned_about_then_ended_by_watch() {
     std::fs::write(&env.config, format!("{cfg}idle_action = \"stop\"\n")).unwrap();
     let id = launch_g5(&env, false);
     env.ok(&["watch"]);
-    let rows = env.json(&["ls"]);
-    let row = rows
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|r| r["id"] == id.as_str())
-        .unwrap();
+    let row = ls_row(&env, &id);
     assert_eq!(row["state"], "stopped", "{row}");
 }
 
@@ -1073,13 +1072,7 @@ fn an_on_demand_machine_stops_without_billing_and_starts_again() {
     let cost = |env: &Env| cost_of(&env.json(&["cost"]), "instances", &id);
     let c1 = cost(&env);
     std::thread::sleep(std::time::Duration::from_millis(1500));
-    let rows = env.json(&["ls"]);
-    let row = rows
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|r| r["id"] == id.as_str())
-        .unwrap();
+    let row = ls_row(&env, &id);
     assert_eq!(
         row["state"], "stopped",
         "ls leaves a stopped machine stopped: {row}"
