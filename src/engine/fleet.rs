@@ -5,8 +5,14 @@
 
 use super::*;
 
-/// How often a spot machine's price is read again.
-const PRICE_EVERY: Duration = Duration::from_secs(3600);
+/// How often a spot machine's price is read again: hourly (`TRAINCTL_SPOT_PRICE_EVERY`
+/// seconds instead, for tests).
+fn price_every() -> Duration {
+    std::env::var("TRAINCTL_SPOT_PRICE_EVERY")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .map_or(Duration::from_secs(3600), Duration::from_secs)
+}
 /// How long before an idle machine is ended the warning comes.
 const IDLE_WARNING: i64 = 5 * 60_000;
 
@@ -143,7 +149,7 @@ impl Engine {
                 .unwrap_or_else(|p| p.into_inner());
             let now = std::time::Instant::now();
             match last.get(&inst.id) {
-                Some(t) if now.duration_since(*t) < PRICE_EVERY => false,
+                Some(t) if now.duration_since(*t) < price_every() => false,
                 _ => {
                     last.insert(inst.id.clone(), now);
                     true
@@ -153,7 +159,7 @@ impl Engine {
         // The launch sampled the price: the first check comes an hour after it.
         let launched_recently = inst
             .launched_ms
-            .is_some_and(|l| now_ms() - l < PRICE_EVERY.as_millis() as i64);
+            .is_some_and(|l| now_ms() - l < price_every().as_millis() as i64);
         if !due || launched_recently && inst.price_segments.is_empty() {
             return;
         }

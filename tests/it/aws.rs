@@ -1281,3 +1281,66 @@ fn later_launches_skip_the_setup_and_redo_it_when_it_is_gone() {
     );
     assert_eq!(moto_instances(&moto).len(), 3);
 }
+
+#[test]
+fn a_spot_machines_price_is_read_again_and_billed_from_then() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use trainctl::testkit::HttpFaults;
+    let moto = Moto::start();
+    publish_ami(&moto);
+    // moto's spot price never moves: from `moved` on, EC2 quotes $0.50/h.
+    let moved = Arc::new(AtomicBool::new(false));
+    let m = moved.clone();
+    let faults = HttpFaults::start(moto.port, move |body| {
+        (m.load(Ordering::Relaxed) && body.contains("Action=DescribeSpotPriceHistory")).then(|| {
+            (
+                200,
+                "<DescribeSpotPriceHistoryResponse xmlns=\"http://ec2.amazonaws.com/doc/2016-11-15/\"><requestId>r</requestId><spotPriceHistorySet><item><instanceType>g5.xlarge</instanceType><productDescription>Linux/UNIX</productDescription><spotPrice>0.500000</spotPrice><timestamp>2026-11-26T10:00:00.000Z</timestamp><availabilityZone>us-east-1a</availabilityZone></item></spotPriceHistorySet><nextToken/></DescribeSpotPriceHistoryResponse>".to_string(),
+            )
+        })
+    });
+    let mut env = aws_env(&faults.endpoint(), "");
+    let _machines = boot_machines(&moto, &env);
+    set_resources(&env, "instance_type = \"g5.xlarge\"\nspot = true");
+    let gate = env.hold_at(20);
+    env.vars
+        .push(("TRAINCTL_SPOT_PRICE_EVERY".into(), "1".into()));
+    let run = env
+        .cmd(&["run", "--provider", "aws", "--json", "--terminate-after"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let job = env.wait_running_with_metrics();
+    let inst = env.job(&job)["instance_id"].as_str().unwrap().to_string();
+    let at_launch = ls_row(&env, &inst)["hourly"].as_i64().unwrap();
+    assert_eq!(at_launch, 10, "moto's $0.00001/h, read at launch");
+    moved.store(true, Ordering::Relaxed);
+    // `run` tends its machines every 5 s and reads a spot price again after the period.
+    env.wait_for(30, "the new spot price", || {
+        ls_row(&env, &inst)["hourly"].as_i64() == Some(500_000)
+    });
+    std::fs::write(&gate, "").unwrap();
+    let out = run.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rows = env.json(&["ls", "--all"]);
+    let row = rows
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["id"] == inst.as_str())
+        .unwrap();
+    let segs = row["price_segments"].as_array().unwrap();
+    assert_eq!(segs.len(), 2, "{row}");
+    assert_eq!(segs[0][1], 10);
+    assert_eq!(segs[1][1], 500_000);
+    assert!(
+        env.event_kinds(None)
+            .contains(&"instance.price".to_string())
+    );
+}
