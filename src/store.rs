@@ -138,6 +138,8 @@ const MIGRATIONS: &[&str] = &[
     );",
     // 5: the provider's minimum billed time per machine (EC2 bills at least 60 s).
     "ALTER TABLE instances ADD COLUMN min_billed_ms INTEGER NOT NULL DEFAULT 0;",
+    // 6: an instance's events by kind (the fleet step asks for the newest of a kind).
+    "CREATE INDEX events_instance ON events(instance_id, kind);",
 ];
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -514,6 +516,19 @@ impl Store {
             params![now_ms(), kind, instance_id, job_id, message],
         )?;
         Ok(())
+    }
+
+    /// When `instance_id` last had an event of `kind`, if ever.
+    pub fn last_instance_event_ms(
+        &self,
+        instance_id: &str,
+        kind: &str,
+    ) -> Result<Option<TimestampMs>> {
+        Ok(self.conn.query_row(
+            "SELECT MAX(ts_ms) FROM events WHERE instance_id = ?1 AND kind = ?2",
+            params![instance_id, kind],
+            |r| r.get(0),
+        )?)
     }
 
     pub fn add_event(

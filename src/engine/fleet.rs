@@ -34,12 +34,8 @@ impl Engine {
         // Idle since its last job ended, or since it last came up (launched, or started
         // again after a stop), whichever is later.
         let up = store
-            .events(None, Some(&inst.id))
+            .last_instance_event_ms(&inst.id, "instance.running")
             .ok()?
-            .iter()
-            .rev()
-            .find(|e| e.kind == "instance.running")
-            .map(|e| e.ts_ms)
             .or(inst.launched_ms)
             .unwrap_or(inst.created_ms);
         let since = last.map_or(up, |l| l.max(up));
@@ -59,12 +55,12 @@ impl Engine {
                 continue;
             };
             let warned = self.idle_warned(&inst.id, deadline)?;
+            let stops = !inst.spot
+                && self
+                    .provider(&inst.provider)
+                    .is_ok_and(|p| p.idle_stops() && p.capabilities().stop_start);
             if now >= deadline {
                 let why = "idle: no job ran there for the provider's idle limit";
-                let stops = !inst.spot
-                    && self
-                        .provider(&inst.provider)
-                        .is_ok_and(|p| p.idle_stops() && p.capabilities().stop_start);
                 let ended = if stops {
                     self.store()
                         .add_event("instance.idle", Some(&inst.id), None, why)?;
@@ -81,7 +77,8 @@ impl Engine {
                     Some(&inst.id),
                     None,
                     &format!(
-                        "no job: terminated at {} unless one starts",
+                        "no job: {} at {} unless one starts",
+                        if stops { "stopped" } else { "terminated" },
                         crate::cost::utc_time(deadline)
                     ),
                 )?;
@@ -100,10 +97,8 @@ impl Engine {
         }
         let said = self
             .store()
-            .events(None, Some(&inst.id))?
-            .iter()
-            .any(|e| e.kind == "instance.rebalance");
-        if said {
+            .last_instance_event_ms(&inst.id, "instance.rebalance")?;
+        if said.is_some() {
             return Ok(());
         }
         let remote = self.remote_for(inst).await?;
@@ -131,10 +126,8 @@ impl Engine {
 
     /// Whether the idle warning for the idle stretch ending at `deadline` was given.
     fn idle_warned(&self, id: &str, deadline: TimestampMs) -> Result<bool> {
-        let evs = self.store().events(None, Some(id))?;
-        Ok(evs
-            .iter()
-            .any(|e| e.kind == "instance.idle" && e.ts_ms >= deadline - IDLE_WARNING - 60_000))
+        let last = self.store().last_instance_event_ms(id, "instance.idle")?;
+        Ok(last.is_some_and(|t| t >= deadline - IDLE_WARNING - 60_000))
     }
 
     async fn sample_price(&self, inst: &InstanceRecord) {
