@@ -227,6 +227,32 @@ impl Moto {
             .build()
     }
 
+    /// The environment a `trainctl` talking to this moto gets: test credentials, and
+    /// nothing read from this machine's own AWS setup (`no_files` names files that do not
+    /// exist; IMDS, profile and region variables off).
+    pub fn client_env(no_files: &Path) -> Vec<(String, String)> {
+        let none = no_files.display().to_string();
+        let mut v: Vec<(String, String)> = [
+            ("AWS_ACCESS_KEY_ID", "testing"),
+            ("AWS_SECRET_ACCESS_KEY", "testing"),
+            ("AWS_EC2_METADATA_DISABLED", "true"),
+            ("AWS_CONFIG_FILE", none.as_str()),
+            ("AWS_SHARED_CREDENTIALS_FILE", none.as_str()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        for k in [
+            "AWS_PROFILE",
+            "AWS_REGION",
+            "AWS_DEFAULT_REGION",
+            "AWS_SESSION_TOKEN",
+        ] {
+            v.push((k.to_string(), String::new()));
+        }
+        v
+    }
+
     pub fn ec2(&self, region: &str) -> aws_sdk_ec2::Client {
         aws_sdk_ec2::Client::new(&self.sdk(region))
     }
@@ -381,13 +407,6 @@ impl Ec2Machines {
             .lines()
             .filter_map(|l| l.split(' ').nth(2).map(PathBuf::from))
             .collect()
-    }
-
-    /// How many machines were booted so far.
-    pub fn booted(&self) -> usize {
-        std::fs::read_to_string(self.dir.path().join("map"))
-            .map(|m| m.lines().count())
-            .unwrap_or(0)
     }
 }
 
@@ -598,7 +617,6 @@ struct ImdsState {
     tokens: std::collections::HashMap<String, Instant>,
     action: Option<String>,
     rebalance: Option<String>,
-    gets: usize,
 }
 
 /// `YYYY-MM-DDTHH:MM:SSZ` of unix seconds.
@@ -661,11 +679,6 @@ impl Imds {
         let at = rfc3339(crate::model::now_ms() / 1000);
         self.state.lock().unwrap().rebalance = Some(format!("{{\"noticeTime\": \"{at}\"}}"));
     }
-
-    /// Authorized GETs answered so far.
-    pub fn gets(&self) -> usize {
-        self.state.lock().unwrap().gets
-    }
 }
 
 fn imds_serve(mut c: std::net::TcpStream, st: &std::sync::Mutex<ImdsState>) -> std::io::Result<()> {
@@ -708,7 +721,6 @@ fn imds_serve(mut c: std::net::TcpStream, st: &std::sync::Mutex<ImdsState>) -> s
         } else if !header("x-aws-ec2-metadata-token").is_some_and(|t| s.tokens.contains_key(&t)) {
             (401, String::new())
         } else {
-            s.gets += 1;
             match path {
                 "/latest/meta-data/spot/instance-action" => {
                     s.action.clone().map_or((404, String::new()), |a| (200, a))

@@ -123,7 +123,7 @@ where
     E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
     R: std::fmt::Debug + Send + Sync + 'static,
 {
-    let (f, code) = failure(&e);
+    let (f, _) = failure(&e);
     let msg = format!(
         "{what}: {}",
         aws_smithy_types::error::display::DisplayErrorContext(&e)
@@ -132,8 +132,7 @@ where
         Failure::Capacity => classified(ErrorKind::Capacity, msg),
         Failure::Quota => classified(ErrorKind::Quota, msg),
         Failure::Auth => classified(ErrorKind::Auth, msg),
-        _ if code.is_empty() => anyhow!(msg),
-        _ => anyhow!(msg),
+        Failure::Unsupported | Failure::Other => anyhow!(msg),
     }
 }
 
