@@ -190,10 +190,18 @@ impl Engine {
             Some(i) => self.store().instance(i)?.map(|i| i.provider),
             None => None,
         };
-        Ok(provider
-            .and_then(|p| self.inner.providers.get(&p).cloned())
+        Ok(self.checkpoint_store_of(provider.as_deref()))
+    }
+
+    /// The checkpoint store of jobs on `provider`'s machines: its own, else the local one.
+    pub(crate) fn checkpoint_store_of(
+        &self,
+        provider: Option<&str>,
+    ) -> std::sync::Arc<dyn checkpoint::CheckpointStore> {
+        provider
+            .and_then(|p| self.inner.providers.get(p))
             .and_then(|p| p.checkpoint_store())
-            .unwrap_or_else(|| self.inner.checkpoints.clone()))
+            .unwrap_or_else(|| self.inner.checkpoints.clone())
     }
 
     /// The newest shipped checkpoint whose file still matches its BLAKE3; damaged ones are
@@ -236,16 +244,7 @@ impl Engine {
             .collect();
         let attempt = self.store().attempts(&job.id)?.len() as i64;
         for u in store.unrecorded(&job.id, &known).await? {
-            let f = u.file.clone();
-            let (size, blake3) = tokio::task::spawn_blocking(move || -> Result<(u64, String)> {
-                let mut h = blake3::Hasher::new();
-                h.update_reader(std::fs::File::open(&f)?)?;
-                Ok((
-                    std::fs::metadata(&f)?.len(),
-                    h.finalize().to_hex().to_string(),
-                ))
-            })
-            .await??;
+            let (size, blake3) = checkpoint::size_and_blake3(&u.file).await?;
             self.store().record_checkpoint(&CheckpointRecord {
                 job_id: job.id.clone(),
                 name: u.name.clone(),

@@ -154,8 +154,10 @@ impl Engine {
             }
             // A store the machine can reach itself (S3) gets what the machine's watcher
             // needs to ship the newest checkpoint on a notice when no trainctl watches.
-            let job = self.store().job(job_id)?.context("job vanished")?;
-            if let Some(vars) = self.checkpoint_store_for(&job)?.rescue_env(job_id, inst) {
+            if let Some(vars) = self
+                .checkpoint_store_of(Some(&inst.provider))
+                .rescue_env(job_id, inst)
+            {
                 let mut text = format!("TRAINCTL_RESCUE_DIR={}\n", crate::remote::sh_quote(&dir));
                 for (k, v) in vars {
                     text.push_str(&format!("export {k}={}\n", crate::remote::sh_quote(&v)));

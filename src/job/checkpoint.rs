@@ -75,6 +75,20 @@ pub struct Unrecorded {
     pub mtime_ms: Option<i64>,
 }
 
+/// A local file's size and BLAKE3 (hex), read on a blocking thread.
+pub async fn size_and_blake3(path: &Path) -> Result<(u64, String)> {
+    let p = path.to_path_buf();
+    tokio::task::spawn_blocking(move || -> Result<(u64, String)> {
+        let mut h = blake3::Hasher::new();
+        h.update_reader(std::fs::File::open(&p)?)?;
+        Ok((
+            std::fs::metadata(&p)?.len(),
+            h.finalize().to_hex().to_string(),
+        ))
+    })
+    .await?
+}
+
 /// Checkpoints in `<data dir>/checkpoints/<job>/<name>`.
 pub struct LocalDirStore {
     root: PathBuf,
@@ -130,14 +144,9 @@ impl CheckpointStore for LocalDirStore {
 
     async fn get(&self, job_id: &str, name: &str, blake3: &str) -> Result<PathBuf> {
         let path = self.path(job_id, name)?;
-        let p = path.clone();
-        let actual = tokio::task::spawn_blocking(move || -> Result<String> {
-            let mut h = blake3::Hasher::new();
-            h.update_reader(std::fs::File::open(&p)?)?;
-            Ok(h.finalize().to_hex().to_string())
-        })
-        .await?
-        .with_context(|| format!("reading checkpoint {}", path.display()))?;
+        let (_, actual) = size_and_blake3(&path)
+            .await
+            .with_context(|| format!("reading checkpoint {}", path.display()))?;
         if actual != blake3 {
             bail!(
                 "checkpoint {} is damaged: BLAKE3 {} where {} was shipped; refused",

@@ -8,7 +8,7 @@
 //! over SSH as they are written): the machine needs no S3 rights of its own.
 
 use crate::config::AwsProviderConfig;
-use crate::job::checkpoint::{CheckpointStore, LocalDirStore, Unrecorded};
+use crate::job::checkpoint::{CheckpointStore, LocalDirStore, Unrecorded, size_and_blake3};
 use anyhow::{Context, Result, bail};
 use async_trait::async_trait;
 use aws_config::{Region, SdkConfig};
@@ -367,22 +367,12 @@ where
     )
 }
 
-fn blake3_file(p: &Path) -> Result<String> {
-    let mut h = blake3::Hasher::new();
-    h.update_reader(std::fs::File::open(p)?)?;
-    Ok(h.finalize().to_hex().to_string())
-}
-
 #[async_trait]
 impl CheckpointStore for S3Store {
     async fn put(&self, job_id: &str, name: &str, src: &Path) -> Result<String> {
         let s3 = self.client().await?;
         let key = self.key(job_id, name);
-        let p = src.to_path_buf();
-        let (size, blake3) = tokio::task::spawn_blocking(move || -> Result<(u64, String)> {
-            Ok((std::fs::metadata(&p)?.len(), blake3_file(&p)?))
-        })
-        .await??;
+        let (size, blake3) = size_and_blake3(src).await?;
         if size <= self.part_size {
             s3.put_object()
                 .bucket(&self.bucket)
@@ -491,9 +481,6 @@ impl CheckpointStore for S3Store {
         job_id: &str,
         inst: &crate::store::InstanceRecord,
     ) -> Option<Vec<(String, String)>> {
-        if inst.provider != "aws" {
-            return None;
-        }
         let mut v = vec![
             (
                 "TRAINCTL_RESCUE_URL".to_string(),
