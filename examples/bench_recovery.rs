@@ -328,16 +328,7 @@ fn aws_env(
         ),
     )
     .unwrap();
-    let none = env.dir.path().join("none").display().to_string();
-    for (k, v) in [
-        ("AWS_ACCESS_KEY_ID", "testing"),
-        ("AWS_SECRET_ACCESS_KEY", "testing"),
-        ("AWS_EC2_METADATA_DISABLED", "true"),
-        ("AWS_CONFIG_FILE", none.as_str()),
-        ("AWS_SHARED_CREDENTIALS_FILE", none.as_str()),
-    ] {
-        env.vars.push((k.into(), v.into()));
-    }
+    env.vars = Moto::client_env(&env.dir.path().join("none"));
     (env, moto, machines, imds, faults)
 }
 

@@ -47,28 +47,6 @@ fn publish_ami(moto: &Moto) -> String {
     })
 }
 
-/// Credentials for moto only, and nothing read from this machine's own AWS setup.
-fn aws_vars(env: &mut Env) {
-    let none = env.dir.path().join("no-aws-files");
-    for (k, v) in [
-        ("AWS_ACCESS_KEY_ID", "testing".to_string()),
-        ("AWS_SECRET_ACCESS_KEY", "testing".to_string()),
-        ("AWS_EC2_METADATA_DISABLED", "true".to_string()),
-        ("AWS_CONFIG_FILE", none.display().to_string()),
-        ("AWS_SHARED_CREDENTIALS_FILE", none.display().to_string()),
-    ] {
-        env.vars.push((k.into(), v));
-    }
-    for k in [
-        "AWS_PROFILE",
-        "AWS_REGION",
-        "AWS_DEFAULT_REGION",
-        "AWS_SESSION_TOKEN",
-    ] {
-        env.vars.push((k.into(), String::new()));
-    }
-}
-
 fn aws_env(endpoint: &str, extra: &str) -> Env {
     let mut env = Env::new(
         &format!(
@@ -78,7 +56,7 @@ fn aws_env(endpoint: &str, extra: &str) -> Env {
         ),
         "0.005",
     );
-    aws_vars(&mut env);
+    env.vars = Moto::client_env(&env.dir.path().join("no-aws-files"));
     env
 }
 
@@ -159,6 +137,20 @@ fn ls_row(env: &Env, id: &str) -> serde_json::Value {
         .clone()
 }
 
+/// The `trainctl-ssh` security group in moto.
+fn trainctl_group(moto: &Moto) -> aws_sdk_ec2::types::SecurityGroup {
+    block_on(async {
+        moto.ec2(REGION)
+            .describe_security_groups()
+            .group_names("trainctl-ssh")
+            .send()
+            .await
+            .unwrap()
+            .security_groups()[0]
+            .clone()
+    })
+}
+
 /// A bucket in moto.
 fn create_bucket(moto: &Moto, name: &str) {
     block_on(async {
@@ -185,17 +177,6 @@ fn set_resources(env: &Env, lines: &str) {
     let text = std::fs::read_to_string(&toml).unwrap();
     let (head, tail) = text.split_at(text.find("\n[env]").unwrap());
     std::fs::write(&toml, format!("{head}\n[resources]\n{lines}\n{tail}")).unwrap();
-}
-
-/// The model a job pulled.
-fn model_of(env: &Env, job: &str) -> Vec<u8> {
-    std::fs::read(
-        env.project
-            .join("trainctl-out")
-            .join(job)
-            .join("model.json"),
-    )
-    .unwrap()
 }
 
 /// The model of an uninterrupted run of the project on the local provider (the toy's
@@ -289,15 +270,7 @@ fn spot_launch_is_tagged_pinned_and_terminated_with_confirmation() {
         "{known}\n{host_key}"
     );
     // The security group lets SSH in from ssh_cidr only.
-    let groups = block_on(async {
-        moto.ec2(REGION)
-            .describe_security_groups()
-            .group_names("trainctl-ssh")
-            .send()
-            .await
-            .unwrap()
-    });
-    let g = &groups.security_groups()[0];
+    let g = trainctl_group(&moto);
     let rules: Vec<(i32, String)> = g
         .ip_permissions()
         .iter()
@@ -1255,15 +1228,8 @@ fn later_launches_skip_the_setup_and_redo_it_when_it_is_gone() {
         "{second:?}"
     );
     // Someone deleted the group: the launch that finds out makes it again and lands.
-    let groups = block_on(async {
-        moto.ec2(REGION)
-            .describe_security_groups()
-            .group_names("trainctl-ssh")
-            .send()
-            .await
-            .unwrap()
-    });
-    let gid = groups.security_groups()[0].group_id().unwrap().to_string();
+    let g = trainctl_group(&moto);
+    let gid = g.group_id().unwrap().to_string();
     block_on(async {
         moto.ec2(REGION)
             .delete_security_group()

@@ -242,3 +242,14 @@ pub fn cost_of(cost: &serde_json::Value, table: &str, id: &str) -> i64 {
         .as_i64()
         .unwrap()
 }
+
+/// The model.json a job pulled (into `<project>/trainctl-out/<job>/`).
+pub fn model_of(env: &Env, job: &str) -> Vec<u8> {
+    std::fs::read(
+        env.project
+            .join("trainctl-out")
+            .join(job)
+            .join("model.json"),
+    )
+    .unwrap()
+}

@@ -1,7 +1,7 @@
 //! Jobs that survive their machine, on the local provider: migrate, loss without notice,
 //! max_attempts. Real processes, the real binary, a real store.
 
-use crate::common::{Env, cost_of, sandbox_processes};
+use crate::common::{Env, cost_of, model_of, sandbox_processes};
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
@@ -50,16 +50,6 @@ fn finish(child: Child) -> serde_json::Value {
     let stdout = String::from_utf8_lossy(&out.stdout);
     serde_json::from_str(&stdout)
         .unwrap_or_else(|e| panic!("{e}: {stdout}\n{}", String::from_utf8_lossy(&out.stderr)))
-}
-
-fn model_of(env: &Env, job: &str) -> Vec<u8> {
-    std::fs::read(
-        env.project
-            .join("trainctl-out")
-            .join(job)
-            .join("model.json"),
-    )
-    .unwrap()
 }
 
 /// An uninterrupted run of the same project: its job id and the model it wrote.
