@@ -240,6 +240,10 @@ pub struct AwsProviderConfig {
     /// Where checkpoints of jobs on AWS machines are kept: `s3://BUCKET/PREFIX` (else the
     /// local data directory, like every other provider).
     pub checkpoints_s3: Option<String>,
+    /// When SSH cannot reach a running machine, read its job's status and stop it through
+    /// SSM Run Command (the machine must be a managed instance: SSM agent and an instance
+    /// profile with AmazonSSMManagedInstanceCore).
+    pub ssm_fallback: bool,
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
@@ -281,6 +285,7 @@ impl Default for AwsProviderConfig {
             api_max_attempts: 5,
             imds_endpoint: "http://169.254.169.254".into(),
             checkpoints_s3: None,
+            ssm_fallback: true,
         }
     }
 }

@@ -272,6 +272,10 @@ impl Drop for Moto {
 pub const PROXY_PY: &str = r#"
 import os, socket, sys, time, select
 mapfile, host = sys.argv[1], sys.argv[2]
+try:
+    if host in open(mapfile + ".blocked").read().split():
+        sys.stderr.write("connect to %s port 22: Connection refused\n" % host); sys.exit(255)
+except FileNotFoundError: pass
 port, deadline = None, time.time() + 10
 while port is None and time.time() < deadline:
     try:
@@ -373,7 +377,7 @@ impl Ec2Machines {
                         let mut f = std::fs::OpenOptions::new().append(true).open(&map).unwrap();
                         writeln!(
                             f,
-                            "{ip} {} {}",
+                            "{ip} {} {} {id}",
                             sshd.port,
                             sshd.dir.path().join("home").display()
                         )
@@ -398,6 +402,30 @@ impl Ec2Machines {
             self.dir.path().join("proxy.py").display(),
             self.dir.path().join("map").display()
         )
+    }
+
+    /// Refuse (or admit again) SSH to the machine of EC2 instance `instance`, as a
+    /// security group that no longer admits this address would.
+    pub fn block_ssh(&self, instance: &str, blocked: bool) {
+        let map = std::fs::read_to_string(self.dir.path().join("map")).unwrap_or_default();
+        let ip = map
+            .lines()
+            .find_map(|l| {
+                let f: Vec<&str> = l.split(' ').collect();
+                (f.get(3) == Some(&instance)).then(|| f[0].to_string())
+            })
+            .unwrap_or_else(|| panic!("no machine for {instance}"));
+        let path = self.dir.path().join("map.blocked");
+        let mut list: Vec<String> = std::fs::read_to_string(&path)
+            .unwrap_or_default()
+            .split_whitespace()
+            .filter(|h| *h != ip)
+            .map(str::to_string)
+            .collect();
+        if blocked {
+            list.push(ip);
+        }
+        std::fs::write(&path, list.join("\n") + "\n").unwrap();
     }
 
     /// Each booted machine's HOME (its disk), in boot order.
@@ -505,41 +533,9 @@ fn serve_one(
     seen: &std::sync::Mutex<Vec<String>>,
 ) -> std::io::Result<()> {
     use std::io::{Read, Write};
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 65536];
-    let head_end = loop {
-        let n = c.read(&mut chunk)?;
-        if n == 0 {
-            return Ok(());
-        }
-        buf.extend_from_slice(&chunk[..n]);
-        if let Some(p) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            break p + 4;
-        }
+    let Some((head, buf, head_end)) = read_request(&mut c)? else {
+        return Ok(());
     };
-    let head = String::from_utf8_lossy(&buf[..head_end]).to_string();
-    // A client that asks to be told to go on (the S3 SDK for bodies) waits for it.
-    if head
-        .lines()
-        .any(|l| l.to_ascii_lowercase().starts_with("expect: 100-continue"))
-    {
-        c.write_all(b"HTTP/1.1 100 Continue\r\n\r\n")?;
-    }
-    let len = head
-        .lines()
-        .find_map(|l| {
-            let (k, v) = l.split_once(':')?;
-            k.eq_ignore_ascii_case("content-length")
-                .then(|| v.trim().parse::<usize>().ok())?
-        })
-        .unwrap_or(0);
-    while buf.len() < head_end + len {
-        let n = c.read(&mut chunk)?;
-        if n == 0 {
-            break;
-        }
-        buf.extend_from_slice(&chunk[..n]);
-    }
     let body = String::from_utf8_lossy(&buf[head_end..]).to_string();
     let target = head.lines().find_map(|l| {
         l.strip_prefix("x-amz-target: ")
@@ -600,6 +596,233 @@ fn serve_one(
     }
     c.write_all(&resp)?;
     Ok(())
+}
+
+/// One HTTP/1.1 request from `c`: its head, the bytes read (head and body) and where the
+/// body starts. None when the client closed first.
+fn read_request(c: &mut std::net::TcpStream) -> std::io::Result<Option<(String, Vec<u8>, usize)>> {
+    use std::io::{Read, Write};
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 65536];
+    let head_end = loop {
+        let n = c.read(&mut chunk)?;
+        if n == 0 {
+            return Ok(None);
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        if let Some(p) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break p + 4;
+        }
+    };
+    let head = String::from_utf8_lossy(&buf[..head_end]).to_string();
+    // A client that asks to be told to go on (the S3 SDK for bodies) waits for it.
+    if head
+        .lines()
+        .any(|l| l.to_ascii_lowercase().starts_with("expect: 100-continue"))
+    {
+        c.write_all(b"HTTP/1.1 100 Continue\r\n\r\n")?;
+    }
+    let len = head
+        .lines()
+        .find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.eq_ignore_ascii_case("content-length")
+                .then(|| v.trim().parse::<usize>().ok())?
+        })
+        .unwrap_or(0);
+    while buf.len() < head_end + len {
+        let n = c.read(&mut chunk)?;
+        if n == 0 {
+            break;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+    Ok(Some((head, buf, head_end)))
+}
+
+/// SSM Run Command as the agent on [`Ec2Machines`] would run it (moto records
+/// `SendCommand` and runs nothing): `AWS-RunShellScript` commands run with `sh` in the
+/// machine's HOME; `GetCommandInvocation` answers `InvocationDoesNotExist` the first time
+/// (as SSM may right after SendCommand), `InProgress` while the script runs, then
+/// `Success`/`Failed` with its exit code and output cut at SSM's 24 000 characters. An
+/// instance with no machine is `InvalidInstanceId`, as an unmanaged instance is. Other
+/// SSM operations are refused. One request per connection.
+pub struct SsmAgent {
+    pub port: u16,
+    scripts: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+#[derive(Default)]
+struct Invocation {
+    asked: u32,
+    done: Option<(i32, String, String)>,
+}
+
+type Invocations = std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, Invocation>>>;
+
+impl SsmAgent {
+    /// Run commands on the machines of `machines`.
+    pub fn start(machines: &Ec2Machines) -> SsmAgent {
+        let map = machines.dir.path().join("map");
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let scripts = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let invs: Invocations = Default::default();
+        let scripts2 = scripts.clone();
+        std::thread::spawn(move || {
+            for conn in listener.incoming().flatten() {
+                let (map, scripts, invs) = (map.clone(), scripts2.clone(), invs.clone());
+                std::thread::spawn(move || {
+                    let _ = ssm_serve_one(conn, &map, &scripts, &invs);
+                });
+            }
+        });
+        SsmAgent { port, scripts }
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// The `commands` of every SendCommand so far.
+    pub fn scripts(&self) -> Vec<String> {
+        self.scripts.lock().unwrap().clone()
+    }
+}
+
+fn ssm_serve_one(
+    mut c: std::net::TcpStream,
+    map: &Path,
+    scripts: &std::sync::Mutex<Vec<String>>,
+    invs: &Invocations,
+) -> std::io::Result<()> {
+    use std::io::Write;
+    let Some((head, buf, head_end)) = read_request(&mut c)? else {
+        return Ok(());
+    };
+    let target = head
+        .lines()
+        .find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.eq_ignore_ascii_case("x-amz-target")
+                .then(|| v.trim().to_string())
+        })
+        .unwrap_or_default();
+    let req: serde_json::Value = serde_json::from_slice(&buf[head_end..]).unwrap_or_default();
+    let error = |code: &str, msg: &str| (400, serde_json::json!({"__type": code, "message": msg}));
+    let (status, doc) = match target.as_str() {
+        "AmazonSSM.SendCommand" => {
+            let instance = req["InstanceIds"][0].as_str().unwrap_or("").to_string();
+            let home = std::fs::read_to_string(map)
+                .unwrap_or_default()
+                .lines()
+                .find_map(|l| {
+                    let f: Vec<&str> = l.split(' ').collect();
+                    (f.get(3) == Some(&instance.as_str())).then(|| PathBuf::from(f[2]))
+                });
+            match (req["DocumentName"].as_str(), home) {
+                (Some("AWS-RunShellScript"), Some(home)) => {
+                    let script = req["Parameters"]["commands"]
+                        .as_array()
+                        .map(|a| {
+                            a.iter()
+                                .filter_map(|v| v.as_str())
+                                .collect::<Vec<_>>()
+                                .join("\n")
+                        })
+                        .unwrap_or_default();
+                    scripts.lock().unwrap().push(script.clone());
+                    let id = format!("{:032x}", rand_u128());
+                    invs.lock()
+                        .unwrap()
+                        .insert(id.clone(), Invocation::default());
+                    let (invs, id2) = (invs.clone(), id.clone());
+                    std::thread::spawn(move || {
+                        let out = std::process::Command::new("sh")
+                            .arg("-c")
+                            .arg(&script)
+                            .current_dir(&home)
+                            .env("HOME", &home)
+                            .stdin(std::process::Stdio::null())
+                            .output();
+                        let done = match out {
+                            Ok(o) => (
+                                o.status.code().unwrap_or(-1),
+                                String::from_utf8_lossy(&o.stdout).to_string(),
+                                String::from_utf8_lossy(&o.stderr).to_string(),
+                            ),
+                            Err(e) => (-1, String::new(), e.to_string()),
+                        };
+                        if let Some(i) = invs.lock().unwrap().get_mut(&id2) {
+                            i.done = Some(done);
+                        }
+                    });
+                    (
+                        200,
+                        serde_json::json!({"Command": {"CommandId": id, "DocumentName": "AWS-RunShellScript",
+                            "InstanceIds": [instance], "Status": "Pending"}}),
+                    )
+                }
+                (Some("AWS-RunShellScript"), None) => error(
+                    "InvalidInstanceId",
+                    &format!("Instances [[{instance}]] not in a valid state for account"),
+                ),
+                _ => error("InvalidDocument", "only AWS-RunShellScript here"),
+            }
+        }
+        "AmazonSSM.GetCommandInvocation" => {
+            let id = req["CommandId"].as_str().unwrap_or("");
+            let mut invs = invs.lock().unwrap();
+            match invs.get_mut(id) {
+                Some(i) if i.asked == 0 => {
+                    i.asked += 1;
+                    error("InvocationDoesNotExist", "")
+                }
+                Some(i) => {
+                    i.asked += 1;
+                    let cut = |s: &str| s.chars().take(24_000).collect::<String>();
+                    match &i.done {
+                        None => (
+                            200,
+                            serde_json::json!({"CommandId": id, "Status": "InProgress",
+                            "StatusDetails": "InProgress", "ResponseCode": -1}),
+                        ),
+                        Some((code, out, err)) => {
+                            let st = if *code == 0 { "Success" } else { "Failed" };
+                            (
+                                200,
+                                serde_json::json!({"CommandId": id, "InstanceId": req["InstanceId"],
+                                "Status": st, "StatusDetails": st, "ResponseCode": code,
+                                "StandardOutputContent": cut(out), "StandardErrorContent": cut(err)}),
+                            )
+                        }
+                    }
+                }
+                None => error("InvalidCommandId", id),
+            }
+        }
+        "AmazonSSM.CancelCommand" => (200, serde_json::json!({})),
+        other => error("UnknownOperationException", other),
+    };
+    let body = doc.to_string();
+    let reason = if status == 200 { "OK" } else { "Bad Request" };
+    c.write_all(
+        format!(
+            "HTTP/1.1 {status} {reason}\r\nContent-Type: application/x-amz-json-1.1\r\nx-amzn-RequestId: ssm-agent\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )
+        .as_bytes(),
+    )?;
+    Ok(())
+}
+
+fn rand_u128() -> u128 {
+    use std::io::Read;
+    let mut b = [0u8; 16];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut b))
+        .unwrap();
+    u128::from_le_bytes(b)
 }
 
 /// An EC2 instance metadata service (IMDSv2) on 127.0.0.1, as EC2 behaves: `PUT

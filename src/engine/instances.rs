@@ -500,7 +500,13 @@ impl Engine {
             (inst, outcome)
         });
         for (inst, outcome) in futures_util::future::join_all(probes).await {
-            if inst.error != outcome {
+            // What a job's supervisor saw through a side channel (SSM) says more than
+            // "unreachable": kept while the machine stays unreachable.
+            let seen_aside = inst
+                .error
+                .as_deref()
+                .is_some_and(|e| e.contains("; through "));
+            if inst.error != outcome && !(outcome.is_some() && seen_aside) {
                 self.store()
                     .set_instance_error(&inst.id, outcome.as_deref())?;
             }

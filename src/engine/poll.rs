@@ -28,6 +28,57 @@ impl Engine {
         Ok(())
     }
 
+    /// While the usual way onto a job's machine fails: the job's status through the
+    /// provider's side channel (SSM for EC2), and a requested stop enforced through it.
+    /// The job's end is not recorded from there: its log and checkpoints wait for the
+    /// usual way. Returns what was seen, for the instance's error line.
+    async fn poll_side_channel(
+        &self,
+        job: &JobRecord,
+        att: &AttemptRecord,
+        provider: &dyn Provider,
+        inst: &InstanceRecord,
+    ) -> Option<String> {
+        let side = match provider.side_channel(inst).await {
+            Ok(Some(s)) => s,
+            Ok(None) => return None,
+            Err(e) => return Some(format!("no side channel either: {e:#}")),
+        };
+        let via = side.via;
+        let remote = side.remote.as_ref();
+        let mut stopping = String::new();
+        if job.cancel_requested {
+            let first = job.stop_sent_ms.is_none();
+            match self.enforce_stop(job, remote, att).await {
+                Ok(()) => {
+                    if first {
+                        let _ = self.store().add_event(
+                            "job.stop_sent",
+                            Some(&inst.id),
+                            Some(&job.id),
+                            &format!("stop sent through {via}: SSH cannot reach {}", inst.id),
+                        );
+                    }
+                    stopping = format!("; stop sent through {via}");
+                }
+                Err(e) => stopping = format!("; stopping through {via} failed: {e:#}"),
+            }
+        }
+        let seen = match self.executor().status(remote, &att.remote_dir).await {
+            Ok(RemoteStatus::Running { pid }) => format!("through {via}: job running (pid {pid})"),
+            Ok(RemoteStatus::Starting) => format!("through {via}: job starting"),
+            Ok(RemoteStatus::Exited { code, .. }) => {
+                format!("through {via}: job exited {code}; its log is collected when SSH answers")
+            }
+            Ok(RemoteStatus::Vanished) => {
+                format!("through {via}: the job's processes died without an exit")
+            }
+            Ok(RemoteStatus::Missing) => format!("through {via}: no job directory"),
+            Err(e) => format!("through {via}: {e:#}"),
+        };
+        Some(format!("{seen}{stopping}"))
+    }
+
     /// Stop a job now (SIGTERM, grace, SIGKILL) and record its end.
     pub(super) async fn stop_job_now(&self, job_id: &str) -> Result<JobState> {
         let job = self.store().job(job_id)?.context("no such job")?;
@@ -96,8 +147,16 @@ impl Engine {
                         .job_lost(&job, &inst, &att, "its machine is gone")
                         .await;
                 }
-                self.store()
-                    .set_instance_error(&inst.id, Some(&format!("unreachable: {e:#}")))?;
+                let side = self
+                    .poll_side_channel(&job, &att, provider.as_ref(), &inst)
+                    .await;
+                let msg = match side {
+                    Some(seen) => format!("unreachable: {e:#}; {seen}"),
+                    None => format!("unreachable: {e:#}"),
+                };
+                if inst.error.as_deref() != Some(msg.as_str()) {
+                    self.store().set_instance_error(&inst.id, Some(&msg))?;
+                }
                 return Err(e.context(format!("reaching {} for job {job_id}", inst.id)));
             }
         };

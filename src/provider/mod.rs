@@ -149,6 +149,14 @@ pub struct Listed {
     pub hourly: Option<Money>,
 }
 
+/// A second way onto a machine when its usual one (SSH) cannot reach it: enough to read a
+/// job's status and stop it (SSM Run Command for EC2). Files wait for the usual way.
+pub struct SideChannel {
+    /// What it goes through, for the user ("SSM").
+    pub via: &'static str,
+    pub remote: Arc<dyn Remote>,
+}
+
 #[async_trait]
 pub trait Provider: Send + Sync {
     fn name(&self) -> &'static str;
@@ -191,6 +199,12 @@ pub trait Provider: Send + Sync {
 
     /// A remote for a running instance (connecting if the provider needs to).
     async fn remote(&self, inst: &InstanceRecord) -> Result<Arc<dyn Remote>>;
+
+    /// The machine through a [`SideChannel`], for when [`Provider::remote`] fails and the
+    /// provider still says it runs. None: the provider has no other way.
+    async fn side_channel(&self, _inst: &InstanceRecord) -> Result<Option<SideChannel>> {
+        Ok(None)
+    }
 
     /// Mark the machine as running `job_id` where the provider shows it (a tag), so its
     /// console says what it is for. Best effort.

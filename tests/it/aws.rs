@@ -1310,3 +1310,143 @@ fn a_spot_machines_price_is_read_again_and_billed_from_then() {
             .contains(&"instance.price".to_string())
     );
 }
+
+#[test]
+fn when_ssh_cannot_reach_a_machine_ssm_reads_its_job_and_stops_it() {
+    let moto = Moto::start();
+    let ami = publish_ami(&moto);
+    let env = aws_env(&moto.endpoint(), &format!("ami = {ami:?}"));
+    let machines = boot_machines(&moto, &env);
+    // moto runs no command: the machines' own agent does (testkit::SsmAgent).
+    let agent = trainctl::testkit::SsmAgent::start(&machines);
+    let cfg = std::fs::read_to_string(&env.config).unwrap();
+    std::fs::write(
+        &env.config,
+        format!("{cfg}endpoints = {{ ssm = {:?} }}\n", agent.endpoint()),
+    )
+    .unwrap();
+    set_resources(&env, "instance_type = \"g5.xlarge\"");
+    let _gate = env.hold_at(3);
+    let job = env
+        .ok(&["run", "--provider", "aws", "--detach"])
+        .trim()
+        .to_string();
+    let home = machines.homes()[0].clone();
+    let job_dir = home.join(format!(".trainctl/jobs/{job}-1"));
+    env.wait_for(60, "the job to reach step 3", || {
+        std::fs::read_to_string(job_dir.join("stdout.log")).is_ok_and(|l| l.contains("step=3 "))
+    });
+    // The machine's security group stops admitting this laptop: SSH is refused.
+    let ec2_id = moto_instances(&moto)[0].instance_id().unwrap().to_string();
+    machines.block_ssh(&ec2_id, true);
+    let inst = env.job(&job)["instance_id"].as_str().unwrap().to_string();
+    let cancel_err = env.dir.path().join("cancel.err");
+    let mut cancel = env
+        .cmd(&["cancel", &job])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&cancel_err).unwrap())
+        .spawn()
+        .unwrap();
+    // Through SSM the job is seen and told to stop: it saves and exits on the machine.
+    env.wait_for(60, "the job to exit on the machine", || {
+        job_dir.join("exit_code").exists()
+    });
+    assert_eq!(
+        std::fs::read_to_string(job_dir.join("exit_code"))
+            .unwrap()
+            .trim(),
+        "143"
+    );
+    env.wait_for(30, "the stop recorded as sent through SSM", || {
+        env.event_kinds(Some(&job))
+            .contains(&"job.stop_sent".to_string())
+    });
+    env.wait_for(30, "ls to say what SSM sees", || {
+        ls_row(&env, &inst)["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("through SSM: job exited 143"))
+    });
+    let row = ls_row(&env, &inst);
+    assert!(
+        row["error"]
+            .as_str()
+            .unwrap()
+            .contains("Connection refused"),
+        "{row}"
+    );
+    // Every command went to the SSH user's shell through the base64 wrapper.
+    assert!(agent.scripts().iter().all(|s| s.contains("base64 -d")));
+    // Its end is not recorded from SSM: the log waits for SSH.
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    assert!(cancel.try_wait().unwrap().is_none(), "cancel waits for SSH");
+    assert_eq!(env.job(&job)["state"], "running");
+    machines.block_ssh(&ec2_id, false);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let status = loop {
+        if let Some(s) = cancel.try_wait().unwrap() {
+            break s;
+        }
+        assert!(std::time::Instant::now() < deadline, "cancel never ended");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    assert!(
+        status.success(),
+        "{}",
+        std::fs::read_to_string(&cancel_err).unwrap()
+    );
+    assert_eq!(env.job(&job)["state"], "cancelled");
+    let log = env.ok(&["logs", &job]);
+    assert!(log.contains("SIGTERM: stopping"), "{log}");
+    assert!(ls_row(&env, &inst)["error"].is_null(), "reachable again");
+    // The SSM remote itself: any script text, any bytes, in the SSH user's home.
+    let ssm = aws_sdk_ssm::Client::from_conf(
+        aws_sdk_ssm::config::Builder::from(&moto.sdk(REGION))
+            .endpoint_url(agent.endpoint())
+            .build(),
+    );
+    let timeout = std::time::Duration::from_secs(20);
+    block_on(async {
+        use trainctl::provider::aws::ssm::SsmRemote;
+        use trainctl::remote::Remote;
+        let r = SsmRemote::open(ssm.clone(), &ec2_id, "root", timeout)
+            .await
+            .unwrap();
+        assert_eq!(r.root(), format!("{}/.trainctl", home.display()));
+        let out = r
+            .exec("printf '%s|' \"it's\" '$HOME `x`'; echo; exit 3")
+            .await
+            .unwrap();
+        assert_eq!(out.status, 3);
+        assert_eq!(out.stdout_str(), "it's|$HOME `x`|\n");
+        let bytes: Vec<u8> = (0..40_000u32).map(|i| (i * 7 % 256) as u8).collect();
+        let path = format!("{}/ssm-test/bin", r.root());
+        r.write_file(&path, &bytes[..30_000], 0o600).await.unwrap();
+        r.append_file(&path, &bytes[30_000..]).await.unwrap();
+        let mut back = Vec::new();
+        while let Some(b) = r
+            .read_range(&path, back.len() as u64, 1 << 20)
+            .await
+            .unwrap()
+        {
+            if b.is_empty() {
+                break;
+            }
+            back.extend(b);
+        }
+        assert_eq!(back, bytes);
+        assert!(
+            r.read_range(&format!("{path}.no"), 0, 10)
+                .await
+                .unwrap()
+                .is_none()
+        );
+        // An instance without the agent (not managed) is said to be so.
+        let e = SsmRemote::open(ssm, "i-0123456789abcdef0", "root", timeout)
+            .await
+            .err()
+            .unwrap();
+        assert!(format!("{e:#}").contains("not a managed instance"), "{e:#}");
+    });
+    env.ok(&["terminate", &inst]);
+    moto_instances(&moto).iter().for_each(assert_ended);
+}

@@ -15,6 +15,7 @@
 pub mod catalog;
 pub mod ec2;
 pub mod s3;
+pub mod ssm;
 
 use super::{Capabilities, LaunchRequest, Launched, Listed, Observed, Plan, Provider};
 use crate::config::AwsProviderConfig;
@@ -79,6 +80,8 @@ pub struct AwsProvider {
     checkpoints: Option<Arc<dyn crate::job::checkpoint::CheckpointStore>>,
     ssh_config: SshConfig,
     conns: tokio::sync::Mutex<HashMap<String, Arc<SshRemote>>>,
+    /// Machines reached through SSM while SSH cannot, by trainctl id.
+    side: tokio::sync::Mutex<HashMap<String, Arc<ssm::SsmRemote>>>,
     prompt: PromptSlot,
 }
 
@@ -106,6 +109,7 @@ impl AwsProvider {
             sdk,
             checkpoints,
             conns: tokio::sync::Mutex::new(HashMap::new()),
+            side: tokio::sync::Mutex::new(HashMap::new()),
             prompt,
         }
     }
@@ -1032,6 +1036,7 @@ impl Provider for AwsProvider {
 
     async fn terminate(&self, inst: &InstanceRecord) -> Result<()> {
         self.conns.lock().await.remove(&inst.id);
+        self.side.lock().await.remove(&inst.id);
         let pid = match &inst.provider_id {
             Some(p) => p.clone(),
             None => match self.find(&inst.id).await? {
@@ -1177,6 +1182,36 @@ impl Provider for AwsProvider {
 
     fn idle_stops(&self) -> bool {
         self.cfg.idle_action == crate::config::IdleAction::Stop
+    }
+
+    async fn side_channel(
+        &self,
+        inst: &InstanceRecord,
+    ) -> Result<Option<crate::provider::SideChannel>> {
+        if !self.cfg.ssm_fallback {
+            return Ok(None);
+        }
+        let Some(pid) = inst.provider_id.clone() else {
+            return Ok(None);
+        };
+        let mut side = self.side.lock().await;
+        let r = match side.get(&inst.id) {
+            Some(r) => r.clone(),
+            None => {
+                let region = self.region_for(inst.region.as_deref())?;
+                let client = ec2::ssm_client(self.sdk().await?, &self.cfg, &region);
+                let r = Arc::new(
+                    ssm::SsmRemote::open(client, &pid, &self.cfg.ssh_user, Duration::from_secs(60))
+                        .await?,
+                );
+                side.insert(inst.id.clone(), r.clone());
+                r
+            }
+        };
+        Ok(Some(crate::provider::SideChannel {
+            via: "SSM",
+            remote: r,
+        }))
     }
 
     async fn remote(&self, inst: &InstanceRecord) -> Result<Arc<dyn Remote>> {
