@@ -181,7 +181,14 @@ pub enum Command {
     ///
     /// On-demand price per region and the cheapest spot price of the region's zones at
     /// catalog time (a launch reads the live spot price of the zone it lands in).
+    /// `--refresh` first reads the types, zones, spot and on-demand prices of `--region`
+    /// (else the configured regions) again from AWS (EC2 and the Price List API: needs
+    /// credentials allowed `ec2:Describe*` and `pricing:GetProducts`) and keeps them in the
+    /// data directory, where launches and `gpus` read them from then on.
     Gpus {
+        /// Read the catalog's rows for the region(s) again from AWS first.
+        #[arg(long)]
+        refresh: bool,
         #[arg(long)]
         region: Option<String>,
         /// Least memory per GPU, GiB.
@@ -288,6 +295,7 @@ pub fn json_value(v: f64) -> serde_json::Value {
 
 /// Print rows as aligned columns.
 fn gpus_list(
+    data_dir: &std::path::Path,
     region: Option<&str>,
     min_gpu_mem: Option<f64>,
     gpus: Option<u32>,
@@ -295,7 +303,7 @@ fn gpus_list(
     json: bool,
 ) -> Result<i32> {
     use crate::provider::aws::catalog::Catalog;
-    let cat = Catalog::embedded();
+    let cat = Catalog::for_data_dir(data_dir)?;
     if let Some(r) = region
         && !cat.prices.keys().any(|(_, cr)| cr == r)
     {
@@ -350,6 +358,14 @@ fn gpus_list(
     if rows.is_empty() {
         eprintln!("no GPU type fits");
     }
+    let refreshed = crate::provider::aws::refresh::refreshed_at(data_dir);
+    if !refreshed.is_empty() {
+        let when: Vec<String> = refreshed.iter().map(|(r, t)| format!("{r} {t}")).collect();
+        eprintln!(
+            "prices read from AWS for {}; other regions from the catalog shipped with trainctl",
+            when.join(", ")
+        );
+    }
     Ok(EXIT_OK)
 }
 
@@ -381,20 +397,6 @@ async fn run(cli: Cli) -> Result<i32> {
     // Commands that need no engine first.
     match &cli.command {
         Command::ParseLog { file } => return parse_log(file, cli.json),
-        Command::Gpus {
-            region,
-            min_gpu_mem,
-            gpus,
-            limit,
-        } => {
-            return gpus_list(
-                region.as_deref(),
-                *min_gpu_mem,
-                (*gpus > 0).then_some(*gpus),
-                *limit,
-                cli.json,
-            );
-        }
         Command::Config {
             command: ConfigCommand::Path,
         } => {
@@ -414,6 +416,37 @@ async fn run(cli: Cli) -> Result<i32> {
                 "--profile is for the aws provider, which is off: add [providers.aws] to the config"
             ),
         }
+    }
+    if let Command::Gpus {
+        region,
+        min_gpu_mem,
+        gpus,
+        limit,
+        refresh,
+    } = &cli.command
+    {
+        let data = cfg.data_dir();
+        if *refresh {
+            let aws = crate::provider::aws::AwsProvider::new(
+                &data,
+                cfg.providers.aws.clone().unwrap_or_default(),
+                Default::default(),
+            );
+            for r in aws.refresh_catalog(region.as_deref()).await? {
+                eprintln!(
+                    "{}: {} accelerated types offered, {} priced on demand, {} spot prices ({} AWS calls)",
+                    r.region, r.types, r.on_demand, r.spot_prices, r.calls
+                );
+            }
+        }
+        return gpus_list(
+            &data,
+            region.as_deref(),
+            *min_gpu_mem,
+            (*gpus > 0).then_some(*gpus),
+            *limit,
+            cli.json,
+        );
     }
     if let Command::Config {
         command: ConfigCommand::Check { project },

@@ -190,7 +190,7 @@ pub struct AwsProviderConfig {
     pub profile: Option<String>,
     /// One endpoint for every service (an emulator, a private endpoint).
     pub endpoint_url: Option<String>,
-    /// Per-service endpoints (`ec2`, `s3`, `ssm`), over `endpoint_url`.
+    /// Per-service endpoints (`ec2`, `s3`, `ssm`, `pricing`), over `endpoint_url`.
     pub endpoints: BTreeMap<String, String>,
     /// S3 path-style addressing (emulators, some private endpoints).
     pub s3_force_path_style: bool,
@@ -457,10 +457,10 @@ impl UserConfig {
                 return Err(at(u, format!("checkpoints_s3: {e}")));
             }
             for k in aws.endpoints.keys() {
-                if !["ec2", "s3", "ssm"].contains(&k.as_str()) {
+                if !["ec2", "s3", "ssm", "pricing"].contains(&k.as_str()) {
                     return Err(at(
                         k,
-                        format!("no AWS service `{k}` here (endpoints for: ec2, s3, ssm)"),
+                        format!("no AWS service `{k}` here (endpoints for: ec2, s3, ssm, pricing)"),
                     ));
                 }
             }

@@ -664,19 +664,12 @@ impl SsmAgent {
     /// Run commands on the machines of `machines`.
     pub fn start(machines: &Ec2Machines) -> SsmAgent {
         let map = machines.dir.path().join("map");
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = listener.local_addr().unwrap().port();
         let scripts = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
         let invs: Invocations = Default::default();
         let scripts2 = scripts.clone();
-        std::thread::spawn(move || {
-            for conn in listener.incoming().flatten() {
-                let (map, scripts, invs) = (map.clone(), scripts2.clone(), invs.clone());
-                std::thread::spawn(move || {
-                    let _ = ssm_serve_one(conn, &map, &scripts, &invs);
-                });
-            }
-        });
+        let port = json_server(std::sync::Arc::new(move |target, req| {
+            ssm_answer(target, req, &map, &scripts2, &invs)
+        }));
         SsmAgent { port, scripts }
     }
 
@@ -690,12 +683,26 @@ impl SsmAgent {
     }
 }
 
-fn ssm_serve_one(
-    mut c: std::net::TcpStream,
-    map: &Path,
-    scripts: &std::sync::Mutex<Vec<String>>,
-    invs: &Invocations,
-) -> std::io::Result<()> {
+type JsonHandler = dyn Fn(&str, &serde_json::Value) -> (u16, serde_json::Value) + Send + Sync;
+
+/// A loopback server of an AWS JSON protocol (`X-Amz-Target` names the operation): each
+/// request's target and body go to `handler`, whose (status, document) is the answer;
+/// one request per connection. Returns the port.
+fn json_server(handler: std::sync::Arc<JsonHandler>) -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for conn in listener.incoming().flatten() {
+            let handler = handler.clone();
+            std::thread::spawn(move || {
+                let _ = json_serve_one(conn, &*handler);
+            });
+        }
+    });
+    port
+}
+
+fn json_serve_one(mut c: std::net::TcpStream, handler: &JsonHandler) -> std::io::Result<()> {
     use std::io::Write;
     let Some((head, buf, head_end)) = read_request(&mut c)? else {
         return Ok(());
@@ -709,8 +716,32 @@ fn ssm_serve_one(
         })
         .unwrap_or_default();
     let req: serde_json::Value = serde_json::from_slice(&buf[head_end..]).unwrap_or_default();
-    let error = |code: &str, msg: &str| (400, serde_json::json!({"__type": code, "message": msg}));
-    let (status, doc) = match target.as_str() {
+    let (status, doc) = handler(&target, &req);
+    let body = doc.to_string();
+    let reason = if status == 200 { "OK" } else { "Bad Request" };
+    c.write_all(
+        format!(
+            "HTTP/1.1 {status} {reason}\r\nContent-Type: application/x-amz-json-1.1\r\nx-amzn-RequestId: testkit\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )
+        .as_bytes(),
+    )?;
+    Ok(())
+}
+
+fn json_error(code: &str, msg: &str) -> (u16, serde_json::Value) {
+    (400, serde_json::json!({"__type": code, "message": msg}))
+}
+
+fn ssm_answer(
+    target: &str,
+    req: &serde_json::Value,
+    map: &Path,
+    scripts: &std::sync::Mutex<Vec<String>>,
+    invs: &Invocations,
+) -> (u16, serde_json::Value) {
+    let error = json_error;
+    match target {
         "AmazonSSM.SendCommand" => {
             let instance = req["InstanceIds"][0].as_str().unwrap_or("").to_string();
             let home = std::fs::read_to_string(map)
@@ -803,17 +834,115 @@ fn ssm_serve_one(
         }
         "AmazonSSM.CancelCommand" => (200, serde_json::json!({})),
         other => error("UnknownOperationException", other),
-    };
-    let body = doc.to_string();
-    let reason = if status == 200 { "OK" } else { "Bad Request" };
-    c.write_all(
-        format!(
-            "HTTP/1.1 {status} {reason}\r\nContent-Type: application/x-amz-json-1.1\r\nx-amzn-RequestId: ssm-agent\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-            body.len()
-        )
-        .as_bytes(),
-    )?;
-    Ok(())
+    }
+}
+
+/// The AWS Price List Query API (`AWSPriceListService.GetProducts`) for EC2, serving the
+/// documented shapes: each product a JSON *string* in `PriceList` with its attributes and
+/// `terms.OnDemand.<sku>.<offer>.priceDimensions.<rate>.pricePerUnit.USD` (unit `Hrs`).
+/// Every priced (region, type) has the products a careless filter would pick up too —
+/// Windows, dedicated tenancy, SQL Server pre-installed, an unused capacity reservation —
+/// at other prices; `TERM_MATCH` filters are applied on the attributes, `MaxResults` pages
+/// with `NextToken`. Counts GetProducts calls.
+pub struct PriceListApi {
+    pub port: u16,
+    calls: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl PriceListApi {
+    /// `prices`: (region code, instance type, Linux on-demand USD per hour as text).
+    pub fn start(prices: &[(&str, &str, &str)]) -> PriceListApi {
+        let mut products: Vec<serde_json::Value> = Vec::new();
+        for (region, ty, usd) in prices {
+            let base: f64 = usd.parse().unwrap();
+            for (os, tenancy, sw, cap, factor) in [
+                ("Linux", "Shared", "NA", "Used", 1.0),
+                ("Windows", "Shared", "NA", "Used", 1.5),
+                ("Linux", "Dedicated", "NA", "Used", 1.1),
+                ("Linux", "Shared", "SQL Std", "Used", 2.0),
+                ("Linux", "Shared", "NA", "UnusedCapacityReservation", 0.0),
+            ] {
+                let sku = format!("SKU{:08X}", products.len() * 7919 + 17);
+                let price = format!("{:.10}", base * factor);
+                products.push(serde_json::json!({
+                    "product": {"productFamily": "Compute Instance", "sku": sku, "attributes": {
+                        "instanceType": ty, "regionCode": region, "operatingSystem": os,
+                        "tenancy": tenancy, "preInstalledSw": sw, "capacitystatus": cap,
+                        "servicecode": "AmazonEC2"}},
+                    "serviceCode": "AmazonEC2",
+                    "terms": {
+                        "OnDemand": {format!("{sku}.JRTCKXETXF"): {
+                            "offerTermCode": "JRTCKXETXF", "sku": sku,
+                            "effectiveDate": "2026-11-01T00:00:00Z",
+                            "priceDimensions": {format!("{sku}.JRTCKXETXF.6YS6EN2CT7"): {
+                                "unit": "Hrs", "pricePerUnit": {"USD": price},
+                                "description": format!("{os} {ty} per hour"),
+                                "beginRange": "0", "endRange": "Inf"}}}},
+                        "Reserved": {format!("{sku}.4NA7Y494T4"): {
+                            "offerTermCode": "4NA7Y494T4", "sku": sku,
+                            "priceDimensions": {format!("{sku}.4NA7Y494T4.2TG2D8R56U"): {
+                                "unit": "Quantity", "pricePerUnit": {"USD": "1234"}}}}}},
+                    "version": "20261101000000", "publicationDate": "2026-11-01T00:00:00Z"
+                }));
+            }
+        }
+        let calls = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let calls2 = calls.clone();
+        let port = json_server(std::sync::Arc::new(move |target, req| {
+            if target != "AWSPriceListService.GetProducts" {
+                return json_error("UnknownOperationException", target);
+            }
+            calls2.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            if req["ServiceCode"] != "AmazonEC2" {
+                return (
+                    200,
+                    serde_json::json!({"FormatVersion": "aws_v1", "PriceList": []}),
+                );
+            }
+            let filters: Vec<(String, String)> = req["Filters"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+                .iter()
+                .filter(|f| f["Type"] == "TERM_MATCH")
+                .map(|f| {
+                    (
+                        f["Field"].as_str().unwrap_or("").to_string(),
+                        f["Value"].as_str().unwrap_or("").to_string(),
+                    )
+                })
+                .collect();
+            let hits: Vec<String> = products
+                .iter()
+                .filter(|p| {
+                    filters
+                        .iter()
+                        .all(|(k, v)| p["product"]["attributes"][k].as_str() == Some(v))
+                })
+                .map(|p| p.to_string())
+                .collect();
+            let from: usize = req["NextToken"]
+                .as_str()
+                .and_then(|t| t.parse().ok())
+                .unwrap_or(0);
+            let n = req["MaxResults"].as_u64().unwrap_or(100) as usize;
+            let page: Vec<&String> = hits.iter().skip(from).take(n).collect();
+            let mut doc = serde_json::json!({"FormatVersion": "aws_v1", "PriceList": page});
+            if from + n < hits.len() {
+                doc["NextToken"] = serde_json::json!((from + n).to_string());
+            }
+            (200, doc)
+        }));
+        PriceListApi { port, calls }
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    pub fn calls(&self) -> usize {
+        self.calls.load(std::sync::atomic::Ordering::SeqCst)
+    }
 }
 
 fn rand_u128() -> u128 {

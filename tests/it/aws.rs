@@ -1450,3 +1450,99 @@ fn when_ssh_cannot_reach_a_machine_ssm_reads_its_job_and_stops_it() {
     env.ok(&["terminate", &inst]);
     moto_instances(&moto).iter().for_each(assert_ended);
 }
+
+#[test]
+fn gpus_refresh_reads_types_zones_and_prices_from_aws() {
+    use trainctl::testkit::{HttpFaults, PriceListApi};
+    let moto = Moto::start();
+    publish_ami(&moto);
+    // moto's spot prices are fake: EC2 quotes these (the newest price of a zone counts,
+    // not its cheapest).
+    let item = |zone: &str, price: &str, at: &str| {
+        format!(
+            "<item><instanceType>g5.xlarge</instanceType><productDescription>Linux/UNIX</productDescription><spotPrice>{price}</spotPrice><timestamp>{at}</timestamp><availabilityZone>{zone}</availabilityZone></item>"
+        )
+    };
+    let history = format!(
+        "<DescribeSpotPriceHistoryResponse xmlns=\"http://ec2.amazonaws.com/doc/2016-11-15/\"><requestId>r</requestId><spotPriceHistorySet>{}{}{}</spotPriceHistorySet><nextToken/></DescribeSpotPriceHistoryResponse>",
+        item("us-east-1a", "0.111000", "2026-11-26T08:00:00.000Z"),
+        item("us-east-1a", "0.321000", "2026-11-26T10:00:00.000Z"),
+        item("us-east-1b", "0.400000", "2026-11-26T10:00:00.000Z"),
+    );
+    let faults = HttpFaults::start(moto.port, move |body| {
+        body.contains("Action=DescribeSpotPriceHistory")
+            .then(|| (200, history.clone()))
+    });
+    let prices = PriceListApi::start(&[
+        ("us-east-1", "g5.xlarge", "1.2340000000"),
+        ("eu-west-1", "g5.xlarge", "9.9990000000"),
+    ]);
+    let env = aws_env(
+        &faults.endpoint(),
+        &format!("endpoints = {{ pricing = {:?} }}", prices.endpoint()),
+    );
+    let before = env.json(&["gpus", "--limit", "0"]);
+    let row = |rows: &serde_json::Value, ty: &str, region: &str| {
+        rows.as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["instance_type"] == ty && r["region"] == region)
+            .cloned()
+    };
+    let out = env.run(&[
+        "gpus",
+        "--refresh",
+        "--region",
+        "us-east-1",
+        "--json",
+        "--limit",
+        "0",
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("us-east-1: "), "{err}");
+    assert!(err.contains("AWS calls"), "{err}");
+    let rows: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let g5 = row(&rows, "g5.xlarge", "us-east-1").unwrap();
+    assert_eq!(g5["on_demand_micros"], 1_234_000, "{g5}\n{err}");
+    assert_eq!(g5["spot_micros"], 321_000, "{g5}");
+    assert_eq!(g5["accelerator"], "A10G");
+    assert_eq!(g5["gpus"], 1.0);
+    // A type EC2 offers but the Price List does not price has no on-demand price (and
+    // moto quotes no spot price for it here): it is not listed as buyable.
+    assert!(row(&rows, "g4dn.xlarge", "us-east-1").is_none());
+    // One GetProducts per offered type, none for the other regions.
+    let offered: usize = err
+        .split("us-east-1: ")
+        .nth(1)
+        .and_then(|t| t.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap();
+    assert!(offered > 10, "{err}");
+    assert_eq!(prices.calls(), offered);
+    // The other regions are the shipped catalog's, untouched.
+    let after = env.json(&["gpus", "--limit", "0"]);
+    assert_eq!(
+        row(&after, "g5.xlarge", "eu-west-1"),
+        row(&before, "g5.xlarge", "eu-west-1")
+    );
+    assert!(row(&before, "g5.xlarge", "eu-west-1").is_some());
+    // Later listings (no refresh) read the refreshed rows and say where prices come from.
+    let out = env.run(&["gpus", "--region", "us-east-1"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("g5.xlarge") && l.contains("$1.234")),
+        "{text}"
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("prices read from AWS for us-east-1 "),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // And a launch bills the refreshed on-demand price.
+    let _machines = boot_machines(&moto, &env);
+    let launched = env.json(&["launch", "--provider", "aws", "--type", "g5.xlarge"]);
+    assert_eq!(launched["hourly"], 1_234_000, "{launched}");
+    env.ok(&["terminate", launched["id"].as_str().unwrap()]);
+}

@@ -6,9 +6,9 @@
 use crate::model::Money;
 use anyhow::{Context, Result, bail};
 use std::collections::BTreeMap;
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
-const EMBEDDED: &str = include_str!("../../../assets/catalog/aws.csv");
+pub const EMBEDDED: &str = include_str!("../../../assets/catalog/aws.csv");
 
 /// One instance type's hardware.
 #[derive(Debug, Clone, PartialEq)]
@@ -81,9 +81,26 @@ impl Offer {
 
 impl Catalog {
     /// The catalog built into the binary.
-    pub fn embedded() -> &'static Catalog {
-        static C: OnceLock<Catalog> = OnceLock::new();
-        C.get_or_init(|| Catalog::parse(EMBEDDED).expect("the embedded AWS catalog parses"))
+    pub fn embedded() -> Arc<Catalog> {
+        static C: OnceLock<Arc<Catalog>> = OnceLock::new();
+        C.get_or_init(|| {
+            Arc::new(Catalog::parse(EMBEDDED).expect("the embedded AWS catalog parses"))
+        })
+        .clone()
+    }
+
+    /// The catalog in use with data directory `data_dir`: the one `trainctl gpus
+    /// --refresh` wrote there, else the embedded one. A refreshed file that does not
+    /// parse is named with its line.
+    pub fn for_data_dir(data_dir: &std::path::Path) -> Result<Arc<Catalog>> {
+        let path = super::refresh::user_catalog(data_dir);
+        match std::fs::read_to_string(&path) {
+            Ok(text) => Ok(Arc::new(
+                Catalog::parse(&text).with_context(|| format!("{}", path.display()))?,
+            )),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Catalog::embedded()),
+            Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+        }
     }
 
     pub fn parse(text: &str) -> Result<Catalog> {

@@ -14,6 +14,7 @@
 
 pub mod catalog;
 pub mod ec2;
+pub mod refresh;
 pub mod s3;
 pub mod ssm;
 
@@ -78,6 +79,8 @@ pub struct AwsProvider {
     dir: PathBuf,
     sdk: Arc<tokio::sync::OnceCell<SdkConfig>>,
     checkpoints: Option<Arc<dyn crate::job::checkpoint::CheckpointStore>>,
+    /// The embedded catalog, or the one `gpus --refresh` wrote to the data directory.
+    catalog: Arc<Catalog>,
     ssh_config: SshConfig,
     conns: tokio::sync::Mutex<HashMap<String, Arc<SshRemote>>>,
     /// Machines reached through SSM while SSH cannot, by trainctl id.
@@ -102,7 +105,12 @@ impl AwsProvider {
                 .ok()
                 .map(|s| Arc::new(s) as Arc<dyn crate::job::checkpoint::CheckpointStore>)
         });
+        let catalog = Catalog::for_data_dir(data_dir).unwrap_or_else(|e| {
+            tracing::warn!("{e:#}; using the catalog built into trainctl");
+            Catalog::embedded()
+        });
         AwsProvider {
+            catalog,
             ssh_config: SshConfig::load_default(),
             dir: data_dir.join("aws"),
             cfg,
@@ -151,6 +159,20 @@ impl AwsProvider {
             .context(
                 "no AWS region: set `regions` in [providers.aws], AWS_REGION, or -o region=...",
             )
+    }
+
+    /// Read the catalog's rows for `region` (else every configured region) again from
+    /// AWS and keep them in the data directory (`gpus --refresh`).
+    pub async fn refresh_catalog(
+        &self,
+        region: Option<&str>,
+    ) -> Result<Vec<refresh::RegionRefresh>> {
+        let regions = match region {
+            Some(r) => vec![r.to_string()],
+            None => self.regions().await?,
+        };
+        let data = self.dir.parent().context("data directory")?;
+        refresh::refresh(self.sdk().await?, &self.cfg, &regions, data).await
     }
 
     /// Regions watched for this store's machines.
@@ -598,11 +620,7 @@ impl AwsProvider {
                         .cfg
                         .spot_max_usd
                         .map(Money::from_dollars_f64)
-                        .or_else(|| {
-                            Catalog::embedded()
-                                .prices(ty, &region)
-                                .and_then(|p| p.on_demand)
-                        });
+                        .or_else(|| self.catalog.prices(ty, &region).and_then(|p| p.on_demand));
                     if let Some(b) = bid {
                         so = so.max_price(b.to_string().trim_start_matches('$'));
                     }
@@ -630,7 +648,7 @@ impl AwsProvider {
                         b.host_key = Some(host_public.clone());
                         b.market = market.into();
                         l.backend = serde_json::to_string(&b).ok();
-                        let prices = Catalog::embedded().prices(ty, &region);
+                        let prices = self.catalog.prices(ty, &region);
                         if spot {
                             let z = b.zone.clone().or(zone.clone()).unwrap_or_default();
                             match self.spot_price(&ec2, ty, &z).await {
@@ -798,7 +816,7 @@ impl Provider for AwsProvider {
     fn check(&self, req: &LaunchRequest) -> Result<Plan> {
         req.only_options("aws", OPTIONS)?;
         let region = self.region_for(req.options.get("region").map(String::as_str))?;
-        let cat = Catalog::embedded();
+        let cat = &self.catalog;
         let ty = match &req.instance_type {
             Some(t) => t.clone(),
             None => {
@@ -909,7 +927,7 @@ impl Provider for AwsProvider {
     fn instance_types(&self) -> Vec<String> {
         let region = self.region_for(None).ok();
         let mut seen = std::collections::BTreeSet::new();
-        Catalog::embedded()
+        self.catalog
             .offers(region.as_deref(), None, None)
             .into_iter()
             .filter(|o| seen.insert(o.instance_type.clone()))
@@ -1086,9 +1104,7 @@ impl Provider for AwsProvider {
                 for i in page.reservations().iter().flat_map(|r| r.instances()) {
                     let ty = i.instance_type().map(|t| t.as_str().to_string());
                     let spot = i.instance_lifecycle().is_some_and(|l| l.as_str() == "spot");
-                    let prices = ty
-                        .as_deref()
-                        .and_then(|t| Catalog::embedded().prices(t, &region));
+                    let prices = ty.as_deref().and_then(|t| self.catalog.prices(t, &region));
                     out.push(Listed {
                         id: ec2::tag(i, TAG_ID).unwrap_or("?").to_string(),
                         provider_id: i.instance_id().unwrap_or_default().to_string(),
