@@ -86,45 +86,66 @@ imds_poll() {
 
 # On a notice with no trainctl watching (JOB_DIR/seen, written by every poll, older than
 # 15 s), put the newest complete checkpoint where the job's checkpoint store is, before
-# the deadline: rescue.env (written by trainctl for S3) names it; the upload uses the
+# the deadline, then the log's last 64 MiB (the part no trainctl read may be anywhere in
+# it): rescue.env (written by trainctl for S3) names where; the upload uses the
 # machine's own credentials (its instance role) through the aws CLI, else python3 boto3.
+# upload SRC KEY_SUFFIX META(k=v) ERRFILE
+upload() {
+    if command -v aws >/dev/null 2>&1; then
+        timeout "$left" aws s3 cp --only-show-errors --metadata "$3" \
+            "$1" "$TRAINCTL_RESCUE_URL$2" 2> "$4"
+    elif python3 -c 'import boto3' 2>/dev/null; then
+        timeout "$left" python3 - "$1" "$TRAINCTL_RESCUE_BUCKET" \
+            "$TRAINCTL_RESCUE_PREFIX$2" "$3" 2> "$4" <<'PY'
+import sys, boto3
+src, bucket, key, meta = sys.argv[1:5]
+k, v = meta.split("=", 1)
+boto3.client("s3").upload_file(src, bucket, key, ExtraArgs={"Metadata": {k: v}})
+PY
+    else
+        echo "neither the aws CLI nor python3 with boto3 is on the machine" > "$4"
+        return 1
+    fi
+}
+
 rescue() {
     [ -f rescue.env ] || return 0
     seen_at=$(cat seen 2>/dev/null || echo 0)
     [ $(($(date +%s) - seen_at)) -gt 15 ] || return 0
     . ./rescue.env
-    newest=
-    for f in $(ls -t "$TRAINCTL_RESCUE_DIR" 2>/dev/null); do
-        case "$f" in *.part | *.tmp | .*) continue ;; esac
-        [ -f "$TRAINCTL_RESCUE_DIR/$f" ] || continue
-        newest=$f
-        break
-    done
-    if [ -z "$newest" ]; then
-        echo "no checkpoint to rescue in $TRAINCTL_RESCUE_DIR" > rescue.err
-        return 0
-    fi
-    src="$TRAINCTL_RESCUE_DIR/$newest"
-    mtime=$(date -r "$src" +%s 2>/dev/null || echo 0)
     left=$((deadline - $(date +%s) - 2))
     [ "$left" -gt 5 ] || left=5
-    if command -v aws >/dev/null 2>&1; then
-        timeout "$left" aws s3 cp --only-show-errors --metadata "mtime=$mtime" \
-            "$src" "$TRAINCTL_RESCUE_URL$newest" 2> rescue.err
-    elif python3 -c 'import boto3' 2>/dev/null; then
-        timeout "$left" python3 - "$src" "$TRAINCTL_RESCUE_BUCKET" \
-            "$TRAINCTL_RESCUE_PREFIX$newest" "$mtime" 2> rescue.err <<'PY'
-import sys, boto3
-src, bucket, key, mtime = sys.argv[1:5]
-boto3.client("s3").upload_file(src, bucket, key, ExtraArgs={"Metadata": {"mtime": mtime}})
-PY
-    else
-        echo "neither the aws CLI nor python3 with boto3 is on the machine" > rescue.err
-        return 0
-    fi && {
-        printf 'name=%s\nat=%s\n' "$newest" "$(date +%s)" > rescued
-        rm -f rescue.err
-    }
+    newest=
+    if [ -n "${TRAINCTL_RESCUE_DIR:-}" ]; then
+        for f in $(ls -t "$TRAINCTL_RESCUE_DIR" 2>/dev/null); do
+            case "$f" in *.part | *.tmp | .*) continue ;; esac
+            [ -f "$TRAINCTL_RESCUE_DIR/$f" ] || continue
+            newest=$f
+            break
+        done
+        [ -n "$newest" ] || echo "no checkpoint to rescue in $TRAINCTL_RESCUE_DIR" > rescue.err
+    fi
+    if [ -n "$newest" ]; then
+        src="$TRAINCTL_RESCUE_DIR/$newest"
+        mtime=$(date -r "$src" +%s 2>/dev/null || echo 0)
+        upload "$src" "$newest" "mtime=$mtime" rescue.err && {
+            printf 'name=%s\nat=%s\n' "$newest" "$(date +%s)" > rescued
+            rm -f rescue.err
+        }
+    fi
+    if [ -n "${TRAINCTL_RESCUE_LOG:-}" ] && [ -f stdout.log ]; then
+        left=$((deadline - $(date +%s) - 1))
+        [ "$left" -gt 3 ] || left=3
+        size=$(wc -c < stdout.log)
+        from=0
+        [ "$size" -gt 67108864 ] && from=$((size - 67108864))
+        tail -c +$((from + 1)) stdout.log | head -c $((size - from)) > log.rescue
+        upload log.rescue "$TRAINCTL_RESCUE_LOG" "offset=$from" rescue-log.err && {
+            echo "$from $size" > log_rescued
+            rm -f rescue-log.err log.rescue
+        }
+    fi
+    return 0
 }
 
 if [ "${1:-}" = --watch ]; then

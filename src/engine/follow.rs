@@ -58,6 +58,86 @@ impl Engine {
         consumed
     }
 
+    /// The log tail a machine put in the job's checkpoint store itself on a notice, while
+    /// no trainctl watched (`rescue` in runner.sh): what this store has not read of it is
+    /// taken in as if pumped (parsed, kept, metrics stored), so the lines written between
+    /// the last poll and the machine's end are not lost with the machine. Bytes before the
+    /// tail that nobody read are said lost, in the log itself and in a `log.gap` event.
+    pub(super) async fn take_in_rescued_log(
+        &self,
+        job: &JobRecord,
+        att: &AttemptRecord,
+    ) -> Result<()> {
+        let store = self.checkpoint_store_for(job)?;
+        let Some((start, file)) = store.rescued_log(&job.id, att.attempt).await? else {
+            return Ok(());
+        };
+        let mut cur = self.store().log_offset(&job.id, att.attempt)?;
+        let len = tokio::fs::metadata(&file).await?.len();
+        let end = start + len;
+        if end <= cur.byte_offset {
+            return Ok(());
+        }
+        let first = cur.byte_offset;
+        if start > cur.byte_offset {
+            let lost = start - cur.byte_offset;
+            let note = format!(
+                "[trainctl: {lost} bytes of this log were lost with the machine: it kept only its last {len} bytes]\n"
+            );
+            match self.commit_log_piece(att, &cur, note.as_bytes()).await? {
+                Some(next) => cur = next,
+                None => return Ok(()),
+            }
+            self.store().add_event(
+                "log.gap",
+                Some(&att.instance_id),
+                Some(&job.id),
+                &format!(
+                    "attempt {}: {lost} bytes of its log were lost with its machine",
+                    att.attempt
+                ),
+            )?;
+        }
+        use tokio::io::{AsyncReadExt, AsyncSeekExt};
+        let mut f = tokio::fs::File::open(&file).await?;
+        f.seek(std::io::SeekFrom::Start(first.saturating_sub(start)))
+            .await?;
+        let mut pending: Vec<u8> = Vec::new();
+        let mut buf = vec![0u8; LOG_CHUNK];
+        let mut taken = 0u64;
+        loop {
+            let n = f.read(&mut buf).await?;
+            pending.extend_from_slice(&buf[..n]);
+            let take = if n == 0 {
+                pending.len()
+            } else {
+                complete_prefix_len(&pending)
+            };
+            if take > 0 {
+                match self.commit_log_piece(att, &cur, &pending[..take]).await? {
+                    Some(next) => cur = next,
+                    None => return Ok(()),
+                }
+                taken += take as u64;
+                pending.drain(..take);
+            }
+            if n == 0 {
+                break;
+            }
+        }
+        let _ = tokio::fs::remove_file(&file).await;
+        self.store().add_event(
+            "log.rescued",
+            Some(&att.instance_id),
+            Some(&job.id),
+            &format!(
+                "attempt {}: {taken} bytes of its log that no trainctl had read, put in the checkpoint store by the machine itself",
+                att.attempt
+            ),
+        )?;
+        Ok(())
+    }
+
     /// Parse `chunk` (which starts at `old`), write it to the local copy at its offset, and
     /// advance the stored offset by compare-and-swap. `None` when another process won.
     pub(super) async fn commit_log_piece(

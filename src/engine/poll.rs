@@ -275,6 +275,9 @@ impl Engine {
         att: &AttemptRecord,
         why: &str,
     ) -> Result<JobState> {
+        if let Err(e) = self.take_in_rescued_log(job, att).await {
+            tracing::warn!("job {}: the log its machine kept: {e:#}", job.id);
+        }
         self.store()
             .finish_attempt(&job.id, att.attempt, None, now_ms())?;
         if inst.state.is_live() {

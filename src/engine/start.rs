@@ -152,22 +152,33 @@ impl Engine {
                 recovery::failpoint("recovery.restore");
                 env.insert("TRAINCTL_RESUME_FROM".to_string(), at);
             }
-            // A store the machine can reach itself (S3) gets what the machine's watcher
-            // needs to ship the newest checkpoint on a notice when no trainctl watches.
-            if let Some(vars) = self
-                .checkpoint_store_of(Some(&inst.provider))
-                .rescue_env(job_id, inst)
-            {
-                let mut text = format!("TRAINCTL_RESCUE_DIR={}\n", crate::remote::sh_quote(&dir));
-                for (k, v) in vars {
-                    text.push_str(&format!("export {k}={}\n", crate::remote::sh_quote(&v)));
-                }
-                remote
-                    .write_file(&format!("{jd}/rescue.env"), text.as_bytes(), 0o600)
-                    .await
-                    .context("writing the rescue settings")?;
-            }
             env.insert("TRAINCTL_CHECKPOINT_DIR".to_string(), dir);
+        }
+        // A store the machine can reach itself (S3) gets what the machine's watcher needs
+        // to put the newest checkpoint and the log's tail there on a notice when no
+        // trainctl watches.
+        if let Some(vars) = self
+            .checkpoint_store_of(Some(&inst.provider))
+            .rescue_env(job_id, inst)
+        {
+            let mut text = String::new();
+            if let Some(dir) = env.get("TRAINCTL_CHECKPOINT_DIR") {
+                text.push_str(&format!(
+                    "TRAINCTL_RESCUE_DIR={}\n",
+                    crate::remote::sh_quote(dir)
+                ));
+            }
+            text.push_str(&format!(
+                "TRAINCTL_RESCUE_LOG={}\n",
+                crate::remote::sh_quote(&crate::job::checkpoint::rescued_log_name(attempt))
+            ));
+            for (k, v) in vars {
+                text.push_str(&format!("export {k}={}\n", crate::remote::sh_quote(&v)));
+            }
+            remote
+                .write_file(&format!("{jd}/rescue.env"), text.as_bytes(), 0o600)
+                .await
+                .context("writing the rescue settings")?;
         }
         env.extend(spec.project.env.clone());
         let script = job::command_script(&spec.project.command, &env);

@@ -55,12 +55,23 @@ pub trait CheckpointStore: Send + Sync {
         let _ = (job_id, attempt, file);
         Ok(None)
     }
+    /// The tail of attempt `attempt`'s log that its machine put here itself on a notice
+    /// (no trainctl watching), fetched to a local file, with the log offset it starts at.
+    async fn rescued_log(&self, job_id: &str, attempt: i64) -> Result<Option<(u64, PathBuf)>> {
+        let _ = (job_id, attempt);
+        Ok(None)
+    }
     /// Checkpoints kept here that the trainctl store has no record of (a machine put them
     /// here itself), each fetched to a local file.
     async fn unrecorded(&self, job_id: &str, known: &[String]) -> Result<Vec<Unrecorded>> {
         let _ = (job_id, known);
         Ok(Vec::new())
     }
+}
+
+/// Where (under a job's prefix in its store) a machine puts attempt `attempt`'s log tail.
+pub fn rescued_log_name(attempt: i64) -> String {
+    format!("logs/{attempt}.rescued.log")
 }
 
 /// A checkpoint found in a store without a record (see [`CheckpointStore::unrecorded`]).

@@ -1160,6 +1160,14 @@ fn with_no_trainctl_watching_the_machine_puts_its_checkpoint_in_s3_itself() {
         );
         job_dir.join("rescued").exists()
     });
+    env.wait_for(30, "the machine's upload of its log", || {
+        let err = std::fs::read_to_string(job_dir.join("rescue-log.err")).unwrap_or_default();
+        assert!(
+            !err.contains("Error") && !err.contains("neither"),
+            "the log rescue failed: {err}"
+        );
+        job_dir.join("log_rescued").exists()
+    });
     let rescued = std::fs::read_to_string(job_dir.join("rescued")).unwrap();
     assert!(rescued.contains("name=epoch-0002.json"), "{rescued}");
     // EC2 takes the machine; later a trainctl comes back and the job goes on.
@@ -1175,6 +1183,11 @@ fn with_no_trainctl_watching_the_machine_puts_its_checkpoint_in_s3_itself() {
         kinds.contains(&"checkpoint.rescued".to_string()),
         "{kinds:?}"
     );
+    // The log the first machine wrote after trainctl left came back with its tail.
+    assert!(kinds.contains(&"log.rescued".to_string()), "{kinds:?}");
+    let log = env.ok(&["logs", &job]);
+    assert!(log.contains("SIGTERM: stopping"), "{log}");
+    assert!(log.contains("step=1 "), "{log}");
     assert!(
         kinds.contains(&"checkpoint.restored".to_string()),
         "{kinds:?}"

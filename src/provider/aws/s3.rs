@@ -514,6 +514,32 @@ impl CheckpointStore for S3Store {
         Some(v)
     }
 
+    async fn rescued_log(&self, job_id: &str, attempt: i64) -> Result<Option<(u64, PathBuf)>> {
+        let s3 = self.client().await?;
+        let key = self.key(job_id, &crate::job::checkpoint::rescued_log_name(attempt));
+        let obj = match s3.get_object().bucket(&self.bucket).key(&key).send().await {
+            Ok(o) => o,
+            Err(e) if e.as_service_error().is_some_and(|s| s.is_no_such_key()) => return Ok(None),
+            Err(e) => return Err(s3_error(&format!("downloading {key}"), &self.bucket, e)),
+        };
+        let offset = obj
+            .metadata()
+            .and_then(|m| m.get("offset"))
+            .and_then(|o| o.trim().parse::<u64>().ok())
+            .with_context(|| format!("{key} has no `offset` metadata"))?;
+        let file = self
+            .uploads
+            .join(job_id)
+            .join(format!("rescued-{attempt}.log"));
+        tokio::fs::create_dir_all(self.uploads.join(job_id)).await?;
+        let mut body = obj.body.into_async_read();
+        let mut f = tokio::fs::File::create(&file).await?;
+        tokio::io::copy_buf(&mut body, &mut f).await?;
+        use tokio::io::AsyncWriteExt;
+        f.flush().await?;
+        Ok(Some((offset, file)))
+    }
+
     async fn unrecorded(&self, job_id: &str, known: &[String]) -> Result<Vec<Unrecorded>> {
         let mut out = Vec::new();
         for name in self.list(job_id).await? {
