@@ -574,7 +574,9 @@ pub struct RecoveryConfig {
     /// Attempts in all, the first included; reached -> the job fails, machines released.
     pub max_attempts: u32,
     /// Which ends are recovered: `interrupted` (a notice stopped it), `lost` (the machine
-    /// vanished, died, or stayed unreachable past `lost_after_seconds`).
+    /// vanished, died, or stayed unreachable past `lost_after_seconds`); `rebalance` also
+    /// moves a job off a spot machine as soon as its provider recommends it (EC2's
+    /// rebalance recommendation, ahead of any notice), from its newest checkpoint.
     pub on: Vec<RecoverOn>,
     /// Newest checkpoints kept in the checkpoint store per job.
     pub keep_checkpoints: u32,
@@ -598,6 +600,7 @@ impl Default for RecoveryConfig {
 pub enum RecoverOn {
     Interrupted,
     Lost,
+    Rebalance,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]

@@ -107,6 +107,25 @@ impl Engine {
             return Ok(());
         };
         let jobs = self.live_jobs_on(&inst.id)?;
+        // Jobs whose project asked for it (`[recovery] on` has "rebalance") move now.
+        let mut moving = Vec::new();
+        for id in &jobs {
+            let Some(job) = self.store().job(id)? else {
+                continue;
+            };
+            let wants = super::recovery::job_spec(&job).is_ok_and(|s| {
+                s.project
+                    .recovery
+                    .on
+                    .contains(&crate::config::RecoverOn::Rebalance)
+            });
+            if wants && job.state == JobState::Running && job.migrate_to.is_none() {
+                match self.migrate(id, super::MigrateTarget::Same).await {
+                    Ok(_) => moving.push(id.clone()),
+                    Err(e) => tracing::warn!("moving {id} off {} on a rebalance: {e:#}", inst.id),
+                }
+            }
+        }
         let when = crate::sanitize::sanitize_line(text.trim_ascii());
         self.store().add_event(
             "instance.rebalance",
@@ -116,6 +135,8 @@ impl Engine {
                 "the provider recommends moving off this spot machine ({when}): an interruption is more likely; {}",
                 if jobs.is_empty() {
                     "no job runs there".to_string()
+                } else if !moving.is_empty() {
+                    format!("moving {} to a new machine now ([recovery] on has \"rebalance\")", moving.join(", "))
                 } else {
                     format!("`trainctl migrate {}` moves its job now", jobs.join(" / "))
                 }

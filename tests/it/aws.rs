@@ -173,10 +173,15 @@ fn s3_client(moto: &Moto) -> aws_sdk_s3::Client {
 
 /// Put `[resources]` (TOML lines) into the project, before `[env]` (the last table).
 fn set_resources(env: &Env, lines: &str) {
+    set_table(env, "resources", lines);
+}
+
+/// Put table `[name]` (TOML lines) into the project, before `[env]` (the last table).
+fn set_table(env: &Env, name: &str, lines: &str) {
     let toml = env.project.join("trainctl.toml");
     let text = std::fs::read_to_string(&toml).unwrap();
     let (head, tail) = text.split_at(text.find("\n[env]").unwrap());
-    std::fs::write(&toml, format!("{head}\n[resources]\n{lines}\n{tail}")).unwrap();
+    std::fs::write(&toml, format!("{head}\n[{name}]\n{lines}\n{tail}")).unwrap();
 }
 
 /// The model of an uninterrupted run of the project on the local provider (the toy's
@@ -1558,4 +1563,74 @@ fn gpus_refresh_reads_types_zones_and_prices_from_aws() {
     let launched = env.json(&["launch", "--provider", "aws", "--type", "g5.xlarge"]);
     assert_eq!(launched["hourly"], 1_234_000, "{launched}");
     env.ok(&["terminate", launched["id"].as_str().unwrap()]);
+}
+
+#[test]
+fn a_rebalance_recommendation_moves_a_job_that_asked_for_it() {
+    use std::process::Stdio;
+    let SpotS3 {
+        moto,
+        imds,
+        env,
+        machines: _machines,
+        expected,
+        gate,
+    } = spot_s3();
+    set_table(
+        &env,
+        "recovery",
+        "on = [\"interrupted\", \"lost\", \"rebalance\"]",
+    );
+    let run = env
+        .cmd(&["run", "--provider", "aws", "--json", "--terminate-after"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let job = env.wait_running_with_metrics();
+    env.wait_for(60, "epoch 2's checkpoint in S3", || {
+        env.json(&["checkpoints", &job])
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c["name"] == "epoch-0002.json")
+    });
+    let first = env.job(&job)["instance_id"].as_str().unwrap().to_string();
+    // EC2 recommends moving off; no notice ever comes. The job moves by itself.
+    imds.rebalance();
+    env.wait_for(30, "the move", || {
+        env.json(&["events"]).as_array().unwrap().iter().any(|e| {
+            e["kind"] == "instance.rebalance"
+                && e["message"]
+                    .as_str()
+                    .unwrap()
+                    .contains(&format!("moving {job}"))
+        })
+    });
+    // The recommendation was that machine's: the next one's metadata has none.
+    imds.clear();
+    env.wait_for(90, "the job running on a new machine", || {
+        let j = env.job(&job);
+        j["state"] == "running" && j["instance_id"] != first.as_str()
+    });
+    std::fs::write(&gate, "").unwrap();
+    let out = run.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let result: serde_json::Value = serde_json::from_str(&stdout)
+        .unwrap_or_else(|e| panic!("{e}: {stdout}\n{}", String::from_utf8_lossy(&out.stderr)));
+    assert_eq!(result["state"], "succeeded", "{result}");
+    assert_eq!(
+        model_of(&env, &job),
+        expected,
+        "resumed from epoch 2, same model"
+    );
+    let kinds = env.event_kinds(Some(&job));
+    assert!(
+        kinds.contains(&"checkpoint.restored".to_string()),
+        "{kinds:?}"
+    );
+    // Moved once, before any notice; both machines gone from EC2.
+    let all = moto_instances(&moto);
+    assert_eq!(all.len(), 2);
+    all.iter().for_each(assert_ended);
 }
