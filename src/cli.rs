@@ -17,6 +17,34 @@ use serde_json::json;
 use std::io::{IsTerminal, Read, Write};
 use std::path::{Path, PathBuf};
 
+/// Every `println!` here goes through [`write_stdout`]: a reader that went away (`| head`)
+/// ends the process quietly, as Unix tools do, instead of a panic.
+macro_rules! println {
+    () => {
+        $crate::cli::write_stdout(format_args!("\n"))
+    };
+    ($($arg:tt)*) => {
+        $crate::cli::write_stdout(format_args!("{}\n", format_args!($($arg)*)))
+    };
+}
+
+/// Write to stdout; a closed pipe ends the process with success (whatever the command
+/// did is recorded before it prints), any other error is reported once.
+pub fn write_stdout(args: std::fmt::Arguments) {
+    let mut out = std::io::stdout().lock();
+    if let Err(e) = out.write_fmt(args).and_then(|_| out.flush()) {
+        quit_on_closed_pipe(&e);
+        eprintln!("error: writing to stdout: {e}");
+    }
+}
+
+/// A reader that went away: exit quietly.
+fn quit_on_closed_pipe(e: &std::io::Error) {
+    if e.kind() == std::io::ErrorKind::BrokenPipe {
+        std::process::exit(EXIT_OK);
+    }
+}
+
 pub const EXIT_OK: i32 = 0;
 pub const EXIT_ERROR: i32 = 1;
 pub const EXIT_USAGE: i32 = 2;
@@ -240,6 +268,9 @@ pub async fn main(cli: Cli) -> i32 {
             if let Some(ce) = e.downcast_ref::<ConfigError>() {
                 eprintln!("error: {ce}");
                 return EXIT_USAGE;
+            }
+            if let Some(io) = e.chain().find_map(|c| c.downcast_ref::<std::io::Error>()) {
+                quit_on_closed_pipe(io);
             }
             eprintln!("error: {e:#}");
             EXIT_ERROR
@@ -1067,18 +1098,20 @@ async fn follow_printing(engine: &Engine, job: &JobRecord, json: bool) -> Result
                 }
                 pb.set_message(status_line(e, &job_id));
             }
-            None if json => {
-                let mut out = std::io::stderr().lock();
+            // What arrived since the last poll in one write (not one per line).
+            None if !lines.is_empty() => {
+                let mut block = String::with_capacity(lines.iter().map(|l| l.len() + 1).sum());
                 for l in lines {
-                    let _ = writeln!(out, "{l}");
+                    block.push_str(&l);
+                    block.push('\n');
+                }
+                if json {
+                    let _ = std::io::stderr().lock().write_all(block.as_bytes());
+                } else {
+                    write_stdout(format_args!("{block}"));
                 }
             }
-            None => {
-                let mut out = std::io::stdout().lock();
-                for l in lines {
-                    let _ = writeln!(out, "{l}");
-                }
-            }
+            None => {}
         }
     });
     tokio::pin!(follow);
@@ -1265,10 +1298,12 @@ async fn logs(engine: &Engine, key: &str, follow: bool) -> Result<i32> {
         }
         // Every attempt in order, with a marker line where the job moved machines.
         let (_, _, lines) = engine.log_lines_since(&job.id, 1, 0)?;
-        let mut out = std::io::stdout().lock();
+        // Written in large blocks (stdout alone writes each line).
+        let mut out = std::io::BufWriter::with_capacity(1 << 16, std::io::stdout().lock());
         for l in lines {
             writeln!(out, "{l}")?;
         }
+        out.flush()?;
         return Ok(EXIT_OK);
     }
     match follow_printing(engine, &job, false).await {

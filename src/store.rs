@@ -1596,13 +1596,18 @@ impl Store {
             // its points replace the earlier attempts' for the same (name, step), so a
             // resumed job reads as one continuous series.
             "SELECT name, value, step, epoch, line FROM metric_points mp
+             -- Two separate tests, each answered by the (job, name, step) index: one
+             -- OR-ed test made SQLite scan the whole series for every point (86 s for
+             -- 40 000 points).
              WHERE job_id = ?1 AND (?2 IS NULL OR name = ?2)
-               AND NOT EXISTS (
+               AND NOT (mp.step IS NOT NULL AND EXISTS (
                  SELECT 1 FROM metric_points n
-                 WHERE n.job_id = mp.job_id AND n.name = mp.name AND n.attempt > mp.attempt
-                   AND ((mp.step IS NOT NULL AND n.step = mp.step)
-                     OR (mp.step IS NULL AND mp.epoch IS NOT NULL AND n.step IS NULL
-                         AND n.epoch = mp.epoch)))
+                 WHERE n.job_id = mp.job_id AND n.name = mp.name AND n.step = mp.step
+                   AND n.attempt > mp.attempt))
+               AND NOT (mp.step IS NULL AND mp.epoch IS NOT NULL AND EXISTS (
+                 SELECT 1 FROM metric_points n
+                 WHERE n.job_id = mp.job_id AND n.name = mp.name AND n.step IS NULL
+                   AND n.epoch = mp.epoch AND n.attempt > mp.attempt))
              ORDER BY attempt, rowid",
         )?;
         let rows = stmt.query_map(params![job_id, name], |r| {

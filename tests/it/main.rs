@@ -4,6 +4,7 @@
 mod aws;
 mod common;
 mod config_errors;
+mod headless;
 mod local_e2e;
 mod parser;
 mod recovery;

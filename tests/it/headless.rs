@@ -1,0 +1,112 @@
+//! The headless output path: output to a file or pipe in blocks, a reader that goes away
+//! ends trainctl quietly, no colour codes off a terminal.
+
+use crate::common::*;
+
+/// A project whose job prints `n` metric lines (`step=i loss=0.5`) at once.
+fn chatty(n: u32) -> Env {
+    let env = Env::new("", "0");
+    let toml = env.project.join("trainctl.toml");
+    let text = std::fs::read_to_string(&toml).unwrap().replace(
+        "command = \"python3 train.py --epochs 5\"",
+        &format!("command = \"seq 1 {n} | sed 's/.*/step=& loss=0.5/'\""),
+    );
+    std::fs::write(&toml, text).unwrap();
+    env
+}
+
+fn run_chatty(env: &Env) -> String {
+    let out = env.json(&["run", "--provider", "local", "--no-pull"]);
+    assert_eq!(out["state"], "succeeded", "{out}");
+    out["job_id"].as_str().unwrap().to_string()
+}
+
+/// `write(2)` calls to fd 1 by `trainctl args` with stdout to a file; and the output.
+fn writes_to_stdout(env: &Env, args: &[&str]) -> (usize, String) {
+    let trace = env.dir.path().join("trace");
+    let out = env.dir.path().join("out");
+    let mut cmd = std::process::Command::new("strace");
+    cmd.args([
+        "-f",
+        "-qq",
+        "-e",
+        "trace=write,writev",
+        "-e",
+        "signal=none",
+        "-o",
+    ])
+    .arg(&trace)
+    .arg(bin())
+    .args(args)
+    .env("TRAINCTL_CONFIG", &env.config)
+    .current_dir(&env.project)
+    .stdout(std::fs::File::create(&out).unwrap());
+    let status = cmd.status().expect("strace (the CI installs it)");
+    assert!(status.success());
+    let n = std::fs::read_to_string(&trace)
+        .unwrap()
+        .lines()
+        .filter(|l| l.contains("write(1,") || l.contains("writev(1,"))
+        .count();
+    (n, std::fs::read_to_string(&out).unwrap())
+}
+
+#[test]
+fn logs_to_a_file_are_written_in_blocks_not_a_line_at_a_time() {
+    let env = chatty(20_000);
+    let job = run_chatty(&env);
+    for args in [vec!["logs", job.as_str()], vec!["logs", "-f", job.as_str()]] {
+        let (writes, text) = writes_to_stdout(&env, &args);
+        assert_eq!(text.lines().count(), 20_000, "{args:?}");
+        assert!(text.ends_with("step=20000 loss=0.5\n"), "{args:?}");
+        assert!(writes <= 50, "{args:?}: {writes} writes for 20 000 lines");
+    }
+}
+
+#[test]
+fn a_reader_that_goes_away_ends_trainctl_quietly() {
+    let env = chatty(20_000);
+    let job = run_chatty(&env);
+    // Each prints far more than a pipe holds, so the writes meet the closed pipe.
+    for args in [
+        format!("metrics {job} --json"),
+        format!("logs {job}"),
+        format!("metrics {job}"),
+    ] {
+        let out = std::process::Command::new("bash")
+            .arg("-c")
+            .arg(format!(
+                "set -o pipefail; \"$0\" {args} | head -c 1 >/dev/null"
+            ))
+            .arg(bin())
+            .env("TRAINCTL_CONFIG", &env.config)
+            .current_dir(&env.project)
+            .output()
+            .unwrap();
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{args}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            out.stderr.is_empty(),
+            "{args}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+#[test]
+fn log_lines_to_a_file_carry_no_colour_codes() {
+    let env = Env::new("", "0");
+    let out = env
+        .cmd(&["jobs"])
+        .env("TRAINCTL_LOG", "trace")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("TRACE"), "{err}");
+    assert!(!err.contains('\u{1b}'), "{err:?}");
+}
