@@ -580,7 +580,11 @@ async fn run(cli: Cli) -> Result<i32> {
         Command::Pull { job, to } => {
             let report = engine.pull(&job, to.as_deref()).await?;
             print_pull(&report, json);
-            Ok(EXIT_OK)
+            Ok(if report.failed.is_empty() {
+                EXIT_OK
+            } else {
+                EXIT_ERROR
+            })
         }
         Command::Terminate { instance } => {
             let inst = engine
@@ -1195,6 +1199,7 @@ async fn run_job(engine: &Engine, o: RunOpts, json: bool) -> Result<i32> {
         }
     };
     let mut report = None;
+    let mut pull_failed = false;
     // The job may have moved machines (recovery, migrate): its end is on the current one.
     let current = engine
         .store()
@@ -1209,9 +1214,13 @@ async fn run_job(engine: &Engine, o: RunOpts, json: bool) -> Result<i32> {
                 if !json {
                     print_pull(&r, false);
                 }
+                pull_failed = !r.failed.is_empty();
                 report = Some(r);
             }
-            Err(e) => eprintln!("warning: pulling artifacts failed: {e:#}"),
+            Err(e) => {
+                eprintln!("error: pulling artifacts failed: {e:#}");
+                pull_failed = true;
+            }
         }
     } else if o.terminate_after && !o.no_pull {
         // Pulled by whichever supervisor saw the end (the stored end intent).
@@ -1228,7 +1237,7 @@ async fn run_job(engine: &Engine, o: RunOpts, json: bool) -> Result<i32> {
             .collect();
         let r = crate::job::artifacts::PullReport {
             pulled,
-            unmatched: Vec::new(),
+            ..Default::default()
         };
         if !json {
             print_pull(&r, false);
@@ -1236,7 +1245,13 @@ async fn run_job(engine: &Engine, o: RunOpts, json: bool) -> Result<i32> {
         report = Some(r);
     }
     if o.terminate_after {
-        if inst_live {
+        if inst_live && pull_failed {
+            // What the job made is still only there: the machine is kept.
+            eprintln!(
+                "kept {current} running: artifacts failed to pull (`trainctl pull {}` again, then `trainctl terminate {current}`)",
+                job.id
+            );
+        } else if inst_live {
             engine.terminate(&current, "run --terminate-after").await?;
         }
         if let Some(i) = engine.store().instance(&current)? {
@@ -1254,7 +1269,8 @@ async fn run_job(engine: &Engine, o: RunOpts, json: bool) -> Result<i32> {
         print_json(&json!({
             "job_id": job.id, "instance_id": inst.id, "state": state,
             "exit_code": final_job.exit_code, "reason": final_job.reason,
-            "cost_micros": cost, "artifacts": report.map(|r| r.pulled),
+            "cost_micros": cost, "artifacts": report.as_ref().map(|r| &r.pulled),
+            "artifacts_failed": report.as_ref().map(|r| &r.failed),
         }));
     } else {
         eprintln!(
@@ -1264,6 +1280,9 @@ async fn run_job(engine: &Engine, o: RunOpts, json: bool) -> Result<i32> {
             final_job.reason.unwrap_or_default(),
             Money(cost)
         );
+    }
+    if pull_failed && state == JobState::Succeeded {
+        return Ok(EXIT_ERROR);
     }
     Ok(exit_for(state))
 }
@@ -1284,6 +1303,9 @@ fn print_pull(report: &crate::job::artifacts::PullReport, json: bool) {
     }
     for u in &report.unmatched {
         eprintln!("warning: no artifact matched {u}");
+    }
+    for f in &report.failed {
+        eprintln!("error: {} not pulled: {}", f.path, f.error);
     }
 }
 

@@ -35,7 +35,9 @@ impl Engine {
                     }
                 }
                 let mut take = complete_prefix_len(&pending);
-                if (!open && final_read) || (take == 0 && pending.len() >= LOG_CHUNK) {
+                // A last line without its newline waits for the read to have ended well
+                // (below): a stream cut mid-line must not commit half a line.
+                if take == 0 && pending.len() >= LOG_CHUNK {
                     take = pending.len();
                 }
                 if take == 0 {
@@ -51,11 +53,20 @@ impl Engine {
                     None => break,
                 }
             }
-            Ok::<usize, anyhow::Error>(total)
+            Ok::<(usize, LogOffset, Vec<u8>), anyhow::Error>((total, cur, pending))
         };
         let (read, consumed) = tokio::join!(reader, consume);
         read?;
-        consumed
+        let (mut total, cur, rest) = consumed?;
+        // The job has ended and the whole file was read: its last line is complete even
+        // without a newline.
+        if final_read
+            && !rest.is_empty()
+            && self.commit_log_piece(att, &cur, &rest).await?.is_some()
+        {
+            total += rest.len();
+        }
+        Ok(total)
     }
 
     /// The log tail a machine put in the job's checkpoint store itself on a notice, while

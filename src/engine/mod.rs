@@ -364,6 +364,116 @@ mod tests {
         assert!(display_lines(b"\n").len() <= 1);
     }
 
+    /// A remote whose log stream sends `chunk` and then ends as given.
+    struct OneStream {
+        chunk: &'static [u8],
+        cut: bool,
+    }
+
+    #[async_trait::async_trait]
+    impl Remote for OneStream {
+        fn root(&self) -> &str {
+            "/nowhere"
+        }
+        async fn exec(&self, _: &str) -> Result<crate::remote::ExecOutput> {
+            unimplemented!()
+        }
+        async fn exec_stream(&self, _: &str, _: mpsc::Sender<Vec<u8>>) -> Result<i32> {
+            unimplemented!()
+        }
+        async fn write_file(&self, _: &str, _: &[u8], _: u32) -> Result<()> {
+            unimplemented!()
+        }
+        async fn exec_with_stdin(&self, _: &str, _: &[u8]) -> Result<crate::remote::ExecOutput> {
+            unimplemented!()
+        }
+        async fn append_file(&self, _: &str, _: &[u8]) -> Result<()> {
+            unimplemented!()
+        }
+        async fn put_files(
+            &self,
+            _: &Path,
+            _: &[String],
+            _: &str,
+        ) -> Result<Vec<crate::remote::Fetched>> {
+            unimplemented!()
+        }
+        async fn get(&self, _: &str, _: &Path) -> Result<crate::remote::Fetched> {
+            unimplemented!()
+        }
+        async fn read_range(&self, _: &str, _: u64, _: usize) -> Result<Option<Vec<u8>>> {
+            unimplemented!()
+        }
+        async fn stream_file(&self, _: &str, _: u64, sink: mpsc::Sender<Vec<u8>>) -> Result<bool> {
+            let _ = sink.send(self.chunk.to_vec()).await;
+            if self.cut {
+                return Err(crate::remote::ConnectionLost("cut".into()).into());
+            }
+            Ok(true)
+        }
+    }
+
+    /// The final read of an ended job: a stream cut in the middle of the last line
+    /// commits none of it; the next read, which ends well, commits it whole.
+    #[tokio::test]
+    async fn a_last_line_cut_short_is_not_committed() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = UserConfig {
+            data_dir: Some(dir.path().join("data")),
+            ..Default::default()
+        };
+        let engine = Engine::open(cfg).unwrap();
+        let inst = engine
+            .launch("local", &LaunchRequest::default())
+            .await
+            .unwrap();
+        let att = AttemptRecord {
+            job_id: "j-cut".into(),
+            attempt: 1,
+            instance_id: inst.id.clone(),
+            remote_dir: "/nowhere/j".into(),
+            workdir: "/nowhere".into(),
+            started_ms: now_ms(),
+            ended_ms: None,
+            exit_code: None,
+        };
+        {
+            let mut st = engine.store();
+            st.insert_job(&JobRecord::pending(
+                "j-cut", "t", "/nowhere", "true", &inst.id,
+            ))
+            .unwrap();
+            st.add_attempt(&att).unwrap();
+        }
+        let cut = OneStream {
+            chunk: b"step=1 loss=0.5\nstep=2 lo",
+            cut: true,
+        };
+        assert!(engine.pump_log(&cut, &att, true).await.is_err());
+        assert_eq!(
+            engine.store().log_offset("j-cut", 1).unwrap().byte_offset,
+            16
+        );
+        let rest = OneStream {
+            chunk: b"step=2 loss=0.25",
+            cut: false,
+        };
+        engine.pump_log(&rest, &att, true).await.unwrap();
+        assert_eq!(
+            engine.store().log_offset("j-cut", 1).unwrap().byte_offset,
+            32
+        );
+        let loss: Vec<(Option<i64>, f64)> = engine
+            .store()
+            .metrics("j-cut", Some("loss"))
+            .unwrap()
+            .iter()
+            .map(|p| (p.step, p.value))
+            .collect();
+        assert_eq!(loss, vec![(Some(1), 0.5), (Some(2), 0.25)]);
+        engine.terminate(&inst.id, "test over").await.unwrap();
+    }
+
     /// The attempt row is written before the job's directory exists on the machine; a
     /// second process polling in between must not call the job lost.
     #[tokio::test]

@@ -335,22 +335,42 @@ impl Engine {
         if job.terminate_on_end
             && let Some(inst_id) = job.instance_id.as_deref()
         {
-            // Keep what the job produced before the machine goes.
+            // Keep what the job produced before the machine goes; a machine whose
+            // artifacts did not all come back is kept (terminating it is the user's call).
             let pulled = if job.pull_on_end {
-                self.pull(&job.id, None).await.map(|_| ())
+                match self.pull(&job.id, None).await {
+                    Ok(r) if r.failed.is_empty() => Ok(()),
+                    Ok(r) => Err(anyhow!(
+                        "{} artifact(s) not pulled: {}",
+                        r.failed.len(),
+                        r.failed
+                            .iter()
+                            .map(|f| format!("{}: {}", f.path, f.error))
+                            .collect::<Vec<_>>()
+                            .join("; ")
+                    )),
+                    Err(e) => Err(e),
+                }
             } else {
                 Ok(())
             };
-            if let Err(e) = pulled {
-                self.store().add_event(
-                    "artifact.error",
-                    Some(inst_id),
-                    Some(&job.id),
-                    &format!("{e:#}"),
-                )?;
+            match pulled {
+                Ok(()) => {
+                    // Boxed: terminate stops live jobs, which polls them, which may finish them.
+                    Box::pin(self.terminate(inst_id, &why)).await?;
+                }
+                Err(e) => {
+                    self.store().add_event(
+                        "artifact.error",
+                        Some(inst_id),
+                        Some(&job.id),
+                        &format!(
+                            "{e:#}; the machine is kept: `trainctl pull {}`, then `trainctl terminate {inst_id}`",
+                            job.id
+                        ),
+                    )?;
+                }
             }
-            // Boxed: terminate stops live jobs, which polls them, which may finish them.
-            Box::pin(self.terminate(inst_id, &why)).await?;
         }
         // Machines of earlier attempts that the job owns and that are still up (the
         // last one stays unless the job was to terminate it: its files may be wanted).

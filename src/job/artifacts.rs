@@ -6,6 +6,7 @@ use crate::config::ArtifactRule;
 use crate::remote::{Remote, safe_join, sh_quote};
 use anyhow::{Context, Result};
 use serde::Serialize;
+use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -22,10 +23,54 @@ pub struct PullReport {
     pub pulled: Vec<Pulled>,
     /// Rules none of whose patterns matched anything (shown as warnings).
     pub unmatched: Vec<String>,
+    /// Files that matched but could not be pulled, each with why; the others were pulled.
+    pub failed: Vec<Failed>,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Failed {
+    /// Path relative to the workdir, made printable (a name that is not UTF-8 shows
+    /// `\xNN` for its odd bytes).
+    pub path: String,
+    pub error: String,
+}
+
+/// A file on the machine: its name as the bytes it is, and as text for matching and
+/// showing.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RemoteName {
+    pub bytes: Vec<u8>,
+    pub text: String,
+}
+
+impl RemoteName {
+    fn new(bytes: &[u8]) -> RemoteName {
+        let text = match std::str::from_utf8(bytes) {
+            Ok(t) => t.to_string(),
+            Err(_) => bytes
+                .utf8_chunks()
+                .map(|c| {
+                    let mut s = c.valid().to_string();
+                    for b in c.invalid() {
+                        s.push_str(&format!("\\x{b:02x}"));
+                    }
+                    s
+                })
+                .collect(),
+        };
+        RemoteName {
+            bytes: bytes.to_vec(),
+            text,
+        }
+    }
+
+    fn is_utf8(&self) -> bool {
+        std::str::from_utf8(&self.bytes).is_ok()
+    }
 }
 
 /// Every regular file under `workdir` on the machine, relative to it.
-pub async fn list_files(remote: &dyn Remote, workdir: &str) -> Result<Vec<String>> {
+pub async fn list_files(remote: &dyn Remote, workdir: &str) -> Result<Vec<RemoteName>> {
     let out = remote
         .exec(&format!(
             "cd {} && find . -type f -print0",
@@ -33,22 +78,22 @@ pub async fn list_files(remote: &dyn Remote, workdir: &str) -> Result<Vec<String
         ))
         .await?
         .check("listing the workdir")?;
-    let mut files: Vec<String> = out
+    let mut files: Vec<RemoteName> = out
         .stdout
         .split(|&b| b == 0)
         .filter(|s| !s.is_empty())
-        .map(|s| {
-            let s = String::from_utf8_lossy(s);
-            s.strip_prefix("./").unwrap_or(&s).to_string()
-        })
+        .map(|s| RemoteName::new(s.strip_prefix(b"./").unwrap_or(s)))
         .collect();
-    files.sort();
+    files.sort_by(|a, b| a.bytes.cmp(&b.bytes));
     Ok(files)
 }
 
 /// Which files the rules select: per rule, the matches of its first pattern that matches.
-pub fn select(rules: &[ArtifactRule], files: &[String]) -> Result<(Vec<String>, Vec<String>)> {
-    let mut chosen = Vec::new();
+pub fn select(
+    rules: &[ArtifactRule],
+    files: &[RemoteName],
+) -> Result<(Vec<RemoteName>, Vec<String>)> {
+    let mut chosen: Vec<RemoteName> = Vec::new();
     let mut unmatched = Vec::new();
     for rule in rules {
         let mut found = false;
@@ -58,7 +103,13 @@ pub fn select(rules: &[ArtifactRule], files: &[String]) -> Result<(Vec<String>, 
                 .build()
                 .with_context(|| format!("bad artifact pattern `{pat}`"))?
                 .compile_matcher();
-            let hits: Vec<&String> = files.iter().filter(|f| m.is_match(f.as_str())).collect();
+            let hits: Vec<&RemoteName> = files
+                .iter()
+                .filter(|f| {
+                    let os = std::ffi::OsStr::from_bytes(&f.bytes);
+                    m.is_match(std::path::Path::new(os))
+                })
+                .collect();
             if !hits.is_empty() {
                 for h in hits {
                     if !chosen.contains(h) {
@@ -76,7 +127,8 @@ pub fn select(rules: &[ArtifactRule], files: &[String]) -> Result<(Vec<String>, 
     Ok((chosen, unmatched))
 }
 
-/// Pull the files the rules select from `workdir` on the machine into `dest`.
+/// Pull the files the rules select from `workdir` on the machine into `dest`: every one
+/// that can be, each failure reported with its name (the others are still pulled).
 pub async fn pull(
     remote: &dyn Remote,
     workdir: &str,
@@ -89,21 +141,93 @@ pub async fn pull(
         unmatched,
         ..Default::default()
     };
-    for rel in chosen {
-        // Check before any byte moves: `../../etc/x` or `/abs` never leave `dest`.
-        let local = safe_join(dest, &rel)?;
-        let fetched = remote
-            .get(&format!("{workdir}/{rel}"), &local)
-            .await
-            .with_context(|| format!("pulling {rel}"))?;
-        report.pulled.push(Pulled {
-            path: rel,
-            size: fetched.size,
-            blake3: fetched.blake3,
-            local_path: local.to_string_lossy().into_owned(),
-        });
+    for name in chosen {
+        match pull_one(remote, workdir, &name, dest).await {
+            Ok(p) => report.pulled.push(p),
+            Err(e) => report.failed.push(Failed {
+                path: crate::sanitize::sanitize_line(name.text.as_bytes()),
+                error: format!("{e:#}"),
+            }),
+        }
     }
     Ok(report)
+}
+
+async fn pull_one(
+    remote: &dyn Remote,
+    workdir: &str,
+    name: &RemoteName,
+    dest: &Path,
+) -> Result<Pulled> {
+    let rel = std::path::Path::new(std::ffi::OsStr::from_bytes(&name.bytes));
+    if rel
+        .components()
+        .any(|c| c.as_os_str() == crate::remote::PARTIAL_DIR)
+    {
+        anyhow::bail!(
+            "a folder named {} is where trainctl keeps partial downloads: not pulled",
+            crate::remote::PARTIAL_DIR
+        );
+    }
+    // Check before any byte moves: `../../etc/x` or `/abs` never leave `dest`.
+    let local = safe_join_bytes(dest, rel)?;
+    let fetched = if name.is_utf8() {
+        remote
+            .get(&format!("{workdir}/{}", name.text), &local)
+            .await?
+    } else {
+        // The remote API names files as text: a name that is not UTF-8 is linked to a
+        // text name beside the job's files for the copy, then unlinked.
+        let alias = format!(
+            "{workdir}/.trainctl-pull-{}",
+            crate::model::short_hash(&blake3::hash(&name.bytes).to_hex())
+        );
+        let octal: String = name.bytes.iter().map(|b| format!("\\0{b:03o}")).collect();
+        remote
+            .exec(&format!(
+                "cd {w} && n=$(printf '%bx' '{octal}') && n=${{n%x}} && ln -f -- \"$n\" {a} 2>/dev/null || cp -p -- \"$n\" {a}",
+                w = sh_quote(workdir),
+                a = sh_quote(&alias)
+            ))
+            .await?
+            .check("naming the file for the copy")?;
+        let got = remote.get(&alias, &local).await;
+        let _ = remote.exec(&format!("rm -f -- {}", sh_quote(&alias))).await;
+        got?
+    };
+    Ok(Pulled {
+        path: name.text.clone(),
+        size: fetched.size,
+        blake3: fetched.blake3,
+        local_path: local.to_string_lossy().into_owned(),
+    })
+}
+
+/// [`safe_join`] for a name that may not be UTF-8.
+fn safe_join_bytes(base: &Path, rel: &Path) -> Result<std::path::PathBuf> {
+    match rel.to_str() {
+        Some(t) => safe_join(base, t),
+        None => {
+            let mut out = base.to_path_buf();
+            let mut depth = 0;
+            for c in rel.components() {
+                match c {
+                    std::path::Component::Normal(p) => {
+                        out.push(p);
+                        depth += 1;
+                    }
+                    std::path::Component::CurDir => {}
+                    _ => anyhow::bail!(
+                        "refusing remote path `{}`: it would write outside {}",
+                        rel.display(),
+                        base.display()
+                    ),
+                }
+            }
+            anyhow::ensure!(depth > 0, "refusing an empty remote path");
+            Ok(out)
+        }
+    }
 }
 
 #[cfg(test)]
@@ -112,9 +236,9 @@ mod tests {
 
     #[test]
     fn fallbacks_take_the_first_pattern_that_matches() {
-        let files: Vec<String> = ["last.pt", "ckpt/e1.ckpt", "ckpt/e2.ckpt", "m.json"]
+        let files: Vec<RemoteName> = ["last.pt", "ckpt/e1.ckpt", "ckpt/e2.ckpt", "m.json"]
             .iter()
-            .map(|s| s.to_string())
+            .map(|s| RemoteName::new(s.as_bytes()))
             .collect();
         let rules = vec![
             ArtifactRule::FirstOf(vec!["best.pt".into(), "last.pt".into()]),
@@ -122,6 +246,7 @@ mod tests {
             ArtifactRule::One("*.onnx".into()),
         ];
         let (chosen, unmatched) = select(&rules, &files).unwrap();
+        let chosen: Vec<&str> = chosen.iter().map(|c| c.text.as_str()).collect();
         assert_eq!(chosen, vec!["last.pt", "ckpt/e1.ckpt", "ckpt/e2.ckpt"]);
         assert_eq!(unmatched, vec!["*.onnx"]);
     }

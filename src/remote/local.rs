@@ -54,21 +54,28 @@ fn copy_hashed(src: &Path, dest: &Path, buf: &mut Vec<u8>) -> Result<Fetched> {
     let parent = dest
         .parent()
         .context("destination has no parent directory")?;
-    let name = dest
-        .file_name()
-        .context("destination has no file name")?
-        .to_string_lossy();
-    let tmp = parent.join(format!(".{name}.trainctl-part"));
+    let tmp = crate::remote::partial_path(dest)?;
+    std::fs::create_dir_all(tmp.parent().unwrap_or(parent))?;
     let mut input =
         std::fs::File::open(src).with_context(|| format!("opening {}", src.display()))?;
     let mode = input.metadata()?.permissions().mode() & 0o7777;
-    let mut out = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(mode)
-        .open(&tmp)
-        .with_context(|| format!("creating {}", tmp.display()))?;
+    let open = || {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(mode)
+            .open(&tmp)
+    };
+    // Another copy into the same folder may have just removed the emptied partial folder.
+    let mut out = match open() {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            std::fs::create_dir_all(tmp.parent().unwrap_or(parent))?;
+            open()
+        }
+        r => r,
+    }
+    .with_context(|| format!("creating {}", tmp.display()))?;
     let mut hasher = blake3::Hasher::new();
     if buf.len() < 256 * 1024 {
         buf.resize(256 * 1024, 0);
@@ -91,6 +98,9 @@ fn copy_hashed(src: &Path, dest: &Path, buf: &mut Vec<u8>) -> Result<Fetched> {
     // The umask may have narrowed the mode at creation.
     std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(mode))?;
     std::fs::rename(&tmp, dest).with_context(|| format!("renaming into {}", dest.display()))?;
+    if let Some(d) = tmp.parent() {
+        let _ = std::fs::remove_dir(d);
+    }
     Ok(Fetched {
         size,
         blake3: hasher.finalize().to_hex().to_string(),

@@ -4,7 +4,7 @@
 
 pub mod local;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use async_trait::async_trait;
 use std::path::Path;
 use tokio::sync::mpsc;
@@ -258,6 +258,20 @@ pub fn sh_quote(s: &str) -> String {
     }
     out.push('\'');
     out
+}
+
+/// The folder, beside each downloaded file, where its partial download lives until it is
+/// complete and checked. Artifacts under a folder of this name are never pulled, so no
+/// file of a job can be taken for another's partial download.
+pub const PARTIAL_DIR: &str = ".trainctl-partial";
+
+/// Where the partial download of `dest` lives (`<dest's folder>/.trainctl-partial/<name>`).
+pub fn partial_path(dest: &Path) -> Result<std::path::PathBuf> {
+    let parent = dest
+        .parent()
+        .context("destination has no parent directory")?;
+    let name = dest.file_name().context("destination has no file name")?;
+    Ok(parent.join(PARTIAL_DIR).join(name))
 }
 
 /// Join `rel` under `base` for writing a file that came from a machine: refuses absolute

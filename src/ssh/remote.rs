@@ -1053,12 +1053,8 @@ impl Remote for SshRemote {
         let expected = RemoteSum::parse(lines.next().unwrap_or(""));
         let parent = dest.parent().context("destination has no parent")?;
         tokio::fs::create_dir_all(parent).await?;
-        let name = dest
-            .file_name()
-            .context("no file name")?
-            .to_string_lossy()
-            .into_owned();
-        let part = parent.join(format!(".{name}.trainctl-part"));
+        let part = crate::remote::partial_path(dest)?;
+        tokio::fs::create_dir_all(part.parent().unwrap_or(parent)).await?;
         // A partial file from an earlier attempt is resumed; one that does not match in the
         // end is thrown away and the download made once more from the start.
         for from_scratch in [false, true] {
@@ -1080,6 +1076,9 @@ impl Remote for SshRemote {
                 };
             if matches {
                 tokio::fs::rename(&part, dest).await?;
+                if let Some(d) = part.parent() {
+                    let _ = tokio::fs::remove_dir(d).await;
+                }
                 return Ok(Fetched { size, blake3: b3 });
             }
             tracing::warn!("{path}: downloaded copy does not match (size {got} vs {size})");

@@ -110,3 +110,67 @@ fn log_lines_to_a_file_carry_no_colour_codes() {
     assert!(err.contains("TRACE"), "{err}");
     assert!(!err.contains('\u{1b}'), "{err:?}");
 }
+
+#[test]
+fn every_artifact_is_pulled_whatever_its_name_and_a_failed_pull_keeps_the_machine() {
+    let env = Env::new("", "0");
+    std::fs::write(
+        env.project.join("mk.sh"),
+        "mkdir -p out/.trainctl-partial\n\
+         printf A > \"$(printf 'out/a\\377.bin')\"\n\
+         printf B > out/b.bin\n\
+         printf P > out/.b.bin.trainctl-part\n\
+         printf X > out/.trainctl-partial/x\n",
+    )
+    .unwrap();
+    let toml = env.project.join("trainctl.toml");
+    let text = std::fs::read_to_string(&toml)
+        .unwrap()
+        .replace(
+            "command = \"python3 train.py --epochs 5\"",
+            "command = \"sh mk.sh\"",
+        )
+        .replace(
+            "artifacts = [\"model.json\", [\"checkpoints/best.json\", \"checkpoints/epoch-*.json\"]]",
+            "artifacts = [\"out/*\", \"out/.trainctl-partial/*\"]",
+        );
+    std::fs::write(&toml, text).unwrap();
+    let out = env.run(&["run", "--provider", "local", "--terminate-after", "--json"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(r["state"], "succeeded", "{r}");
+    let job = r["job_id"].as_str().unwrap();
+    // The name that is not UTF-8 came back as the bytes it is, beside the others, and a
+    // job's file named like an old partial download is its own file.
+    use std::os::unix::ffi::OsStrExt;
+    let dest = env.project.join("trainctl-out").join(job).join("out");
+    let odd = dest.join(std::ffi::OsStr::from_bytes(b"a\xff.bin"));
+    assert_eq!(std::fs::read(&odd).unwrap(), b"A");
+    assert_eq!(std::fs::read(dest.join("b.bin")).unwrap(), b"B");
+    assert_eq!(
+        std::fs::read(dest.join(".b.bin.trainctl-part")).unwrap(),
+        b"P"
+    );
+    // The one under trainctl's partial folder name is refused, said, and the machine kept.
+    let failed = r["artifacts_failed"].as_array().unwrap();
+    assert_eq!(failed.len(), 1, "{r}");
+    assert!(
+        failed[0]["path"]
+            .as_str()
+            .unwrap()
+            .contains(".trainctl-partial/x")
+    );
+    assert!(err.contains("kept"), "{err}");
+    let inst = r["instance_id"].as_str().unwrap();
+    let live = env.json(&["ls"]);
+    assert!(
+        live.as_array().unwrap().iter().any(|i| i["id"] == inst),
+        "{live}"
+    );
+    assert!(
+        env.event_kinds(Some(job))
+            .contains(&"artifact.error".to_string())
+    );
+    env.ok(&["terminate", inst]);
+}

@@ -732,9 +732,10 @@ async fn downloads_resume_survive_dropped_connections_and_reject_stale_parts() {
     let path = remote.to_str().unwrap();
     let out = work.path().join("out");
     std::fs::create_dir_all(&out).unwrap();
-    let part = out.join(".best.pt.trainctl-part");
+    let part = out.join(".trainctl-partial/best.pt");
 
     // A partial download left by an earlier attempt: only the rest travels.
+    std::fs::create_dir_all(part.parent().unwrap()).unwrap();
     std::fs::write(&part, &data[..8 << 20]).unwrap();
     let before = r.bytes_received();
     let got = r.get(path, &out.join("best.pt")).await.unwrap();
@@ -743,9 +744,14 @@ async fn downloads_resume_survive_dropped_connections_and_reject_stale_parts() {
     assert_eq!(got.blake3, blake3::hash(&data).to_hex().to_string());
     assert!(std::fs::read(out.join("best.pt")).unwrap() == data);
     assert!(!part.exists());
+    assert!(
+        !part.parent().unwrap().exists(),
+        "the emptied partial folder is gone"
+    );
 
     // A stale partial file (another version of the file): caught by the checksum and
     // downloaded again from the start.
+    std::fs::create_dir_all(part.parent().unwrap()).unwrap();
     std::fs::write(&part, vec![7u8; 8 << 20]).unwrap();
     let before = r.bytes_received();
     r.get(path, &out.join("best.pt")).await.unwrap();
@@ -758,7 +764,7 @@ async fn downloads_resume_survive_dropped_connections_and_reject_stale_parts() {
         let stop = stop.clone();
         let sshd = &sshd;
         let kills = std::sync::atomic::AtomicU32::new(0);
-        let again_part = out.join(".again.pt.trainctl-part");
+        let again_part = out.join(".trainctl-partial/again.pt");
         std::thread::scope(|s| {
             let h = s.spawn(|| {
                 // Each time another 2 MiB landed, kill the server side: always mid-transfer.
