@@ -1003,6 +1003,7 @@ struct RunOpts {
 }
 
 /// Prints a job's stored log as it grows, from where it last stopped.
+#[derive(Clone)]
 struct LogPrinter {
     job_id: String,
     attempt: i64,
@@ -1018,13 +1019,34 @@ impl LogPrinter {
         }
     }
 
-    /// New complete lines since the last call (every attempt, in order).
+    /// New complete lines since the last call (every attempt, in order), a few MiB at
+    /// most: call again while it returns lines.
     fn take_new(&mut self, engine: &Engine) -> Result<Vec<String>> {
         let (attempt, printed, lines) =
-            engine.log_lines_since(&self.job_id, self.attempt, self.printed)?;
+            engine.log_lines_since(&self.job_id, self.attempt, self.printed, PRINT_BYTES)?;
         self.attempt = attempt;
         self.printed = printed;
         Ok(lines)
+    }
+}
+
+/// The most of a log read into memory at once for printing.
+const PRINT_BYTES: usize = 4 << 20;
+
+/// Print `lines` on stdout in one write (or on stderr when stdout carries JSON).
+fn print_block(lines: Vec<String>, to_stderr: bool) {
+    if lines.is_empty() {
+        return;
+    }
+    let mut block = String::with_capacity(lines.iter().map(|l| l.len() + 1).sum());
+    for l in lines {
+        block.push_str(&l);
+        block.push('\n');
+    }
+    if to_stderr {
+        let _ = std::io::stderr().lock().write_all(block.as_bytes());
+    } else {
+        write_stdout(format_args!("{block}"));
     }
 }
 
@@ -1066,7 +1088,7 @@ impl Drop for AbortOnDrop {
 }
 
 async fn follow_printing(engine: &Engine, job: &JobRecord, json: bool) -> Result<JobState> {
-    let mut printer = LogPrinter::new(&job.id);
+    let printer = std::sync::Arc::new(tokio::sync::Mutex::new(LogPrinter::new(&job.id)));
     let bar = if std::io::stderr().is_terminal() {
         let pb = indicatif::ProgressBar::new_spinner();
         pb.set_style(
@@ -1093,41 +1115,74 @@ async fn follow_printing(engine: &Engine, job: &JobRecord, json: bool) -> Result
         }
     });
     let _stop_tending = AbortOnDrop(tender);
+    // The log is printed from the local copy as it is committed, beside the follow (a
+    // large log is printed while it is still being read, never all in memory).
+    let bar = bar.map(std::sync::Arc::new);
+    let print_some = {
+        let (engine, printer, bar) = (engine.clone(), printer.clone(), bar.clone());
+        move || {
+            let (engine, printer, bar) = (engine.clone(), printer.clone(), bar.clone());
+            async move {
+                let mut p = printer.lock().await;
+                let mut any = false;
+                loop {
+                    // On a copy: a task stopped while it reads leaves the printer as it
+                    // was, so the final drain prints those lines.
+                    let (e2, mut next) = (engine.clone(), p.clone());
+                    let Ok((next, lines)) = tokio::task::spawn_blocking(move || {
+                        let l = next.take_new(&e2).unwrap_or_default();
+                        (next, l)
+                    })
+                    .await
+                    else {
+                        return any;
+                    };
+                    *p = next;
+                    if lines.is_empty() {
+                        return any;
+                    }
+                    any = true;
+                    match bar.as_deref() {
+                        Some(pb) => {
+                            for l in lines {
+                                pb.println(l);
+                            }
+                        }
+                        None => print_block(lines, json),
+                    }
+                }
+            }
+        }
+    };
+    let printing = tokio::spawn({
+        let print_some = print_some.clone();
+        async move {
+            loop {
+                if !print_some().await {
+                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                }
+            }
+        }
+    });
+    let _stop_printing = AbortOnDrop(printing);
     let follow = engine.follow_job(&job.id, |e| {
-        let lines = printer.take_new(e).unwrap_or_default();
-        match &bar {
-            Some(pb) => {
-                for l in lines {
-                    pb.println(l);
-                }
-                pb.set_message(status_line(e, &job_id));
-            }
-            // What arrived since the last poll in one write (not one per line).
-            None if !lines.is_empty() => {
-                let mut block = String::with_capacity(lines.iter().map(|l| l.len() + 1).sum());
-                for l in lines {
-                    block.push_str(&l);
-                    block.push('\n');
-                }
-                if json {
-                    let _ = std::io::stderr().lock().write_all(block.as_bytes());
-                } else {
-                    write_stdout(format_args!("{block}"));
-                }
-            }
-            None => {}
+        if let Some(pb) = bar.as_deref() {
+            pb.set_message(status_line(e, &job_id));
         }
     });
     tokio::pin!(follow);
     let state = tokio::select! {
         r = &mut follow => r?,
         _ = tokio::signal::ctrl_c() => {
-            if let Some(pb) = &bar { pb.finish_and_clear(); }
+            if let Some(pb) = bar.as_deref() { pb.finish_and_clear(); }
             eprintln!("detached; {} keeps running. Follow it with `trainctl logs -f {}`, stop it with `trainctl cancel {}`", job.id, job.id, job.id);
             return Err(Exit(EXIT_OK).into());
         }
     };
-    if let Some(pb) = &bar {
+    // Everything the job wrote, to the end, before returning.
+    drop(_stop_printing);
+    while print_some().await {}
+    if let Some(pb) = bar.as_deref() {
         pb.finish_and_clear();
     }
     Ok(state)
@@ -1318,14 +1373,16 @@ async fn logs(engine: &Engine, key: &str, follow: bool) -> Result<i32> {
         {
             eprintln!("warning: could not reach the job's machine: {e:#}");
         }
-        // Every attempt in order, with a marker line where the job moved machines.
-        let (_, _, lines) = engine.log_lines_since(&job.id, 1, 0)?;
-        // Written in large blocks (stdout alone writes each line).
-        let mut out = std::io::BufWriter::with_capacity(1 << 16, std::io::stdout().lock());
-        for l in lines {
-            writeln!(out, "{l}")?;
+        // Every attempt in order, with a marker line where the job moved machines, a few
+        // MiB at a time, each in one write.
+        let mut printer = LogPrinter::new(&job.id);
+        loop {
+            let lines = printer.take_new(engine)?;
+            if lines.is_empty() {
+                break;
+            }
+            print_block(lines, false);
         }
-        out.flush()?;
         return Ok(EXIT_OK);
     }
     match follow_printing(engine, &job, false).await {
@@ -1341,6 +1398,29 @@ async fn metrics(engine: &Engine, key: &str, name: Option<&str>, json: bool) -> 
     let job = engine.store().find_job(key)?;
     if !job.state.is_terminal() {
         let _ = engine.poll_job(&job.id).await;
+    }
+    if json && let Some(name) = name {
+        // One series, streamed as it is unpacked: the first point is out at once.
+        let mut out = std::io::BufWriter::with_capacity(1 << 16, std::io::stdout().lock());
+        let mut first = true;
+        let mut err: Option<std::io::Error> = None;
+        engine.store().for_each_metric(&job.id, name, |p| {
+            if err.is_some() {
+                return;
+            }
+            let v = json!({"name": p.name, "value": json_value(p.value), "step": p.step, "epoch": p.epoch, "line": p.line});
+            let r = write!(out, "{}{v}", if first { "[\n" } else { ",\n" });
+            first = false;
+            if let Err(e) = r {
+                err = Some(e);
+            }
+        })?;
+        if let Some(e) = err {
+            return Err(e.into());
+        }
+        writeln!(out, "{}", if first { "[]" } else { "\n]" })?;
+        out.flush()?;
+        return Ok(EXIT_OK);
     }
     let points = engine.store().metrics(&job.id, name)?;
     if json {

@@ -14,6 +14,7 @@ pub mod model;
 pub mod provider;
 pub mod remote;
 pub mod sanitize;
+pub mod series;
 pub mod ssh;
 pub mod store;
 pub mod testkit;

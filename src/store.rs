@@ -140,7 +140,23 @@ const MIGRATIONS: &[&str] = &[
     "ALTER TABLE instances ADD COLUMN min_billed_ms INTEGER NOT NULL DEFAULT 0;",
     // 6: an instance's events by kind (the fleet step asks for the newest of a kind).
     "CREATE INDEX events_instance ON events(instance_id, kind);",
+    // 7: metric points packed per series (`series.rs`): one row per metric per commit of
+    // the log instead of one per point (the rows of `metric_points` are moved here by
+    // `pack_old_points`, then the table is dropped).
+    "CREATE TABLE metric_chunks (
+        job_id TEXT NOT NULL,
+        attempt INTEGER NOT NULL,
+        name TEXT NOT NULL,
+        n INTEGER NOT NULL,
+        first_line INTEGER NOT NULL,
+        last_line INTEGER NOT NULL,
+        data BLOB NOT NULL
+    );
+    CREATE INDEX metric_chunks_job ON metric_chunks(job_id, name);",
 ];
+
+/// Points per stored chunk at most (a commit with more makes several).
+const CHUNK_POINTS: usize = 65_536;
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct InstanceRecord {
@@ -492,6 +508,9 @@ impl Store {
             for (i, sql) in MIGRATIONS.iter().enumerate().skip(version) {
                 tx.execute_batch(sql)
                     .with_context(|| format!("store migration {}", i + 1))?;
+                if i + 1 == 7 {
+                    Self::pack_old_points(tx).context("store migration 7")?;
+                }
                 tx.pragma_update(None, "user_version", i + 1)?;
             }
             Ok(())
@@ -1544,34 +1563,85 @@ impl Store {
         })
     }
 
+    /// Migration 7: every point of the one-row-per-point table, packed into chunks in
+    /// the order they were stored, then that table dropped.
+    fn pack_old_points(tx: &rusqlite::Transaction<'_>) -> Result<()> {
+        let mut batch: Vec<MetricPoint> = Vec::new();
+        let mut key: Option<(String, i64)> = None;
+        {
+            let mut stmt = tx.prepare(
+                "SELECT job_id, attempt, name, value, step, epoch, line FROM metric_points
+                 ORDER BY job_id, attempt, rowid",
+            )?;
+            let mut rows = stmt.query([])?;
+            while let Some(r) = rows.next()? {
+                let k = (r.get::<_, String>(0)?, r.get::<_, i64>(1)?);
+                if key.as_ref() != Some(&k) {
+                    if let Some((j, a)) = key.take() {
+                        Self::insert_points_tx(tx, &j, a, &batch)?;
+                    }
+                    batch.clear();
+                    key = Some(k);
+                }
+                batch.push(MetricPoint {
+                    name: r.get(2)?,
+                    value: r.get::<_, Option<f64>>(3)?.unwrap_or(f64::NAN),
+                    step: r.get(4)?,
+                    epoch: r.get(5)?,
+                    line: r.get::<_, i64>(6)? as u64,
+                });
+            }
+        }
+        if let Some((j, a)) = key {
+            Self::insert_points_tx(tx, &j, a, &batch)?;
+        }
+        tx.execute_batch("DROP TABLE metric_points;")?;
+        Ok(())
+    }
+
+    /// Store `points` (in log order) as one chunk per metric.
     fn insert_points_tx(
         tx: &rusqlite::Transaction<'_>,
         job_id: &str,
         attempt: i64,
         points: &[MetricPoint],
     ) -> Result<()> {
+        if points.is_empty() {
+            return Ok(());
+        }
         let mut stmt = tx.prepare_cached(
-            "INSERT INTO metric_points (job_id, attempt, line, name, value, step, epoch, ts_ms)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            "INSERT INTO metric_chunks (job_id, attempt, name, n, first_line, last_line, data)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
         )?;
-        let ts = now_ms();
+        // Each metric's points, metrics in order of first appearance.
+        let mut order: Vec<&str> = Vec::new();
+        let mut by_name: HashMap<&str, Vec<crate::series::Point>> = HashMap::new();
         for p in points {
-            // SQLite stores NaN as NULL; NULL reads back as NaN. Infinities are kept.
-            let value = if p.value.is_nan() {
-                None
-            } else {
-                Some(p.value)
-            };
-            stmt.execute(params![
-                job_id,
-                attempt,
-                p.line as i64,
-                p.name,
-                value,
-                p.step,
-                p.epoch,
-                ts
-            ])?;
+            by_name
+                .entry(p.name.as_str())
+                .or_insert_with(|| {
+                    order.push(p.name.as_str());
+                    Vec::new()
+                })
+                .push(crate::series::Point {
+                    line: p.line,
+                    value: p.value,
+                    step: p.step,
+                    epoch: p.epoch,
+                });
+        }
+        for name in order {
+            for part in by_name[name].chunks(CHUNK_POINTS) {
+                stmt.execute(params![
+                    job_id,
+                    attempt,
+                    name,
+                    part.len() as i64,
+                    part[0].line as i64,
+                    part[part.len() - 1].line as i64,
+                    crate::series::encode(part)
+                ])?;
+            }
         }
         Ok(())
     }
@@ -1589,82 +1659,219 @@ impl Store {
         })
     }
 
-    /// A job's points in log order, optionally one metric only.
-    pub fn metrics(&self, job_id: &str, name: Option<&str>) -> Result<Vec<MetricPoint>> {
-        let mut stmt = self.conn.prepare(
-            // A later attempt re-computes the steps (or epochs) after its resume point:
-            // its points replace the earlier attempts' for the same (name, step), so a
-            // resumed job reads as one continuous series.
-            "SELECT name, value, step, epoch, line FROM metric_points mp
-             -- Two separate tests, each answered by the (job, name, step) index: one
-             -- OR-ed test made SQLite scan the whole series for every point (86 s for
-             -- 40 000 points).
-             WHERE job_id = ?1 AND (?2 IS NULL OR name = ?2)
-               AND NOT (mp.step IS NOT NULL AND EXISTS (
-                 SELECT 1 FROM metric_points n
-                 WHERE n.job_id = mp.job_id AND n.name = mp.name AND n.step = mp.step
-                   AND n.attempt > mp.attempt))
-               AND NOT (mp.step IS NULL AND mp.epoch IS NOT NULL AND EXISTS (
-                 SELECT 1 FROM metric_points n
-                 WHERE n.job_id = mp.job_id AND n.name = mp.name AND n.step IS NULL
-                   AND n.epoch = mp.epoch AND n.attempt > mp.attempt))
-             ORDER BY attempt, rowid",
-        )?;
-        let rows = stmt.query_map(params![job_id, name], |r| {
-            Ok(MetricPoint {
-                name: r.get(0)?,
-                value: r.get::<_, Option<f64>>(1)?.unwrap_or(f64::NAN),
-                step: r.get(2)?,
-                epoch: r.get(3)?,
-                line: r.get::<_, i64>(4)? as u64,
-            })
-        })?;
-        Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+    /// Each stored chunk of a job (one metric, or all) after `after_rowid`, in store
+    /// order, `f` called with (rowid, attempt, name, points) as each is unpacked; `f`
+    /// returns false to stop. `newest_first` walks backwards.
+    fn each_chunk(
+        &self,
+        job_id: &str,
+        name: Option<&str>,
+        after_rowid: i64,
+        newest_first: bool,
+        f: impl FnMut(i64, i64, &str, &mut dyn Iterator<Item = MetricPoint>) -> bool,
+    ) -> Result<()> {
+        self.each_chunk_of(job_id, name, None, after_rowid, newest_first, f)
     }
 
-    /// A job's points stored after `after_rowid`, with their rowids, in order (incremental load).
+    /// [`Store::each_chunk`] of one attempt only, when given.
+    fn each_chunk_of(
+        &self,
+        job_id: &str,
+        name: Option<&str>,
+        attempt: Option<i64>,
+        after_rowid: i64,
+        newest_first: bool,
+        mut f: impl FnMut(i64, i64, &str, &mut dyn Iterator<Item = MetricPoint>) -> bool,
+    ) -> Result<()> {
+        let sql = format!(
+            "SELECT rowid, attempt, name, n, data FROM metric_chunks
+             WHERE job_id = ?1 AND (?2 IS NULL OR name = ?2) AND (?3 IS NULL OR attempt = ?3)
+               AND rowid > ?4
+             ORDER BY rowid {}",
+            if newest_first { "DESC" } else { "ASC" }
+        );
+        let mut stmt = self.conn.prepare_cached(&sql)?;
+        let mut rows = stmt.query(params![job_id, name, attempt, after_rowid])?;
+        let mut buf: Vec<crate::series::Point> = Vec::new();
+        while let Some(r) = rows.next()? {
+            let rowid: i64 = r.get(0)?;
+            let attempt: i64 = r.get(1)?;
+            let name: String = r.get(2)?;
+            let n: i64 = r.get(3)?;
+            let data = r.get_ref(4)?.as_blob()?;
+            buf.clear();
+            crate::series::decode(data, n.max(0) as usize, |p| buf.push(p))
+                .with_context(|| format!("metric chunk {rowid} of job {job_id}"))?;
+            let mut it = buf.iter().map(|p| MetricPoint {
+                name: name.clone(),
+                value: p.value,
+                step: p.step,
+                epoch: p.epoch,
+                line: p.line,
+            });
+            if !f(rowid, attempt, &name, &mut it) {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// A job's points in log order, optionally one metric only. A later attempt
+    /// re-computes the steps (or epochs) after its resume point: its points replace the
+    /// earlier attempts' for the same (name, step), so a resumed job reads as one
+    /// continuous series.
+    pub fn metrics(&self, job_id: &str, name: Option<&str>) -> Result<Vec<MetricPoint>> {
+        let mut all: Vec<(i64, MetricPoint)> = Vec::new();
+        self.each_chunk(job_id, name, 0, false, |_, attempt, _, pts| {
+            all.extend(pts.map(|p| (attempt, p)));
+            true
+        })?;
+        // Chunks of one commit are per metric: back to log order (stable, so the metrics
+        // of one line keep their order).
+        all.sort_by_key(|(a, p)| (*a, p.line));
+        let attempts: std::collections::BTreeSet<i64> = all.iter().map(|(a, _)| *a).collect();
+        if attempts.len() <= 1 {
+            return Ok(all.into_iter().map(|(_, p)| p).collect());
+        }
+        #[derive(Hash, PartialEq, Eq)]
+        enum At {
+            Step(i64),
+            Epoch(u64),
+        }
+        let key = |p: &MetricPoint| match (p.step, p.epoch) {
+            (Some(s), _) => Some((p.name.clone(), At::Step(s))),
+            (None, Some(e)) => Some((p.name.clone(), At::Epoch(e.to_bits()))),
+            (None, None) => None,
+        };
+        // Newest attempt first: a point is kept unless a later attempt has its key.
+        let mut later: std::collections::HashSet<(String, At)> = Default::default();
+        let mut keep = vec![true; all.len()];
+        let mut i = all.len();
+        while i > 0 {
+            let a = all[i - 1].0;
+            let mut j = i;
+            while j > 0 && all[j - 1].0 == a {
+                j -= 1;
+            }
+            for (k, (_, p)) in all[j..i].iter().enumerate() {
+                if key(p).is_some_and(|kk| later.contains(&kk)) {
+                    keep[j + k] = false;
+                }
+            }
+            for (_, p) in &all[j..i] {
+                if let Some(kk) = key(p) {
+                    later.insert(kk);
+                }
+            }
+            i = j;
+        }
+        Ok(all
+            .into_iter()
+            .zip(keep)
+            .filter(|(_, k)| *k)
+            .map(|((_, p), _)| p)
+            .collect())
+    }
+
+    /// Every point of metric `name` of a job in log order, handed to `f` chunk by chunk
+    /// as it is unpacked (a long series is never all in memory); earlier attempts' points
+    /// that a later attempt replaced (see [`Store::metrics`]) are left out.
+    pub fn for_each_metric(
+        &self,
+        job_id: &str,
+        name: &str,
+        mut f: impl FnMut(&MetricPoint),
+    ) -> Result<()> {
+        let attempts: Vec<i64> = {
+            let mut stmt = self.conn.prepare_cached(
+                "SELECT DISTINCT attempt FROM metric_chunks WHERE job_id = ?1 AND name = ?2 ORDER BY attempt",
+            )?;
+            let rows = stmt.query_map(params![job_id, name], |r| r.get(0))?;
+            rows.collect::<rusqlite::Result<Vec<_>>>()?
+        };
+        // The steps (and epochs) of each attempt after the first: usually there is none.
+        let mut later: Vec<(
+            i64,
+            std::collections::HashSet<i64>,
+            std::collections::HashSet<u64>,
+        )> = Vec::new();
+        for &a in attempts.iter().skip(1) {
+            let mut steps = std::collections::HashSet::new();
+            let mut epochs = std::collections::HashSet::new();
+            self.each_chunk_of(job_id, Some(name), Some(a), 0, false, |_, _, _, pts| {
+                for p in pts {
+                    match (p.step, p.epoch) {
+                        (Some(s), _) => {
+                            steps.insert(s);
+                        }
+                        (None, Some(e)) => {
+                            epochs.insert(e.to_bits());
+                        }
+                        _ => {}
+                    }
+                }
+                true
+            })?;
+            later.push((a, steps, epochs));
+        }
+        for &a in &attempts {
+            self.each_chunk_of(job_id, Some(name), Some(a), 0, false, |_, _, _, pts| {
+                for p in pts {
+                    let replaced = later.iter().any(|(b, steps, epochs)| {
+                        *b > a
+                            && match (p.step, p.epoch) {
+                                (Some(s), _) => steps.contains(&s),
+                                (None, Some(e)) => epochs.contains(&e.to_bits()),
+                                _ => false,
+                            }
+                    });
+                    if !replaced {
+                        f(&p);
+                    }
+                }
+                true
+            })?;
+        }
+        Ok(())
+    }
+
+    /// A job's points stored after `after_rowid`, with the rowid of the chunk each came
+    /// in, in store order (incremental load): whole chunks, until `limit` points or more.
     pub fn metrics_after(
         &self,
         job_id: &str,
         after_rowid: i64,
         limit: usize,
     ) -> Result<Vec<(i64, MetricPoint)>> {
-        let mut stmt = self.conn.prepare_cached(
-            "SELECT rowid, name, value, step, epoch, line FROM metric_points
-             WHERE job_id = ?1 AND rowid > ?2 ORDER BY rowid LIMIT ?3",
-        )?;
-        let rows = stmt.query_map(params![job_id, after_rowid, limit as i64], |r| {
-            Ok((
-                r.get::<_, i64>(0)?,
-                MetricPoint {
-                    name: r.get(1)?,
-                    value: r.get::<_, Option<f64>>(2)?.unwrap_or(f64::NAN),
-                    step: r.get(3)?,
-                    epoch: r.get(4)?,
-                    line: r.get::<_, i64>(5)? as u64,
-                },
-            ))
+        let mut out = Vec::new();
+        self.each_chunk(job_id, None, after_rowid, false, |rowid, _, _, pts| {
+            out.extend(pts.map(|p| (rowid, p)));
+            out.len() < limit
         })?;
-        Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+        Ok(out)
     }
 
     /// The newest `limit` values of metric `name` of a job, oldest first.
     pub fn recent_values(&self, job_id: &str, name: &str, limit: usize) -> Result<Vec<f64>> {
-        let mut stmt = self.conn.prepare_cached(
-            "SELECT value FROM metric_points WHERE job_id = ?1 AND name = ?2 ORDER BY rowid DESC LIMIT ?3",
-        )?;
-        let rows = stmt.query_map(params![job_id, name, limit as i64], |r| {
-            Ok(r.get::<_, Option<f64>>(0)?.unwrap_or(f64::NAN))
+        let mut chunks: Vec<Vec<f64>> = Vec::new();
+        let mut have = 0;
+        self.each_chunk(job_id, Some(name), 0, true, |_, _, _, pts| {
+            let v: Vec<f64> = pts.map(|p| p.value).collect();
+            have += v.len();
+            chunks.push(v);
+            have < limit
         })?;
-        let mut v = rows.collect::<rusqlite::Result<Vec<_>>>()?;
-        v.reverse();
+        let mut v: Vec<f64> = chunks.into_iter().rev().flatten().collect();
+        if v.len() > limit {
+            v.drain(..v.len() - limit);
+        }
         Ok(v)
     }
 
     /// Distinct metric names of a job, in order of first appearance.
     pub fn metric_names(&self, job_id: &str) -> Result<Vec<String>> {
         let mut stmt = self.conn.prepare_cached(
-            "SELECT name FROM metric_points WHERE job_id = ?1 GROUP BY name ORDER BY MIN(rowid)",
+            "SELECT name FROM metric_chunks WHERE job_id = ?1 GROUP BY name ORDER BY MIN(rowid)",
         )?;
         let rows = stmt.query_map(params![job_id], |r| r.get(0))?;
         Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
@@ -1692,7 +1899,7 @@ impl Store {
 
     pub fn metric_count(&self, job_id: &str) -> Result<u64> {
         Ok(self.conn.query_row(
-            "SELECT COUNT(*) FROM metric_points WHERE job_id = ?1",
+            "SELECT COALESCE(SUM(n), 0) FROM metric_chunks WHERE job_id = ?1",
             params![job_id],
             |r| r.get::<_, i64>(0),
         )? as u64)
@@ -1877,6 +2084,104 @@ mod tests {
         let s = Store::open(&dir.path().join("s.db")).unwrap();
         assert_eq!(s.jobs().unwrap().len(), 1);
         assert_eq!(s.integrity_check().unwrap(), "ok");
+    }
+
+    #[test]
+    fn a_store_of_one_row_per_point_is_packed_not_lost() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.db");
+        {
+            // A store as schema 6 left it, with points of two attempts.
+            let mut conn = rusqlite::Connection::open(&path).unwrap();
+            let tx = conn.transaction().unwrap();
+            for sql in &MIGRATIONS[..6] {
+                tx.execute_batch(sql).unwrap();
+            }
+            tx.pragma_update(None, "user_version", 6).unwrap();
+            let mut ins = tx
+                .prepare(
+                    "INSERT INTO metric_points (job_id, attempt, line, name, value, step, epoch, ts_ms)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 0)",
+                )
+                .unwrap();
+            for step in 1..=10i64 {
+                ins.execute(params![
+                    "j-1",
+                    1,
+                    step * 2,
+                    "loss",
+                    1.0 / step as f64,
+                    step,
+                    None::<f64>
+                ])
+                .unwrap();
+                ins.execute(params![
+                    "j-1",
+                    1,
+                    step * 2,
+                    "lr",
+                    None::<f64>,
+                    step,
+                    None::<f64>
+                ])
+                .unwrap();
+            }
+            // The second attempt resumed from step 6.
+            for step in 7..=12i64 {
+                ins.execute(params![
+                    "j-1",
+                    2,
+                    step,
+                    "loss",
+                    0.5 / step as f64,
+                    step,
+                    Some(1.0)
+                ])
+                .unwrap();
+            }
+            drop(ins);
+            tx.commit().unwrap();
+        }
+        let s = Store::open(&path).unwrap();
+        assert_eq!(s.schema_version().unwrap(), MIGRATIONS.len());
+        let loss: Vec<(Option<i64>, f64)> = s
+            .metrics("j-1", Some("loss"))
+            .unwrap()
+            .iter()
+            .map(|p| (p.step, p.value))
+            .collect();
+        let mut want: Vec<(Option<i64>, f64)> =
+            (1..=6).map(|st| (Some(st), 1.0 / st as f64)).collect();
+        want.extend((7..=12).map(|st| (Some(st), 0.5 / st as f64)));
+        assert_eq!(loss, want);
+        let mut streamed = Vec::new();
+        s.for_each_metric("j-1", "loss", |p| streamed.push((p.step, p.value)))
+            .unwrap();
+        assert_eq!(streamed, want);
+        // NaN (stored as NULL) came through; every point is counted once.
+        let lr = s.metrics("j-1", Some("lr")).unwrap();
+        assert!(lr.len() == 10 && lr.iter().all(|p| p.value.is_nan()));
+        assert_eq!(s.metric_count("j-1").unwrap(), 10 + 10 + 6);
+        assert_eq!(s.metric_names("j-1").unwrap(), vec!["loss", "lr"]);
+        assert_eq!(
+            s.recent_values("j-1", "loss", 3).unwrap(),
+            vec![0.5 / 10.0, 0.5 / 11.0, 0.5 / 12.0]
+        );
+        let all = s.metrics("j-1", None).unwrap();
+        assert_eq!(all.len(), 6 + 10 + 6);
+        assert!(
+            all.windows(2)
+                .all(|w| w[0].line <= w[1].line || w[1].step >= Some(7))
+        );
+        let gone: i64 = s
+            .conn
+            .query_row(
+                "SELECT COUNT(*) FROM sqlite_master WHERE name = 'metric_points'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(gone, 0);
     }
 
     #[test]

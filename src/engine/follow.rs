@@ -157,6 +157,18 @@ impl Engine {
         old: &LogOffset,
         chunk: &[u8],
     ) -> Result<Option<LogOffset>> {
+        // Parsing, the local copy and the store run on a blocking thread, so the transport
+        // keeps reading the next piece meanwhile (pump_log joins the two).
+        let (engine, att, old, data) = (self.clone(), att.clone(), old.clone(), chunk.to_vec());
+        tokio::task::spawn_blocking(move || engine.commit_log_piece_now(&att, &old, &data)).await?
+    }
+
+    fn commit_log_piece_now(
+        &self,
+        att: &AttemptRecord,
+        old: &LogOffset,
+        chunk: &[u8],
+    ) -> Result<Option<LogOffset>> {
         let mut parser = LogParser::resume(old.line, old.progress);
         let mut points = Vec::new();
         parser.feed_complete(chunk, &mut |p| points.push(p.to_owned_point()));
@@ -173,9 +185,7 @@ impl Engine {
         };
         // The local copy is written at the remote offset, so a retry rewrites the same bytes.
         let local = self.local_log_path(&att.job_id, att.attempt);
-        let data = chunk.to_vec();
-        let at = old.byte_offset;
-        tokio::task::spawn_blocking(move || -> Result<()> {
+        {
             use std::os::unix::fs::FileExt;
             if let Some(dir) = local.parent() {
                 std::fs::create_dir_all(dir)?;
@@ -185,29 +195,30 @@ impl Engine {
                 .truncate(false)
                 .write(true)
                 .open(&local)?;
-            f.write_all_at(&data, at)?;
-            Ok(())
-        })
-        .await??;
+            f.write_all_at(chunk, old.byte_offset)?;
+        }
         if !self
             .store()
             .commit_log_chunk(&att.job_id, att.attempt, old, &new, &points)?
         {
             return Ok(None);
         }
-        let lines = display_lines(chunk);
-        if !lines.is_empty() {
-            self.emit(EngineEvent::LogLines {
-                job_id: att.job_id.clone(),
-                lines,
-            });
-        }
-        if !points.is_empty() || progress != old.progress {
-            self.emit(EngineEvent::Metrics {
-                job_id: att.job_id.clone(),
-                points,
-                progress,
-            });
+        // Lines and points for whoever listens (the cockpit); nobody: no work.
+        if self.inner.events.receiver_count() > 0 {
+            let lines = display_lines(chunk);
+            if !lines.is_empty() {
+                self.emit(EngineEvent::LogLines {
+                    job_id: att.job_id.clone(),
+                    lines,
+                });
+            }
+            if !points.is_empty() || progress != old.progress {
+                self.emit(EngineEvent::Metrics {
+                    job_id: att.job_id.clone(),
+                    points,
+                    progress,
+                });
+            }
         }
         Ok(Some(new))
     }

@@ -26,12 +26,15 @@ impl Engine {
 
     /// Display lines of a job's stored log from (attempt, byte offset) up to what is
     /// committed, every attempt in order: complete lines only in the live attempt, all of
-    /// it once the job ended. Returns where the next read starts (attempt, offset).
+    /// it once the job ended; at most about `max_bytes` of it per call (memory stays
+    /// bounded whatever the log's size). Returns where the next read starts (attempt,
+    /// offset).
     pub fn log_lines_since(
         &self,
         job_id: &str,
         attempt: i64,
         from: u64,
+        max_bytes: usize,
     ) -> Result<(i64, u64, Vec<String>)> {
         let attempts = self.store().attempts(job_id)?;
         let ended = self
@@ -40,6 +43,7 @@ impl Engine {
             .is_some_and(|j| j.state.is_terminal());
         let mut lines = Vec::new();
         let (mut at, mut end) = (attempt, from);
+        let mut budget = max_bytes as u64;
         for a in attempts.iter().filter(|a| a.attempt >= attempt) {
             if a.attempt > at {
                 at = a.attempt;
@@ -53,15 +57,27 @@ impl Engine {
                 }
             }
             let off = self.store().log_offset(job_id, a.attempt)?;
-            let bytes = self.read_local_log(job_id, a.attempt, end, off.byte_offset)?;
+            let to = off.byte_offset.min(end.saturating_add(budget));
+            let capped = to < off.byte_offset;
+            let bytes = self.read_local_log(job_id, a.attempt, end, to)?;
             let live = !ended && Some(a.attempt) == attempts.last().map(|l| l.attempt);
-            let take = if live {
-                bytes.iter().rposition(|&b| b == b'\n').map_or(0, |p| p + 1)
+            let take = if live || capped {
+                match bytes.iter().rposition(|&b| b == b'\n') {
+                    Some(p) => p + 1,
+                    // One line longer than the whole budget: shown in pieces.
+                    None if capped => bytes.len(),
+                    None => 0,
+                }
             } else {
                 bytes.len()
             };
             lines.extend(display_lines(&bytes[..take]));
             end += take as u64;
+            budget = budget.saturating_sub(take as u64);
+            // This attempt is not read to its end yet: the next ones wait.
+            if end < off.byte_offset || budget == 0 {
+                break;
+            }
         }
         Ok((at, end, lines))
     }

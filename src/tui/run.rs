@@ -327,7 +327,7 @@ impl Context {
             Command::LoadLog { job, attempt, from } => {
                 let cap = ctx.engine.config().tui.log_scrollback;
                 tokio::task::spawn_blocking(move || {
-                    let msg = match ctx.engine.log_lines_since(&job, attempt, from) {
+                    let msg = match ctx.engine.log_lines_since(&job, attempt, from, usize::MAX) {
                         Ok((attempt, end, mut lines)) => {
                             let first = attempt == 1 && from == 0;
                             let skipped = if first && lines.len() > cap {
@@ -377,7 +377,7 @@ impl Context {
                         let batch = ctx.engine.store().metrics_after(&job, after, 100_000);
                         match batch {
                             Ok(rows) => {
-                                let full = rows.len() == 100_000;
+                                let full = rows.len() >= 100_000;
                                 if let Some((id, _)) = rows.last() {
                                     after = *id;
                                 }

@@ -1,0 +1,508 @@
+//! Metric points packed per series, as Facebook's Gorilla packs time series: the store
+//! keeps a job's points as chunks of one metric each (one per commit of the log), every
+//! point as bits relative to the one before it.
+//!
+//! Per point:
+//! - its log line: the delta-of-delta to the previous line (`0` when lines are evenly
+//!   spaced, as a metric printed every k lines is), in buckets of 7, 12, 20 or 64 bits;
+//! - its step: `0` for none, else `1` and the delta-of-delta to the previous step;
+//! - its value: a number a logger printed with a few decimals (`0.4567`) is an integer at
+//!   a decimal scale, stored as the delta to the previous one at the same scale (checked
+//!   to give the very same bits back); any other float is the XOR of its bits with the
+//!   previous value's, as Gorilla does: `0` when equal, `10` and the meaningful bits when
+//!   they fit the previous window, else `11`, 6 bits of leading zeros, 6 of length and the
+//!   bits;
+//! - its epoch: `0` for none, else `1` and the value encoding against the previous epoch.
+//!
+//! A training loss that moves slowly costs a few bytes a point, a counter or a constant a
+//! few bits; any f64 (NaN, infinities, -0.0) comes back bit for bit.
+
+use anyhow::{Result, bail};
+
+/// One point of a series, without its name.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Point {
+    pub line: u64,
+    pub value: f64,
+    pub step: Option<i64>,
+    pub epoch: Option<f64>,
+}
+
+struct Bits {
+    out: Vec<u8>,
+    acc: u64,
+    n: u32,
+}
+
+impl Bits {
+    fn new() -> Bits {
+        Bits {
+            out: Vec::new(),
+            acc: 0,
+            n: 0,
+        }
+    }
+
+    /// The low `width` bits of `v`, most significant first.
+    fn put(&mut self, v: u64, width: u32) {
+        if width == 0 {
+            return;
+        }
+        let v = if width == 64 {
+            v
+        } else {
+            v & ((1u64 << width) - 1)
+        };
+        let free = 64 - self.n;
+        if width <= free {
+            self.acc |= if width == 64 { v } else { v << (free - width) };
+            self.n += width;
+        } else {
+            let hi = width - free;
+            self.acc |= v >> hi;
+            self.n = 64;
+            self.flush_full();
+            self.acc = v << (64 - hi);
+            self.n = hi;
+        }
+        if self.n == 64 {
+            self.flush_full();
+        }
+    }
+
+    fn flush_full(&mut self) {
+        self.out.extend_from_slice(&self.acc.to_be_bytes());
+        self.acc = 0;
+        self.n = 0;
+    }
+
+    fn finish(mut self) -> Vec<u8> {
+        let bytes = self.n.div_ceil(8) as usize;
+        self.out.extend_from_slice(&self.acc.to_be_bytes()[..bytes]);
+        self.out
+    }
+}
+
+struct Reader<'a> {
+    data: &'a [u8],
+    pos: usize,
+}
+
+impl Reader<'_> {
+    fn get(&mut self, width: u32) -> Result<u64> {
+        if self.pos + width as usize > self.data.len() * 8 {
+            bail!("a metric chunk ends early");
+        }
+        let mut v = 0u64;
+        let mut left = width;
+        while left > 0 {
+            let byte = self.data[self.pos / 8];
+            let off = (self.pos % 8) as u32;
+            let take = (8 - off).min(left);
+            let bits = (byte >> (8 - off - take)) & ((1u16 << take) - 1) as u8;
+            v = (v << take) | bits as u64;
+            self.pos += take as usize;
+            left -= take;
+        }
+        Ok(v)
+    }
+
+    fn bit(&mut self) -> Result<bool> {
+        Ok(self.get(1)? == 1)
+    }
+}
+
+/// Signed delta-of-delta buckets: (prefix, prefix bits, value bits).
+const DOD: [(u64, u32, u32); 4] = [
+    (0b10, 2, 7),
+    (0b110, 3, 12),
+    (0b1110, 4, 20),
+    (0b1111, 4, 64),
+];
+
+fn put_dod(b: &mut Bits, d: i64) {
+    if d == 0 {
+        b.put(0, 1);
+        return;
+    }
+    for (prefix, pbits, vbits) in DOD {
+        let fits = vbits == 64 || (-(1i64 << (vbits - 1)) <= d && d < (1i64 << (vbits - 1)));
+        if fits {
+            b.put(prefix, pbits);
+            b.put(d as u64, vbits);
+            return;
+        }
+    }
+}
+
+fn get_dod(r: &mut Reader<'_>) -> Result<i64> {
+    if !r.bit()? {
+        return Ok(0);
+    }
+    let vbits = if !r.bit()? {
+        7
+    } else if !r.bit()? {
+        12
+    } else if !r.bit()? {
+        20
+    } else {
+        64
+    };
+    let raw = r.get(vbits)?;
+    Ok(if vbits == 64 {
+        raw as i64
+    } else {
+        // Sign-extend.
+        ((raw << (64 - vbits)) as i64) >> (64 - vbits)
+    })
+}
+
+/// XOR state of a float stream.
+#[derive(Default, Clone, Copy)]
+struct Xor {
+    prev: u64,
+    lead: u32,
+    trail: u32,
+    started: bool,
+    /// A value went through `put`/`get` (so `prev` is one).
+    seen: bool,
+}
+
+impl Xor {
+    /// Whether a value was seen (by this stream or its decimal side).
+    fn started_or_dec(&self, dec: bool) -> bool {
+        self.seen || dec
+    }
+
+    fn put(&mut self, b: &mut Bits, v: f64) {
+        let bits = v.to_bits();
+        let x = bits ^ self.prev;
+        self.prev = bits;
+        self.seen = true;
+        if x == 0 {
+            b.put(0, 1);
+            return;
+        }
+        let lead = x.leading_zeros().min(63);
+        let trail = x.trailing_zeros();
+        if self.started && lead >= self.lead && trail >= self.trail {
+            b.put(0b10, 2);
+            b.put(x >> self.trail, 64 - self.lead - self.trail);
+        } else {
+            let len = 64 - lead - trail;
+            b.put(0b11, 2);
+            b.put(lead as u64, 6);
+            // 64 meaningful bits are written as 0 (they never are 0).
+            b.put((len & 63) as u64, 6);
+            b.put(x >> trail, len);
+            self.lead = lead;
+            self.trail = trail;
+            self.started = true;
+        }
+    }
+
+    fn get(&mut self, r: &mut Reader<'_>) -> Result<f64> {
+        self.seen = true;
+        if r.bit()? {
+            if r.bit()? {
+                let lead = r.get(6)? as u32;
+                let mut len = r.get(6)? as u32;
+                if len == 0 {
+                    len = 64;
+                }
+                if lead + len > 64 {
+                    bail!("a metric chunk is damaged");
+                }
+                self.lead = lead;
+                self.trail = 64 - lead - len;
+                self.started = true;
+            } else if !self.started {
+                bail!("a metric chunk is damaged");
+            }
+            let len = 64 - self.lead - self.trail;
+            let x = r.get(len)? << self.trail;
+            self.prev ^= x;
+        }
+        Ok(f64::from_bits(self.prev))
+    }
+}
+
+/// Powers of ten that are exact in an f64.
+const TEN: [f64; 16] = [
+    1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14, 1e15,
+];
+
+/// `v` as `m / 10^k` exactly (the same bits back), trying `k` = `prefer` first: values a
+/// logger printed with a few decimals are small integers in disguise.
+fn decimal(v: f64, prefer: u32) -> Option<(u32, i64)> {
+    if !v.is_finite() {
+        return None;
+    }
+    let exact = |k: u32| {
+        let m = (v * TEN[k as usize]).round();
+        if m.abs() >= (1u64 << 53) as f64 {
+            return None;
+        }
+        let m = m as i64;
+        ((m as f64 / TEN[k as usize]).to_bits() == v.to_bits()).then_some((k, m))
+    };
+    exact(prefer).or_else(|| (0..TEN.len() as u32).find_map(exact))
+}
+
+/// A float stream: `0` for the previous value again; `10` for a decimal number, as the
+/// delta of its integer at a shared scale (`0` for the same scale or `1` and 4 bits of a
+/// new one, then the delta); `11` for anything else, XORed as Gorilla does.
+#[derive(Default, Clone, Copy)]
+struct Num {
+    xor: Xor,
+    k: u32,
+    m: i64,
+    dec: bool,
+}
+
+impl Num {
+    fn put(&mut self, b: &mut Bits, v: f64) {
+        if self.xor.started_or_dec(self.dec) && v.to_bits() == self.xor.prev {
+            b.put(0, 1);
+            return;
+        }
+        b.put(1, 1);
+        match decimal(v, self.k) {
+            Some((k, m)) => {
+                b.put(0, 1);
+                let same = self.dec && k == self.k;
+                if same {
+                    b.put(0, 1);
+                } else {
+                    b.put(1, 1);
+                    b.put(k as u64, 4);
+                }
+                put_dod(b, if same { m.wrapping_sub(self.m) } else { m });
+                (self.k, self.m, self.dec) = (k, m, true);
+                self.xor.prev = v.to_bits();
+            }
+            None => {
+                b.put(1, 1);
+                self.xor.put(b, v);
+            }
+        }
+    }
+
+    fn get(&mut self, r: &mut Reader<'_>) -> Result<f64> {
+        if !r.bit()? {
+            if !self.xor.started_or_dec(self.dec) {
+                bail!("a metric chunk is damaged");
+            }
+            return Ok(f64::from_bits(self.xor.prev));
+        }
+        if r.bit()? {
+            return self.xor.get(r);
+        }
+        let same = !r.bit()?;
+        if !same {
+            self.k = r.get(4)? as u32;
+        }
+        let d = get_dod(r)?;
+        self.m = if same { self.m.wrapping_add(d) } else { d };
+        self.dec = true;
+        let v = self.m as f64 / TEN[self.k as usize];
+        self.xor.prev = v.to_bits();
+        Ok(v)
+    }
+}
+
+/// Pack `points` (in line order); [`decode`] with the same count gives them back.
+pub fn encode(points: &[Point]) -> Vec<u8> {
+    let mut b = Bits::new();
+    let (mut line, mut dline) = (0i64, 0i64);
+    let (mut step, mut dstep) = (0i64, 0i64);
+    let mut value = Num::default();
+    let mut epoch = Num::default();
+    for p in points {
+        let l = p.line as i64;
+        let d = l.wrapping_sub(line);
+        put_dod(&mut b, d.wrapping_sub(dline));
+        (line, dline) = (l, d);
+        match p.step {
+            None => b.put(0, 1),
+            Some(s) => {
+                b.put(1, 1);
+                let d = s.wrapping_sub(step);
+                put_dod(&mut b, d.wrapping_sub(dstep));
+                (step, dstep) = (s, d);
+            }
+        }
+        value.put(&mut b, p.value);
+        match p.epoch {
+            None => b.put(0, 1),
+            Some(e) => {
+                b.put(1, 1);
+                epoch.put(&mut b, e);
+            }
+        }
+    }
+    b.finish()
+}
+
+/// Unpack `n` points; each is handed to `f` as it is read.
+pub fn decode(data: &[u8], n: usize, mut f: impl FnMut(Point)) -> Result<()> {
+    let mut r = Reader { data, pos: 0 };
+    let (mut line, mut dline) = (0i64, 0i64);
+    let (mut step, mut dstep) = (0i64, 0i64);
+    let mut value = Num::default();
+    let mut epoch = Num::default();
+    for _ in 0..n {
+        dline = dline.wrapping_add(get_dod(&mut r)?);
+        line = line.wrapping_add(dline);
+        let s = if r.bit()? {
+            dstep = dstep.wrapping_add(get_dod(&mut r)?);
+            step = step.wrapping_add(dstep);
+            Some(step)
+        } else {
+            None
+        };
+        let v = value.get(&mut r)?;
+        let e = if r.bit()? {
+            Some(epoch.get(&mut r)?)
+        } else {
+            None
+        };
+        f(Point {
+            line: line as u64,
+            value: v,
+            step: s,
+            epoch: e,
+        });
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn round_trip(points: &[Point]) -> Vec<u8> {
+        let data = encode(points);
+        let mut back = Vec::new();
+        decode(&data, points.len(), |p| back.push(p)).unwrap();
+        assert_eq!(back.len(), points.len());
+        for (a, b) in points.iter().zip(&back) {
+            assert_eq!(a.line, b.line);
+            assert_eq!(a.step, b.step);
+            assert_eq!(a.value.to_bits(), b.value.to_bits(), "{a:?} vs {b:?}");
+            assert_eq!(a.epoch.map(f64::to_bits), b.epoch.map(f64::to_bits));
+        }
+        data
+    }
+
+    #[test]
+    fn every_value_comes_back_bit_for_bit() {
+        let odd = [
+            0.0,
+            -0.0,
+            f64::NAN,
+            f64::INFINITY,
+            f64::NEG_INFINITY,
+            f64::MIN_POSITIVE,
+            f64::MAX,
+            -1e-300,
+            1.0,
+            1.0,
+            0.123456789,
+        ];
+        let points: Vec<Point> = odd
+            .iter()
+            .enumerate()
+            .map(|(i, &v)| Point {
+                line: [
+                    1,
+                    2,
+                    3,
+                    1000,
+                    1001,
+                    5_000_000,
+                    u32::MAX as u64 * 7,
+                    5,
+                    6,
+                    7,
+                    8,
+                ][i],
+                value: v,
+                step: [
+                    None,
+                    Some(-5),
+                    Some(i64::MAX),
+                    Some(i64::MIN),
+                    None,
+                    Some(0),
+                    Some(1),
+                    Some(1),
+                    Some(2),
+                    None,
+                    Some(3),
+                ][i],
+                epoch: if i % 3 == 0 { None } else { Some(v * 0.5) },
+            })
+            .collect();
+        round_trip(&points);
+        round_trip(&[]);
+    }
+
+    #[test]
+    fn a_training_series_packs_into_a_few_bytes_a_point() {
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        let points: Vec<Point> = (0..100_000u64)
+            .map(|i| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                // A loss falling with noise, printed with 4 decimals as loggers do.
+                let noisy = 2.0 / (1.0 + i as f64 / 1000.0) + (x % 1000) as f64 / 1e5;
+                Point {
+                    line: 3 + i * 12,
+                    value: (noisy * 1e4).round() / 1e4,
+                    step: Some(i as i64),
+                    epoch: Some((i / 1000) as f64),
+                }
+            })
+            .collect();
+        let data = round_trip(&points);
+        let per_point = data.len() as f64 / points.len() as f64;
+        assert!(per_point < 3.0, "{per_point} bytes a point");
+        // Full-precision floats (an lr schedule computed in f64): Gorilla's XOR.
+        let raw: Vec<Point> = (0..10_000u64)
+            .map(|i| Point {
+                line: 1 + i,
+                value: 3e-4 * (1.0 - i as f64 / 10_000.0).powf(0.9),
+                step: None,
+                epoch: None,
+            })
+            .collect();
+        round_trip(&raw);
+        // A constant every 12 lines with a counting step: a few bits each.
+        let flat: Vec<Point> = (0..100_000u64)
+            .map(|i| Point {
+                line: 1 + i * 12,
+                value: 3e-4,
+                step: Some(i as i64),
+                epoch: None,
+            })
+            .collect();
+        let data = round_trip(&flat);
+        assert!(data.len() <= 100_000 * 5 / 8 + 8, "{} bytes", data.len());
+    }
+
+    #[test]
+    fn a_damaged_chunk_is_an_error_not_a_panic() {
+        let points = [Point {
+            line: 1,
+            value: 0.5,
+            step: Some(1),
+            epoch: None,
+        }];
+        let data = encode(&points);
+        assert!(decode(&data[..data.len() - 1], 1, |_| {}).is_err() || data.len() == 1);
+        assert!(decode(&[], 1, |_| {}).is_err());
+        assert!(decode(&[0xff; 3], 10, |_| {}).is_err());
+    }
+}
