@@ -1028,20 +1028,24 @@ impl LogPrinter {
         self.printed = printed;
         Ok(lines)
     }
+
+    /// [`LogPrinter::take_new`] as one text to print as is.
+    fn take_text(&mut self, engine: &Engine) -> Result<String> {
+        let (attempt, printed, text) =
+            engine.log_text_since(&self.job_id, self.attempt, self.printed, PRINT_BYTES)?;
+        self.attempt = attempt;
+        self.printed = printed;
+        Ok(text)
+    }
 }
 
 /// The most of a log read into memory at once for printing.
 const PRINT_BYTES: usize = 4 << 20;
 
-/// Print `lines` on stdout in one write (or on stderr when stdout carries JSON).
-fn print_block(lines: Vec<String>, to_stderr: bool) {
-    if lines.is_empty() {
+/// Print `block` on stdout in one write (or on stderr when stdout carries JSON).
+fn print_block(block: &str, to_stderr: bool) {
+    if block.is_empty() {
         return;
-    }
-    let mut block = String::with_capacity(lines.iter().map(|l| l.len() + 1).sum());
-    for l in lines {
-        block.push_str(&l);
-        block.push('\n');
     }
     if to_stderr {
         let _ = std::io::stderr().lock().write_all(block.as_bytes());
@@ -1128,17 +1132,23 @@ async fn follow_printing(engine: &Engine, job: &JobRecord, json: bool) -> Result
                 loop {
                     // On a copy: a task stopped while it reads leaves the printer as it
                     // was, so the final drain prints those lines.
-                    let (e2, mut next) = (engine.clone(), p.clone());
-                    let Ok((next, lines)) = tokio::task::spawn_blocking(move || {
-                        let l = next.take_new(&e2).unwrap_or_default();
-                        (next, l)
+                    let (e2, mut next, tty) = (engine.clone(), p.clone(), bar.is_some());
+                    let Ok((next, lines, text)) = tokio::task::spawn_blocking(move || {
+                        // A terminal gets lines above the spinner; a file or pipe one text.
+                        if tty {
+                            let l = next.take_new(&e2).unwrap_or_default();
+                            (next, l, String::new())
+                        } else {
+                            let t = next.take_text(&e2).unwrap_or_default();
+                            (next, Vec::new(), t)
+                        }
                     })
                     .await
                     else {
                         return any;
                     };
                     *p = next;
-                    if lines.is_empty() {
+                    if lines.is_empty() && text.is_empty() {
                         return any;
                     }
                     any = true;
@@ -1148,7 +1158,7 @@ async fn follow_printing(engine: &Engine, job: &JobRecord, json: bool) -> Result
                                 pb.println(l);
                             }
                         }
-                        None => print_block(lines, json),
+                        None => print_block(&text, json),
                     }
                 }
             }
@@ -1377,11 +1387,11 @@ async fn logs(engine: &Engine, key: &str, follow: bool) -> Result<i32> {
         // MiB at a time, each in one write.
         let mut printer = LogPrinter::new(&job.id);
         loop {
-            let lines = printer.take_new(engine)?;
-            if lines.is_empty() {
+            let text = printer.take_text(engine)?;
+            if text.is_empty() {
                 break;
             }
-            print_block(lines, false);
+            print_block(&text, false);
         }
         return Ok(EXIT_OK);
     }

@@ -3,6 +3,7 @@
 use clap::Parser;
 
 fn main() {
+    trainctl::limit_malloc_arenas();
     let cli = trainctl::cli::Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(

@@ -5,8 +5,34 @@
 
 /// A line made safe for a terminal. Tabs become spaces so column math stays simple.
 pub fn sanitize_line(bytes: &[u8]) -> String {
+    let mut out = String::new();
+    sanitize_into(bytes, &mut out);
+    out
+}
+
+/// Whether `bytes` is text a terminal shows as is: valid UTF-8 with no C0 control
+/// (tab included: it is expanded), no DEL and no C1 control (U+0080..U+009F).
+fn plain_text(bytes: &[u8]) -> Option<&str> {
+    // Simple byte tests first (they run many bytes a cycle), the UTF-8 check after.
+    if bytes.iter().any(|&b| b < 0x20 || b == 0x7f) {
+        return None;
+    }
+    let text = std::str::from_utf8(bytes).ok()?;
+    // C1 controls are U+0080..U+009F, encoded 0xC2 0x80..0x9F.
+    if bytes.contains(&0xc2) && text.chars().any(|c| ('\u{80}'..='\u{9f}').contains(&c)) {
+        return None;
+    }
+    Some(text)
+}
+
+/// [`sanitize_line`] appended to `out` (no allocation of its own for plain text).
+pub fn sanitize_into(bytes: &[u8], out: &mut String) {
+    if let Some(t) = plain_text(bytes) {
+        out.push_str(t);
+        return;
+    }
     let text = String::from_utf8_lossy(bytes);
-    let mut out = String::with_capacity(text.len());
+    out.reserve(text.len());
     let mut chars = text.chars().peekable();
     while let Some(c) = chars.next() {
         match c {
@@ -19,7 +45,6 @@ pub fn sanitize_line(bytes: &[u8]) -> String {
             c => out.push(c),
         }
     }
-    out
 }
 
 type Chars<'a> = std::iter::Peekable<std::str::Chars<'a>>;
@@ -86,6 +111,9 @@ mod tests {
         assert_eq!(sanitize_line("\u{9b}2Jz".as_bytes()), "z");
         assert_eq!(sanitize_line(b"\xff\xfeok"), "\u{fffd}\u{fffd}ok");
         assert_eq!(sanitize_line(b"a\tb"), "a    b");
+        // The plain-text fast path leaves C1 controls to the slow one.
+        assert_eq!(sanitize_line("ok \u{85}x \u{a0}y █".as_bytes()), "ok x \u{a0}y █");
+        assert_eq!(sanitize_line("caf\u{e9}".as_bytes()), "caf\u{e9}");
     }
 
     #[test]

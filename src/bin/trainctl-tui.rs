@@ -29,6 +29,7 @@ fn fail(code: i32, msg: impl std::fmt::Display) -> ! {
 }
 
 fn main() {
+    trainctl::limit_malloc_arenas();
     let args = Args::parse();
     let (cfg, _) = UserConfig::load(args.config.as_deref()).unwrap_or_else(|e| fail(2, e));
     let project = match &args.project {

@@ -14,7 +14,7 @@ impl Engine {
         final_read: bool,
     ) -> Result<usize> {
         let start = self.store().log_offset(&att.job_id, att.attempt)?;
-        let (tx, mut rx) = mpsc::channel::<Vec<u8>>(32);
+        let (tx, mut rx) = mpsc::channel::<Vec<u8>>(8);
         let path = job::log_path(&att.remote_dir);
         let reader = remote.stream_file(&path, start.byte_offset, tx);
         let consume = async {
@@ -43,11 +43,14 @@ impl Engine {
                 if take == 0 {
                     continue;
                 }
-                match self.commit_log_piece(att, &cur, &pending[..take]).await? {
+                // The piece leaves `pending` without a copy (only the partial line after
+                // it is moved).
+                let rest = pending.split_off(take);
+                let piece = std::mem::replace(&mut pending, rest);
+                match self.commit_log_piece_owned(att, &cur, piece).await? {
                     Some(next) => {
                         cur = next;
                         total += take;
-                        pending.drain(..take);
                     }
                     // Another process advanced this log first: it owns these bytes.
                     None => break,
@@ -157,10 +160,21 @@ impl Engine {
         old: &LogOffset,
         chunk: &[u8],
     ) -> Result<Option<LogOffset>> {
+        self.commit_log_piece_owned(att, old, chunk.to_vec()).await
+    }
+
+    /// [`Engine::commit_log_piece`] of a piece given away.
+    async fn commit_log_piece_owned(
+        &self,
+        att: &AttemptRecord,
+        old: &LogOffset,
+        data: Vec<u8>,
+    ) -> Result<Option<LogOffset>> {
         // Parsing, the local copy and the store run on a blocking thread, so the transport
         // keeps reading the next piece meanwhile (pump_log joins the two).
-        let (engine, att, old, data) = (self.clone(), att.clone(), old.clone(), chunk.to_vec());
-        tokio::task::spawn_blocking(move || engine.commit_log_piece_now(&att, &old, &data)).await?
+        let (engine, att, old) = (self.clone(), att.clone(), old.clone());
+        tokio::task::spawn_blocking(move || engine.commit_log_piece_now(&att, &old, &data))
+            .await?
     }
 
     fn commit_log_piece_now(

@@ -316,18 +316,42 @@ pub fn summarize_gpus(csv: &str) -> String {
 /// non-empty part, control sequences stripped.
 pub fn display_lines(chunk: &[u8]) -> Vec<String> {
     let mut out = Vec::new();
+    each_display_line(chunk, |seg| out.push(crate::sanitize::sanitize_line(seg)));
+    out
+}
+
+/// [`display_lines`] as one text, each line ending with a newline (printing).
+pub fn display_text(chunk: &[u8], out: &mut String) {
+    out.reserve(chunk.len() + 1);
+    each_display_line(chunk, |seg| {
+        crate::sanitize::sanitize_into(seg, out);
+        out.push('\n');
+    });
+}
+
+/// The part of each line of `chunk` a terminal would show (after the last `\r` that is
+/// followed by something), raw.
+fn each_display_line(chunk: &[u8], mut f: impl FnMut(&[u8])) {
     let body = chunk.strip_suffix(b"\n").unwrap_or(chunk);
     if body.is_empty() && chunk.len() <= 1 {
-        return out;
+        return;
     }
     for line in body.split(|&b| b == b'\n') {
-        let seg = line
-            .split(|&b| b == b'\r')
-            .rfind(|s| !s.iter().all(u8::is_ascii_whitespace))
-            .unwrap_or(b"");
-        out.push(crate::sanitize::sanitize_line(seg));
+        let seg = if memchr_cr(line) {
+            line.split(|&b| b == b'\r')
+                .rfind(|s| !s.iter().all(u8::is_ascii_whitespace))
+                .unwrap_or(b"")
+        } else if line.iter().all(u8::is_ascii_whitespace) {
+            b""
+        } else {
+            line
+        };
+        f(seg);
     }
-    out
+}
+
+fn memchr_cr(line: &[u8]) -> bool {
+    line.contains(&b'\r')
 }
 
 /// Whether a process with this pid exists on this machine.

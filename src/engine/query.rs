@@ -36,12 +36,47 @@ impl Engine {
         from: u64,
         max_bytes: usize,
     ) -> Result<(i64, u64, Vec<String>)> {
+        let mut lines = Vec::new();
+        let (at, end) = self.log_since(job_id, attempt, from, max_bytes, |piece| match piece {
+            LogPiece::Marker(m) => lines.push(m),
+            LogPiece::Bytes(b) => lines.extend(display_lines(b)),
+        })?;
+        Ok((at, end, lines))
+    }
+
+    /// [`Engine::log_lines_since`] as one text, each line ending with a newline (what
+    /// `logs` prints).
+    pub fn log_text_since(
+        &self,
+        job_id: &str,
+        attempt: i64,
+        from: u64,
+        max_bytes: usize,
+    ) -> Result<(i64, u64, String)> {
+        let mut text = String::new();
+        let (at, end) = self.log_since(job_id, attempt, from, max_bytes, |piece| match piece {
+            LogPiece::Marker(m) => {
+                text.push_str(&m);
+                text.push('\n');
+            }
+            LogPiece::Bytes(b) => display_text(b, &mut text),
+        })?;
+        Ok((at, end, text))
+    }
+
+    fn log_since(
+        &self,
+        job_id: &str,
+        attempt: i64,
+        from: u64,
+        max_bytes: usize,
+        mut emit: impl FnMut(LogPiece<'_>),
+    ) -> Result<(i64, u64)> {
         let attempts = self.store().attempts(job_id)?;
         let ended = self
             .store()
             .job(job_id)?
             .is_some_and(|j| j.state.is_terminal());
-        let mut lines = Vec::new();
         let (mut at, mut end) = (attempt, from);
         let mut budget = max_bytes as u64;
         for a in attempts.iter().filter(|a| a.attempt >= attempt) {
@@ -50,10 +85,10 @@ impl Engine {
                 end = 0;
                 // One marker line between attempts: the log goes on across machines.
                 if a.attempt > 1 {
-                    lines.push(format!(
+                    emit(LogPiece::Marker(format!(
                         "── trainctl: attempt {} on {} ──",
                         a.attempt, a.instance_id
-                    ));
+                    )));
                 }
             }
             let off = self.store().log_offset(job_id, a.attempt)?;
@@ -71,7 +106,9 @@ impl Engine {
             } else {
                 bytes.len()
             };
-            lines.extend(display_lines(&bytes[..take]));
+            if take > 0 {
+                emit(LogPiece::Bytes(&bytes[..take]));
+            }
             end += take as u64;
             budget = budget.saturating_sub(take as u64);
             // This attempt is not read to its end yet: the next ones wait.
@@ -79,7 +116,7 @@ impl Engine {
                 break;
             }
         }
-        Ok((at, end, lines))
+        Ok((at, end))
     }
 
     /// The stored log of a job (all attempts), raw bytes up to what was committed.
@@ -123,4 +160,10 @@ impl Engine {
         buf.truncate(got);
         Ok(buf)
     }
+}
+
+/// What [`Engine::log_since`] hands on: a marker line between attempts, or raw log bytes.
+enum LogPiece<'a> {
+    Marker(String),
+    Bytes(&'a [u8]),
 }

@@ -1,0 +1,245 @@
+//! End-to-end log follow, as a user waits for it: the release `trainctl logs -f JOB >
+//! FILE` of a finished job whose log nobody read yet (transport, parsing, the store, the
+//! local copy and printing), from process start to exit, against the baseline a user would
+//! run in the same run: `grep -c loss` of the same file on `local`, `ssh host cat FILE`
+//! over the same test sshd. Also the peak RSS of `trainctl logs -f` and how much the store
+//! grew, per byte of log. Mixed log (metrics on most lines, as `bench_parse` writes) and
+//! a plain one (no metric).
+//!
+//! `cargo build --release && cargo run --release --example bench_follow [-- SIZE_MB]`
+//! (default 1024; needs openssh-server and openssh-client).
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Instant;
+use trainctl::testkit::Sshd;
+
+const MIXED: &[&str] = &[
+    "step=1234 loss=0.4567 lr=3e-4 grad_norm=1.25\n",
+    "{\"step\": 1234, \"loss\": 0.4567, \"acc\": 0.91}\n",
+    "{'loss': 2.3051, 'grad_norm': 1.0, 'learning_rate': 4.9e-05, 'epoch': 0.05}\n",
+    " 45%|████▌     | 450/1000 [00:10<00:12, 44.50it/s, loss=0.32]\r 46%|████▌     | 460/1000 [00:10<00:12, 44.50it/s, loss=0.31]\n",
+    "1875/1875 [==============================] - 5s 2ms/step - loss: 0.2950 - accuracy: 0.9146\n",
+    "Train Epoch: 3 [12800/60000 (21%)]\tLoss: 0.289124\n",
+    "iter 1200: loss 2.4512, time 35.21ms, mfu 12.34%\n",
+    "2024-05-01 12:00:01,123 INFO trainer.py:88 saving checkpoint to /ckpt/step_1234.pt\n",
+    "Epoch 3: 100%|██████████| 938/938 [00:15<00:00, 60.12it/s, v_num=0, train_loss=0.123]\n",
+    "Downloading shards: 100%|██████████| 2/2 [00:00<00:00, 1234.56it/s]\n",
+    "warning: this is a plain line of prose without any metric in it at all\n",
+    "Epoch 4/10\n",
+];
+
+const PLAIN: &[&str] = &[
+    "2024-05-01 12:00:01,123 INFO data.py:41 opened shard 00017 of the training corpus\n",
+    "warning: this is a plain line of prose without any metric in it at all\n",
+];
+
+/// A log of `mb` MiB of `lines` repeated, with a step counter that moves (so the values
+/// are not all the same), written once and reused.
+fn make_log(path: &Path, mb: u64, lines: &[&str]) {
+    let want = mb << 20;
+    if std::fs::metadata(path).map(|m| m.len()).unwrap_or(0) == want {
+        return;
+    }
+    let mut f = std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(path).unwrap());
+    let mut written = 0u64;
+    let mut i = 0usize;
+    while written < want {
+        let step = (i / lines.len()).to_string();
+        let l = lines[i % lines.len()].replace("1234", &step);
+        let b = l.as_bytes();
+        let b = &b[..b.len().min((want - written) as usize)];
+        f.write_all(b).unwrap();
+        written += b.len() as u64;
+        i += 1;
+    }
+    f.flush().unwrap();
+}
+
+/// Run `cmd` with stdout to `out`: seconds from spawn to exit, and its own peak RSS (MiB).
+fn timed(cmd: &mut Command, out: &Path) -> (f64, f64) {
+    let t = Instant::now();
+    let child = cmd
+        .stdout(std::fs::File::create(out).unwrap())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let mut status = 0;
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: waits for our own child and fills the structs given.
+    let pid = unsafe { libc::wait4(child.id() as i32, &mut status, 0, &mut ru) };
+    let secs = t.elapsed().as_secs_f64();
+    assert!(pid > 0 && libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0, "{cmd:?}");
+    (secs, ru.ru_maxrss as f64 / 1024.0)
+}
+
+/// Lines of a file, a last one without its newline included (read in pieces: this
+/// process's own size would show in its children's peak RSS).
+fn newlines(p: &Path) -> usize {
+    use std::io::Read;
+    let mut f = std::fs::File::open(p).unwrap();
+    let mut buf = vec![0u8; 1 << 20];
+    let (mut n, mut last) = (0, b'\n');
+    loop {
+        let k = f.read(&mut buf).unwrap();
+        if k == 0 {
+            break;
+        }
+        n += buf[..k].iter().filter(|&&b| b == b'\n').count();
+        last = buf[k - 1];
+    }
+    n + usize::from(last != b'\n')
+}
+
+fn bin() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    exe.parent().unwrap().parent().unwrap().join("trainctl")
+}
+
+fn db_size(data: &Path) -> u64 {
+    ["trainctl.db", "trainctl.db-wal"]
+        .iter()
+        .map(|f| std::fs::metadata(data.join(f)).map(|m| m.len()).unwrap_or(0))
+        .sum()
+}
+
+struct Case {
+    secs: f64,
+    rss_mib: f64,
+    store_growth: f64,
+    out_lines: usize,
+}
+
+/// A finished job whose log is `log` (the command `cat`s it), on `provider`; then
+/// `trainctl logs -f` of it, timed.
+fn follow(work: &Path, log: &Path, provider_cfg: &str, provider: &str, launch: &[&str]) -> Case {
+    let data = work.join("data");
+    let _ = std::fs::remove_dir_all(work);
+    std::fs::create_dir_all(work.join("proj")).unwrap();
+    let cfg = work.join("config.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "data_dir = {:?}\npoll_interval_ms = 50\n{provider_cfg}",
+            data.display()
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        work.join("proj/trainctl.toml"),
+        format!("name = \"follow\"\ncommand = \"cat {}\"\n", log.display()),
+    )
+    .unwrap();
+    let tc = |args: &[&str]| {
+        let mut c = Command::new(bin());
+        c.args(args)
+            .env("TRAINCTL_CONFIG", &cfg)
+            .current_dir(work.join("proj"));
+        c
+    };
+    let mut args = vec!["launch", "--provider", provider, "--json"];
+    args.extend(launch);
+    let out = tc(&args).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let launched: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let inst = launched["id"].as_str().unwrap().to_string();
+    let out = tc(&["run", "--instance", &inst, "--detach", "--no-pull"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let job = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    // Let the job finish (cat of a file in the page cache).
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    let before = db_size(&data);
+    let printed = work.join("printed");
+    let (secs, rss_mib) = timed(&mut tc(&["logs", "-f", &job]), &printed);
+    let grown = db_size(&data).saturating_sub(before);
+    let _ = tc(&["terminate", &inst]).output();
+    Case {
+        secs,
+        rss_mib,
+        store_growth: grown as f64 / std::fs::metadata(log).unwrap().len() as f64,
+        out_lines: newlines(&printed),
+    }
+}
+
+fn main() {
+    let mb: u64 = std::env::args()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1024);
+    assert!(bin().exists(), "build the release binary first: cargo build --release");
+    let tmp = std::env::temp_dir();
+    let mixed = tmp.join(format!("trainctl-follow-mixed-{mb}mb.log"));
+    let plain = tmp.join(format!("trainctl-follow-plain-{mb}mb.log"));
+    make_log(&mixed, mb, MIXED);
+    make_log(&plain, mb, PLAIN);
+    let work = tmp.join("trainctl-bench-follow");
+    println!("log size: {mb} MiB; each row: baseline, trainctl logs -f, ratio (baseline/trainctl), peak RSS, store growth");
+
+    // local: the baseline is grep -c loss of the same file.
+    for (kind, log) in [("mixed", &mixed), ("plain", &plain)] {
+        let sink = work.with_extension("grep");
+        // grep exits 1 when nothing matches (the plain log): not a failure here.
+        let (base, _) = timed(
+            Command::new("sh").arg("-c").arg("grep -c loss \"$0\"; true").arg(log),
+            &sink,
+        );
+        let c = follow(&work, log, "", "local", &[]);
+        assert_eq!(c.out_lines, newlines(log), "every line printed");
+        println!(
+            "local {kind}: grep -c loss {base:.2} s; logs -f {:.2} s; {:.3}x; {:.0} MiB RSS; store +{:.1} %",
+            c.secs,
+            base / c.secs,
+            c.rss_mib,
+            c.store_growth * 100.0
+        );
+    }
+
+    // ssh: the baseline is `ssh host cat FILE` over the same sshd.
+    let sshd = Sshd::start();
+    let kh = work.with_extension("known_hosts");
+    let remote_dir = tmp.join("trainctl-bench-follow-remote");
+    let _ = std::fs::remove_dir_all(&remote_dir);
+    let cfg = format!(
+        "[providers.ssh]\naccept_new_host_keys = true\n[[providers.ssh.hosts]]\nname = \"lab1\"\naddress = \"127.0.0.1\"\nuser = \"root\"\nport = {}\nidentity_file = \"{}\"\ngpus = 0\nremote_dir = \"{}/.trainctl\"\n",
+        sshd.port,
+        sshd.client_key.display(),
+        remote_dir.display()
+    );
+    for (kind, log) in [("mixed", &mixed), ("plain", &plain)] {
+        let sink = work.with_extension("cat");
+        let _ = std::fs::remove_file(&kh);
+        let (base, _) = timed(
+            Command::new("ssh")
+                .args([
+                    "-i",
+                    &sshd.client_key.display().to_string(),
+                    "-p",
+                    &sshd.port.to_string(),
+                    "-o",
+                    &format!("UserKnownHostsFile={}", kh.display()),
+                    "-o",
+                    "StrictHostKeyChecking=accept-new",
+                    "-o",
+                    "BatchMode=yes",
+                    "root@127.0.0.1",
+                    "cat",
+                ])
+                .arg(log),
+            &sink,
+        );
+        let c = follow(&work, log, &cfg, "ssh", &["--accept-new-host-key"]);
+        assert_eq!(c.out_lines, newlines(log), "every line printed");
+        println!(
+            "ssh {kind}: ssh host cat {base:.2} s; logs -f {:.2} s; {:.3}x; {:.0} MiB RSS; store +{:.1} %",
+            c.secs,
+            base / c.secs,
+            c.rss_mib,
+            c.store_growth * 100.0
+        );
+    }
+    let _ = std::fs::remove_dir_all(&work);
+    let _ = std::fs::remove_dir_all(&remote_dir);
+}
