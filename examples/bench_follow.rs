@@ -58,6 +58,7 @@ fn make_log(path: &Path, mb: u64, lines: &[&str]) {
 }
 
 /// Run `cmd` with stdout to `out`: seconds from spawn to exit, and its own peak RSS (MiB).
+#[allow(clippy::zombie_processes)] // reaped by wait4, which also gives its rusage
 fn timed(cmd: &mut Command, out: &Path) -> (f64, f64) {
     let t = Instant::now();
     let child = cmd

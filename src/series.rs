@@ -164,21 +164,13 @@ struct Xor {
     lead: u32,
     trail: u32,
     started: bool,
-    /// A value went through `put`/`get` (so `prev` is one).
-    seen: bool,
 }
 
 impl Xor {
-    /// Whether a value was seen (by this stream or its decimal side).
-    fn started_or_dec(&self, dec: bool) -> bool {
-        self.seen || dec
-    }
-
     fn put(&mut self, b: &mut Bits, v: f64) {
         let bits = v.to_bits();
         let x = bits ^ self.prev;
         self.prev = bits;
-        self.seen = true;
         if x == 0 {
             b.put(0, 1);
             return;
@@ -202,7 +194,6 @@ impl Xor {
     }
 
     fn get(&mut self, r: &mut Reader<'_>) -> Result<f64> {
-        self.seen = true;
         if r.bit()? {
             if r.bit()? {
                 let lead = r.get(6)? as u32;
@@ -249,65 +240,127 @@ fn decimal(v: f64, prefer: u32) -> Option<(u32, i64)> {
     exact(prefer).or_else(|| (0..TEN.len() as u32).find_map(exact))
 }
 
-/// A float stream: `0` for the previous value again; `10` for a decimal number, as the
-/// delta of its integer at a shared scale (`0` for the same scale or `1` and 4 bits of a
-/// new one, then the delta); `11` for anything else, XORed as Gorilla does.
+/// A float stream: `0` for the previous value again; `10` and 3 bits for one of the 7
+/// other values seen last (a metric alternating between a few values, as a train and an
+/// eval loss printed under one name do); `110` for a decimal number, as the delta of its
+/// integer to the previous one's at a shared scale (`0` for the same scale or `1` and 4
+/// bits of a new one, then the delta); `111` for anything else, XORed as Gorilla does.
 #[derive(Default, Clone, Copy)]
 struct Num {
     xor: Xor,
     k: u32,
     m: i64,
     dec: bool,
+    /// The last distinct values, newest first (`recent[0]` is the previous value).
+    recent: [u64; 8],
+    seen: usize,
 }
 
 impl Num {
-    fn put(&mut self, b: &mut Bits, v: f64) {
-        if self.xor.started_or_dec(self.dec) && v.to_bits() == self.xor.prev {
-            b.put(0, 1);
-            return;
-        }
-        b.put(1, 1);
-        match decimal(v, self.k) {
-            Some((k, m)) => {
-                b.put(0, 1);
-                let same = self.dec && k == self.k;
-                if same {
-                    b.put(0, 1);
-                } else {
-                    b.put(1, 1);
-                    b.put(k as u64, 4);
-                }
-                put_dod(b, if same { m.wrapping_sub(self.m) } else { m });
-                (self.k, self.m, self.dec) = (k, m, true);
-                self.xor.prev = v.to_bits();
-            }
-            None => {
-                b.put(1, 1);
-                self.xor.put(b, v);
-            }
+    /// After every value, on both sides: it becomes the previous one (the decimal
+    /// state moves only with decimal-coded values).
+    fn observe(&mut self, v: f64) {
+        let bits = v.to_bits();
+        self.xor.prev = bits;
+        let n = self.seen.min(self.recent.len());
+        let at = self.recent[..n].iter().position(|&r| r == bits);
+        let end = match at {
+            Some(i) => i,
+            None => n.min(self.recent.len() - 1),
+        };
+        self.recent.copy_within(0..end, 1);
+        self.recent[0] = bits;
+        if at.is_none() {
+            self.seen += 1;
         }
     }
 
+    fn put(&mut self, b: &mut Bits, v: f64) {
+        let bits = v.to_bits();
+        let n = self.seen.min(self.recent.len());
+        match self.recent[..n].iter().position(|&r| r == bits) {
+            Some(0) => b.put(0, 1),
+            Some(i) => {
+                b.put(0b10, 2);
+                b.put(i as u64 - 1, 3);
+            }
+            None => match decimal(v, self.k) {
+                Some((k, m)) => {
+                    b.put(0b110, 3);
+                    let same = self.dec && k == self.k;
+                    if same {
+                        b.put(0, 1);
+                    } else {
+                        b.put(1, 1);
+                        b.put(k as u64, 4);
+                    }
+                    put_dod(b, if same { m.wrapping_sub(self.m) } else { m });
+                    (self.k, self.m, self.dec) = (k, m, true);
+                }
+                None => {
+                    b.put(0b111, 3);
+                    self.xor.put(b, v);
+                }
+            },
+        }
+        self.observe(v);
+    }
+
     fn get(&mut self, r: &mut Reader<'_>) -> Result<f64> {
-        if !r.bit()? {
-            if !self.xor.started_or_dec(self.dec) {
+        let n = self.seen.min(self.recent.len());
+        let v = if !r.bit()? {
+            if n == 0 {
                 bail!("a metric chunk is damaged");
             }
-            return Ok(f64::from_bits(self.xor.prev));
-        }
-        if r.bit()? {
-            return self.xor.get(r);
-        }
-        let same = !r.bit()?;
-        if !same {
-            self.k = r.get(4)? as u32;
-        }
-        let d = get_dod(r)?;
-        self.m = if same { self.m.wrapping_add(d) } else { d };
-        self.dec = true;
-        let v = self.m as f64 / TEN[self.k as usize];
-        self.xor.prev = v.to_bits();
+            f64::from_bits(self.recent[0])
+        } else if !r.bit()? {
+            let i = r.get(3)? as usize + 1;
+            if i >= n {
+                bail!("a metric chunk is damaged");
+            }
+            f64::from_bits(self.recent[i])
+        } else if !r.bit()? {
+            let same = !r.bit()?;
+            let k = if same { self.k } else { r.get(4)? as u32 };
+            if k as usize >= TEN.len() || (same && !self.dec) {
+                bail!("a metric chunk is damaged");
+            }
+            let d = get_dod(r)?;
+            let m = if same { self.m.wrapping_add(d) } else { d };
+            (self.k, self.m, self.dec) = (k, m, true);
+            m as f64 / TEN[k as usize]
+        } else {
+            self.xor.get(r)?
+        };
+        self.observe(v);
         Ok(v)
+    }
+}
+
+/// Points of several metrics in log order, grouped by metric as they come (no
+/// allocation per point: a log has a handful of metric names).
+#[derive(Debug, Default)]
+pub struct Batch {
+    pub series: Vec<(String, Vec<Point>)>,
+    last: usize,
+}
+
+impl Batch {
+    pub fn push(&mut self, name: &str, p: Point) {
+        let i = if self.series.get(self.last).is_some_and(|(n, _)| n == name) {
+            self.last
+        } else if let Some(i) = self.series.iter().position(|(n, _)| n == name) {
+            i
+        } else {
+            self.series.push((name.to_string(), Vec::new()));
+            self.series.len() - 1
+        };
+        self.last = i;
+        self.series[i].1.push(p);
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.series.is_empty()
     }
 }
 
@@ -490,6 +543,21 @@ mod tests {
             .collect();
         let data = round_trip(&flat);
         assert!(data.len() <= 100_000 * 5 / 8 + 8, "{} bytes", data.len());
+    }
+
+    #[test]
+    fn a_metric_cycling_through_a_few_values_costs_under_two_bytes_a_point() {
+        let cycle = [0.4567, 2.3051, 0.31, 0.295, 0.289124, 2.4512, 1e-5];
+        let points: Vec<Point> = (0..70_000u64)
+            .map(|i| Point {
+                line: i * 12 + [0, 1, 2, 3, 4, 6, 9][i as usize % 7],
+                value: cycle[i as usize % 7],
+                step: None,
+                epoch: None,
+            })
+            .collect();
+        let data = round_trip(&points);
+        assert!(data.len() < 2 * points.len(), "{} bytes", data.len());
     }
 
     #[test]

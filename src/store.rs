@@ -1529,6 +1529,32 @@ impl Store {
         })
     }
 
+    /// Move an attempt's log offset from `old` to `new`; false when it is not at `old`
+    /// any more (another process advanced it).
+    fn advance_offset_tx(
+        tx: &rusqlite::Transaction<'_>,
+        job_id: &str,
+        attempt: i64,
+        old: &LogOffset,
+        new: &LogOffset,
+    ) -> Result<bool> {
+        let progress = serde_json::to_string(&new.progress)?;
+        let n = tx.execute(
+            "UPDATE log_offsets SET byte_offset = ?3, line = ?4, progress_json = ?5, progress_ms = ?6
+             WHERE job_id = ?1 AND attempt = ?2 AND byte_offset = ?7",
+            params![
+                job_id,
+                attempt,
+                new.byte_offset as i64,
+                new.line as i64,
+                progress,
+                new.progress_ms,
+                old.byte_offset as i64
+            ],
+        )?;
+        Ok(n > 0)
+    }
+
     /// Advance a job's log offset from `old` to `new`, with the points parsed from those
     /// bytes, atomically. Compare-and-swap: when another process advanced the offset first,
     /// nothing is written and `false` comes back, so no point is ever stored twice.
@@ -1541,24 +1567,28 @@ impl Store {
         points: &[MetricPoint],
     ) -> Result<bool> {
         self.write(|tx| {
-            let progress = serde_json::to_string(&new.progress)?;
-            let n = tx.execute(
-                "UPDATE log_offsets SET byte_offset = ?3, line = ?4, progress_json = ?5, progress_ms = ?6
-                 WHERE job_id = ?1 AND attempt = ?2 AND byte_offset = ?7",
-                params![
-                    job_id,
-                    attempt,
-                    new.byte_offset as i64,
-                    new.line as i64,
-                    progress,
-                    new.progress_ms,
-                    old.byte_offset as i64
-                ],
-            )?;
-            if n == 0 {
+            if !Self::advance_offset_tx(tx, job_id, attempt, old, new)? {
                 return Ok(false);
             }
             Self::insert_points_tx(tx, job_id, attempt, points)?;
+            Ok(true)
+        })
+    }
+
+    /// [`Store::commit_log_chunk`] of points already grouped by metric.
+    pub fn commit_log_batch(
+        &mut self,
+        job_id: &str,
+        attempt: i64,
+        old: &LogOffset,
+        new: &LogOffset,
+        batch: &crate::series::Batch,
+    ) -> Result<bool> {
+        self.write(|tx| {
+            if !Self::advance_offset_tx(tx, job_id, attempt, old, new)? {
+                return Ok(false);
+            }
+            Self::insert_batch_tx(tx, job_id, attempt, batch)?;
             Ok(true)
         })
     }
@@ -1606,32 +1636,34 @@ impl Store {
         attempt: i64,
         points: &[MetricPoint],
     ) -> Result<()> {
-        if points.is_empty() {
-            return Ok(());
-        }
-        let mut stmt = tx.prepare_cached(
-            "INSERT INTO metric_chunks (job_id, attempt, name, n, first_line, last_line, data)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-        )?;
-        // Each metric's points, metrics in order of first appearance.
-        let mut order: Vec<&str> = Vec::new();
-        let mut by_name: HashMap<&str, Vec<crate::series::Point>> = HashMap::new();
+        let mut batch = crate::series::Batch::default();
         for p in points {
-            by_name
-                .entry(p.name.as_str())
-                .or_insert_with(|| {
-                    order.push(p.name.as_str());
-                    Vec::new()
-                })
-                .push(crate::series::Point {
+            batch.push(
+                &p.name,
+                crate::series::Point {
                     line: p.line,
                     value: p.value,
                     step: p.step,
                     epoch: p.epoch,
-                });
+                },
+            );
         }
-        for name in order {
-            for part in by_name[name].chunks(CHUNK_POINTS) {
+        Self::insert_batch_tx(tx, job_id, attempt, &batch)
+    }
+
+    /// Store a batch as one chunk per metric (more for a metric with very many points).
+    fn insert_batch_tx(
+        tx: &rusqlite::Transaction<'_>,
+        job_id: &str,
+        attempt: i64,
+        batch: &crate::series::Batch,
+    ) -> Result<()> {
+        let mut stmt = tx.prepare_cached(
+            "INSERT INTO metric_chunks (job_id, attempt, name, n, first_line, last_line, data)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        )?;
+        for (name, pts) in &batch.series {
+            for part in pts.chunks(CHUNK_POINTS) {
                 stmt.execute(params![
                     job_id,
                     attempt,

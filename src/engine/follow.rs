@@ -184,8 +184,24 @@ impl Engine {
         chunk: &[u8],
     ) -> Result<Option<LogOffset>> {
         let mut parser = LogParser::resume(old.line, old.progress);
+        // Points go to the store grouped by metric; as owned points only for listeners.
+        let watched = self.inner.events.receiver_count() > 0;
+        let mut batch = crate::series::Batch::default();
         let mut points = Vec::new();
-        parser.feed_complete(chunk, &mut |p| points.push(p.to_owned_point()));
+        parser.feed_complete(chunk, &mut |p| {
+            batch.push(
+                p.name,
+                crate::series::Point {
+                    line: p.line,
+                    value: p.value,
+                    step: p.step,
+                    epoch: p.epoch,
+                },
+            );
+            if watched {
+                points.push(p.to_owned_point());
+            }
+        });
         let progress = parser.progress();
         let new = LogOffset {
             byte_offset: old.byte_offset + chunk.len() as u64,
@@ -213,12 +229,12 @@ impl Engine {
         }
         if !self
             .store()
-            .commit_log_chunk(&att.job_id, att.attempt, old, &new, &points)?
+            .commit_log_batch(&att.job_id, att.attempt, old, &new, &batch)?
         {
             return Ok(None);
         }
         // Lines and points for whoever listens (the cockpit); nobody: no work.
-        if self.inner.events.receiver_count() > 0 {
+        if watched {
             let lines = display_lines(chunk);
             if !lines.is_empty() {
                 self.emit(EngineEvent::LogLines {
