@@ -112,7 +112,10 @@ mod tests {
         assert_eq!(sanitize_line(b"\xff\xfeok"), "\u{fffd}\u{fffd}ok");
         assert_eq!(sanitize_line(b"a\tb"), "a    b");
         // The plain-text fast path leaves C1 controls to the slow one.
-        assert_eq!(sanitize_line("ok \u{85}x \u{a0}y █".as_bytes()), "ok x \u{a0}y █");
+        assert_eq!(
+            sanitize_line("ok \u{85}x \u{a0}y █".as_bytes()),
+            "ok x \u{a0}y █"
+        );
         assert_eq!(sanitize_line("caf\u{e9}".as_bytes()), "caf\u{e9}");
     }
 

@@ -173,8 +173,7 @@ impl Engine {
         // Parsing, the local copy and the store run on a blocking thread, so the transport
         // keeps reading the next piece meanwhile (pump_log joins the two).
         let (engine, att, old) = (self.clone(), att.clone(), old.clone());
-        tokio::task::spawn_blocking(move || engine.commit_log_piece_now(&att, &old, &data))
-            .await?
+        tokio::task::spawn_blocking(move || engine.commit_log_piece_now(&att, &old, &data)).await?
     }
 
     fn commit_log_piece_now(

@@ -322,6 +322,14 @@ pub fn display_lines(chunk: &[u8]) -> Vec<String> {
 
 /// [`display_lines`] as one text, each line ending with a newline (printing).
 pub fn display_text(chunk: &[u8], out: &mut String) {
+    // A block a terminal shows as is (the usual plain log) is copied whole.
+    if let Some(text) = plain_block(chunk) {
+        out.push_str(text);
+        if !text.ends_with('\n') {
+            out.push('\n');
+        }
+        return;
+    }
     out.reserve(chunk.len() + 1);
     each_display_line(chunk, |seg| {
         crate::sanitize::sanitize_into(seg, out);
@@ -348,6 +356,26 @@ fn each_display_line(chunk: &[u8], mut f: impl FnMut(&[u8])) {
         };
         f(seg);
     }
+}
+
+/// `chunk` as text when every line of it displays as it is: valid UTF-8, no control
+/// byte but newlines (no `\r`, tab, escape, DEL, C1 control), no line ending in a space
+/// (a blank line of spaces displays empty).
+fn plain_block(chunk: &[u8]) -> Option<&str> {
+    if chunk.len() < 2
+        || chunk.iter().any(|&b| (b < 0x20 && b != b'\n') || b == 0x7f)
+        || chunk.ends_with(b" ")
+        || memchr::memmem::find(chunk, b" \n").is_some()
+    {
+        return None;
+    }
+    let text = std::str::from_utf8(chunk).ok()?;
+    if memchr::memchr(0xc2, chunk).is_some()
+        && text.chars().any(|c| ('\u{80}'..='\u{9f}').contains(&c))
+    {
+        return None;
+    }
+    Some(text)
 }
 
 fn memchr_cr(line: &[u8]) -> bool {
@@ -378,6 +406,28 @@ mod tests {
         );
         assert_eq!(summarize_gpus("no GPU\n"), "no GPU");
         assert_eq!(summarize_gpus("\x1b[31mX\x1b[0m, 1 MiB"), "1x X (1 MiB)");
+    }
+
+    #[test]
+    fn display_text_is_display_lines_joined() {
+        for chunk in [
+            &b"a\nb\n"[..],
+            b"a\nb",
+            b"\n",
+            b"\n\n",
+            b"x\n   \ny\n",
+            b" 10%\r100% done\n",
+            b"\x1b[31merr\x1b[0m\n",
+            "caf\u{e9} \u{85}x\n".as_bytes(),
+            b"a\tb\n",
+            b"trailing \n",
+            b"",
+        ] {
+            let mut text = String::new();
+            display_text(chunk, &mut text);
+            let joined: String = display_lines(chunk).into_iter().map(|l| l + "\n").collect();
+            assert_eq!(text, joined, "{chunk:?}");
+        }
     }
 
     #[test]
