@@ -1040,7 +1040,7 @@ impl LogPrinter {
 }
 
 /// The most of a log read into memory at once for printing.
-const PRINT_BYTES: usize = 4 << 20;
+const PRINT_BYTES: usize = 1 << 20;
 
 /// Print `block` on stdout in one write (or on stderr when stdout carries JSON).
 fn print_block(block: &str, to_stderr: bool) {
