@@ -7,20 +7,7 @@
 use std::io::{Read, Write};
 use std::time::Instant;
 
-const LINES: &[&str] = &[
-    "step=1234 loss=0.4567 lr=3e-4 grad_norm=1.25\n",
-    "{\"step\": 1234, \"loss\": 0.4567, \"acc\": 0.91}\n",
-    "{'loss': 2.3051, 'grad_norm': 1.0, 'learning_rate': 4.9e-05, 'epoch': 0.05}\n",
-    " 45%|████▌     | 450/1000 [00:10<00:12, 44.50it/s, loss=0.32]\r 46%|████▌     | 460/1000 [00:10<00:12, 44.50it/s, loss=0.31]\n",
-    "1875/1875 [==============================] - 5s 2ms/step - loss: 0.2950 - accuracy: 0.9146\n",
-    "Train Epoch: 3 [12800/60000 (21%)]\tLoss: 0.289124\n",
-    "iter 1200: loss 2.4512, time 35.21ms, mfu 12.34%\n",
-    "2024-05-01 12:00:01,123 INFO trainer.py:88 saving checkpoint to /ckpt/step_1234.pt\n",
-    "Epoch 3: 100%|██████████| 938/938 [00:15<00:00, 60.12it/s, v_num=0, train_loss=0.123]\n",
-    "Downloading shards: 100%|██████████| 2/2 [00:00<00:00, 1234.56it/s]\n",
-    "warning: this is a plain line of prose without any metric in it at all\n",
-    "Epoch 4/10\n",
-];
+const LINES: &[&str] = trainctl::testkit::MIXED_LOG_LINES;
 
 fn main() -> std::io::Result<()> {
     let args: Vec<String> = std::env::args().collect();

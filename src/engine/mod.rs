@@ -438,6 +438,21 @@ mod tests {
         assert!(display_lines(b"\n").len() <= 1);
     }
 
+    /// An engine on a fresh data directory with one `local` machine.
+    async fn local_engine() -> (tempfile::TempDir, Engine, InstanceRecord) {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = UserConfig {
+            data_dir: Some(dir.path().join("data")),
+            ..Default::default()
+        };
+        let engine = Engine::open(cfg).unwrap();
+        let inst = engine
+            .launch("local", &LaunchRequest::default())
+            .await
+            .unwrap();
+        (dir, engine, inst)
+    }
+
     /// A remote whose log stream sends `chunk` and then ends as given.
     struct OneStream {
         chunk: &'static [u8],
@@ -491,16 +506,7 @@ mod tests {
     /// commits none of it; the next read, which ends well, commits it whole.
     #[tokio::test]
     async fn a_last_line_cut_short_is_not_committed() {
-        let dir = tempfile::tempdir().unwrap();
-        let cfg = UserConfig {
-            data_dir: Some(dir.path().join("data")),
-            ..Default::default()
-        };
-        let engine = Engine::open(cfg).unwrap();
-        let inst = engine
-            .launch("local", &LaunchRequest::default())
-            .await
-            .unwrap();
+        let (_dir, engine, inst) = local_engine().await;
         let att = AttemptRecord {
             job_id: "j-cut".into(),
             attempt: 1,
@@ -552,16 +558,7 @@ mod tests {
     /// second process polling in between must not call the job lost.
     #[tokio::test]
     async fn a_starting_job_without_its_directory_yet_is_not_lost() {
-        let dir = tempfile::tempdir().unwrap();
-        let cfg = UserConfig {
-            data_dir: Some(dir.path().join("data")),
-            ..Default::default()
-        };
-        let engine = Engine::open(cfg).unwrap();
-        let inst = engine
-            .launch("local", &LaunchRequest::default())
-            .await
-            .unwrap();
+        let (dir, engine, inst) = local_engine().await;
         let starting = |id: &str, driver: i64| {
             let j = JobRecord {
                 driver_pid: Some(driver),

@@ -3,7 +3,7 @@
 //! BLAKE3) and renamed. A remote name can never write outside the destination folder.
 
 use crate::config::ArtifactRule;
-use crate::remote::{Remote, safe_join, sh_quote};
+use crate::remote::{Remote, sh_quote};
 use anyhow::{Context, Result};
 use serde::Serialize;
 use std::os::unix::ffi::OsStrExt;
@@ -170,7 +170,7 @@ async fn pull_one(
         );
     }
     // Check before any byte moves: `../../etc/x` or `/abs` never leave `dest`.
-    let local = safe_join_bytes(dest, rel)?;
+    let local = crate::remote::safe_join_path(dest, rel)?;
     let fetched = if name.is_utf8() {
         remote
             .get(&format!("{workdir}/{}", name.text), &local)
@@ -201,33 +201,6 @@ async fn pull_one(
         blake3: fetched.blake3,
         local_path: local.to_string_lossy().into_owned(),
     })
-}
-
-/// [`safe_join`] for a name that may not be UTF-8.
-fn safe_join_bytes(base: &Path, rel: &Path) -> Result<std::path::PathBuf> {
-    match rel.to_str() {
-        Some(t) => safe_join(base, t),
-        None => {
-            let mut out = base.to_path_buf();
-            let mut depth = 0;
-            for c in rel.components() {
-                match c {
-                    std::path::Component::Normal(p) => {
-                        out.push(p);
-                        depth += 1;
-                    }
-                    std::path::Component::CurDir => {}
-                    _ => anyhow::bail!(
-                        "refusing remote path `{}`: it would write outside {}",
-                        rel.display(),
-                        base.display()
-                    ),
-                }
-            }
-            anyhow::ensure!(depth > 0, "refusing an empty remote path");
-            Ok(out)
-        }
-    }
 }
 
 #[cfg(test)]

@@ -277,10 +277,14 @@ pub fn partial_path(dest: &Path) -> Result<std::path::PathBuf> {
 /// Join `rel` under `base` for writing a file that came from a machine: refuses absolute
 /// paths, `..`, and anything else that would land outside `base`.
 pub fn safe_join(base: &Path, rel: &str) -> Result<std::path::PathBuf> {
-    let rel_path = Path::new(rel);
+    safe_join_path(base, Path::new(rel))
+}
+
+/// [`safe_join`] of a name that may not be UTF-8.
+pub fn safe_join_path(base: &Path, rel: &Path) -> Result<std::path::PathBuf> {
     let mut out = base.to_path_buf();
     let mut depth = 0usize;
-    for c in rel_path.components() {
+    for c in rel.components() {
         match c {
             std::path::Component::Normal(part) => {
                 out.push(part);
@@ -288,13 +292,14 @@ pub fn safe_join(base: &Path, rel: &str) -> Result<std::path::PathBuf> {
             }
             std::path::Component::CurDir => {}
             _ => anyhow::bail!(
-                "refusing remote path `{rel}`: it would write outside {}",
+                "refusing remote path `{}`: it would write outside {}",
+                rel.display(),
                 base.display()
             ),
         }
     }
     if depth == 0 {
-        anyhow::bail!("refusing empty remote path `{rel}`");
+        anyhow::bail!("refusing empty remote path `{}`", rel.display());
     }
     Ok(out)
 }

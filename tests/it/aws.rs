@@ -806,18 +806,10 @@ fn spot_s3() -> SpotS3 {
     }
 }
 
-#[test]
-fn a_spot_interruption_is_survived_with_the_checkpoint_in_s3() {
+/// `run` of `spot_s3`'s job (followed, JSON, terminate after), once epoch 2's checkpoint
+/// is kept; the running `run` and the job.
+fn run_until_epoch_2_is_kept(env: &Env) -> (std::process::Child, String) {
     use std::process::Stdio;
-    // On spot, held inside epoch 3 with epoch 2's checkpoint shipped to S3.
-    let SpotS3 {
-        moto,
-        imds,
-        env,
-        machines: _machines,
-        expected,
-        gate,
-    } = spot_s3();
     let run = env
         .cmd(&["run", "--provider", "aws", "--json", "--terminate-after"])
         .stdout(Stdio::piped())
@@ -832,6 +824,21 @@ fn a_spot_interruption_is_survived_with_the_checkpoint_in_s3() {
             .iter()
             .any(|c| c["name"] == "epoch-0002.json")
     });
+    (run, job)
+}
+
+#[test]
+fn a_spot_interruption_is_survived_with_the_checkpoint_in_s3() {
+    // On spot, held inside epoch 3 with epoch 2's checkpoint shipped to S3.
+    let SpotS3 {
+        moto,
+        imds,
+        env,
+        machines: _machines,
+        expected,
+        gate,
+    } = spot_s3();
+    let (run, job) = run_until_epoch_2_is_kept(&env);
     let first = env.job(&job)["instance_id"].as_str().unwrap().to_string();
     let first_ec2 = moto_instances(&moto)[0].instance_id().unwrap().to_string();
     // First EC2 recommends moving off (rebalance): `run` says so, naming the job.
@@ -1567,7 +1574,6 @@ fn gpus_refresh_reads_types_zones_and_prices_from_aws() {
 
 #[test]
 fn a_rebalance_recommendation_moves_a_job_that_asked_for_it() {
-    use std::process::Stdio;
     let SpotS3 {
         moto,
         imds,
@@ -1581,20 +1587,7 @@ fn a_rebalance_recommendation_moves_a_job_that_asked_for_it() {
         "recovery",
         "on = [\"interrupted\", \"lost\", \"rebalance\"]",
     );
-    let run = env
-        .cmd(&["run", "--provider", "aws", "--json", "--terminate-after"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let job = env.wait_running_with_metrics();
-    env.wait_for(60, "epoch 2's checkpoint in S3", || {
-        env.json(&["checkpoints", &job])
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|c| c["name"] == "epoch-0002.json")
-    });
+    let (run, job) = run_until_epoch_2_is_kept(&env);
     let first = env.job(&job)["instance_id"].as_str().unwrap().to_string();
     // EC2 recommends moving off; no notice ever comes. The job moves by itself.
     imds.rebalance();
