@@ -157,6 +157,9 @@ pub enum Msg {
         job: String,
         last_rowid: i64,
         points: Vec<MetricPoint>,
+        /// More batches of the same load follow: no new load may start before the last
+        /// (it would read the same chunks again).
+        more: bool,
     },
     Done(Result<String, String>),
     /// A job this cockpit started: show it.
@@ -711,11 +714,14 @@ impl App {
                 job,
                 last_rowid,
                 points,
+                more,
             } => {
                 if Some(&job) != self.metrics.job.as_ref() {
                     return Vec::new();
                 }
-                self.metrics.loading = false;
+                if !more {
+                    self.metrics.loading = false;
+                }
                 if !points.is_empty() {
                     for p in &points {
                         self.metrics.push(p);

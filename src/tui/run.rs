@@ -327,26 +327,21 @@ impl Context {
             Command::LoadLog { job, attempt, from } => {
                 let cap = ctx.engine.config().tui.log_scrollback;
                 tokio::task::spawn_blocking(move || {
-                    let msg = match ctx.engine.log_lines_since(&job, attempt, from, usize::MAX) {
-                        Ok((attempt, end, mut lines)) => {
-                            let first = attempt == 1 && from == 0;
-                            let skipped = if first && lines.len() > cap {
-                                let s = lines.len() - cap;
-                                lines.drain(..s);
-                                Some(s as u64)
-                            } else if first {
-                                Some(0)
-                            } else {
-                                None
-                            };
-                            Msg::LogAppend {
-                                job,
-                                attempt,
-                                end,
-                                lines,
-                                skipped,
-                            }
-                        }
+                    let read = if attempt == 1 && from == 0 {
+                        first_log_load(&ctx.engine, &job, cap)
+                    } else {
+                        ctx.engine
+                            .log_lines_since(&job, attempt, from, usize::MAX)
+                            .map(|(a, e, l)| (a, e, l, None))
+                    };
+                    let msg = match read {
+                        Ok((attempt, end, lines, skipped)) => Msg::LogAppend {
+                            job,
+                            attempt,
+                            end,
+                            lines,
+                            skipped,
+                        },
                         Err(e) => Msg::Done(Err(format!("reading the log: {e:#}"))),
                     };
                     ctx.send(msg);
@@ -386,6 +381,7 @@ impl Context {
                                     job: job.clone(),
                                     last_rowid: after,
                                     points,
+                                    more: full,
                                 });
                                 if !full {
                                     break;
@@ -493,4 +489,34 @@ where
         }
     }
     Ok(())
+}
+
+/// A job's log opened for the first time: read through in pieces of a few MiB keeping the
+/// newest `cap` lines, so memory stays bounded whatever the log's size. Returns where the
+/// next read starts, the lines, and how many older lines were left out.
+fn first_log_load(
+    engine: &crate::engine::Engine,
+    job: &str,
+    cap: usize,
+) -> anyhow::Result<(i64, u64, Vec<String>, Option<u64>)> {
+    let mut keep: std::collections::VecDeque<String> = Default::default();
+    let mut skipped = 0u64;
+    let (mut at, mut end) = (1i64, 0u64);
+    loop {
+        let (a, e, lines) = engine.log_lines_since(job, at, end, 4 << 20)?;
+        let done = lines.is_empty() && (a, e) == (at, end);
+        (at, end) = (a, e);
+        for l in lines {
+            if keep.len() >= cap {
+                skipped += 1;
+                if keep.pop_front().is_none() {
+                    continue;
+                }
+            }
+            keep.push_back(l);
+        }
+        if done {
+            return Ok((at, end, keep.into(), Some(skipped)));
+        }
+    }
 }

@@ -196,6 +196,7 @@ fn fixture(readonly: bool) -> App {
         job,
         last_rowid: 400,
         points,
+        more: false,
     });
     app
 }
@@ -660,4 +661,42 @@ fn too_small_terminal_says_so() {
     let s = screen(&mut app, 50, 10);
     assert!(s.contains("terminal too small: 50x10"), "{s}");
     insta::assert_snapshot!("too_small_50x10", s);
+}
+
+#[test]
+fn a_metrics_load_in_several_batches_is_never_started_twice() {
+    let mut app = fixture(false);
+    let job = "j-tp2k0000cccc".to_string();
+    let again = |app: &mut App| {
+        app.update(Msg::Engine(crate::engine::EngineEvent::Metrics {
+            job_id: job.clone(),
+            points: Vec::new(),
+            progress: Default::default(),
+        }))
+        .into_iter()
+        .any(|c| matches!(c, Command::LoadMetrics { .. }))
+    };
+    // A load under way: its first batch came, more follow; new points must not start
+    // another load from the same place (it would read the same chunks again).
+    app.update(Msg::MetricsAppend {
+        job: job.clone(),
+        last_rowid: 500,
+        points: Vec::new(),
+        more: true,
+    });
+    app.metrics.loading = true;
+    app.update(Msg::MetricsAppend {
+        job: job.clone(),
+        last_rowid: 600,
+        points: Vec::new(),
+        more: true,
+    });
+    assert!(!again(&mut app));
+    app.update(Msg::MetricsAppend {
+        job: job.clone(),
+        last_rowid: 700,
+        points: Vec::new(),
+        more: false,
+    });
+    assert!(again(&mut app));
 }
