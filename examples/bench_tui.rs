@@ -194,6 +194,7 @@ fn frame_time() {
             job: job.clone(),
             last_rowid: 0,
             points: pts,
+            more: false,
         });
     }
     eprintln!(
@@ -290,6 +291,7 @@ fn bytes_per_second() {
                     epoch: None,
                     line: tick,
                 }],
+                more: false,
             });
             if tick % 5 == 4 && a.dirty {
                 term.draw(|f| trainctl::tui::ui::draw(f, &mut a)).unwrap();
