@@ -6,7 +6,7 @@
 use super::app::{App, Command, InstanceRow, JobRow, Msg, Snapshot};
 use super::ui;
 use crate::config::Project;
-use crate::engine::{Engine, display_lines};
+use crate::engine::Engine;
 use crate::model::{Money, now_ms};
 use anyhow::Result;
 use crossterm::event::Event;
@@ -349,17 +349,12 @@ impl Context {
             }
             Command::LoadOlderLog { job, before, count } => {
                 tokio::task::spawn_blocking(move || {
-                    let msg = match ctx.engine.stored_log(&job) {
-                        Ok(bytes) => {
-                            let all = display_lines(&bytes);
-                            let end = (before as usize).min(all.len());
-                            let start = end.saturating_sub(count);
-                            Msg::LogOlder {
-                                job,
-                                first_line: start as u64,
-                                lines: all[start..end].to_vec(),
-                            }
-                        }
+                    let msg = match older_log_lines(&ctx.engine, &job, before, count) {
+                        Ok((first_line, lines)) => Msg::LogOlder {
+                            job,
+                            first_line,
+                            lines,
+                        },
                         Err(e) => Msg::Done(Err(format!("reading the log: {e:#}"))),
                     };
                     ctx.send(msg);
@@ -518,5 +513,125 @@ fn first_log_load(
         if done {
             return Ok((at, end, keep.into(), Some(skipped)));
         }
+    }
+}
+
+/// Display lines `[before - count, before)` of a job's log (numbered from its first line,
+/// attempt markers included), read through a few MiB at a time: memory holds those lines
+/// only, whatever the log's size.
+fn older_log_lines(
+    engine: &crate::engine::Engine,
+    job: &str,
+    before: u64,
+    count: usize,
+) -> anyhow::Result<(u64, Vec<String>)> {
+    let start = before.saturating_sub(count as u64);
+    let mut out = Vec::new();
+    let mut index = 0u64;
+    let (mut at, mut end) = (1i64, 0u64);
+    while index < before {
+        let (a, e, lines) = engine.log_lines_since(job, at, end, 4 << 20)?;
+        let done = lines.is_empty() && (a, e) == (at, end);
+        (at, end) = (a, e);
+        for l in lines {
+            if index >= start && index < before {
+                out.push(l);
+            }
+            index += 1;
+        }
+        if done {
+            break;
+        }
+    }
+    Ok((start.min(index), out))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{AttemptRecord, JobRecord, LogOffset};
+
+    /// A job of two attempts whose logs (6 MiB, more than one read) are stored.
+    async fn two_attempt_job() -> (tempfile::TempDir, Engine, String, Vec<String>) {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = Engine::open(crate::config::UserConfig {
+            data_dir: Some(dir.path().join("data")),
+            ..Default::default()
+        })
+        .unwrap();
+        let inst = engine
+            .launch("local", &crate::provider::LaunchRequest::default())
+            .await
+            .unwrap();
+        let job = "j-two".to_string();
+        engine
+            .store()
+            .insert_job(&JobRecord::pending(&job, "t", "/nowhere", "true", &inst.id))
+            .unwrap();
+        let mut want = Vec::new();
+        for attempt in 1..=2i64 {
+            if attempt == 2 {
+                want.push(format!("── trainctl: attempt 2 on {} ──", inst.id));
+            }
+            engine
+                .store()
+                .add_attempt(&AttemptRecord {
+                    job_id: job.clone(),
+                    attempt,
+                    instance_id: inst.id.clone(),
+                    remote_dir: "/nowhere/j".into(),
+                    workdir: "/nowhere".into(),
+                    started_ms: 0,
+                    ended_ms: None,
+                    exit_code: None,
+                })
+                .unwrap();
+            let mut text = String::new();
+            for i in 0..60_000 {
+                let l = format!("attempt {attempt} line {i:06} {}", "x".repeat(30));
+                text.push_str(&l);
+                text.push('\n');
+                want.push(l);
+            }
+            let path = engine.local_log_path(&job, attempt);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(&path, &text).unwrap();
+            let old = engine.store().log_offset(&job, attempt).unwrap();
+            let new = LogOffset {
+                byte_offset: text.len() as u64,
+                ..old.clone()
+            };
+            assert!(
+                engine
+                    .store()
+                    .commit_log_chunk(&job, attempt, &old, &new, &[])
+                    .unwrap()
+            );
+        }
+        (dir, engine, job, want)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_long_log_is_opened_and_read_back_a_piece_at_a_time() {
+        let (_dir, engine, job, want) = two_attempt_job().await;
+        let (attempt, _, lines, skipped) = first_log_load(&engine, &job, 1000).unwrap();
+        assert_eq!(attempt, 2);
+        assert_eq!(skipped, Some((want.len() - 1000) as u64));
+        assert_eq!(lines, want[want.len() - 1000..]);
+        // Scrolling back across the marker between the attempts.
+        let before = 60_005u64;
+        let (first, older) = older_log_lines(&engine, &job, before, 10).unwrap();
+        assert_eq!(first, before - 10);
+        assert_eq!(older, want[(before - 10) as usize..before as usize]);
+        assert!(
+            older
+                .iter()
+                .any(|l| l.starts_with("── trainctl: attempt 2"))
+        );
+        // Past the end: what there is.
+        let total = want.len() as u64;
+        let (first, older) = older_log_lines(&engine, &job, total + 50, 100).unwrap();
+        assert_eq!(first, total - 50);
+        assert_eq!(older, want[(total - 50) as usize..]);
     }
 }
