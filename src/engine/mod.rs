@@ -453,52 +453,60 @@ mod tests {
         (dir, engine, inst)
     }
 
-    /// A remote whose log stream sends `chunk` and then ends as given.
-    struct OneStream {
-        chunk: &'static [u8],
-        cut: bool,
+    /// The machine's own remote, whose log stream breaks off after `cut_at` bytes as a
+    /// lost connection does; everything else is the machine's.
+    struct CutStream {
+        inner: Arc<dyn Remote>,
+        cut_at: Option<usize>,
     }
 
     #[async_trait::async_trait]
-    impl Remote for OneStream {
+    impl Remote for CutStream {
         fn root(&self) -> &str {
-            "/nowhere"
+            self.inner.root()
         }
-        async fn exec(&self, _: &str) -> Result<crate::remote::ExecOutput> {
-            unimplemented!()
+        async fn exec(&self, s: &str) -> Result<crate::remote::ExecOutput> {
+            self.inner.exec(s).await
         }
-        async fn exec_stream(&self, _: &str, _: mpsc::Sender<Vec<u8>>) -> Result<i32> {
-            unimplemented!()
+        async fn exec_stream(&self, s: &str, sink: mpsc::Sender<Vec<u8>>) -> Result<i32> {
+            self.inner.exec_stream(s, sink).await
         }
-        async fn write_file(&self, _: &str, _: &[u8], _: u32) -> Result<()> {
-            unimplemented!()
+        async fn write_file(&self, p: &str, d: &[u8], m: u32) -> Result<()> {
+            self.inner.write_file(p, d, m).await
         }
-        async fn exec_with_stdin(&self, _: &str, _: &[u8]) -> Result<crate::remote::ExecOutput> {
-            unimplemented!()
+        async fn exec_with_stdin(&self, s: &str, d: &[u8]) -> Result<crate::remote::ExecOutput> {
+            self.inner.exec_with_stdin(s, d).await
         }
-        async fn append_file(&self, _: &str, _: &[u8]) -> Result<()> {
-            unimplemented!()
+        async fn append_file(&self, p: &str, d: &[u8]) -> Result<()> {
+            self.inner.append_file(p, d).await
         }
         async fn put_files(
             &self,
-            _: &Path,
-            _: &[String],
-            _: &str,
+            root: &Path,
+            rels: &[String],
+            to: &str,
         ) -> Result<Vec<crate::remote::Fetched>> {
-            unimplemented!()
+            self.inner.put_files(root, rels, to).await
         }
-        async fn get(&self, _: &str, _: &Path) -> Result<crate::remote::Fetched> {
-            unimplemented!()
+        async fn get(&self, p: &str, dest: &Path) -> Result<crate::remote::Fetched> {
+            self.inner.get(p, dest).await
         }
-        async fn read_range(&self, _: &str, _: u64, _: usize) -> Result<Option<Vec<u8>>> {
-            unimplemented!()
+        async fn read_range(&self, p: &str, off: u64, max: usize) -> Result<Option<Vec<u8>>> {
+            self.inner.read_range(p, off, max).await
         }
-        async fn stream_file(&self, _: &str, _: u64, sink: mpsc::Sender<Vec<u8>>) -> Result<bool> {
-            let _ = sink.send(self.chunk.to_vec()).await;
-            if self.cut {
-                return Err(crate::remote::ConnectionLost("cut".into()).into());
+        async fn stream_file(
+            &self,
+            p: &str,
+            off: u64,
+            sink: mpsc::Sender<Vec<u8>>,
+        ) -> Result<bool> {
+            let Some(n) = self.cut_at else {
+                return self.inner.stream_file(p, off, sink).await;
+            };
+            if let Some(b) = self.inner.read_range(p, off, n).await? {
+                let _ = sink.send(b).await;
             }
-            Ok(true)
+            Err(crate::remote::ConnectionLost("cut".into()).into())
         }
     }
 
@@ -507,11 +515,12 @@ mod tests {
     #[tokio::test]
     async fn a_last_line_cut_short_is_not_committed() {
         let (_dir, engine, inst) = local_engine().await;
+        let machine = engine.remote_for(&inst).await.unwrap();
         let att = AttemptRecord {
             job_id: "j-cut".into(),
             attempt: 1,
             instance_id: inst.id.clone(),
-            remote_dir: "/nowhere/j".into(),
+            remote_dir: job::job_dir(machine.root(), "j-cut", 1),
             workdir: "/nowhere".into(),
             started_ms: now_ms(),
             ended_ms: None,
@@ -525,20 +534,29 @@ mod tests {
             .unwrap();
             st.add_attempt(&att).unwrap();
         }
-        let cut = OneStream {
-            chunk: b"step=1 loss=0.5\nstep=2 lo",
-            cut: true,
+        // The job ended with a last line without its newline.
+        machine
+            .write_file(
+                &job::log_path(&att.remote_dir),
+                b"step=1 loss=0.5\nstep=2 loss=0.25",
+                0o644,
+            )
+            .await
+            .unwrap();
+        let cut = CutStream {
+            inner: machine.clone(),
+            cut_at: Some(25),
         };
         assert!(engine.pump_log(&cut, &att, true).await.is_err());
         assert_eq!(
             engine.store().log_offset("j-cut", 1).unwrap().byte_offset,
             16
         );
-        let rest = OneStream {
-            chunk: b"step=2 loss=0.25",
-            cut: false,
+        let whole = CutStream {
+            inner: machine,
+            cut_at: None,
         };
-        engine.pump_log(&rest, &att, true).await.unwrap();
+        engine.pump_log(&whole, &att, true).await.unwrap();
         assert_eq!(
             engine.store().log_offset("j-cut", 1).unwrap().byte_offset,
             32
@@ -551,7 +569,7 @@ mod tests {
             .map(|p| (p.step, p.value))
             .collect();
         assert_eq!(loss, vec![(Some(1), 0.5), (Some(2), 0.25)]);
-        engine.terminate(&inst.id, "test over").await.unwrap();
+        // The local machine runs nothing here: the temp dir going is its end.
     }
 
     /// The attempt row is written before the job's directory exists on the machine; a

@@ -119,17 +119,6 @@ impl Engine {
         Ok((at, end))
     }
 
-    /// The stored log of a job (all attempts), raw bytes up to what was committed.
-    pub fn stored_log(&self, job_id: &str) -> Result<Vec<u8>> {
-        let attempts = self.store().attempts(job_id)?;
-        let mut out = Vec::new();
-        for a in attempts {
-            let off = self.store().log_offset(job_id, a.attempt)?;
-            out.extend(self.read_local_log(job_id, a.attempt, 0, off.byte_offset)?);
-        }
-        Ok(out)
-    }
-
     /// Bytes `[from, to)` of an attempt's local log copy.
     pub fn read_local_log(
         &self,
