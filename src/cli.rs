@@ -324,6 +324,11 @@ pub fn json_value(v: f64) -> serde_json::Value {
     }
 }
 
+/// A metric point as `metrics --json` writes it.
+fn point_json(p: &crate::model::MetricPoint) -> serde_json::Value {
+    json!({"name": p.name, "value": json_value(p.value), "step": p.step, "epoch": p.epoch, "line": p.line})
+}
+
 /// Print rows as aligned columns.
 fn gpus_list(
     data_dir: &std::path::Path,
@@ -1080,8 +1085,6 @@ fn status_line(engine: &Engine, job_id: &str) -> String {
     s
 }
 
-/// Follow a job, printing its log (to stderr when stdout carries JSON); a progress
-/// spinner on a TTY.
 /// Aborts its task when dropped.
 struct AbortOnDrop(tokio::task::JoinHandle<()>);
 
@@ -1091,6 +1094,8 @@ impl Drop for AbortOnDrop {
     }
 }
 
+/// Follow a job, printing its log (to stderr when stdout carries JSON); a progress
+/// spinner on a TTY.
 async fn follow_printing(engine: &Engine, job: &JobRecord, json: bool) -> Result<JobState> {
     let printer = std::sync::Arc::new(tokio::sync::Mutex::new(LogPrinter::new(&job.id)));
     let bar = if std::io::stderr().is_terminal() {
@@ -1418,7 +1423,7 @@ async fn metrics(engine: &Engine, key: &str, name: Option<&str>, json: bool) -> 
             if err.is_some() {
                 return;
             }
-            let v = json!({"name": p.name, "value": json_value(p.value), "step": p.step, "epoch": p.epoch, "line": p.line});
+            let v = point_json(p);
             let r = write!(out, "{}{v}", if first { "[\n" } else { ",\n" });
             first = false;
             if let Err(e) = r {
@@ -1434,10 +1439,7 @@ async fn metrics(engine: &Engine, key: &str, name: Option<&str>, json: bool) -> 
     }
     let points = engine.store().metrics(&job.id, name)?;
     if json {
-        let v: Vec<_> = points
-            .iter()
-            .map(|p| json!({"name": p.name, "value": json_value(p.value), "step": p.step, "epoch": p.epoch, "line": p.line}))
-            .collect();
+        let v: Vec<_> = points.iter().map(point_json).collect();
         print_json(&json!(v));
     } else {
         let rows: Vec<Vec<String>> = points

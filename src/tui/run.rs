@@ -486,9 +486,32 @@ where
     Ok(())
 }
 
-/// A job's log opened for the first time: read through in pieces of a few MiB keeping the
-/// newest `cap` lines, so memory stays bounded whatever the log's size. Returns where the
-/// next read starts, the lines, and how many older lines were left out.
+/// Each display line of a job's log from its start, read a few MiB at a time (memory
+/// holds one piece whatever the log's size), until `f` answers false; returns where the
+/// reading stopped (attempt, offset).
+fn each_log_line(
+    engine: &crate::engine::Engine,
+    job: &str,
+    mut f: impl FnMut(String) -> bool,
+) -> anyhow::Result<(i64, u64)> {
+    let (mut at, mut end) = (1i64, 0u64);
+    loop {
+        let (a, e, lines) = engine.log_lines_since(job, at, end, 4 << 20)?;
+        let done = lines.is_empty() && (a, e) == (at, end);
+        (at, end) = (a, e);
+        for l in lines {
+            if !f(l) {
+                return Ok((at, end));
+            }
+        }
+        if done {
+            return Ok((at, end));
+        }
+    }
+}
+
+/// A job's log opened for the first time, keeping its newest `cap` lines. Returns where
+/// the next read starts, the lines, and how many older lines were left out.
 fn first_log_load(
     engine: &crate::engine::Engine,
     job: &str,
@@ -496,29 +519,21 @@ fn first_log_load(
 ) -> anyhow::Result<(i64, u64, Vec<String>, Option<u64>)> {
     let mut keep: std::collections::VecDeque<String> = Default::default();
     let mut skipped = 0u64;
-    let (mut at, mut end) = (1i64, 0u64);
-    loop {
-        let (a, e, lines) = engine.log_lines_since(job, at, end, 4 << 20)?;
-        let done = lines.is_empty() && (a, e) == (at, end);
-        (at, end) = (a, e);
-        for l in lines {
-            if keep.len() >= cap {
-                skipped += 1;
-                if keep.pop_front().is_none() {
-                    continue;
-                }
+    let (at, end) = each_log_line(engine, job, |l| {
+        if keep.len() >= cap {
+            skipped += 1;
+            if keep.pop_front().is_none() {
+                return true;
             }
-            keep.push_back(l);
         }
-        if done {
-            return Ok((at, end, keep.into(), Some(skipped)));
-        }
-    }
+        keep.push_back(l);
+        true
+    })?;
+    Ok((at, end, keep.into(), Some(skipped)))
 }
 
 /// Display lines `[before - count, before)` of a job's log (numbered from its first line,
-/// attempt markers included), read through a few MiB at a time: memory holds those lines
-/// only, whatever the log's size.
+/// attempt markers included, as [`first_log_load`] numbers them).
 fn older_log_lines(
     engine: &crate::engine::Engine,
     job: &str,
@@ -528,21 +543,13 @@ fn older_log_lines(
     let start = before.saturating_sub(count as u64);
     let mut out = Vec::new();
     let mut index = 0u64;
-    let (mut at, mut end) = (1i64, 0u64);
-    while index < before {
-        let (a, e, lines) = engine.log_lines_since(job, at, end, 4 << 20)?;
-        let done = lines.is_empty() && (a, e) == (at, end);
-        (at, end) = (a, e);
-        for l in lines {
-            if index >= start && index < before {
-                out.push(l);
-            }
-            index += 1;
+    each_log_line(engine, job, |l| {
+        if index >= start && index < before {
+            out.push(l);
         }
-        if done {
-            break;
-        }
-    }
+        index += 1;
+        index < before
+    })?;
     Ok((start.min(index), out))
 }
 
