@@ -14,50 +14,10 @@ impl Engine {
         final_read: bool,
     ) -> Result<usize> {
         let start = self.store().log_offset(&att.job_id, att.attempt)?;
-        let (tx, mut rx) = mpsc::channel::<Vec<u8>>(8);
+        let (tx, rx) = mpsc::channel::<Vec<u8>>(8);
         let path = job::log_path(&att.remote_dir);
         let reader = remote.stream_file(&path, start.byte_offset, tx);
-        let consume = async {
-            let mut cur = start.clone();
-            let mut pending: Vec<u8> = Vec::new();
-            let mut total = 0usize;
-            let mut open = true;
-            while open {
-                match rx.recv().await {
-                    Some(chunk) => pending.extend_from_slice(&chunk),
-                    None => open = false,
-                }
-                // Take whatever else already arrived, up to a piece's size.
-                while pending.len() < LOG_CHUNK {
-                    match rx.try_recv() {
-                        Ok(c) => pending.extend_from_slice(&c),
-                        Err(_) => break,
-                    }
-                }
-                let mut take = complete_prefix_len(&pending);
-                // A last line without its newline waits for the read to have ended well
-                // (below): a stream cut mid-line must not commit half a line.
-                if take == 0 && pending.len() >= LOG_CHUNK {
-                    take = pending.len();
-                }
-                if take == 0 {
-                    continue;
-                }
-                // The piece leaves `pending` without a copy (only the partial line after
-                // it is moved).
-                let rest = pending.split_off(take);
-                let piece = std::mem::replace(&mut pending, rest);
-                match self.commit_log_piece_owned(att, &cur, piece).await? {
-                    Some(next) => {
-                        cur = next;
-                        total += take;
-                    }
-                    // Another process advanced this log first: it owns these bytes.
-                    None => break,
-                }
-            }
-            Ok::<(usize, LogOffset, Vec<u8>), anyhow::Error>((total, cur, pending))
-        };
+        let consume = self.commit_stream(att, start, rx);
         let (read, consumed) = tokio::join!(reader, consume);
         read?;
         let (mut total, cur, rest) = consumed?;
@@ -70,6 +30,57 @@ impl Engine {
             total += rest.len();
         }
         Ok(total)
+    }
+
+    /// Commit the bytes `rx` brings (they start at `start`) in pieces of complete lines,
+    /// as they arrive: up to [`LOG_CHUNK`] each, or whatever complete lines are there when
+    /// nothing more has come. Returns the bytes committed, the offset after them and the
+    /// partial last line left over (the caller decides whether it is complete).
+    async fn commit_stream(
+        &self,
+        att: &AttemptRecord,
+        start: LogOffset,
+        mut rx: mpsc::Receiver<Vec<u8>>,
+    ) -> Result<(usize, LogOffset, Vec<u8>)> {
+        let mut cur = start;
+        let mut pending: Vec<u8> = Vec::new();
+        let mut total = 0usize;
+        let mut open = true;
+        while open {
+            match rx.recv().await {
+                Some(chunk) => pending.extend_from_slice(&chunk),
+                None => open = false,
+            }
+            // Take whatever else already arrived, up to a piece's size.
+            while pending.len() < LOG_CHUNK {
+                match rx.try_recv() {
+                    Ok(c) => pending.extend_from_slice(&c),
+                    Err(_) => break,
+                }
+            }
+            let mut take = complete_prefix_len(&pending);
+            // A last line without its newline is left to the caller: a stream cut
+            // mid-line must not commit half a line.
+            if take == 0 && pending.len() >= LOG_CHUNK {
+                take = pending.len();
+            }
+            if take == 0 {
+                continue;
+            }
+            // The piece leaves `pending` without a copy (only the partial line after it
+            // is moved).
+            let rest = pending.split_off(take);
+            let piece = std::mem::replace(&mut pending, rest);
+            match self.commit_log_piece_owned(att, &cur, piece).await? {
+                Some(next) => {
+                    cur = next;
+                    total += take;
+                }
+                // Another process advanced this log first: it owns these bytes.
+                None => break,
+            }
+        }
+        Ok((total, cur, pending))
     }
 
     /// The log tail a machine put in the job's checkpoint store itself on a notice, while
@@ -112,32 +123,36 @@ impl Engine {
                 ),
             )?;
         }
-        use tokio::io::{AsyncReadExt, AsyncSeekExt};
-        let mut f = tokio::fs::File::open(&file).await?;
-        f.seek(std::io::SeekFrom::Start(first.saturating_sub(start)))
-            .await?;
-        let mut pending: Vec<u8> = Vec::new();
-        let mut buf = vec![0u8; LOG_CHUNK];
-        let mut taken = 0u64;
-        loop {
-            let n = f.read(&mut buf).await?;
-            pending.extend_from_slice(&buf[..n]);
-            let take = if n == 0 {
-                pending.len()
-            } else {
-                complete_prefix_len(&pending)
-            };
-            if take > 0 {
-                match self.commit_log_piece(att, &cur, &pending[..take]).await? {
-                    Some(next) => cur = next,
-                    None => return Ok(()),
+        // The file, from the first byte this store has not read, through the same
+        // commits as a follow; the machine is gone, so its last line is complete.
+        let (tx, rx) = mpsc::channel::<Vec<u8>>(8);
+        let path = file.clone();
+        // Moves `tx`: the commits see the end when the file is read.
+        let read = async move {
+            use tokio::io::{AsyncReadExt, AsyncSeekExt};
+            let mut f = tokio::fs::File::open(&path).await?;
+            f.seek(std::io::SeekFrom::Start(first.saturating_sub(start)))
+                .await?;
+            loop {
+                let mut buf = vec![0u8; 1 << 20];
+                let n = f.read(&mut buf).await?;
+                if n == 0 {
+                    return Ok::<(), anyhow::Error>(());
                 }
-                taken += take as u64;
-                pending.drain(..take);
+                buf.truncate(n);
+                if tx.send(buf).await.is_err() {
+                    return Ok(());
+                }
             }
-            if n == 0 {
-                break;
+        };
+        let (read, committed) = tokio::join!(read, self.commit_stream(att, cur, rx));
+        read?;
+        let (mut taken, cur, rest) = committed?;
+        if !rest.is_empty() {
+            if self.commit_log_piece(att, &cur, &rest).await?.is_none() {
+                return Ok(());
             }
+            taken += rest.len();
         }
         let _ = tokio::fs::remove_file(&file).await;
         self.store().add_event(
