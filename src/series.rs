@@ -337,6 +337,28 @@ impl Num {
     }
 }
 
+impl From<&crate::model::MetricPoint> for Point {
+    fn from(p: &crate::model::MetricPoint) -> Point {
+        Point {
+            line: p.line,
+            value: p.value,
+            step: p.step,
+            epoch: p.epoch,
+        }
+    }
+}
+
+impl From<&crate::metrics::PointRef<'_>> for Point {
+    fn from(p: &crate::metrics::PointRef<'_>) -> Point {
+        Point {
+            line: p.line,
+            value: p.value,
+            step: p.step,
+            epoch: p.epoch,
+        }
+    }
+}
+
 /// Points of several metrics in log order, grouped by metric as they come (no
 /// allocation per point: a log has a handful of metric names).
 #[derive(Debug, Default)]
@@ -357,10 +379,6 @@ impl Batch {
         };
         self.last = i;
         self.series[i].1.push(p);
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.series.is_empty()
     }
 }
 

@@ -148,12 +148,29 @@ const MIGRATIONS: &[&str] = &[
         attempt INTEGER NOT NULL,
         name TEXT NOT NULL,
         n INTEGER NOT NULL,
-        first_line INTEGER NOT NULL,
-        last_line INTEGER NOT NULL,
         data BLOB NOT NULL
     );
     CREATE INDEX metric_chunks_job ON metric_chunks(job_id, name);",
 ];
+
+/// Where a metric point sits in its series, for the rule that a later attempt's point
+/// replaces an earlier attempt's at the same place: its step, else its epoch (a point
+/// with neither is never replaced).
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq)]
+enum ReplacedAt {
+    Step(i64),
+    Epoch(u64),
+}
+
+impl ReplacedAt {
+    fn of(p: &MetricPoint) -> Option<ReplacedAt> {
+        match (p.step, p.epoch) {
+            (Some(s), _) => Some(ReplacedAt::Step(s)),
+            (None, Some(e)) => Some(ReplacedAt::Epoch(e.to_bits())),
+            (None, None) => None,
+        }
+    }
+}
 
 /// Points per stored chunk at most (a commit with more makes several).
 const CHUNK_POINTS: usize = 65_536;
@@ -1596,7 +1613,7 @@ impl Store {
     /// Migration 7: every point of the one-row-per-point table, packed into chunks in
     /// the order they were stored, then that table dropped.
     fn pack_old_points(tx: &rusqlite::Transaction<'_>) -> Result<()> {
-        let mut batch: Vec<MetricPoint> = Vec::new();
+        let mut batch = crate::series::Batch::default();
         let mut key: Option<(String, i64)> = None;
         {
             let mut stmt = tx.prepare(
@@ -1608,22 +1625,25 @@ impl Store {
                 let k = (r.get::<_, String>(0)?, r.get::<_, i64>(1)?);
                 if key.as_ref() != Some(&k) {
                     if let Some((j, a)) = key.take() {
-                        Self::insert_points_tx(tx, &j, a, &batch)?;
+                        Self::insert_batch_tx(tx, &j, a, &std::mem::take(&mut batch))?;
                     }
-                    batch.clear();
                     key = Some(k);
                 }
-                batch.push(MetricPoint {
-                    name: r.get(2)?,
-                    value: r.get::<_, Option<f64>>(3)?.unwrap_or(f64::NAN),
-                    step: r.get(4)?,
-                    epoch: r.get(5)?,
-                    line: r.get::<_, i64>(6)? as u64,
-                });
+                let name: String = r.get(2)?;
+                batch.push(
+                    &name,
+                    crate::series::Point {
+                        // NULL was how a NaN was stored.
+                        value: r.get::<_, Option<f64>>(3)?.unwrap_or(f64::NAN),
+                        step: r.get(4)?,
+                        epoch: r.get(5)?,
+                        line: r.get::<_, i64>(6)? as u64,
+                    },
+                );
             }
         }
         if let Some((j, a)) = key {
-            Self::insert_points_tx(tx, &j, a, &batch)?;
+            Self::insert_batch_tx(tx, &j, a, &batch)?;
         }
         tx.execute_batch("DROP TABLE metric_points;")?;
         Ok(())
@@ -1638,15 +1658,7 @@ impl Store {
     ) -> Result<()> {
         let mut batch = crate::series::Batch::default();
         for p in points {
-            batch.push(
-                &p.name,
-                crate::series::Point {
-                    line: p.line,
-                    value: p.value,
-                    step: p.step,
-                    epoch: p.epoch,
-                },
-            );
+            batch.push(&p.name, p.into());
         }
         Self::insert_batch_tx(tx, job_id, attempt, &batch)
     }
@@ -1659,8 +1671,8 @@ impl Store {
         batch: &crate::series::Batch,
     ) -> Result<()> {
         let mut stmt = tx.prepare_cached(
-            "INSERT INTO metric_chunks (job_id, attempt, name, n, first_line, last_line, data)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            "INSERT INTO metric_chunks (job_id, attempt, name, n, data)
+             VALUES (?1, ?2, ?3, ?4, ?5)",
         )?;
         for (name, pts) in &batch.series {
             for part in pts.chunks(CHUNK_POINTS) {
@@ -1669,8 +1681,6 @@ impl Store {
                     attempt,
                     name,
                     part.len() as i64,
-                    part[0].line as i64,
-                    part[part.len() - 1].line as i64,
                     crate::series::encode(part)
                 ])?;
             }
@@ -1691,29 +1701,17 @@ impl Store {
         })
     }
 
-    /// Each stored chunk of a job (one metric, or all) after `after_rowid`, in store
-    /// order, `f` called with (rowid, attempt, name, points) as each is unpacked; `f`
-    /// returns false to stop. `newest_first` walks backwards.
+    /// Each stored chunk of a job (one metric or all, one attempt or all) after
+    /// `after_rowid`, in store order (`newest_first`: backwards), `f` called with (rowid,
+    /// attempt, points) as each is unpacked; `f` returns false to stop.
     fn each_chunk(
-        &self,
-        job_id: &str,
-        name: Option<&str>,
-        after_rowid: i64,
-        newest_first: bool,
-        f: impl FnMut(i64, i64, &str, &mut dyn Iterator<Item = MetricPoint>) -> bool,
-    ) -> Result<()> {
-        self.each_chunk_of(job_id, name, None, after_rowid, newest_first, f)
-    }
-
-    /// [`Store::each_chunk`] of one attempt only, when given.
-    fn each_chunk_of(
         &self,
         job_id: &str,
         name: Option<&str>,
         attempt: Option<i64>,
         after_rowid: i64,
         newest_first: bool,
-        mut f: impl FnMut(i64, i64, &str, &mut dyn Iterator<Item = MetricPoint>) -> bool,
+        mut f: impl FnMut(i64, i64, &mut dyn Iterator<Item = MetricPoint>) -> bool,
     ) -> Result<()> {
         let sql = format!(
             "SELECT rowid, attempt, name, n, data FROM metric_chunks
@@ -1741,7 +1739,7 @@ impl Store {
                 epoch: p.epoch,
                 line: p.line,
             });
-            if !f(rowid, attempt, &name, &mut it) {
+            if !f(rowid, attempt, &mut it) {
                 break;
             }
         }
@@ -1754,7 +1752,7 @@ impl Store {
     /// continuous series.
     pub fn metrics(&self, job_id: &str, name: Option<&str>) -> Result<Vec<MetricPoint>> {
         let mut all: Vec<(i64, MetricPoint)> = Vec::new();
-        self.each_chunk(job_id, name, 0, false, |_, attempt, _, pts| {
+        self.each_chunk(job_id, name, None, 0, false, |_, attempt, pts| {
             all.extend(pts.map(|p| (attempt, p)));
             true
         })?;
@@ -1765,18 +1763,9 @@ impl Store {
         if attempts.len() <= 1 {
             return Ok(all.into_iter().map(|(_, p)| p).collect());
         }
-        #[derive(Hash, PartialEq, Eq)]
-        enum At {
-            Step(i64),
-            Epoch(u64),
-        }
-        let key = |p: &MetricPoint| match (p.step, p.epoch) {
-            (Some(s), _) => Some((p.name.clone(), At::Step(s))),
-            (None, Some(e)) => Some((p.name.clone(), At::Epoch(e.to_bits()))),
-            (None, None) => None,
-        };
+        let key = |p: &MetricPoint| ReplacedAt::of(p).map(|at| (p.name.clone(), at));
         // Newest attempt first: a point is kept unless a later attempt has its key.
-        let mut later: std::collections::HashSet<(String, At)> = Default::default();
+        let mut later: std::collections::HashSet<(String, ReplacedAt)> = Default::default();
         let mut keep = vec![true; all.len()];
         let mut i = all.len();
         while i > 0 {
@@ -1821,42 +1810,21 @@ impl Store {
             let rows = stmt.query_map(params![job_id, name], |r| r.get(0))?;
             rows.collect::<rusqlite::Result<Vec<_>>>()?
         };
-        // The steps (and epochs) of each attempt after the first: usually there is none.
-        let mut later: Vec<(
-            i64,
-            std::collections::HashSet<i64>,
-            std::collections::HashSet<u64>,
-        )> = Vec::new();
+        // Where each attempt after the first is (steps or epochs): usually there is none.
+        let mut later: Vec<(i64, std::collections::HashSet<ReplacedAt>)> = Vec::new();
         for &a in attempts.iter().skip(1) {
-            let mut steps = std::collections::HashSet::new();
-            let mut epochs = std::collections::HashSet::new();
-            self.each_chunk_of(job_id, Some(name), Some(a), 0, false, |_, _, _, pts| {
-                for p in pts {
-                    match (p.step, p.epoch) {
-                        (Some(s), _) => {
-                            steps.insert(s);
-                        }
-                        (None, Some(e)) => {
-                            epochs.insert(e.to_bits());
-                        }
-                        _ => {}
-                    }
-                }
+            let mut at = std::collections::HashSet::new();
+            self.each_chunk(job_id, Some(name), Some(a), 0, false, |_, _, pts| {
+                at.extend(pts.filter_map(|p| ReplacedAt::of(&p)));
                 true
             })?;
-            later.push((a, steps, epochs));
+            later.push((a, at));
         }
         for &a in &attempts {
-            self.each_chunk_of(job_id, Some(name), Some(a), 0, false, |_, _, _, pts| {
+            self.each_chunk(job_id, Some(name), Some(a), 0, false, |_, _, pts| {
                 for p in pts {
-                    let replaced = later.iter().any(|(b, steps, epochs)| {
-                        *b > a
-                            && match (p.step, p.epoch) {
-                                (Some(s), _) => steps.contains(&s),
-                                (None, Some(e)) => epochs.contains(&e.to_bits()),
-                                _ => false,
-                            }
-                    });
+                    let replaced = ReplacedAt::of(&p)
+                        .is_some_and(|k| later.iter().any(|(b, at)| *b > a && at.contains(&k)));
                     if !replaced {
                         f(&p);
                     }
@@ -1876,7 +1844,7 @@ impl Store {
         limit: usize,
     ) -> Result<Vec<(i64, MetricPoint)>> {
         let mut out = Vec::new();
-        self.each_chunk(job_id, None, after_rowid, false, |rowid, _, _, pts| {
+        self.each_chunk(job_id, None, None, after_rowid, false, |rowid, _, pts| {
             out.extend(pts.map(|p| (rowid, p)));
             out.len() < limit
         })?;
@@ -1887,7 +1855,7 @@ impl Store {
     pub fn recent_values(&self, job_id: &str, name: &str, limit: usize) -> Result<Vec<f64>> {
         let mut chunks: Vec<Vec<f64>> = Vec::new();
         let mut have = 0;
-        self.each_chunk(job_id, Some(name), 0, true, |_, _, _, pts| {
+        self.each_chunk(job_id, Some(name), None, 0, true, |_, _, pts| {
             let v: Vec<f64> = pts.map(|p| p.value).collect();
             have += v.len();
             chunks.push(v);

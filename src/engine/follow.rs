@@ -203,15 +203,7 @@ impl Engine {
         let mut batch = crate::series::Batch::default();
         let mut points = Vec::new();
         parser.feed_complete(chunk, &mut |p| {
-            batch.push(
-                p.name,
-                crate::series::Point {
-                    line: p.line,
-                    value: p.value,
-                    step: p.step,
-                    epoch: p.epoch,
-                },
-            );
+            batch.push(p.name, (&p).into());
             if watched {
                 points.push(p.to_owned_point());
             }
