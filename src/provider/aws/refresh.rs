@@ -201,49 +201,43 @@ async fn refresh_region(
             let Some(name) = t.instance_type().map(|n| n.as_str().to_string()) else {
                 continue;
             };
-            let vcpus = t.v_cpu_info().and_then(|v| v.default_v_cpus()).unwrap_or(0);
-            let mem_gib = t
-                .memory_info()
-                .and_then(|m| m.size_in_mib())
-                .map_or(0.0, |m| m as f64 / 1024.0);
-            let spec = if let Some(g) = t.gpu_info().and_then(|g| g.gpus().first()) {
-                Spec {
-                    accelerator: g.name().unwrap_or("GPU").to_string(),
-                    kind: "gpu",
-                    count: t
+            let gib = |mib: Option<i64>| mib.map(|m| m as f64 / 1024.0);
+            // The accelerator: name, kind, count, memory per device.
+            let (accelerator, kind, count, gpu_mem_gib) =
+                if let Some(g) = t.gpu_info().and_then(|g| g.gpus().first()) {
+                    let count: i32 = t
                         .gpu_info()
-                        .map(|i| i.gpus().iter().map(|g| g.count().unwrap_or(0)).sum::<i32>())
-                        .unwrap_or(0) as f64,
-                    gpu_mem_gib: g
-                        .memory_info()
-                        .and_then(|m| m.size_in_mib())
-                        .map(|m| m as f64 / 1024.0),
-                    vcpus,
-                    mem_gib,
-                }
-            } else if let Some(n) = t.neuron_info().and_then(|n| n.neuron_devices().first()) {
-                Spec {
-                    accelerator: n.name().unwrap_or("Neuron").to_string(),
-                    kind: "ml-accelerator",
-                    count: n.count().unwrap_or(0) as f64,
-                    gpu_mem_gib: n
-                        .memory_info()
-                        .and_then(|m| m.size_in_mib())
-                        .map(|m| m as f64 / 1024.0),
-                    vcpus,
-                    mem_gib,
-                }
-            } else if let Some(f) = t.fpga_info().and_then(|f| f.fpgas().first()) {
-                Spec {
-                    accelerator: f.name().unwrap_or("FPGA").to_string(),
-                    kind: "fpga",
-                    count: f.count().unwrap_or(0) as f64,
-                    gpu_mem_gib: None,
-                    vcpus,
-                    mem_gib,
-                }
-            } else {
-                continue;
+                        .map_or(0, |i| i.gpus().iter().map(|g| g.count().unwrap_or(0)).sum());
+                    (
+                        g.name().unwrap_or("GPU"),
+                        "gpu",
+                        count,
+                        gib(g.memory_info().and_then(|m| m.size_in_mib()).map(i64::from)),
+                    )
+                } else if let Some(n) = t.neuron_info().and_then(|n| n.neuron_devices().first()) {
+                    (
+                        n.name().unwrap_or("Neuron"),
+                        "ml-accelerator",
+                        n.count().unwrap_or(0),
+                        gib(n.memory_info().and_then(|m| m.size_in_mib()).map(i64::from)),
+                    )
+                } else if let Some(f) = t.fpga_info().and_then(|f| f.fpgas().first()) {
+                    (
+                        f.name().unwrap_or("FPGA"),
+                        "fpga",
+                        f.count().unwrap_or(0),
+                        None,
+                    )
+                } else {
+                    continue;
+                };
+            let spec = Spec {
+                accelerator: accelerator.to_string(),
+                kind,
+                count: count as f64,
+                gpu_mem_gib,
+                vcpus: t.v_cpu_info().and_then(|v| v.default_v_cpus()).unwrap_or(0),
+                mem_gib: gib(t.memory_info().and_then(|m| m.size_in_mib())).unwrap_or(0.0),
             };
             specs.insert(name, spec);
         }
