@@ -827,6 +827,38 @@ fn run_until_epoch_2_is_kept(env: &Env) -> (std::process::Child, String) {
     (run, job)
 }
 
+/// Release the held job and let `run` end: it succeeded after a resume from a kept
+/// checkpoint, with the model an uninterrupted run makes, on a second machine; both of
+/// its machines are gone from EC2.
+fn finish_resumed(
+    moto: &Moto,
+    env: &Env,
+    gate: &std::path::Path,
+    run: std::process::Child,
+    job: &str,
+    expected: &[u8],
+) {
+    std::fs::write(gate, "").unwrap();
+    let out = run.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let result: serde_json::Value = serde_json::from_str(&stdout)
+        .unwrap_or_else(|e| panic!("{e}: {stdout}\n{}", String::from_utf8_lossy(&out.stderr)));
+    assert_eq!(result["state"], "succeeded", "{result}");
+    assert_eq!(
+        model_of(env, job),
+        expected,
+        "the resumed model is the uninterrupted one"
+    );
+    let kinds = env.event_kinds(Some(job));
+    assert!(
+        kinds.contains(&"checkpoint.restored".to_string()),
+        "{kinds:?}"
+    );
+    let all = moto_instances(moto);
+    assert_eq!(all.len(), 2);
+    all.iter().for_each(assert_ended);
+}
+
 #[test]
 fn a_spot_interruption_is_survived_with_the_checkpoint_in_s3() {
     // On spot, held inside epoch 3 with epoch 2's checkpoint shipped to S3.
@@ -880,26 +912,8 @@ fn a_spot_interruption_is_survived_with_the_checkpoint_in_s3() {
     );
     // EC2 takes the machine; the job goes on elsewhere.
     ec2_terminate(&moto, &first_ec2);
-    std::fs::write(&gate, "").unwrap();
-    let out = run.wait_with_output().unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let result: serde_json::Value = serde_json::from_str(&stdout)
-        .unwrap_or_else(|e| panic!("{e}: {stdout}\n{}", String::from_utf8_lossy(&out.stderr)));
-    assert_eq!(result["state"], "succeeded", "{result}");
-    let model = model_of(&env, &job);
-    assert_eq!(
-        model, expected,
-        "the resumed model is the uninterrupted one"
-    );
-    let kinds = env.event_kinds(Some(&job));
-    assert!(
-        kinds.contains(&"checkpoint.restored".to_string()),
-        "{kinds:?}"
-    );
     // Two machines, both gone from EC2, both billed in the store.
-    let all = moto_instances(&moto);
-    assert_eq!(all.len(), 2);
-    all.iter().for_each(assert_ended);
+    finish_resumed(&moto, &env, &gate, run, &job, &expected);
     let second = env.job(&job)["instance_id"].as_str().unwrap().to_string();
     assert_ne!(first, second);
     // Both attempts' logs are kept beside the checkpoints, as the laptop has them.
@@ -1606,24 +1620,6 @@ fn a_rebalance_recommendation_moves_a_job_that_asked_for_it() {
         let j = env.job(&job);
         j["state"] == "running" && j["instance_id"] != first.as_str()
     });
-    std::fs::write(&gate, "").unwrap();
-    let out = run.wait_with_output().unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let result: serde_json::Value = serde_json::from_str(&stdout)
-        .unwrap_or_else(|e| panic!("{e}: {stdout}\n{}", String::from_utf8_lossy(&out.stderr)));
-    assert_eq!(result["state"], "succeeded", "{result}");
-    assert_eq!(
-        model_of(&env, &job),
-        expected,
-        "resumed from epoch 2, same model"
-    );
-    let kinds = env.event_kinds(Some(&job));
-    assert!(
-        kinds.contains(&"checkpoint.restored".to_string()),
-        "{kinds:?}"
-    );
-    // Moved once, before any notice; both machines gone from EC2.
-    let all = moto_instances(&moto);
-    assert_eq!(all.len(), 2);
-    all.iter().for_each(assert_ended);
+    // Moved once, before any notice.
+    finish_resumed(&moto, &env, &gate, run, &job, &expected);
 }
