@@ -537,10 +537,7 @@ fn serve_one(
         return Ok(());
     };
     let body = String::from_utf8_lossy(&buf[head_end..]).to_string();
-    let target = head.lines().find_map(|l| {
-        l.strip_prefix("x-amz-target: ")
-            .or(l.strip_prefix("X-Amz-Target: "))
-    });
+    let target = header(&head, "x-amz-target");
     let line = head.lines().next().unwrap_or("").to_string();
     seen.lock().unwrap().push(match target {
         Some(t) => format!("{line}\nX-Amz-Target: {t}"),
@@ -586,16 +583,22 @@ fn serve_one(
         if want.is_none()
             && let Some(p) = resp.windows(4).position(|w| w == b"\r\n\r\n")
         {
-            let head = String::from_utf8_lossy(&resp[..p]).to_ascii_lowercase();
-            want = head
-                .lines()
-                .find_map(|l| l.strip_prefix("content-length:"))
-                .and_then(|v| v.trim().parse::<usize>().ok())
+            let head = String::from_utf8_lossy(&resp[..p]);
+            want = header(&head, "content-length")
+                .and_then(|v| v.parse::<usize>().ok())
                 .map(|len| p + 4 + len);
         }
     }
     c.write_all(&resp)?;
     Ok(())
+}
+
+/// The value of header `name` (any case) in an HTTP head.
+fn header<'a>(head: &'a str, name: &str) -> Option<&'a str> {
+    head.lines().find_map(|l| {
+        let (k, v) = l.split_once(':')?;
+        k.eq_ignore_ascii_case(name).then(|| v.trim())
+    })
 }
 
 /// One HTTP/1.1 request from `c`: its head, the bytes read (head and body) and where the
@@ -622,13 +625,8 @@ fn read_request(c: &mut std::net::TcpStream) -> std::io::Result<Option<(String, 
     {
         c.write_all(b"HTTP/1.1 100 Continue\r\n\r\n")?;
     }
-    let len = head
-        .lines()
-        .find_map(|l| {
-            let (k, v) = l.split_once(':')?;
-            k.eq_ignore_ascii_case("content-length")
-                .then(|| v.trim().parse::<usize>().ok())?
-        })
+    let len = header(&head, "content-length")
+        .and_then(|v| v.parse::<usize>().ok())
         .unwrap_or(0);
     while buf.len() < head_end + len {
         let n = c.read(&mut chunk)?;
@@ -707,14 +705,9 @@ fn json_serve_one(mut c: std::net::TcpStream, handler: &JsonHandler) -> std::io:
     let Some((head, buf, head_end)) = read_request(&mut c)? else {
         return Ok(());
     };
-    let target = head
-        .lines()
-        .find_map(|l| {
-            let (k, v) = l.split_once(':')?;
-            k.eq_ignore_ascii_case("x-amz-target")
-                .then(|| v.trim().to_string())
-        })
-        .unwrap_or_default();
+    let target = header(&head, "x-amz-target")
+        .unwrap_or_default()
+        .to_string();
     let req: serde_json::Value = serde_json::from_slice(&buf[head_end..]).unwrap_or_default();
     let (status, doc) = handler(&target, &req);
     let body = doc.to_string();
