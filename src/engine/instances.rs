@@ -505,7 +505,7 @@ impl Engine {
             let seen_aside = inst
                 .error
                 .as_deref()
-                .is_some_and(|e| e.contains("; through "));
+                .is_some_and(super::poll::seen_through_side_channel);
             if inst.error != outcome && !(outcome.is_some() && seen_aside) {
                 self.store()
                     .set_instance_error(&inst.id, outcome.as_deref())?;

@@ -2,6 +2,15 @@
 
 use super::*;
 
+/// Between "unreachable: <why>" and what a side channel saw, in an instance's error line.
+const SEEN_THROUGH: &str = "; through ";
+
+/// Whether an instance's error line says what a side channel saw: `ls`'s own probe keeps
+/// such a line while the machine stays unreachable (it says more than "unreachable").
+pub(super) fn seen_through_side_channel(error: &str) -> bool {
+    error.contains(SEEN_THROUGH)
+}
+
 impl Engine {
     /// Send SIGTERM once, SIGKILL after the grace; all state in the store.
     pub(super) async fn enforce_stop(
@@ -31,18 +40,21 @@ impl Engine {
     /// While the usual way onto a job's machine fails: the job's status through the
     /// provider's side channel (SSM for EC2), and a requested stop enforced through it.
     /// The job's end is not recorded from there: its log and checkpoints wait for the
-    /// usual way. Returns what was seen, for the instance's error line.
+    /// usual way. Returns the instance's error line, with what was seen.
     async fn poll_side_channel(
         &self,
         job: &JobRecord,
         att: &AttemptRecord,
         provider: &dyn Provider,
         inst: &InstanceRecord,
-    ) -> Option<String> {
+        unreachable: &anyhow::Error,
+    ) -> String {
         let side = match provider.side_channel(inst).await {
             Ok(Some(s)) => s,
-            Ok(None) => return None,
-            Err(e) => return Some(format!("no side channel either: {e:#}")),
+            Ok(None) => return format!("unreachable: {unreachable:#}"),
+            Err(e) => {
+                return format!("unreachable: {unreachable:#}; no side channel either: {e:#}");
+            }
         };
         let via = side.via;
         let remote = side.remote.as_ref();
@@ -65,18 +77,16 @@ impl Engine {
             }
         }
         let seen = match self.executor().status(remote, &att.remote_dir).await {
-            Ok(RemoteStatus::Running { pid }) => format!("through {via}: job running (pid {pid})"),
-            Ok(RemoteStatus::Starting) => format!("through {via}: job starting"),
+            Ok(RemoteStatus::Running { pid }) => format!("job running (pid {pid})"),
+            Ok(RemoteStatus::Starting) => "job starting".to_string(),
             Ok(RemoteStatus::Exited { code, .. }) => {
-                format!("through {via}: job exited {code}; its log is collected when SSH answers")
+                format!("job exited {code}; its log is collected when SSH answers")
             }
-            Ok(RemoteStatus::Vanished) => {
-                format!("through {via}: the job's processes died without an exit")
-            }
-            Ok(RemoteStatus::Missing) => format!("through {via}: no job directory"),
-            Err(e) => format!("through {via}: {e:#}"),
+            Ok(RemoteStatus::Vanished) => "the job's processes died without an exit".to_string(),
+            Ok(RemoteStatus::Missing) => "no job directory".to_string(),
+            Err(e) => format!("{e:#}"),
         };
-        Some(format!("{seen}{stopping}"))
+        format!("unreachable: {unreachable:#}{SEEN_THROUGH}{via}: {seen}{stopping}")
     }
 
     /// Stop a job now (SIGTERM, grace, SIGKILL) and record its end.
@@ -147,13 +157,9 @@ impl Engine {
                         .job_lost(&job, &inst, &att, "its machine is gone")
                         .await;
                 }
-                let side = self
-                    .poll_side_channel(&job, &att, provider.as_ref(), &inst)
+                let msg = self
+                    .poll_side_channel(&job, &att, provider.as_ref(), &inst, &e)
                     .await;
-                let msg = match side {
-                    Some(seen) => format!("unreachable: {e:#}; {seen}"),
-                    None => format!("unreachable: {e:#}"),
-                };
                 if inst.error.as_deref() != Some(msg.as_str()) {
                     self.store().set_instance_error(&inst.id, Some(&msg))?;
                 }
