@@ -304,16 +304,7 @@ impl S3Store {
         let meta = obj.metadata().cloned().unwrap_or_default();
         accept(&meta)?;
         let scratch = self.cache.scratch(job_id, name)?;
-        if let Some(d) = scratch.parent() {
-            tokio::fs::create_dir_all(d).await?;
-        }
-        let mut body = obj.body.into_async_read();
-        let mut f = tokio::fs::File::create(&scratch).await?;
-        tokio::io::copy_buf(&mut body, &mut f).await?;
-        use tokio::io::AsyncWriteExt;
-        f.flush().await?;
-        f.sync_all().await?;
-        drop(f);
+        body_to_file(obj.body, &scratch, true).await?;
         let file = PathBuf::from(self.cache.put(job_id, name, &scratch).await?);
         Ok((file, meta))
     }
@@ -531,12 +522,7 @@ impl CheckpointStore for S3Store {
             .uploads
             .join(job_id)
             .join(format!("rescued-{attempt}.log"));
-        tokio::fs::create_dir_all(self.uploads.join(job_id)).await?;
-        let mut body = obj.body.into_async_read();
-        let mut f = tokio::fs::File::create(&file).await?;
-        tokio::io::copy_buf(&mut body, &mut f).await?;
-        use tokio::io::AsyncWriteExt;
-        f.flush().await?;
+        body_to_file(obj.body, &file, false).await?;
         Ok(Some((offset, file)))
     }
 
@@ -593,6 +579,23 @@ impl CheckpointStore for S3Store {
             })?;
         Ok(())
     }
+}
+
+/// An object's body into the file `path` (its folder made), synced to disk when `sync`
+/// (a file kept, not a scratch copy read once).
+async fn body_to_file(body: ByteStream, path: &Path, sync: bool) -> Result<()> {
+    use tokio::io::AsyncWriteExt;
+    if let Some(d) = path.parent() {
+        tokio::fs::create_dir_all(d).await?;
+    }
+    let mut body = body.into_async_read();
+    let mut f = tokio::fs::File::create(path).await?;
+    tokio::io::copy_buf(&mut body, &mut f).await?;
+    f.flush().await?;
+    if sync {
+        f.sync_all().await?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]
