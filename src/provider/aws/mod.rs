@@ -79,8 +79,9 @@ pub struct AwsProvider {
     dir: PathBuf,
     sdk: Arc<tokio::sync::OnceCell<SdkConfig>>,
     checkpoints: Option<Arc<dyn crate::job::checkpoint::CheckpointStore>>,
-    /// The embedded catalog, or the one `gpus --refresh` wrote to the data directory.
-    catalog: Arc<Catalog>,
+    /// The embedded catalog, or the one `gpus --refresh` wrote to the data directory;
+    /// read on first use (a command that prices nothing never parses it).
+    catalog: std::sync::OnceLock<Arc<Catalog>>,
     ssh_config: SshConfig,
     conns: tokio::sync::Mutex<HashMap<String, Arc<SshRemote>>>,
     /// Machines reached through SSM while SSH cannot, by trainctl id.
@@ -105,12 +106,8 @@ impl AwsProvider {
                 .ok()
                 .map(|s| Arc::new(s) as Arc<dyn crate::job::checkpoint::CheckpointStore>)
         });
-        let catalog = Catalog::for_data_dir(data_dir).unwrap_or_else(|e| {
-            tracing::warn!("{e:#}; using the catalog built into trainctl");
-            Catalog::embedded()
-        });
         AwsProvider {
-            catalog,
+            catalog: std::sync::OnceLock::new(),
             ssh_config: SshConfig::load_default(),
             dir: data_dir.join("aws"),
             cfg,
@@ -138,6 +135,15 @@ impl AwsProvider {
     /// command that never talks to AWS never waits for the credential chain.
     async fn sdk(&self) -> Result<&SdkConfig> {
         self.sdk.get_or_try_init(|| ec2::load_sdk(&self.cfg)).await
+    }
+
+    fn catalog(&self) -> &Catalog {
+        self.catalog.get_or_init(|| {
+            Catalog::for_data_dir(self.dir.parent().unwrap_or(&self.dir)).unwrap_or_else(|e| {
+                tracing::warn!("{e:#}; using the catalog built into trainctl");
+                Catalog::embedded()
+            })
+        })
     }
 
     async fn ec2(&self, region: &str) -> Result<aws_sdk_ec2::Client> {
@@ -620,7 +626,7 @@ impl AwsProvider {
                         .cfg
                         .spot_max_usd
                         .map(Money::from_dollars_f64)
-                        .or_else(|| self.catalog.prices(ty, &region).and_then(|p| p.on_demand));
+                        .or_else(|| self.catalog().prices(ty, &region).and_then(|p| p.on_demand));
                     if let Some(b) = bid {
                         so = so.max_price(b.to_string().trim_start_matches('$'));
                     }
@@ -648,7 +654,7 @@ impl AwsProvider {
                         b.host_key = Some(host_public.clone());
                         b.market = market.into();
                         l.backend = serde_json::to_string(&b).ok();
-                        let prices = self.catalog.prices(ty, &region);
+                        let prices = self.catalog().prices(ty, &region);
                         if spot {
                             let z = b.zone.clone().or(zone.clone()).unwrap_or_default();
                             match self.spot_price(&ec2, ty, &z).await {
@@ -816,7 +822,7 @@ impl Provider for AwsProvider {
     fn check(&self, req: &LaunchRequest) -> Result<Plan> {
         req.only_options("aws", OPTIONS)?;
         let region = self.region_for(req.options.get("region").map(String::as_str))?;
-        let cat = &self.catalog;
+        let cat = self.catalog();
         let ty = match &req.instance_type {
             Some(t) => t.clone(),
             None => {
@@ -927,7 +933,7 @@ impl Provider for AwsProvider {
     fn instance_types(&self) -> Vec<String> {
         let region = self.region_for(None).ok();
         let mut seen = std::collections::BTreeSet::new();
-        self.catalog
+        self.catalog()
             .offers(region.as_deref(), None, None)
             .into_iter()
             .filter(|o| seen.insert(o.instance_type.clone()))
@@ -1104,7 +1110,9 @@ impl Provider for AwsProvider {
                 for i in page.reservations().iter().flat_map(|r| r.instances()) {
                     let ty = i.instance_type().map(|t| t.as_str().to_string());
                     let spot = i.instance_lifecycle().is_some_and(|l| l.as_str() == "spot");
-                    let prices = ty.as_deref().and_then(|t| self.catalog.prices(t, &region));
+                    let prices = ty
+                        .as_deref()
+                        .and_then(|t| self.catalog().prices(t, &region));
                     out.push(Listed {
                         id: ec2::tag(i, TAG_ID).unwrap_or("?").to_string(),
                         provider_id: i.instance_id().unwrap_or_default().to_string(),
