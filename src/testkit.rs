@@ -36,6 +36,8 @@ pub struct Sshd {
     pub dir: TempDir,
     pub port: u16,
     pub client_key: PathBuf,
+    /// The login user of a password machine ([`Sshd::start_password_machine`]); None: root.
+    pub user: Option<String>,
     child: Child,
 }
 
@@ -59,7 +61,42 @@ pub fn free_port() -> u16 {
 
 impl Sshd {
     pub fn start() -> Sshd {
-        Sshd::start_with(None, None, false)
+        Sshd::start_with(None, None, false, None)
+    }
+
+    /// A stand-in for a GPU cloud's machine reached with a password: a system user made for
+    /// this server alone (removed when dropped) whose HOME is `<dir>/home`, password
+    /// authentication on (and keyboard-interactive through PAM), and the keys in
+    /// `<home>/.ssh/authorized_keys` accepted, so a key installed after a password login
+    /// works. Set the password with [`Sshd::set_password`].
+    pub fn start_password_machine() -> Sshd {
+        let user = format!(
+            "tcpw{}",
+            &blake3::hash(
+                &crate::model::now_ms()
+                    .to_le_bytes()
+                    .iter()
+                    .chain(std::process::id().to_le_bytes().iter())
+                    .chain(free_port().to_le_bytes().iter())
+                    .copied()
+                    .collect::<Vec<u8>>()
+            )
+            .to_hex()[..10]
+        );
+        Sshd::start_with(None, None, true, Some(user))
+    }
+
+    /// Give the password machine's user `password` (as a cloud does when it builds the
+    /// machine with the password the launch asked for).
+    pub fn set_password(&self, password: &str) {
+        let user = self.user.as_deref().expect("a password machine");
+        let mut child = Command::new("chpasswd")
+            .stdin(Stdio::piped())
+            .spawn()
+            .expect("chpasswd (passwd) is needed");
+        use std::io::Write;
+        writeln!(child.stdin.take().unwrap(), "{user}:{password}").unwrap();
+        assert!(child.wait().unwrap().success(), "chpasswd failed");
     }
 
     /// A stand-in for a cloud machine: it presents `host_key` (an OpenSSH private key, as
@@ -67,10 +104,15 @@ impl Sshd {
     /// the test client key, and gives every session its own HOME (`<dir>/home`), so two
     /// machines never share a disk.
     pub fn start_machine(host_key: &str, authorized: &str) -> Sshd {
-        Sshd::start_with(Some(host_key), Some(authorized), true)
+        Sshd::start_with(Some(host_key), Some(authorized), true, None)
     }
 
-    fn start_with(host_key: Option<&str>, authorized: Option<&str>, own_home: bool) -> Sshd {
+    fn start_with(
+        host_key: Option<&str>,
+        authorized: Option<&str>,
+        own_home: bool,
+        user: Option<String>,
+    ) -> Sshd {
         let dir = TempDir::new("trainctl-sshd");
         let hk = dir.path().join("host_key");
         match host_key {
@@ -98,6 +140,15 @@ impl Sshd {
             let path = std::env::var("PATH").unwrap_or_default();
             extra = format!("SetEnv HOME={} PATH={path}\n", home.display());
         }
+        let mut auth =
+            "PasswordAuthentication no\nKbdInteractiveAuthentication no\nUsePAM no".to_string();
+        let mut keys_files = dir.path().join("authorized_keys").display().to_string();
+        if let Some(u) = &user {
+            make_user(u, &home);
+            auth =
+                "PasswordAuthentication yes\nKbdInteractiveAuthentication yes\nUsePAM yes".into();
+            keys_files.push_str(&format!(" {}/.ssh/authorized_keys", home.display()));
+        }
         std::fs::create_dir_all("/run/sshd").unwrap();
         let port = free_port();
         let cfg = dir.path().join("sshd_config");
@@ -105,10 +156,10 @@ impl Sshd {
             &cfg,
             format!(
                 "ListenAddress 127.0.0.1\nPort {port}\nHostKey {hk}\nAuthorizedKeysFile {ak}\nPidFile {pid}\n\
-                 UsePAM no\nStrictModes no\nPasswordAuthentication no\nKbdInteractiveAuthentication no\n\
+                 {auth}\nStrictModes no\n\
                  PermitRootLogin yes\nSubsystem sftp internal-sftp\nLogLevel ERROR\nMaxSessions 64\nMaxStartups 64\n{extra}",
                 hk = hk.display(),
-                ak = dir.path().join("authorized_keys").display(),
+                ak = keys_files,
                 pid = dir.path().join("sshd.pid").display(),
             ),
         )
@@ -129,6 +180,7 @@ impl Sshd {
             dir,
             port,
             client_key,
+            user,
             child,
         }
     }
@@ -148,6 +200,20 @@ impl Sshd {
         ak.push_str(&pubkey);
         std::fs::write(self.dir.path().join("authorized_keys"), ak).unwrap();
         k
+    }
+
+    /// Read `sshd_config` again (SIGHUP: sshd re-executes itself), waiting until it listens.
+    pub fn reload(&self) {
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe {
+            libc::kill(self.child.id() as i32, libc::SIGHUP);
+        }
+        std::thread::sleep(Duration::from_millis(300));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(Instant::now() < deadline, "sshd did not come back");
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// Kill every connection this sshd serves (its session children), keeping the listener.
@@ -176,7 +242,48 @@ impl Drop for Sshd {
         self.kill_sessions();
         let _ = self.child.kill();
         let _ = self.child.wait();
+        if let Some(u) = &self.user {
+            for _ in 0..20 {
+                let ok = Command::new("userdel")
+                    .arg(u)
+                    .stderr(Stdio::null())
+                    .status()
+                    .is_ok_and(|s| s.success());
+                if ok {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
     }
+}
+
+/// A system user `name` whose home is `home` (made and given to it); useradd is retried
+/// while another test holds the password file's lock.
+fn make_user(name: &str, home: &Path) {
+    std::fs::create_dir_all(home).unwrap();
+    let mut last = String::new();
+    for _ in 0..50 {
+        let out = Command::new("useradd")
+            .args(["-M", "-N", "-s", "/bin/sh", "-d"])
+            .arg(home)
+            .arg(name)
+            .output()
+            .expect("useradd (passwd) is needed");
+        if out.status.success() {
+            let st = Command::new("chown")
+                .arg("-R")
+                .arg(name)
+                .arg(home)
+                .status()
+                .unwrap();
+            assert!(st.success());
+            return;
+        }
+        last = String::from_utf8_lossy(&out.stderr).to_string();
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("useradd {name}: {last}");
 }
 
 // ------------------------------------------------------------------------------- AWS

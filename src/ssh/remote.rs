@@ -80,6 +80,9 @@ pub struct SshTarget {
     pub policy: HostKeyPolicy,
     /// Where to ask for a key's passphrase, if anyone can answer.
     pub prompt: Option<PromptSlot>,
+    /// A login password, tried (as `password`, then `keyboard-interactive`) after every
+    /// key was refused: the GPU clouds that create a machine with a password.
+    pub password: Option<crate::ssh::Secret>,
 }
 
 impl SshTarget {
@@ -150,6 +153,7 @@ impl SshTarget {
                 accept_new,
             },
             prompt: None,
+            password: None,
         }
     }
 }
@@ -631,6 +635,12 @@ async fn authenticate(handle: &mut client::Handle<Verifier>, t: &SshTarget) -> R
         }
         tried.push(path.display().to_string());
     }
+    if let Some(pw) = &t.password {
+        if password_login(handle, &t.user, pw).await? {
+            return Ok(());
+        }
+        tried.push("a password".into());
+    }
     // A connection cut during authentication looks like refused keys; it is not final.
     if handle.is_closed() {
         bail!(
@@ -654,6 +664,50 @@ async fn authenticate(handle: &mut client::Handle<Verifier>, t: &SshTarget) -> R
             }
         ),
     ))
+}
+
+/// Log in with a password: the `password` method, else `keyboard-interactive` answering
+/// each hidden prompt with it (servers that take passwords only through PAM). The password
+/// never appears in a message.
+async fn password_login(
+    handle: &mut client::Handle<Verifier>,
+    user: &str,
+    pw: &crate::ssh::Secret,
+) -> Result<bool> {
+    if handle
+        .authenticate_password(user, pw.expose())
+        .await?
+        .success()
+    {
+        return Ok(true);
+    }
+    use client::KeyboardInteractiveAuthResponse as K;
+    let mut answer = handle
+        .authenticate_keyboard_interactive_start(user, None)
+        .await?;
+    // A server asks a few rounds at most (the password, then perhaps nothing more).
+    for _ in 0..4 {
+        match answer {
+            K::Success => return Ok(true),
+            K::Failure { .. } => return Ok(false),
+            K::InfoRequest { prompts, .. } => {
+                let replies = prompts
+                    .iter()
+                    .map(|p| {
+                        if p.echo {
+                            String::new()
+                        } else {
+                            pw.expose().to_string()
+                        }
+                    })
+                    .collect();
+                answer = handle
+                    .authenticate_keyboard_interactive_respond(replies)
+                    .await?;
+            }
+        }
+    }
+    Ok(false)
 }
 
 impl SshRemote {

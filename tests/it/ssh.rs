@@ -1062,3 +1062,57 @@ async fn an_unchanged_sync_with_a_cached_manifest_moves_almost_nothing() {
     let code = work.path().join("remote/code/p/d0/f0.py");
     assert_eq!(std::fs::read_to_string(code).unwrap(), "x = 0\n");
 }
+
+/// A machine reached with a password (the `password` method, then `keyboard-interactive`
+/// through PAM when the server takes passwords only that way); a wrong password is an
+/// authentication error that never quotes it.
+#[tokio::test]
+async fn password_and_keyboard_interactive_logins() {
+    let sshd = Sshd::start_password_machine();
+    sshd.set_password("pw-Correct-123");
+    let user = sshd.user.clone().unwrap();
+    let work = trainctl::testkit::TempDir::new("trainctl-pw");
+    let mk = |pw: &str| {
+        let mut t = SshTarget::resolve(
+            "127.0.0.1",
+            Some(&user),
+            Some(sshd.port),
+            Some(&work.path().join("no-such-key")),
+            &SshConfig::default(),
+            &work.path().join("kh"),
+            true,
+        );
+        t.identities_only = true;
+        t.password = Some(trainctl::ssh::Secret::new(pw));
+        t
+    };
+    let r = SshRemote::connect(mk("pw-Correct-123"), None)
+        .await
+        .unwrap();
+    assert_eq!(r.exec("id -un").await.unwrap().stdout_str().trim(), user);
+    let err = SshRemote::connect(mk("pw-Wrong-456"), None)
+        .await
+        .err()
+        .expect("a wrong password is refused");
+    let text = format!("{err:#}");
+    assert_eq!(
+        trainctl::remote::error_kind(&err),
+        Some(trainctl::remote::ErrorKind::Auth),
+        "{text}"
+    );
+    assert!(!text.contains("pw-Wrong-456"), "{text}");
+
+    // Only keyboard-interactive left: the same password answers its prompt.
+    let cfg = sshd.dir.path().join("sshd_config");
+    let c = std::fs::read_to_string(&cfg).unwrap();
+    std::fs::write(
+        &cfg,
+        c.replace("PasswordAuthentication yes", "PasswordAuthentication no"),
+    )
+    .unwrap();
+    sshd.reload();
+    let r = SshRemote::connect(mk("pw-Correct-123"), None)
+        .await
+        .unwrap();
+    assert_eq!(r.exec("id -un").await.unwrap().stdout_str().trim(), user);
+}
