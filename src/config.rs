@@ -40,7 +40,7 @@ impl fmt::Display for ConfigError {
 impl std::error::Error for ConfigError {}
 
 /// 1-based line and column (in characters) of a byte offset.
-fn line_col(text: &str, offset: usize) -> (usize, usize) {
+pub fn line_col(text: &str, offset: usize) -> (usize, usize) {
     let offset = offset.min(text.len());
     let before = &text[..text.floor_char_boundary(offset)];
     let line = before.matches('\n').count() + 1;
@@ -175,6 +175,100 @@ pub struct ProvidersConfig {
     pub ssh: SshProviderConfig,
     /// Present (even empty: `[providers.aws]`) turns the `aws` provider on.
     pub aws: Option<AwsProviderConfig>,
+    /// Present turns the `lambda` provider on (Lambda Cloud, v1 REST API).
+    pub lambda: Option<LambdaProviderConfig>,
+    /// Present turns the `canopywave` provider on.
+    pub canopywave: Option<CanopyWaveProviderConfig>,
+}
+
+/// `[providers.lambda]`: Lambda Cloud machines. The API key comes from `LAMBDA_API_KEY` or
+/// the credentials file (`[lambda] api_key`, mode 0600), never from this file.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct LambdaProviderConfig {
+    pub api_url: String,
+    /// Regions to launch in, in order of preference (empty: any with capacity).
+    pub regions: Vec<String>,
+    pub ssh_user: String,
+    /// The machines' SSH port (22; another only for tests or port-forwarding setups).
+    pub ssh_port: u16,
+    pub proxy_command: Option<String>,
+    /// Seconds to wait for a machine to boot and answer SSH.
+    pub reach_timeout_seconds: u64,
+    /// Least milliseconds between two API requests (Lambda asks for one per second).
+    pub request_interval_ms: u64,
+    /// Least seconds between two launches (Lambda allows about one per 12 s).
+    pub launch_interval_seconds: u64,
+    /// Tries per API request (429 and 5xx are retried with backoff, `Retry-After` honoured).
+    pub api_max_attempts: u32,
+    /// The credentials file (default `~/.config/trainctl/credentials.toml`).
+    pub credentials_file: Option<PathBuf>,
+    /// Seconds to wait for Lambda to confirm a machine terminated.
+    pub terminate_timeout_seconds: u64,
+}
+
+impl Default for LambdaProviderConfig {
+    fn default() -> Self {
+        LambdaProviderConfig {
+            api_url: "https://cloud.lambda.ai/api/v1".into(),
+            regions: Vec::new(),
+            ssh_user: "ubuntu".into(),
+            ssh_port: 22,
+            proxy_command: None,
+            reach_timeout_seconds: 900,
+            request_interval_ms: 1000,
+            launch_interval_seconds: 12,
+            api_max_attempts: 5,
+            credentials_file: None,
+            terminate_timeout_seconds: 600,
+        }
+    }
+}
+
+/// `[providers.canopywave]`: CanopyWave machines, logged into with a password trainctl
+/// makes for each machine (then with trainctl's key). The API key comes from
+/// `CANOPYWAVE_API_KEY` or the credentials file (`[canopywave] api_key`, mode 0600).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct CanopyWaveProviderConfig {
+    pub api_url: String,
+    /// The project machines are launched in (default: the first the key may use).
+    pub project: Option<String>,
+    /// Regions in order of preference; the first is the default.
+    pub regions: Vec<String>,
+    /// The machine image (an image name the region offers).
+    pub image: String,
+    /// Flavors trainctl may launch, with their price in dollars per hour (CanopyWave's
+    /// API does not say prices): `flavors = { "H100-1" = 2.25 }`.
+    pub flavors: BTreeMap<String, f64>,
+    pub ssh_user: String,
+    pub ssh_port: u16,
+    pub proxy_command: Option<String>,
+    pub reach_timeout_seconds: u64,
+    pub request_interval_ms: u64,
+    pub api_max_attempts: u32,
+    pub credentials_file: Option<PathBuf>,
+    pub terminate_timeout_seconds: u64,
+}
+
+impl Default for CanopyWaveProviderConfig {
+    fn default() -> Self {
+        CanopyWaveProviderConfig {
+            api_url: "https://cloud-api.canopywave.io/api/v1".into(),
+            project: None,
+            regions: Vec::new(),
+            image: "GPU-Ubuntu.22.04".into(),
+            flavors: BTreeMap::new(),
+            ssh_user: "ubuntu".into(),
+            ssh_port: 22,
+            proxy_command: None,
+            reach_timeout_seconds: 900,
+            request_interval_ms: 200,
+            api_max_attempts: 5,
+            credentials_file: None,
+            terminate_timeout_seconds: 600,
+        }
+    }
 }
 
 /// `[providers.aws]`: EC2 machines (on-demand or spot), S3 checkpoints. Credentials and

@@ -3,6 +3,9 @@
 //! it gone, so a crash can never leave a billing machine nobody knows about.
 
 pub mod aws;
+pub mod gpucloud;
+pub mod http;
+pub mod lambda;
 pub mod local;
 pub mod ssh;
 
@@ -276,7 +279,13 @@ pub fn registry(
     if let Some(aws) = &cfg.providers.aws {
         out.insert(
             "aws".into(),
-            Arc::new(aws::AwsProvider::new(data_dir, aws.clone(), prompt)),
+            Arc::new(aws::AwsProvider::new(data_dir, aws.clone(), prompt.clone())),
+        );
+    }
+    if let Some(l) = &cfg.providers.lambda {
+        out.insert(
+            "lambda".into(),
+            Arc::new(lambda::LambdaProvider::new(data_dir, l.clone(), prompt.clone())),
         );
     }
     out

@@ -45,6 +45,10 @@ pub enum ErrorKind {
     Quota,
     /// The connection dropped; what was in flight may or may not have happened.
     LostConnection,
+    /// A provider's API refused the request as malformed or invalid (fix the request).
+    BadRequest,
+    /// A provider's API does not know the object (an instance already gone).
+    NotFound,
 }
 
 /// How a caller treats an error: retry it, give up at once, or tell the user to act.
@@ -63,7 +67,8 @@ impl ErrorKind {
         use ErrorKind::*;
         match self {
             LostConnection | Capacity => ErrorClass::Transient,
-            HostKeyChanged => ErrorClass::Permanent,
+            HostKeyChanged | NotFound => ErrorClass::Permanent,
+            BadRequest => ErrorClass::User,
             HostKeyUnknown | PassphraseNeeded | Auth | Quota => ErrorClass::User,
         }
     }

@@ -197,34 +197,7 @@ impl AwsProvider {
 
     /// This store's `trainctl:owner`: configured, or made once per data directory.
     pub fn owner(&self) -> Result<String> {
-        if let Some(o) = &self.cfg.owner {
-            return Ok(o.clone());
-        }
-        let f = self.dir.join("owner");
-        if let Ok(o) = std::fs::read_to_string(&f)
-            && !o.trim().is_empty()
-        {
-            return Ok(o.trim().to_string());
-        }
-        std::fs::create_dir_all(&self.dir)?;
-        let user = std::env::var("USER").unwrap_or_else(|_| "user".into());
-        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-            .map(|h| h.trim().to_string())
-            .unwrap_or_else(|_| "host".into());
-        let rand = blake3::hash(&random_bytes::<16>()).to_hex();
-        let o: String = format!("{user}@{host}-{}", &rand[..8])
-            .chars()
-            .filter(|c| c.is_ascii_alphanumeric() || "@._-".contains(*c))
-            .collect();
-        // Another process may have made it first: the file wins.
-        let tmp = self.dir.join(format!("owner.{}", std::process::id()));
-        std::fs::write(&tmp, &o)?;
-        if std::fs::hard_link(&tmp, &f).is_err() {
-            let _ = std::fs::remove_file(&tmp);
-            return Ok(std::fs::read_to_string(&f)?.trim().to_string());
-        }
-        let _ = std::fs::remove_file(&tmp);
-        Ok(o)
+        super::gpucloud::owner(&self.dir, self.cfg.owner.as_deref())
     }
 
     /// The key pair machines are launched with, and the private key file that logs in.
@@ -1335,7 +1308,7 @@ pub fn new_ed25519(comment: &str) -> Result<(String, String)> {
     Ok((private, public))
 }
 
-fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
+pub(crate) fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     let mut f = std::fs::OpenOptions::new()
