@@ -2,6 +2,8 @@
 //! host key and an authorized client key, stopped (and its directory removed) when dropped.
 //! Needs `/usr/sbin/sshd` and `ssh-keygen` (Debian: openssh-server, openssh-client).
 
+pub mod clouds;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -62,6 +64,12 @@ pub fn free_port() -> u16 {
 impl Sshd {
     pub fn start() -> Sshd {
         Sshd::start_with(None, None, false, None)
+    }
+
+    /// A machine of its own (HOME is `<dir>/home`, root logs in with the client key and
+    /// any key appended to `<dir>/authorized_keys`).
+    pub fn start_home() -> Sshd {
+        Sshd::start_with(None, None, true, None)
     }
 
     /// A stand-in for a GPU cloud's machine reached with a password: a system user made for
@@ -701,7 +709,7 @@ fn serve_one(
 }
 
 /// The value of header `name` (any case) in an HTTP head.
-fn header<'a>(head: &'a str, name: &str) -> Option<&'a str> {
+pub(crate) fn header<'a>(head: &'a str, name: &str) -> Option<&'a str> {
     head.lines().find_map(|l| {
         let (k, v) = l.split_once(':')?;
         k.eq_ignore_ascii_case(name).then(|| v.trim())
@@ -710,7 +718,9 @@ fn header<'a>(head: &'a str, name: &str) -> Option<&'a str> {
 
 /// One HTTP/1.1 request from `c`: its head, the bytes read (head and body) and where the
 /// body starts. None when the client closed first.
-fn read_request(c: &mut std::net::TcpStream) -> std::io::Result<Option<(String, Vec<u8>, usize)>> {
+pub(crate) fn read_request(
+    c: &mut std::net::TcpStream,
+) -> std::io::Result<Option<(String, Vec<u8>, usize)>> {
     use std::io::{Read, Write};
     let mut buf = Vec::new();
     let mut chunk = [0u8; 65536];

@@ -189,9 +189,7 @@ impl CloudSsh {
             );
             let out = r.exec(&script).await?;
             if !out.success() {
-                tracing::warn!(
-                    "{id}: installing trainctl's key failed; the password stays in use"
-                );
+                tracing::warn!("{id}: installing trainctl's key failed; the password stays in use");
             }
         }
         let r = Arc::new(r);
@@ -214,7 +212,12 @@ impl CloudSsh {
             waiting_for = match poll().await? {
                 Step::Ended(why) => bail!("{id} ended before it could be reached: {why}"),
                 Step::Wait(what) => what,
-                Step::Ready { host, port } => match ssh_banner(&host, port).await {
+                // Through a proxy command, the proxy does the connecting.
+                Step::Ready { host, port } => match if self.proxy_command.is_some() {
+                    Ok(())
+                } else {
+                    ssh_banner(&host, port).await
+                } {
                     Err(why) => format!("SSH on {host}:{port} ({why})"),
                     Ok(()) => match self.connect(id, &host, port).await {
                         Ok(_) => return Ok(format!("{}@{host}:{port}", self.user)),

@@ -150,10 +150,9 @@ impl ApiClient {
                 .get(reqwest::header::RETRY_AFTER)
                 .and_then(|v| v.to_str().ok())
                 .and_then(parse_retry_after);
-            let bytes = resp
-                .bytes()
-                .await
-                .map_err(|e| anyhow!(self.key.redact(&format!("{what}: reading the answer: {e}"))))?;
+            let bytes = resp.bytes().await.map_err(|e| {
+                anyhow!(self.key.redact(&format!("{what}: reading the answer: {e}")))
+            })?;
             let json: Value = if bytes.is_empty() {
                 Value::Null
             } else {
@@ -280,7 +279,8 @@ pub fn api_key(provider: &str, env: &str, file: Option<&Path>) -> Result<Secret>
             ),
         ));
     }
-    let text = std::fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?;
+    let text =
+        std::fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?;
     // The parser's own message quotes the line, which may hold a key: only where.
     let doc: toml::Table = text.parse().map_err(|e: toml::de::Error| {
         let (line, col) = e
@@ -325,7 +325,10 @@ mod tests {
         std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o644)).unwrap();
         let e = api_key("lambda", "TRAINCTL_TEST_NO_SUCH_VAR", Some(&f)).unwrap_err();
         let text = format!("{e:#}");
-        assert!(text.contains("chmod 600") && !text.contains("secret_abc"), "{text}");
+        assert!(
+            text.contains("chmod 600") && !text.contains("secret_abc"),
+            "{text}"
+        );
         std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o600)).unwrap();
         let k = api_key("lambda", "TRAINCTL_TEST_NO_SUCH_VAR", Some(&f)).unwrap();
         assert_eq!(k.expose(), "secret_abc_123");
@@ -335,7 +338,10 @@ mod tests {
         assert_eq!(crate::remote::error_kind(&e), Some(ErrorKind::Auth));
         // A broken file names where, never what (the line may hold a key).
         std::fs::write(&f, "[lambda]\napi_key = \"secret_abc_123\n").unwrap();
-        let text = format!("{:#}", api_key("lambda", "TRAINCTL_TEST_NO_SUCH_VAR", Some(&f)).unwrap_err());
+        let text = format!(
+            "{:#}",
+            api_key("lambda", "TRAINCTL_TEST_NO_SUCH_VAR", Some(&f)).unwrap_err()
+        );
         assert!(text.contains(":2:") && !text.contains("secret"), "{text}");
     }
 }

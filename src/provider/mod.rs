@@ -285,7 +285,11 @@ pub fn registry(
     if let Some(l) = &cfg.providers.lambda {
         out.insert(
             "lambda".into(),
-            Arc::new(lambda::LambdaProvider::new(data_dir, l.clone(), prompt.clone())),
+            Arc::new(lambda::LambdaProvider::new(
+                data_dir,
+                l.clone(),
+                prompt.clone(),
+            )),
         );
     }
     out

@@ -172,18 +172,6 @@ fn s3_client(moto: &Moto) -> aws_sdk_s3::Client {
 }
 
 /// Put `[resources]` (TOML lines) into the project, before `[env]` (the last table).
-fn set_resources(env: &Env, lines: &str) {
-    set_table(env, "resources", lines);
-}
-
-/// Put table `[name]` (TOML lines) into the project, before `[env]` (the last table).
-fn set_table(env: &Env, name: &str, lines: &str) {
-    let toml = env.project.join("trainctl.toml");
-    let text = std::fs::read_to_string(&toml).unwrap();
-    let (head, tail) = text.split_at(text.find("\n[env]").unwrap());
-    std::fs::write(&toml, format!("{head}\n[{name}]\n{lines}\n{tail}")).unwrap();
-}
-
 /// The model of an uninterrupted run of the project on the local provider (the toy's
 /// model does not depend on the machine).
 fn reference_model(env: &Env) -> Vec<u8> {

@@ -253,3 +253,16 @@ pub fn model_of(env: &Env, job: &str) -> Vec<u8> {
     )
     .unwrap()
 }
+
+/// Set the project's `[resources]` table (TOML lines).
+pub fn set_resources(env: &Env, lines: &str) {
+    set_table(env, "resources", lines);
+}
+
+/// Put table `[name]` (TOML lines) into the project, before `[env]` (the last table).
+pub fn set_table(env: &Env, name: &str, lines: &str) {
+    let toml = env.project.join("trainctl.toml");
+    let text = std::fs::read_to_string(&toml).unwrap();
+    let (head, tail) = text.split_at(text.find("\n[env]").unwrap());
+    std::fs::write(&toml, format!("{head}\n[{name}]\n{lines}\n{tail}")).unwrap();
+}

@@ -2,6 +2,7 @@
 //! SQLite store, real processes. One test crate so everything links once.
 
 mod aws;
+mod clouds;
 mod common;
 mod config_errors;
 mod headless;

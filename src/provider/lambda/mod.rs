@@ -68,7 +68,10 @@ pub fn read_error(status: u16, body: &Value) -> (Option<ErrorKind>, String) {
     let mut msg = e["message"]
         .as_str()
         .map(str::to_string)
-        .unwrap_or_else(|| body.as_str().map_or_else(|| body.to_string(), str::to_string));
+        .unwrap_or_else(|| {
+            body.as_str()
+                .map_or_else(|| body.to_string(), str::to_string)
+        });
     if let Some(s) = e["suggestion"].as_str().filter(|s| !s.is_empty()) {
         msg.push_str(&format!(" ({s})"));
     }
@@ -526,7 +529,12 @@ impl Provider for LambdaProvider {
             .instances()
             .await?
             .iter()
-            .filter(|i| !matches!(observed(i["status"].as_str().unwrap_or_default()), Observed::Gone))
+            .filter(|i| {
+                !matches!(
+                    observed(i["status"].as_str().unwrap_or_default()),
+                    Observed::Gone
+                )
+            })
             .filter_map(|i| {
                 let id = i["name"].as_str()?.strip_prefix(&prefix)?.to_string();
                 let l = self.launched_from(i);
@@ -557,7 +565,10 @@ mod tests {
         let c = catalog();
         assert!(c.len() >= 20, "{}", c.len());
         assert!(c.windows(2).all(|w| w[0].hourly <= w[1].hourly));
-        let h = c.iter().find(|o| o.instance_type == "gpu_1x_h100_pcie").unwrap();
+        let h = c
+            .iter()
+            .find(|o| o.instance_type == "gpu_1x_h100_pcie")
+            .unwrap();
         assert_eq!((h.gpus, h.gpu.as_str()), (1, "H100"));
     }
 

@@ -1,0 +1,604 @@
+//! Contract servers for the HTTP GPU clouds: each serves its API's documented request and
+//! response shapes on 127.0.0.1, checks the `Authorization` header and request bodies,
+//! moves machines through their states with delays, answers 429 and each error envelope on
+//! demand, and points every machine at a real test sshd. Every request is recorded (to
+//! check what was sent, and that no API key leaked anywhere it should not be).
+
+use super::Sshd;
+use serde_json::{Value, json};
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// One request as the server read it.
+#[derive(Debug, Clone)]
+pub struct Seen {
+    pub method: String,
+    pub path: String,
+    pub query: BTreeMap<String, String>,
+    pub authorization: Option<String>,
+    pub body: Value,
+    pub at: Instant,
+}
+
+/// An answer given once instead of the API's own, to the next request whose path starts
+/// with `path` (`Retry-After` when set).
+#[derive(Debug, Clone)]
+pub struct Fault {
+    pub path: String,
+    pub status: u16,
+    pub body: Value,
+    pub retry_after: Option<u64>,
+}
+
+type Handler = dyn Fn(&Seen) -> (u16, Value) + Send + Sync;
+
+/// A tiny HTTP/1.1 server (one request per connection) calling `handler` after faults and
+/// the key check; shared by the contract servers.
+struct Http {
+    port: u16,
+    seen: Arc<Mutex<Vec<Seen>>>,
+    faults: Arc<Mutex<Vec<Fault>>>,
+}
+
+impl Http {
+    fn start(key: &str, unauthorized: Value, handler: Arc<Handler>) -> Http {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let faults: Arc<Mutex<Vec<Fault>>> = Arc::new(Mutex::new(Vec::new()));
+        let (seen2, faults2, key) = (seen.clone(), faults.clone(), key.to_string());
+        std::thread::spawn(move || {
+            for conn in listener.incoming().flatten() {
+                let (seen, faults, handler, key, unauthorized) = (
+                    seen2.clone(),
+                    faults2.clone(),
+                    handler.clone(),
+                    key.clone(),
+                    unauthorized.clone(),
+                );
+                std::thread::spawn(move || {
+                    let _ = serve(conn, &key, &unauthorized, &seen, &faults, &*handler);
+                });
+            }
+        });
+        Http { port, seen, faults }
+    }
+}
+
+fn serve(
+    mut c: std::net::TcpStream,
+    key: &str,
+    unauthorized: &Value,
+    seen: &Mutex<Vec<Seen>>,
+    faults: &Mutex<Vec<Fault>>,
+    handler: &Handler,
+) -> std::io::Result<()> {
+    use std::io::Write;
+    let Some((head, buf, head_end)) = super::read_request(&mut c)? else {
+        return Ok(());
+    };
+    let line = head.lines().next().unwrap_or_default().to_string();
+    let mut parts = line.split(' ');
+    let method = parts.next().unwrap_or_default().to_string();
+    let target = parts.next().unwrap_or_default().to_string();
+    let (path, q) = target.split_once('?').unwrap_or((&target, ""));
+    let query = q
+        .split('&')
+        .filter(|kv| !kv.is_empty())
+        .map(|kv| {
+            let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+            (unescape(k), unescape(v))
+        })
+        .collect();
+    let body = serde_json::from_slice(&buf[head_end..]).unwrap_or(Value::Null);
+    let req = Seen {
+        method,
+        path: path.to_string(),
+        query,
+        authorization: super::header(&head, "authorization").map(str::to_string),
+        body,
+        at: Instant::now(),
+    };
+    seen.lock().unwrap().push(req.clone());
+    let fault = {
+        let mut f = faults.lock().unwrap();
+        f.iter()
+            .position(|x| req.path.starts_with(&x.path))
+            .map(|i| f.remove(i))
+    };
+    let (status, doc, retry_after) = if let Some(f) = fault {
+        (f.status, f.body, f.retry_after)
+    } else if req.authorization.as_deref() != Some(&format!("Bearer {key}")) {
+        (401, unauthorized.clone(), None)
+    } else {
+        let (s, d) = handler(&req);
+        (s, d, None)
+    };
+    let text = doc.to_string();
+    let mut resp = format!(
+        "HTTP/1.1 {status} X\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n",
+        text.len()
+    );
+    if let Some(r) = retry_after {
+        resp.push_str(&format!("Retry-After: {r}\r\n"));
+    }
+    resp.push_str("\r\n");
+    resp.push_str(&text);
+    c.write_all(resp.as_bytes())
+}
+
+fn unescape(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%'
+            && i + 2 < b.len()
+            && let Ok(v) = u8::from_str_radix(&s[i + 1..i + 3], 16)
+        {
+            out.push(v);
+            i += 3;
+            continue;
+        }
+        out.push(if b[i] == b'+' { b' ' } else { b[i] });
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).to_string()
+}
+
+/// The machines of a contract server: each a real sshd of its own, at a made-up public
+/// address (`192.0.2.N`, a documentation range) that the pool's `proxy_command` turns
+/// into the sshd's port on 127.0.0.1: nothing leaves the loopback.
+pub struct MachinePool {
+    dir: super::TempDir,
+    sshds: BTreeMap<String, Sshd>,
+    n: u32,
+}
+
+impl MachinePool {
+    fn new() -> MachinePool {
+        let dir = super::TempDir::new("trainctl-pool");
+        std::fs::write(dir.path().join("proxy.py"), super::PROXY_PY).unwrap();
+        std::fs::write(dir.path().join("map"), "").unwrap();
+        MachinePool {
+            dir,
+            sshds: BTreeMap::new(),
+            n: 0,
+        }
+    }
+
+    fn proxy_command(&self) -> String {
+        format!(
+            "python3 {} {} %h",
+            self.dir.path().join("proxy.py").display(),
+            self.dir.path().join("map").display()
+        )
+    }
+
+    /// Boot machine `id`: root logging in with `keys`, or (with `password`) a user of
+    /// its own logging in with that password. Returns its address.
+    fn boot(&mut self, id: &str, keys: &[String], password: Option<&str>) -> String {
+        let sshd = match password {
+            Some(pw) => {
+                let s = Sshd::start_password_machine();
+                s.set_password(pw);
+                s
+            }
+            None => {
+                let s = Sshd::start_home();
+                let f = s.dir.path().join("authorized_keys");
+                let mut ak = std::fs::read_to_string(&f).unwrap();
+                for k in keys {
+                    ak.push_str(k.trim());
+                    ak.push('\n');
+                }
+                std::fs::write(&f, ak).unwrap();
+                s
+            }
+        };
+        self.n += 1;
+        let ip = format!("192.0.2.{}", self.n);
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(self.dir.path().join("map"))
+            .unwrap();
+        writeln!(
+            f,
+            "{ip} {} {} {id}",
+            sshd.port,
+            sshd.dir.path().join("home").display()
+        )
+        .unwrap();
+        self.sshds.insert(id.to_string(), sshd);
+        ip
+    }
+
+    /// The machine is gone (its sshd stops; its address answers nothing).
+    fn kill(&mut self, id: &str) {
+        self.sshds.remove(id);
+    }
+
+    fn home(&self, id: &str) -> Option<std::path::PathBuf> {
+        self.sshds.get(id).map(|s| s.dir.path().join("home"))
+    }
+
+    fn user(&self, id: &str) -> Option<String> {
+        self.sshds.get(id).and_then(|s| s.user.clone())
+    }
+}
+
+/// A machine of a contract server.
+#[derive(Debug, Clone)]
+struct Machine {
+    id: String,
+    name: String,
+    region: String,
+    instance_type: String,
+    status: String,
+    since: Instant,
+    /// Its public address once booted.
+    ip: Option<String>,
+}
+
+/// Lambda Cloud's v1 API (`/instance-types`, `/instances`, `/instances/{id}`,
+/// `/instance-operations/launch|terminate`, `/ssh-keys`), its `{"error": {"code",
+/// "message", "suggestion"}}` envelope, booting → active after `boot`, terminating →
+/// terminated after `shutdown`. Each machine booted is a new [`Sshd::start_home`] that
+/// accepts the SSH key the launch named.
+pub struct LambdaApi {
+    http: Http,
+    pub key: String,
+    state: Arc<Mutex<LambdaState>>,
+    proxy_command: String,
+}
+
+struct LambdaState {
+    machines: Vec<Machine>,
+    keys: Vec<(String, String, String)>,
+    /// Type → regions with capacity now (types absent: every region has it).
+    capacity: BTreeMap<String, Vec<String>>,
+    pool: MachinePool,
+    boot: Duration,
+    shutdown: Duration,
+    n: u64,
+}
+
+const LAMBDA_REGIONS: &[&str] = &["us-east-1", "us-west-1", "us-south-1"];
+
+impl LambdaApi {
+    pub fn start(key: &str) -> LambdaApi {
+        let state = Arc::new(Mutex::new(LambdaState {
+            machines: Vec::new(),
+            keys: Vec::new(),
+            capacity: BTreeMap::new(),
+            pool: MachinePool::new(),
+            boot: Duration::from_millis(600),
+            shutdown: Duration::from_millis(400),
+            n: 0,
+        }));
+        let proxy_command = state.lock().unwrap().pool.proxy_command();
+        let st = state.clone();
+        let handler: Arc<Handler> = Arc::new(move |r: &Seen| lambda_route(&st, r));
+        let http = Http::start(
+            key,
+            json!({"error": {"code": "global/invalid-api-key",
+                "message": "API key was invalid, expired, or deleted.",
+                "suggestion": "Check your API key or create a new one, then try again."}}),
+            handler,
+        );
+        LambdaApi {
+            http,
+            key: key.to_string(),
+            state,
+            proxy_command,
+        }
+    }
+
+    /// The `proxy_command` that reaches this API's machines.
+    pub fn proxy_command(&self) -> String {
+        self.proxy_command.clone()
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}/api/v1", self.http.port)
+    }
+
+    /// Only `regions` have capacity for `ty` from now on (empty: none).
+    pub fn set_capacity(&self, ty: &str, regions: &[&str]) {
+        self.state
+            .lock()
+            .unwrap()
+            .capacity
+            .insert(ty.into(), regions.iter().map(|r| r.to_string()).collect());
+    }
+
+    pub fn fail_next(&self, path: &str, status: u16, body: Value, retry_after: Option<u64>) {
+        self.http.faults.lock().unwrap().push(Fault {
+            path: format!("/api/v1{path}"),
+            status,
+            body,
+            retry_after,
+        });
+    }
+
+    pub fn requests(&self) -> Vec<Seen> {
+        self.http.seen.lock().unwrap().clone()
+    }
+
+    /// `METHOD path` of every request so far.
+    pub fn calls(&self) -> Vec<String> {
+        self.requests()
+            .iter()
+            .map(|s| format!("{} {}", s.method, s.path.trim_start_matches("/api/v1")))
+            .collect()
+    }
+
+    /// (id, name, status) of every machine ever launched.
+    pub fn machines(&self) -> Vec<(String, String, String)> {
+        let mut st = self.state.lock().unwrap();
+        advance(&mut st);
+        st.machines
+            .iter()
+            .map(|m| (m.id.clone(), m.name.clone(), m.status.clone()))
+            .collect()
+    }
+
+    /// The HOME of the machine of `id` (its disk).
+    pub fn home(&self, id: &str) -> Option<std::path::PathBuf> {
+        self.state.lock().unwrap().pool.home(id)
+    }
+
+    /// Take machine `id` away as Lambda does to a preempted one.
+    pub fn preempt(&self, id: &str) {
+        let mut st = self.state.lock().unwrap();
+        if let Some(m) = st.machines.iter_mut().find(|m| m.id == id) {
+            m.status = "preempted".into();
+        }
+        st.pool.kill(id);
+    }
+}
+
+/// Statuses that move with time.
+fn advance(st: &mut LambdaState) {
+    let (boot, shutdown) = (st.boot, st.shutdown);
+    let mut booted = Vec::new();
+    for m in st.machines.iter_mut() {
+        if m.status == "booting" && m.since.elapsed() >= boot {
+            m.status = "active".into();
+            m.since = Instant::now();
+            booted.push(m.id.clone());
+        } else if m.status == "terminating" && m.since.elapsed() >= shutdown {
+            m.status = "terminated".into();
+            m.since = Instant::now();
+        }
+    }
+    for id in booted {
+        // cloud-init's part: the launch's SSH keys become the login user's.
+        let keys: Vec<String> = st.keys.iter().map(|k| k.2.clone()).collect();
+        let ip = st.pool.boot(&id, &keys, None);
+        if let Some(m) = st.machines.iter_mut().find(|m| m.id == id) {
+            m.ip = Some(ip);
+        }
+    }
+    let gone: Vec<String> = st
+        .machines
+        .iter()
+        .filter(|m| m.status == "terminated" || m.status == "preempted")
+        .map(|m| m.id.clone())
+        .collect();
+    for id in gone {
+        st.pool.kill(&id);
+    }
+}
+
+fn lambda_error(code: &str, message: &str) -> Value {
+    json!({"error": {"code": code, "message": message}})
+}
+
+fn lambda_instance(m: &Machine) -> Value {
+    let cat = crate::provider::lambda::catalog();
+    let o = cat.iter().find(|o| o.instance_type == m.instance_type);
+    let mut v = json!({
+        "id": m.id,
+        "name": m.name,
+        "status": m.status,
+        "region": {"name": m.region, "description": m.region},
+        "instance_type": {
+            "name": m.instance_type,
+            "description": m.instance_type,
+            "price_cents_per_hour": o.map_or(0, |o| o.hourly.0 / 10_000),
+        },
+        "ssh_key_names": [],
+        "file_system_names": [],
+        "hostname": format!("{}.cloud.lambda.test", m.id),
+        "is_reserved": false,
+    });
+    if let Some(ip) = m.ip.as_deref().filter(|_| m.status == "active") {
+        v["ip"] = json!(ip);
+        v["private_ip"] = json!("10.0.0.2");
+    }
+    v
+}
+
+fn lambda_route(state: &Mutex<LambdaState>, r: &Seen) -> (u16, Value) {
+    let mut st = state.lock().unwrap();
+    advance(&mut st);
+    let path = r.path.trim_start_matches("/api/v1");
+    match (r.method.as_str(), path) {
+        ("GET", "/instance-types") => {
+            let mut data = serde_json::Map::new();
+            for o in crate::provider::lambda::catalog() {
+                let regions: Vec<String> = st
+                    .capacity
+                    .get(&o.instance_type)
+                    .cloned()
+                    .unwrap_or_else(|| LAMBDA_REGIONS.iter().map(|r| r.to_string()).collect());
+                data.insert(
+                    o.instance_type.clone(),
+                    json!({
+                        "instance_type": {
+                            "name": o.instance_type,
+                            "description": format!("{}x {}", o.gpus, o.gpu),
+                            "gpu_description": o.gpu,
+                            "price_cents_per_hour": o.hourly.0 / 10_000,
+                            "specs": {"vcpus": o.vcpus, "memory_gib": o.memory_gib,
+                                      "storage_gib": 512, "gpus": o.gpus},
+                        },
+                        "regions_with_capacity_available":
+                            regions.iter().map(|r| json!({"name": r, "description": r})).collect::<Vec<_>>(),
+                    }),
+                );
+            }
+            (200, json!({"data": data}))
+        }
+        ("GET", "/instances") => (
+            200,
+            json!({"data": st.machines.iter()
+                .filter(|m| m.status != "terminated")
+                .map(lambda_instance).collect::<Vec<_>>()}),
+        ),
+        ("GET", p) if p.starts_with("/instances/") => {
+            let id = &p["/instances/".len()..];
+            match st.machines.iter().find(|m| m.id == id) {
+                Some(m) => (200, json!({"data": lambda_instance(m)})),
+                None => (
+                    404,
+                    lambda_error(
+                        "global/object-does-not-exist",
+                        "Specified instance does not exist.",
+                    ),
+                ),
+            }
+        }
+        ("GET", "/ssh-keys") => (
+            200,
+            json!({"data": st.keys.iter()
+                .map(|(id, n, p)| json!({"id": id, "name": n, "public_key": p}))
+                .collect::<Vec<_>>()}),
+        ),
+        ("POST", "/ssh-keys") => {
+            let (Some(name), Some(public)) =
+                (r.body["name"].as_str(), r.body["public_key"].as_str())
+            else {
+                return (
+                    400,
+                    lambda_error(
+                        "global/invalid-parameters",
+                        "name and public_key are required",
+                    ),
+                );
+            };
+            if st.keys.iter().any(|(_, n, _)| n == name) {
+                return (
+                    400,
+                    lambda_error("global/invalid-parameters", "SSH key name already in use"),
+                );
+            }
+            st.n += 1;
+            let id = format!("key{}", st.n);
+            st.keys.push((id.clone(), name.into(), public.into()));
+            (
+                200,
+                json!({"data": {"id": id, "name": name, "public_key": public}}),
+            )
+        }
+        ("POST", "/instance-operations/launch") => {
+            let b = &r.body;
+            let (Some(region), Some(ty)) =
+                (b["region_name"].as_str(), b["instance_type_name"].as_str())
+            else {
+                return (
+                    400,
+                    lambda_error(
+                        "global/invalid-parameters",
+                        "region_name and instance_type_name are required",
+                    ),
+                );
+            };
+            let keys: Vec<&str> = b["ssh_key_names"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|k| k.as_str())
+                .collect();
+            if keys.len() != 1 || !st.keys.iter().any(|(_, n, _)| n == keys[0]) {
+                return (
+                    400,
+                    lambda_error(
+                        "global/invalid-parameters",
+                        "Exactly one existing SSH key must be specified",
+                    ),
+                );
+            }
+            if !crate::provider::lambda::catalog()
+                .iter()
+                .any(|o| o.instance_type == ty)
+            {
+                return (
+                    400,
+                    lambda_error("global/invalid-parameters", "Invalid instance type"),
+                );
+            }
+            let has = st
+                .capacity
+                .get(ty)
+                .map_or(LAMBDA_REGIONS.contains(&region), |r| {
+                    r.iter().any(|x| x == region)
+                });
+            if !has {
+                return (
+                    400,
+                    json!({"error": {"code": "instance-operations/launch/insufficient-capacity",
+                        "message": "Not enough capacity to fulfill launch request.",
+                        "suggestion": "Choose an instance type with more availability, or try again later."}}),
+                );
+            }
+            st.n += 1;
+            let id = format!("0920582c7ff041399e34823a0be62{:03}", st.n);
+            st.machines.push(Machine {
+                id: id.clone(),
+                name: b["name"].as_str().unwrap_or_default().into(),
+                region: region.into(),
+                instance_type: ty.into(),
+                status: "booting".into(),
+                since: Instant::now(),
+                ip: None,
+            });
+            (200, json!({"data": {"instance_ids": [id]}}))
+        }
+        ("POST", "/instance-operations/terminate") => {
+            let ids: Vec<String> = r.body["instance_ids"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|i| i.as_str().map(str::to_string))
+                .collect();
+            let mut out = Vec::new();
+            for id in &ids {
+                let Some(m) = st
+                    .machines
+                    .iter_mut()
+                    .find(|m| &m.id == id && m.status != "terminated")
+                else {
+                    return (
+                        404,
+                        lambda_error(
+                            "global/object-does-not-exist",
+                            "Specified instance does not exist.",
+                        ),
+                    );
+                };
+                m.status = "terminating".into();
+                m.since = Instant::now();
+                out.push(lambda_instance(m));
+            }
+            (200, json!({"data": {"terminated_instances": out}}))
+        }
+        _ => (
+            404,
+            lambda_error("global/object-does-not-exist", "No such endpoint"),
+        ),
+    }
+}

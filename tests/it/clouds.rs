@@ -1,0 +1,203 @@
+//! The HTTP GPU clouds against their contract servers (`testkit::clouds`): the documented
+//! request and response shapes, real sshd machines behind them, the real `trainctl` binary.
+
+use crate::common::*;
+use std::path::Path;
+use trainctl::testkit::clouds::LambdaApi;
+
+const LAMBDA_KEY: &str = "secret_lambda_k3y_0123456789abcdef";
+
+/// A test env whose `[providers.lambda]` talks to `api` (no request spacing), with the key
+/// in the environment.
+fn lambda_env(api: &LambdaApi, key: &str) -> Env {
+    let mut env = Env::new(
+        &format!(
+            "[providers.lambda]\napi_url = \"{}\"\nproxy_command = {:?}\nssh_user = \"root\"\n\
+             request_interval_ms = 0\nlaunch_interval_seconds = 0\nreach_timeout_seconds = 60\n\
+             api_max_attempts = 3\nterminate_timeout_seconds = 30\n",
+            api.url(),
+            api.proxy_command()
+        ),
+        "0.005",
+    );
+    env.vars = vec![
+        ("LAMBDA_API_KEY".into(), key.into()),
+        (
+            "TRAINCTL_CREDENTIALS".into(),
+            env.dir.path().join("no-credentials").display().to_string(),
+        ),
+    ];
+    env
+}
+
+/// Every file under `dir` that holds `needle` (the store, logs, events, keys...).
+fn files_holding(dir: &Path, needle: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if let Ok(b) = std::fs::read(&p)
+                && b.windows(needle.len()).any(|w| w == needle.as_bytes())
+            {
+                out.push(p.display().to_string());
+            }
+        }
+    }
+    out
+}
+
+fn text(out: &std::process::Output) -> String {
+    format!(
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+#[test]
+fn lambda_runs_the_example_end_to_end_and_terminates_with_confirmation() {
+    let api = LambdaApi::start(LAMBDA_KEY);
+    let env = lambda_env(&api, LAMBDA_KEY);
+    set_resources(&env, "instance_type = \"gpu_1x_a10\"");
+    let out = env.run(&["run", "--provider", "lambda", "--terminate-after"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let jobs = env.json(&["jobs"]);
+    let job = &jobs.as_array().unwrap()[0];
+    assert_eq!(job["state"], "succeeded", "{job}");
+    let model: serde_json::Value =
+        serde_json::from_slice(&model_of(&env, job["id"].as_str().unwrap())).unwrap();
+    assert!(model.is_object(), "{model}");
+    // One machine, named for this store, terminated and confirmed so.
+    let machines = api.machines();
+    assert_eq!(machines.len(), 1, "{machines:?}");
+    assert!(
+        machines[0].1.starts_with("tc-")
+            && machines[0]
+                .1
+                .ends_with(job["instance_id"].as_str().unwrap())
+    );
+    assert_eq!(machines[0].2, "terminated");
+    let calls = api.calls();
+    for want in [
+        "GET /instance-types",
+        "POST /ssh-keys",
+        "POST /instance-operations/launch",
+        "POST /instance-operations/terminate",
+    ] {
+        assert!(
+            calls.iter().any(|c| c == want),
+            "{want} missing from {calls:?}"
+        );
+    }
+    // The launch body is the documented one.
+    let launch = api
+        .requests()
+        .into_iter()
+        .find(|r| r.path.ends_with("/launch"))
+        .unwrap();
+    assert_eq!(launch.body["instance_type_name"], "gpu_1x_a10");
+    assert_eq!(launch.body["ssh_key_names"].as_array().unwrap().len(), 1);
+    assert!(
+        api.requests()
+            .iter()
+            .all(|r| r.authorization.as_deref() == Some(&format!("Bearer {LAMBDA_KEY}")[..]))
+    );
+    // The price Lambda charges is the one costed: $1.29/h.
+    let ls = env.json(&["ls", "--all"]);
+    let row = ls
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["id"] == job["instance_id"])
+        .unwrap()
+        .clone();
+    assert_eq!(row["hourly"], 1_290_000, "{row}");
+    assert_eq!(row["state"], "terminated", "{row}");
+    // The key is nowhere: not in any output, the store, the logs, the data directory.
+    assert!(!text(&out).contains(LAMBDA_KEY));
+    let events = env.ok(&["events"]);
+    assert!(!events.contains(LAMBDA_KEY));
+    assert_eq!(files_holding(&env.data(), LAMBDA_KEY), Vec::<String>::new());
+    assert_eq!(
+        files_holding(&env.project, LAMBDA_KEY),
+        Vec::<String>::new()
+    );
+    // The machine's pinned host key and files went with it.
+    assert!(
+        !env.data()
+            .join("lambda/hosts")
+            .join(job["instance_id"].as_str().unwrap())
+            .exists()
+    );
+}
+
+#[test]
+fn a_bad_lambda_key_is_a_clear_error_and_nothing_is_launched() {
+    let api = LambdaApi::start(LAMBDA_KEY);
+    let env = lambda_env(&api, "secret_wrong_key_987654321");
+    let out = env.run(&["launch", "--provider", "lambda", "--type", "gpu_1x_a10"]);
+    assert!(!out.status.success());
+    let t = text(&out);
+    assert!(t.contains("invalid-api-key") && t.contains("401"), "{t}");
+    assert!(!t.contains("secret_wrong_key"), "{t}");
+    assert!(api.machines().is_empty());
+    assert!(
+        !api.calls().iter().any(|c| c.contains("launch")),
+        "{:?}",
+        api.calls()
+    );
+    // Refused before any call: an unknown type, and a key file others can read.
+    let out = env.run(&["launch", "--provider", "lambda", "--type", "gpu_1x_h9000"]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out).contains("unknown Lambda instance type"),
+        "{}",
+        text(&out)
+    );
+    let mut env2 = lambda_env(&api, "");
+    let creds = env2.dir.path().join("credentials.toml");
+    std::fs::write(&creds, format!("[lambda]\napi_key = \"{LAMBDA_KEY}\"\n")).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&creds, std::fs::Permissions::from_mode(0o644)).unwrap();
+    env2.vars = vec![("TRAINCTL_CREDENTIALS".into(), creds.display().to_string())];
+    let n = api.calls().len();
+    let out = env2.run(&["launch", "--provider", "lambda", "--type", "gpu_1x_a10"]);
+    assert!(!out.status.success());
+    assert!(text(&out).contains("chmod 600"), "{}", text(&out));
+    assert_eq!(api.calls().len(), n, "nothing was asked of Lambda");
+}
+
+#[test]
+fn lambda_429_is_retried_after_the_time_it_asks() {
+    let api = LambdaApi::start(LAMBDA_KEY);
+    let env = lambda_env(&api, LAMBDA_KEY);
+    api.fail_next(
+        "/instance-types",
+        429,
+        serde_json::json!({"error": {"code": "global/too-many-requests", "message": "slow down"}}),
+        Some(2),
+    );
+    let id = env.json(&["launch", "--provider", "lambda", "--type", "gpu_1x_a10"])["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let reqs = api.requests();
+    let first = reqs
+        .iter()
+        .position(|r| r.path.ends_with("/instance-types"))
+        .unwrap();
+    let again = reqs[first + 1..]
+        .iter()
+        .find(|r| r.path.ends_with("/instance-types"))
+        .unwrap();
+    let waited = again.at - reqs[first].at;
+    assert!(
+        waited >= std::time::Duration::from_millis(1900),
+        "{waited:?}"
+    );
+    env.ok(&["terminate", &id]);
+    assert_eq!(api.machines()[0].2, "terminated");
+}
