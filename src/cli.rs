@@ -100,6 +100,14 @@ pub enum Command {
         /// (check the fingerprint it prints). A changed key is refused regardless.
         #[arg(long)]
         accept_new_host_key: bool,
+        /// Another offer to try when the first has no capacity (repeatable, in order):
+        /// a type of the same provider, or `PROVIDER:TYPE` (`lambda:gpu_1x_a10`).
+        #[arg(long = "any-of", value_name = "[PROVIDER:]TYPE")]
+        any_of: Vec<String>,
+        /// Keep the machine when the launch fails after it exists (default: terminate it,
+        /// confirmed with the provider).
+        #[arg(long)]
+        keep_on_error: bool,
     },
     /// List instances (live ones; `--all` for every one ever).
     Ls {
@@ -129,6 +137,10 @@ pub enum Command {
         /// Do not pull artifacts at the end.
         #[arg(long)]
         no_pull: bool,
+        /// Keep a machine this run launched when the launch, setup or start fails
+        /// (default: terminate it, confirmed with the provider, and say what it cost).
+        #[arg(long)]
+        keep_on_error: bool,
     },
     /// Print a job's log (`-f` follows it until it ends).
     Logs {
@@ -509,6 +521,8 @@ async fn run(cli: Cli) -> Result<i32> {
             hourly_usd,
             accept_new_host_key,
             option,
+            any_of,
+            keep_on_error,
         } => {
             let mut options = std::collections::BTreeMap::new();
             for o in option {
@@ -529,9 +543,10 @@ async fn run(cli: Cli) -> Result<i32> {
                 spot,
                 accept_new_host_key,
                 options,
-                ..Default::default()
+                any_of,
+                keep_on_error,
             };
-            let inst = engine.launch(&provider, &req).await?;
+            let inst = engine.launch_any(&provider, &req).await?;
             if json {
                 print_json(&serde_json::to_value(&inst)?);
             } else {
@@ -549,6 +564,7 @@ async fn run(cli: Cli) -> Result<i32> {
             terminate_after,
             detach,
             no_pull,
+            keep_on_error,
         } => {
             let opts = RunOpts {
                 project,
@@ -558,6 +574,7 @@ async fn run(cli: Cli) -> Result<i32> {
                 terminate_after,
                 detach,
                 no_pull,
+                keep_on_error,
             };
             run_job(&engine, opts, json).await
         }
@@ -1005,6 +1022,7 @@ struct RunOpts {
     terminate_after: bool,
     detach: bool,
     no_pull: bool,
+    keep_on_error: bool,
 }
 
 /// Prints a job's stored log as it grows, from where it last stopped.
@@ -1230,13 +1248,15 @@ async fn run_job(engine: &Engine, o: RunOpts, json: bool) -> Result<i32> {
                 spot: r.spot.unwrap_or(false),
                 accept_new_host_key: false,
                 any_of: r.any_of.clone(),
+                keep_on_error: o.keep_on_error,
                 ..Default::default()
             };
-            let i = engine.launch(&provider, &req).await?;
-            eprintln!("launched {} on {provider}", i.id);
+            let i = engine.launch_any(&provider, &req).await?;
+            eprintln!("launched {} on {}", i.id, i.provider);
             i
         }
     };
+    let launched_here = o.instance.is_none();
     let job = engine.create_job(&project, &inst.id, o.name.as_deref())?;
     // Stored with the job: whichever trainctl sees it end (this one, `watch`, the
     // cockpit) pulls and terminates, even if this process is killed.
@@ -1246,8 +1266,25 @@ async fn run_job(engine: &Engine, o: RunOpts, json: bool) -> Result<i32> {
     eprintln!("job {} on {}", job.id, inst.id);
     let started = engine.start_job(&job.id).await;
     if let Err(e) = started {
-        if o.terminate_after {
-            engine.terminate(&inst.id, "run failed to start").await?;
+        // A machine this run launched goes with the failed start (unless asked to keep
+        // it), confirmed with the provider, and what it cost is said.
+        if o.terminate_after || (launched_here && !o.keep_on_error) {
+            match engine.terminate(&inst.id, "run failed to start").await {
+                Ok(_) => eprintln!(
+                    "terminated {} after the failed start ({} billed)",
+                    inst.id,
+                    Money(engine.instance_cost(&inst.id))
+                ),
+                Err(t) => eprintln!(
+                    "error: terminating {} failed too: {t:#}; `trainctl terminate {}`",
+                    inst.id, inst.id
+                ),
+            }
+        } else if launched_here {
+            eprintln!(
+                "kept {} as asked (--keep-on-error): `trainctl terminate {}` when done",
+                inst.id, inst.id
+            );
         }
         return Err(e);
     }

@@ -10,6 +10,92 @@ impl Engine {
         self.launch_as(provider, req, &new_id("i")).await
     }
 
+    /// What instance `id` has cost so far (0 when unknown).
+    pub fn instance_cost(&self, id: &str) -> i64 {
+        self.cost_report()
+            .ok()
+            .and_then(|r| r.instances.into_iter().find(|c| c.id == id))
+            .map_or(0, |c| c.cost_micros)
+    }
+
+    /// Launch the first offer that has capacity: the request's type on `provider`, then
+    /// each `any_of` entry in order, where `provider:type` names another provider
+    /// (`lambda:gpu_1x_h100_pcie`, `aws:g6e.xlarge`). A try refused for capacity or quota
+    /// moves on to the next, each an event; any other error ends it. Entries without a
+    /// provider stay the provider's own alternatives (it tries them itself).
+    pub async fn launch_any(&self, provider: &str, req: &LaunchRequest) -> Result<InstanceRecord> {
+        let offers = self.offers_of(provider, req);
+        if offers.len() <= 1 {
+            return self.launch(provider, req).await;
+        }
+        for (n, (p, r)) in offers.iter().enumerate() {
+            match self.launch(p, r).await {
+                Ok(i) => return Ok(i),
+                Err(e)
+                    if n + 1 < offers.len()
+                        && matches!(
+                            crate::remote::error_kind(&e),
+                            Some(
+                                crate::remote::ErrorKind::Capacity
+                                    | crate::remote::ErrorKind::Quota
+                            )
+                        ) =>
+                {
+                    let (np, nr) = &offers[n + 1];
+                    let msg = format!(
+                        "{p}:{} refused ({e:#}); trying {np}:{}",
+                        r.instance_type.as_deref().unwrap_or("default"),
+                        nr.instance_type.as_deref().unwrap_or("default")
+                    );
+                    tracing::warn!("{msg}");
+                    self.store()
+                        .add_event("launch_failover", None, None, &msg)?;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        unreachable!("the last offer returns")
+    }
+
+    /// The offers of a request, in order: (provider, request for that offer). Entries of
+    /// the request's own provider before the next foreign one ride along as alternatives.
+    fn offers_of(&self, provider: &str, req: &LaunchRequest) -> Vec<(String, LaunchRequest)> {
+        let mut out: Vec<(String, LaunchRequest)> = vec![(
+            provider.to_string(),
+            LaunchRequest {
+                any_of: Vec::new(),
+                ..req.clone()
+            },
+        )];
+        for a in &req.any_of {
+            let (p, ty) = match a.split_once(':') {
+                Some((p, t)) if self.provider(p).is_ok() => (p.to_string(), t.to_string()),
+                _ => (provider.to_string(), a.clone()),
+            };
+            let last = out.last_mut().expect("one offer at least");
+            if last.0 == p && !a.contains(':') {
+                last.1.any_of.push(ty);
+                continue;
+            }
+            let same = p == provider;
+            out.push((
+                p,
+                LaunchRequest {
+                    instance_type: Some(ty),
+                    any_of: Vec::new(),
+                    // Options are the first provider's own.
+                    options: if same {
+                        req.options.clone()
+                    } else {
+                        Default::default()
+                    },
+                    ..req.clone()
+                },
+            ));
+        }
+        out
+    }
+
     /// [`Engine::launch`] with the id chosen by the caller (a recovery records it first).
     /// An intent row already there (a launch cut off and resumed) is launched again under
     /// the same id, which providers answer idempotently.
@@ -69,11 +155,26 @@ impl Engine {
                         InstanceState::Terminated,
                         &format!("launch failed: {e:#}"),
                     )?;
-                } else {
-                    self.store()
-                        .set_instance_error(&id, Some(&format!("launch failed: {e:#}")))?;
+                    return Err(e.context(format!("launching {id} on {provider}")));
                 }
-                return Err(e.context(format!("launching {id} on {provider}")));
+                self.store()
+                    .set_instance_error(&id, Some(&format!("launch failed: {e:#}")))?;
+                if req.keep_on_error {
+                    return Err(e.context(format!(
+                        "launching {id} on {provider} (kept, as asked: `trainctl terminate {id}` when done)"
+                    )));
+                }
+                // The machine exists and is billing: it goes, confirmed with the provider.
+                let ended = self.terminate(&id, "launch failed").await;
+                return Err(e.context(match ended {
+                    Ok(_) => format!(
+                        "launching {id} on {provider}; the machine was terminated ({} billed)",
+                        Money(self.instance_cost(&id))
+                    ),
+                    Err(t) => format!(
+                        "launching {id} on {provider}; terminating it failed too ({t:#}): it stays in the store, `trainctl terminate {id}`"
+                    ),
+                }));
             }
         }
         self.store()

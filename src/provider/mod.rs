@@ -33,6 +33,9 @@ pub struct LaunchRequest {
     /// a bid for the clouds), `trainctl launch -o KEY=VALUE`. Each provider's `check`
     /// refuses a key it does not know, naming the ones it does.
     pub options: std::collections::BTreeMap<String, String>,
+    /// Keep a machine whose launch failed after it existed (to look at it); else it is
+    /// terminated, confirmed with the provider.
+    pub keep_on_error: bool,
 }
 
 impl LaunchRequest {

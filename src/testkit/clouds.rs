@@ -215,6 +215,34 @@ impl MachinePool {
         ip
     }
 
+    /// Machine `id` loses its tools (PATH holds `sh` alone): logins work, setup fails.
+    fn break_tools(&self, id: &str) {
+        let Some(sshd) = self.sshds.get(id) else {
+            return;
+        };
+        let bin = sshd.dir.path().join("minbin");
+        std::fs::create_dir_all(&bin).unwrap();
+        std::os::unix::fs::symlink("/bin/sh", bin.join("sh")).unwrap();
+        let cfg = sshd.dir.path().join("sshd_config");
+        let text = std::fs::read_to_string(&cfg).unwrap();
+        let text: String = text
+            .lines()
+            .map(|l| {
+                if l.starts_with("SetEnv ") {
+                    format!(
+                        "SetEnv HOME={} PATH={}\n",
+                        sshd.dir.path().join("home").display(),
+                        bin.display()
+                    )
+                } else {
+                    format!("{l}\n")
+                }
+            })
+            .collect();
+        std::fs::write(&cfg, text).unwrap();
+        sshd.reload();
+    }
+
     /// The machine is gone (its sshd stops; its address answers nothing).
     fn kill(&mut self, id: &str) {
         self.sshds.remove(id);
@@ -223,10 +251,15 @@ impl MachinePool {
     fn home(&self, id: &str) -> Option<std::path::PathBuf> {
         self.sshds.get(id).map(|s| s.dir.path().join("home"))
     }
+}
 
-    fn user(&self, id: &str) -> Option<String> {
-        self.sshds.get(id).and_then(|s| s.user.clone())
-    }
+/// A machine that boots wrong.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Broken {
+    /// It never lets trainctl in (the launch's key was not installed).
+    Login,
+    /// Logins work, but it has no tools: setup fails.
+    Tools,
 }
 
 /// A machine of a contract server.
@@ -263,6 +296,8 @@ struct LambdaState {
     boot: Duration,
     shutdown: Duration,
     n: u64,
+    /// What is wrong with machines booted from now on.
+    broken: Option<Broken>,
 }
 
 const LAMBDA_REGIONS: &[&str] = &["us-east-1", "us-west-1", "us-south-1"];
@@ -277,6 +312,7 @@ impl LambdaApi {
             boot: Duration::from_millis(600),
             shutdown: Duration::from_millis(400),
             n: 0,
+            broken: None,
         }));
         let proxy_command = state.lock().unwrap().pool.proxy_command();
         let st = state.clone();
@@ -350,6 +386,11 @@ impl LambdaApi {
         self.state.lock().unwrap().pool.home(id)
     }
 
+    /// What is wrong with machines booted from now on.
+    pub fn break_new_machines(&self, how: Broken) {
+        self.state.lock().unwrap().broken = Some(how);
+    }
+
     /// Take machine `id` away as Lambda does to a preempted one.
     pub fn preempt(&self, id: &str) {
         let mut st = self.state.lock().unwrap();
@@ -376,8 +417,14 @@ fn advance(st: &mut LambdaState) {
     }
     for id in booted {
         // cloud-init's part: the launch's SSH keys become the login user's.
-        let keys: Vec<String> = st.keys.iter().map(|k| k.2.clone()).collect();
+        let keys: Vec<String> = match st.broken {
+            Some(Broken::Login) => Vec::new(),
+            _ => st.keys.iter().map(|k| k.2.clone()).collect(),
+        };
         let ip = st.pool.boot(&id, &keys, None);
+        if st.broken == Some(Broken::Tools) {
+            st.pool.break_tools(&id);
+        }
         if let Some(m) = st.machines.iter_mut().find(|m| m.id == id) {
             m.ip = Some(ip);
         }

@@ -199,14 +199,15 @@ impl Context {
             }
             Command::Launch { provider, req } => {
                 tokio::spawn(async move {
-                    match ctx.engine.launch(&provider, &req).await {
+                    match ctx.engine.launch_any(&provider, &req).await {
                         Ok(i) => ctx.send(Msg::Done(Ok(format!(
                             "launched {} ({})",
                             i.id, i.instance_type
                         )))),
                         // A first-seen host key: ask, showing its fingerprint.
                         Err(e)
-                            if format!("{e:#}").contains("unknown host key")
+                            if crate::remote::error_kind(&e)
+                                == Some(crate::remote::ErrorKind::HostKeyUnknown)
                                 && !req.accept_new_host_key =>
                         {
                             ctx.send(Msg::UnknownHostKey {

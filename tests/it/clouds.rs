@@ -3,7 +3,7 @@
 
 use crate::common::*;
 use std::path::Path;
-use trainctl::testkit::clouds::LambdaApi;
+use trainctl::testkit::clouds::{Broken, LambdaApi};
 
 const LAMBDA_KEY: &str = "secret_lambda_k3y_0123456789abcdef";
 
@@ -200,4 +200,110 @@ fn lambda_429_is_retried_after_the_time_it_asks() {
     );
     env.ok(&["terminate", &id]);
     assert_eq!(api.machines()[0].2, "terminated");
+}
+
+#[test]
+fn no_capacity_on_lambda_moves_to_the_next_offer_on_another_provider() {
+    let api = LambdaApi::start(LAMBDA_KEY);
+    let env = lambda_env(&api, LAMBDA_KEY);
+    // No region has an A10 now: `plan` says so before anything is launched.
+    api.set_capacity("gpu_1x_a10", &[]);
+    set_resources(
+        &env,
+        "instance_type = \"gpu_1x_a10\"\nany_of = [\"lambda:gpu_1x_a6000\", \"local:local\"]",
+    );
+    // The A6000 passes the capacity check, then loses the race at launch.
+    api.fail_next(
+        "/instance-operations/launch",
+        400,
+        serde_json::json!({"error": {"code": "instance-operations/launch/insufficient-capacity",
+            "message": "Not enough capacity to fulfill launch request."}}),
+        None,
+    );
+    let run = env.json(&["run", "--provider", "lambda", "--terminate-after"]);
+    assert_eq!(run["state"], "succeeded", "{run}");
+    let inst = run["instance_id"].as_str().unwrap();
+    let ls = env.json(&["ls", "--all"]);
+    let rows = ls.as_array().unwrap();
+    let row = rows.iter().find(|r| r["id"] == inst).unwrap();
+    assert_eq!(row["provider"], "local", "{ls}");
+    // The A6000's intent row ended as terminated (Lambda holds nothing for it).
+    assert!(
+        rows.iter().any(|r| r["provider"] == "lambda"
+            && r["instance_type"] == "gpu_1x_a6000"
+            && r["state"] == "terminated"),
+        "{ls}"
+    );
+    assert!(api.machines().is_empty(), "{:?}", api.machines());
+    let events = env.json(&["events"]);
+    let failovers: Vec<&serde_json::Value> = events
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["kind"] == "launch_failover")
+        .collect();
+    assert_eq!(failovers.len(), 2, "{events}");
+    assert!(
+        failovers[1]["message"]
+            .as_str()
+            .unwrap()
+            .contains("trying local:local"),
+        "{events}"
+    );
+}
+
+#[test]
+fn a_run_whose_setup_fails_terminates_the_machine_it_launched() {
+    let api = LambdaApi::start(LAMBDA_KEY);
+    let env = lambda_env(&api, LAMBDA_KEY);
+    set_resources(&env, "instance_type = \"gpu_1x_a10\"");
+    api.break_new_machines(Broken::Tools);
+    let out = env.run(&["run", "--provider", "lambda"]);
+    assert!(!out.status.success(), "{}", text(&out));
+    let t = text(&out);
+    assert!(
+        t.contains("after the failed start") && t.contains("billed"),
+        "{t}"
+    );
+    let m = api.machines();
+    assert_eq!(m.len(), 1);
+    assert_eq!(m[0].2, "terminated", "{m:?}");
+    // Asked to keep it: kept, and told how to end it.
+    let out = env.run(&["run", "--provider", "lambda", "--keep-on-error"]);
+    assert!(!out.status.success());
+    assert!(text(&out).contains("kept"), "{}", text(&out));
+    let m = api.machines();
+    assert_eq!(m.len(), 2);
+    assert_eq!(m[1].2, "active", "{m:?}");
+    let ls = env.json(&["ls"]);
+    let live = ls.as_array().unwrap();
+    assert_eq!(live.len(), 1, "{ls}");
+    env.ok(&["terminate", live[0]["id"].as_str().unwrap()]);
+    assert_eq!(api.machines()[1].2, "terminated");
+}
+
+#[test]
+fn a_launch_that_never_lets_trainctl_in_terminates_the_machine() {
+    let api = LambdaApi::start(LAMBDA_KEY);
+    let env = lambda_env(&api, LAMBDA_KEY);
+    let cfg = std::fs::read_to_string(&env.config).unwrap();
+    std::fs::write(
+        &env.config,
+        cfg.replace("reach_timeout_seconds = 60", "reach_timeout_seconds = 4"),
+    )
+    .unwrap();
+    api.break_new_machines(Broken::Login);
+    let out = env.run(&["launch", "--provider", "lambda", "--type", "gpu_1x_a10"]);
+    assert!(!out.status.success());
+    let t = text(&out);
+    assert!(
+        t.contains("not reachable")
+            && t.contains("the machine was terminated")
+            && t.contains("billed"),
+        "{t}"
+    );
+    let m = api.machines();
+    assert_eq!((m.len(), m[0].2.as_str()), (1, "terminated"), "{m:?}");
+    let ls = env.json(&["ls"]);
+    assert!(ls.as_array().unwrap().is_empty(), "{ls}");
 }

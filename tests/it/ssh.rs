@@ -1092,8 +1092,7 @@ async fn password_and_keyboard_interactive_logins() {
     assert_eq!(r.exec("id -un").await.unwrap().stdout_str().trim(), user);
     let err = SshRemote::connect(mk("pw-Wrong-456"), None)
         .await
-        .err()
-        .expect("a wrong password is refused");
+        .expect_err("a wrong password is refused");
     let text = format!("{err:#}");
     assert_eq!(
         trainctl::remote::error_kind(&err),
