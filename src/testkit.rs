@@ -40,7 +40,71 @@ pub struct Sshd {
     pub client_key: PathBuf,
     /// The login user of a password machine ([`Sshd::start_password_machine`]); None: root.
     pub user: Option<String>,
+    owned_user: Option<TestUser>,
     child: Child,
+}
+
+/// A system user made for tests (no home of its own: each machine sets HOME), removed
+/// when dropped.
+pub struct TestUser {
+    pub name: String,
+}
+
+impl TestUser {
+    pub fn new() -> TestUser {
+        let mut seed = Vec::new();
+        seed.extend_from_slice(&crate::model::now_ms().to_le_bytes());
+        seed.extend_from_slice(&std::process::id().to_le_bytes());
+        seed.extend_from_slice(&free_port().to_le_bytes());
+        let name = format!("tcpw{}", &blake3::hash(&seed).to_hex()[..10]);
+        let mut last = String::new();
+        for _ in 0..50 {
+            let out = Command::new("useradd")
+                .args(["-M", "-N", "-s", "/bin/sh", "-d", "/nonexistent"])
+                .arg(&name)
+                .output()
+                .expect("useradd (passwd) is needed");
+            if out.status.success() {
+                return TestUser { name };
+            }
+            last = String::from_utf8_lossy(&out.stderr).to_string();
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("useradd {name}: {last}");
+    }
+
+    /// Give the user `password`.
+    pub fn set_password(&self, password: &str) {
+        let mut child = Command::new("chpasswd")
+            .stdin(Stdio::piped())
+            .spawn()
+            .expect("chpasswd (passwd) is needed");
+        use std::io::Write;
+        writeln!(child.stdin.take().unwrap(), "{}:{password}", self.name).unwrap();
+        assert!(child.wait().unwrap().success(), "chpasswd failed");
+    }
+}
+
+impl Default for TestUser {
+    fn default() -> Self {
+        TestUser::new()
+    }
+}
+
+impl Drop for TestUser {
+    fn drop(&mut self) {
+        for _ in 0..20 {
+            let ok = Command::new("userdel")
+                .arg(&self.name)
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success());
+            if ok {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
 }
 
 fn keygen(path: &Path) {
@@ -78,33 +142,24 @@ impl Sshd {
     /// `<home>/.ssh/authorized_keys` accepted, so a key installed after a password login
     /// works. Set the password with [`Sshd::set_password`].
     pub fn start_password_machine() -> Sshd {
-        let user = format!(
-            "tcpw{}",
-            &blake3::hash(
-                &crate::model::now_ms()
-                    .to_le_bytes()
-                    .iter()
-                    .chain(std::process::id().to_le_bytes().iter())
-                    .chain(free_port().to_le_bytes().iter())
-                    .copied()
-                    .collect::<Vec<u8>>()
-            )
-            .to_hex()[..10]
-        );
-        Sshd::start_with(None, None, true, Some(user))
+        let user = TestUser::new();
+        let mut s = Sshd::start_with(None, None, true, Some(user.name.clone()));
+        s.owned_user = Some(user);
+        s
+    }
+
+    /// [`Sshd::start_password_machine`] logging in `user`, a user shared with other
+    /// machines (a cloud image's fixed login user).
+    pub fn start_password_machine_as(user: &TestUser) -> Sshd {
+        Sshd::start_with(None, None, true, Some(user.name.clone()))
     }
 
     /// Give the password machine's user `password` (as a cloud does when it builds the
     /// machine with the password the launch asked for).
     pub fn set_password(&self, password: &str) {
-        let user = self.user.as_deref().expect("a password machine");
-        let mut child = Command::new("chpasswd")
-            .stdin(Stdio::piped())
-            .spawn()
-            .expect("chpasswd (passwd) is needed");
-        use std::io::Write;
-        writeln!(child.stdin.take().unwrap(), "{user}:{password}").unwrap();
-        assert!(child.wait().unwrap().success(), "chpasswd failed");
+        let name = self.user.clone().expect("a password machine");
+        let u = std::mem::ManuallyDrop::new(TestUser { name });
+        u.set_password(password);
     }
 
     /// A stand-in for a cloud machine: it presents `host_key` (an OpenSSH private key, as
@@ -152,7 +207,9 @@ impl Sshd {
             "PasswordAuthentication no\nKbdInteractiveAuthentication no\nUsePAM no".to_string();
         let mut keys_files = dir.path().join("authorized_keys").display().to_string();
         if let Some(u) = &user {
-            make_user(u, &home);
+            std::fs::create_dir_all(&home).unwrap();
+            let st = Command::new("chown").arg(u).arg(&home).status().unwrap();
+            assert!(st.success());
             auth =
                 "PasswordAuthentication yes\nKbdInteractiveAuthentication yes\nUsePAM yes".into();
             keys_files.push_str(&format!(" {}/.ssh/authorized_keys", home.display()));
@@ -189,6 +246,7 @@ impl Sshd {
             port,
             client_key,
             user,
+            owned_user: None,
             child,
         }
     }
@@ -250,48 +308,8 @@ impl Drop for Sshd {
         self.kill_sessions();
         let _ = self.child.kill();
         let _ = self.child.wait();
-        if let Some(u) = &self.user {
-            for _ in 0..20 {
-                let ok = Command::new("userdel")
-                    .arg(u)
-                    .stderr(Stdio::null())
-                    .status()
-                    .is_ok_and(|s| s.success());
-                if ok {
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(100));
-            }
-        }
+        // `owned_user` (dropped after this) removes its user once the sessions are gone.
     }
-}
-
-/// A system user `name` whose home is `home` (made and given to it); useradd is retried
-/// while another test holds the password file's lock.
-fn make_user(name: &str, home: &Path) {
-    std::fs::create_dir_all(home).unwrap();
-    let mut last = String::new();
-    for _ in 0..50 {
-        let out = Command::new("useradd")
-            .args(["-M", "-N", "-s", "/bin/sh", "-d"])
-            .arg(home)
-            .arg(name)
-            .output()
-            .expect("useradd (passwd) is needed");
-        if out.status.success() {
-            let st = Command::new("chown")
-                .arg("-R")
-                .arg(name)
-                .arg(home)
-                .status()
-                .unwrap();
-            assert!(st.success());
-            return;
-        }
-        last = String::from_utf8_lossy(&out.stderr).to_string();
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    panic!("useradd {name}: {last}");
 }
 
 // ------------------------------------------------------------------------------- AWS

@@ -3,6 +3,7 @@
 //! it gone, so a crash can never leave a billing machine nobody knows about.
 
 pub mod aws;
+pub mod canopywave;
 pub mod gpucloud;
 pub mod http;
 pub mod lambda;
@@ -292,6 +293,16 @@ pub fn registry(
                 data_dir,
                 l.clone(),
                 prompt.clone(),
+            )),
+        );
+    }
+    if let Some(c) = &cfg.providers.canopywave {
+        out.insert(
+            "canopywave".into(),
+            Arc::new(canopywave::CanopyWaveProvider::new(
+                data_dir,
+                c.clone(),
+                prompt,
             )),
         );
     }

@@ -4,7 +4,7 @@
 //! demand, and points every machine at a real test sshd. Every request is recorded (to
 //! check what was sent, and that no API key leaked anywhere it should not be).
 
-use super::Sshd;
+use super::{Sshd, TestUser};
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -176,14 +176,18 @@ impl MachinePool {
         )
     }
 
-    /// Boot machine `id`: root logging in with `keys`, or (with `password`) a user of
-    /// its own logging in with that password. Returns its address.
-    fn boot(&mut self, id: &str, keys: &[String], password: Option<&str>) -> String {
+    /// Boot machine `id`: root logging in with `keys`, or (with `password`) `user`
+    /// logging in with that password. Returns its address.
+    fn boot(
+        &mut self,
+        id: &str,
+        keys: &[String],
+        password: Option<(&super::TestUser, &str)>,
+    ) -> String {
         let sshd = match password {
-            Some(pw) => {
-                let s = Sshd::start_password_machine();
-                s.set_password(pw);
-                s
+            Some((user, pw)) => {
+                user.set_password(pw);
+                Sshd::start_password_machine_as(user)
             }
             None => {
                 let s = Sshd::start_home();
@@ -647,5 +651,259 @@ fn lambda_route(state: &Mutex<LambdaState>, r: &Seen) -> (u16, Value) {
             404,
             lambda_error("global/object-does-not-exist", "No such endpoint"),
         ),
+    }
+}
+
+/// CanopyWave's API (`/projects`, `/instances`, `/instances/<id>`,
+/// `/instance-operations/launch|terminate`): `{"data": ...}` answers, `{"error": "..."}`
+/// errors, BUILD → ACTIVE after `boot` (the address appearing a little later, under
+/// `ip_field`), DELETING → gone after `shutdown`. Each machine booted is a real sshd whose
+/// login user (one per server, [`CanopyWaveApi::user`]) takes the password the launch sent.
+pub struct CanopyWaveApi {
+    http: Http,
+    state: Arc<Mutex<CanopyState>>,
+    proxy_command: String,
+}
+
+struct CanopyState {
+    machines: Vec<CanopyMachine>,
+    pool: MachinePool,
+    user: TestUser,
+    flavors: Vec<String>,
+    /// Flavors without capacity now.
+    sold_out: Vec<String>,
+    ip_field: String,
+    n: u64,
+}
+
+struct CanopyMachine {
+    m: Machine,
+    password: String,
+    project: String,
+    flavor: String,
+}
+
+pub const CANOPY_PROJECT: &str = "lab@example.org";
+pub const CANOPY_REGION: &str = "KEF-3";
+
+impl CanopyWaveApi {
+    /// A server whose machines' address comes under `ip_field` (`publicIp`, `floating_ip`...).
+    pub fn start(key: &str, ip_field: &str, flavors: &[&str]) -> CanopyWaveApi {
+        let state = Arc::new(Mutex::new(CanopyState {
+            machines: Vec::new(),
+            pool: MachinePool::new(),
+            user: TestUser::new(),
+            flavors: flavors.iter().map(|f| f.to_string()).collect(),
+            sold_out: Vec::new(),
+            ip_field: ip_field.to_string(),
+            n: 0,
+        }));
+        let proxy_command = state.lock().unwrap().pool.proxy_command();
+        let st = state.clone();
+        let handler: Arc<Handler> = Arc::new(move |r: &Seen| canopy_route(&st, r));
+        let http = Http::start(key, json!({"error": "Unauthorized"}), handler);
+        CanopyWaveApi {
+            http,
+            state,
+            proxy_command,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}/api/v1", self.http.port)
+    }
+
+    pub fn proxy_command(&self) -> String {
+        self.proxy_command.clone()
+    }
+
+    /// The machines' login user.
+    pub fn user(&self) -> String {
+        self.state.lock().unwrap().user.name.clone()
+    }
+
+    /// Change the machines' password (the user changed it, or the image did): a login
+    /// must then use the key trainctl installed.
+    pub fn change_password(&self, pw: &str) {
+        self.state.lock().unwrap().user.set_password(pw);
+    }
+
+    pub fn sell_out(&self, flavor: &str) {
+        self.state.lock().unwrap().sold_out.push(flavor.to_string());
+    }
+
+    pub fn requests(&self) -> Vec<Seen> {
+        self.http.seen.lock().unwrap().clone()
+    }
+
+    /// (id, name, status, flavor) of every machine ever launched; gone ones say DELETED.
+    pub fn machines(&self) -> Vec<(String, String, String, String)> {
+        let mut st = self.state.lock().unwrap();
+        canopy_advance(&mut st);
+        st.machines
+            .iter()
+            .map(|c| {
+                (
+                    c.m.id.clone(),
+                    c.m.name.clone(),
+                    c.m.status.clone(),
+                    c.flavor.clone(),
+                )
+            })
+            .collect()
+    }
+}
+
+const CANOPY_BOOT: Duration = Duration::from_millis(700);
+const CANOPY_IP_LATE: Duration = Duration::from_millis(300);
+const CANOPY_SHUTDOWN: Duration = Duration::from_millis(400);
+
+fn canopy_advance(st: &mut CanopyState) {
+    let mut booted = Vec::new();
+    for c in st.machines.iter_mut() {
+        if c.m.status == "BUILD" && c.m.since.elapsed() >= CANOPY_BOOT {
+            c.m.status = "ACTIVE".into();
+            c.m.since = Instant::now();
+            booted.push((c.m.id.clone(), c.password.clone()));
+        } else if c.m.status == "DELETING" && c.m.since.elapsed() >= CANOPY_SHUTDOWN {
+            c.m.status = "DELETED".into();
+        }
+    }
+    for (id, pw) in booted {
+        let CanopyState { pool, user, .. } = st;
+        let ip = pool.boot(&id, &[], Some((user, &pw)));
+        if let Some(c) = st.machines.iter_mut().find(|c| c.m.id == id) {
+            c.m.ip = Some(ip);
+        }
+    }
+    let gone: Vec<String> = st
+        .machines
+        .iter()
+        .filter(|c| c.m.status == "DELETED")
+        .map(|c| c.m.id.clone())
+        .collect();
+    for id in gone {
+        st.pool.kill(&id);
+    }
+}
+
+fn canopy_instance(c: &CanopyMachine, ip_field: &str) -> Value {
+    let mut v = json!({
+        "flavor": c.flavor,
+        "id": c.m.id,
+        "launchedAt": "2026-11-26T12:00:00.000000",
+        "name": c.m.name,
+        "paymentMode": null,
+        "publicIp": null,
+        "region": c.m.region,
+        "role": "worker",
+        "status": c.m.status,
+    });
+    // The address comes a little after ACTIVE, as on the real service.
+    if c.m.status == "ACTIVE" && c.m.since.elapsed() >= CANOPY_IP_LATE {
+        v[ip_field] = json!(c.m.ip);
+    }
+    v
+}
+
+fn canopy_route(state: &Mutex<CanopyState>, r: &Seen) -> (u16, Value) {
+    let mut st = state.lock().unwrap();
+    canopy_advance(&mut st);
+    let path = r.path.trim_start_matches("/api/v1");
+    let bad = |m: &str| (400, json!({"error": m}));
+    let project_ok = |p: Option<&str>| p == Some(CANOPY_PROJECT);
+    match (r.method.as_str(), path) {
+        ("GET", "/projects") => (200, json!({"data": [CANOPY_PROJECT]})),
+        ("GET", "/instances") => {
+            if !project_ok(r.query.get("project").map(String::as_str)) {
+                return bad("project is required");
+            }
+            let ip_field = st.ip_field.clone();
+            (
+                200,
+                json!({"data": st.machines.iter()
+                .filter(|c| c.m.status != "DELETED")
+                .map(|c| canopy_instance(c, &ip_field)).collect::<Vec<_>>()}),
+            )
+        }
+        ("GET", p) if p.starts_with("/instances/") => {
+            if !project_ok(r.query.get("project").map(String::as_str))
+                || r.query.get("region").is_none()
+            {
+                return bad("region and project are required");
+            }
+            let id = &p["/instances/".len()..];
+            let ip_field = st.ip_field.clone();
+            match st
+                .machines
+                .iter()
+                .find(|c| c.m.id == id && c.m.status != "DELETED")
+            {
+                Some(c) => (200, json!({"data": canopy_instance(c, &ip_field)})),
+                None => (404, json!({"error": "Instance not found"})),
+            }
+        }
+        ("POST", "/instance-operations/launch") => {
+            let b = &r.body;
+            for k in ["region", "project", "name", "flavor", "image", "password"] {
+                if b[k].as_str().is_none_or(str::is_empty) {
+                    return bad(&format!("{k} is required"));
+                }
+            }
+            if !project_ok(b["project"].as_str()) {
+                return (403, json!({"error": "no access to this project"}));
+            }
+            let pw = b["password"].as_str().unwrap();
+            let strong = pw.len() >= 12
+                && pw.chars().any(|c| c.is_ascii_uppercase())
+                && pw.chars().any(|c| c.is_ascii_lowercase())
+                && pw.chars().any(|c| c.is_ascii_digit());
+            if !strong {
+                return bad("password is too weak");
+            }
+            let flavor = b["flavor"].as_str().unwrap();
+            if !st.flavors.iter().any(|f| f == flavor) {
+                return bad("flavor not found");
+            }
+            if st.sold_out.iter().any(|f| f == flavor) {
+                return bad("Insufficient capacity for this flavor in the region");
+            }
+            st.n += 1;
+            let id = format!("9bc56d2b-411b-47c3-b93a-691c39310{:03}", st.n);
+            st.machines.push(CanopyMachine {
+                m: Machine {
+                    id: id.clone(),
+                    name: b["name"].as_str().unwrap().into(),
+                    region: b["region"].as_str().unwrap().into(),
+                    instance_type: flavor.into(),
+                    status: "BUILD".into(),
+                    since: Instant::now(),
+                    ip: None,
+                },
+                password: pw.into(),
+                project: b["project"].as_str().unwrap().into(),
+                flavor: flavor.into(),
+            });
+            (200, json!({"data": id}))
+        }
+        ("POST", "/instance-operations/terminate") => {
+            let b = &r.body;
+            let Some(id) = b["id"].as_str() else {
+                return bad("id is required");
+            };
+            match st
+                .machines
+                .iter_mut()
+                .find(|c| c.m.id == id && c.m.status != "DELETED")
+            {
+                Some(c) if project_ok(b["project"].as_str()) && c.project == CANOPY_PROJECT => {
+                    c.m.status = "DELETING".into();
+                    c.m.since = Instant::now();
+                    (200, json!({"data": id}))
+                }
+                _ => (404, json!({"error": "Instance not found"})),
+            }
+        }
+        _ => (404, json!({"error": "Not found"})),
     }
 }

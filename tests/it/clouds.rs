@@ -3,7 +3,7 @@
 
 use crate::common::*;
 use std::path::Path;
-use trainctl::testkit::clouds::{Broken, LambdaApi};
+use trainctl::testkit::clouds::{Broken, CanopyWaveApi, LambdaApi};
 
 const LAMBDA_KEY: &str = "secret_lambda_k3y_0123456789abcdef";
 
@@ -306,4 +306,85 @@ fn a_launch_that_never_lets_trainctl_in_terminates_the_machine() {
     assert_eq!((m.len(), m[0].2.as_str()), (1, "terminated"), "{m:?}");
     let ls = env.json(&["ls"]);
     assert!(ls.as_array().unwrap().is_empty(), "{ls}");
+}
+
+const CANOPY_KEY: &str = "secret_canopy_k3y_fedcba9876543210";
+
+fn canopy_env(api: &CanopyWaveApi) -> Env {
+    let mut env = Env::new(
+        &format!(
+            "[providers.canopywave]\napi_url = \"{}\"\nproxy_command = {:?}\nssh_user = \"{}\"\n\
+             regions = [\"{}\"]\nflavors = {{ \"H100-1\" = 2.25, \"A100-1\" = 1.45 }}\n\
+             request_interval_ms = 0\nreach_timeout_seconds = 60\napi_max_attempts = 3\n\
+             terminate_timeout_seconds = 30\n",
+            api.url(),
+            api.proxy_command(),
+            api.user(),
+            trainctl::testkit::clouds::CANOPY_REGION,
+        ),
+        "0.005",
+    );
+    env.vars = vec![
+        ("CANOPYWAVE_API_KEY".into(), CANOPY_KEY.into()),
+        (
+            "TRAINCTL_CREDENTIALS".into(),
+            env.dir.path().join("no-credentials").display().to_string(),
+        ),
+    ];
+    env
+}
+
+#[test]
+fn canopywave_logs_in_with_its_password_then_with_trainctls_key() {
+    let api = CanopyWaveApi::start(CANOPY_KEY, "floating_ip", &["H100-1", "A100-1"]);
+    let env = canopy_env(&api);
+    // No H100 now: the A100 alternative is launched instead.
+    api.sell_out("H100-1");
+    let inst = env.json(&[
+        "launch",
+        "--provider",
+        "canopywave",
+        "--type",
+        "H100-1",
+        "--any-of",
+        "A100-1",
+    ]);
+    let id = inst["id"].as_str().unwrap().to_string();
+    assert_eq!(inst["instance_type"], "A100-1", "{inst}");
+    assert_eq!(inst["hourly"], 1_450_000, "{inst}");
+    let launch = api
+        .requests()
+        .into_iter()
+        .find(|r| r.path.ends_with("/launch") && r.body["flavor"] == "A100-1")
+        .unwrap();
+    let password = launch.body["password"].as_str().unwrap().to_string();
+    assert!(password.len() >= 20, "{password}");
+    assert_eq!(
+        launch.body["project"],
+        trainctl::testkit::clouds::CANOPY_PROJECT
+    );
+    // Kept private while the machine lives.
+    let pw_file = env.data().join("canopywave/passwords").join(&id);
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&pw_file).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    // The password no longer works: a new connection (another trainctl) gets in with the
+    // key installed after the first login.
+    api.change_password("Changed-by-the-user-42");
+    let run = env.json(&["run", "--instance", &id]);
+    assert_eq!(run["state"], "succeeded", "{run}");
+    let model: serde_json::Value =
+        serde_json::from_slice(&model_of(&env, run["job_id"].as_str().unwrap())).unwrap();
+    assert!(model.is_object());
+    env.ok(&["terminate", &id]);
+    let m = api.machines();
+    assert_eq!(m.iter().filter(|x| x.2 == "DELETED").count(), 1, "{m:?}");
+    assert!(!pw_file.exists(), "the password goes with the machine");
+    // Neither the API key nor the machine's password is anywhere.
+    for secret in [CANOPY_KEY, password.as_str()] {
+        assert_eq!(files_holding(&env.data(), secret), Vec::<String>::new());
+        assert!(!env.ok(&["events"]).contains(secret));
+    }
 }
