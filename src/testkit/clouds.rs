@@ -828,7 +828,7 @@ fn canopy_route(state: &Mutex<CanopyState>, r: &Seen) -> (u16, Value) {
         }
         ("GET", p) if p.starts_with("/instances/") => {
             if !project_ok(r.query.get("project").map(String::as_str))
-                || r.query.get("region").is_none()
+                || !r.query.contains_key("region")
             {
                 return bad("region and project are required");
             }
