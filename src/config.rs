@@ -179,6 +179,54 @@ pub struct ProvidersConfig {
     pub lambda: Option<LambdaProviderConfig>,
     /// Present turns the `canopywave` provider on.
     pub canopywave: Option<CanopyWaveProviderConfig>,
+    /// Present turns the `runpod` provider on (RunPod's GraphQL API).
+    pub runpod: Option<RunPodProviderConfig>,
+}
+
+/// `[providers.runpod]`: RunPod pods, on demand or interruptible (spot, a bid per GPU),
+/// reached over SSH at the pod's public port for 22 (the image must run sshd, as
+/// RunPod's own images do; trainctl's key goes in as `PUBLIC_KEY`). The API key comes from
+/// `RUNPOD_API_KEY` or the credentials file (`[runpod] api_key`, mode 0600).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RunPodProviderConfig {
+    pub api_url: String,
+    /// The pod's container image.
+    pub image: String,
+    /// `SECURE`, `COMMUNITY` or `ALL`.
+    pub cloud_type: String,
+    pub container_disk_gb: u32,
+    /// The pod's volume (kept while a pod is stopped, billed then too), at /workspace.
+    pub volume_gb: u32,
+    /// Spot bid per GPU in dollars per hour (default: RunPod's current spot price).
+    pub bid_usd: Option<f64>,
+    pub ssh_user: String,
+    pub proxy_command: Option<String>,
+    pub reach_timeout_seconds: u64,
+    pub request_interval_ms: u64,
+    pub api_max_attempts: u32,
+    pub credentials_file: Option<PathBuf>,
+    pub terminate_timeout_seconds: u64,
+}
+
+impl Default for RunPodProviderConfig {
+    fn default() -> Self {
+        RunPodProviderConfig {
+            api_url: "https://api.runpod.io/graphql".into(),
+            image: "runpod/pytorch:2.4.0-py3.11-cuda12.4.1-devel-ubuntu22.04".into(),
+            cloud_type: "SECURE".into(),
+            container_disk_gb: 50,
+            volume_gb: 0,
+            bid_usd: None,
+            ssh_user: "root".into(),
+            proxy_command: None,
+            reach_timeout_seconds: 900,
+            request_interval_ms: 100,
+            api_max_attempts: 5,
+            credentials_file: None,
+            terminate_timeout_seconds: 300,
+        }
+    }
 }
 
 /// `[providers.lambda]`: Lambda Cloud machines. The API key comes from `LAMBDA_API_KEY` or

@@ -405,6 +405,36 @@ impl Engine {
         Ok(())
     }
 
+    /// The provider took `inst` back: it is recorded preempted (its cost stops), and what is
+    /// left of it is released, confirmed (a reclaimed RunPod spot pod keeps its disk, which
+    /// bills until the pod is terminated; for EC2 the instance is already gone).
+    pub(crate) async fn note_preempted(&self, inst: &InstanceRecord, reason: &str) -> Result<()> {
+        self.store().set_instance_state(
+            &inst.id,
+            InstanceState::Preempted,
+            &format!("taken back by the provider: {reason}"),
+        )?;
+        let p = self.provider(&inst.provider)?;
+        match p.terminate(inst).await {
+            Ok(()) => self.store().add_event(
+                "instance.released",
+                Some(&inst.id),
+                None,
+                "what the provider left of it (a disk) was released",
+            )?,
+            Err(e) => {
+                tracing::warn!("releasing preempted {}: {e:#}", inst.id);
+                self.store().add_event(
+                    "instance.release_failed",
+                    Some(&inst.id),
+                    None,
+                    &format!("releasing what is left of it failed ({e:#}): `trainctl orphans` shows it if it still bills"),
+                )?;
+            }
+        }
+        Ok(())
+    }
+
     /// Check live instances with their providers: one the provider no longer has is Lost.
     pub async fn reconcile_instances(&self) -> Result<()> {
         let live = self.store().instances(false)?;
@@ -425,10 +455,10 @@ impl Engine {
                     self.note_running_again(&inst, "the provider reports it running again")?;
                     None
                 }
-                (Ok(Observed::Interrupted { reason, .. }), _) => Some((
-                    InstanceState::Preempted,
-                    format!("taken back by the provider: {reason}"),
-                )),
+                (Ok(Observed::Interrupted { reason, .. }), _) => {
+                    self.note_preempted(&inst, &reason).await?;
+                    None
+                }
                 (Ok(Observed::Gone), InstanceState::Terminating) => Some((
                     InstanceState::Terminated,
                     "provider confirms it is gone".to_string(),

@@ -152,10 +152,28 @@ impl Engine {
             }
             Err(e) => {
                 // Unreachable is not lost: only the provider saying it is gone makes it so.
-                if matches!(provider.describe(&inst).await, Ok(Observed::Gone)) {
-                    return self
-                        .job_lost(&job, &inst, &att, "its machine is gone")
-                        .await;
+                match provider.describe(&inst).await {
+                    Ok(Observed::Gone) => {
+                        return self
+                            .job_lost(&job, &inst, &att, "its machine is gone")
+                            .await;
+                    }
+                    // Taken back (a spot reclaim): interrupted, and recovered as such.
+                    Ok(Observed::Interrupted { reason, .. }) => {
+                        self.note_preempted(&inst, &reason).await?;
+                        if let Err(e) = self.take_in_rescued_log(&job, &att).await {
+                            tracing::warn!("job {job_id}: the log its machine kept: {e:#}");
+                        }
+                        self.store()
+                            .finish_attempt(&job.id, att.attempt, None, now_ms())?;
+                        return self.interrupted(
+                            &job,
+                            att.attempt,
+                            crate::config::RecoverOn::Interrupted,
+                            &format!("interrupted: {reason}"),
+                        );
+                    }
+                    _ => {}
                 }
                 let msg = self
                     .poll_side_channel(&job, &att, provider.as_ref(), &inst, &e)

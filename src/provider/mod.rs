@@ -8,6 +8,7 @@ pub mod gpucloud;
 pub mod http;
 pub mod lambda;
 pub mod local;
+pub mod runpod;
 pub mod ssh;
 
 use crate::model::{Money, TimestampMs};
@@ -302,8 +303,14 @@ pub fn registry(
             Arc::new(canopywave::CanopyWaveProvider::new(
                 data_dir,
                 c.clone(),
-                prompt,
+                prompt.clone(),
             )),
+        );
+    }
+    if let Some(r) = &cfg.providers.runpod {
+        out.insert(
+            "runpod".into(),
+            Arc::new(runpod::RunPodProvider::new(data_dir, r.clone(), prompt)),
         );
     }
     out

@@ -907,3 +907,293 @@ fn canopy_route(state: &Mutex<CanopyState>, r: &Seen) -> (u16, Value) {
         _ => (404, json!({"error": "Not found"})),
     }
 }
+
+/// RunPod's GraphQL API (`POST /graphql`, `{"query", "variables"}`): `gpuTypes`, `myself {
+/// pods }`, `pod`, `podFindAndDeployOnDemand`, `podRentInterruptable` (a bid per GPU),
+/// `podStop`, `podResume`, `podBidResume`, `podTerminate`; errors as GraphQL `errors` with
+/// HTTP 200 (capacity) or HTTP 401 (key). A pod boots after `boot` into a real sshd where
+/// root logs in with the `PUBLIC_KEY` the pod was given; its runtime then maps port 22 to
+/// a public address.
+pub struct RunPodApi {
+    http: Http,
+    state: Arc<Mutex<RunPodState>>,
+    proxy_command: String,
+}
+
+struct RunPodState {
+    pods: Vec<Pod>,
+    pool: MachinePool,
+    sold_out: Vec<String>,
+    n: u64,
+}
+
+struct Pod {
+    m: Machine,
+    gpus: u64,
+    cost: f64,
+    spot: bool,
+    public_key: String,
+    last_change: String,
+    port: u16,
+}
+
+const RUNPOD_BOOT: Duration = Duration::from_millis(600);
+
+impl RunPodApi {
+    pub fn start(key: &str) -> RunPodApi {
+        let state = Arc::new(Mutex::new(RunPodState {
+            pods: Vec::new(),
+            pool: MachinePool::new(),
+            sold_out: Vec::new(),
+            n: 0,
+        }));
+        let proxy_command = state.lock().unwrap().pool.proxy_command();
+        let st = state.clone();
+        let handler: Arc<Handler> = Arc::new(move |r: &Seen| runpod_route(&st, r));
+        let http = Http::start(
+            key,
+            json!({"errors": [{"message": "Unauthorized"}]}),
+            handler,
+        );
+        RunPodApi {
+            http,
+            state,
+            proxy_command,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}/graphql", self.http.port)
+    }
+
+    pub fn proxy_command(&self) -> String {
+        self.proxy_command.clone()
+    }
+
+    /// No capacity for GPU `gpu_type_id` from now on.
+    pub fn sell_out(&self, gpu_type_id: &str) {
+        self.state.lock().unwrap().sold_out.push(gpu_type_id.into());
+    }
+
+    pub fn requests(&self) -> Vec<Seen> {
+        self.http.seen.lock().unwrap().clone()
+    }
+
+    /// (pod id, name, desiredStatus, spot) of every pod ever made.
+    pub fn pods(&self) -> Vec<(String, String, String, bool)> {
+        let mut st = self.state.lock().unwrap();
+        runpod_advance(&mut st);
+        st.pods
+            .iter()
+            .map(|p| (p.m.id.clone(), p.m.name.clone(), p.m.status.clone(), p.spot))
+            .collect()
+    }
+
+    /// RunPod takes spot pod `id` back: it exits, its machine is gone.
+    pub fn reclaim(&self, id: &str) {
+        let mut st = self.state.lock().unwrap();
+        if let Some(p) = st.pods.iter_mut().find(|p| p.m.id == id) {
+            p.m.status = "EXITED".into();
+            p.last_change = "Exited by Runpod: spot instance interrupted".into();
+            p.m.ip = None;
+        }
+        st.pool.kill(id);
+    }
+}
+
+fn runpod_advance(st: &mut RunPodState) {
+    let mut booted = Vec::new();
+    for p in st.pods.iter_mut() {
+        if p.m.status == "RUNNING"
+            && p.m.ip.is_none()
+            && p.m.since.elapsed() >= RUNPOD_BOOT
+            && p.last_change != "stopped"
+        {
+            booted.push((p.m.id.clone(), p.public_key.clone()));
+        }
+    }
+    for (id, key) in booted {
+        let ip = st.pool.boot(&id, &[key], None);
+        if let Some(p) = st.pods.iter_mut().find(|p| p.m.id == id) {
+            p.m.ip = Some(ip);
+            p.last_change = "Rented by User".into();
+        }
+    }
+}
+
+fn runpod_pod(p: &Pod) -> Value {
+    let runtime = match (&p.m.ip, p.m.status.as_str()) {
+        (Some(ip), "RUNNING") => json!({
+            "uptimeInSeconds": p.m.since.elapsed().as_secs(),
+            "ports": [
+                {"ip": "100.65.3.4", "isIpPublic": false, "privatePort": 22, "publicPort": 22, "type": "tcp"},
+                {"ip": ip, "isIpPublic": true, "privatePort": 22, "publicPort": p.port, "type": "tcp"},
+            ],
+        }),
+        _ => Value::Null,
+    };
+    json!({
+        "id": p.m.id,
+        "name": p.m.name,
+        "desiredStatus": p.m.status,
+        "lastStatusChange": p.last_change,
+        "costPerHr": p.cost,
+        "gpuCount": p.gpus,
+        "runtime": runtime,
+    })
+}
+
+fn gql_error(msg: &str) -> (u16, Value) {
+    (200, json!({"data": null, "errors": [{"message": msg}]}))
+}
+
+fn runpod_route(state: &Mutex<RunPodState>, r: &Seen) -> (u16, Value) {
+    let mut st = state.lock().unwrap();
+    runpod_advance(&mut st);
+    if r.method != "POST" || r.path != "/graphql" {
+        return (404, json!({"errors": [{"message": "not found"}]}));
+    }
+    let q = r.body["query"].as_str().unwrap_or_default().to_string();
+    let input = r.body["variables"]["input"].clone();
+    let cat = crate::provider::runpod::catalog();
+    if q.contains("gpuTypes") {
+        let types: Vec<Value> = cat
+            .iter()
+            .map(|g| {
+                let usd = |m: crate::model::Money| m.0 as f64 / 1e6;
+                json!({"id": g.gpu_type_id, "displayName": g.name, "memoryInGb": g.memory_gib,
+                       "securePrice": usd(g.price), "communityPrice": usd(g.price) * 0.8,
+                       "secureSpotPrice": g.spot_price.map(usd), "communitySpotPrice": g.spot_price.map(usd)})
+            })
+            .collect();
+        return (200, json!({"data": {"gpuTypes": types}}));
+    }
+    if q.contains("podFindAndDeployOnDemand") || q.contains("podRentInterruptable") {
+        let spot = q.contains("podRentInterruptable");
+        let Some(g) = cat
+            .iter()
+            .find(|g| Some(g.gpu_type_id.as_str()) == input["gpuTypeId"].as_str())
+        else {
+            return gql_error("Invalid gpuTypeId");
+        };
+        let gpus = input["gpuCount"].as_u64().unwrap_or(0);
+        if gpus == 0 || input["imageName"].as_str().is_none_or(str::is_empty) {
+            return gql_error("gpuCount and imageName are required");
+        }
+        if !input["ports"]
+            .as_str()
+            .unwrap_or_default()
+            .split(',')
+            .any(|p| p.trim() == "22/tcp")
+        {
+            return gql_error("the test machine needs port 22/tcp exposed");
+        }
+        let Some(key) = input["env"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|e| e["key"] == "PUBLIC_KEY")
+            .and_then(|e| e["value"].as_str())
+        else {
+            return gql_error("the test machine needs PUBLIC_KEY");
+        };
+        let cost = if spot {
+            let Some(bid) = input["bidPerGpu"].as_f64() else {
+                return gql_error("bidPerGpu is required");
+            };
+            let min = g.spot_price.map_or(0.0, |m| m.0 as f64 / 1e6);
+            if bid < min {
+                return gql_error(&format!("Your bid is below the minimum bid price ({min})"));
+            }
+            bid * gpus as f64
+        } else {
+            g.price.0 as f64 / 1e6 * gpus as f64
+        };
+        if st.sold_out.iter().any(|s| s == &g.gpu_type_id) {
+            return gql_error(
+                "There are no longer any instances available with the requested specifications. Please refresh and try again.",
+            );
+        }
+        st.n += 1;
+        let id = format!("50qynxzilsx{:03}", st.n);
+        let port = 40000 + st.n as u16;
+        st.pods.push(Pod {
+            m: Machine {
+                id: id.clone(),
+                name: input["name"].as_str().unwrap_or_default().into(),
+                region: String::new(),
+                instance_type: g.gpu_type_id.clone(),
+                status: "RUNNING".into(),
+                since: Instant::now(),
+                ip: None,
+            },
+            gpus,
+            cost,
+            spot,
+            public_key: key.into(),
+            last_change: "Rented by User".into(),
+            port,
+        });
+        let field = if spot {
+            "podRentInterruptable"
+        } else {
+            "podFindAndDeployOnDemand"
+        };
+        return (200, json!({"data": {field: {"id": id, "costPerHr": cost}}}));
+    }
+    let pod_id = input["podId"].as_str().unwrap_or_default().to_string();
+    let live = |p: &&mut Pod| p.m.id == pod_id && p.m.status != "TERMINATED";
+    if q.contains("podTerminate") {
+        let Some(p) = st.pods.iter_mut().find(|p| live(p)) else {
+            return gql_error("pod not found");
+        };
+        p.m.status = "TERMINATED".into();
+        st.pool.kill(&pod_id);
+        return (200, json!({"data": {"podTerminate": null}}));
+    }
+    if q.contains("podStop") {
+        let Some(p) = st.pods.iter_mut().find(|p| live(p)) else {
+            return gql_error("pod not found");
+        };
+        p.m.status = "EXITED".into();
+        p.last_change = "stopped".into();
+        return (
+            200,
+            json!({"data": {"podStop": {"id": pod_id, "desiredStatus": "EXITED"}}}),
+        );
+    }
+    if q.contains("podResume") || q.contains("podBidResume") {
+        let Some(p) = st.pods.iter_mut().find(|p| live(p)) else {
+            return gql_error("pod not found");
+        };
+        p.m.status = "RUNNING".into();
+        p.last_change = "Resumed by User".into();
+        let field = if q.contains("podBidResume") {
+            "podBidResume"
+        } else {
+            "podResume"
+        };
+        return (
+            200,
+            json!({"data": {field: {"id": pod_id, "desiredStatus": "RUNNING"}}}),
+        );
+    }
+    if q.contains("myself") {
+        let pods: Vec<Value> = st
+            .pods
+            .iter()
+            .filter(|p| p.m.status != "TERMINATED")
+            .map(runpod_pod)
+            .collect();
+        return (200, json!({"data": {"myself": {"pods": pods}}}));
+    }
+    if q.contains("pod(") {
+        let pod = st
+            .pods
+            .iter()
+            .find(|p| p.m.id == pod_id && p.m.status != "TERMINATED")
+            .map(runpod_pod);
+        return (200, json!({"data": {"pod": pod}}));
+    }
+    gql_error("unknown operation")
+}

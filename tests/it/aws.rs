@@ -172,14 +172,6 @@ fn s3_client(moto: &Moto) -> aws_sdk_s3::Client {
 }
 
 /// Put `[resources]` (TOML lines) into the project, before `[env]` (the last table).
-/// The model of an uninterrupted run of the project on the local provider (the toy's
-/// model does not depend on the machine).
-fn reference_model(env: &Env) -> Vec<u8> {
-    let run = env.json(&["run", "--provider", "local", "--terminate-after"]);
-    assert_eq!(run["state"], "succeeded", "{run}");
-    model_of(env, run["job_id"].as_str().unwrap())
-}
-
 /// EC2 takes a machine (as at a spot deadline).
 fn ec2_terminate(moto: &Moto, id: &str) {
     block_on(async {

@@ -3,7 +3,7 @@
 
 use crate::common::*;
 use std::path::Path;
-use trainctl::testkit::clouds::{Broken, CanopyWaveApi, LambdaApi};
+use trainctl::testkit::clouds::{Broken, CanopyWaveApi, LambdaApi, RunPodApi};
 
 const LAMBDA_KEY: &str = "secret_lambda_k3y_0123456789abcdef";
 
@@ -387,4 +387,148 @@ fn canopywave_logs_in_with_its_password_then_with_trainctls_key() {
         assert_eq!(files_holding(&env.data(), secret), Vec::<String>::new());
         assert!(!env.ok(&["events"]).contains(secret));
     }
+}
+
+const RUNPOD_KEY: &str = "secret_runpod_k3y_a1b2c3d4e5f6";
+
+fn runpod_env(api: &RunPodApi) -> Env {
+    let mut env = Env::new(
+        &format!(
+            "[providers.runpod]\napi_url = \"{}\"\nproxy_command = {:?}\n\
+             request_interval_ms = 0\nreach_timeout_seconds = 60\napi_max_attempts = 3\n\
+             terminate_timeout_seconds = 30\n",
+            api.url(),
+            api.proxy_command(),
+        ),
+        "0.005",
+    );
+    env.vars = vec![
+        ("RUNPOD_API_KEY".into(), RUNPOD_KEY.into()),
+        (
+            "TRAINCTL_CREDENTIALS".into(),
+            env.dir.path().join("no-credentials").display().to_string(),
+        ),
+    ];
+    env
+}
+
+#[test]
+fn runpod_pods_run_on_demand_priced_per_gpu() {
+    let api = RunPodApi::start(RUNPOD_KEY);
+    let env = runpod_env(&api);
+    let inst = env.json(&[
+        "launch",
+        "--provider",
+        "runpod",
+        "--type",
+        "A100-80GB",
+        "--gpus",
+        "2",
+    ]);
+    // Two A100s at $1.64/h each.
+    assert_eq!(inst["hourly"], 3_280_000, "{inst}");
+    assert_eq!(
+        inst["address"].as_str().unwrap().split(':').next_back(),
+        Some("40001"),
+        "{inst}"
+    );
+    let deploy = api
+        .requests()
+        .into_iter()
+        .find(|r| {
+            r.body["query"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("podFindAndDeployOnDemand")
+        })
+        .unwrap();
+    let input = &deploy.body["variables"]["input"];
+    assert_eq!(input["gpuTypeId"], "NVIDIA A100 80GB PCIe");
+    assert_eq!(input["gpuCount"], 2);
+    let id = inst["id"].as_str().unwrap().to_string();
+    let run = env.json(&["run", "--instance", &id, "--terminate-after"]);
+    assert_eq!(run["state"], "succeeded", "{run}");
+    let pods = api.pods();
+    assert_eq!(
+        (pods.len(), pods[0].2.as_str()),
+        (1, "TERMINATED"),
+        "{pods:?}"
+    );
+    assert_eq!(files_holding(&env.data(), RUNPOD_KEY), Vec::<String>::new());
+    // An unknown GPU is refused before any call; a sold-out one is a capacity error.
+    let n = api.requests().len();
+    let out = env.run(&["launch", "--provider", "runpod", "--type", "Z9000"]);
+    assert!(
+        !out.status.success() && text(&out).contains("unknown RunPod GPU"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(api.requests().len(), n);
+    api.sell_out("NVIDIA H100 PCIe");
+    let out = env.run(&["launch", "--provider", "runpod", "--type", "H100"]);
+    assert!(
+        !out.status.success() && text(&out).contains("no longer any instances"),
+        "{}",
+        text(&out)
+    );
+}
+
+#[test]
+fn a_reclaimed_runpod_spot_pod_is_recovered_on_a_new_pod() {
+    let api = RunPodApi::start(RUNPOD_KEY);
+    let env = runpod_env(&api);
+    let expected = reference_model(&env);
+    set_resources(&env, "instance_type = \"A100-80GB\"\nspot = true");
+    let gate = env.hold_at(2 * 16 + 5);
+    let run = env
+        .cmd(&["run", "--provider", "runpod", "--json", "--terminate-after"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let job = env.wait_running_with_metrics();
+    env.wait_for(60, "epoch 2's checkpoint kept", || {
+        env.json(&["checkpoints", &job])
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c["name"] == "epoch-0002.json")
+    });
+    let first = api.pods()[0].0.clone();
+    assert!(api.pods()[0].3, "a spot pod");
+    let rent = api
+        .requests()
+        .into_iter()
+        .find(|r| {
+            r.body["query"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("podRentInterruptable")
+        })
+        .unwrap();
+    assert_eq!(rent.body["variables"]["input"]["bidPerGpu"], 1.19);
+    api.reclaim(&first);
+    env.wait_for(90, "a second pod running the job", || {
+        let p = api.pods();
+        p.len() == 2 && p[1].2 == "RUNNING" && env.job(&job)["state"] == "running"
+    });
+    std::fs::write(&gate, "").unwrap();
+    let out = run.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let result: serde_json::Value = serde_json::from_str(&stdout)
+        .unwrap_or_else(|e| panic!("{e}: {stdout}\n{}", String::from_utf8_lossy(&out.stderr)));
+    assert_eq!(result["state"], "succeeded", "{result}");
+    assert_eq!(
+        model_of(&env, &job),
+        expected,
+        "the resumed model is the uninterrupted one"
+    );
+    let kinds = env.event_kinds(Some(&job));
+    assert!(
+        kinds.contains(&"checkpoint.restored".to_string()),
+        "{kinds:?}"
+    );
+    // Both pods are gone: the reclaimed one (its disk still billed) and the second.
+    let pods = api.pods();
+    assert!(pods.iter().all(|p| p.2 == "TERMINATED"), "{pods:?}");
 }

@@ -266,3 +266,11 @@ pub fn set_table(env: &Env, name: &str, lines: &str) {
     let (head, tail) = text.split_at(text.find("\n[env]").unwrap());
     std::fs::write(&toml, format!("{head}\n[{name}]\n{lines}\n{tail}")).unwrap();
 }
+
+/// The model of an uninterrupted run of the project on the local provider (the toy's
+/// model does not depend on the machine).
+pub fn reference_model(env: &Env) -> Vec<u8> {
+    let run = env.json(&["run", "--provider", "local", "--terminate-after"]);
+    assert_eq!(run["state"], "succeeded", "{run}");
+    model_of(env, run["job_id"].as_str().unwrap())
+}
