@@ -174,8 +174,13 @@ impl CloudSsh {
     /// trainctl's key is installed so the key is used from then on.
     pub async fn connect(&self, id: &str, host: &str, port: u16) -> Result<Arc<SshRemote>> {
         let mut conns = self.conns.lock().await;
+        // A cached connection that dropped is made again here, so a machine that went
+        // away is found out now (and its provider asked why), not on the next command.
         if let Some(c) = conns.get(id) {
-            return Ok(c.clone());
+            if c.is_open().await {
+                return Ok(c.clone());
+            }
+            conns.remove(id);
         }
         let t = self.target(id, host, port)?;
         let had_password = t.password.is_some();

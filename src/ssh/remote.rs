@@ -746,6 +746,15 @@ impl SshRemote {
         &self.target
     }
 
+    /// Whether the connection is open now (it is re-opened on the next use otherwise).
+    pub async fn is_open(&self) -> bool {
+        self.conn
+            .lock()
+            .await
+            .as_ref()
+            .is_some_and(|c| !c.is_closed())
+    }
+
     /// The live connection, re-opened with jittered backoff when it dropped.
     async fn handle(&self, fresh: bool) -> Result<Conn> {
         let mut guard = self.conn.lock().await;

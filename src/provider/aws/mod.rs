@@ -740,8 +740,12 @@ impl AwsProvider {
 
     async fn connect(&self, inst: &InstanceRecord, host: &str) -> Result<Arc<SshRemote>> {
         let mut conns = self.conns.lock().await;
+        // A cached connection that dropped is made again (a machine gone is found now).
         if let Some(c) = conns.get(&inst.id) {
-            return Ok(c.clone());
+            if c.is_open().await {
+                return Ok(c.clone());
+            }
+            conns.remove(&inst.id);
         }
         let backend: Backend = inst
             .backend
