@@ -240,6 +240,10 @@ pub enum Command {
         /// Rows shown (0: all).
         #[arg(long, default_value_t = 20)]
         limit: usize,
+        /// Only this provider's offers (default: every configured provider, and AWS's
+        /// catalog).
+        #[arg(long)]
+        provider: Option<String>,
     },
     /// The event history (state changes, budget, sync...), optionally of one job.
     Events { job: Option<String> },
@@ -343,14 +347,16 @@ fn point_json(p: &crate::model::MetricPoint) -> serde_json::Value {
 
 /// Print rows as aligned columns.
 fn gpus_list(
-    data_dir: &std::path::Path,
+    cfg: &crate::config::UserConfig,
     region: Option<&str>,
+    provider: Option<&str>,
     min_gpu_mem: Option<f64>,
     gpus: Option<u32>,
     limit: usize,
     json: bool,
 ) -> Result<i32> {
     use crate::provider::aws::catalog::Catalog;
+    let data_dir = &cfg.data_dir();
     let cat = Catalog::for_data_dir(data_dir)?;
     if let Some(r) = region
         && !cat.prices.keys().any(|(_, cr)| cr == r)
@@ -363,7 +369,36 @@ fn gpus_list(
             regions.join(", ")
         );
     }
+    // AWS's catalog always (the refreshed one when there is one), then every other
+    // configured provider's offers, side by side.
     let mut offers = cat.offers(region, min_gpu_mem, gpus);
+    let providers = crate::provider::registry(cfg, data_dir, Default::default());
+    if let Some(p) = provider
+        && p != "aws"
+        && !providers.contains_key(p)
+    {
+        bail!(
+            "no provider `{p}` is configured (configured: {})",
+            providers.keys().cloned().collect::<Vec<_>>().join(", ")
+        );
+    }
+    for (name, p) in &providers {
+        if name == "aws" {
+            continue;
+        }
+        offers.extend(p.offers().into_iter().filter(|o| {
+            region.is_none_or(|r| o.region == r || o.region == "*")
+                && min_gpu_mem.is_none_or(|m| o.gpu_memory_gib.unwrap_or(0.0) + 1e-9 >= m)
+                && gpus.is_none_or(|g| o.gpus >= g as f64)
+        }));
+    }
+    offers.retain(|o| provider.is_none_or(|p| o.provider == p));
+    offers.sort_by(|a, b| {
+        a.best()
+            .cmp(&b.best())
+            .then_with(|| a.provider.cmp(&b.provider))
+            .then_with(|| a.instance_type.cmp(&b.instance_type))
+    });
     if limit > 0 {
         offers.truncate(limit);
     }
@@ -376,13 +411,22 @@ fn gpus_list(
         .iter()
         .map(|o| {
             vec![
+                o.provider.clone(),
                 o.instance_type.clone(),
                 o.region.clone(),
                 format!("{}x {}", o.gpus, o.accelerator),
                 o.gpu_memory_gib
                     .map_or_else(|| "-".into(), |g| format!("{g:.0} GiB")),
-                o.vcpus.to_string(),
-                format!("{:.0} GiB", o.memory_gib),
+                if o.vcpus == 0 {
+                    "-".into()
+                } else {
+                    o.vcpus.to_string()
+                },
+                if o.memory_gib == 0.0 {
+                    "-".into()
+                } else {
+                    format!("{:.0} GiB", o.memory_gib)
+                },
                 price(o.on_demand_micros),
                 price(o.spot_micros),
                 Money((o.best() as f64 / o.gpus.max(0.125)) as i64).to_string(),
@@ -391,6 +435,7 @@ fn gpus_list(
         .collect();
     table(
         &[
+            "PROVIDER",
             "TYPE",
             "REGION",
             "GPUS",
@@ -471,6 +516,7 @@ async fn run(cli: Cli) -> Result<i32> {
         gpus,
         limit,
         refresh,
+        provider,
     } = &cli.command
     {
         let data = cfg.data_dir();
@@ -488,8 +534,9 @@ async fn run(cli: Cli) -> Result<i32> {
             }
         }
         return gpus_list(
-            &data,
+            &cfg,
             region.as_deref(),
+            provider.as_deref(),
             *min_gpu_mem,
             (*gpus > 0).then_some(*gpus),
             *limit,

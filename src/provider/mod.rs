@@ -11,6 +11,8 @@ pub mod local;
 pub mod runpod;
 pub mod ssh;
 
+pub use aws::catalog::Offer;
+
 use crate::model::{Money, TimestampMs};
 use crate::remote::Remote;
 use crate::store::InstanceRecord;
@@ -184,6 +186,11 @@ pub trait Provider: Send + Sync {
 
     /// Instance types this provider offers (for completion), cheapest first.
     fn instance_types(&self) -> Vec<String>;
+
+    /// What this provider offers with prices, from what it knows offline (`trainctl gpus`).
+    fn offers(&self) -> Vec<Offer> {
+        Vec::new()
+    }
 
     /// Create the machine whose intent row `id` is already in the store, idempotently by
     /// `id` (a launch repeated after a crash finds the first one). Returns what the

@@ -1551,7 +1551,7 @@ fn gpus_refresh_reads_types_zones_and_prices_from_aws() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
         text.lines()
-            .any(|l| l.starts_with("g5.xlarge") && l.contains("$1.234")),
+            .any(|l| l.starts_with("aws") && l.contains(" g5.xlarge ") && l.contains("$1.234")),
         "{text}"
     );
     assert!(

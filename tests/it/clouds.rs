@@ -532,3 +532,58 @@ fn a_reclaimed_runpod_spot_pod_is_recovered_on_a_new_pod() {
     let pods = api.pods();
     assert!(pods.iter().all(|p| p.2 == "TERMINATED"), "{pods:?}");
 }
+
+#[test]
+fn gpus_lists_every_configured_providers_offers_cheapest_first_offline() {
+    let api = LambdaApi::start(LAMBDA_KEY);
+    let env = Env::new(
+        &format!(
+            "[providers.lambda]\napi_url = \"{}\"\n[providers.runpod]\napi_url = \"{}/graphql\"\n\
+             [providers.canopywave]\nregions = [\"KEF-3\"]\nflavors = {{ \"H100-1\" = 2.25 }}\n",
+            api.url(),
+            api.url()
+        ),
+        "0.005",
+    );
+    let all = env.json(&["gpus", "--limit", "0"]);
+    let rows = all.as_array().unwrap();
+    for p in ["aws", "lambda", "runpod", "canopywave"] {
+        assert!(rows.iter().any(|r| r["provider"] == p), "{p} missing");
+    }
+    let best = |r: &serde_json::Value| {
+        [r["spot_micros"].as_i64(), r["on_demand_micros"].as_i64()]
+            .into_iter()
+            .flatten()
+            .min()
+            .unwrap()
+    };
+    assert!(rows.windows(2).all(|w| best(&w[0]) <= best(&w[1])));
+    let h100 = rows
+        .iter()
+        .find(|r| r["provider"] == "lambda" && r["instance_type"] == "gpu_1x_h100_pcie")
+        .unwrap();
+    assert_eq!(h100["on_demand_micros"], 3_290_000);
+    // RunPod: spot where there is one, a pod of 2 at twice the price of one.
+    let a100x2 = rows
+        .iter()
+        .find(|r| {
+            r["provider"] == "runpod" && r["instance_type"] == "A100-80GB" && r["gpus"] == 2.0
+        })
+        .unwrap();
+    assert_eq!(
+        (
+            a100x2["on_demand_micros"].as_i64(),
+            a100x2["spot_micros"].as_i64()
+        ),
+        (Some(3_280_000), Some(2_380_000))
+    );
+    let only = env.json(&["gpus", "--provider", "lambda", "--limit", "0"]);
+    assert!(
+        only.as_array()
+            .unwrap()
+            .iter()
+            .all(|r| r["provider"] == "lambda")
+    );
+    // Offline: no API was asked.
+    assert!(api.requests().is_empty());
+}

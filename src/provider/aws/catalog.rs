@@ -54,9 +54,10 @@ pub struct Catalog {
     pub prices: BTreeMap<(String, String), RegionPrices>,
 }
 
-/// A row of `trainctl gpus`.
+/// A row of `trainctl gpus`: what one provider offers, priced per machine-hour.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct Offer {
+    pub provider: String,
     pub instance_type: String,
     pub region: String,
     pub accelerator: String,
@@ -232,6 +233,7 @@ impl Catalog {
                     return None;
                 }
                 Some(Offer {
+                    provider: "aws".into(),
                     instance_type: t.clone(),
                     region: r.clone(),
                     accelerator: s.accelerator.clone(),

@@ -918,6 +918,10 @@ impl Provider for AwsProvider {
             .collect()
     }
 
+    fn offers(&self) -> Vec<super::Offer> {
+        self.catalog().offers(None, None, None)
+    }
+
     async fn launch(&self, id: &str, plan: &Plan) -> Result<Launched> {
         if let Some(l) = self.find(id).await? {
             return Ok(l);

@@ -346,6 +346,32 @@ impl Provider for CanopyWaveProvider {
         f.into_iter().map(|(k, _)| k.clone()).collect()
     }
 
+    fn offers(&self) -> Vec<super::Offer> {
+        self.cfg
+            .flavors
+            .iter()
+            .filter_map(|(f, usd)| {
+                Some(super::Offer {
+                    provider: "canopywave".into(),
+                    instance_type: f.clone(),
+                    region: self
+                        .cfg
+                        .regions
+                        .first()
+                        .cloned()
+                        .unwrap_or_else(|| "*".into()),
+                    accelerator: f.clone(),
+                    gpus: gpus_of(f) as f64,
+                    gpu_memory_gib: None,
+                    vcpus: 0,
+                    memory_gib: 0.0,
+                    on_demand_micros: Some(Money::from_dollars_str(&usd.to_string())?.micros()),
+                    spot_micros: None,
+                })
+            })
+            .collect()
+    }
+
     async fn launch(&self, id: &str, plan: &Plan) -> Result<Launched> {
         if let Some(l) = self.find(id).await? {
             return Ok(l);

@@ -31,7 +31,7 @@ const OPTIONS: &[&str] = &["region"];
 
 /// One row of the shipped catalog.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Offer {
+pub struct Row {
     pub instance_type: String,
     pub gpu: String,
     pub gpus: u32,
@@ -42,13 +42,13 @@ pub struct Offer {
 }
 
 /// The shipped catalog, cheapest first.
-pub fn catalog() -> Vec<Offer> {
+pub fn catalog() -> Vec<Row> {
     CATALOG
         .lines()
         .skip(1)
         .filter_map(|l| {
             let f: Vec<&str> = l.split(',').collect();
-            Some(Offer {
+            Some(Row {
                 instance_type: f.first()?.to_string(),
                 gpu: f.get(1)?.to_string(),
                 gpus: f.get(2)?.parse().ok()?,
@@ -373,6 +373,25 @@ impl Provider for LambdaProvider {
 
     fn instance_types(&self) -> Vec<String> {
         catalog().into_iter().map(|o| o.instance_type).collect()
+    }
+
+    fn offers(&self) -> Vec<super::Offer> {
+        catalog()
+            .into_iter()
+            .map(|o| super::Offer {
+                provider: "lambda".into(),
+                instance_type: o.instance_type,
+                // Every region at one price; capacity is asked at launch.
+                region: "*".into(),
+                accelerator: o.gpu,
+                gpus: o.gpus as f64,
+                gpu_memory_gib: Some(o.gpu_memory_gib),
+                vcpus: o.vcpus,
+                memory_gib: o.memory_gib,
+                on_demand_micros: Some(o.hourly.micros()),
+                spot_micros: None,
+            })
+            .collect()
     }
 
     async fn launch(&self, id: &str, plan: &Plan) -> Result<Launched> {

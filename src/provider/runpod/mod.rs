@@ -372,6 +372,27 @@ impl Provider for RunPodProvider {
         catalog().into_iter().map(|g| g.name).collect()
     }
 
+    fn offers(&self) -> Vec<super::Offer> {
+        let mut out = Vec::new();
+        for g in catalog() {
+            for n in [1u32, 2, 4, 8].into_iter().filter(|n| *n <= g.max_gpus) {
+                out.push(super::Offer {
+                    provider: "runpod".into(),
+                    instance_type: g.name.clone(),
+                    region: "*".into(),
+                    accelerator: g.name.clone(),
+                    gpus: n as f64,
+                    gpu_memory_gib: Some(g.memory_gib),
+                    vcpus: g.vcpus_per_gpu * n,
+                    memory_gib: 0.0,
+                    on_demand_micros: Some(g.price.micros() * n as i64),
+                    spot_micros: g.spot_price.map(|s| s.micros() * n as i64),
+                });
+            }
+        }
+        out
+    }
+
     async fn launch(&self, id: &str, plan: &Plan) -> Result<Launched> {
         if let Some(l) = self.find(id).await? {
             return Ok(l);
