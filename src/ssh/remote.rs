@@ -14,6 +14,7 @@ use russh::ChannelMsg;
 use russh::client;
 use russh::keys::{HashAlg, PrivateKeyWithHashAlg, PublicKey, PublicKeyOrCertificate};
 
+use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -21,36 +22,67 @@ use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
 
-/// Asks a person for a key's passphrase (the cockpit registers one; headless there is none).
+/// What a person is asked for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Asked {
+    /// The passphrase of this key file.
+    KeyPassphrase(PathBuf),
+    /// The login password of `user@host:port`.
+    Password(String),
+}
+
+impl Asked {
+    /// The popup's title.
+    pub fn title(&self) -> &'static str {
+        match self {
+            Asked::KeyPassphrase(_) => "SSH key passphrase",
+            Asked::Password(_) => "SSH password",
+        }
+    }
+
+    /// What it is for (a key file, `user@host:port`).
+    pub fn subject(&self) -> String {
+        match self {
+            Asked::KeyPassphrase(p) => p.display().to_string(),
+            Asked::Password(who) => who.clone(),
+        }
+    }
+}
+
+/// Asks a person for a key's passphrase or a login password (the cockpit registers one;
+/// headless there is none). The answer is never stored.
 pub struct PassphraseRequest {
-    pub key: PathBuf,
+    pub asked: Asked,
     /// `None`: the person declined.
     pub reply: tokio::sync::oneshot::Sender<Option<String>>,
 }
 
 impl std::fmt::Debug for PassphraseRequest {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "PassphraseRequest({})", self.key.display())
+        write!(f, "PassphraseRequest({})", self.asked.subject())
     }
 }
 
 /// Where passphrase questions go, shared by the engine and the SSH provider.
 pub type PromptSlot = Arc<Mutex<Option<mpsc::Sender<PassphraseRequest>>>>;
 
-async fn ask_passphrase(slot: &PromptSlot, key: &Path) -> Option<String> {
+async fn ask(slot: &PromptSlot, asked: Asked) -> Option<String> {
     let tx = slot.lock().unwrap_or_else(|p| p.into_inner()).clone()?;
     let (reply, answer) = tokio::sync::oneshot::channel();
-    tx.send(PassphraseRequest {
-        key: key.to_path_buf(),
-        reply,
-    })
-    .await
-    .ok()?;
+    tx.send(PassphraseRequest { asked, reply }).await.ok()?;
     tokio::time::timeout(Duration::from_secs(300), answer)
         .await
         .ok()?
         .ok()
         .flatten()
+}
+
+/// Passwords a person typed this session, by `user@host:port`: a reconnect does not ask
+/// again. In memory only, never written anywhere.
+fn typed_passwords() -> &'static Mutex<HashMap<String, crate::ssh::Secret>> {
+    static TYPED: std::sync::OnceLock<Mutex<HashMap<String, crate::ssh::Secret>>> =
+        std::sync::OnceLock::new();
+    TYPED.get_or_init(Default::default)
 }
 
 /// How host keys are trusted.
@@ -597,7 +629,7 @@ async fn authenticate(handle: &mut client::Handle<Verifier>, t: &SshTarget) -> R
                 };
                 let mut unlocked = None;
                 for _ in 0..3 {
-                    let Some(pass) = ask_passphrase(slot, path).await else {
+                    let Some(pass) = ask(slot, Asked::KeyPassphrase(path.clone())).await else {
                         break;
                     };
                     match russh::keys::load_secret_key(path, Some(&pass)) {
@@ -640,6 +672,56 @@ async fn authenticate(handle: &mut client::Handle<Verifier>, t: &SshTarget) -> R
             return Ok(());
         }
         tried.push("a password".into());
+    } else if !handle.is_closed() {
+        // No key let us in and no password is known: one typed this session, else ask
+        // the person at the cockpit (masked), three tries.
+        let who = format!("{}@{}:{}", t.user, t.hostname, t.port);
+        let known = typed_passwords()
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&who)
+            .cloned();
+        if let Some(pw) = known
+            && password_login(handle, &t.user, &pw).await?
+        {
+            return Ok(());
+        }
+        let someone_to_ask = t
+            .prompt
+            .as_ref()
+            .filter(|s| s.lock().unwrap_or_else(|p| p.into_inner()).is_some());
+        // Only a server that takes passwords is worth asking one for.
+        let takes_passwords = someone_to_ask.is_some()
+            && match handle.authenticate_none(&t.user).await? {
+                russh::client::AuthResult::Success => return Ok(()),
+                russh::client::AuthResult::Failure {
+                    remaining_methods, ..
+                } => remaining_methods.iter().any(|m| {
+                    matches!(
+                        m,
+                        russh::MethodKind::Password | russh::MethodKind::KeyboardInteractive
+                    )
+                }),
+            };
+        if let Some(slot) = someone_to_ask.filter(|_| takes_passwords) {
+            for _ in 0..3 {
+                let Some(pw) = ask(slot, Asked::Password(who.clone())).await else {
+                    break;
+                };
+                let pw = crate::ssh::Secret::new(pw);
+                if password_login(handle, &t.user, &pw).await? {
+                    typed_passwords()
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .insert(who, pw);
+                    return Ok(());
+                }
+                if handle.is_closed() {
+                    break;
+                }
+            }
+            tried.push("a typed password".into());
+        }
     }
     // A connection cut during authentication looks like refused keys; it is not final.
     if handle.is_closed() {

@@ -164,7 +164,7 @@ pub enum Msg {
     Done(Result<String, String>),
     /// A job this cockpit started: show it.
     JobStarted(String),
-    /// An SSH key needs its passphrase.
+    /// An SSH key needs its passphrase, or a login its password.
     Passphrase(crate::ssh::remote::PassphraseRequest),
     /// A launch met a host key never seen before: ask before trusting it.
     UnknownHostKey {
@@ -354,16 +354,17 @@ pub struct Confirm {
     pub on_yes: Command,
 }
 
-/// A masked passphrase field for an SSH key; the answer goes back to the connection.
+/// A masked field for an SSH key's passphrase or a login password; the answer goes back
+/// to the connection.
 pub struct PassphrasePrompt {
-    pub key: std::path::PathBuf,
+    pub asked: crate::ssh::remote::Asked,
     pub input: TextArea<'static>,
     reply: Option<tokio::sync::oneshot::Sender<Option<String>>>,
 }
 
 impl std::fmt::Debug for PassphrasePrompt {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "PassphrasePrompt({})", self.key.display())
+        write!(f, "PassphrasePrompt({})", self.asked.subject())
     }
 }
 
@@ -738,7 +739,7 @@ impl App {
                 input.set_mask_char('•');
                 input.set_cursor_line_style(ratatui::style::Style::default());
                 let prompt = PassphrasePrompt {
-                    key: req.key,
+                    asked: req.asked,
                     input,
                     reply: Some(req.reply),
                 };

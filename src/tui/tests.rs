@@ -427,7 +427,7 @@ fn passphrase_popup_masks_input_and_answers_the_connection() {
     let mut app = fixture(false);
     let (reply, mut answer) = tokio::sync::oneshot::channel();
     app.update(Msg::Passphrase(crate::ssh::remote::PassphraseRequest {
-        key: "/home/me/.ssh/id_ed25519".into(),
+        asked: crate::ssh::remote::Asked::KeyPassphrase("/home/me/.ssh/id_ed25519".into()),
         reply,
     }));
     assert!(matches!(app.mode, Mode::Passphrase(_)));
@@ -443,11 +443,25 @@ fn passphrase_popup_masks_input_and_answers_the_connection() {
     // Esc declines.
     let (reply, mut answer) = tokio::sync::oneshot::channel();
     app.update(Msg::Passphrase(crate::ssh::remote::PassphraseRequest {
-        key: "/k".into(),
+        asked: crate::ssh::remote::Asked::KeyPassphrase("/k".into()),
         reply,
     }));
     key(&mut app, KeyCode::Esc);
     assert_eq!(answer.try_recv().unwrap(), None);
+    // A login password is asked the same way, naming the login.
+    let (reply, mut answer) = tokio::sync::oneshot::channel();
+    app.update(Msg::Passphrase(crate::ssh::remote::PassphraseRequest {
+        asked: crate::ssh::remote::Asked::Password("me@lab-gpu:22".into()),
+        reply,
+    }));
+    typed(&mut app, "pw-42");
+    let s = screen(&mut app, 80, 24);
+    assert!(
+        s.contains("SSH password") && s.contains("me@lab-gpu:22") && !s.contains("pw-42"),
+        "{s}"
+    );
+    key(&mut app, KeyCode::Enter);
+    assert_eq!(answer.try_recv().unwrap(), Some("pw-42".to_string()));
 }
 
 #[test]

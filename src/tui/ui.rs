@@ -56,7 +56,7 @@ pub fn draw(f: &mut Frame, app: &mut App) {
         Mode::Passphrase(p) => {
             let r = centered(area, 64, 6);
             f.render_widget(Clear, r);
-            let outer = block(app, " SSH key passphrase ".into());
+            let outer = block(app, format!(" {} ", p.asked.title()));
             let inner = outer.inner(r);
             f.render_widget(outer, r);
             let [label, field, hint] = Layout::vertical([
@@ -65,11 +65,14 @@ pub fn draw(f: &mut Frame, app: &mut App) {
                 Constraint::Length(1),
             ])
             .areas(inner);
-            f.render_widget(Paragraph::new(format!("{}", p.key.display())), label);
+            f.render_widget(
+                Paragraph::new(crate::sanitize::sanitize_line(p.asked.subject().as_bytes())),
+                label,
+            );
             f.render_widget(&p.input, field);
             f.render_widget(
                 Paragraph::new(Span::styled(
-                    "enter unlock · esc cancel (never stored)",
+                    "enter send · esc cancel (never stored)",
                     app.theme.dim(),
                 )),
                 hint,

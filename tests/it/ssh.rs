@@ -1115,3 +1115,48 @@ async fn password_and_keyboard_interactive_logins() {
         .unwrap();
     assert_eq!(r.exec("id -un").await.unwrap().stdout_str().trim(), user);
 }
+
+/// No key works and no password is known: the person at the cockpit is asked (the prompt
+/// slot), a wrong answer asked again, and the right one kept in memory for reconnects.
+#[tokio::test]
+async fn a_login_password_is_asked_through_the_prompt_and_kept_for_the_session() {
+    use trainctl::ssh::remote::{Asked, PassphraseRequest};
+    let sshd = Sshd::start_password_machine();
+    sshd.set_password("pw-Asked-789");
+    let user = sshd.user.clone().unwrap();
+    let work = trainctl::testkit::TempDir::new("trainctl-pw-ask");
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<PassphraseRequest>(4);
+    let slot: trainctl::ssh::remote::PromptSlot =
+        std::sync::Arc::new(std::sync::Mutex::new(Some(tx)));
+    let asked = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let asked2 = asked.clone();
+    tokio::spawn(async move {
+        let mut answers = vec!["wrong-1", "pw-Asked-789"].into_iter();
+        while let Some(req) = rx.recv().await {
+            asked2.lock().unwrap().push(req.asked.clone());
+            let _ = req.reply.send(answers.next().map(str::to_string));
+        }
+    });
+    let mut t = SshTarget::resolve(
+        "127.0.0.1",
+        Some(&user),
+        Some(sshd.port),
+        Some(&work.path().join("no-such-key")),
+        &SshConfig::default(),
+        &work.path().join("kh"),
+        true,
+    );
+    t.identities_only = true;
+    t.prompt = Some(slot);
+    let r = SshRemote::connect(t.clone(), None).await.unwrap();
+    assert_eq!(r.exec("id -un").await.unwrap().stdout_str().trim(), user);
+    let who = format!("{user}@127.0.0.1:{}", sshd.port);
+    assert_eq!(
+        *asked.lock().unwrap(),
+        vec![Asked::Password(who.clone()), Asked::Password(who)]
+    );
+    // A new connection uses the password typed before: nobody is asked again.
+    let r2 = SshRemote::connect(t, None).await.unwrap();
+    assert_eq!(r2.exec("echo again").await.unwrap().stdout_str(), "again\n");
+    assert_eq!(asked.lock().unwrap().len(), 2);
+}
