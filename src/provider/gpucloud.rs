@@ -145,6 +145,27 @@ impl CloudSsh {
         self.conns.lock().await.remove(id);
     }
 
+    /// The provider's id of machine `inst` for a terminate: stored, else found by name
+    /// (a launch whose answer was lost). None: the provider holds nothing (and what
+    /// trainctl kept for it is forgotten).
+    pub async fn provider_id_to_end(
+        &self,
+        inst: &crate::store::InstanceRecord,
+        found: impl std::future::Future<Output = Result<Option<super::Launched>>>,
+    ) -> Result<Option<String>> {
+        self.drop_connection(&inst.id).await;
+        if let Some(p) = &inst.provider_id {
+            return Ok(Some(p.clone()));
+        }
+        match found.await? {
+            Some(l) => Ok(Some(l.provider_id)),
+            None => {
+                self.forget(&inst.id).await;
+                Ok(None)
+            }
+        }
+    }
+
     fn target(&self, id: &str, host: &str, port: u16) -> Result<SshTarget> {
         let (key, _) = self.login_key()?;
         let own = self.hosts_file(id);
@@ -259,6 +280,61 @@ impl CloudSsh {
         let r: Arc<dyn Remote> = self.connect(id, &host, port).await?;
         Ok(r)
     }
+}
+
+/// The name prefix of this store's machines at a provider (`tc-<owner tag>-`), for the
+/// provider data directory `dir`.
+pub fn name_prefix(dir: &Path) -> Result<String> {
+    Ok(format!("tc-{}-", owner_tag(&owner(dir, None)?)))
+}
+
+/// What the provider says of a machine whose launch never answered: found by its name
+/// (still coming up) or not there at all.
+pub fn unanswered(found: Option<super::Launched>) -> super::Observed {
+    match found {
+        Some(_) => super::Observed::Pending,
+        None => super::Observed::Gone,
+    }
+}
+
+/// A machine of this store the provider lists (`name` is its name at the provider).
+pub fn listed(prefix: &str, name: Option<&str>, l: super::Launched) -> Option<super::Listed> {
+    Some(super::Listed {
+        id: name?.strip_prefix(prefix)?.to_string(),
+        provider_id: l.provider_id,
+        region: l.region,
+        instance_type: l.instance_type,
+        spot: false,
+        launched_ms: None,
+        hourly: l.hourly,
+    })
+}
+
+/// Wait until the provider confirms machine `pid` gone: `still` says its status while it
+/// is there (None: gone). Bounded by `limit`; polled 0.5 s doubling to 5 s.
+pub async fn confirm_gone<F, Fut>(
+    provider: &str,
+    pid: &str,
+    limit: Duration,
+    mut still: F,
+) -> Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<Option<String>>>,
+{
+    let deadline = Instant::now() + limit;
+    let mut wait = Duration::from_millis(500);
+    while let Some(status) = still().await? {
+        if Instant::now() > deadline {
+            bail!(
+                "{provider} still reports {pid} as {status} after {} s",
+                limit.as_secs()
+            );
+        }
+        tokio::time::sleep(wait).await;
+        wait = (wait * 2).min(Duration::from_secs(5));
+    }
+    Ok(())
 }
 
 /// `user@host:port` (or `host:port`, `host`) as host and port (22 when absent).

@@ -786,27 +786,6 @@ fn spot_s3() -> SpotS3 {
     }
 }
 
-/// `run` of `spot_s3`'s job (followed, JSON, terminate after), once epoch 2's checkpoint
-/// is kept; the running `run` and the job.
-fn run_until_epoch_2_is_kept(env: &Env) -> (std::process::Child, String) {
-    use std::process::Stdio;
-    let run = env
-        .cmd(&["run", "--provider", "aws", "--json", "--terminate-after"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let job = env.wait_running_with_metrics();
-    env.wait_for(60, "epoch 2's checkpoint in S3", || {
-        env.json(&["checkpoints", &job])
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|c| c["name"] == "epoch-0002.json")
-    });
-    (run, job)
-}
-
 /// Release the held job and let `run` end: it succeeded after a resume from a kept
 /// checkpoint, with the model an uninterrupted run makes, on a second machine; both of
 /// its machines are gone from EC2.
@@ -850,7 +829,7 @@ fn a_spot_interruption_is_survived_with_the_checkpoint_in_s3() {
         expected,
         gate,
     } = spot_s3();
-    let (run, job) = run_until_epoch_2_is_kept(&env);
+    let (run, job) = run_until_epoch_2_is_kept(&env, "aws");
     let first = env.job(&job)["instance_id"].as_str().unwrap().to_string();
     let first_ec2 = moto_instances(&moto)[0].instance_id().unwrap().to_string();
     // First EC2 recommends moving off (rebalance): `run` says so, naming the job.
@@ -1581,7 +1560,7 @@ fn a_rebalance_recommendation_moves_a_job_that_asked_for_it() {
         "recovery",
         "on = [\"interrupted\", \"lost\", \"rebalance\"]",
     );
-    let (run, job) = run_until_epoch_2_is_kept(&env);
+    let (run, job) = run_until_epoch_2_is_kept(&env, "aws");
     let first = env.job(&job)["instance_id"].as_str().unwrap().to_string();
     // EC2 recommends moving off; no notice ever comes. The job moves by itself.
     imds.rebalance();

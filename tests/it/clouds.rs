@@ -7,27 +7,38 @@ use trainctl::testkit::clouds::{Broken, CanopyWaveApi, LambdaApi, RunPodApi};
 
 const LAMBDA_KEY: &str = "secret_lambda_k3y_0123456789abcdef";
 
-/// A test env whose `[providers.lambda]` talks to `api` (no request spacing), with the key
-/// in the environment.
-fn lambda_env(api: &LambdaApi, key: &str) -> Env {
+/// A test env whose `[providers.<provider>]` is the shared settings (`api_url`, the
+/// pool's `proxy_command`, no request spacing, short waits) plus `extra`, with the API key
+/// in `key_var` and no credentials file.
+fn cloud_env(provider: &str, url: &str, proxy: &str, extra: &str, key_var: &str, key: &str) -> Env {
     let mut env = Env::new(
         &format!(
-            "[providers.lambda]\napi_url = \"{}\"\nproxy_command = {:?}\nssh_user = \"root\"\n\
-             request_interval_ms = 0\nlaunch_interval_seconds = 0\nreach_timeout_seconds = 60\n\
-             api_max_attempts = 3\nterminate_timeout_seconds = 30\n",
-            api.url(),
-            api.proxy_command()
+            "[providers.{provider}]\napi_url = \"{url}\"\nproxy_command = {proxy:?}\n\
+             request_interval_ms = 0\nreach_timeout_seconds = 60\napi_max_attempts = 3\n\
+             terminate_timeout_seconds = 30\n{extra}"
         ),
         "0.005",
     );
     env.vars = vec![
-        ("LAMBDA_API_KEY".into(), key.into()),
+        (key_var.into(), key.into()),
         (
             "TRAINCTL_CREDENTIALS".into(),
             env.dir.path().join("no-credentials").display().to_string(),
         ),
     ];
     env
+}
+
+/// A test env whose `[providers.lambda]` talks to `api`, with `key` in the environment.
+fn lambda_env(api: &LambdaApi, key: &str) -> Env {
+    cloud_env(
+        "lambda",
+        &api.url(),
+        &api.proxy_command(),
+        "ssh_user = \"root\"\nlaunch_interval_seconds = 0\n",
+        "LAMBDA_API_KEY",
+        key,
+    )
 }
 
 /// Every file under `dir` that holds `needle` (the store, logs, events, keys...).
@@ -311,27 +322,18 @@ fn a_launch_that_never_lets_trainctl_in_terminates_the_machine() {
 const CANOPY_KEY: &str = "secret_canopy_k3y_fedcba9876543210";
 
 fn canopy_env(api: &CanopyWaveApi) -> Env {
-    let mut env = Env::new(
+    cloud_env(
+        "canopywave",
+        &api.url(),
+        &api.proxy_command(),
         &format!(
-            "[providers.canopywave]\napi_url = \"{}\"\nproxy_command = {:?}\nssh_user = \"{}\"\n\
-             regions = [\"{}\"]\nflavors = {{ \"H100-1\" = 2.25, \"A100-1\" = 1.45 }}\n\
-             request_interval_ms = 0\nreach_timeout_seconds = 60\napi_max_attempts = 3\n\
-             terminate_timeout_seconds = 30\n",
-            api.url(),
-            api.proxy_command(),
+            "ssh_user = \"{}\"\nregions = [\"{}\"]\nflavors = {{ \"H100-1\" = 2.25, \"A100-1\" = 1.45 }}\n",
             api.user(),
-            trainctl::testkit::clouds::CANOPY_REGION,
+            trainctl::testkit::clouds::CANOPY_REGION
         ),
-        "0.005",
-    );
-    env.vars = vec![
-        ("CANOPYWAVE_API_KEY".into(), CANOPY_KEY.into()),
-        (
-            "TRAINCTL_CREDENTIALS".into(),
-            env.dir.path().join("no-credentials").display().to_string(),
-        ),
-    ];
-    env
+        "CANOPYWAVE_API_KEY",
+        CANOPY_KEY,
+    )
 }
 
 #[test]
@@ -392,24 +394,14 @@ fn canopywave_logs_in_with_its_password_then_with_trainctls_key() {
 const RUNPOD_KEY: &str = "secret_runpod_k3y_a1b2c3d4e5f6";
 
 fn runpod_env(api: &RunPodApi) -> Env {
-    let mut env = Env::new(
-        &format!(
-            "[providers.runpod]\napi_url = \"{}\"\nproxy_command = {:?}\n\
-             request_interval_ms = 0\nreach_timeout_seconds = 60\napi_max_attempts = 3\n\
-             terminate_timeout_seconds = 30\n",
-            api.url(),
-            api.proxy_command(),
-        ),
-        "0.005",
-    );
-    env.vars = vec![
-        ("RUNPOD_API_KEY".into(), RUNPOD_KEY.into()),
-        (
-            "TRAINCTL_CREDENTIALS".into(),
-            env.dir.path().join("no-credentials").display().to_string(),
-        ),
-    ];
-    env
+    cloud_env(
+        "runpod",
+        &api.url(),
+        &api.proxy_command(),
+        "",
+        "RUNPOD_API_KEY",
+        RUNPOD_KEY,
+    )
 }
 
 #[test]
@@ -480,20 +472,7 @@ fn a_reclaimed_runpod_spot_pod_is_recovered_on_a_new_pod() {
     let expected = reference_model(&env);
     set_resources(&env, "instance_type = \"A100-80GB\"\nspot = true");
     let gate = env.hold_at(2 * 16 + 5);
-    let run = env
-        .cmd(&["run", "--provider", "runpod", "--json", "--terminate-after"])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let job = env.wait_running_with_metrics();
-    env.wait_for(60, "epoch 2's checkpoint kept", || {
-        env.json(&["checkpoints", &job])
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|c| c["name"] == "epoch-0002.json")
-    });
+    let (run, job) = run_until_epoch_2_is_kept(&env, "runpod");
     let first = api.pods()[0].0.clone();
     assert!(api.pods()[0].3, "a spot pod");
     let rent = api

@@ -274,3 +274,24 @@ pub fn reference_model(env: &Env) -> Vec<u8> {
     assert_eq!(run["state"], "succeeded", "{run}");
     model_of(env, run["job_id"].as_str().unwrap())
 }
+
+/// `run` of the project on `provider` (followed, JSON, terminate after), once epoch 2's
+/// checkpoint is kept; the running `run` and the job.
+pub fn run_until_epoch_2_is_kept(env: &Env, provider: &str) -> (std::process::Child, String) {
+    use std::process::Stdio;
+    let run = env
+        .cmd(&["run", "--provider", provider, "--json", "--terminate-after"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let job = env.wait_running_with_metrics();
+    env.wait_for(60, "epoch 2's checkpoint kept", || {
+        env.json(&["checkpoints", &job])
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c["name"] == "epoch-0002.json")
+    });
+    (run, job)
+}

@@ -1063,6 +1063,22 @@ async fn an_unchanged_sync_with_a_cached_manifest_moves_almost_nothing() {
     assert_eq!(std::fs::read_to_string(code).unwrap(), "x = 0\n");
 }
 
+/// The password machine `sshd` as its user, with no key that works (only a password can
+/// let it in), trusting its host key on first sight (recorded under `work`).
+fn keyless_target(sshd: &Sshd, work: &Path) -> SshTarget {
+    let mut t = SshTarget::resolve(
+        "127.0.0.1",
+        sshd.user.as_deref(),
+        Some(sshd.port),
+        Some(&work.join("no-such-key")),
+        &SshConfig::default(),
+        &work.join("kh"),
+        true,
+    );
+    t.identities_only = true;
+    t
+}
+
 /// A machine reached with a password (the `password` method, then `keyboard-interactive`
 /// through PAM when the server takes passwords only that way); a wrong password is an
 /// authentication error that never quotes it.
@@ -1073,16 +1089,7 @@ async fn password_and_keyboard_interactive_logins() {
     let user = sshd.user.clone().unwrap();
     let work = trainctl::testkit::TempDir::new("trainctl-pw");
     let mk = |pw: &str| {
-        let mut t = SshTarget::resolve(
-            "127.0.0.1",
-            Some(&user),
-            Some(sshd.port),
-            Some(&work.path().join("no-such-key")),
-            &SshConfig::default(),
-            &work.path().join("kh"),
-            true,
-        );
-        t.identities_only = true;
+        let mut t = keyless_target(&sshd, work.path());
         t.password = Some(trainctl::ssh::Secret::new(pw));
         t
     };
@@ -1137,16 +1144,7 @@ async fn a_login_password_is_asked_through_the_prompt_and_kept_for_the_session()
             let _ = req.reply.send(answers.next().map(str::to_string));
         }
     });
-    let mut t = SshTarget::resolve(
-        "127.0.0.1",
-        Some(&user),
-        Some(sshd.port),
-        Some(&work.path().join("no-such-key")),
-        &SshConfig::default(),
-        &work.path().join("kh"),
-        true,
-    );
-    t.identities_only = true;
+    let mut t = keyless_target(&sshd, work.path());
     t.prompt = Some(slot);
     let r = SshRemote::connect(t.clone(), None).await.unwrap();
     assert_eq!(r.exec("id -un").await.unwrap().stdout_str().trim(), user);

@@ -13,7 +13,7 @@
 //!   known → Gone. The address may come under several names (`publicIp`, `public_ip`,
 //!   `floating_ip`, `ip`, `ipAddress`, or an OpenStack `addresses` map), as uni-trainer found.
 
-use super::gpucloud::{CloudSsh, Step, owner_tag};
+use super::gpucloud::{CloudSsh, Step};
 use super::http::{ApiClient, ApiSettings, Repeat};
 use super::{Capabilities, LaunchRequest, Launched, Listed, Observed, Plan, Provider};
 use crate::config::CanopyWaveProviderConfig;
@@ -26,7 +26,7 @@ use async_trait::async_trait;
 use serde_json::{Value, json};
 use std::path::Path;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const OPTIONS: &[&str] = &["region", "image"];
 
@@ -199,10 +199,7 @@ impl CanopyWaveProvider {
     }
 
     fn name_prefix(&self) -> Result<String> {
-        Ok(format!(
-            "tc-{}-",
-            owner_tag(&super::gpucloud::owner(&self.dir, None)?)
-        ))
+        super::gpucloud::name_prefix(&self.dir)
     }
 
     fn region_of(&self, inst: &InstanceRecord) -> Result<String> {
@@ -493,10 +490,7 @@ impl Provider for CanopyWaveProvider {
 
     async fn describe(&self, inst: &InstanceRecord) -> Result<Observed> {
         let Some(pid) = &inst.provider_id else {
-            return Ok(match self.find(&inst.id).await? {
-                Some(_) => Observed::Pending,
-                None => Observed::Gone,
-            });
+            return Ok(super::gpucloud::unanswered(self.find(&inst.id).await?));
         };
         Ok(match self.instance(inst, pid).await? {
             Some(i) => observed(i["status"].as_str().unwrap_or_default()),
@@ -505,16 +499,12 @@ impl Provider for CanopyWaveProvider {
     }
 
     async fn terminate(&self, inst: &InstanceRecord) -> Result<()> {
-        self.ssh.drop_connection(&inst.id).await;
-        let pid = match &inst.provider_id {
-            Some(p) => p.clone(),
-            None => match self.find(&inst.id).await? {
-                Some(l) => l.provider_id,
-                None => {
-                    self.ssh.forget(&inst.id).await;
-                    return Ok(());
-                }
-            },
+        let Some(pid) = self
+            .ssh
+            .provider_id_to_end(inst, self.find(&inst.id))
+            .await?
+        else {
+            return Ok(());
         };
         let project = self.project().await?.to_string();
         let region = self.region_of(inst)?;
@@ -532,27 +522,18 @@ impl Provider for CanopyWaveProvider {
             Err(e) if error_kind(&e) == Some(ErrorKind::NotFound) => {}
             Err(e) => return Err(e),
         }
-        let deadline = Instant::now() + Duration::from_secs(self.cfg.terminate_timeout_seconds);
-        let mut wait = Duration::from_millis(500);
-        loop {
-            match self.instance(inst, &pid).await? {
-                None => break,
-                Some(i) if observed(i["status"].as_str().unwrap_or_default()) == Observed::Gone => {
-                    break;
-                }
-                Some(i) => {
-                    if Instant::now() > deadline {
-                        bail!(
-                            "CanopyWave still reports {pid} as {} after {} s",
-                            i["status"].as_str().unwrap_or("?"),
-                            self.cfg.terminate_timeout_seconds
-                        );
-                    }
-                }
-            }
-            tokio::time::sleep(wait).await;
-            wait = (wait * 2).min(Duration::from_secs(5));
-        }
+        super::gpucloud::confirm_gone(
+            "CanopyWave",
+            &pid,
+            Duration::from_secs(self.cfg.terminate_timeout_seconds),
+            || async {
+                Ok(self.instance(inst, &pid).await?.and_then(|i| {
+                    let s = i["status"].as_str().unwrap_or("?").to_string();
+                    (observed(&s) != Observed::Gone).then_some(s)
+                }))
+            },
+        )
+        .await?;
         // Its password and pinned key go with it.
         self.ssh.forget(&inst.id).await;
         Ok(())
@@ -566,17 +547,7 @@ impl Provider for CanopyWaveProvider {
             .iter()
             .filter(|i| observed(i["status"].as_str().unwrap_or_default()) != Observed::Gone)
             .filter_map(|i| {
-                let id = i["name"].as_str()?.strip_prefix(&prefix)?.to_string();
-                let l = self.launched_from(i);
-                Some(Listed {
-                    id,
-                    provider_id: l.provider_id,
-                    region: l.region,
-                    instance_type: l.instance_type,
-                    spot: false,
-                    launched_ms: None,
-                    hourly: l.hourly,
-                })
+                super::gpucloud::listed(&prefix, i["name"].as_str(), self.launched_from(i))
             })
             .collect())
     }

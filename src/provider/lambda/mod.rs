@@ -145,10 +145,7 @@ impl LambdaProvider {
     }
 
     fn name_prefix(&self) -> Result<String> {
-        Ok(format!(
-            "tc-{}-",
-            owner_tag(&super::gpucloud::owner(&self.dir, None)?)
-        ))
+        super::gpucloud::name_prefix(&self.dir)
     }
 
     fn launched_from(&self, i: &Value) -> Launched {
@@ -482,10 +479,7 @@ impl Provider for LambdaProvider {
 
     async fn describe(&self, inst: &InstanceRecord) -> Result<Observed> {
         let Some(pid) = &inst.provider_id else {
-            return Ok(match self.find(&inst.id).await? {
-                Some(_) => Observed::Pending,
-                None => Observed::Gone,
-            });
+            return Ok(super::gpucloud::unanswered(self.find(&inst.id).await?));
         };
         Ok(match self.instance(pid).await? {
             Some(i) => observed(i["status"].as_str().unwrap_or_default()),
@@ -494,16 +488,12 @@ impl Provider for LambdaProvider {
     }
 
     async fn terminate(&self, inst: &InstanceRecord) -> Result<()> {
-        self.ssh.drop_connection(&inst.id).await;
-        let pid = match &inst.provider_id {
-            Some(p) => p.clone(),
-            None => match self.find(&inst.id).await? {
-                Some(l) => l.provider_id,
-                None => {
-                    self.ssh.forget(&inst.id).await;
-                    return Ok(());
-                }
-            },
+        let Some(pid) = self
+            .ssh
+            .provider_id_to_end(inst, self.find(&inst.id))
+            .await?
+        else {
+            return Ok(());
         };
         let api = self.api().await?;
         match api
@@ -519,25 +509,18 @@ impl Provider for LambdaProvider {
             Err(e) => return Err(e),
         }
         // Confirmed with Lambda before anything is forgotten.
-        let deadline = Instant::now() + Duration::from_secs(self.cfg.terminate_timeout_seconds);
-        let mut wait = Duration::from_millis(500);
-        loop {
-            match self.instance(&pid).await? {
-                None => break,
-                Some(i) if i["status"].as_str() == Some("terminated") => break,
-                Some(i) => {
-                    if Instant::now() > deadline {
-                        bail!(
-                            "Lambda still reports {pid} as {} after {} s",
-                            i["status"].as_str().unwrap_or("?"),
-                            self.cfg.terminate_timeout_seconds
-                        );
-                    }
-                }
-            }
-            tokio::time::sleep(wait).await;
-            wait = (wait * 2).min(Duration::from_secs(5));
-        }
+        super::gpucloud::confirm_gone(
+            "Lambda",
+            &pid,
+            Duration::from_secs(self.cfg.terminate_timeout_seconds),
+            || async {
+                Ok(self.instance(&pid).await?.and_then(|i| {
+                    let s = i["status"].as_str().unwrap_or("?").to_string();
+                    (s != "terminated").then_some(s)
+                }))
+            },
+        )
+        .await?;
         self.ssh.forget(&inst.id).await;
         Ok(())
     }
@@ -555,17 +538,7 @@ impl Provider for LambdaProvider {
                 )
             })
             .filter_map(|i| {
-                let id = i["name"].as_str()?.strip_prefix(&prefix)?.to_string();
-                let l = self.launched_from(i);
-                Some(Listed {
-                    id,
-                    provider_id: l.provider_id,
-                    region: l.region,
-                    instance_type: l.instance_type,
-                    spot: false,
-                    launched_ms: None,
-                    hourly: l.hourly,
-                })
+                super::gpucloud::listed(&prefix, i["name"].as_str(), self.launched_from(i))
             })
             .collect())
     }

@@ -14,7 +14,7 @@
 //!   the engine's recovery moves the job to a new pod and resumes it.
 //! - GraphQL answers errors with HTTP 200 and an `errors` list: read here into kinds.
 
-use super::gpucloud::{CloudSsh, Step, owner_tag};
+use super::gpucloud::{CloudSsh, Step};
 use super::http::{ApiClient, ApiSettings, Repeat};
 use super::{Capabilities, LaunchRequest, Launched, Listed, Observed, Plan, Provider};
 use crate::config::RunPodProviderConfig;
@@ -27,7 +27,7 @@ use async_trait::async_trait;
 use serde_json::{Value, json};
 use std::path::Path;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const CATALOG: &str = include_str!("../../../assets/catalog/runpod.csv");
 const OPTIONS: &[&str] = &["bid_usd", "image", "cloud_type"];
@@ -188,10 +188,7 @@ impl RunPodProvider {
     }
 
     fn name_prefix(&self) -> Result<String> {
-        Ok(format!(
-            "tc-{}-",
-            owner_tag(&super::gpucloud::owner(&self.dir, None)?)
-        ))
+        super::gpucloud::name_prefix(&self.dir)
     }
 
     async fn pods(&self) -> Result<Vec<Value>> {
@@ -495,10 +492,7 @@ impl Provider for RunPodProvider {
 
     async fn describe(&self, inst: &InstanceRecord) -> Result<Observed> {
         let Some(pid) = &inst.provider_id else {
-            return Ok(match self.find(&inst.id).await? {
-                Some(_) => Observed::Pending,
-                None => Observed::Gone,
-            });
+            return Ok(super::gpucloud::unanswered(self.find(&inst.id).await?));
         };
         Ok(match self.pod(pid).await? {
             Some(p) => self.observe(inst, &p),
@@ -507,16 +501,12 @@ impl Provider for RunPodProvider {
     }
 
     async fn terminate(&self, inst: &InstanceRecord) -> Result<()> {
-        self.ssh.drop_connection(&inst.id).await;
-        let pid = match &inst.provider_id {
-            Some(p) => p.clone(),
-            None => match self.find(&inst.id).await? {
-                Some(l) => l.provider_id,
-                None => {
-                    self.ssh.forget(&inst.id).await;
-                    return Ok(());
-                }
-            },
+        let Some(pid) = self
+            .ssh
+            .provider_id_to_end(inst, self.find(&inst.id))
+            .await?
+        else {
+            return Ok(());
         };
         if self.pod(&pid).await?.is_some() {
             self.gql(
@@ -526,25 +516,18 @@ impl Provider for RunPodProvider {
             )
             .await?;
         }
-        let deadline = Instant::now() + Duration::from_secs(self.cfg.terminate_timeout_seconds);
-        let mut wait = Duration::from_millis(500);
-        loop {
-            match self.pod(&pid).await? {
-                None => break,
-                Some(p) if p["desiredStatus"] == "TERMINATED" => break,
-                Some(p) => {
-                    if Instant::now() > deadline {
-                        bail!(
-                            "RunPod still reports {pid} as {} after {} s",
-                            p["desiredStatus"].as_str().unwrap_or("?"),
-                            self.cfg.terminate_timeout_seconds
-                        );
-                    }
-                }
-            }
-            tokio::time::sleep(wait).await;
-            wait = (wait * 2).min(Duration::from_secs(5));
-        }
+        super::gpucloud::confirm_gone(
+            "RunPod",
+            &pid,
+            Duration::from_secs(self.cfg.terminate_timeout_seconds),
+            || async {
+                Ok(self.pod(&pid).await?.and_then(|p| {
+                    let s = p["desiredStatus"].as_str().unwrap_or("?").to_string();
+                    (s != "TERMINATED").then_some(s)
+                }))
+            },
+        )
+        .await?;
         self.ssh.forget(&inst.id).await;
         Ok(())
     }
@@ -557,17 +540,7 @@ impl Provider for RunPodProvider {
             .iter()
             .filter(|p| p["desiredStatus"] != "TERMINATED")
             .filter_map(|p| {
-                let id = p["name"].as_str()?.strip_prefix(&prefix)?.to_string();
-                let l = self.launched_from(p);
-                Some(Listed {
-                    id,
-                    provider_id: l.provider_id,
-                    region: None,
-                    instance_type: None,
-                    spot: false,
-                    launched_ms: None,
-                    hourly: l.hourly,
-                })
+                super::gpucloud::listed(&prefix, p["name"].as_str(), self.launched_from(p))
             })
             .collect())
     }
