@@ -69,6 +69,30 @@ impl ApiClient {
         })
     }
 
+    /// The client of `provider`, its key read now from `key_env` or the credentials file.
+    pub fn for_provider(
+        provider: &'static str,
+        key_env: &str,
+        credentials_file: Option<&Path>,
+        base_url: &str,
+        min_interval_ms: u64,
+        max_attempts: u32,
+        envelope: EnvelopeReader,
+    ) -> Result<ApiClient> {
+        let key = api_key(provider, key_env, credentials_file)?;
+        ApiClient::new(
+            provider,
+            ApiSettings {
+                base_url: base_url.to_string(),
+                min_interval: Duration::from_millis(min_interval_ms),
+                max_attempts,
+                max_retry_after: Duration::from_secs(120),
+            },
+            key,
+            envelope,
+        )
+    }
+
     pub fn key(&self) -> &Secret {
         &self.key
     }

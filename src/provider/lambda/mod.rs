@@ -12,7 +12,7 @@
 //!   Lambda says the machine is terminated (or no longer knows it).
 
 use super::gpucloud::{CloudSsh, Step, owner_tag};
-use super::http::{ApiClient, ApiSettings, Repeat};
+use super::http::{ApiClient, Repeat};
 use super::{Capabilities, LaunchRequest, Launched, Listed, Observed, Plan, Provider};
 use crate::config::LambdaProviderConfig;
 use crate::model::Money;
@@ -124,20 +124,13 @@ impl LambdaProvider {
     async fn api(&self) -> Result<&ApiClient> {
         self.api
             .get_or_try_init(|| async {
-                let key = super::http::api_key(
+                ApiClient::for_provider(
                     "lambda",
                     "LAMBDA_API_KEY",
                     self.cfg.credentials_file.as_deref(),
-                )?;
-                ApiClient::new(
-                    "lambda",
-                    ApiSettings {
-                        base_url: self.cfg.api_url.clone(),
-                        min_interval: Duration::from_millis(self.cfg.request_interval_ms),
-                        max_attempts: self.cfg.api_max_attempts,
-                        max_retry_after: Duration::from_secs(120),
-                    },
-                    key,
+                    &self.cfg.api_url,
+                    self.cfg.request_interval_ms,
+                    self.cfg.api_max_attempts,
                     read_error,
                 )
             })

@@ -15,7 +15,7 @@
 //! - GraphQL answers errors with HTTP 200 and an `errors` list: read here into kinds.
 
 use super::gpucloud::{CloudSsh, Step};
-use super::http::{ApiClient, ApiSettings, Repeat};
+use super::http::{ApiClient, Repeat};
 use super::{Capabilities, LaunchRequest, Launched, Listed, Observed, Plan, Provider};
 use crate::config::RunPodProviderConfig;
 use crate::model::{InstanceState, Money};
@@ -149,20 +149,13 @@ impl RunPodProvider {
     async fn api(&self) -> Result<&ApiClient> {
         self.api
             .get_or_try_init(|| async {
-                let key = super::http::api_key(
+                ApiClient::for_provider(
                     "runpod",
                     "RUNPOD_API_KEY",
                     self.cfg.credentials_file.as_deref(),
-                )?;
-                ApiClient::new(
-                    "runpod",
-                    ApiSettings {
-                        base_url: self.cfg.api_url.clone(),
-                        min_interval: Duration::from_millis(self.cfg.request_interval_ms),
-                        max_attempts: self.cfg.api_max_attempts,
-                        max_retry_after: Duration::from_secs(120),
-                    },
-                    key,
+                    &self.cfg.api_url,
+                    self.cfg.request_interval_ms,
+                    self.cfg.api_max_attempts,
                     read_error,
                 )
             })
