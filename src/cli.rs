@@ -521,16 +521,29 @@ async fn run(cli: Cli) -> Result<i32> {
     {
         let data = cfg.data_dir();
         if *refresh {
-            let aws = crate::provider::aws::AwsProvider::new(
-                &data,
-                cfg.providers.aws.clone().unwrap_or_default(),
-                Default::default(),
-            );
-            for r in aws.refresh_catalog(region.as_deref()).await? {
-                eprintln!(
-                    "{}: {} accelerated types offered, {} priced on demand, {} spot prices ({} AWS calls)",
-                    r.region, r.types, r.on_demand, r.spot_prices, r.calls
+            // AWS when configured (or asked for by name), then every other configured
+            // provider that has a listing to read.
+            let wants = |p: &str| provider.as_deref().is_none_or(|w| w == p);
+            if wants("aws") && (cfg.providers.aws.is_some() || provider.as_deref() == Some("aws")) {
+                let aws = crate::provider::aws::AwsProvider::new(
+                    &data,
+                    cfg.providers.aws.clone().unwrap_or_default(),
+                    Default::default(),
                 );
+                for r in aws.refresh_catalog(region.as_deref()).await? {
+                    eprintln!(
+                        "{}: {} accelerated types offered, {} priced on demand, {} spot prices ({} AWS calls)",
+                        r.region, r.types, r.on_demand, r.spot_prices, r.calls
+                    );
+                }
+            }
+            for (name, p) in crate::provider::registry(&cfg, &data, Default::default()) {
+                if name == "aws" || !wants(&name) {
+                    continue;
+                }
+                if let Some(what) = p.refresh_offers().await? {
+                    eprintln!("{name}: {what}");
+                }
             }
         }
         return gpus_list(

@@ -192,6 +192,13 @@ pub trait Provider: Send + Sync {
         Vec::new()
     }
 
+    /// Read the provider's own type and price listing and keep it in the data directory,
+    /// so offline prices (`gpus`, `check`) are today's (`gpus --refresh`). Returns what was
+    /// read, for the user; None: the provider has no listing to read.
+    async fn refresh_offers(&self) -> Result<Option<String>> {
+        Ok(None)
+    }
+
     /// Create the machine whose intent row `id` is already in the store, idempotently by
     /// `id` (a launch repeated after a crash finds the first one). Returns what the
     /// provider answered at once; reaching the machine is [`Provider::reach`].
@@ -258,6 +265,28 @@ pub trait Provider: Send + Sync {
     /// local data directory (S3 for `aws` when configured).
     fn checkpoint_store(&self) -> Option<Arc<dyn crate::job::checkpoint::CheckpointStore>> {
         None
+    }
+}
+
+/// Write `text` to `<data>/catalog/<name>` whole (a temporary file renamed over it).
+pub fn keep_catalog(data_dir: &std::path::Path, name: &str, text: &str) -> Result<()> {
+    let dir = data_dir.join("catalog");
+    std::fs::create_dir_all(&dir)?;
+    let tmp = dir.join(format!("{name}.{}", std::process::id()));
+    std::fs::write(&tmp, text)?;
+    std::fs::rename(&tmp, dir.join(name))?;
+    Ok(())
+}
+
+/// The catalog `<data>/catalog/<name>` a refresh kept, else `embedded`.
+pub fn catalog_text(
+    data_dir: &std::path::Path,
+    name: &str,
+    embedded: &'static str,
+) -> std::borrow::Cow<'static, str> {
+    match std::fs::read_to_string(data_dir.join("catalog").join(name)) {
+        Ok(t) if t.lines().count() > 1 => std::borrow::Cow::Owned(t),
+        _ => std::borrow::Cow::Borrowed(embedded),
     }
 }
 

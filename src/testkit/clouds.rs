@@ -302,6 +302,8 @@ struct LambdaState {
     n: u64,
     /// What is wrong with machines booted from now on.
     broken: Option<Broken>,
+    /// Prices that moved since the shipped catalog (type -> cents per hour).
+    prices: BTreeMap<String, i64>,
 }
 
 const LAMBDA_REGIONS: &[&str] = &["us-east-1", "us-west-1", "us-south-1"];
@@ -317,6 +319,7 @@ impl LambdaApi {
             shutdown: Duration::from_millis(400),
             n: 0,
             broken: None,
+            prices: BTreeMap::new(),
         }));
         let proxy_command = state.lock().unwrap().pool.proxy_command();
         let st = state.clone();
@@ -388,6 +391,11 @@ impl LambdaApi {
     /// The HOME of the machine of `id` (its disk).
     pub fn home(&self, id: &str) -> Option<std::path::PathBuf> {
         self.state.lock().unwrap().pool.home(id)
+    }
+
+    /// Lambda charges `cents` an hour for `ty` from now on.
+    pub fn set_price(&self, ty: &str, cents: i64) {
+        self.state.lock().unwrap().prices.insert(ty.into(), cents);
     }
 
     /// What is wrong with machines booted from now on.
@@ -493,7 +501,7 @@ fn lambda_route(state: &Mutex<LambdaState>, r: &Seen) -> (u16, Value) {
                             "name": o.instance_type,
                             "description": format!("{}x {}", o.gpus, o.gpu),
                             "gpu_description": o.gpu,
-                            "price_cents_per_hour": o.hourly.0 / 10_000,
+                            "price_cents_per_hour": st.prices.get(&o.instance_type).copied().unwrap_or(o.hourly.0 / 10_000),
                             "specs": {"vcpus": o.vcpus, "memory_gib": o.memory_gib,
                                       "storage_gib": 512, "gpus": o.gpus},
                         },

@@ -456,6 +456,15 @@ fn runpod_pods_run_on_demand_priced_per_gpu() {
         text(&out)
     );
     assert_eq!(api.requests().len(), n);
+    // Its listing read and kept: every GPU of the catalog priced from RunPod.
+    let out = env.run(&["gpus", "--refresh", "--provider", "runpod"]);
+    assert!(
+        out.status.success()
+            && text(&out).contains("runpod: 20 of 20 GPUs priced from RunPod's gpuTypes"),
+        "{}",
+        text(&out)
+    );
+    assert!(env.data().join("catalog/runpod.csv").exists());
     api.sell_out("NVIDIA H100 PCIe");
     let out = env.run(&["launch", "--provider", "runpod", "--type", "H100"]);
     assert!(

@@ -43,8 +43,17 @@ pub struct Row {
 
 /// The shipped catalog, cheapest first.
 pub fn catalog() -> Vec<Row> {
-    CATALOG
-        .lines()
+    parse(CATALOG)
+}
+
+/// The catalog `gpus --refresh` kept in `data_dir`, else the shipped one.
+pub fn catalog_in(data_dir: &Path) -> Vec<Row> {
+    let rows = parse(&super::catalog_text(data_dir, "lambda.csv", CATALOG));
+    if rows.is_empty() { catalog() } else { rows }
+}
+
+fn parse(text: &str) -> Vec<Row> {
+    text.lines()
         .skip(1)
         .filter_map(|l| {
             let f: Vec<&str> = l.split(',').collect();
@@ -135,6 +144,10 @@ impl LambdaProvider {
                 )
             })
             .await
+    }
+
+    fn catalog(&self) -> Vec<Row> {
+        catalog_in(self.dir.parent().unwrap_or(&self.dir))
     }
 
     fn name_prefix(&self) -> Result<String> {
@@ -259,7 +272,7 @@ impl Provider for LambdaProvider {
         if req.spot {
             bail!("Lambda has no spot market: launch on demand (drop --spot)");
         }
-        let cat = catalog();
+        let cat = self.catalog();
         let find = |t: &str| cat.iter().find(|o| o.instance_type == t).cloned();
         let ty = match &req.instance_type {
             Some(t) => t.clone(),
@@ -362,11 +375,68 @@ impl Provider for LambdaProvider {
     }
 
     fn instance_types(&self) -> Vec<String> {
-        catalog().into_iter().map(|o| o.instance_type).collect()
+        self.catalog()
+            .into_iter()
+            .map(|o| o.instance_type)
+            .collect()
+    }
+
+    async fn refresh_offers(&self) -> Result<Option<String>> {
+        let v = self.api().await?.get("/instance-types", &[]).await?;
+        let known = self.catalog();
+        let mut rows: Vec<Row> = v["data"]
+            .as_object()
+            .into_iter()
+            .flat_map(|m| m.values())
+            .filter_map(|t| {
+                let it = &t["instance_type"];
+                let name = it["name"].as_str()?.to_string();
+                let old = known.iter().find(|o| o.instance_type == name);
+                Some(Row {
+                    gpu: old
+                        .map(|o| o.gpu.clone())
+                        .or_else(|| it["gpu_description"].as_str().map(|g| g.replace(',', " ")))?,
+                    gpus: it["specs"]["gpus"].as_u64()? as u32,
+                    gpu_memory_gib: old.map_or(0.0, |o| o.gpu_memory_gib),
+                    vcpus: it["specs"]["vcpus"].as_u64().unwrap_or(0) as u32,
+                    memory_gib: it["specs"]["memory_gib"].as_f64().unwrap_or(0.0),
+                    hourly: Money(it["price_cents_per_hour"].as_i64()? * 10_000),
+                    instance_type: name,
+                })
+            })
+            .collect();
+        if rows.is_empty() {
+            bail!("Lambda's /instance-types listed nothing");
+        }
+        rows.sort_by_key(|r| (r.hourly, r.instance_type.clone()));
+        let mut text = String::from(
+            "instance_type,accelerator_name,accelerator_count,gpu_memory_gib,vcpus,memory_gib,price\n",
+        );
+        for r in &rows {
+            text.push_str(&format!(
+                "{},{},{},{},{},{},{}\n",
+                r.instance_type,
+                r.gpu,
+                r.gpus,
+                r.gpu_memory_gib,
+                r.vcpus,
+                r.memory_gib,
+                r.hourly.to_string().trim_start_matches('$')
+            ));
+        }
+        super::keep_catalog(
+            self.dir.parent().context("data directory")?,
+            "lambda.csv",
+            &text,
+        )?;
+        Ok(Some(format!(
+            "{} types priced from Lambda's /instance-types",
+            rows.len()
+        )))
     }
 
     fn offers(&self) -> Vec<super::Offer> {
-        catalog()
+        self.catalog()
             .into_iter()
             .map(|o| super::Offer {
                 provider: "lambda".into(),

@@ -45,8 +45,17 @@ pub struct Gpu {
 }
 
 pub fn catalog() -> Vec<Gpu> {
-    CATALOG
-        .lines()
+    parse(CATALOG)
+}
+
+/// The catalog `gpus --refresh` kept in `data_dir`, else the shipped one.
+pub fn catalog_in(data_dir: &Path) -> Vec<Gpu> {
+    let rows = parse(&super::catalog_text(data_dir, "runpod.csv", CATALOG));
+    if rows.is_empty() { catalog() } else { rows }
+}
+
+fn parse(text: &str) -> Vec<Gpu> {
+    text.lines()
         .skip(1)
         .filter_map(|l| {
             let f: Vec<&str> = l.split(',').collect();
@@ -180,6 +189,22 @@ impl RunPodProvider {
         Ok(v["data"].clone())
     }
 
+    fn catalog(&self) -> Vec<Gpu> {
+        catalog_in(self.dir.parent().unwrap_or(&self.dir))
+    }
+
+    /// RunPod's GPU listing with today's prices.
+    async fn gpu_types(&self) -> Result<Value> {
+        let d = self
+            .gql(
+                "query GpuTypes { gpuTypes { id displayName memoryInGb securePrice communityPrice secureSpotPrice communitySpotPrice } }",
+                json!({}),
+                Repeat::Safe,
+            )
+            .await?;
+        Ok(d["gpuTypes"].clone())
+    }
+
     fn name_prefix(&self) -> Result<String> {
         super::gpucloud::name_prefix(&self.dir)
     }
@@ -265,7 +290,7 @@ impl Provider for RunPodProvider {
 
     fn check(&self, req: &LaunchRequest) -> Result<Plan> {
         req.only_options("runpod", OPTIONS)?;
-        let cat = catalog();
+        let cat = self.catalog();
         let find = |t: &str| cat.iter().find(|g| g.name.eq_ignore_ascii_case(t)).cloned();
         let ty = match &req.instance_type {
             Some(t) => t.clone(),
@@ -323,18 +348,13 @@ impl Provider for RunPodProvider {
 
     async fn plan(&self, req: &LaunchRequest) -> Result<Plan> {
         let mut plan = self.check(req)?;
-        let gpu = catalog()
+        let gpu = self
+            .catalog()
             .into_iter()
             .find(|g| g.name == plan.instance_type)
             .context("catalog")?;
-        let d = self
-            .gql(
-                "query GpuTypes { gpuTypes { id displayName memoryInGb securePrice communityPrice secureSpotPrice communitySpotPrice } }",
-                json!({}),
-                Repeat::Safe,
-            )
-            .await?;
-        let Some(t) = d["gpuTypes"]
+        let d = self.gpu_types().await?;
+        let Some(t) = d
             .as_array()
             .into_iter()
             .flatten()
@@ -359,12 +379,65 @@ impl Provider for RunPodProvider {
     }
 
     fn instance_types(&self) -> Vec<String> {
-        catalog().into_iter().map(|g| g.name).collect()
+        self.catalog().into_iter().map(|g| g.name).collect()
+    }
+
+    async fn refresh_offers(&self) -> Result<Option<String>> {
+        let d = self.gpu_types().await?;
+        let listed = d.as_array().cloned().unwrap_or_default();
+        let mut rows = self.catalog();
+        let mut priced = 0;
+        for g in rows.iter_mut() {
+            let Some(t) = listed
+                .iter()
+                .find(|t| t["id"].as_str() == Some(&g.gpu_type_id))
+            else {
+                continue;
+            };
+            if let Some(p) = t["securePrice"].as_f64().filter(|p| *p > 0.0) {
+                g.price = Money::from_dollars_f64(p);
+                priced += 1;
+            }
+            g.spot_price = t["secureSpotPrice"]
+                .as_f64()
+                .filter(|p| *p > 0.0)
+                .map(Money::from_dollars_f64);
+            if let Some(m) = t["memoryInGb"].as_f64() {
+                g.memory_gib = m;
+            }
+        }
+        rows.sort_by_key(|g| (g.price, g.name.clone()));
+        let usd = |m: Money| m.to_string().trim_start_matches('$').to_string();
+        let mut text = String::from(
+            "gpu,gpu_type_id,gpu_memory_gib,vcpus_per_gpu,price_per_gpu,spot_price_per_gpu,max_gpus\n",
+        );
+        for g in &rows {
+            text.push_str(&format!(
+                "{},{},{},{},{},{},{}\n",
+                g.name,
+                g.gpu_type_id,
+                g.memory_gib,
+                g.vcpus_per_gpu,
+                usd(g.price),
+                g.spot_price.map(usd).unwrap_or_default(),
+                g.max_gpus
+            ));
+        }
+        super::keep_catalog(
+            self.dir.parent().context("data directory")?,
+            "runpod.csv",
+            &text,
+        )?;
+        Ok(Some(format!(
+            "{priced} of {} GPUs priced from RunPod's gpuTypes ({} types listed)",
+            rows.len(),
+            listed.len()
+        )))
     }
 
     fn offers(&self) -> Vec<super::Offer> {
         let mut out = Vec::new();
-        for g in catalog() {
+        for g in self.catalog() {
             for n in [1u32, 2, 4, 8].into_iter().filter(|n| *n <= g.max_gpus) {
                 out.push(super::Offer {
                     provider: "runpod".into(),
@@ -387,7 +460,8 @@ impl Provider for RunPodProvider {
         if let Some(l) = self.find(id).await? {
             return Ok(l);
         }
-        let gpu = catalog()
+        let gpu = self
+            .catalog()
             .into_iter()
             .find(|g| g.name == plan.instance_type)
             .context("catalog")?;
