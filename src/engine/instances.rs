@@ -49,7 +49,7 @@ impl Engine {
                     );
                     tracing::warn!("{msg}");
                     self.store()
-                        .add_event("launch_failover", None, None, &msg)?;
+                        .add_event("launch.failover", None, None, &msg)?;
                 }
                 Err(e) => return Err(e),
             }

@@ -251,7 +251,7 @@ fn no_capacity_on_lambda_moves_to_the_next_offer_on_another_provider() {
         .as_array()
         .unwrap()
         .iter()
-        .filter(|e| e["kind"] == "launch_failover")
+        .filter(|e| e["kind"] == "launch.failover")
         .collect();
     assert_eq!(failovers.len(), 2, "{events}");
     assert!(
