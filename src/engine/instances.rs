@@ -24,7 +24,7 @@ impl Engine {
     /// moves on to the next, each an event; any other error ends it. Entries without a
     /// provider stay the provider's own alternatives (it tries them itself).
     pub async fn launch_any(&self, provider: &str, req: &LaunchRequest) -> Result<InstanceRecord> {
-        let offers = self.offers_of(provider, req);
+        let offers = self.offers_of(provider, req)?;
         if offers.len() <= 1 {
             return self.launch(provider, req).await;
         }
@@ -59,7 +59,11 @@ impl Engine {
 
     /// The offers of a request, in order: (provider, request for that offer). Entries of
     /// the request's own provider before the next foreign one ride along as alternatives.
-    fn offers_of(&self, provider: &str, req: &LaunchRequest) -> Vec<(String, LaunchRequest)> {
+    fn offers_of(
+        &self,
+        provider: &str,
+        req: &LaunchRequest,
+    ) -> Result<Vec<(String, LaunchRequest)>> {
         let mut out: Vec<(String, LaunchRequest)> = vec![(
             provider.to_string(),
             LaunchRequest {
@@ -70,6 +74,9 @@ impl Engine {
         for a in &req.any_of {
             let (p, ty) = match a.split_once(':') {
                 Some((p, t)) if self.provider(p).is_ok() => (p.to_string(), t.to_string()),
+                Some((p, _)) if crate::provider::NAMES.contains(&p) => bail!(
+                    "any_of names `{a}`, but the {p} provider is not configured (add [providers.{p}] to the user config)"
+                ),
                 _ => (provider.to_string(), a.clone()),
             };
             let last = out.last_mut().expect("one offer at least");
@@ -93,7 +100,7 @@ impl Engine {
                 },
             ));
         }
-        out
+        Ok(out)
     }
 
     /// [`Engine::launch`] with the id chosen by the caller (a recovery records it first).

@@ -290,8 +290,11 @@ pub fn catalog_text(
     }
 }
 
+/// Every provider trainctl has, configured or not.
+pub const NAMES: &[&str] = &["local", "ssh", "aws", "lambda", "canopywave", "runpod"];
+
 /// Every provider the config enables, by name: a new provider is one folder under
-/// `provider/` and one line here.
+/// `provider/`, its lines here and its name in [`NAMES`].
 pub fn registry(
     cfg: &crate::config::UserConfig,
     data_dir: &std::path::Path,

@@ -575,3 +575,25 @@ fn gpus_lists_every_configured_providers_offers_cheapest_first_offline() {
     // Offline: no API was asked.
     assert!(api.requests().is_empty());
 }
+
+#[test]
+fn an_offer_on_a_provider_not_configured_is_refused_before_any_launch() {
+    let api = LambdaApi::start(LAMBDA_KEY);
+    let env = lambda_env(&api, LAMBDA_KEY);
+    let out = env.run(&[
+        "launch",
+        "--provider",
+        "lambda",
+        "--type",
+        "gpu_1x_a10",
+        "--any-of",
+        "runpod:A100-80GB",
+    ]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out).contains("the runpod provider is not configured"),
+        "{}",
+        text(&out)
+    );
+    assert!(api.requests().is_empty());
+}

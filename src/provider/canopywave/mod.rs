@@ -238,7 +238,7 @@ impl CanopyWaveProvider {
             hourly: flavor
                 .as_deref()
                 .and_then(|f| self.cfg.flavors.get(f))
-                .and_then(|d| Money::from_dollars_str(&d.to_string())),
+                .map(|d| Money::from_dollars_f64(*d)),
             instance_type: flavor,
             ..Default::default()
         }
@@ -298,8 +298,12 @@ impl Provider for CanopyWaveProvider {
         let Some(price) = self.cfg.flavors.get(&ty) else {
             bail!("unknown CanopyWave flavor `{ty}` (known: {})", known());
         };
-        let hourly = Money::from_dollars_str(&price.to_string())
-            .with_context(|| format!("the price of {ty} ({price}) is not a dollar amount"))?;
+        if !price.is_finite() || *price < 0.0 {
+            bail!(
+                "the price of {ty} ({price}) in [providers.canopywave] flavors is not a dollar amount"
+            );
+        }
+        let hourly = Money::from_dollars_f64(*price);
         let region = req
             .options
             .get("region")
@@ -340,24 +344,22 @@ impl Provider for CanopyWaveProvider {
         self.cfg
             .flavors
             .iter()
-            .filter_map(|(f, usd)| {
-                Some(super::Offer {
-                    provider: "canopywave".into(),
-                    instance_type: f.clone(),
-                    region: self
-                        .cfg
-                        .regions
-                        .first()
-                        .cloned()
-                        .unwrap_or_else(|| "*".into()),
-                    accelerator: f.clone(),
-                    gpus: gpus_of(f) as f64,
-                    gpu_memory_gib: None,
-                    vcpus: 0,
-                    memory_gib: 0.0,
-                    on_demand_micros: Some(Money::from_dollars_str(&usd.to_string())?.micros()),
-                    spot_micros: None,
-                })
+            .map(|(f, usd)| super::Offer {
+                provider: "canopywave".into(),
+                instance_type: f.clone(),
+                region: self
+                    .cfg
+                    .regions
+                    .first()
+                    .cloned()
+                    .unwrap_or_else(|| "*".into()),
+                accelerator: f.clone(),
+                gpus: gpus_of(f) as f64,
+                gpu_memory_gib: None,
+                vcpus: 0,
+                memory_gib: 0.0,
+                on_demand_micros: Some(Money::from_dollars_f64(*usd).micros()),
+                spot_micros: None,
             })
             .collect()
     }
@@ -417,7 +419,7 @@ impl Provider for CanopyWaveProvider {
                 .cfg
                 .flavors
                 .get(flavor)
-                .and_then(|p| Money::from_dollars_str(&p.to_string()));
+                .map(|p| Money::from_dollars_f64(*p));
             return Ok(Launched {
                 provider_id: pid.to_string(),
                 region: Some(region.clone()),

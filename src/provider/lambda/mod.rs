@@ -519,6 +519,9 @@ impl Provider for LambdaProvider {
                             host: ip.to_string(),
                             port,
                         },
+                        _ if status == "terminating" => {
+                            Step::Ended("Lambda is terminating it".into())
+                        }
                         (Observed::Running | Observed::Pending, _) => {
                             Step::Wait(format!("Lambda to report it active (now {status})"))
                         }

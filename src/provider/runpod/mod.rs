@@ -320,7 +320,7 @@ impl Provider for RunPodProvider {
             match req.money_option("bid_usd")? {
                 Some(b) => b,
                 None => match self.cfg.bid_usd {
-                    Some(b) => Money::from_dollars_str(&b.to_string()).context("bid_usd")?,
+                    Some(b) => Money::from_dollars_f64(b),
                     None => gpu.spot_price.with_context(|| {
                         format!("RunPod's catalog has no spot price for {}: give a bid (-o bid_usd=...)", gpu.name)
                     })?,
