@@ -289,8 +289,11 @@ impl MetricsView {
 /// Checks a launch request (provider, request) and prices it, with no side effect.
 pub type Validator = Arc<dyn Fn(&str, &LaunchRequest) -> Result<Plan, String> + Send + Sync>;
 
+/// The launch form's provider that means "the cheapest offer of any provider".
+pub const CHEAPEST: &str = "cheapest";
+
 pub const FORM_FIELDS: [&str; 5] = [
-    "provider",
+    "provider (or cheapest)",
     "instance type",
     "spot (yes/no)",
     "max $/h",
@@ -306,6 +309,9 @@ pub struct LaunchForm {
     pub plan: Option<Plan>,
     /// Completions for the instance type field.
     pub completions: Vec<String>,
+    /// With provider `cheapest`: the offers that fit, cheapest first (provider, type,
+    /// hourly); the first is launched, the others tried in order when it has no capacity.
+    pub cheapest: Vec<(String, String, Money)>,
 }
 
 impl std::fmt::Debug for LaunchForm {
@@ -332,6 +338,7 @@ impl LaunchForm {
             fields,
             focus: 0,
             errors: vec![None; FORM_FIELDS.len()],
+            cheapest: Vec::new(),
             plan: None,
             completions: Vec::new(),
         }
@@ -413,6 +420,8 @@ pub struct App {
     pub project: Option<String>,
     pub providers: Vec<String>,
     pub catalog: Vec<(String, Vec<String>)>,
+    /// Every provider's priced offers (for `cheapest` in the launch form).
+    pub offers: Vec<crate::provider::Offer>,
     pub default_provider: String,
     pub validator: Validator,
     /// Rows per page of the current list (set when drawing).
@@ -466,6 +475,7 @@ impl App {
             project: None,
             providers: vec!["local".into()],
             catalog: vec![("local".into(), vec!["local".into()])],
+            offers: Vec::new(),
             default_provider: "local".into(),
             validator,
             page: 10,
@@ -1347,10 +1357,14 @@ impl App {
         let v = f.values();
         f.errors = vec![None; FORM_FIELDS.len()];
         f.plan = None;
+        f.cheapest.clear();
+        if v[0] == CHEAPEST {
+            return self.validate_cheapest(f, &v);
+        }
         let provider_ok = self.providers.contains(&v[0]);
         if !provider_ok {
             f.errors[0] = Some(format!(
-                "unknown provider (known: {})",
+                "unknown provider (known: {}, or {CHEAPEST})",
                 self.providers.join(", ")
             ));
         }
@@ -1412,6 +1426,87 @@ impl App {
         }
     }
 
+    /// Provider `cheapest`: the instance type field filters offers of every provider by
+    /// GPU or type name (`H100`, `a100`); those that pass their provider's check and the
+    /// max price are kept, cheapest first (spot prices when spot is asked).
+    fn validate_cheapest(&self, f: &mut LaunchForm, v: &[String]) {
+        let spot = matches!(v[2].to_lowercase().as_str(), "yes" | "y" | "true" | "spot");
+        let max = Money::from_dollars_str(&v[3]).filter(|m| m.0 > 0);
+        if !v[3].is_empty() && max.is_none() {
+            f.errors[3] = Some("a dollar amount, e.g. 2.50".into());
+            return;
+        }
+        let want = v[1].to_lowercase();
+        // Each (provider, type) once, priced by its provider's own check (its region, its
+        // market): the catalog rows only say which offers exist.
+        let mut seen: Vec<(&str, &str)> = Vec::new();
+        let mut fits: Vec<(String, String, Plan)> = Vec::new();
+        for o in &self.offers {
+            let name_fits = o.accelerator.to_lowercase().contains(&want)
+                || o.instance_type.to_lowercase().contains(&want);
+            let market = if spot {
+                o.spot_micros
+            } else {
+                o.on_demand_micros
+            };
+            if !name_fits || market.is_none() || o.gpus < 1.0 {
+                continue;
+            }
+            if seen.contains(&(o.provider.as_str(), o.instance_type.as_str())) {
+                continue;
+            }
+            seen.push((&o.provider, &o.instance_type));
+            let req = LaunchRequest {
+                instance_type: Some(o.instance_type.clone()),
+                ..self.form_request(v, spot)
+            };
+            // Only offers their provider would take (a bid it needs, a type it knows).
+            if let Ok(plan) = (self.validator)(&o.provider, &req)
+                && max.is_none_or(|m| plan.hourly <= m)
+            {
+                fits.push((o.provider.clone(), o.instance_type.clone(), plan));
+            }
+        }
+        fits.sort_by_key(|(p, t, plan)| (plan.hourly, p.clone(), t.clone()));
+        fits.truncate(8);
+        let first_plan = fits.first().map(|(_, _, plan)| plan.clone());
+        f.cheapest = fits
+            .into_iter()
+            .map(|(p, t, plan)| (p, t, plan.hourly))
+            .collect();
+        f.completions.clear();
+        match first_plan {
+            Some(plan) => f.plan = Some(plan),
+            None => {
+                f.errors[1] = Some(format!(
+                    "no {}offer fits `{}`{}",
+                    if spot { "spot " } else { "" },
+                    v[1],
+                    if max.is_some() { " under your max" } else { "" }
+                ))
+            }
+        }
+    }
+
+    /// The launch of the form's values: for `cheapest`, its first offer with the others as
+    /// `PROVIDER:TYPE` alternatives.
+    fn form_launch(&self, f: &LaunchForm) -> (String, LaunchRequest) {
+        let v = f.values();
+        let spot = matches!(v[2].to_lowercase().as_str(), "yes" | "y" | "true" | "spot");
+        let req = self.form_request(&v, spot);
+        match f.cheapest.split_first() {
+            Some(((p, t, _), rest)) if v[0] == CHEAPEST => (
+                p.clone(),
+                LaunchRequest {
+                    instance_type: Some(t.clone()),
+                    any_of: rest.iter().map(|(p, t, _)| format!("{p}:{t}")).collect(),
+                    ..req
+                },
+            ),
+            _ => (v[0].clone(), req),
+        }
+    }
+
     fn form_request(&self, v: &[String], spot: bool) -> LaunchRequest {
         LaunchRequest {
             name: (!v[4].is_empty()).then(|| v[4].clone()),
@@ -1430,15 +1525,9 @@ impl App {
             KeyCode::Enter => {
                 self.validate_form(&mut f);
                 if f.plan.is_some() {
-                    let v = f.values();
-                    let spot =
-                        matches!(v[2].to_lowercase().as_str(), "yes" | "y" | "true" | "spot");
-                    let req = self.form_request(&v, spot);
-                    self.say(format!("launching on {}…", v[0]), false);
-                    return vec![Command::Launch {
-                        provider: v[0].clone(),
-                        req,
-                    }];
+                    let (provider, req) = self.form_launch(&f);
+                    self.say(format!("launching on {provider}…"), false);
+                    return vec![Command::Launch { provider, req }];
                 }
                 self.say("fix the fields marked in red first", true);
             }

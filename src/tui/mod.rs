@@ -51,6 +51,12 @@ pub fn new_app(
                 .map(|pr| (p.clone(), pr.instance_types()))
         })
         .collect();
+    a.offers = a
+        .providers
+        .iter()
+        .filter_map(|p| engine.provider(p).ok())
+        .flat_map(|pr| pr.offers())
+        .collect();
     a.default_provider = cfg.default_provider.clone();
     a.project = project;
     Ok(a)

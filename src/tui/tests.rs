@@ -714,3 +714,79 @@ fn a_metrics_load_in_several_batches_is_never_started_twice() {
     });
     assert!(again(&mut app));
 }
+
+#[test]
+fn cheapest_launches_the_cheapest_fitting_offer_of_any_provider_with_the_rest_as_fallbacks() {
+    use crate::provider::Provider;
+    let dir = std::path::Path::new("/nonexistent");
+    let lambda = Arc::new(crate::provider::lambda::LambdaProvider::new(
+        dir,
+        Default::default(),
+        Default::default(),
+    ));
+    let runpod = Arc::new(crate::provider::runpod::RunPodProvider::new(
+        dir,
+        Default::default(),
+        Default::default(),
+    ));
+    let (l2, r2) = (lambda.clone(), runpod.clone());
+    let theme = Theme::new(ColorMode::Palette256, &Default::default()).unwrap();
+    let mut app = App::new(
+        Keymap::default(),
+        theme,
+        false,
+        1000,
+        Arc::new(move |p: &str, req: &crate::provider::LaunchRequest| {
+            match p {
+                "lambda" => l2.check(req),
+                "runpod" => r2.check(req),
+                _ => Err(anyhow::anyhow!("unknown provider {p}")),
+            }
+            .map_err(|e| e.to_string())
+        }),
+    );
+    app.providers = vec!["lambda".into(), "runpod".into()];
+    app.offers = lambda.offers().into_iter().chain(runpod.offers()).collect();
+    key(&mut app, KeyCode::Char('L'));
+    for _ in 0..5 {
+        key(&mut app, KeyCode::Backspace);
+    }
+    typed(&mut app, "cheapest");
+    key(&mut app, KeyCode::Down);
+    for _ in 0..5 {
+        key(&mut app, KeyCode::Backspace);
+    }
+    typed(&mut app, "h100");
+    let Mode::Launch(f) = &app.mode else { panic!() };
+    assert!(f.errors.iter().all(Option::is_none), "{f:?}");
+    let order: Vec<String> = f
+        .cheapest
+        .iter()
+        .map(|(p, t, _)| format!("{p}:{t}"))
+        .collect();
+    assert_eq!(order[0], "runpod:H100", "{order:?}");
+    assert!(f.cheapest.windows(2).all(|w| w[0].2 <= w[1].2), "{order:?}");
+    assert!(
+        order.contains(&"lambda:gpu_1x_h100_pcie".to_string()),
+        "{order:?}"
+    );
+    let s = screen(&mut app, 80, 24);
+    assert!(s.contains("→ runpod:H100 on-demand at $2.39/h"), "{s}");
+    // A max price keeps only what fits under it.
+    key(&mut app, KeyCode::Down);
+    key(&mut app, KeyCode::Down);
+    typed(&mut app, "2.80");
+    let Mode::Launch(f) = &app.mode else { panic!() };
+    assert!(
+        f.cheapest.iter().all(|(_, _, m)| m.0 <= 2_800_000),
+        "{:?}",
+        f.cheapest
+    );
+    let cmds = key(&mut app, KeyCode::Enter);
+    let [Command::Launch { provider, req }] = &cmds[..] else {
+        panic!("{cmds:?}")
+    };
+    assert_eq!(provider, "runpod");
+    assert_eq!(req.instance_type.as_deref(), Some("H100"));
+    assert_eq!(req.any_of, vec!["runpod:H100-NVL".to_string()]);
+}

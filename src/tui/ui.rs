@@ -931,6 +931,34 @@ fn draw_launch(f: &mut Frame, app: &App, form: &LaunchForm, area: Rect) {
         f.render_widget(&ta, rows[i]);
     }
     let footer = match &form.plan {
+        Some(p) if !form.cheapest.is_empty() => {
+            let (first, rest) = form.cheapest.split_first().expect("not empty");
+            let then: Vec<String> = rest
+                .iter()
+                .take(2)
+                .map(|(p, ty, m)| format!("{p}:{ty} {m}"))
+                .collect();
+            Line::from(vec![
+                Span::styled(
+                    format!(
+                        "→ {}:{} {} at {}/h",
+                        first.0,
+                        first.1,
+                        if p.spot { "spot" } else { "on-demand" },
+                        first.2
+                    ),
+                    t.ok(),
+                ),
+                Span::styled(
+                    if then.is_empty() {
+                        String::new()
+                    } else {
+                        format!(", then {}", then.join(", "))
+                    },
+                    t.dim(),
+                ),
+            ])
+        }
         Some(p) => Line::from(vec![
             Span::styled(
                 format!(
