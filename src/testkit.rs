@@ -51,7 +51,7 @@ pub struct TestUser {
 }
 
 impl TestUser {
-    pub fn new() -> TestUser {
+    pub fn create() -> TestUser {
         let mut seed = Vec::new();
         seed.extend_from_slice(&crate::model::now_ms().to_le_bytes());
         seed.extend_from_slice(&std::process::id().to_le_bytes());
@@ -85,16 +85,48 @@ impl TestUser {
     }
 }
 
-impl Default for TestUser {
-    fn default() -> Self {
-        TestUser::new()
+/// SIGKILL every process running as user `name`.
+fn kill_processes_of(name: &str) {
+    let Ok(cname) = std::ffi::CString::new(name) else {
+        return;
+    };
+    // SAFETY: getpwnam with a NUL-terminated name; the record is read at once.
+    let uid = unsafe {
+        let pw = libc::getpwnam(cname.as_ptr());
+        if pw.is_null() {
+            return;
+        }
+        (*pw).pw_uid
+    };
+    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+            continue;
+        };
+        let Ok(status) = std::fs::read_to_string(e.path().join("status")) else {
+            continue;
+        };
+        let real = status
+            .lines()
+            .find_map(|l| l.strip_prefix("Uid:"))
+            .and_then(|l| l.split_whitespace().next())
+            .and_then(|u| u.parse::<u32>().ok());
+        if real == Some(uid) {
+            // SAFETY: kill(2) on a pid read from /proc; no memory is touched.
+            unsafe {
+                libc::kill(pid, libc::SIGKILL);
+            }
+        }
     }
 }
 
 impl Drop for TestUser {
     fn drop(&mut self) {
+        // userdel refuses a user whose processes still run (a job the test left behind).
+        kill_processes_of(&self.name);
         for _ in 0..20 {
+            // -f: a session process that is not reaped yet still counts as "in use".
             let ok = Command::new("userdel")
+                .arg("-f")
                 .arg(&self.name)
                 .stderr(Stdio::null())
                 .status()
@@ -142,7 +174,7 @@ impl Sshd {
     /// `<home>/.ssh/authorized_keys` accepted, so a key installed after a password login
     /// works. Set the password with [`Sshd::set_password`].
     pub fn start_password_machine() -> Sshd {
-        let user = TestUser::new();
+        let user = TestUser::create();
         let mut s = Sshd::start_with(None, None, true, Some(user.name.clone()));
         s.owned_user = Some(user);
         s

@@ -756,23 +756,38 @@ async fn password_login(
     user: &str,
     pw: &crate::ssh::Secret,
 ) -> Result<bool> {
-    if handle
-        .authenticate_password(user, pw.expose())
-        .await?
-        .success()
-    {
-        return Ok(true);
+    use russh::MethodKind;
+    use russh::client::AuthResult;
+    match handle.authenticate_password(user, pw.expose()).await? {
+        AuthResult::Success => return Ok(true),
+        // The server takes passwords and this one is wrong: keyboard-interactive would
+        // check the same password again (and spend another of the server's tries).
+        AuthResult::Failure {
+            remaining_methods, ..
+        } if remaining_methods.contains(&MethodKind::Password)
+            || !remaining_methods.contains(&MethodKind::KeyboardInteractive) =>
+        {
+            return Ok(false);
+        }
+        AuthResult::Failure { .. } => {}
     }
     use client::KeyboardInteractiveAuthResponse as K;
     let mut answer = handle
         .authenticate_keyboard_interactive_start(user, None)
         .await?;
+    let mut answered = false;
     // A server asks a few rounds at most (the password, then perhaps nothing more).
     for _ in 0..4 {
         match answer {
             K::Success => return Ok(true),
             K::Failure { .. } => return Ok(false),
             K::InfoRequest { prompts, .. } => {
+                let hidden = prompts.iter().any(|p| !p.echo);
+                // Asked for a password again after it was given: it was wrong.
+                if hidden && answered {
+                    return Ok(false);
+                }
+                answered |= hidden;
                 let replies = prompts
                     .iter()
                     .map(|p| {

@@ -247,6 +247,11 @@ impl MachinePool {
         sshd.reload();
     }
 
+    /// Every machine stops (the server is going away).
+    fn shut_down(&mut self) {
+        self.sshds.clear();
+    }
+
     /// The machine is gone (its sshd stops; its address answers nothing).
     fn kill(&mut self, id: &str) {
         self.sshds.remove(id);
@@ -410,6 +415,17 @@ impl LambdaApi {
             m.status = "preempted".into();
         }
         st.pool.kill(id);
+    }
+}
+
+impl Drop for LambdaApi {
+    /// The server's thread keeps its state: the machines are stopped here.
+    fn drop(&mut self) {
+        self.state
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .pool
+            .shut_down();
     }
 }
 
@@ -676,7 +692,8 @@ pub struct CanopyWaveApi {
 struct CanopyState {
     machines: Vec<CanopyMachine>,
     pool: MachinePool,
-    user: TestUser,
+    /// The machines' login user (taken and removed when the server is dropped).
+    user: Option<TestUser>,
     flavors: Vec<String>,
     /// Flavors without capacity now.
     sold_out: Vec<String>,
@@ -700,7 +717,7 @@ impl CanopyWaveApi {
         let state = Arc::new(Mutex::new(CanopyState {
             machines: Vec::new(),
             pool: MachinePool::new(),
-            user: TestUser::new(),
+            user: Some(TestUser::create()),
             flavors: flavors.iter().map(|f| f.to_string()).collect(),
             sold_out: Vec::new(),
             ip_field: ip_field.to_string(),
@@ -727,13 +744,21 @@ impl CanopyWaveApi {
 
     /// The machines' login user.
     pub fn user(&self) -> String {
-        self.state.lock().unwrap().user.name.clone()
+        self.state
+            .lock()
+            .unwrap()
+            .user
+            .as_ref()
+            .map(|u| u.name.clone())
+            .unwrap_or_default()
     }
 
     /// Change the machines' password (the user changed it, or the image did): a login
     /// must then use the key trainctl installed.
     pub fn change_password(&self, pw: &str) {
-        self.state.lock().unwrap().user.set_password(pw);
+        if let Some(u) = &self.state.lock().unwrap().user {
+            u.set_password(pw);
+        }
     }
 
     pub fn sell_out(&self, flavor: &str) {
@@ -762,6 +787,15 @@ impl CanopyWaveApi {
     }
 }
 
+impl Drop for CanopyWaveApi {
+    /// The machines stop and their login user is removed.
+    fn drop(&mut self) {
+        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        st.pool.shut_down();
+        st.user.take();
+    }
+}
+
 const CANOPY_BOOT: Duration = Duration::from_millis(700);
 const CANOPY_IP_LATE: Duration = Duration::from_millis(300);
 const CANOPY_SHUTDOWN: Duration = Duration::from_millis(400);
@@ -779,6 +813,9 @@ fn canopy_advance(st: &mut CanopyState) {
     }
     for (id, pw) in booted {
         let CanopyState { pool, user, .. } = st;
+        let Some(user) = user.as_ref() else {
+            continue;
+        };
         let ip = pool.boot(&id, &[], Some((user, &pw)));
         if let Some(c) = st.machines.iter_mut().find(|c| c.m.id == id) {
             c.m.ip = Some(ip);
@@ -943,6 +980,16 @@ struct Pod {
     public_key: String,
     last_change: String,
     port: u16,
+}
+
+impl Drop for RunPodApi {
+    fn drop(&mut self) {
+        self.state
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .pool
+            .shut_down();
+    }
 }
 
 const RUNPOD_BOOT: Duration = Duration::from_millis(600);
