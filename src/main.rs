@@ -8,7 +8,11 @@ fn main() {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("TRAINCTL_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+                // Warnings, and what a launch on a GPU cloud waits for (a machine can
+                // take minutes to boot: the user sees why nothing happens).
+                .unwrap_or_else(|_| {
+                    tracing_subscriber::EnvFilter::new("warn,trainctl::provider::gpucloud=info")
+                }),
         )
         // Colour only on a terminal, and never under NO_COLOR.
         .with_ansi(

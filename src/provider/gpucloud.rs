@@ -234,6 +234,7 @@ impl CloudSsh {
         let started = Instant::now();
         let mut wait = Duration::from_secs(1);
         let mut waiting_for;
+        let mut said = String::new();
         loop {
             waiting_for = match poll().await? {
                 Step::Ended(why) => bail!("{id} ended before it could be reached: {why}"),
@@ -266,7 +267,12 @@ impl CloudSsh {
                     limit.as_secs()
                 );
             }
-            tracing::info!("{id}: waiting for {waiting_for}");
+            // Said when what is awaited changes (shown headless too: main's filter lets
+            // this module's info through), not at every poll.
+            if waiting_for != said {
+                tracing::info!("{id}: waiting for {waiting_for}");
+                said = waiting_for.clone();
+            }
             tokio::time::sleep(wait).await;
             wait = (wait * 2).min(Duration::from_secs(10));
         }

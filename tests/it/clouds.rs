@@ -307,6 +307,16 @@ fn a_launch_that_never_lets_trainctl_in_terminates_the_machine() {
     let out = env.run(&["launch", "--provider", "lambda", "--type", "gpu_1x_a10"]);
     assert!(!out.status.success());
     let t = text(&out);
+    // What it waited for was said while it waited (when it changed, not at every poll).
+    assert!(
+        t.contains("waiting for Lambda to report it active (now booting)"),
+        "{t}"
+    );
+    let said = t
+        .lines()
+        .filter(|l| l.contains("INFO") && l.contains("waiting for a login"))
+        .count();
+    assert!((1..=3).contains(&said), "{t}");
     assert!(
         t.contains("not reachable")
             && t.contains("the machine was terminated")
