@@ -11,7 +11,9 @@ fn main() {
                 // Warnings, and what a launch on a GPU cloud waits for (a machine can
                 // take minutes to boot: the user sees why nothing happens).
                 .unwrap_or_else(|_| {
-                    tracing_subscriber::EnvFilter::new("warn,trainctl::provider::gpucloud=info")
+                    tracing_subscriber::EnvFilter::new(
+                        "warn,trainctl::provider::gpucloud=info,trainctl::provider::aws=info",
+                    )
                 }),
         )
         // Colour only on a terminal, and never under NO_COLOR.

@@ -939,6 +939,8 @@ impl Provider for AwsProvider {
         let limit = Duration::from_secs(self.cfg.reach_timeout_seconds);
         let mut wait = Duration::from_millis(500);
         let mut waiting_for = "EC2 to report it running".to_string();
+        // Said when it changes (shown headless by default), not at every poll.
+        let mut said = String::new();
         loop {
             let step = async {
                 let Some(i) = self.instance(inst).await? else {
@@ -984,7 +986,10 @@ impl Provider for AwsProvider {
                     limit.as_secs()
                 );
             }
-            tracing::info!("{}: waiting for {waiting_for}", inst.id);
+            if waiting_for != said {
+                tracing::info!("{}: waiting for {waiting_for}", inst.id);
+                said = waiting_for.clone();
+            }
             tokio::time::sleep(wait).await;
             wait = (wait * 2).min(Duration::from_secs(10));
         }
