@@ -195,8 +195,13 @@ impl LogParser {
         }
         if s[0] == b'{' && self.parse_dict_line(s) {
             // Parsed as a dict: pairs are filled.
+        } else if let Some(k) = dict_after_bar(s)
+            && self.bar_then_dict(s, k)
+        {
+            // Parsed: the bar's pairs and the dict's are filled.
         } else if !self.yolo_row(s) {
             self.epoch_prefix(s);
+            self.iteration_prefix(s);
             if !self.nanogpt(s) {
                 let last_bar = self.scan_pairs(s);
                 self.progress_counter(s, last_bar);
@@ -323,6 +328,39 @@ impl LogParser {
         self.saw_progress = true;
     }
 
+    /// A Trainer dict printed after a tqdm bar's last update, as it lands in a log file
+    /// (`50%|█████| 5/10 [00:01<00:01]{'loss': 1.2}`): the bar's counter is the step, the
+    /// dict the metrics. Nothing is kept when the dict does not parse.
+    fn bar_then_dict(&mut self, s: &[u8], k: usize) -> bool {
+        let step = self.progress.step;
+        let last_bar = self.scan_pairs(&s[..k]);
+        self.progress_counter(&s[..k], last_bar);
+        if self.parse_dict_line(&s[k..]) {
+            return true;
+        }
+        self.pairs.clear();
+        self.names.clear();
+        self.progress.step = step;
+        false
+    }
+
+    /// `Iteration 7, loss = 0.4391` (scikit-learn's MLP), `Iteration 7:`: the step.
+    fn iteration_prefix(&mut self, s: &[u8]) {
+        if s.len() < 11 || !s[..10].eq_ignore_ascii_case(b"iteration ") {
+            return;
+        }
+        let Some((n, used)) = parse_uint(&s[10..]) else {
+            return;
+        };
+        if matches!(
+            s.get(10 + used),
+            None | Some(b',') | Some(b':') | Some(b' ')
+        ) {
+            self.progress.step = Some(n as i64);
+            self.saw_progress = true;
+        }
+    }
+
     /// nanoGPT: `iter 100: loss 2.4512, time 35.21ms, mfu 12.34%` and
     /// `step 500: train loss 2.1234, val loss 2.2345`.
     fn nanogpt(&mut self, s: &[u8]) -> bool {
@@ -399,12 +437,19 @@ impl LogParser {
                 last_bar = Some(sep);
                 continue;
             }
-            // Name: the identifier ending right before the separator.
-            let mut a = sep;
+            // Name: the identifier ending right before the separator (for `=`, spaces
+            // may stand between: `loss = 0.43`).
+            let mut end = sep;
+            if s[sep] == b'=' {
+                while end > 0 && sep - end < 2 && s[end - 1] == b' ' {
+                    end -= 1;
+                }
+            }
+            let mut a = end;
             while a > 0 && is_ident(s[a - 1]) {
                 a -= 1;
             }
-            if a == sep || !s[a].is_ascii_alphabetic() {
+            if a == end || !s[a].is_ascii_alphabetic() {
                 // A bar like `[=====>....]`: skip the run rather than stop at every `=`.
                 while from < s.len() && s[from] == s[sep] {
                     from += 1;
@@ -427,7 +472,7 @@ impl LogParser {
                 if let Some((t, u2)) = parse_number(&after[1..])
                     && is_unit_tail(&after[1 + u2..])
                 {
-                    let name = &s[a..sep];
+                    let name = &s[a..end];
                     self.push_pair(name, value, Some(t));
                 }
                 from = v + used;
@@ -436,7 +481,7 @@ impl LogParser {
             if !is_unit_tail(after) {
                 continue;
             }
-            let name = &s[a..sep];
+            let name = &s[a..end];
             self.push_pair(name, value, None);
             from = v + used;
         }
@@ -722,6 +767,17 @@ pub fn parse_number(s: &[u8]) -> Option<(f64, usize)> {
     text.parse::<f64>().ok().map(|v| (v, i))
 }
 
+/// Where a dict (`{'` or `{"`) starts after a progress bar on the same line (`... 4.5it/s]{'loss': ...}`).
+fn dict_after_bar(s: &[u8]) -> Option<usize> {
+    // The hot path (every line that is not a dict) pays one byte compare.
+    if s.last() != Some(&b'}') {
+        return None;
+    }
+    let k = memchr::memchr(b'{', s)?;
+    (k > 0 && matches!(s.get(k + 1), Some(b'\'' | b'"')) && memchr::memchr(b'|', &s[..k]).is_some())
+        .then_some(k)
+}
+
 /// A tolerant reader of JSON objects and Python dict literals (single quotes, `True`,
 /// `None`, `nan`, `inf`). Calls back with every numeric leaf.
 struct DictParser<'a> {
@@ -804,8 +860,14 @@ impl<'a> DictParser<'a> {
                     }
                 }
                 Some(b'"') | Some(b'\'') => {
-                    if self.string().is_none() {
+                    let Some(text) = self.string() else {
                         return false;
+                    };
+                    // A number quoted whole (`'loss': '1.2043'`, recent Trainer logs).
+                    if let Some((v, used)) = parse_number(text)
+                        && used == text.len()
+                    {
+                        out(prefix, key, v);
                     }
                 }
                 Some(b'[') | Some(b'(') => {
@@ -999,6 +1061,45 @@ mod tests {
             Some(10.5)
         );
         assert!(val("{'train_loss': nan}\n", "train_loss").unwrap().is_nan());
+    }
+
+    #[test]
+    fn a_trainer_dict_after_a_tqdm_bar_on_the_same_line_and_quoted_values() {
+        // tqdm's last update, then the Trainer's dict, with no newline between them.
+        let log = " 40%|████      | 4/10 [00:01<00:01,  4.50it/s]\r 50%|█████     | 5/10 [00:01<00:01,  4.50it/s]{'loss': 1.2043, 'grad_norm': 0.51, 'learning_rate': 4e-05, 'epoch': 0.5}\n";
+        let p = pts(log);
+        assert!(
+            p.contains(&("loss".into(), 1.2043, Some(5), Some(0.5))),
+            "{p:?}"
+        );
+        assert!(
+            p.contains(&("grad_norm".into(), 0.51, Some(5), Some(0.5))),
+            "{p:?}"
+        );
+        // Recent transformers versions quote the numbers.
+        let p = pts("{'loss': '1.2043', 'grad_norm': '0.51', 'epoch': '0.5', 'note': 'warmup'}\n");
+        assert_eq!(
+            p,
+            vec![
+                ("loss".into(), 1.2043, None, Some(0.5)),
+                ("grad_norm".into(), 0.51, None, Some(0.5)),
+            ]
+        );
+    }
+
+    #[test]
+    fn scikit_learn_iterations_with_spaces_around_the_equals_sign() {
+        let log = "Iteration 6, loss = 0.51230000\nIteration 7, loss = 0.43910000\n";
+        let p = pts(log);
+        assert_eq!(
+            p,
+            vec![
+                ("loss".into(), 0.5123, Some(6), None),
+                ("loss".into(), 0.4391, Some(7), None),
+            ]
+        );
+        // Still no name from a bar or a word far from its `=`.
+        assert!(pts("[=====>     ] 50%\n").is_empty());
     }
 
     #[test]
