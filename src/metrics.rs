@@ -346,7 +346,8 @@ impl LogParser {
 
     /// `Iteration 7, loss = 0.4391` (scikit-learn's MLP), `Iteration 7:`: the step.
     fn iteration_prefix(&mut self, s: &[u8]) {
-        if s.len() < 11 || !s[..10].eq_ignore_ascii_case(b"iteration ") {
+        // First byte first: this runs on every line.
+        if s.len() < 11 || s[0] | 0x20 != b'i' || !s[..10].eq_ignore_ascii_case(b"iteration ") {
             return;
         }
         let Some((n, used)) = parse_uint(&s[10..]) else {
