@@ -28,7 +28,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 pub struct CloudSsh {
-    pub provider: &'static str,
     /// `<data>/<provider>`.
     pub dir: PathBuf,
     pub user: String,
@@ -56,7 +55,6 @@ impl CloudSsh {
         prompt: PromptSlot,
     ) -> CloudSsh {
         CloudSsh {
-            provider,
             dir: data_dir.join(provider),
             user: user.to_string(),
             proxy_command,

@@ -93,10 +93,6 @@ impl ApiClient {
         )
     }
 
-    pub fn key(&self) -> &Secret {
-        &self.key
-    }
-
     pub async fn get(&self, path: &str, query: &[(&str, &str)]) -> Result<Value> {
         self.call(reqwest::Method::GET, path, query, None, Repeat::Safe)
             .await
@@ -104,11 +100,6 @@ impl ApiClient {
 
     pub async fn post(&self, path: &str, body: &Value, repeat: Repeat) -> Result<Value> {
         self.call(reqwest::Method::POST, path, &[], Some(body), repeat)
-            .await
-    }
-
-    pub async fn delete(&self, path: &str, query: &[(&str, &str)]) -> Result<Value> {
-        self.call(reqwest::Method::DELETE, path, query, None, Repeat::Safe)
             .await
     }
 

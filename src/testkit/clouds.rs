@@ -256,10 +256,6 @@ impl MachinePool {
     fn kill(&mut self, id: &str) {
         self.sshds.remove(id);
     }
-
-    fn home(&self, id: &str) -> Option<std::path::PathBuf> {
-        self.sshds.get(id).map(|s| s.dir.path().join("home"))
-    }
 }
 
 /// A machine that boots wrong.
@@ -291,7 +287,6 @@ struct Machine {
 /// accepts the SSH key the launch named.
 pub struct LambdaApi {
     http: Http,
-    pub key: String,
     state: Arc<Mutex<LambdaState>>,
     proxy_command: String,
 }
@@ -338,7 +333,6 @@ impl LambdaApi {
         );
         LambdaApi {
             http,
-            key: key.to_string(),
             state,
             proxy_command,
         }
@@ -393,11 +387,6 @@ impl LambdaApi {
             .collect()
     }
 
-    /// The HOME of the machine of `id` (its disk).
-    pub fn home(&self, id: &str) -> Option<std::path::PathBuf> {
-        self.state.lock().unwrap().pool.home(id)
-    }
-
     /// Lambda charges `cents` an hour for `ty` from now on.
     pub fn set_price(&self, ty: &str, cents: i64) {
         self.state.lock().unwrap().prices.insert(ty.into(), cents);
@@ -406,15 +395,6 @@ impl LambdaApi {
     /// What is wrong with machines booted from now on.
     pub fn break_new_machines(&self, how: Broken) {
         self.state.lock().unwrap().broken = Some(how);
-    }
-
-    /// Take machine `id` away as Lambda does to a preempted one.
-    pub fn preempt(&self, id: &str) {
-        let mut st = self.state.lock().unwrap();
-        if let Some(m) = st.machines.iter_mut().find(|m| m.id == id) {
-            m.status = "preempted".into();
-        }
-        st.pool.kill(id);
     }
 }
 
