@@ -75,14 +75,19 @@ impl TestUser {
 
     /// Give the user `password`.
     pub fn set_password(&self, password: &str) {
-        let mut child = Command::new("chpasswd")
-            .stdin(Stdio::piped())
-            .spawn()
-            .expect("chpasswd (passwd) is needed");
-        use std::io::Write;
-        writeln!(child.stdin.take().unwrap(), "{}:{password}", self.name).unwrap();
-        assert!(child.wait().unwrap().success(), "chpasswd failed");
+        chpasswd(&self.name, password);
     }
+}
+
+/// Give system user `name` the password `password`.
+fn chpasswd(name: &str, password: &str) {
+    let mut child = Command::new("chpasswd")
+        .stdin(Stdio::piped())
+        .spawn()
+        .expect("chpasswd (passwd) is needed");
+    use std::io::Write;
+    writeln!(child.stdin.take().unwrap(), "{name}:{password}").unwrap();
+    assert!(child.wait().unwrap().success(), "chpasswd failed");
 }
 
 /// SIGKILL every process running as user `name`.
@@ -189,9 +194,7 @@ impl Sshd {
     /// Give the password machine's user `password` (as a cloud does when it builds the
     /// machine with the password the launch asked for).
     pub fn set_password(&self, password: &str) {
-        let name = self.user.clone().expect("a password machine");
-        let u = std::mem::ManuallyDrop::new(TestUser { name });
-        u.set_password(password);
+        chpasswd(self.user.as_deref().expect("a password machine"), password);
     }
 
     /// A stand-in for a cloud machine: it presents `host_key` (an OpenSSH private key, as

@@ -797,22 +797,7 @@ fn finish_resumed(
     job: &str,
     expected: &[u8],
 ) {
-    std::fs::write(gate, "").unwrap();
-    let out = run.wait_with_output().unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let result: serde_json::Value = serde_json::from_str(&stdout)
-        .unwrap_or_else(|e| panic!("{e}: {stdout}\n{}", String::from_utf8_lossy(&out.stderr)));
-    assert_eq!(result["state"], "succeeded", "{result}");
-    assert_eq!(
-        model_of(env, job),
-        expected,
-        "the resumed model is the uninterrupted one"
-    );
-    let kinds = env.event_kinds(Some(job));
-    assert!(
-        kinds.contains(&"checkpoint.restored".to_string()),
-        "{kinds:?}"
-    );
+    finish_resumed_run(env, gate, run, job, expected);
     let all = moto_instances(moto);
     assert_eq!(all.len(), 2);
     all.iter().for_each(assert_ended);
@@ -922,14 +907,10 @@ fn gpus_lists_the_cheapest_fitting_types_offline() {
     ]);
     let rows = rows.as_array().unwrap();
     assert!(rows.len() > 5, "{rows:?}");
-    let best = |r: &serde_json::Value| {
-        [r["spot_micros"].as_i64(), r["on_demand_micros"].as_i64()]
-            .into_iter()
-            .flatten()
-            .min()
-            .unwrap()
-    };
-    assert!(rows.windows(2).all(|w| best(&w[0]) <= best(&w[1])));
+    assert!(
+        rows.windows(2)
+            .all(|w| best_price(&w[0]) <= best_price(&w[1]))
+    );
     assert!(
         rows.iter()
             .all(|r| r["region"] == "us-east-1" && r["gpu_memory_gib"].as_f64().unwrap() >= 40.0)

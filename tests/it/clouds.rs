@@ -510,22 +510,7 @@ fn a_reclaimed_runpod_spot_pod_is_recovered_on_a_new_pod() {
         let p = api.pods();
         p.len() == 2 && p[1].2 == "RUNNING" && env.job(&job)["state"] == "running"
     });
-    std::fs::write(&gate, "").unwrap();
-    let out = run.wait_with_output().unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let result: serde_json::Value = serde_json::from_str(&stdout)
-        .unwrap_or_else(|e| panic!("{e}: {stdout}\n{}", String::from_utf8_lossy(&out.stderr)));
-    assert_eq!(result["state"], "succeeded", "{result}");
-    assert_eq!(
-        model_of(&env, &job),
-        expected,
-        "the resumed model is the uninterrupted one"
-    );
-    let kinds = env.event_kinds(Some(&job));
-    assert!(
-        kinds.contains(&"checkpoint.restored".to_string()),
-        "{kinds:?}"
-    );
+    finish_resumed_run(&env, &gate, run, &job, &expected);
     // Both pods are gone: the reclaimed one (its disk still billed) and the second.
     let pods = api.pods();
     assert!(pods.iter().all(|p| p.2 == "TERMINATED"), "{pods:?}");
@@ -548,14 +533,10 @@ fn gpus_lists_every_configured_providers_offers_cheapest_first_offline() {
     for p in ["aws", "lambda", "runpod", "canopywave"] {
         assert!(rows.iter().any(|r| r["provider"] == p), "{p} missing");
     }
-    let best = |r: &serde_json::Value| {
-        [r["spot_micros"].as_i64(), r["on_demand_micros"].as_i64()]
-            .into_iter()
-            .flatten()
-            .min()
-            .unwrap()
-    };
-    assert!(rows.windows(2).all(|w| best(&w[0]) <= best(&w[1])));
+    assert!(
+        rows.windows(2)
+            .all(|w| best_price(&w[0]) <= best_price(&w[1]))
+    );
     let h100 = rows
         .iter()
         .find(|r| r["provider"] == "lambda" && r["instance_type"] == "gpu_1x_h100_pcie")

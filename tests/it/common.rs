@@ -295,3 +295,39 @@ pub fn run_until_epoch_2_is_kept(env: &Env, provider: &str) -> (std::process::Ch
     });
     (run, job)
 }
+
+/// Release the held job (`gate`) and let `run` end: it succeeded after a resume from a
+/// kept checkpoint, with the model an uninterrupted run makes (`expected`).
+pub fn finish_resumed_run(
+    env: &Env,
+    gate: &Path,
+    run: std::process::Child,
+    job: &str,
+    expected: &[u8],
+) {
+    std::fs::write(gate, "").unwrap();
+    let out = run.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let result: serde_json::Value = serde_json::from_str(&stdout)
+        .unwrap_or_else(|e| panic!("{e}: {stdout}\n{}", String::from_utf8_lossy(&out.stderr)));
+    assert_eq!(result["state"], "succeeded", "{result}");
+    assert_eq!(
+        model_of(env, job),
+        expected,
+        "the resumed model is the uninterrupted one"
+    );
+    let kinds = env.event_kinds(Some(job));
+    assert!(
+        kinds.contains(&"checkpoint.restored".to_string()),
+        "{kinds:?}"
+    );
+}
+
+/// The cheaper of a `gpus --json` row's spot and on-demand prices.
+pub fn best_price(r: &serde_json::Value) -> i64 {
+    [r["spot_micros"].as_i64(), r["on_demand_micros"].as_i64()]
+        .into_iter()
+        .flatten()
+        .min()
+        .unwrap()
+}
