@@ -100,6 +100,7 @@ fn big_snapshot() -> Snapshot {
                 epochs_total: Some(10.0),
                 step: Some(i),
                 steps_total: None,
+                ..Default::default()
             },
             elapsed_ms: Some(900_000),
             eta_ms: Some(100_000),

@@ -784,7 +784,7 @@ async fn migrate(
     loop {
         let state = engine.supervise_step(&j.id).await?;
         let attempts = engine.store().attempts(&j.id)?;
-        if state.is_terminal() || (state == JobState::Running && attempts.len() > before) {
+        if state.is_terminal() || (state.is_started() && state != JobState::Starting && attempts.len() > before) {
             let now = engine.store().job(&j.id)?.context("job vanished")?;
             if json {
                 print_json(&json!({

@@ -707,6 +707,38 @@ pub struct ProjectConfig {
     /// What happens when the job's machine is interrupted or lost.
     #[serde(default)]
     pub recovery: RecoveryConfig,
+    /// Run before the job, once per machine for a given hash of this text, the workdir
+    /// and the files `setup_inputs` names (`pip install -r requirements.txt`, or a list
+    /// run in order). Runs in the workdir with the job's environment, under `set -e`.
+    #[serde(default)]
+    pub setup: Option<SetupCommands>,
+    /// Files (or folders) of the project whose content makes a setup differ: a changed
+    /// `requirements.txt` runs the setup again.
+    #[serde(default)]
+    pub setup_inputs: Vec<String>,
+}
+
+/// `setup`: one shell text, or a list of commands run in order.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(untagged)]
+pub enum SetupCommands {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl SetupCommands {
+    /// The setup as one script body (a list: one command per line).
+    pub fn script(&self) -> String {
+        match self {
+            SetupCommands::One(s) => s.trim().to_string(),
+            SetupCommands::Many(v) => v
+                .iter()
+                .map(|c| c.trim())
+                .filter(|c| !c.is_empty())
+                .collect::<Vec<_>>()
+                .join("\n"),
+        }
+    }
 }
 
 /// `[recovery]`: a job that outlives its machine.
@@ -773,6 +805,8 @@ impl ArtifactRule {
 pub struct Resources {
     pub instance_type: Option<String>,
     pub gpus: Option<u32>,
+    /// Memory each GPU the job uses must have, checked on the machine before it starts.
+    pub gpu_memory_gib: Option<f64>,
     pub spot: Option<bool>,
     /// Types tried in order when `instance_type` has no capacity (aws).
     pub any_of: Vec<String>,
@@ -867,6 +901,42 @@ impl Project {
                     ));
                 }
             }
+        }
+        if let Some(setup) = &self.config.setup
+            && setup.script().is_empty()
+        {
+            return Err(err_at(
+                "setup",
+                "`setup` is empty: give a command, or leave it out".into(),
+            ));
+        }
+        if !self.config.setup_inputs.is_empty() && self.config.setup.is_none() {
+            return Err(err_at(
+                "setup_inputs",
+                "`setup_inputs` names what a `setup` depends on, but there is no `setup`".into(),
+            ));
+        }
+        for rel in &self.config.setup_inputs {
+            if !is_safe_relative(rel) {
+                return Err(err_at(
+                    rel,
+                    format!("setup input `{rel}` must be a relative path inside the project"),
+                ));
+            }
+            if !self.root.join(rel).exists() {
+                return Err(err_at(
+                    rel,
+                    format!("setup input `{rel}` does not exist in {}", self.root.display()),
+                ));
+            }
+        }
+        if let Some(g) = self.config.resources.gpu_memory_gib
+            && (!g.is_finite() || g <= 0.0)
+        {
+            return Err(err_at(
+                "gpu_memory_gib",
+                "`resources.gpu_memory_gib` must be a positive number of GiB".into(),
+            ));
         }
         for key in self.config.env.keys() {
             let ok = !key.is_empty()

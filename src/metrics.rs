@@ -82,6 +82,11 @@ struct Pair {
     role: Role,
 }
 
+/// The runner's marker lines around a job's setup output (`assets/remote/runner.sh`).
+pub const SETUP_MARK: &str = "── trainctl: setup";
+pub const SETUP_ENDED_MARK: &str = "── trainctl: setup ended";
+pub const SETUP_SKIPPED_MARK: &str = "── trainctl: setup skipped";
+
 /// Streaming log parser. Feed it bytes; it calls back with points.
 #[derive(Debug, Default)]
 pub struct LogParser {
@@ -184,6 +189,15 @@ impl LogParser {
     fn segment(&mut self, raw: &[u8], out: &mut impl FnMut(PointRef<'_>)) {
         let s = trim_start(raw);
         if s.len() < 3 {
+            return;
+        }
+        // trainctl's setup section (pip's output, apt's) holds no training metric.
+        if s[0] == SETUP_MARK.as_bytes()[0] && s.starts_with(SETUP_MARK.as_bytes()) {
+            self.progress.in_setup = !(s.starts_with(SETUP_ENDED_MARK.as_bytes())
+                || s.starts_with(SETUP_SKIPPED_MARK.as_bytes()));
+            return;
+        }
+        if self.progress.in_setup {
             return;
         }
         self.pairs.clear();
@@ -947,6 +961,26 @@ mod tests {
             .into_iter()
             .map(|p| (p.name, p.value, p.step, p.epoch))
             .collect()
+    }
+
+    /// The setup's output (between the runner's markers) is not parsed, even when the
+    /// section spans a resumed parser (the flag travels in the saved progress).
+    #[test]
+    fn the_setup_section_is_skipped_across_resumes() {
+        let log = "── trainctl: setup 0123 ──\nGet:1 http://deb 42\nloss=9\n";
+        let mut p = LogParser::new();
+        let mut n = 0;
+        p.feed_complete(log.as_bytes(), &mut |_| n += 1);
+        assert_eq!(n, 0);
+        assert!(p.progress().in_setup);
+        let mut p = LogParser::resume(p.line(), p.progress());
+        let rest = "loss=8\n── trainctl: setup ended: done in 3 s ──\nloss=0.5\n";
+        let mut got = Vec::new();
+        p.feed_complete(rest.as_bytes(), &mut |pt| got.push(pt.value));
+        assert_eq!(got, vec![0.5]);
+        assert!(!p.progress().in_setup);
+        let skipped = "── trainctl: setup skipped: this machine ran setup 0123 already ──\nloss=1\n";
+        assert_eq!(val(skipped, "loss"), Some(1.0));
     }
 
     fn val(log: &str, name: &str) -> Option<f64> {

@@ -229,6 +229,9 @@ pub enum JobState {
     Pending,
     Syncing,
     Starting,
+    /// The attempt runs the project's `setup` before its command (once per machine).
+    #[serde(rename = "setting_up")]
+    SettingUp,
     Running,
     Succeeded,
     Failed,
@@ -243,10 +246,11 @@ pub enum JobState {
 }
 
 impl JobState {
-    pub const ALL: [JobState; 10] = [
+    pub const ALL: [JobState; 11] = [
         Self::Pending,
         Self::Syncing,
         Self::Starting,
+        Self::SettingUp,
         Self::Running,
         Self::Succeeded,
         Self::Failed,
@@ -261,6 +265,7 @@ impl JobState {
             Self::Pending => "pending",
             Self::Syncing => "syncing",
             Self::Starting => "starting",
+            Self::SettingUp => "setting_up",
             Self::Running => "running",
             Self::Succeeded => "succeeded",
             Self::Failed => "failed",
@@ -280,6 +285,11 @@ impl JobState {
         )
     }
 
+    /// The attempt was started on its machine and has not ended (setting up or running).
+    pub fn is_started(self) -> bool {
+        matches!(self, Self::Starting | Self::SettingUp | Self::Running)
+    }
+
     /// Waiting for, or in, a recovery onto another machine.
     pub fn is_recovering(self) -> bool {
         matches!(self, Self::Interrupted | Self::Recovering)
@@ -296,9 +306,10 @@ impl JobState {
         }
         match (self, to) {
             (Pending, Syncing) | (Syncing, Starting) | (Starting, Running) => true,
+            (Starting, SettingUp) | (SettingUp, Running) => true,
             // Re-attaching may learn that a job finished while nobody watched.
-            (Starting | Running, Succeeded) => true,
-            (Syncing | Starting | Running, Interrupted) => true,
+            (Starting | SettingUp | Running, Succeeded) => true,
+            (Syncing | Starting | SettingUp | Running, Interrupted) => true,
             (Interrupted, Recovering) | (Recovering, Syncing) => true,
             (_, Failed | Cancelled | Lost) => true,
             _ => false,
@@ -336,6 +347,10 @@ pub struct Progress {
     pub epochs_total: Option<f64>,
     pub step: Option<i64>,
     pub steps_total: Option<i64>,
+    /// The log is inside trainctl's setup section (between its `setup` and `setup ended`
+    /// markers): its lines are the setup's, not the training's, and are not parsed.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub in_setup: bool,
 }
 
 impl Progress {
@@ -420,6 +435,7 @@ mod tests {
             epochs_total: Some(10.0),
             step: Some(50),
             steps_total: Some(100),
+            ..Default::default()
         };
         assert!((p.fraction().unwrap() - 0.25).abs() < 1e-9);
         let hf = Progress {

@@ -10,6 +10,9 @@
 #   interrupting  written when an interruption notice stopped the job (deadline, reason)
 #   interrupted   unix seconds when the interrupted job had stopped
 #   seen          unix seconds of trainctl's last poll (written by the poll)
+#   phase         `setup` while the project's setup runs (setup.sh, once per machine
+#                 for the hash in setup.hash: ROOT/setup/HASH.done once it succeeded)
+#   setup_failed  the setup's exit status when it failed (the command did not run)
 #   rescued       the checkpoint this machine put in the store itself on a notice
 #                 (rescue.err: why it could not)
 # usage: sh runner.sh JOB_DIR WORK_DIR   (the command is JOB_DIR/cmd.sh)
@@ -218,15 +221,10 @@ group_busy() {
     fi
     return 1
 }
-if cd "$work_dir"; then
-    sh "$job_dir/cmd.sh" >> "$job_dir/stdout.log" 2>&1 < /dev/null &
+# Run script $1 as the child (output to the log), wait for it; its status in $code.
+run_step() {
+    sh "$1" >> "$job_dir/stdout.log" 2>&1 < /dev/null &
     child=$!
-    if command -v setsid >/dev/null 2>&1; then
-        setsid sh "$0" --watch "$job_dir" "$$" "${TRAINCTL_GRACE:-30}" < /dev/null > /dev/null 2>&1 &
-    else
-        sh "$0" --watch "$job_dir" "$$" "${TRAINCTL_GRACE:-30}" < /dev/null > /dev/null 2>&1 &
-    fi
-    watcher=$!
     while :; do
         wait "$child"
         code=$?
@@ -236,6 +234,83 @@ if cd "$work_dir"; then
         fi
         break
     done
+    child=
+}
+log() {
+    printf '%s\n' "$1" >> "$job_dir/stdout.log"
+}
+# The project's setup, once per machine for its hash: skipped when ROOT/setup/HASH.done
+# exists; one job at a time runs a given hash (ROOT/setup/HASH.lock, its holder's pid
+# inside: a dead holder's lock is taken over). The parser skips the lines between the
+# `setup` marker and the `setup ended` one.
+setup() {
+    hash=$(cat "$job_dir/setup.hash")
+    sdir=$root/setup
+    mkdir -p "$sdir"
+    lock=$sdir/$hash.lock
+    waited=0
+    echo setup > "$job_dir/phase"
+    mine=
+    while [ ! -f "$sdir/$hash.done" ]; do
+        if mkdir "$lock" 2>/dev/null; then
+            echo "$$" > "$lock/pid"
+            mine=1
+            break
+        fi
+        holder=$(cat "$lock/pid" 2>/dev/null)
+        if [ -n "$holder" ] && ! alive "$holder"; then
+            rm -rf "$lock"
+            continue
+        fi
+        # A lock without a pid for 10 s: its maker died between the two steps.
+        if [ -z "$holder" ] && [ "$waited" -ge 10 ]; then
+            rm -rf "$lock"
+            continue
+        fi
+        [ "$waited" = 0 ] && log "── trainctl: setup $hash waits for another job on this machine running it ──"
+        if [ -n "$stopping" ]; then
+            code=143
+            rm -f "$job_dir/phase"
+            return
+        fi
+        sleep 1
+        waited=$((waited + 1))
+    done
+    if [ -f "$sdir/$hash.done" ]; then
+        [ -n "$mine" ] && rm -rf "$lock"
+        log "── trainctl: setup skipped: this machine ran setup $hash already ──"
+        rm -f "$job_dir/phase"
+        return
+    fi
+    log "── trainctl: setup $hash ──"
+    t0=$(date +%s)
+    run_step "$job_dir/setup.sh"
+    took=$(($(date +%s) - t0))
+    if [ "$code" = 0 ]; then
+        date +%s > "$sdir/$hash.done"
+        log "── trainctl: setup ended: done in $took s ──"
+    elif [ -n "$stopping" ]; then
+        log "── trainctl: setup ended: stopped after $took s ──"
+    else
+        echo "$code" > "$job_dir/setup_failed"
+        log "── trainctl: setup ended: failed with status $code after $took s ──"
+    fi
+    rm -rf "$lock"
+    rm -f "$job_dir/phase"
+}
+root=${job_dir%/jobs/*}
+if cd "$work_dir"; then
+    if command -v setsid >/dev/null 2>&1; then
+        setsid sh "$0" --watch "$job_dir" "$$" "${TRAINCTL_GRACE:-30}" < /dev/null > /dev/null 2>&1 &
+    else
+        sh "$0" --watch "$job_dir" "$$" "${TRAINCTL_GRACE:-30}" < /dev/null > /dev/null 2>&1 &
+    fi
+    watcher=$!
+    code=0
+    [ -f "$job_dir/setup.sh" ] && setup
+    if [ "$code" = 0 ] && [ -z "$stopping" ]; then
+        run_step "$job_dir/cmd.sh"
+    fi
     # Stopped: the command's children got the signal too; let them finish writing (the
     # log's last lines, a checkpoint) before the exit is recorded. SIGKILL ends this wait.
     if [ -n "$stopping" ]; then

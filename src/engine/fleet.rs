@@ -119,7 +119,7 @@ impl Engine {
                     .on
                     .contains(&crate::config::RecoverOn::Rebalance)
             });
-            if wants && job.state == JobState::Running && job.migrate_to.is_none() {
+            if wants && job.state.is_started() && job.migrate_to.is_none() {
                 match self.migrate(id, super::MigrateTarget::Same).await {
                     Ok(_) => moving.push(id.clone()),
                     Err(e) => tracing::warn!("moving {id} off {} on a rebalance: {e:#}", inst.id),

@@ -78,6 +78,7 @@ impl Engine {
         }
         let seen = match self.executor().status(remote, &att.remote_dir).await {
             Ok(RemoteStatus::Running { pid }) => format!("job running (pid {pid})"),
+            Ok(RemoteStatus::SettingUp { pid }) => format!("job setting up (pid {pid})"),
             Ok(RemoteStatus::Starting) => "job starting".to_string(),
             Ok(RemoteStatus::Exited { code, .. }) => {
                 format!("job exited {code}; its log is collected when SSH answers")
@@ -195,15 +196,23 @@ impl Engine {
             .status(remote.as_ref(), &att.remote_dir)
             .await?;
         match status {
-            RemoteStatus::Running { .. } => {
-                if job.state == JobState::Starting {
-                    self.transition(job_id, JobState::Running, "running (re-attached)", None)?;
-                    // A recovery whose driver died after the start: its earlier machines
-                    // were not released yet.
-                    if attempts.len() > 1 {
-                        Box::pin(self.release_machines(&job, &attempts, Some(&att.instance_id)))
-                            .await;
-                    }
+            RemoteStatus::Running { .. } | RemoteStatus::SettingUp { .. } => {
+                let (now, why) = if matches!(status, RemoteStatus::SettingUp { .. }) {
+                    (JobState::SettingUp, "setting up")
+                } else if job.state == JobState::SettingUp {
+                    (JobState::Running, "setup done; running")
+                } else {
+                    (JobState::Running, "running (re-attached)")
+                };
+                // Forward only: a job seen Running stays so.
+                if job.state != now && job.state.can_transition_to(now) {
+                    self.transition(job_id, now, why, None)?;
+                }
+                // A recovery whose driver died after the start: its earlier machines were
+                // not released yet.
+                if job.state == JobState::Starting && attempts.len() > 1 {
+                    Box::pin(self.release_machines(&job, &attempts, Some(&att.instance_id)))
+                        .await;
                 }
                 if let Err(e) = self
                     .ship_checkpoints(remote.as_ref(), &job, &att, false)
@@ -220,7 +229,7 @@ impl Engine {
                         message: why,
                     });
                 }
-                Ok(JobState::Running)
+                self.job_state(job_id)
             }
             RemoteStatus::Starting => Ok(job.state),
             RemoteStatus::Exited {
@@ -244,9 +253,14 @@ impl Engine {
                     ),
                 )
             }
-            RemoteStatus::Exited { code, .. } => {
+            RemoteStatus::Exited {
+                code,
+                setup_failed,
+                ..
+            } => {
                 self.pump_log(remote.as_ref(), &att, true).await?;
-                self.finish(&job, &att, Some(code)).await
+                let why = (setup_failed && code != 0).then(|| self.setup_failure(&att, code));
+                self.finish_as(&job, &att, Some(code), why).await
             }
             RemoteStatus::Vanished => {
                 // The runner died without recording an exit: the machine rebooted, or its
@@ -332,6 +346,57 @@ impl Engine {
         att: &AttemptRecord,
         code: Option<i32>,
     ) -> Result<JobState> {
+        self.finish_as(job, att, code, None).await
+    }
+
+    /// Why a setup failed, for the job's reason: its status and the last lines it printed
+    /// (from the local log copy, between the setup's markers).
+    fn setup_failure(&self, att: &AttemptRecord, code: i32) -> String {
+        let end = self
+            .store()
+            .log_offset(&att.job_id, att.attempt)
+            .map_or(0, |o| o.byte_offset);
+        let bytes = self
+            .read_local_log(&att.job_id, att.attempt, end.saturating_sub(8192), end)
+            .unwrap_or_default();
+        // Each line as a terminal shows it: what follows its last carriage return.
+        let lines: Vec<String> = bytes
+            .split(|&b| b == b'\n')
+            .map(|l| l.rsplit(|&b| b == b'\r').next().unwrap_or(l))
+            .map(crate::sanitize::sanitize_line)
+            .collect();
+        let mut tail: Vec<&str> = Vec::new();
+        for line in lines.iter().rev() {
+            if line.starts_with(crate::metrics::SETUP_MARK) {
+                if line.starts_with(crate::metrics::SETUP_ENDED_MARK) {
+                    continue;
+                }
+                break;
+            }
+            if !line.trim().is_empty() {
+                tail.push(line.trim_end());
+            }
+            if tail.len() == 5 {
+                break;
+            }
+        }
+        tail.reverse();
+        let mut why = format!("setup failed with status {code}");
+        if !tail.is_empty() {
+            why.push_str(": ");
+            why.push_str(&tail.join(" | "));
+        }
+        why
+    }
+
+    /// [`Engine::finish`] with the reason given (a failed setup) instead of the exit's.
+    pub(super) async fn finish_as(
+        &self,
+        job: &JobRecord,
+        att: &AttemptRecord,
+        code: Option<i32>,
+        failure: Option<String>,
+    ) -> Result<JobState> {
         self.store()
             .finish_attempt(&job.id, att.attempt, code, now_ms())?;
         // Re-read: a cancel may have come in since this poll started.
@@ -347,7 +412,10 @@ impl Engine {
         } else {
             match code {
                 Some(0) => (JobState::Succeeded, "exited with status 0".to_string()),
-                Some(c) => (JobState::Failed, format!("exited with status {c}")),
+                Some(c) => (
+                    JobState::Failed,
+                    failure.unwrap_or_else(|| format!("exited with status {c}")),
+                ),
                 None => (
                     JobState::Failed,
                     "the runner died without recording an exit status".to_string(),

@@ -313,7 +313,7 @@ impl Engine {
     /// `to` as the next attempt.
     pub async fn migrate(&self, job_key: &str, to: MigrateTarget) -> Result<JobRecord> {
         let job = self.store().find_job(job_key)?;
-        if !matches!(job.state, JobState::Running | JobState::Starting) {
+        if !job.state.is_started() {
             bail!(
                 "job {} is {}; only a running job can be migrated",
                 job.id,
@@ -606,7 +606,7 @@ impl Engine {
     /// A job whose machine stayed unreachable past `lost_after_seconds`: lost.
     pub(crate) async fn declare_unreachable(&self, job_id: &str, why: &str) -> Result<JobState> {
         let job = self.store().job(job_id)?.context("no such job")?;
-        if !matches!(job.state, JobState::Running | JobState::Starting) {
+        if !job.state.is_started() {
             return Ok(job.state);
         }
         let Some(att) = self.store().attempts(job_id)?.pop() else {

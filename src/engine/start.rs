@@ -181,6 +181,25 @@ impl Engine {
                 .context("writing the rescue settings")?;
         }
         env.extend(spec.project.env.clone());
+        // The project's setup: the runner runs it first unless this machine ran the same
+        // one (its hash) already.
+        if let Some(setup) = &spec.project.setup {
+            let text = setup.script();
+            let hash = job::setup::setup_hash(
+                Path::new(&spec.root),
+                &text,
+                &workdir,
+                &spec.project.setup_inputs,
+            )?;
+            let body = job::setup::setup_script(&text, &env);
+            for (name, data) in [("setup.sh", body), ("setup.hash", format!("{hash}\n"))] {
+                let path = format!("{jd}/{name}");
+                crate::remote::retry_lost(4, "uploading the setup", || {
+                    remote.write_file(&path, data.as_bytes(), 0o644)
+                })
+                .await?;
+            }
+        }
         let script = job::command_script(&spec.project.command, &env);
         let pid = self
             .executor()
@@ -194,13 +213,25 @@ impl Engine {
         {
             tracing::warn!("labelling {} with job {job_id}: {e:#}", inst.id);
         }
+        // With a setup, the runner says whether it runs it (or this machine had it).
+        let setting_up = spec.project.setup.is_some()
+            && matches!(
+                self.executor().status(remote, &jd).await,
+                Ok(job::RemoteStatus::SettingUp { .. })
+            );
+        let state = if setting_up {
+            JobState::SettingUp
+        } else {
+            JobState::Running
+        };
+        let doing = if setting_up { "setting up" } else { "running" };
         self.transition(
             job_id,
-            JobState::Running,
-            &format!("attempt {attempt} running as process group {pid} in {workdir}"),
+            state,
+            &format!("attempt {attempt} {doing} as process group {pid} in {workdir}"),
             None,
         )?;
-        Ok(JobState::Running)
+        Ok(state)
     }
 
     /// Where the manifest last written to `instance` for `project` is remembered locally.

@@ -8,6 +8,7 @@
 pub mod artifacts;
 pub mod checkpoint;
 pub mod executor;
+pub mod setup;
 pub mod sync;
 
 use crate::remote::{Remote, retry_lost, sh_quote};
@@ -33,6 +34,11 @@ pub enum RemoteStatus {
     Missing,
     /// Started but the runner has not written its pid yet.
     Starting,
+    /// The runner runs the project's setup before the command (or waits for another job
+    /// on the machine running the same one).
+    SettingUp {
+        pid: i32,
+    },
     Running {
         pid: i32,
     },
@@ -41,6 +47,8 @@ pub enum RemoteStatus {
         ended_at: Option<i64>,
         /// An interruption notice stopped it: the notice's reason (untrusted text).
         interrupted: Option<String>,
+        /// The setup failed (its status is `code`): the command never ran.
+        setup_failed: bool,
     },
     /// The runner died without recording an exit code (killed with SIGKILL, machine reboot).
     Vanished,
@@ -97,7 +105,7 @@ pub async fn start_detached(
     .await?;
     for _ in 0..200 {
         match retry_lost(4, "reading the job's status", || status(remote, job_dir)).await? {
-            RemoteStatus::Running { pid } => return Ok(pid),
+            RemoteStatus::Running { pid } | RemoteStatus::SettingUp { pid } => return Ok(pid),
             RemoteStatus::Exited { .. } | RemoteStatus::Vanished => {
                 // Finished (or failed) faster than we looked: still started.
                 let pid = remote
@@ -130,6 +138,8 @@ echo \"pid=$pid\"
 [ -f exit_code ] && echo \"exit_code=$(cat exit_code)\"
 [ -f ended_at ] && echo \"ended_at=$(cat ended_at)\"
 [ -f interrupting ] && echo \"interrupting=$(sed -n 's/^reason=//p' interrupting | head -n 1)\"
+[ -f setup_failed ] && echo setup_failed=1
+[ -f phase ] && echo \"phase=$(cat phase)\"
 alive=0
 if [ -n \"$pid\" ] && kill -0 \"$pid\" 2>/dev/null; then
   alive=1
@@ -153,17 +163,21 @@ echo \"alive=$alive\"",
             r
         }
     });
+    let setup_failed = kv.contains_key("setup_failed");
     if let Some(code) = kv.get("exit_code").and_then(|c| c.trim().parse().ok()) {
         return Ok(RemoteStatus::Exited {
             code,
             ended_at: kv.get("ended_at").and_then(|s| s.trim().parse().ok()),
             interrupted,
+            setup_failed,
         });
     }
+    let setting_up = kv.get("phase").map(|p| p.trim()) == Some("setup");
     let pid: Option<i32> = kv.get("pid").and_then(|p| p.trim().parse().ok());
     let alive = kv.get("alive").map(|a| a.trim()) == Some("1");
     Ok(match (pid, alive) {
         (None, _) => RemoteStatus::Starting,
+        (Some(pid), true) if setting_up => RemoteStatus::SettingUp { pid },
         (Some(pid), true) => RemoteStatus::Running { pid },
         (Some(_), false) => {
             // The runner may have exited between our reads: look once more.
@@ -176,6 +190,7 @@ echo \"alive=$alive\"",
                     code,
                     ended_at: None,
                     interrupted,
+                    setup_failed,
                 },
                 None => RemoteStatus::Vanished,
             }
@@ -213,7 +228,10 @@ pub async fn stop(remote: &dyn Remote, job_dir: &str, grace: Duration) -> Result
     let deadline = tokio::time::Instant::now() + grace;
     loop {
         let st = status(remote, job_dir).await?;
-        if !matches!(st, RemoteStatus::Running { .. } | RemoteStatus::Starting) {
+        if !matches!(
+            st,
+            RemoteStatus::Running { .. } | RemoteStatus::SettingUp { .. } | RemoteStatus::Starting
+        ) {
             return Ok(st);
         }
         if tokio::time::Instant::now() >= deadline {
@@ -224,7 +242,10 @@ pub async fn stop(remote: &dyn Remote, job_dir: &str, grace: Duration) -> Result
     signal(remote, job_dir, "KILL").await?;
     for _ in 0..50 {
         let st = status(remote, job_dir).await?;
-        if !matches!(st, RemoteStatus::Running { .. }) {
+        if !matches!(
+            st,
+            RemoteStatus::Running { .. } | RemoteStatus::SettingUp { .. }
+        ) {
             return Ok(st);
         }
         tokio::time::sleep(Duration::from_millis(100)).await;

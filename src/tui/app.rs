@@ -1153,7 +1153,7 @@ impl App {
             }
             Action::Migrate => {
                 let asked = self.job_confirm("Migrate job?", |j| {
-                    (j.rec.state == JobState::Running).then(|| {
+                    (matches!(j.rec.state, JobState::Running | JobState::SettingUp)).then(|| {
                         (
                             vec![
                                 "stopped with the grace to save, then resumed from its".into(),

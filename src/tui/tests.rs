@@ -65,6 +65,7 @@ fn job(id: &str, name: &str, inst: &str, state: JobState, epoch: f64, loss: f64)
             epochs_total: Some(10.0),
             step: Some(120),
             steps_total: None,
+            ..Default::default()
         },
         elapsed_ms: Some(580_000),
         eta_ms: (!state.is_terminal()).then_some(700_000),

@@ -13,3 +13,4 @@ mod ssh;
 mod store_concurrency;
 mod sync;
 mod tui_pty;
+mod workflow;

@@ -1,0 +1,151 @@
+//! The training workflow around the command: setup once per machine, GPUs checked and
+//! watched, the end announced.
+
+use crate::common::Env;
+use std::process::Stdio;
+
+/// Put top-level keys (TOML lines) into the project, right after its `command`.
+fn set_top(env: &Env, lines: &str) {
+    let toml = env.project.join("trainctl.toml");
+    let text = std::fs::read_to_string(&toml).unwrap();
+    let at = text.find("\ncommand = ").unwrap();
+    let end = at + 1 + text[at + 1..].find('\n').unwrap();
+    let mut new = text[..=end].to_string();
+    new.push_str(lines);
+    new.push('\n');
+    new.push_str(&text[end + 1..]);
+    std::fs::write(&toml, new).unwrap();
+}
+
+fn log_of(env: &Env, job: &str) -> String {
+    env.ok(&["logs", job])
+}
+
+fn count(path: &std::path::Path) -> usize {
+    std::fs::read_to_string(path).map_or(0, |s| s.lines().count())
+}
+
+#[test]
+fn setup_runs_once_per_machine_and_hash_and_its_output_is_logged_not_parsed() {
+    let env = Env::new("", "0");
+    let ran = env.dir.path().join("setup-ran");
+    let gate = env.dir.path().join("setup-may-end");
+    std::fs::write(env.project.join("requirements.txt"), "numpy\n").unwrap();
+    set_top(
+        &env,
+        &format!(
+            "setup = [\"echo setup >> '{}'\", \"echo 'Get:1 http://deb.example bookworm' ; echo setup_metric=42\", \"while [ ! -e '{}' ]; do sleep 0.05; done\"]\nsetup_inputs = [\"requirements.txt\"]",
+            ran.display(),
+            gate.display()
+        ),
+    );
+    let inst = env.json(&["launch"])["id"].as_str().unwrap().to_string();
+    let mut run = env
+        .cmd(&["run", "--instance", &inst, "--json"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The job shows its own state while the setup runs, and its output as it comes.
+    let mut job = String::new();
+    env.wait_for(30, "the job to be setting up", || {
+        let jobs = env.json(&["jobs"]);
+        match jobs.as_array().unwrap().first() {
+            Some(j) if j["state"] == "setting_up" => {
+                job = j["id"].as_str().unwrap().to_string();
+                log_of(&env, &job).contains("setup_metric=42")
+            }
+            _ => false,
+        }
+    });
+    std::fs::write(&gate, "").unwrap();
+    let out = run.wait_with_output().unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["state"], "succeeded", "{v}");
+    assert_eq!(count(&ran), 1);
+    let log = log_of(&env, &job);
+    assert!(log.contains("── trainctl: setup "), "{log}");
+    assert!(log.contains("── trainctl: setup ended: done in"), "{log}");
+    // The setup's lines are not training metrics; the job's are.
+    let names = env.json(&["metrics", &job]);
+    let names: Vec<&str> = names
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap())
+        .collect();
+    assert!(names.contains(&"lr"), "{names:?}");
+    assert!(!names.contains(&"setup_metric"), "{names:?}");
+    assert!(!names.contains(&"get"), "{names:?}");
+    let kinds = env.event_kinds(Some(&job));
+    let at = |k: &str| kinds.iter().position(|x| x == k).unwrap_or(usize::MAX);
+    assert!(
+        at("job.starting") < at("job.setting_up") && at("job.setting_up") < at("job.running"),
+        "{kinds:?}"
+    );
+
+    // The same setup on the same machine: skipped, the job runs at once.
+    let v = env.json(&["run", "--instance", &inst]);
+    assert_eq!(v["state"], "succeeded", "{v}");
+    assert_eq!(count(&ran), 1);
+    let log = log_of(&env, v["job_id"].as_str().unwrap());
+    assert!(
+        log.contains("── trainctl: setup skipped: this machine ran setup"),
+        "{log}"
+    );
+
+    // A changed input is another setup.
+    std::fs::write(env.project.join("requirements.txt"), "numpy==2.1\n").unwrap();
+    let v = env.json(&["run", "--instance", &inst]);
+    assert_eq!(v["state"], "succeeded", "{v}");
+    assert_eq!(count(&ran), 2);
+
+    // Another machine runs it too.
+    let v = env.json(&["run", "--provider", "local", "--terminate-after"]);
+    assert_eq!(v["state"], "succeeded", "{v}");
+    assert_eq!(count(&ran), 3);
+    env.ok(&["terminate", &inst]);
+}
+
+#[test]
+fn a_failing_setup_fails_the_job_with_its_output_and_the_command_never_runs() {
+    let env = Env::new("", "0");
+    set_top(
+        &env,
+        "setup = \"\"\"\necho preparing\necho 'ERROR: No matching distribution found for torch==9.9' >&2\nexit 7\necho never\n\"\"\"",
+    );
+    let out = env.run(&["run", "--json", "--terminate-after"]);
+    assert_eq!(out.status.code(), Some(3), "{out:?}");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["state"], "failed", "{v}");
+    assert_eq!(v["exit_code"], 7, "{v}");
+    let job = v["job_id"].as_str().unwrap();
+    let reason = env.job(job)["reason"].as_str().unwrap().to_string();
+    assert!(
+        reason.starts_with("setup failed with status 7: preparing | ERROR: No matching distribution found for torch==9.9"),
+        "{reason}"
+    );
+    let log = env.ok(&["logs", job]);
+    assert!(!log.contains("never"), "{log}");
+    assert!(log.contains("setup ended: failed with status 7"), "{log}");
+    // The command did not run: no training metric.
+    assert!(!env.has_metrics(job));
+    // The cleanup policy held: the machine it launched is gone.
+    assert!(env.json(&["ls"]).as_array().unwrap().is_empty());
+}
+
+#[test]
+fn a_broken_setup_config_names_its_place() {
+    let env = Env::new("", "0");
+    set_top(&env, "setup_inputs = [\"requirements.txt\"]");
+    let out = env.run(&["run"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("trainctl.toml:4:"), "{err}");
+    assert!(err.contains("there is no `setup`"), "{err}");
+    let env = Env::new("", "0");
+    set_top(&env, "setup = \"pip install -r requirements.txt\"\nsetup_inputs = [\"requirements.txt\"]");
+    let out = env.run(&["run"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("setup input `requirements.txt` does not exist"), "{err}");
+}
