@@ -784,7 +784,9 @@ async fn migrate(
     loop {
         let state = engine.supervise_step(&j.id).await?;
         let attempts = engine.store().attempts(&j.id)?;
-        if state.is_terminal() || (state.is_started() && state != JobState::Starting && attempts.len() > before) {
+        if state.is_terminal()
+            || (state.is_started() && state != JobState::Starting && attempts.len() > before)
+        {
             let now = engine.store().job(&j.id)?.context("job vanished")?;
             if json {
                 print_json(&json!({
@@ -1019,8 +1021,14 @@ async fn jobs(engine: &Engine, json: bool) -> Result<i32> {
         };
         let progress = off.as_ref().map(|o| o.progress).unwrap_or_default();
         let elapsed = j.started_ms.map(|s| j.ended_ms.unwrap_or(now) - s);
+        // Every GPU of a running job idle for minutes: its input pipeline starves them,
+        // or it does not use them at all, and the machine bills anyway.
+        let idle = engine.gpu_idle_ms(j)?;
+        let idle_limit = (engine.config().gpu_idle_minutes * 60_000.0) as i64;
+        let flagged = idle.filter(|&ms| idle_limit > 0 && ms >= idle_limit);
         if json {
             out.push(json!({
+                "gpu_idle_ms": idle, "gpu_idle_flag": flagged.is_some(),
                 "id": j.id, "name": j.name, "state": j.state, "instance_id": j.instance_id,
                 "exit_code": j.exit_code, "reason": j.reason, "progress": progress,
                 "elapsed_ms": elapsed, "cost_micros": jc.map(|c| c.cost_micros),
@@ -1032,7 +1040,10 @@ async fn jobs(engine: &Engine, json: bool) -> Result<i32> {
                 j.id.clone(),
                 j.name.clone(),
                 j.instance_id.clone().unwrap_or_default(),
-                j.state.to_string(),
+                match flagged {
+                    Some(ms) => format!("{} (GPUs idle {})", j.state, fmt_duration(ms)),
+                    None => j.state.to_string(),
+                },
                 progress_text(&progress),
                 elapsed.map_or("-".into(), fmt_duration),
                 jc.and_then(|c| c.eta_ms).map_or("-".into(), fmt_duration),

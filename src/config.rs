@@ -88,6 +88,12 @@ pub struct UserConfig {
     pub stop_grace_seconds: u64,
     /// How often a followed job's log and status are polled, in milliseconds.
     pub poll_interval_ms: u64,
+    /// How often a job's machine samples its GPUs (utilisation, memory) while the job
+    /// runs, in seconds; 0: never. Machines without `nvidia-smi` never do.
+    pub gpu_sample_seconds: u64,
+    /// A running job whose GPUs all sat idle (under 5 %) this long is flagged (`jobs`,
+    /// the cockpit), in minutes.
+    pub gpu_idle_minutes: f64,
     /// The cockpit.
     pub tui: TuiConfig,
 }
@@ -101,6 +107,8 @@ impl Default for UserConfig {
             providers: ProvidersConfig::default(),
             stop_grace_seconds: 10,
             poll_interval_ms: 250,
+            gpu_sample_seconds: 10,
+            gpu_idle_minutes: 5.0,
             tui: TuiConfig::default(),
         }
     }
@@ -659,6 +667,12 @@ impl UserConfig {
                 return Err(at(name, e));
             }
         }
+        if !self.gpu_idle_minutes.is_finite() || self.gpu_idle_minutes < 0.0 {
+            return Err(at(
+                "gpu_idle_minutes",
+                "`gpu_idle_minutes` must be >= 0 (0: never flag)".into(),
+            ));
+        }
         if self.tui.fps == 0 || self.tui.fps > 120 {
             return Err(at("fps", "`fps` must be between 1 and 120".into()));
         }
@@ -926,7 +940,10 @@ impl Project {
             if !self.root.join(rel).exists() {
                 return Err(err_at(
                     rel,
-                    format!("setup input `{rel}` does not exist in {}", self.root.display()),
+                    format!(
+                        "setup input `{rel}` does not exist in {}",
+                        self.root.display()
+                    ),
                 ));
             }
         }

@@ -979,7 +979,8 @@ mod tests {
         p.feed_complete(rest.as_bytes(), &mut |pt| got.push(pt.value));
         assert_eq!(got, vec![0.5]);
         assert!(!p.progress().in_setup);
-        let skipped = "── trainctl: setup skipped: this machine ran setup 0123 already ──\nloss=1\n";
+        let skipped =
+            "── trainctl: setup skipped: this machine ran setup 0123 already ──\nloss=1\n";
         assert_eq!(val(skipped, "loss"), Some(1.0));
     }
 

@@ -151,6 +151,17 @@ const MIGRATIONS: &[&str] = &[
         data BLOB NOT NULL
     );
     CREATE INDEX metric_chunks_job ON metric_chunks(job_id, name);",
+    // 8: files of an attempt followed beside its log (`gpu`: the machine's GPU samples),
+    // each with its offset, committed with the points read from it; `idle_since_ms`: since
+    // when every GPU sample of the attempt said idle (none: busy, or no sample yet).
+    "CREATE TABLE stream_offsets (
+        job_id TEXT NOT NULL,
+        attempt INTEGER NOT NULL,
+        stream TEXT NOT NULL,
+        byte_offset INTEGER NOT NULL,
+        idle_since_ms INTEGER,
+        PRIMARY KEY (job_id, attempt, stream)
+    );",
 ];
 
 /// Where a metric point sits in its series, for the rule that a later attempt's point
@@ -1603,6 +1614,64 @@ impl Store {
     ) -> Result<bool> {
         self.write(|tx| {
             if !Self::advance_offset_tx(tx, job_id, attempt, old, new)? {
+                return Ok(false);
+            }
+            Self::insert_batch_tx(tx, job_id, attempt, batch)?;
+            Ok(true)
+        })
+    }
+
+    /// Where the follow of an attempt's side file `stream` stands: its byte offset and
+    /// since when it said idle.
+    pub fn stream_offset(
+        &self,
+        job_id: &str,
+        attempt: i64,
+        stream: &str,
+    ) -> Result<(u64, Option<TimestampMs>)> {
+        let row = self
+            .conn
+            .query_row(
+                "SELECT byte_offset, idle_since_ms FROM stream_offsets
+                 WHERE job_id = ?1 AND attempt = ?2 AND stream = ?3",
+                params![job_id, attempt, stream],
+                |r| Ok((r.get::<_, i64>(0)? as u64, r.get::<_, Option<i64>>(1)?)),
+            )
+            .optional()?;
+        Ok(row.unwrap_or((0, None)))
+    }
+
+    /// Move the side file `stream` of an attempt from offset `old` to `new`, with the
+    /// points read from those bytes and its idle mark, atomically; false (nothing
+    /// written) when another process advanced it first.
+    pub fn commit_stream_batch(
+        &mut self,
+        job_id: &str,
+        attempt: i64,
+        stream: &str,
+        (old, new): (u64, u64),
+        idle_since_ms: Option<TimestampMs>,
+        batch: &crate::series::Batch,
+    ) -> Result<bool> {
+        self.write(|tx| {
+            tx.execute(
+                "INSERT OR IGNORE INTO stream_offsets (job_id, attempt, stream, byte_offset)
+                 VALUES (?1, ?2, ?3, 0)",
+                params![job_id, attempt, stream],
+            )?;
+            let n = tx.execute(
+                "UPDATE stream_offsets SET byte_offset = ?4, idle_since_ms = ?5
+                 WHERE job_id = ?1 AND attempt = ?2 AND stream = ?3 AND byte_offset = ?6",
+                params![
+                    job_id,
+                    attempt,
+                    stream,
+                    new as i64,
+                    idle_since_ms,
+                    old as i64
+                ],
+            )?;
+            if n == 0 {
                 return Ok(false);
             }
             Self::insert_batch_tx(tx, job_id, attempt, batch)?;

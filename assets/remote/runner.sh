@@ -13,6 +13,7 @@
 #   phase         `setup` while the project's setup runs (setup.sh, once per machine
 #                 for the hash in setup.hash: ROOT/setup/HASH.done once it succeeded)
 #   setup_failed  the setup's exit status when it failed (the command did not run)
+#   gpu.csv       GPU samples while the job runs (see --gpu below)
 #   rescued       the checkpoint this machine put in the store itself on a notice
 #                 (rescue.err: why it could not)
 # usage: sh runner.sh JOB_DIR WORK_DIR   (the command is JOB_DIR/cmd.sh)
@@ -150,6 +151,24 @@ rescue() {
     fi
     return 0
 }
+
+# The GPU sampler (when cmd.sh's `# gpu_every=N` line says seconds and the machine has nvidia-smi):
+# one line per GPU every interval, `unix_seconds, index, utilization %, memory used MiB`,
+# appended to JOB_DIR/gpu.csv while the job runs; trainctl follows it like the log.
+if [ "${1:-}" = --gpu ]; then
+    job_dir=$2
+    runner=$3
+    every=$4
+    trap '' TERM INT HUP
+    cd "$job_dir" || exit 111
+    while alive "$runner" && [ "$(cat status 2>/dev/null)" != exited ]; do
+        t=$(date +%s)
+        nvidia-smi --query-gpu=index,utilization.gpu,memory.used --format=csv,noheader,nounits 2>/dev/null |
+            while IFS= read -r l; do printf '%s, %s\n' "$t" "$l"; done >> gpu.csv
+        sleep "$every"
+    done
+    exit 0
+fi
 
 if [ "${1:-}" = --watch ]; then
     job_dir=$2
@@ -306,6 +325,16 @@ if cd "$work_dir"; then
         sh "$0" --watch "$job_dir" "$$" "${TRAINCTL_GRACE:-30}" < /dev/null > /dev/null 2>&1 &
     fi
     watcher=$!
+    every=$(sed -n 's/^# gpu_every=\([0-9][0-9]*\)$/\1/p' "$job_dir/cmd.sh" | head -n 1)
+    sampler=
+    if [ -n "$every" ] && [ "$every" != 0 ] && command -v nvidia-smi >/dev/null 2>&1; then
+        if command -v setsid >/dev/null 2>&1; then
+            setsid sh "$0" --gpu "$job_dir" "$$" "$every" < /dev/null > /dev/null 2>&1 &
+        else
+            sh "$0" --gpu "$job_dir" "$$" "$every" < /dev/null > /dev/null 2>&1 &
+        fi
+        sampler=$!
+    fi
     code=0
     [ -f "$job_dir/setup.sh" ] && setup
     if [ "$code" = 0 ] && [ -z "$stopping" ]; then
@@ -328,6 +357,9 @@ echo exited > status
 # The watcher ignores SIGTERM (it must outlive the job's stop): end it and its `sleep`
 # (its own process group under setsid), so nothing is left behind; unless it is handling
 # a notice, which it finishes (the rescue upload) and then exits by itself.
+if [ -n "${sampler:-}" ]; then
+    kill -KILL -"$sampler" 2>/dev/null || kill -KILL "$sampler" 2>/dev/null
+fi
 if [ -n "${watcher:-}" ] && [ ! -f interrupting ]; then
     kill -KILL -"$watcher" 2>/dev/null || kill -KILL "$watcher" 2>/dev/null
 fi

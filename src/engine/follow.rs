@@ -259,3 +259,137 @@ impl Engine {
         Ok(Some(new))
     }
 }
+
+/// A GPU under this utilisation (percent) is idle.
+pub const GPU_IDLE_PERCENT: f64 = 5.0;
+
+impl Engine {
+    /// The machine's GPU samples (`gpu.csv`, written by the runner's sampler) since the
+    /// stored offset, as points `gpu<i>.util` (percent) and `gpu<i>.mem_gib`, placed at the
+    /// step and line the log had reached when they were read (samples read in a catch-up
+    /// share them); committed with the offset by compare-and-swap, like the log, with the
+    /// time since when every GPU sat idle. Returns the bytes consumed.
+    pub(super) async fn pump_gpu(
+        &self,
+        remote: &dyn Remote,
+        att: &AttemptRecord,
+        final_read: bool,
+    ) -> Result<usize> {
+        let every = self.inner.cfg.gpu_sample_seconds;
+        if every == 0 {
+            return Ok(0);
+        }
+        if !final_read {
+            let mut last = self
+                .inner
+                .last_gpu
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            let now = std::time::Instant::now();
+            if last
+                .get(&att.job_id)
+                .is_some_and(|t| now.duration_since(*t) < Duration::from_secs(every))
+            {
+                return Ok(0);
+            }
+            last.insert(att.job_id.clone(), now);
+        }
+        let (off, idle_since) = self
+            .store()
+            .stream_offset(&att.job_id, att.attempt, GPU_STREAM)?;
+        let path = format!("{}/gpu.csv", att.remote_dir);
+        let Some(bytes) = remote.read_range(&path, off, 1 << 20).await? else {
+            return Ok(0);
+        };
+        let take = bytes.iter().rposition(|&b| b == b'\n').map_or(0, |p| p + 1);
+        if take == 0 {
+            return Ok(0);
+        }
+        let log = self.store().log_offset(&att.job_id, att.attempt)?;
+        let (step, epoch) = (log.progress.step, log.progress.epoch);
+        let line = log.line.saturating_sub(1).max(1);
+        let mut batch = crate::series::Batch::default();
+        let mut points = Vec::new();
+        // Per sample time: whether any GPU was busy.
+        let mut times: Vec<(i64, bool)> = Vec::new();
+        for row in bytes[..take].split(|&b| b == b'\n') {
+            let text = String::from_utf8_lossy(row);
+            let f: Vec<&str> = text.split(',').map(str::trim).collect();
+            let [t, index, util, mem] = f.as_slice() else {
+                continue;
+            };
+            let (Ok(t), Ok(index)) = (t.parse::<i64>(), index.parse::<u32>()) else {
+                continue;
+            };
+            // `[N/A]` on GPUs that do not report a field: no point for it.
+            let util = util.parse::<f64>().ok();
+            let mem = mem
+                .parse::<f64>()
+                .ok()
+                .map(|m| (m / 1024.0 * 100.0).round() / 100.0);
+            for (name, value) in [("util", util), ("mem_gib", mem)] {
+                let Some(value) = value else { continue };
+                let name = format!("gpu{index}.{name}");
+                batch.push(
+                    &name,
+                    crate::series::Point {
+                        line,
+                        value,
+                        step,
+                        epoch,
+                    },
+                );
+                points.push(MetricPoint {
+                    name,
+                    value,
+                    step,
+                    epoch,
+                    line,
+                });
+            }
+            let busy = util.is_some_and(|u| u >= GPU_IDLE_PERCENT);
+            match times.last_mut() {
+                Some((at, b)) if *at == t => *b |= busy,
+                _ => times.push((t, busy)),
+            }
+        }
+        let mut idle = idle_since;
+        for (t, busy) in times {
+            idle = if busy { None } else { idle.or(Some(t * 1000)) };
+        }
+        let committed = self.store().commit_stream_batch(
+            &att.job_id,
+            att.attempt,
+            GPU_STREAM,
+            (off, off + take as u64),
+            idle,
+            &batch,
+        )?;
+        if committed && !points.is_empty() && self.inner.events.receiver_count() > 0 {
+            self.emit(EngineEvent::Metrics {
+                job_id: att.job_id.clone(),
+                points,
+                progress: log.progress,
+            });
+        }
+        Ok(if committed { take } else { 0 })
+    }
+
+    /// How long (ms) every GPU of a running job's newest attempt has sat idle, when the
+    /// samples say so.
+    pub fn gpu_idle_ms(&self, job: &JobRecord) -> Result<Option<i64>> {
+        if job.state != JobState::Running {
+            return Ok(None);
+        }
+        let Some(att) = self.store().attempts(&job.id)?.pop() else {
+            return Ok(None);
+        };
+        let (_, since) = self
+            .store()
+            .stream_offset(&job.id, att.attempt, GPU_STREAM)?;
+        Ok(since.map(|s| (now_ms() - s).max(0)))
+    }
+}
+
+/// The side stream of an attempt that holds its machine's GPU samples.
+const GPU_STREAM: &str = "gpu";

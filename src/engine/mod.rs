@@ -114,6 +114,8 @@ struct Inner {
     last_ship: Mutex<HashMap<String, std::time::Instant>>,
     /// When each spot machine's price was last read.
     last_price: Mutex<HashMap<String, std::time::Instant>>,
+    /// When each job's GPU samples were last read (read once per sampling interval).
+    last_gpu: Mutex<HashMap<String, std::time::Instant>>,
     /// Jobs a job actor of this process supervises now (one actor per job).
     supervised: Mutex<std::collections::HashSet<String>>,
 }
@@ -144,6 +146,7 @@ impl Engine {
                 checkpoints: Arc::new(crate::job::checkpoint::LocalDirStore::new(&checkpoints_dir)),
                 last_ship: Mutex::default(),
                 last_price: Mutex::default(),
+                last_gpu: Mutex::default(),
                 supervised: Mutex::default(),
             }),
         })

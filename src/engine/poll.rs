@@ -211,14 +211,16 @@ impl Engine {
                 // A recovery whose driver died after the start: its earlier machines were
                 // not released yet.
                 if job.state == JobState::Starting && attempts.len() > 1 {
-                    Box::pin(self.release_machines(&job, &attempts, Some(&att.instance_id)))
-                        .await;
+                    Box::pin(self.release_machines(&job, &attempts, Some(&att.instance_id))).await;
                 }
                 if let Err(e) = self
                     .ship_checkpoints(remote.as_ref(), &job, &att, false)
                     .await
                 {
                     tracing::warn!("job {job_id}: shipping checkpoints: {e:#}");
+                }
+                if let Err(e) = self.pump_gpu(remote.as_ref(), &att, false).await {
+                    tracing::warn!("job {job_id}: GPU samples: {e:#}");
                 }
                 if !job.cancel_requested
                     && let Some(why) = self.check_budget(&job)?
@@ -254,11 +256,12 @@ impl Engine {
                 )
             }
             RemoteStatus::Exited {
-                code,
-                setup_failed,
-                ..
+                code, setup_failed, ..
             } => {
                 self.pump_log(remote.as_ref(), &att, true).await?;
+                if let Err(e) = self.pump_gpu(remote.as_ref(), &att, true).await {
+                    tracing::warn!("job {job_id}: GPU samples: {e:#}");
+                }
                 let why = (setup_failed && code != 0).then(|| self.setup_failure(&att, code));
                 self.finish_as(&job, &att, Some(code), why).await
             }

@@ -109,6 +109,13 @@ impl Engine {
         remote: &dyn Remote,
         restore: Option<&recovery::Restore>,
     ) -> Result<JobState> {
+        // A machine without the GPUs the job asks for is refused before anything is sent.
+        let res = &spec.project.resources;
+        let visible = crate::remote::retry_lost(4, "checking the machine's GPUs", || {
+            job::gpu::check(remote, res.gpus, res.gpu_memory_gib)
+        })
+        .await
+        .with_context(|| format!("{} cannot run this job", inst.id))?;
         let (uploaded, bytes, deleted) = self.sync_code(remote, &inst.id, spec).await?;
         self.store().add_event(
             "sync.done",
@@ -180,6 +187,9 @@ impl Engine {
                 .await
                 .context("writing the rescue settings")?;
         }
+        if let Some(v) = visible {
+            env.insert("CUDA_VISIBLE_DEVICES".to_string(), v);
+        }
         env.extend(spec.project.env.clone());
         // The project's setup: the runner runs it first unless this machine ran the same
         // one (its hash) already.
@@ -200,7 +210,13 @@ impl Engine {
                 .await?;
             }
         }
-        let script = job::command_script(&spec.project.command, &env);
+        // The runner reads its settings from the script's head: the machine samples its
+        // GPUs this often while the job runs (when it has nvidia-smi).
+        let script = format!(
+            "# gpu_every={}\n{}",
+            self.inner.cfg.gpu_sample_seconds,
+            job::command_script(&spec.project.command, &env)
+        );
         let pid = self
             .executor()
             .start(remote, &jd, &workdir, &script, self.grace())

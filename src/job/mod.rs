@@ -8,6 +8,7 @@
 pub mod artifacts;
 pub mod checkpoint;
 pub mod executor;
+pub mod gpu;
 pub mod setup;
 pub mod sync;
 

@@ -129,12 +129,8 @@ impl Provider for LocalProvider {
         if ty != INSTANCE_TYPE {
             bail!("the local provider has one instance type, `{INSTANCE_TYPE}`; `{ty}` is unknown");
         }
-        if req.gpus.unwrap_or(0) > 0 {
-            bail!(
-                "the local provider has no GPUs; {} requested",
-                req.gpus.unwrap_or(0)
-            );
-        }
+        // This computer's GPUs (if any) are checked on it when a job starts
+        // (`job::gpu::check`), with what it has in the error.
         if req.spot {
             bail!("the local provider has no spot market");
         }

@@ -144,8 +144,152 @@ fn a_broken_setup_config_names_its_place() {
     assert!(err.contains("trainctl.toml:4:"), "{err}");
     assert!(err.contains("there is no `setup`"), "{err}");
     let env = Env::new("", "0");
-    set_top(&env, "setup = \"pip install -r requirements.txt\"\nsetup_inputs = [\"requirements.txt\"]");
+    set_top(
+        &env,
+        "setup = \"pip install -r requirements.txt\"\nsetup_inputs = [\"requirements.txt\"]",
+    );
     let out = env.run(&["run"]);
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("setup input `requirements.txt` does not exist"), "{err}");
+    assert!(
+        err.contains("setup input `requirements.txt` does not exist"),
+        "{err}"
+    );
+}
+
+/// A stand-in `nvidia-smi` on a PATH of its own: two 22 GiB GPUs whose utilisation is
+/// read from `util` in the returned directory. Returns (PATH value, that directory).
+fn fake_gpus(env: &Env) -> (String, std::path::PathBuf) {
+    use std::os::unix::fs::PermissionsExt;
+    let bin = env.dir.path().join("gpu-bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let smi = bin.join("nvidia-smi");
+    std::fs::write(
+        &smi,
+        format!(
+            "#!/bin/sh\ncase \"$*\" in\n\
+             *index,name,memory.total,memory.used*) printf '0, NVIDIA A10G, 23028, 20000\\n1, NVIDIA A10G, 23028, 5\\n' ;;\n\
+             *index,utilization.gpu,memory.used*) u=$(cat '{0}/util' 2>/dev/null || echo 0); printf '0, %s, 1536\\n1, [N/A], 2048\\n' \"$u\" ;;\n\
+             *) printf 'NVIDIA A10G, 23028 MiB\\nNVIDIA A10G, 23028 MiB\\n' ;;\nesac\n",
+            bin.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&smi, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap());
+    (path, bin)
+}
+
+#[test]
+fn a_gpu_job_is_refused_on_a_machine_without_the_gpus_it_asks_for() {
+    let env = Env::new("", "0");
+    crate::common::set_resources(&env, "gpus = 1");
+    let out = env.run(&["run", "--json", "--terminate-after"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(
+            "the job asks for 1 GPU(s); this machine has none (no nvidia-smi on its PATH)"
+        ),
+        "{err}"
+    );
+    let jobs = env.json(&["jobs"]);
+    assert_eq!(jobs[0]["state"], "failed", "{jobs}");
+    assert!(!env.has_metrics(jobs[0]["id"].as_str().unwrap()));
+    // Nothing was left billing.
+    assert!(env.json(&["ls"]).as_array().unwrap().is_empty());
+
+    // GPUs, but not big enough.
+    let (path, _) = fake_gpus(&env);
+    let toml = env.project.join("trainctl.toml");
+    let text = std::fs::read_to_string(&toml).unwrap();
+    std::fs::write(&toml, text.replace("gpus = 1", "gpu_memory_gib = 40")).unwrap();
+    let out = env
+        .cmd(&["run", "--json", "--terminate-after"])
+        .env("PATH", &path)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(
+            "asks for 1 GPU(s) with at least 40 GiB each; this machine has 2x NVIDIA A10G (22 GiB)"
+        ),
+        "{err}"
+    );
+}
+
+#[test]
+fn gpus_are_given_to_the_job_sampled_while_it_runs_and_an_idle_one_is_flagged() {
+    let env = Env::new("gpu_sample_seconds = 1\ngpu_idle_minutes = 0.03\n", "0.01");
+    let (path, bin) = fake_gpus(&env);
+    crate::common::set_resources(&env, "gpus = 1");
+    let toml = env.project.join("trainctl.toml");
+    let text = std::fs::read_to_string(&toml).unwrap().replace(
+        "command = \"python3 train.py",
+        "command = \"echo \\\"devices [$CUDA_VISIBLE_DEVICES]\\\"; python3 train.py",
+    );
+    std::fs::write(&toml, text).unwrap();
+    let gate = env.hold_at(20);
+    let mut run = env
+        .cmd(&["run", "--json", "--terminate-after"])
+        .env("PATH", &path)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let job = env.wait_running_with_metrics();
+    // Idle GPUs (0 %) for longer than the limit: flagged.
+    env.wait_for(30, "the idle GPUs to be flagged", || {
+        env.job(&job)["gpu_idle_flag"] == true
+    });
+    let table = env.ok(&["jobs"]);
+    assert!(table.contains("running (GPUs idle "), "{table}");
+    // Busy again: no flag.
+    std::fs::write(bin.join("util"), "97").unwrap();
+    env.wait_for(30, "the busy GPU to clear the flag", || {
+        env.job(&job)["gpu_idle_ms"].is_null()
+    });
+    std::fs::write(&gate, "").unwrap();
+    let out = run.wait_with_output().unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["state"], "succeeded", "{v}");
+    // The least used GPU was given to the job.
+    assert!(env.ok(&["logs", &job]).contains("devices [1]"));
+    // Samples are metric series beside the training's, placed at training steps.
+    let util = env.json(&["metrics", &job, "--name", "gpu0.util"]);
+    let util = util.as_array().unwrap();
+    assert!(util.len() >= 2, "{util:?}");
+    assert!(util.iter().any(|p| p["value"] == 0.0), "{util:?}");
+    assert!(util.iter().any(|p| p["value"] == 97.0), "{util:?}");
+    assert!(
+        util.iter()
+            .any(|p| p["step"].as_i64().is_some_and(|s| s >= 20)),
+        "{util:?}"
+    );
+    let mem = env.json(&["metrics", &job, "--name", "gpu0.mem_gib"]);
+    assert_eq!(mem[0]["value"], 1.5, "{mem}");
+    // A field the GPU does not report makes no point.
+    assert!(
+        env.json(&["metrics", &job, "--name", "gpu1.util"])
+            .as_array()
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(
+        env.json(&["metrics", &job, "--name", "gpu1.mem_gib"])[0]["value"],
+        2.0
+    );
+    // The sampler ended with the job.
+    let left = std::process::Command::new("pgrep")
+        .args(["-f", "runner.sh --gpu"])
+        .output()
+        .unwrap();
+    assert!(
+        !String::from_utf8_lossy(&left.stdout)
+            .lines()
+            .any(
+                |pid| std::fs::read_to_string(format!("/proc/{pid}/cmdline"))
+                    .is_ok_and(|c| c.contains(env.dir.path().to_str().unwrap()))
+            ),
+        "a GPU sampler outlived its job"
+    );
 }
