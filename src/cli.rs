@@ -1443,12 +1443,14 @@ async fn run_job(engine: &Engine, o: RunOpts, json: bool) -> Result<i32> {
         .into_iter()
         .find(|c| c.id == job.id)
         .map_or(0, |c| c.cost_micros);
+    let summary = engine.job_summary(&job.id)?;
     if json {
         print_json(&json!({
             "job_id": job.id, "instance_id": inst.id, "state": state,
             "exit_code": final_job.exit_code, "reason": final_job.reason,
             "cost_micros": cost, "artifacts": report.as_ref().map(|r| &r.pulled),
             "artifacts_failed": report.as_ref().map(|r| &r.failed),
+            "summary": summary,
         }));
     } else {
         eprintln!(
@@ -1458,11 +1460,62 @@ async fn run_job(engine: &Engine, o: RunOpts, json: bool) -> Result<i32> {
             final_job.reason.unwrap_or_default(),
             Money(cost)
         );
+        eprint!(
+            "{}",
+            summary_text(&summary, report.as_ref().map(|r| r.pulled.len()))
+        );
     }
     if pull_failed && state == JobState::Succeeded {
         return Ok(EXIT_ERROR);
     }
     Ok(exit_for(state))
+}
+
+/// The end of `run`: how long, how many attempts, what came back, and each main metric's
+/// last and best value.
+fn summary_text(s: &crate::engine::summary::JobSummary, pulled: Option<usize>) -> String {
+    let mut out = format!(
+        "  {} in {}, {} attempt{}",
+        s.state,
+        fmt_duration(s.duration_ms),
+        s.attempts,
+        if s.attempts == 1 { "" } else { "s" }
+    );
+    if let Some(n) = pulled {
+        out.push_str(&format!(
+            ", {n} artifact{} pulled",
+            if n == 1 { "" } else { "s" }
+        ));
+    }
+    out.push('\n');
+    let width = s
+        .metrics
+        .iter()
+        .map(|m| m.name.chars().count())
+        .max()
+        .unwrap_or(0);
+    let at = |step: Option<i64>| step.map_or(String::new(), |s| format!(" (step {s})"));
+    for m in &s.metrics {
+        let last = format!("{}{}", fmt_value(m.last), at(m.last_step));
+        out.push_str(&format!(
+            "  {:width$}  last {last:<24} best {}{} ({} is better)\n",
+            m.name,
+            fmt_value(m.best),
+            at(m.best_step),
+            if m.lower_is_better { "lower" } else { "higher" },
+        ));
+    }
+    out
+}
+
+/// A metric value as people read them: up to 6 significant decimals, no float noise.
+fn fmt_value(v: f64) -> String {
+    if v != 0.0 && (v.abs() >= 1e6 || v.abs() < 1e-4) {
+        return format!("{v:.4e}");
+    }
+    let s = format!("{v:.6}");
+    let s = s.trim_end_matches('0').trim_end_matches('.');
+    s.to_string()
 }
 
 fn print_pull(report: &crate::job::artifacts::PullReport, json: bool) {

@@ -94,6 +94,9 @@ pub struct UserConfig {
     /// A running job whose GPUs all sat idle (under 5 %) this long is flagged (`jobs`,
     /// the cockpit), in minutes.
     pub gpu_idle_minutes: f64,
+    /// Run on this side when a job ends (a webhook, a desktop notification); a project's
+    /// own `on_end` wins. See the project config's `on_end` for its environment.
+    pub on_end: Option<String>,
     /// The cockpit.
     pub tui: TuiConfig,
 }
@@ -109,6 +112,7 @@ impl Default for UserConfig {
             poll_interval_ms: 250,
             gpu_sample_seconds: 10,
             gpu_idle_minutes: 5.0,
+            on_end: None,
             tui: TuiConfig::default(),
         }
     }
@@ -730,6 +734,11 @@ pub struct ProjectConfig {
     /// `requirements.txt` runs the setup again.
     #[serde(default)]
     pub setup_inputs: Vec<String>,
+    /// Run on trainctl's side when a job ends (`sh -c`, in the project's root), with
+    /// `TRAINCTL_JOB_ID`, `_JOB_NAME`, `_JOB_STATE`, `_EXIT_CODE`, `_REASON`, `_COST_USD`
+    /// and `TRAINCTL_SUMMARY` (JSON) set; overrides the user config's `on_end`.
+    #[serde(default)]
+    pub on_end: Option<String>,
 }
 
 /// `setup`: one shell text, or a list of commands run in order.

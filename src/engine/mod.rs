@@ -34,6 +34,7 @@ mod poll;
 mod query;
 mod recovery;
 mod start;
+pub mod summary;
 mod supervisor;
 pub use recovery::MigrateTarget;
 
@@ -240,6 +241,21 @@ impl Engine {
     }
 
     fn transition(&self, job_id: &str, to: JobState, why: &str, code: Option<i32>) -> Result<()> {
+        if self.transition_only(job_id, to, why, code)? && to.is_terminal() {
+            self.job_ended(job_id);
+        }
+        Ok(())
+    }
+
+    /// [`Engine::transition`] without the end's hook (for a caller that runs it after its
+    /// own end work); true when this call moved the job.
+    fn transition_only(
+        &self,
+        job_id: &str,
+        to: JobState,
+        why: &str,
+        code: Option<i32>,
+    ) -> Result<bool> {
         let from = self.store().transition_job_with(job_id, to, why, code)?;
         if from != to {
             self.emit(EngineEvent::JobState {
@@ -248,7 +264,7 @@ impl Engine {
                 reason: why.to_string(),
             });
         }
-        Ok(())
+        Ok(from != to)
     }
 
     /// The process starting `job` exited before the job started: nobody will start it. A

@@ -425,7 +425,7 @@ impl Engine {
                 ),
             }
         };
-        self.transition(&job.id, state, &why, code)?;
+        let moved = self.transition_only(&job.id, state, &why, code)?;
         self.archive_logs(&job).await;
         if job.terminate_on_end
             && let Some(inst_id) = job.instance_id.as_deref()
@@ -472,6 +472,10 @@ impl Engine {
         let attempts = self.store().attempts(&job.id)?;
         if attempts.len() > 1 {
             Box::pin(self.release_machines(&job, &attempts, job.instance_id.as_deref())).await;
+        }
+        // The end's hook once the end's work is done (artifacts pulled, machine released).
+        if moved {
+            self.job_ended(&job.id);
         }
         Ok(state)
     }

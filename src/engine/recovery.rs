@@ -90,6 +90,9 @@ impl Engine {
                 state: to,
                 reason: why.to_string(),
             });
+            if to.is_terminal() {
+                self.job_ended(&job.id);
+            }
             return Ok(to);
         }
         self.job_state(&job.id)

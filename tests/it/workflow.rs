@@ -40,7 +40,7 @@ fn setup_runs_once_per_machine_and_hash_and_its_output_is_logged_not_parsed() {
         ),
     );
     let inst = env.json(&["launch"])["id"].as_str().unwrap().to_string();
-    let mut run = env
+    let run = env
         .cmd(&["run", "--instance", &inst, "--json"])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -229,7 +229,7 @@ fn gpus_are_given_to_the_job_sampled_while_it_runs_and_an_idle_one_is_flagged() 
     );
     std::fs::write(&toml, text).unwrap();
     let gate = env.hold_at(20);
-    let mut run = env
+    let run = env
         .cmd(&["run", "--json", "--terminate-after"])
         .env("PATH", &path)
         .stdout(Stdio::piped())
@@ -292,4 +292,87 @@ fn gpus_are_given_to_the_job_sampled_while_it_runs_and_an_idle_one_is_flagged() 
             ),
         "a GPU sampler outlived its job"
     );
+}
+
+#[test]
+fn on_end_runs_once_per_job_end_with_its_summary_also_after_a_reattach() {
+    let env = Env::new("", "0.01");
+    let ends = env.dir.path().join("ends");
+    set_top(
+        &env,
+        &format!(
+            "on_end = \"echo \\\"$TRAINCTL_JOB_ID $TRAINCTL_JOB_STATE code=$TRAINCTL_EXIT_CODE\\\" >> '{0}'; printf '%s\\\\n' \\\"$TRAINCTL_SUMMARY\\\" >> '{0}.json'\"",
+            ends.display()
+        ),
+    );
+    // 1. Watched to the end by `run`: the summary is printed, and on_end called once.
+    let out = env.run(&["run", "--terminate-after"]);
+    assert!(out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("  succeeded in "), "{err}");
+    assert!(err.contains("6 artifacts pulled"), "{err}");
+    assert!(
+        err.lines()
+            .any(|l| l.trim_start().starts_with("loss ") && l.contains("best ")),
+        "{err}"
+    );
+    let first = env.json(&["jobs"])[0]["id"].as_str().unwrap().to_string();
+    env.wait_for(10, "on_end to run", || count(&ends) == 1);
+    let line = std::fs::read_to_string(&ends).unwrap();
+    assert_eq!(line, format!("{first} succeeded code=0\n"));
+    let summary: serde_json::Value = serde_json::from_str(
+        std::fs::read_to_string(ends.with_extension("json"))
+            .unwrap()
+            .trim(),
+    )
+    .unwrap();
+    assert_eq!(summary["job_id"], first.as_str());
+    assert_eq!(summary["artifacts"], 6, "{summary}");
+    let loss = summary["metrics"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["name"] == "loss")
+        .unwrap()
+        .clone();
+    assert_eq!(loss["lower_is_better"], true);
+    assert!(loss["best"].as_f64().unwrap() <= loss["last"].as_f64().unwrap());
+
+    // 2. The job ends while no trainctl watches; the next one to look runs on_end, once.
+    let gate = env.hold_at(10);
+    let inst = env.json(&["launch"])["id"].as_str().unwrap().to_string();
+    let mut run = env
+        .cmd(&["run", "--instance", &inst])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let job = env.wait_running_with_metrics();
+    run.kill().unwrap();
+    run.wait().unwrap();
+    std::fs::write(&gate, "").unwrap();
+    env.wait_for(30, "the job to be seen ended", || {
+        env.job(&job)["state"] == "succeeded"
+    });
+    for _ in 0..3 {
+        env.ok(&["jobs"]);
+    }
+    env.wait_for(10, "on_end to run for the re-attached job", || {
+        count(&ends) == 2
+    });
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let text = std::fs::read_to_string(&ends).unwrap();
+    assert_eq!(
+        text.lines().filter(|l| l.starts_with(&job)).count(),
+        1,
+        "{text}"
+    );
+    assert_eq!(
+        env.event_kinds(Some(&job))
+            .iter()
+            .filter(|k| *k == "job.on_end")
+            .count(),
+        1
+    );
+    env.ok(&["terminate", &inst]);
 }
