@@ -128,6 +128,8 @@ pub struct TuiConfig {
     pub log_scrollback: usize,
     /// Mouse capture (off: the terminal keeps its own selection and copy).
     pub mouse: bool,
+    /// Ring the terminal's bell when a job ends.
+    pub bell: bool,
     /// Key overrides: action name to keys, e.g. `terminate = "ctrl-d"`, `quit = ["ctrl-c", "ctrl-q"]`.
     pub keys: BTreeMap<String, KeyList>,
     /// Colour overrides as `#rrggbb`: accent, ok, warn, error, dim, selection.
@@ -140,6 +142,7 @@ impl Default for TuiConfig {
             fps: 20,
             log_scrollback: 100_000,
             mouse: false,
+            bell: true,
             keys: BTreeMap::new(),
             theme: BTreeMap::new(),
         }

@@ -426,6 +426,10 @@ pub struct App {
     pub validator: Validator,
     /// Rows per page of the current list (set when drawing).
     pub page: usize,
+    /// Ring the terminal's bell when a job ends (`[tui] bell`).
+    pub bell: bool,
+    /// A bell is due (the event loop rings it once).
+    pub ring: bool,
 }
 
 fn is_press(ev: &KeyEvent) -> bool {
@@ -479,6 +483,8 @@ impl App {
             default_provider: "local".into(),
             validator,
             page: 10,
+            bell: false,
+            ring: false,
         }
     }
 
@@ -662,6 +668,28 @@ impl App {
                     if Some(&job_id) == self.focus_job.as_ref() =>
                 {
                     self.poll_focus()
+                }
+                EngineEvent::JobState {
+                    job_id,
+                    state,
+                    reason,
+                } if state.is_terminal() => {
+                    // A job's end is said once (its state moves there once), with why.
+                    let name = self
+                        .snap
+                        .jobs
+                        .iter()
+                        .find(|j| j.rec.id == job_id)
+                        .map(|j| format!("{} ({job_id})", j.rec.name))
+                        .unwrap_or(job_id);
+                    let reason = crate::sanitize::sanitize_line(reason.as_bytes());
+                    self.say(
+                        format!("job {name} {state}: {reason}"),
+                        state != JobState::Succeeded,
+                    );
+                    self.ring |= self.bell;
+                    self.dirty = true;
+                    vec![Command::Refresh]
                 }
                 EngineEvent::JobState { .. } | EngineEvent::Instance { .. } => {
                     vec![Command::Refresh]

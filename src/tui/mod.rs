@@ -40,6 +40,7 @@ pub fn new_app(
         cfg.tui.log_scrollback,
         validator(engine),
     );
+    a.bell = cfg.tui.bell;
     a.providers = engine.provider_names();
     a.catalog = a
         .providers

@@ -480,6 +480,12 @@ where
                 Vec::new()
             }
         };
+        if app.ring {
+            app.ring = false;
+            use std::io::Write;
+            let mut out = std::io::stdout();
+            let _ = out.write_all(b"\x07").and_then(|()| out.flush());
+        }
         for c in cmds {
             ctx.execute(c);
         }

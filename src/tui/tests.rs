@@ -791,3 +791,34 @@ fn cheapest_launches_the_cheapest_fitting_offer_of_any_provider_with_the_rest_as
     assert_eq!(req.instance_type.as_deref(), Some("H100"));
     assert_eq!(req.any_of, vec!["runpod:H100-NVL".to_string()]);
 }
+
+/// A job's end is announced once, with its reason, as an error when it did not succeed,
+/// and rings the bell only when configured; other moves say nothing.
+#[test]
+fn a_jobs_end_is_announced_with_its_reason_and_rings_the_bell_when_asked() {
+    use crate::engine::EngineEvent;
+    let mut app = fixture(false);
+    let moved = |app: &mut App, state: JobState, reason: &str| {
+        app.update(Msg::Engine(EngineEvent::JobState {
+            job_id: "j-tp2k0000cccc".into(),
+            state,
+            reason: reason.into(),
+        }))
+    };
+    moved(&mut app, JobState::Running, "setup done; running");
+    assert_eq!(app.status, None);
+    let cmds = moved(&mut app, JobState::Failed, "exited with status 3\x1b[31m");
+    assert!(matches!(cmds.as_slice(), [Command::Refresh]));
+    assert_eq!(
+        app.status,
+        Some((
+            "job toy-train (j-tp2k0000cccc) failed: exited with status 3".into(),
+            true
+        ))
+    );
+    assert!(!app.ring, "the bell is off unless configured");
+    app.bell = true;
+    moved(&mut app, JobState::Succeeded, "exited with status 0");
+    assert_eq!(app.status.as_ref().map(|s| s.1), Some(false));
+    assert!(app.ring);
+}

@@ -133,8 +133,8 @@ fn window(len: usize, sel: usize, height: usize) -> (usize, usize) {
 fn state_style(app: &App, s: &str) -> Style {
     match s {
         "running" | "succeeded" => app.theme.ok(),
-        "pending" | "syncing" | "starting" | "terminating" | "interrupted" | "recovering"
-        | "stopped" => app.theme.warn(),
+        "pending" | "syncing" | "starting" | "setting_up" | "terminating" | "interrupted"
+        | "recovering" | "stopped" => app.theme.warn(),
         "failed" | "lost" | "preempted" => app.theme.error(),
         _ => app.theme.dim(),
     }
