@@ -278,7 +278,7 @@ async fn proxy_jump_goes_through_the_bastion_and_checks_its_key() {
     );
 }
 
-fn ssh_env(sshd: &Sshd, extra: &str, step_sleep: &str) -> Env {
+pub(crate) fn ssh_env(sshd: &Sshd, extra: &str, step_sleep: &str) -> Env {
     let remote_dir = tempfile::tempdir().unwrap().keep();
     Env::new(
         &format!(
@@ -294,7 +294,7 @@ fn ssh_env(sshd: &Sshd, extra: &str, step_sleep: &str) -> Env {
 }
 
 /// Hold `ssh_env`'s host (trusting its key on first sight); the instance id.
-fn launch_ssh(env: &Env) -> String {
+pub(crate) fn launch_ssh(env: &Env) -> String {
     env.json(&["launch", "--provider", "ssh", "--accept-new-host-key"])["id"]
         .as_str()
         .unwrap()
@@ -302,7 +302,7 @@ fn launch_ssh(env: &Env) -> String {
 }
 
 /// Where `ssh_env`'s host keeps the toy project's code.
-fn remote_code_dir(env: &Env) -> std::path::PathBuf {
+pub(crate) fn remote_code_dir(env: &Env) -> std::path::PathBuf {
     let cfg = std::fs::read_to_string(&env.config).unwrap();
     let remote_dir = cfg
         .lines()

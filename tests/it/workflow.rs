@@ -376,3 +376,47 @@ fn on_end_runs_once_per_job_end_with_its_summary_also_after_a_reattach() {
     );
     env.ok(&["terminate", &inst]);
 }
+
+#[test]
+fn setup_runs_once_on_an_ssh_host_and_a_gpu_job_is_refused_there() {
+    let sshd = trainctl::testkit::Sshd::start();
+    let env = crate::ssh::ssh_env(&sshd, "", "0");
+    let inst = crate::ssh::launch_ssh(&env);
+    set_top(
+        &env,
+        "setup = [\"echo installing\", \"touch .setup-ran-$TRAINCTL_JOB_ID\"]",
+    );
+    let first = env.json(&["run", "--instance", &inst]);
+    assert_eq!(first["state"], "succeeded", "{first}");
+    let log = env.ok(&["logs", first["job_id"].as_str().unwrap()]);
+    assert!(
+        log.contains("installing") && log.contains("setup ended: done"),
+        "{log}"
+    );
+    let second = env.json(&["run", "--instance", &inst]);
+    assert_eq!(second["state"], "succeeded", "{second}");
+    let log = env.ok(&["logs", second["job_id"].as_str().unwrap()]);
+    assert!(log.contains("setup skipped"), "{log}");
+    assert!(!log.contains("installing"), "{log}");
+    // The setup ran in the job's workdir with the job's environment, once.
+    let code = crate::ssh::remote_code_dir(&env);
+    let ran: Vec<String> = std::fs::read_dir(&code)
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|n| n.starts_with(".setup-ran-"))
+        .collect();
+    assert_eq!(
+        ran,
+        vec![format!(".setup-ran-{}", first["job_id"].as_str().unwrap())]
+    );
+
+    crate::common::set_resources(&env, "gpus = 1");
+    let out = env.run(&["run", "--instance", &inst, "--json"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("this machine has none (no nvidia-smi on its PATH)"),
+        "{err}"
+    );
+    env.ok(&["terminate", &inst]);
+}
