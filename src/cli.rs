@@ -1183,6 +1183,58 @@ impl Drop for AbortOnDrop {
     }
 }
 
+/// On a TTY, a progress bar (bytes, rate, ETA) for each transfer the engine makes for
+/// `job` (its datasets), until the returned guard is dropped.
+fn transfer_progress(engine: &Engine, job: &str) -> Option<AbortOnDrop> {
+    if !std::io::stderr().is_terminal() {
+        return None;
+    }
+    let mut events = engine.subscribe();
+    let job = job.to_string();
+    let task = tokio::spawn(async move {
+        let mut bar: Option<(String, indicatif::ProgressBar)> = None;
+        while let Ok(ev) = events.recv().await {
+            let crate::engine::EngineEvent::Transfer {
+                job_id,
+                what,
+                done,
+                total,
+                ..
+            } = ev
+            else {
+                continue;
+            };
+            if job_id != job {
+                continue;
+            }
+            if bar.as_ref().is_none_or(|(w, _)| *w != what) {
+                if let Some((_, b)) = bar.take() {
+                    b.finish();
+                }
+                let b = indicatif::ProgressBar::new(total);
+                b.set_style(
+                    indicatif::ProgressStyle::with_template(
+                        "{msg} {bytes}/{total_bytes} {bytes_per_sec} ETA {eta}",
+                    )
+                    .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+                );
+                b.set_message(format!("placing {what}:"));
+                b.set_position(done);
+                // The rate counts what is sent now, not what an earlier transfer left.
+                b.reset_elapsed();
+                bar = Some((what.clone(), b));
+            }
+            if let Some((_, b)) = &bar {
+                b.set_position(done);
+                if done >= total {
+                    b.finish();
+                }
+            }
+        }
+    });
+    Some(AbortOnDrop(task))
+}
+
 /// Follow a job, printing its log (to stderr when stdout carries JSON); a progress
 /// spinner on a TTY.
 async fn follow_printing(engine: &Engine, job: &JobRecord, json: bool) -> Result<JobState> {
@@ -1335,7 +1387,9 @@ async fn run_job(engine: &Engine, o: RunOpts, json: bool) -> Result<i32> {
         .store()
         .set_end_intent(&job.id, o.terminate_after, !o.no_pull)?;
     eprintln!("job {} on {}", job.id, inst.id);
+    let progress = transfer_progress(engine, &job.id);
     let started = engine.start_job(&job.id).await;
+    drop(progress);
     if let Err(e) = started {
         // A machine this run launched goes with the failed start (unless asked to keep
         // it), confirmed with the provider, and what it cost is said.
@@ -1709,7 +1763,7 @@ async fn sync(
     };
     let plan = engine.sync_project(&project, &inst_key, dry_run).await?;
     let root = project.root.clone();
-    let excludes = project.config.sync.exclude.clone();
+    let excludes = crate::engine::data::sync_excludes(&project.config, &project.root);
     let excluded =
         tokio::task::spawn_blocking(move || crate::job::sync::excluded(&root, &excludes)).await??;
     if json {

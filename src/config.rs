@@ -742,6 +742,20 @@ pub struct ProjectConfig {
     /// and `TRAINCTL_SUMMARY` (JSON) set; overrides the user config's `on_end`.
     #[serde(default)]
     pub on_end: Option<String>,
+    /// Datasets placed on the machine apart from the code, once per machine and content
+    /// (`[[data]] src = "data/coco" dst = "coco"`): under `TRAINCTL_DATA_DIR`.
+    #[serde(default)]
+    pub data: Vec<DataConfig>,
+}
+
+/// `[[data]]`: a local folder or file, placed at `dst` under `TRAINCTL_DATA_DIR`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct DataConfig {
+    /// A folder or file, relative to the project root or absolute.
+    pub src: String,
+    /// Where the job finds it, relative to `TRAINCTL_DATA_DIR`.
+    pub dst: String,
 }
 
 /// `setup`: one shell text, or a list of commands run in order.
@@ -956,6 +970,47 @@ impl Project {
                         "setup input `{rel}` does not exist in {}",
                         self.root.display()
                     ),
+                ));
+            }
+        }
+        let mut dsts = std::collections::BTreeSet::new();
+        for d in &self.config.data {
+            if d.src.starts_with("s3://") {
+                return Err(err_at(
+                    &d.src,
+                    format!(
+                        "data source `{}`: only local folders and files can be placed so far",
+                        d.src
+                    ),
+                ));
+            }
+            if !self.root.join(&d.src).exists() {
+                return Err(err_at(
+                    &d.src,
+                    format!(
+                        "data source `{}` does not exist (relative to {})",
+                        d.src,
+                        self.root.display()
+                    ),
+                ));
+            }
+            if !is_safe_relative(&d.dst) || !dsts.insert(d.dst.trim_end_matches('/')) {
+                return Err(err_at(
+                    &d.dst,
+                    format!(
+                        "data `dst = \"{}\"` must be a relative path under TRAINCTL_DATA_DIR, named once",
+                        d.dst
+                    ),
+                ));
+            }
+        }
+        // One dataset inside another's place would write into the machine's shared copy.
+        let dsts: Vec<&str> = dsts.into_iter().collect();
+        for outer in &dsts {
+            if let Some(inner) = dsts.iter().find(|d| d.starts_with(&format!("{outer}/"))) {
+                return Err(err_at(
+                    inner,
+                    format!("data `dst = \"{inner}\"` is inside `{outer}`"),
                 ));
             }
         }

@@ -27,6 +27,7 @@ use std::time::Duration;
 use tokio::sync::{broadcast, mpsc};
 
 mod budget;
+pub mod data;
 mod fleet;
 mod follow;
 mod instances;
@@ -74,6 +75,14 @@ pub enum EngineEvent {
     Notice {
         job_id: Option<String>,
         message: String,
+    },
+    /// A transfer for a job under way (a dataset): bytes there so far of `total`.
+    Transfer {
+        job_id: String,
+        what: String,
+        done: u64,
+        total: u64,
+        elapsed_ms: u64,
     },
 }
 

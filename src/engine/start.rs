@@ -123,6 +123,10 @@ impl Engine {
             Some(job_id),
             &format!("{uploaded} files ({bytes} bytes) copied, {deleted} deleted"),
         )?;
+        if self.cancelled_before_start(job_id)? {
+            return Ok(JobState::Cancelled);
+        }
+        let data_dir = self.place_data(job_id, remote, inst, spec).await?;
         if restore.is_some() {
             recovery::failpoint("recovery.sync");
         }
@@ -189,6 +193,9 @@ impl Engine {
         }
         if let Some(v) = visible {
             env.insert("CUDA_VISIBLE_DEVICES".to_string(), v);
+        }
+        if let Some(d) = data_dir {
+            env.insert("TRAINCTL_DATA_DIR".to_string(), d);
         }
         env.extend(spec.project.env.clone());
         // The project's setup: the runner runs it first unless this machine ran the same
@@ -271,7 +278,7 @@ impl Engine {
                 instance,
                 &spec.project_name,
                 Path::new(&spec.root),
-                &spec.project.sync.exclude,
+                &data::sync_excludes(&spec.project, Path::new(&spec.root)),
                 false,
             )
             .await?;
@@ -296,7 +303,7 @@ impl Engine {
             &inst.id,
             &project.name(),
             &project.root,
-            &project.config.sync.exclude,
+            &data::sync_excludes(&project.config, &project.root),
             dry_run,
         )
         .await

@@ -7,6 +7,7 @@
 
 pub mod artifacts;
 pub mod checkpoint;
+pub mod data;
 pub mod executor;
 pub mod gpu;
 pub mod setup;

@@ -436,6 +436,32 @@ fn is_press(ev: &KeyEvent) -> bool {
     ev.kind != crossterm::event::KeyEventKind::Release
 }
 
+/// `job j-… placing coco: 41% (812.0 MB of 2.0 GB), 301.2 MB/s, 4 s left`.
+pub fn transfer_text(job: &str, what: &str, done: u64, total: u64, elapsed_ms: u64) -> String {
+    let mb = |b: u64| {
+        if b >= 1 << 30 {
+            format!("{:.1} GB", b as f64 / 1e9)
+        } else {
+            format!("{:.1} MB", b as f64 / 1e6)
+        }
+    };
+    if done >= total {
+        return format!("job {job}: {what} placed ({})", mb(total));
+    }
+    let pct = done.saturating_mul(100) / total.max(1);
+    let mut t = format!(
+        "job {job} placing {what}: {pct}% ({} of {})",
+        mb(done),
+        mb(total)
+    );
+    if elapsed_ms >= 500 && done > 0 {
+        let rate = done as f64 / (elapsed_ms as f64 / 1000.0);
+        let left = (total - done) as f64 / rate.max(1.0);
+        t.push_str(&format!(", {:.1} MB/s, {:.0} s left", rate / 1e6, left));
+    }
+    t
+}
+
 /// Case-insensitive substring filter; a leading `!` inverts it (as in k9s).
 pub fn filter_match(filter: &str, text: &str) -> bool {
     if filter.is_empty() {
@@ -693,6 +719,20 @@ impl App {
                 }
                 EngineEvent::JobState { .. } | EngineEvent::Instance { .. } => {
                     vec![Command::Refresh]
+                }
+                EngineEvent::Transfer {
+                    job_id,
+                    what,
+                    done,
+                    total,
+                    elapsed_ms,
+                } => {
+                    self.say(
+                        transfer_text(&job_id, &what, done, total, elapsed_ms),
+                        false,
+                    );
+                    self.dirty = true;
+                    Vec::new()
                 }
                 EngineEvent::Notice { message, .. } => {
                     self.say(message, true);

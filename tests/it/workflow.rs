@@ -420,3 +420,229 @@ fn setup_runs_once_on_an_ssh_host_and_a_gpu_job_is_refused_there() {
     );
     env.ok(&["terminate", &inst]);
 }
+
+/// `count` files of `size` random bytes under `dir`, some in a sub-folder.
+fn make_dataset(dir: &std::path::Path, count: usize, size: usize, seed: u64) {
+    let mut x = seed;
+    std::fs::create_dir_all(dir.join("sub")).unwrap();
+    for i in 0..count {
+        let rel = if i % 3 == 0 {
+            format!("sub/part-{i:04}.bin")
+        } else {
+            format!("part-{i:04}.bin")
+        };
+        std::fs::write(dir.join(rel), crate::common::pseudo_random(&mut x, size)).unwrap();
+    }
+}
+
+/// Every file under `a` is under `b` with the same bytes, and nothing more.
+fn same_tree(a: &std::path::Path, b: &std::path::Path) {
+    fn files(root: &std::path::Path, dir: &std::path::Path, out: &mut Vec<String>) {
+        for e in std::fs::read_dir(dir).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                files(root, &p, out);
+            } else {
+                out.push(p.strip_prefix(root).unwrap().to_string_lossy().into_owned());
+            }
+        }
+    }
+    let (mut fa, mut fb) = (Vec::new(), Vec::new());
+    files(a, a, &mut fa);
+    files(b, b, &mut fb);
+    fa.sort();
+    fb.sort();
+    assert_eq!(fa, fb);
+    for f in fa {
+        assert!(
+            std::fs::read(a.join(&f)).unwrap() == std::fs::read(b.join(&f)).unwrap(),
+            "{f} differs"
+        );
+    }
+}
+
+fn data_events(env: &Env, job: &str) -> Vec<(String, String)> {
+    env.events(job)
+        .iter()
+        .filter(|e| e["kind"].as_str().unwrap().starts_with("data."))
+        .map(|e| {
+            (
+                e["kind"].as_str().unwrap().to_string(),
+                e["message"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn a_dataset_is_placed_once_per_machine_and_content_apart_from_the_code() {
+    let env = Env::new("", "0");
+    let ds = env.project.join("data/ds");
+    make_dataset(&ds, 60, 50_000, 7);
+    // `[[data]]` is an array of tables: after every top-level key.
+    let toml = env.project.join("trainctl.toml");
+    let text = std::fs::read_to_string(&toml).unwrap();
+    std::fs::write(
+        &toml,
+        format!("{text}\n[[data]]\nsrc = \"data/ds\"\ndst = \"sets/ds\"\n").replace(
+            "command = \"python3 train.py",
+            "command = \"echo \\\"data at [$TRAINCTL_DATA_DIR]\\\"; ls \\\"$TRAINCTL_DATA_DIR/sets/ds\\\" | head -n 1; python3 train.py",
+        ),
+    )
+    .unwrap();
+    let inst = env.json(&["launch"])["id"].as_str().unwrap().to_string();
+    let home = env
+        .data()
+        .join("sandboxes")
+        .join(&inst)
+        .join("home/.trainctl");
+    let first = env.json(&["run", "--instance", &inst]);
+    assert_eq!(first["state"], "succeeded", "{first}");
+    let job = first["job_id"].as_str().unwrap();
+    let mount = home.join("datasets/toy-train/sets/ds");
+    same_tree(&ds, &mount);
+    let log = env.ok(&["logs", job]);
+    assert!(
+        log.contains(&format!(
+            "data at [{}]",
+            home.join("datasets/toy-train").display()
+        )),
+        "{log}"
+    );
+    assert!(log.contains("part-0001.bin"), "{log}");
+    // Apart from the code: the code sync left it out.
+    assert!(!home.join("code/toy-train/data/ds").exists());
+    let ev = data_events(&env, job);
+    assert_eq!(ev.len(), 1, "{ev:?}");
+    assert_eq!(ev[0].0, "data.sent");
+    assert!(
+        ev[0].1.starts_with("sets/ds: 60 files, 3000000 bytes sent"),
+        "{ev:?}"
+    );
+
+    // Again on the same machine: nothing is sent, nothing rewritten.
+    let one = mount.join("part-0001.bin");
+    use std::os::unix::fs::MetadataExt;
+    let ino = std::fs::metadata(&one).unwrap().ino();
+    let second = env.json(&["run", "--instance", &inst]);
+    assert_eq!(second["state"], "succeeded", "{second}");
+    let ev = data_events(&env, second["job_id"].as_str().unwrap());
+    assert_eq!(ev.len(), 1, "{ev:?}");
+    assert_eq!(ev[0].0, "data.placed", "{ev:?}");
+    assert_eq!(std::fs::metadata(&one).unwrap().ino(), ino);
+
+    // A copy of the folder (other mtimes) is the same content: not sent either.
+    let copy = env.dir.path().join("elsewhere/ds");
+    make_dataset(&copy, 60, 50_000, 7);
+    let text = std::fs::read_to_string(&toml).unwrap();
+    std::fs::write(
+        &toml,
+        text.replace(
+            "src = \"data/ds\"",
+            &format!("src = \"{}\"", copy.display()),
+        ),
+    )
+    .unwrap();
+    let third = env.json(&["run", "--instance", &inst]);
+    let ev = data_events(&env, third["job_id"].as_str().unwrap());
+    assert!(
+        ev.len() == 1
+            && ev[0]
+                .1
+                .contains("the same content is on the machine already"),
+        "{ev:?}"
+    );
+
+    // A changed file is another dataset: sent, and the job sees the new one.
+    std::fs::write(copy.join("part-0001.bin"), b"changed").unwrap();
+    let fourth = env.json(&["run", "--instance", &inst]);
+    let ev = data_events(&env, fourth["job_id"].as_str().unwrap());
+    assert_eq!(ev[0].0, "data.sent", "{ev:?}");
+    same_tree(&copy, &mount);
+    // The earlier content is still there for the earlier listing.
+    let kept = std::fs::read_dir(home.join("data"))
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .ends_with(".done")
+        })
+        .count();
+    assert_eq!(kept, 2);
+    env.ok(&["terminate", &inst]);
+}
+
+#[test]
+fn a_dataset_transfer_cut_by_killed_connections_resumes_and_matches() {
+    let sshd = trainctl::testkit::Sshd::start();
+    let env = crate::ssh::ssh_env(&sshd, "", "0");
+    let inst = crate::ssh::launch_ssh(&env);
+    let ds = env.dir.path().join("big");
+    make_dataset(&ds, 300, 128 << 10, 11);
+    let toml = env.project.join("trainctl.toml");
+    let text = std::fs::read_to_string(&toml).unwrap();
+    std::fs::write(
+        &toml,
+        format!(
+            "{text}\n[[data]]\nsrc = \"{}\"\ndst = \"big\"\n",
+            ds.display()
+        ),
+    )
+    .unwrap();
+    let root = crate::ssh::remote_code_dir(&env)
+        .parent()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .to_path_buf();
+    let mut child = env
+        .cmd(&["run", "--instance", &inst, "--json"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let landed = || -> usize {
+        let Ok(rd) = std::fs::read_dir(root.join("data")) else {
+            return 0;
+        };
+        rd.filter_map(|e| e.ok())
+            .filter(|e| e.file_name().to_string_lossy().ends_with(".part"))
+            .map(|e| {
+                std::fs::read_dir(e.path()).map_or(0, |d| d.count())
+                    + std::fs::read_dir(e.path().join("sub")).map_or(0, |d| d.count())
+            })
+            .sum()
+    };
+    let mut kills = 0;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while kills < 2 && std::time::Instant::now() < deadline {
+        let n = landed();
+        if (kills == 0 && n >= 40) || (kills == 1 && n >= 150) {
+            sshd.kill_sessions();
+            kills += 1;
+        }
+        if child.try_wait().unwrap().is_some() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    let out = child.wait_with_output().unwrap();
+    assert!(kills >= 1, "the transfer ended before a kill landed");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)));
+    assert_eq!(v["state"], "succeeded", "{v}");
+    let job = v["job_id"].as_str().unwrap();
+    let ev = data_events(&env, job);
+    let sent = ev.iter().find(|(k, _)| k == "data.sent").unwrap();
+    // The files that had landed whole were not sent again.
+    assert!(
+        sent.1.contains("were there from a cut-off transfer"),
+        "{ev:?}"
+    );
+    same_tree(&ds, &root.join("datasets/toy-train/big"));
+    // No transfer folder is left behind.
+    assert_eq!(landed(), 0);
+    env.ok(&["terminate", &inst]);
+}

@@ -1,0 +1,259 @@
+//! Placing a job's datasets on its machine before it starts, once per machine and content
+//! (the layout on the machine: `job/data.rs`).
+
+use super::*;
+use crate::job::data;
+
+/// Bytes sent per batch of a dataset transfer: progress is told, and a cut-off transfer
+/// resumes, between batches (a batch's whole files that landed are kept too).
+const BATCH_BYTES: u64 = 256 << 20;
+
+/// The code sync leaves out the datasets that live inside the project (they travel
+/// apart): `sync.exclude` plus an anchored pattern per such `[[data]] src`.
+pub fn sync_excludes(project: &crate::config::ProjectConfig, root: &Path) -> Vec<String> {
+    let mut ex = project.sync.exclude.clone();
+    for d in &project.data {
+        let src = Path::new(&d.src);
+        let rel = if src.is_absolute() {
+            match src.strip_prefix(root) {
+                Ok(r) => r.to_path_buf(),
+                Err(_) => continue,
+            }
+        } else {
+            src.to_path_buf()
+        };
+        let rel = rel.to_string_lossy();
+        let rel = rel.trim_start_matches("./").trim_end_matches('/');
+        if rel.is_empty() || rel == "." {
+            continue;
+        }
+        // Glob characters in a real name are literal here.
+        let mut pat = String::from("/");
+        for c in rel.chars() {
+            if "*?[]\\{}!".contains(c) {
+                pat.push('\\');
+            }
+            pat.push(c);
+        }
+        ex.push(pat);
+    }
+    ex
+}
+
+impl Engine {
+    /// Place every `[[data]]` of the job on its machine (sent only when the machine does
+    /// not hold that content yet); the value of `TRAINCTL_DATA_DIR`.
+    pub(super) async fn place_data(
+        &self,
+        job_id: &str,
+        remote: &dyn Remote,
+        inst: &InstanceRecord,
+        spec: &JobSpec,
+    ) -> Result<Option<String>> {
+        if spec.project.data.is_empty() {
+            return Ok(None);
+        }
+        let dir = format!("{}/datasets/{}", remote.root(), spec.project_name);
+        for d in &spec.project.data {
+            let src = Path::new(&spec.root).join(&d.src);
+            let mount = format!("{dir}/{}", d.dst.trim_end_matches('/'));
+            crate::remote::retry_lost(6, "placing a dataset", || {
+                self.place_one(job_id, remote, inst, &src, &d.dst, &mount)
+            })
+            .await
+            .with_context(|| format!("placing {} on {}", d.src, inst.id))?;
+        }
+        Ok(Some(dir))
+    }
+
+    async fn place_one(
+        &self,
+        job_id: &str,
+        remote: &dyn Remote,
+        inst: &InstanceRecord,
+        src: &Path,
+        name: &str,
+        mount: &str,
+    ) -> Result<()> {
+        let started = std::time::Instant::now();
+        let path = src.to_path_buf();
+        let listing = tokio::task::spawn_blocking(move || data::scan(&path)).await??;
+        let lhash = data::listing_hash(&listing);
+        let single = listing.single.then(|| listing.files[0].rel.clone());
+        let root = remote.root().to_string();
+        let probe = remote
+            .exec(&data::probe_script(&root, &lhash, single.as_deref(), mount))
+            .await?
+            .check("looking for the dataset on the machine")?;
+        let side = data::parse_probe(&probe.stdout_str());
+        let say = |kind: &str, msg: String| {
+            self.store()
+                .add_event(kind, Some(&inst.id), Some(job_id), &msg)
+        };
+        if let Some(c) = side.placed {
+            return say(
+                "data.placed",
+                format!("{name}: on the machine already (content {c})"),
+            );
+        }
+        let cache_path = self.inner.data_dir.join("datasets").join("hashes.json");
+        let mut cache = data::HashCache::load(&cache_path);
+        // The same content may be there under another listing (a copy of the folder,
+        // another project's): worth reading it here to know, when the machine holds any
+        // dataset, or when every file's hash is known already.
+        if !side.done.is_empty() || cache.knows_all(&listing) {
+            let (hashes, back, l) = tokio::task::spawn_blocking(move || {
+                let h = cache.hashes(&listing);
+                let _ = cache.save();
+                (h, cache, listing)
+            })
+            .await?;
+            let (hashes, l) = (hashes?, l);
+            cache = back;
+            let content = data::content_hash(&l, &hashes);
+            if side.done.contains(&content) {
+                remote
+                    .exec(&data::finish_script(
+                        &root,
+                        &lhash,
+                        &content,
+                        single.as_deref(),
+                        mount,
+                    ))
+                    .await?
+                    .check("linking the dataset")?;
+                return say(
+                    "data.placed",
+                    format!("{name}: the same content is on the machine already ({content})"),
+                );
+            }
+            return self
+                .send_dataset(
+                    job_id,
+                    remote,
+                    l,
+                    cache,
+                    side.partial,
+                    (&lhash, name, mount),
+                    started,
+                )
+                .await;
+        }
+        self.send_dataset(
+            job_id,
+            remote,
+            listing,
+            cache,
+            side.partial,
+            (&lhash, name, mount),
+            started,
+        )
+        .await
+    }
+
+    /// Send the files of `listing` the machine does not hold whole yet into the listing's
+    /// transfer folder, in batches (progress told between them), then make it the dataset.
+    #[allow(clippy::too_many_arguments)]
+    async fn send_dataset(
+        &self,
+        job_id: &str,
+        remote: &dyn Remote,
+        listing: data::Listing,
+        mut cache: data::HashCache,
+        partial: Vec<(String, u64, i64)>,
+        (lhash, name, mount): (&str, &str, &str),
+        started: std::time::Instant,
+    ) -> Result<()> {
+        let root = remote.root().to_string();
+        let have: HashMap<&str, (u64, i64)> = partial
+            .iter()
+            .map(|(r, s, m)| (r.as_str(), (*s, *m)))
+            .collect();
+        let todo: Vec<&data::DataFile> = listing
+            .files
+            .iter()
+            .filter(|f| have.get(f.rel.as_str()) != Some(&(f.size, f.mtime_s)))
+            .collect();
+        let total = listing.bytes;
+        let resumed: u64 = total - todo.iter().map(|f| f.size).sum::<u64>();
+        let mut done = resumed;
+        let part = format!("{root}/data/q-{lhash}.part");
+        let send_started = std::time::Instant::now();
+        self.emit(EngineEvent::Transfer {
+            job_id: job_id.to_string(),
+            what: name.to_string(),
+            done,
+            total,
+            elapsed_ms: 0,
+        });
+        let mut i = 0;
+        while i < todo.len() {
+            let mut bytes = 0u64;
+            let mut batch = Vec::new();
+            while i < todo.len() && (batch.is_empty() || bytes + todo[i].size <= BATCH_BYTES) {
+                bytes += todo[i].size;
+                batch.push(todo[i]);
+                i += 1;
+            }
+            let rels: Vec<String> = batch.iter().map(|f| f.rel.clone()).collect();
+            let sent = remote.put_files(&listing.base, &rels, &part).await?;
+            for (f, got) in batch.iter().zip(sent) {
+                if got.size != f.size {
+                    bail!(
+                        "{} changed while it was sent ({} bytes listed, {} read)",
+                        f.rel,
+                        f.size,
+                        got.size
+                    );
+                }
+                cache.put(&listing, f, got.blake3);
+            }
+            done += bytes;
+            let _ = cache.save();
+            self.emit(EngineEvent::Transfer {
+                job_id: job_id.to_string(),
+                what: name.to_string(),
+                done,
+                total,
+                elapsed_ms: send_started.elapsed().as_millis() as u64,
+            });
+        }
+        // Files a cut-off transfer had sent whole are hashed here if they were not then.
+        let (hashes, listing) = tokio::task::spawn_blocking(move || {
+            let h = cache.hashes(&listing);
+            let _ = cache.save();
+            (h, listing)
+        })
+        .await?;
+        let content = data::content_hash(&listing, &hashes?);
+        let single = listing.single.then(|| listing.files[0].rel.clone());
+        remote
+            .exec(&data::finish_script(
+                &root,
+                lhash,
+                &content,
+                single.as_deref(),
+                mount,
+            ))
+            .await?
+            .check("keeping the dataset on the machine")?;
+        let secs = started.elapsed().as_secs_f64();
+        let sent = total - resumed;
+        self.store().add_event(
+            "data.sent",
+            None,
+            Some(job_id),
+            &format!(
+                "{name}: {} files, {sent} bytes sent{} in {secs:.1} s ({:.1} MB/s); content {content}",
+                listing.files.len(),
+                if resumed > 0 {
+                    format!(" ({resumed} bytes were there from a cut-off transfer)")
+                } else {
+                    String::new()
+                },
+                sent as f64 / secs.max(1e-3) / 1e6
+            ),
+        )?;
+        Ok(())
+    }
+}
