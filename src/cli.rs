@@ -190,6 +190,14 @@ pub enum Command {
         #[arg(long)]
         dry_run: bool,
     },
+    /// Place the project's datasets (`[[data]]`) on an instance ahead of a run: sent
+    /// only when the machine does not hold that content yet.
+    Data {
+        #[arg(long)]
+        project: Option<PathBuf>,
+        #[arg(long)]
+        instance: Option<String>,
+    },
     /// Move a running job to another machine (resumed from its newest checkpoint).
     ///
     /// The job is stopped with the grace to save, its newest checkpoint kept, and it
@@ -692,6 +700,19 @@ async fn run(cli: Cli) -> Result<i32> {
             let inst = engine.adopt(&instance).await?;
             print_instance(&inst, json, inst.address.as_deref().unwrap_or_default())
         }
+        Command::Data { project, instance } => {
+            let project = project_at(project.as_deref())?;
+            let inst = one_instance(&engine, instance.as_deref())?;
+            let progress = transfer_progress(&engine, None);
+            let dir = engine.place_project_data(&project, &inst).await?;
+            drop(progress);
+            match dir {
+                None => eprintln!("no [[data]] in {}", project.file.display()),
+                Some(d) if json => print_json(&json!({"instance_id": inst, "data_dir": d})),
+                Some(d) => println!("TRAINCTL_DATA_DIR={d} on {inst}"),
+            }
+            Ok(EXIT_OK)
+        }
         Command::Sync {
             project,
             instance,
@@ -1185,12 +1206,12 @@ impl Drop for AbortOnDrop {
 
 /// On a TTY, a progress bar (bytes, rate, ETA) for each transfer the engine makes for
 /// `job` (its datasets), until the returned guard is dropped.
-fn transfer_progress(engine: &Engine, job: &str) -> Option<AbortOnDrop> {
+fn transfer_progress(engine: &Engine, job: Option<&str>) -> Option<AbortOnDrop> {
     if !std::io::stderr().is_terminal() {
         return None;
     }
     let mut events = engine.subscribe();
-    let job = job.to_string();
+    let job = job.map(str::to_string);
     let task = tokio::spawn(async move {
         let mut bar: Option<(String, indicatif::ProgressBar)> = None;
         while let Ok(ev) = events.recv().await {
@@ -1204,7 +1225,7 @@ fn transfer_progress(engine: &Engine, job: &str) -> Option<AbortOnDrop> {
             else {
                 continue;
             };
-            if job_id != job {
+            if job.is_some() && job_id != job {
                 continue;
             }
             if bar.as_ref().is_none_or(|(w, _)| *w != what) {
@@ -1387,7 +1408,7 @@ async fn run_job(engine: &Engine, o: RunOpts, json: bool) -> Result<i32> {
         .store()
         .set_end_intent(&job.id, o.terminate_after, !o.no_pull)?;
     eprintln!("job {} on {}", job.id, inst.id);
-    let progress = transfer_progress(engine, &job.id);
+    let progress = transfer_progress(engine, Some(&job.id));
     let started = engine.start_job(&job.id).await;
     drop(progress);
     if let Err(e) = started {
@@ -1742,15 +1763,9 @@ async fn cost(engine: &Engine, json: bool) -> Result<i32> {
     Ok(EXIT_OK)
 }
 
-async fn sync(
-    engine: &Engine,
-    project: Option<&Path>,
-    instance: Option<&str>,
-    dry_run: bool,
-    json: bool,
-) -> Result<i32> {
-    let project = project_at(project)?;
-    let inst_key = match instance {
+/// The instance a command names, else the only live one.
+fn one_instance(engine: &Engine, instance: Option<&str>) -> Result<String> {
+    Ok(match instance {
         Some(k) => k.to_string(),
         None => {
             let live = engine.store().instances(false)?;
@@ -1760,7 +1775,18 @@ async fn sync(
                 _ => bail!("{} live instances; choose one with --instance", live.len()),
             }
         }
-    };
+    })
+}
+
+async fn sync(
+    engine: &Engine,
+    project: Option<&Path>,
+    instance: Option<&str>,
+    dry_run: bool,
+    json: bool,
+) -> Result<i32> {
+    let project = project_at(project)?;
+    let inst_key = one_instance(engine, instance)?;
     let plan = engine.sync_project(&project, &inst_key, dry_run).await?;
     let root = project.root.clone();
     let excludes = crate::engine::data::sync_excludes(&project.config, &project.root);

@@ -45,7 +45,7 @@ impl Engine {
     /// not hold that content yet); the value of `TRAINCTL_DATA_DIR`.
     pub(super) async fn place_data(
         &self,
-        job_id: &str,
+        job_id: Option<&str>,
         remote: &dyn Remote,
         inst: &InstanceRecord,
         spec: &JobSpec,
@@ -66,9 +66,26 @@ impl Engine {
         Ok(Some(dir))
     }
 
+    /// Place the project's datasets on an instance (`trainctl data`), as a job's start
+    /// does; the value of `TRAINCTL_DATA_DIR` there.
+    pub async fn place_project_data(
+        &self,
+        project: &crate::config::Project,
+        instance_key: &str,
+    ) -> Result<Option<String>> {
+        let inst = self.store().find_instance(instance_key)?;
+        let remote = self.remote_for(&inst).await?;
+        let spec = JobSpec {
+            project: project.config.clone(),
+            project_name: project.name(),
+            root: project.root.to_string_lossy().into_owned(),
+        };
+        self.place_data(None, remote.as_ref(), &inst, &spec).await
+    }
+
     async fn place_one(
         &self,
-        job_id: &str,
+        job_id: Option<&str>,
         remote: &dyn Remote,
         inst: &InstanceRecord,
         src: &Path,
@@ -86,10 +103,8 @@ impl Engine {
             .await?
             .check("looking for the dataset on the machine")?;
         let side = data::parse_probe(&probe.stdout_str());
-        let say = |kind: &str, msg: String| {
-            self.store()
-                .add_event(kind, Some(&inst.id), Some(job_id), &msg)
-        };
+        let say =
+            |kind: &str, msg: String| self.store().add_event(kind, Some(&inst.id), job_id, &msg);
         if let Some(c) = side.placed {
             return say(
                 "data.placed",
@@ -156,7 +171,7 @@ impl Engine {
     #[allow(clippy::too_many_arguments)]
     async fn send_dataset(
         &self,
-        job_id: &str,
+        job_id: Option<&str>,
         remote: &dyn Remote,
         listing: data::Listing,
         mut cache: data::HashCache,
@@ -180,7 +195,7 @@ impl Engine {
         let part = format!("{root}/data/q-{lhash}.part");
         let send_started = std::time::Instant::now();
         self.emit(EngineEvent::Transfer {
-            job_id: job_id.to_string(),
+            job_id: job_id.map(str::to_string),
             what: name.to_string(),
             done,
             total,
@@ -211,7 +226,7 @@ impl Engine {
             done += bytes;
             let _ = cache.save();
             self.emit(EngineEvent::Transfer {
-                job_id: job_id.to_string(),
+                job_id: job_id.map(str::to_string),
                 what: name.to_string(),
                 done,
                 total,
@@ -242,7 +257,7 @@ impl Engine {
         self.store().add_event(
             "data.sent",
             None,
-            Some(job_id),
+            job_id,
             &format!(
                 "{name}: {} files, {sent} bytes sent{} in {secs:.1} s ({:.1} MB/s); content {content}",
                 listing.files.len(),

@@ -78,7 +78,7 @@ pub enum EngineEvent {
     },
     /// A transfer for a job under way (a dataset): bytes there so far of `total`.
     Transfer {
-        job_id: String,
+        job_id: Option<String>,
         what: String,
         done: u64,
         total: u64,

@@ -126,7 +126,7 @@ impl Engine {
         if self.cancelled_before_start(job_id)? {
             return Ok(JobState::Cancelled);
         }
-        let data_dir = self.place_data(job_id, remote, inst, spec).await?;
+        let data_dir = self.place_data(Some(job_id), remote, inst, spec).await?;
         if restore.is_some() {
             recovery::failpoint("recovery.sync");
         }

@@ -728,7 +728,13 @@ impl App {
                     elapsed_ms,
                 } => {
                     self.say(
-                        transfer_text(&job_id, &what, done, total, elapsed_ms),
+                        transfer_text(
+                            job_id.as_deref().unwrap_or("-"),
+                            &what,
+                            done,
+                            total,
+                            elapsed_ms,
+                        ),
                         false,
                     );
                     self.dirty = true;
