@@ -82,6 +82,19 @@ struct Pair {
     role: Role,
 }
 
+/// `train` in `train's auc` when the name starting at `a` follows `<ident>'s `.
+fn owner_before(s: &[u8], a: usize) -> Option<&[u8]> {
+    if a < 4 || &s[a - 3..a] != b"'s " {
+        return None;
+    }
+    let end = a - 3;
+    let mut o = end;
+    while o > 0 && is_ident(s[o - 1]) {
+        o -= 1;
+    }
+    (o < end && s[o].is_ascii_alphabetic()).then(|| &s[o..end])
+}
+
 /// The runner's marker lines around a job's setup output (`assets/remote/runner.sh`).
 pub const SETUP_MARK: &str = "── trainctl: setup";
 pub const SETUP_ENDED_MARK: &str = "── trainctl: setup ended";
@@ -216,6 +229,7 @@ impl LogParser {
         } else if !self.yolo_row(s) {
             self.epoch_prefix(s);
             self.iteration_prefix(s);
+            self.bracket_step(s);
             if !self.nanogpt(s) {
                 let last_bar = self.scan_pairs(s);
                 self.progress_counter(s, last_bar);
@@ -376,6 +390,22 @@ impl LogParser {
         }
     }
 
+    /// A leading `[N]` then whitespace is the round the line reports (XGBoost's
+    /// `[0]\tvalidation_0-logloss:0.52`, LightGBM's `[1]\ttrain's auc: 0.94`).
+    fn bracket_step(&mut self, s: &[u8]) {
+        // First byte first: this runs on every line.
+        if s[0] != b'[' {
+            return;
+        }
+        let Some((n, used)) = parse_uint(&s[1..]) else {
+            return;
+        };
+        if s.get(1 + used) == Some(&b']') && matches!(s.get(2 + used), Some(b' ' | b'\t')) {
+            self.progress.step = Some(n as i64);
+            self.saw_progress = true;
+        }
+    }
+
     /// nanoGPT: `iter 100: loss 2.4512, time 35.21ms, mfu 12.34%` and
     /// `step 500: train loss 2.1234, val loss 2.2345`.
     fn nanogpt(&mut self, s: &[u8]) -> bool {
@@ -497,7 +527,11 @@ impl LogParser {
                 continue;
             }
             let name = &s[a..end];
-            self.push_pair(name, value, None);
+            match owner_before(s, a) {
+                // LightGBM's `valid's auc: 0.93`: the split is part of the name.
+                Some(owner) => self.push_pair_parts(&[owner], name, value),
+                None => self.push_pair(name, value, None),
+            }
             from = v + used;
         }
         last_bar

@@ -124,3 +124,64 @@ proptest! {
         prop_assert_eq!(format!("{a:?}"), format!("{b:?}"));
     }
 }
+
+/// Real logs of real frameworks (`tools/corpus/generate.py` captured them, with the truth
+/// from each framework's own history object): every true point is found with its name,
+/// value and step or epoch (recall 100 %); points that match nothing are counted and
+/// printed (precision), bounded so a regression that floods the metric list fails.
+#[test]
+fn the_framework_corpus_is_read_completely() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/frameworks");
+    let mut logs: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "log"))
+        .collect();
+    logs.sort();
+    assert!(logs.len() >= 5, "{logs:?}");
+    let mut report = Vec::new();
+    for log in logs {
+        let name = log.file_stem().unwrap().to_string_lossy().into_owned();
+        let truth: Vec<serde_json::Value> =
+            serde_json::from_slice(&std::fs::read(log.with_extension("truth.json")).unwrap())
+                .unwrap();
+        let (points, _) = trainctl::metrics::parse_all(&std::fs::read(&log).unwrap());
+        let close = |a: f64, b: f64| (a - b).abs() <= 6e-5 + 1e-6 * b.abs();
+        let matches = |t: &serde_json::Value, p: &trainctl::model::MetricPoint| {
+            p.name == t["name"].as_str().unwrap()
+                && close(p.value, t["value"].as_f64().unwrap())
+                && match (t.get("step"), t.get("epoch")) {
+                    (Some(s), _) => p.step == s.as_i64(),
+                    (None, Some(e)) => p.epoch == e.as_f64(),
+                    _ => true,
+                }
+        };
+        let missed: Vec<&serde_json::Value> = truth
+            .iter()
+            .filter(|t| !points.iter().any(|p| matches(t, p)))
+            .collect();
+        let extra = points
+            .iter()
+            .filter(|p| !truth.iter().any(|t| matches(t, p)))
+            .count();
+        report.push(format!(
+            "{name}: recall {}/{}, precision {}/{}",
+            truth.len() - missed.len(),
+            truth.len(),
+            points.len() - extra,
+            points.len()
+        ));
+        assert!(
+            missed.is_empty(),
+            "{name}: {} of {} true points missed, e.g. {:?}; parsed: {:?}",
+            missed.len(),
+            truth.len(),
+            missed.iter().take(3).collect::<Vec<_>>(),
+            points.iter().take(8).collect::<Vec<_>>()
+        );
+        // A progress bar's updates are extra points of the same series (never another
+        // name); anything beyond that is noise.
+        assert!(extra <= truth.len(), "{name}: {extra} points match nothing");
+    }
+    println!("{}", report.join("\n"));
+}
