@@ -4,10 +4,6 @@
 use super::*;
 use crate::job::data;
 
-/// Bytes sent per batch of a dataset transfer: progress is told, and a cut-off transfer
-/// resumes, between batches (a batch's whole files that landed are kept too).
-const BATCH_BYTES: u64 = 256 << 20;
-
 /// The code sync leaves out the datasets that live inside the project (they travel
 /// apart): `sync.exclude` plus an anchored pattern per such `[[data]] src`.
 pub fn sync_excludes(project: &crate::config::ProjectConfig, root: &Path) -> Vec<String> {
@@ -191,48 +187,48 @@ impl Engine {
             .collect();
         let total = listing.bytes;
         let resumed: u64 = total - todo.iter().map(|f| f.size).sum::<u64>();
-        let mut done = resumed;
         let part = format!("{root}/data/q-{lhash}.part");
-        let send_started = std::time::Instant::now();
-        self.emit(EngineEvent::Transfer {
-            job_id: job_id.map(str::to_string),
-            what: name.to_string(),
-            done,
-            total,
-            elapsed_ms: 0,
-        });
-        let mut i = 0;
-        while i < todo.len() {
-            let mut bytes = 0u64;
-            let mut batch = Vec::new();
-            while i < todo.len() && (batch.is_empty() || bytes + todo[i].size <= BATCH_BYTES) {
-                bytes += todo[i].size;
-                batch.push(todo[i]);
-                i += 1;
-            }
-            let rels: Vec<String> = batch.iter().map(|f| f.rel.clone()).collect();
-            let sent = remote.put_files(&listing.base, &rels, &part).await?;
-            for (f, got) in batch.iter().zip(sent) {
-                if got.size != f.size {
-                    bail!(
-                        "{} changed while it was sent ({} bytes listed, {} read)",
-                        f.rel,
-                        f.size,
-                        got.size
-                    );
-                }
-                cache.put(&listing, f, got.blake3);
-            }
-            done += bytes;
-            let _ = cache.save();
+        // One stream for every file (no stall between batches); progress is the bytes
+        // read into it, told four times a second.
+        let counter: Arc<std::sync::atomic::AtomicU64> = Arc::default();
+        let tell = |sent: u64, ms: u64| {
             self.emit(EngineEvent::Transfer {
                 job_id: job_id.map(str::to_string),
                 what: name.to_string(),
-                done,
+                done: resumed + sent,
                 total,
-                elapsed_ms: send_started.elapsed().as_millis() as u64,
-            });
+                elapsed_ms: ms,
+            })
+        };
+        tell(0, 0);
+        let rels: Vec<String> = todo.iter().map(|f| f.rel.clone()).collect();
+        let send_started = std::time::Instant::now();
+        let sent = {
+            let send = remote.put_files_counted(&listing.base, &rels, &part, counter.clone());
+            tokio::pin!(send);
+            let mut tick = tokio::time::interval(Duration::from_millis(250));
+            loop {
+                tokio::select! {
+                    r = &mut send => break r?,
+                    _ = tick.tick() => tell(
+                        counter.load(std::sync::atomic::Ordering::Relaxed),
+                        send_started.elapsed().as_millis() as u64,
+                    ),
+                }
+            }
+        };
+        for (f, got) in todo.iter().zip(sent) {
+            if got.size != f.size {
+                bail!(
+                    "{} changed while it was sent ({} bytes listed, {} read)",
+                    f.rel,
+                    f.size,
+                    got.size
+                );
+            }
+            cache.put(&listing, f, got.blake3);
         }
+        tell(total - resumed, send_started.elapsed().as_millis() as u64);
         // Files a cut-off transfer had sent whole are hashed here if they were not then.
         let (hashes, listing) = tokio::task::spawn_blocking(move || {
             let h = cache.hashes(&listing);

@@ -252,6 +252,17 @@ impl Remote for LocalRemote {
         rels: &[String],
         remote_root: &str,
     ) -> Result<Vec<Fetched>> {
+        self.put_files_counted(local_root, rels, remote_root, Default::default())
+            .await
+    }
+
+    async fn put_files_counted(
+        &self,
+        local_root: &Path,
+        rels: &[String],
+        remote_root: &str,
+        total: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    ) -> Result<Vec<Fetched>> {
         let local_root = local_root.to_path_buf();
         let remote_root = PathBuf::from(remote_root);
         let rels = rels.to_vec();
@@ -267,7 +278,9 @@ impl Remote for LocalRemote {
                         .with_context(|| format!("creating {}", parent.display()))?;
                     made = Some(parent.to_path_buf());
                 }
-                sent.push(copy_hashed(&local_root.join(rel), &dest, &mut buf)?);
+                let f = copy_hashed(&local_root.join(rel), &dest, &mut buf)?;
+                total.fetch_add(f.size, std::sync::atomic::Ordering::Relaxed);
+                sent.push(f);
             }
             Ok(sent)
         })

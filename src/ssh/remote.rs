@@ -364,17 +364,22 @@ async fn watch<T>(conn: &Conn, fut: impl std::future::Future<Output = T>) -> Opt
 }
 
 /// Reads through, hashing and counting what passes.
-struct HashingReader<R> {
+struct HashingReader<'a, R> {
     inner: R,
     hasher: blake3::Hasher,
     n: u64,
+    /// Every byte read, across files (progress).
+    total: Option<&'a std::sync::atomic::AtomicU64>,
 }
 
-impl<R: std::io::Read> std::io::Read for HashingReader<R> {
+impl<R: std::io::Read> std::io::Read for HashingReader<'_, R> {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         let k = self.inner.read(buf)?;
         self.hasher.update(&buf[..k]);
         self.n += k as u64;
+        if let Some(t) = self.total {
+            t.fetch_add(k as u64, std::sync::atomic::Ordering::Relaxed);
+        }
         Ok(k)
     }
 }
@@ -1130,6 +1135,17 @@ impl Remote for SshRemote {
         rels: &[String],
         remote_root: &str,
     ) -> Result<Vec<Fetched>> {
+        self.put_files_counted(local_root, rels, remote_root, Default::default())
+            .await
+    }
+
+    async fn put_files_counted(
+        &self,
+        local_root: &Path,
+        rels: &[String],
+        remote_root: &str,
+        total: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    ) -> Result<Vec<Fetched>> {
         // One tar stream for every file: one round trip, permissions kept.
         for r in rels {
             safe_join(Path::new("/x"), r)?;
@@ -1162,6 +1178,7 @@ impl Remote for SshRemote {
                     inner: file.take(meta.len()),
                     hasher: blake3::Hasher::new(),
                     n: 0,
+                    total: Some(&total),
                 };
                 b.append_data(&mut header, rel, &mut reader)
                     .with_context(|| format!("packing {rel}"))?;
