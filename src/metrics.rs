@@ -82,6 +82,21 @@ struct Pair {
     role: Role,
 }
 
+/// The cells of a table line: between pipes (the outer ones dropped), or separated by
+/// whitespace.
+fn table_cells(s: &[u8], pipe: bool) -> Vec<&[u8]> {
+    if pipe {
+        let inner = s.strip_prefix(b"|").unwrap_or(s);
+        let inner = trim(inner);
+        let inner = inner.strip_suffix(b"|").unwrap_or(inner);
+        inner.split(|&b| b == b'|').map(trim).collect()
+    } else {
+        s.split(|b| b.is_ascii_whitespace())
+            .filter(|t| !t.is_empty())
+            .collect()
+    }
+}
+
 /// `train` in `train's auc` when the name starting at `a` follows `<ident>'s `.
 fn owner_before(s: &[u8], a: usize) -> Option<&[u8]> {
     if a < 4 || &s[a - 3..a] != b"'s " {
@@ -111,6 +126,9 @@ pub struct LogParser {
     yolo_train: Vec<String>,
     /// Column names of the last YOLO validation header (`Class Images ... mAP50-95`).
     yolo_val: Vec<String>,
+    /// Column names of the table whose header came last (`iter loss acc`, or between
+    /// pipes), while its rows follow.
+    table: Vec<String>,
     pairs: Vec<Pair>,
     /// Lowercased names for the pairs of the current segment, concatenated (ASCII only).
     names: String,
@@ -226,6 +244,8 @@ impl LogParser {
             && self.bar_then_dict(s, k)
         {
             // Parsed: the bar's pairs and the dict's are filled.
+        } else if self.table_line(s) {
+            // A table's header or row: its counters and columns are filled.
         } else if !self.yolo_row(s) {
             self.epoch_prefix(s);
             self.iteration_prefix(s);
@@ -260,6 +280,21 @@ impl LogParser {
             self.names.push('/');
         }
         self.push_name_bytes(key);
+        self.finish_pair(start, value, None);
+    }
+
+    /// `name_unit` (`time_ms`, `throughput_it_per_s`): a number with a unit is not stored
+    /// bare under the metric's name.
+    fn push_pair_unit(&mut self, name: &[u8], unit: &[u8], value: f64) {
+        let start = self.names.len();
+        self.push_name_bytes(name);
+        self.names.push('_');
+        for (i, part) in unit.split(|&b| b == b'/').enumerate() {
+            if i > 0 {
+                self.names.push_str("_per_");
+            }
+            self.push_name_bytes(part);
+        }
         self.finish_pair(start, value, None);
     }
 
@@ -334,6 +369,17 @@ impl LogParser {
 
     /// `Epoch 3/10 ...`, `Epoch 3: 100%|...` (Keras, Lightning).
     fn epoch_prefix(&mut self, s: &[u8]) {
+        // `-- Epoch 5`, `=== Epoch 5 ===`, `[Epoch 5]`: decoration before the word.
+        let s = match s[0] {
+            b'-' | b'=' | b'*' | b'#' | b'>' | b'[' => {
+                let k = s
+                    .iter()
+                    .take_while(|b| matches!(b, b'-' | b'=' | b'*' | b'#' | b'>' | b'[' | b' '))
+                    .count();
+                &s[k..]
+            }
+            _ => s,
+        };
         if s.len() < 7 || !s[..5].eq_ignore_ascii_case(b"epoch") || s[5] != b' ' {
             return;
         }
@@ -344,7 +390,10 @@ impl LogParser {
         let after = &rest[used..];
         let total = if after.first() == Some(&b'/') {
             parse_uint(&after[1..]).map(|(t, _)| t as f64)
-        } else if matches!(after.first(), None | Some(b':') | Some(b' ')) {
+        } else if matches!(
+            after.first(),
+            None | Some(b':' | b' ' | b',' | b']' | b'-' | b'=' | b'*')
+        ) {
             None
         } else {
             return;
@@ -373,34 +422,49 @@ impl LogParser {
     }
 
     /// `Iteration 7, loss = 0.4391` (scikit-learn's MLP), `Iteration 7:`: the step.
+    /// Also `Iter 7 loss=...`, `Step 7/100:`.
     fn iteration_prefix(&mut self, s: &[u8]) {
         // First byte first: this runs on every line.
-        if s.len() < 11 || s[0] | 0x20 != b'i' || !s[..10].eq_ignore_ascii_case(b"iteration ") {
-            return;
-        }
-        let Some((n, used)) = parse_uint(&s[10..]) else {
+        let word = match s[0] | 0x20 {
+            b'i' if s.len() > 10 && s[..10].eq_ignore_ascii_case(b"iteration ") => 10,
+            b'i' if s.len() > 5 && s[..5].eq_ignore_ascii_case(b"iter ") => 5,
+            b's' if s.len() > 5 && s[..5].eq_ignore_ascii_case(b"step ") => 5,
+            _ => return,
+        };
+        let Some((n, used)) = parse_uint(&s[word..]) else {
             return;
         };
-        if matches!(
-            s.get(10 + used),
-            None | Some(b',') | Some(b':') | Some(b' ')
-        ) {
+        let after = s.get(word + used);
+        if matches!(after, None | Some(b',' | b':' | b' ' | b'/')) {
             self.progress.step = Some(n as i64);
+            if after == Some(&b'/')
+                && let Some((t, _)) = parse_uint(&s[word + used + 1..])
+            {
+                self.progress.steps_total = Some(t as i64);
+            }
             self.saw_progress = true;
         }
     }
 
     /// A leading `[N]` then whitespace is the round the line reports (XGBoost's
     /// `[0]\tvalidation_0-logloss:0.52`, LightGBM's `[1]\ttrain's auc: 0.94`).
+    /// Also a leading `N:` then whitespace (`5: loss=0.5`; not a time of day).
     fn bracket_step(&mut self, s: &[u8]) {
         // First byte first: this runs on every line.
-        if s[0] != b'[' {
-            return;
-        }
-        let Some((n, used)) = parse_uint(&s[1..]) else {
+        let (n, next) = if s[0] == b'[' {
+            match parse_uint(&s[1..]) {
+                Some((n, used)) if s.get(1 + used) == Some(&b']') => (n, 2 + used),
+                _ => return,
+            }
+        } else if s[0].is_ascii_digit() {
+            match parse_uint(s) {
+                Some((n, used)) if s.get(used) == Some(&b':') => (n, used + 1),
+                _ => return,
+            }
+        } else {
             return;
         };
-        if s.get(1 + used) == Some(&b']') && matches!(s.get(2 + used), Some(b' ' | b'\t')) {
+        if matches!(s.get(next), Some(b' ' | b'\t')) {
             self.progress.step = Some(n as i64);
             self.saw_progress = true;
         }
@@ -409,7 +473,9 @@ impl LogParser {
     /// nanoGPT: `iter 100: loss 2.4512, time 35.21ms, mfu 12.34%` and
     /// `step 500: train loss 2.1234, val loss 2.2345`.
     fn nanogpt(&mut self, s: &[u8]) -> bool {
-        if !(s.starts_with(b"iter ") || s.starts_with(b"step ")) {
+        if s.len() < 6
+            || !(s[..5].eq_ignore_ascii_case(b"iter ") || s[..5].eq_ignore_ascii_case(b"step "))
+        {
             return false;
         }
         let rest = &s[5..];
@@ -434,7 +500,10 @@ impl LogParser {
             if let Some((v, used)) = parse_number(val)
                 && is_unit_tail(&val[used..])
             {
-                self.push_pair(name, v, None);
+                match unit_of(&val[used..]) {
+                    Some(unit) => self.push_pair_unit(name, unit, v),
+                    None => self.push_pair(name, v, None),
+                }
             }
         }
         true
@@ -527,10 +596,12 @@ impl LogParser {
                 continue;
             }
             let name = &s[a..end];
-            match owner_before(s, a) {
+            match (owner_before(s, a), unit_of(after)) {
                 // LightGBM's `valid's auc: 0.93`: the split is part of the name.
-                Some(owner) => self.push_pair_parts(&[owner], name, value),
-                None => self.push_pair(name, value, None),
+                (Some(owner), _) => self.push_pair_parts(&[owner], name, value),
+                // `time=47.1ms`: the unit is part of the name (`time_ms`).
+                (None, Some(unit)) => self.push_pair_unit(name, unit, value),
+                (None, None) => self.push_pair(name, value, None),
             }
             from = v + used;
         }
@@ -552,6 +623,106 @@ impl LogParser {
             self.names.clear();
         }
         ok
+    }
+
+    // ------------------------------------------------------------------ tables
+
+    /// A table with a header row, whitespace- or pipe-separated (`iter  loss  acc`, then
+    /// `10  0.51  0.80`; `| step | loss |`): one series per numeric column, each row's
+    /// counter column (iter, step, epoch, round) its step or epoch. A header is taken only
+    /// when it starts with a counter word or names a metric; the table ends at the first
+    /// line that is not one of its rows.
+    fn table_line(&mut self, s: &[u8]) -> bool {
+        let pipe = s[0] == b'|';
+        if !self.table.is_empty() {
+            if pipe
+                && s.iter()
+                    .all(|b| matches!(b, b'|' | b'-' | b':' | b'+' | b' '))
+            {
+                return true; // `|------|------|`
+            }
+            if (pipe || s[0].is_ascii_digit()) && self.table_row(s, pipe) {
+                return true;
+            }
+            self.table.clear();
+        }
+        // Header candidates: a pipe, or a counter word first (first byte first: this
+        // runs on every line).
+        if !pipe && !matches!(s[0] | 0x20, b'i' | b's' | b'e' | b'r' | b'b') {
+            return false;
+        }
+        let first_end = s
+            .iter()
+            .position(|&b| b == b' ' || b == b'\t')
+            .unwrap_or(s.len());
+        let word = &s[..first_end];
+        let counter_first = [
+            &b"iter"[..],
+            b"iteration",
+            b"step",
+            b"epoch",
+            b"round",
+            b"it",
+            b"batch",
+        ]
+        .iter()
+        .any(|c| word.eq_ignore_ascii_case(c));
+        if !pipe && !counter_first {
+            return false;
+        }
+        if s.iter().any(u8::is_ascii_digit) && !pipe {
+            return false;
+        }
+        let cells = table_cells(s, pipe);
+        let names_ok = cells.len() >= 2
+            && cells.iter().all(|c| {
+                c.first().is_some_and(u8::is_ascii_alphabetic)
+                    && c.iter().all(|&b| is_ident(b) || b == b'/' || b == b'%')
+            });
+        let metricish = |c: &[u8]| {
+            let c = c.to_ascii_lowercase();
+            ["loss", "acc", "err", "lr", "auc", "f1", "score", "reward"]
+                .iter()
+                .any(|w| memchr::memmem::find(&c, w.as_bytes()).is_some())
+        };
+        if !names_ok || !(counter_first || cells.iter().any(|c| metricish(c))) {
+            return false;
+        }
+        self.table = cells
+            .iter()
+            .map(|c| String::from_utf8_lossy(c).to_ascii_lowercase())
+            .collect();
+        true
+    }
+
+    /// A row of the current table: as many cells as it has columns, every one a number.
+    fn table_row(&mut self, s: &[u8], pipe: bool) -> bool {
+        let cells = table_cells(s, pipe);
+        if cells.len() != self.table.len() {
+            return false;
+        }
+        let mut values = Vec::with_capacity(cells.len());
+        for c in &cells {
+            match parse_number(c) {
+                Some((v, used)) if used == c.len() => values.push(v),
+                _ => return false,
+            }
+        }
+        let cols = std::mem::take(&mut self.table);
+        for (col, v) in cols.iter().zip(values) {
+            match role_of(col) {
+                Role::Step | Role::Epoch => {}
+                _ if col == "round" || col == "it" || col == "batch" => {
+                    self.progress.step = Some(v as i64);
+                    self.saw_progress = true;
+                    continue;
+                }
+                _ => {}
+            }
+            self.push_pair(col.as_bytes(), v, None);
+        }
+        self.table = cols;
+        true
     }
 
     // -------------------------------------------------------------------- YOLO
@@ -706,6 +877,26 @@ fn is_unit_tail(after: &[u8]) -> bool {
             ) || (i > 0 && *b == b'/')
         }
     }
+}
+
+/// The unit right after a number (`ms`, `s`, `GB`, `it/s`), when there is one; a percent
+/// sign is not one (a percentage is a bare number).
+fn unit_of(after: &[u8]) -> Option<&[u8]> {
+    let a = after.iter().take_while(|b| b.is_ascii_alphabetic()).count();
+    if a == 0 || a > 6 {
+        return None;
+    }
+    let mut end = a;
+    if after.get(a) == Some(&b'/') {
+        let b = after[a + 1..]
+            .iter()
+            .take_while(|b| b.is_ascii_alphabetic())
+            .count();
+        if b > 0 && b <= 6 {
+            end = a + 1 + b;
+        }
+    }
+    Some(&after[..end])
 }
 
 /// A decimal unsigned integer at the start of `s`: (value, bytes used).
@@ -1018,6 +1209,40 @@ mod tests {
         assert_eq!(val(skipped, "loss"), Some(1.0));
     }
 
+    /// Counters a line carries, tables with a header, units in names.
+    #[test]
+    fn counters_tables_and_units() {
+        let log = "5: loss=0.5\nIter 7 loss=0.4\n-- Epoch 3 --\nacc=0.9\n\
+                   time=47.1ms loss=0.2 mfu=12%\nthroughput: 5.5it/s\n\
+                   | iter | loss | val_acc |\n|------|------|------|\n| 10 | 0.51 | 0.80 |\n| 20 | 0.42 | 0.85 |\n\
+                   round  train_loss  valid_loss\n1  0.7  0.8\n2  0.6  0.7\nthe end 3 4 5\n1 2 3\n";
+        let p = pts(log);
+        let want: &[(&str, f64, Option<i64>, Option<f64>)] = &[
+            ("loss", 0.5, Some(5), None),
+            ("loss", 0.4, Some(7), None),
+            ("acc", 0.9, Some(7), Some(3.0)),
+            ("time_ms", 47.1, Some(7), Some(3.0)),
+            ("mfu", 12.0, Some(7), Some(3.0)),
+            ("throughput_it_per_s", 5.5, Some(7), Some(3.0)),
+            ("loss", 0.51, Some(10), Some(3.0)),
+            ("val_acc", 0.85, Some(20), Some(3.0)),
+            ("train_loss", 0.7, Some(1), Some(3.0)),
+            ("valid_loss", 0.7, Some(2), Some(3.0)),
+        ];
+        for w in want {
+            assert!(
+                p.iter().any(|x| (x.0.as_str(), x.1, x.2, x.3) == *w),
+                "{w:?} not in {p:?}"
+            );
+        }
+        // A row after the table ended is nothing; counters are never points.
+        assert_eq!(p.len(), want.len() + 5, "{p:?}");
+        assert!(
+            !p.iter()
+                .any(|x| ["iter", "round", "time"].contains(&x.0.as_str()))
+        );
+    }
+
     fn val(log: &str, name: &str) -> Option<f64> {
         pts(log)
             .into_iter()
@@ -1217,7 +1442,7 @@ mod tests {
         assert_eq!(p[0], ("train loss".into(), 2.1234, Some(500), None));
         assert_eq!(p[1], ("val loss".into(), 2.2345, Some(500), None));
         assert_eq!(p[2], ("loss".into(), 2.4512, Some(510), None));
-        assert_eq!(p[3], ("time".into(), 35.21, Some(510), None));
+        assert_eq!(p[3], ("time_ms".into(), 35.21, Some(510), None));
         assert_eq!(p[4], ("mfu".into(), 12.34, Some(510), None));
     }
 

@@ -197,7 +197,17 @@ impl Engine {
         old: &LogOffset,
         chunk: &[u8],
     ) -> Result<Option<LogOffset>> {
-        let mut parser = LogParser::resume(old.line, old.progress);
+        let key = (att.job_id.clone(), att.attempt);
+        let kept = self
+            .inner
+            .parsers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&key);
+        let mut parser = match kept {
+            Some((at, p)) if at == old.byte_offset => p,
+            _ => LogParser::resume(old.line, old.progress),
+        };
         // Points go to the store grouped by metric; as owned points only for listeners.
         let watched = self.inner.events.receiver_count() > 0;
         let mut batch = crate::series::Batch::default();
@@ -238,6 +248,15 @@ impl Engine {
             .commit_log_batch(&att.job_id, att.attempt, old, &new, &batch)?
         {
             return Ok(None);
+        }
+        {
+            let mut kept = self.inner.parsers.lock().unwrap_or_else(|p| p.into_inner());
+            // Bounded: ended attempts' parsers are dropped now and then (a later commit
+            // of one resumes from the store).
+            if kept.len() >= 256 {
+                kept.clear();
+            }
+            kept.insert(key, (new.byte_offset, parser));
         }
         // Lines and points for whoever listens (the cockpit); nobody: no work.
         if watched {

@@ -126,6 +126,11 @@ struct Inner {
     last_price: Mutex<HashMap<String, std::time::Instant>>,
     /// When each job's GPU samples were last read (read once per sampling interval).
     last_gpu: Mutex<HashMap<String, std::time::Instant>>,
+    /// Each followed attempt's parser as the last commit left it, with the offset it
+    /// reached: a table header or a YOLO header read in one commit still names the
+    /// columns of the rows in the next (a parser resumed from the store knows only the
+    /// line and progress).
+    parsers: Mutex<HashMap<(String, i64), (u64, crate::metrics::LogParser)>>,
     /// Jobs a job actor of this process supervises now (one actor per job).
     supervised: Mutex<std::collections::HashSet<String>>,
 }
@@ -157,6 +162,7 @@ impl Engine {
                 last_ship: Mutex::default(),
                 last_price: Mutex::default(),
                 last_gpu: Mutex::default(),
+                parsers: Mutex::default(),
                 supervised: Mutex::default(),
             }),
         })

@@ -185,3 +185,34 @@ fn the_framework_corpus_is_read_completely() {
     }
     println!("{}", report.join("\n"));
 }
+
+/// A table whose header and rows arrive in separate commits of a live follow (a row per
+/// epoch, printed slowly): every row is read with its columns.
+#[test]
+fn a_table_printed_slowly_is_read_across_commits() {
+    let env = Env::new("", "0");
+    let toml = env.project.join("trainctl.toml");
+    let text = std::fs::read_to_string(&toml).unwrap().replace(
+        "command = \"python3 train.py --epochs 5\"",
+        "command = \"printf 'epoch  train_loss  val_acc\\\\n'; for e in 1 2 3; do sleep 0.3; printf '%s  0.%s  0.9%s\\\\n' $e $((9 - e)) $e; done\"",
+    );
+    std::fs::write(&toml, text).unwrap();
+    let v = env.json(&["run", "--terminate-after"]);
+    assert_eq!(v["state"], "succeeded", "{v}");
+    let job = v["job_id"].as_str().unwrap();
+    let loss = env.json(&["metrics", job, "--name", "train_loss"]);
+    let got: Vec<(f64, f64)> = loss
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| (p["epoch"].as_f64().unwrap(), p["value"].as_f64().unwrap()))
+        .collect();
+    assert_eq!(got, vec![(1.0, 0.8), (2.0, 0.7), (3.0, 0.6)], "{loss}");
+    assert_eq!(
+        env.json(&["metrics", job, "--name", "val_acc"])
+            .as_array()
+            .unwrap()
+            .len(),
+        3
+    );
+}
