@@ -474,6 +474,7 @@ impl LogParser {
     /// `step 500: train loss 2.1234, val loss 2.2345`.
     fn nanogpt(&mut self, s: &[u8]) -> bool {
         if s.len() < 6
+            || !matches!(s[0] | 0x20, b'i' | b's')
             || !(s[..5].eq_ignore_ascii_case(b"iter ") || s[..5].eq_ignore_ascii_case(b"step "))
         {
             return false;
@@ -651,10 +652,15 @@ impl LogParser {
         if !pipe && !matches!(s[0] | 0x20, b'i' | b's' | b'e' | b'r' | b'b') {
             return false;
         }
-        let first_end = s
-            .iter()
-            .position(|&b| b == b' ' || b == b'\t')
-            .unwrap_or(s.len());
+        // The first word is at most 9 letters (`iteration`), then whitespace.
+        let first_end = if pipe {
+            0
+        } else {
+            match s.iter().take(10).position(|&b| b == b' ' || b == b'\t') {
+                Some(e) => e,
+                None => return false,
+            }
+        };
         let word = &s[..first_end];
         let counter_first = [
             &b"iter"[..],
