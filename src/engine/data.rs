@@ -124,13 +124,10 @@ impl Engine {
             let content = data::content_hash(&l, &hashes);
             if side.done.contains(&content) {
                 remote
-                    .exec(&data::finish_script(
-                        &root,
-                        &lhash,
-                        &content,
-                        single.as_deref(),
-                        mount,
-                    ))
+                    .exec_with_stdin(
+                        &data::finish_script(&root, &lhash, &content, single.as_deref(), mount),
+                        &[],
+                    )
                     .await?
                     .check("linking the dataset")?;
                 return say(
@@ -238,14 +235,20 @@ impl Engine {
         .await?;
         let content = data::content_hash(&listing, &hashes?);
         let single = listing.single.then(|| listing.files[0].rel.clone());
+        let wanted: std::collections::HashSet<&str> =
+            listing.files.iter().map(|f| f.rel.as_str()).collect();
+        let mut extras = Vec::new();
+        for (rel, _, _) in &partial {
+            if !wanted.contains(rel.as_str()) {
+                extras.extend_from_slice(rel.as_bytes());
+                extras.push(0);
+            }
+        }
         remote
-            .exec(&data::finish_script(
-                &root,
-                lhash,
-                &content,
-                single.as_deref(),
-                mount,
-            ))
+            .exec_with_stdin(
+                &data::finish_script(&root, lhash, &content, single.as_deref(), mount),
+                &extras,
+            )
             .await?
             .check("keeping the dataset on the machine")?;
         let secs = started.elapsed().as_secs_f64();
@@ -258,7 +261,9 @@ impl Engine {
                 "{name}: {} files, {sent} bytes sent{} in {secs:.1} s ({:.1} MB/s); content {content}",
                 listing.files.len(),
                 if resumed > 0 {
-                    format!(" ({resumed} bytes were there from a cut-off transfer)")
+                    format!(
+                        " ({resumed} bytes were on the machine: a cut-off transfer's, or the previous content's)"
+                    )
                 } else {
                     String::new()
                 },

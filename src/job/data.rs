@@ -251,9 +251,21 @@ pub fn probe_script(root: &str, listing: &str, single: Option<&str>, mount: &str
          if [ -f q-{q} ]; then c=$(cat q-{q}); \
            if [ -n \"$c\" ] && [ -f \"$c.done\" ]; then {link_fn} && echo \"placed=$c\" && exit 0; fi; fi; \
          for f in *.done; do [ -f \"$f\" ] && echo \"done=${{f%.done}}\"; done; \
+         {seed}\
          if [ -d q-{q}.part ]; then cd q-{q}.part && find . -type f -printf 'part=%s %T@ %P\\n'; fi; true",
         d = sh_quote(&d),
         q = listing,
+        // A new content of a folder placed here before starts as hard links of the
+        // previous one (the link at the mount names it): only what changed is sent (tar
+        // unlinks a file before writing it, so the previous content stays whole).
+        seed = match single {
+            Some(_) => String::new(),
+            None => format!(
+                "if [ ! -d q-{listing}.part ] && p=$(readlink {m} 2>/dev/null) && [ \"${{p%/*}}\" = \"$d\" ] && [ -f \"$p.done\" ]; then \
+                   cp -al \"$p\" q-{listing}.seed 2>/dev/null && mv q-{listing}.seed q-{listing}.part || rm -rf q-{listing}.seed; fi; ",
+                m = sh_quote(mount),
+            ),
+        },
         link_fn = link_script(
             &match single {
                 Some(n) => format!("\"$d/$c\"{}", sh_quote(&format!("/{n}"))),
@@ -288,7 +300,9 @@ pub fn parse_probe(text: &str) -> MachineSide {
 }
 
 /// The last step: the transfer becomes dataset `content` (or is dropped when the machine
-/// had that content already), the listing is remembered, the link made.
+/// had that content already), the listing is remembered, the link made. Its stdin names
+/// (NUL-separated) the files of the transfer folder the listing does not have (left by
+/// the previous content it started from), which go.
 pub fn finish_script(
     root: &str,
     listing: &str,
@@ -302,6 +316,7 @@ pub fn finish_script(
         "cd {d} || exit 1; \
          if [ -f {c}.done ]; then rm -rf q-{q}.part; \
          else rm -rf {c} && mkdir -p q-{q}.part && \
+           (cd q-{q}.part && xargs -0 -r rm -f --) && \
            find q-{q}.part -name {partial} -type d -prune -exec rm -rf {{}} + && \
            mv q-{q}.part {c} && : > {c}.done || exit 1; fi; \
          printf '%s\\n' {c} > q-{q}.tmp && mv q-{q}.tmp q-{q} && {link}",

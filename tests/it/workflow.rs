@@ -553,12 +553,27 @@ fn a_dataset_is_placed_once_per_machine_and_content_apart_from_the_code() {
         "{ev:?}"
     );
 
-    // A changed file is another dataset: sent, and the job sees the new one.
+    // A changed file (and one removed, one added) is another dataset: only what changed
+    // is sent, the job sees the new one, the earlier content stays whole.
     std::fs::write(copy.join("part-0001.bin"), b"changed").unwrap();
+    std::fs::remove_file(copy.join("part-0002.bin")).unwrap();
+    std::fs::write(copy.join("sub/new.bin"), b"new!").unwrap();
+    let before = std::fs::read(mount.join("part-0001.bin")).unwrap();
+    let old_content = std::fs::canonicalize(&mount).unwrap();
     let fourth = env.json(&["run", "--instance", &inst]);
+    assert_eq!(fourth["state"], "succeeded", "{fourth}");
     let ev = data_events(&env, fourth["job_id"].as_str().unwrap());
     assert_eq!(ev[0].0, "data.sent", "{ev:?}");
+    assert!(
+        ev[0].1.starts_with("sets/ds: 60 files, 11 bytes sent"),
+        "{ev:?}"
+    );
     same_tree(&copy, &mount);
+    assert_eq!(
+        std::fs::read(old_content.join("part-0001.bin")).unwrap(),
+        before
+    );
+    assert!(old_content.join("part-0002.bin").exists());
     // The earlier content is still there for the earlier listing.
     let kept = std::fs::read_dir(home.join("data"))
         .unwrap()
@@ -637,10 +652,7 @@ fn a_dataset_transfer_cut_by_killed_connections_resumes_and_matches() {
     let ev = data_events(&env, job);
     let sent = ev.iter().find(|(k, _)| k == "data.sent").unwrap();
     // The files that had landed whole were not sent again.
-    assert!(
-        sent.1.contains("were there from a cut-off transfer"),
-        "{ev:?}"
-    );
+    assert!(sent.1.contains("were on the machine"), "{ev:?}");
     same_tree(&ds, &root.join("datasets/toy-train/big"));
     // No transfer folder is left behind.
     assert_eq!(landed(), 0);
