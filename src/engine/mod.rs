@@ -514,13 +514,14 @@ mod tests {
         async fn append_file(&self, p: &str, d: &[u8]) -> Result<()> {
             self.inner.append_file(p, d).await
         }
-        async fn put_files(
+        async fn put_files_counted(
             &self,
             root: &Path,
             rels: &[String],
             to: &str,
+            sent: Arc<std::sync::atomic::AtomicU64>,
         ) -> Result<Vec<crate::remote::Fetched>> {
-            self.inner.put_files(root, rels, to).await
+            self.inner.put_files_counted(root, rels, to, sent).await
         }
         async fn get(&self, p: &str, dest: &Path) -> Result<crate::remote::Fetched> {
             self.inner.get(p, dest).await

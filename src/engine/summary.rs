@@ -31,46 +31,33 @@ pub struct JobSummary {
     pub metrics: Vec<MetricSummary>,
 }
 
-/// Words that make a metric a main one (what a run is judged by), and which of them are
-/// better low. GPU samples and learning rates are not main metrics.
-const MAIN: &[&str] = &[
-    "loss",
-    "acc",
-    "f1",
-    "auc",
-    "map",
-    "bleu",
-    "rouge",
-    "perplexity",
-    "ppl",
-    "err",
-    "wer",
-    "cer",
-    "mae",
-    "mse",
-    "rmse",
-    "iou",
-    "dice",
-    "score",
-    "precision",
-    "recall",
-    "reward",
-    "return",
-    "nll",
-    "top1",
-    "top5",
-];
-const LOWER_IS_BETTER: &[&str] = &[
-    "loss",
-    "perplexity",
-    "ppl",
-    "err",
-    "wer",
-    "cer",
-    "mae",
-    "mse",
-    "rmse",
-    "nll",
+/// Words that make a metric a main one (what a run is judged by), each with whether it
+/// is better low. GPU samples and learning rates are not main metrics.
+const MAIN: &[(&str, bool)] = &[
+    ("loss", true),
+    ("perplexity", true),
+    ("ppl", true),
+    ("err", true),
+    ("wer", true),
+    ("cer", true),
+    ("mae", true),
+    ("mse", true),
+    ("nll", true),
+    ("acc", false),
+    ("f1", false),
+    ("auc", false),
+    ("map", false),
+    ("bleu", false),
+    ("rouge", false),
+    ("iou", false),
+    ("dice", false),
+    ("score", false),
+    ("precision", false),
+    ("recall", false),
+    ("reward", false),
+    ("return", false),
+    ("top1", false),
+    ("top5", false),
 ];
 
 /// Whether `name` is a main metric, and whether it is better low.
@@ -79,9 +66,14 @@ pub fn main_metric(name: &str) -> Option<bool> {
     if n.starts_with("gpu") && n.contains('.') {
         return None;
     }
-    MAIN.iter()
-        .any(|w| n.contains(w))
-        .then(|| LOWER_IS_BETTER.iter().any(|w| n.contains(w)))
+    let mut found = None;
+    for (w, lower) in MAIN {
+        if n.contains(w) {
+            // A loss-like word wins over a score-like one (`err` in `error_rate_score`).
+            found = Some(found.unwrap_or(false) || *lower);
+        }
+    }
+    found
 }
 
 /// Main metrics summed up at most (the first ones the log printed).

@@ -209,22 +209,19 @@ pub trait Remote: Send + Sync {
         local_root: &Path,
         rels: &[String],
         remote_root: &str,
-    ) -> Result<Vec<Fetched>>;
-
+    ) -> Result<Vec<Fetched>> {
+        self.put_files_counted(local_root, rels, remote_root, Default::default())
+            .await
+    }
     /// [`Remote::put_files`], adding the bytes read to `sent` as they go (progress for a
-    /// long transfer). The default adds them at the end.
+    /// long transfer).
     async fn put_files_counted(
         &self,
         local_root: &Path,
         rels: &[String],
         remote_root: &str,
         sent: std::sync::Arc<std::sync::atomic::AtomicU64>,
-    ) -> Result<Vec<Fetched>> {
-        let files = self.put_files(local_root, rels, remote_root).await?;
-        let n: u64 = files.iter().map(|f| f.size).sum();
-        sent.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
-        Ok(files)
-    }
+    ) -> Result<Vec<Fetched>>;
     /// Download `path` to the local file `dest` (temp name, then rename), verifying size and
     /// BLAKE3 against the source.
     async fn get(&self, path: &str, dest: &Path) -> Result<Fetched>;

@@ -1129,16 +1129,6 @@ impl Remote for SshRemote {
         Ok(())
     }
 
-    async fn put_files(
-        &self,
-        local_root: &Path,
-        rels: &[String],
-        remote_root: &str,
-    ) -> Result<Vec<Fetched>> {
-        self.put_files_counted(local_root, rels, remote_root, Default::default())
-            .await
-    }
-
     async fn put_files_counted(
         &self,
         local_root: &Path,

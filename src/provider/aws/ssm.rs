@@ -239,11 +239,12 @@ impl Remote for SsmRemote {
         Ok(())
     }
 
-    async fn put_files(
+    async fn put_files_counted(
         &self,
         _local_root: &Path,
         _rels: &[String],
         _remote_root: &str,
+        _sent: std::sync::Arc<std::sync::atomic::AtomicU64>,
     ) -> Result<Vec<Fetched>> {
         anyhow::bail!(
             "copying files to {} needs SSH (SSM only reads status and stops jobs)",
