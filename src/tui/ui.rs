@@ -381,6 +381,18 @@ fn draw_jobs(f: &mut Frame, app: &mut App, area: Rect) {
     f.render_stateful_widget(table, inner, &mut state);
 }
 
+/// A job state whole in the 9 columns the jobs list gives it (the longer names shortened
+/// the same at every width: a word is never cut).
+fn state_label(s: crate::model::JobState) -> &'static str {
+    use crate::model::JobState::*;
+    match s {
+        SettingUp => "setup",
+        Interrupted => "interrupt",
+        Recovering => "recover",
+        s => s.as_str(),
+    }
+}
+
 fn job_row<'a>(app: &App, r: &JobRow, wide: bool, spark_w: usize) -> Row<'a> {
     let j = &r.rec;
     let metric = match &r.metric {
@@ -395,7 +407,7 @@ fn job_row<'a>(app: &App, r: &JobRow, wide: bool, spark_w: usize) -> Row<'a> {
     let mut cells = vec![
         Cell::from(j.name.clone()),
         Cell::from(Span::styled(
-            j.state.to_string(),
+            state_label(j.state),
             state_style(app, j.state.as_str()),
         )),
         Cell::from(progress_text(&r.progress)),
