@@ -82,6 +82,36 @@ struct Pair {
     role: Role,
 }
 
+/// Whether what follows a number (` TPU cores`) is prose: a plain word, then nothing or
+/// another plain word, where a metrics line would have its next `name:` or `name=`.
+fn words_follow(after: &[u8]) -> bool {
+    let mut toks = after
+        .split(|b| *b == b' ' || *b == b'\t')
+        .filter(|t| !t.is_empty());
+    let plain = |t: &[u8]| t.iter().all(u8::is_ascii_alphabetic);
+    match (toks.next(), toks.next()) {
+        (Some(a), None) => plain(a) && a.len() > 1,
+        (Some(a), Some(b)) => plain(a) && plain(b),
+        _ => false,
+    }
+}
+
+/// `s` after the terminal escape sequence it starts with (CSI `ESC [ ... final`, or a
+/// two-byte `ESC x`).
+fn skip_escape(s: &[u8]) -> &[u8] {
+    match s.get(1) {
+        Some(b'[') => {
+            let end = s[2..]
+                .iter()
+                .position(|b| (0x40..=0x7e).contains(b))
+                .map_or(s.len(), |p| p + 3);
+            &s[end..]
+        }
+        Some(_) => &s[2..],
+        None => &s[1..],
+    }
+}
+
 /// The cells of a table line: between pipes (the outer ones dropped), or separated by
 /// whitespace.
 fn table_cells(s: &[u8], pipe: bool) -> Vec<&[u8]> {
@@ -218,7 +248,11 @@ impl LogParser {
     }
 
     fn segment(&mut self, raw: &[u8], out: &mut impl FnMut(PointRef<'_>)) {
-        let s = trim_start(raw);
+        let mut s = trim_start(raw);
+        // Cursor moves before the text (`\x1b[A{'eval_loss': ...}`: tqdm's nested bars).
+        while s.first() == Some(&0x1b) {
+            s = trim_start(skip_escape(s));
+        }
         if s.len() < 3 {
             return;
         }
@@ -594,6 +628,11 @@ impl LogParser {
                 continue;
             }
             if !is_unit_tail(after) {
+                continue;
+            }
+            // `using: 0 TPU cores`: a count in a sentence, not a metric.
+            if after.first() == Some(&b' ') && words_follow(after) {
+                from = v + used;
                 continue;
             }
             let name = &s[a..end];

@@ -10,7 +10,8 @@ Truth names are the names trainctl should give (lowercase; `split/metric` where 
 framework says `split's metric`); each point has the counter its line carries (`step` or
 `epoch`).
 
-    python3 -m venv /tmp/fw && /tmp/fw/bin/pip install scikit-learn xgboost lightgbm keras jax
+    python3 -m venv /tmp/fw && /tmp/fw/bin/pip install scikit-learn xgboost lightgbm keras jax \
+        torch lightning transformers tqdm
     /tmp/fw/bin/python tools/corpus/generate.py [FRAMEWORK...]
 
 Add a framework: a function below that trains, prints as the framework does, and returns
@@ -109,12 +110,142 @@ def keras_lines():
     return _keras(2)
 
 
+def pytorch_tqdm():
+    """A plain PyTorch loop: a tqdm bar per epoch with the loss in its postfix (every
+    step shown), then a line with the epoch's validation loss."""
+    import torch
+    from tqdm import tqdm
+
+    torch.manual_seed(0)
+    X, y = torch.randn(64, 8), torch.randn(64, 1)
+    model = torch.nn.Linear(8, 1)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    truth = []
+    for epoch in range(1, 4):
+        bar = tqdm(range(8), desc=f"Epoch {epoch}", mininterval=0)
+        for i in bar:
+            xb, yb = X[i * 8 : (i + 1) * 8], y[i * 8 : (i + 1) * 8]
+            loss = torch.nn.functional.mse_loss(model(xb), yb)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            bar.set_postfix(loss=loss.item())
+            truth.append({"name": "loss", "value": loss.item(), "step": i + 1, "epoch": epoch})
+        with torch.no_grad():
+            val = torch.nn.functional.mse_loss(model(X), y).item()
+        print(f"epoch {epoch}: val_loss={val:.4f}")
+        truth.append({"name": "val_loss", "value": val, "epoch": epoch})
+    return truth
+
+
+def lightning():
+    """PyTorch Lightning's progress bar (every batch) with a logged train and val loss."""
+    import lightning as L
+    import torch
+
+    L.seed_everything(0)
+    X, y = torch.randn(64, 8), torch.randn(64, 1)
+    data = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(X, y), batch_size=8)
+    truth = []
+
+    class Model(L.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.lin = torch.nn.Linear(8, 1)
+
+        def training_step(self, batch, i):
+            loss = torch.nn.functional.mse_loss(self.lin(batch[0]), batch[1])
+            self.log("train_loss", loss, prog_bar=True)
+            return loss
+
+        def validation_step(self, batch, i):
+            self.log("val_loss", torch.nn.functional.mse_loss(self.lin(batch[0]), batch[1]), prog_bar=True)
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.05)
+
+    class Truth(L.Callback):
+        def on_validation_end(self, trainer, module):
+            truth.append(
+                {
+                    "name": "val_loss",
+                    "value": float(trainer.callback_metrics["val_loss"]),
+                    "epoch": trainer.current_epoch,
+                }
+            )
+
+        def on_train_batch_end(self, trainer, module, outputs, batch, i):
+            truth.append(
+                {
+                    "name": "train_loss",
+                    "value": float(trainer.callback_metrics["train_loss"]),
+                    "step": i + 1,
+                    "epoch": trainer.current_epoch,
+                }
+            )
+
+    trainer = L.Trainer(
+        max_epochs=3,
+        callbacks=[Truth(), L.pytorch.callbacks.TQDMProgressBar(refresh_rate=1)],
+        logger=False,
+        enable_checkpointing=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+    )
+    trainer.fit(Model(), data, data)
+    return truth
+
+
+def hf_trainer():
+    """The Hugging Face Trainer on a tiny BERT made here (no download): its dicts, printed
+    after the tqdm bar's updates, with the truth from `trainer.state.log_history`."""
+    import torch
+    from transformers import BertConfig, BertForSequenceClassification, Trainer, TrainingArguments
+
+    torch.manual_seed(0)
+    cfg = BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=16)
+    model = BertForSequenceClassification(cfg)
+
+    class Data(torch.utils.data.Dataset):
+        def __len__(self):
+            return 32
+
+        def __getitem__(self, i):
+            g = torch.Generator().manual_seed(i)
+            return {"input_ids": torch.randint(0, 50, (8,), generator=g), "labels": torch.tensor(i % 2)}
+
+    args = TrainingArguments(
+        output_dir="/tmp/trainctl-corpus-hf",
+        num_train_epochs=2,
+        per_device_train_batch_size=8,
+        logging_steps=1,
+        eval_strategy="epoch",
+        save_strategy="no",
+        report_to=[],
+        use_cpu=True,
+        seed=0,
+    )
+    trainer = Trainer(model=model, args=args, train_dataset=Data(), eval_dataset=Data())
+    trainer.train()
+    truth = []
+    for entry in trainer.state.log_history:
+        for k, v in entry.items():
+            # `total_flos` is kept in the history but never printed.
+            if k in ("epoch", "step", "total_flos") or not isinstance(v, (int, float)):
+                continue
+            truth.append({"name": k, "value": float(v), "epoch": entry["epoch"]})
+    return truth
+
+
 RUNNERS = {
     "sklearn_mlp": sklearn_mlp,
     "xgboost": xgboost,
     "lightgbm": lightgbm,
     "keras_bar": keras_bar,
     "keras_lines": keras_lines,
+    "pytorch_tqdm": pytorch_tqdm,
+    "lightning": lightning,
+    "hf_trainer": hf_trainer,
 }
 
 
