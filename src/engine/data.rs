@@ -123,6 +123,10 @@ impl Engine {
             cache = back;
             let content = data::content_hash(&l, &hashes);
             if side.done.contains(&content) {
+                let contents = self.inner.data_dir.join("datasets").join("contents");
+                if let Err(e) = data::save_content(&contents, &content, &l, &hashes) {
+                    tracing::warn!("keeping the record of dataset {content}: {e:#}");
+                }
                 remote
                     .exec_with_stdin(
                         &data::finish_script(&root, &lhash, &content, single.as_deref(), mount),
@@ -141,7 +145,7 @@ impl Engine {
                     remote,
                     l,
                     cache,
-                    side.partial,
+                    side,
                     (&lhash, name, mount),
                     started,
                 )
@@ -152,7 +156,7 @@ impl Engine {
             remote,
             listing,
             cache,
-            side.partial,
+            side,
             (&lhash, name, mount),
             started,
         )
@@ -166,21 +170,53 @@ impl Engine {
         &self,
         job_id: Option<&str>,
         remote: &dyn Remote,
-        listing: data::Listing,
+        mut listing: data::Listing,
         mut cache: data::HashCache,
-        partial: Vec<(String, u64, i64)>,
+        side: data::MachineSide,
         (lhash, name, mount): (&str, &str, &str),
         started: std::time::Instant,
     ) -> Result<()> {
         let root = remote.root().to_string();
+        let partial = side.partial;
         let have: HashMap<&str, (u64, i64)> = partial
             .iter()
             .map(|(r, s, m)| (r.as_str(), (*s, *m)))
             .collect();
+        // The transfer folder started as hard links of an earlier content: its files whose
+        // hash is this dataset's are there (their hashes: the record kept when that content
+        // was placed, and this dataset's from the cache or read now).
+        let contents = self.inner.data_dir.join("datasets").join("contents");
+        let seeded = side
+            .from
+            .as_deref()
+            .map(|c| data::load_content(&contents, c))
+            .unwrap_or_default();
+        let now: Vec<String> = if seeded.is_empty() {
+            Vec::new()
+        } else {
+            let (h, back, l) = tokio::task::spawn_blocking(move || {
+                let h = cache.hashes(&listing);
+                (h, cache, listing)
+            })
+            .await?;
+            cache = back;
+            listing = l;
+            h?
+        };
         let todo: Vec<&data::DataFile> = listing
             .files
             .iter()
-            .filter(|f| have.get(f.rel.as_str()) != Some(&(f.size, f.mtime_s)))
+            .enumerate()
+            .filter(|(i, f)| {
+                let there = have.get(f.rel.as_str());
+                let ours = there == Some(&(f.size, f.mtime_s));
+                let kept = there.is_some_and(|(s, _)| *s == f.size)
+                    && seeded
+                        .get(&f.rel)
+                        .is_some_and(|(s, h)| *s == f.size && now.get(*i) == Some(h));
+                !(ours || kept)
+            })
+            .map(|(_, f)| f)
             .collect();
         let total = listing.bytes;
         let resumed: u64 = total - todo.iter().map(|f| f.size).sum::<u64>();
@@ -233,7 +269,11 @@ impl Engine {
             (h, listing)
         })
         .await?;
-        let content = data::content_hash(&listing, &hashes?);
+        let hashes = hashes?;
+        let content = data::content_hash(&listing, &hashes);
+        if let Err(e) = data::save_content(&contents, &content, &listing, &hashes) {
+            tracing::warn!("keeping the record of dataset {content}: {e:#}");
+        }
         let single = listing.single.then(|| listing.files[0].rel.clone());
         let wanted: std::collections::HashSet<&str> =
             listing.files.iter().map(|f| f.rel.as_str()).collect();

@@ -212,6 +212,35 @@ impl HashCache {
     }
 }
 
+/// The files of a content placed by this computer (`<data>/datasets/contents/<hash>.json`:
+/// name, size, BLAKE3): a transfer that starts from hard links of that content keeps the
+/// files whose hash did not change.
+pub fn save_content(dir: &Path, content: &str, l: &Listing, hashes: &[String]) -> Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let files: Vec<(&str, u64, &str)> = l
+        .files
+        .iter()
+        .zip(hashes)
+        .map(|(f, h)| (f.rel.as_str(), f.size, h.as_str()))
+        .collect();
+    let tmp = dir.join(format!("{content}.json.tmp"));
+    std::fs::write(&tmp, serde_json::to_vec(&files)?)?;
+    std::fs::rename(&tmp, dir.join(format!("{content}.json")))?;
+    Ok(())
+}
+
+/// [`save_content`]'s record of `content`: name to (size, BLAKE3); none when unknown here.
+pub fn load_content(dir: &Path, content: &str) -> HashMap<String, (u64, String)> {
+    let Ok(b) = std::fs::read(dir.join(format!("{content}.json"))) else {
+        return HashMap::new();
+    };
+    serde_json::from_slice::<Vec<(String, u64, String)>>(&b)
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(r, s, h)| (r, (s, h)))
+        .collect()
+}
+
 /// What the machine said in the first round trip.
 #[derive(Debug, Default, PartialEq)]
 pub struct MachineSide {
@@ -221,6 +250,8 @@ pub struct MachineSide {
     pub done: Vec<String>,
     /// Files of an earlier, cut-off transfer of this listing: (rel, size, mtime seconds).
     pub partial: Vec<(String, u64, i64)>,
+    /// The content the transfer folder started from (hard links of it), if it did.
+    pub from: Option<String>,
 }
 
 /// The script that links the dataset at `target` (a shell word: quoted, or an expansion
@@ -262,7 +293,9 @@ pub fn probe_script(root: &str, listing: &str, single: Option<&str>, mount: &str
             Some(_) => String::new(),
             None => format!(
                 "if [ ! -d q-{listing}.part ] && p=$(readlink {m} 2>/dev/null) && [ \"${{p%/*}}\" = \"$d\" ] && [ -f \"$p.done\" ]; then \
-                   cp -al \"$p\" q-{listing}.seed 2>/dev/null && mv q-{listing}.seed q-{listing}.part || rm -rf q-{listing}.seed; fi; ",
+                   cp -al \"$p\" q-{listing}.seed 2>/dev/null && printf '%s\\n' \"${{p##*/}}\" > q-{listing}.from && \
+                   mv q-{listing}.seed q-{listing}.part || rm -rf q-{listing}.seed; fi; \
+                 [ -d q-{listing}.part ] && [ -f q-{listing}.from ] && echo \"from=$(cat q-{listing}.from)\"; ",
                 m = sh_quote(mount),
             ),
         },
@@ -282,6 +315,8 @@ pub fn parse_probe(text: &str) -> MachineSide {
     for line in text.lines() {
         if let Some(c) = line.strip_prefix("placed=") {
             m.placed = Some(c.trim().to_string());
+        } else if let Some(c) = line.strip_prefix("from=") {
+            m.from = Some(c.trim().to_string());
         } else if let Some(c) = line.strip_prefix("done=") {
             m.done.push(c.trim().to_string());
         } else if let Some(p) = line.strip_prefix("part=") {
@@ -319,7 +354,7 @@ pub fn finish_script(
            (cd q-{q}.part && xargs -0 -r rm -f --) && \
            find q-{q}.part -name {partial} -type d -prune -exec rm -rf {{}} + && \
            mv q-{q}.part {c} && : > {c}.done || exit 1; fi; \
-         printf '%s\\n' {c} > q-{q}.tmp && mv q-{q}.tmp q-{q} && {link}",
+         rm -f q-{q}.from; printf '%s\\n' {c} > q-{q}.tmp && mv q-{q}.tmp q-{q} && {link}",
         d = sh_quote(&d),
         c = content,
         q = listing,

@@ -534,6 +534,22 @@ fn a_dataset_is_placed_once_per_machine_and_content_apart_from_the_code() {
     // A copy of the folder (other mtimes) is the same content: not sent either.
     let copy = env.dir.path().join("elsewhere/ds");
     make_dataset(&copy, 60, 50_000, 7);
+    // Other mtimes than the first folder's, whatever the clock did meanwhile.
+    let old = std::time::SystemTime::now() - std::time::Duration::from_secs(86_400);
+    for e in std::fs::read_dir(&copy)
+        .unwrap()
+        .chain(std::fs::read_dir(copy.join("sub")).unwrap())
+    {
+        let p = e.unwrap().path();
+        if p.is_file() {
+            std::fs::File::options()
+                .write(true)
+                .open(&p)
+                .unwrap()
+                .set_modified(old)
+                .unwrap();
+        }
+    }
     let text = std::fs::read_to_string(&toml).unwrap();
     std::fs::write(
         &toml,
