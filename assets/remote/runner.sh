@@ -213,6 +213,9 @@ fi
 job_dir=$1
 work_dir=$2
 cd "$job_dir" || exit 111
+# With a setup, the phase is known before the pid: whoever sees the job started sees it
+# setting up (until the setup says it is skipped or done).
+[ -f setup.sh ] && echo setup > phase
 echo "$$" > pid.part && mv pid.part pid
 date +%s > started_at
 echo running > status
