@@ -155,21 +155,7 @@ impl Engine {
         if !inst.spot {
             return;
         }
-        let due = {
-            let mut last = self
-                .inner
-                .last_price
-                .lock()
-                .unwrap_or_else(|p| p.into_inner());
-            let now = std::time::Instant::now();
-            match last.get(&inst.id) {
-                Some(t) if now.duration_since(*t) < price_every() => false,
-                _ => {
-                    last.insert(inst.id.clone(), now);
-                    true
-                }
-            }
-        };
+        let due = super::due(&self.inner.last_price, &inst.id, price_every());
         // The launch sampled the price: the first check comes an hour after it.
         let launched_recently = inst
             .launched_ms

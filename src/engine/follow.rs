@@ -298,20 +298,14 @@ impl Engine {
         if every == 0 {
             return Ok(0);
         }
-        if !final_read {
-            let mut last = self
-                .inner
-                .last_gpu
-                .lock()
-                .unwrap_or_else(|p| p.into_inner());
-            let now = std::time::Instant::now();
-            if last
-                .get(&att.job_id)
-                .is_some_and(|t| now.duration_since(*t) < Duration::from_secs(every))
-            {
-                return Ok(0);
-            }
-            last.insert(att.job_id.clone(), now);
+        if !final_read
+            && !due(
+                &self.inner.last_gpu,
+                &att.job_id,
+                Duration::from_secs(every),
+            )
+        {
+            return Ok(0);
         }
         let (off, idle_since) = self
             .store()

@@ -135,6 +135,21 @@ struct Inner {
     supervised: Mutex<std::collections::HashSet<String>>,
 }
 
+/// Whether `key` is due in a rate-limited map (not marked within `every`); marks it now
+/// when it is.
+fn due(map: &Mutex<HashMap<String, std::time::Instant>>, key: &str, every: Duration) -> bool {
+    let mut last = map.lock().unwrap_or_else(|p| p.into_inner());
+    let now = std::time::Instant::now();
+    if last
+        .get(key)
+        .is_some_and(|t| now.duration_since(*t) < every)
+    {
+        return false;
+    }
+    last.insert(key.to_string(), now);
+    true
+}
+
 #[derive(Clone)]
 pub struct Engine {
     inner: Arc<Inner>,

@@ -21,7 +21,7 @@ use crate::store::{AttemptRecord, CheckpointRecord, InstanceRecord, JobRecord};
 use anyhow::{Context, Result, bail};
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// How long a supervisor's lease on a job lasts without renewal (a dead holder's lease is
 /// free at once).
@@ -114,20 +114,8 @@ impl Engine {
         let Some(ck) = spec.project.checkpoints.as_deref() else {
             return Ok(0);
         };
-        if !final_read {
-            let mut last = self
-                .inner
-                .last_ship
-                .lock()
-                .unwrap_or_else(|p| p.into_inner());
-            let now = Instant::now();
-            if last
-                .get(&job.id)
-                .is_some_and(|t| now.duration_since(*t) < SHIP_EVERY)
-            {
-                return Ok(0);
-            }
-            last.insert(job.id.clone(), now);
+        if !final_read && !super::due(&self.inner.last_ship, &job.id, SHIP_EVERY) {
+            return Ok(0);
         }
         let dir = format!("{}/{ck}", att.workdir);
         let keep = spec.project.recovery.keep_checkpoints.max(1) as usize;
