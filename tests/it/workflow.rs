@@ -674,3 +674,44 @@ fn a_dataset_transfer_cut_by_killed_connections_resumes_and_matches() {
     assert_eq!(landed(), 0);
     env.ok(&["terminate", &inst]);
 }
+
+#[test]
+fn a_job_cancelled_during_its_setup_leaves_no_process_and_the_next_one_sets_up() {
+    let env = Env::new("", "0");
+    set_top(&env, "setup = \"echo slow setup; sleep 30\"");
+    let inst = env.json(&["launch"])["id"].as_str().unwrap().to_string();
+    let job = env
+        .ok(&["run", "--instance", &inst, "--detach"])
+        .trim()
+        .to_string();
+    env.wait_for(30, "the setup to run", || {
+        env.job(&job)["state"] == "setting_up" && env.ok(&["logs", &job]).contains("slow setup")
+    });
+    env.ok(&["cancel", &job]);
+    assert_eq!(env.job(&job)["state"], "cancelled");
+    assert!(
+        crate::common::sandbox_processes(&inst).is_empty(),
+        "processes left after a cancel during the setup"
+    );
+    let log = env.ok(&["logs", &job]);
+    assert!(log.contains("setup ended: stopped"), "{log}");
+    // Not recorded as done, no lock left: the next job runs it (and is let through).
+    let home = env
+        .data()
+        .join("sandboxes")
+        .join(&inst)
+        .join("home/.trainctl/setup");
+    let left: Vec<String> = std::fs::read_dir(&home)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+    let toml = env.project.join("trainctl.toml");
+    let text = std::fs::read_to_string(&toml).unwrap();
+    std::fs::write(&toml, text.replace("sleep 30", "sleep 0")).unwrap();
+    let v = env.json(&["run", "--instance", &inst]);
+    assert_eq!(v["state"], "succeeded", "{v}");
+    let log = env.ok(&["logs", v["job_id"].as_str().unwrap()]);
+    assert!(log.contains("setup ended: done"), "{log}");
+    env.ok(&["terminate", &inst]);
+}
