@@ -976,15 +976,10 @@ impl Project {
         let mut dsts = std::collections::BTreeSet::new();
         for d in &self.config.data {
             if d.src.starts_with("s3://") {
-                return Err(err_at(
-                    &d.src,
-                    format!(
-                        "data source `{}`: only local folders and files can be placed so far",
-                        d.src
-                    ),
-                ));
-            }
-            if !self.root.join(&d.src).exists() {
+                if let Err(e) = crate::provider::aws::s3::parse_url(&d.src) {
+                    return Err(err_at(&d.src, format!("data source: {e}")));
+                }
+            } else if !self.root.join(&d.src).exists() {
                 return Err(err_at(
                     &d.src,
                     format!(

@@ -3,12 +3,16 @@
 
 use super::*;
 use crate::job::data;
+use crate::remote::sh_quote;
+
+/// The machine-side fetch of an `s3://` dataset.
+const FETCH_S3_PY: &str = include_str!("../../assets/remote/fetch_s3.py");
 
 /// The code sync leaves out the datasets that live inside the project (they travel
 /// apart): `sync.exclude` plus an anchored pattern per such `[[data]] src`.
 pub fn sync_excludes(project: &crate::config::ProjectConfig, root: &Path) -> Vec<String> {
     let mut ex = project.sync.exclude.clone();
-    for d in &project.data {
+    for d in project.data.iter().filter(|d| !d.src.starts_with("s3://")) {
         let src = Path::new(&d.src);
         let rel = if src.is_absolute() {
             match src.strip_prefix(root) {
@@ -51,8 +55,16 @@ impl Engine {
         }
         let dir = format!("{}/datasets/{}", remote.root(), spec.project_name);
         for d in &spec.project.data {
-            let src = Path::new(&spec.root).join(&d.src);
             let mount = format!("{dir}/{}", d.dst.trim_end_matches('/'));
+            if d.src.starts_with("s3://") {
+                crate::remote::retry_lost(6, "placing a dataset", || {
+                    self.place_s3(job_id, remote, inst, &d.src, &d.dst, &mount)
+                })
+                .await
+                .with_context(|| format!("placing {} on {}", d.src, inst.id))?;
+                continue;
+            }
+            let src = Path::new(&spec.root).join(&d.src);
             crate::remote::retry_lost(6, "placing a dataset", || {
                 self.place_one(job_id, remote, inst, &src, &d.dst, &mount)
             })
@@ -77,6 +89,204 @@ impl Engine {
             root: project.root.to_string_lossy().into_owned(),
         };
         self.place_data(None, remote.as_ref(), &inst, &spec).await
+    }
+
+    /// A dataset in an object store (`s3://`): listed here (names, sizes, ETags: its
+    /// identity, with no byte moved), found on the machine in one round trip like a
+    /// folder, else fetched by the machine itself (its own credentials and bandwidth,
+    /// `assets/remote/fetch_s3.py`), resuming from the files already there whole.
+    async fn place_s3(
+        &self,
+        job_id: Option<&str>,
+        remote: &dyn Remote,
+        inst: &InstanceRecord,
+        url: &str,
+        name: &str,
+        mount: &str,
+    ) -> Result<()> {
+        let started = std::time::Instant::now();
+        let mut listing = None;
+        for p in self.inner.providers.values() {
+            if let Some(l) = p.data_source(url).await? {
+                listing = Some(l);
+                break;
+            }
+        }
+        let listing = listing.with_context(|| {
+            format!("{url}: an s3:// dataset needs [providers.aws] in the user config")
+        })?;
+        let mut h = blake3::Hasher::new();
+        h.update(b"trainctl-data-s3-1\0");
+        h.update(listing.bucket.as_bytes());
+        h.update(b"\0");
+        h.update(listing.prefix.as_bytes());
+        for (rel, size, etag) in &listing.objects {
+            h.update(b"\0");
+            h.update(rel.as_bytes());
+            h.update(&size.to_le_bytes());
+            h.update(etag.as_bytes());
+        }
+        let lhash = h.finalize().to_hex()[..32].to_string();
+        // The objects' ETags are the store's own content tags: the listing is the content.
+        let content = format!("s3-{}", &lhash[..29]);
+        let root = remote.root().to_string();
+        let probe = remote
+            .exec(&data::probe_script(&root, &lhash, None, mount))
+            .await?
+            .check("looking for the dataset on the machine")?;
+        let side = data::parse_probe(&probe.stdout_str());
+        if side.placed.is_some() {
+            return self.store().add_event(
+                "data.placed",
+                Some(&inst.id),
+                job_id,
+                &format!("{name}: on the machine already ({url})"),
+            );
+        }
+        let have: HashMap<&str, u64> = side
+            .partial
+            .iter()
+            .map(|(r, s, _)| (r.as_str(), *s))
+            .collect();
+        // A transfer folder that started as hard links of an earlier content keeps the
+        // objects whose ETag that content's record has; one of this fetch's own keeps
+        // what landed whole (renamed into place only when complete).
+        let contents = self.inner.data_dir.join("datasets").join("contents");
+        let seeded = side
+            .from
+            .as_deref()
+            .map(|c| data::load_content(&contents, c));
+        let todo: Vec<&(String, u64, String)> = listing
+            .objects
+            .iter()
+            .filter(|(rel, size, etag)| {
+                let there = have.get(rel.as_str()) == Some(size);
+                let same = match &seeded {
+                    None => true,
+                    Some(rec) => rec.get(rel).is_some_and(|(s, e)| s == size && e == etag),
+                };
+                !(there && same)
+            })
+            .collect();
+        let total: u64 = listing.objects.iter().map(|o| o.1).sum();
+        let resumed = total - todo.iter().map(|o| o.1).sum::<u64>();
+        let part = format!("{root}/data/q-{lhash}.part");
+        let names = format!("{root}/data/q-{lhash}.names");
+        let script = format!("{root}/fetch_s3.py");
+        let list: String = todo.iter().map(|(rel, _, _)| format!("{rel}\n")).collect();
+        crate::remote::retry_lost(4, "uploading the fetch", || {
+            remote.write_file(&script, FETCH_S3_PY.as_bytes(), 0o644)
+        })
+        .await?;
+        crate::remote::retry_lost(4, "uploading the names to fetch", || {
+            remote.write_file(&names, list.as_bytes(), 0o644)
+        })
+        .await?;
+        let mut env = String::new();
+        for (k, v) in &listing.env {
+            env.push_str(&format!("{k}={} ", sh_quote(v)));
+        }
+        // An empty AWS_PROFILE (or region, token) set on the machine is no setting at all;
+        // botocore takes it for a profile named "" and stops.
+        let cmd = format!(
+            "for v in AWS_PROFILE AWS_DEFAULT_PROFILE AWS_REGION AWS_SESSION_TOKEN; do \
+               eval \"[ -n \\\"\\${{$v:-}}\\\" ] || unset $v\"; done; \
+             mkdir -p {part} && {env}python3 {script} {bucket} {prefix} {part} {names} 2> {err}",
+            part = sh_quote(&part),
+            script = sh_quote(&script),
+            bucket = sh_quote(&listing.bucket),
+            prefix = sh_quote(&listing.prefix),
+            names = sh_quote(&names),
+            err = sh_quote(&format!("{names}.err")),
+        );
+        let (tx, mut rx) = mpsc::channel::<Vec<u8>>(16);
+        let fetch = remote.exec_stream(&cmd, tx);
+        let tell = async {
+            let mut done = resumed;
+            let mut line = Vec::new();
+            while let Some(chunk) = rx.recv().await {
+                for b in chunk {
+                    if b == b'\n' {
+                        done += String::from_utf8_lossy(&line)
+                            .trim()
+                            .parse::<u64>()
+                            .unwrap_or(0);
+                        line.clear();
+                        self.emit(EngineEvent::Transfer {
+                            job_id: job_id.map(str::to_string),
+                            what: name.to_string(),
+                            done,
+                            total,
+                            elapsed_ms: started.elapsed().as_millis() as u64,
+                        });
+                    } else {
+                        line.push(b);
+                    }
+                }
+            }
+        };
+        let (status, ()) = tokio::join!(fetch, tell);
+        if status? != 0 {
+            let err = remote
+                .read_range(&format!("{names}.err"), 0, 4096)
+                .await
+                .ok()
+                .flatten()
+                .unwrap_or_default();
+            let last = String::from_utf8_lossy(&err)
+                .lines()
+                .rev()
+                .find(|l| !l.trim().is_empty())
+                .map(|l| crate::sanitize::sanitize_line(l.as_bytes()))
+                .unwrap_or_default();
+            bail!(
+                "the machine could not fetch {url} (python3 with boto3 and its own AWS credentials are needed): {last}"
+            );
+        }
+        let wanted: std::collections::HashSet<&str> =
+            listing.objects.iter().map(|o| o.0.as_str()).collect();
+        let mut extras = Vec::new();
+        for (rel, _, _) in &side.partial {
+            if !wanted.contains(rel.as_str()) {
+                extras.extend_from_slice(rel.as_bytes());
+                extras.push(0);
+            }
+        }
+        remote
+            .exec_with_stdin(
+                &format!(
+                    "rm -f {n} {n}.err; {}",
+                    data::finish_script(&root, &lhash, &content, None, mount),
+                    n = sh_quote(&names)
+                ),
+                &extras,
+            )
+            .await?
+            .check("keeping the dataset on the machine")?;
+        let records: Vec<(&str, u64, &str)> = listing
+            .objects
+            .iter()
+            .map(|(r, s, e)| (r.as_str(), *s, e.as_str()))
+            .collect();
+        if let Err(e) = data::save_records(&contents, &content, &records) {
+            tracing::warn!("keeping the record of dataset {content}: {e:#}");
+        }
+        self.store().add_event(
+            "data.sent",
+            Some(&inst.id),
+            job_id,
+            &format!(
+                "{name}: {} objects, {} bytes fetched by the machine from {url}{} in {:.1} s",
+                listing.objects.len(),
+                total - resumed,
+                if resumed > 0 {
+                    format!(" ({resumed} bytes were there already)")
+                } else {
+                    String::new()
+                },
+                started.elapsed().as_secs_f64()
+            ),
+        )
     }
 
     async fn place_one(

@@ -216,13 +216,18 @@ impl HashCache {
 /// name, size, BLAKE3): a transfer that starts from hard links of that content keeps the
 /// files whose hash did not change.
 pub fn save_content(dir: &Path, content: &str, l: &Listing, hashes: &[String]) -> Result<()> {
-    std::fs::create_dir_all(dir)?;
     let files: Vec<(&str, u64, &str)> = l
         .files
         .iter()
         .zip(hashes)
         .map(|(f, h)| (f.rel.as_str(), f.size, h.as_str()))
         .collect();
+    save_records(dir, content, &files)
+}
+
+/// [`save_content`] of records already made (an object store's: name, size, ETag).
+pub fn save_records(dir: &Path, content: &str, files: &[(&str, u64, &str)]) -> Result<()> {
+    std::fs::create_dir_all(dir)?;
     let tmp = dir.join(format!("{content}.json.tmp"));
     std::fs::write(&tmp, serde_json::to_vec(&files)?)?;
     std::fs::rename(&tmp, dir.join(format!("{content}.json")))?;

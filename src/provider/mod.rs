@@ -266,6 +266,26 @@ pub trait Provider: Send + Sync {
     fn checkpoint_store(&self) -> Option<Arc<dyn crate::job::checkpoint::CheckpointStore>> {
         None
     }
+
+    /// A dataset in this provider's object store (`s3://BUCKET/PREFIX` for `aws`): its
+    /// objects and what a machine needs to fetch them itself. `None`: not this
+    /// provider's kind of URL.
+    async fn data_source(&self, _url: &str) -> Result<Option<ObjectListing>> {
+        Ok(None)
+    }
+}
+
+/// The objects under a prefix of an object store, for a dataset the machine fetches
+/// itself with its own credentials (an EC2 instance role; elsewhere its env or files).
+#[derive(Debug, Clone)]
+pub struct ObjectListing {
+    pub bucket: String,
+    /// Ends with `/` unless empty.
+    pub prefix: String,
+    /// Name under the prefix, size, ETag (the store's own content tag).
+    pub objects: Vec<(String, u64, String)>,
+    /// Environment for the machine's fetch (region; an endpoint for emulators).
+    pub env: Vec<(String, String)>,
 }
 
 /// Write `text` to `<data>/catalog/<name>` whole (a temporary file renamed over it).

@@ -1563,3 +1563,109 @@ fn a_rebalance_recommendation_moves_a_job_that_asked_for_it() {
     // Moved once, before any notice.
     finish_resumed(&moto, &env, &gate, run, &job, &expected);
 }
+
+/// An `s3://` dataset: listed by trainctl (names, sizes, ETags), fetched by the machine
+/// itself with its own credentials (here: the local machine with moto's), placed once
+/// (the second run: one round trip), a changed object fetched again and only it.
+#[test]
+fn an_s3_dataset_is_fetched_by_the_machine_once_and_only_what_changed_again() {
+    let moto = Moto::start();
+    create_bucket(&moto, "datasets");
+    let put = |key: &str, body: &[u8]| {
+        block_on(async {
+            s3_client(&moto)
+                .put_object()
+                .bucket("datasets")
+                .key(key)
+                .body(body.to_vec().into())
+                .send()
+                .await
+                .unwrap();
+        })
+    };
+    let mut x = 99u64;
+    let files: Vec<(String, Vec<u8>)> = (0..12)
+        .map(|i| {
+            (
+                format!(
+                    "coco/{}img-{i:02}.bin",
+                    if i % 3 == 0 { "sub/" } else { "" }
+                ),
+                crate::common::pseudo_random(&mut x, 20_000 + i * 100),
+            )
+        })
+        .collect();
+    for (k, b) in &files {
+        put(k, b);
+    }
+    put("coco-other/not-this.bin", b"elsewhere");
+    let env = aws_env(&moto.endpoint(), "s3_force_path_style = true\n");
+    let toml = env.project.join("trainctl.toml");
+    let text = std::fs::read_to_string(&toml).unwrap();
+    std::fs::write(
+        &toml,
+        format!("{text}\n[[data]]\nsrc = \"s3://datasets/coco\"\ndst = \"coco\"\n"),
+    )
+    .unwrap();
+    let inst = env.json(&["launch", "--provider", "local"])["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let mount = env
+        .data()
+        .join("sandboxes")
+        .join(&inst)
+        .join("home/.trainctl/datasets/toy-train/coco");
+    let check = |files: &[(String, Vec<u8>)]| {
+        for (k, b) in files {
+            let rel = k.strip_prefix("coco/").unwrap();
+            assert!(
+                std::fs::read(mount.join(rel)).unwrap() == *b,
+                "{rel} differs"
+            );
+        }
+        assert!(!mount.join("not-this.bin").exists());
+    };
+    let events = |job: &str| -> Vec<String> {
+        env.events(job)
+            .iter()
+            .filter(|e| e["kind"].as_str().unwrap().starts_with("data."))
+            .map(|e| {
+                format!(
+                    "{} {}",
+                    e["kind"].as_str().unwrap(),
+                    e["message"].as_str().unwrap()
+                )
+            })
+            .collect()
+    };
+    let first = env.json(&["run", "--instance", &inst]);
+    assert_eq!(first["state"], "succeeded", "{first}");
+    check(&files);
+    let total: usize = files.iter().map(|f| f.1.len()).sum();
+    let ev = events(first["job_id"].as_str().unwrap());
+    assert!(
+        ev.len() == 1
+            && ev[0].starts_with(&format!(
+                "data.sent coco: 12 objects, {total} bytes fetched by the machine"
+            )),
+        "{ev:?}"
+    );
+    let second = env.json(&["run", "--instance", &inst]);
+    let ev = events(second["job_id"].as_str().unwrap());
+    assert!(ev.len() == 1 && ev[0].starts_with("data.placed"), "{ev:?}");
+    // One object changes, keeping its size: only it is fetched.
+    let mut changed = files.clone();
+    changed[4].1[0] ^= 0xff;
+    put(&changed[4].0, &changed[4].1);
+    let third = env.json(&["run", "--instance", &inst]);
+    assert_eq!(third["state"], "succeeded", "{third}");
+    let ev = events(third["job_id"].as_str().unwrap());
+    assert!(
+        ev.len() == 1
+            && ev[0].contains(&format!("12 objects, {} bytes fetched", changed[4].1.len())),
+        "{ev:?}"
+    );
+    check(&changed);
+    env.ok(&["terminate", &inst]);
+}

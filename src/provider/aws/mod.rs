@@ -1128,6 +1128,40 @@ impl Provider for AwsProvider {
         self.checkpoints.clone()
     }
 
+    async fn data_source(&self, url: &str) -> Result<Option<crate::provider::ObjectListing>> {
+        if !url.starts_with("s3://") {
+            return Ok(None);
+        }
+        let (bucket, prefix) = s3::parse_url(url)?;
+        let prefix = if prefix.is_empty() {
+            prefix
+        } else {
+            format!("{prefix}/")
+        };
+        let client = s3::client(self.sdk().await?, &self.cfg);
+        let objects = s3::list_dataset(&client, &bucket, &prefix).await?;
+        // The machine fetches with its own credentials; region and (for emulators and
+        // private endpoints) the endpoint come from here.
+        let mut env = Vec::new();
+        if let Some(r) = self.cfg.regions.first() {
+            env.push(("AWS_DEFAULT_REGION".to_string(), r.clone()));
+        }
+        if let Some(u) = self
+            .cfg
+            .endpoints
+            .get("s3")
+            .or(self.cfg.endpoint_url.as_ref())
+        {
+            env.push(("AWS_ENDPOINT_URL_S3".to_string(), u.clone()));
+        }
+        Ok(Some(crate::provider::ObjectListing {
+            bucket,
+            prefix,
+            objects,
+            env,
+        }))
+    }
+
     async fn label_job(&self, inst: &InstanceRecord, job_id: &str) -> Result<()> {
         let Some(pid) = inst.provider_id.as_deref() else {
             return Ok(());

@@ -27,6 +27,58 @@ pub const PART_SIZE: u64 = 16 << 20;
 const PARALLEL: usize = 4;
 
 /// `s3://bucket/prefix` → (bucket, prefix without slashes at either end).
+/// An S3 client for the provider's settings (first region, S3 endpoint, path style).
+pub fn client(
+    sdk: &aws_config::SdkConfig,
+    cfg: &crate::config::AwsProviderConfig,
+) -> aws_sdk_s3::Client {
+    let mut b = aws_sdk_s3::config::Builder::from(sdk).force_path_style(cfg.s3_force_path_style);
+    if let Some(r) = cfg.regions.first() {
+        b = b.region(Region::new(r.clone()));
+    }
+    if let Some(u) = cfg.endpoints.get("s3") {
+        b = b.endpoint_url(u);
+    }
+    aws_sdk_s3::Client::from_conf(b.build())
+}
+
+/// Every object under `s3://bucket/prefix` (folder markers left out): name under the
+/// prefix, size, ETag; a name that would leave the dataset's folder is refused.
+pub async fn list_dataset(
+    s3: &aws_sdk_s3::Client,
+    bucket: &str,
+    prefix: &str,
+) -> Result<Vec<(String, u64, String)>> {
+    let mut out = Vec::new();
+    let mut pages = s3
+        .list_objects_v2()
+        .bucket(bucket)
+        .prefix(prefix)
+        .into_paginator()
+        .send();
+    while let Some(page) = pages.next().await {
+        let page =
+            page.map_err(|e| s3_error(&format!("listing s3://{bucket}/{prefix}"), bucket, e))?;
+        for o in page.contents() {
+            let Some(key) = o.key() else { continue };
+            let rel = key.strip_prefix(prefix).unwrap_or(key);
+            if rel.is_empty() || rel.ends_with('/') {
+                continue;
+            }
+            if rel.contains('\n') || crate::remote::safe_join(Path::new("/x"), rel).is_err() {
+                anyhow::bail!("s3://{bucket}/{key}: a name that would leave the dataset's folder");
+            }
+            out.push((
+                rel.to_string(),
+                o.size().unwrap_or(0).max(0) as u64,
+                o.e_tag().unwrap_or("").trim_matches('"').to_string(),
+            ));
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
 pub fn parse_url(url: &str) -> Result<(String, String)> {
     let rest = url
         .strip_prefix("s3://")
@@ -102,15 +154,7 @@ impl S3Store {
             .sdk
             .get_or_try_init(|| super::ec2::load_sdk(&self.cfg))
             .await?;
-        let mut b =
-            aws_sdk_s3::config::Builder::from(sdk).force_path_style(self.cfg.s3_force_path_style);
-        if let Some(r) = self.cfg.regions.first() {
-            b = b.region(Region::new(r.clone()));
-        }
-        if let Some(u) = self.cfg.endpoints.get("s3") {
-            b = b.endpoint_url(u);
-        }
-        Ok(aws_sdk_s3::Client::from_conf(b.build()))
+        Ok(client(sdk, &self.cfg))
     }
 
     pub fn key(&self, job_id: &str, name: &str) -> String {
