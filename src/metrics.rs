@@ -82,17 +82,49 @@ struct Pair {
     role: Role,
 }
 
-/// Whether what follows a number (` TPU cores`) is prose: a plain word, then nothing or
-/// another plain word, where a metrics line would have its next `name:` or `name=`.
+/// Whether a pair's name follows a preposition (`for fraction=1.0 at imgsz=64`, `with
+/// nc=1`): a setting told in a sentence.
+fn after_preposition(before: &[u8]) -> bool {
+    let Some(b) = before.strip_suffix(b" ") else {
+        return false;
+    };
+    let start = b
+        .iter()
+        .rposition(|c| !c.is_ascii_alphabetic())
+        .map_or(0, |p| p + 1);
+    matches!(
+        &b[start..],
+        b"with" | b"at" | b"for" | b"of" | b"to" | b"from" | b"in" | b"by" | b"using"
+    ) && (start == 0 || b[start - 1] == b' ')
+}
+
+/// Whether the text before a pair leaves it inside the parentheses of a call
+/// (`AdamW(lr=…, momentum=…`): an open `(` right after a name, not closed since.
+fn in_call(before: &[u8]) -> bool {
+    let Some(open) = memchr::memrchr(b'(', before) else {
+        return false;
+    };
+    open > 0 && is_ident(before[open - 1]) && memchr::memchr(b')', &before[open..]).is_none()
+}
+
+/// Whether what follows a number (` TPU cores`, `ms preprocess, 10.4ms inference`) is
+/// prose: a plain word that does not name the next pair (`val loss: 0.4` does).
 fn words_follow(after: &[u8]) -> bool {
     let mut toks = after
         .split(|b| *b == b' ' || *b == b'\t')
         .filter(|t| !t.is_empty());
-    let plain = |t: &[u8]| t.iter().all(u8::is_ascii_alphabetic);
-    match (toks.next(), toks.next()) {
-        (Some(a), None) => plain(a) && a.len() > 1,
-        (Some(a), Some(b)) => plain(a) && plain(b),
-        _ => false,
+    let Some(a) = toks.next() else {
+        return false;
+    };
+    let word = a.strip_suffix(b",").or(a.strip_suffix(b";")).unwrap_or(a);
+    let word = word.strip_suffix(b")").unwrap_or(word);
+    if word.is_empty() || !word.iter().all(u8::is_ascii_alphabetic) {
+        return false;
+    }
+    match toks.next() {
+        None => true,
+        // `train loss: 0.5 val loss: 0.4`: the word begins the next pair's name.
+        Some(b) => !(a == word && b.ends_with(b":")),
     }
 }
 
@@ -156,6 +188,8 @@ pub struct LogParser {
     yolo_train: Vec<String>,
     /// Column names of the last YOLO validation header (`Class Images ... mAP50-95`).
     yolo_val: Vec<String>,
+    /// `name=False`/`True`/`None` values on the current line: two make it a settings dump.
+    setting_words: u8,
     /// Column names of the table whose header came last (`iter loss acc`, or between
     /// pipes), while its rows follow.
     table: Vec<String>,
@@ -267,6 +301,7 @@ impl LogParser {
         }
         self.pairs.clear();
         self.names.clear();
+        self.setting_words = 0;
         // A YOLO training header names its columns and holds no number.
         if s.starts_with(b"Epoch ") && !s.iter().any(u8::is_ascii_digit) {
             self.maybe_yolo_header(s);
@@ -287,6 +322,11 @@ impl LogParser {
             if !self.nanogpt(s) {
                 let last_bar = self.scan_pairs(s);
                 self.progress_counter(s, last_bar);
+                // A settings dump (`lr0=0.01, amp=False, cache=None, ...`) is not a
+                // measurement, whatever its numbers.
+                if self.setting_words >= 2 {
+                    self.pairs.clear();
+                }
             }
         }
         self.apply_context();
@@ -577,6 +617,7 @@ impl LogParser {
     /// `key=value`, `key: value` anywhere in the line. Returns where the last `|` is (one
     /// pass serves both).
     fn scan_pairs(&mut self, s: &[u8]) -> Option<usize> {
+        let has_paren = memchr::memchr(b'(', s).is_some();
         let mut from = 0;
         let mut last_bar = None;
         while let Some(off) = memchr::memchr3(b'=', b':', b'|', &s[from..]) {
@@ -613,6 +654,10 @@ impl LogParser {
                 break;
             }
             let Some((value, used)) = parse_number(&s[v..]) else {
+                // `amp=False`, `cfg=None`: a settings dump (counted, see `segment`).
+                if s[sep] == b'=' && matches!(s[v], b'F' | b'T' | b'N') {
+                    self.setting_words = self.setting_words.saturating_add(1);
+                }
                 continue;
             };
             let after = &s[v + used..];
@@ -630,8 +675,23 @@ impl LogParser {
             if !is_unit_tail(after) {
                 continue;
             }
-            // `using: 0 TPU cores`: a count in a sentence, not a metric.
-            if after.first() == Some(&b' ') && words_follow(after) {
+            // `using: 0 TPU cores`, `Speed: 0.0ms preprocess, ...`: a count in a sentence,
+            // not a metric; `corrupt: 100% ━━━━`: a progress bar's percentage.
+            let unit_len = unit_of(after).map_or(0, <[u8]>::len);
+            let rest = &after[unit_len..];
+            if (rest.first() == Some(&b' ') && words_follow(rest))
+                || (rest.first() == Some(&b'%') && trim_start(&rest[1..]).first() == Some(&0xe2))
+            {
+                from = v + used;
+                continue;
+            }
+            // `'lr0=0.01'` quoted in a sentence; `AdamW(lr=0.002, momentum=0.9)` and
+            // `weight(decay=0.0)`: arguments of a call, settings rather than measurements.
+            if a > 0
+                && (s[a - 1] == b'\''
+                    || (has_paren && in_call(&s[..a]))
+                    || after_preposition(&s[..a]))
+            {
                 from = v + used;
                 continue;
             }
@@ -856,6 +916,14 @@ impl LogParser {
                 } else {
                     matched = true;
                 }
+                continue;
+            }
+            // Counts and sizes beside the losses and scores are not metrics (GPU memory is
+            // sampled as its own series).
+            if matches!(
+                cols[i].as_str(),
+                "instances" | "size" | "images" | "gpu_mem"
+            ) {
                 continue;
             }
             if let Some((v, used)) = parse_number(tok)
@@ -1288,6 +1356,22 @@ mod tests {
         );
     }
 
+    /// Settings and counts told in sentences are not metrics; the metrics beside them are.
+    #[test]
+    fn sentences_and_settings_make_no_points() {
+        let log = "Overriding model.yaml nc=80 with nc=1\n\
+                   optimizer: AdamW(lr=0.002, momentum=0.9) with parameter groups 57 weight(decay=0.0)\n\
+                   optimizer: ignoring 'lr0=0.01' and determining best\n\
+                   Speed: 0.0ms preprocess, 10.4ms inference, 0.2ms postprocess per image\n\
+                   train: 4 images, 0 backgrounds, 0 corrupt: 100% \u{2501}\u{2501}\u{2501} 4/4\n\
+                   val: Fast image access (ping: 0.0 ms, size: 3.0 KB)\n\
+                   TPU available: False, using: 0 TPU cores\n\
+                   engine: agnostic_nms=False, amp=False, batch=4, box=7.5, cache=False, cfg=None, epochs=2, lr0=0.01\n\
+                   iter 3 loss=0.5 (lr=0.1) acc: 0.9 val loss: 0.4\n";
+        let names: Vec<String> = pts(log).into_iter().map(|p| p.0).collect();
+        assert_eq!(names, vec!["loss", "lr", "acc", "loss"], "{names:?}");
+    }
+
     fn val(log: &str, name: &str) -> Option<f64> {
         pts(log)
             .into_iter()
@@ -1502,12 +1586,10 @@ mod tests {
             p.contains(&("box_loss".into(), 1.215, None, Some(1.0))),
             "{p:?}"
         );
+        // Counts and sizes beside the losses are not metrics (GPU memory is sampled).
         assert!(
-            p.contains(&("gpu_mem".into(), 2.61, None, Some(1.0))),
-            "{p:?}"
-        );
-        assert!(
-            p.contains(&("size".into(), 640.0, None, Some(1.0))),
+            !p.iter()
+                .any(|x| ["gpu_mem", "size", "instances", "images"].contains(&x.0.as_str())),
             "{p:?}"
         );
         assert!(

@@ -237,6 +237,52 @@ def hf_trainer():
     return truth
 
 
+def yolo():
+    """Ultralytics YOLO trained from its yaml (no weights downloaded) on a tiny dataset
+    made here (images with one box each), plots off (no font download); the truth from
+    the results.csv its trainer writes per epoch (the numbers it prints)."""
+    import csv
+    import tempfile
+
+    import numpy as np
+    from PIL import Image
+    from ultralytics import YOLO
+
+    root = tempfile.mkdtemp(prefix="trainctl-corpus-yolo-")
+    rng = np.random.default_rng(0)
+    for split in ("train", "val"):
+        os.makedirs(f"{root}/images/{split}")
+        os.makedirs(f"{root}/labels/{split}")
+        for i in range(4):
+            img = (rng.random((64, 64, 3)) * 255).astype("uint8")
+            Image.fromarray(img).save(f"{root}/images/{split}/{i}.jpg")
+            with open(f"{root}/labels/{split}/{i}.txt", "w") as f:
+                f.write("0 0.5 0.5 0.4 0.4\n")
+    with open(f"{root}/data.yaml", "w") as f:
+        f.write(f"path: {root}\ntrain: images/train\nval: images/val\nnames:\n  0: box\n")
+    model = YOLO("yolov8n.yaml")
+    model.train(
+        data=f"{root}/data.yaml", epochs=2, imgsz=64, batch=4, workers=0, device="cpu",
+        plots=False, amp=False, project=root, name="run", verbose=True, seed=0,
+    )
+    truth = []
+    with open(f"{root}/run/results.csv") as f:
+        for row in csv.DictReader(f):
+            row = {k.strip(): v.strip() for k, v in row.items()}
+            epoch = int(float(row["epoch"]))
+            for k in ("train/box_loss", "train/cls_loss", "train/dfl_loss"):
+                truth.append({"name": k.split("/")[1], "value": float(row[k]), "epoch": epoch})
+            # The validation row's columns, as its header names them (`Box(P R mAP50 ...`).
+            for k, name in (
+                ("metrics/precision(B)", "p"),
+                ("metrics/recall(B)", "r"),
+                ("metrics/mAP50(B)", "map50"),
+                ("metrics/mAP50-95(B)", "map50-95"),
+            ):
+                truth.append({"name": name, "value": float(row[k]), "epoch": epoch})
+    return truth
+
+
 RUNNERS = {
     "sklearn_mlp": sklearn_mlp,
     "xgboost": xgboost,
@@ -246,6 +292,7 @@ RUNNERS = {
     "pytorch_tqdm": pytorch_tqdm,
     "lightning": lightning,
     "hf_trainer": hf_trainer,
+    "yolo": yolo,
 }
 
 
