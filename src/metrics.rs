@@ -110,21 +110,32 @@ fn in_call(before: &[u8]) -> bool {
 /// Whether what follows a number (` TPU cores`, `ms preprocess, 10.4ms inference`) is
 /// prose: a plain word that does not name the next pair (`val loss: 0.4` does).
 fn words_follow(after: &[u8]) -> bool {
-    let mut toks = after
-        .split(|b| *b == b' ' || *b == b'\t')
-        .filter(|t| !t.is_empty());
-    let Some(a) = toks.next() else {
-        return false;
-    };
-    let word = a.strip_suffix(b",").or(a.strip_suffix(b";")).unwrap_or(a);
-    let word = word.strip_suffix(b")").unwrap_or(word);
-    if word.is_empty() || !word.iter().all(u8::is_ascii_alphabetic) {
+    // Byte by byte: this runs for most pairs (`loss=0.5 lr=…` stops at the `=`).
+    let mut i = after
+        .iter()
+        .take_while(|b| **b == b' ' || **b == b'\t')
+        .count();
+    let start = i;
+    while i < after.len() && after[i].is_ascii_alphabetic() {
+        i += 1;
+    }
+    if i == start {
         return false;
     }
-    match toks.next() {
+    match after.get(i) {
         None => true,
-        // `train loss: 0.5 val loss: 0.4`: the word begins the next pair's name.
-        Some(b) => !(a == word && b.ends_with(b":")),
+        Some(b',' | b';' | b')') => true,
+        Some(b' ' | b'\t') => {
+            // `train loss: 0.5 val loss: 0.4`: the word begins the next pair's name.
+            let rest = &after[i..];
+            let b = rest
+                .iter()
+                .skip_while(|c| **c == b' ' || **c == b'\t')
+                .take_while(|c| **c != b' ' && **c != b'\t')
+                .last();
+            b != Some(&b':')
+        }
+        Some(_) => false,
     }
 }
 
@@ -617,7 +628,8 @@ impl LogParser {
     /// `key=value`, `key: value` anywhere in the line. Returns where the last `|` is (one
     /// pass serves both).
     fn scan_pairs(&mut self, s: &[u8]) -> Option<usize> {
-        let has_paren = memchr::memchr(b'(', s).is_some();
+        // Whether the line has a `(` at all: looked for at the first pair only.
+        let mut has_paren: Option<bool> = None;
         let mut from = 0;
         let mut last_bar = None;
         while let Some(off) = memchr::memchr3(b'=', b':', b'|', &s[from..]) {
@@ -677,8 +689,8 @@ impl LogParser {
             }
             // `using: 0 TPU cores`, `Speed: 0.0ms preprocess, ...`: a count in a sentence,
             // not a metric; `corrupt: 100% ━━━━`: a progress bar's percentage.
-            let unit_len = unit_of(after).map_or(0, <[u8]>::len);
-            let rest = &after[unit_len..];
+            let unit = unit_of(after);
+            let rest = &after[unit.map_or(0, <[u8]>::len)..];
             if (rest.first() == Some(&b' ') && words_follow(rest))
                 || (rest.first() == Some(&b'%') && trim_start(&rest[1..]).first() == Some(&0xe2))
             {
@@ -689,14 +701,15 @@ impl LogParser {
             // `weight(decay=0.0)`: arguments of a call, settings rather than measurements.
             if a > 0
                 && (s[a - 1] == b'\''
-                    || (has_paren && in_call(&s[..a]))
+                    || (*has_paren.get_or_insert_with(|| memchr::memchr(b'(', s).is_some())
+                        && in_call(&s[..a]))
                     || after_preposition(&s[..a]))
             {
                 from = v + used;
                 continue;
             }
             let name = &s[a..end];
-            match (owner_before(s, a), unit_of(after)) {
+            match (owner_before(s, a), unit) {
                 // LightGBM's `valid's auc: 0.93`: the split is part of the name.
                 (Some(owner), _) => self.push_pair_parts(&[owner], name, value),
                 // `time=47.1ms`: the unit is part of the name (`time_ms`).

@@ -34,7 +34,7 @@ fn setup_runs_once_per_machine_and_hash_and_its_output_is_logged_not_parsed() {
     set_top(
         &env,
         &format!(
-            "setup = [\"echo setup >> '{}'\", \"echo 'Get:1 http://deb.example bookworm' ; echo setup_metric=42\", \"while [ ! -e '{}' ]; do sleep 0.05; done\"]\nsetup_inputs = [\"requirements.txt\"]",
+            "setup = [\"echo setup >> '{}'\", \"echo 'Get:1 http://deb.example bookworm' ; echo setup_metric=42\", \"i=0; while [ ! -e '{}' ] && [ $i -lt 1200 ]; do sleep 0.05; i=$((i+1)); done\"]\nsetup_inputs = [\"requirements.txt\"]",
             ran.display(),
             gate.display()
         ),
