@@ -40,6 +40,30 @@ pub fn sync_excludes(project: &crate::config::ProjectConfig, root: &Path) -> Vec
     ex
 }
 
+/// Every file's BLAKE3, those the cache does not know read off the async workers; the
+/// cache saved and handed back with the listing.
+async fn hash_listing(
+    mut cache: data::HashCache,
+    listing: data::Listing,
+) -> Result<(Vec<String>, data::HashCache, data::Listing)> {
+    let (hashes, cache, listing) = tokio::task::spawn_blocking(move || {
+        let h = cache.hashes(&listing);
+        let _ = cache.save();
+        (h, cache, listing)
+    })
+    .await?;
+    Ok((hashes?, cache, listing))
+}
+
+/// A folder's record: (name, size, BLAKE3) per file.
+fn records_of<'a>(l: &'a data::Listing, hashes: &'a [String]) -> Vec<(&'a str, u64, &'a str)> {
+    l.files
+        .iter()
+        .zip(hashes)
+        .map(|(f, h)| (f.rel.as_str(), f.size, h.as_str()))
+        .collect()
+}
+
 impl Engine {
     /// Place every `[[data]]` of the job on its machine (sent only when the machine does
     /// not hold that content yet); the value of `TRAINCTL_DATA_DIR`.
@@ -130,11 +154,7 @@ impl Engine {
         // The objects' ETags are the store's own content tags: the listing is the content.
         let content = format!("s3-{}", &lhash[..29]);
         let root = remote.root().to_string();
-        let probe = remote
-            .exec(&data::probe_script(&root, &lhash, None, mount))
-            .await?
-            .check("looking for the dataset on the machine")?;
-        let side = data::parse_probe(&probe.stdout_str());
+        let side = Self::probe_dataset(remote, &lhash, None, mount).await?;
         if side.placed.is_some() {
             return self.store().add_event(
                 "data.placed",
@@ -151,11 +171,10 @@ impl Engine {
         // A transfer folder that started as hard links of an earlier content keeps the
         // objects whose ETag that content's record has; one of this fetch's own keeps
         // what landed whole (renamed into place only when complete).
-        let contents = self.inner.data_dir.join("datasets").join("contents");
         let seeded = side
             .from
             .as_deref()
-            .map(|c| data::load_content(&contents, c));
+            .map(|c| data::load_content(&self.contents_dir(), c));
         let todo: Vec<&(String, u64, String)> = listing
             .objects
             .iter()
@@ -243,15 +262,7 @@ impl Engine {
                 "the machine could not fetch {url} (python3 with boto3 and its own AWS credentials are needed): {last}"
             );
         }
-        let wanted: std::collections::HashSet<&str> =
-            listing.objects.iter().map(|o| o.0.as_str()).collect();
-        let mut extras = Vec::new();
-        for (rel, _, _) in &side.partial {
-            if !wanted.contains(rel.as_str()) {
-                extras.extend_from_slice(rel.as_bytes());
-                extras.push(0);
-            }
-        }
+        let extras = data::extras(&side.partial, listing.objects.iter().map(|o| o.0.as_str()));
         remote
             .exec_with_stdin(
                 &format!(
@@ -268,9 +279,7 @@ impl Engine {
             .iter()
             .map(|(r, s, e)| (r.as_str(), *s, e.as_str()))
             .collect();
-        if let Err(e) = data::save_records(&contents, &content, &records) {
-            tracing::warn!("keeping the record of dataset {content}: {e:#}");
-        }
+        self.keep_record(&content, &records);
         self.store().add_event(
             "data.sent",
             Some(&inst.id),
@@ -289,6 +298,33 @@ impl Engine {
         )
     }
 
+    /// The first round trip of a placement (see `data::probe_script`).
+    async fn probe_dataset(
+        remote: &dyn Remote,
+        lhash: &str,
+        single: Option<&str>,
+        mount: &str,
+    ) -> Result<data::MachineSide> {
+        let out = remote
+            .exec(&data::probe_script(remote.root(), lhash, single, mount))
+            .await?
+            .check("looking for the dataset on the machine")?;
+        Ok(data::parse_probe(&out.stdout_str()))
+    }
+
+    /// Where the record of each content placed from here is kept (`data::save_records`).
+    fn contents_dir(&self) -> PathBuf {
+        self.inner.data_dir.join("datasets").join("contents")
+    }
+
+    /// Keep the record of `content` (names, sizes, hashes); a failure is only logged (the
+    /// record saves sends later, nothing depends on it now).
+    fn keep_record(&self, content: &str, files: &[(&str, u64, &str)]) {
+        if let Err(e) = data::save_records(&self.contents_dir(), content, files) {
+            tracing::warn!("keeping the record of dataset {content}: {e:#}");
+        }
+    }
+
     async fn place_one(
         &self,
         job_id: Option<&str>,
@@ -300,15 +336,10 @@ impl Engine {
     ) -> Result<()> {
         let started = std::time::Instant::now();
         let path = src.to_path_buf();
-        let listing = tokio::task::spawn_blocking(move || data::scan(&path)).await??;
+        let mut listing = tokio::task::spawn_blocking(move || data::scan(&path)).await??;
         let lhash = data::listing_hash(&listing);
         let single = listing.single.then(|| listing.files[0].rel.clone());
-        let root = remote.root().to_string();
-        let probe = remote
-            .exec(&data::probe_script(&root, &lhash, single.as_deref(), mount))
-            .await?
-            .check("looking for the dataset on the machine")?;
-        let side = data::parse_probe(&probe.stdout_str());
+        let side = Self::probe_dataset(remote, &lhash, single.as_deref(), mount).await?;
         let say =
             |kind: &str, msg: String| self.store().add_event(kind, Some(&inst.id), job_id, &msg);
         if let Some(c) = side.placed {
@@ -317,29 +348,26 @@ impl Engine {
                 format!("{name}: on the machine already (content {c})"),
             );
         }
-        let cache_path = self.inner.data_dir.join("datasets").join("hashes.json");
-        let mut cache = data::HashCache::load(&cache_path);
+        let mut cache =
+            data::HashCache::load(&self.inner.data_dir.join("datasets").join("hashes.json"));
         // The same content may be there under another listing (a copy of the folder,
         // another project's): worth reading it here to know, when the machine holds any
         // dataset, or when every file's hash is known already.
         if !side.done.is_empty() || cache.knows_all(&listing) {
-            let (hashes, back, l) = tokio::task::spawn_blocking(move || {
-                let h = cache.hashes(&listing);
-                let _ = cache.save();
-                (h, cache, listing)
-            })
-            .await?;
-            let (hashes, l) = (hashes?, l);
-            cache = back;
-            let content = data::content_hash(&l, &hashes);
+            let hashes;
+            (hashes, cache, listing) = hash_listing(cache, listing).await?;
+            let content = data::content_hash(&listing, &hashes);
             if side.done.contains(&content) {
-                let contents = self.inner.data_dir.join("datasets").join("contents");
-                if let Err(e) = data::save_content(&contents, &content, &l, &hashes) {
-                    tracing::warn!("keeping the record of dataset {content}: {e:#}");
-                }
+                self.keep_record(&content, &records_of(&listing, &hashes));
                 remote
                     .exec_with_stdin(
-                        &data::finish_script(&root, &lhash, &content, single.as_deref(), mount),
+                        &data::finish_script(
+                            remote.root(),
+                            &lhash,
+                            &content,
+                            single.as_deref(),
+                            mount,
+                        ),
                         &[],
                     )
                     .await?
@@ -349,17 +377,6 @@ impl Engine {
                     format!("{name}: the same content is on the machine already ({content})"),
                 );
             }
-            return self
-                .send_dataset(
-                    job_id,
-                    remote,
-                    l,
-                    cache,
-                    side,
-                    (&lhash, name, mount),
-                    started,
-                )
-                .await;
         }
         self.send_dataset(
             job_id,
@@ -374,7 +391,7 @@ impl Engine {
     }
 
     /// Send the files of `listing` the machine does not hold whole yet into the listing's
-    /// transfer folder, in batches (progress told between them), then make it the dataset.
+    /// transfer folder (one stream, progress told as it goes), then make it the dataset.
     #[allow(clippy::too_many_arguments)]
     async fn send_dataset(
         &self,
@@ -395,23 +412,17 @@ impl Engine {
         // The transfer folder started as hard links of an earlier content: its files whose
         // hash is this dataset's are there (their hashes: the record kept when that content
         // was placed, and this dataset's from the cache or read now).
-        let contents = self.inner.data_dir.join("datasets").join("contents");
         let seeded = side
             .from
             .as_deref()
-            .map(|c| data::load_content(&contents, c))
+            .map(|c| data::load_content(&self.contents_dir(), c))
             .unwrap_or_default();
         let now: Vec<String> = if seeded.is_empty() {
             Vec::new()
         } else {
-            let (h, back, l) = tokio::task::spawn_blocking(move || {
-                let h = cache.hashes(&listing);
-                (h, cache, listing)
-            })
-            .await?;
-            cache = back;
-            listing = l;
-            h?
+            let hashes;
+            (hashes, cache, listing) = hash_listing(cache, listing).await?;
+            hashes
         };
         let todo: Vec<&data::DataFile> = listing
             .files
@@ -473,27 +484,11 @@ impl Engine {
         }
         tell(total - resumed, send_started.elapsed().as_millis() as u64);
         // Files a cut-off transfer had sent whole are hashed here if they were not then.
-        let (hashes, listing) = tokio::task::spawn_blocking(move || {
-            let h = cache.hashes(&listing);
-            let _ = cache.save();
-            (h, listing)
-        })
-        .await?;
-        let hashes = hashes?;
+        let (hashes, _, listing) = hash_listing(cache, listing).await?;
         let content = data::content_hash(&listing, &hashes);
-        if let Err(e) = data::save_content(&contents, &content, &listing, &hashes) {
-            tracing::warn!("keeping the record of dataset {content}: {e:#}");
-        }
+        self.keep_record(&content, &records_of(&listing, &hashes));
         let single = listing.single.then(|| listing.files[0].rel.clone());
-        let wanted: std::collections::HashSet<&str> =
-            listing.files.iter().map(|f| f.rel.as_str()).collect();
-        let mut extras = Vec::new();
-        for (rel, _, _) in &partial {
-            if !wanted.contains(rel.as_str()) {
-                extras.extend_from_slice(rel.as_bytes());
-                extras.push(0);
-            }
-        }
+        let extras = data::extras(&partial, listing.files.iter().map(|f| f.rel.as_str()));
         remote
             .exec_with_stdin(
                 &data::finish_script(&root, lhash, &content, single.as_deref(), mount),

@@ -212,20 +212,10 @@ impl HashCache {
     }
 }
 
-/// The files of a content placed by this computer (`<data>/datasets/contents/<hash>.json`:
-/// name, size, BLAKE3): a transfer that starts from hard links of that content keeps the
+/// Keep the record of a content placed by this computer
+/// (`<data>/datasets/contents/<hash>.json`: name, size, and its BLAKE3 — or, for an object
+/// store's, its ETag): a transfer that starts from hard links of that content keeps the
 /// files whose hash did not change.
-pub fn save_content(dir: &Path, content: &str, l: &Listing, hashes: &[String]) -> Result<()> {
-    let files: Vec<(&str, u64, &str)> = l
-        .files
-        .iter()
-        .zip(hashes)
-        .map(|(f, h)| (f.rel.as_str(), f.size, h.as_str()))
-        .collect();
-    save_records(dir, content, &files)
-}
-
-/// [`save_content`] of records already made (an object store's: name, size, ETag).
 pub fn save_records(dir: &Path, content: &str, files: &[(&str, u64, &str)]) -> Result<()> {
     std::fs::create_dir_all(dir)?;
     let tmp = dir.join(format!("{content}.json.tmp"));
@@ -234,7 +224,24 @@ pub fn save_records(dir: &Path, content: &str, files: &[(&str, u64, &str)]) -> R
     Ok(())
 }
 
-/// [`save_content`]'s record of `content`: name to (size, BLAKE3); none when unknown here.
+/// The names (NUL-separated, for the finishing command's stdin) of the files in a
+/// transfer folder that the dataset does not have.
+pub fn extras<'a>(
+    partial: &[(String, u64, i64)],
+    wanted: impl Iterator<Item = &'a str>,
+) -> Vec<u8> {
+    let wanted: std::collections::HashSet<&str> = wanted.collect();
+    let mut out = Vec::new();
+    for (rel, _, _) in partial {
+        if !wanted.contains(rel.as_str()) {
+            out.extend_from_slice(rel.as_bytes());
+            out.push(0);
+        }
+    }
+    out
+}
+
+/// [`save_records`]' record of `content`: name to (size, BLAKE3); none when unknown here.
 pub fn load_content(dir: &Path, content: &str) -> HashMap<String, (u64, String)> {
     let Ok(b) = std::fs::read(dir.join(format!("{content}.json"))) else {
         return HashMap::new();
