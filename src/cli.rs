@@ -1044,7 +1044,10 @@ async fn jobs(engine: &Engine, json: bool) -> Result<i32> {
         let elapsed = j.started_ms.map(|s| j.ended_ms.unwrap_or(now) - s);
         // Every GPU of a running job idle for minutes: its input pipeline starves them,
         // or it does not use them at all, and the machine bills anyway.
-        let idle = engine.gpu_idle_ms(j)?;
+        let idle = match &att {
+            Some(a) => engine.gpu_idle_ms(j, a.attempt)?,
+            None => None,
+        };
         let idle_limit = (engine.config().gpu_idle_minutes * 60_000.0) as i64;
         let flagged = idle.filter(|&ms| idle_limit > 0 && ms >= idle_limit);
         if json {
@@ -1512,13 +1515,8 @@ async fn run_job(engine: &Engine, o: RunOpts, json: bool) -> Result<i32> {
         }
     }
     let final_job = engine.store().job(&job.id)?.context("job vanished")?;
-    let cost = engine
-        .cost_report()?
-        .jobs
-        .into_iter()
-        .find(|c| c.id == job.id)
-        .map_or(0, |c| c.cost_micros);
     let summary = engine.job_summary(&job.id)?;
+    let cost = summary.cost_micros;
     if json {
         print_json(&json!({
             "job_id": job.id, "instance_id": inst.id, "state": state,

@@ -261,7 +261,8 @@ run_step() {
 log() {
     printf '%s\n' "$1" >> "$job_dir/stdout.log"
 }
-# The project's setup, once per machine for its hash: skipped when ROOT/setup/HASH.done
+# The project's setup, once per machine for its hash (`phase` says `setup` from before the
+# pid is written until it ends): skipped when ROOT/setup/HASH.done
 # exists; one job at a time runs a given hash (ROOT/setup/HASH.lock, its holder's pid
 # inside: a dead holder's lock is taken over). The parser skips the lines between the
 # `setup` marker and the `setup ended` one.
@@ -271,7 +272,6 @@ setup() {
     mkdir -p "$sdir"
     lock=$sdir/$hash.lock
     waited=0
-    echo setup > "$job_dir/phase"
     mine=
     while [ ! -f "$sdir/$hash.done" ]; do
         if mkdir "$lock" 2>/dev/null; then

@@ -388,18 +388,13 @@ impl Engine {
         Ok(if committed { take } else { 0 })
     }
 
-    /// How long (ms) every GPU of a running job's newest attempt has sat idle, when the
-    /// samples say so.
-    pub fn gpu_idle_ms(&self, job: &JobRecord) -> Result<Option<i64>> {
+    /// How long (ms) every GPU of a running job's attempt `attempt` (its newest) has sat
+    /// idle, when the samples say so.
+    pub fn gpu_idle_ms(&self, job: &JobRecord, attempt: i64) -> Result<Option<i64>> {
         if job.state != JobState::Running {
             return Ok(None);
         }
-        let Some(att) = self.store().attempts(&job.id)?.pop() else {
-            return Ok(None);
-        };
-        let (_, since) = self
-            .store()
-            .stream_offset(&job.id, att.attempt, GPU_STREAM)?;
+        let (_, since) = self.store().stream_offset(&job.id, attempt, GPU_STREAM)?;
         Ok(since.map(|s| (now_ms() - s).max(0)))
     }
 }

@@ -310,6 +310,22 @@ pub fn catalog_text(
     }
 }
 
+/// A catalog `gpus --refresh` kept in `data_dir` as `name`, parsed, else the shipped one
+/// (also when the kept file holds no row `parse` accepts).
+pub fn kept_catalog<T>(
+    data_dir: &std::path::Path,
+    name: &str,
+    shipped: &'static str,
+    parse: impl Fn(&str) -> Vec<T>,
+) -> Vec<T> {
+    let rows = parse(&catalog_text(data_dir, name, shipped));
+    if rows.is_empty() {
+        parse(shipped)
+    } else {
+        rows
+    }
+}
+
 /// Every provider trainctl has, configured or not.
 pub const NAMES: &[&str] = &["local", "ssh", "aws", "lambda", "canopywave", "runpod"];
 

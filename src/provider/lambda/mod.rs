@@ -48,8 +48,7 @@ pub fn catalog() -> Vec<Row> {
 
 /// The catalog `gpus --refresh` kept in `data_dir`, else the shipped one.
 pub fn catalog_in(data_dir: &Path) -> Vec<Row> {
-    let rows = parse(&super::catalog_text(data_dir, "lambda.csv", CATALOG));
-    if rows.is_empty() { catalog() } else { rows }
+    super::kept_catalog(data_dir, "lambda.csv", CATALOG, parse)
 }
 
 fn parse(text: &str) -> Vec<Row> {

@@ -50,8 +50,7 @@ pub fn catalog() -> Vec<Gpu> {
 
 /// The catalog `gpus --refresh` kept in `data_dir`, else the shipped one.
 pub fn catalog_in(data_dir: &Path) -> Vec<Gpu> {
-    let rows = parse(&super::catalog_text(data_dir, "runpod.csv", CATALOG));
-    if rows.is_empty() { catalog() } else { rows }
+    super::kept_catalog(data_dir, "runpod.csv", CATALOG, parse)
 }
 
 fn parse(text: &str) -> Vec<Gpu> {
