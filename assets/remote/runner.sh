@@ -11,7 +11,8 @@
 #   interrupted   unix seconds when the interrupted job had stopped
 #   seen          unix seconds of trainctl's last poll (written by the poll)
 #   phase         `setup` while the project's setup runs (setup.sh, once per machine
-#                 for the hash in setup.hash: ROOT/setup/HASH.done once it succeeded)
+#                 for the hash in setup.sh's first line: ROOT/setup/HASH.done once
+#                 it succeeded)
 #   setup_failed  the setup's exit status when it failed (the command did not run)
 #   gpu.csv       GPU samples while the job runs (see --gpu below)
 #   rescued       the checkpoint this machine put in the store itself on a notice
@@ -267,7 +268,7 @@ log() {
 # inside: a dead holder's lock is taken over). The parser skips the lines between the
 # `setup` marker and the `setup ended` one.
 setup() {
-    hash=$(cat "$job_dir/setup.hash")
+    hash=$(sed -n 's/^# setup_hash=\([0-9a-f][0-9a-f]*\)$/\1/p' "$job_dir/setup.sh" | head -n 1)
     sdir=$root/setup
     mkdir -p "$sdir"
     lock=$sdir/$hash.lock

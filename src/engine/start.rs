@@ -208,14 +208,12 @@ impl Engine {
                 &workdir,
                 &spec.project.setup_inputs,
             )?;
-            let body = job::setup::setup_script(&text, &env);
-            for (name, data) in [("setup.sh", body), ("setup.hash", format!("{hash}\n"))] {
-                let path = format!("{jd}/{name}");
-                crate::remote::retry_lost(4, "uploading the setup", || {
-                    remote.write_file(&path, data.as_bytes(), 0o644)
-                })
-                .await?;
-            }
+            let body = job::setup::setup_script(&hash, &text, &env);
+            let path = format!("{jd}/setup.sh");
+            crate::remote::retry_lost(4, "uploading the setup", || {
+                remote.write_file(&path, body.as_bytes(), 0o644)
+            })
+            .await?;
         }
         // The runner reads its settings from the script's head: the machine samples its
         // GPUs this often while the job runs (when it has nvidia-smi).

@@ -47,9 +47,17 @@ fn collect_files(path: &Path, out: &mut Vec<std::path::PathBuf>) -> Result<()> {
     Ok(())
 }
 
-/// The text of `setup.sh`: the job's environment, `set -e`, the setup.
-pub fn setup_script(text: &str, env: &std::collections::BTreeMap<String, String>) -> String {
-    super::command_script(&format!("set -e\n{text}"), env)
+/// The text of `setup.sh`: its hash in the first line (`# setup_hash=…`, which the runner
+/// reads), the job's environment, `set -e`, the setup.
+pub fn setup_script(
+    hash: &str,
+    text: &str,
+    env: &std::collections::BTreeMap<String, String>,
+) -> String {
+    format!(
+        "# setup_hash={hash}\n{}",
+        super::command_script(&format!("set -e\n{text}"), env)
+    )
 }
 
 #[cfg(test)]
