@@ -330,35 +330,22 @@ impl Engine {
 
 /// `2x NVIDIA A100 (81920 MiB), 1x T4 (15360 MiB)` from nvidia-smi CSV lines.
 pub fn summarize_gpus(csv: &str) -> String {
-    let mut counts: Vec<(String, usize)> = Vec::new();
-    for line in csv
+    let lines: Vec<String> = csv
         .lines()
-        .map(|l| crate::sanitize::sanitize_line(l.as_bytes()))
-    {
-        let line = line.trim().to_string();
-        if line.is_empty() {
-            continue;
-        }
-        if line == "no GPU" {
-            return line;
-        }
-        let desc = match line.split_once(',') {
-            Some((name, mem)) => format!("{} ({})", name.trim(), mem.trim()),
-            None => line,
-        };
-        match counts.iter_mut().find(|(d, _)| *d == desc) {
-            Some((_, n)) => *n += 1,
-            None => counts.push((desc, 1)),
-        }
-    }
-    if counts.is_empty() {
+        .map(|l| {
+            crate::sanitize::sanitize_line(l.as_bytes())
+                .trim()
+                .to_string()
+        })
+        .filter(|l| !l.is_empty())
+        .collect();
+    if lines.iter().any(|l| l == "no GPU") {
         return "no GPU".into();
     }
-    counts
-        .iter()
-        .map(|(d, n)| format!("{n}x {d}"))
-        .collect::<Vec<_>>()
-        .join(", ")
+    crate::job::gpu::count_kinds(lines.into_iter().map(|line| match line.split_once(',') {
+        Some((name, mem)) => format!("{} ({})", name.trim(), mem.trim()),
+        None => line,
+    }))
 }
 
 /// Lines as a terminal would show them: split on `\n`, a `\r` rewrite keeps only its last

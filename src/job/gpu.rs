@@ -75,16 +75,24 @@ pub fn choose(gpus: Option<&[Gpu]>, want: u32, min_gib: Option<f64>) -> Result<V
 
 /// `2x NVIDIA A10 (24 GiB)`, `no GPU`.
 pub fn describe(gpus: &[Gpu]) -> String {
-    if gpus.is_empty() {
-        return "no GPU".into();
-    }
+    count_kinds(
+        gpus.iter()
+            .map(|g| format!("{} ({:.0} GiB)", g.name, g.total_mib as f64 / 1024.0)),
+    )
+}
+
+/// GPUs described one by one, counted by kind in the order first seen: `2x A (…), 1x B
+/// (…)`; `no GPU` for none.
+pub fn count_kinds(descs: impl IntoIterator<Item = String>) -> String {
     let mut kinds: Vec<(String, usize)> = Vec::new();
-    for g in gpus {
-        let d = format!("{} ({:.0} GiB)", g.name, g.total_mib as f64 / 1024.0);
+    for d in descs {
         match kinds.iter_mut().find(|(k, _)| *k == d) {
             Some((_, n)) => *n += 1,
             None => kinds.push((d, 1)),
         }
+    }
+    if kinds.is_empty() {
+        return "no GPU".into();
     }
     kinds
         .iter()
