@@ -1569,26 +1569,20 @@ fn summary_text(s: &crate::engine::summary::JobSummary, pulled: Option<usize>) -
         .unwrap_or(0);
     let at = |step: Option<i64>| step.map_or(String::new(), |s| format!(" (step {s})"));
     for m in &s.metrics {
-        let last = format!("{}{}", fmt_value(m.last), at(m.last_step));
+        let last = format!(
+            "{}{}",
+            crate::metrics::fmt_metric(m.last, 6),
+            at(m.last_step)
+        );
         out.push_str(&format!(
             "  {:width$}  last {last:<24} best {}{} ({} is better)\n",
             m.name,
-            fmt_value(m.best),
+            crate::metrics::fmt_metric(m.best, 6),
             at(m.best_step),
             if m.lower_is_better { "lower" } else { "higher" },
         ));
     }
     out
-}
-
-/// A metric value as people read them: up to 6 significant decimals, no float noise.
-fn fmt_value(v: f64) -> String {
-    if v != 0.0 && (v.abs() >= 1e6 || v.abs() < 1e-4) {
-        return format!("{v:.4e}");
-    }
-    let s = format!("{v:.6}");
-    let s = s.trim_end_matches('0').trim_end_matches('.');
-    s.to_string()
 }
 
 fn print_pull(report: &crate::job::artifacts::PullReport, json: bool) {

@@ -183,6 +183,26 @@ fn owner_before(s: &[u8], a: usize) -> Option<&[u8]> {
     (o < end && s[o].is_ascii_alphabetic()).then(|| &s[o..end])
 }
 
+/// A metric value as people read it: up to `decimals` decimals without trailing zeros,
+/// scientific notation (`decimals - 1` digits) outside `10^-(decimals-1) .. 10^(decimals+1)`;
+/// NaN and infinities as Rust writes them.
+pub fn fmt_metric(v: f64, decimals: usize) -> String {
+    if !v.is_finite() {
+        return format!("{v}");
+    }
+    let a = v.abs();
+    let (lo, hi) = (
+        10f64.powi(1 - decimals as i32),
+        10f64.powi(decimals as i32 + 1),
+    );
+    if a != 0.0 && !(lo..hi).contains(&a) {
+        format!("{v:.*e}", decimals - 1)
+    } else {
+        let s = format!("{v:.decimals$}");
+        s.trim_end_matches('0').trim_end_matches('.').to_string()
+    }
+}
+
 /// The runner's marker lines around a job's setup output (`assets/remote/runner.sh`).
 pub const SETUP_MARK: &str = "── trainctl: setup";
 pub const SETUP_ENDED_MARK: &str = "── trainctl: setup ended";

@@ -316,16 +316,7 @@ pub fn progress_text(p: &crate::model::Progress) -> String {
 }
 
 fn fmt_value(v: f64) -> String {
-    if !v.is_finite() {
-        return format!("{v}");
-    }
-    let a = v.abs();
-    if a != 0.0 && !(1e-3..1e5).contains(&a) {
-        format!("{v:.3e}")
-    } else {
-        let s = format!("{v:.4}");
-        s.trim_end_matches('0').trim_end_matches('.').to_string()
-    }
+    crate::metrics::fmt_metric(v, 4)
 }
 
 fn draw_jobs(f: &mut Frame, app: &mut App, area: Rect) {
