@@ -1,7 +1,8 @@
 //! Placing a dataset, as a user waits for it: the release `trainctl data --instance ID`
 //! (process start to exit: connection, listing, transfer, the machine's bookkeeping)
-//! against `rsync -a -e ssh SRC/ host:DST/` of the same folder over the same test sshd, in
-//! the same run, both through one loopback proxy that counts the bytes in both directions.
+//! against `rsync -a --delete -e ssh SRC/ host:DST/` of the same folder over the same test
+//! sshd, in the same run, both through one loopback proxy that counts the bytes in both
+//! directions.
 //! First placements (every byte moves; a fresh machine folder and, for trainctl, no local
 //! hash cache: the first time ever) in alternating rounds, medians; then a second
 //! placement of the unchanged dataset (trainctl: one round trip; rsync: its unchanged run).
@@ -200,7 +201,7 @@ fn main() {
     );
     let rsync = || {
         let mut c = Command::new("rsync");
-        c.args(["-a", "-e", &ssh])
+        c.args(["-a", "--delete", "-e", &ssh])
             .arg(format!("{}/", src.display()))
             .arg(format!("root@127.0.0.1:{}/", rsync_dst.display()));
         c
@@ -219,7 +220,7 @@ fn main() {
         let r = run(&mut rsync());
         let rb = counter.take();
         eprintln!(
-            "round {round}: trainctl data {t:.2} s {:.1} MB; rsync -a {r:.2} s {:.1} MB",
+            "round {round}: trainctl data {t:.2} s {:.1} MB; rsync -a --delete {r:.2} s {:.1} MB",
             b as f64 / 1e6,
             rb as f64 / 1e6
         );
@@ -237,14 +238,14 @@ fn main() {
     let (t, r) = (median(ours), median(theirs));
     let (b, rb) = (median(ours_b), median(theirs_b));
     println!(
-        "first placement, {total_mb} MiB in {files} files (median of 3): trainctl {t:.2} s, rsync -a {r:.2} s: {:.2}x rsync's time; bytes {:.1} MB vs {:.1} MB: {:.3}x",
+        "first placement, {total_mb} MiB in {files} files (median of 3): trainctl {t:.2} s, rsync -a --delete {r:.2} s: {:.2}x rsync's time; bytes {:.1} MB vs {:.1} MB: {:.3}x",
         t / r,
         b / 1e6,
         rb / 1e6,
         b / rb
     );
     println!(
-        "second placement (unchanged): trainctl {t2:.3} s {:.1} KB, rsync -a {r2:.3} s {:.1} KB",
+        "second placement (unchanged): trainctl {t2:.3} s {:.1} KB, rsync -a --delete {r2:.3} s {:.1} KB",
         b2 as f64 / 1e3,
         rb2 as f64 / 1e3
     );
