@@ -1779,11 +1779,13 @@ async fn sync(
 ) -> Result<i32> {
     let project = project_at(project)?;
     let inst_key = one_instance(engine, instance)?;
-    let plan = engine.sync_project(&project, &inst_key, dry_run).await?;
     let root = project.root.clone();
     let excludes = crate::engine::data::sync_excludes(&project.config, &project.root);
+    // Listed while the sync runs.
     let excluded =
-        tokio::task::spawn_blocking(move || crate::job::sync::excluded(&root, &excludes)).await??;
+        tokio::task::spawn_blocking(move || crate::job::sync::excluded(&root, &excludes));
+    let plan = engine.sync_project(&project, &inst_key, dry_run).await?;
+    let excluded = excluded.await??;
     if json {
         print_json(&json!({
             "dry_run": dry_run, "upload": plan.upload, "links": plan.links, "delete": plan.delete,

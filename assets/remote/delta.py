@@ -1,29 +1,71 @@
-# trainctl block delta helper, run on the machine by `python3 -c`.
-# usage: sums BLOCK PATH...   -> one line per path: "<path-index> <sha256-hex> <sha256-hex> ..."
-#        patch                -> reads stdin: for each file a header line (JSON) then the block
-#                               bytes; rebuilds each file in a temp copy, checks its SHA-256
-#                               and renames it over (exit 3 and the paths that did not match).
-import hashlib, json, os, shutil, sys
+# trainctl block delta helper, run on the machine by `python3 -S -c`.
+# usage: sums BLOCK PATH [BLOCK PATH ...]
+#            -> per path: <u32 index><i64 count> then count x (<u32 adler32><8 bytes of
+#               SHA-256>) per BLOCK-byte block, little-endian (count -1: unreadable)
+#        patch [REST]
+#            -> reads stdin: per file a header line (JSON: path, size, mode, mtime_ns,
+#               sha256, block, ops = [[first, count] copy old blocks | [-1, n] n literal
+#               bytes that follow]); {"end": true} ends them and what follows is written to
+#               REST. Each file is rebuilt in a temp copy, checked against the sender's
+#               SHA-256 and renamed over; the ones that do not match (changed on the
+#               machine since their sums were read) are left alone, listed on stdout,
+#               and the exit status is 3 (REST is then not written).
+import hashlib, json, os, struct, sys, zlib
 
-def sums(block, paths):
-    out = sys.stdout
-    for i, p in enumerate(paths):
-        hs = []
+def sums(args):
+    out = sys.stdout.buffer
+    for i in range(0, len(args), 2):
+        block, p = int(args[i]), args[i + 1]
+        entries = []
         try:
             with open(p, "rb") as f:
                 while True:
                     b = f.read(block)
                     if not b:
                         break
-                    hs.append(hashlib.sha256(b).hexdigest()[:32])
+                    entries.append(struct.pack("<I", zlib.adler32(b)) + hashlib.sha256(b).digest()[:8])
         except OSError:
-            hs = ["-"]
-        out.write("%d %s\n" % (i, " ".join(hs)))
+            out.write(struct.pack("<Iq", i // 2, -1))
+            continue
+        out.write(struct.pack("<Iq", i // 2, len(entries)))
+        out.write(b"".join(entries))
+    out.flush()
 
-def patch():
-    # Each rebuilt file is checked against the SHA-256 of the sender's copy before it
-    # replaces the old one; the files that do not match (changed on the machine since their
-    # block sums were read) are left alone and listed on stdout, and the exit status is 3.
+def rebuild(h, inp):
+    path, tmp = h["path"], h["path"] + ".trainctl-part"
+    block = h["block"]
+    digest = hashlib.sha256()
+    with open(path, "rb") as old, open(tmp, "wb") as out:
+        for first, n in h["ops"]:
+            if first < 0:
+                while n > 0:
+                    data = inp.read(min(n, 1 << 20))
+                    if not data:
+                        raise SystemExit("truncated patch for " + path)
+                    out.write(data)
+                    digest.update(data)
+                    n -= len(data)
+                continue
+            old.seek(first * block)
+            left = n * block
+            while left > 0:
+                data = old.read(min(left, 1 << 20))
+                if not data:
+                    break
+                out.write(data)
+                digest.update(data)
+                left -= len(data)
+    if digest.hexdigest() != h["sha256"] or os.path.getsize(tmp) != h["size"]:
+        os.remove(tmp)
+        return False
+    os.chmod(tmp, h["mode"])
+    mt = h.get("mtime_ns")
+    if mt is not None:
+        os.utime(tmp, ns=(mt, mt))
+    os.replace(tmp, path)
+    return True
+
+def patch(rest):
     inp = sys.stdin.buffer
     failed = []
     while True:
@@ -31,32 +73,25 @@ def patch():
         if not line:
             break
         h = json.loads(line)
-        path, tmp = h["path"], h["path"] + ".trainctl-part"
-        shutil.copyfile(path, tmp)
-        with open(tmp, "r+b") as f:
-            for off, n in h["blocks"]:
-                data = inp.read(n)
-                if len(data) != n:
-                    raise SystemExit("truncated patch for " + path)
-                f.seek(off)
-                f.write(data)
-            f.truncate(h["size"])
-        digest = hashlib.sha256()
-        with open(tmp, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                digest.update(chunk)
-        if digest.hexdigest() != h["sha256"]:
-            os.remove(tmp)
-            failed.append(path)
-            continue
-        os.chmod(tmp, h["mode"])
-        os.replace(tmp, path)
+        if h.get("end"):
+            break
+        if not rebuild(h, inp):
+            failed.append(h["path"])
     if failed:
         for p in failed:
             sys.stdout.write(json.dumps(p) + "\n")
         sys.exit(3)
+    if rest:
+        tmp = rest + ".part"
+        with open(tmp, "wb") as f:
+            while True:
+                data = inp.read(1 << 20)
+                if not data:
+                    break
+                f.write(data)
+        os.replace(tmp, rest)
 
 if sys.argv[1] == "sums":
-    sums(int(sys.argv[2]), sys.argv[3:])
+    sums(sys.argv[2:])
 else:
-    patch()
+    patch(sys.argv[2] if len(sys.argv) > 2 else None)

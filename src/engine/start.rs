@@ -295,14 +295,25 @@ impl Engine {
         dry_run: bool,
     ) -> Result<sync::SyncPlan> {
         let inst = self.store().find_instance(instance_key)?;
-        let remote = self.remote_for(&inst).await?;
-        self.sync_tree(
-            remote.as_ref(),
+        let name = project.name();
+        let excludes = data::sync_excludes(&project.config, &project.root);
+        // The local tree is compared with the cached manifest while the connection is made.
+        let (root, ex, cache) = (
+            project.root.clone(),
+            excludes.clone(),
+            self.sync_cache(&inst.id, &name),
+        );
+        let pre = tokio::task::spawn_blocking(move || sync::prescan(&root, &ex, Some(&cache)));
+        let (remote, pre) = tokio::join!(self.remote_for(&inst), pre);
+        let pre = pre??;
+        self.sync_tree_from(
+            remote?.as_ref(),
             &inst.id,
-            &project.name(),
+            &name,
             &project.root,
-            &data::sync_excludes(&project.config, &project.root),
+            &excludes,
             dry_run,
+            pre,
         )
         .await
     }
@@ -320,9 +331,31 @@ impl Engine {
         excludes: &[String],
         dry_run: bool,
     ) -> Result<sync::SyncPlan> {
+        self.sync_tree_from(remote, instance, project, root, excludes, dry_run, None)
+            .await
+    }
+
+    /// [`Self::sync_tree`] with the local tree already compared with the cached manifest
+    /// (`pre`, used by the first attempt).
+    #[allow(clippy::too_many_arguments)]
+    pub(super) async fn sync_tree_from(
+        &self,
+        remote: &dyn Remote,
+        instance: &str,
+        project: &str,
+        root: &Path,
+        excludes: &[String],
+        dry_run: bool,
+        pre: Option<sync::Prescan>,
+    ) -> Result<sync::SyncPlan> {
         let cache = self.sync_cache(instance, project);
+        let pre = std::sync::Mutex::new(pre);
         crate::remote::retry_lost(4, "code sync", async || {
-            let plan = sync::prepare_with(remote, project, root, excludes, Some(&cache)).await?;
+            let first = pre.lock().unwrap_or_else(|p| p.into_inner()).take();
+            let plan = match first {
+                Some(p) => sync::prepare_scanned(remote, project, root, excludes, Some(p)).await?,
+                None => sync::prepare_with(remote, project, root, excludes, Some(&cache)).await?,
+            };
             if !dry_run {
                 sync::apply_with(remote, project, root, &plan, Some(&cache)).await?;
             }

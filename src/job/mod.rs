@@ -8,6 +8,7 @@
 pub mod artifacts;
 pub mod checkpoint;
 pub mod data;
+pub mod delta;
 pub mod executor;
 pub mod gpu;
 pub mod setup;

@@ -7,7 +7,8 @@
 //! costs one read of the manifest and no transfer. Excluded paths are always reported by
 //! `--dry-run`, never dropped silently.
 
-use crate::remote::{Remote, sh_quote};
+use super::delta;
+use crate::remote::{Fetched, Remote, sh_quote};
 use anyhow::{Context, Result, bail};
 use ignore::WalkBuilder;
 use ignore::overrides::{Override, OverrideBuilder};
@@ -17,7 +18,6 @@ use std::path::Path;
 
 /// Changed files at least this large travel as changed blocks when the machine has them.
 pub const DELTA_MIN_SIZE: u64 = 16 * 1024;
-const DELTA_BLOCK: usize = 4096;
 /// The helper that checksums and patches blocks on the machine (needs python3 there; without
 /// it, files travel whole).
 const DELTA_PY: &str = include_str!("../../assets/remote/delta.py");
@@ -128,9 +128,12 @@ pub struct SyncPlan {
     /// Uploads the machine already has an older version of (block-delta candidates).
     #[serde(skip)]
     pub modified: Vec<String>,
-    /// The machine's block sums of `modified` files, when fetched with the manifest.
+    /// The machine's sizes of `modified` files.
     #[serde(skip)]
-    pub block_sums: HashMap<String, Vec<String>>,
+    pub modified_sizes: Vec<u64>,
+    /// The machine's block signatures of `modified` files, when fetched with the manifest.
+    #[serde(skip)]
+    pub block_sums: HashMap<String, delta::Signature>,
     /// Same content, new mtime: the machine's copy gets the mtime (as `rsync -a` keeps
     /// it), and the manifest records it so the next scan need not hash them again.
     #[serde(skip)]
@@ -282,7 +285,7 @@ pub fn scan_with(
 }
 
 /// Every path the sync leaves out, with why: the topmost excluded directory stands for
-/// everything under it.
+/// everything under it (and is not walked: a `.venv/` of 50 000 files costs nothing).
 pub fn excluded(root: &Path, excludes: &[String]) -> Result<Vec<Excluded>> {
     let mut included = BTreeSet::new();
     for e in walker(root, excludes, true)?.build() {
@@ -290,20 +293,23 @@ pub fn excluded(root: &Path, excludes: &[String]) -> Result<Vec<Excluded>> {
             included.insert(rel);
         }
     }
+    let included = std::sync::Arc::new(included);
     let ov = overrides(root, excludes)?;
     let mut out = Vec::new();
-    let mut skip_under: Option<String> = None;
-    for e in walker(root, excludes, false)?.build() {
+    let mut all = walker(root, excludes, false)?;
+    let (inc, top) = (included.clone(), root.to_path_buf());
+    all.filter_entry(move |e| {
+        // Only what is in a directory the sync walks (an excluded one is listed, not entered).
+        e.path()
+            .parent()
+            .is_none_or(|p| p == top || rel_of(&top, p).is_some_and(|rel| inc.contains(&rel)))
+            || e.depth() == 0
+    });
+    for e in all.build() {
         let e = e?;
         let Some(rel) = rel_of(root, e.path()) else {
             continue;
         };
-        if let Some(prefix) = &skip_under {
-            if rel.starts_with(prefix.as_str()) {
-                continue;
-            }
-            skip_under = None;
-        }
         if included.contains(&rel) {
             continue;
         }
@@ -316,9 +322,6 @@ pub fn excluded(root: &Path, excludes: &[String]) -> Result<Vec<Excluded>> {
         } else {
             ".gitignore"
         };
-        if is_dir {
-            skip_under = Some(format!("{rel}/"));
-        }
         out.push(Excluded {
             path: if is_dir { format!("{rel}/") } else { rel },
             reason: reason.to_string(),
@@ -347,6 +350,7 @@ pub fn plan(local: Manifest, remote: &Manifest) -> SyncPlan {
                         && e.size >= DELTA_MIN_SIZE
                     {
                         p.modified.push(path.clone());
+                        p.modified_sizes.push(r.size);
                     }
                     p.upload.push(path.clone());
                     p.upload_bytes += e.size;
@@ -436,7 +440,59 @@ pub async fn prepare_with(
     excludes: &[String],
     cache: Option<&Path>,
 ) -> Result<SyncPlan> {
-    let Some((cached, generation, cached_lines)) = cache.and_then(read_cache) else {
+    let (root, ex, c) = (
+        local_root.to_path_buf(),
+        excludes.to_vec(),
+        cache.map(Path::to_path_buf),
+    );
+    let pre = tokio::task::spawn_blocking(move || prescan(&root, &ex, c.as_deref())).await??;
+    prepare_scanned(remote, project, local_root, excludes, pre).await
+}
+
+/// The local half of a sync with a cached manifest: the tree compared with the copy of
+/// the manifest last written to the machine. It needs nothing from the machine, so it can
+/// run while the connection is being made.
+pub struct Prescan {
+    cached: Manifest,
+    generation: Option<String>,
+    lines: Option<usize>,
+    guess: SyncPlan,
+}
+
+/// [`Prescan`] of `local_root` against `cache` (None without a usable cache). Blocking.
+pub fn prescan(
+    local_root: &Path,
+    excludes: &[String],
+    cache: Option<&Path>,
+) -> Result<Option<Prescan>> {
+    let Some((cached, generation, lines)) = cache.and_then(read_cache) else {
+        return Ok(None);
+    };
+    let scanned = scan_with(local_root, excludes, &cached, HashNew::WhileSending)?;
+    let guess = plan(scanned, &cached);
+    Ok(Some(Prescan {
+        cached,
+        generation,
+        lines,
+        guess,
+    }))
+}
+
+/// [`prepare_with`] from a [`prescan`] already made.
+pub async fn prepare_scanned(
+    remote: &dyn Remote,
+    project: &str,
+    local_root: &Path,
+    excludes: &[String],
+    pre: Option<Prescan>,
+) -> Result<SyncPlan> {
+    let Some(Prescan {
+        cached,
+        generation,
+        lines: cached_lines,
+        guess,
+    }) = pre
+    else {
         return prepare(remote, project, local_root, excludes).await;
     };
     let scan_against = |prev: Manifest| {
@@ -444,7 +500,6 @@ pub async fn prepare_with(
         let ex = excludes.to_vec();
         tokio::task::spawn_blocking(move || scan_with(&root, &ex, &prev, HashNew::WhileSending))
     };
-    let guess = plan(scan_against(cached.clone()).await??, &cached);
     // The manifest travels only when the machine's is not the one we hold.
     let cat = format!(
         "cat {} 2>/dev/null",
@@ -464,6 +519,7 @@ pub async fn prepare_with(
         script.push_str(&sums_script(
             &code_dir(remote.root(), project),
             &guess.modified,
+            &guess.modified_sizes,
         ));
     }
     let out = remote.exec(&script).await?;
@@ -483,10 +539,7 @@ pub async fn prepare_with(
         let mut p = guess;
         p.manifest_lines = lines;
         p.cache_current = same;
-        p.block_sums = parse_sums(
-            &String::from_utf8_lossy(&text[at + mark.len()..]),
-            &p.modified,
-        );
+        p.block_sums = parse_sums(&text[at + mark.len()..], &p.modified, &p.modified_sizes);
         return Ok(p);
     }
     let mut p = plan(scan_against(remote_m.clone()).await??, &remote_m);
@@ -562,115 +615,135 @@ pub async fn prepare(
     Ok(p)
 }
 
-/// The shell text that prints the machine's block sums of `files` (relative to `dir`).
-fn sums_script(dir: &str, files: &[String]) -> String {
+/// The shell text that prints the machine's block signatures of `files` (relative to
+/// `dir`; `sizes` are the machine's sizes, which choose the block size).
+fn sums_script(dir: &str, files: &[String], sizes: &[u64]) -> String {
     let mut script = format!(
-        "{PY_DEF}cd {} && py -c {} sums {DELTA_BLOCK}",
+        "{PY_DEF}cd {} && py -c {} sums",
         sh_quote(dir),
         sh_quote(DELTA_PY)
     );
-    for f in files {
-        script.push(' ');
-        script.push_str(&sh_quote(f));
+    for (f, size) in files.iter().zip(sizes) {
+        script.push_str(&format!(" {} {}", delta::block_size(*size), sh_quote(f)));
     }
     script
 }
 
-/// Parse the helper's `index sum sum ...` lines into sums per file (missing files left out).
-fn parse_sums(text: &str, files: &[String]) -> HashMap<String, Vec<String>> {
+/// Parse the helper's signatures (`<u32 index><i64 count>` then `count` entries, per file);
+/// files it could not read, or whose signature does not fit their size, are left out.
+fn parse_sums(bytes: &[u8], files: &[String], sizes: &[u64]) -> HashMap<String, delta::Signature> {
     let mut out = HashMap::new();
-    for line in text.lines() {
-        let mut words = line.split_whitespace();
-        let Some(i) = words.next().and_then(|w| w.parse::<usize>().ok()) else {
+    let mut at = 0usize;
+    while at + 12 <= bytes.len() {
+        let i = u32::from_le_bytes(bytes[at..at + 4].try_into().expect("4")) as usize;
+        let count = i64::from_le_bytes(bytes[at + 4..at + 12].try_into().expect("8"));
+        at += 12;
+        if count < 0 {
             continue;
-        };
-        let sums: Vec<String> = words.map(str::to_string).collect();
-        if i < files.len() && sums.first().map(String::as_str) != Some("-") {
-            out.insert(files[i].clone(), sums);
         }
+        let len = count as usize * delta::SIG_ENTRY;
+        if i >= files.len() || at + len > bytes.len() {
+            break;
+        }
+        let size = sizes[i];
+        if let Some(sig) = delta::parse_entries(&bytes[at..at + len], delta::block_size(size), size)
+        {
+            out.insert(files[i].clone(), sig);
+        }
+        at += len;
     }
     out
 }
 
-/// The blocks to patch, and per file what it will hash to and the block bytes.
-type Deltas = (Vec<u8>, Vec<(String, crate::remote::Fetched, u64)>);
+/// One file patched by blocks: what it will hash to, its literal bytes and mtime.
+struct Patched {
+    rel: String,
+    fetched: Fetched,
+    literal: u64,
+    mtime_ns: i64,
+}
 
 /// Work out the changed blocks of `files` (relative to `dir` on the machine, which has older
-/// versions): one round trip for the machine's block sums. Returns the patch stream and
-/// the files it covers; files it cannot do (no python3 there, file gone, mostly changed)
-/// are left for a whole upload.
+/// versions of `sizes`): one round trip for the machine's signatures unless they came with
+/// its manifest. Returns the patch stream and the files it covers; files it cannot do (no
+/// python3 there, file gone, mostly changed) are left for a whole upload.
 async fn prepare_deltas(
     remote: &dyn Remote,
     dir: &str,
     local_root: &Path,
     files: &[String],
-    prefetched: &HashMap<String, Vec<String>>,
-) -> Result<Deltas> {
+    sizes: &[u64],
+    prefetched: &HashMap<String, delta::Signature>,
+) -> Result<(Vec<u8>, Vec<Patched>)> {
     if files.is_empty() {
         return Ok((Vec::new(), Vec::new()));
     }
-    // Sums fetched with the manifest (see `prepare_with`) save a round trip.
-    let mut known: HashMap<String, Vec<String>> = prefetched.clone();
-    let missing: Vec<String> = files
+    let mut known: HashMap<String, delta::Signature> = prefetched.clone();
+    let (missing, missing_sizes): (Vec<String>, Vec<u64>) = files
         .iter()
-        .filter(|f| !known.contains_key(*f))
-        .cloned()
-        .collect();
+        .zip(sizes)
+        .filter(|(f, _)| !known.contains_key(*f))
+        .map(|(f, s)| (f.clone(), *s))
+        .unzip();
     if !missing.is_empty() {
-        let out = remote.exec(&sums_script(dir, &missing)).await?;
+        let out = remote
+            .exec(&sums_script(dir, &missing, &missing_sizes))
+            .await?;
         if out.success() {
-            known.extend(parse_sums(&out.stdout_str(), &missing));
+            known.extend(parse_sums(&out.stdout, &missing, &missing_sizes));
         } else {
             tracing::info!("block delta unavailable on the machine; sending whole files");
         }
     }
-    let remote_sums: Vec<Option<Vec<String>>> =
-        files.iter().map(|f| known.get(f).cloned()).collect();
+    let sigs: Vec<Option<delta::Signature>> = files.iter().map(|f| known.remove(f)).collect();
     let root = local_root.to_path_buf();
     let list = files.to_vec();
-    tokio::task::spawn_blocking(move || -> Result<Deltas> {
+    tokio::task::spawn_blocking(move || -> Result<(Vec<u8>, Vec<Patched>)> {
         use sha2::Digest;
         use std::os::unix::fs::PermissionsExt;
         let mut stream = Vec::new();
         let mut done = Vec::new();
-        for (rel, sums) in list.iter().zip(remote_sums) {
-            let Some(sums) = sums else { continue };
+        for (rel, sig) in list.iter().zip(sigs) {
+            let Some(sig) = sig else { continue };
             let path = root.join(rel);
             let data = std::fs::read(&path)?;
-            let mode = std::fs::metadata(&path)?.permissions().mode() & 0o7777;
-            let mut blocks: Vec<(usize, usize)> = Vec::new();
-            for (k, block) in data.chunks(DELTA_BLOCK).enumerate() {
-                let h = crate::model::hex(&sha2::Sha256::digest(block)[..16]);
-                if sums.get(k) != Some(&h) {
-                    let off = k * DELTA_BLOCK;
-                    match blocks.last_mut() {
-                        Some((o, n)) if *o + *n == off => *n += block.len(),
-                        _ => blocks.push((off, block.len())),
-                    }
-                }
-            }
-            let bytes: usize = blocks.iter().map(|b| b.1).sum();
-            if bytes * 2 >= data.len() {
+            let meta = std::fs::metadata(&path)?;
+            let Some(ops) = delta::diff(&data, &sig) else {
+                continue;
+            };
+            let literal = delta::literal_bytes(&ops);
+            if literal * 2 >= data.len() {
                 continue; // mostly changed: whole is as cheap and simpler
             }
+            let wire: Vec<[i64; 2]> = ops
+                .iter()
+                .map(|op| match *op {
+                    delta::Op::Copy { first, count } => [first as i64, count as i64],
+                    delta::Op::Literal { len, .. } => [-1, len as i64],
+                })
+                .collect();
+            let mtime_ns = mtime_ns(&meta);
             let header = serde_json::json!({
-                "path": rel, "size": data.len(), "mode": mode,
+                "path": rel, "size": data.len(), "mode": meta.permissions().mode() & 0o7777,
+                "mtime_ns": mtime_ns, "block": sig.block, "ops": wire,
                 "sha256": crate::model::hex(&sha2::Sha256::digest(&data)),
-                "blocks": blocks.iter().map(|(o, n)| [*o, *n]).collect::<Vec<_>>(),
             });
             stream.extend_from_slice(header.to_string().as_bytes());
             stream.push(b'\n');
-            for (o, n) in &blocks {
-                stream.extend_from_slice(&data[*o..*o + *n]);
+            for op in &ops {
+                if let delta::Op::Literal { at, len } = *op {
+                    stream.extend_from_slice(&data[at..at + len]);
+                }
             }
-            done.push((
-                rel.clone(),
-                crate::remote::Fetched {
+            done.push(Patched {
+                rel: rel.clone(),
+                fetched: Fetched {
                     size: data.len() as u64,
                     blake3: blake3::hash(&data).to_hex().to_string(),
                 },
-                bytes as u64,
-            ));
+                literal: literal as u64,
+                mtime_ns,
+            });
         }
         Ok((stream, done))
     })
@@ -687,6 +760,16 @@ pub async fn apply(
     Ok(apply_inner(remote, project, local_root, plan).await?.0)
 }
 
+/// Record in `manifest` the size and hash of what was sent of `rels`.
+fn record_sent(manifest: &mut Manifest, rels: &[String], sent: &[Fetched]) {
+    for (rel, f) in rels.iter().zip(sent) {
+        if let Some(e) = manifest.get_mut(rel) {
+            e.hash = f.blake3.clone();
+            e.size = f.size;
+        }
+    }
+}
+
 /// Send `rels` whole in one stream (creating `dir` too) and record in `manifest` the size
 /// and hash of what was sent.
 async fn send_whole(
@@ -697,12 +780,7 @@ async fn send_whole(
     manifest: &mut Manifest,
 ) -> Result<()> {
     let sent = remote.put_files(local_root, rels, dir).await?;
-    for (rel, f) in rels.iter().zip(sent) {
-        if let Some(e) = manifest.get_mut(rel) {
-            e.hash = f.blake3;
-            e.size = f.size;
-        }
-    }
+    record_sent(manifest, rels, &sent);
     Ok(())
 }
 
@@ -724,16 +802,23 @@ impl Batch<'_> {
         Ok(())
     }
 
-    async fn flush(&mut self) -> Result<()> {
-        if self.script.is_empty() {
-            return Ok(());
-        }
-        self.remote
-            .exec(&format!(
+    /// The batch as one script (None when empty).
+    fn script(&self) -> Option<String> {
+        (!self.script.is_empty()).then(|| {
+            format!(
                 "mkdir -p {d} && cd {d} && {}true",
                 self.script,
                 d = sh_quote(self.dir)
-            ))
+            )
+        })
+    }
+
+    async fn flush(&mut self) -> Result<()> {
+        let Some(script) = self.script() else {
+            return Ok(());
+        };
+        self.remote
+            .exec(&script)
             .await?
             .check("updating links, deletions and times")?;
         self.script.clear();
@@ -741,7 +826,40 @@ impl Batch<'_> {
     }
 }
 
+/// The manifest line recording `manifest` on the machine: the whole of it, or the entries
+/// the plan changed.
+fn manifest_record(plan: &SyncPlan, manifest: &Manifest, rewrite: bool) -> Result<Vec<u8>> {
+    let record = if rewrite {
+        ManifestLine {
+            full: Some(manifest.clone()),
+            ..Default::default()
+        }
+    } else {
+        let set = plan
+            .upload
+            .iter()
+            .chain(plan.links.iter().map(|(p, _)| p))
+            .chain(plan.touched.iter())
+            .filter_map(|p| manifest.get(p).map(|e| (p.clone(), e.clone())))
+            .collect();
+        ManifestLine {
+            set,
+            del: plan.delete.clone(),
+            ..Default::default()
+        }
+    };
+    let mut json = serde_json::to_vec(&record)?;
+    json.push(b'\n');
+    Ok(json)
+}
+
 /// Returns what moved and, when the manifest on the machine was written, what it became.
+///
+/// Everything goes in one command when it can: the shell work (deletions first, so a path
+/// that changed kind is free before the new one lands; directories left empty; mtimes of
+/// unchanged content; links), the new and changed files as one tar stream, and after them
+/// on the same stdin the block patches and the manifest line, which the machine records
+/// with a new generation token only once everything before it succeeded.
 async fn apply_inner(
     remote: &dyn Remote,
     project: &str,
@@ -755,30 +873,36 @@ async fn apply_inner(
     let mut manifest = plan.manifest.clone();
     let mut stats = SyncStats::default();
     // Modified large files: only their changed blocks, when the machine can patch.
-    let (patch, deltas) =
-        prepare_deltas(remote, &dir, local_root, &plan.modified, &plan.block_sums).await?;
-    for (rel, f, bytes) in &deltas {
-        if let Some(e) = manifest.get_mut(rel) {
-            e.hash = f.blake3.clone();
-            e.size = f.size;
+    let (patch, deltas) = prepare_deltas(
+        remote,
+        &dir,
+        local_root,
+        &plan.modified,
+        &plan.modified_sizes,
+        &plan.block_sums,
+    )
+    .await?;
+    for d in &deltas {
+        if let Some(e) = manifest.get_mut(&d.rel) {
+            e.hash = d.fetched.blake3.clone();
+            e.size = d.fetched.size;
+            e.mtime_ns = d.mtime_ns;
         }
         stats.delta_files += 1;
-        stats.delta_bytes += bytes;
+        stats.delta_bytes += d.literal;
     }
     let whole: Vec<String> = plan
         .upload
         .iter()
-        .filter(|p| !deltas.iter().any(|(d, _, _)| d == *p))
+        .filter(|p| !deltas.iter().any(|d| &d.rel == *p))
         .cloned()
         .collect();
-    // Shell work goes in batches of commands, every path quoted.
+    // The shell work, every path quoted; flushed on its own only when it grows past 64 KiB.
     let mut batch = Batch {
         remote,
         dir: &dir,
         script: String::new(),
     };
-    // Deletions first, so a path that changed kind (file <-> directory) is free before the
-    // new one lands; directories left empty go too (deepest first, never the code dir).
     let mut emptied: Vec<&str> = Vec::new();
     for path in &plan.delete {
         batch.push(&format!("rm -f -- {}", sh_quote(path))).await?;
@@ -805,11 +929,6 @@ async fn apply_inner(
                 sh_quote(d)
             ))
             .await?;
-    }
-    batch.flush().await?;
-    if !whole.is_empty() {
-        send_whole(remote, local_root, &whole, &dir, &mut manifest).await?;
-        stats.whole_files = whole.len();
     }
     // Same content, new mtime: the machine's copy takes the local mtime.
     for path in &plan.touched {
@@ -844,89 +963,99 @@ async fn apply_inner(
             ))
             .await?;
     }
-    batch.flush().await?;
+    let before = batch.script().unwrap_or_default();
+    // The manifest line (made once the whole files' hashes are known) and its generation.
     let path = manifest_path(remote.root(), project);
+    let part = format!("{path}.part");
     let generation = crate::model::new_id("g");
     let gen_cmd = generation_cmd(remote.root(), project, &generation);
     let rewrite = plan.manifest_lines == 0 || plan.manifest_lines >= MANIFEST_MAX_LINES;
-    let record = if rewrite {
-        ManifestLine {
-            full: Some(manifest.clone()),
-            ..Default::default()
-        }
+    let finish = if rewrite {
+        format!("mv {p} {m}", p = sh_quote(&part), m = sh_quote(&path))
     } else {
-        let set = plan
-            .upload
-            .iter()
-            .chain(plan.links.iter().map(|(p, _)| p))
-            .chain(plan.touched.iter())
-            .filter_map(|p| manifest.get(p).map(|e| (p.clone(), e.clone())))
-            .collect();
-        ManifestLine {
-            set,
-            del: plan.delete.clone(),
-            ..Default::default()
-        }
+        format!(
+            "cat {p} >> {m} && rm -f {p}",
+            p = sh_quote(&part),
+            m = sh_quote(&path)
+        )
     };
-    let mut json = serde_json::to_vec(&record)?;
-    json.push(b'\n');
-    let mut recorded = false;
-    if !deltas.is_empty() {
-        // The patch and, when it is a small append, the manifest line go in one round trip.
-        let mut script = format!(
-            "{PY_DEF}cd {} && py -c {} patch",
+    let manifests = sh_quote(&format!("{}/manifests", remote.root()));
+    let after = if deltas.is_empty() {
+        format!(
+            "mkdir -p {manifests} && cat > {} && {finish} && {gen_cmd}",
+            sh_quote(&part)
+        )
+    } else {
+        format!(
+            "mkdir -p {manifests} && {PY_DEF}cd {} && py -c {} patch {} && {finish} && {gen_cmd}",
             sh_quote(&dir),
-            sh_quote(DELTA_PY)
-        );
-        if !rewrite && json.len() < 64 * 1024 {
-            script.push_str(&format!(
-                " && printf '%s\\n' {} >> {} && {gen_cmd}",
-                sh_quote(std::str::from_utf8(&json[..json.len() - 1])?),
-                sh_quote(&path)
-            ));
-            recorded = true;
-        }
-        let out = remote.exec_with_stdin(&script, &patch).await?;
-        if out.status == 3 {
-            // Files that changed on the machine since their block sums were read: the patch
-            // did not match and left them alone; send them whole.
-            let redo: Vec<String> = out
+            sh_quote(DELTA_PY),
+            sh_quote(&part)
+        )
+    };
+    let trailer: crate::remote::Trailer = {
+        let (mut m, whole, plan) = (manifest.clone(), whole.clone(), plan.clone());
+        let patch = patch;
+        let has_deltas = !deltas.is_empty();
+        Box::new(move |sent: &[Fetched]| {
+            record_sent(&mut m, &whole, sent);
+            let mut input = Vec::new();
+            if has_deltas {
+                input.extend_from_slice(&patch);
+                input.extend_from_slice(b"{\"end\": true}\n");
+            }
+            input.extend(manifest_record(&plan, &m, rewrite)?);
+            Ok(input)
+        })
+    };
+    let (sent, out) = remote
+        .put_files_between(local_root, &whole, &dir, &before, &after, trailer)
+        .await?;
+    record_sent(&mut manifest, &whole, &sent);
+    stats.whole_files = whole.len();
+    let mut recorded = out.success();
+    if !recorded {
+        // Patched files that did not match (changed on the machine since their sums were
+        // read: exit 3 and their names), or no python3 to patch with (127): sent whole.
+        let redo: Vec<String> = match out.status {
+            3 => out
                 .stdout_str()
                 .lines()
                 .filter_map(|l| serde_json::from_str::<String>(l).ok())
-                .filter(|p| deltas.iter().any(|(d, _, _)| d == p))
-                .collect();
-            if redo.is_empty() {
-                out.check("patching changed blocks on the machine")?;
-            }
-            tracing::warn!(
-                "{} file(s) changed on the machine during the sync; sending them whole",
-                redo.len()
-            );
-            send_whole(remote, local_root, &redo, &dir, &mut manifest).await?;
-            stats.delta_files -= redo.len();
-            stats.whole_files += redo.len();
-            recorded = false;
-        } else {
-            out.check("patching changed blocks on the machine")?;
-        }
-    }
-    if !recorded {
-        // The manifest line and its new generation in one command (one round trip).
-        let script = if rewrite {
-            format!(
-                "mkdir -p {d} && cat > {p}.part && mv {p}.part {p} && {gen_cmd}",
-                d = sh_quote(&format!("{}/manifests", remote.root())),
-                p = sh_quote(&path)
-            )
-        } else {
-            format!("cat >> {} && {gen_cmd}", sh_quote(&path))
+                .filter(|p| deltas.iter().any(|d| &d.rel == p))
+                .collect(),
+            127 if !deltas.is_empty() => deltas.iter().map(|d| d.rel.clone()).collect(),
+            _ => Vec::new(),
         };
+        if redo.is_empty() {
+            out.check("recording the manifest")?;
+        }
+        tracing::warn!(
+            "{} file(s) could not be patched on the machine; sending them whole",
+            redo.len()
+        );
+        send_whole(remote, local_root, &redo, &dir, &mut manifest).await?;
+        for r in &redo {
+            if let Some(e) = manifest.get_mut(r)
+                && let Ok(meta) = std::fs::symlink_metadata(local_root.join(r))
+            {
+                e.mtime_ns = mtime_ns(&meta);
+            }
+        }
+        stats.delta_files -= redo.len();
+        stats.whole_files += redo.len();
+        let json = manifest_record(plan, &manifest, rewrite)?;
+        let script = format!(
+            "mkdir -p {manifests} && cat > {} && {finish} && {gen_cmd}",
+            sh_quote(&part)
+        );
         remote
             .exec_with_stdin(&script, &json)
             .await?
             .check("recording the manifest")?;
+        recorded = true;
     }
+    debug_assert!(recorded);
     let lines = if rewrite { 1 } else { plan.manifest_lines + 1 };
     Ok((
         stats,
@@ -1012,7 +1141,10 @@ mod tests {
         assert_eq!(p.modified, vec!["big.bin"]);
         let st = apply(&r, "p", &src, &p).await.unwrap();
         assert_eq!((st.delta_files, st.whole_files), (1, 0), "{st:?}");
-        assert!(st.delta_bytes <= 2 * DELTA_BLOCK as u64, "{st:?}");
+        assert!(
+            st.delta_bytes <= 2 * delta::block_size(big.len() as u64) as u64,
+            "{st:?}"
+        );
         let remote_file = home.join(".trainctl/code/p/big.bin");
         assert_eq!(std::fs::read(&remote_file).unwrap(), big);
         big.truncate(150_000);

@@ -179,6 +179,10 @@ pub struct Fetched {
     pub blake3: String,
 }
 
+/// What follows the files of [`Remote::put_files_between`] on `after`'s stdin, made from
+/// what was sent (sizes and hashes known only once the files were read).
+pub type Trailer = Box<dyn FnOnce(&[Fetched]) -> Result<Vec<u8>> + Send>;
+
 /// A machine trainctl can run things on. Paths are absolute paths on that machine;
 /// scripts are POSIX `sh` text whose every argument was quoted with [`sh_quote`].
 #[async_trait]
@@ -222,6 +226,34 @@ pub trait Remote: Send + Sync {
         remote_root: &str,
         sent: std::sync::Arc<std::sync::atomic::AtomicU64>,
     ) -> Result<Vec<Fetched>>;
+    /// One step of a sync in one round trip where the transport allows it: the shell
+    /// `before`, then `rels` copied as [`Remote::put_files`] does, then the shell `after`
+    /// with `trailer(what was sent)` on its stdin. A failing `before` or copy is an error;
+    /// `after`'s output is returned for the caller to judge.
+    async fn put_files_between(
+        &self,
+        local_root: &Path,
+        rels: &[String],
+        remote_root: &str,
+        before: &str,
+        after: &str,
+        trailer: Trailer,
+    ) -> Result<(Vec<Fetched>, ExecOutput)> {
+        if !before.is_empty() {
+            self.exec(before)
+                .await?
+                .check("updating links, deletions and times")?;
+        }
+        let sent = if rels.is_empty() {
+            Vec::new()
+        } else {
+            self.put_files(local_root, rels, remote_root).await?
+        };
+        let input = trailer(&sent)?;
+        let out = self.exec_with_stdin(after, &input).await?;
+        Ok((sent, out))
+    }
+
     /// Download `path` to the local file `dest` (temp name, then rename), verifying size and
     /// BLAKE3 against the source.
     async fn get(&self, path: &str, dest: &Path) -> Result<Fetched>;

@@ -14,7 +14,7 @@ use russh::ChannelMsg;
 use russh::client;
 use russh::keys::{HashAlg, PrivateKeyWithHashAlg, PublicKey, PublicKeyOrCertificate};
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -248,6 +248,8 @@ struct Verifier {
     port: u16,
     policy: HostKeyPolicy,
     refusal: Arc<Mutex<Option<(crate::remote::ErrorKind, String)>>>,
+    /// The fingerprint of the key accepted.
+    seen: Arc<Mutex<Option<String>>>,
 }
 
 fn fingerprint(key: &PublicKey) -> String {
@@ -337,7 +339,12 @@ impl client::Handler for Verifier {
             return Ok(false);
         };
         match self.verify(key) {
-            Ok(ok) => Ok(ok),
+            Ok(ok) => {
+                if ok {
+                    *self.seen.lock().unwrap_or_else(|p| p.into_inner()) = Some(fingerprint(key));
+                }
+                Ok(ok)
+            }
             Err(why) => {
                 *self.refusal.lock().unwrap_or_else(|p| p.into_inner()) = Some(why);
                 Ok(false)
@@ -396,10 +403,20 @@ enum Stdin<'a> {
 struct ChunkWriter {
     tx: mpsc::Sender<Vec<u8>>,
     buf: Vec<u8>,
+    /// Bytes written so far.
+    n: u64,
 }
+
+/// GNU tar's default record: it reads whole records, and none past the one that ends the
+/// archive.
+const TAR_RECORD: u64 = 20 * 512;
+
+/// The line between an archive and the trailer after it (see `put_files_between`).
+const TRAILER_MARK: &str = "--trainctl-trailer--";
 
 impl std::io::Write for ChunkWriter {
     fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.n += b.len() as u64;
         self.buf.extend_from_slice(b);
         if self.buf.len() >= 1 << 20 {
             self.flush()?;
@@ -463,7 +480,8 @@ impl std::fmt::Debug for SshRemote {
     }
 }
 
-async fn open_connection(t: &SshTarget) -> Result<Conn> {
+/// Connect and authenticate; the connection and the fingerprint of the host key accepted.
+async fn open_connection(t: &SshTarget) -> Result<(Conn, String)> {
     // Throughput: a large window and packets, AES-GCM first (hardware AES where there
     // is some), no Nagle delay on small command round trips.
     let mut preferred = russh::Preferred::default();
@@ -481,11 +499,13 @@ async fn open_connection(t: &SshTarget) -> Result<Conn> {
         ..Default::default()
     });
     let refusal = Arc::new(Mutex::new(None));
+    let seen = Arc::new(Mutex::new(None));
     let verifier = Verifier {
         host: t.hostname.clone(),
         port: t.port,
         policy: t.policy.clone(),
         refusal: refusal.clone(),
+        seen: seen.clone(),
     };
     // What the ProxyCommand printed on stderr (its last 2 KB), to explain a failed hop.
     let mut proxy_said: Option<tokio::task::JoinHandle<Vec<u8>>> = None;
@@ -576,7 +596,12 @@ async fn open_connection(t: &SshTarget) -> Result<Conn> {
         }
     };
     authenticate(&mut handle, t).await?;
-    Ok(Arc::new(handle))
+    let fp = seen
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .take()
+        .unwrap_or_default();
+    Ok((Arc::new(handle), fp))
 }
 
 /// The RSA signature hash the server prefers (None for other key types or old servers).
@@ -816,7 +841,7 @@ impl SshRemote {
     /// Connect (verifying the host key, authenticating) and learn the remote home.
     /// `root` overrides trainctl's directory there (default `$HOME/.trainctl`).
     pub async fn connect(target: SshTarget, root: Option<&str>) -> Result<SshRemote> {
-        let conn = open_connection(&target).await?;
+        let (conn, host_key) = open_connection(&target).await?;
         let mut r = SshRemote {
             target,
             conn: tokio::sync::Mutex::new(Some(conn)),
@@ -826,22 +851,140 @@ impl SshRemote {
             received: Default::default(),
             output: Default::default(),
         };
-        let home = r
+        r.root = match root {
+            // An absolute root needs nothing from the machine.
+            Some(p) if p.starts_with('/') => p.trim_end_matches('/').to_string(),
+            Some(p) => format!("{}/{}", r.home(&host_key).await?, p.trim_end_matches('/')),
+            None => format!("{}/.trainctl", r.home(&host_key).await?),
+        };
+        Ok(r)
+    }
+
+    /// The remote home directory: remembered per user, address and host key beside
+    /// trainctl's known_hosts (a command costs a login shell's start, ~0.1 s on many
+    /// machines, and every CLI run connects anew), else asked and remembered. A machine
+    /// rebuilt at the same address has another host key, so it is asked again.
+    async fn home(&self, host_key: &str) -> Result<String> {
+        let cache = self.target.policy.own_file.with_file_name("ssh-homes.json");
+        let key = format!(
+            "{}@{}:{} {host_key}",
+            self.target.user, self.target.hostname, self.target.port
+        );
+        let read = || -> BTreeMap<String, String> {
+            std::fs::read(&cache)
+                .ok()
+                .and_then(|b| serde_json::from_slice(&b).ok())
+                .unwrap_or_default()
+        };
+        if !host_key.is_empty()
+            && let Some(h) = read().get(&key)
+            && h.starts_with('/')
+        {
+            return Ok(h.clone());
+        }
+        let out = self
             .exec_raw("printf %s \"$HOME\"", Stdin::Empty, None)
             .await?;
-        let home = String::from_utf8_lossy(&home.stdout).trim().to_string();
+        let home = String::from_utf8_lossy(&out.stdout).trim().to_string();
         if home.is_empty() || !home.starts_with('/') {
             bail!(
                 "{}: could not learn the remote home directory",
-                r.target.alias
+                self.target.alias
             );
         }
-        r.root = match root {
-            Some(p) if p.starts_with('/') => p.trim_end_matches('/').to_string(),
-            Some(p) => format!("{home}/{}", p.trim_end_matches('/')),
-            None => format!("{home}/.trainctl"),
-        };
-        Ok(r)
+        if !host_key.is_empty() {
+            let mut all = read();
+            all.insert(key, home.clone());
+            let tmp = cache.with_extension(format!("json.{}", std::process::id()));
+            let wrote = serde_json::to_vec(&all)
+                .map_err(anyhow::Error::from)
+                .and_then(|b| Ok(std::fs::write(&tmp, b)?))
+                .and_then(|()| Ok(std::fs::rename(&tmp, &cache)?));
+            if let Err(e) = wrote {
+                let _ = std::fs::remove_file(&tmp);
+                tracing::debug!("remembering the home of {}: {e:#}", self.target.alias);
+            }
+        }
+        Ok(home)
+    }
+
+    /// Run `script` with a tar archive of `rels` on its stdin, built while it is sent (and,
+    /// with a trailer, padded to a whole tar record and followed by the mark line and the
+    /// trailer). Returns what was sent, the output and the trailer's bytes.
+    async fn put_tar(
+        &self,
+        local_root: &Path,
+        rels: &[String],
+        script: &str,
+        total: std::sync::Arc<std::sync::atomic::AtomicU64>,
+        trailer: Option<crate::remote::Trailer>,
+    ) -> Result<(Vec<Fetched>, ExecOutput, Vec<u8>)> {
+        for r in rels {
+            safe_join(Path::new("/x"), r)?;
+        }
+        let root = local_root.to_path_buf();
+        let list = rels.to_vec();
+        // The archive is built while it is sent: memory stays at a few chunks.
+        let (tx, rx) = mpsc::channel::<Vec<u8>>(4);
+        let packer = tokio::task::spawn_blocking(move || -> Result<(Vec<Fetched>, Vec<u8>)> {
+            let mut w = ChunkWriter {
+                tx,
+                buf: Vec::with_capacity(1 << 20),
+                n: 0,
+            };
+            let mut sent = Vec::with_capacity(list.len());
+            if !list.is_empty() {
+                let mut b = tar::Builder::new(&mut w);
+                for rel in &list {
+                    let p = root.join(rel);
+                    let file = std::fs::File::open(&p).with_context(|| format!("opening {rel}"))?;
+                    let meta = file.metadata()?;
+                    // The mtime to the nanosecond, as `rsync -a` keeps it: a PAX record
+                    // before the entry (the GNU header itself holds whole seconds).
+                    if let Ok(m) = meta.modified()
+                        && let Ok(d) = m.duration_since(std::time::UNIX_EPOCH)
+                    {
+                        append_pax_mtime(&mut b, d.as_secs(), d.subsec_nanos())?;
+                    }
+                    let mut header = tar::Header::new_gnu();
+                    header.set_metadata_in_mode(&meta, tar::HeaderMode::Complete);
+                    // Hash what is read into the archive: exactly the bytes the machine gets.
+                    let mut reader = HashingReader {
+                        inner: file.take(meta.len()),
+                        hasher: blake3::Hasher::new(),
+                        n: 0,
+                        total: Some(&total),
+                    };
+                    b.append_data(&mut header, rel, &mut reader)
+                        .with_context(|| format!("packing {rel}"))?;
+                    sent.push(Fetched {
+                        size: reader.n,
+                        blake3: reader.hasher.finalize().to_hex().to_string(),
+                    });
+                }
+                b.finish()?;
+            }
+            let mut tail = Vec::new();
+            if let Some(t) = trailer {
+                if !list.is_empty() {
+                    // A whole record (GNU tar's 20 blocks), so tar reads no further.
+                    let pad = (TAR_RECORD - w.n % TAR_RECORD) % TAR_RECORD;
+                    w.write_all(&vec![0u8; pad as usize])?;
+                }
+                tail = t(&sent)?;
+                w.write_all(TRAILER_MARK.as_bytes())?;
+                w.write_all(b"\n")?;
+                w.write_all(&tail)?;
+            }
+            w.flush()?;
+            Ok((sent, tail))
+        });
+        let ran = self.exec_raw(script, Stdin::Stream(rx), None).await;
+        let packed = packer.await?;
+        // A lost connection also stops the packer (its channel closes): report the cause.
+        let out = ran?;
+        let (files, tail) = packed?;
+        Ok((files, out, tail))
     }
 
     pub fn target(&self) -> &SshTarget {
@@ -871,7 +1014,7 @@ impl SshRemote {
         let mut last = None;
         for attempt in 0..6 {
             match open_connection(&self.target).await {
-                Ok(c) => {
+                Ok((c, _)) => {
                     *guard = Some(c.clone());
                     return Ok(c);
                 }
@@ -1136,62 +1279,60 @@ impl Remote for SshRemote {
         remote_root: &str,
         total: std::sync::Arc<std::sync::atomic::AtomicU64>,
     ) -> Result<Vec<Fetched>> {
-        // One tar stream for every file: one round trip, permissions kept.
-        for r in rels {
-            safe_join(Path::new("/x"), r)?;
-        }
-        let root = local_root.to_path_buf();
-        let list = rels.to_vec();
-        // The archive is built while it is sent: memory stays at a few chunks.
-        let (tx, rx) = mpsc::channel::<Vec<u8>>(4);
-        let packer = tokio::task::spawn_blocking(move || -> Result<Vec<Fetched>> {
-            let mut b = tar::Builder::new(ChunkWriter {
-                tx,
-                buf: Vec::with_capacity(1 << 20),
-            });
-            let mut sent = Vec::with_capacity(list.len());
-            for rel in &list {
-                let p = root.join(rel);
-                let file = std::fs::File::open(&p).with_context(|| format!("opening {rel}"))?;
-                let meta = file.metadata()?;
-                // The mtime to the nanosecond, as `rsync -a` keeps it: a PAX record before
-                // the entry (the GNU header itself holds whole seconds).
-                if let Ok(m) = meta.modified()
-                    && let Ok(d) = m.duration_since(std::time::UNIX_EPOCH)
-                {
-                    append_pax_mtime(&mut b, d.as_secs(), d.subsec_nanos())?;
-                }
-                let mut header = tar::Header::new_gnu();
-                header.set_metadata_in_mode(&meta, tar::HeaderMode::Complete);
-                // Hash what is read into the archive: exactly the bytes the machine gets.
-                let mut reader = HashingReader {
-                    inner: file.take(meta.len()),
-                    hasher: blake3::Hasher::new(),
-                    n: 0,
-                    total: Some(&total),
-                };
-                b.append_data(&mut header, rel, &mut reader)
-                    .with_context(|| format!("packing {rel}"))?;
-                sent.push(Fetched {
-                    size: reader.n,
-                    blake3: reader.hasher.finalize().to_hex().to_string(),
-                });
-            }
-            let mut w = b.into_inner()?;
-            w.flush()?;
-            Ok(sent)
-        });
         let script = format!(
             "mkdir -p {r} && tar -x -p --no-same-owner -f - -C {r}",
             r = sh_quote(remote_root)
         );
-        let sent = self.exec_raw(&script, Stdin::Stream(rx), None).await;
-        let files = packer.await?;
-        // A lost connection also stops the packer (its channel closes): report the cause.
-        let out = sent?;
-        let files = files?;
+        let (files, out, _) = self.put_tar(local_root, rels, &script, total, None).await?;
         out.check("unpacking files on the machine")?;
         Ok(files)
+    }
+
+    async fn put_files_between(
+        &self,
+        local_root: &Path,
+        rels: &[String],
+        remote_root: &str,
+        before: &str,
+        after: &str,
+        trailer: crate::remote::Trailer,
+    ) -> Result<(Vec<Fetched>, ExecOutput)> {
+        // One command: `before`, the archive, then `after` reading what follows it. The
+        // archive ends on a whole tar record, where GNU tar stops reading, and a mark line
+        // proves `after` starts at the trailer; a tar that read past its end is caught by
+        // the mark, and `after` then runs as a command of its own.
+        let mut script = String::new();
+        if !before.is_empty() {
+            script.push_str(&format!("{{ {before}\n}} || exit 76\n"));
+        }
+        if !rels.is_empty() {
+            script.push_str(&format!(
+                "mkdir -p {r} && tar -x -p --no-same-owner -f - -C {r} || exit 77\n",
+                r = sh_quote(remote_root)
+            ));
+        }
+        script.push_str(&format!(
+            "IFS= read -r m || m=\n[ \"$m\" = {TRAILER_MARK} ] || exit 75\n{after}"
+        ));
+        let (files, out, trailer) = self
+            .put_tar(local_root, rels, &script, Default::default(), Some(trailer))
+            .await?;
+        match out.status {
+            76 => Err(out
+                .check("updating links, deletions and times")
+                .err()
+                .unwrap_or_else(|| anyhow!("exit 76"))),
+            77 => Err(out
+                .check("unpacking files on the machine")
+                .err()
+                .unwrap_or_else(|| anyhow!("exit 77"))),
+            75 => {
+                tracing::debug!("the machine's tar read past its archive; `after` runs alone");
+                let out = self.exec_with_stdin(after, &trailer).await?;
+                Ok((files, out))
+            }
+            _ => Ok((files, out)),
+        }
     }
 
     async fn get(&self, path: &str, dest: &Path) -> Result<Fetched> {
