@@ -276,7 +276,7 @@ fn main() {
             let t = run(&mut rsync(k));
             (t, counter.take() as f64)
         };
-        if round % 2 == 0 {
+        if round.is_multiple_of(2) {
             let a = ours(&counter);
             settle();
             let b = theirs(&counter);

@@ -352,13 +352,16 @@ impl Engine {
         let pre = std::sync::Mutex::new(pre);
         crate::remote::retry_lost(4, "code sync", async || {
             let first = pre.lock().unwrap_or_else(|p| p.into_inner()).take();
-            let plan = match first {
-                Some(p) => sync::prepare_scanned(remote, project, root, excludes, Some(p)).await?,
-                None => sync::prepare_with(remote, project, root, excludes, Some(&cache)).await?,
-            };
-            if !dry_run {
-                sync::apply_with(remote, project, root, &plan, Some(&cache)).await?;
-            }
+            let (plan, _) = sync::sync_once(
+                remote,
+                project,
+                root,
+                excludes,
+                Some(&cache),
+                first,
+                dry_run,
+            )
+            .await?;
             Ok(plan)
         })
         .await

@@ -8,7 +8,7 @@
 //! `--dry-run`, never dropped silently.
 
 use super::delta;
-use crate::remote::{Fetched, Remote, sh_quote};
+use crate::remote::{Conversation, Fetched, Remote, sh_quote};
 use anyhow::{Context, Result, bail};
 use ignore::WalkBuilder;
 use ignore::overrides::{Override, OverrideBuilder};
@@ -495,19 +495,38 @@ pub async fn prepare_scanned(
     else {
         return prepare(remote, project, local_root, excludes).await;
     };
-    let scan_against = |prev: Manifest| {
-        let root = local_root.to_path_buf();
-        let ex = excludes.to_vec();
-        tokio::task::spawn_blocking(move || scan_with(&root, &ex, &prev, HashNew::WhileSending))
-    };
-    // The manifest travels only when the machine's is not the one we hold.
+    let script = question(remote, project, generation.as_deref(), &guess);
+    let out = remote.exec(&script).await?;
+    answer(
+        Some(Prescan {
+            cached,
+            generation,
+            lines: cached_lines,
+            guess,
+        }),
+        &out.stdout,
+        local_root,
+        excludes,
+    )
+    .await
+}
+
+/// The question a sync asks the machine: its manifest (or only "unchanged" when its
+/// generation is the cached one), then the block signatures of the files the guess
+/// found modified.
+fn question(
+    remote: &dyn Remote,
+    project: &str,
+    generation: Option<&str>,
+    guess: &SyncPlan,
+) -> String {
     let cat = format!(
         "cat {} 2>/dev/null",
         sh_quote(&manifest_path(remote.root(), project))
     );
-    let fetch = match &generation {
+    let fetch = match generation {
         Some(g) => format!(
-            "if [ \"$(cat {} 2>/dev/null)\" = {} ]; then printf %s {SAME_MARK}; else {cat}; fi",
+            "if [ \"$(cat {} 2>/dev/null)\" = {} ]; then printf %s {SAME_MARK}; same=1; else {cat}; fi",
             sh_quote(&generation_path(remote.root(), project)),
             sh_quote(g)
         ),
@@ -522,29 +541,116 @@ pub async fn prepare_scanned(
             &guess.modified_sizes,
         ));
     }
-    let out = remote.exec(&script).await?;
-    let text = out.stdout;
+    script
+}
+
+/// The plan from the machine's answer to [`question`].
+async fn answer(
+    pre: Option<Prescan>,
+    text: &[u8],
+    local_root: &Path,
+    excludes: &[String],
+) -> Result<SyncPlan> {
     let mark = format!("\n{SUMS_MARK}\n");
-    let Some(at) = memchr::memmem::find(&text, mark.as_bytes()) else {
+    let Some(at) = memchr::memmem::find(text, mark.as_bytes()) else {
         bail!("could not read the manifest on the machine");
     };
     let same = &text[..at] == SAME_MARK.as_bytes();
-    let (remote_m, lines) = if same {
+    let (remote_m, lines) = match &pre {
         // Unknown line count: a cache that lost it makes the next change a rewrite.
-        (cached.clone(), cached_lines.unwrap_or(MANIFEST_MAX_LINES))
-    } else {
-        replay_manifest(&text[..at])
+        Some(p) if same => (p.cached.clone(), p.lines.unwrap_or(MANIFEST_MAX_LINES)),
+        _ => replay_manifest(&text[..at]),
     };
-    if remote_m == cached {
+    if let Some(Prescan { cached, guess, .. }) = pre
+        && remote_m == cached
+    {
         let mut p = guess;
         p.manifest_lines = lines;
         p.cache_current = same;
         p.block_sums = parse_sums(&text[at + mark.len()..], &p.modified, &p.modified_sizes);
         return Ok(p);
     }
-    let mut p = plan(scan_against(remote_m.clone()).await??, &remote_m);
+    // Not what we last wrote (someone else synced, or no cache): planned against what is
+    // there, keeping the hashes the local scan already has.
+    let (root, ex, prev) = (
+        local_root.to_path_buf(),
+        excludes.to_vec(),
+        remote_m.clone(),
+    );
+    let local =
+        tokio::task::spawn_blocking(move || scan_with(&root, &ex, &prev, HashNew::WhileSending))
+            .await??;
+    let mut p = plan(local, &remote_m);
     p.manifest_lines = lines;
     Ok(p)
+}
+
+/// The end of the conversation script: what the sync sends next, `go <length>` and a
+/// script of that many bytes (then what the script reads), or nothing.
+const INTERPRETER: &str = "read -r op n || exit 0; [ \"$op\" = go ] || exit 0; s=$(head -c \"$n\") || exit 1; eval \"$s\"";
+
+/// The line that ends a conversation's question.
+const READY_MARK: &str = "--trainctl-ready--";
+
+/// Plan and apply a sync of `local_root` as `project` (with `cache`, the local copy of the
+/// machine's manifest, and `pre`, the local tree already compared with it) in one
+/// conversation with the machine: the question, then on the same command the work. One
+/// round trip for any sync whose large changed files' signatures came with the answer,
+/// and none more for a tree that did not change. A remote that cannot converse gets
+/// [`prepare_scanned`] and [`apply_with`].
+pub async fn sync_once(
+    remote: &dyn Remote,
+    project: &str,
+    local_root: &Path,
+    excludes: &[String],
+    cache: Option<&Path>,
+    pre: Option<Prescan>,
+    dry_run: bool,
+) -> Result<(SyncPlan, SyncStats)> {
+    let pre = match pre {
+        Some(p) => Some(p),
+        None => {
+            let (root, ex, c) = (
+                local_root.to_path_buf(),
+                excludes.to_vec(),
+                cache.map(Path::to_path_buf),
+            );
+            tokio::task::spawn_blocking(move || prescan(&root, &ex, c.as_deref())).await??
+        }
+    };
+    let (q, expect_noop) = match &pre {
+        Some(p) => (
+            question(remote, project, p.generation.as_deref(), &p.guess),
+            p.guess.is_noop() && p.guess.touched.is_empty(),
+        ),
+        None => (question(remote, project, None, &SyncPlan::default()), false),
+    };
+    // Nothing to do here and nothing changed there: the machine need not wait for us.
+    let early = if expect_noop && !dry_run {
+        "[ -n \"$same\" ] && exit 0; "
+    } else {
+        ""
+    };
+    let script = format!("{q}; printf '%s\\n' {READY_MARK}; {early}{INTERPRETER}");
+    let Some(mut conv) = remote.converse(&script).await? else {
+        let plan = prepare_scanned(remote, project, local_root, excludes, pre).await?;
+        let stats = if dry_run {
+            SyncStats::default()
+        } else {
+            apply_with(remote, project, local_root, &plan, cache).await?
+        };
+        return Ok((plan, stats));
+    };
+    let mark = format!("{READY_MARK}\n");
+    let text = conv.read_until(mark.as_bytes()).await?;
+    let text = &text[..text.len() - mark.len()];
+    let plan = answer(pre, text, local_root, excludes).await?;
+    if dry_run {
+        conv.finish().await?;
+        return Ok((plan, SyncStats::default()));
+    }
+    let stats = apply_cached(remote, project, local_root, &plan, cache, Some(conv)).await?;
+    Ok((plan, stats))
 }
 
 /// [`apply`], then remember the machine's new manifest (with its generation token) in
@@ -556,29 +662,22 @@ pub async fn apply_with(
     plan: &SyncPlan,
     cache: Option<&Path>,
 ) -> Result<SyncStats> {
-    let (stats, applied) = apply_inner(remote, project, local_root, plan).await?;
-    let Some(c) = cache else {
+    apply_cached(remote, project, local_root, plan, cache, None).await
+}
+
+/// [`apply_with`], on `conv` when the plan came from a conversation still open.
+async fn apply_cached(
+    remote: &dyn Remote,
+    project: &str,
+    local_root: &Path,
+    plan: &SyncPlan,
+    cache: Option<&Path>,
+    conv: Option<Box<dyn Conversation + '_>>,
+) -> Result<SyncStats> {
+    let (stats, applied) =
+        apply_inner(remote, project, local_root, plan, cache.is_some(), conv).await?;
+    let (Some(c), Some(applied)) = (cache, applied) else {
         return Ok(stats);
-    };
-    let applied = match applied {
-        Some(a) => a,
-        None => {
-            // Nothing moved. Unless the machine confirmed our copy's generation, it
-            // records a new token for the manifest it has (what the plan read).
-            if plan.cache_current {
-                return Ok(stats);
-            }
-            let generation = crate::model::new_id("g");
-            remote
-                .exec(&generation_cmd(remote.root(), project, &generation))
-                .await?
-                .check("recording the manifest's generation")?;
-            Applied {
-                manifest: plan.manifest.clone(),
-                generation,
-                lines: plan.manifest_lines,
-            }
-        }
     };
     if let Some(dir) = c.parent() {
         std::fs::create_dir_all(dir)?;
@@ -757,7 +856,9 @@ pub async fn apply(
     local_root: &Path,
     plan: &SyncPlan,
 ) -> Result<SyncStats> {
-    Ok(apply_inner(remote, project, local_root, plan).await?.0)
+    Ok(apply_inner(remote, project, local_root, plan, false, None)
+        .await?
+        .0)
 }
 
 /// Record in `manifest` the size and hash of what was sent of `rels`.
@@ -865,9 +966,37 @@ async fn apply_inner(
     project: &str,
     local_root: &Path,
     plan: &SyncPlan,
+    remember: bool,
+    conv: Option<Box<dyn Conversation + '_>>,
 ) -> Result<(SyncStats, Option<Applied>)> {
     if plan.is_noop() && plan.touched.is_empty() {
-        return Ok((SyncStats::default(), None));
+        // Nothing moved. A copy of the manifest kept here (`remember`) needs a generation
+        // token on the machine, unless it confirmed ours.
+        if !remember || plan.cache_current {
+            if let Some(c) = conv {
+                c.finish().await?;
+            }
+            return Ok((SyncStats::default(), None));
+        }
+        let generation = crate::model::new_id("g");
+        let script = generation_cmd(remote.root(), project, &generation);
+        let out = match conv {
+            Some(mut c) => {
+                c.write(format!("go {}\n{script}", script.len()).as_bytes())
+                    .await?;
+                c.finish().await?
+            }
+            None => remote.exec(&script).await?,
+        };
+        out.check("recording the manifest's generation")?;
+        return Ok((
+            SyncStats::default(),
+            Some(Applied {
+                manifest: plan.manifest.clone(),
+                generation,
+                lines: plan.manifest_lines,
+            }),
+        ));
     }
     let dir = code_dir(remote.root(), project);
     let mut manifest = plan.manifest.clone();
@@ -995,7 +1124,6 @@ async fn apply_inner(
     };
     let trailer: crate::remote::Trailer = {
         let (mut m, whole, plan) = (manifest.clone(), whole.clone(), plan.clone());
-        let patch = patch;
         let has_deltas = !deltas.is_empty();
         Box::new(move |sent: &[Fetched]| {
             record_sent(&mut m, &whole, sent);
@@ -1008,9 +1136,19 @@ async fn apply_inner(
             Ok(input)
         })
     };
-    let (sent, out) = remote
-        .put_files_between(local_root, &whole, &dir, &before, &after, trailer)
-        .await?;
+    let (sent, out) = match conv {
+        Some(c) => {
+            converse_between(
+                c, remote, local_root, &whole, &dir, &before, &after, trailer,
+            )
+            .await?
+        }
+        None => {
+            remote
+                .put_files_between(local_root, &whole, &dir, &before, &after, trailer)
+                .await?
+        }
+    };
     record_sent(&mut manifest, &whole, &sent);
     stats.whole_files = whole.len();
     let mut recorded = out.success();
@@ -1065,6 +1203,45 @@ async fn apply_inner(
             lines,
         }),
     ))
+}
+
+/// [`Remote::put_files_between`] on an open conversation: its script after `go`, then the
+/// archive and the trailer.
+#[allow(clippy::too_many_arguments)]
+async fn converse_between(
+    mut conv: Box<dyn Conversation + '_>,
+    remote: &dyn Remote,
+    local_root: &Path,
+    rels: &[String],
+    dir: &str,
+    before: &str,
+    after: &str,
+    trailer: crate::remote::Trailer,
+) -> Result<(Vec<Fetched>, crate::remote::ExecOutput)> {
+    let script = crate::remote::pack::between_script(before, !rels.is_empty(), dir, after);
+    conv.write(format!("go {}\n{script}", script.len()).as_bytes())
+        .await?;
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<u8>>(4);
+    let (root, list) = (local_root.to_path_buf(), rels.to_vec());
+    let packer = tokio::task::spawn_blocking(move || {
+        crate::remote::pack::pack(&root, &list, &Default::default(), tx, Some(trailer))
+    });
+    let mut wrote = Ok(());
+    while let Some(chunk) = rx.recv().await {
+        if let Err(e) = conv.write(&chunk).await {
+            wrote = Err(e);
+            break;
+        }
+    }
+    drop(rx);
+    let packed = packer.await?;
+    wrote?;
+    let (sent, tail) = packed?;
+    let out = conv.finish().await?;
+    match crate::remote::pack::judge(out)? {
+        Some(out) => Ok((sent, out)),
+        None => Ok((sent, remote.exec_with_stdin(after, &tail).await?)),
+    }
 }
 
 /// What the machine's manifest became: its content, generation token and log lines.

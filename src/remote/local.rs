@@ -140,10 +140,84 @@ pub fn hash_file_with(path: &Path, with_sha256: bool) -> Result<(u64, String, Op
     ))
 }
 
+/// A command of the local remote in conversation.
+struct LocalConversation {
+    child: tokio::process::Child,
+    stdin: Option<tokio::process::ChildStdin>,
+    stdout: tokio::process::ChildStdout,
+    stderr: tokio::task::JoinHandle<Vec<u8>>,
+    buffered: Vec<u8>,
+}
+
+#[async_trait]
+impl super::Conversation for LocalConversation {
+    async fn read_until(&mut self, mark: &[u8]) -> Result<Vec<u8>> {
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            if let Some(at) = memchr::memmem::find(&self.buffered, mark) {
+                let rest = self.buffered.split_off(at + mark.len());
+                return Ok(std::mem::replace(&mut self.buffered, rest));
+            }
+            let n = self.stdout.read(&mut buf).await?;
+            if n == 0 {
+                anyhow::bail!("the command ended before answering");
+            }
+            self.buffered.extend_from_slice(&buf[..n]);
+        }
+    }
+
+    async fn write(&mut self, data: &[u8]) -> Result<()> {
+        use tokio::io::AsyncWriteExt;
+        let stdin = self.stdin.as_mut().context("stdin already closed")?;
+        Ok(stdin.write_all(data).await?)
+    }
+
+    async fn finish(mut self: Box<Self>) -> Result<ExecOutput> {
+        drop(self.stdin.take());
+        let mut stdout = std::mem::take(&mut self.buffered);
+        self.stdout.read_to_end(&mut stdout).await?;
+        let status = self.child.wait().await?;
+        let stderr = (&mut self.stderr).await.unwrap_or_default();
+        Ok(ExecOutput {
+            status: status.code().unwrap_or(128 + 9),
+            stdout,
+            stderr,
+        })
+    }
+}
+
 #[async_trait]
 impl Remote for LocalRemote {
     fn root(&self) -> &str {
         &self.root
+    }
+
+    async fn converse<'a>(
+        &'a self,
+        script: &str,
+    ) -> Result<Option<Box<dyn super::Conversation + 'a>>> {
+        let mut child = self
+            .command(script)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("running sh in the sandbox")?;
+        let stdin = child.stdin.take();
+        let stdout = child.stdout.take().context("no stdout pipe")?;
+        let mut err = child.stderr.take().context("no stderr pipe")?;
+        let stderr = tokio::spawn(async move {
+            let mut v = Vec::new();
+            let _ = err.read_to_end(&mut v).await;
+            v
+        });
+        Ok(Some(Box::new(LocalConversation {
+            child,
+            stdin,
+            stdout,
+            stderr,
+            buffered: Vec::new(),
+        })))
     }
 
     async fn exec(&self, script: &str) -> Result<ExecOutput> {

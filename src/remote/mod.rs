@@ -3,6 +3,7 @@
 //! processes in a sandbox directory, `ssh` (next) the same over an SSH connection.
 
 pub mod local;
+pub mod pack;
 
 use anyhow::{Context, Result};
 use async_trait::async_trait;
@@ -179,6 +180,18 @@ pub struct Fetched {
     pub blake3: String,
 }
 
+/// A command whose stdin is written after reading the start of its output: a question and
+/// its answer in one round trip (see [`Remote::converse`]).
+#[async_trait]
+pub trait Conversation: Send {
+    /// The command's stdout up to and including `mark` (an error if it ends first).
+    async fn read_until(&mut self, mark: &[u8]) -> Result<Vec<u8>>;
+    /// More of the command's stdin.
+    async fn write(&mut self, data: &[u8]) -> Result<()>;
+    /// Close stdin; the rest of the output and the exit status.
+    async fn finish(self: Box<Self>) -> Result<ExecOutput>;
+}
+
 /// What follows the files of [`Remote::put_files_between`] on `after`'s stdin, made from
 /// what was sent (sizes and hashes known only once the files were read).
 pub type Trailer = Box<dyn FnOnce(&[Fetched]) -> Result<Vec<u8>> + Send>;
@@ -226,6 +239,12 @@ pub trait Remote: Send + Sync {
         remote_root: &str,
         sent: std::sync::Arc<std::sync::atomic::AtomicU64>,
     ) -> Result<Vec<Fetched>>;
+    /// Start `script` for a conversation (None when this remote cannot hold one; the
+    /// caller then uses separate commands).
+    async fn converse<'a>(&'a self, _script: &str) -> Result<Option<Box<dyn Conversation + 'a>>> {
+        Ok(None)
+    }
+
     /// One step of a sync in one round trip where the transport allows it: the shell
     /// `before`, then `rels` copied as [`Remote::put_files`] does, then the shell `after`
     /// with `trailer(what was sent)` on its stdin. A failing `before` or copy is an error;

@@ -5,8 +5,7 @@
 
 use super::config::{HostConfig, SshConfig, expand, home};
 use crate::remote::{
-    ConnectionLost, ExecOutput, Fetched, Remote, is_connection_lost, retry_lost, safe_join,
-    sh_quote,
+    ConnectionLost, ExecOutput, Fetched, Remote, is_connection_lost, retry_lost, sh_quote,
 };
 use anyhow::{Context, Result, anyhow, bail};
 use async_trait::async_trait;
@@ -15,7 +14,6 @@ use russh::client;
 use russh::keys::{HashAlg, PrivateKeyWithHashAlg, PublicKey, PublicKeyOrCertificate};
 
 use std::collections::{BTreeMap, HashMap};
-use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -370,68 +368,12 @@ async fn watch<T>(conn: &Conn, fut: impl std::future::Future<Output = T>) -> Opt
     }
 }
 
-/// Reads through, hashing and counting what passes.
-struct HashingReader<'a, R> {
-    inner: R,
-    hasher: blake3::Hasher,
-    n: u64,
-    /// Every byte read, across files (progress).
-    total: Option<&'a std::sync::atomic::AtomicU64>,
-}
-
-impl<R: std::io::Read> std::io::Read for HashingReader<'_, R> {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let k = self.inner.read(buf)?;
-        self.hasher.update(&buf[..k]);
-        self.n += k as u64;
-        if let Some(t) = self.total {
-            t.fetch_add(k as u64, std::sync::atomic::Ordering::Relaxed);
-        }
-        Ok(k)
-    }
-}
-
 /// What a command reads on stdin.
 enum Stdin<'a> {
     Empty,
     Bytes(&'a [u8]),
     /// Chunks as they are produced (a tar archive being built).
     Stream(mpsc::Receiver<Vec<u8>>),
-}
-
-/// A `Write` that hands 1 MiB chunks to an async sender (from a blocking thread).
-struct ChunkWriter {
-    tx: mpsc::Sender<Vec<u8>>,
-    buf: Vec<u8>,
-    /// Bytes written so far.
-    n: u64,
-}
-
-/// GNU tar's default record: it reads whole records, and none past the one that ends the
-/// archive.
-const TAR_RECORD: u64 = 20 * 512;
-
-/// The line between an archive and the trailer after it (see `put_files_between`).
-const TRAILER_MARK: &str = "--trainctl-trailer--";
-
-impl std::io::Write for ChunkWriter {
-    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-        self.n += b.len() as u64;
-        self.buf.extend_from_slice(b);
-        if self.buf.len() >= 1 << 20 {
-            self.flush()?;
-        }
-        Ok(b.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        if !self.buf.is_empty() {
-            let chunk = std::mem::replace(&mut self.buf, Vec::with_capacity(1 << 20));
-            self.tx.blocking_send(chunk).map_err(|_| {
-                std::io::Error::new(std::io::ErrorKind::BrokenPipe, "the connection closed")
-            })?;
-        }
-        Ok(())
-    }
 }
 
 /// The checksum a machine reported for a file it is about to send.
@@ -919,65 +861,12 @@ impl SshRemote {
         total: std::sync::Arc<std::sync::atomic::AtomicU64>,
         trailer: Option<crate::remote::Trailer>,
     ) -> Result<(Vec<Fetched>, ExecOutput, Vec<u8>)> {
-        for r in rels {
-            safe_join(Path::new("/x"), r)?;
-        }
         let root = local_root.to_path_buf();
         let list = rels.to_vec();
         // The archive is built while it is sent: memory stays at a few chunks.
         let (tx, rx) = mpsc::channel::<Vec<u8>>(4);
-        let packer = tokio::task::spawn_blocking(move || -> Result<(Vec<Fetched>, Vec<u8>)> {
-            let mut w = ChunkWriter {
-                tx,
-                buf: Vec::with_capacity(1 << 20),
-                n: 0,
-            };
-            let mut sent = Vec::with_capacity(list.len());
-            if !list.is_empty() {
-                let mut b = tar::Builder::new(&mut w);
-                for rel in &list {
-                    let p = root.join(rel);
-                    let file = std::fs::File::open(&p).with_context(|| format!("opening {rel}"))?;
-                    let meta = file.metadata()?;
-                    // The mtime to the nanosecond, as `rsync -a` keeps it: a PAX record
-                    // before the entry (the GNU header itself holds whole seconds).
-                    if let Ok(m) = meta.modified()
-                        && let Ok(d) = m.duration_since(std::time::UNIX_EPOCH)
-                    {
-                        append_pax_mtime(&mut b, d.as_secs(), d.subsec_nanos())?;
-                    }
-                    let mut header = tar::Header::new_gnu();
-                    header.set_metadata_in_mode(&meta, tar::HeaderMode::Complete);
-                    // Hash what is read into the archive: exactly the bytes the machine gets.
-                    let mut reader = HashingReader {
-                        inner: file.take(meta.len()),
-                        hasher: blake3::Hasher::new(),
-                        n: 0,
-                        total: Some(&total),
-                    };
-                    b.append_data(&mut header, rel, &mut reader)
-                        .with_context(|| format!("packing {rel}"))?;
-                    sent.push(Fetched {
-                        size: reader.n,
-                        blake3: reader.hasher.finalize().to_hex().to_string(),
-                    });
-                }
-                b.finish()?;
-            }
-            let mut tail = Vec::new();
-            if let Some(t) = trailer {
-                if !list.is_empty() {
-                    // A whole record (GNU tar's 20 blocks), so tar reads no further.
-                    let pad = (TAR_RECORD - w.n % TAR_RECORD) % TAR_RECORD;
-                    w.write_all(&vec![0u8; pad as usize])?;
-                }
-                tail = t(&sent)?;
-                w.write_all(TRAILER_MARK.as_bytes())?;
-                w.write_all(b"\n")?;
-                w.write_all(&tail)?;
-            }
-            w.flush()?;
-            Ok((sent, tail))
+        let packer = tokio::task::spawn_blocking(move || {
+            crate::remote::pack::pack(&root, &list, &total, tx, trailer)
         });
         let ran = self.exec_raw(script, Stdin::Stream(rx), None).await;
         let packed = packer.await?;
@@ -1065,18 +954,7 @@ impl SshRemote {
         self.execs
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let command = format!("sh -c {}", sh_quote(script));
-        let mut fresh = false;
-        let (conn, mut channel) = loop {
-            let conn = self.handle(fresh).await?;
-            match conn.channel_open_session().await {
-                Ok(c) => break (conn, c),
-                Err(e) if !fresh => {
-                    tracing::warn!("{}: channel failed ({e}); reconnecting", self.target.alias);
-                    fresh = true;
-                }
-                Err(e) => return Err(anyhow!("{}: opening a channel: {e}", self.target.alias)),
-            }
-        };
+        let (conn, mut channel) = self.open_channel().await?;
         // A send waiting for window space is not woken when the connection dies: every
         // step also watches the connection itself.
         self.step(&conn, channel.exec(true, command.as_bytes()))
@@ -1127,6 +1005,22 @@ impl SshRemote {
         }
         out.status = status.ok_or_else(|| self.lost(None))?;
         Ok(out)
+    }
+
+    /// A session channel, on a new connection when the current one cannot open one.
+    async fn open_channel(&self) -> Result<(Conn, russh::Channel<client::Msg>)> {
+        let mut fresh = false;
+        loop {
+            let conn = self.handle(fresh).await?;
+            match conn.channel_open_session().await {
+                Ok(c) => return Ok((conn, c)),
+                Err(e) if !fresh => {
+                    tracing::warn!("{}: channel failed ({e}); reconnecting", self.target.alias);
+                    fresh = true;
+                }
+                Err(e) => return Err(anyhow!("{}: opening a channel: {e}", self.target.alias)),
+            }
+        }
     }
 
     /// The error for a command whose connection went away, with the cause when known.
@@ -1226,8 +1120,112 @@ impl SshRemote {
     }
 }
 
+/// A command on the machine in conversation (see [`Remote::converse`]).
+struct SshConversation<'a> {
+    remote: &'a SshRemote,
+    conn: Conn,
+    channel: russh::Channel<client::Msg>,
+    out: ExecOutput,
+    status: Option<i32>,
+    /// Stdout received past what was read.
+    buffered: Vec<u8>,
+    closed: bool,
+}
+
+impl SshConversation<'_> {
+    /// The next message, noting output, status and closing; None once closed.
+    async fn next(&mut self) -> Option<()> {
+        if self.closed {
+            return None;
+        }
+        let Some(msg) = watch(&self.conn, self.channel.wait()).await.flatten() else {
+            self.closed = true;
+            return None;
+        };
+        match msg {
+            ChannelMsg::Data { data } => {
+                self.remote
+                    .output
+                    .fetch_add(data.len() as u64, std::sync::atomic::Ordering::Relaxed);
+                self.buffered.extend_from_slice(&data);
+            }
+            ChannelMsg::ExtendedData { data, .. } => {
+                self.remote
+                    .output
+                    .fetch_add(data.len() as u64, std::sync::atomic::Ordering::Relaxed);
+                self.out.stderr.extend_from_slice(&data);
+            }
+            ChannelMsg::ExitStatus { exit_status } => self.status = Some(exit_status as i32),
+            ChannelMsg::ExitSignal { .. } => self.status = self.status.or(Some(128 + 9)),
+            ChannelMsg::Close => self.closed = true,
+            _ => {}
+        }
+        Some(())
+    }
+}
+
+#[async_trait]
+impl crate::remote::Conversation for SshConversation<'_> {
+    async fn read_until(&mut self, mark: &[u8]) -> Result<Vec<u8>> {
+        loop {
+            if let Some(at) = memchr::memmem::find(&self.buffered, mark) {
+                let rest = self.buffered.split_off(at + mark.len());
+                return Ok(std::mem::replace(&mut self.buffered, rest));
+            }
+            if self.next().await.is_none() {
+                return Err(match self.status {
+                    Some(st) => anyhow!(
+                        "the command ended (exit {st}) before answering: {}",
+                        crate::sanitize::sanitize_line(self.out.stderr.trim_ascii())
+                    ),
+                    None => self.remote.lost(None),
+                });
+            }
+        }
+    }
+
+    async fn write(&mut self, data: &[u8]) -> Result<()> {
+        self.remote
+            .sent
+            .fetch_add(data.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        self.remote.step(&self.conn, self.channel.data(data)).await
+    }
+
+    async fn finish(mut self: Box<Self>) -> Result<ExecOutput> {
+        if !self.closed && self.status.is_none() {
+            self.remote.step(&self.conn, self.channel.eof()).await?;
+        }
+        while self.next().await.is_some() {}
+        let mut out = std::mem::take(&mut self.out);
+        out.stdout = std::mem::take(&mut self.buffered);
+        out.status = self.status.ok_or_else(|| self.remote.lost(None))?;
+        Ok(out)
+    }
+}
+
 #[async_trait]
 impl Remote for SshRemote {
+    async fn converse<'a>(
+        &'a self,
+        script: &str,
+    ) -> Result<Option<Box<dyn crate::remote::Conversation + 'a>>> {
+        self.execs
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let command = format!("sh -c {}", sh_quote(script));
+        let (conn, channel) = self.open_channel().await?;
+        self.step(&conn, channel.exec(true, command.as_bytes()))
+            .await?;
+        Ok(Some(Box::new(SshConversation {
+            remote: self,
+            conn,
+            channel,
+            out: ExecOutput::default(),
+            status: None,
+            buffered: Vec::new(),
+            closed: false,
+        })))
+    }
+
     fn root(&self) -> &str {
         &self.root
     }
@@ -1279,10 +1277,7 @@ impl Remote for SshRemote {
         remote_root: &str,
         total: std::sync::Arc<std::sync::atomic::AtomicU64>,
     ) -> Result<Vec<Fetched>> {
-        let script = format!(
-            "mkdir -p {r} && tar -x -p --no-same-owner -f - -C {r}",
-            r = sh_quote(remote_root)
-        );
+        let script = crate::remote::pack::unpack_script(remote_root);
         let (files, out, _) = self.put_tar(local_root, rels, &script, total, None).await?;
         out.check("unpacking files on the machine")?;
         Ok(files)
@@ -1297,41 +1292,15 @@ impl Remote for SshRemote {
         after: &str,
         trailer: crate::remote::Trailer,
     ) -> Result<(Vec<Fetched>, ExecOutput)> {
-        // One command: `before`, the archive, then `after` reading what follows it. The
-        // archive ends on a whole tar record, where GNU tar stops reading, and a mark line
-        // proves `after` starts at the trailer; a tar that read past its end is caught by
-        // the mark, and `after` then runs as a command of its own.
-        let mut script = String::new();
-        if !before.is_empty() {
-            script.push_str(&format!("{{ {before}\n}} || exit 76\n"));
-        }
-        if !rels.is_empty() {
-            script.push_str(&format!(
-                "mkdir -p {r} && tar -x -p --no-same-owner -f - -C {r} || exit 77\n",
-                r = sh_quote(remote_root)
-            ));
-        }
-        script.push_str(&format!(
-            "IFS= read -r m || m=\n[ \"$m\" = {TRAILER_MARK} ] || exit 75\n{after}"
-        ));
+        // One command: `before`, the archive, then `after` reading what follows it.
+        let script =
+            crate::remote::pack::between_script(before, !rels.is_empty(), remote_root, after);
         let (files, out, trailer) = self
             .put_tar(local_root, rels, &script, Default::default(), Some(trailer))
             .await?;
-        match out.status {
-            76 => Err(out
-                .check("updating links, deletions and times")
-                .err()
-                .unwrap_or_else(|| anyhow!("exit 76"))),
-            77 => Err(out
-                .check("unpacking files on the machine")
-                .err()
-                .unwrap_or_else(|| anyhow!("exit 77"))),
-            75 => {
-                tracing::debug!("the machine's tar read past its archive; `after` runs alone");
-                let out = self.exec_with_stdin(after, &trailer).await?;
-                Ok((files, out))
-            }
-            _ => Ok((files, out)),
+        match crate::remote::pack::judge(out)? {
+            Some(out) => Ok((files, out)),
+            None => Ok((files, self.exec_with_stdin(after, &trailer).await?)),
         }
     }
 
@@ -1439,26 +1408,6 @@ impl Remote for SshRemote {
             )),
         }
     }
-}
-
-/// A PAX extended header carrying `mtime=SECS.NANOS` for the next entry of `b`.
-fn append_pax_mtime<W: std::io::Write>(
-    b: &mut tar::Builder<W>,
-    secs: u64,
-    nanos: u32,
-) -> std::io::Result<()> {
-    let body = format!(" mtime={secs}.{nanos:09}\n");
-    // The record's length counts its own digits.
-    let mut len = body.len() + 1;
-    while format!("{len}{body}").len() != len {
-        len += 1;
-    }
-    let record = format!("{len}{body}");
-    let mut h = tar::Header::new_ustar();
-    h.set_entry_type(tar::EntryType::XHeader);
-    h.set_size(record.len() as u64);
-    h.set_mode(0o644);
-    b.append_data(&mut h, "././@PaxHeader", record.as_bytes())
 }
 
 #[cfg(test)]

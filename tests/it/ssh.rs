@@ -1158,3 +1158,66 @@ async fn a_login_password_is_asked_through_the_prompt_and_kept_for_the_session()
     assert_eq!(r2.exec("echo again").await.unwrap().stdout_str(), "again\n");
     assert_eq!(asked.lock().unwrap().len(), 2);
 }
+
+/// The engine's sync is one conversation with the machine, one command whatever changed:
+/// the question (manifest or "unchanged", block signatures of the changed large files)
+/// and, on the same command, the work. Data inserted in the middle of a large file moves
+/// only about the inserted bytes (rolling checksum), and every file keeps its mtime.
+#[tokio::test]
+async fn a_sync_is_one_command_and_an_insertion_moves_only_itself() {
+    let sshd = Sshd::start();
+    let work = tempfile::tempdir().unwrap();
+    let remote_root = work.path().join("remote");
+    let r = connect_trusting(&sshd, work.path(), &remote_root).await;
+    let src = work.path().join("src");
+    small_tree(&src, 200, 10);
+    let mut big = pseudo_random(&mut 0x2545_f491_4f6c_dd1du64, 3 << 20);
+    std::fs::write(src.join("weights.bin"), &big).unwrap();
+    use trainctl::job::sync;
+    let cache = work.path().join("cache.json");
+    let once = async || {
+        let (execs, sent) = (r.exec_count(), r.bytes_sent());
+        let (plan, st) = sync::sync_once(&r, "p", &src, &[], Some(&cache), None, false)
+            .await
+            .unwrap();
+        (plan, st, r.exec_count() - execs, r.bytes_sent() - sent)
+    };
+    let (plan, _, execs, _) = once().await;
+    assert_eq!((plan.upload.len(), execs), (201, 1));
+    // 64 KiB inserted at 1 MiB: the rest shifts.
+    let ins = pseudo_random(&mut 7, 64 << 10);
+    big.splice(1 << 20..1 << 20, ins);
+    std::fs::write(src.join("weights.bin"), &big).unwrap();
+    std::fs::write(src.join("d0/f0.py"), "x = 'edited'\n").unwrap();
+    std::fs::remove_file(src.join("d1/f1.py")).unwrap();
+    let (plan, st, execs, sent) = once().await;
+    assert_eq!(execs, 1, "{plan:?}");
+    assert_eq!((st.delta_files, st.whole_files), (1, 1), "{st:?}");
+    assert!(
+        sent < (64 << 10) + 40_000,
+        "{sent} bytes sent for a 64 KiB insertion"
+    );
+    let code = remote_root.join("code/p");
+    assert_eq!(std::fs::read(code.join("weights.bin")).unwrap(), big);
+    assert!(!code.join("d1/f1.py").exists());
+    let mtime = |p: &Path| std::fs::metadata(p).unwrap().modified().unwrap();
+    assert_eq!(
+        mtime(&code.join("weights.bin")),
+        mtime(&src.join("weights.bin"))
+    );
+    assert_eq!(mtime(&code.join("d0/f0.py")), mtime(&src.join("d0/f0.py")));
+    // Unchanged: one command that ends without waiting for us.
+    let (plan, _, execs, _) = once().await;
+    assert!(plan.is_noop());
+    assert_eq!(execs, 1);
+    // A dry run plans and changes nothing.
+    std::fs::write(src.join("d0/f0.py"), "x = 'again'\n").unwrap();
+    let (plan, _) = sync::sync_once(&r, "p", &src, &[], Some(&cache), None, true)
+        .await
+        .unwrap();
+    assert_eq!(plan.upload, vec!["d0/f0.py".to_string()]);
+    assert_eq!(
+        std::fs::read_to_string(code.join("d0/f0.py")).unwrap(),
+        "x = 'edited'\n"
+    );
+}

@@ -176,6 +176,9 @@ mod converge {
         Link(usize, usize),
         Chmod(usize, bool),
         Touch(usize, i64),
+        /// A large file (block deltas): made, or edited by an insertion, an overwrite or an
+        /// append at a position.
+        Big(usize, u16, u8),
     }
 
     /// Paths that overlap on purpose: `a` is a file in one step and a directory in the next.
@@ -188,6 +191,7 @@ mod converge {
             (0..PATHS.len(), 0..PATHS.len()).prop_map(|(p, t)| Op::Link(p, t)),
             (0..PATHS.len(), any::<bool>()).prop_map(|(p, x)| Op::Chmod(p, x)),
             (0..PATHS.len(), 0i64..1_000_000_000).prop_map(|(p, t)| Op::Touch(p, t)),
+            (0..PATHS.len(), any::<u16>(), any::<u8>()).prop_map(|(p, at, k)| Op::Big(p, at, k)),
         ]
     }
 
@@ -227,6 +231,43 @@ mod converge {
                 std::fs::write(&p, vec![*b; 1 + *b as usize]).unwrap();
             }
             Op::Remove(i) => remove(&root.join(PATHS[*i])),
+            Op::Big(i, at, kind) => {
+                let p = root.join(PATHS[*i]);
+                let noise = |n: usize, seed: u64| -> Vec<u8> {
+                    let mut x = seed | 1;
+                    (0..n)
+                        .map(|_| {
+                            x ^= x << 13;
+                            x ^= x >> 7;
+                            x ^= x << 17;
+                            (x >> 24) as u8
+                        })
+                        .collect()
+                };
+                match std::fs::symlink_metadata(&p) {
+                    Ok(m) if m.is_file() && m.len() >= 20_000 => {
+                        let mut data = std::fs::read(&p).unwrap();
+                        let at = *at as usize % data.len();
+                        let chunk = noise(300, at as u64 + *kind as u64);
+                        match kind % 3 {
+                            0 => {
+                                data.splice(at..at, chunk);
+                            }
+                            1 => {
+                                let end = (at + chunk.len()).min(data.len());
+                                data[at..end].copy_from_slice(&chunk[..end - at]);
+                            }
+                            _ => data.extend_from_slice(&chunk),
+                        }
+                        std::fs::write(&p, data).unwrap();
+                    }
+                    _ => {
+                        make_parents(root, PATHS[*i]);
+                        remove(&p);
+                        std::fs::write(&p, noise(40_000 + *at as usize, *kind as u64)).unwrap();
+                    }
+                }
+            }
             Op::Link(i, t) => {
                 let p = root.join(PATHS[*i]);
                 make_parents(root, PATHS[*i]);
@@ -256,19 +297,37 @@ mod converge {
         }
     }
 
+    /// Sync `root` as the engine does (one conversation), or in two steps (plan, then
+    /// apply: remotes that cannot converse).
+    pub async fn sync_once_or_twice(
+        remote: &dyn Remote,
+        root: &Path,
+        cache: Option<&Path>,
+        once: bool,
+    ) {
+        if once {
+            sync::sync_once(remote, "p", root, &[], cache, None, false)
+                .await
+                .unwrap();
+        } else {
+            let plan = sync::prepare_with(remote, "p", root, &[], cache)
+                .await
+                .unwrap();
+            sync::apply_with(remote, "p", root, &plan, cache)
+                .await
+                .unwrap();
+        }
+    }
+
     /// Sync `root` to the machine once; its tree must then equal the local one.
     pub async fn sync_and_compare(
         remote: &dyn Remote,
         root: &Path,
         code: &Path,
         cache: Option<&Path>,
+        once: bool,
     ) {
-        let plan = sync::prepare_with(remote, "p", root, &[], cache)
-            .await
-            .unwrap();
-        sync::apply_with(remote, "p", root, &plan, cache)
-            .await
-            .unwrap();
+        sync_once_or_twice(remote, root, cache, once).await;
         let got = if code.exists() {
             snapshot(code)
         } else {
@@ -293,11 +352,11 @@ mod converge {
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
             // With a local copy of the machine's manifest, as the engine syncs.
             let cache = dir.path().join("cache.json");
-            for step in &ops {
+            for (k, step) in ops.iter().enumerate() {
                 for o in step {
                     apply_op(&root, o);
                 }
-                rt.block_on(sync_and_compare(&remote, &root, &code, Some(&cache)));
+                rt.block_on(sync_and_compare(&remote, &root, &code, Some(&cache), k % 2 == 0));
             }
         }
     }
@@ -319,7 +378,7 @@ async fn tree_kind_changes_converge_over_ssh() {
     std::fs::write(src.join("pkg/settings"), "settings").unwrap();
     std::fs::create_dir_all(src.join("old/deep")).unwrap();
     std::fs::write(src.join("old/deep/x.py"), "x").unwrap();
-    converge::sync_and_compare(&r, &src, &code, None).await;
+    converge::sync_and_compare(&r, &src, &code, None, true).await;
     // Swap kinds, drop a directory, and let the machine add a file of its own in the way.
     std::fs::remove_dir_all(src.join("pkg/models")).unwrap();
     std::fs::write(src.join("pkg/models"), "now a file").unwrap();
@@ -329,7 +388,7 @@ async fn tree_kind_changes_converge_over_ssh() {
     std::fs::remove_dir_all(src.join("old")).unwrap();
     std::fs::create_dir_all(code.join("pkg/models/__pycache__")).unwrap();
     std::fs::write(code.join("pkg/models/__pycache__/net.pyc"), "junk").unwrap();
-    converge::sync_and_compare(&r, &src, &code, None).await;
+    converge::sync_and_compare(&r, &src, &code, None, false).await;
     assert!(
         !code.join("old").exists(),
         "an empty directory was left behind"
@@ -341,7 +400,7 @@ async fn tree_kind_changes_converge_over_ssh() {
         .unwrap()
         .set_modified(std::time::UNIX_EPOCH + std::time::Duration::new(1_600_000_000, 123_456_789))
         .unwrap();
-    converge::sync_and_compare(&r, &src, &code, None).await;
+    converge::sync_and_compare(&r, &src, &code, None, true).await;
     // A failing command's stderr keeps its lines.
     let e = r
         .exec("echo one >&2; echo two >&2; exit 4")
