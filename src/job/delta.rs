@@ -37,19 +37,11 @@ pub struct Signature {
     pub strong: Vec<[u8; 8]>,
 }
 
-/// zlib's Adler-32 of `data`.
+/// zlib's Adler-32 of `data` (SIMD).
 pub fn adler32(data: &[u8]) -> u32 {
-    let (mut a, mut b) = (1u32, 0u32);
-    // 5552 bytes is the most that cannot overflow u32 before the modulo (zlib's NMAX).
-    for chunk in data.chunks(5552) {
-        for &x in chunk {
-            a += x as u32;
-            b += a;
-        }
-        a %= MOD;
-        b %= MOD;
-    }
-    (b << 16) | a
+    let mut h = simd_adler32::Adler32::new();
+    h.write(data);
+    h.finish()
 }
 
 fn strong(block: &[u8]) -> [u8; 8] {

@@ -807,7 +807,18 @@ async fn prepare_deltas(
             let path = root.join(rel);
             let data = std::fs::read(&path)?;
             let meta = std::fs::metadata(&path)?;
-            let Some(ops) = delta::diff(&data, &sig) else {
+            // The two whole-file hashes beside the search (two cores).
+            let (ops, sha, b3) = std::thread::scope(|sc| {
+                let sha = sc.spawn(|| sha2::Sha256::digest(&data));
+                let b3 = sc.spawn(|| blake3::hash(&data));
+                let ops = delta::diff(&data, &sig);
+                (ops, sha.join(), b3.join())
+            });
+            let (sha, b3) = (
+                sha.map_err(|_| anyhow::anyhow!("hashing panicked"))?,
+                b3.map_err(|_| anyhow::anyhow!("hashing panicked"))?,
+            );
+            let Some(ops) = ops else {
                 continue;
             };
             let literal = delta::literal_bytes(&ops);
@@ -825,7 +836,7 @@ async fn prepare_deltas(
             let header = serde_json::json!({
                 "path": rel, "size": data.len(), "mode": meta.permissions().mode() & 0o7777,
                 "mtime_ns": mtime_ns, "block": sig.block, "ops": wire,
-                "sha256": crate::model::hex(&sha2::Sha256::digest(&data)),
+                "sha256": crate::model::hex(&sha),
             });
             stream.extend_from_slice(header.to_string().as_bytes());
             stream.push(b'\n');
@@ -838,7 +849,7 @@ async fn prepare_deltas(
                 rel: rel.clone(),
                 fetched: Fetched {
                     size: data.len() as u64,
-                    blake3: blake3::hash(&data).to_hex().to_string(),
+                    blake3: b3.to_hex().to_string(),
                 },
                 literal: literal as u64,
                 mtime_ns,
