@@ -1,7 +1,7 @@
 # trainctl block delta helper, run on the machine by `python3 -S -c`.
 # usage: sums BLOCK PATH [BLOCK PATH ...]
-#            -> per path: <u32 index><i64 count> then count x (<u32 adler32><8 bytes of
-#               SHA-256>) per BLOCK-byte block, little-endian (count -1: unreadable)
+#            -> per path: <u32 index><i64 count> then count x (<u32 adler32><u32 crc32>)
+#               per BLOCK-byte block, little-endian (count -1: unreadable)
 #        patch [REST]
 #            -> reads stdin: per file a header line (JSON: path, size, mode, mtime_ns,
 #               sha256, block, ops = [[first, count] copy old blocks | [-1, n] n literal
@@ -23,7 +23,7 @@ def sums(args):
                     b = f.read(block)
                     if not b:
                         break
-                    entries.append(struct.pack("<I", zlib.adler32(b)) + hashlib.sha256(b).digest()[:8])
+                    entries.append(struct.pack("<II", zlib.adler32(b), zlib.crc32(b)))
         except OSError:
             out.write(struct.pack("<Iq", i // 2, -1))
             continue

@@ -1,22 +1,23 @@
 //! Block delta of a changed file against the machine's older copy, as rsync does it: the
-//! machine sends a signature of its copy (per block, a rolling weak checksum and 8 bytes of
-//! a strong one), and the sender finds those blocks anywhere in the new content with the
+//! machine sends a signature of its copy (per block, a rolling checksum and a CRC-32), and the sender finds those blocks anywhere in the new content with the
 //! rolling checksum, so data inserted in the middle (shifting the rest) moves only about
 //! the inserted bytes. The result is a list of operations: copy blocks of the old file, or
 //! insert literal bytes. The machine rebuilds the file from them (`assets/remote/delta.py`)
 //! and checks its SHA-256 before it replaces the old one.
 //!
-//! Weak checksum: Adler-32 (zlib's, so the machine's Python computes it in C), rolled one
-//! byte at a time. Strong: the first 8 bytes of the block's SHA-256. A false match is
-//! caught by the whole-file SHA-256 (the file is then sent whole).
+//! Rolling checksum: Adler-32 (zlib's, so the machine's Python computes it in C), rolled one
+//! byte at a time. The second check is the block's CRC-32 (zlib's too): 64 bits per
+//! block in all. A false match cannot corrupt a file, only cost a resend: the rebuilt file
+//! must have the sender's SHA-256 or it is not used (and the file is then sent whole), so
+//! the per-block check is chosen for speed (on both sides, at memory speed) and size
+//! (8 bytes a block) rather than strength.
 
-use sha2::Digest;
 use std::collections::HashMap;
 
 const MOD: u32 = 65_521;
 
 /// The block size for a file of `size` bytes: a power of two near twice its square root,
-/// 4 KiB to 128 KiB (a 50 MB file: 16 KiB blocks, 3 200 of them, 38 KB of signature).
+/// 4 KiB to 128 KiB (a 50 MB file: 16 KiB blocks, 3 200 of them, 25 KB of signature).
 pub fn block_size(size: u64) -> usize {
     let target = 2.0 * (size as f64).sqrt();
     (target as usize)
@@ -24,8 +25,8 @@ pub fn block_size(size: u64) -> usize {
         .clamp(4 << 10, 128 << 10)
 }
 
-/// Bytes per block in a signature: 4 of weak checksum, 8 of strong.
-pub const SIG_ENTRY: usize = 12;
+/// Bytes per block in a signature: Adler-32 and CRC-32, little-endian.
+pub const SIG_ENTRY: usize = 8;
 
 /// The machine's description of its copy of one file.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -34,7 +35,7 @@ pub struct Signature {
     /// The old file's size (its last block may be short).
     pub size: u64,
     pub weak: Vec<u32>,
-    pub strong: Vec<[u8; 8]>,
+    pub strong: Vec<[u8; 4]>,
 }
 
 /// zlib's Adler-32 of `data` (SIMD).
@@ -44,9 +45,8 @@ pub fn adler32(data: &[u8]) -> u32 {
     h.finish()
 }
 
-fn strong(block: &[u8]) -> [u8; 8] {
-    let d = sha2::Sha256::digest(block);
-    d[..8].try_into().expect("8 bytes")
+fn strong(block: &[u8]) -> [u8; 4] {
+    crc32fast::hash(block).to_le_bytes()
 }
 
 /// The signature of `data` cut in `block`-byte blocks (what the machine computes).
@@ -81,6 +81,29 @@ pub fn parse_entries(bytes: &[u8], block: usize, size: u64) -> Option<Signature>
     }
     let want = size.div_ceil(block as u64) as usize;
     (s.weak.len() == want).then_some(s)
+}
+
+impl Signature {
+    /// The signature as stored: size and block size (u64 LE), then the entries.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut v = Vec::with_capacity(16 + self.weak.len() * SIG_ENTRY);
+        v.extend_from_slice(&self.size.to_le_bytes());
+        v.extend_from_slice(&(self.block as u64).to_le_bytes());
+        for (w, s) in self.weak.iter().zip(&self.strong) {
+            v.extend_from_slice(&w.to_le_bytes());
+            v.extend_from_slice(s);
+        }
+        v
+    }
+
+    pub fn from_bytes(b: &[u8]) -> Option<Signature> {
+        let size = u64::from_le_bytes(b.get(..8)?.try_into().ok()?);
+        let block = u64::from_le_bytes(b.get(8..16)?.try_into().ok()?) as usize;
+        if block == 0 {
+            return None;
+        }
+        parse_entries(&b[16..], block, size)
+    }
 }
 
 /// One step of rebuilding the file.
@@ -325,7 +348,8 @@ mod tests {
             bytes.extend_from_slice(&w.to_le_bytes());
             bytes.extend_from_slice(s);
         }
-        assert_eq!(parse_entries(&bytes, 4096, 70_000), Some(sig));
+        assert_eq!(parse_entries(&bytes, 4096, 70_000), Some(sig.clone()));
+        assert_eq!(Signature::from_bytes(&sig.to_bytes()), Some(sig.clone()));
         assert_eq!(parse_entries(&bytes[..24], 4096, 70_000), None);
     }
 }

@@ -469,7 +469,19 @@ pub fn prescan(
         return Ok(None);
     };
     let scanned = scan_with(local_root, excludes, &cached, HashNew::WhileSending)?;
-    let guess = plan(scanned, &cached);
+    let mut guess = plan(scanned, &cached);
+    // Signatures of what the machine holds, kept from the syncs that sent it: not asked for.
+    let sigs = sig_dir(cache.expect("a cache was read"));
+    for (rel, size) in guess.modified.iter().zip(&guess.modified_sizes) {
+        if let Some(e) = cached.get(rel)
+            && let Ok(bytes) = std::fs::read(sigs.join(&e.hash))
+            && let Some(sig) = delta::Signature::from_bytes(&bytes)
+            && sig.size == *size
+            && sig.block == delta::block_size(*size)
+        {
+            guess.block_sums.insert(rel.clone(), sig);
+        }
+    }
     Ok(Some(Prescan {
         cached,
         generation,
@@ -533,15 +545,53 @@ fn question(
         None => cat,
     };
     let mut script = format!("{fetch}; printf '\\n%s\\n' {SUMS_MARK}");
-    if !guess.modified.is_empty() {
+    let (files, sizes) = to_ask(guess);
+    if !files.is_empty() {
         script.push_str("; ");
         script.push_str(&sums_script(
             &code_dir(remote.root(), project),
-            &guess.modified,
-            &guess.modified_sizes,
+            &files,
+            &sizes,
         ));
     }
     script
+}
+
+/// The modified files whose signatures the machine is asked for (those not kept here).
+fn to_ask(guess: &SyncPlan) -> (Vec<String>, Vec<u64>) {
+    guess
+        .modified
+        .iter()
+        .zip(&guess.modified_sizes)
+        .filter(|(f, _)| !guess.block_sums.contains_key(*f))
+        .map(|(f, s)| (f.clone(), *s))
+        .unzip()
+}
+
+/// Keep `new` signatures in `dir` and drop those of content the machine no longer has
+/// (best effort: a missing signature only means asking the machine).
+fn keep_sigs(dir: &Path, new: &[(String, delta::Signature)], manifest: &Manifest) {
+    if new.is_empty() && !dir.exists() {
+        return;
+    }
+    let _ = std::fs::create_dir_all(dir);
+    for (hash, sig) in new {
+        let tmp = dir.join(format!("{hash}.part"));
+        if std::fs::write(&tmp, sig.to_bytes()).is_ok() {
+            let _ = std::fs::rename(&tmp, dir.join(hash));
+        }
+    }
+    let live: BTreeSet<&str> = manifest.values().map(|e| e.hash.as_str()).collect();
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        if !e.file_name().to_str().is_some_and(|n| live.contains(n)) {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
+}
+
+/// Where signatures of the files last sent to a machine are kept, by content hash.
+fn sig_dir(cache: &Path) -> std::path::PathBuf {
+    cache.with_extension("sigs")
 }
 
 /// The plan from the machine's answer to [`question`].
@@ -567,7 +617,9 @@ async fn answer(
         let mut p = guess;
         p.manifest_lines = lines;
         p.cache_current = same;
-        p.block_sums = parse_sums(&text[at + mark.len()..], &p.modified, &p.modified_sizes);
+        let (files, sizes) = to_ask(&p);
+        let answered = parse_sums(&text[at + mark.len()..], &files, &sizes);
+        p.block_sums.extend(answered);
         return Ok(p);
     }
     // Not what we last wrote (someone else synced, or no cache): planned against what is
@@ -682,6 +734,7 @@ async fn apply_cached(
     if let Some(dir) = c.parent() {
         std::fs::create_dir_all(dir)?;
     }
+    keep_sigs(&sig_dir(c), &applied.sigs, &applied.manifest);
     let mut json = serde_json::to_vec(&ManifestLine {
         full: Some(applied.manifest),
         generation: Some(applied.generation),
@@ -760,6 +813,8 @@ struct Patched {
     fetched: Fetched,
     literal: u64,
     mtime_ns: i64,
+    /// The signature of the new content (kept for the next change of this file).
+    sig: delta::Signature,
 }
 
 /// Work out the changed blocks of `files` (relative to `dir` on the machine, which has older
@@ -810,11 +865,16 @@ async fn prepare_deltas(
             // The two whole-file hashes beside the search (two cores).
             let (ops, sha, b3) = std::thread::scope(|sc| {
                 let sha = sc.spawn(|| sha2::Sha256::digest(&data));
-                let b3 = sc.spawn(|| blake3::hash(&data));
+                let b3 = sc.spawn(|| {
+                    (
+                        blake3::hash(&data),
+                        delta::signature(&data, delta::block_size(data.len() as u64)),
+                    )
+                });
                 let ops = delta::diff(&data, &sig);
                 (ops, sha.join(), b3.join())
             });
-            let (sha, b3) = (
+            let (sha, (b3, new_sig)) = (
                 sha.map_err(|_| anyhow::anyhow!("hashing panicked"))?,
                 b3.map_err(|_| anyhow::anyhow!("hashing panicked"))?,
             );
@@ -853,6 +913,7 @@ async fn prepare_deltas(
                 },
                 literal: literal as u64,
                 mtime_ns,
+                sig: new_sig,
             });
         }
         Ok((stream, done))
@@ -1006,6 +1067,7 @@ async fn apply_inner(
                 manifest: plan.manifest.clone(),
                 generation,
                 lines: plan.manifest_lines,
+                sigs: Vec::new(),
             }),
         ));
     }
@@ -1206,12 +1268,22 @@ async fn apply_inner(
     }
     debug_assert!(recorded);
     let lines = if rewrite { 1 } else { plan.manifest_lines + 1 };
+    let sigs = deltas
+        .into_iter()
+        .filter(|d| {
+            manifest
+                .get(&d.rel)
+                .is_some_and(|e| e.hash == d.fetched.blake3)
+        })
+        .map(|d| (d.fetched.blake3, d.sig))
+        .collect();
     Ok((
         stats,
         Some(Applied {
             manifest,
             generation,
             lines,
+            sigs,
         }),
     ))
 }
@@ -1260,6 +1332,8 @@ struct Applied {
     manifest: Manifest,
     generation: String,
     lines: usize,
+    /// Signatures of the patched files' new content, by content hash.
+    sigs: Vec<(String, delta::Signature)>,
 }
 
 #[cfg(test)]

@@ -1210,6 +1210,24 @@ async fn a_sync_is_one_command_and_an_insertion_moves_only_itself() {
     let (plan, _, execs, _) = once().await;
     assert!(plan.is_noop());
     assert_eq!(execs, 1);
+    // The signature of what was patched is kept here: the next change of the file asks
+    // the machine for nothing but "unchanged".
+    big.splice(2 << 20..2 << 20, pseudo_random(&mut 9, 10_000));
+    std::fs::write(src.join("weights.bin"), &big).unwrap();
+    let out = r.output_bytes();
+    let (_, st, execs, _) = once().await;
+    assert_eq!((st.delta_files, execs), (1, 1), "{st:?}");
+    assert!(r.output_bytes() - out < 1_000, "{}", r.output_bytes() - out);
+    assert_eq!(std::fs::read(code.join("weights.bin")).unwrap(), big);
+    // A kept signature that is stale (the file changed on the machine): sent whole.
+    let mut theirs = std::fs::read(code.join("weights.bin")).unwrap();
+    theirs[5] ^= 1;
+    std::fs::write(code.join("weights.bin"), &theirs).unwrap();
+    big.extend_from_slice(b"more");
+    std::fs::write(src.join("weights.bin"), &big).unwrap();
+    let (_, st, _, _) = once().await;
+    assert_eq!((st.delta_files, st.whole_files), (0, 1), "{st:?}");
+    assert_eq!(std::fs::read(code.join("weights.bin")).unwrap(), big);
     // A dry run plans and changes nothing.
     std::fs::write(src.join("d0/f0.py"), "x = 'again'\n").unwrap();
     let (plan, _) = sync::sync_once(&r, "p", &src, &[], Some(&cache), None, true)
