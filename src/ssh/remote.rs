@@ -410,6 +410,23 @@ pub struct SshRemote {
     received: std::sync::atomic::AtomicU64,
     /// Bytes of every command's output (stdout and stderr) received so far.
     output: std::sync::atomic::AtomicU64,
+    /// A session channel opened right after connecting, for the first command: the
+    /// server's work of opening one (tens of ms) overlaps what the caller does meanwhile.
+    spare: std::sync::Mutex<Option<SpareChannel>>,
+}
+
+type SpareChannel = (
+    Conn,
+    tokio::task::JoinHandle<Result<russh::Channel<client::Msg>, russh::Error>>,
+);
+
+/// Start opening a channel on `conn` in the background.
+fn spare_channel(conn: &Conn) -> SpareChannel {
+    let c = conn.clone();
+    (
+        conn.clone(),
+        tokio::spawn(async move { c.channel_open_session().await }),
+    )
 }
 
 impl std::fmt::Debug for SshRemote {
@@ -784,6 +801,7 @@ impl SshRemote {
     /// `root` overrides trainctl's directory there (default `$HOME/.trainctl`).
     pub async fn connect(target: SshTarget, root: Option<&str>) -> Result<SshRemote> {
         let (conn, host_key) = open_connection(&target).await?;
+        let spare = spare_channel(&conn);
         let mut r = SshRemote {
             target,
             conn: tokio::sync::Mutex::new(Some(conn)),
@@ -792,6 +810,7 @@ impl SshRemote {
             sent: Default::default(),
             received: Default::default(),
             output: Default::default(),
+            spare: std::sync::Mutex::new(Some(spare)),
         };
         r.root = match root {
             // An absolute root needs nothing from the machine.
@@ -1009,6 +1028,13 @@ impl SshRemote {
 
     /// A session channel, on a new connection when the current one cannot open one.
     async fn open_channel(&self) -> Result<(Conn, russh::Channel<client::Msg>)> {
+        let spare = self.spare.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some((conn, opening)) = spare
+            && !conn.is_closed()
+            && let Ok(Ok(channel)) = opening.await
+        {
+            return Ok((conn, channel));
+        }
         let mut fresh = false;
         loop {
             let conn = self.handle(fresh).await?;
