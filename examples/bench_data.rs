@@ -10,62 +10,11 @@
 //! `cargo build --release && cargo run --release --example bench_data [-- TOTAL_MB FILES]`
 //! (default 2048 MB in 20 000 files; needs openssh-server, openssh-client and rsync).
 
-use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 use trainctl::testkit::Sshd;
-
-#[derive(Default)]
-struct Counter {
-    up: AtomicU64,
-    down: AtomicU64,
-}
-
-impl Counter {
-    fn take(&self) -> u64 {
-        self.up.swap(0, Ordering::SeqCst) + self.down.swap(0, Ordering::SeqCst)
-    }
-}
-
-fn pump(mut from: TcpStream, mut to: TcpStream, n: Arc<Counter>, up: bool) {
-    let mut buf = vec![0u8; 256 << 10];
-    loop {
-        match from.read(&mut buf) {
-            Ok(0) | Err(_) => break,
-            Ok(k) => {
-                if to.write_all(&buf[..k]).is_err() {
-                    break;
-                }
-                let c = if up { &n.up } else { &n.down };
-                c.fetch_add(k as u64, Ordering::Relaxed);
-            }
-        }
-    }
-    let _ = to.shutdown(std::net::Shutdown::Write);
-}
-
-/// A loopback proxy to `port` counting every byte each way; its port.
-fn proxy(port: u16, n: Arc<Counter>) -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    let me = l.local_addr().unwrap().port();
-    std::thread::spawn(move || {
-        for c in l.incoming().flatten() {
-            let Ok(s) = TcpStream::connect(("127.0.0.1", port)) else {
-                continue;
-            };
-            let _ = (c.set_nodelay(true), s.set_nodelay(true));
-            let (c2, s2) = (c.try_clone().unwrap(), s.try_clone().unwrap());
-            let (n1, n2) = (n.clone(), n.clone());
-            std::thread::spawn(move || pump(c, s, n1, true));
-            std::thread::spawn(move || pump(s2, c2, n2, false));
-        }
-    });
-    me
-}
+use trainctl::testkit::proxy::Proxy;
 
 fn xorshift(state: &mut u64, buf: &mut [u8]) {
     for chunk in buf.chunks_mut(8) {
@@ -136,8 +85,8 @@ fn main() {
     make_dataset(&src, total_mb, files);
 
     let sshd = Sshd::start();
-    let counter = Arc::new(Counter::default());
-    let port = proxy(sshd.port, counter.clone());
+    let proxy = Proxy::start(sshd.port, std::time::Duration::ZERO);
+    let (port, counter) = (proxy.port, proxy.counter.clone());
     let remote = tmp.join("remote");
     let rsync_dst = tmp.join("rsync-dst");
     let data = tmp.join("data");
