@@ -7,7 +7,8 @@
 //!
 //! The project is a realistic ML one: 6 000 text files of 1-20 KB in 60 packages, 200
 //! files of 0.1-1 MB, four 50 MB files, 2 symlinks, a gitignored `.venv/` (2 000 files)
-//! and `__pycache__/` folders. Cases, each in 3 rounds alternating who goes first, medians:
+//! and `__pycache__/` folders. Cases, each in 5 rounds (`BENCH_ROUNDS`) alternating who
+//! goes first, medians:
 //! first sync (a new machine folder each round, nothing known locally), unchanged, 10
 //! files edited + 1 added + 1 removed, 1 MiB changed inside a 50 MB file, a 50 MB file
 //! appended by 1 MiB, 1 MiB inserted in the middle of a 50 MB file (shifting the rest).
@@ -178,7 +179,10 @@ fn main() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(0);
-    let rounds = 3;
+    let rounds: usize = std::env::var("BENCH_ROUNDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(5);
     let tmp = std::env::temp_dir().join("trainctl-bench-sync");
     std::fs::create_dir_all(&tmp).unwrap();
     let src = tmp.join("project");

@@ -860,8 +860,10 @@ async fn prepare_deltas(
         for (rel, sig) in list.iter().zip(sigs) {
             let Some(sig) = sig else { continue };
             let path = root.join(rel);
+            let t0 = std::time::Instant::now();
             let data = std::fs::read(&path)?;
             let meta = std::fs::metadata(&path)?;
+            tracing::debug!("delta: read {rel} in {:?}", t0.elapsed());
             // The two whole-file hashes beside the search (two cores).
             let (ops, sha, b3) = std::thread::scope(|sc| {
                 let sha = sc.spawn(|| sha2::Sha256::digest(&data));
@@ -878,6 +880,7 @@ async fn prepare_deltas(
                 sha.map_err(|_| anyhow::anyhow!("hashing panicked"))?,
                 b3.map_err(|_| anyhow::anyhow!("hashing panicked"))?,
             );
+            tracing::debug!("delta: searched and hashed {rel} in {:?}", t0.elapsed());
             let Some(ops) = ops else {
                 continue;
             };
