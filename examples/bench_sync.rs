@@ -9,7 +9,8 @@
 //! files of 0.1-1 MB, four 50 MB files, 2 symlinks, a gitignored `.venv/` (2 000 files)
 //! and `__pycache__/` folders. Cases, each in 5 rounds (`BENCH_ROUNDS`) alternating who
 //! goes first, medians:
-//! first sync (a new machine folder each round, nothing known locally), unchanged, 10
+//! first sync (a new machine folder each round, nothing known locally; after one warm-up
+//! pair not counted), unchanged, 10
 //! files edited + 1 added + 1 removed, 1 MiB changed inside a 50 MB file, a 50 MB file
 //! appended by 1 MiB, 1 MiB inserted in the middle of a 50 MB file (shifting the rest).
 //!
@@ -197,7 +198,9 @@ fn main() {
     let cfg = run_dir.join("config.toml");
     std::fs::create_dir_all(&run_dir).unwrap();
     let mut hosts = String::new();
-    for k in 0..rounds {
+    // One machine folder per first-sync round, and one for a warm-up pair not counted (the
+    // project was just written: the disk is still flushing it).
+    for k in 0..=rounds {
         hosts.push_str(&format!(
             "[[providers.ssh.hosts]]\nname = \"m{k}\"\naddress = \"127.0.0.1\"\nuser = \"root\"\nport = {port}\nidentity_file = \"{}\"\ngpus = 0\nremote_dir = \"{}/remote-{k}/.trainctl\"\n",
             sshd.client_key.display(),
@@ -218,7 +221,7 @@ fn main() {
         c
     };
     let mut instances = Vec::new();
-    for _ in 0..rounds {
+    for _ in 0..=rounds {
         let out = tc(&[
             "launch",
             "--provider",
@@ -311,6 +314,7 @@ fn main() {
     };
 
     // First sync: a new machine folder each round (nothing deleted while measuring).
+    let _warm_up = pair(rounds, 0);
     let firsts: Vec<_> = (0..rounds).map(|k| pair(k, k)).collect();
     record("first sync", firsts);
     if let Some(secs) = std::env::var("BENCH_PAUSE")

@@ -305,7 +305,7 @@ impl Engine {
         );
         let pre = tokio::task::spawn_blocking(move || sync::prescan(&root, &ex, Some(&cache)));
         let (remote, pre) = tokio::join!(self.remote_for(&inst), pre);
-        let pre = pre??;
+        let pre = Some(pre??);
         self.sync_tree_from(
             remote?.as_ref(),
             &inst.id,

@@ -446,7 +446,7 @@ pub async fn prepare_with(
         cache.map(Path::to_path_buf),
     );
     let pre = tokio::task::spawn_blocking(move || prescan(&root, &ex, c.as_deref())).await??;
-    prepare_scanned(remote, project, local_root, excludes, pre).await
+    prepare_scanned(remote, project, local_root, excludes, Some(pre)).await
 }
 
 /// The local half of a sync with a cached manifest: the tree compared with the copy of
@@ -459,21 +459,18 @@ pub struct Prescan {
     guess: SyncPlan,
 }
 
-/// [`Prescan`] of `local_root` against `cache` (None without a usable cache). Blocking.
-pub fn prescan(
-    local_root: &Path,
-    excludes: &[String],
-    cache: Option<&Path>,
-) -> Result<Option<Prescan>> {
-    let Some((cached, generation, lines)) = cache.and_then(read_cache) else {
-        return Ok(None);
-    };
+/// [`Prescan`] of `local_root` against `cache`. Blocking.
+pub fn prescan(local_root: &Path, excludes: &[String], cache: Option<&Path>) -> Result<Prescan> {
+    // Without a copy of the machine's manifest, the guess is that it has nothing (a first
+    // sync): the walk is done meanwhile all the same, and redone if the machine has files.
+    let (cached, generation, lines) = cache.and_then(read_cache).unwrap_or_default();
     let scanned = scan_with(local_root, excludes, &cached, HashNew::WhileSending)?;
     let mut guess = plan(scanned, &cached);
     // Signatures of what the machine holds, kept from the syncs that sent it: not asked for.
-    let sigs = sig_dir(cache.expect("a cache was read"));
+    let sigs = cache.map(sig_dir);
     for (rel, size) in guess.modified.iter().zip(&guess.modified_sizes) {
-        if let Some(e) = cached.get(rel)
+        if let Some(sigs) = &sigs
+            && let Some(e) = cached.get(rel)
             && let Ok(bytes) = std::fs::read(sigs.join(&e.hash))
             && let Some(sig) = delta::Signature::from_bytes(&bytes)
             && sig.size == *size
@@ -482,12 +479,12 @@ pub fn prescan(
             guess.block_sums.insert(rel.clone(), sig);
         }
     }
-    Ok(Some(Prescan {
+    Ok(Prescan {
         cached,
         generation,
         lines,
         guess,
-    }))
+    })
 }
 
 /// [`prepare_with`] from a [`prescan`] already made.
@@ -667,7 +664,7 @@ pub async fn sync_once(
                 excludes.to_vec(),
                 cache.map(Path::to_path_buf),
             );
-            tokio::task::spawn_blocking(move || prescan(&root, &ex, c.as_deref())).await??
+            Some(tokio::task::spawn_blocking(move || prescan(&root, &ex, c.as_deref())).await??)
         }
     };
     let (q, expect_noop) = match &pre {
@@ -1214,8 +1211,12 @@ async fn apply_inner(
     };
     let (sent, out) = match conv {
         Some(c) => {
+            let sizes: Vec<u64> = whole
+                .iter()
+                .map(|r| manifest.get(r).map_or(0, |e| e.size))
+                .collect();
             converse_between(
-                c, remote, local_root, &whole, &dir, &before, &after, trailer,
+                c, remote, local_root, &whole, &sizes, &dir, &before, &after, trailer,
             )
             .await?
         }
@@ -1291,38 +1292,125 @@ async fn apply_inner(
     ))
 }
 
+/// Bytes per extra stream of a large upload.
+const STREAM_BYTES: u64 = 64 << 20;
+/// Streams at most for one upload.
+const MAX_STREAMS: usize = 4;
+
+/// Split `rels` (with their `sizes`) into streams of about equal bytes: one per
+/// [`STREAM_BYTES`], up to [`MAX_STREAMS`]. Each stream lists indexes into `rels`.
+fn streams(sizes: &[u64]) -> Vec<Vec<usize>> {
+    let total: u64 = sizes.iter().sum();
+    let n = ((total / STREAM_BYTES) as usize).clamp(1, MAX_STREAMS);
+    let mut order: Vec<usize> = (0..sizes.len()).collect();
+    order.sort_by_key(|i| std::cmp::Reverse(sizes[*i]));
+    let mut out = vec![Vec::new(); n];
+    let mut load = vec![0u64; n];
+    for i in order {
+        let k = (0..n).min_by_key(|k| load[*k]).unwrap_or(0);
+        load[k] += sizes[i];
+        out[k].push(i);
+    }
+    for s in &mut out {
+        s.sort_unstable();
+    }
+    out.retain(|s| !s.is_empty());
+    if out.is_empty() {
+        out.push(Vec::new());
+    }
+    out
+}
+
 /// [`Remote::put_files_between`] on an open conversation: its script after `go`, then the
-/// archive and the trailer.
+/// archive and the trailer. A large upload also travels on up to three more commands
+/// at once (each SSH channel has its own flow-control window: on a far machine one
+/// stream is limited to a window per round trip), and the trailer, which records the
+/// manifest, goes only once they all succeeded.
 #[allow(clippy::too_many_arguments)]
 async fn converse_between(
     mut conv: Box<dyn Conversation + '_>,
     remote: &dyn Remote,
     local_root: &Path,
     rels: &[String],
+    sizes: &[u64],
     dir: &str,
     before: &str,
     after: &str,
     trailer: crate::remote::Trailer,
 ) -> Result<(Vec<Fetched>, crate::remote::ExecOutput)> {
-    let script = crate::remote::pack::between_script(before, !rels.is_empty(), dir, after);
+    let parts = streams(sizes);
+    let (main, sides) = parts.split_first().expect("one stream at least");
+    let pick = |idx: &[usize]| -> Vec<String> { idx.iter().map(|i| rels[*i].clone()).collect() };
+    let main_rels = pick(main);
+    let script = crate::remote::pack::between_script(before, !main_rels.is_empty(), dir, after);
     conv.write(format!("go {}\n{script}", script.len()).as_bytes())
         .await?;
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<u8>>(4);
-    let (root, list) = (local_root.to_path_buf(), rels.to_vec());
-    let packer = tokio::task::spawn_blocking(move || {
-        crate::remote::pack::pack(&root, &list, &Default::default(), tx, Some(trailer))
-    });
-    let mut wrote = Ok(());
-    while let Some(chunk) = rx.recv().await {
-        if let Err(e) = conv.write(&chunk).await {
-            wrote = Err(e);
-            break;
+    // The trailer waits (on the packer's thread) for the other streams' results, then
+    // sees every file's hash in `rels` order.
+    let (side_tx, side_rx) = std::sync::mpsc::channel::<Result<Vec<Vec<Fetched>>>>();
+    let order: Vec<Vec<usize>> = parts.clone();
+    let n = rels.len();
+    let all_sent = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let keep = all_sent.clone();
+    let trailer: crate::remote::Trailer = Box::new(move |main_sent: &[Fetched]| {
+        let side_sent = if order.len() > 1 {
+            side_rx
+                .recv()
+                .map_err(|_| anyhow::anyhow!("the other streams stopped"))??
+        } else {
+            Vec::new()
+        };
+        let mut all: Vec<Option<Fetched>> = vec![None; n];
+        for (idx, sent) in order
+            .iter()
+            .zip(std::iter::once(main_sent.to_vec()).chain(side_sent))
+        {
+            for (i, f) in idx.iter().zip(sent) {
+                all[*i] = Some(f);
+            }
         }
-    }
-    drop(rx);
+        let all: Vec<Fetched> = all
+            .into_iter()
+            .collect::<Option<_>>()
+            .ok_or_else(|| anyhow::anyhow!("a stream sent fewer files than asked"))?;
+        *keep.lock().unwrap_or_else(|p| p.into_inner()) = all.clone();
+        trailer(&all)
+    });
+    let (tx, rx) = tokio::sync::mpsc::channel::<Vec<u8>>(4);
+    let root = local_root.to_path_buf();
+    let packer = tokio::task::spawn_blocking(move || {
+        crate::remote::pack::pack(&root, &main_rels, &Default::default(), tx, Some(trailer))
+    });
+    let write = async {
+        // Owned here: a failed write drops it, which stops the packer.
+        let mut rx = rx;
+        while let Some(chunk) = rx.recv().await {
+            conv.write(&chunk).await?;
+        }
+        anyhow::Ok(())
+    };
+    let others = async {
+        let side_rels: Vec<Vec<String>> = sides.iter().map(|idx| pick(idx)).collect();
+        let sent = futures_util::future::try_join_all(
+            side_rels
+                .iter()
+                .map(|r| remote.put_files(local_root, r, dir)),
+        )
+        .await;
+        // The trailer is told either way (an error stops the main stream too).
+        let failed = sent.as_ref().err().map(|e| format!("{e:#}"));
+        let _ = side_tx.send(sent.map_err(|e| anyhow::anyhow!("{e:#}")));
+        match failed {
+            Some(e) => Err(anyhow::anyhow!(e)),
+            None => Ok(()),
+        }
+    };
+    let (wrote, others) = tokio::join!(write, others);
     let packed = packer.await?;
+    others?;
     wrote?;
-    let (sent, tail) = packed?;
+    let (_, tail) = packed?;
+    let sent = std::mem::take(&mut *all_sent.lock().unwrap_or_else(|p| p.into_inner()));
     let out = conv.finish().await?;
     match crate::remote::pack::judge(out)? {
         Some(out) => Ok((sent, out)),
@@ -1430,6 +1518,21 @@ mod tests {
         let (m, _) = remote_manifest(&r, "p").await.unwrap();
         assert_eq!(m["big.bin"].hash, blake3::hash(&big).to_hex().to_string());
         assert!(prepare(&r, "p", &src, &[]).await.unwrap().is_noop());
+    }
+
+    #[test]
+    fn large_uploads_are_split_into_streams_of_about_equal_bytes() {
+        assert_eq!(streams(&[]), vec![Vec::<usize>::new()]);
+        assert_eq!(streams(&[10, 20]), vec![vec![0, 1]]);
+        let mb = 1 << 20;
+        let s = streams(&[100 * mb, 10 * mb, 90 * mb, 5 * mb]);
+        assert_eq!(s.len(), 3);
+        let load = |idx: &Vec<usize>| idx.iter().map(|i| [100, 10, 90, 5][*i]).sum::<u64>();
+        assert!(s.iter().all(|p| load(p) <= 100), "{s:?}");
+        let mut all: Vec<usize> = s.concat();
+        all.sort_unstable();
+        assert_eq!(all, vec![0, 1, 2, 3]);
+        assert!(streams(&vec![mb; 1000]).len() == MAX_STREAMS);
     }
 
     #[test]

@@ -1239,3 +1239,49 @@ async fn a_sync_is_one_command_and_an_insertion_moves_only_itself() {
         "x = 'edited'\n"
     );
 }
+
+/// A large upload travels on several commands at once (each SSH channel has its own flow
+/// window), and the manifest is recorded once they all landed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_upload_goes_in_parallel_streams_and_lands_whole() {
+    let sshd = Sshd::start();
+    let work = tempfile::tempdir().unwrap();
+    let remote_root = work.path().join("remote");
+    let r = connect_trusting(&sshd, work.path(), &remote_root).await;
+    let src = work.path().join("src");
+    small_tree(&src, 50, 5);
+    let mut seed = 0x5eed_u64;
+    for i in 0..3 {
+        let data = pseudo_random(&mut seed, 48 << 20);
+        std::fs::write(src.join(format!("w{i}.bin")), &data).unwrap();
+    }
+    use trainctl::job::sync;
+    let cache = work.path().join("cache.json");
+    let execs = r.exec_count();
+    let (plan, st) = sync::sync_once(&r, "p", &src, &[], Some(&cache), None, false)
+        .await
+        .unwrap();
+    assert_eq!((plan.upload.len(), st.whole_files), (53, 53));
+    // The conversation and one more stream (144 MB: two of 64 MB or more).
+    assert_eq!(r.exec_count() - execs, 2);
+    let code = remote_root.join("code/p");
+    for i in 0..3 {
+        let name = format!("w{i}.bin");
+        assert!(
+            std::fs::read(code.join(&name)).unwrap() == std::fs::read(src.join(&name)).unwrap(),
+            "{name} differs"
+        );
+    }
+    let (m, _) = sync::remote_manifest(&r, "p").await.unwrap();
+    assert_eq!(m.len(), 53);
+    assert_eq!(
+        m["w2.bin"].hash,
+        blake3::hash(&std::fs::read(src.join("w2.bin")).unwrap())
+            .to_hex()
+            .to_string()
+    );
+    let (plan, _) = sync::sync_once(&r, "p", &src, &[], Some(&cache), None, false)
+        .await
+        .unwrap();
+    assert!(plan.is_noop());
+}
