@@ -657,23 +657,18 @@ pub async fn sync_once(
     dry_run: bool,
 ) -> Result<(SyncPlan, SyncStats)> {
     let pre = match pre {
-        Some(p) => Some(p),
+        Some(p) => p,
         None => {
             let (root, ex, c) = (
                 local_root.to_path_buf(),
                 excludes.to_vec(),
                 cache.map(Path::to_path_buf),
             );
-            Some(tokio::task::spawn_blocking(move || prescan(&root, &ex, c.as_deref())).await??)
+            tokio::task::spawn_blocking(move || prescan(&root, &ex, c.as_deref())).await??
         }
     };
-    let (q, expect_noop) = match &pre {
-        Some(p) => (
-            question(remote, project, p.generation.as_deref(), &p.guess),
-            p.guess.is_noop() && p.guess.touched.is_empty(),
-        ),
-        None => (question(remote, project, None, &SyncPlan::default()), false),
-    };
+    let q = question(remote, project, pre.generation.as_deref(), &pre.guess);
+    let expect_noop = pre.guess.is_noop() && pre.guess.touched.is_empty();
     // Nothing to do here and nothing changed there: the machine need not wait for us.
     let early = if expect_noop && !dry_run {
         "[ -n \"$same\" ] && exit 0; "
@@ -682,7 +677,7 @@ pub async fn sync_once(
     };
     let script = format!("{q}; printf '%s\\n' {READY_MARK}; {early}{INTERPRETER}");
     let Some(mut conv) = remote.converse(&script).await? else {
-        let plan = prepare_scanned(remote, project, local_root, excludes, pre).await?;
+        let plan = prepare_scanned(remote, project, local_root, excludes, Some(pre)).await?;
         let stats = if dry_run {
             SyncStats::default()
         } else {
@@ -693,7 +688,7 @@ pub async fn sync_once(
     let mark = format!("{READY_MARK}\n");
     let text = conv.read_until(mark.as_bytes()).await?;
     let text = &text[..text.len() - mark.len()];
-    let plan = answer(pre, text, local_root, excludes).await?;
+    let plan = answer(Some(pre), text, local_root, excludes).await?;
     if dry_run {
         conv.finish().await?;
         return Ok((plan, SyncStats::default()));
@@ -804,6 +799,33 @@ fn parse_sums(bytes: &[u8], files: &[String], sizes: &[u64]) -> HashMap<String, 
     out
 }
 
+/// A whole file read by two threads, one half each: most of reading a large cached file
+/// is faulting in the fresh buffer's pages, which two cores do twice as fast.
+fn read_in_halves(path: &Path) -> Result<Vec<u8>> {
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::File::open(path)?;
+    let n = f.metadata()?.len() as usize;
+    if n < 8 << 20 {
+        return Ok(std::fs::read(path)?);
+    }
+    let mut v = vec![0u8; n];
+    let (a, b) = v.split_at_mut(n / 2);
+    let read = std::thread::scope(|sc| {
+        let first = sc.spawn(|| f.read_exact_at(a, 0));
+        let second = f.read_exact_at(b, (n / 2) as u64);
+        first
+            .join()
+            .map_err(|_| std::io::Error::other("read panicked"))?
+            .and(second)
+    });
+    // Changed size since: read it the plain way.
+    let mut rest = [0u8; 1];
+    if read.is_err() || f.read_at(&mut rest, n as u64)? != 0 {
+        return Ok(std::fs::read(path)?);
+    }
+    Ok(v)
+}
+
 /// One file patched by blocks: what it will hash to, its literal bytes and mtime.
 struct Patched {
     rel: String,
@@ -858,7 +880,7 @@ async fn prepare_deltas(
             let Some(sig) = sig else { continue };
             let path = root.join(rel);
             let t0 = std::time::Instant::now();
-            let data = std::fs::read(&path)?;
+            let data = read_in_halves(&path)?;
             let meta = std::fs::metadata(&path)?;
             tracing::debug!("delta: read {rel} in {:?}", t0.elapsed());
             // The two whole-file hashes beside the search (two cores).
@@ -1292,6 +1314,9 @@ async fn apply_inner(
     ))
 }
 
+/// The line a conversation prints once the work before the files is done.
+const BEFORE_DONE: &str = "--trainctl-before-done--";
+
 /// Bytes per extra stream of a large upload.
 const STREAM_BYTES: u64 = 64 << 20;
 /// Streams at most for one upload.
@@ -1342,9 +1367,38 @@ async fn converse_between(
     let (main, sides) = parts.split_first().expect("one stream at least");
     let pick = |idx: &[usize]| -> Vec<String> { idx.iter().map(|i| rels[*i].clone()).collect() };
     let main_rels = pick(main);
-    let script = crate::remote::pack::between_script(before, !main_rels.is_empty(), dir, after);
+    // With other streams: they start once `before` ran (its deletions must not race their
+    // files) and every folder they write into exists (two GNU tars creating the same
+    // missing folder at once can fail with "Cannot open: No such file or directory").
+    let mut before = before.to_string();
+    if !sides.is_empty() {
+        let parents: BTreeSet<&str> = rels
+            .iter()
+            .filter_map(|r| Path::new(r).parent().and_then(|p| p.to_str()))
+            .filter(|p| !p.is_empty())
+            .collect();
+        let mut prep = format!("mkdir -p {d} && cd {d}", d = sh_quote(dir));
+        if !parents.is_empty() {
+            prep.push_str(" && mkdir -p --");
+            for p in parents {
+                prep.push(' ');
+                prep.push_str(&sh_quote(p));
+            }
+        }
+        prep.push_str(&format!(" && printf '%s\\n' {BEFORE_DONE}"));
+        before = if before.is_empty() {
+            prep
+        } else {
+            format!("{before} && {prep}")
+        };
+    }
+    let script = crate::remote::pack::between_script(&before, !main_rels.is_empty(), dir, after);
     conv.write(format!("go {}\n{script}", script.len()).as_bytes())
         .await?;
+    if !sides.is_empty() {
+        conv.read_until(format!("{BEFORE_DONE}\n").as_bytes())
+            .await?;
+    }
     // The trailer waits (on the packer's thread) for the other streams' results, then
     // sees every file's hash in `rels` order.
     let (side_tx, side_rx) = std::sync::mpsc::channel::<Result<Vec<Vec<Fetched>>>>();
