@@ -1781,16 +1781,24 @@ async fn sync(
     let inst_key = one_instance(engine, instance)?;
     let root = project.root.clone();
     let excludes = crate::engine::data::sync_excludes(&project.config, &project.root);
-    // Listed while the sync runs.
-    let excluded =
-        tokio::task::spawn_blocking(move || crate::job::sync::excluded(&root, &excludes));
+    // A dry run lists what is left out (walked while it plans); a sync does not walk the
+    // excluded folders at all (it says where to look instead).
+    let excluded = dry_run
+        .then(|| tokio::task::spawn_blocking(move || crate::job::sync::excluded(&root, &excludes)));
     let plan = engine.sync_project(&project, &inst_key, dry_run).await?;
-    let excluded = excluded.await??;
+    let excluded = match excluded {
+        Some(listing) => Some(listing.await??),
+        None => None,
+    };
     if json {
-        print_json(&json!({
+        let mut doc = json!({
             "dry_run": dry_run, "upload": plan.upload, "links": plan.links, "delete": plan.delete,
-            "unchanged": plan.unchanged, "upload_bytes": plan.upload_bytes, "excluded": excluded,
-        }));
+            "unchanged": plan.unchanged, "upload_bytes": plan.upload_bytes,
+        });
+        if let Some(ex) = &excluded {
+            doc["excluded"] = json!(ex);
+        }
+        print_json(&doc);
         return Ok(EXIT_OK);
     }
     let verb = if dry_run { "would copy" } else { "copied" };
@@ -1809,16 +1817,19 @@ async fn sync(
             if dry_run { "would delete" } else { "deleted" }
         );
     }
-    for e in &excluded {
+    for e in excluded.iter().flatten() {
         println!("{:<12} {} ({})", "excluded", e.path, e.reason);
     }
+    let left_out = match &excluded {
+        Some(ex) => format!("{} excluded", ex.len()),
+        None => "excluded paths: `trainctl sync --dry-run`".into(),
+    };
     println!(
-        "{} to copy ({} bytes), {} to delete, {} unchanged, {} excluded",
+        "{} to copy ({} bytes), {} to delete, {} unchanged; {left_out}",
         plan.upload.len() + plan.links.len(),
         plan.upload_bytes,
         plan.delete.len(),
         plan.unchanged,
-        excluded.len()
     );
     Ok(EXIT_OK)
 }

@@ -1200,10 +1200,15 @@ impl crate::remote::Conversation for SshConversation<'_> {
             }
             if self.next().await.is_none() {
                 return Err(match self.status {
-                    Some(st) => anyhow!(
-                        "the command ended (exit {st}) before answering: {}",
-                        crate::sanitize::sanitize_line(self.out.stderr.trim_ascii())
-                    ),
+                    // The machine's lines, as lines (`check` makes them safe).
+                    Some(st) => ExecOutput {
+                        status: st,
+                        stdout: Vec::new(),
+                        stderr: self.out.stderr.clone(),
+                    }
+                    .check("the command on the machine (ended before answering)")
+                    .err()
+                    .unwrap_or_else(|| anyhow!("the command ended before answering")),
                     None => self.remote.lost(None),
                 });
             }
