@@ -236,23 +236,7 @@ fn main() {
         instances.push(v["id"].as_str().unwrap().to_string());
     }
     // rsync's ssh trusts the same host key, pinned.
-    let kh = run_dir.join("known_hosts");
-    let hk = std::fs::read_to_string(sshd.dir.path().join("host_key.pub")).unwrap();
-    let mut parts = hk.split_whitespace();
-    std::fs::write(
-        &kh,
-        format!(
-            "[127.0.0.1]:{port} {} {}\n",
-            parts.next().unwrap(),
-            parts.next().unwrap()
-        ),
-    )
-    .unwrap();
-    let ssh = format!(
-        "ssh -p {port} -i {} -o UserKnownHostsFile={} -o StrictHostKeyChecking=yes -o BatchMode=yes",
-        sshd.client_key.display(),
-        kh.display()
-    );
+    let ssh = sshd.openssh_command(port, &run_dir);
     let rsync = |k: usize| {
         let mut c = Command::new("rsync");
         c.args(["-a", "--delete", "-e", &ssh])

@@ -318,6 +318,30 @@ impl Sshd {
         }
     }
 
+    /// The OpenSSH client command (for `rsync -e`) that reaches this server on `port` (its
+    /// own, or a proxy's in front of it) as root, trusting only its host key, pinned in a
+    /// known_hosts file written under `dir`.
+    pub fn openssh_command(&self, port: u16, dir: &Path) -> String {
+        let kh = dir.join("known_hosts");
+        let hk = std::fs::read_to_string(self.dir.path().join("host_key.pub"))
+            .expect("the server's host key");
+        let mut parts = hk.split_whitespace();
+        std::fs::write(
+            &kh,
+            format!(
+                "[127.0.0.1]:{port} {} {}\n",
+                parts.next().unwrap_or_default(),
+                parts.next().unwrap_or_default()
+            ),
+        )
+        .expect("writing known_hosts");
+        format!(
+            "ssh -p {port} -i {} -o UserKnownHostsFile={} -o StrictHostKeyChecking=yes -o BatchMode=yes",
+            self.client_key.display(),
+            kh.display()
+        )
+    }
+
     /// Kill every connection this sshd serves (its session children), keeping the listener.
     pub fn kill_sessions(&self) {
         let me = self.child.id();

@@ -278,6 +278,7 @@ impl Engine {
                 Path::new(&spec.root),
                 &data::sync_excludes(&spec.project, Path::new(&spec.root)),
                 false,
+                None,
             )
             .await?;
         Ok((
@@ -306,7 +307,7 @@ impl Engine {
         let pre = tokio::task::spawn_blocking(move || sync::prescan(&root, &ex, Some(&cache)));
         let (remote, pre) = tokio::join!(self.remote_for(&inst), pre);
         let pre = Some(pre??);
-        self.sync_tree_from(
+        self.sync_tree(
             remote?.as_ref(),
             &inst.id,
             &name,
@@ -322,23 +323,10 @@ impl Engine {
     /// with the local cache of it) and apply it unless `dry_run`. A sync cut short by a lost
     /// connection is planned again from what the machine's manifest then says: files
     /// already in place are not sent twice, half-written ones are.
-    pub(super) async fn sync_tree(
-        &self,
-        remote: &dyn Remote,
-        instance: &str,
-        project: &str,
-        root: &Path,
-        excludes: &[String],
-        dry_run: bool,
-    ) -> Result<sync::SyncPlan> {
-        self.sync_tree_from(remote, instance, project, root, excludes, dry_run, None)
-            .await
-    }
-
-    /// [`Self::sync_tree`] with the local tree already compared with the cached manifest
-    /// (`pre`, used by the first attempt).
+    /// `pre`: the local tree already compared with the cached manifest (used by the first
+    /// attempt).
     #[allow(clippy::too_many_arguments)]
-    pub(super) async fn sync_tree_from(
+    pub(super) async fn sync_tree(
         &self,
         remote: &dyn Remote,
         instance: &str,

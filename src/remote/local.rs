@@ -45,6 +45,16 @@ impl LocalRemote {
             .kill_on_drop(true);
         cmd
     }
+
+    /// `script` started with its stdin, stdout and stderr piped.
+    fn spawn_piped(&self, script: &str) -> Result<tokio::process::Child> {
+        self.command(script)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("running sh in the sandbox")
+    }
 }
 
 /// Copy `src` to `dest` through a temp name in the same directory, hashing as it goes.
@@ -196,13 +206,7 @@ impl Remote for LocalRemote {
         &'a self,
         script: &str,
     ) -> Result<Option<Box<dyn super::Conversation + 'a>>> {
-        let mut child = self
-            .command(script)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .context("running sh in the sandbox")?;
+        let mut child = self.spawn_piped(script)?;
         let stdin = child.stdin.take();
         let stdout = child.stdout.take().context("no stdout pipe")?;
         let mut err = child.stderr.take().context("no stderr pipe")?;
@@ -280,13 +284,7 @@ impl Remote for LocalRemote {
 
     async fn exec_with_stdin(&self, script: &str, data: &[u8]) -> Result<ExecOutput> {
         use tokio::io::AsyncWriteExt;
-        let mut child = self
-            .command(script)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .context("running sh in the sandbox")?;
+        let mut child = self.spawn_piped(script)?;
         let mut stdin = child.stdin.take().context("no stdin pipe")?;
         let data = data.to_vec();
         let writer = tokio::spawn(async move {
