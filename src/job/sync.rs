@@ -688,7 +688,14 @@ pub async fn sync_once(
     let mark = format!("{READY_MARK}\n");
     let text = conv.read_until(mark.as_bytes()).await?;
     let text = &text[..text.len() - mark.len()];
-    let plan = answer(Some(pre), text, local_root, excludes).await?;
+    let plan = match answer(Some(pre), text, local_root, excludes).await {
+        Ok(p) => p,
+        Err(e) => {
+            // End the machine's side (it reads end of input and stops) before saying why.
+            let _ = conv.finish().await;
+            return Err(e);
+        }
+    };
     if dry_run {
         conv.finish().await?;
         return Ok((plan, SyncStats::default()));
@@ -1461,9 +1468,18 @@ async fn converse_between(
     };
     let (wrote, others) = tokio::join!(write, others);
     let packed = packer.await?;
-    others?;
-    wrote?;
-    let (_, tail) = packed?;
+    let (_, tail) = match (others, wrote, packed) {
+        (Ok(()), Ok(()), Ok(p)) => p,
+        (o, w, p) => {
+            // The machine's side reads the end of its input and records nothing.
+            let _ = conv.finish().await;
+            return Err(o
+                .err()
+                .or(w.err())
+                .or(p.err())
+                .unwrap_or_else(|| anyhow::anyhow!("the upload stopped")));
+        }
+    };
     let sent = std::mem::take(&mut *all_sent.lock().unwrap_or_else(|p| p.into_inner()));
     let out = conv.finish().await?;
     match crate::remote::pack::judge(out)? {
