@@ -200,3 +200,113 @@ pub fn judge(out: ExecOutput) -> Result<Option<ExecOutput>> {
         _ => Ok(Some(out)),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Run `between_script` with `sh` (PATH optionally led by `fake_bin`) on `input`.
+    fn run(script: &str, input: &[u8], fake_bin: Option<&Path>) -> (i32, String) {
+        use std::io::Write;
+        let mut cmd = std::process::Command::new("sh");
+        cmd.arg("-c")
+            .arg(script)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped());
+        if let Some(dir) = fake_bin {
+            let path = std::env::var("PATH").unwrap_or_default();
+            cmd.env("PATH", format!("{}:{path}", dir.display()));
+        }
+        let mut child = cmd.spawn().unwrap();
+        let mut stdin = child.stdin.take().unwrap();
+        let data = input.to_vec();
+        let w = std::thread::spawn(move || {
+            let _ = stdin.write_all(&data);
+        });
+        let out = child.wait_with_output().unwrap();
+        w.join().unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    }
+
+    /// The stream `pack` makes for `rels` under `root` with `trailer` after it.
+    fn stream(root: &Path, rels: &[String], trailer: &'static [u8]) -> Vec<u8> {
+        let (tx, mut rx) = mpsc::channel(1024);
+        pack(
+            root,
+            rels,
+            &Default::default(),
+            tx,
+            Some(Box::new(move |_: &[Fetched]| Ok(trailer.to_vec()))),
+        )
+        .unwrap();
+        let mut v = Vec::new();
+        while let Ok(c) = rx.try_recv() {
+            v.extend(c);
+        }
+        v
+    }
+
+    #[test]
+    fn the_trailer_after_an_archive_reaches_the_command_after_tar() {
+        let d = tempfile::tempdir().unwrap();
+        let src = d.path().join("src");
+        std::fs::create_dir_all(src.join("a")).unwrap();
+        let mut rels = Vec::new();
+        // Sizes that end the archive anywhere in a record.
+        for (i, n) in [0usize, 1, 511, 512, 513, 9_000, 10_240, 70_001]
+            .iter()
+            .enumerate()
+        {
+            let rel = format!("a/f{i}");
+            std::fs::write(src.join(&rel), vec![b'x'; *n]).unwrap();
+            rels.push(rel);
+        }
+        let input = stream(&src, &rels, b"the trailer\nline two\n");
+        let dest = d.path().join("dest");
+        let script = between_script("true", true, dest.to_str().unwrap(), "cat");
+        let (status, out) = run(&script, &input, None);
+        assert_eq!(status, 0);
+        assert_eq!(out, "the trailer\nline two\n");
+        for r in &rels {
+            assert_eq!(
+                std::fs::read(dest.join(r)).unwrap(),
+                std::fs::read(src.join(r)).unwrap()
+            );
+        }
+        // A tar that reads past its archive leaves no mark: the script says so (75) and
+        // `judge` asks for `after` to run on its own.
+        let fake = d.path().join("bin");
+        std::fs::create_dir_all(&fake).unwrap();
+        std::fs::write(fake.join("tar"), "#!/bin/sh\ncat > /dev/null\n").unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(fake.join("tar"), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let (status, out) = run(&script, &input, Some(&fake));
+        assert_eq!((status, out.as_str()), (NO_MARK, ""));
+        let judged = judge(ExecOutput {
+            status,
+            ..Default::default()
+        })
+        .unwrap();
+        assert!(judged.is_none());
+        // A failing `before` stops everything with its own status, and is an error.
+        let (status, _) = run(
+            &between_script("false", true, dest.to_str().unwrap(), "cat"),
+            &input,
+            None,
+        );
+        assert_eq!(status, BEFORE_FAILED);
+        let err = judge(ExecOutput {
+            status,
+            stderr: b"rm: cannot remove 'x'\nsecond line".to_vec(),
+            ..Default::default()
+        })
+        .unwrap_err();
+        assert!(
+            format!("{err:#}").contains("rm: cannot remove 'x'\nsecond line"),
+            "{err:#}"
+        );
+    }
+}
