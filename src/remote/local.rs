@@ -164,9 +164,8 @@ impl super::Conversation for LocalConversation {
     async fn read_until(&mut self, mark: &[u8]) -> Result<Vec<u8>> {
         let mut buf = vec![0u8; 64 * 1024];
         loop {
-            if let Some(at) = memchr::memmem::find(&self.buffered, mark) {
-                let rest = self.buffered.split_off(at + mark.len());
-                return Ok(std::mem::replace(&mut self.buffered, rest));
+            if let Some(answer) = super::take_through(&mut self.buffered, mark) {
+                return Ok(answer);
             }
             let n = self.stdout.read(&mut buf).await?;
             if n == 0 {

@@ -192,6 +192,14 @@ pub trait Conversation: Send {
     async fn finish(self: Box<Self>) -> Result<ExecOutput>;
 }
 
+/// The bytes of `buf` up to and including the first `mark`, taken out of it (None while
+/// `mark` has not come).
+pub fn take_through(buf: &mut Vec<u8>, mark: &[u8]) -> Option<Vec<u8>> {
+    let at = memchr::memmem::find(buf, mark)?;
+    let rest = buf.split_off(at + mark.len());
+    Some(std::mem::replace(buf, rest))
+}
+
 /// What follows the files of [`Remote::put_files_between`] on `after`'s stdin, made from
 /// what was sent (sizes and hashes known only once the files were read).
 pub type Trailer = Box<dyn FnOnce(&[Fetched]) -> Result<Vec<u8>> + Send>;

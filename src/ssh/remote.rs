@@ -970,26 +970,13 @@ impl SshRemote {
         stdin: Stdin<'_>,
         sink: Option<&mpsc::Sender<Vec<u8>>>,
     ) -> Result<ExecOutput> {
-        self.execs
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let command = format!("sh -c {}", sh_quote(script));
-        let (conn, mut channel) = self.open_channel().await?;
-        // A send waiting for window space is not woken when the connection dies: every
-        // step also watches the connection itself.
-        self.step(&conn, channel.exec(true, command.as_bytes()))
-            .await?;
+        let (conn, mut channel) = self.start(script).await?;
         match stdin {
             Stdin::Empty => {}
-            Stdin::Bytes(data) => {
-                self.sent
-                    .fetch_add(data.len() as u64, std::sync::atomic::Ordering::Relaxed);
-                self.step(&conn, channel.data(data)).await?
-            }
+            Stdin::Bytes(data) => self.send(&conn, &channel, data).await?,
             Stdin::Stream(mut rx) => {
                 while let Some(chunk) = rx.recv().await {
-                    self.sent
-                        .fetch_add(chunk.len() as u64, std::sync::atomic::Ordering::Relaxed);
-                    self.step(&conn, channel.data(&chunk[..])).await?;
+                    self.send(&conn, &channel, &chunk).await?;
                 }
             }
         }
@@ -998,25 +985,18 @@ impl SshRemote {
         let mut status = None;
         let mut stopped_by_reader = false;
         while let Some(msg) = watch(&conn, channel.wait()).await.flatten() {
-            if let ChannelMsg::Data { data } | ChannelMsg::ExtendedData { data, .. } = &msg {
-                self.output
-                    .fetch_add(data.len() as u64, std::sync::atomic::Ordering::Relaxed);
-            }
-            match msg {
-                ChannelMsg::Data { data } => match sink {
-                    Some(s) => {
-                        if s.send(data.to_vec()).await.is_err() {
-                            let _ = channel.close().await;
-                            stopped_by_reader = true;
-                            break;
-                        }
+            let Some(data) = self.absorb(msg, &mut out.stderr, &mut status) else {
+                continue;
+            };
+            match sink {
+                Some(s) => {
+                    if s.send(data.to_vec()).await.is_err() {
+                        let _ = channel.close().await;
+                        stopped_by_reader = true;
+                        break;
                     }
-                    None => out.stdout.extend_from_slice(&data),
-                },
-                ChannelMsg::ExtendedData { data, .. } => out.stderr.extend_from_slice(&data),
-                ChannelMsg::ExitStatus { exit_status } => status = Some(exit_status as i32),
-                ChannelMsg::ExitSignal { .. } => status = status.or(Some(128 + 9)),
-                _ => {}
+                }
+                None => out.stdout.extend_from_slice(&data),
             }
         }
         if stopped_by_reader {
@@ -1024,6 +1004,53 @@ impl SshRemote {
         }
         out.status = status.ok_or_else(|| self.lost(None))?;
         Ok(out)
+    }
+
+    /// `script` started under `sh -c` on a session channel (one command counted).
+    async fn start(&self, script: &str) -> Result<(Conn, russh::Channel<client::Msg>)> {
+        self.execs
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let command = format!("sh -c {}", sh_quote(script));
+        let (conn, channel) = self.open_channel().await?;
+        // A send waiting for window space is not woken when the connection dies: every
+        // step also watches the connection itself.
+        self.step(&conn, channel.exec(true, command.as_bytes()))
+            .await?;
+        Ok((conn, channel))
+    }
+
+    /// `data` to a command's stdin, counted.
+    async fn send(
+        &self,
+        conn: &Conn,
+        channel: &russh::Channel<client::Msg>,
+        data: &[u8],
+    ) -> Result<()> {
+        self.sent
+            .fetch_add(data.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        self.step(conn, channel.data(data)).await
+    }
+
+    /// One message of a command: output counted, stderr and the exit status kept; its
+    /// stdout bytes returned for the caller to route.
+    fn absorb(
+        &self,
+        msg: ChannelMsg,
+        stderr: &mut Vec<u8>,
+        status: &mut Option<i32>,
+    ) -> Option<russh::keys::ssh_encoding::bytes::Bytes> {
+        if let ChannelMsg::Data { data } | ChannelMsg::ExtendedData { data, .. } = &msg {
+            self.output
+                .fetch_add(data.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        }
+        match msg {
+            ChannelMsg::Data { data } => return Some(data),
+            ChannelMsg::ExtendedData { data, .. } => stderr.extend_from_slice(&data),
+            ChannelMsg::ExitStatus { exit_status } => *status = Some(exit_status as i32),
+            ChannelMsg::ExitSignal { .. } => *status = status.or(Some(128 + 9)),
+            _ => {}
+        }
+        None
     }
 
     /// A session channel, on a new connection when the current one cannot open one.
@@ -1168,23 +1195,14 @@ impl SshConversation<'_> {
             self.closed = true;
             return None;
         };
-        match msg {
-            ChannelMsg::Data { data } => {
-                self.remote
-                    .output
-                    .fetch_add(data.len() as u64, std::sync::atomic::Ordering::Relaxed);
-                self.buffered.extend_from_slice(&data);
-            }
-            ChannelMsg::ExtendedData { data, .. } => {
-                self.remote
-                    .output
-                    .fetch_add(data.len() as u64, std::sync::atomic::Ordering::Relaxed);
-                self.out.stderr.extend_from_slice(&data);
-            }
-            ChannelMsg::ExitStatus { exit_status } => self.status = Some(exit_status as i32),
-            ChannelMsg::ExitSignal { .. } => self.status = self.status.or(Some(128 + 9)),
-            ChannelMsg::Close => self.closed = true,
-            _ => {}
+        if matches!(msg, ChannelMsg::Close) {
+            self.closed = true;
+        }
+        if let Some(data) = self
+            .remote
+            .absorb(msg, &mut self.out.stderr, &mut self.status)
+        {
+            self.buffered.extend_from_slice(&data);
         }
         Some(())
     }
@@ -1194,9 +1212,8 @@ impl SshConversation<'_> {
 impl crate::remote::Conversation for SshConversation<'_> {
     async fn read_until(&mut self, mark: &[u8]) -> Result<Vec<u8>> {
         loop {
-            if let Some(at) = memchr::memmem::find(&self.buffered, mark) {
-                let rest = self.buffered.split_off(at + mark.len());
-                return Ok(std::mem::replace(&mut self.buffered, rest));
+            if let Some(answer) = crate::remote::take_through(&mut self.buffered, mark) {
+                return Ok(answer);
             }
             if self.next().await.is_none() {
                 return Err(match self.status {
@@ -1216,10 +1233,7 @@ impl crate::remote::Conversation for SshConversation<'_> {
     }
 
     async fn write(&mut self, data: &[u8]) -> Result<()> {
-        self.remote
-            .sent
-            .fetch_add(data.len() as u64, std::sync::atomic::Ordering::Relaxed);
-        self.remote.step(&self.conn, self.channel.data(data)).await
+        self.remote.send(&self.conn, &self.channel, data).await
     }
 
     async fn finish(mut self: Box<Self>) -> Result<ExecOutput> {
@@ -1240,12 +1254,7 @@ impl Remote for SshRemote {
         &'a self,
         script: &str,
     ) -> Result<Option<Box<dyn crate::remote::Conversation + 'a>>> {
-        self.execs
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let command = format!("sh -c {}", sh_quote(script));
-        let (conn, channel) = self.open_channel().await?;
-        self.step(&conn, channel.exec(true, command.as_bytes()))
-            .await?;
+        let (conn, channel) = self.start(script).await?;
         Ok(Some(Box::new(SshConversation {
             remote: self,
             conn,
