@@ -299,14 +299,12 @@ impl Engine {
         let name = project.name();
         let excludes = data::sync_excludes(&project.config, &project.root);
         // The local tree is compared with the cached manifest while the connection is made.
-        let (root, ex, cache) = (
-            project.root.clone(),
-            excludes.clone(),
-            self.sync_cache(&inst.id, &name),
+        let cache = self.sync_cache(&inst.id, &name);
+        let (remote, pre) = tokio::join!(
+            self.remote_for(&inst),
+            sync::prescan_async(&project.root, &excludes, Some(&cache))
         );
-        let pre = tokio::task::spawn_blocking(move || sync::prescan(&root, &ex, Some(&cache)));
-        let (remote, pre) = tokio::join!(self.remote_for(&inst), pre);
-        let pre = Some(pre??);
+        let pre = Some(pre?);
         self.sync_tree(
             remote?.as_ref(),
             &inst.id,

@@ -440,13 +440,8 @@ pub async fn prepare_with(
     excludes: &[String],
     cache: Option<&Path>,
 ) -> Result<SyncPlan> {
-    let (root, ex, c) = (
-        local_root.to_path_buf(),
-        excludes.to_vec(),
-        cache.map(Path::to_path_buf),
-    );
-    let pre = tokio::task::spawn_blocking(move || prescan(&root, &ex, c.as_deref())).await??;
-    prepare_scanned(remote, project, local_root, excludes, Some(pre)).await
+    let pre = prescan_async(local_root, excludes, cache).await?;
+    prepare_scanned(remote, project, local_root, excludes, pre).await
 }
 
 /// The local half of a sync with a cached manifest: the tree compared with the copy of
@@ -487,37 +482,31 @@ pub fn prescan(local_root: &Path, excludes: &[String], cache: Option<&Path>) -> 
     })
 }
 
+/// [`prescan`] on a blocking thread.
+pub async fn prescan_async(
+    local_root: &Path,
+    excludes: &[String],
+    cache: Option<&Path>,
+) -> Result<Prescan> {
+    let (root, ex, c) = (
+        local_root.to_path_buf(),
+        excludes.to_vec(),
+        cache.map(Path::to_path_buf),
+    );
+    tokio::task::spawn_blocking(move || prescan(&root, &ex, c.as_deref())).await?
+}
+
 /// [`prepare_with`] from a [`prescan`] already made.
 pub async fn prepare_scanned(
     remote: &dyn Remote,
     project: &str,
     local_root: &Path,
     excludes: &[String],
-    pre: Option<Prescan>,
+    pre: Prescan,
 ) -> Result<SyncPlan> {
-    let Some(Prescan {
-        cached,
-        generation,
-        lines: cached_lines,
-        guess,
-    }) = pre
-    else {
-        return prepare(remote, project, local_root, excludes).await;
-    };
-    let script = question(remote, project, generation.as_deref(), &guess);
+    let script = question(remote, project, pre.generation.as_deref(), &pre.guess);
     let out = remote.exec(&script).await?;
-    answer(
-        Some(Prescan {
-            cached,
-            generation,
-            lines: cached_lines,
-            guess,
-        }),
-        &out.stdout,
-        local_root,
-        excludes,
-    )
-    .await
+    answer(pre, &out.stdout, local_root, excludes).await
 }
 
 /// The question a sync asks the machine: its manifest (or only "unchanged" when its
@@ -593,7 +582,7 @@ fn sig_dir(cache: &Path) -> std::path::PathBuf {
 
 /// The plan from the machine's answer to [`question`].
 async fn answer(
-    pre: Option<Prescan>,
+    pre: Prescan,
     text: &[u8],
     local_root: &Path,
     excludes: &[String],
@@ -603,15 +592,14 @@ async fn answer(
         bail!("could not read the manifest on the machine");
     };
     let same = &text[..at] == SAME_MARK.as_bytes();
-    let (remote_m, lines) = match &pre {
+    let (remote_m, lines) = if same {
         // Unknown line count: a cache that lost it makes the next change a rewrite.
-        Some(p) if same => (p.cached.clone(), p.lines.unwrap_or(MANIFEST_MAX_LINES)),
-        _ => replay_manifest(&text[..at]),
+        (pre.cached.clone(), pre.lines.unwrap_or(MANIFEST_MAX_LINES))
+    } else {
+        replay_manifest(&text[..at])
     };
-    if let Some(Prescan { cached, guess, .. }) = pre
-        && remote_m == cached
-    {
-        let mut p = guess;
+    if remote_m == pre.cached {
+        let mut p = pre.guess;
         p.manifest_lines = lines;
         p.cache_current = same;
         let (files, sizes) = to_ask(&p);
@@ -620,7 +608,18 @@ async fn answer(
         return Ok(p);
     }
     // Not what we last wrote (someone else synced, or no cache): planned against what is
-    // there, keeping the hashes the local scan already has.
+    // there.
+    plan_against(remote_m, lines, local_root, excludes).await
+}
+
+/// The plan that turns the machine's manifest `remote_m` (a log of `lines`) into the tree
+/// at `local_root` (walked on a blocking thread).
+async fn plan_against(
+    remote_m: Manifest,
+    lines: usize,
+    local_root: &Path,
+    excludes: &[String],
+) -> Result<SyncPlan> {
     let (root, ex, prev) = (
         local_root.to_path_buf(),
         excludes.to_vec(),
@@ -637,6 +636,11 @@ async fn answer(
 /// The end of the conversation script: what the sync sends next, `go <length>` and a
 /// script of that many bytes (then what the script reads), or nothing.
 const INTERPRETER: &str = "read -r op n || exit 0; [ \"$op\" = go ] || exit 0; s=$(head -c \"$n\") || exit 1; eval \"$s\"";
+
+/// What [`INTERPRETER`] runs next: `script`.
+fn go(script: &str) -> Vec<u8> {
+    format!("go {}\n{script}", script.len()).into_bytes()
+}
 
 /// The line that ends a conversation's question.
 const READY_MARK: &str = "--trainctl-ready--";
@@ -658,14 +662,7 @@ pub async fn sync_once(
 ) -> Result<(SyncPlan, SyncStats)> {
     let pre = match pre {
         Some(p) => p,
-        None => {
-            let (root, ex, c) = (
-                local_root.to_path_buf(),
-                excludes.to_vec(),
-                cache.map(Path::to_path_buf),
-            );
-            tokio::task::spawn_blocking(move || prescan(&root, &ex, c.as_deref())).await??
-        }
+        None => prescan_async(local_root, excludes, cache).await?,
     };
     let q = question(remote, project, pre.generation.as_deref(), &pre.guess);
     let expect_noop = pre.guess.is_noop() && pre.guess.touched.is_empty();
@@ -677,7 +674,7 @@ pub async fn sync_once(
     };
     let script = format!("{q}; printf '%s\\n' {READY_MARK}; {early}{INTERPRETER}");
     let Some(mut conv) = remote.converse(&script).await? else {
-        let plan = prepare_scanned(remote, project, local_root, excludes, Some(pre)).await?;
+        let plan = prepare_scanned(remote, project, local_root, excludes, pre).await?;
         let stats = if dry_run {
             SyncStats::default()
         } else {
@@ -688,7 +685,7 @@ pub async fn sync_once(
     let mark = format!("{READY_MARK}\n");
     let text = conv.read_until(mark.as_bytes()).await?;
     let text = &text[..text.len() - mark.len()];
-    let plan = match answer(Some(pre), text, local_root, excludes).await {
+    let plan = match answer(pre, text, local_root, excludes).await {
         Ok(p) => p,
         Err(e) => {
             // End the machine's side (it reads end of input and stops) before saying why.
@@ -755,15 +752,7 @@ pub async fn prepare(
     excludes: &[String],
 ) -> Result<SyncPlan> {
     let (remote_m, lines) = remote_manifest(remote, project).await?;
-    let root = local_root.to_path_buf();
-    let ex = excludes.to_vec();
-    let prev = remote_m.clone();
-    let local =
-        tokio::task::spawn_blocking(move || scan_with(&root, &ex, &prev, HashNew::WhileSending))
-            .await??;
-    let mut p = plan(local, &remote_m);
-    p.manifest_lines = lines;
-    Ok(p)
+    plan_against(remote_m, lines, local_root, excludes).await
 }
 
 /// The shell text that prints the machine's block signatures of `files` (relative to
@@ -1083,8 +1072,7 @@ async fn apply_inner(
         let script = generation_cmd(remote.root(), project, &generation);
         let out = match conv {
             Some(mut c) => {
-                c.write(format!("go {}\n{script}", script.len()).as_bytes())
-                    .await?;
+                c.write(&go(&script)).await?;
                 c.finish().await?
             }
             None => remote.exec(&script).await?,
@@ -1211,11 +1199,13 @@ async fn apply_inner(
         )
     };
     let manifests = sh_quote(&format!("{}/manifests", remote.root()));
+    // The manifest line on stdin, recorded with its generation.
+    let record = format!(
+        "mkdir -p {manifests} && cat > {} && {finish} && {gen_cmd}",
+        sh_quote(&part)
+    );
     let after = if deltas.is_empty() {
-        format!(
-            "mkdir -p {manifests} && cat > {} && {finish} && {gen_cmd}",
-            sh_quote(&part)
-        )
+        record.clone()
     } else {
         format!(
             "mkdir -p {manifests} && {PY_DEF}cd {} && py -c {} patch {} && {finish} && {gen_cmd}",
@@ -1257,8 +1247,7 @@ async fn apply_inner(
     };
     record_sent(&mut manifest, &whole, &sent);
     stats.whole_files = whole.len();
-    let mut recorded = out.success();
-    if !recorded {
+    if !out.success() {
         // Patched files that did not match (changed on the machine since their sums were
         // read: exit 3 and their names), or no python3 to patch with (127): sent whole.
         let redo: Vec<String> = match out.status {
@@ -1289,17 +1278,11 @@ async fn apply_inner(
         stats.delta_files -= redo.len();
         stats.whole_files += redo.len();
         let json = manifest_record(plan, &manifest, rewrite)?;
-        let script = format!(
-            "mkdir -p {manifests} && cat > {} && {finish} && {gen_cmd}",
-            sh_quote(&part)
-        );
         remote
-            .exec_with_stdin(&script, &json)
+            .exec_with_stdin(&record, &json)
             .await?
             .check("recording the manifest")?;
-        recorded = true;
     }
-    debug_assert!(recorded);
     let lines = if rewrite { 1 } else { plan.manifest_lines + 1 };
     let sigs = deltas
         .into_iter()
@@ -1400,8 +1383,7 @@ async fn converse_between(
         };
     }
     let script = crate::remote::pack::between_script(&before, !main_rels.is_empty(), dir, after);
-    conv.write(format!("go {}\n{script}", script.len()).as_bytes())
-        .await?;
+    conv.write(&go(&script)).await?;
     if !sides.is_empty() {
         conv.read_until(format!("{BEFORE_DONE}\n").as_bytes())
             .await?;
