@@ -233,17 +233,7 @@ mod converge {
             Op::Remove(i) => remove(&root.join(PATHS[*i])),
             Op::Big(i, at, kind) => {
                 let p = root.join(PATHS[*i]);
-                let noise = |n: usize, seed: u64| -> Vec<u8> {
-                    let mut x = seed | 1;
-                    (0..n)
-                        .map(|_| {
-                            x ^= x << 13;
-                            x ^= x >> 7;
-                            x ^= x << 17;
-                            (x >> 24) as u8
-                        })
-                        .collect()
-                };
+                let noise = |n: usize, seed: u64| crate::common::pseudo_random(&mut (seed | 1), n);
                 match std::fs::symlink_metadata(&p) {
                     Ok(m) if m.is_file() && m.len() >= 20_000 => {
                         let mut data = std::fs::read(&p).unwrap();
