@@ -25,6 +25,24 @@ pub fn hex(bytes: &[u8]) -> String {
     s
 }
 
+/// Replace the local file `path` whole with `bytes` (its folder made if needed): written
+/// to a temporary name beside it (this process's own), then renamed over it, so a reader
+/// sees the old content or the new, never half of one.
+pub fn write_whole(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(std::path::Path::new("."));
+    std::fs::create_dir_all(dir)?;
+    let name = path.file_name().unwrap_or_default().to_string_lossy();
+    let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
+    let wrote = std::fs::write(&tmp, bytes).and_then(|()| std::fs::rename(&tmp, path));
+    if wrote.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    wrote
+}
+
 /// The first 16 characters of a hex digest, for display (sums are kept whole).
 pub fn short_hash(hex: &str) -> &str {
     &hex[..16.min(hex.len())]

@@ -202,12 +202,7 @@ impl HashCache {
     }
 
     pub fn save(&self) -> Result<()> {
-        if let Some(d) = self.path.parent() {
-            std::fs::create_dir_all(d)?;
-        }
-        let tmp = self.path.with_extension("json.tmp");
-        std::fs::write(&tmp, serde_json::to_vec(self)?)?;
-        std::fs::rename(&tmp, &self.path)?;
+        crate::model::write_whole(&self.path, &serde_json::to_vec(self)?)?;
         Ok(())
     }
 }
@@ -217,10 +212,10 @@ impl HashCache {
 /// store's, its ETag): a transfer that starts from hard links of that content keeps the
 /// files whose hash did not change.
 pub fn save_records(dir: &Path, content: &str, files: &[(&str, u64, &str)]) -> Result<()> {
-    std::fs::create_dir_all(dir)?;
-    let tmp = dir.join(format!("{content}.json.tmp"));
-    std::fs::write(&tmp, serde_json::to_vec(&files)?)?;
-    std::fs::rename(&tmp, dir.join(format!("{content}.json")))?;
+    crate::model::write_whole(
+        &dir.join(format!("{content}.json")),
+        &serde_json::to_vec(&files)?,
+    )?;
     Ok(())
 }
 

@@ -560,12 +560,8 @@ fn keep_sigs(dir: &Path, new: &[(String, delta::Signature)], manifest: &Manifest
     if new.is_empty() && !dir.exists() {
         return;
     }
-    let _ = std::fs::create_dir_all(dir);
     for (hash, sig) in new {
-        let tmp = dir.join(format!("{hash}.part"));
-        if std::fs::write(&tmp, sig.to_bytes()).is_ok() {
-            let _ = std::fs::rename(&tmp, dir.join(hash));
-        }
+        let _ = crate::model::write_whole(&dir.join(hash), &sig.to_bytes());
     }
     let live: BTreeSet<&str> = manifest.values().map(|e| e.hash.as_str()).collect();
     for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
@@ -727,9 +723,6 @@ async fn apply_cached(
     let (Some(c), Some(applied)) = (cache, applied) else {
         return Ok(stats);
     };
-    if let Some(dir) = c.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
     keep_sigs(&sig_dir(c), &applied.sigs, &applied.manifest);
     let mut json = serde_json::to_vec(&ManifestLine {
         full: Some(applied.manifest),
@@ -738,9 +731,7 @@ async fn apply_cached(
         ..Default::default()
     })?;
     json.push(b'\n');
-    let tmp = c.with_extension("part");
-    std::fs::write(&tmp, &json)?;
-    std::fs::rename(&tmp, c)?;
+    crate::model::write_whole(c, &json)?;
     Ok(stats)
 }
 

@@ -290,11 +290,7 @@ pub struct ObjectListing {
 
 /// Write `text` to `<data>/catalog/<name>` whole (a temporary file renamed over it).
 pub fn keep_catalog(data_dir: &std::path::Path, name: &str, text: &str) -> Result<()> {
-    let dir = data_dir.join("catalog");
-    std::fs::create_dir_all(&dir)?;
-    let tmp = dir.join(format!("{name}.{}", std::process::id()));
-    std::fs::write(&tmp, text)?;
-    std::fs::rename(&tmp, dir.join(name))?;
+    crate::model::write_whole(&data_dir.join("catalog").join(name), text.as_bytes())?;
     Ok(())
 }
 

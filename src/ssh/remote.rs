@@ -856,13 +856,10 @@ impl SshRemote {
         if !host_key.is_empty() {
             let mut all = read();
             all.insert(key, home.clone());
-            let tmp = cache.with_extension(format!("json.{}", std::process::id()));
             let wrote = serde_json::to_vec(&all)
                 .map_err(anyhow::Error::from)
-                .and_then(|b| Ok(std::fs::write(&tmp, b)?))
-                .and_then(|()| Ok(std::fs::rename(&tmp, &cache)?));
+                .and_then(|b| Ok(crate::model::write_whole(&cache, &b)?));
             if let Err(e) = wrote {
-                let _ = std::fs::remove_file(&tmp);
                 tracing::debug!("remembering the home of {}: {e:#}", self.target.alias);
             }
         }

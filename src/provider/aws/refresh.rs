@@ -147,11 +147,8 @@ pub async fn refresh(
     }
     // Never write what would not load.
     Catalog::parse(&out).context("the refreshed catalog does not parse")?;
+    crate::model::write_whole(&path, out.as_bytes())?;
     let dir = path.parent().context("catalog path")?;
-    std::fs::create_dir_all(dir)?;
-    let tmp = dir.join(".aws.csv.tmp");
-    std::fs::write(&tmp, &out)?;
-    std::fs::rename(&tmp, &path)?;
     let mut stamps = refreshed_at(data_dir);
     let now = aws_smithy_types::DateTime::from_millis(crate::model::now_ms())
         .fmt(aws_smithy_types::date_time::Format::DateTime)
