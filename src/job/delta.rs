@@ -244,25 +244,25 @@ pub fn literal_bytes(ops: &[Op]) -> usize {
         .sum()
 }
 
-/// What `ops` rebuild from `old` (the machine's side, for tests).
-pub fn apply(old: &[u8], block: usize, ops: &[Op], new: &[u8]) -> Vec<u8> {
-    let mut out = Vec::new();
-    for op in ops {
-        match *op {
-            Op::Copy { first, count } => {
-                let s = (first * block).min(old.len());
-                let e = ((first + count) * block).min(old.len());
-                out.extend_from_slice(&old[s..e]);
-            }
-            Op::Literal { at, len } => out.extend_from_slice(&new[at..at + len]),
-        }
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// What `ops` rebuild from `old` (the machine's side, `delta.py`, in Rust).
+    fn apply(old: &[u8], block: usize, ops: &[Op], new: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        for op in ops {
+            match *op {
+                Op::Copy { first, count } => {
+                    let s = (first * block).min(old.len());
+                    let e = ((first + count) * block).min(old.len());
+                    out.extend_from_slice(&old[s..e]);
+                }
+                Op::Literal { at, len } => out.extend_from_slice(&new[at..at + len]),
+            }
+        }
+        out
+    }
 
     fn noise(n: usize, seed: u64) -> Vec<u8> {
         let mut x = seed | 1;
