@@ -3,17 +3,20 @@
 //! executes off the UI task. Everything is testable with plain key sequences.
 
 use super::keymap::{Action, Keymap, View};
-use super::series::Series;
+pub use super::panes::logs::{LogLine, LogView};
+pub use super::panes::metrics::MetricsView;
+pub use super::popups::confirm::Confirm;
+pub use super::popups::launch::{CHEAPEST, FORM_FIELDS, LaunchForm, Validator};
+pub use super::popups::passphrase::PassphrasePrompt;
+pub(crate) use super::popups::prompt::LineKind;
 use super::theme::Theme;
 use crate::cost::CostReport;
 use crate::engine::EngineEvent;
 use crate::model::{JobState, MetricPoint, Money, Progress, TimestampMs};
-use crate::provider::{LaunchRequest, Plan};
+use crate::provider::LaunchRequest;
 use crate::store::{InstanceRecord, JobRecord};
 use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
 use ratatui_textarea::TextArea;
-use std::collections::VecDeque;
-use std::sync::Arc;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct InstanceRow {
@@ -174,215 +177,6 @@ pub enum Msg {
     },
 }
 
-#[derive(Debug, Clone)]
-pub struct LogLine {
-    pub text: String,
-    /// When the cockpit received it (None for lines read back from history).
-    pub ts: Option<TimestampMs>,
-}
-
-/// The selected job's log: a bounded window onto the stored log.
-#[derive(Debug, Clone)]
-pub struct LogView {
-    pub job: Option<String>,
-    pub lines: VecDeque<LogLine>,
-    pub cap: usize,
-    /// Index of `lines[0]` in the whole log (0-based).
-    pub first_line: u64,
-    /// Where reading continues: (attempt, byte offset in that attempt's log).
-    pub read_attempt: i64,
-    pub read_offset: u64,
-    pub loading: bool,
-    /// Index (into `lines`) of the first visible line when not following.
-    pub top: usize,
-    pub autoscroll: bool,
-    pub wrap: bool,
-    pub timestamps: bool,
-    pub fullscreen: bool,
-    pub search: Option<String>,
-    /// Index into `lines` of the current match.
-    pub current_match: Option<usize>,
-}
-
-impl LogView {
-    fn new(cap: usize) -> LogView {
-        LogView {
-            job: None,
-            lines: VecDeque::new(),
-            cap: cap.max(100),
-            first_line: 0,
-            read_attempt: 1,
-            read_offset: 0,
-            loading: false,
-            top: 0,
-            autoscroll: true,
-            wrap: false,
-            timestamps: false,
-            fullscreen: false,
-            search: None,
-            current_match: None,
-        }
-    }
-
-    fn reset(&mut self, job: Option<String>) {
-        let (wrap, ts, fs, cap) = (self.wrap, self.timestamps, self.fullscreen, self.cap);
-        *self = LogView::new(cap);
-        self.job = job;
-        self.wrap = wrap;
-        self.timestamps = ts;
-        self.fullscreen = fs;
-    }
-
-    pub fn push(&mut self, text: String, ts: Option<TimestampMs>) {
-        self.lines.push_back(LogLine { text, ts });
-        if self.lines.len() > self.cap {
-            self.lines.pop_front();
-            self.first_line += 1;
-            self.top = self.top.saturating_sub(1);
-            self.current_match = self.current_match.and_then(|m| m.checked_sub(1));
-        }
-    }
-
-    fn find(&self, from: usize, forward: bool) -> Option<usize> {
-        let needle = self.search.as_deref()?.to_lowercase();
-        let n = self.lines.len();
-        let hit = |i: usize| self.lines[i].text.to_lowercase().contains(&needle);
-        if forward {
-            (from..n).chain(0..from).find(|&i| hit(i))
-        } else {
-            (0..=from.min(n.saturating_sub(1)))
-                .rev()
-                .chain((from + 1..n).rev())
-                .find(|&i| hit(i))
-        }
-    }
-}
-
-/// The selected job's metrics, one series per name in order of first appearance.
-#[derive(Debug, Clone, Default)]
-pub struct MetricsView {
-    pub job: Option<String>,
-    pub series: Vec<(String, Series)>,
-    pub selected: usize,
-    pub last_rowid: i64,
-    pub loading: bool,
-}
-
-impl MetricsView {
-    pub fn push(&mut self, p: &MetricPoint) {
-        let x = p
-            .step
-            .map(|s| s as f64)
-            .or(p.epoch)
-            .unwrap_or(p.line as f64);
-        match self.series.iter_mut().find(|(n, _)| *n == p.name) {
-            Some((_, s)) => s.push(x, p.value),
-            None => {
-                let mut s = Series::new();
-                s.push(x, p.value);
-                self.series.push((p.name.clone(), s));
-            }
-        }
-    }
-}
-
-/// Checks a launch request (provider, request) and prices it, with no side effect.
-pub type Validator = Arc<dyn Fn(&str, &LaunchRequest) -> Result<Plan, String> + Send + Sync>;
-
-/// The launch form's provider that means "the cheapest offer of any provider".
-pub const CHEAPEST: &str = "cheapest";
-
-pub const FORM_FIELDS: [&str; 5] = [
-    "provider (or cheapest)",
-    "instance type",
-    "spot (yes/no)",
-    "max $/h",
-    "name",
-];
-
-pub struct LaunchForm {
-    pub fields: Vec<TextArea<'static>>,
-    pub focus: usize,
-    /// Per-field error, as you type.
-    pub errors: Vec<Option<String>>,
-    /// The priced plan when everything is valid.
-    pub plan: Option<Plan>,
-    /// Completions for the instance type field.
-    pub completions: Vec<String>,
-    /// With provider `cheapest`: the offers that fit, cheapest first (provider, type,
-    /// hourly); the first is launched, the others tried in order when it has no capacity.
-    pub cheapest: Vec<(String, String, Money)>,
-}
-
-impl std::fmt::Debug for LaunchForm {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("LaunchForm")
-            .field("values", &self.values())
-            .field("focus", &self.focus)
-            .field("errors", &self.errors)
-            .finish()
-    }
-}
-
-impl LaunchForm {
-    fn new(provider: &str, instance_type: &str) -> LaunchForm {
-        let mut fields: Vec<TextArea<'static>> =
-            FORM_FIELDS.iter().map(|_| TextArea::default()).collect();
-        fields[0].insert_str(provider);
-        fields[1].insert_str(instance_type);
-        fields[2].insert_str("no");
-        for f in &mut fields {
-            f.set_cursor_line_style(ratatui::style::Style::default());
-        }
-        LaunchForm {
-            fields,
-            focus: 0,
-            errors: vec![None; FORM_FIELDS.len()],
-            cheapest: Vec::new(),
-            plan: None,
-            completions: Vec::new(),
-        }
-    }
-
-    pub fn values(&self) -> Vec<String> {
-        self.fields
-            .iter()
-            .map(|f| f.lines().join("").trim().to_string())
-            .collect()
-    }
-}
-
-#[derive(Debug, Clone)]
-pub struct Confirm {
-    pub title: String,
-    pub lines: Vec<String>,
-    /// The highlighted choice; always starts at No.
-    pub yes: bool,
-    pub on_yes: Command,
-}
-
-/// A masked field for an SSH key's passphrase or a login password; the answer goes back
-/// to the connection.
-pub struct PassphrasePrompt {
-    pub asked: crate::ssh::remote::Asked,
-    pub input: TextArea<'static>,
-    reply: Option<tokio::sync::oneshot::Sender<Option<String>>>,
-}
-
-impl std::fmt::Debug for PassphrasePrompt {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "PassphrasePrompt({})", self.asked.subject())
-    }
-}
-
-impl PassphrasePrompt {
-    fn answer(mut self, value: Option<String>) {
-        if let Some(r) = self.reply.take() {
-            let _ = r.send(value);
-        }
-    }
-}
-
 #[derive(Debug)]
 pub enum Mode {
     Normal,
@@ -514,7 +308,7 @@ impl App {
         }
     }
 
-    fn say(&mut self, msg: impl Into<String>, error: bool) {
+    pub(crate) fn say(&mut self, msg: impl Into<String>, error: bool) {
         self.status = Some((msg.into(), error));
     }
 
@@ -572,7 +366,7 @@ impl App {
     /// Ask before acting on the job in view (the focused one in Logs, else the selected):
     /// `what` gives the lines after the job's own and the command, or None when the action
     /// does not apply to it. The answer defaults to No. Returns whether it asked.
-    fn job_confirm(
+    pub(crate) fn job_confirm(
         &mut self,
         title: &str,
         what: impl FnOnce(&JobRow) -> Option<(Vec<String>, Command)>,
@@ -609,7 +403,7 @@ impl App {
     }
 
     /// Point the Logs and Metrics panes at `job`, loading what is stored.
-    fn focus(&mut self, job: Option<String>) -> Vec<Command> {
+    pub(crate) fn focus(&mut self, job: Option<String>) -> Vec<Command> {
         if job == self.focus_job && self.logs.job == job {
             return Vec::new();
         }
@@ -640,7 +434,7 @@ impl App {
     }
 
     /// Ask for whatever is new in the focused job's log and metrics.
-    fn poll_focus(&mut self) -> Vec<Command> {
+    pub(crate) fn poll_focus(&mut self) -> Vec<Command> {
         let mut out = Vec::new();
         if let Some(j) = self.logs.job.clone()
             && !self.logs.loading
@@ -890,7 +684,7 @@ impl App {
         }
     }
 
-    fn on_key(&mut self, ev: KeyEvent) -> Vec<Command> {
+    pub(crate) fn on_key(&mut self, ev: KeyEvent) -> Vec<Command> {
         // ctrl-c always quits, whatever is open.
         if ev.code == KeyCode::Char('c') && ev.modifiers.contains(KeyModifiers::CONTROL) {
             self.quit = true;
@@ -925,7 +719,7 @@ impl App {
         }
     }
 
-    fn list_len(&self) -> usize {
+    pub(crate) fn list_len(&self) -> usize {
         match self.view {
             View::Instances => self.inst_visible.len(),
             View::Jobs => self.job_visible.len(),
@@ -935,7 +729,7 @@ impl App {
         }
     }
 
-    fn move_sel(&mut self, delta: isize) -> Vec<Command> {
+    pub(crate) fn move_sel(&mut self, delta: isize) -> Vec<Command> {
         match self.view {
             View::Instances | View::Jobs => {
                 let len = self.list_len();
@@ -960,33 +754,7 @@ impl App {
         }
     }
 
-    fn scroll_logs(&mut self, delta: isize) -> Vec<Command> {
-        let len = self.logs.lines.len();
-        let page = self.page.max(1);
-        let max_top = len.saturating_sub(page);
-        if self.logs.autoscroll {
-            self.logs.top = max_top;
-        }
-        let new_top = self.logs.top as isize + delta;
-        if new_top < 0 && self.logs.first_line > 0 && !self.logs.loading {
-            // Scrolled past what is held: read older lines back from the stored log.
-            self.logs.autoscroll = false;
-            self.logs.top = 0;
-            if let Some(job) = self.logs.job.clone() {
-                self.logs.loading = true;
-                return vec![Command::LoadOlderLog {
-                    job,
-                    before: self.logs.first_line,
-                    count: (self.logs.cap / 10).max(page * 4),
-                }];
-            }
-        }
-        self.logs.top = new_top.clamp(0, max_top as isize) as usize;
-        self.logs.autoscroll = self.logs.top >= max_top && delta > 0;
-        Vec::new()
-    }
-
-    fn switch_view(&mut self, v: View) -> Vec<Command> {
+    pub(crate) fn switch_view(&mut self, v: View) -> Vec<Command> {
         self.view = v;
         if matches!(v, View::Logs | View::Metrics) && self.focus_job.is_none() {
             let j = self.selected_job().map(|j| j.rec.id.clone());
@@ -995,7 +763,7 @@ impl App {
         Vec::new()
     }
 
-    fn on_normal_key(&mut self, ev: KeyEvent) -> Vec<Command> {
+    pub(crate) fn on_normal_key(&mut self, ev: KeyEvent) -> Vec<Command> {
         let Some(action) = self.keymap.action_for(&ev, self.view, self.readonly) else {
             return Vec::new();
         };
@@ -1276,393 +1044,6 @@ impl App {
                 self.jump_to_match(from, forward);
                 Vec::new()
             }
-        }
-    }
-
-    fn jump_to_match(&mut self, from: usize, forward: bool) {
-        match self.logs.find(from.min(self.logs.lines.len()), forward) {
-            Some(i) => {
-                self.logs.current_match = Some(i);
-                self.logs.autoscroll = false;
-                let page = self.page.max(1);
-                self.logs.top = i
-                    .saturating_sub(page / 2)
-                    .min(self.logs.lines.len().saturating_sub(page));
-            }
-            None => {
-                let s = self.logs.search.clone().unwrap_or_default();
-                self.say(format!("no match for `{s}`"), true);
-            }
-        }
-    }
-
-    fn on_line_key(&mut self, ev: KeyEvent, mut line: String, kind: LineKind) -> Vec<Command> {
-        match ev.code {
-            KeyCode::Esc => {
-                if kind == LineKind::Filter {
-                    self.set_filter(String::new());
-                }
-                Vec::new()
-            }
-            KeyCode::Enter => match kind {
-                LineKind::Filter => {
-                    self.set_filter(line);
-                    Vec::new()
-                }
-                LineKind::Search => {
-                    if line.is_empty() {
-                        self.logs.search = None;
-                    } else {
-                        self.logs.search = Some(line);
-                        let from = self.logs.top;
-                        self.jump_to_match(from, true);
-                    }
-                    Vec::new()
-                }
-                LineKind::Command => self.run_command_line(line.trim()),
-            },
-            KeyCode::Backspace => {
-                line.pop();
-                if kind == LineKind::Filter {
-                    self.set_filter(line.clone());
-                }
-                self.mode = kind.mode(line);
-                Vec::new()
-            }
-            KeyCode::Char(c) if !ev.modifiers.contains(KeyModifiers::CONTROL) => {
-                line.push(c);
-                if kind == LineKind::Filter {
-                    // Filter as you type.
-                    self.set_filter(line.clone());
-                }
-                self.mode = kind.mode(line);
-                Vec::new()
-            }
-            _ => {
-                self.mode = kind.mode(line);
-                Vec::new()
-            }
-        }
-    }
-
-    fn set_filter(&mut self, f: String) {
-        match self.view {
-            View::Instances => self.inst_filter = f,
-            _ => self.job_filter = f,
-        }
-        self.refilter();
-    }
-
-    fn run_command_line(&mut self, cmd: &str) -> Vec<Command> {
-        let word = cmd.split_whitespace().next().unwrap_or("");
-        if let Some(v) = View::from_command(word) {
-            return self.switch_view(v);
-        }
-        match word {
-            "" => Vec::new(),
-            "q" | "quit" | "q!" => {
-                self.quit = true;
-                Vec::new()
-            }
-            "launch" if !self.readonly => {
-                self.open_launch_form();
-                Vec::new()
-            }
-            "help" | "h" => {
-                self.mode = Mode::Help;
-                Vec::new()
-            }
-            other => {
-                self.say(
-                    format!("unknown command `:{other}` (instances, jobs, logs, metrics, cost, launch, help, quit)"),
-                    true,
-                );
-                Vec::new()
-            }
-        }
-    }
-
-    fn on_confirm_key(&mut self, ev: KeyEvent, mut c: Confirm) -> Vec<Command> {
-        match ev.code {
-            KeyCode::Char('y') | KeyCode::Char('Y') => vec![c.on_yes],
-            KeyCode::Char('n') | KeyCode::Char('N') | KeyCode::Esc | KeyCode::Char('q') => {
-                Vec::new()
-            }
-            KeyCode::Enter => {
-                if c.yes {
-                    vec![c.on_yes]
-                } else {
-                    Vec::new()
-                }
-            }
-            KeyCode::Left
-            | KeyCode::Right
-            | KeyCode::Tab
-            | KeyCode::Char('h')
-            | KeyCode::Char('l') => {
-                c.yes = !c.yes;
-                self.mode = Mode::Confirm(c);
-                Vec::new()
-            }
-            _ => {
-                self.mode = Mode::Confirm(c);
-                Vec::new()
-            }
-        }
-    }
-
-    pub fn open_launch_form(&mut self) {
-        if self.readonly {
-            return;
-        }
-        let ty = self
-            .catalog
-            .iter()
-            .find(|(p, _)| *p == self.default_provider)
-            .and_then(|(_, t)| t.first().cloned())
-            .unwrap_or_default();
-        let mut form = LaunchForm::new(&self.default_provider, &ty);
-        self.validate_form(&mut form);
-        self.mode = Mode::Launch(Box::new(form));
-    }
-
-    /// Check every field as typed; fills `errors`, `plan` and `completions`.
-    pub fn validate_form(&self, f: &mut LaunchForm) {
-        let v = f.values();
-        f.errors = vec![None; FORM_FIELDS.len()];
-        f.plan = None;
-        f.cheapest.clear();
-        if v[0] == CHEAPEST {
-            return self.validate_cheapest(f, &v);
-        }
-        let provider_ok = self.providers.contains(&v[0]);
-        if !provider_ok {
-            f.errors[0] = Some(format!(
-                "unknown provider (known: {}, or {CHEAPEST})",
-                self.providers.join(", ")
-            ));
-        }
-        let types: Vec<String> = self
-            .catalog
-            .iter()
-            .find(|(p, _)| *p == v[0])
-            .map(|(_, t)| t.clone())
-            .unwrap_or_default();
-        f.completions = types
-            .iter()
-            .filter(|t| t.starts_with(&v[1]))
-            .cloned()
-            .collect();
-        let spot = match v[2].to_lowercase().as_str() {
-            "yes" | "y" | "true" | "spot" => Some(true),
-            "no" | "n" | "false" | "" | "on-demand" => Some(false),
-            _ => {
-                f.errors[2] = Some("yes or no".into());
-                None
-            }
-        };
-        let max_price = if v[3].is_empty() {
-            None
-        } else {
-            match Money::from_dollars_str(&v[3]) {
-                Some(m) if m.0 > 0 => Some(m),
-                _ => {
-                    f.errors[3] = Some("a dollar amount, e.g. 2.50".into());
-                    None
-                }
-            }
-        };
-        if !v[4].is_empty()
-            && !v[4]
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
-        {
-            f.errors[4] = Some("letters, digits, - _ . only".into());
-        }
-        if !provider_ok || f.errors.iter().any(Option::is_some) {
-            return;
-        }
-        let req = self.form_request(&v, spot.unwrap_or(false));
-        match (self.validator)(&v[0], &req) {
-            Ok(plan) => {
-                if let Some(max) = max_price
-                    && plan.hourly > max
-                {
-                    f.errors[3] = Some(format!(
-                        "{} costs {}/h, above your max",
-                        plan.instance_type, plan.hourly
-                    ));
-                    return;
-                }
-                f.plan = Some(plan);
-            }
-            Err(e) => f.errors[1] = Some(e),
-        }
-    }
-
-    /// Provider `cheapest`: the instance type field filters offers of every provider by
-    /// GPU or type name (`H100`, `a100`); those that pass their provider's check and the
-    /// max price are kept, cheapest first (spot prices when spot is asked).
-    fn validate_cheapest(&self, f: &mut LaunchForm, v: &[String]) {
-        let spot = matches!(v[2].to_lowercase().as_str(), "yes" | "y" | "true" | "spot");
-        let max = Money::from_dollars_str(&v[3]).filter(|m| m.0 > 0);
-        if !v[3].is_empty() && max.is_none() {
-            f.errors[3] = Some("a dollar amount, e.g. 2.50".into());
-            return;
-        }
-        let want = v[1].to_lowercase();
-        // Each (provider, type) once, priced by its provider's own check (its region, its
-        // market): the catalog rows only say which offers exist.
-        let mut seen: Vec<(&str, &str)> = Vec::new();
-        let mut fits: Vec<(String, String, Plan)> = Vec::new();
-        for o in &self.offers {
-            let name_fits = o.accelerator.to_lowercase().contains(&want)
-                || o.instance_type.to_lowercase().contains(&want);
-            let market = if spot {
-                o.spot_micros
-            } else {
-                o.on_demand_micros
-            };
-            if !name_fits || market.is_none() || o.gpus < 1.0 {
-                continue;
-            }
-            if seen.contains(&(o.provider.as_str(), o.instance_type.as_str())) {
-                continue;
-            }
-            seen.push((&o.provider, &o.instance_type));
-            let req = LaunchRequest {
-                instance_type: Some(o.instance_type.clone()),
-                ..self.form_request(v, spot)
-            };
-            // Only offers their provider would take (a bid it needs, a type it knows).
-            if let Ok(plan) = (self.validator)(&o.provider, &req)
-                && max.is_none_or(|m| plan.hourly <= m)
-            {
-                fits.push((o.provider.clone(), o.instance_type.clone(), plan));
-            }
-        }
-        fits.sort_by_key(|(p, t, plan)| (plan.hourly, p.clone(), t.clone()));
-        fits.truncate(8);
-        let first_plan = fits.first().map(|(_, _, plan)| plan.clone());
-        f.cheapest = fits
-            .into_iter()
-            .map(|(p, t, plan)| (p, t, plan.hourly))
-            .collect();
-        f.completions.clear();
-        match first_plan {
-            Some(plan) => f.plan = Some(plan),
-            None => {
-                f.errors[1] = Some(format!(
-                    "no {}offer fits `{}`{}",
-                    if spot { "spot " } else { "" },
-                    v[1],
-                    if max.is_some() { " under your max" } else { "" }
-                ))
-            }
-        }
-    }
-
-    /// The launch of the form's values: for `cheapest`, its first offer with the others as
-    /// `PROVIDER:TYPE` alternatives.
-    fn form_launch(&self, f: &LaunchForm) -> (String, LaunchRequest) {
-        let v = f.values();
-        let spot = matches!(v[2].to_lowercase().as_str(), "yes" | "y" | "true" | "spot");
-        let req = self.form_request(&v, spot);
-        match f.cheapest.split_first() {
-            Some(((p, t, _), rest)) if v[0] == CHEAPEST => (
-                p.clone(),
-                LaunchRequest {
-                    instance_type: Some(t.clone()),
-                    any_of: rest.iter().map(|(p, t, _)| format!("{p}:{t}")).collect(),
-                    ..req
-                },
-            ),
-            _ => (v[0].clone(), req),
-        }
-    }
-
-    fn form_request(&self, v: &[String], spot: bool) -> LaunchRequest {
-        LaunchRequest {
-            name: (!v[4].is_empty()).then(|| v[4].clone()),
-            instance_type: (!v[1].is_empty()).then(|| v[1].clone()),
-            gpus: None,
-            spot,
-            accept_new_host_key: false,
-            ..Default::default()
-        }
-    }
-
-    fn on_launch_key(&mut self, ev: KeyEvent, mut f: Box<LaunchForm>) -> Vec<Command> {
-        let n = FORM_FIELDS.len();
-        match ev.code {
-            KeyCode::Esc => return Vec::new(),
-            KeyCode::Enter => {
-                self.validate_form(&mut f);
-                if f.plan.is_some() {
-                    let (provider, req) = self.form_launch(&f);
-                    self.say(format!("launching on {provider}…"), false);
-                    return vec![Command::Launch { provider, req }];
-                }
-                self.say("fix the fields marked in red first", true);
-            }
-            KeyCode::Down | KeyCode::BackTab | KeyCode::Up | KeyCode::Tab
-                if !(ev.code == KeyCode::Tab && f.focus == 1 && !f.completions.is_empty()) =>
-            {
-                f.focus = match ev.code {
-                    KeyCode::Up | KeyCode::BackTab => (f.focus + n - 1) % n,
-                    _ => (f.focus + 1) % n,
-                };
-            }
-            KeyCode::Tab => {
-                // Complete the instance type to the longest common prefix of the candidates.
-                let prefix = common_prefix(&f.completions);
-                let field = &mut f.fields[1];
-                field.select_all();
-                field.cut();
-                field.insert_str(prefix);
-                self.validate_form(&mut f);
-            }
-            _ => {
-                let focus = f.focus;
-                f.fields[focus].input(ev);
-                self.validate_form(&mut f);
-            }
-        }
-        self.mode = Mode::Launch(f);
-        Vec::new()
-    }
-}
-
-fn common_prefix(v: &[String]) -> String {
-    let Some(first) = v.first() else {
-        return String::new();
-    };
-    let mut len = first.len();
-    for s in &v[1..] {
-        len = first
-            .chars()
-            .zip(s.chars())
-            .take_while(|(a, b)| a == b)
-            .map(|(a, _)| a.len_utf8())
-            .sum::<usize>()
-            .min(len);
-    }
-    first[..len].to_string()
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum LineKind {
-    Filter,
-    Command,
-    Search,
-}
-
-impl LineKind {
-    fn mode(self, s: String) -> Mode {
-        match self {
-            LineKind::Filter => Mode::Filter(s),
-            LineKind::Command => Mode::Command(s),
-            LineKind::Search => Mode::Search(s),
         }
     }
 }

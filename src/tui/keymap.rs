@@ -210,6 +210,10 @@ impl Key {
         {
             mods.remove(KeyModifiers::SHIFT);
         }
+        // crossterm reports shift-tab as BackTab with SHIFT set: the shift is the key.
+        if ev.code == KeyCode::BackTab {
+            mods.remove(KeyModifiers::SHIFT);
+        }
         let code = match ev.code {
             KeyCode::Char(c) if self.mods.contains(KeyModifiers::CONTROL) => {
                 KeyCode::Char(c.to_ascii_lowercase())
@@ -434,6 +438,12 @@ mod tests {
             Key::parse("shift-tab")
                 .unwrap()
                 .matches(&ev(KeyCode::BackTab, KeyModifiers::NONE))
+        );
+        // What crossterm really sends for shift-tab.
+        assert!(
+            Key::parse("shift-tab")
+                .unwrap()
+                .matches(&ev(KeyCode::BackTab, KeyModifiers::SHIFT))
         );
         assert!(Key::parse("hyper-x").is_err());
     }

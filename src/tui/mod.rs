@@ -4,6 +4,8 @@
 
 pub mod app;
 pub mod keymap;
+pub mod panes;
+pub mod popups;
 pub mod run;
 pub mod series;
 pub mod theme;
