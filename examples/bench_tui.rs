@@ -107,7 +107,7 @@ fn big_snapshot() -> Snapshot {
             cost: Money(i),
             projected: Some(Money(2 * i)),
             metric: Some(("loss".into(), 1.0 / (i as f64 + 1.0))),
-            spark: (0..32).map(|k| ((k + i) as f64).sin()).collect(),
+            trend: (0..32).map(|k| ((k + i) as f64).sin()).collect(),
         })
         .collect();
     Snapshot {

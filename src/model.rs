@@ -137,17 +137,38 @@ impl Money {
         Money(((self.0 as i128 * ms as i128) / 3_600_000) as i64)
     }
 
-    /// Compact form for tables: `$1234`, `$12.34`, `$0.1235` (rounded; sums stay exact).
-    pub fn short(self) -> String {
-        let d = self.0 as f64 / 1_000_000.0;
-        let a = d.abs();
-        if a >= 1000.0 {
-            format!("${d:.0}")
-        } else if a >= 1.0 || self.0 % 10_000 == 0 {
-            format!("${d:.2}")
+    /// How many decimals amounts shown together use (a table column, a sentence): cents
+    /// when each is a whole number of cents or at least a dollar, else four, so `$0.01` and
+    /// `$0.0150` never sit together. The one rule for every amount a person reads; JSON
+    /// carries exact micro-dollars.
+    pub fn decimals_for(values: &[Money]) -> usize {
+        if values
+            .iter()
+            .all(|m| m.0 % 10_000 == 0 || m.0.unsigned_abs() >= 1_000_000)
+        {
+            2
         } else {
-            format!("${d:.4}")
+            4
         }
+    }
+
+    /// `$12.34` with `decimals` (2 or 4) places, rounded half away from zero.
+    pub fn with_decimals(self, decimals: usize) -> String {
+        let d = decimals.min(6) as u32;
+        let unit = 10u64.pow(6 - d);
+        let r = (self.0.unsigned_abs() + unit / 2) / unit;
+        let scale = 10u64.pow(d);
+        let sign = if self.0 < 0 && r > 0 { "-" } else { "" };
+        if d == 0 {
+            return format!("{sign}${r}");
+        }
+        format!("{sign}${}.{:0w$}", r / scale, r % scale, w = d as usize)
+    }
+
+    /// Amounts of one column, all with the same decimals.
+    pub fn column(values: &[Money]) -> Vec<String> {
+        let d = Money::decimals_for(values);
+        values.iter().map(|m| m.with_decimals(d)).collect()
     }
 
     pub fn saturating_add(self, o: Money) -> Money {
@@ -175,17 +196,9 @@ impl std::iter::Sum for Money {
 }
 
 impl fmt::Display for Money {
-    /// `$1.234567` trimmed to cents when exact, else to the micro-dollar.
+    /// One amount alone: [`Money::decimals_for`] of itself.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let sign = if self.0 < 0 { "-" } else { "" };
-        let abs = self.0.unsigned_abs();
-        let (d, m) = (abs / 1_000_000, abs % 1_000_000);
-        if m % 10_000 == 0 {
-            write!(f, "{sign}${d}.{:02}", m / 10_000)
-        } else {
-            let s = format!("{m:06}");
-            write!(f, "{sign}${d}.{}", s.trim_end_matches('0'))
-        }
+        f.write_str(&self.with_decimals(Money::decimals_for(&[*self])))
     }
 }
 
@@ -408,8 +421,27 @@ mod tests {
         assert_eq!(Money::from_dollars_str("0.0000001"), None);
         assert_eq!(Money::from_dollars_str("abc"), None);
         assert_eq!(Money(1_500_000).to_string(), "$1.50");
-        assert_eq!(Money(1_234_567).to_string(), "$1.234567");
+        assert_eq!(Money(1_234_567).to_string(), "$1.23");
         assert_eq!(Money(-10_000).to_string(), "-$0.01");
+        assert_eq!(Money(15_000).to_string(), "$0.0150");
+    }
+
+    #[test]
+    fn a_column_of_amounts_shares_one_precision() {
+        assert_eq!(
+            Money::column(&[Money(10_000), Money(15_000)]),
+            vec!["$0.0100", "$0.0150"]
+        );
+        assert_eq!(
+            Money::column(&[Money(10_000), Money(2_500_000)]),
+            vec!["$0.01", "$2.50"]
+        );
+        assert_eq!(
+            Money::column(&[Money(1_234_567), Money(49)]),
+            vec!["$1.2346", "$0.0000"]
+        );
+        assert_eq!(Money(1_005_000).with_decimals(2), "$1.01");
+        assert_eq!(Money(-49).with_decimals(4), "$0.0000");
     }
 
     #[test]

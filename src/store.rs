@@ -1920,6 +1920,31 @@ impl Store {
         Ok(out)
     }
 
+    /// The values of metric `name` of a job stored after `after_rowid`, in store order,
+    /// chunk by chunk; returns the rowid to continue after.
+    pub fn metric_values_after(
+        &self,
+        job_id: &str,
+        name: &str,
+        after_rowid: i64,
+        mut f: impl FnMut(f64),
+    ) -> Result<i64> {
+        let mut last = after_rowid;
+        self.each_chunk(
+            job_id,
+            Some(name),
+            None,
+            after_rowid,
+            false,
+            |rowid, _, pts| {
+                pts.for_each(|p| f(p.value));
+                last = rowid;
+                true
+            },
+        )?;
+        Ok(last)
+    }
+
     /// The newest `limit` values of metric `name` of a job, oldest first.
     pub fn recent_values(&self, job_id: &str, name: &str, limit: usize) -> Result<Vec<f64>> {
         let mut chunks: Vec<Vec<f64>> = Vec::new();

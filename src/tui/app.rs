@@ -17,6 +17,7 @@ use crate::provider::LaunchRequest;
 use crate::store::{InstanceRecord, JobRecord};
 use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
 use ratatui_textarea::TextArea;
+use std::collections::VecDeque;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct InstanceRow {
@@ -39,8 +40,8 @@ pub struct JobRow {
     pub projected: Option<Money>,
     /// The latest loss-like metric: name, value.
     pub metric: Option<(String, f64)>,
-    /// Its recent values, for the sparkline.
-    pub spark: Vec<f64>,
+    /// Its whole run, bucketed into means (oldest first), for the trend column.
+    pub trend: Vec<f64>,
 }
 
 /// Equality for "would the screen change": NaN equals NaN here (a job whose loss went NaN
@@ -59,8 +60,8 @@ impl PartialEq for JobRow {
                 (None, None) => true,
                 _ => false,
             }
-            && self.spark.len() == o.spark.len()
-            && self.spark.iter().zip(&o.spark).all(|(a, b)| same_f(*a, *b))
+            && self.trend.len() == o.trend.len()
+            && self.trend.iter().zip(&o.trend).all(|(a, b)| same_f(*a, *b))
     }
 }
 
@@ -135,6 +136,30 @@ pub enum Command {
         job: String,
         after_rowid: i64,
     },
+    /// One curve of a job (to compare with the highlighted job's).
+    LoadCurve {
+        job: String,
+        name: String,
+        axis: super::panes::metrics::XAxis,
+        smoothing: f64,
+    },
+}
+
+impl Command {
+    /// Work the user asked for, whose answer comes back as a message (`q` waits for it).
+    pub fn is_work(&self) -> bool {
+        matches!(
+            self,
+            Command::Launch { .. }
+                | Command::Terminate { .. }
+                | Command::Adopt { .. }
+                | Command::RunJob { .. }
+                | Command::Cancel { .. }
+                | Command::Migrate { .. }
+                | Command::Pull { .. }
+                | Command::Sync { .. }
+        )
+    }
 }
 
 #[derive(Debug)]
@@ -164,7 +189,20 @@ pub enum Msg {
         /// (it would read the same chunks again).
         more: bool,
     },
+    /// A marked job's curve, loaded.
+    Curve {
+        job: String,
+        curve: Box<super::panes::metrics::Curve>,
+    },
+    /// A command's work finished: what to say.
     Done(Result<String, String>),
+    /// A command's work is under way and ends with the job (a cancel: "stopping …").
+    Underway {
+        job: String,
+        text: String,
+    },
+    /// Something failed that no command of the user's waits for (reading the store).
+    Problem(String),
     /// A job this cockpit started: show it.
     JobStarted(String),
     /// An SSH key needs its passphrase, or a login its password.
@@ -187,7 +225,65 @@ pub enum Mode {
     Confirm(Confirm),
     Passphrase(Box<PassphrasePrompt>),
     Help,
+    /// The messages said this session, newest last, scrollable (offset from the end).
+    Messages(usize),
+    /// `q` at the top level while work is in flight: quit anyway?
+    Quit,
 }
+
+/// A status line belongs to what made it and ends with it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Status {
+    pub text: String,
+    pub error: bool,
+    pub ends: StatusEnd,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum StatusEnd {
+    /// The next key press clears it.
+    NextKey,
+    /// It stays until this job's state is terminal (then its end is announced instead).
+    JobEnds(String),
+}
+
+/// One message of the session's log (the `!` popup).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Message {
+    pub at_ms: TimestampMs,
+    pub text: String,
+    pub error: bool,
+}
+
+/// Most messages kept for the `!` popup.
+pub const MESSAGES_KEPT: usize = 200;
+
+/// The dashboard's layout choices (≥ 120x36).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Dashboard {
+    /// Drawn as a dashboard this frame (set when drawing: the terminal is large enough).
+    pub on: bool,
+    /// The focused pane fills the screen.
+    pub zoom: bool,
+    /// Percent of the lower area the jobs list takes (the log and chart share the rest).
+    pub jobs_pct: u16,
+    /// Percent of the log+chart row the log takes.
+    pub log_pct: u16,
+}
+
+impl Default for Dashboard {
+    fn default() -> Self {
+        Dashboard {
+            on: false,
+            zoom: false,
+            jobs_pct: 40,
+            log_pct: 55,
+        }
+    }
+}
+
+/// Smallest terminal drawn as a dashboard.
+pub const DASHBOARD_MIN: (u16, u16) = (120, 36);
 
 pub struct App {
     pub view: View,
@@ -204,9 +300,24 @@ pub struct App {
     pub job_visible: Vec<usize>,
     pub logs: LogView,
     pub metrics: MetricsView,
-    /// The job the Logs and Metrics panes show.
+    /// The job the Logs and Metrics panes show: the highlighted one.
     pub focus_job: Option<String>,
-    pub status: Option<(String, bool)>,
+    pub status: Option<Status>,
+    pub messages: VecDeque<Message>,
+    pub dash: Dashboard,
+    /// Jobs marked (space) to compare their curves in the chart.
+    pub marked: Vec<String>,
+    /// The first snapshot with rows picked the live ones.
+    pub(crate) picked: bool,
+    /// Jobs live in the last snapshot (an end seen by the next one is announced).
+    pub(crate) live_seen: Vec<String>,
+    /// Jobs whose end was announced.
+    pub(crate) announced: Vec<String>,
+    /// Commands sent whose answer has not come back (launch, terminate, sync, …): `q`
+    /// asks before quitting while any is out.
+    pub in_flight: usize,
+    /// When the marked jobs' curves were last read (live ones are read again).
+    pub(crate) compare_loaded_ms: TimestampMs,
     pub dirty: bool,
     /// A key was pressed since the last frame: draw now, not at the next frame slot.
     pub urgent: bool,
@@ -224,6 +335,12 @@ pub struct App {
     pub bell: bool,
     /// A bell is due (the event loop rings it once).
     pub ring: bool,
+}
+
+/// Two progress lines of the same transfer (`job X placing Y: …`).
+fn same_transfer(a: &str, b: &str) -> bool {
+    let head = |t: &str| t.split_once(": ").map(|(h, _)| h.to_string());
+    a.contains(" placing ") && head(a).is_some() && head(a) == head(b)
 }
 
 fn is_press(ev: &KeyEvent) -> bool {
@@ -293,6 +410,14 @@ impl App {
             metrics: MetricsView::default(),
             focus_job: None,
             status: None,
+            messages: VecDeque::new(),
+            dash: Dashboard::default(),
+            marked: Vec::new(),
+            picked: false,
+            live_seen: Vec::new(),
+            announced: Vec::new(),
+            in_flight: 0,
+            compare_loaded_ms: 0,
             dirty: true,
             urgent: false,
             quit: false,
@@ -308,8 +433,32 @@ impl App {
         }
     }
 
+    /// Show `msg` until the next key, and keep it in the messages log.
     pub(crate) fn say(&mut self, msg: impl Into<String>, error: bool) {
-        self.status = Some((msg.into(), error));
+        self.say_until(msg, error, StatusEnd::NextKey);
+    }
+
+    pub(crate) fn say_until(&mut self, msg: impl Into<String>, error: bool, ends: StatusEnd) {
+        let text = msg.into();
+        // A transfer's progress repeats four times a second: the log keeps its latest.
+        if let Some(last) = self.messages.back_mut()
+            && !error
+            && !last.error
+            && same_transfer(&last.text, &text)
+        {
+            last.text = text.clone();
+            last.at_ms = self.snap.now_ms;
+        } else {
+            self.messages.push_back(Message {
+                at_ms: crate::model::now_ms(),
+                text: text.clone(),
+                error,
+            });
+            if self.messages.len() > MESSAGES_KEPT {
+                self.messages.pop_front();
+            }
+        }
+        self.status = Some(Status { text, error, ends });
     }
 
     pub fn instance_text(r: &InstanceRow) -> String {
@@ -334,8 +483,23 @@ impl App {
         )
     }
 
-    /// Recompute the filtered rows and keep the selection on a visible row.
+    /// Recompute the filtered rows and keep the selection on the same rows when they
+    /// are still shown.
     pub fn refilter(&mut self) {
+        let keep = self.selected_ids();
+        self.refilter_keeping(keep);
+    }
+
+    fn selected_ids(&self) -> (Option<String>, Option<String>) {
+        (
+            self.selected_instance().map(|i| i.rec.id.clone()),
+            self.selected_job().map(|j| j.rec.id.clone()),
+        )
+    }
+
+    /// Recompute the filtered rows; the selection stays on the rows `keep` names (rows
+    /// move when a new job or machine arrives), else on a visible row.
+    fn refilter_keeping(&mut self, keep: (Option<String>, Option<String>)) {
         self.inst_visible = (0..self.snap.instances.len())
             .filter(|&i| {
                 filter_match(
@@ -347,8 +511,181 @@ impl App {
         self.job_visible = (0..self.snap.jobs.len())
             .filter(|&i| filter_match(&self.job_filter, &Self::job_text(&self.snap.jobs[i])))
             .collect();
+        if let Some(id) = keep.0
+            && let Some(k) = self
+                .inst_visible
+                .iter()
+                .position(|&i| self.snap.instances[i].rec.id == id)
+        {
+            self.inst_sel = k;
+        }
+        if let Some(id) = keep.1
+            && let Some(k) = self
+                .job_visible
+                .iter()
+                .position(|&i| self.snap.jobs[i].rec.id == id)
+        {
+            self.job_sel = k;
+        }
         self.inst_sel = self.inst_sel.min(self.inst_visible.len().saturating_sub(1));
         self.job_sel = self.job_sel.min(self.job_visible.len().saturating_sub(1));
+    }
+
+    /// The first snapshot with rows: a live machine and the newest live job (the newest
+    /// job when none is live), not whatever ended last.
+    fn pick_live_rows(&mut self) {
+        if self.picked || (self.snap.instances.is_empty() && self.snap.jobs.is_empty()) {
+            return;
+        }
+        self.picked = true;
+        if let Some(k) = self.inst_visible.iter().position(|&i| {
+            let r = &self.snap.instances[i];
+            r.rec.state.is_live() && !r.orphan
+        }) {
+            self.inst_sel = k;
+        }
+        if let Some(k) = self
+            .job_visible
+            .iter()
+            .position(|&i| !self.snap.jobs[i].rec.state.is_terminal())
+        {
+            self.job_sel = k;
+        }
+    }
+
+    /// Nothing to go back from: the instances pane, unfiltered, nothing zoomed.
+    fn at_top(&self) -> bool {
+        self.view == View::Instances
+            && self.inst_filter.is_empty()
+            && !(self.dash.on && self.dash.zoom)
+    }
+
+    /// The chart's curves again from the store (a smoothing change needs every raw
+    /// point); after the load under way, if any.
+    pub(crate) fn reload_metrics(&mut self) -> Vec<Command> {
+        if self.metrics.loading {
+            self.metrics.reload = true;
+            return Vec::new();
+        }
+        let Some(job) = self.metrics.job.clone() else {
+            return Vec::new();
+        };
+        let selected = self.metrics.selected;
+        self.metrics = self.metrics.emptied(Some(job.clone()));
+        self.metrics.selected = selected;
+        self.metrics.loading = true;
+        vec![Command::LoadMetrics {
+            job,
+            after_rowid: 0,
+        }]
+    }
+
+    /// Load the marked jobs' curves of the selected metric (the highlighted job's own
+    /// is drawn from its view).
+    pub(crate) fn load_compared(&mut self) -> Vec<Command> {
+        let marked = &self.marked;
+        self.metrics.compared.retain(|c| marked.contains(&c.job));
+        self.compare_loaded_ms = self.snap.now_ms;
+        let Some(c) = self.metrics.selected_curve() else {
+            return Vec::new();
+        };
+        let (name, axis, smoothing) = (c.name.clone(), c.axis, self.metrics.smoothing);
+        self.marked
+            .iter()
+            .filter(|j| Some(*j) != self.metrics.job.as_ref())
+            .map(|j| Command::LoadCurve {
+                job: j.clone(),
+                name: name.clone(),
+                axis,
+                smoothing,
+            })
+            .collect()
+    }
+
+    /// A status that lasts until a job ends goes when the job has ended; every job seen
+    /// ending since the last snapshot is announced (once: an engine event may have done it).
+    fn end_statuses(&mut self) {
+        let ended: Vec<(String, String, JobState, Option<i32>, String)> = self
+            .snap
+            .jobs
+            .iter()
+            .filter(|j| j.rec.state.is_terminal())
+            .filter(|j| self.live_seen.contains(&j.rec.id))
+            .map(|j| {
+                (
+                    j.rec.id.clone(),
+                    j.rec.name.clone(),
+                    j.rec.state,
+                    j.rec.exit_code,
+                    j.rec.reason.clone().unwrap_or_default(),
+                )
+            })
+            .collect();
+        for (id, name, state, code, reason) in ended {
+            self.announce_end(&id, &name, state, code, &reason);
+        }
+        self.live_seen = self
+            .snap
+            .jobs
+            .iter()
+            .filter(|j| !j.rec.state.is_terminal())
+            .map(|j| j.rec.id.clone())
+            .collect();
+        if let Some(Status {
+            ends: StatusEnd::JobEnds(id),
+            ..
+        }) = &self.status
+            && self
+                .snap
+                .jobs
+                .iter()
+                .any(|j| &j.rec.id == id && j.rec.state.is_terminal())
+        {
+            self.status = None;
+        }
+    }
+
+    /// `job NAME (ID) failed (exit 1): why`, said once per job, with the bell if asked.
+    fn announce_end(
+        &mut self,
+        id: &str,
+        name: &str,
+        state: JobState,
+        code: Option<i32>,
+        reason: &str,
+    ) {
+        if self.announced.iter().any(|a| a == id) {
+            return;
+        }
+        self.announced.push(id.to_string());
+        if self.announced.len() > 1000 {
+            self.announced.remove(0);
+        }
+        let code = match (state, code) {
+            (JobState::Failed, Some(c)) => format!(" (exit {c})"),
+            _ => String::new(),
+        };
+        let reason = crate::sanitize::sanitize_line(reason.as_bytes());
+        let reason = if reason.is_empty() {
+            String::new()
+        } else {
+            format!(": {reason}")
+        };
+        self.say(
+            format!("job {name} ({id}) {state}{code}{reason}"),
+            state != JobState::Succeeded,
+        );
+        self.ring |= self.bell;
+        self.dirty = true;
+    }
+
+    /// Logs, metrics and cost follow the highlighted job.
+    fn follow_highlight(&mut self) -> Vec<Command> {
+        let sel = self.selected_job().map(|j| j.rec.id.clone());
+        if sel.is_some() && sel != self.focus_job {
+            return self.focus(sel);
+        }
+        Vec::new()
     }
 
     pub fn selected_instance(&self) -> Option<&InstanceRow> {
@@ -409,10 +746,7 @@ impl App {
         }
         self.focus_job = job.clone();
         self.logs.reset(job.clone());
-        self.metrics = MetricsView {
-            job: job.clone(),
-            ..Default::default()
-        };
+        self.metrics = self.metrics.emptied(job.clone());
         match job {
             Some(j) => {
                 self.logs.loading = true;
@@ -463,7 +797,10 @@ impl App {
             Msg::Key(ev) if is_press(&ev) => {
                 self.dirty = true;
                 self.urgent = true;
-                self.on_key(ev)
+                let mut out = self.on_key(ev);
+                self.in_flight += out.iter().filter(|c| c.is_work()).count();
+                out.extend(self.follow_highlight());
+                out
             }
             Msg::Key(_) => Vec::new(),
             Msg::Resize => {
@@ -474,14 +811,26 @@ impl App {
                 if !s.same_screen(&self.snap) {
                     self.dirty = true;
                 }
+                let keep = self.selected_ids();
                 self.snap = *s;
-                self.refilter();
-                if self.focus_job.is_none() {
-                    // Follow the newest job until the user picks one.
-                    let newest = self.snap.jobs.first().map(|j| j.rec.id.clone());
-                    return self.focus(newest);
+                self.refilter_keeping(keep);
+                self.pick_live_rows();
+                self.end_statuses();
+                let mut out = self.follow_highlight();
+                if out.is_empty() {
+                    out = self.poll_focus();
                 }
-                self.poll_focus()
+                // Marked jobs still running: their curves again every 5 s.
+                let live_marked = self.marked.iter().any(|m| {
+                    self.snap
+                        .jobs
+                        .iter()
+                        .any(|j| &j.rec.id == m && !j.rec.state.is_terminal())
+                });
+                if live_marked && self.snap.now_ms - self.compare_loaded_ms >= 5000 {
+                    out.extend(self.load_compared());
+                }
+                out
             }
             Msg::Engine(ev) => match ev {
                 EngineEvent::LogLines { job_id, .. } | EngineEvent::Metrics { job_id, .. }
@@ -494,21 +843,12 @@ impl App {
                     state,
                     reason,
                 } if state.is_terminal() => {
-                    // A job's end is said once (its state moves there once), with why.
-                    let name = self
-                        .snap
-                        .jobs
-                        .iter()
-                        .find(|j| j.rec.id == job_id)
-                        .map(|j| format!("{} ({job_id})", j.rec.name))
-                        .unwrap_or(job_id);
-                    let reason = crate::sanitize::sanitize_line(reason.as_bytes());
-                    self.say(
-                        format!("job {name} {state}: {reason}"),
-                        state != JobState::Succeeded,
-                    );
-                    self.ring |= self.bell;
-                    self.dirty = true;
+                    // A job's end is said once, with why (and its exit code, which the
+                    // store has by now).
+                    let row = self.snap.jobs.iter().find(|j| j.rec.id == job_id);
+                    let name = row.map_or_else(|| job_id.clone(), |j| j.rec.name.clone());
+                    let code = row.and_then(|j| j.rec.exit_code);
+                    self.announce_end(&job_id, &name, state, code, &reason);
                     vec![Command::Refresh]
                 }
                 EngineEvent::JobState { .. } | EngineEvent::Instance { .. } => {
@@ -608,6 +948,33 @@ impl App {
                     self.dirty = true;
                 }
                 self.metrics.last_rowid = last_rowid;
+                if !more && self.metrics.reload {
+                    return self.reload_metrics();
+                }
+                if !more && self.metrics.compared.is_empty() && !self.marked.is_empty() {
+                    // The first load named the metrics: the marked jobs' curves can come.
+                    return self.load_compared();
+                }
+                Vec::new()
+            }
+            Msg::Curve { job, curve } => {
+                let sel = self.metrics.selected_curve();
+                let wanted = self.marked.contains(&job)
+                    && sel.is_some_and(|c| c.name == curve.name && c.axis == curve.axis);
+                if wanted {
+                    let label =
+                        self.snap.jobs.iter().find(|j| j.rec.id == job).map_or_else(
+                            || job.clone(),
+                            |j| super::panes::metrics::job_label(&j.rec),
+                        );
+                    self.metrics.compared.retain(|c| c.job != job);
+                    self.metrics.compared.push(super::panes::metrics::Compared {
+                        job,
+                        label,
+                        curve: *curve,
+                    });
+                    self.dirty = true;
+                }
                 Vec::new()
             }
             Msg::Passphrase(req) => {
@@ -634,6 +1001,7 @@ impl App {
                 req,
                 message,
             } => {
+                self.in_flight = self.in_flight.saturating_sub(1);
                 self.dirty = true;
                 self.urgent = true;
                 let fingerprint = message
@@ -667,13 +1035,26 @@ impl App {
                 Vec::new()
             }
             Msg::JobStarted(job) => {
+                self.in_flight = self.in_flight.saturating_sub(1);
                 self.dirty = true;
                 self.say(format!("job {job} started"), false);
                 let mut c = self.focus(Some(job));
                 c.push(Command::Refresh);
                 c
             }
+            Msg::Underway { job, text } => {
+                self.in_flight = self.in_flight.saturating_sub(1);
+                self.say_until(text, false, StatusEnd::JobEnds(job));
+                self.dirty = true;
+                vec![Command::Refresh]
+            }
+            Msg::Problem(e) => {
+                self.say(e, true);
+                self.dirty = true;
+                Vec::new()
+            }
             Msg::Done(r) => {
+                self.in_flight = self.in_flight.saturating_sub(1);
                 match r {
                     Ok(m) => self.say(m, false),
                     Err(e) => self.say(e, true),
@@ -697,6 +1078,8 @@ impl App {
                 // Any key closes help.
                 Vec::new()
             }
+            Mode::Messages(back) => self.on_messages_key(ev, back),
+            Mode::Quit => self.on_quit_key(ev),
             Mode::Filter(s) => self.on_line_key(ev, s, LineKind::Filter),
             Mode::Command(s) => self.on_line_key(ev, s, LineKind::Command),
             Mode::Search(s) => self.on_line_key(ev, s, LineKind::Search),
@@ -748,7 +1131,7 @@ impl App {
                     self.metrics.selected =
                         (self.metrics.selected as isize + delta).rem_euclid(n as isize) as usize;
                 }
-                Vec::new()
+                self.load_compared()
             }
             View::Cost => Vec::new(),
         }
@@ -764,17 +1147,45 @@ impl App {
     }
 
     pub(crate) fn on_normal_key(&mut self, ev: KeyEvent) -> Vec<Command> {
+        if matches!(&self.status, Some(s) if s.ends == StatusEnd::NextKey) {
+            self.status = None;
+        }
         let Some(action) = self.keymap.action_for(&ev, self.view, self.readonly) else {
+            match self.keymap.explain(&ev, self.view, self.readonly) {
+                Some(why) => self.say(why, true),
+                None if matches!(ev.code, KeyCode::Char(_)) => {
+                    self.say(
+                        format!(
+                            "{}: no such key here ({} lists them)",
+                            super::keymap::Key {
+                                code: ev.code,
+                                mods: ev.modifiers - KeyModifiers::SHIFT
+                            },
+                            self.keymap.first_key(Action::Help)
+                        ),
+                        true,
+                    );
+                }
+                None => {}
+            }
             return Vec::new();
         };
-        self.status = None;
         match action {
             Action::Quit => {
                 self.quit = true;
                 Vec::new()
             }
-            Action::Back => {
+            Action::Close if self.at_top() => {
+                if self.in_flight > 0 {
+                    self.mode = Mode::Quit;
+                } else {
+                    self.quit = true;
+                }
+                Vec::new()
+            }
+            Action::Back | Action::Close => {
                 match self.view {
+                    _ if self.dash.on && self.dash.zoom => self.dash.zoom = false,
                     View::Logs if self.logs.fullscreen => self.logs.fullscreen = false,
                     View::Instances if !self.inst_filter.is_empty() => {
                         self.inst_filter.clear();
@@ -796,6 +1207,88 @@ impl App {
             }
             Action::Help => {
                 self.mode = Mode::Help;
+                Vec::new()
+            }
+            Action::Messages => {
+                self.mode = Mode::Messages(0);
+                Vec::new()
+            }
+            Action::Zoom => {
+                if self.dash.on {
+                    self.dash.zoom = !self.dash.zoom;
+                } else if self.view == View::Logs {
+                    self.logs.fullscreen = !self.logs.fullscreen;
+                } else {
+                    self.say(
+                        "each pane is already whole here: the dashboard (and zoom) starts at 120x36",
+                        true,
+                    );
+                }
+                Vec::new()
+            }
+            Action::Grow | Action::Shrink => {
+                let d: i16 = if action == Action::Grow { 5 } else { -5 };
+                let step = |v: u16, d: i16| (v as i16 + d).clamp(20, 80) as u16;
+                match self.view {
+                    _ if !self.dash.on => self.say(
+                        "panes resize on the dashboard (a terminal of 120x36 and up)",
+                        true,
+                    ),
+                    View::Jobs => self.dash.jobs_pct = step(self.dash.jobs_pct, d),
+                    View::Logs => self.dash.log_pct = step(self.dash.log_pct, d),
+                    View::Metrics => self.dash.log_pct = step(self.dash.log_pct, -d),
+                    _ => self.say(
+                        "the jobs list, the log and the chart resize (tab to one of them)",
+                        true,
+                    ),
+                }
+                Vec::new()
+            }
+            Action::Mark => {
+                match self.selected_job().map(|j| j.rec.id.clone()) {
+                    Some(id) => {
+                        if let Some(k) = self.marked.iter().position(|m| *m == id) {
+                            self.marked.remove(k);
+                        } else {
+                            self.marked.push(id);
+                        }
+                        let n = self.marked.len();
+                        self.say(
+                        if n == 0 {
+                            "no job marked: the chart shows the highlighted job alone".to_string()
+                        } else {
+                            format!("{n} job(s) marked: their curves overlay the chart (space unmarks)")
+                        },
+                        false,
+                    );
+                        self.load_compared()
+                    }
+                    None => {
+                        self.say("no job to mark", true);
+                        Vec::new()
+                    }
+                }
+            }
+            Action::Smoothing => {
+                self.metrics.next_smoothing();
+                let out = self.reload_metrics();
+                let w = self.metrics.smoothing;
+                self.say(
+                    if w == 0.0 {
+                        "smoothing off".to_string()
+                    } else {
+                        format!("smoothing: EMA weight {w} (raw shown faint)")
+                    },
+                    false,
+                );
+                out
+            }
+            Action::LogScale => {
+                self.metrics.log_y = !self.metrics.log_y;
+                Vec::new()
+            }
+            Action::ZoomIn | Action::ZoomOut => {
+                self.metrics.zoom(action == Action::ZoomIn);
                 Vec::new()
             }
             Action::CommandLine => {

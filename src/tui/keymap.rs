@@ -87,6 +87,16 @@ pub enum Action {
     PrevMatch,
     NextMetric,
     PrevMetric,
+    Close,
+    Messages,
+    Zoom,
+    Grow,
+    Shrink,
+    Mark,
+    Smoothing,
+    LogScale,
+    ZoomIn,
+    ZoomOut,
 }
 
 impl Action {
@@ -130,6 +140,16 @@ impl Action {
             PrevMatch => "prev_match",
             NextMetric => "next_metric",
             PrevMetric => "prev_metric",
+            Close => "close",
+            Messages => "messages",
+            Zoom => "zoom",
+            Grow => "grow",
+            Shrink => "shrink",
+            Mark => "mark",
+            Smoothing => "smoothing",
+            LogScale => "log_scale",
+            ZoomIn => "zoom_in",
+            ZoomOut => "zoom_out",
         }
     }
 
@@ -297,7 +317,12 @@ impl Default for Keymap {
                 b(CommandLine, &[":"], None, "command", true),
                 b(Filter, &["/"], Some(lists), "filter", true),
                 b(Quit, &["ctrl-c"], None, "quit", true),
-                b(Back, &["q", "esc"], None, "back", false),
+                b(Close, &["q"], None, "back (quit at the top)", false),
+                b(Back, &["esc"], None, "back", false),
+                b(Messages, &["!"], None, "messages", false),
+                b(Zoom, &["z"], None, "zoom pane", false),
+                b(Grow, &["+", "="], None, "grow pane", false),
+                b(Shrink, &["-"], None, "shrink pane", false),
                 b(NextView, &["tab"], None, "next pane", false),
                 b(PrevView, &["shift-tab"], None, "previous pane", false),
                 b(ShowInstances, &["1"], None, "instances", false),
@@ -332,6 +357,7 @@ impl Default for Keymap {
                 ),
                 b(Migrate, &["m"], Some(&[Jobs, Logs]), "migrate job", true),
                 b(Pull, &["p"], Some(&[Jobs]), "pull artifacts", true),
+                b(Mark, &["space"], Some(&[Jobs]), "mark to compare", true),
                 b(Autoscroll, &["s"], Some(&[Logs]), "autoscroll", true),
                 b(Wrap, &["w"], Some(&[Logs]), "wrap", true),
                 b(Timestamps, &["t"], Some(&[Logs]), "timestamps", true),
@@ -353,6 +379,10 @@ impl Default for Keymap {
                     "previous metric",
                     true,
                 ),
+                b(Smoothing, &["s"], Some(&[Metrics]), "smoothing", true),
+                b(LogScale, &["v"], Some(&[Metrics]), "log scale", true),
+                b(ZoomIn, &["]"], Some(&[Metrics]), "fewer steps", true),
+                b(ZoomOut, &["["], Some(&[Metrics]), "more steps", false),
             ],
         }
     }
@@ -400,6 +430,60 @@ impl Keymap {
             .filter(|b| !(readonly && b.action.is_destructive()))
             .filter(|b| b.views.as_ref().is_none_or(|v| v.contains(&view)))
             .collect()
+    }
+
+    /// Why a key that does nothing in `view` does nothing: hidden by `--readonly`, or
+    /// bound in another pane (which one); None for a key bound nowhere.
+    pub fn explain(&self, ev: &KeyEvent, view: View, readonly: bool) -> Option<String> {
+        let b = self
+            .bindings
+            .iter()
+            .find(|b| b.keys.iter().any(|k| k.matches(ev)))?;
+        let key = b
+            .keys
+            .iter()
+            .find(|k| k.matches(ev))
+            .map_or_else(String::new, |k| k.to_string());
+        if readonly && b.action.is_destructive() {
+            return Some(format!("read-only: {key} ({}) is off", b.hint));
+        }
+        let views = b.views.as_ref()?;
+        if views.contains(&view) {
+            return None;
+        }
+        let where_: Vec<String> = views
+            .iter()
+            .map(|v| format!("{} ({})", v.title(), v.index() + 1))
+            .collect();
+        Some(format!(
+            "{key} ({}) works in {}, not in {}",
+            b.hint,
+            where_.join(" and "),
+            view.title()
+        ))
+    }
+
+    /// Two actions that one key would start in the same pane: (key, first, second).
+    pub fn conflicts(&self) -> Vec<(Key, Action, Action)> {
+        let mut out = Vec::new();
+        for (i, a) in self.bindings.iter().enumerate() {
+            for b in &self.bindings[i + 1..] {
+                // A global binding meets every pane's own.
+                let overlap = match (&a.views, &b.views) {
+                    (Some(x), Some(y)) => x.iter().any(|v| y.contains(v)),
+                    _ => true,
+                };
+                if !overlap {
+                    continue;
+                }
+                for k in &a.keys {
+                    if b.keys.contains(k) {
+                        out.push((*k, a.action, b.action));
+                    }
+                }
+            }
+        }
+        out
     }
 
     pub fn keys_text(b: &Binding) -> String {

@@ -30,8 +30,15 @@ pub struct Context {
     refreshing: Arc<std::sync::atomic::AtomicBool>,
 }
 
-/// A job's loss-like metric: its name once known, the latest value, recent values.
-type JobMetricMemo = (Option<String>, Option<(String, f64)>, Vec<f64>);
+/// A job's loss-like metric: its name once known, the latest value, the whole run's
+/// trend, and where reading continues.
+#[derive(Default, Clone)]
+struct JobMetricMemo {
+    name: Option<String>,
+    last: Option<(String, f64)>,
+    trend: super::series::Trend,
+    after_rowid: i64,
+}
 
 /// Per-job memo so a refresh only re-reads metrics of jobs whose log moved.
 #[derive(Default)]
@@ -118,16 +125,25 @@ pub fn build_snapshot(engine: &Engine, cache: &mut SnapshotCache) -> Result<Snap
         if cache.seen_offset.get(&j.id) != Some(&offset) || !cache.metric.contains_key(&j.id) {
             cache.seen_offset.insert(j.id.clone(), offset);
             let entry = cache.metric.entry(j.id.clone()).or_default();
-            if entry.0.is_none() && offset > 0 {
-                entry.0 = loss_like(&store.metric_names(&j.id)?);
+            if entry.name.is_none() && offset > 0 {
+                entry.name = loss_like(&store.metric_names(&j.id)?);
             }
-            if let Some(name) = entry.0.clone() {
-                let spark = store.recent_values(&j.id, &name, 32)?;
-                entry.1 = spark.last().map(|v| (name, *v));
-                entry.2 = spark;
+            if let Some(name) = entry.name.clone() {
+                // Only what was stored since the last look: the trend grows in place.
+                let mut newest = None;
+                let (trend, after) = (&mut entry.trend, entry.after_rowid);
+                entry.after_rowid = store.metric_values_after(&j.id, &name, after, |v| {
+                    trend.push(v);
+                    newest = Some(v);
+                })?;
+                if let Some(v) = newest {
+                    entry.last = Some((name, v));
+                }
             }
         }
-        let (_, metric, spark) = cache.metric.get(&j.id).cloned().unwrap_or_default();
+        let memo = cache.metric.get(&j.id);
+        let metric = memo.and_then(|m| m.last.clone());
+        let trend = memo.map(|m| m.trend.means()).unwrap_or_default();
         let c = job_cost.get(j.id.as_str());
         job_rows.push(JobRow {
             progress,
@@ -136,7 +152,7 @@ pub fn build_snapshot(engine: &Engine, cache: &mut SnapshotCache) -> Result<Snap
             cost: Money(c.map_or(0, |c| c.cost_micros)),
             projected: c.and_then(|c| c.projected_micros).map(Money),
             metric,
-            spark,
+            trend,
             rec: j,
         });
     }
@@ -178,7 +194,7 @@ impl Context {
         let (id, tx) = (job.to_string(), self.tx.clone());
         tokio::spawn(async move {
             if let Ok(Err(e)) = handle.done.await {
-                let _ = tx.send(Msg::Done(Err(format!("job {id}: {e:#}"))));
+                let _ = tx.send(Msg::Problem(format!("job {id}: {e:#}")));
             }
         });
     }
@@ -263,10 +279,13 @@ impl Context {
                     if r.is_ok() {
                         ctx.follow(&job, false);
                     }
-                    ctx.send(Msg::Done(
-                        r.map(|j| format!("stopping {}…", j.id))
-                            .map_err(|e| format!("cancel failed: {e:#}")),
-                    ));
+                    ctx.send(match r {
+                        Ok(j) => Msg::Underway {
+                            text: format!("stopping {} ({})…", j.name, j.id),
+                            job: j.id,
+                        },
+                        Err(e) => Msg::Done(Err(format!("cancel failed: {e:#}"))),
+                    });
                 });
             }
             Command::Migrate { job } => {
@@ -343,7 +362,7 @@ impl Context {
                             lines,
                             skipped,
                         },
-                        Err(e) => Msg::Done(Err(format!("reading the log: {e:#}"))),
+                        Err(e) => Msg::Problem(format!("reading the log: {e:#}")),
                     };
                     ctx.send(msg);
                 });
@@ -356,9 +375,33 @@ impl Context {
                             first_line,
                             lines,
                         },
-                        Err(e) => Msg::Done(Err(format!("reading the log: {e:#}"))),
+                        Err(e) => Msg::Problem(format!("reading the log: {e:#}")),
                     };
                     ctx.send(msg);
+                });
+            }
+            Command::LoadCurve {
+                job,
+                name,
+                axis,
+                smoothing,
+            } => {
+                tokio::task::spawn_blocking(move || {
+                    use super::panes::metrics::{Curve, XAxis};
+                    let mut curve = Curve::new(&name, axis, smoothing);
+                    let r = ctx.engine.store().for_each_metric(&job, &name, |p| {
+                        let (a, x) = XAxis::of(p);
+                        if a == axis {
+                            curve.push(x, p.value);
+                        }
+                    });
+                    ctx.send(match r {
+                        Ok(()) => Msg::Curve {
+                            job,
+                            curve: Box::new(curve),
+                        },
+                        Err(e) => Msg::Problem(format!("reading metrics of {job}: {e:#}")),
+                    });
                 });
             }
             Command::LoadMetrics { job, after_rowid } => {
@@ -384,7 +427,7 @@ impl Context {
                                 }
                             }
                             Err(e) => {
-                                ctx.send(Msg::Done(Err(format!("reading metrics: {e:#}"))));
+                                ctx.send(Msg::Problem(format!("reading metrics: {e:#}")));
                                 break;
                             }
                         }
@@ -425,8 +468,8 @@ impl Context {
                 }
                 self.send(Msg::Snapshot(Box::new(s)));
             }
-            Ok(Err(e)) => self.send(Msg::Done(Err(format!("reading the store: {e:#}")))),
-            Err(e) => self.send(Msg::Done(Err(format!("refresh task: {e}")))),
+            Ok(Err(e)) => self.send(Msg::Problem(format!("reading the store: {e:#}"))),
+            Err(e) => self.send(Msg::Problem(format!("refresh task: {e}"))),
         }
     }
 }

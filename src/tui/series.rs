@@ -169,9 +169,81 @@ impl Series {
     }
 }
 
+/// Buckets a [`Trend`] keeps.
+pub const TREND_BUCKETS: usize = 64;
+
+/// A whole run's values folded into at most [`TREND_BUCKETS`] means (a bucket's size
+/// doubles when they run out): the jobs list's trend column costs a few hundred bytes per
+/// job whatever the run's length, and shows the whole run, not its last few points.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Trend {
+    buckets: Vec<(f64, u32)>,
+    per: u32,
+}
+
+impl Trend {
+    pub fn push(&mut self, y: f64) {
+        if !y.is_finite() {
+            return;
+        }
+        let per = self.per.max(1);
+        match self.buckets.last_mut() {
+            Some((sum, n)) if *n < per => {
+                *sum += y;
+                *n += 1;
+            }
+            _ => self.buckets.push((y, 1)),
+        }
+        if self.buckets.len() > TREND_BUCKETS {
+            self.buckets = self
+                .buckets
+                .chunks(2)
+                .map(|c| c.iter().fold((0.0, 0), |(s, n), (s2, n2)| (s + s2, n + n2)))
+                .collect();
+            self.per = per * 2;
+        }
+    }
+
+    /// The bucket means, oldest first.
+    pub fn means(&self) -> Vec<f64> {
+        self.buckets
+            .iter()
+            .map(|(s, n)| s / (*n).max(1) as f64)
+            .collect()
+    }
+}
+
+/// `values` resampled to at most `width` means of consecutive groups.
+pub fn resample(values: &[f64], width: usize) -> Vec<f64> {
+    if values.len() <= width || width == 0 {
+        return values.to_vec();
+    }
+    (0..width)
+        .map(|k| {
+            let (a, b) = (k * values.len() / width, (k + 1) * values.len() / width);
+            let g = &values[a..b.max(a + 1)];
+            g.iter().sum::<f64>() / g.len() as f64
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_trend_keeps_the_whole_run_in_bounded_buckets() {
+        let mut t = Trend::default();
+        for i in 0..1_000_000 {
+            t.push(1_000_000.0 - i as f64);
+        }
+        let m = t.means();
+        assert!(m.len() <= TREND_BUCKETS && m.len() >= TREND_BUCKETS / 2);
+        // The first bucket is the start of the run, the last its end: a falling line.
+        assert!(m[0] > 900_000.0 && *m.last().unwrap() < 100_000.0);
+        assert!(m.windows(2).all(|w| w[0] > w[1]));
+        assert_eq!(resample(&m, 8).len(), 8);
+    }
 
     #[test]
     fn a_million_points_fold_into_bounded_buckets_keeping_extremes() {

@@ -72,7 +72,7 @@ fn job(id: &str, name: &str, inst: &str, state: JobState, epoch: f64, loss: f64)
         cost: Money(123_456),
         projected: Some(Money(400_000)),
         metric: Some(("loss".into(), loss)),
-        spark: (0..20).map(|i| 2.0 / (i as f64 + 1.0)).collect(),
+        trend: (0..20).map(|i| 2.0 / (i as f64 + 1.0)).collect(),
     }
 }
 
@@ -173,7 +173,18 @@ fn fixture(readonly: bool) -> App {
             .collect(),
         skipped: Some(0),
     });
-    let points: Vec<MetricPoint> = (1..=200)
+    app.update(Msg::MetricsAppend {
+        job,
+        last_rowid: 400,
+        points: fixture_points(),
+        more: false,
+    });
+    app
+}
+
+/// toy-train's loss and accuracy, 200 steps.
+fn fixture_points() -> Vec<MetricPoint> {
+    (1..=200)
         .flat_map(|i| {
             [
                 MetricPoint {
@@ -192,14 +203,7 @@ fn fixture(readonly: bool) -> App {
                 },
             ]
         })
-        .collect();
-    app.update(Msg::MetricsAppend {
-        job,
-        last_rowid: 400,
-        points,
-        more: false,
-    });
-    app
+        .collect()
 }
 
 fn key(app: &mut App, code: KeyCode) -> Vec<Command> {
@@ -300,7 +304,8 @@ fn spot_on_the_local_provider_is_refused_in_the_form() {
 #[test]
 fn terminate_confirmation_defaults_to_no() {
     let mut app = fixture(false);
-    key(&mut app, KeyCode::Down); // past the orphan, onto gpu-box
+    // The first snapshot selected the live machine (gpu-box), not the orphan above it.
+    assert_eq!(app.selected_instance().unwrap().rec.name, "gpu-box");
     assert!(ctrl(&mut app, 'd').is_empty());
     let Mode::Confirm(c) = &app.mode else {
         panic!("no confirmation")
@@ -481,13 +486,18 @@ fn readonly_hides_every_destructive_action() {
     key(&mut app, KeyCode::Char('2'));
     ctrl(&mut app, 'k');
     assert!(matches!(app.mode, Mode::Normal));
+    // A hidden key says why it does nothing.
+    let said = app.status.clone().unwrap();
+    assert!(said.text.starts_with("read-only: ctrl-k"), "{said:?}");
+    app.status = None;
     // Nor are they advertised.
     let s = screen(&mut app, 120, 40);
+    let hints = s.lines().last().unwrap_or_default();
     assert!(
-        !s.contains("terminate")
-            && !s.contains("cancel job")
-            && !s.contains("run job")
-            && !s.contains("migrate"),
+        !hints.contains("terminate")
+            && !hints.contains("cancel job")
+            && !hints.contains("run job")
+            && !hints.contains("migrate"),
         "{s}"
     );
     assert!(s.contains("[readonly]"));
@@ -537,7 +547,7 @@ fn command_line_switches_panes_refuses_unknowns_and_quits() {
     assert!(
         app.status
             .as_ref()
-            .is_some_and(|(m, err)| *err && m.contains("frobnicate"))
+            .is_some_and(|s| s.error && s.text.contains("frobnicate"))
     );
     key(&mut app, KeyCode::Char(':'));
     typed(&mut app, "launch");
@@ -655,9 +665,59 @@ fn snap_all(size: (u16, u16)) {
     key(&mut app, KeyCode::Char('L'));
     insta::assert_snapshot!(format!("launch_{suffix}"), screen(&mut app, w, h));
     key(&mut app, KeyCode::Esc);
-    key(&mut app, KeyCode::Down);
     ctrl(&mut app, 'd');
     insta::assert_snapshot!(format!("confirm_{suffix}"), screen(&mut app, w, h));
+    key(&mut app, KeyCode::Esc);
+    // The failed job highlighted: its exit code and last lines.
+    key(&mut app, KeyCode::Char('2'));
+    key(&mut app, KeyCode::Char('G'));
+    let s = screen(&mut app, w, h);
+    insta::assert_snapshot!(format!("failed_{suffix}"), s);
+    // Runs compared: bert-ft marked, then toy-train highlighted: once toy-train's metrics
+    // are in, bert-ft's curve of the same metric is asked for and overlaid with a legend.
+    key(&mut app, KeyCode::Char('g'));
+    key(&mut app, KeyCode::Down);
+    key(&mut app, KeyCode::Char(' '));
+    assert_eq!(app.marked, vec!["j-tp2k0000dddd".to_string()]);
+    let cmds = key(&mut app, KeyCode::Up);
+    assert!(
+        cmds.iter()
+            .any(|c| matches!(c, Command::LoadMetrics { .. }))
+    );
+    let cmds = app.update(Msg::MetricsAppend {
+        job: "j-tp2k0000cccc".into(),
+        last_rowid: 400,
+        points: fixture_points(),
+        more: false,
+    });
+    assert!(
+        cmds.iter()
+            .any(|c| matches!(c, Command::LoadCurve { job, name, .. } if job == "j-tp2k0000dddd" && name == "loss")),
+        "{cmds:?}"
+    );
+    app.update(Msg::Curve {
+        job: "j-tp2k0000dddd".into(),
+        curve: Box::new(compared_curve()),
+    });
+    key(&mut app, KeyCode::Char('4'));
+    key(&mut app, KeyCode::Char('s'));
+    insta::assert_snapshot!(format!("compare_{suffix}"), screen(&mut app, w, h));
+    key(&mut app, KeyCode::Char('!'));
+    insta::assert_snapshot!(format!("messages_{suffix}"), screen(&mut app, w, h));
+}
+
+/// bert-ft's loss, as a marked job's curve.
+fn compared_curve() -> super::panes::metrics::Curve {
+    let mut c = super::panes::metrics::Curve::new("loss", super::panes::metrics::XAxis::Step, 0.0);
+    for i in 1..=200 {
+        c.push(i as f64, 1.5 / (i as f64).sqrt());
+    }
+    c
+}
+
+#[test]
+fn snapshots_60x16() {
+    snap_all((60, 16));
 }
 
 #[test]
@@ -668,6 +728,11 @@ fn snapshots_80x24() {
 #[test]
 fn snapshots_120x40() {
     snap_all((120, 40));
+}
+
+#[test]
+fn snapshots_160x48() {
+    snap_all((160, 48));
 }
 
 #[test]
@@ -798,27 +863,48 @@ fn cheapest_launches_the_cheapest_fitting_offer_of_any_provider_with_the_rest_as
 fn a_jobs_end_is_announced_with_its_reason_and_rings_the_bell_when_asked() {
     use crate::engine::EngineEvent;
     let mut app = fixture(false);
-    let moved = |app: &mut App, state: JobState, reason: &str| {
+    let moved = |app: &mut App, job: &str, state: JobState, reason: &str| {
         app.update(Msg::Engine(EngineEvent::JobState {
-            job_id: "j-tp2k0000cccc".into(),
+            job_id: job.into(),
             state,
             reason: reason.into(),
         }))
     };
-    moved(&mut app, JobState::Running, "setup done; running");
+    moved(
+        &mut app,
+        "j-tp2k0000cccc",
+        JobState::Running,
+        "setup done; running",
+    );
     assert_eq!(app.status, None);
-    let cmds = moved(&mut app, JobState::Failed, "exited with status 3\x1b[31m");
+    let cmds = moved(
+        &mut app,
+        "j-tp2k0000cccc",
+        JobState::Failed,
+        "exited with status 3\x1b[31m",
+    );
     assert!(matches!(cmds.as_slice(), [Command::Refresh]));
+    let said = app.status.clone().unwrap();
     assert_eq!(
-        app.status,
-        Some((
-            "job toy-train (j-tp2k0000cccc) failed: exited with status 3".into(),
+        (said.text.as_str(), said.error),
+        (
+            "job toy-train (j-tp2k0000cccc) failed: exited with status 3",
             true
-        ))
+        )
     );
     assert!(!app.ring, "the bell is off unless configured");
+    // Said once: the same end seen again (another event, the next snapshot) is not.
+    app.status = None;
+    moved(&mut app, "j-tp2k0000cccc", JobState::Failed, "again");
+    assert_eq!(app.status, None);
     app.bell = true;
-    moved(&mut app, JobState::Succeeded, "exited with status 0");
-    assert_eq!(app.status.as_ref().map(|s| s.1), Some(false));
+    moved(
+        &mut app,
+        "j-tp2k0000dddd",
+        JobState::Succeeded,
+        "exited with status 0",
+    );
+    assert_eq!(app.status.as_ref().map(|s| s.error), Some(false));
     assert!(app.ring);
+    assert_eq!(app.messages.len(), 2, "the messages log keeps both");
 }

@@ -1,10 +1,10 @@
 //! Drawing: a pure function of the [`App`] state onto a ratatui frame. Lists build rows
 //! only for what is visible; charts draw pre-decimated series.
 
-use super::app::{App, Mode};
-use super::keymap::{Keymap, View};
+use super::app::{App, DASHBOARD_MIN, Mode, Status};
+use super::keymap::{Action, Keymap, View};
 use super::panes::{cost::*, instances::*, jobs::*, logs::*, metrics::*};
-use super::popups::{confirm::*, help::*, launch::*};
+use super::popups::{confirm::*, help::*, launch::*, messages::*, passphrase::*};
 use crate::model::Money;
 use ratatui::Frame;
 use ratatui::layout::{Alignment, Constraint, Layout, Rect};
@@ -28,7 +28,8 @@ pub fn draw(f: &mut Frame, app: &mut App) {
         f.render_widget(Paragraph::new(msg).alignment(Alignment::Center), r);
         return;
     }
-    let fullscreen = app.view == View::Logs && app.logs.fullscreen;
+    app.dash.on = area.width >= DASHBOARD_MIN.0 && area.height >= DASHBOARD_MIN.1;
+    let fullscreen = !app.dash.on && app.view == View::Logs && app.logs.fullscreen;
     let [top, main, bar] = Layout::vertical([
         Constraint::Length(if fullscreen { 0 } else { 1 }),
         Constraint::Fill(1),
@@ -38,45 +39,62 @@ pub fn draw(f: &mut Frame, app: &mut App) {
     if !fullscreen {
         draw_tabs(f, app, top);
     }
-    match app.view {
-        View::Instances => draw_instances(f, app, main),
-        View::Jobs => draw_jobs(f, app, main),
-        View::Logs => draw_logs(f, app, main, fullscreen),
-        View::Metrics => draw_metrics(f, app, main),
-        View::Cost => draw_cost(f, app, main),
+    if app.dash.on && !app.dash.zoom {
+        draw_dashboard(f, app, main);
+    } else {
+        draw_pane(f, app, app.view, main, fullscreen);
     }
     draw_bar(f, app, bar);
     match &app.mode {
         Mode::Help => draw_help(f, app, area),
         Mode::Confirm(c) => draw_confirm(f, app, c, area),
         Mode::Launch(form) => draw_launch(f, app, form, area),
-        Mode::Passphrase(p) => {
-            let r = centered(area, 64, 6);
-            f.render_widget(Clear, r);
-            let outer = block(app, format!(" {} ", p.asked.title()));
-            let inner = outer.inner(r);
-            f.render_widget(outer, r);
-            let [label, field, hint] = Layout::vertical([
-                Constraint::Length(1),
-                Constraint::Length(1),
-                Constraint::Length(1),
-            ])
-            .areas(inner);
-            f.render_widget(
-                Paragraph::new(crate::sanitize::sanitize_line(p.asked.subject().as_bytes())),
-                label,
-            );
-            f.render_widget(&p.input, field);
-            f.render_widget(
-                Paragraph::new(Span::styled(
-                    "enter send · esc cancel (never stored)",
-                    app.theme.dim(),
-                )),
-                hint,
-            );
-        }
+        Mode::Passphrase(p) => draw_passphrase(f, app, p, area),
+        Mode::Messages(back) => draw_messages(f, app, *back, area),
+        Mode::Quit => draw_quit(f, app, area),
         _ => {}
     }
+}
+
+/// One pane filling `area` (the tabs, or a zoomed pane of the dashboard).
+fn draw_pane(f: &mut Frame, app: &mut App, view: View, area: Rect, fullscreen: bool) {
+    match view {
+        View::Instances => draw_instances(f, app, area),
+        View::Jobs => draw_jobs(f, app, area),
+        View::Logs => draw_logs(f, app, area, fullscreen),
+        View::Metrics => draw_metrics(f, app, area),
+        View::Cost => draw_cost(f, app, area),
+    }
+}
+
+/// ≥ 120x36: instances and cost in a strip, the jobs list, then the highlighted job's log
+/// and main chart side by side. Tab moves the focus (its border lights up), `z` zooms the
+/// focused pane, `+`/`-` resize the jobs list or the log/chart split.
+fn draw_dashboard(f: &mut Frame, app: &mut App, main: Rect) {
+    let inst_rows = app.inst_visible.len().clamp(1, 6) as u16;
+    let [strip, lower] =
+        Layout::vertical([Constraint::Length(inst_rows + 3), Constraint::Fill(1)]).areas(main);
+    let [inst, cost] =
+        Layout::horizontal([Constraint::Fill(1), Constraint::Length(48)]).areas(strip);
+    // The jobs list takes its share, or less when it has fewer rows (a failed job's
+    // detail below the list needs 7 more).
+    let failed = app
+        .selected_job()
+        .is_some_and(|j| j.rec.state == crate::model::JobState::Failed);
+    let want = app.job_visible.len().max(2) as u16 + 3 + if failed { 7 } else { 0 };
+    let jobs_h = (lower.height * app.dash.jobs_pct / 100).min(want).max(5);
+    let [jobs, detail] =
+        Layout::vertical([Constraint::Length(jobs_h), Constraint::Fill(1)]).areas(lower);
+    let [log, chart] = Layout::horizontal([
+        Constraint::Percentage(app.dash.log_pct),
+        Constraint::Fill(1),
+    ])
+    .areas(detail);
+    draw_instances(f, app, inst);
+    draw_cost_summary(f, app, cost);
+    draw_jobs(f, app, jobs);
+    draw_logs(f, app, log, false);
+    draw_metrics_in(f, app, chart, false);
 }
 
 pub(crate) fn draw_tabs(f: &mut Frame, app: &App, area: Rect) {
@@ -115,6 +133,27 @@ pub(crate) fn block<'a>(app: &App, title: String) -> Block<'a> {
         .title(Span::styled(title, app.theme.accent()))
 }
 
+/// A pane's frame: on the dashboard, the focused pane's border is lit.
+pub(crate) fn pane_block<'a>(app: &App, view: View, title: String) -> Block<'a> {
+    let b = block(app, title);
+    if app.dash.on && !app.dash.zoom && app.view == view {
+        b.border_style(app.theme.accent())
+    } else {
+        b
+    }
+}
+
+/// The end of an id: what tells two rows of the same name apart (`j-t9x2k1a4f2c3` →
+/// `a4f2c3`).
+pub fn short_id(id: &str) -> &str {
+    let n = id.chars().count();
+    if n <= 8 {
+        return id;
+    }
+    let cut = id.char_indices().nth(n - 6).map_or(0, |(i, _)| i);
+    &id[cut..]
+}
+
 /// The rows `[start, end)` of a list of `len` that keep `sel` visible in `height` rows.
 pub(crate) fn window(len: usize, sel: usize, height: usize) -> (usize, usize) {
     if len <= height {
@@ -150,16 +189,19 @@ pub(crate) fn filter_title(name: &str, filter: &str, shown: usize, total: usize)
 pub(crate) fn list_frame(
     f: &mut Frame,
     app: &mut App,
+    view: View,
     area: Rect,
     title: String,
     shown: usize,
     empty: impl FnOnce(&App) -> String,
 ) -> Option<(Rect, usize)> {
-    let b = block(app, title);
+    let b = pane_block(app, view, title);
     let inner = b.inner(area);
     f.render_widget(b, area);
     let height = inner.height.saturating_sub(1) as usize;
-    app.page = height.max(1);
+    if app.view == view {
+        app.page = height.max(1);
+    }
     if shown > 0 {
         return Some((inner, height));
     }
@@ -195,8 +237,22 @@ pub(crate) fn draw_bar(f: &mut Frame, app: &App, area: Rect) {
             Span::raw("█"),
         ]),
         _ => match &app.status {
-            Some((msg, true)) => Line::from(Span::styled(msg.clone(), t.error())),
-            Some((msg, false)) => Line::from(Span::styled(msg.clone(), t.ok())),
+            Some(Status { text, error, .. }) => {
+                let style = if *error { t.error() } else { t.ok() };
+                let w = area.width as usize;
+                if text.chars().count() <= w {
+                    Line::from(Span::styled(text.clone(), style))
+                } else {
+                    // Cut, and say where the whole of it is.
+                    let more = format!(
+                        "… ({} shows it all)",
+                        app.keymap.first_key(Action::Messages)
+                    );
+                    let keep = w.saturating_sub(more.chars().count());
+                    let head: String = text.chars().take(keep).collect();
+                    Line::from(vec![Span::styled(head, style), Span::styled(more, t.dim())])
+                }
+            }
             None => hints_line(app),
         },
     };
@@ -228,4 +284,83 @@ pub(crate) fn centered(area: Rect, w: u16, h: u16) -> Rect {
         w,
         h,
     )
+}
+
+/// A table column: its header, its width (a `fill` column takes what is left, at least
+/// `width`), and how much it matters (0 = identifies the row: never dropped).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Col {
+    pub header: &'static str,
+    pub width: u16,
+    pub prio: u8,
+    pub fill: bool,
+}
+
+impl Col {
+    pub(crate) fn fixed(header: &'static str, width: u16, prio: u8) -> Col {
+        Col {
+            header,
+            width: width.max(header.chars().count() as u16),
+            prio,
+            fill: false,
+        }
+    }
+    pub(crate) fn fill(header: &'static str, min: u16, prio: u8) -> Col {
+        Col {
+            header,
+            width: min,
+            prio,
+            fill: true,
+        }
+    }
+}
+
+/// The columns that fit in `width` (spacing 1), dropping the least important first (the
+/// highest `prio`, rightmost first among equals): their indices and constraints.
+pub(crate) fn fit_columns(cols: &[Col], width: u16) -> (Vec<usize>, Vec<Constraint>) {
+    let mut keep: Vec<usize> = (0..cols.len()).collect();
+    let need = |keep: &[usize]| -> u16 {
+        keep.iter().map(|&i| cols[i].width).sum::<u16>() + keep.len().saturating_sub(1) as u16
+    };
+    while need(&keep) > width {
+        let Some((pos, _)) = keep
+            .iter()
+            .enumerate()
+            .filter(|(_, i)| cols[**i].prio > 0)
+            .max_by_key(|(pos, i)| (cols[**i].prio, *pos))
+        else {
+            break;
+        };
+        keep.remove(pos);
+    }
+    let constraints = keep
+        .iter()
+        .map(|&i| {
+            if cols[i].fill {
+                Constraint::Min(cols[i].width)
+            } else {
+                Constraint::Length(cols[i].width)
+            }
+        })
+        .collect();
+    (keep, constraints)
+}
+
+/// The widest of `texts` (at least `min`), for a column sized by what it holds, so a
+/// number is never cut.
+pub(crate) fn widest<'a>(texts: impl Iterator<Item = &'a String>, min: u16) -> u16 {
+    texts
+        .map(|t| t.chars().count() as u16)
+        .max()
+        .unwrap_or(0)
+        .max(min)
+}
+
+/// A money column: every amount with the same decimals ([`Money::column`]), `-` for none.
+pub(crate) fn money_column(values: impl Iterator<Item = Option<Money>>) -> Vec<String> {
+    let v: Vec<Option<Money>> = values.collect();
+    let d = Money::decimals_for(&v.iter().flatten().copied().collect::<Vec<_>>());
+    v.iter()
+        .map(|m| m.map_or_else(|| "-".to_string(), |m| m.with_decimals(d)))
+        .collect()
 }

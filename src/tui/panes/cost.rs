@@ -10,7 +10,7 @@ use ratatui::widgets::{Block, Borders, Cell, Gauge, Paragraph, Row, Table};
 
 pub(crate) fn draw_cost(f: &mut Frame, app: &mut App, area: Rect) {
     let t = &app.theme;
-    let b = block(app, " Cost ".into());
+    let b = pane_block(app, crate::tui::keymap::View::Cost, " Cost ".into());
     let inner = b.inner(area);
     f.render_widget(b, area);
     let Some(c) = &app.snap.cost else {
@@ -18,34 +18,12 @@ pub(crate) fn draw_cost(f: &mut Frame, app: &mut App, area: Rect) {
         return;
     };
     let [summary, gauge, tables] = Layout::vertical([
-        Constraint::Length(2),
+        Constraint::Length(3),
         Constraint::Length(if app.snap.budget_day.is_some() { 1 } else { 0 }),
         Constraint::Fill(1),
     ])
     .areas(inner);
-    let mut lines = vec![Line::from(vec![
-        Span::styled("total ", t.dim()),
-        Span::styled(Money(c.total_micros).to_string(), t.accent()),
-        Span::styled("   today ", t.dim()),
-        Span::raw(Money(c.today_micros).to_string()),
-        Span::styled("   burn ", t.dim()),
-        Span::raw(format!("{}/h", Money(c.burn_rate_micros_per_hour))),
-    ])];
-    let mut budget = vec![];
-    if let Some(l) = app.snap.budget_day {
-        budget.push(format!("per day {l}, left {}", Money(l.0 - c.today_micros)));
-    }
-    if let Some(l) = app.snap.budget_job {
-        budget.push(format!("per job {l}"));
-    }
-    lines.push(Line::from(Span::styled(
-        if budget.is_empty() {
-            "no budget set ([budget] in the user config)".to_string()
-        } else {
-            format!("budget: {}", budget.join(" · "))
-        },
-        t.dim(),
-    )));
+    let lines = summary_lines(app, c);
     f.render_widget(Paragraph::new(lines), summary);
     if let Some(l) = app.snap.budget_day {
         let ratio = if l.0 > 0 {
@@ -71,16 +49,18 @@ pub(crate) fn draw_cost(f: &mut Frame, app: &mut App, area: Rect) {
     let [left, right] =
         Layout::horizontal([Constraint::Percentage(50), Constraint::Percentage(50)]).areas(tables);
     let h = left.height.saturating_sub(2) as usize;
-    let inst_rows: Vec<Row> = c
-        .instances
+    let shown: Vec<_> = c.instances.iter().take(h).collect();
+    let hourly = money_column(shown.iter().map(|i| Some(Money(i.hourly_micros))));
+    let cost = money_column(shown.iter().map(|i| Some(Money(i.cost_micros))));
+    let inst_rows: Vec<Row> = shown
         .iter()
-        .take(h)
-        .map(|i| {
+        .enumerate()
+        .map(|(k, i)| {
             Row::new(vec![
                 Cell::from(i.name.clone()),
                 Cell::from(Span::styled(i.state.clone(), state_style(app, &i.state))),
-                Cell::from(Money(i.hourly_micros).short()),
-                Cell::from(Money(i.cost_micros).short()),
+                Cell::from(hourly[k].clone()),
+                Cell::from(cost[k].clone()),
             ])
         })
         .collect();
@@ -94,16 +74,18 @@ pub(crate) fn draw_cost(f: &mut Frame, app: &mut App, area: Rect) {
         ),
         left,
     );
-    let job_rows: Vec<Row> = c
-        .jobs
+    let shown: Vec<_> = c.jobs.iter().take(h).collect();
+    let cost = money_column(shown.iter().map(|j| Some(Money(j.cost_micros))));
+    let proj = money_column(shown.iter().map(|j| j.projected_micros.map(Money)));
+    let job_rows: Vec<Row> = shown
         .iter()
-        .take(h)
-        .map(|j| {
+        .enumerate()
+        .map(|(k, j)| {
             Row::new(vec![
                 Cell::from(j.name.clone()),
                 Cell::from(Span::styled(j.state.clone(), state_style(app, &j.state))),
-                Cell::from(Money(j.cost_micros).short()),
-                Cell::from(j.projected_micros.map_or("-".into(), |m| Money(m).short())),
+                Cell::from(cost[k].clone()),
+                Cell::from(proj[k].clone()),
             ])
         })
         .collect();
@@ -144,4 +126,64 @@ pub(crate) fn cost_table<'a>(
             .border_style(t.dim())
             .title(title),
     )
+}
+
+/// Totals, the budget, and the highlighted job's cost (the cost pane follows it).
+fn summary_lines(app: &App, c: &crate::cost::CostReport) -> Vec<Line<'static>> {
+    let t = &app.theme;
+    let amounts = Money::column(&[
+        Money(c.total_micros),
+        Money(c.today_micros),
+        Money(c.burn_rate_micros_per_hour),
+    ]);
+    let mut lines = vec![Line::from(vec![
+        Span::styled("total ", t.dim()),
+        Span::styled(amounts[0].clone(), t.accent()),
+        Span::styled("  today ", t.dim()),
+        Span::raw(amounts[1].clone()),
+        Span::styled("  burn ", t.dim()),
+        Span::raw(format!("{}/h", amounts[2])),
+    ])];
+    let mut budget = vec![];
+    if let Some(l) = app.snap.budget_day {
+        budget.push(format!("per day {l}, left {}", Money(l.0 - c.today_micros)));
+    }
+    if let Some(l) = app.snap.budget_job {
+        budget.push(format!("per job {l}"));
+    }
+    lines.push(Line::from(Span::styled(
+        if budget.is_empty() {
+            "no budget set ([budget] in the user config)".to_string()
+        } else {
+            format!("budget: {}", budget.join(" · "))
+        },
+        t.dim(),
+    )));
+    if let Some(j) = app.focus_job_row() {
+        let m = Money::column(&[j.cost, j.projected.unwrap_or(Money(0))]);
+        let mut spans = vec![
+            Span::styled("job ", t.dim()),
+            Span::raw(crate::tui::panes::metrics::job_label(&j.rec)),
+            Span::styled(" cost ", t.dim()),
+            Span::raw(m[0].clone()),
+        ];
+        if j.projected.is_some() {
+            spans.push(Span::styled(" → ", t.dim()));
+            spans.push(Span::raw(m[1].clone()));
+        }
+        lines.push(Line::from(spans));
+    }
+    lines
+}
+
+/// The dashboard's cost strip: totals, budget, the highlighted job's cost.
+pub(crate) fn draw_cost_summary(f: &mut Frame, app: &mut App, area: Rect) {
+    let b = pane_block(app, crate::tui::keymap::View::Cost, " Cost ".into());
+    let inner = b.inner(area);
+    f.render_widget(b, area);
+    let Some(c) = &app.snap.cost else {
+        f.render_widget(Paragraph::new("…"), inner);
+        return;
+    };
+    f.render_widget(Paragraph::new(summary_lines(app, c)), inner);
 }

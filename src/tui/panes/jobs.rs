@@ -1,19 +1,23 @@
 //! The Jobs pane: every job with its state, progress, main metric trend, time and cost.
 
 use crate::cli::fmt_duration;
+use crate::model::JobState;
 use crate::model::Money;
 use crate::tui::app::*;
+use crate::tui::keymap::View;
 use crate::tui::ui::*;
 use ratatui::Frame;
-use ratatui::layout::{Constraint, Rect};
+use ratatui::layout::{Constraint, Layout, Rect};
+use ratatui::text::Line;
 use ratatui::text::Span;
+use ratatui::widgets::Paragraph;
 use ratatui::widgets::{Cell, Row, Table, TableState};
 
-/// `▁▂▅▇` of the finite values.
+/// `▁▂▅▇` of the finite values, resampled to `width` (the whole run, not its end).
 pub fn sparkline_text(values: &[f64], width: usize) -> String {
     const BARS: [char; 8] = ['▁', '▂', '▃', '▄', '▅', '▆', '▇', '█'];
     let v: Vec<f64> = values.iter().copied().filter(|x| x.is_finite()).collect();
-    let v = &v[v.len().saturating_sub(width)..];
+    let v = &crate::tui::series::resample(&v, width)[..];
     let (lo, hi) = v
         .iter()
         .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &x| {
@@ -41,51 +45,107 @@ pub fn progress_text(p: &crate::model::Progress) -> String {
 }
 
 pub(crate) fn draw_jobs(f: &mut Frame, app: &mut App, area: Rect) {
+    // A failed job, highlighted: its exit code and last lines under the list.
+    let failed = app
+        .selected_job()
+        .filter(|j| j.rec.state == JobState::Failed)
+        .map(|j| j.rec.clone());
+    let (area, detail) = match &failed {
+        Some(_) if area.height >= 12 => {
+            let [a, d] = Layout::vertical([Constraint::Fill(1), Constraint::Length(7)]).areas(area);
+            (a, Some(d))
+        }
+        _ => (area, None),
+    };
+    if let (Some(j), Some(d)) = (&failed, detail) {
+        draw_failure(f, app, j, d);
+    }
     let title = filter_title(
         "Jobs",
         &app.job_filter,
         app.job_visible.len(),
         app.snap.jobs.len(),
     );
-    let Some((inner, height)) = list_frame(f, app, area, title, app.job_visible.len(), |app| {
-        if !app.snap.jobs.is_empty() {
-            return "Nothing matches the filter (esc clears it).".into();
-        }
-        match &app.project {
-            Some(p) => format!("No jobs yet. Select a running instance and press r to run {p}."),
-            None => "No jobs yet, and no trainctl.toml here to run.".into(),
-        }
-    }) else {
+    let Some((inner, height)) = list_frame(
+        f,
+        app,
+        View::Jobs,
+        area,
+        title,
+        app.job_visible.len(),
+        |app| {
+            if !app.snap.jobs.is_empty() {
+                return "Nothing matches the filter (esc clears it).".into();
+            }
+            match &app.project {
+                Some(p) => {
+                    format!("No jobs yet. Select a running instance and press r to run {p}.")
+                }
+                None => "No jobs yet, and no trainctl.toml here to run.".into(),
+            }
+        },
+    ) else {
         return;
     };
-    let wide = inner.width >= 100;
     let (start, end) = window(app.job_visible.len(), app.job_sel, height);
-    let spark_w = if wide { 10 } else { 5 };
-    let rows: Vec<Row> = app.job_visible[start..end]
+    let rows: Vec<&JobRow> = app.job_visible[start..end]
         .iter()
-        .map(|&i| job_row(app, &app.snap.jobs[i], wide, spark_w))
+        .map(|&i| &app.snap.jobs[i])
         .collect();
-    // Narrow: the name stands for the job (its id is in the Logs title); wide: id and instance too.
-    let mut widths = vec![
-        Constraint::Fill(1),
-        Constraint::Length(9),
-        Constraint::Length(9),
-        Constraint::Length(if wide { 13 } else { 10 } + spark_w as u16),
-        Constraint::Length(6),
-        Constraint::Length(6),
-        Constraint::Length(8),
-        Constraint::Length(8),
+    let texts: Vec<JobTexts> = rows.iter().map(|r| JobTexts::of(r)).collect();
+    // One precision per money column.
+    let costs = money_column(rows.iter().map(|r| Some(r.cost)));
+    let projs = money_column(rows.iter().map(|r| r.projected));
+    let trend_w: u16 = if inner.width >= 150 { 24 } else { 12 };
+    let cols = [
+        Col::fill("NAME", 12, 0),
+        Col::fixed("ID", 6, 0),
+        Col::fixed("STATE", 10, 0),
+        Col::fixed("PROGRESS", widest(texts.iter().map(|t| &t.progress), 4), 1),
+        Col::fixed("METRIC", widest(texts.iter().map(|t| &t.metric), 6), 1),
+        Col::fixed("TREND", trend_w, 2),
+        Col::fixed("TIME", widest(texts.iter().map(|t| &t.time), 4), 2),
+        Col::fixed("COST", widest(costs.iter(), 4), 1),
+        Col::fixed("INSTANCE", 14, 3),
+        Col::fixed("ETA", widest(texts.iter().map(|t| &t.eta), 3), 4),
+        Col::fixed("PROJ", widest(projs.iter(), 4), 4),
     ];
-    let mut header = vec![
-        "NAME", "STATE", "PROGRESS", "METRIC", "TIME", "ETA", "COST", "PROJ",
-    ];
-    if wide {
-        widths.insert(0, Constraint::Length(14));
-        header.insert(0, "ID");
-        widths.insert(2, Constraint::Length(14));
-        header.insert(2, "INSTANCE");
-    }
-    let table = Table::new(rows, widths)
+    let (keep, widths) = fit_columns(&cols, inner.width);
+    let table_rows: Vec<Row> = rows
+        .iter()
+        .zip(&texts)
+        .enumerate()
+        .map(|(k, (r, t))| {
+            let all = [
+                Cell::from(r.rec.name.clone()),
+                Cell::from(short_id(&r.rec.id).to_string()),
+                Cell::from(Span::styled(
+                    state_text(&r.rec),
+                    state_style(app, r.rec.state.as_str()),
+                )),
+                Cell::from(t.progress.clone()),
+                Cell::from(t.metric.clone()),
+                Cell::from(Span::styled(
+                    sparkline_text(&r.trend, trend_w as usize),
+                    app.theme.accent(),
+                )),
+                Cell::from(t.time.clone()),
+                Cell::from(costs[k].clone()),
+                Cell::from(r.rec.instance_id.clone().unwrap_or_default()),
+                Cell::from(t.eta.clone()),
+                Cell::from(projs[k].clone()),
+            ];
+            let marked = app.marked.contains(&r.rec.id);
+            let row = Row::new(keep.iter().map(|&i| all[i].clone()).collect::<Vec<_>>());
+            if marked {
+                row.style(app.theme.accent())
+            } else {
+                row
+            }
+        })
+        .collect();
+    let header: Vec<&str> = keep.iter().map(|&i| cols[i].header).collect();
+    let table = Table::new(table_rows, widths)
         .header(Row::new(header).style(app.theme.header()))
         .row_highlight_style(app.theme.selected())
         .column_spacing(1);
@@ -93,45 +153,74 @@ pub(crate) fn draw_jobs(f: &mut Frame, app: &mut App, area: Rect) {
     f.render_stateful_widget(table, inner, &mut state);
 }
 
-/// A job state whole in the 9 columns the jobs list gives it (the longer names shortened
-/// the same at every width: a word is never cut).
-pub(crate) fn state_label(s: crate::model::JobState) -> &'static str {
-    use crate::model::JobState::*;
-    match s {
-        SettingUp => "setup",
-        Interrupted => "interrupt",
-        Recovering => "recover",
-        s => s.as_str(),
+/// The texts of a job's row whose width decides their column's.
+struct JobTexts {
+    progress: String,
+    metric: String,
+    time: String,
+    eta: String,
+}
+
+impl JobTexts {
+    fn of(r: &JobRow) -> JobTexts {
+        JobTexts {
+            progress: progress_text(&r.progress),
+            metric: match &r.metric {
+                Some((name, v)) => {
+                    let name: String = name.chars().take(10).collect();
+                    format!("{name} {}", fmt_value(*v))
+                }
+                None => "-".into(),
+            },
+            time: r.elapsed_ms.map_or("-".into(), fmt_duration),
+            eta: r.eta_ms.map_or("-".into(), fmt_duration),
+        }
     }
 }
 
-pub(crate) fn job_row<'a>(app: &App, r: &JobRow, wide: bool, spark_w: usize) -> Row<'a> {
-    let j = &r.rec;
-    let metric = match &r.metric {
-        Some((name, v)) => {
-            let name: String = name.chars().take(if wide { 6 } else { 4 }).collect();
-            let v = fmt_value(*v);
-            let v: String = v.chars().take(if wide { 6 } else { 5 }).collect();
-            format!("{name} {v} {}", sparkline_text(&r.spark, spark_w))
-        }
-        None => "-".into(),
-    };
-    let mut cells = vec![
-        Cell::from(j.name.clone()),
-        Cell::from(Span::styled(
-            state_label(j.state),
-            state_style(app, j.state.as_str()),
-        )),
-        Cell::from(progress_text(&r.progress)),
-        Cell::from(metric),
-        Cell::from(r.elapsed_ms.map_or("-".into(), fmt_duration)),
-        Cell::from(r.eta_ms.map_or("-".into(), fmt_duration)),
-        Cell::from(r.cost.short()),
-        Cell::from(r.projected.map_or("-".into(), Money::short)),
-    ];
-    if wide {
-        cells.insert(0, Cell::from(j.id.clone()));
-        cells.insert(2, Cell::from(j.instance_id.clone().unwrap_or_default()));
+/// A job state whole in the 10 columns the jobs list gives it (the longer names shortened
+/// the same at every width: a word is never cut); a failed job with its exit code.
+fn state_text(j: &crate::store::JobRecord) -> String {
+    use crate::model::JobState::*;
+    match (j.state, j.exit_code) {
+        (Failed, Some(c)) => format!("failed {c}"),
+        (SettingUp, _) => "setup".into(),
+        (Interrupted, _) => "interrupt".into(),
+        (Recovering, _) => "recover".into(),
+        (s, _) => s.as_str().into(),
     }
-    Row::new(cells)
+}
+
+/// Why the highlighted job failed: exit code, reason, and its log's last lines.
+fn draw_failure(f: &mut Frame, app: &App, j: &crate::store::JobRecord, area: Rect) {
+    let t = &app.theme;
+    let code = j
+        .exit_code
+        .map_or_else(|| "no exit code".to_string(), |c| format!("exit {c}"));
+    let reason = crate::sanitize::sanitize_line(j.reason.clone().unwrap_or_default().as_bytes());
+    let title = format!(
+        " {} failed: {code}{} ",
+        crate::tui::panes::metrics::job_label(j),
+        if reason.is_empty() {
+            String::new()
+        } else {
+            format!(" · {reason}")
+        }
+    );
+    let b = block(app, title).border_style(t.error());
+    let inner = b.inner(area);
+    f.render_widget(b, area);
+    let shown = inner.height as usize;
+    let lines: Vec<Line> = if app.logs.job.as_deref() == Some(j.id.as_str()) {
+        let n = app.logs.lines.len();
+        app.logs
+            .lines
+            .iter()
+            .skip(n.saturating_sub(shown))
+            .map(|l| Line::from(l.text.clone()))
+            .collect()
+    } else {
+        vec![Line::from(Span::styled("reading its log…", t.dim()))]
+    };
+    f.render_widget(Paragraph::new(lines), inner);
 }

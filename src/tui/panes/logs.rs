@@ -165,13 +165,15 @@ pub(crate) fn draw_logs(f: &mut Frame, app: &mut App, area: Rect, fullscreen: bo
     let inner = if fullscreen {
         area
     } else {
-        let b = block(app, title);
+        let b = pane_block(app, crate::tui::keymap::View::Logs, title);
         let inner = b.inner(area);
         f.render_widget(b, area);
         inner
     };
     let height = inner.height as usize;
-    app.page = height.max(1);
+    if app.view == crate::tui::keymap::View::Logs {
+        app.page = height.max(1);
+    }
     let lv = &mut app.logs;
     if lv.job.is_none() {
         f.render_widget(

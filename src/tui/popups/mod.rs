@@ -3,5 +3,6 @@
 pub mod confirm;
 pub mod help;
 pub mod launch;
+pub mod messages;
 pub mod passphrase;
 pub mod prompt;
