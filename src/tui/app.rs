@@ -224,7 +224,8 @@ pub enum Mode {
     Launch(Box<LaunchForm>),
     Confirm(Confirm),
     Passphrase(Box<PassphrasePrompt>),
-    Help,
+    /// The key table, scrolled down this many rows.
+    Help(usize),
     /// The messages said this session, newest last, scrollable (offset from the end).
     Messages(usize),
     /// `q` at the top level while work is in flight: quit anyway?
@@ -316,6 +317,9 @@ pub struct App {
     /// Commands sent whose answer has not come back (launch, terminate, sync, …): `q`
     /// asks before quitting while any is out.
     pub in_flight: usize,
+    /// Command lines run, oldest first, and where ↑/↓ are in them.
+    pub history: Vec<String>,
+    pub(crate) history_pos: Option<usize>,
     /// When the marked jobs' curves were last read (live ones are read again).
     pub(crate) compare_loaded_ms: TimestampMs,
     pub dirty: bool,
@@ -417,6 +421,8 @@ impl App {
             live_seen: Vec::new(),
             announced: Vec::new(),
             in_flight: 0,
+            history: Vec::new(),
+            history_pos: None,
             compare_loaded_ms: 0,
             dirty: true,
             urgent: false,
@@ -570,9 +576,10 @@ impl App {
         let Some(job) = self.metrics.job.clone() else {
             return Vec::new();
         };
-        let selected = self.metrics.selected;
-        self.metrics = self.metrics.emptied(Some(job.clone()));
-        self.metrics.selected = selected;
+        // The curves on screen stay until the new ones come (no blank chart).
+        self.metrics.reload = false;
+        self.metrics.stale = true;
+        self.metrics.last_rowid = 0;
         self.metrics.loading = true;
         vec![Command::LoadMetrics {
             job,
@@ -941,6 +948,12 @@ impl App {
                 if !more {
                     self.metrics.loading = false;
                 }
+                if self.metrics.stale {
+                    let selected = self.metrics.selected;
+                    self.metrics = self.metrics.emptied(Some(job));
+                    self.metrics.selected = selected;
+                    self.metrics.loading = more;
+                }
                 if !points.is_empty() {
                     for p in &points {
                         self.metrics.push(p);
@@ -1074,10 +1087,7 @@ impl App {
         let mode = std::mem::replace(&mut self.mode, Mode::Normal);
         match mode {
             Mode::Normal => self.on_normal_key(ev),
-            Mode::Help => {
-                // Any key closes help.
-                Vec::new()
-            }
+            Mode::Help(top) => self.on_help_key(ev, top),
             Mode::Messages(back) => self.on_messages_key(ev, back),
             Mode::Quit => self.on_quit_key(ev),
             Mode::Filter(s) => self.on_line_key(ev, s, LineKind::Filter),
@@ -1206,7 +1216,7 @@ impl App {
                 Vec::new()
             }
             Action::Help => {
-                self.mode = Mode::Help;
+                self.mode = Mode::Help(0);
                 Vec::new()
             }
             Action::Messages => {
@@ -1295,16 +1305,13 @@ impl App {
                 self.mode = Mode::Command(String::new());
                 Vec::new()
             }
+            // Prompts start empty (the filter in force shows in the pane's title).
             Action::Filter => {
-                let current = match self.view {
-                    View::Instances => self.inst_filter.clone(),
-                    _ => self.job_filter.clone(),
-                };
-                self.mode = Mode::Filter(current);
+                self.mode = Mode::Filter(String::new());
                 Vec::new()
             }
             Action::Search => {
-                self.mode = Mode::Search(self.logs.search.clone().unwrap_or_default());
+                self.mode = Mode::Search(String::new());
                 Vec::new()
             }
             Action::NextView => {

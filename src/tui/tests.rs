@@ -58,6 +58,12 @@ fn job(id: &str, name: &str, inst: &str, state: JobState, epoch: f64, loss: f64)
             created_ms: NOW - 600_000,
             started_ms: Some(NOW - 590_000),
             ended_ms: state.is_terminal().then_some(NOW - 10_000),
+            exit_code: match state {
+                JobState::Failed => Some(3),
+                JobState::Succeeded => Some(0),
+                _ => None,
+            },
+            reason: (state == JobState::Failed).then(|| "exited with status 3".into()),
             ..JobRecord::pending(id, name, "/p", "python3 train.py", inst)
         },
         progress: Progress {
@@ -671,7 +677,22 @@ fn snap_all(size: (u16, u16)) {
     // The failed job highlighted: its exit code and last lines.
     key(&mut app, KeyCode::Char('2'));
     key(&mut app, KeyCode::Char('G'));
+    app.update(Msg::LogAppend {
+        job: "j-tp2k0000eeee".into(),
+        attempt: 1,
+        end: 80,
+        lines: vec![
+            "epoch 2 step 120 loss nan".into(),
+            "Traceback (most recent call last):".into(),
+            "  File \"train.py\", line 40, in <module>".into(),
+            "RuntimeError: loss is NaN".into(),
+        ],
+        skipped: Some(0),
+    });
     let s = screen(&mut app, w, h);
+    if h >= 16 {
+        assert!(s.contains("failed: exit 3") && s.contains("RuntimeError: loss is NaN"), "{s}");
+    }
     insta::assert_snapshot!(format!("failed_{suffix}"), s);
     // Runs compared: bert-ft marked, then toy-train highlighted: once toy-train's metrics
     // are in, bert-ft's curve of the same metric is asked for and overlaid with a legend.
@@ -700,7 +721,21 @@ fn snap_all(size: (u16, u16)) {
         curve: Box::new(compared_curve()),
     });
     key(&mut app, KeyCode::Char('4'));
-    key(&mut app, KeyCode::Char('s'));
+    // Smoothing reads the points again; the old curves stay until they come.
+    let cmds = key(&mut app, KeyCode::Char('s'));
+    assert!(cmds.iter().any(|c| matches!(c, Command::LoadMetrics { after_rowid: 0, .. })));
+    assert_eq!(app.metrics.series.len(), 2);
+    let cmds = app.update(Msg::MetricsAppend {
+        job: "j-tp2k0000cccc".into(),
+        last_rowid: 400,
+        points: fixture_points(),
+        more: false,
+    });
+    assert!(cmds.iter().any(|c| matches!(c, Command::LoadCurve { smoothing, .. } if *smoothing == 0.6)));
+    app.update(Msg::Curve {
+        job: "j-tp2k0000dddd".into(),
+        curve: Box::new(compared_curve()),
+    });
     insta::assert_snapshot!(format!("compare_{suffix}"), screen(&mut app, w, h));
     key(&mut app, KeyCode::Char('!'));
     insta::assert_snapshot!(format!("messages_{suffix}"), screen(&mut app, w, h));

@@ -46,7 +46,7 @@ pub fn draw(f: &mut Frame, app: &mut App) {
     }
     draw_bar(f, app, bar);
     match &app.mode {
-        Mode::Help => draw_help(f, app, area),
+        Mode::Help(top) => draw_help(f, app, *top, area),
         Mode::Confirm(c) => draw_confirm(f, app, c, area),
         Mode::Launch(form) => draw_launch(f, app, form, area),
         Mode::Passphrase(p) => draw_passphrase(f, app, p, area),
@@ -97,32 +97,63 @@ fn draw_dashboard(f: &mut Frame, app: &mut App, main: Rect) {
     draw_metrics_in(f, app, chart, false);
 }
 
+/// The pane names and the money summary on one line that never overlaps: names shorten
+/// (the focused pane's stays whole), then the summary does.
 pub(crate) fn draw_tabs(f: &mut Frame, app: &App, area: Rect) {
     let t = &app.theme;
-    let mut spans = Vec::new();
-    for (i, v) in View::ALL.iter().enumerate() {
-        let style = if *v == app.view {
-            t.selected()
-        } else {
-            t.dim()
-        };
-        spans.push(Span::styled(format!(" {} {} ", i + 1, v.title()), style));
+    let w = area.width as usize;
+    let rights: Vec<String> = {
+        let ro = if app.readonly { " [readonly]" } else { "" };
+        match &app.snap.cost {
+            Some(c) => {
+                let m = Money::column(&[Money(c.total_micros), Money(c.burn_rate_micros_per_hour)]);
+                vec![
+                    format!("{} total · {}/h{ro} ", m[0], m[1]),
+                    format!("{} · {}/h{ro} ", m[0], m[1]),
+                    format!("{}/h{} ", m[1], if app.readonly { " [ro]" } else { "" }),
+                ]
+            }
+            None => vec![format!("{} ", ro.trim()), String::new()],
+        }
+    };
+    let label = |v: View, i: usize, style: u8| -> String {
+        match style {
+            _ if v == app.view => format!(" {} {} ", i + 1, v.title()),
+            0 => format!(" {} {} ", i + 1, v.title()),
+            1 => format!(" {} {} ", i + 1, &v.title()[..4.min(v.title().len())]),
+            _ => format!(" {} ", i + 1),
+        }
+    };
+    let mut pick = (2u8, rights.last().cloned().unwrap_or_default());
+    'fit: for style in 0..3u8 {
+        let left: usize = View::ALL
+            .iter()
+            .enumerate()
+            .map(|(i, v)| label(*v, i, style).chars().count())
+            .sum();
+        for r in &rights {
+            if left + r.chars().count() <= w {
+                pick = (style, r.clone());
+                break 'fit;
+            }
+        }
     }
-    let mut right = String::new();
-    if let Some(c) = &app.snap.cost {
-        right = format!(
-            "{} total · {}/h ",
-            Money(c.total_micros),
-            Money(c.burn_rate_micros_per_hour)
-        );
-    }
-    if app.readonly {
-        right.push_str("[readonly] ");
-    }
-    let left = Line::from(spans);
-    let w = right.chars().count() as u16;
-    let [l, r] = Layout::horizontal([Constraint::Fill(1), Constraint::Length(w)]).areas(area);
-    f.render_widget(Paragraph::new(left), l);
+    let spans: Vec<Span> = View::ALL
+        .iter()
+        .enumerate()
+        .map(|(i, v)| {
+            let style = if *v == app.view {
+                t.selected()
+            } else {
+                t.dim()
+            };
+            Span::styled(label(*v, i, pick.0), style)
+        })
+        .collect();
+    let right = pick.1;
+    let rw = right.chars().count() as u16;
+    let [l, r] = Layout::horizontal([Constraint::Fill(1), Constraint::Length(rw)]).areas(area);
+    f.render_widget(Paragraph::new(Line::from(spans)), l);
     f.render_widget(Paragraph::new(Span::styled(right, t.accent())), r);
 }
 

@@ -47,85 +47,101 @@ pub(crate) fn draw_cost(f: &mut Frame, app: &mut App, area: Rect) {
         );
     }
     let [left, right] =
-        Layout::horizontal([Constraint::Percentage(50), Constraint::Percentage(50)]).areas(tables);
+        Layout::horizontal([Constraint::Percentage(50), Constraint::Percentage(50)])
+            .spacing(2)
+            .areas(tables);
     let h = left.height.saturating_sub(2) as usize;
     let shown: Vec<_> = c.instances.iter().take(h).collect();
     let hourly = money_column(shown.iter().map(|i| Some(Money(i.hourly_micros))));
     let cost = money_column(shown.iter().map(|i| Some(Money(i.cost_micros))));
-    let inst_rows: Vec<Row> = shown
+    let rows: Vec<[String; 4]> = shown
         .iter()
         .enumerate()
         .map(|(k, i)| {
-            Row::new(vec![
-                Cell::from(i.name.clone()),
-                Cell::from(Span::styled(i.state.clone(), state_style(app, &i.state))),
-                Cell::from(hourly[k].clone()),
-                Cell::from(cost[k].clone()),
-            ])
+            [
+                i.name.clone(),
+                i.state.clone(),
+                hourly[k].clone(),
+                cost[k].clone(),
+            ]
         })
         .collect();
-    f.render_widget(
-        cost_table(
-            app,
-            " per instance ",
-            inst_rows,
-            ["INSTANCE", "STATE", "$/H", "COST"],
-            11,
-        ),
+    draw_cost_table(
+        f,
+        app,
         left,
+        " per instance ",
+        ["INSTANCE", "STATE", "$/H", "COST"],
+        rows,
     );
     let shown: Vec<_> = c.jobs.iter().take(h).collect();
     let cost = money_column(shown.iter().map(|j| Some(Money(j.cost_micros))));
     let proj = money_column(shown.iter().map(|j| j.projected_micros.map(Money)));
-    let job_rows: Vec<Row> = shown
+    let rows: Vec<[String; 4]> = shown
         .iter()
         .enumerate()
         .map(|(k, j)| {
-            Row::new(vec![
-                Cell::from(j.name.clone()),
-                Cell::from(Span::styled(j.state.clone(), state_style(app, &j.state))),
-                Cell::from(cost[k].clone()),
-                Cell::from(proj[k].clone()),
-            ])
+            [
+                j.name.clone(),
+                j.state.clone(),
+                cost[k].clone(),
+                proj[k].clone(),
+            ]
         })
         .collect();
-    f.render_widget(
-        cost_table(
-            app,
-            " per job ",
-            job_rows,
-            ["JOB", "STATE", "COST", "PROJECTED"],
-            10,
-        ),
+    draw_cost_table(
+        f,
+        app,
         right,
+        " per job ",
+        ["JOB", "STATE", "COST", "PROJECTED"],
+        rows,
     );
 }
 
-/// A four-column table of the cost pane: name, state, two amounts.
-pub(crate) fn cost_table<'a>(
+/// A table of the cost pane: name, state, two amounts; columns sized by what they hold
+/// and dropped by priority (the amounts go last but for the name).
+fn draw_cost_table(
+    f: &mut Frame,
     app: &App,
-    title: &'a str,
-    rows: Vec<Row<'a>>,
-    header: [&'a str; 4],
-    state_w: u16,
-) -> Table<'a> {
+    area: Rect,
+    title: &str,
+    header: [&'static str; 4],
+    rows: Vec<[String; 4]>,
+) {
     let t = &app.theme;
-    Table::new(
-        rows,
-        [
-            Constraint::Fill(1),
-            Constraint::Length(state_w),
-            Constraint::Length(9),
-            Constraint::Length(10),
-        ],
-    )
-    .header(Row::new(header.to_vec()).style(t.header()))
-    .block(
-        Block::default()
-            .borders(Borders::TOP)
-            .border_style(t.dim())
-            .title(title),
-    )
+    let cols = [
+        Col::fill(header[0], 8, 0),
+        Col::fixed(header[1], widest(rows.iter().map(|r| &r[1]), 5), 2),
+        Col::fixed(header[2], widest(rows.iter().map(|r| &r[2]), 4), 1),
+        Col::fixed(header[3], widest(rows.iter().map(|r| &r[3]), 4), 1),
+    ];
+    let (keep, widths) = fit_columns(&cols, area.width);
+    let table_rows: Vec<Row> = rows
+        .iter()
+        .map(|r| {
+            Row::new(
+                keep.iter()
+                    .map(|&i| {
+                        if i == 1 {
+                            Cell::from(Span::styled(r[1].clone(), state_style(app, &r[1])))
+                        } else {
+                            Cell::from(r[i].clone())
+                        }
+                    })
+                    .collect::<Vec<_>>(),
+            )
+        })
+        .collect();
+    let table = Table::new(table_rows, widths)
+        .header(Row::new(keep.iter().map(|&i| cols[i].header).collect::<Vec<_>>()).style(t.header()))
+        .block(
+            Block::default()
+                .borders(Borders::TOP)
+                .border_style(t.dim())
+                .title(title.to_string()),
+        );
+    f.render_widget(table, area);
 }
 
 /// Totals, the budget, and the highlighted job's cost (the cost pane follows it).

@@ -177,6 +177,8 @@ pub struct MetricsView {
     pub compared: Vec<Compared>,
     /// A setting changed while a load was under way: load again from the start after it.
     pub reload: bool,
+    /// Loading again from the start: what is shown goes when the first batch comes.
+    pub stale: bool,
 }
 
 impl MetricsView {
@@ -411,6 +413,9 @@ pub(crate) fn draw_metrics_in(f: &mut Frame, app: &mut App, area: Rect, grid_all
     if n == 0 {
         let msg = match (&app.metrics.job, app.focus_job_row()) {
             (None, _) => "No job selected: pick one in Jobs (2).".to_string(),
+            (Some(_), Some(j)) if app.metrics.loading => {
+                format!("Reading the metrics of {}…", job_label(&j.rec))
+            }
             (Some(_), Some(j)) => format!("No metrics parsed from {} yet.", job_label(&j.rec)),
             (Some(j), None) => format!("No metrics parsed from {j} yet."),
         };

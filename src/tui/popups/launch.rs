@@ -79,7 +79,7 @@ impl LaunchForm {
     }
 }
 
-fn common_prefix(v: &[String]) -> String {
+pub(crate) fn common_prefix(v: &[String]) -> String {
     let Some(first) = v.first() else {
         return String::new();
     };
