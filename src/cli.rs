@@ -568,6 +568,7 @@ async fn run(cli: Cli) -> Result<i32> {
         command: ConfigCommand::Check { project },
     } = &cli.command
     {
+        crate::tui::settings::check(&cfg, &cfg_path)?;
         let project = project_at(project.as_deref())?;
         if cli.json {
             print_json(&json!({"user_config": cfg_path, "project": project.file, "ok": true}));

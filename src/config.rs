@@ -39,6 +39,31 @@ impl fmt::Display for ConfigError {
 
 impl std::error::Error for ConfigError {}
 
+impl ConfigError {
+    /// An error at the first `key` in `text` (after the `[section]` header when given; the
+    /// file's start when neither is found).
+    pub fn at(
+        path: &Path,
+        text: &str,
+        section: Option<&str>,
+        key: &str,
+        message: String,
+    ) -> ConfigError {
+        let from = section
+            .and_then(|s| text.find(&format!("[{s}]")))
+            .unwrap_or(0);
+        let (line, col) = text[from..]
+            .find(key)
+            .map_or((1, 1), |off| line_col(text, from + off));
+        ConfigError {
+            path: path.to_path_buf(),
+            line,
+            col,
+            message,
+        }
+    }
+}
+
 /// 1-based line and column (in characters) of a byte offset.
 pub fn line_col(text: &str, offset: usize) -> (usize, usize) {
     let offset = offset.min(text.len());
@@ -64,7 +89,7 @@ pub fn parse_toml<T: serde::de::DeserializeOwned>(
     })
 }
 
-fn read_file(path: &Path) -> Result<String, ConfigError> {
+pub fn read_file(path: &Path) -> Result<String, ConfigError> {
     std::fs::read_to_string(path).map_err(|e| ConfigError {
         path: path.to_path_buf(),
         line: 0,
@@ -551,15 +576,7 @@ impl UserConfig {
     }
 
     fn validate(&self, path: &Path, text: &str) -> Result<(), ConfigError> {
-        let at = |key: &str, message: String| {
-            let (line, col) = text.find(key).map_or((1, 1), |off| line_col(text, off));
-            ConfigError {
-                path: path.to_path_buf(),
-                line,
-                col,
-                message,
-            }
-        };
+        let at = |key: &str, message: String| ConfigError::at(path, text, None, key, message);
         let ssh_on = !self.providers.ssh.hosts.is_empty();
         let aws_on = self.providers.aws.is_some();
         if !(self.default_provider == "local"
@@ -658,22 +675,7 @@ impl UserConfig {
                 ));
             }
         }
-        // Key bindings and colours are checked here, so a typo is a located error at start.
-        for (name, keys) in &self.tui.keys {
-            let mut one = TuiConfig::default();
-            one.keys.insert(name.clone(), keys.clone());
-            if let Err(e) = crate::tui::keymap::Keymap::from_config(&one) {
-                return Err(at(name, e));
-            }
-        }
-        for (name, value) in &self.tui.theme {
-            let one = BTreeMap::from([(name.clone(), value.clone())]);
-            if let Err(e) =
-                crate::tui::theme::Theme::new(crate::tui::theme::ColorMode::TrueColor, &one)
-            {
-                return Err(at(name, e));
-            }
-        }
+        // Key bindings and colours are the cockpit's to check (`tui::settings::check`).
         if !self.gpu_idle_minutes.is_finite() || self.gpu_idle_minutes < 0.0 {
             return Err(at(
                 "gpu_idle_minutes",

@@ -31,7 +31,9 @@ fn fail(code: i32, msg: impl std::fmt::Display) -> ! {
 fn main() {
     trainctl::limit_malloc_arenas();
     let args = Args::parse();
-    let (cfg, _) = UserConfig::load(args.config.as_deref()).unwrap_or_else(|e| fail(2, e));
+    let (cfg, cfg_path) = UserConfig::load(args.config.as_deref()).unwrap_or_else(|e| fail(2, e));
+    // Key bindings and colours: located errors before the terminal is touched.
+    tui::settings::check(&cfg, &cfg_path).unwrap_or_else(|e| fail(2, e));
     let project = match &args.project {
         Some(p) => Some(Project::discover(p).unwrap_or_else(|e| fail(2, e))),
         None => std::env::current_dir()

@@ -8,6 +8,7 @@ pub mod panes;
 pub mod popups;
 pub mod run;
 pub mod series;
+pub mod settings;
 pub mod theme;
 pub mod ui;
 

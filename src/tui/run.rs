@@ -185,6 +185,21 @@ impl Context {
         let _ = self.tx.send(m);
     }
 
+    /// SSH key passphrases and login passwords are asked here: the engine's questions
+    /// become the cockpit's masked popup (the answer goes straight back, never stored).
+    fn ask_here(&self) {
+        let (qtx, mut qrx) = mpsc::channel(4);
+        self.engine.set_passphrase_prompter(qtx);
+        let tx = self.tx.clone();
+        tokio::spawn(async move {
+            while let Some(req) = qrx.recv().await {
+                if tx.send(Msg::Passphrase(req)).is_err() {
+                    break;
+                }
+            }
+        });
+    }
+
     /// Follow `job` with an actor in this process (once).
     fn follow(&self, job: &str, start: bool) {
         // One actor per job in this process: the engine keeps the registry.
@@ -489,6 +504,7 @@ where
     B::Error: Send + Sync + 'static,
 {
     let mut events = ctx.engine.subscribe();
+    ctx.ask_here();
     let mut refresh = tokio::time::interval(Duration::from_secs(1));
     refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let gap = Duration::from_millis(1000 / fps.clamp(1, 120) as u64);

@@ -108,3 +108,41 @@ fn bad_key_binding_or_colour_is_located() {
     assert_eq!(out.status.code(), Some(2));
     assert!(stderr_of(&out).contains(":5:1:"), "{}", stderr_of(&out));
 }
+
+#[test]
+fn a_key_bound_to_two_actions_is_refused_with_both_places() {
+    // Both in the file: both located.
+    let env = Env::new(
+        "[tui.keys]\nterminate = \"ctrl-x\"\nquit = [\"ctrl-c\", \"ctrl-x\"]\n",
+        "0",
+    );
+    let out = env.run(&["config", "check"]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = stderr_of(&out);
+    let file = env.config.display().to_string();
+    assert!(
+        err.contains(&format!("{file}:5:1"))
+            && err.contains(&format!("{file}:6:1"))
+            && err.contains("ctrl-x")
+            && err.contains("terminate")
+            && err.contains("quit"),
+        "{err}"
+    );
+    // Against a default binding: the user's line, and which default it meets.
+    let env = Env::new("[tui.keys]\nterminate = \"ctrl-c\"\n", "0");
+    let out = env.run(&["config", "check"]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = stderr_of(&out);
+    assert!(
+        err.contains(":5:1:") && err.contains("`quit` (its default binding)"),
+        "{err}"
+    );
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_trainctl-tui"))
+        .env("TRAINCTL_CONFIG", &env.config)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    // A key moved to a free one is fine.
+    let env = Env::new("[tui.keys]\nterminate = \"ctrl-x\"\n", "0");
+    assert_eq!(env.run(&["config", "check"]).status.code(), Some(0));
+}

@@ -5,7 +5,7 @@ use crate::tui::app::*;
 use crate::tui::keymap::View;
 use crate::tui::ui::*;
 use ratatui::Frame;
-use ratatui::layout::{Constraint, Rect};
+use ratatui::layout::Rect;
 use ratatui::text::Span;
 use ratatui::widgets::{Cell, Row, Table, TableState};
 

@@ -2,7 +2,6 @@
 
 use crate::cli::fmt_duration;
 use crate::model::JobState;
-use crate::model::Money;
 use crate::tui::app::*;
 use crate::tui::keymap::View;
 use crate::tui::ui::*;
