@@ -323,6 +323,16 @@ fn print_json(v: &serde_json::Value) {
     println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
 }
 
+/// Bytes for people: `512 B`, `12.3 KB`, `812.0 MB`, `2.0 GB` (decimal units).
+pub fn fmt_bytes(b: u64) -> String {
+    match b {
+        b if b >= 1_000_000_000 => format!("{:.1} GB", b as f64 / 1e9),
+        b if b >= 1_000_000 => format!("{:.1} MB", b as f64 / 1e6),
+        b if b >= 1_000 => format!("{:.1} KB", b as f64 / 1e3),
+        b => format!("{b} B"),
+    }
+}
+
 /// `1h02m`, `3m05s`, `12s`.
 pub fn fmt_duration(ms: i64) -> String {
     let s = ms.max(0) / 1000;

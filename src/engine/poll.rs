@@ -467,6 +467,11 @@ impl Engine {
                 }
             }
         }
+        // A job that asked for its artifacts (one run from the cockpit) gets them when it
+        // succeeds, whichever trainctl sees the end; the machine stays.
+        if job.pull_on_end && !job.terminate_on_end && state == JobState::Succeeded && moved {
+            self.pull_at_end(&job).await;
+        }
         // Machines of earlier attempts that the job owns and that are still up (the
         // last one stays unless the job was to terminate it: its files may be wanted).
         let attempts = self.store().attempts(&job.id)?;
@@ -528,6 +533,102 @@ impl Engine {
     }
 
     /// Pull a job's artifacts into `dest` (default `<project>/trainctl-out/<job>`).
+    /// What terminating `instance_id` would lose: the files its jobs' artifact rules select
+    /// that were never pulled (or changed since): (job, path, size). One listing per job
+    /// that ran there and has rules; none when no job there has any.
+    pub async fn unpulled_artifacts(
+        &self,
+        instance_id: &str,
+    ) -> Result<Vec<(String, String, u64)>> {
+        let inst = self
+            .store()
+            .instance(instance_id)?
+            .context("instance not in the store")?;
+        // The newest attempt of each job on this machine.
+        let mut latest: Vec<crate::store::AttemptRecord> = Vec::new();
+        for a in self.store().all_attempts()? {
+            if a.instance_id != instance_id {
+                continue;
+            }
+            match latest.iter_mut().find(|l| l.job_id == a.job_id) {
+                Some(l) if l.attempt < a.attempt => *l = a,
+                Some(_) => {}
+                None => latest.push(a),
+            }
+        }
+        let mut out = Vec::new();
+        let mut remote = None;
+        for att in latest {
+            let Some(job) = self.store().job(&att.job_id)? else {
+                continue;
+            };
+            let Ok(spec) = serde_json::from_str::<JobSpec>(&job.spec_json) else {
+                continue;
+            };
+            if spec.project.artifacts.is_empty() {
+                continue;
+            }
+            if remote.is_none() {
+                remote = Some(self.remote_for(&inst).await?);
+            }
+            let r = remote.as_ref().context("no remote")?;
+            let files = artifacts::list_sized(r.as_ref(), &att.workdir).await?;
+            let names: Vec<artifacts::RemoteName> = files.iter().map(|f| f.0.clone()).collect();
+            let (chosen, _) = artifacts::select(&spec.project.artifacts, &names)?;
+            let pulled = self.store().artifacts(&job.id)?;
+            for c in chosen {
+                let size = files.iter().find(|f| f.0 == c).map_or(0, |f| f.1);
+                if !pulled.iter().any(|p| p.path == c.text && p.size == size) {
+                    out.push((job.id.clone(), c.text.clone(), size));
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// The end-of-job pull: recorded as events, said to the cockpit.
+    async fn pull_at_end(&self, job: &crate::store::JobRecord) {
+        let spec: Option<JobSpec> = serde_json::from_str(&job.spec_json).ok();
+        if spec.is_none_or(|s| s.project.artifacts.is_empty()) {
+            return;
+        }
+        let inst = job.instance_id.as_deref();
+        let (pulled, failed, dir, text) = match self.pull(&job.id, None).await {
+            Ok(r) => {
+                let dir = r
+                    .pulled
+                    .first()
+                    .and_then(|p| Path::new(&p.local_path).parent())
+                    .map_or_else(String::new, |d| d.display().to_string());
+                let mut text = format!("{} artifact(s) pulled to {dir}", r.pulled.len());
+                for f in &r.failed {
+                    text.push_str(&format!("; {} failed: {}", f.path, f.error));
+                }
+                (r.pulled.len(), r.failed.len(), dir, text)
+            }
+            Err(e) => (
+                0,
+                1,
+                String::new(),
+                format!("pulling the artifacts failed: {e:#}"),
+            ),
+        };
+        let kind = if failed > 0 {
+            "artifact.error"
+        } else {
+            "artifact.pulled"
+        };
+        if let Err(e) = self.store().add_event(kind, inst, Some(&job.id), &text) {
+            tracing::warn!("recording the pull of {}: {e:#}", job.id);
+        }
+        self.emit(EngineEvent::Artifacts {
+            job_id: job.id.clone(),
+            pulled,
+            failed,
+            dir,
+        });
+    }
+
     pub async fn pull(&self, job_key: &str, dest: Option<&Path>) -> Result<artifacts::PullReport> {
         let job = self.store().find_job(job_key)?;
         let spec: JobSpec = serde_json::from_str(&job.spec_json)?;

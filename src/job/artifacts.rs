@@ -88,6 +88,29 @@ pub async fn list_files(remote: &dyn Remote, workdir: &str) -> Result<Vec<Remote
     Ok(files)
 }
 
+/// Every regular file under `workdir` on the machine with its size in bytes.
+pub async fn list_sized(remote: &dyn Remote, workdir: &str) -> Result<Vec<(RemoteName, u64)>> {
+    let out = remote
+        .exec(&format!(
+            "cd {} && find . -type f -printf '%s %P\\0'",
+            sh_quote(workdir)
+        ))
+        .await?
+        .check("listing the workdir")?;
+    let mut files: Vec<(RemoteName, u64)> = out
+        .stdout
+        .split(|&b| b == 0)
+        .filter(|s| !s.is_empty())
+        .filter_map(|s| {
+            let sp = s.iter().position(|&b| b == b' ')?;
+            let size = std::str::from_utf8(&s[..sp]).ok()?.parse().ok()?;
+            Some((RemoteName::new(&s[sp + 1..]), size))
+        })
+        .collect();
+    files.sort_by(|a, b| a.0.bytes.cmp(&b.0.bytes));
+    Ok(files)
+}
+
 /// Which files the rules select: per rule, the matches of its first pattern that matches.
 pub fn select(
     rules: &[ArtifactRule],

@@ -101,6 +101,16 @@ pub enum Command {
     Terminate {
         instance: String,
     },
+    /// Ask the machine which artifacts of its jobs were never pulled (before the
+    /// terminate question).
+    CheckArtifacts {
+        instance: String,
+    },
+    /// Pull every job's artifacts from the machine, then terminate it if all came.
+    PullThenTerminate {
+        instance: String,
+        jobs: Vec<String>,
+    },
     Adopt {
         instance: String,
     },
@@ -152,6 +162,7 @@ impl Command {
             self,
             Command::Launch { .. }
                 | Command::Terminate { .. }
+                | Command::PullThenTerminate { .. }
                 | Command::Adopt { .. }
                 | Command::RunJob { .. }
                 | Command::Cancel { .. }
@@ -188,6 +199,12 @@ pub enum Msg {
         /// More batches of the same load follow: no new load may start before the last
         /// (it would read the same chunks again).
         more: bool,
+    },
+    /// What terminating a machine would lose: (job, path, size) never pulled, or why it
+    /// could not be asked.
+    TerminateCheck {
+        instance: String,
+        unpulled: Result<Vec<(String, String, u64)>, String>,
     },
     /// A marked job's curve, loaded.
     Curve {
@@ -353,13 +370,7 @@ fn is_press(ev: &KeyEvent) -> bool {
 
 /// `job j-… placing coco: 41% (812.0 MB of 2.0 GB), 301.2 MB/s, 4 s left`.
 pub fn transfer_text(job: &str, what: &str, done: u64, total: u64, elapsed_ms: u64) -> String {
-    let mb = |b: u64| {
-        if b >= 1 << 30 {
-            format!("{:.1} GB", b as f64 / 1e9)
-        } else {
-            format!("{:.1} MB", b as f64 / 1e6)
-        }
-    };
+    let mb = crate::cli::fmt_bytes;
     if done >= total {
         return format!("job {job}: {what} placed ({})", mb(total));
     }
@@ -559,6 +570,92 @@ impl App {
         }
     }
 
+    /// Terminate `instance`? With artifacts not pulled yet, "pull, then terminate" comes
+    /// first; the answer starts at No either way.
+    fn terminate_question(
+        &mut self,
+        instance: &str,
+        unpulled: Result<Vec<(String, String, u64)>, String>,
+    ) {
+        let Some(i) = self
+            .snap
+            .instances
+            .iter()
+            .find(|i| i.rec.id == instance && i.rec.state.is_live())
+        else {
+            return;
+        };
+        let live_jobs = self
+            .snap
+            .jobs
+            .iter()
+            .filter(|j| {
+                !j.rec.state.is_terminal() && j.rec.instance_id.as_deref() == Some(instance)
+            })
+            .count();
+        let m = Money::column(&[i.cost, i.rec.hourly]);
+        let mut lines = vec![
+            format!("{} ({}, {})", i.rec.name, i.rec.id, i.rec.instance_type),
+            format!("cost so far {} at {}/h", m[0], m[1]),
+        ];
+        if live_jobs > 0 {
+            lines.push(format!("{live_jobs} running job(s) there will be stopped"));
+        }
+        let terminate = Command::Terminate {
+            instance: instance.to_string(),
+        };
+        let mut c = Confirm::yes_no("Terminate instance?", lines, terminate.clone());
+        match unpulled {
+            Ok(files) if !files.is_empty() => {
+                let bytes: u64 = files.iter().map(|f| f.2).sum();
+                let mut jobs: Vec<String> = files.iter().map(|f| f.0.clone()).collect();
+                jobs.dedup();
+                c.lines.push(format!(
+                    "it holds {} artifact file(s), {}, never pulled:",
+                    files.len(),
+                    crate::cli::fmt_bytes(bytes)
+                ));
+                for f in files.iter().take(3) {
+                    c.lines.push(format!(
+                        "  {} ({})",
+                        crate::sanitize::sanitize_line(f.1.as_bytes()),
+                        super::ui::short_id(&f.0)
+                    ));
+                }
+                if files.len() > 3 {
+                    c.lines.push(format!("  … and {} more", files.len() - 3));
+                }
+                c.choices = vec![
+                    super::popups::confirm::Choice {
+                        label: "Pull, then terminate".into(),
+                        key: 'p',
+                        cmd: Some(Command::PullThenTerminate {
+                            instance: instance.to_string(),
+                            jobs,
+                        }),
+                    },
+                    super::popups::confirm::Choice {
+                        label: "Terminate, lose them".into(),
+                        key: 'y',
+                        cmd: Some(terminate),
+                    },
+                    super::popups::confirm::Choice {
+                        label: "No".into(),
+                        key: 'n',
+                        cmd: None,
+                    },
+                ];
+                c.sel = 2;
+            }
+            Ok(_) => {}
+            Err(e) => c.lines.push(format!(
+                "could not ask it for unpulled artifacts: {}",
+                crate::sanitize::sanitize_line(e.as_bytes())
+            )),
+        }
+        self.mode = Mode::Confirm(c);
+    }
+
     /// Nothing to go back from: the instances pane, unfiltered, nothing zoomed.
     fn at_top(&self) -> bool {
         self.view == View::Instances
@@ -732,12 +829,7 @@ impl App {
             j.rec.instance_id.as_deref().unwrap_or("-")
         )];
         lines.extend(more);
-        self.mode = Mode::Confirm(Confirm {
-            title: title.into(),
-            lines,
-            yes: false,
-            on_yes,
-        });
+        self.mode = Mode::Confirm(Confirm::yes_no(title, lines, on_yes));
         true
     }
 
@@ -881,6 +973,37 @@ impl App {
                     self.dirty = true;
                     Vec::new()
                 }
+                EngineEvent::Artifacts {
+                    job_id,
+                    pulled,
+                    failed,
+                    dir,
+                } => {
+                    let name = self
+                        .snap
+                        .jobs
+                        .iter()
+                        .find(|j| j.rec.id == job_id)
+                        .map_or_else(
+                            || job_id.clone(),
+                            |j| super::panes::metrics::job_label(&j.rec),
+                        );
+                    if failed > 0 {
+                        self.say(
+                            format!(
+                                "job {name}: {pulled} artifact(s) pulled, {failed} failed (`trainctl events --job {job_id}` says why; p pulls again)"
+                            ),
+                            true,
+                        );
+                    } else {
+                        self.say(
+                            format!("job {name}: {pulled} artifact(s) pulled to {dir}"),
+                            false,
+                        );
+                    }
+                    self.dirty = true;
+                    Vec::new()
+                }
                 EngineEvent::Notice { message, .. } => {
                     self.say(message, true);
                     self.dirty = true;
@@ -970,6 +1093,15 @@ impl App {
                 }
                 Vec::new()
             }
+            Msg::TerminateCheck { instance, unpulled } => {
+                self.dirty = true;
+                self.urgent = true;
+                if matches!(&self.status, Some(s) if s.text.starts_with("checking ")) {
+                    self.status = None;
+                }
+                self.terminate_question(&instance, unpulled);
+                Vec::new()
+            }
             Msg::Curve { job, curve } => {
                 let sel = self.metrics.selected_curve();
                 let wanted = self.marked.contains(&job)
@@ -1028,23 +1160,22 @@ impl App {
                     .and_then(|r| r.split_whitespace().next())
                     .unwrap_or("the machine")
                     .to_string();
-                self.mode = Mode::Confirm(Confirm {
-                    title: "Trust this host key?".into(),
-                    lines: vec![
+                self.mode = Mode::Confirm(Confirm::yes_no(
+                    "Trust this host key?",
+                    vec![
                         format!("{host} presents a host key never seen before:"),
                         fingerprint,
                         "Compare it with the machine's own (ssh-keygen -lf).".into(),
                         "Yes records it in trainctl's known_hosts.".into(),
                     ],
-                    yes: false,
-                    on_yes: Command::Launch {
+                    Command::Launch {
                         provider,
                         req: LaunchRequest {
                             accept_new_host_key: true,
                             ..req
                         },
                     },
-                });
+                ));
                 Vec::new()
             }
             Msg::JobStarted(job) => {
@@ -1414,9 +1545,10 @@ impl App {
             Action::Terminate => {
                 if let Some(i) = self.selected_instance().filter(|i| i.orphan) {
                     // A machine the provider holds that the store lost: it may be billing.
-                    self.mode = Mode::Confirm(Confirm {
-                        title: "Terminate orphan?".into(),
-                        lines: vec![
+                    let m = Money::column(&[i.cost, i.rec.hourly]);
+                    self.mode = Mode::Confirm(Confirm::yes_no(
+                        "Terminate orphan?",
+                        vec![
                             format!(
                                 "{} ({}, {}) on {}",
                                 i.rec.id,
@@ -1424,46 +1556,35 @@ impl App {
                                 i.rec.instance_type,
                                 i.rec.provider
                             ),
-                            format!(
-                                "unknown to the store; cost so far {} at {}/h",
-                                i.cost, i.rec.hourly
-                            ),
+                            format!("unknown to the store; cost so far {} at {}/h", m[0], m[1]),
                         ],
-                        yes: false,
-                        on_yes: Command::Terminate {
+                        Command::Terminate {
                             instance: i.rec.id.clone(),
                         },
-                    });
+                    ));
+                    Vec::new()
                 } else if let Some(i) = self
                     .selected_instance()
                     .filter(|i| i.rec.state.is_live() && !i.orphan)
                 {
-                    let live_jobs = self
-                        .snap
-                        .jobs
-                        .iter()
-                        .filter(|j| {
-                            !j.rec.state.is_terminal()
-                                && j.rec.instance_id.as_deref() == Some(&i.rec.id)
-                        })
-                        .count();
-                    let mut lines = vec![
-                        format!("{} ({}, {})", i.rec.name, i.rec.id, i.rec.instance_type),
-                        format!("cost so far {} at {}/h", i.cost, i.rec.hourly),
-                    ];
-                    if live_jobs > 0 {
-                        lines.push(format!("{live_jobs} running job(s) there will be stopped"));
+                    // What the machine holds that was never pulled is asked of it first
+                    // (off the UI task); the question comes when the answer does.
+                    let id = i.rec.id.clone();
+                    self.say(
+                        format!("checking {id} for artifacts not pulled yet…"),
+                        false,
+                    );
+                    vec![Command::CheckArtifacts { instance: id }]
+                } else {
+                    match self.selected_instance() {
+                        Some(i) => self.say(
+                            format!("{} is {}: nothing to terminate", i.rec.id, i.rec.state),
+                            true,
+                        ),
+                        None => self.say("no instance selected", true),
                     }
-                    self.mode = Mode::Confirm(Confirm {
-                        title: "Terminate instance?".into(),
-                        lines,
-                        yes: false,
-                        on_yes: Command::Terminate {
-                            instance: i.rec.id.clone(),
-                        },
-                    });
+                    Vec::new()
                 }
-                Vec::new()
             }
             Action::Adopt => match self.selected_instance().filter(|i| i.orphan) {
                 Some(i) => vec![Command::Adopt {

@@ -263,6 +263,62 @@ impl Context {
                     ));
                 });
             }
+            Command::CheckArtifacts { instance } => {
+                tokio::spawn(async move {
+                    // Bounded: an unreachable machine must not hold the question back.
+                    let asked = tokio::time::timeout(
+                        Duration::from_secs(20),
+                        ctx.engine.unpulled_artifacts(&instance),
+                    )
+                    .await;
+                    let unpulled = match asked {
+                        Ok(Ok(v)) => Ok(v),
+                        Ok(Err(e)) => Err(format!("{e:#}")),
+                        Err(_) => Err("no answer in 20 s".into()),
+                    };
+                    ctx.send(Msg::TerminateCheck { instance, unpulled });
+                });
+            }
+            Command::PullThenTerminate { instance, jobs } => {
+                tokio::spawn(async move {
+                    let (mut pulled, mut failed) = (0usize, Vec::new());
+                    for job in &jobs {
+                        match ctx.engine.pull(job, None).await {
+                            Ok(r) => {
+                                pulled += r.pulled.len();
+                                failed.extend(
+                                    r.failed
+                                        .into_iter()
+                                        .map(|f| format!("{}: {}", f.path, f.error)),
+                                );
+                            }
+                            Err(e) => failed.push(format!("{job}: {e:#}")),
+                        }
+                    }
+                    if !failed.is_empty() {
+                        // What the jobs made is still only there: the machine stays.
+                        ctx.send(Msg::Done(Err(format!(
+                            "kept {instance}: {} artifact(s) failed to pull ({}); {pulled} pulled",
+                            failed.len(),
+                            failed.join("; ")
+                        ))));
+                        return;
+                    }
+                    let r = ctx
+                        .engine
+                        .terminate(
+                            &instance,
+                            "terminated from the cockpit after pulling its artifacts",
+                        )
+                        .await;
+                    ctx.send(Msg::Done(
+                        r.map(|i| format!("pulled {pulled} artifact file(s), terminated {}", i.id))
+                            .map_err(|e| {
+                                format!("pulled {pulled} file(s); terminate failed: {e:#}")
+                            }),
+                    ));
+                });
+            }
             Command::Adopt { instance } => {
                 tokio::spawn(async move {
                     let r = ctx.engine.adopt(&instance).await;
@@ -279,7 +335,25 @@ impl Context {
                 };
                 // Creating the job writes the store: off the UI task like everything else.
                 tokio::spawn(async move {
-                    match ctx.engine.create_job(&project, &instance, None) {
+                    // trainctl.toml as it is now (edited since the cockpit opened: used; broken:
+                    // said with its file:line:col, nothing started).
+                    let project = match Project::load(&project.file) {
+                        Ok(p) => p,
+                        Err(e) => {
+                            ctx.send(Msg::Done(Err(format!("run refused: {e}"))));
+                            return;
+                        }
+                    };
+                    let created =
+                        ctx.engine
+                            .create_job(&project, &instance, None)
+                            .and_then(|job| {
+                                // As `trainctl run` does: the artifacts come back when it succeeds,
+                                // whichever trainctl sees the end (the intent is in the store).
+                                ctx.engine.store().set_end_intent(&job.id, false, true)?;
+                                Ok(job)
+                            });
+                    match created {
                         Ok(job) => {
                             ctx.follow(&job.id, true);
                             ctx.send(Msg::JobStarted(job.id));

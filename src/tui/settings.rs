@@ -14,9 +14,8 @@ pub fn check(cfg: &UserConfig, path: &Path) -> Result<(), ConfigError> {
         return Ok(());
     }
     let text = crate::config::read_file(path)?;
-    let keys_at = |name: &str, message: String| {
-        ConfigError::at(path, &text, Some("tui.keys"), name, message)
-    };
+    let keys_at =
+        |name: &str, message: String| ConfigError::at(path, &text, Some("tui.keys"), name, message);
     for (name, keys) in &t.keys {
         let mut one = TuiConfig::default();
         one.keys.insert(name.clone(), keys.clone());

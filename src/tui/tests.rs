@@ -312,11 +312,25 @@ fn terminate_confirmation_defaults_to_no() {
     let mut app = fixture(false);
     // The first snapshot selected the live machine (gpu-box), not the orphan above it.
     assert_eq!(app.selected_instance().unwrap().rec.name, "gpu-box");
-    assert!(ctrl(&mut app, 'd').is_empty());
+    // The machine is asked first what it holds that was never pulled.
+    let ask = |app: &mut App, unpulled: Result<Vec<(String, String, u64)>, String>| {
+        let cmds = ctrl(app, 'd');
+        assert_eq!(
+            cmds,
+            vec![Command::CheckArtifacts {
+                instance: "i-tp2k0000aaaa".into()
+            }]
+        );
+        app.update(Msg::TerminateCheck {
+            instance: "i-tp2k0000aaaa".into(),
+            unpulled,
+        });
+    };
+    ask(&mut app, Ok(Vec::new()));
     let Mode::Confirm(c) = &app.mode else {
         panic!("no confirmation")
     };
-    assert!(!c.yes);
+    assert!(c.is_no());
     assert!(
         c.lines
             .iter()
@@ -327,7 +341,7 @@ fn terminate_confirmation_defaults_to_no() {
     assert!(key(&mut app, KeyCode::Enter).is_empty());
     assert!(matches!(app.mode, Mode::Normal));
     // Explicit yes terminates that instance.
-    ctrl(&mut app, 'd');
+    ask(&mut app, Ok(Vec::new()));
     assert_eq!(
         key(&mut app, KeyCode::Char('y')),
         vec![Command::Terminate {
@@ -335,9 +349,55 @@ fn terminate_confirmation_defaults_to_no() {
         }]
     );
     // Moving to Yes, then Enter, too.
-    ctrl(&mut app, 'd');
+    ask(&mut app, Ok(Vec::new()));
     key(&mut app, KeyCode::Right);
     assert_eq!(key(&mut app, KeyCode::Enter).len(), 1);
+    // Artifacts never pulled: counted and sized, "pull, then terminate" first, No still
+    // the default.
+    let files = vec![
+        (
+            "j-tp2k0000cccc".to_string(),
+            "out/model.pt".to_string(),
+            2_500_000u64,
+        ),
+        (
+            "j-tp2k0000cccc".to_string(),
+            "out/metrics.json".to_string(),
+            1_000u64,
+        ),
+    ];
+    ask(&mut app, Ok(files.clone()));
+    let Mode::Confirm(c) = &app.mode else {
+        panic!("no confirmation")
+    };
+    assert!(c.is_no());
+    assert!(
+        c.lines
+            .iter()
+            .any(|l| l.contains("2 artifact file(s), 2.5 MB, never pulled")),
+        "{:?}",
+        c.lines
+    );
+    assert_eq!(c.choices[0].label, "Pull, then terminate");
+    assert!(
+        key(&mut app, KeyCode::Enter).is_empty(),
+        "enter on the default is No"
+    );
+    ask(&mut app, Ok(files.clone()));
+    assert_eq!(
+        key(&mut app, KeyCode::Char('p')),
+        vec![Command::PullThenTerminate {
+            instance: "i-tp2k0000aaaa".into(),
+            jobs: vec!["j-tp2k0000cccc".into()],
+        }]
+    );
+    // The machine could not be asked: said, and the question still comes.
+    ask(&mut app, Err("connection refused".into()));
+    let Mode::Confirm(c) = &app.mode else {
+        panic!("no confirmation")
+    };
+    assert!(c.lines.iter().any(|l| l.contains("connection refused")));
+    key(&mut app, KeyCode::Esc);
     // A terminated instance offers nothing to confirm.
     key(&mut app, KeyCode::Char('G'));
     ctrl(&mut app, 'd');
@@ -375,7 +435,7 @@ fn migrate_asks_first_defaults_to_no_and_only_moves_running_jobs() {
     let Mode::Confirm(c) = &app.mode else {
         panic!("no confirmation")
     };
-    assert!(!c.yes);
+    assert!(c.is_no());
     assert!(c.lines.iter().any(|l| l.contains("j-tp2k0000cccc")));
     assert!(key(&mut app, KeyCode::Enter).is_empty());
     key(&mut app, KeyCode::Char('m'));
@@ -411,7 +471,7 @@ fn unknown_host_key_asks_with_the_fingerprint_and_defaults_to_no() {
     let Mode::Confirm(c) = &app.mode else {
         panic!("no prompt")
     };
-    assert!(!c.yes);
+    assert!(c.is_no());
     assert!(c.lines.iter().any(|l| l == "SHA256:abcDEF123"), "{c:?}");
     assert!(c.lines[0].starts_with("10.0.0.5:22"), "{c:?}");
     // Enter on the default (No) trusts nothing.
@@ -672,6 +732,14 @@ fn snap_all(size: (u16, u16)) {
     insta::assert_snapshot!(format!("launch_{suffix}"), screen(&mut app, w, h));
     key(&mut app, KeyCode::Esc);
     ctrl(&mut app, 'd');
+    app.update(Msg::TerminateCheck {
+        instance: "i-tp2k0000aaaa".into(),
+        unpulled: Ok(vec![(
+            "j-tp2k0000cccc".into(),
+            "out/model.pt".into(),
+            2_500_000,
+        )]),
+    });
     insta::assert_snapshot!(format!("confirm_{suffix}"), screen(&mut app, w, h));
     key(&mut app, KeyCode::Esc);
     // The failed job highlighted: its exit code and last lines.
@@ -691,7 +759,10 @@ fn snap_all(size: (u16, u16)) {
     });
     let s = screen(&mut app, w, h);
     if h >= 16 {
-        assert!(s.contains("failed: exit 3") && s.contains("RuntimeError: loss is NaN"), "{s}");
+        assert!(
+            s.contains("failed: exit 3") && s.contains("RuntimeError: loss is NaN"),
+            "{s}"
+        );
     }
     insta::assert_snapshot!(format!("failed_{suffix}"), s);
     // Runs compared: bert-ft marked, then toy-train highlighted: once toy-train's metrics
@@ -723,7 +794,10 @@ fn snap_all(size: (u16, u16)) {
     key(&mut app, KeyCode::Char('4'));
     // Smoothing reads the points again; the old curves stay until they come.
     let cmds = key(&mut app, KeyCode::Char('s'));
-    assert!(cmds.iter().any(|c| matches!(c, Command::LoadMetrics { after_rowid: 0, .. })));
+    assert!(
+        cmds.iter()
+            .any(|c| matches!(c, Command::LoadMetrics { after_rowid: 0, .. }))
+    );
     assert_eq!(app.metrics.series.len(), 2);
     let cmds = app.update(Msg::MetricsAppend {
         job: "j-tp2k0000cccc".into(),
@@ -731,7 +805,10 @@ fn snap_all(size: (u16, u16)) {
         points: fixture_points(),
         more: false,
     });
-    assert!(cmds.iter().any(|c| matches!(c, Command::LoadCurve { smoothing, .. } if *smoothing == 0.6)));
+    assert!(
+        cmds.iter()
+            .any(|c| matches!(c, Command::LoadCurve { smoothing, .. } if *smoothing == 0.6))
+    );
     app.update(Msg::Curve {
         job: "j-tp2k0000dddd".into(),
         curve: Box::new(compared_curve()),

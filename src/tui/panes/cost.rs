@@ -134,7 +134,9 @@ fn draw_cost_table(
         })
         .collect();
     let table = Table::new(table_rows, widths)
-        .header(Row::new(keep.iter().map(|&i| cols[i].header).collect::<Vec<_>>()).style(t.header()))
+        .header(
+            Row::new(keep.iter().map(|&i| cols[i].header).collect::<Vec<_>>()).style(t.header()),
+        )
         .block(
             Block::default()
                 .borders(Borders::TOP)

@@ -45,7 +45,9 @@ fn help_rows(app: &App) -> Vec<HelpRow> {
             rows.push(HelpRow::Key(Keymap::keys_text(b), b.hint.to_string()));
         }
     }
-    rows.push(HelpRow::Section(": commands (tab completes, ↑/↓ history)".into()));
+    rows.push(HelpRow::Section(
+        ": commands (tab completes, ↑/↓ history)".into(),
+    ));
     for (name, what, _) in commands(app.readonly) {
         rows.push(HelpRow::Key(format!(":{name}"), what.to_string()));
     }
@@ -117,10 +119,7 @@ pub(crate) fn draw_help(f: &mut Frame, app: &App, top: usize, area: Rect) {
             .map(|row| match row {
                 HelpRow::Section(s) => Line::from(Span::styled(s.clone(), t.accent())),
                 HelpRow::Key(k, d) => Line::from(vec![
-                    Span::styled(
-                        format!(" {k:<w$} ", w = key_w as usize),
-                        t.accent(),
-                    ),
+                    Span::styled(format!(" {k:<w$} ", w = key_w as usize), t.accent()),
                     Span::raw(d.clone()),
                 ]),
             })

@@ -36,7 +36,9 @@ pub const COMMANDS: [(&str, &str, bool); 9] = [
 ];
 
 /// Commands past `:` shown to this user (`--readonly` leaves out what it hides).
-pub fn commands(readonly: bool) -> impl Iterator<Item = &'static (&'static str, &'static str, bool)> {
+pub fn commands(
+    readonly: bool,
+) -> impl Iterator<Item = &'static (&'static str, &'static str, bool)> {
     COMMANDS.iter().filter(move |c| !(readonly && c.2))
 }
 
