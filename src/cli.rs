@@ -480,7 +480,38 @@ fn gpus_list(
     Ok(EXIT_OK)
 }
 
+/// A money column printed with one precision ([`Money::column`]): a column whose cells
+/// are all amounts (or `-`/`?`) is written again with the decimals they share.
+fn money_columns(rows: &[Vec<String>]) -> Vec<Vec<String>> {
+    let mut rows = rows.to_vec();
+    let ncols = rows.iter().map(Vec::len).max().unwrap_or(0);
+    for c in 0..ncols {
+        let cells: Vec<Option<Option<Money>>> = rows
+            .iter()
+            .map(|r| match r.get(c).map(String::as_str) {
+                Some("-") | Some("?") => Some(None),
+                Some(t) if t.starts_with('$') || t.starts_with("-$") => {
+                    Money::from_dollars_str(&t.replacen("-$", "-", 1)).map(Some)
+                }
+                _ => None,
+            })
+            .collect();
+        if cells.is_empty() || cells.iter().any(Option::is_none) {
+            continue;
+        }
+        let amounts: Vec<Money> = cells.iter().flatten().flatten().copied().collect();
+        let d = Money::decimals_for(&amounts);
+        for (r, cell) in rows.iter_mut().zip(&cells) {
+            if let Some(Some(m)) = cell {
+                r[c] = m.with_decimals(d);
+            }
+        }
+    }
+    rows
+}
+
 fn table(header: &[&str], rows: &[Vec<String>]) {
+    let rows = &money_columns(rows)[..];
     let mut w: Vec<usize> = header.iter().map(|h| h.len()).collect();
     for r in rows {
         for (i, c) in r.iter().enumerate() {

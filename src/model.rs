@@ -138,14 +138,11 @@ impl Money {
     }
 
     /// How many decimals amounts shown together use (a table column, a sentence): cents
-    /// when each is a whole number of cents or at least a dollar, else four, so `$0.01` and
+    /// when each is a whole number of cents, else four, so `$0.01` and
     /// `$0.0150` never sit together. The one rule for every amount a person reads; JSON
     /// carries exact micro-dollars.
     pub fn decimals_for(values: &[Money]) -> usize {
-        if values
-            .iter()
-            .all(|m| m.0 % 10_000 == 0 || m.0.unsigned_abs() >= 1_000_000)
-        {
+        if values.iter().all(|m| m.0 % 10_000 == 0) {
             2
         } else {
             4
@@ -421,7 +418,7 @@ mod tests {
         assert_eq!(Money::from_dollars_str("0.0000001"), None);
         assert_eq!(Money::from_dollars_str("abc"), None);
         assert_eq!(Money(1_500_000).to_string(), "$1.50");
-        assert_eq!(Money(1_234_567).to_string(), "$1.23");
+        assert_eq!(Money(1_234_567).to_string(), "$1.2346");
         assert_eq!(Money(-10_000).to_string(), "-$0.01");
         assert_eq!(Money(15_000).to_string(), "$0.0150");
     }
@@ -435,6 +432,10 @@ mod tests {
         assert_eq!(
             Money::column(&[Money(10_000), Money(2_500_000)]),
             vec!["$0.01", "$2.50"]
+        );
+        assert_eq!(
+            Money::column(&[Money(1_006_000), Money(2_500_000)]),
+            vec!["$1.0060", "$2.5000"]
         );
         assert_eq!(
             Money::column(&[Money(1_234_567), Money(49)]),

@@ -76,14 +76,6 @@ pub enum EngineEvent {
         job_id: Option<String>,
         message: String,
     },
-    /// A job's artifacts were pulled at its end (its stored pull intent): how many, how
-    /// many failed, and where they are.
-    Artifacts {
-        job_id: String,
-        pulled: usize,
-        failed: usize,
-        dir: String,
-    },
     /// A transfer for a job under way (a dataset): bytes there so far of `total`.
     Transfer {
         job_id: Option<String>,

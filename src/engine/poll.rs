@@ -467,11 +467,6 @@ impl Engine {
                 }
             }
         }
-        // A job that asked for its artifacts (one run from the cockpit) gets them when it
-        // succeeds, whichever trainctl sees the end; the machine stays.
-        if job.pull_on_end && !job.terminate_on_end && state == JobState::Succeeded && moved {
-            self.pull_at_end(&job).await;
-        }
         // Machines of earlier attempts that the job owns and that are still up (the
         // last one stays unless the job was to terminate it: its files may be wanted).
         let attempts = self.store().attempts(&job.id)?;
@@ -584,49 +579,6 @@ impl Engine {
             }
         }
         Ok(out)
-    }
-
-    /// The end-of-job pull: recorded as events, said to the cockpit.
-    async fn pull_at_end(&self, job: &crate::store::JobRecord) {
-        let spec: Option<JobSpec> = serde_json::from_str(&job.spec_json).ok();
-        if spec.is_none_or(|s| s.project.artifacts.is_empty()) {
-            return;
-        }
-        let inst = job.instance_id.as_deref();
-        let (pulled, failed, dir, text) = match self.pull(&job.id, None).await {
-            Ok(r) => {
-                let dir = r
-                    .pulled
-                    .first()
-                    .and_then(|p| Path::new(&p.local_path).parent())
-                    .map_or_else(String::new, |d| d.display().to_string());
-                let mut text = format!("{} artifact(s) pulled to {dir}", r.pulled.len());
-                for f in &r.failed {
-                    text.push_str(&format!("; {} failed: {}", f.path, f.error));
-                }
-                (r.pulled.len(), r.failed.len(), dir, text)
-            }
-            Err(e) => (
-                0,
-                1,
-                String::new(),
-                format!("pulling the artifacts failed: {e:#}"),
-            ),
-        };
-        let kind = if failed > 0 {
-            "artifact.error"
-        } else {
-            "artifact.pulled"
-        };
-        if let Err(e) = self.store().add_event(kind, inst, Some(&job.id), &text) {
-            tracing::warn!("recording the pull of {}: {e:#}", job.id);
-        }
-        self.emit(EngineEvent::Artifacts {
-            job_id: job.id.clone(),
-            pulled,
-            failed,
-            dir,
-        });
     }
 
     pub async fn pull(&self, job_key: &str, dest: Option<&Path>) -> Result<artifacts::PullReport> {

@@ -218,6 +218,9 @@ pub enum Msg {
         job: String,
         text: String,
     },
+    /// Something done on the user's behalf that no command waits for (the artifacts of a
+    /// job started here, pulled when it succeeded).
+    Said(String),
     /// Something failed that no command of the user's waits for (reading the store).
     Problem(String),
     /// A job this cockpit started: show it.
@@ -466,8 +469,14 @@ impl App {
             last.text = text.clone();
             last.at_ms = self.snap.now_ms;
         } else {
+            // The refresh's clock (a second's precision, and the same in tests).
+            let at_ms = if self.snap.now_ms > 0 {
+                self.snap.now_ms
+            } else {
+                crate::model::now_ms()
+            };
             self.messages.push_back(Message {
-                at_ms: crate::model::now_ms(),
+                at_ms,
                 text: text.clone(),
                 error,
             });
@@ -973,37 +982,6 @@ impl App {
                     self.dirty = true;
                     Vec::new()
                 }
-                EngineEvent::Artifacts {
-                    job_id,
-                    pulled,
-                    failed,
-                    dir,
-                } => {
-                    let name = self
-                        .snap
-                        .jobs
-                        .iter()
-                        .find(|j| j.rec.id == job_id)
-                        .map_or_else(
-                            || job_id.clone(),
-                            |j| super::panes::metrics::job_label(&j.rec),
-                        );
-                    if failed > 0 {
-                        self.say(
-                            format!(
-                                "job {name}: {pulled} artifact(s) pulled, {failed} failed (`trainctl events --job {job_id}` says why; p pulls again)"
-                            ),
-                            true,
-                        );
-                    } else {
-                        self.say(
-                            format!("job {name}: {pulled} artifact(s) pulled to {dir}"),
-                            false,
-                        );
-                    }
-                    self.dirty = true;
-                    Vec::new()
-                }
                 EngineEvent::Notice { message, .. } => {
                     self.say(message, true);
                     self.dirty = true;
@@ -1191,6 +1169,11 @@ impl App {
                 self.say_until(text, false, StatusEnd::JobEnds(job));
                 self.dirty = true;
                 vec![Command::Refresh]
+            }
+            Msg::Said(m) => {
+                self.say(m, false);
+                self.dirty = true;
+                Vec::new()
             }
             Msg::Problem(e) => {
                 self.say(e, true);

@@ -214,6 +214,66 @@ impl Context {
         });
     }
 
+    /// As `trainctl run` does for the job it follows: when a job started here succeeds,
+    /// its artifacts come back (said with where they are, or what failed).
+    fn pull_when_it_succeeds(&self, job: &str) {
+        let (ctx, job) = (self.clone(), job.to_string());
+        // Subscribed before the job starts: its end cannot be missed.
+        let mut events = self.engine.subscribe();
+        tokio::spawn(async move {
+            use tokio::sync::broadcast::error::RecvError;
+            let end = loop {
+                match events.recv().await {
+                    Ok(crate::engine::EngineEvent::JobState { job_id, state, .. })
+                        if job_id == job && state.is_terminal() =>
+                    {
+                        break state;
+                    }
+                    Ok(_) => {}
+                    // A lagged receiver may have missed the end: the store knows.
+                    Err(RecvError::Lagged(_)) => {
+                        let s = ctx.engine.store().job(&job).ok().flatten().map(|j| j.state);
+                        if let Some(s) = s.filter(|s| s.is_terminal()) {
+                            break s;
+                        }
+                    }
+                    Err(RecvError::Closed) => return,
+                }
+            };
+            if end != crate::model::JobState::Succeeded {
+                return;
+            }
+            let said = match ctx.engine.pull(&job, None).await {
+                Ok(r) if r.failed.is_empty() => {
+                    let dir = r
+                        .pulled
+                        .first()
+                        .and_then(|p| std::path::Path::new(&p.local_path).parent())
+                        .map_or_else(String::new, |d| d.display().to_string());
+                    Ok(format!(
+                        "job {job}: {} artifact(s) pulled to {dir}",
+                        r.pulled.len()
+                    ))
+                }
+                Ok(r) => Err(format!(
+                    "job {job}: {} artifact(s) pulled, {} failed: {} (p pulls again)",
+                    r.pulled.len(),
+                    r.failed.len(),
+                    r.failed
+                        .iter()
+                        .map(|f| format!("{}: {}", f.path, f.error))
+                        .collect::<Vec<_>>()
+                        .join("; ")
+                )),
+                Err(e) => Err(format!("job {job}: pulling its artifacts failed: {e:#}")),
+            };
+            ctx.send(match said {
+                Ok(m) => Msg::Said(m),
+                Err(e) => Msg::Problem(e),
+            });
+        });
+    }
+
     /// Run one command in its own task; its result comes back as a message.
     pub fn execute(&self, cmd: Command) {
         let ctx = self.clone();
@@ -344,17 +404,9 @@ impl Context {
                             return;
                         }
                     };
-                    let created =
-                        ctx.engine
-                            .create_job(&project, &instance, None)
-                            .and_then(|job| {
-                                // As `trainctl run` does: the artifacts come back when it succeeds,
-                                // whichever trainctl sees the end (the intent is in the store).
-                                ctx.engine.store().set_end_intent(&job.id, false, true)?;
-                                Ok(job)
-                            });
-                    match created {
+                    match ctx.engine.create_job(&project, &instance, None) {
                         Ok(job) => {
+                            ctx.pull_when_it_succeeds(&job.id);
                             ctx.follow(&job.id, true);
                             ctx.send(Msg::JobStarted(job.id));
                         }

@@ -1020,3 +1020,285 @@ fn a_jobs_end_is_announced_with_its_reason_and_rings_the_bell_when_asked() {
     assert!(app.ring);
     assert_eq!(app.messages.len(), 2, "the messages log keeps both");
 }
+
+// ------------------------------------------------------------- the defects
+
+#[test]
+fn the_command_line_completes_matches_prefixes_and_remembers() {
+    let mut app = fixture(false);
+    // Tab completes a unique prefix; a prefix alone runs its command.
+    key(&mut app, KeyCode::Char(':'));
+    typed(&mut app, "co");
+    key(&mut app, KeyCode::Tab);
+    assert!(
+        matches!(&app.mode, Mode::Command(l) if l == "cost"),
+        "{:?}",
+        app.mode
+    );
+    key(&mut app, KeyCode::Esc);
+    key(&mut app, KeyCode::Char(':'));
+    typed(&mut app, "co");
+    key(&mut app, KeyCode::Enter);
+    assert_eq!(app.view, View::Cost);
+    // An ambiguous prefix says which commands it could be.
+    key(&mut app, KeyCode::Char(':'));
+    typed(&mut app, "me");
+    key(&mut app, KeyCode::Enter);
+    let said = app.status.clone().unwrap().text;
+    assert!(
+        said.contains("could be") && said.contains("messages") && said.contains("metrics"),
+        "{said}"
+    );
+    key(&mut app, KeyCode::Char(':'));
+    typed(&mut app, "mes");
+    key(&mut app, KeyCode::Enter);
+    assert!(matches!(app.mode, Mode::Messages(_)));
+    key(&mut app, KeyCode::Esc);
+    key(&mut app, KeyCode::Char(':'));
+    typed(&mut app, "l");
+    key(&mut app, KeyCode::Tab);
+    assert!(app.status.as_ref().unwrap().text.contains("launch"));
+    assert!(app.status.as_ref().unwrap().text.contains("logs"));
+    key(&mut app, KeyCode::Esc);
+    // History: ↑ brings back the lines run, newest first; ↓ goes forward to empty.
+    key(&mut app, KeyCode::Char(':'));
+    key(&mut app, KeyCode::Up);
+    assert!(
+        matches!(&app.mode, Mode::Command(l) if l == "mes"),
+        "{:?}",
+        app.mode
+    );
+    key(&mut app, KeyCode::Up);
+    assert!(matches!(&app.mode, Mode::Command(l) if l == "me"));
+    key(&mut app, KeyCode::Up);
+    assert!(matches!(&app.mode, Mode::Command(l) if l == "co"));
+    key(&mut app, KeyCode::Down);
+    key(&mut app, KeyCode::Down);
+    key(&mut app, KeyCode::Down);
+    assert!(matches!(&app.mode, Mode::Command(l) if l.is_empty()));
+    // ctrl-u clears the line.
+    typed(&mut app, "jobs");
+    ctrl(&mut app, 'u');
+    assert!(matches!(&app.mode, Mode::Command(l) if l.is_empty()));
+    key(&mut app, KeyCode::Esc);
+    // --readonly: hidden commands are not offered, and are unknown.
+    let mut ro = fixture(true);
+    key(&mut ro, KeyCode::Char(':'));
+    typed(&mut ro, "la");
+    key(&mut ro, KeyCode::Enter);
+    assert!(!matches!(ro.mode, Mode::Launch(_)));
+    let said = ro.status.clone().unwrap();
+    assert!(said.error && !said.text.contains("launch"), "{said:?}");
+}
+
+#[test]
+fn prompts_start_empty_and_ctrl_u_clears_the_filter() {
+    let mut app = fixture(false);
+    key(&mut app, KeyCode::Char('2'));
+    key(&mut app, KeyCode::Char('/'));
+    typed(&mut app, "bert");
+    key(&mut app, KeyCode::Enter);
+    assert_eq!(app.job_visible.len(), 1);
+    // Opening the filter again starts empty (the one in force is in the title).
+    key(&mut app, KeyCode::Char('/'));
+    assert!(matches!(&app.mode, Mode::Filter(l) if l.is_empty()));
+    typed(&mut app, "yo");
+    assert_eq!(app.selected_job().unwrap().rec.name, "yolo");
+    ctrl(&mut app, 'u');
+    assert_eq!(app.job_visible.len(), 3, "ctrl-u cleared the filter");
+    key(&mut app, KeyCode::Esc);
+    key(&mut app, KeyCode::Char('3'));
+    key(&mut app, KeyCode::Char('/'));
+    assert!(matches!(&app.mode, Mode::Search(l) if l.is_empty()));
+}
+
+#[test]
+fn q_goes_back_then_quits_and_asks_first_while_work_is_out() {
+    let mut app = fixture(false);
+    key(&mut app, KeyCode::Char('3'));
+    key(&mut app, KeyCode::Char('q'));
+    assert_eq!(app.view, View::Jobs);
+    key(&mut app, KeyCode::Char('q'));
+    assert_eq!(app.view, View::Instances);
+    key(&mut app, KeyCode::Char('q'));
+    assert!(app.quit, "q at the top quits");
+    // A command out (a sync): q asks, and only y quits.
+    let mut app = fixture(false);
+    assert_eq!(key(&mut app, KeyCode::Char('y')).len(), 1);
+    assert_eq!(app.in_flight, 1);
+    key(&mut app, KeyCode::Char('q'));
+    assert!(matches!(app.mode, Mode::Quit) && !app.quit);
+    key(&mut app, KeyCode::Char('n'));
+    assert!(!app.quit && matches!(app.mode, Mode::Normal));
+    key(&mut app, KeyCode::Char('q'));
+    key(&mut app, KeyCode::Char('y'));
+    assert!(app.quit);
+    // Once it answered, q quits at once; esc never quits.
+    let mut app = fixture(false);
+    key(&mut app, KeyCode::Char('y'));
+    app.update(Msg::Done(Ok("synced".into())));
+    key(&mut app, KeyCode::Esc);
+    assert!(!app.quit);
+    key(&mut app, KeyCode::Char('q'));
+    assert!(app.quit);
+}
+
+#[test]
+fn panes_follow_the_highlighted_job_and_the_selection_survives_a_refresh() {
+    let mut app = fixture(false);
+    key(&mut app, KeyCode::Char('2'));
+    assert_eq!(app.focus_job.as_deref(), Some("j-tp2k0000cccc"));
+    // Moving the highlight moves the log and the chart: no enter needed.
+    let cmds = key(&mut app, KeyCode::Down);
+    assert_eq!(app.focus_job.as_deref(), Some("j-tp2k0000dddd"));
+    assert!(
+        cmds.iter()
+            .any(|c| matches!(c, Command::LoadLog { job, .. } if job == "j-tp2k0000dddd"))
+    );
+    assert!(
+        cmds.iter()
+            .any(|c| matches!(c, Command::LoadMetrics { job, .. } if job == "j-tp2k0000dddd"))
+    );
+    // A new job arrives at the top: the highlight stays on bert-ft.
+    let mut snap = app.snap.clone();
+    let mut newer = snap.jobs[0].clone();
+    newer.rec.id = "j-tp2k0000ffff".into();
+    newer.rec.name = "newest".into();
+    snap.jobs.insert(0, newer);
+    app.update(Msg::Snapshot(Box::new(snap)));
+    assert_eq!(app.selected_job().unwrap().rec.name, "bert-ft");
+    assert_eq!(app.focus_job.as_deref(), Some("j-tp2k0000dddd"));
+    // Every pane names the job it shows.
+    let s = screen(&mut app, 160, 48);
+    assert!(s.contains("Logs bert-ft · j-tp2k0000dddd"), "{s}");
+    assert!(s.contains("job bert-ft (00dddd)"), "{s}");
+}
+
+#[test]
+fn a_cancel_says_stopping_until_the_job_ends_and_then_its_end_once() {
+    let mut app = fixture(false);
+    key(&mut app, KeyCode::Char('2'));
+    ctrl(&mut app, 'k');
+    let cmds = key(&mut app, KeyCode::Char('y'));
+    assert_eq!(
+        cmds,
+        vec![Command::Cancel {
+            job: "j-tp2k0000cccc".into()
+        }]
+    );
+    app.update(Msg::Underway {
+        job: "j-tp2k0000cccc".into(),
+        text: "stopping toy-train (j-tp2k0000cccc)…".into(),
+    });
+    // Keys do not clear it: it belongs to the cancel.
+    key(&mut app, KeyCode::Down);
+    key(&mut app, KeyCode::Up);
+    assert!(app.status.as_ref().unwrap().text.starts_with("stopping"));
+    // The job ends (seen by the next refresh): the stopping line goes, the end is said.
+    let mut snap = app.snap.clone();
+    snap.jobs[0].rec.state = JobState::Cancelled;
+    snap.jobs[0].rec.reason = Some("cancelled from the cockpit".into());
+    app.update(Msg::Snapshot(Box::new(snap.clone())));
+    let said = app.status.clone().unwrap();
+    assert!(
+        said.text.contains("toy-train") && said.text.contains("cancelled"),
+        "{said:?}"
+    );
+    // Not again on the next refresh.
+    app.status = None;
+    app.update(Msg::Snapshot(Box::new(snap)));
+    assert_eq!(app.status, None);
+}
+
+#[test]
+fn keys_that_do_nothing_say_why() {
+    let mut app = fixture(false);
+    // Bound in another pane: which one.
+    key(&mut app, KeyCode::Char('p'));
+    let said = app.status.clone().unwrap();
+    assert!(
+        said.text.contains("pull artifacts") && said.text.contains("Jobs (2)"),
+        "{said:?}"
+    );
+    // Bound nowhere.
+    key(&mut app, KeyCode::Char('x'));
+    assert!(app.status.as_ref().unwrap().text.contains("no such key"));
+    // A terminated machine: nothing to terminate, and it says so.
+    key(&mut app, KeyCode::Char('G'));
+    ctrl(&mut app, 'd');
+    assert!(
+        app.status
+            .as_ref()
+            .unwrap()
+            .text
+            .contains("nothing to terminate")
+    );
+    // A long error is cut in the bar with where to read it whole.
+    app.update(Msg::Done(Err(format!(
+        "launch failed: {}",
+        "x".repeat(200)
+    ))));
+    let s = screen(&mut app, 80, 24);
+    assert!(
+        s.lines().last().unwrap().contains("(! shows it all)"),
+        "{s}"
+    );
+    key(&mut app, KeyCode::Char('!'));
+    let s = screen(&mut app, 80, 24);
+    assert!(s.contains("Messages") && s.contains("launch failed"), "{s}");
+}
+
+#[test]
+fn the_dashboard_zooms_and_resizes_its_panes() {
+    let mut app = fixture(false);
+    let _ = screen(&mut app, 160, 48);
+    assert!(app.dash.on);
+    key(&mut app, KeyCode::Char('2'));
+    let before = app.dash.jobs_pct;
+    key(&mut app, KeyCode::Char('+'));
+    assert_eq!(app.dash.jobs_pct, before + 5);
+    key(&mut app, KeyCode::Char('3'));
+    key(&mut app, KeyCode::Char('-'));
+    assert_eq!(app.dash.log_pct, 50);
+    key(&mut app, KeyCode::Char('z'));
+    let s = screen(&mut app, 160, 48);
+    assert!(
+        !s.contains("Jobs (3)") && s.contains("Logs toy-train"),
+        "{s}"
+    );
+    key(&mut app, KeyCode::Esc);
+    assert!(!app.dash.zoom);
+    // Tabs at 80x24: zoom and resize say where they work.
+    let _ = screen(&mut app, 80, 24);
+    key(&mut app, KeyCode::Char('2'));
+    key(&mut app, KeyCode::Char('+'));
+    assert!(app.status.as_ref().unwrap().text.contains("dashboard"));
+}
+
+#[test]
+fn the_chart_toggles_log_scale_zooms_and_smooths() {
+    let mut app = fixture(false);
+    key(&mut app, KeyCode::Char('4'));
+    key(&mut app, KeyCode::Char('v'));
+    key(&mut app, KeyCode::Char(']'));
+    let s = screen(&mut app, 80, 24);
+    assert!(s.contains("[log last "), "{s}");
+    key(&mut app, KeyCode::Char('v'));
+    key(&mut app, KeyCode::Char('['));
+    assert!(!app.metrics.log_y && app.metrics.zoom == 0);
+    // Smoothing cycles through its weights and back to off.
+    for _ in 0..super::panes::metrics::SMOOTHING.len() {
+        key(&mut app, KeyCode::Char('s'));
+        app.update(Msg::MetricsAppend {
+            job: "j-tp2k0000cccc".into(),
+            last_rowid: 400,
+            points: fixture_points(),
+            more: false,
+        });
+    }
+    assert_eq!(app.metrics.smoothing, 0.0);
+    assert_eq!(
+        app.metrics.series[0].raw.len, 200,
+        "read once per setting, not piled up"
+    );
+}

@@ -275,7 +275,8 @@ pub(crate) fn draw_chart(f: &mut Frame, app: &App, idx: usize, area: Rect, highl
         flags.push(format!("last {}", fmt_value(n)));
     }
     if !flags.is_empty() {
-        extra.insert(1.min(extra.len()), format!("[{}] ", flags.join(" ")));
+        // What the user switched on is said before the figures.
+        extra.insert(0, format!("[{}] ", flags.join(" ")));
     }
     let room = area.width.saturating_sub(2) as usize;
     for e in extra {
