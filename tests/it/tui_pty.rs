@@ -173,6 +173,8 @@ fn cockpit_in_a_pty_launches_runs_charts_terminates_and_quits() {
     assert!(t.contains("train_loss"), "{t}");
     // shift-tab (ESC [ Z, which crossterm reads as BackTab with SHIFT) moves back a pane.
     s.send(b"\x1b[Z");
+    s.wait("the logs pane", 10, |t| t.contains("┌ Logs toy-train"));
+    s.send(b"\x1b[Z");
     s.wait("the jobs pane again", 10, |t| t.contains("Jobs (1)"));
     s.send(b"\x1b[Z");
     s.wait("the instances pane again", 10, |t| {
