@@ -146,6 +146,13 @@ pub enum Command {
         job: String,
         after_rowid: i64,
     },
+    /// Check and price the launch form's values (off the UI task: a provider's check may
+    /// scan a large catalog).
+    CheckLaunch {
+        seq: u64,
+        values: Vec<String>,
+        checker: super::popups::launch::CheckerRef,
+    },
     /// One curve of a job (to compare with the highlighted job's).
     LoadCurve {
         job: String,
@@ -205,6 +212,11 @@ pub enum Msg {
     TerminateCheck {
         instance: String,
         unpulled: Result<Vec<(String, String, u64)>, String>,
+    },
+    /// The launch form's values checked: applied if `seq` is still the newest.
+    LaunchChecked {
+        seq: u64,
+        verdict: Box<super::popups::launch::Verdict>,
     },
     /// A marked job's curve, loaded.
     Curve {
@@ -353,6 +365,8 @@ pub struct App {
     pub offers: Vec<crate::provider::Offer>,
     pub default_provider: String,
     pub validator: Validator,
+    /// The launch form's checker, made from the fields above on first use.
+    pub(crate) checker: Option<super::popups::launch::CheckerRef>,
     /// Rows per page of the current list (set when drawing).
     pub page: usize,
     /// Ring the terminal's bell when a job ends (`[tui] bell`).
@@ -447,6 +461,7 @@ impl App {
             offers: Vec::new(),
             default_provider: "local".into(),
             validator,
+            checker: None,
             page: 10,
             bell: false,
             ring: false,
@@ -1080,6 +1095,10 @@ impl App {
                 self.terminate_question(&instance, unpulled);
                 Vec::new()
             }
+            Msg::LaunchChecked { seq, verdict } => {
+                self.launch_checked(seq, *verdict);
+                Vec::new()
+            }
             Msg::Curve { job, curve } => {
                 let sel = self.metrics.selected_curve();
                 let wanted = self.marked.contains(&job)
@@ -1480,10 +1499,7 @@ impl App {
                 }
                 _ => Vec::new(),
             },
-            Action::Launch => {
-                self.open_launch_form();
-                Vec::new()
-            }
+            Action::Launch => self.open_launch_form(),
             Action::RunJob => {
                 let inst = match self.view {
                     View::Jobs => self

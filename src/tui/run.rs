@@ -521,6 +521,16 @@ impl Context {
                     ctx.send(msg);
                 });
             }
+            Command::CheckLaunch {
+                seq,
+                values,
+                checker,
+            } => {
+                tokio::task::spawn_blocking(move || {
+                    let verdict = Box::new(checker.0.check(&values));
+                    ctx.send(Msg::LaunchChecked { seq, verdict });
+                });
+            }
             Command::LoadCurve {
                 job,
                 name,

@@ -213,14 +213,36 @@ fn fixture_points() -> Vec<MetricPoint> {
 }
 
 fn key(app: &mut App, code: KeyCode) -> Vec<Command> {
-    app.update(Msg::Key(KeyEvent::new(code, KeyModifiers::NONE)))
+    let cmds = app.update(Msg::Key(KeyEvent::new(code, KeyModifiers::NONE)));
+    checked(app, cmds)
 }
 
 fn ctrl(app: &mut App, c: char) -> Vec<Command> {
-    app.update(Msg::Key(KeyEvent::new(
+    let cmds = app.update(Msg::Key(KeyEvent::new(
         KeyCode::Char(c),
         KeyModifiers::CONTROL,
-    )))
+    )));
+    checked(app, cmds)
+}
+
+/// The runtime's part for the launch form: its checks run (here at once) and answer;
+/// the other commands are returned.
+fn checked(app: &mut App, cmds: Vec<Command>) -> Vec<Command> {
+    let mut out = Vec::new();
+    for c in cmds {
+        match c {
+            Command::CheckLaunch {
+                seq,
+                values,
+                checker,
+            } => {
+                let verdict = Box::new(checker.0.check(&values));
+                app.update(Msg::LaunchChecked { seq, verdict });
+            }
+            c => out.push(c),
+        }
+    }
+    out
 }
 
 fn typed(app: &mut App, s: &str) {
@@ -1301,4 +1323,43 @@ fn the_chart_toggles_log_scale_zooms_and_smooths() {
         app.metrics.series[0].raw.len, 200,
         "read once per setting, not piled up"
     );
+}
+
+#[test]
+fn the_launch_form_is_priced_off_the_ui_task_and_only_the_newest_answer_counts() {
+    let mut app = fixture(false);
+    let cmds = app.update(Msg::Key(KeyEvent::new(
+        KeyCode::Char('L'),
+        KeyModifiers::NONE,
+    )));
+    let Some(Command::CheckLaunch {
+        seq,
+        values,
+        checker,
+    }) = cmds.first().cloned()
+    else {
+        panic!("the form asks for its check: {cmds:?}")
+    };
+    let Mode::Launch(f) = &app.mode else { panic!() };
+    assert!(
+        f.checking && f.plan.is_none(),
+        "nothing priced on the UI task"
+    );
+    // Enter before the answer: said, nothing launched.
+    let none = app.update(Msg::Key(KeyEvent::new(KeyCode::Enter, KeyModifiers::NONE)));
+    assert!(none.is_empty());
+    assert!(app.status.as_ref().unwrap().text.contains("still pricing"));
+    // A key typed meanwhile asks again; the older answer is dropped when it comes.
+    let newer = app.update(Msg::Key(KeyEvent::new(
+        KeyCode::Char('x'),
+        KeyModifiers::NONE,
+    )));
+    let old = Box::new(checker.0.check(&values));
+    app.update(Msg::LaunchChecked { seq, verdict: old });
+    let Mode::Launch(f) = &app.mode else { panic!() };
+    assert!(f.checking && f.plan.is_none());
+    checked(&mut app, newer);
+    let Mode::Launch(f) = &app.mode else { panic!() };
+    assert!(!f.checking);
+    assert!(f.errors[0].is_some(), "localx is no provider: {f:?}");
 }

@@ -39,6 +39,45 @@ pub struct LaunchForm {
     /// With provider `cheapest`: the offers that fit, cheapest first (provider, type,
     /// hourly); the first is launched, the others tried in order when it has no capacity.
     pub cheapest: Vec<(String, String, Money)>,
+    /// The newest check asked for (answers to older ones are dropped), and whether its
+    /// answer is still to come.
+    pub seq: u64,
+    pub checking: bool,
+}
+
+/// What checking the form's values found: per-field errors, the priced plan, the type
+/// completions, and for `cheapest` the fitting offers.
+#[derive(Debug, Clone, Default)]
+pub struct Verdict {
+    pub errors: Vec<Option<String>>,
+    pub plan: Option<Plan>,
+    pub completions: Vec<String>,
+    pub cheapest: Vec<(String, String, Money)>,
+}
+
+/// Everything the form is checked against (providers, their types and offers, their own
+/// `check`), handed to a worker: pricing never runs on the UI task.
+pub struct FormChecker {
+    pub providers: Vec<String>,
+    pub catalog: Vec<(String, Vec<String>)>,
+    pub offers: Vec<crate::provider::Offer>,
+    pub validator: Validator,
+}
+
+/// A shared [`FormChecker`] inside a command (equal when it is the same one).
+#[derive(Clone)]
+pub struct CheckerRef(pub Arc<FormChecker>);
+
+impl PartialEq for CheckerRef {
+    fn eq(&self, o: &CheckerRef) -> bool {
+        Arc::ptr_eq(&self.0, &o.0)
+    }
+}
+
+impl std::fmt::Debug for CheckerRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("FormChecker")
+    }
 }
 
 impl std::fmt::Debug for LaunchForm {
@@ -68,7 +107,17 @@ impl LaunchForm {
             cheapest: Vec::new(),
             plan: None,
             completions: Vec::new(),
+            seq: 0,
+            checking: false,
         }
+    }
+
+    fn apply(&mut self, v: Verdict) {
+        self.errors = v.errors;
+        self.plan = v.plan;
+        self.completions = v.completions;
+        self.cheapest = v.cheapest;
+        self.checking = false;
     }
 
     pub fn values(&self) -> Vec<String> {
@@ -97,9 +146,9 @@ pub(crate) fn common_prefix(v: &[String]) -> String {
 }
 
 impl App {
-    pub fn open_launch_form(&mut self) {
+    pub fn open_launch_form(&mut self) -> Vec<Command> {
         if self.readonly {
-            return;
+            return Vec::new();
         }
         let ty = self
             .catalog
@@ -108,18 +157,60 @@ impl App {
             .and_then(|(_, t)| t.first().cloned())
             .unwrap_or_default();
         let mut form = LaunchForm::new(&self.default_provider, &ty);
-        self.validate_form(&mut form);
+        let ask = self.check_form(&mut form);
         self.mode = Mode::Launch(Box::new(form));
+        vec![ask]
     }
 
-    /// Check every field as typed; fills `errors`, `plan` and `completions`.
-    pub fn validate_form(&self, f: &mut LaunchForm) {
-        let v = f.values();
-        f.errors = vec![None; FORM_FIELDS.len()];
-        f.plan = None;
-        f.cheapest.clear();
+    /// What the form is checked against, shared with the worker that checks it.
+    fn form_checker(&mut self) -> CheckerRef {
+        if let Some(c) = &self.checker {
+            return c.clone();
+        }
+        let c = CheckerRef(Arc::new(FormChecker {
+            providers: self.providers.clone(),
+            catalog: self.catalog.clone(),
+            offers: self.offers.clone(),
+            validator: self.validator.clone(),
+        }));
+        self.checker = Some(c.clone());
+        c
+    }
+
+    /// Ask for the form's values to be checked off the UI task; the answer
+    /// (`Msg::LaunchChecked`) is applied if it is still the newest.
+    pub(crate) fn check_form(&mut self, f: &mut LaunchForm) -> Command {
+        f.seq += 1;
+        f.checking = true;
+        Command::CheckLaunch {
+            seq: f.seq,
+            values: f.values(),
+            checker: self.form_checker(),
+        }
+    }
+
+    /// A check's answer, if it is the newest for the open form.
+    pub(crate) fn launch_checked(&mut self, seq: u64, v: Verdict) {
+        if let Mode::Launch(f) = &mut self.mode
+            && f.seq == seq
+        {
+            f.apply(v);
+            self.dirty = true;
+        }
+    }
+}
+
+impl FormChecker {
+    /// Check every field; price the request with its provider's own `check` (for
+    /// `cheapest`, every fitting offer's).
+    pub fn check(&self, v: &[String]) -> Verdict {
+        let mut f = Verdict {
+            errors: vec![None; FORM_FIELDS.len()],
+            ..Default::default()
+        };
         if v[0] == CHEAPEST {
-            return self.validate_cheapest(f, &v);
+            self.check_cheapest(&mut f, v);
+            return f;
         }
         let provider_ok = self.providers.contains(&v[0]);
         if !provider_ok {
@@ -166,9 +257,9 @@ impl App {
             f.errors[4] = Some("letters, digits, - _ . only".into());
         }
         if !provider_ok || f.errors.iter().any(Option::is_some) {
-            return;
+            return f;
         }
-        let req = self.form_request(&v, spot.unwrap_or(false));
+        let req = form_request(v, spot.unwrap_or(false));
         match (self.validator)(&v[0], &req) {
             Ok(plan) => {
                 if let Some(max) = max_price
@@ -178,18 +269,19 @@ impl App {
                         "{} costs {}/h, above your max",
                         plan.instance_type, plan.hourly
                     ));
-                    return;
+                    return f;
                 }
                 f.plan = Some(plan);
             }
             Err(e) => f.errors[1] = Some(e),
         }
+        f
     }
 
     /// Provider `cheapest`: the instance type field filters offers of every provider by
     /// GPU or type name (`H100`, `a100`); those that pass their provider's check and the
     /// max price are kept, cheapest first (spot prices when spot is asked).
-    pub(crate) fn validate_cheapest(&self, f: &mut LaunchForm, v: &[String]) {
+    fn check_cheapest(&self, f: &mut Verdict, v: &[String]) {
         let spot = matches!(v[2].to_lowercase().as_str(), "yes" | "y" | "true" | "spot");
         let max = Money::from_dollars_str(&v[3]).filter(|m| m.0 > 0);
         if !v[3].is_empty() && max.is_none() {
@@ -218,7 +310,7 @@ impl App {
             seen.push((&o.provider, &o.instance_type));
             let req = LaunchRequest {
                 instance_type: Some(o.instance_type.clone()),
-                ..self.form_request(v, spot)
+                ..form_request(v, spot)
             };
             // Only offers their provider would take (a bid it needs, a type it knows).
             if let Ok(plan) = (self.validator)(&o.provider, &req)
@@ -247,13 +339,27 @@ impl App {
             }
         }
     }
+}
 
+/// The request the form's values ask for.
+fn form_request(v: &[String], spot: bool) -> LaunchRequest {
+    LaunchRequest {
+        name: (!v[4].is_empty()).then(|| v[4].clone()),
+        instance_type: (!v[1].is_empty()).then(|| v[1].clone()),
+        gpus: None,
+        spot,
+        accept_new_host_key: false,
+        ..Default::default()
+    }
+}
+
+impl App {
     /// The launch of the form's values: for `cheapest`, its first offer with the others as
     /// `PROVIDER:TYPE` alternatives.
     pub(crate) fn form_launch(&self, f: &LaunchForm) -> (String, LaunchRequest) {
         let v = f.values();
         let spot = matches!(v[2].to_lowercase().as_str(), "yes" | "y" | "true" | "spot");
-        let req = self.form_request(&v, spot);
+        let req = form_request(&v, spot);
         match f.cheapest.split_first() {
             Some(((p, t, _), rest)) if v[0] == CHEAPEST => (
                 p.clone(),
@@ -267,29 +373,20 @@ impl App {
         }
     }
 
-    pub(crate) fn form_request(&self, v: &[String], spot: bool) -> LaunchRequest {
-        LaunchRequest {
-            name: (!v[4].is_empty()).then(|| v[4].clone()),
-            instance_type: (!v[1].is_empty()).then(|| v[1].clone()),
-            gpus: None,
-            spot,
-            accept_new_host_key: false,
-            ..Default::default()
-        }
-    }
-
     pub(crate) fn on_launch_key(&mut self, ev: KeyEvent, mut f: Box<LaunchForm>) -> Vec<Command> {
         let n = FORM_FIELDS.len();
         match ev.code {
             KeyCode::Esc => return Vec::new(),
             KeyCode::Enter => {
-                self.validate_form(&mut f);
-                if f.plan.is_some() {
+                if f.checking {
+                    self.say("still pricing this: enter again in a moment", true);
+                } else if f.plan.is_some() {
                     let (provider, req) = self.form_launch(&f);
                     self.say(format!("launching on {provider}…"), false);
                     return vec![Command::Launch { provider, req }];
+                } else {
+                    self.say("fix the fields marked in red first", true);
                 }
-                self.say("fix the fields marked in red first", true);
             }
             KeyCode::Down | KeyCode::BackTab | KeyCode::Up | KeyCode::Tab
                 if !(ev.code == KeyCode::Tab && f.focus == 1 && !f.completions.is_empty()) =>
@@ -306,12 +403,16 @@ impl App {
                 field.select_all();
                 field.cut();
                 field.insert_str(prefix);
-                self.validate_form(&mut f);
+                let ask = self.check_form(&mut f);
+                self.mode = Mode::Launch(f);
+                return vec![ask];
             }
             _ => {
                 let focus = f.focus;
                 f.fields[focus].input(ev);
-                self.validate_form(&mut f);
+                let ask = self.check_form(&mut f);
+                self.mode = Mode::Launch(f);
+                return vec![ask];
             }
         }
         self.mode = Mode::Launch(f);

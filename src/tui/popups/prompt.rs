@@ -200,7 +200,7 @@ impl App {
         }
         match name {
             "quit" => self.quit = true,
-            "launch" => self.open_launch_form(),
+            "launch" => return self.open_launch_form(),
             "help" => self.mode = Mode::Help(0),
             "messages" => self.mode = Mode::Messages(0),
             _ => {}
