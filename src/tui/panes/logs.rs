@@ -177,7 +177,7 @@ pub(crate) fn draw_logs(f: &mut Frame, app: &mut App, area: Rect, fullscreen: bo
     let lv = &mut app.logs;
     if lv.job.is_none() {
         f.render_widget(
-            Paragraph::new("No job selected: pick one in Jobs (2) and press enter.")
+            Paragraph::new("No job yet: the log of the job highlighted in Jobs (2) shows here.")
                 .style(app.theme.dim()),
             inner,
         );
