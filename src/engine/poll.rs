@@ -438,11 +438,7 @@ impl Engine {
                     Ok(r) => Err(anyhow!(
                         "{} artifact(s) not pulled: {}",
                         r.failed.len(),
-                        r.failed
-                            .iter()
-                            .map(|f| format!("{}: {}", f.path, f.error))
-                            .collect::<Vec<_>>()
-                            .join("; ")
+                        r.failures_text()
                     )),
                     Err(e) => Err(e),
                 }

@@ -27,6 +27,25 @@ pub struct PullReport {
     pub failed: Vec<Failed>,
 }
 
+impl PullReport {
+    /// `a.bin: why; b.bin: why`: every file that failed, for one line of text.
+    pub fn failures_text(&self) -> String {
+        self.failed
+            .iter()
+            .map(|f| format!("{}: {}", f.path, f.error))
+            .collect::<Vec<_>>()
+            .join("; ")
+    }
+
+    /// The folder the files went to (that of the first one).
+    pub fn dir(&self) -> String {
+        self.pulled
+            .first()
+            .and_then(|p| Path::new(&p.local_path).parent())
+            .map_or_else(String::new, |d| d.display().to_string())
+    }
+}
+
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct Failed {
     /// Path relative to the workdir, made printable (a name that is not UTF-8 shows

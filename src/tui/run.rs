@@ -244,26 +244,16 @@ impl Context {
                 return;
             }
             let said = match ctx.engine.pull(&job, None).await {
-                Ok(r) if r.failed.is_empty() => {
-                    let dir = r
-                        .pulled
-                        .first()
-                        .and_then(|p| std::path::Path::new(&p.local_path).parent())
-                        .map_or_else(String::new, |d| d.display().to_string());
-                    Ok(format!(
-                        "job {job}: {} artifact(s) pulled to {dir}",
-                        r.pulled.len()
-                    ))
-                }
+                Ok(r) if r.failed.is_empty() => Ok(format!(
+                    "job {job}: {} artifact(s) pulled to {}",
+                    r.pulled.len(),
+                    r.dir()
+                )),
                 Ok(r) => Err(format!(
                     "job {job}: {} artifact(s) pulled, {} failed: {} (p pulls again)",
                     r.pulled.len(),
                     r.failed.len(),
-                    r.failed
-                        .iter()
-                        .map(|f| format!("{}: {}", f.path, f.error))
-                        .collect::<Vec<_>>()
-                        .join("; ")
+                    r.failures_text()
                 )),
                 Err(e) => Err(format!("job {job}: pulling its artifacts failed: {e:#}")),
             };
@@ -346,11 +336,9 @@ impl Context {
                         match ctx.engine.pull(job, None).await {
                             Ok(r) => {
                                 pulled += r.pulled.len();
-                                failed.extend(
-                                    r.failed
-                                        .into_iter()
-                                        .map(|f| format!("{}: {}", f.path, f.error)),
-                                );
+                                if !r.failed.is_empty() {
+                                    failed.push(r.failures_text());
+                                }
                             }
                             Err(e) => failed.push(format!("{job}: {e:#}")),
                         }
@@ -358,8 +346,7 @@ impl Context {
                     if !failed.is_empty() {
                         // What the jobs made is still only there: the machine stays.
                         ctx.send(Msg::Done(Err(format!(
-                            "kept {instance}: {} artifact(s) failed to pull ({}); {pulled} pulled",
-                            failed.len(),
+                            "kept {instance}: not every artifact came ({}); {pulled} pulled",
                             failed.join("; ")
                         ))));
                         return;
@@ -448,21 +435,20 @@ impl Context {
             Command::Pull { job } => {
                 tokio::spawn(async move {
                     let r = ctx.engine.pull(&job, None).await;
-                    ctx.send(Msg::Done(
-                        r.map(|rep| {
-                            let dir = rep
-                                .pulled
-                                .first()
-                                .and_then(|p| {
-                                    std::path::Path::new(&p.local_path)
-                                        .parent()
-                                        .map(|d| d.display().to_string())
-                                })
-                                .unwrap_or_default();
-                            format!("pulled {} file(s) {dir}", rep.pulled.len())
-                        })
-                        .map_err(|e| format!("pull failed: {e:#}")),
-                    ));
+                    ctx.send(Msg::Done(match r {
+                        Ok(rep) if rep.failed.is_empty() => Ok(format!(
+                            "pulled {} file(s) to {}",
+                            rep.pulled.len(),
+                            rep.dir()
+                        )),
+                        Ok(rep) => Err(format!(
+                            "pulled {} file(s), {} failed: {}",
+                            rep.pulled.len(),
+                            rep.failed.len(),
+                            rep.failures_text()
+                        )),
+                        Err(e) => Err(format!("pull failed: {e:#}")),
+                    }));
                 });
             }
             Command::Sync { instance } => {

@@ -331,3 +331,16 @@ pub fn best_price(r: &serde_json::Value) -> i64 {
         .min()
         .unwrap()
 }
+
+/// `[providers.ssh]` with one host, `lab1`: the test sshd as root with `key`, its remote
+/// dir under `work`, first-seen host keys accepted.
+pub fn one_ssh_host(sshd: &trainctl::testkit::Sshd, key: &Path, work: &Path) -> String {
+    format!(
+        "[providers.ssh]\naccept_new_host_keys = true\n\
+         [[providers.ssh.hosts]]\nname = \"lab1\"\naddress = \"127.0.0.1\"\nuser = \"root\"\nport = {}\n\
+         identity_file = \"{}\"\nremote_dir = \"{}/.trainctl\"\n",
+        sshd.port,
+        key.display(),
+        work.display()
+    )
+}

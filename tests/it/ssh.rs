@@ -566,14 +566,7 @@ fn passphrase_keys_need_the_agent_headless_and_a_prompt_in_the_cockpit() {
     let sshd = Sshd::start();
     let key = sshd.add_encrypted_key("open sesame");
     let work = tempfile::tempdir().unwrap();
-    let extra = format!(
-        "[providers.ssh]\naccept_new_host_keys = true\n\
-         [[providers.ssh.hosts]]\nname = \"lab1\"\naddress = \"127.0.0.1\"\nuser = \"root\"\nport = {}\n\
-         identity_file = \"{}\"\nremote_dir = \"{}/.trainctl\"\n",
-        sshd.port,
-        key.display(),
-        work.path().display()
-    );
+    let extra = crate::common::one_ssh_host(&sshd, &key, work.path());
     let env = Env::new(&extra, "0");
     // Headless: a clear error, nothing held.
     let out = env

@@ -227,12 +227,8 @@ fn cockpit_asks_for_a_key_passphrase_in_a_popup() {
     let key = sshd.add_encrypted_key("open sesame");
     let work = tempfile::tempdir().unwrap();
     let extra = format!(
-        "default_provider = \"ssh\"\n[providers.ssh]\naccept_new_host_keys = true\n\
-         [[providers.ssh.hosts]]\nname = \"lab1\"\naddress = \"127.0.0.1\"\nuser = \"root\"\nport = {}\n\
-         identity_file = \"{}\"\nremote_dir = \"{}/.trainctl\"\n",
-        sshd.port,
-        key.display(),
-        work.path().display()
+        "default_provider = \"ssh\"\n{}",
+        crate::common::one_ssh_host(&sshd, &key, work.path())
     );
     let env = Env::new(&extra, "0");
     let mut c = Cockpit::open(&env, 80, 24, &[("SSH_AUTH_SOCK", None)]);

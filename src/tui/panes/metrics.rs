@@ -413,8 +413,9 @@ pub(crate) fn draw_metrics_in(f: &mut Frame, app: &mut App, area: Rect, grid_all
     let n = app.metrics.series.len();
     if n == 0 {
         let msg = match (&app.metrics.job, app.focus_job_row()) {
-            (None, _) => "No job yet: the charts of the job highlighted in Jobs (2) show here."
-                .to_string(),
+            (None, _) => {
+                "No job yet: the charts of the job highlighted in Jobs (2) show here.".to_string()
+            }
             (Some(_), Some(j)) if app.metrics.loading => {
                 format!("Reading the metrics of {}…", job_label(&j.rec))
             }
