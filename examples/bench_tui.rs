@@ -108,6 +108,7 @@ fn big_snapshot() -> Snapshot {
             projected: Some(Money(2 * i)),
             metric: Some(("loss".into(), 1.0 / (i as f64 + 1.0))),
             trend: (0..32).map(|k| ((k + i) as f64).sin()).collect(),
+            attempt: 1,
         })
         .collect();
     Snapshot {

@@ -42,6 +42,8 @@ pub struct JobRow {
     pub metric: Option<(String, f64)>,
     /// Its whole run, bucketed into means (oldest first), for the trend column.
     pub trend: Vec<f64>,
+    /// Which attempt runs (or ran last): 2 and up after a recovery or a migrate.
+    pub attempt: i64,
 }
 
 /// Equality for "would the screen change": NaN equals NaN here (a job whose loss went NaN
@@ -50,6 +52,7 @@ impl PartialEq for JobRow {
     fn eq(&self, o: &JobRow) -> bool {
         let same_f = |a: f64, b: f64| a.to_bits() == b.to_bits();
         self.rec == o.rec
+            && self.attempt == o.attempt
             && self.progress == o.progress
             && self.elapsed_ms == o.elapsed_ms
             && self.eta_ms == o.eta_ms

@@ -118,10 +118,11 @@ pub fn build_snapshot(engine: &Engine, cache: &mut SnapshotCache) -> Result<Snap
         report.jobs.iter().map(|c| (c.id.as_str(), c)).collect();
     let mut job_rows = Vec::with_capacity(jobs.len());
     for j in jobs {
-        let (progress, offset) = offsets
+        let (attempt, progress, offset) = offsets
             .get(&j.id)
-            .map(|(_, o)| (o.progress, o.byte_offset))
-            .unwrap_or_default();
+            .map_or((1, Default::default(), 0), |(a, o)| {
+                (*a, o.progress, o.byte_offset)
+            });
         if cache.seen_offset.get(&j.id) != Some(&offset) || !cache.metric.contains_key(&j.id) {
             cache.seen_offset.insert(j.id.clone(), offset);
             let entry = cache.metric.entry(j.id.clone()).or_default();
@@ -153,6 +154,7 @@ pub fn build_snapshot(engine: &Engine, cache: &mut SnapshotCache) -> Result<Snap
             projected: c.and_then(|c| c.projected_micros).map(Money),
             metric,
             trend,
+            attempt,
             rec: j,
         });
     }

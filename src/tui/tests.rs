@@ -79,6 +79,7 @@ fn job(id: &str, name: &str, inst: &str, state: JobState, epoch: f64, loss: f64)
         projected: Some(Money(400_000)),
         metric: Some(("loss".into(), loss)),
         trend: (0..20).map(|i| 2.0 / (i as f64 + 1.0)).collect(),
+        attempt: 1,
     }
 }
 

@@ -100,6 +100,7 @@ pub(crate) fn draw_jobs(f: &mut Frame, app: &mut App, area: Rect) {
         Col::fill("NAME", 12, 0),
         Col::fixed("ID", 6, 0),
         Col::fixed("STATE", 10, 0),
+        Col::fixed("TRY", 3, 3),
         Col::fixed("PROGRESS", widest(texts.iter().map(|t| &t.progress), 4), 1),
         Col::fixed("METRIC", widest(texts.iter().map(|t| &t.metric), 6), 1),
         Col::fixed("TREND", trend_w, 2),
@@ -121,6 +122,15 @@ pub(crate) fn draw_jobs(f: &mut Frame, app: &mut App, area: Rect) {
                 Cell::from(Span::styled(
                     state_text(&r.rec),
                     state_style(app, r.rec.state.as_str()),
+                )),
+                // A recovered or migrated job's attempt stands out.
+                Cell::from(Span::styled(
+                    r.attempt.to_string(),
+                    if r.attempt > 1 {
+                        app.theme.warn()
+                    } else {
+                        app.theme.dim()
+                    },
                 )),
                 Cell::from(t.progress.clone()),
                 Cell::from(t.metric.clone()),
