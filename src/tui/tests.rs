@@ -839,6 +839,21 @@ fn snap_all(size: (u16, u16)) {
     insta::assert_snapshot!(format!("compare_{suffix}"), screen(&mut app, w, h));
     key(&mut app, KeyCode::Char('!'));
     insta::assert_snapshot!(format!("messages_{suffix}"), screen(&mut app, w, h));
+    key(&mut app, KeyCode::Esc);
+    // The passphrase popup, masked.
+    let (reply, _answer) = tokio::sync::oneshot::channel();
+    app.update(Msg::Passphrase(crate::ssh::remote::PassphraseRequest {
+        asked: crate::ssh::remote::Asked::KeyPassphrase("/home/me/.ssh/id_ed25519".into()),
+        reply,
+    }));
+    typed(&mut app, "s3cret");
+    insta::assert_snapshot!(format!("passphrase_{suffix}"), screen(&mut app, w, h));
+    key(&mut app, KeyCode::Esc);
+    // Quitting while a command has not answered asks first.
+    key(&mut app, KeyCode::Char('1'));
+    assert_eq!(key(&mut app, KeyCode::Char('y')).len(), 1, "a sync goes out");
+    key(&mut app, KeyCode::Char('q'));
+    insta::assert_snapshot!(format!("quit_{suffix}"), screen(&mut app, w, h));
 }
 
 /// bert-ft's loss, as a marked job's curve.
