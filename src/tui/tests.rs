@@ -851,7 +851,11 @@ fn snap_all(size: (u16, u16)) {
     key(&mut app, KeyCode::Esc);
     // Quitting while a command has not answered asks first.
     key(&mut app, KeyCode::Char('1'));
-    assert_eq!(key(&mut app, KeyCode::Char('y')).len(), 1, "a sync goes out");
+    assert_eq!(
+        key(&mut app, KeyCode::Char('y')).len(),
+        1,
+        "a sync goes out"
+    );
     key(&mut app, KeyCode::Char('q'));
     insta::assert_snapshot!(format!("quit_{suffix}"), screen(&mut app, w, h));
 }

@@ -1,7 +1,9 @@
 //! The Instances pane: machines, their state, market, uptime and cost.
 
 use crate::cli::fmt_duration;
+use crate::model::Money;
 use crate::tui::app::*;
+use crate::tui::keymap::Action;
 use crate::tui::keymap::View;
 use crate::tui::ui::*;
 use ratatui::Frame;
@@ -120,5 +122,203 @@ fn state_style_of(app: &App, r: &InstanceRow) -> ratatui::style::Style {
         _ if r.orphan => app.theme.error(),
         Some(d) if d - crate::model::now_ms() < 5 * 60_000 => app.theme.warn(),
         _ => state_style(app, r.rec.state.as_str()),
+    }
+}
+
+impl App {
+    /// The instances pane's actions: launch, run, sync, terminate, adopt.
+    pub(crate) fn on_instances_action(&mut self, action: Action) -> Option<Vec<Command>> {
+        Some(match action {
+            Action::Launch => self.open_launch_form(),
+            Action::RunJob => {
+                let inst = match self.view {
+                    View::Jobs => self
+                        .selected_job()
+                        .and_then(|j| j.rec.instance_id.clone())
+                        .filter(|id| {
+                            self.snap
+                                .instances
+                                .iter()
+                                .any(|i| &i.rec.id == id && i.rec.state.is_live())
+                        }),
+                    _ => self
+                        .selected_instance()
+                        .filter(|i| i.rec.state.is_live() && !i.orphan)
+                        .map(|i| i.rec.id.clone()),
+                };
+                match (inst, &self.project) {
+                    (_, None) => {
+                        self.say("no trainctl.toml here: start the cockpit in a project (or --project DIR)", true);
+                        Vec::new()
+                    }
+                    (None, _) => {
+                        self.say("select a running instance first (launch one with L)", true);
+                        Vec::new()
+                    }
+                    (Some(instance), Some(p)) => {
+                        self.say(format!("starting {p} on {instance}…"), false);
+                        vec![Command::RunJob { instance }]
+                    }
+                }
+            }
+            Action::Sync => match self.selected_instance().filter(|i| i.rec.state.is_live()) {
+                Some(i) if self.project.is_some() => vec![Command::Sync {
+                    instance: i.rec.id.clone(),
+                }],
+                Some(_) => {
+                    self.say("no trainctl.toml here to sync", true);
+                    Vec::new()
+                }
+                None => {
+                    self.say("select a running instance to sync to", true);
+                    Vec::new()
+                }
+            },
+            Action::Terminate => {
+                if let Some(i) = self.selected_instance().filter(|i| i.orphan) {
+                    // A machine the provider holds that the store lost: it may be billing.
+                    let m = Money::column(&[i.cost, i.rec.hourly]);
+                    self.mode = Mode::Confirm(Confirm::yes_no(
+                        "Terminate orphan?",
+                        vec![
+                            format!(
+                                "{} ({}, {}) on {}",
+                                i.rec.id,
+                                i.rec.provider_id.clone().unwrap_or_default(),
+                                i.rec.instance_type,
+                                i.rec.provider
+                            ),
+                            format!("unknown to the store; cost so far {} at {}/h", m[0], m[1]),
+                        ],
+                        Command::Terminate {
+                            instance: i.rec.id.clone(),
+                        },
+                    ));
+                    Vec::new()
+                } else if let Some(i) = self
+                    .selected_instance()
+                    .filter(|i| i.rec.state.is_live() && !i.orphan)
+                {
+                    // What the machine holds that was never pulled is asked of it first
+                    // (off the UI task); the question comes when the answer does.
+                    let id = i.rec.id.clone();
+                    self.say(
+                        format!("checking {id} for artifacts not pulled yet…"),
+                        false,
+                    );
+                    vec![Command::CheckArtifacts { instance: id }]
+                } else {
+                    match self.selected_instance() {
+                        Some(i) => self.say(
+                            format!("{} is {}: nothing to terminate", i.rec.id, i.rec.state),
+                            true,
+                        ),
+                        None => self.say("no instance selected", true),
+                    }
+                    Vec::new()
+                }
+            }
+            Action::Adopt => match self.selected_instance().filter(|i| i.orphan) {
+                Some(i) => vec![Command::Adopt {
+                    instance: i.rec.id.clone(),
+                }],
+                None => {
+                    self.say(
+                        "adopt takes an orphan (a machine the store does not know)",
+                        true,
+                    );
+                    Vec::new()
+                }
+            },
+            _ => return None,
+        })
+    }
+}
+
+impl App {
+    /// Terminate `instance`? With artifacts not pulled yet, "pull, then terminate" comes
+    /// first; the answer starts at No either way.
+    pub(crate) fn terminate_question(
+        &mut self,
+        instance: &str,
+        unpulled: Result<Vec<(String, String, u64)>, String>,
+    ) {
+        let Some(i) = self
+            .snap
+            .instances
+            .iter()
+            .find(|i| i.rec.id == instance && i.rec.state.is_live())
+        else {
+            return;
+        };
+        let live_jobs = self
+            .snap
+            .jobs
+            .iter()
+            .filter(|j| {
+                !j.rec.state.is_terminal() && j.rec.instance_id.as_deref() == Some(instance)
+            })
+            .count();
+        let m = Money::column(&[i.cost, i.rec.hourly]);
+        let mut lines = vec![
+            format!("{} ({}, {})", i.rec.name, i.rec.id, i.rec.instance_type),
+            format!("cost so far {} at {}/h", m[0], m[1]),
+        ];
+        if live_jobs > 0 {
+            lines.push(format!("{live_jobs} running job(s) there will be stopped"));
+        }
+        let terminate = Command::Terminate {
+            instance: instance.to_string(),
+        };
+        let mut c = Confirm::yes_no("Terminate instance?", lines, terminate.clone());
+        match unpulled {
+            Ok(files) if !files.is_empty() => {
+                let bytes: u64 = files.iter().map(|f| f.2).sum();
+                let mut jobs: Vec<String> = files.iter().map(|f| f.0.clone()).collect();
+                jobs.dedup();
+                c.lines.push(format!(
+                    "it holds {} artifact file(s), {}, never pulled:",
+                    files.len(),
+                    crate::cli::fmt_bytes(bytes)
+                ));
+                for f in files.iter().take(3) {
+                    c.lines.push(format!(
+                        "  {} ({})",
+                        crate::sanitize::sanitize_line(f.1.as_bytes()),
+                        short_id(&f.0)
+                    ));
+                }
+                if files.len() > 3 {
+                    c.lines.push(format!("  … and {} more", files.len() - 3));
+                }
+                c.choices = vec![
+                    crate::tui::popups::confirm::Choice {
+                        label: "Pull, then terminate".into(),
+                        key: 'p',
+                        cmd: Some(Command::PullThenTerminate {
+                            instance: instance.to_string(),
+                            jobs,
+                        }),
+                    },
+                    crate::tui::popups::confirm::Choice {
+                        label: "Terminate, lose them".into(),
+                        key: 'y',
+                        cmd: Some(terminate),
+                    },
+                    crate::tui::popups::confirm::Choice {
+                        label: "No".into(),
+                        key: 'n',
+                        cmd: None,
+                    },
+                ];
+                c.sel = 2;
+            }
+            Ok(_) => {}
+            Err(e) => c.lines.push(format!(
+                "could not ask it for unpulled artifacts: {}",
+                crate::sanitize::sanitize_line(e.as_bytes())
+            )),
+        }
+        self.mode = Mode::Confirm(c);
     }
 }

@@ -3,6 +3,7 @@
 use crate::cli::fmt_duration;
 use crate::model::JobState;
 use crate::tui::app::*;
+use crate::tui::keymap::Action;
 use crate::tui::keymap::View;
 use crate::tui::ui::*;
 use ratatui::Frame;
@@ -232,4 +233,85 @@ fn draw_failure(f: &mut Frame, app: &App, j: &crate::store::JobRecord, area: Rec
         vec![Line::from(Span::styled("reading its log…", t.dim()))]
     };
     f.render_widget(Paragraph::new(lines), inner);
+}
+
+impl App {
+    /// The jobs pane's actions: mark to compare, cancel, migrate, pull.
+    pub(crate) fn on_jobs_action(&mut self, action: Action) -> Option<Vec<Command>> {
+        Some(match action {
+            Action::Mark => {
+                match self.selected_job().map(|j| j.rec.id.clone()) {
+                    Some(id) => {
+                        if let Some(k) = self.marked.iter().position(|m| *m == id) {
+                            self.marked.remove(k);
+                        } else {
+                            self.marked.push(id);
+                        }
+                        let n = self.marked.len();
+                        self.say(
+                        if n == 0 {
+                            "no job marked: the chart shows the highlighted job alone".to_string()
+                        } else {
+                            format!("{n} job(s) marked: their curves overlay the chart (space unmarks)")
+                        },
+                        false,
+                    );
+                        self.load_compared()
+                    }
+                    None => {
+                        self.say("no job to mark", true);
+                        Vec::new()
+                    }
+                }
+            }
+            Action::CancelJob => {
+                let asked = self.job_confirm("Cancel job?", |j| {
+                    (!j.rec.state.is_terminal()).then(|| {
+                        (
+                            vec![
+                                format!("cost so far {}", j.cost),
+                                "SIGTERM now, SIGKILL after the grace period".into(),
+                            ],
+                            Command::Cancel {
+                                job: j.rec.id.clone(),
+                            },
+                        )
+                    })
+                });
+                if !asked {
+                    self.say("select a job still running to cancel", true);
+                }
+                Vec::new()
+            }
+            Action::Migrate => {
+                let asked = self.job_confirm("Migrate job?", |j| {
+                    (matches!(j.rec.state, JobState::Running | JobState::SettingUp)).then(|| {
+                        (
+                            vec![
+                                "stopped with the grace to save, then resumed from its".into(),
+                                "newest checkpoint on a new machine like this one".into(),
+                            ],
+                            Command::Migrate {
+                                job: j.rec.id.clone(),
+                            },
+                        )
+                    })
+                });
+                if !asked {
+                    self.say("select a running job to migrate", true);
+                }
+                Vec::new()
+            }
+            Action::Pull => match self.selected_job() {
+                Some(j) => vec![Command::Pull {
+                    job: j.rec.id.clone(),
+                }],
+                None => {
+                    self.say("no job selected to pull artifacts from", true);
+                    Vec::new()
+                }
+            },
+            _ => return None,
+        })
+    }
 }

@@ -2,6 +2,7 @@
 
 use crate::model::TimestampMs;
 use crate::tui::app::*;
+use crate::tui::keymap::Action;
 use crate::tui::ui::*;
 use ratatui::Frame;
 use ratatui::layout::Rect;
@@ -251,5 +252,40 @@ pub(crate) fn draw_logs(f: &mut Frame, app: &mut App, area: Rect, fullscreen: bo
             Paragraph::new(Span::styled(note, t.dim())),
             Rect::new(inner.right() - w, inner.y, w, 1),
         );
+    }
+}
+
+impl App {
+    /// The log pane's toggles and search moves.
+    pub(crate) fn on_logs_action(&mut self, action: Action) -> Option<Vec<Command>> {
+        Some(match action {
+            Action::Autoscroll => {
+                self.logs.autoscroll = !self.logs.autoscroll;
+                Vec::new()
+            }
+            Action::Wrap => {
+                self.logs.wrap = !self.logs.wrap;
+                Vec::new()
+            }
+            Action::Timestamps => {
+                self.logs.timestamps = !self.logs.timestamps;
+                Vec::new()
+            }
+            Action::Fullscreen => {
+                self.logs.fullscreen = !self.logs.fullscreen;
+                Vec::new()
+            }
+            Action::NextMatch | Action::PrevMatch => {
+                let forward = action == Action::NextMatch;
+                let from = match self.logs.current_match {
+                    Some(m) if forward => m + 1,
+                    Some(m) => m.saturating_sub(1),
+                    None => self.logs.top,
+                };
+                self.jump_to_match(from, forward);
+                Vec::new()
+            }
+            _ => return None,
+        })
     }
 }

@@ -4,6 +4,7 @@
 
 use crate::model::MetricPoint;
 use crate::tui::app::*;
+use crate::tui::keymap::Action;
 use crate::tui::series::Series;
 use crate::tui::ui::*;
 use ratatui::Frame;
@@ -462,6 +463,82 @@ pub(crate) fn draw_metrics_in(f: &mut Frame, app: &mut App, area: Rect, grid_all
     for (k, cell) in cells.into_iter().enumerate().take(shown) {
         let idx = (sel + k) % n;
         draw_chart(f, app, idx, cell, k == 0);
+    }
+}
+
+impl App {
+    /// The chart's settings: smoothing, log scale, zoom.
+    pub(crate) fn on_metrics_action(&mut self, action: Action) -> Option<Vec<Command>> {
+        Some(match action {
+            Action::Smoothing => {
+                self.metrics.next_smoothing();
+                let out = self.reload_metrics();
+                let w = self.metrics.smoothing;
+                self.say(
+                    if w == 0.0 {
+                        "smoothing off".to_string()
+                    } else {
+                        format!("smoothing: EMA weight {w} (raw shown faint)")
+                    },
+                    false,
+                );
+                out
+            }
+            Action::LogScale => {
+                self.metrics.log_y = !self.metrics.log_y;
+                Vec::new()
+            }
+            Action::ZoomIn | Action::ZoomOut => {
+                self.metrics.zoom(action == Action::ZoomIn);
+                Vec::new()
+            }
+            _ => return None,
+        })
+    }
+}
+
+impl App {
+    /// The chart's curves again from the store (a smoothing change needs every raw
+    /// point); after the load under way, if any.
+    pub(crate) fn reload_metrics(&mut self) -> Vec<Command> {
+        if self.metrics.loading {
+            self.metrics.reload = true;
+            return Vec::new();
+        }
+        let Some(job) = self.metrics.job.clone() else {
+            return Vec::new();
+        };
+        // The curves on screen stay until the new ones come (no blank chart).
+        self.metrics.reload = false;
+        self.metrics.stale = true;
+        self.metrics.last_rowid = 0;
+        self.metrics.loading = true;
+        vec![Command::LoadMetrics {
+            job,
+            after_rowid: 0,
+        }]
+    }
+
+    /// Load the marked jobs' curves of the selected metric (the highlighted job's own
+    /// is drawn from its view).
+    pub(crate) fn load_compared(&mut self) -> Vec<Command> {
+        let marked = &self.marked;
+        self.metrics.compared.retain(|c| marked.contains(&c.job));
+        self.compare_loaded_ms = self.snap.now_ms;
+        let Some(c) = self.metrics.selected_curve() else {
+            return Vec::new();
+        };
+        let (name, axis, smoothing) = (c.name.clone(), c.axis, self.metrics.smoothing);
+        self.marked
+            .iter()
+            .filter(|j| Some(*j) != self.metrics.job.as_ref())
+            .map(|j| Command::LoadCurve {
+                job: j.clone(),
+                name: name.clone(),
+                axis,
+                smoothing,
+            })
+            .collect()
     }
 }
 
