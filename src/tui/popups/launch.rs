@@ -422,17 +422,55 @@ impl App {
 
 pub(crate) fn draw_launch(f: &mut Frame, app: &App, form: &LaunchForm, area: Rect) {
     let t = &app.theme;
-    let h = (FORM_FIELDS.len() as u16) * 3 + 4;
+    // Boxed fields (3 rows each) when they fit, else a compact form: a row per field and a
+    // row for its error, so every field shows at 60x16.
+    let n = FORM_FIELDS.len() as u16;
+    let compact = area.height < n * 3 + 4;
+    let h = if compact { n * 2 + 3 } else { n * 3 + 4 };
     let r = centered(area, 64, h);
     f.render_widget(Clear, r);
     let outer = block(app, " Launch an instance ".into());
     let inner = outer.inner(r);
     f.render_widget(outer, r);
-    let mut constraints: Vec<Constraint> =
-        FORM_FIELDS.iter().map(|_| Constraint::Length(3)).collect();
+    let mut constraints: Vec<Constraint> = FORM_FIELDS
+        .iter()
+        .map(|_| Constraint::Length(if compact { 2 } else { 3 }))
+        .collect();
     constraints.push(Constraint::Fill(1));
     let rows = Layout::vertical(constraints).split(inner);
     for (i, label) in FORM_FIELDS.iter().enumerate() {
+        if compact {
+            let err = form.errors[i].as_deref();
+            let label_style = if err.is_some() {
+                t.error()
+            } else if i == form.focus {
+                t.accent()
+            } else {
+                t.dim()
+            };
+            let [line, below] =
+                Layout::vertical([Constraint::Length(1), Constraint::Length(1)]).areas(rows[i]);
+            let [l, v] =
+                Layout::horizontal([Constraint::Length(24), Constraint::Fill(1)]).areas(line);
+            f.render_widget(
+                Paragraph::new(Span::styled(format!("{label}:"), label_style)),
+                l,
+            );
+            let mut ta = form.fields[i].clone();
+            if i != form.focus {
+                ta.set_cursor_style(Style::default());
+            }
+            f.render_widget(&ta, v);
+            let note = match err {
+                Some(e) => Span::styled(format!("  {e}"), t.error()),
+                None if i == 1 && !form.completions.is_empty() => {
+                    Span::styled(format!("  tab: {}", form.completions.join(", ")), t.dim())
+                }
+                None => Span::raw(""),
+            };
+            f.render_widget(Paragraph::new(note), below);
+            continue;
+        }
         let mut title = format!(" {label} ");
         if i == 1 && !form.completions.is_empty() {
             title.push_str(&format!("(tab: {}) ", form.completions.join(", ")));
