@@ -4,6 +4,7 @@
 
 pub mod clouds;
 pub mod proxy;
+pub mod slurm;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

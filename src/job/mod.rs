@@ -12,6 +12,7 @@ pub mod delta;
 pub mod executor;
 pub mod gpu;
 pub mod setup;
+pub mod slurm;
 pub mod sync;
 
 use crate::remote::{Remote, retry_lost, sh_quote};

@@ -9,6 +9,7 @@ mod headless;
 mod local_e2e;
 mod parser;
 mod recovery;
+mod slurm;
 mod ssh;
 mod store_concurrency;
 mod sync;

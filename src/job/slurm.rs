@@ -1,0 +1,402 @@
+//! Slurm through a login node: a batch script submitted with `sbatch --parsable`, a job's
+//! state read with `scontrol show job -o` (its reason while pending, its exit code at the
+//! end), cancelled with `scancel` (a signal first, so the job can save), and the jobs
+//! trainctl named listed (`squeue --me`) to find any the store does not know. Every
+//! command runs on the login node through the job's [`Remote`], with the cluster's
+//! environment (`SLURM_CONF` when the cluster is not the machine's default). The executor
+//! and provider built on it are the next step of the Slurm issue.
+
+use crate::remote::{Remote, sh_quote};
+use anyhow::{Context, Result, bail};
+
+/// The name prefix of every Slurm job trainctl submits (how its own are told apart).
+pub const JOB_PREFIX: &str = "trainctl-";
+
+/// How to reach a cluster's commands on its login node.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Cluster {
+    /// Exported before every Slurm command (`SLURM_CONF`, `PATH`).
+    pub env: Vec<(String, String)>,
+}
+
+impl Cluster {
+    /// `export K='v'; …` for the cluster's environment, quoted.
+    fn prefix(&self) -> String {
+        self.env
+            .iter()
+            .filter(|(k, _)| {
+                !k.is_empty() && k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+            })
+            .map(|(k, v)| format!("export {k}={}; ", sh_quote(v)))
+            .collect()
+    }
+}
+
+/// One batch job: what `sbatch` is asked for, and the script it runs.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Batch {
+    /// Without the prefix; `trainctl-` is put in front.
+    pub name: String,
+    pub partition: Option<String>,
+    pub account: Option<String>,
+    pub qos: Option<String>,
+    /// GPUs per node (`--gres=gpu:N`); 0: none asked.
+    pub gpus_per_node: u32,
+    pub nodes: u32,
+    pub ntasks_per_node: u32,
+    pub cpus_per_task: Option<u32>,
+    /// `--mem` as Slurm reads it (`16G`).
+    pub mem: Option<String>,
+    /// `--time` as Slurm reads it (`04:00:00`).
+    pub time_limit: Option<String>,
+    /// `--signal=B:TERM@<seconds>`: the batch shell is told this long before the limit.
+    pub signal_before_limit_s: Option<u32>,
+    /// Where stdout and stderr go (a path on the shared filesystem).
+    pub output: String,
+    pub workdir: String,
+    /// The commands (POSIX sh).
+    pub body: String,
+}
+
+/// A value for an `#SBATCH` line: sbatch reads these lines itself (no shell), taking a
+/// double-quoted value whole; quotes, backslashes, `$` and newlines are refused rather
+/// than guessed at.
+fn directive_value(v: &str) -> Result<String> {
+    if v.is_empty()
+        || v.chars()
+            .any(|c| "\"'\\$`\n\r".contains(c) || c.is_control())
+    {
+        bail!("`{v}` cannot be passed to sbatch (empty, or quotes, backslashes, $ or newlines)");
+    }
+    Ok(if v.contains(char::is_whitespace) {
+        format!("\"{v}\"")
+    } else {
+        v.to_string()
+    })
+}
+
+/// The batch script: `#SBATCH` lines from `b`, then the body. A value sbatch could
+/// misread is refused (see [`directive_value`]).
+pub fn batch_script(b: &Batch) -> Result<String> {
+    let mut s = String::from("#!/bin/sh\n");
+    let mut err = None;
+    let mut d = |flag: &str, v: &str| match directive_value(v) {
+        Ok(v) => s.push_str(&format!("#SBATCH {flag}={v}\n")),
+        Err(e) => {
+            err.get_or_insert(e.context(flag.to_string()));
+        }
+    };
+    d("--job-name", &format!("{JOB_PREFIX}{}", b.name));
+    d("--output", &b.output);
+    d("--chdir", &b.workdir);
+    d("--nodes", &b.nodes.max(1).to_string());
+    d("--ntasks-per-node", &b.ntasks_per_node.max(1).to_string());
+    if b.gpus_per_node > 0 {
+        d("--gres", &format!("gpu:{}", b.gpus_per_node));
+    }
+    for (flag, v) in [
+        ("--partition", &b.partition),
+        ("--account", &b.account),
+        ("--qos", &b.qos),
+        ("--mem", &b.mem),
+        ("--time", &b.time_limit),
+    ] {
+        if let Some(v) = v {
+            d(flag, v);
+        }
+    }
+    if let Some(c) = b.cpus_per_task {
+        d("--cpus-per-task", &c.to_string());
+    }
+    if let Some(sec) = b.signal_before_limit_s {
+        d("--signal", &format!("B:TERM@{sec}"));
+    }
+    if let Some(e) = err {
+        return Err(e);
+    }
+    s.push_str(&b.body);
+    if !s.ends_with('\n') {
+        s.push('\n');
+    }
+    Ok(s)
+}
+
+/// Submit `b`; returns the Slurm job id.
+pub async fn submit(remote: &dyn Remote, cluster: &Cluster, b: &Batch) -> Result<String> {
+    let script = batch_script(b)?;
+    let out = remote
+        .exec_with_stdin(
+            &format!("{}sbatch --parsable", cluster.prefix()),
+            script.as_bytes(),
+        )
+        .await?
+        .check("sbatch")?;
+    // `--parsable` prints `id` or `id;cluster`.
+    let text = String::from_utf8_lossy(&out.stdout);
+    let id = text.trim().split(';').next().unwrap_or("").to_string();
+    if id.is_empty() || !id.chars().all(|c| c.is_ascii_digit() || c == '_') {
+        bail!("sbatch answered `{}`, not a job id", text.trim());
+    }
+    Ok(id)
+}
+
+/// A Slurm job's state as trainctl reads it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SlurmState {
+    /// Waiting for resources; `reason` is Slurm's (Priority, Resources, QOSMaxGRES…).
+    Pending,
+    Running,
+    Completed,
+    Failed,
+    Cancelled,
+    /// Its time limit came.
+    Timeout,
+    OutOfMemory,
+    /// Taken back by the cluster (preempted, a node failed, requeued): not the job's
+    /// fault; trainctl recovers it.
+    Interrupted,
+    /// A state trainctl does not map (say which).
+    Other(String),
+}
+
+impl SlurmState {
+    pub fn of(s: &str) -> SlurmState {
+        // `CANCELLED by 0` and the like: the first word.
+        match s.split_whitespace().next().unwrap_or("") {
+            "PENDING" | "CONFIGURING" | "REQUEUE_HOLD" | "REQUEUE_FED" | "RESV_DEL_HOLD" => {
+                SlurmState::Pending
+            }
+            "RUNNING" | "COMPLETING" | "SUSPENDED" | "STAGE_OUT" | "SIGNALING" | "RESIZING" => {
+                SlurmState::Running
+            }
+            "COMPLETED" => SlurmState::Completed,
+            "FAILED" | "BOOT_FAIL" | "DEADLINE" => SlurmState::Failed,
+            "CANCELLED" | "REVOKED" => SlurmState::Cancelled,
+            "TIMEOUT" => SlurmState::Timeout,
+            "OUT_OF_MEMORY" => SlurmState::OutOfMemory,
+            "PREEMPTED" | "NODE_FAIL" | "REQUEUED" => SlurmState::Interrupted,
+            other => SlurmState::Other(other.to_string()),
+        }
+    }
+
+    pub fn is_terminal(&self) -> bool {
+        !matches!(
+            self,
+            SlurmState::Pending | SlurmState::Running | SlurmState::Interrupted
+        )
+    }
+}
+
+/// What `scontrol show job -o` says of one job.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JobInfo {
+    pub id: String,
+    pub name: String,
+    pub state: SlurmState,
+    /// Slurm's words for the state (`PENDING`, `CANCELLED`…).
+    pub state_text: String,
+    /// Why it waits or ended (`Resources`, `Priority`, `NonZeroExitCode`, `None`).
+    pub reason: String,
+    /// The batch script's exit status and the signal that ended it (`ExitCode=3:0`).
+    pub exit_code: Option<i32>,
+    pub signal: Option<i32>,
+    pub nodes: String,
+    /// Slurm's estimate of the start while pending (`StartTime`, when not `Unknown`).
+    pub start_estimate: Option<String>,
+}
+
+/// Parse one line of `scontrol show job -o`. Values never hold spaces except the last
+/// fields (`Command=`, `Comment=`…), which are not read.
+pub fn parse_job(line: &str) -> Option<JobInfo> {
+    let mut kv = std::collections::HashMap::new();
+    for tok in line.split_whitespace() {
+        if let Some((k, v)) = tok.split_once('=') {
+            kv.entry(k).or_insert(v);
+        }
+    }
+    let id = kv.get("JobId")?.to_string();
+    let state_text = kv.get("JobState").copied().unwrap_or("").to_string();
+    let (exit_code, signal) = kv
+        .get("ExitCode")
+        .and_then(|e| e.split_once(':'))
+        .map_or((None, None), |(c, s)| (c.parse().ok(), s.parse().ok()));
+    Some(JobInfo {
+        id,
+        name: kv.get("JobName").copied().unwrap_or("").to_string(),
+        state: SlurmState::of(&state_text),
+        reason: kv.get("Reason").copied().unwrap_or("None").to_string(),
+        exit_code,
+        signal,
+        nodes: kv.get("NodeList").copied().unwrap_or("").to_string(),
+        start_estimate: kv
+            .get("StartTime")
+            .filter(|t| **t != "Unknown" && **t != "None")
+            .map(|t| t.to_string()),
+        state_text,
+    })
+}
+
+/// The job's state, or None when Slurm no longer knows it (ended and purged).
+pub async fn job(remote: &dyn Remote, cluster: &Cluster, id: &str) -> Result<Option<JobInfo>> {
+    let out = remote
+        .exec(&format!(
+            "{}scontrol show job -o {} 2>&1",
+            cluster.prefix(),
+            sh_quote(id)
+        ))
+        .await?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    if text.contains("Invalid job id") {
+        return Ok(None);
+    }
+    if out.status != 0 {
+        bail!("scontrol show job {id}: {}", text.trim());
+    }
+    Ok(text.lines().find_map(parse_job))
+}
+
+/// Send `signal` to the batch shell and its steps (`scancel --signal=TERM --full`), or
+/// cancel the job outright (`None`). A job already gone is done.
+pub async fn cancel(
+    remote: &dyn Remote,
+    cluster: &Cluster,
+    id: &str,
+    signal: Option<&str>,
+) -> Result<()> {
+    let sig = match signal {
+        Some(s) if s.chars().all(|c| c.is_ascii_alphanumeric()) => {
+            format!("--signal={s} --full ")
+        }
+        Some(s) => bail!("`{s}` is not a signal name"),
+        None => String::new(),
+    };
+    let out = remote
+        .exec(&format!(
+            "{}scancel {sig}{} 2>&1",
+            cluster.prefix(),
+            sh_quote(id)
+        ))
+        .await?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    if out.status != 0 && !text.contains("Invalid job id") && !text.contains("already completing") {
+        bail!("scancel {id}: {}", text.trim());
+    }
+    Ok(())
+}
+
+/// Jobs of the login user that trainctl named, not yet ended: (id, name, state).
+pub async fn ours(remote: &dyn Remote, cluster: &Cluster) -> Result<Vec<(String, String, String)>> {
+    let out = remote
+        .exec(&format!("{}squeue --me -h -o '%i %j %T'", cluster.prefix()))
+        .await?
+        .check("squeue")?;
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| {
+            let mut w = l.split_whitespace();
+            let (id, name, state) = (w.next()?, w.next()?, w.next()?);
+            name.starts_with(JOB_PREFIX)
+                .then(|| (id.to_string(), name.to_string(), state.to_string()))
+        })
+        .collect())
+}
+
+/// Wait (polling every `every`) until `id` is in a terminal state or gone; at most `max`.
+pub async fn wait_terminal(
+    remote: &dyn Remote,
+    cluster: &Cluster,
+    id: &str,
+    every: std::time::Duration,
+    max: std::time::Duration,
+) -> Result<Option<JobInfo>> {
+    let deadline = tokio::time::Instant::now() + max;
+    loop {
+        let info = job(remote, cluster, id).await?;
+        match &info {
+            Some(i) if !i.state.is_terminal() => {}
+            _ => return Ok(info),
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(anyhow::anyhow!(
+                "job {id} still {:?}",
+                info.map(|i| i.state)
+            ))
+            .context("waiting for a Slurm job");
+        }
+        tokio::time::sleep(every).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scontrol_lines_are_read_with_reason_exit_code_and_estimate() {
+        let pending = "JobId=12 JobName=trainctl-j-1 UserId=root(0) GroupId=root(0) MCS_label=N/A Priority=1 Nice=0 Account=(null) QOS=(null) JobState=PENDING Reason=Resources Dependency=(null) Requeue=1 Restarts=0 BatchFlag=1 Reboot=0 ExitCode=0:0 RunTime=00:00:00 TimeLimit=UNLIMITED TimeMin=N/A SubmitTime=2026-11-26T21:29:10 EligibleTime=2026-11-26T21:29:10 StartTime=2026-11-26T21:40:00 EndTime=Unknown NodeList=(null) Command=/tmp/a b.sh";
+        let j = parse_job(pending).unwrap();
+        assert_eq!(j.id, "12");
+        assert_eq!(j.name, "trainctl-j-1");
+        assert_eq!(j.state, SlurmState::Pending);
+        assert_eq!(j.reason, "Resources");
+        assert_eq!(j.start_estimate.as_deref(), Some("2026-11-26T21:40:00"));
+        let failed = "JobId=13 JobName=x JobState=FAILED Reason=NonZeroExitCode ExitCode=3:0 StartTime=2026-11-26T21:29:11 NodeList=localhost";
+        let j = parse_job(failed).unwrap();
+        assert_eq!(
+            (j.state, j.exit_code, j.signal),
+            (SlurmState::Failed, Some(3), Some(0))
+        );
+        assert_eq!(j.nodes, "localhost");
+        assert_eq!(SlurmState::of("CANCELLED by 0"), SlurmState::Cancelled);
+        for s in ["PREEMPTED", "NODE_FAIL", "REQUEUED"] {
+            assert_eq!(SlurmState::of(s), SlurmState::Interrupted);
+            assert!(!SlurmState::of(s).is_terminal());
+        }
+        assert_eq!(SlurmState::of("TIMEOUT"), SlurmState::Timeout);
+        assert!(parse_job("no job here").is_none());
+    }
+
+    #[test]
+    fn a_batch_script_quotes_every_value_and_asks_what_the_job_needs() {
+        let b = Batch {
+            name: "j-1".into(),
+            account: Some("lab-a".into()),
+            gpus_per_node: 2,
+            nodes: 2,
+            ntasks_per_node: 1,
+            time_limit: Some("04:00:00".into()),
+            signal_before_limit_s: Some(120),
+            output: "/shared/j 1/out.log".into(),
+            workdir: "/shared/code".into(),
+            body: "python3 train.py".into(),
+            ..Default::default()
+        };
+        let s = batch_script(&b).unwrap();
+        assert!(s.starts_with("#!/bin/sh\n"));
+        assert!(s.contains("#SBATCH --job-name=trainctl-j-1\n"), "{s}");
+        assert!(s.contains("#SBATCH --account=lab-a\n"), "{s}");
+        assert!(s.contains("#SBATCH --gres=gpu:2\n"));
+        assert!(s.contains("#SBATCH --nodes=2\n"));
+        assert!(s.contains("#SBATCH --signal=B:TERM@120\n"));
+        assert!(
+            s.contains("#SBATCH --output=\"/shared/j 1/out.log\"\n"),
+            "{s}"
+        );
+        assert!(!s.contains("--partition"), "unset: not asked");
+        assert!(s.ends_with("python3 train.py\n"));
+        // A value sbatch could misread is refused, naming the directive.
+        let bad = Batch {
+            account: Some("lab's".into()),
+            ..b.clone()
+        };
+        let e = batch_script(&bad).unwrap_err();
+        assert!(format!("{e:#}").contains("--account"), "{e:#}");
+        let env = Cluster {
+            env: vec![
+                ("SLURM_CONF".into(), "/etc/x y/slurm.conf".into()),
+                ("bad key".into(), "x".into()),
+            ],
+        };
+        assert_eq!(env.prefix(), "export SLURM_CONF='/etc/x y/slurm.conf'; ");
+    }
+}

@@ -1,0 +1,194 @@
+//! Slurm through a login node, against a real cluster: the fixture's `slurmctld` and
+//! `slurmd` on 127.0.0.1 (`testkit::slurm`), reached through the test sshd as the login
+//! node, as trainctl reaches a university cluster.
+
+use crate::ssh::connect_trusting;
+use std::time::Duration;
+use trainctl::job::slurm::{self, Batch, Cluster, SlurmState};
+use trainctl::remote::Remote;
+use trainctl::testkit::Sshd;
+use trainctl::testkit::slurm::Slurm;
+
+fn batch(dir: &std::path::Path, name: &str, body: &str) -> Batch {
+    Batch {
+        name: name.into(),
+        nodes: 1,
+        ntasks_per_node: 1,
+        cpus_per_task: Some(1),
+        output: dir.join(format!("{name}.out")).display().to_string(),
+        workdir: dir.display().to_string(),
+        body: body.into(),
+        ..Default::default()
+    }
+}
+
+async fn until(
+    r: &dyn Remote,
+    c: &Cluster,
+    id: &str,
+    what: &str,
+    f: impl Fn(&slurm::JobInfo) -> bool,
+) -> slurm::JobInfo {
+    for _ in 0..200 {
+        if let Some(j) = slurm::job(r, c, id).await.unwrap()
+            && f(&j)
+        {
+            return j;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("job {id} never {what}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_waits_with_its_reason_then_runs_on_the_gpus_it_asked_for_and_completes() {
+    let cluster = Slurm::start();
+    let sshd = Sshd::start();
+    let work = tempfile::tempdir().unwrap();
+    let r = connect_trusting(&sshd, work.path(), &work.path().join("remote")).await;
+    let c = Cluster { env: cluster.env() };
+    let dir = work.path();
+    // Both CPUs held: the next job waits, and says why.
+    let mut hold = batch(dir, "hold", "sleep 60");
+    hold.cpus_per_task = Some(2);
+    let hold_id = slurm::submit(&r, &c, &hold).await.unwrap();
+    until(&r, &c, &hold_id, "ran", |j| j.state == SlurmState::Running).await;
+    let mut job = batch(
+        dir,
+        "j-1",
+        "echo \"on $SLURM_JOB_NODELIST gres=$SLURM_JOB_GPUS tasks=$SLURM_NTASKS\"; echo done",
+    );
+    job.gpus_per_node = 2;
+    let id = slurm::submit(&r, &c, &job).await.unwrap();
+    // Slurm says why once its scheduler has looked (a second or so).
+    let pending = until(&r, &c, &id, "waited with a reason", |j| {
+        j.state == SlurmState::Pending && j.reason != "None"
+    })
+    .await;
+    assert!(
+        ["Resources", "Priority"].contains(&pending.reason.as_str()),
+        "{pending:?}"
+    );
+    let mine = slurm::ours(&r, &c).await.unwrap();
+    assert_eq!(mine.len(), 2, "{mine:?}");
+    assert!(
+        mine.iter()
+            .any(|(i, n, s)| *i == id && n == "trainctl-j-1" && s == "PENDING")
+    );
+    // The hold goes; the job runs and completes.
+    slurm::cancel(&r, &c, &hold_id, None).await.unwrap();
+    let end = slurm::wait_terminal(
+        &r,
+        &c,
+        &id,
+        Duration::from_millis(200),
+        Duration::from_secs(30),
+    )
+    .await
+    .unwrap()
+    .expect("still known to Slurm");
+    assert_eq!(
+        (end.state.clone(), end.exit_code),
+        (SlurmState::Completed, Some(0)),
+        "{end:?}"
+    );
+    let out = std::fs::read_to_string(dir.join("j-1.out")).unwrap();
+    assert!(
+        out.contains("on localhost") && out.contains("tasks=1") && out.ends_with("done\n"),
+        "{out}"
+    );
+    let hold_end = slurm::job(&r, &c, &hold_id).await.unwrap().unwrap();
+    assert_eq!(hold_end.state, SlurmState::Cancelled);
+    assert!(
+        slurm::ours(&r, &c).await.unwrap().is_empty(),
+        "nothing of ours left queued"
+    );
+    assert!(
+        cluster.completions().contains(&format!("JobId={id} ")),
+        "{}",
+        cluster.completions()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failure_keeps_its_exit_code_a_term_reaches_the_batch_shell_and_a_cancel_leaves_nothing()
+{
+    let cluster = Slurm::start();
+    let sshd = Sshd::start();
+    let work = tempfile::tempdir().unwrap();
+    let r = connect_trusting(&sshd, work.path(), &work.path().join("remote")).await;
+    let c = Cluster { env: cluster.env() };
+    let dir = work.path();
+    // A failing command: FAILED with its exit code.
+    let id = slurm::submit(&r, &c, &batch(dir, "fails", "echo trying; exit 3"))
+        .await
+        .unwrap();
+    let end = slurm::wait_terminal(
+        &r,
+        &c,
+        &id,
+        Duration::from_millis(200),
+        Duration::from_secs(30),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    assert_eq!((end.state, end.exit_code), (SlurmState::Failed, Some(3)));
+    // TERM reaches the batch shell (what a job saves its checkpoint on), which ends well.
+    let id = slurm::submit(
+        &r,
+        &c,
+        &batch(
+            dir,
+            "saves",
+            "trap 'echo saving; exit 0' TERM\necho started\nsleep 60 & wait",
+        ),
+    )
+    .await
+    .unwrap();
+    until(&r, &c, &id, "ran", |j| j.state == SlurmState::Running).await;
+    for _ in 0..50 {
+        if std::fs::read_to_string(dir.join("saves.out"))
+            .unwrap_or_default()
+            .contains("started")
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    slurm::cancel(&r, &c, &id, Some("TERM")).await.unwrap();
+    let end = slurm::wait_terminal(
+        &r,
+        &c,
+        &id,
+        Duration::from_millis(200),
+        Duration::from_secs(30),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    let out = std::fs::read_to_string(dir.join("saves.out")).unwrap();
+    assert!(out.contains("saving"), "{out} {end:?}");
+    // A cancel ends one that would run on; nothing of ours is left in the queue.
+    let id = slurm::submit(&r, &c, &batch(dir, "long", "sleep 60"))
+        .await
+        .unwrap();
+    until(&r, &c, &id, "ran", |j| j.state == SlurmState::Running).await;
+    slurm::cancel(&r, &c, &id, None).await.unwrap();
+    let end = slurm::wait_terminal(
+        &r,
+        &c,
+        &id,
+        Duration::from_millis(200),
+        Duration::from_secs(30),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    assert_eq!(end.state, SlurmState::Cancelled);
+    assert!(slurm::ours(&r, &c).await.unwrap().is_empty());
+    // A value sbatch could misread never reaches it.
+    let mut odd = batch(dir, "odd", "true");
+    odd.partition = Some("debug\n#SBATCH --uid=0".into());
+    assert!(slurm::submit(&r, &c, &odd).await.is_err());
+}
