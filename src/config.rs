@@ -221,6 +221,57 @@ pub struct ProvidersConfig {
     pub canopywave: Option<CanopyWaveProviderConfig>,
     /// Present turns the `runpod` provider on (RunPod's GraphQL API).
     pub runpod: Option<RunPodProviderConfig>,
+    /// Present turns the `slurm` provider on (clusters reached through a login node).
+    pub slurm: Option<SlurmProviderConfig>,
+}
+
+/// `[providers.slurm]`: Slurm clusters, each reached through its login node over SSH (the
+/// same ssh_config, keys and host-key rules as `[providers.ssh]`). A cluster is not
+/// rented: `launch --provider slurm --type NAME` takes it like an instance (nothing
+/// bills), and each job attempt runs as one batch job on it.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct SlurmProviderConfig {
+    pub accept_new_host_keys: bool,
+    pub known_hosts: Option<PathBuf>,
+    pub ssh_config: Option<PathBuf>,
+    pub clusters: Vec<SlurmClusterConfig>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct SlurmClusterConfig {
+    /// The name trainctl shows and `--type` picks.
+    pub name: String,
+    /// The login node: an address or ssh_config alias.
+    pub login: String,
+    #[serde(default)]
+    pub user: Option<String>,
+    #[serde(default)]
+    pub port: Option<u16>,
+    #[serde(default)]
+    pub identity_file: Option<PathBuf>,
+    /// trainctl's directory on the cluster's shared filesystem (default `$HOME/.trainctl`).
+    #[serde(default)]
+    pub remote_dir: Option<String>,
+    #[serde(default)]
+    pub partition: Option<String>,
+    #[serde(default)]
+    pub account: Option<String>,
+    #[serde(default)]
+    pub qos: Option<String>,
+    /// GPUs a job asks for per node (`--gres=gpu:N`).
+    #[serde(default)]
+    pub gpus: u32,
+    /// `--time` for every job (`04:00:00`).
+    #[serde(default)]
+    pub time_limit: Option<String>,
+    /// Environment of the Slurm commands on the login node (`SLURM_CONF`, `PATH`).
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// Dollars per GPU-hour, when the cluster's time has a price (default 0).
+    #[serde(default)]
+    pub hourly_usd_per_gpu: f64,
 }
 
 /// `[providers.runpod]`: RunPod pods, on demand or interruptible (spot, a bid per GPU),
@@ -579,17 +630,20 @@ impl UserConfig {
         let at = |key: &str, message: String| ConfigError::at(path, text, None, key, message);
         let ssh_on = !self.providers.ssh.hosts.is_empty();
         let aws_on = self.providers.aws.is_some();
+        let slurm_on = self.providers.slurm.is_some();
         if !(self.default_provider == "local"
             || (self.default_provider == "ssh" && ssh_on)
-            || (self.default_provider == "aws" && aws_on))
+            || (self.default_provider == "aws" && aws_on)
+            || (self.default_provider == "slurm" && slurm_on))
         {
             return Err(at(
                 "default_provider",
                 format!(
-                    "unknown provider `{}` (known: local{}{})",
+                    "unknown provider `{}` (known: local{}{}{})",
                     self.default_provider,
                     if ssh_on { ", ssh" } else { "" },
-                    if aws_on { ", aws" } else { "" }
+                    if aws_on { ", aws" } else { "" },
+                    if slurm_on { ", slurm" } else { "" }
                 ),
             ));
         }

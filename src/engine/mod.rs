@@ -247,10 +247,12 @@ impl Engine {
             .collect())
     }
 
-    /// How attempts run on machines (the detached runner; Slurm's `sbatch` will be chosen
-    /// per provider here).
-    pub(crate) fn executor(&self) -> &dyn crate::job::executor::Executor {
-        &crate::job::executor::DetachedRunner
+    /// How attempts run on `instance_id`: its provider's executor (Slurm's `sbatch`), else
+    /// trainctl's detached runner.
+    pub(crate) fn executor(&self, instance_id: &str) -> Arc<dyn crate::job::executor::Executor> {
+        let inst = self.store().instance(instance_id).ok().flatten();
+        inst.and_then(|i| self.provider(&i.provider).ok()?.executor(&i))
+            .unwrap_or_else(|| Arc::new(crate::job::executor::DetachedRunner))
     }
 
     fn grace(&self) -> Duration {

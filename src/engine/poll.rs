@@ -22,13 +22,13 @@ impl Engine {
         match job.stop_sent_ms {
             None => {
                 if self.store().mark_stop_sent(&job.id)? {
-                    self.executor()
+                    self.executor(&att.instance_id)
                         .signal(remote, &att.remote_dir, "TERM")
                         .await?;
                 }
             }
             Some(t) if now_ms() - t >= self.grace().as_millis() as i64 => {
-                self.executor()
+                self.executor(&att.instance_id)
                     .signal(remote, &att.remote_dir, "KILL")
                     .await?;
             }
@@ -76,7 +76,11 @@ impl Engine {
                 Err(e) => stopping = format!("; stopping through {via} failed: {e:#}"),
             }
         }
-        let seen = match self.executor().status(remote, &att.remote_dir).await {
+        let seen = match self
+            .executor(&att.instance_id)
+            .status(remote, &att.remote_dir)
+            .await
+        {
             Ok(RemoteStatus::Running { pid }) => format!("job running (pid {pid})"),
             Ok(RemoteStatus::SettingUp { pid }) => format!("job setting up (pid {pid})"),
             Ok(RemoteStatus::Starting) => "job starting".to_string(),
@@ -104,7 +108,7 @@ impl Engine {
         let inst = self.job_instance(&job)?;
         let remote = self.provider(&inst.provider)?.remote(&inst).await?;
         self.store().mark_stop_sent(job_id)?;
-        self.executor()
+        self.executor(&inst.id)
             .stop(remote.as_ref(), &att.remote_dir, self.grace())
             .await?;
         self.poll_job(job_id).await
@@ -192,7 +196,7 @@ impl Engine {
         // exit is missed.
         self.pump_log(remote.as_ref(), &att, false).await?;
         let status = self
-            .executor()
+            .executor(&att.instance_id)
             .status(remote.as_ref(), &att.remote_dir)
             .await?;
         match status {

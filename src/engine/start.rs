@@ -223,7 +223,7 @@ impl Engine {
             job::command_script(&spec.project.command, &env)
         );
         let pid = self
-            .executor()
+            .executor(&inst.id)
             .start(remote, &jd, &workdir, &script, self.grace())
             .await?;
         if restore.is_some() {
@@ -237,7 +237,7 @@ impl Engine {
         // With a setup, the runner says whether it runs it (or this machine had it).
         let setting_up = spec.project.setup.is_some()
             && matches!(
-                self.executor().status(remote, &jd).await,
+                self.executor(&inst.id).status(remote, &jd).await,
                 Ok(job::RemoteStatus::SettingUp { .. })
             );
         let state = if setting_up {

@@ -72,16 +72,14 @@ pub fn command_script(command: &str, env: &BTreeMap<String, String>) -> String {
 
 /// Upload the runner and the command, then start the job detached in its own session and
 /// process group. Returns once the runner recorded its pid.
-pub async fn start_detached(
+/// The runner and the attempt's `cmd.sh` on the machine; returns the runner's path.
+/// Safe to repeat (files written atomically; a lost connection is retried).
+pub(crate) async fn upload_runner(
     remote: &dyn Remote,
     job_dir: &str,
-    workdir: &str,
     cmd_script: &str,
-    grace: Duration,
-) -> Result<i32> {
+) -> Result<String> {
     let runner = format!("{}/runner.sh", remote.root());
-    // Every step is safe to repeat, so a connection lost on the way is retried: the files
-    // are written atomically, and the start takes a lock so the job starts once at most.
     retry_lost(4, "uploading the runner", || {
         remote.write_file(&runner, RUNNER_SH.as_bytes(), 0o755)
     })
@@ -91,6 +89,17 @@ pub async fn start_detached(
         remote.write_file(&cmd, cmd_script.as_bytes(), 0o644)
     })
     .await?;
+    Ok(runner)
+}
+
+pub async fn start_detached(
+    remote: &dyn Remote,
+    job_dir: &str,
+    workdir: &str,
+    cmd_script: &str,
+    grace: Duration,
+) -> Result<i32> {
+    let runner = upload_runner(remote, job_dir, cmd_script).await?;
     // setsid: own session and process group, so neither a closed terminal nor a dropped
     // connection reaches it; every stream redirected, so nothing dies of SIGPIPE.
     let script = format!(

@@ -327,6 +327,155 @@ pub async fn wait_terminal(
     }
 }
 
+/// The second [`super::executor::Executor`]: an attempt is a Slurm batch job. The batch
+/// script runs trainctl's runner in the foreground inside the allocation, so the attempt's
+/// files (pid, exit code, times, log) are written as on any machine, on the cluster's
+/// shared filesystem; what the login node cannot see (a process on a compute node) is
+/// asked of Slurm: queued, running, or ended without the runner recording an exit (time
+/// limit, cancel, node failure: the engine's loss and recovery take it from there).
+pub struct SbatchExecutor {
+    pub cluster: Cluster,
+    /// Partition, account, QoS, GPUs, time limit: the cluster's defaults for every job.
+    pub template: Batch,
+}
+
+impl SbatchExecutor {
+    async fn slurm_id(&self, remote: &dyn Remote, job_dir: &str) -> Result<Option<String>> {
+        Ok(remote
+            .read_range(&format!("{job_dir}/slurm_id"), 0, 64)
+            .await?
+            .map(|b| String::from_utf8_lossy(&b).trim().to_string())
+            .filter(|s| !s.is_empty()))
+    }
+}
+
+#[async_trait::async_trait]
+impl super::executor::Executor for SbatchExecutor {
+    fn name(&self) -> &'static str {
+        "sbatch"
+    }
+
+    async fn start(
+        &self,
+        remote: &dyn Remote,
+        job_dir: &str,
+        workdir: &str,
+        script: &str,
+        grace: std::time::Duration,
+    ) -> Result<String> {
+        let runner = super::upload_runner(remote, job_dir, script).await?;
+        // Submitted once: the lock is taken before sbatch, the id written after it.
+        let locked = remote
+            .exec(&format!("cd {} && mkdir start.lock", sh_quote(job_dir)))
+            .await?
+            .status
+            == 0;
+        if !locked {
+            for _ in 0..100 {
+                if let Some(id) = self.slurm_id(remote, job_dir).await? {
+                    return Ok(format!("slurm:{id}"));
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+            bail!("another start of this attempt holds its lock and never submitted");
+        }
+        let name = job_dir.rsplit('/').next().unwrap_or("job").to_string();
+        let b = Batch {
+            name,
+            output: format!("{job_dir}/slurm.out"),
+            workdir: workdir.to_string(),
+            body: format!(
+                "cd {jd} && TRAINCTL_GRACE={g} exec sh {r} {jd} {wd} > runner.out 2>&1 < /dev/null",
+                jd = sh_quote(job_dir),
+                g = grace.as_secs().max(1),
+                r = sh_quote(&runner),
+                wd = sh_quote(workdir),
+            ),
+            ..self.template.clone()
+        };
+        let id = submit(remote, &self.cluster, &b).await?;
+        remote
+            .write_file(&format!("{job_dir}/slurm_id"), id.as_bytes(), 0o644)
+            .await?;
+        Ok(format!("slurm:{id}"))
+    }
+
+    async fn status(&self, remote: &dyn Remote, job_dir: &str) -> Result<super::RemoteStatus> {
+        use super::RemoteStatus as S;
+        let files = super::status(remote, job_dir).await?;
+        if matches!(files, S::Exited { .. } | S::Missing) {
+            return Ok(files);
+        }
+        let Some(id) = self.slurm_id(remote, job_dir).await? else {
+            return Ok(S::Starting);
+        };
+        let Some(info) = job(remote, &self.cluster, &id).await? else {
+            // Slurm forgot it and the runner recorded no exit: it ended some other way.
+            return super::status(remote, job_dir).await.map(|s| match s {
+                S::Exited { .. } => s,
+                _ => S::Vanished,
+            });
+        };
+        Ok(match info.state {
+            SlurmState::Pending => S::Starting,
+            SlurmState::Running => match files {
+                S::Running { .. } | S::SettingUp { .. } => files,
+                // The runner's pid lives on a compute node: Slurm vouches it runs.
+                _ => S::Running { pid: 0 },
+            },
+            // Ended: the runner's exit may land a moment after Slurm's record.
+            _ => match super::status(remote, job_dir).await? {
+                s @ S::Exited { .. } => s,
+                _ => S::Vanished,
+            },
+        })
+    }
+
+    async fn signal(&self, remote: &dyn Remote, job_dir: &str, signal: &str) -> Result<()> {
+        let Some(id) = self.slurm_id(remote, job_dir).await? else {
+            return Ok(());
+        };
+        // KILL: the job goes (scancel's own TERM, KillWait, KILL).
+        let sig = (signal != "KILL").then_some(signal);
+        cancel(remote, &self.cluster, &id, sig).await
+    }
+
+    async fn stop(
+        &self,
+        remote: &dyn Remote,
+        job_dir: &str,
+        grace: std::time::Duration,
+    ) -> Result<super::RemoteStatus> {
+        use super::RemoteStatus as S;
+        self.signal(remote, job_dir, "TERM").await?;
+        let deadline = tokio::time::Instant::now() + grace;
+        loop {
+            let st = self.status(remote, job_dir).await?;
+            if !matches!(st, S::Running { .. } | S::SettingUp { .. } | S::Starting) {
+                return Ok(st);
+            }
+            if tokio::time::Instant::now() >= deadline {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
+        self.signal(remote, job_dir, "KILL").await?;
+        for _ in 0..150 {
+            let st = self.status(remote, job_dir).await?;
+            if !matches!(st, S::Running { .. } | S::SettingUp { .. } | S::Starting) {
+                return Ok(st);
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
+        bail!("the Slurm job of {job_dir} is still there after scancel")
+    }
+
+    async fn notify(&self, remote: &dyn Remote, job_dir: &str, reason: &str) -> Result<()> {
+        // The runner's watcher runs inside the allocation and reads the shared filesystem.
+        super::notify(remote, job_dir, reason).await
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -9,6 +9,7 @@ pub mod http;
 pub mod lambda;
 pub mod local;
 pub mod runpod;
+pub mod slurm;
 pub mod ssh;
 
 pub use aws::catalog::Offer;
@@ -261,6 +262,12 @@ pub trait Provider: Send + Sync {
         false
     }
 
+    /// How attempts run on this instance, when not trainctl's detached runner (Slurm:
+    /// a batch job per attempt).
+    fn executor(&self, _inst: &InstanceRecord) -> Option<Arc<dyn crate::job::executor::Executor>> {
+        None
+    }
+
     /// Where checkpoints of jobs on this provider's machines are kept, when not in the
     /// local data directory (S3 for `aws` when configured).
     fn checkpoint_store(&self) -> Option<Arc<dyn crate::job::checkpoint::CheckpointStore>> {
@@ -348,6 +355,16 @@ pub fn registry(
             Arc::new(ssh::SshProvider::new(
                 data_dir,
                 cfg.providers.ssh.clone(),
+                prompt.clone(),
+            )),
+        );
+    }
+    if let Some(sl) = &cfg.providers.slurm {
+        out.insert(
+            "slurm".into(),
+            Arc::new(slurm::SlurmProvider::new(
+                data_dir,
+                sl.clone(),
                 prompt.clone(),
             )),
         );

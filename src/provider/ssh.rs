@@ -27,6 +27,17 @@ pub struct SshProvider {
 
 impl SshProvider {
     pub fn new(data_dir: &Path, cfg: SshProviderConfig, prompt: PromptSlot) -> SshProvider {
+        SshProvider::with_holds(data_dir, cfg, prompt, "ssh-holds")
+    }
+
+    /// A host pool whose holds are kept in `<data>/<holds>` (the Slurm provider's login
+    /// nodes keep theirs apart from the ssh pool's).
+    pub fn with_holds(
+        data_dir: &Path,
+        cfg: SshProviderConfig,
+        prompt: PromptSlot,
+        holds: &str,
+    ) -> SshProvider {
         let ssh_config = match &cfg.ssh_config {
             Some(p) => SshConfig::load(p),
             None => SshConfig::load_default(),
@@ -36,7 +47,7 @@ impl SshProvider {
                 .known_hosts
                 .clone()
                 .unwrap_or_else(|| data_dir.join("known_hosts")),
-            holds: data_dir.join("ssh-holds"),
+            holds: data_dir.join(holds),
             cfg,
             ssh_config,
             conns: tokio::sync::Mutex::new(HashMap::new()),

@@ -192,3 +192,120 @@ async fn a_failure_keeps_its_exit_code_a_term_reaches_the_batch_shell_and_a_canc
     odd.partition = Some("debug\n#SBATCH --uid=0".into());
     assert!(slurm::submit(&r, &c, &odd).await.is_err());
 }
+
+/// `[providers.slurm]` with the fixture's cluster `tc`, its login node the test sshd.
+fn slurm_env(
+    cluster: &Slurm,
+    sshd: &Sshd,
+    shared: &std::path::Path,
+    step_sleep: &str,
+) -> crate::common::Env {
+    crate::common::Env::new(
+        &format!(
+            "[providers.slurm]\n\
+             [[providers.slurm.clusters]]\nname = \"tc\"\nlogin = \"127.0.0.1\"\nuser = \"root\"\nport = {}\n\
+             identity_file = \"{}\"\nremote_dir = \"{}/.trainctl\"\ngpus = 1\npartition = \"debug\"\n\
+             env = {{ SLURM_CONF = \"{}\" }}\n",
+            sshd.port,
+            sshd.client_key.display(),
+            shared.display(),
+            cluster.conf.display()
+        ),
+        step_sleep,
+    )
+}
+
+/// What Slurm still has queued or running here, trainctl's or not.
+fn queue(cluster: &Slurm) -> String {
+    String::from_utf8_lossy(&cluster.run("squeue", &["-h", "-o", "%i %j %T"]).stdout).into_owned()
+}
+
+#[test]
+fn trainctl_runs_a_job_on_a_slurm_cluster_follows_it_and_cancels_or_fails_cleanly() {
+    let cluster = Slurm::start();
+    let sshd = Sshd::start();
+    let shared = tempfile::tempdir().unwrap();
+    let env = slurm_env(&cluster, &sshd, shared.path(), "0");
+    let inst = env.json(&[
+        "launch",
+        "--provider",
+        "slurm",
+        "--type",
+        "tc",
+        "--accept-new-host-key",
+    ]);
+    let id = inst["id"].as_str().unwrap().to_string();
+    assert_eq!(inst["state"], "running");
+    // A run: submitted as a batch job, followed, its metrics parsed and artifacts pulled.
+    let out = env.run(&["run", "--instance", &id, "--json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let run: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(run["state"], "succeeded", "{run}");
+    let job = run["job_id"].as_str().unwrap().to_string();
+    let metrics = env.json(&["metrics", &job]);
+    assert!(!metrics.as_array().unwrap().is_empty(), "{metrics}");
+    assert!(
+        env.project
+            .join("trainctl-out")
+            .join(&job)
+            .join("model.json")
+            .exists()
+    );
+    let done = cluster.completions();
+    assert!(
+        done.contains(" Name=trainctl-j-") && done.contains("JobState=COMPLETED"),
+        "{done}"
+    );
+    // A cancelled job leaves no Slurm job behind.
+    let gate = env.hold_at(5);
+    let out = env.run(&["run", "--instance", &id, "--detach", "--json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let held: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let held = held["job_id"].as_str().unwrap().to_string();
+    for _ in 0..200 {
+        if queue(&cluster).contains("RUNNING") {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert!(queue(&cluster).contains("trainctl-"), "{}", queue(&cluster));
+    let out = env.run(&["cancel", &held]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let _ = std::fs::write(&gate, "");
+    for _ in 0..200 {
+        if env.job(&held)["state"] == "cancelled" && queue(&cluster).trim().is_empty() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert_eq!(env.job(&held)["state"], "cancelled");
+    assert!(queue(&cluster).trim().is_empty(), "{}", queue(&cluster));
+    // A failing command: failed, with its exit code.
+    let toml = env.project.join("trainctl.toml");
+    let text = std::fs::read_to_string(&toml).unwrap().replace(
+        "command = \"python3 train.py --epochs 5\"",
+        "command = \"echo failing; exit 3\"",
+    );
+    std::fs::write(&toml, text).unwrap();
+    let out = env.run(&["run", "--instance", &id, "--json"]);
+    let run: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        (run["state"].as_str(), run["exit_code"].as_i64()),
+        (Some("failed"), Some(3)),
+        "{run}"
+    );
+    env.ok(&["terminate", &id]);
+    assert!(queue(&cluster).trim().is_empty());
+}
