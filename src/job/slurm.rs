@@ -49,7 +49,8 @@ pub struct Batch {
     pub mem: Option<String>,
     /// `--time` as Slurm reads it (`04:00:00`).
     pub time_limit: Option<String>,
-    /// `--signal=B:TERM@<seconds>`: the batch shell is told this long before the limit.
+    /// `--signal=B:USR1@<seconds>`: the batch shell is told this long before the time
+    /// limit (it turns that into trainctl's interruption notice: checkpoint, continue).
     pub signal_before_limit_s: Option<u32>,
     /// Where stdout and stderr go (a path on the shared filesystem).
     pub output: String,
@@ -109,7 +110,7 @@ pub fn batch_script(b: &Batch) -> Result<String> {
         d("--cpus-per-task", &c.to_string());
     }
     if let Some(sec) = b.signal_before_limit_s {
-        d("--signal", &format!("B:TERM@{sec}"));
+        d("--signal", &format!("B:USR1@{sec}"));
     }
     if let Some(e) = err {
         return Err(e);
@@ -339,6 +340,27 @@ pub struct SbatchExecutor {
     pub template: Batch,
 }
 
+/// The batch job's commands: trainctl's runner in its own session (its stop reaches the
+/// job's whole group, as on any machine), waited for; Slurm's time-limit signal (USR1 to
+/// the batch shell) becomes the runner's interruption notice, so the job checkpoints and
+/// trainctl continues it in a new batch job (the trap runs in the job directory, where
+/// the shell went). A cancel (scancel's TERM to every process) is not a notice: it reaches
+/// the runner, which stops the job.
+fn batch_body(job_dir: &str, workdir: &str, runner: &str, grace: std::time::Duration) -> String {
+    format!(
+        "trap 'printf \"reason=Slurm time limit near: saving, to continue in a new batch job\\n\" > notice.part && mv notice.part notice' USR1\n\
+         cd {jd} || exit 1\n\
+         TRAINCTL_GRACE={g} setsid -w sh {r} {jd} {wd} > runner.out 2>&1 < /dev/null &\n\
+         child=$!\n\
+         while :; do wait $child; s=$?; kill -0 $child 2>/dev/null || break; done\n\
+         exit $s\n",
+        jd = sh_quote(job_dir),
+        g = grace.as_secs().max(1),
+        r = sh_quote(runner),
+        wd = sh_quote(workdir),
+    )
+}
+
 impl SbatchExecutor {
     async fn slurm_id(&self, remote: &dyn Remote, job_dir: &str) -> Result<Option<String>> {
         Ok(remote
@@ -384,13 +406,14 @@ impl super::executor::Executor for SbatchExecutor {
             name,
             output: format!("{job_dir}/slurm.out"),
             workdir: workdir.to_string(),
-            body: format!(
-                "cd {jd} && TRAINCTL_GRACE={g} exec sh {r} {jd} {wd} > runner.out 2>&1 < /dev/null",
-                jd = sh_quote(job_dir),
-                g = grace.as_secs().max(1),
-                r = sh_quote(&runner),
-                wd = sh_quote(workdir),
-            ),
+            body: batch_body(job_dir, workdir, &runner, grace),
+            // With a time limit, Slurm tells the batch shell in time to save: the grace
+            // and a minute (Slurm's own timer may be that late).
+            signal_before_limit_s: self
+                .template
+                .time_limit
+                .as_ref()
+                .map(|_| grace.as_secs() as u32 + 60),
             ..self.template.clone()
         };
         let id = submit(remote, &self.cluster, &b).await?;
@@ -526,7 +549,7 @@ mod tests {
         assert!(s.contains("#SBATCH --account=lab-a\n"), "{s}");
         assert!(s.contains("#SBATCH --gres=gpu:2\n"));
         assert!(s.contains("#SBATCH --nodes=2\n"));
-        assert!(s.contains("#SBATCH --signal=B:TERM@120\n"));
+        assert!(s.contains("#SBATCH --signal=B:USR1@120\n"));
         assert!(
             s.contains("#SBATCH --output=\"/shared/j 1/out.log\"\n"),
             "{s}"

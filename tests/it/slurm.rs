@@ -199,13 +199,14 @@ fn slurm_env(
     sshd: &Sshd,
     shared: &std::path::Path,
     step_sleep: &str,
+    cluster_extra: &str,
 ) -> crate::common::Env {
     crate::common::Env::new(
         &format!(
-            "[providers.slurm]\n\
+            "[providers.slurm]\naccept_new_host_keys = true\n\
              [[providers.slurm.clusters]]\nname = \"tc\"\nlogin = \"127.0.0.1\"\nuser = \"root\"\nport = {}\n\
              identity_file = \"{}\"\nremote_dir = \"{}/.trainctl\"\ngpus = 1\npartition = \"debug\"\n\
-             env = {{ SLURM_CONF = \"{}\" }}\n",
+             env = {{ SLURM_CONF = \"{}\" }}\n{cluster_extra}",
             sshd.port,
             sshd.client_key.display(),
             shared.display(),
@@ -225,7 +226,7 @@ fn trainctl_runs_a_job_on_a_slurm_cluster_follows_it_and_cancels_or_fails_cleanl
     let cluster = Slurm::start();
     let sshd = Sshd::start();
     let shared = tempfile::tempdir().unwrap();
-    let env = slurm_env(&cluster, &sshd, shared.path(), "0");
+    let env = slurm_env(&cluster, &sshd, shared.path(), "0", "");
     let inst = env.json(&[
         "launch",
         "--provider",
@@ -308,4 +309,55 @@ fn trainctl_runs_a_job_on_a_slurm_cluster_follows_it_and_cancels_or_fails_cleanl
     );
     env.ok(&["terminate", &id]);
     assert!(queue(&cluster).trim().is_empty());
+}
+
+/// The time limit survived: a cluster with `time_limit` submits each batch job with
+/// `--signal=B:USR1@…`; when Slurm sends it (here sent as Slurm does, with `scancel
+/// --signal=USR1 --batch`, rather than waiting out a real limit), the job checkpoints and
+/// trainctl continues it in a new batch job from that checkpoint, to the model an
+/// uninterrupted run makes.
+#[test]
+fn a_job_near_its_time_limit_saves_and_continues_in_a_new_batch_job() {
+    use crate::common::{finish_resumed_run, reference_model, run_until_epoch_2_is_kept};
+    let cluster = Slurm::start();
+    let sshd = Sshd::start();
+    let shared = tempfile::tempdir().unwrap();
+    let env = slurm_env(
+        &cluster,
+        &sshd,
+        shared.path(),
+        "0.005",
+        "time_limit = \"04:00:00\"\n",
+    );
+    let expected = reference_model(&env);
+    let gate = env.hold_at(2 * 16 + 5);
+    let (run, job) = run_until_epoch_2_is_kept(&env, "slurm");
+    let first = queue(&cluster);
+    let id = first.split_whitespace().next().unwrap().to_string();
+    let script = cluster.run("scontrol", &["write", "batch_script", &id, "-"]);
+    let script = String::from_utf8_lossy(&script.stdout);
+    assert!(script.contains("#SBATCH --time=04:00:00"), "{script}");
+    assert!(script.contains("#SBATCH --signal=B:USR1@"), "{script}");
+    let out = cluster.run("scancel", &["--signal=USR1", "--batch", &id]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    env.wait_for(90, "the job running again in a new batch job", || {
+        let q = queue(&cluster);
+        q.contains("RUNNING")
+            && !q.contains(&format!("{id} "))
+            && env.job(&job)["state"] == "running"
+    });
+    finish_resumed_run(&env, &gate, run, &job, &expected);
+    let events = env.events(&job);
+    assert!(
+        events.iter().any(|e| e["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("Slurm time limit")),
+        "{events:?}"
+    );
+    assert!(queue(&cluster).trim().is_empty(), "{}", queue(&cluster));
 }
