@@ -204,6 +204,8 @@ pub struct JobInfo {
     pub nodes: String,
     /// Slurm's estimate of the start while pending (`StartTime`, when not `Unknown`).
     pub start_estimate: Option<String>,
+    /// How many times Slurm requeued it (preemption, a failed node, `scontrol requeue`).
+    pub restarts: u32,
 }
 
 /// Parse one line of `scontrol show job -o`. Values never hold spaces except the last
@@ -233,6 +235,7 @@ pub fn parse_job(line: &str) -> Option<JobInfo> {
             .get("StartTime")
             .filter(|t| **t != "Unknown" && **t != "None")
             .map(|t| t.to_string()),
+        restarts: kv.get("Restarts").and_then(|r| r.parse().ok()).unwrap_or(0),
         state_text,
     })
 }
@@ -345,11 +348,16 @@ pub struct SbatchExecutor {
 /// the batch shell) becomes the runner's interruption notice, so the job checkpoints and
 /// trainctl continues it in a new batch job (the trap runs in the job directory, where
 /// the shell went). A cancel (scancel's TERM to every process) is not a notice: it reaches
-/// the runner, which stops the job.
+/// the runner, which stops the job. A batch job Slurm requeued (preempted, its node
+/// failed, `scontrol requeue`) does not run the attempt a second time over its own files:
+/// it ends at once, and trainctl's recovery starts the next attempt from the newest
+/// checkpoint.
 fn batch_body(job_dir: &str, workdir: &str, runner: &str, grace: std::time::Duration) -> String {
     format!(
         "trap 'printf \"reason=Slurm time limit near: saving, to continue in a new batch job\\n\" > notice.part && mv notice.part notice' USR1\n\
          cd {jd} || exit 1\n\
+         if [ -e batch.started ]; then echo 'requeued: this attempt already ran once; trainctl continues the job in a new batch job' >&2; exit 0; fi\n\
+         : > batch.started\n\
          TRAINCTL_GRACE={g} setsid -w sh {r} {jd} {wd} > runner.out 2>&1 < /dev/null &\n\
          child=$!\n\
          while :; do wait $child; s=$?; kill -0 $child 2>/dev/null || break; done\n\
@@ -359,6 +367,14 @@ fn batch_body(job_dir: &str, workdir: &str, runner: &str, grace: std::time::Dura
         r = sh_quote(runner),
         wd = sh_quote(workdir),
     )
+}
+
+/// Before the batch job's id is recorded: what the files say, or starting.
+fn files_or_starting(files: super::RemoteStatus) -> super::RemoteStatus {
+    match files {
+        super::RemoteStatus::Exited { .. } => files,
+        _ => super::RemoteStatus::Starting,
+    }
 }
 
 impl SbatchExecutor {
@@ -426,12 +442,50 @@ impl super::executor::Executor for SbatchExecutor {
     async fn status(&self, remote: &dyn Remote, job_dir: &str) -> Result<super::RemoteStatus> {
         use super::RemoteStatus as S;
         let files = super::status(remote, job_dir).await?;
-        if matches!(files, S::Exited { .. } | S::Missing) {
+        if matches!(files, S::Missing) {
             return Ok(files);
         }
         let Some(id) = self.slurm_id(remote, job_dir).await? else {
-            return Ok(S::Starting);
+            return Ok(files_or_starting(files));
         };
+        if let S::Exited {
+            code,
+            ended_at,
+            interrupted: None,
+            setup_failed,
+        } = files
+        {
+            // Stopped by the cluster (preempted, node failed, requeued): an interruption,
+            // not the job's own end, and trainctl recovers it.
+            let taken = job(remote, &self.cluster, &id)
+                .await?
+                .filter(|i| i.restarts > 0 || i.state == SlurmState::Interrupted);
+            if taken.is_some() {
+                // The attempt is over for trainctl: its requeued batch job must not wait in
+                // the queue (the next attempt is a batch job of its own).
+                if let Err(e) = cancel(remote, &self.cluster, &id, None).await {
+                    tracing::warn!("cancelling requeued batch job {id}: {e:#}");
+                }
+            }
+            return Ok(S::Exited {
+                code,
+                ended_at,
+                interrupted: taken.map(|i| {
+                    format!(
+                        "Slurm {} batch job {id}",
+                        if i.restarts > 0 {
+                            "requeued"
+                        } else {
+                            i.state_text.as_str()
+                        }
+                    )
+                }),
+                setup_failed,
+            });
+        }
+        if matches!(files, S::Exited { .. }) {
+            return Ok(files);
+        }
         let Some(info) = job(remote, &self.cluster, &id).await? else {
             // Slurm forgot it and the runner recorded no exit: it ended some other way.
             return super::status(remote, job_dir).await.map(|s| match s {

@@ -361,3 +361,39 @@ fn a_job_near_its_time_limit_saves_and_continues_in_a_new_batch_job() {
     );
     assert!(queue(&cluster).trim().is_empty(), "{}", queue(&cluster));
 }
+
+/// A batch job Slurm requeues mid-run (what a preemption or a failed node does) is
+/// recovered: trainctl continues the job in a new batch job from its newest checkpoint,
+/// and the requeued one does not run the attempt again.
+#[test]
+fn a_requeued_batch_job_is_recovered_from_its_checkpoint() {
+    use crate::common::{finish_resumed_run, reference_model, run_until_epoch_2_is_kept};
+    let cluster = Slurm::start();
+    let sshd = Sshd::start();
+    let shared = tempfile::tempdir().unwrap();
+    let env = slurm_env(&cluster, &sshd, shared.path(), "0.005", "");
+    let expected = reference_model(&env);
+    let gate = env.hold_at(2 * 16 + 5);
+    let (run, job) = run_until_epoch_2_is_kept(&env, "slurm");
+    let id = queue(&cluster)
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string();
+    let out = cluster.run("scontrol", &["requeue", &id]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    env.wait_for(90, "the job running in another batch job", || {
+        let q = queue(&cluster);
+        q.lines()
+            .any(|l| l.contains("RUNNING") && !l.starts_with(&format!("{id} ")))
+            && env.job(&job)["state"] == "running"
+    });
+    finish_resumed_run(&env, &gate, run, &job, &expected);
+    env.wait_for(30, "the requeued batch job gone", || {
+        queue(&cluster).trim().is_empty()
+    });
+}
