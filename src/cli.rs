@@ -1108,7 +1108,7 @@ async fn jobs(engine: &Engine, json: bool) -> Result<i32> {
                 j.instance_id.clone().unwrap_or_default(),
                 match flagged {
                     Some(ms) => format!("{} (GPUs idle {})", j.state, fmt_duration(ms)),
-                    None => j.state.to_string(),
+                    None => j.state_label(),
                 },
                 progress_text(&progress),
                 elapsed.map_or("-".into(), fmt_duration),

@@ -274,6 +274,16 @@ pub struct JobRecord {
 }
 
 impl JobRecord {
+    /// The state as people read it: a job a scheduler holds in its queue is `queued`.
+    pub fn state_label(&self) -> String {
+        match (&self.state, &self.reason) {
+            (JobState::Starting | JobState::Running, Some(r)) if r.starts_with("queued:") => {
+                "queued".into()
+            }
+            (s, _) => s.to_string(),
+        }
+    }
+
     /// A job that has not run yet: Pending on `instance_id`, created now, named after its
     /// project, no driver, spec `{}`. Callers set what they know beyond that.
     pub fn pending(
@@ -1093,6 +1103,17 @@ impl Store {
         })
     }
 
+    /// Why a job is where it is, without a move (a queue's reason while it waits).
+    pub fn set_job_reason(&mut self, id: &str, reason: &str) -> Result<()> {
+        self.write(|tx| {
+            tx.execute(
+                "UPDATE jobs SET reason = ?2 WHERE id = ?1",
+                params![id, reason],
+            )?;
+            Ok(())
+        })
+    }
+
     /// Budget breach: stop the job and terminate its machine once it ends.
     pub fn request_stop_and_terminate(&mut self, id: &str, why: &str) -> Result<()> {
         self.write(|tx| {
@@ -1122,7 +1143,9 @@ impl Store {
     pub fn request_cancel(&mut self, id: &str, why: &str) -> Result<()> {
         self.write(|tx| {
             tx.execute(
-                "UPDATE jobs SET cancel_requested = 1, reason = COALESCE(reason, ?2) WHERE id = ?1",
+                "UPDATE jobs SET cancel_requested = 1,
+                    reason = CASE WHEN reason IS NULL OR reason LIKE 'queued:%' THEN ?2 ELSE reason END
+                 WHERE id = ?1",
                 params![id, why],
             )?;
             Self::event_tx(tx, "job.cancel_requested", None, Some(id), why)?;

@@ -84,6 +84,7 @@ impl Engine {
             Ok(RemoteStatus::Running { pid }) => format!("job running (pid {pid})"),
             Ok(RemoteStatus::SettingUp { pid }) => format!("job setting up (pid {pid})"),
             Ok(RemoteStatus::Starting) => "job starting".to_string(),
+            Ok(RemoteStatus::Queued { reason, .. }) => format!("job queued ({reason})"),
             Ok(RemoteStatus::Exited { code, .. }) => {
                 format!("job exited {code}; its log is collected when SSH answers")
             }
@@ -211,6 +212,19 @@ impl Engine {
                 // Forward only: a job seen Running stays so.
                 if job.state != now && job.state.can_transition_to(now) {
                     self.transition(job_id, now, why, None)?;
+                } else if job
+                    .reason
+                    .as_deref()
+                    .is_some_and(|r| r.starts_with("queued:"))
+                {
+                    // Out of the scheduler's queue.
+                    self.store().set_job_reason(job_id, why)?;
+                    self.store().add_event(
+                        "job.running",
+                        job.instance_id.as_deref(),
+                        Some(job_id),
+                        "out of the queue: running",
+                    )?;
                 }
                 // A recovery whose driver died after the start: its earlier machines were
                 // not released yet.
@@ -238,6 +252,29 @@ impl Engine {
                 self.job_state(job_id)
             }
             RemoteStatus::Starting => Ok(job.state),
+            RemoteStatus::Queued { reason, start } => {
+                // Said once per reason: `queued: Resources, start ~2026-11-26T21:40:00`.
+                let why = format!(
+                    "queued: {}{}",
+                    crate::sanitize::sanitize_line(reason.as_bytes()),
+                    start
+                        .map(|s| format!(
+                            ", start ~{}",
+                            crate::sanitize::sanitize_line(s.as_bytes())
+                        ))
+                        .unwrap_or_default()
+                );
+                if job.reason.as_deref() != Some(why.as_str()) {
+                    self.store().set_job_reason(&job.id, &why)?;
+                    self.store().add_event(
+                        "job.queued",
+                        job.instance_id.as_deref(),
+                        Some(&job.id),
+                        &why,
+                    )?;
+                }
+                Ok(job.state)
+            }
             RemoteStatus::Exited {
                 code,
                 interrupted: Some(notice),

@@ -38,6 +38,11 @@ pub enum RemoteStatus {
     Missing,
     /// Started but the runner has not written its pid yet.
     Starting,
+    /// Waiting in a scheduler's queue (Slurm): why, and when it expects to start.
+    Queued {
+        reason: String,
+        start: Option<String>,
+    },
     /// The runner runs the project's setup before the command (or waits for another job
     /// on the machine running the same one).
     SettingUp {

@@ -494,7 +494,10 @@ impl super::executor::Executor for SbatchExecutor {
             });
         };
         Ok(match info.state {
-            SlurmState::Pending => S::Starting,
+            SlurmState::Pending => S::Queued {
+                reason: info.reason.clone(),
+                start: info.start_estimate.clone(),
+            },
             SlurmState::Running => match files {
                 S::Running { .. } | S::SettingUp { .. } => files,
                 // The runner's pid lives on a compute node: Slurm vouches it runs.
@@ -528,7 +531,10 @@ impl super::executor::Executor for SbatchExecutor {
         let deadline = tokio::time::Instant::now() + grace;
         loop {
             let st = self.status(remote, job_dir).await?;
-            if !matches!(st, S::Running { .. } | S::SettingUp { .. } | S::Starting) {
+            if !matches!(
+                st,
+                S::Running { .. } | S::SettingUp { .. } | S::Starting | S::Queued { .. }
+            ) {
                 return Ok(st);
             }
             if tokio::time::Instant::now() >= deadline {
@@ -539,7 +545,10 @@ impl super::executor::Executor for SbatchExecutor {
         self.signal(remote, job_dir, "KILL").await?;
         for _ in 0..150 {
             let st = self.status(remote, job_dir).await?;
-            if !matches!(st, S::Running { .. } | S::SettingUp { .. } | S::Starting) {
+            if !matches!(
+                st,
+                S::Running { .. } | S::SettingUp { .. } | S::Starting | S::Queued { .. }
+            ) {
                 return Ok(st);
             }
             tokio::time::sleep(std::time::Duration::from_millis(200)).await;

@@ -200,8 +200,8 @@ pub(crate) fn window(len: usize, sel: usize, height: usize) -> (usize, usize) {
 pub(crate) fn state_style(app: &App, s: &str) -> Style {
     match s {
         "running" | "succeeded" => app.theme.ok(),
-        "pending" | "syncing" | "starting" | "setting_up" | "terminating" | "interrupted"
-        | "recovering" | "stopped" => app.theme.warn(),
+        "pending" | "queued" | "syncing" | "starting" | "setting_up" | "terminating"
+        | "interrupted" | "recovering" | "stopped" => app.theme.warn(),
         "failed" | "lost" | "preempted" => app.theme.error(),
         _ => app.theme.dim(),
     }

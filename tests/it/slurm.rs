@@ -397,3 +397,62 @@ fn a_requeued_batch_job_is_recovered_from_its_checkpoint() {
         queue(&cluster).trim().is_empty()
     });
 }
+
+/// A job the cluster keeps waiting says so, with Slurm's reason, until it runs.
+#[test]
+fn a_queued_job_says_why_it_waits_then_runs() {
+    let cluster = Slurm::start();
+    let sshd = Sshd::start();
+    let shared = tempfile::tempdir().unwrap();
+    let env = slurm_env(&cluster, &sshd, shared.path(), "0", "");
+    // Someone else holds both CPUs.
+    let out = cluster.run(
+        "sbatch",
+        &[
+            "--parsable",
+            "-c",
+            "2",
+            "-o",
+            "/dev/null",
+            "--wrap",
+            "sleep 60",
+        ],
+    );
+    let other = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    assert!(
+        !other.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let run = env.json(&["run", "--provider", "slurm", "--detach"]);
+    let job = run["job_id"].as_str().unwrap().to_string();
+    // A supervisor follows it (as the cockpit or `watch` does).
+    let watch = env
+        .cmd(&["watch"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    env.wait_for(60, "the job queued with a reason", || {
+        env.job(&job)["reason"].as_str().is_some_and(|r| {
+            r.starts_with("queued: Resources") || r.starts_with("queued: Priority")
+        })
+    });
+    let table = env.ok(&["jobs"]);
+    assert!(table.contains("queued"), "{table}");
+    assert!(
+        env.event_kinds(Some(&job))
+            .contains(&"job.queued".to_string())
+    );
+    // The other job ends: ours runs to the end.
+    let _ = cluster.run("scancel", &[&other]);
+    let status = watch.wait_with_output().unwrap().status;
+    assert!(status.success(), "{status:?}");
+    let end = env.job(&job);
+    assert_eq!(end["state"], "succeeded", "{end}");
+    assert!(
+        env.event_kinds(Some(&job))
+            .contains(&"job.running".to_string())
+    );
+    assert!(!env.ok(&["jobs"]).contains("queued"));
+}

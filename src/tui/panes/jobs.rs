@@ -197,6 +197,7 @@ fn state_text(j: &crate::store::JobRecord) -> String {
         (SettingUp, _) => "setup".into(),
         (Interrupted, _) => "interrupt".into(),
         (Recovering, _) => "recover".into(),
+        (Starting | Running, _) => j.state_label(),
         (s, _) => s.as_str().into(),
     }
 }
