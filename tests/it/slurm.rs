@@ -22,6 +22,19 @@ fn batch(dir: &std::path::Path, name: &str, body: &str) -> Batch {
     }
 }
 
+/// The job's state once it ended (polled every 200 ms, at most 30 s).
+async fn ended(r: &dyn Remote, c: &Cluster, id: &str) -> Option<slurm::JobInfo> {
+    slurm::wait_terminal(
+        r,
+        c,
+        id,
+        Duration::from_millis(200),
+        Duration::from_secs(30),
+    )
+    .await
+    .unwrap()
+}
+
 async fn until(
     r: &dyn Remote,
     c: &Cluster,
@@ -77,16 +90,7 @@ async fn a_job_waits_with_its_reason_then_runs_on_the_gpus_it_asked_for_and_comp
     );
     // The hold goes; the job runs and completes.
     slurm::cancel(&r, &c, &hold_id, None).await.unwrap();
-    let end = slurm::wait_terminal(
-        &r,
-        &c,
-        &id,
-        Duration::from_millis(200),
-        Duration::from_secs(30),
-    )
-    .await
-    .unwrap()
-    .expect("still known to Slurm");
+    let end = ended(&r, &c, &id).await.expect("still known to Slurm");
     assert_eq!(
         (end.state.clone(), end.exit_code),
         (SlurmState::Completed, Some(0)),
@@ -123,16 +127,7 @@ async fn a_failure_keeps_its_exit_code_a_term_reaches_the_batch_shell_and_a_canc
     let id = slurm::submit(&r, &c, &batch(dir, "fails", "echo trying; exit 3"))
         .await
         .unwrap();
-    let end = slurm::wait_terminal(
-        &r,
-        &c,
-        &id,
-        Duration::from_millis(200),
-        Duration::from_secs(30),
-    )
-    .await
-    .unwrap()
-    .unwrap();
+    let end = ended(&r, &c, &id).await.unwrap();
     assert_eq!((end.state, end.exit_code), (SlurmState::Failed, Some(3)));
     // TERM reaches the batch shell (what a job saves its checkpoint on), which ends well.
     let id = slurm::submit(
@@ -157,16 +152,7 @@ async fn a_failure_keeps_its_exit_code_a_term_reaches_the_batch_shell_and_a_canc
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     slurm::cancel(&r, &c, &id, Some("TERM")).await.unwrap();
-    let end = slurm::wait_terminal(
-        &r,
-        &c,
-        &id,
-        Duration::from_millis(200),
-        Duration::from_secs(30),
-    )
-    .await
-    .unwrap()
-    .unwrap();
+    let end = ended(&r, &c, &id).await.unwrap();
     let out = std::fs::read_to_string(dir.join("saves.out")).unwrap();
     assert!(out.contains("saving"), "{out} {end:?}");
     // A cancel ends one that would run on; nothing of ours is left in the queue.
@@ -175,16 +161,7 @@ async fn a_failure_keeps_its_exit_code_a_term_reaches_the_batch_shell_and_a_canc
         .unwrap();
     until(&r, &c, &id, "ran", |j| j.state == SlurmState::Running).await;
     slurm::cancel(&r, &c, &id, None).await.unwrap();
-    let end = slurm::wait_terminal(
-        &r,
-        &c,
-        &id,
-        Duration::from_millis(200),
-        Duration::from_secs(30),
-    )
-    .await
-    .unwrap()
-    .unwrap();
+    let end = ended(&r, &c, &id).await.unwrap();
     assert_eq!(end.state, SlurmState::Cancelled);
     assert!(slurm::ours(&r, &c).await.unwrap().is_empty());
     // A value sbatch could misread never reaches it.
