@@ -126,6 +126,10 @@ pub enum Command {
         instance: Option<String>,
         #[arg(long)]
         provider: Option<String>,
+        /// Submit to this Slurm cluster (`[providers.slurm]`): its instance when one is
+        /// held, else taken now.
+        #[arg(long, conflicts_with_all = ["instance", "provider"])]
+        cluster: Option<String>,
         #[arg(long)]
         name: Option<String>,
         /// Terminate the instance when the job ends (after pulling artifacts).
@@ -670,16 +674,32 @@ async fn run(cli: Cli) -> Result<i32> {
             project,
             instance,
             provider,
+            cluster,
             name,
             terminate_after,
             detach,
             no_pull,
             keep_on_error,
         } => {
+            // A cluster already held is used again (a hold per run would pile up).
+            let instance = match (&cluster, instance) {
+                (Some(c), None) => engine
+                    .store()
+                    .instances(false)?
+                    .into_iter()
+                    .find(|i| i.provider == "slurm" && i.instance_type == *c && i.state.is_live())
+                    .map(|i| i.id),
+                (_, i) => i,
+            };
             let opts = RunOpts {
                 project,
                 instance,
-                provider,
+                provider: if cluster.is_some() {
+                    Some("slurm".into())
+                } else {
+                    provider
+                },
+                cluster,
                 name,
                 terminate_after,
                 detach,
@@ -1155,6 +1175,8 @@ struct RunOpts {
     project: Option<PathBuf>,
     instance: Option<String>,
     provider: Option<String>,
+    /// A Slurm cluster's name: the type to take when launching.
+    cluster: Option<String>,
     name: Option<String>,
     terminate_after: bool,
     detach: bool,
@@ -1432,7 +1454,7 @@ async fn run_job(engine: &Engine, o: RunOpts, json: bool) -> Result<i32> {
                     project.name(),
                     &crate::model::new_id("x")[2..]
                 )),
-                instance_type: r.instance_type.clone(),
+                instance_type: o.cluster.clone().or_else(|| r.instance_type.clone()),
                 gpus: r.gpus,
                 spot: r.spot.unwrap_or(false),
                 accept_new_host_key: false,

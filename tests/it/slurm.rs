@@ -432,4 +432,9 @@ fn a_queued_job_says_why_it_waits_then_runs() {
             .contains(&"job.running".to_string())
     );
     assert!(!env.ok(&["jobs"]).contains("queued"));
+    // `run --cluster` again: the cluster already held is used again, not taken twice.
+    let again = env.json(&["run", "--cluster", "tc"]);
+    assert_eq!(again["state"], "succeeded", "{again}");
+    assert_eq!(again["instance_id"], run["instance_id"]);
+    assert_eq!(env.json(&["ls"]).as_array().unwrap().len(), 1);
 }
