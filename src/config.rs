@@ -906,6 +906,10 @@ pub struct Resources {
     pub spot: Option<bool>,
     /// Types tried in order when `instance_type` has no capacity (aws).
     pub any_of: Vec<String>,
+    /// Nodes and tasks per node of one attempt, on a scheduler that places them (Slurm:
+    /// one task per rank, with torchrun's environment); elsewhere refused above 1.
+    pub nodes: Option<u32>,
+    pub tasks_per_node: Option<u32>,
 }
 
 /// A loaded project: its config and the root directory (the one holding `trainctl.toml`).

@@ -217,9 +217,24 @@ impl Engine {
         }
         // The runner reads its settings from the script's head: the machine samples its
         // GPUs this often while the job runs (when it has nvidia-smi).
+        // A scheduler's executor reads the attempt's shape there too (Slurm: nodes and
+        // tasks per node); a machine of ours runs one task.
+        let r = &spec.project.resources;
+        let executor = self.executor(&inst.id);
+        if (r.nodes.unwrap_or(1) > 1 || r.tasks_per_node.unwrap_or(1) > 1)
+            && executor.name() != "sbatch"
+        {
+            anyhow::bail!(
+                "resources.nodes / tasks_per_node ask for several ranks: that takes a scheduler \
+                 that places them (the slurm provider); {} runs one task",
+                inst.provider
+            );
+        }
         let script = format!(
-            "# gpu_every={}\n{}",
+            "# gpu_every={}\n# nodes={}\n# tasks_per_node={}\n{}",
             self.inner.cfg.gpu_sample_seconds,
+            r.nodes.unwrap_or(1).max(1),
+            r.tasks_per_node.unwrap_or(1).max(1),
             job::command_script(&spec.project.command, &env)
         );
         let pid = self

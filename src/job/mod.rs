@@ -75,8 +75,6 @@ pub fn command_script(command: &str, env: &BTreeMap<String, String>) -> String {
     s
 }
 
-/// Upload the runner and the command, then start the job detached in its own session and
-/// process group. Returns once the runner recorded its pid.
 /// The runner and the attempt's `cmd.sh` on the machine; returns the runner's path.
 /// Safe to repeat (files written atomically; a lost connection is retried).
 pub(crate) async fn upload_runner(
@@ -97,6 +95,8 @@ pub(crate) async fn upload_runner(
     Ok(runner)
 }
 
+/// Upload the runner and the command, then start the job detached in its own session and
+/// process group. Returns once the runner recorded its pid.
 pub async fn start_detached(
     remote: &dyn Remote,
     job_dir: &str,

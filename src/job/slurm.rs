@@ -369,6 +369,34 @@ fn batch_body(job_dir: &str, workdir: &str, runner: &str, grace: std::time::Dura
     )
 }
 
+/// `cmd.sh` of an attempt of several ranks: the script's settings head kept (the runner
+/// reads it), torchrun's rendezvous environment from Slurm's (`MASTER_ADDR` the first
+/// node of the allocation, `MASTER_PORT`, `WORLD_SIZE`, `LOCAL_WORLD_SIZE`, and per rank
+/// `RANK`, `LOCAL_RANK`, `NODE_RANK`), then `srun` starting `cmd.rank.sh` once per task:
+/// rank 0's output is the job's log (metrics are read from it), every other rank's is kept
+/// beside it as `rank-N.log`.
+fn ranks_script(script: &str, job_dir: &str) -> String {
+    let head: String = script
+        .lines()
+        .take_while(|l| l.starts_with('#'))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let jd = sh_quote(job_dir);
+    let per_rank = format!(
+        "export RANK=$SLURM_PROCID LOCAL_RANK=$SLURM_LOCALID NODE_RANK=$SLURM_NODEID; \
+         if [ \"$RANK\" = 0 ]; then exec sh {jd}/cmd.rank.sh; \
+         else exec sh {jd}/cmd.rank.sh > {jd}/rank-$RANK.log 2>&1; fi"
+    );
+    format!(
+        "{head}\
+         export MASTER_ADDR=\"$(scontrol show hostnames \"$SLURM_JOB_NODELIST\" | head -n 1)\"\n\
+         export MASTER_PORT=$((29500 + SLURM_JOB_ID % 1000))\n\
+         export WORLD_SIZE=\"$SLURM_NTASKS\" LOCAL_WORLD_SIZE=\"${{SLURM_NTASKS_PER_NODE%%(*}}\"\n\
+         exec srun --kill-on-bad-exit=1 sh -c {}\n",
+        sh_quote(&per_rank)
+    )
+}
+
 /// Before the batch job's id is recorded: what the files say, or starting.
 fn files_or_starting(files: super::RemoteStatus) -> super::RemoteStatus {
     match files {
@@ -401,7 +429,30 @@ impl super::executor::Executor for SbatchExecutor {
         script: &str,
         grace: std::time::Duration,
     ) -> Result<String> {
-        let runner = super::upload_runner(remote, job_dir, script).await?;
+        // The attempt's shape, from the script's head (the engine writes it there).
+        let head = |key: &str| {
+            script
+                .lines()
+                .take_while(|l| l.starts_with('#'))
+                .find_map(|l| {
+                    l.strip_prefix(&format!("# {key}="))?
+                        .trim()
+                        .parse::<u32>()
+                        .ok()
+                })
+                .unwrap_or(1)
+                .max(1)
+        };
+        let (nodes, tasks) = (head("nodes"), head("tasks_per_node"));
+        let runner = if nodes * tasks > 1 {
+            // One task per rank: the command in cmd.rank.sh, started by srun from cmd.sh.
+            remote
+                .write_file(&format!("{job_dir}/cmd.rank.sh"), script.as_bytes(), 0o644)
+                .await?;
+            super::upload_runner(remote, job_dir, &ranks_script(script, job_dir)).await?
+        } else {
+            super::upload_runner(remote, job_dir, script).await?
+        };
         // Submitted once: the lock is taken before sbatch, the id written after it.
         let locked = remote
             .exec(&format!("cd {} && mkdir start.lock", sh_quote(job_dir)))
@@ -430,6 +481,8 @@ impl super::executor::Executor for SbatchExecutor {
                 .time_limit
                 .as_ref()
                 .map(|_| grace.as_secs() as u32 + 60),
+            nodes,
+            ntasks_per_node: tasks,
             ..self.template.clone()
         };
         let id = submit(remote, &self.cluster, &b).await?;

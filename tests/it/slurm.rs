@@ -438,3 +438,57 @@ fn a_queued_job_says_why_it_waits_then_runs() {
     assert_eq!(again["instance_id"], run["instance_id"]);
     assert_eq!(env.json(&["ls"]).as_array().unwrap().len(), 1);
 }
+
+/// Several ranks: `resources.tasks_per_node = 2` runs one task per rank with `srun`, each
+/// with torchrun's rendezvous environment; rank 0's output is the job's log, the other
+/// rank's is kept beside it. On a machine of trainctl's own it is refused.
+#[test]
+fn a_two_rank_job_gets_torchruns_environment_on_each_rank() {
+    let cluster = Slurm::start();
+    let sshd = Sshd::start();
+    let shared = tempfile::tempdir().unwrap();
+    let env = slurm_env(&cluster, &sshd, shared.path(), "0", "");
+    let toml = env.project.join("trainctl.toml");
+    let text = std::fs::read_to_string(&toml).unwrap().replace(
+        "command = \"python3 train.py --epochs 5\"",
+        "command = \"echo rank=$RANK local=$LOCAL_RANK node=$NODE_RANK world=$WORLD_SIZE local_world=$LOCAL_WORLD_SIZE master=$MASTER_ADDR:$MASTER_PORT\"",
+    );
+    std::fs::write(&toml, text).unwrap();
+    crate::common::set_resources(&env, "tasks_per_node = 2");
+    let run = env.json(&["run", "--cluster", "tc"]);
+    assert_eq!(run["state"], "succeeded", "{run}");
+    let job = run["job_id"].as_str().unwrap();
+    let log = env.ok(&["logs", job]);
+    let rank0 = log
+        .lines()
+        .find(|l| l.starts_with("rank="))
+        .unwrap_or_default();
+    assert!(
+        rank0.starts_with("rank=0 local=0 node=0 world=2 local_world=2 master=localhost:29"),
+        "{log}"
+    );
+    assert!(
+        !log.contains("rank=1"),
+        "only rank 0 in the job's log: {log}"
+    );
+    let rank1 = std::fs::read_to_string(
+        shared
+            .path()
+            .join(".trainctl/jobs")
+            .join(format!("{job}-1"))
+            .join("rank-1.log"),
+    )
+    .unwrap();
+    assert!(
+        rank1.starts_with("rank=1 local=1 node=0 world=2 local_world=2 master=localhost:29"),
+        "{rank1}"
+    );
+    // The local provider runs one task: refused, saying what would place them.
+    let out = env.run(&["run", "--provider", "local"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("tasks_per_node") && err.contains("slurm"),
+        "{err}"
+    );
+}
