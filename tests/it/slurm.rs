@@ -288,67 +288,19 @@ fn trainctl_runs_a_job_on_a_slurm_cluster_follows_it_and_cancels_or_fails_cleanl
     assert!(queue(&cluster).trim().is_empty());
 }
 
-/// The time limit survived: a cluster with `time_limit` submits each batch job with
-/// `--signal=B:USR1@…`; when Slurm sends it (here sent as Slurm does, with `scancel
-/// --signal=USR1 --batch`, rather than waiting out a real limit), the job checkpoints and
-/// trainctl continues it in a new batch job from that checkpoint, to the model an
-/// uninterrupted run makes.
-#[test]
-fn a_job_near_its_time_limit_saves_and_continues_in_a_new_batch_job() {
+/// A run held after epoch 2's checkpoint, on a cluster with `cluster_extra`; `interrupt`
+/// (given the cluster and the first batch job's id) stops that batch job as the cluster
+/// would; the job must run on in another batch job and end with the model an
+/// uninterrupted run makes, leaving nothing queued. Returns the env and the job.
+fn survives(
+    cluster_extra: &str,
+    interrupt: impl Fn(&Slurm, &str),
+) -> (Slurm, crate::common::Env, String) {
     use crate::common::{finish_resumed_run, reference_model, run_until_epoch_2_is_kept};
     let cluster = Slurm::start();
     let sshd = Sshd::start();
     let shared = tempfile::tempdir().unwrap();
-    let env = slurm_env(
-        &cluster,
-        &sshd,
-        shared.path(),
-        "0.005",
-        "time_limit = \"04:00:00\"\n",
-    );
-    let expected = reference_model(&env);
-    let gate = env.hold_at(2 * 16 + 5);
-    let (run, job) = run_until_epoch_2_is_kept(&env, "slurm");
-    let first = queue(&cluster);
-    let id = first.split_whitespace().next().unwrap().to_string();
-    let script = cluster.run("scontrol", &["write", "batch_script", &id, "-"]);
-    let script = String::from_utf8_lossy(&script.stdout);
-    assert!(script.contains("#SBATCH --time=04:00:00"), "{script}");
-    assert!(script.contains("#SBATCH --signal=B:USR1@"), "{script}");
-    let out = cluster.run("scancel", &["--signal=USR1", "--batch", &id]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    env.wait_for(90, "the job running again in a new batch job", || {
-        let q = queue(&cluster);
-        q.contains("RUNNING")
-            && !q.contains(&format!("{id} "))
-            && env.job(&job)["state"] == "running"
-    });
-    finish_resumed_run(&env, &gate, run, &job, &expected);
-    let events = env.events(&job);
-    assert!(
-        events.iter().any(|e| e["message"]
-            .as_str()
-            .unwrap_or_default()
-            .contains("Slurm time limit")),
-        "{events:?}"
-    );
-    assert!(queue(&cluster).trim().is_empty(), "{}", queue(&cluster));
-}
-
-/// A batch job Slurm requeues mid-run (what a preemption or a failed node does) is
-/// recovered: trainctl continues the job in a new batch job from its newest checkpoint,
-/// and the requeued one does not run the attempt again.
-#[test]
-fn a_requeued_batch_job_is_recovered_from_its_checkpoint() {
-    use crate::common::{finish_resumed_run, reference_model, run_until_epoch_2_is_kept};
-    let cluster = Slurm::start();
-    let sshd = Sshd::start();
-    let shared = tempfile::tempdir().unwrap();
-    let env = slurm_env(&cluster, &sshd, shared.path(), "0.005", "");
+    let env = slurm_env(&cluster, &sshd, shared.path(), "0.005", cluster_extra);
     let expected = reference_model(&env);
     let gate = env.hold_at(2 * 16 + 5);
     let (run, job) = run_until_epoch_2_is_kept(&env, "slurm");
@@ -357,22 +309,67 @@ fn a_requeued_batch_job_is_recovered_from_its_checkpoint() {
         .next()
         .unwrap()
         .to_string();
-    let out = cluster.run("scontrol", &["requeue", &id]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    interrupt(&cluster, &id);
     env.wait_for(90, "the job running in another batch job", || {
-        let q = queue(&cluster);
-        q.lines()
+        queue(&cluster)
+            .lines()
             .any(|l| l.contains("RUNNING") && !l.starts_with(&format!("{id} ")))
             && env.job(&job)["state"] == "running"
     });
     finish_resumed_run(&env, &gate, run, &job, &expected);
-    env.wait_for(30, "the requeued batch job gone", || {
+    env.wait_for(30, "nothing left queued", || {
         queue(&cluster).trim().is_empty()
     });
+    (cluster, env, job)
+}
+
+/// A Slurm client command that must succeed; its output.
+fn slurm_ok(cluster: &Slurm, cmd: &str, args: &[&str]) -> String {
+    let out = cluster.run(cmd, args);
+    assert!(
+        out.status.success(),
+        "{cmd} {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Does any of the job's events say `what`?
+fn said(env: &crate::common::Env, job: &str, what: &str) -> bool {
+    env.events(job)
+        .iter()
+        .any(|e| e["message"].as_str().unwrap_or_default().contains(what))
+}
+
+/// The time limit survived: a cluster with `time_limit` submits each batch job with
+/// `--signal=B:USR1@…`; when Slurm sends it (here sent as Slurm does, with `scancel
+/// --signal=USR1 --batch`, rather than waiting out a real limit: Slurm's minute-grain
+/// limits may signal up to a minute early), the job checkpoints and trainctl continues it
+/// in a new batch job from that checkpoint, to the model an uninterrupted run makes.
+#[test]
+fn a_job_near_its_time_limit_saves_and_continues_in_a_new_batch_job() {
+    let (_cluster, env, job) = survives("time_limit = \"04:00:00\"\n", |cluster, id| {
+        let script = slurm_ok(cluster, "scontrol", &["write", "batch_script", id, "-"]);
+        assert!(script.contains("#SBATCH --time=04:00:00"), "{script}");
+        assert!(script.contains("#SBATCH --signal=B:USR1@"), "{script}");
+        slurm_ok(cluster, "scancel", &["--signal=USR1", "--batch", id]);
+    });
+    assert!(
+        said(&env, &job, "Slurm time limit"),
+        "{:?}",
+        env.events(&job)
+    );
+}
+
+/// A batch job Slurm requeues mid-run (what a preemption or a failed node does) is
+/// recovered: trainctl continues the job in a new batch job from its newest checkpoint,
+/// and the requeued one does not run the attempt again.
+#[test]
+fn a_requeued_batch_job_is_recovered_from_its_checkpoint() {
+    let (_cluster, env, job) = survives("", |cluster, id| {
+        slurm_ok(cluster, "scontrol", &["requeue", id]);
+    });
+    assert!(said(&env, &job, "requeued"), "{:?}", env.events(&job));
 }
 
 /// A job the cluster keeps waiting says so, with Slurm's reason, until it runs.
