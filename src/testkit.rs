@@ -1157,8 +1157,17 @@ pub struct Imds {
 struct ImdsState {
     tokens: std::collections::HashMap<String, Instant>,
     action: Option<String>,
+    /// When a machine first read the notice: it is served for [`NOTICE_SERVED_FOR`] after
+    /// that, then taken back, so a replacement machine booted later (every machine asks
+    /// this one IMDS) never reads the old machine's notice, however slow the test is to
+    /// call [`Imds::clear`].
+    action_first_read: Option<Instant>,
     rebalance: Option<String>,
 }
+
+/// How long a spot notice is served after a machine first read it (the runner's watcher
+/// asks every 2 s).
+const NOTICE_SERVED_FOR: Duration = Duration::from_secs(6);
 
 /// `YYYY-MM-DDTHH:MM:SSZ` of unix seconds.
 pub fn rfc3339(secs: i64) -> String {
@@ -1205,8 +1214,9 @@ impl Imds {
     /// From now on, a spot interruption notice: EC2 takes the machine `in_secs` from now.
     pub fn interrupt(&self, in_secs: i64) {
         let at = rfc3339(crate::model::now_ms() / 1000 + in_secs);
-        self.state.lock().unwrap().action =
-            Some(format!("{{\"action\": \"terminate\", \"time\": \"{at}\"}}"));
+        let mut s = self.state.lock().unwrap();
+        s.action = Some(format!("{{\"action\": \"terminate\", \"time\": \"{at}\"}}"));
+        s.action_first_read = None;
     }
 
     /// No notice any more (the machine that got it is gone; a new one asks a fresh IMDS).
@@ -1263,9 +1273,17 @@ fn imds_serve(mut c: std::net::TcpStream, st: &std::sync::Mutex<ImdsState>) -> s
             (401, String::new())
         } else {
             match path {
-                "/latest/meta-data/spot/instance-action" => {
-                    s.action.clone().map_or((404, String::new()), |a| (200, a))
-                }
+                "/latest/meta-data/spot/instance-action" => match s.action.clone() {
+                    Some(a) => {
+                        let first = *s.action_first_read.get_or_insert_with(Instant::now);
+                        if first.elapsed() <= NOTICE_SERVED_FOR {
+                            (200, a)
+                        } else {
+                            (404, String::new())
+                        }
+                    }
+                    None => (404, String::new()),
+                },
                 "/latest/meta-data/events/recommendations/rebalance" => s
                     .rebalance
                     .clone()
