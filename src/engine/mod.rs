@@ -247,11 +247,16 @@ impl Engine {
             .collect())
     }
 
-    /// How attempts run on `instance_id`: its provider's executor (Slurm's `sbatch`), else
-    /// trainctl's detached runner.
-    pub(crate) fn executor(&self, instance_id: &str) -> Arc<dyn crate::job::executor::Executor> {
-        let inst = self.store().instance(instance_id).ok().flatten();
-        inst.and_then(|i| self.provider(&i.provider).ok()?.executor(&i))
+    /// How attempts run on `inst`: its provider's executor (Slurm's `sbatch`), else
+    /// trainctl's detached runner. The caller holds the record already (no store read on
+    /// the poll's path).
+    pub(crate) fn executor(
+        &self,
+        inst: &InstanceRecord,
+    ) -> Arc<dyn crate::job::executor::Executor> {
+        self.provider(&inst.provider)
+            .ok()
+            .and_then(|p| p.executor(inst))
             .unwrap_or_else(|| Arc::new(crate::job::executor::DetachedRunner))
     }
 

@@ -16,19 +16,20 @@ impl Engine {
     pub(super) async fn enforce_stop(
         &self,
         job: &JobRecord,
+        inst: &InstanceRecord,
         remote: &dyn Remote,
         att: &AttemptRecord,
     ) -> Result<()> {
         match job.stop_sent_ms {
             None => {
                 if self.store().mark_stop_sent(&job.id)? {
-                    self.executor(&att.instance_id)
+                    self.executor(inst)
                         .signal(remote, &att.remote_dir, "TERM")
                         .await?;
                 }
             }
             Some(t) if now_ms() - t >= self.grace().as_millis() as i64 => {
-                self.executor(&att.instance_id)
+                self.executor(inst)
                     .signal(remote, &att.remote_dir, "KILL")
                     .await?;
             }
@@ -61,7 +62,7 @@ impl Engine {
         let mut stopping = String::new();
         if job.cancel_requested {
             let first = job.stop_sent_ms.is_none();
-            match self.enforce_stop(job, remote, att).await {
+            match self.enforce_stop(job, inst, remote, att).await {
                 Ok(()) => {
                     if first {
                         let _ = self.store().add_event(
@@ -76,11 +77,7 @@ impl Engine {
                 Err(e) => stopping = format!("; stopping through {via} failed: {e:#}"),
             }
         }
-        let seen = match self
-            .executor(&att.instance_id)
-            .status(remote, &att.remote_dir)
-            .await
-        {
+        let seen = match self.executor(inst).status(remote, &att.remote_dir).await {
             Ok(RemoteStatus::Running { pid }) => format!("job running (pid {pid})"),
             Ok(RemoteStatus::SettingUp { pid }) => format!("job setting up (pid {pid})"),
             Ok(RemoteStatus::Starting) => "job starting".to_string(),
@@ -109,7 +106,7 @@ impl Engine {
         let inst = self.job_instance(&job)?;
         let remote = self.provider(&inst.provider)?.remote(&inst).await?;
         self.store().mark_stop_sent(job_id)?;
-        self.executor(&inst.id)
+        self.executor(&inst)
             .stop(remote.as_ref(), &att.remote_dir, self.grace())
             .await?;
         self.poll_job(job_id).await
@@ -191,13 +188,14 @@ impl Engine {
             }
         };
         if job.cancel_requested {
-            self.enforce_stop(&job, remote.as_ref(), &att).await?;
+            self.enforce_stop(&job, &inst, remote.as_ref(), &att)
+                .await?;
         }
         // Pump before reading the status, then drain after: nothing written before the
         // exit is missed.
         self.pump_log(remote.as_ref(), &att, false).await?;
         let status = self
-            .executor(&att.instance_id)
+            .executor(&inst)
             .status(remote.as_ref(), &att.remote_dir)
             .await?;
         match status {

@@ -339,7 +339,7 @@ impl Engine {
             .context("the job has no attempt to migrate")?;
         let remote = self.remote_for(&current).await?;
         self.store().set_migrate_to(&job.id, &target)?;
-        self.executor(&current.id)
+        self.executor(&current)
             .notify(
                 remote.as_ref(),
                 &att.remote_dir,

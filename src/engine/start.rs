@@ -220,7 +220,7 @@ impl Engine {
         // A scheduler's executor reads the attempt's shape there too (Slurm: nodes and
         // tasks per node); a machine of ours runs one task.
         let r = &spec.project.resources;
-        let executor = self.executor(&inst.id);
+        let executor = self.executor(inst);
         if (r.nodes.unwrap_or(1) > 1 || r.tasks_per_node.unwrap_or(1) > 1)
             && executor.name() != "sbatch"
         {
@@ -237,8 +237,7 @@ impl Engine {
             r.tasks_per_node.unwrap_or(1).max(1),
             job::command_script(&spec.project.command, &env)
         );
-        let pid = self
-            .executor(&inst.id)
+        let pid = executor
             .start(remote, &jd, &workdir, &script, self.grace())
             .await?;
         if restore.is_some() {
@@ -252,7 +251,7 @@ impl Engine {
         // With a setup, the runner says whether it runs it (or this machine had it).
         let setting_up = spec.project.setup.is_some()
             && matches!(
-                self.executor(&inst.id).status(remote, &jd).await,
+                executor.status(remote, &jd).await,
                 Ok(job::RemoteStatus::SettingUp { .. })
             );
         let state = if setting_up {

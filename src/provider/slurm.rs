@@ -69,13 +69,9 @@ impl Provider for SlurmProvider {
         "slurm"
     }
 
+    /// The login nodes' pool's: the hold is ours, a cluster is known by reaching it.
     fn capabilities(&self) -> Capabilities {
-        Capabilities {
-            // The hold is ours; whether the login node answers is known by reaching it.
-            vouches: false,
-            types_are_hosts: true,
-            ..Capabilities::default()
-        }
+        self.logins.capabilities()
     }
 
     fn check(&self, req: &LaunchRequest) -> Result<Plan> {
