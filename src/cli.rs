@@ -1051,6 +1051,24 @@ async fn ls(engine: &Engine, all: bool, json: bool) -> Result<i32> {
         })
         .collect();
     for (p, l) in &orphans {
+        if let Some(on) = &l.batch_on {
+            rows.push(vec![
+                l.id.clone(),
+                l.provider_id.clone(),
+                p.clone(),
+                l.instance_type.clone().unwrap_or_else(|| "?".into()),
+                "ORPHAN JOB".into(),
+                "-".into(),
+                "-".into(),
+                "-".into(),
+                "-".into(),
+                format!(
+                    "a batch job on {on} no job of the store accounts for: `trainctl terminate {}` cancels it",
+                    l.id
+                ),
+            ]);
+            continue;
+        }
         rows.push(vec![
             l.id.clone(),
             l.provider_id.clone(),
@@ -1079,10 +1097,16 @@ async fn ls(engine: &Engine, all: bool, json: bool) -> Result<i32> {
         ],
         &rows,
     );
-    if !orphans.is_empty() {
+    let batch = orphans.iter().filter(|(_, l)| l.batch_on.is_some()).count();
+    if orphans.len() > batch {
         eprintln!(
             "warning: {} machine(s) the providers hold for this store are unknown to it and may be billing",
-            orphans.len()
+            orphans.len() - batch
+        );
+    }
+    if batch > 0 {
+        eprintln!(
+            "warning: {batch} batch job(s) of this store's are queued or running on a cluster with no job of the store behind them"
         );
     }
     Ok(EXIT_OK)
@@ -1119,6 +1143,8 @@ async fn jobs(engine: &Engine, json: bool) -> Result<i32> {
                 "exit_code": j.exit_code, "reason": j.reason, "progress": progress,
                 "elapsed_ms": elapsed, "cost_micros": jc.map(|c| c.cost_micros),
                 "eta_ms": jc.and_then(|c| c.eta_ms),
+                "gpu_seconds": jc.map(|c| c.gpu_seconds),
+                "started_ms": j.started_ms, "ended_ms": j.ended_ms,
                 "projected_micros": jc.and_then(|c| c.projected_micros),
             }));
         } else {
@@ -1792,7 +1818,7 @@ async fn cost(engine: &Engine, json: bool) -> Result<i32> {
     );
     println!();
     table(
-        &["JOB", "NAME", "STATE", "COST", "ETA", "PROJECTED"],
+        &["JOB", "NAME", "STATE", "GPU-H", "COST", "ETA", "PROJECTED"],
         &r.jobs
             .iter()
             .map(|j| {
@@ -1800,6 +1826,7 @@ async fn cost(engine: &Engine, json: bool) -> Result<i32> {
                     j.id.clone(),
                     j.name.clone(),
                     j.state.clone(),
+                    crate::cost::fmt_gpu_hours(j.gpu_seconds),
                     Money(j.cost_micros).to_string(),
                     j.eta_ms.map_or("-".into(), fmt_duration),
                     j.projected_micros
@@ -1809,11 +1836,20 @@ async fn cost(engine: &Engine, json: bool) -> Result<i32> {
             .collect::<Vec<_>>(),
     );
     println!();
+    // Every day with a cost or GPU time (a free cluster's days cost nothing).
+    let days: std::collections::BTreeSet<&String> =
+        r.days.keys().chain(r.gpu_seconds_days.keys()).collect();
     table(
-        &["DAY (UTC)", "COST"],
-        &r.days
-            .iter()
-            .map(|(d, c)| vec![d.clone(), Money(*c).to_string()])
+        &["DAY (UTC)", "GPU-H", "COST"],
+        &days
+            .into_iter()
+            .map(|d| {
+                vec![
+                    d.clone(),
+                    crate::cost::fmt_gpu_hours(r.gpu_seconds_days.get(d).copied().unwrap_or(0)),
+                    Money(r.days.get(d).copied().unwrap_or(0)).to_string(),
+                ]
+            })
             .collect::<Vec<_>>(),
     );
     Ok(EXIT_OK)

@@ -260,7 +260,10 @@ pub struct SlurmClusterConfig {
     pub account: Option<String>,
     #[serde(default)]
     pub qos: Option<String>,
-    /// GPUs a job asks for per node (`--gres=gpu:N`).
+    /// `--constraint` for every job (node features).
+    #[serde(default)]
+    pub constraint: Option<String>,
+    /// GPUs a job asks for per node (`--gres=gpu:N`), unless its `[resources] gpus` says.
     #[serde(default)]
     pub gpus: u32,
     /// `--time` for every job (`04:00:00`).
@@ -693,6 +696,37 @@ impl UserConfig {
                 }
             }
         }
+        if let Some(slurm) = &self.providers.slurm {
+            for c in &slurm.clusters {
+                let job = SlurmJobConfig {
+                    partition: c.partition.clone(),
+                    account: c.account.clone(),
+                    qos: c.qos.clone(),
+                    constraint: c.constraint.clone(),
+                    time_limit: c.time_limit.clone(),
+                    ..SlurmJobConfig::default()
+                };
+                for (key, v) in job.pairs() {
+                    if let Err(e) = crate::job::slurm::directive_value(&v) {
+                        return Err(at(&v, format!("cluster `{}`: {key}: {e:#}", c.name)));
+                    }
+                }
+                if let Some(t) = &c.time_limit
+                    && slurm_time_seconds(t).is_none_or(|s| s == 0)
+                {
+                    return Err(at(
+                        t,
+                        format!("cluster `{}`: time_limit `{t}` is not a time Slurm reads", c.name),
+                    ));
+                }
+                if !c.hourly_usd_per_gpu.is_finite() || c.hourly_usd_per_gpu < 0.0 {
+                    return Err(at(
+                        "hourly_usd_per_gpu",
+                        format!("cluster `{}`: hourly_usd_per_gpu must be >= 0", c.name),
+                    ));
+                }
+            }
+        }
         let mut names = std::collections::BTreeSet::new();
         for h in &self.providers.ssh.hosts {
             let ok = !h.name.is_empty()
@@ -802,6 +836,72 @@ pub struct ProjectConfig {
     /// (`[[data]] src = "data/coco" dst = "coco"`): under `TRAINCTL_DATA_DIR`.
     #[serde(default)]
     pub data: Vec<DataConfig>,
+    /// What each job asks a Slurm cluster for, over the cluster's own defaults (ignored
+    /// on machines of other providers).
+    #[serde(default)]
+    pub slurm: SlurmJobConfig,
+}
+
+/// `[slurm]` in `trainctl.toml`: one job's partition, account, QoS, constraint, time
+/// limit, CPUs per task and memory on a Slurm cluster. Each is passed to `sbatch` as is,
+/// so each is checked here (no quotes, `$`, backslashes or newlines; a time limit Slurm
+/// reads).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct SlurmJobConfig {
+    pub partition: Option<String>,
+    pub account: Option<String>,
+    pub qos: Option<String>,
+    /// `--constraint` (node features: `a100&ib`).
+    pub constraint: Option<String>,
+    /// `--time` as Slurm reads it: `MM`, `MM:SS`, `HH:MM:SS`, `D-HH`, `D-HH:MM`,
+    /// `D-HH:MM:SS`. With `[recovery]` on, the job saves before it and continues in a new
+    /// batch job.
+    pub time_limit: Option<String>,
+    pub cpus_per_task: Option<u32>,
+    /// `--mem` per node as Slurm reads it (`64G`).
+    pub mem: Option<String>,
+}
+
+impl SlurmJobConfig {
+    /// The settings as `(key, value)`, those set only.
+    pub fn pairs(&self) -> Vec<(&'static str, String)> {
+        [
+            ("partition", self.partition.clone()),
+            ("account", self.account.clone()),
+            ("qos", self.qos.clone()),
+            ("constraint", self.constraint.clone()),
+            ("time_limit", self.time_limit.clone()),
+            ("cpus_per_task", self.cpus_per_task.map(|c| c.to_string())),
+            ("mem", self.mem.clone()),
+        ]
+        .into_iter()
+        .filter_map(|(k, v)| Some((k, v?)))
+        .collect()
+    }
+}
+
+/// Seconds of a Slurm time limit (`--time`): `M`, `M:S`, `H:M:S`, `D-H`, `D-H:M`,
+/// `D-H:M:S`; `None` when Slurm would not read it (or it is `UNLIMITED`/`INFINITE`).
+pub fn slurm_time_seconds(t: &str) -> Option<u64> {
+    let num = |x: &str| -> Option<u64> {
+        (!x.is_empty() && x.chars().all(|c| c.is_ascii_digit())).then(|| x.parse().ok())?
+    };
+    let (days, rest) = match t.split_once('-') {
+        Some((d, r)) => (Some(num(d)?), r),
+        None => (None, t),
+    };
+    let parts: Vec<u64> = rest.split(':').map(num).collect::<Option<_>>()?;
+    let s = match (days, parts.as_slice()) {
+        (None, [m]) => m * 60,
+        (None, [m, s]) => m * 60 + s,
+        (None, [h, m, s]) => h * 3600 + m * 60 + s,
+        (Some(d), [h]) => d * 86_400 + h * 3600,
+        (Some(d), [h, m]) => d * 86_400 + h * 3600 + m * 60,
+        (Some(d), [h, m, s]) => d * 86_400 + h * 3600 + m * 60 + s,
+        _ => return None,
+    };
+    Some(s)
 }
 
 /// `[[data]]`: a local folder or file, placed at `dst` under `TRAINCTL_DATA_DIR`.
@@ -969,6 +1069,22 @@ impl Project {
         if self.config.command.trim().is_empty() {
             return Err(err_at("command", "`command` must not be empty".into()));
         }
+        for (key, v) in self.config.slurm.pairs() {
+            if let Err(e) = crate::job::slurm::directive_value(&v) {
+                return Err(err_at(&v, format!("[slurm] {key}: {e:#}")));
+            }
+        }
+        if let Some(t) = &self.config.slurm.time_limit
+            && slurm_time_seconds(t).is_none_or(|s| s == 0)
+        {
+            return Err(err_at(
+                t,
+                format!(
+                    "[slurm] time_limit `{t}` is not a time Slurm reads (minutes, MM:SS, \
+                     HH:MM:SS, D-HH, D-HH:MM or D-HH:MM:SS)"
+                ),
+            ));
+        }
         if self.config.recovery.max_attempts == 0 {
             return Err(err_at(
                 "max_attempts",
@@ -1134,6 +1250,19 @@ pub fn is_safe_relative(p: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn slurm_time_limits_read_as_slurm_reads_them() {
+        assert_eq!(slurm_time_seconds("30"), Some(1800));
+        assert_eq!(slurm_time_seconds("30:15"), Some(1815));
+        assert_eq!(slurm_time_seconds("04:00:00"), Some(14_400));
+        assert_eq!(slurm_time_seconds("2-12"), Some(216_000));
+        assert_eq!(slurm_time_seconds("1-00:30"), Some(88_200));
+        assert_eq!(slurm_time_seconds("1-00:00:01"), Some(86_401));
+        for bad in ["", "4h", "1:2:3:4", "-1", "1-", "UNLIMITED", "1 hour"] {
+            assert_eq!(slurm_time_seconds(bad), None, "{bad}");
+        }
+    }
+
     use super::*;
 
     fn parse_project(text: &str) -> Result<ProjectConfig, ConfigError> {
@@ -1170,6 +1299,26 @@ mod tests {
         let e = parse_toml::<UserConfig>(Path::new("c.toml"), "[budget]\nper_jb_usd = 1.0\n")
             .unwrap_err();
         assert_eq!(e.line, 2);
+    }
+
+    /// A `[slurm]` value sbatch would misread, or a time it cannot read, is refused when
+    /// the project is read, at its line.
+    #[test]
+    fn a_projects_slurm_asks_are_checked_where_they_are_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("trainctl.toml");
+        let load = |text: &str| {
+            std::fs::write(&f, text).unwrap();
+            Project::load(&f)
+        };
+        let ok = load("command = \"x\"\n[slurm]\npartition = \"gpu\"\ntime_limit = \"1-00:00:00\"\n")
+            .unwrap();
+        assert_eq!(ok.config.slurm.partition.as_deref(), Some("gpu"));
+        let e = load("command = \"x\"\n[slurm]\naccount = \"lab$x\"\n").unwrap_err();
+        assert_eq!(e.line, 3, "{e}");
+        assert!(e.message.contains("account"), "{e}");
+        let e = load("command = \"x\"\n[slurm]\n\ntime_limit = \"4 hours\"\n").unwrap_err();
+        assert_eq!((e.line, e.message.contains("time_limit")), (4, true), "{e}");
     }
 
     #[test]

@@ -162,6 +162,14 @@ const MIGRATIONS: &[&str] = &[
         idle_since_ms INTEGER,
         PRIMARY KEY (job_id, attempt, stream)
     );",
+    // 9: an attempt's GPUs, when it began to run (a scheduler's queue time is not GPU
+    // time) and its own price per GPU-hour (a cluster bills jobs, not a machine). An
+    // attempt made before knew no better than its machine's GPUs from its start.
+    "ALTER TABLE job_attempts ADD COLUMN gpus INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE job_attempts ADD COLUMN running_ms INTEGER;
+    ALTER TABLE job_attempts ADD COLUMN gpu_hour_micros INTEGER NOT NULL DEFAULT 0;
+    UPDATE job_attempts SET running_ms = started_ms,
+        gpus = COALESCE((SELECT gpus FROM instances WHERE instances.id = job_attempts.instance_id), 0);",
 ];
 
 /// Where a metric point sits in its series, for the rule that a later attempt's point
@@ -318,7 +326,7 @@ impl JobRecord {
     }
 }
 
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, PartialEq, Default)]
 pub struct AttemptRecord {
     pub job_id: String,
     pub attempt: i64,
@@ -330,6 +338,15 @@ pub struct AttemptRecord {
     pub started_ms: TimestampMs,
     pub ended_ms: Option<TimestampMs>,
     pub exit_code: Option<i32>,
+    /// GPUs the attempt holds (all its nodes'): GPU-hours are these over its run time.
+    pub gpus: u32,
+    /// When its command began to run: its start on a machine of its own; on a scheduler,
+    /// when the scheduler said it runs (none while it waits in the queue).
+    pub running_ms: Option<TimestampMs>,
+    /// Dollars (micro) per GPU-hour of the attempt's own run time, when the provider
+    /// bills the job rather than a machine (a Slurm cluster with a price); 0: the
+    /// machine's price is what the attempt costs.
+    pub gpu_hour_micros: i64,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -1455,8 +1472,8 @@ impl Store {
     pub fn add_attempt(&mut self, a: &AttemptRecord) -> Result<()> {
         self.write(|tx| {
             tx.execute(
-                "INSERT INTO job_attempts (job_id, attempt, instance_id, remote_dir, workdir, started_ms, ended_ms, exit_code)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                "INSERT INTO job_attempts (job_id, attempt, instance_id, remote_dir, workdir, started_ms, ended_ms, exit_code, gpus, running_ms, gpu_hour_micros)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
                 params![
                     a.job_id,
                     a.attempt,
@@ -1465,7 +1482,10 @@ impl Store {
                     a.workdir,
                     a.started_ms,
                     a.ended_ms,
-                    a.exit_code
+                    a.exit_code,
+                    a.gpus,
+                    a.running_ms,
+                    a.gpu_hour_micros
                 ],
             )?;
             tx.execute(
@@ -1482,6 +1502,18 @@ impl Store {
                     "attempt {} on {} in {}",
                     a.attempt, a.instance_id, a.remote_dir
                 ),
+            )?;
+            Ok(())
+        })
+    }
+
+    /// The attempt began to run at `ms` (kept if it was said before).
+    pub fn set_attempt_running(&mut self, job_id: &str, attempt: i64, ms: i64) -> Result<()> {
+        self.write(|tx| {
+            tx.execute(
+                "UPDATE job_attempts SET running_ms = COALESCE(running_ms, ?3)
+                 WHERE job_id = ?1 AND attempt = ?2",
+                params![job_id, attempt, ms],
             )?;
             Ok(())
         })
@@ -1514,12 +1546,15 @@ impl Store {
             started_ms: r.get(5)?,
             ended_ms: r.get(6)?,
             exit_code: r.get(7)?,
+            gpus: r.get(8)?,
+            running_ms: r.get(9)?,
+            gpu_hour_micros: r.get(10)?,
         })
     }
 
     pub fn attempts(&self, job_id: &str) -> Result<Vec<AttemptRecord>> {
         let mut stmt = self.conn.prepare(
-            "SELECT job_id, attempt, instance_id, remote_dir, workdir, started_ms, ended_ms, exit_code
+            "SELECT job_id, attempt, instance_id, remote_dir, workdir, started_ms, ended_ms, exit_code, gpus, running_ms, gpu_hour_micros
              FROM job_attempts WHERE job_id = ?1 ORDER BY attempt",
         )?;
         let rows = stmt.query_map(params![job_id], Self::attempt_row)?;
@@ -1541,7 +1576,7 @@ impl Store {
     /// Every attempt ever made, for cost accounting.
     pub fn all_attempts(&self) -> Result<Vec<AttemptRecord>> {
         let mut stmt = self.conn.prepare(
-            "SELECT job_id, attempt, instance_id, remote_dir, workdir, started_ms, ended_ms, exit_code
+            "SELECT job_id, attempt, instance_id, remote_dir, workdir, started_ms, ended_ms, exit_code, gpus, running_ms, gpu_hour_micros
              FROM job_attempts ORDER BY job_id, attempt",
         )?;
         let rows = stmt.query_map([], Self::attempt_row)?;
@@ -2318,6 +2353,7 @@ mod tests {
             started_ms: now_ms(),
             ended_ms: None,
             exit_code: None,
+            ..Default::default()
         })
         .unwrap();
         let old = a.log_offset("j-1", 1).unwrap();

@@ -23,7 +23,7 @@ impl Engine {
             }
         }
         if let Some(limit) = per_day {
-            let today = cost::per_day(&instances, now)
+            let today = cost::per_day(&instances, &store.all_attempts()?, now)
                 .get(&cost::utc_date(now))
                 .copied()
                 .unwrap_or(Money::ZERO);

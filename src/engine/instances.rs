@@ -266,13 +266,20 @@ impl Engine {
         let script = "if command -v nvidia-smi >/dev/null 2>&1; then \
                       nvidia-smi --query-gpu=name,memory.total --format=csv,noheader 2>&1 | head -n 64; \
                       else echo 'no GPU'; fi";
+        let x = self.executor(inst);
         let asked = async {
             let r = self.remote_for(inst).await?;
-            r.exec(script).await
+            // A cluster: what its scheduler has free (the login node's own GPUs are not
+            // what a job gets).
+            if let Some(room) = x.capacity(r.as_ref()).await? {
+                return Ok(Err(room));
+            }
+            r.exec(script).await.map(Ok)
         };
         match tokio::time::timeout(Duration::from_secs(15), asked).await {
-            Ok(Ok(out)) if out.success() => summarize_gpus(&out.stdout_str()),
-            Ok(Ok(out)) => format!(
+            Ok(Ok(Err(room))) => crate::sanitize::sanitize_line(room.as_bytes()),
+            Ok(Ok(Ok(out))) if out.success() => summarize_gpus(&out.stdout_str()),
+            Ok(Ok(Ok(out))) => format!(
                 "nvidia-smi failed: {}",
                 crate::sanitize::sanitize_line(out.stderr.trim_ascii())
             ),
@@ -290,7 +297,7 @@ impl Engine {
             .into_iter()
             .map(|i| (i.id, i.state))
             .collect();
-        let mut out = Vec::new();
+        let mut out = self.batch_orphans().await?;
         for (name, p) in &self.inner.providers {
             // One provider that cannot be asked (no credentials, no network) must not hide
             // the others' orphans nor the store's own instances: said, and skipped.
@@ -306,6 +313,64 @@ impl Engine {
                     // A lost machine a host pool still holds is known: `terminate` frees it.
                     Some(s) if s.is_live() || *s == InstanceState::Lost => {}
                     _ => out.push((name.clone(), l)),
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Jobs the schedulers of held clusters run for this store that no attempt accounts
+    /// for: its attempt unknown to the store, or ended over a minute ago (a batch job
+    /// may take a moment to end after its runner), as orphans of their provider.
+    async fn batch_orphans(&self) -> Result<Vec<(String, Listed)>> {
+        let live: Vec<InstanceRecord> = self
+            .store()
+            .instances(false)?
+            .into_iter()
+            .filter(|i| i.state == InstanceState::Running)
+            .collect();
+        let attempts = self.store().all_attempts()?;
+        let now = now_ms();
+        let mut out = Vec::new();
+        for inst in live {
+            let Ok(p) = self.provider(&inst.provider) else {
+                continue;
+            };
+            let Some(x) = p.executor(&inst) else {
+                continue;
+            };
+            let asked = async {
+                let r = self.remote_for(&inst).await?;
+                x.batch_jobs(r.as_ref()).await
+            };
+            let jobs = match tokio::time::timeout(Duration::from_secs(20), asked).await {
+                Ok(Ok(j)) => j,
+                Ok(Err(e)) => {
+                    tracing::warn!("cannot list the batch jobs on {}: {e:#}", inst.id);
+                    continue;
+                }
+                Err(_) => {
+                    tracing::warn!("listing the batch jobs on {}: no answer in 20 s", inst.id);
+                    continue;
+                }
+            };
+            for b in jobs {
+                let accounted = attempts.iter().any(|a| {
+                    a.instance_id == inst.id
+                        && a.remote_dir.rsplit('/').next() == Some(b.attempt_dir.as_str())
+                        && a.ended_ms.is_none_or(|e| now - e < 60_000)
+                });
+                if !accounted {
+                    out.push((
+                        inst.provider.clone(),
+                        Listed {
+                            id: format!("{}:{}", inst.provider, b.id),
+                            provider_id: b.name,
+                            instance_type: Some(inst.instance_type.clone()),
+                            batch_on: Some(inst.id.clone()),
+                            ..Listed::default()
+                        },
+                    ));
                 }
             }
         }
@@ -344,6 +409,29 @@ impl Engine {
     /// Terminate a machine the store does not know, confirmed with its provider.
     async fn terminate_orphan(&self, provider: &str, l: &Listed) -> Result<()> {
         let p = self.provider(provider)?;
+        if let Some(on) = &l.batch_on {
+            // A scheduler's job: cancelled there, and gone from its queue before it is
+            // said so.
+            let inst = self.store().find_instance(on)?;
+            let x = p
+                .executor(&inst)
+                .with_context(|| format!("{on} has no scheduler"))?;
+            let r = self.remote_for(&inst).await?;
+            let id = l.id.rsplit(':').next().unwrap_or(&l.id);
+            x.cancel_batch_job(r.as_ref(), id)
+                .await
+                .with_context(|| format!("cancelling orphan batch job {}", l.id))?;
+            self.store().add_event(
+                "orphan.cancelled",
+                Some(on),
+                None,
+                &format!(
+                    "batch job {} ({}) on {on}, which no job in the store accounted for, cancelled",
+                    l.id, l.provider_id
+                ),
+            )?;
+            return Ok(());
+        }
         let rec = self.orphan_record(provider, l);
         p.terminate(&rec)
             .await
@@ -375,6 +463,12 @@ impl Engine {
             .orphan(key)
             .await?
             .with_context(|| format!("no orphan `{key}` (see `trainctl ls`)"))?;
+        if l.batch_on.is_some() {
+            bail!(
+                "{key} is a batch job, not a machine: its attempt is not the store's to follow; \
+                 `trainctl terminate {key}` cancels it"
+            );
+        }
         let rec = self.orphan_record(&provider, &l);
         self.store().insert_instance(&InstanceRecord {
             provider_id: None,
@@ -625,6 +719,14 @@ impl Engine {
             let asked = async {
                 let r = self.remote_for(inst).await?;
                 r.exec("true").await?.check("a liveness check")?;
+                // A cluster's room changes from one look to the next: asked again.
+                let room = self.executor(inst).capacity(r.as_ref()).await?;
+                if let Some(room) = room {
+                    let room = crate::sanitize::sanitize_line(room.as_bytes());
+                    if inst.gpu_info.as_deref() != Some(room.as_str()) {
+                        self.store().set_gpu_info(&inst.id, &room)?;
+                    }
+                }
                 Ok::<(), anyhow::Error>(())
             };
             let outcome = match tokio::time::timeout(limit, asked).await {

@@ -569,6 +569,7 @@ mod tests {
             started_ms: now_ms(),
             ended_ms: None,
             exit_code: None,
+            ..Default::default()
         };
         {
             let mut st = engine.store();
@@ -639,6 +640,7 @@ mod tests {
                 started_ms: now_ms(),
                 ended_ms: None,
                 exit_code: None,
+                ..Default::default()
             })
             .unwrap();
         };

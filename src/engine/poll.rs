@@ -198,6 +198,29 @@ impl Engine {
             .executor(&inst)
             .status(remote.as_ref(), &att.remote_dir)
             .await?;
+        if att.running_ms.is_none()
+            && matches!(
+                status,
+                RemoteStatus::Running { .. } | RemoteStatus::Exited { .. }
+            )
+        {
+            // Out of a scheduler's queue (seen running, or already ended): its GPU time
+            // counts from when the runner started the command, as the runner wrote it.
+            let started = remote
+                .read_range(&format!("{}/started_at", att.remote_dir), 0, 32)
+                .await
+                .ok()
+                .flatten()
+                .and_then(|b| String::from_utf8_lossy(&b).trim().parse::<i64>().ok())
+                .map(|s| (s * 1000).clamp(att.started_ms, now_ms()));
+            let started = match status {
+                RemoteStatus::Running { .. } => Some(started.unwrap_or_else(now_ms)),
+                _ => started,
+            };
+            if let Some(ms) = started {
+                self.store().set_attempt_running(job_id, att.attempt, ms)?;
+            }
+        }
         match status {
             RemoteStatus::Running { .. } | RemoteStatus::SettingUp { .. } => {
                 let (now, why) = if matches!(status, RemoteStatus::SettingUp { .. }) {

@@ -142,15 +142,29 @@ impl Engine {
             None | Some(".") => code.clone(),
             Some(w) => format!("{code}/{w}"),
         };
+        // Its GPUs: the machine's, or on a cluster what each of its nodes asks for. A
+        // cluster counts GPU time from when its scheduler says the job runs.
+        let billed_per_job = self
+            .provider(&inst.provider)
+            .ok()
+            .and_then(|p| p.gpu_hour_price(inst));
+        let started_ms = now_ms();
+        let res = &spec.project.resources;
         self.store().add_attempt(&AttemptRecord {
             job_id: job_id.to_string(),
             attempt,
             instance_id: inst.id.clone(),
             remote_dir: jd.clone(),
             workdir: workdir.clone(),
-            started_ms: now_ms(),
+            started_ms,
             ended_ms: None,
             exit_code: None,
+            gpus: match billed_per_job {
+                Some(_) => res.gpus.unwrap_or(inst.gpus) * res.nodes.unwrap_or(1).max(1),
+                None => inst.gpus,
+            },
+            running_ms: billed_per_job.is_none().then_some(started_ms),
+            gpu_hour_micros: billed_per_job.map_or(0, |m| m.0),
         })?;
         let mut env = BTreeMap::new();
         env.insert("PYTHONUNBUFFERED".to_string(), "1".to_string());
@@ -230,8 +244,17 @@ impl Engine {
                 inst.provider
             );
         }
+        // And what the job asks a scheduler for (`[slurm]`, the GPUs per node), checked
+        // when the project was read (no newline can end the head early).
+        let mut asks = String::new();
+        if let Some(g) = r.gpus {
+            asks.push_str(&format!("# gpus={g}\n"));
+        }
+        for (k, v) in spec.project.slurm.pairs() {
+            asks.push_str(&format!("# slurm.{k}={v}\n"));
+        }
         let script = format!(
-            "# gpu_every={}\n# nodes={}\n# tasks_per_node={}\n{}",
+            "# gpu_every={}\n# nodes={}\n# tasks_per_node={}\n{asks}{}",
             self.inner.cfg.gpu_sample_seconds,
             r.nodes.unwrap_or(1).max(1),
             r.tasks_per_node.unwrap_or(1).max(1),
@@ -260,12 +283,12 @@ impl Engine {
             JobState::Running
         };
         let doing = if setting_up { "setting up" } else { "running" };
-        self.transition(
-            job_id,
-            state,
-            &format!("attempt {attempt} {doing} as process group {pid} in {workdir}"),
-            None,
-        )?;
+        let what = match pid.split_once(':') {
+            // A scheduler's handle (`slurm:123`): submitted; it may wait in the queue.
+            Some((sched, id)) => format!("attempt {attempt} submitted as {sched} job {id} to run in {workdir}"),
+            None => format!("attempt {attempt} {doing} as process group {pid} in {workdir}"),
+        };
+        self.transition(job_id, state, &what, None)?;
         Ok(state)
     }
 

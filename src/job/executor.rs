@@ -41,6 +41,38 @@ pub trait Executor: Send + Sync {
     /// An interruption notice for this attempt: the machine stops it with the grace to save
     /// and records the interruption, with or without trainctl.
     async fn notify(&self, remote: &dyn Remote, job_dir: &str, reason: &str) -> Result<()>;
+
+    /// What a scheduler has free for the next job (`debug 1/2 GPUs free · gpu 0/8 GPUs
+    /// free`), shown where a machine shows its GPUs; none for a machine of its own.
+    async fn capacity(&self, _remote: &dyn Remote) -> Result<Option<String>> {
+        Ok(None)
+    }
+
+    /// The scheduler's jobs this store submitted that have not ended, each with the name
+    /// of the attempt's directory it runs (the last part of `job_dir`): what the store
+    /// does not know among them is an orphan. None on a machine of its own (its attempts
+    /// are processes the runner's files account for).
+    async fn batch_jobs(&self, _remote: &dyn Remote) -> Result<Vec<BatchJob>> {
+        Ok(Vec::new())
+    }
+
+    /// Cancel one of [`Executor::batch_jobs`] (an orphan) and wait until it is gone.
+    async fn cancel_batch_job(&self, _remote: &dyn Remote, id: &str) -> Result<()> {
+        anyhow::bail!("no scheduler here to cancel batch job {id}")
+    }
+}
+
+/// A scheduler's job of this store's (see [`Executor::batch_jobs`]).
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct BatchJob {
+    /// The scheduler's id (`12345`).
+    pub id: String,
+    /// Its name at the scheduler.
+    pub name: String,
+    /// The attempt directory's name it runs (`j-…-1`).
+    pub attempt_dir: String,
+    /// The scheduler's word for its state (`PENDING`, `RUNNING`).
+    pub state: String,
 }
 
 /// The detached runner: `setsid sh runner.sh` with every stream redirected, its own

@@ -40,6 +40,8 @@ pub struct Batch {
     pub partition: Option<String>,
     pub account: Option<String>,
     pub qos: Option<String>,
+    /// `--constraint`: node features.
+    pub constraint: Option<String>,
     /// GPUs per node (`--gres=gpu:N`); 0: none asked.
     pub gpus_per_node: u32,
     pub nodes: u32,
@@ -62,7 +64,7 @@ pub struct Batch {
 /// A value for an `#SBATCH` line: sbatch reads these lines itself (no shell), taking a
 /// double-quoted value whole; quotes, backslashes, `$` and newlines are refused rather
 /// than guessed at.
-fn directive_value(v: &str) -> Result<String> {
+pub fn directive_value(v: &str) -> Result<String> {
     if v.is_empty()
         || v.chars()
             .any(|c| "\"'\\$`\n\r".contains(c) || c.is_control())
@@ -99,6 +101,7 @@ pub fn batch_script(b: &Batch) -> Result<String> {
         ("--partition", &b.partition),
         ("--account", &b.account),
         ("--qos", &b.qos),
+        ("--constraint", &b.constraint),
         ("--mem", &b.mem),
         ("--time", &b.time_limit),
     ] {
@@ -305,6 +308,119 @@ pub async fn ours(remote: &dyn Remote, cluster: &Cluster) -> Result<Vec<(String,
         .collect())
 }
 
+/// One partition's room for the next job, summed over its usable nodes (idle or mixed:
+/// not down, drained, draining, failing or not responding).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Partition {
+    pub name: String,
+    pub nodes: u32,
+    pub nodes_usable: u32,
+    pub gpus: u32,
+    pub gpus_free: u32,
+    pub cpus: u32,
+    pub cpus_idle: u32,
+}
+
+/// GPUs in a gres list (`gpu:2`, `gpu:a100:4(S:0-1)`, `gpu:a100:2(IDX:0-1),shard:8`).
+fn gres_gpus(gres: &str) -> u32 {
+    // Split at commas outside parentheses.
+    let mut items = Vec::new();
+    let (mut depth, mut start) = (0, 0);
+    for (i, c) in gres.char_indices() {
+        match c {
+            '(' => depth += 1,
+            ')' => depth -= 1,
+            ',' if depth == 0 => {
+                items.push(&gres[start..i]);
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    items.push(&gres[start..]);
+    items
+        .iter()
+        .filter(|g| g.starts_with("gpu"))
+        .filter_map(|g| g.split('(').next()?.rsplit(':').next()?.parse::<u32>().ok())
+        .sum()
+}
+
+/// Partitions from `sinfo -h -N -O "PartitionName:|,NodeHost:|,Gres:|,GresUsed:|,CPUsState:|,StateCompact:|"`
+/// (a line per node and partition), in the order sinfo gives them.
+pub fn parse_sinfo(text: &str) -> Vec<Partition> {
+    let mut parts: Vec<Partition> = Vec::new();
+    for line in text.lines() {
+        let f: Vec<&str> = line.split('|').map(str::trim).collect();
+        let [name, _node, gres, used, cpus, state, ..] = f.as_slice() else {
+            continue;
+        };
+        let name = name.trim_end_matches('*');
+        if name.is_empty() {
+            continue;
+        }
+        let k = match parts.iter().position(|p| p.name == name) {
+            Some(k) => k,
+            None => {
+                parts.push(Partition {
+                    name: name.to_string(),
+                    ..Partition::default()
+                });
+                parts.len() - 1
+            }
+        };
+        let p = &mut parts[k];
+        p.nodes += 1;
+        let total = gres_gpus(gres);
+        p.gpus += total;
+        // Allocated/idle/other/total.
+        let c: Vec<u32> = cpus.split('/').filter_map(|x| x.parse().ok()).collect();
+        p.cpus += c.get(3).copied().unwrap_or(0);
+        // A trailing flag (`*` not responding, `~` powered off, `#` powering up…) makes a
+        // node unusable unless it is only `+`/`$`-marked (reservation, maintenance soon).
+        let usable = matches!(state.trim_end_matches(['+', '$']), "idle" | "mix" | "alloc");
+        if usable {
+            p.nodes_usable += 1;
+            p.gpus_free += total.saturating_sub(gres_gpus(used));
+            p.cpus_idle += c.get(1).copied().unwrap_or(0);
+        }
+    }
+    parts
+}
+
+/// `debug 1/2 GPUs free · cpu 30/64 CPUs idle (1 of 3 nodes down)`.
+pub fn capacity_text(parts: &[Partition]) -> String {
+    if parts.is_empty() {
+        return "no partition".into();
+    }
+    parts
+        .iter()
+        .map(|p| {
+            let room = if p.gpus > 0 {
+                format!("{} {}/{} GPUs free", p.name, p.gpus_free, p.gpus)
+            } else {
+                format!("{} {}/{} CPUs idle", p.name, p.cpus_idle, p.cpus)
+            };
+            match p.nodes - p.nodes_usable {
+                0 => room,
+                n => format!("{room} ({n} of {} nodes down)", p.nodes),
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" · ")
+}
+
+/// The cluster's partitions and their room, asked of `sinfo`.
+pub async fn partitions(remote: &dyn Remote, cluster: &Cluster) -> Result<Vec<Partition>> {
+    let out = remote
+        .exec(&format!(
+            "{}sinfo -h -N -O 'PartitionName:|,NodeHost:|,Gres:|,GresUsed:|,CPUsState:|,StateCompact:|'",
+            cluster.prefix()
+        ))
+        .await?
+        .check("sinfo")?;
+    Ok(parse_sinfo(&String::from_utf8_lossy(&out.stdout)))
+}
+
 /// Wait (polling every `every`) until `id` is in a terminal state or gone; at most `max`.
 pub async fn wait_terminal(
     remote: &dyn Remote,
@@ -339,6 +455,9 @@ pub async fn wait_terminal(
 /// limit, cancel, node failure: the engine's loss and recovery take it from there).
 pub struct SbatchExecutor {
     pub cluster: Cluster,
+    /// Put after `trainctl-` in every batch job's name: this store's tag and a dash (so
+    /// the jobs of another store on the same account are not taken for orphans).
+    pub owner: String,
     /// Partition, account, QoS, GPUs, time limit: the cluster's defaults for every job.
     pub template: Batch,
 }
@@ -406,6 +525,49 @@ fn files_or_starting(files: super::RemoteStatus) -> super::RemoteStatus {
 }
 
 impl SbatchExecutor {
+    /// The cluster's defaults with what the attempt's script head asks for over them
+    /// (`# nodes=`, `# tasks_per_node=`, `# gpus=`, `# slurm.<key>=`).
+    pub fn batch_for(&self, script: &str) -> Result<Batch> {
+        let head: Vec<(&str, &str)> = script
+            .lines()
+            .take_while(|l| l.starts_with('#'))
+            .filter_map(|l| l.strip_prefix("# ")?.split_once('='))
+            .map(|(k, v)| (k, v.trim()))
+            .collect();
+        let get = |key: &str| head.iter().find(|(k, _)| *k == key).map(|(_, v)| *v);
+        let num = |key: &str| -> Result<Option<u32>> {
+            get(key)
+                .map(|v| {
+                    v.parse::<u32>()
+                        .with_context(|| format!("`{key}` is `{v}`, not a count"))
+                })
+                .transpose()
+        };
+        let text = |key: &str, default: &Option<String>| -> Result<Option<String>> {
+            match get(&format!("slurm.{key}")) {
+                Some(v) => Ok(Some(directive_value(v).map(|_| v.to_string())?)),
+                None => Ok(default.clone()),
+            }
+        };
+        let t = &self.template;
+        Ok(Batch {
+            nodes: num("nodes")?.unwrap_or(1).max(1),
+            ntasks_per_node: num("tasks_per_node")?.unwrap_or(1).max(1),
+            gpus_per_node: num("gpus")?.unwrap_or(t.gpus_per_node),
+            partition: text("partition", &t.partition)?,
+            account: text("account", &t.account)?,
+            qos: text("qos", &t.qos)?,
+            constraint: text("constraint", &t.constraint)?,
+            time_limit: text("time_limit", &t.time_limit)?,
+            mem: text("mem", &t.mem)?,
+            cpus_per_task: match get("slurm.cpus_per_task") {
+                Some(_) => num("slurm.cpus_per_task")?,
+                None => t.cpus_per_task,
+            },
+            ..t.clone()
+        })
+    }
+
     async fn slurm_id(&self, remote: &dyn Remote, job_dir: &str) -> Result<Option<String>> {
         Ok(remote
             .read_range(&format!("{job_dir}/slurm_id"), 0, 64)
@@ -429,21 +591,10 @@ impl super::executor::Executor for SbatchExecutor {
         script: &str,
         grace: std::time::Duration,
     ) -> Result<String> {
-        // The attempt's shape, from the script's head (the engine writes it there).
-        let head = |key: &str| {
-            script
-                .lines()
-                .take_while(|l| l.starts_with('#'))
-                .find_map(|l| {
-                    l.strip_prefix(&format!("# {key}="))?
-                        .trim()
-                        .parse::<u32>()
-                        .ok()
-                })
-                .unwrap_or(1)
-                .max(1)
-        };
-        let (nodes, tasks) = (head("nodes"), head("tasks_per_node"));
+        // The attempt's shape and what the job asks for, from the script's head (the
+        // engine writes it there), over the cluster's defaults.
+        let b = self.batch_for(script)?;
+        let (nodes, tasks) = (b.nodes, b.ntasks_per_node);
         let runner = if nodes * tasks > 1 {
             // One task per rank: the command in cmd.rank.sh, started by srun from cmd.sh.
             remote
@@ -468,7 +619,11 @@ impl super::executor::Executor for SbatchExecutor {
             }
             bail!("another start of this attempt holds its lock and never submitted");
         }
-        let name = job_dir.rsplit('/').next().unwrap_or("job").to_string();
+        let name = format!(
+            "{}{}",
+            self.owner,
+            job_dir.rsplit('/').next().unwrap_or("job")
+        );
         let b = Batch {
             name,
             output: format!("{job_dir}/slurm.out"),
@@ -476,14 +631,8 @@ impl super::executor::Executor for SbatchExecutor {
             body: batch_body(job_dir, workdir, &runner, grace),
             // With a time limit, Slurm tells the batch shell in time to save: the grace
             // and a minute (Slurm's own timer may be that late).
-            signal_before_limit_s: self
-                .template
-                .time_limit
-                .as_ref()
-                .map(|_| grace.as_secs() as u32 + 60),
-            nodes,
-            ntasks_per_node: tasks,
-            ..self.template.clone()
+            signal_before_limit_s: b.time_limit.as_ref().map(|_| grace.as_secs() as u32 + 60),
+            ..b
         };
         let id = submit(remote, &self.cluster, &b).await?;
         remote
@@ -613,6 +762,44 @@ impl super::executor::Executor for SbatchExecutor {
         // The runner's watcher runs inside the allocation and reads the shared filesystem.
         super::notify(remote, job_dir, reason).await
     }
+
+    async fn capacity(&self, remote: &dyn Remote) -> Result<Option<String>> {
+        Ok(Some(capacity_text(&partitions(remote, &self.cluster).await?)))
+    }
+
+    async fn batch_jobs(&self, remote: &dyn Remote) -> Result<Vec<super::executor::BatchJob>> {
+        let mine = format!("{JOB_PREFIX}{}", self.owner);
+        Ok(ours(remote, &self.cluster)
+            .await?
+            .into_iter()
+            // Ending already: not something to cancel.
+            .filter(|(_, _, state)| state != "COMPLETING")
+            .filter_map(|(id, name, state)| {
+                Some(super::executor::BatchJob {
+                    attempt_dir: name.strip_prefix(&mine)?.to_string(),
+                    id,
+                    name,
+                    state,
+                })
+            })
+            .collect())
+    }
+
+    async fn cancel_batch_job(&self, remote: &dyn Remote, id: &str) -> Result<()> {
+        cancel(remote, &self.cluster, id, None).await?;
+        match wait_terminal(
+            remote,
+            &self.cluster,
+            id,
+            std::time::Duration::from_millis(200),
+            std::time::Duration::from_secs(60),
+        )
+        .await?
+        {
+            Some(i) if !i.state.is_terminal() => bail!("batch job {id} is still {:?}", i.state),
+            _ => Ok(()),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -686,5 +873,73 @@ mod tests {
             ],
         };
         assert_eq!(env.prefix(), "export SLURM_CONF='/etc/x y/slurm.conf'; ");
+    }
+
+    #[test]
+    fn sinfo_lines_sum_to_each_partitions_room() {
+        let text = "debug|localhost|gpu:2|gpu:1|1/1/0/2|mix|\n\
+                    gpu|n1|gpu:a100:4(S:0-1)|gpu:a100:4(IDX:0-3)|64/0/0/64|alloc|\n\
+                    gpu|n2|gpu:a100:2(S:0),gpu:v100:2|gpu:a100:0(IDX:N/A),gpu:v100:1(IDX:0)|8/56/0/64|mix|\n\
+                    gpu|n3|gpu:a100:4|gpu:0|0/0/64/64|down*|\n\
+                    cpu*|c1|(null)|gpu:0|2/30/0/32|idle|\n";
+        let p = parse_sinfo(text);
+        assert_eq!(p.len(), 3);
+        assert_eq!(
+            (p[0].gpus, p[0].gpus_free, p[0].nodes_usable),
+            (2, 1, 1)
+        );
+        assert_eq!((p[1].gpus, p[1].gpus_free, p[1].nodes), (12, 3, 3));
+        assert_eq!(p[1].nodes_usable, 2);
+        assert_eq!((p[2].name.as_str(), p[2].cpus_idle, p[2].cpus), ("cpu", 30, 32));
+        assert_eq!(
+            capacity_text(&p),
+            "debug 1/2 GPUs free · gpu 3/12 GPUs free (1 of 3 nodes down) · cpu 30/32 CPUs idle"
+        );
+    }
+
+    /// What a job's `trainctl.toml` asks for (in its script head) overrides the cluster's
+    /// defaults; what it does not ask keeps them.
+    #[test]
+    fn a_job_asks_over_the_clusters_defaults() {
+        let x = SbatchExecutor {
+            cluster: Cluster::default(),
+            owner: "abcd1234-".into(),
+            template: Batch {
+                partition: Some("debug".into()),
+                account: Some("lab".into()),
+                gpus_per_node: 1,
+                time_limit: Some("1:00:00".into()),
+                ..Batch::default()
+            },
+        };
+        let b = x
+            .batch_for(
+                "# gpu_every=5\n# nodes=2\n# tasks_per_node=4\n# gpus=8\n\
+                 # slurm.partition=gpu long\n# slurm.time_limit=2-00:00:00\n\
+                 # slurm.cpus_per_task=16\n# slurm.mem=64G\n# slurm.constraint=a100&ib\n\
+                 python3 train.py\n# slurm.qos=not-the-head\n",
+            )
+            .unwrap();
+        assert_eq!((b.nodes, b.ntasks_per_node, b.gpus_per_node), (2, 4, 8));
+        assert_eq!(b.partition.as_deref(), Some("gpu long"));
+        assert_eq!(b.account.as_deref(), Some("lab"), "the cluster's");
+        assert_eq!(b.qos, None, "only the head is read");
+        assert_eq!(b.time_limit.as_deref(), Some("2-00:00:00"));
+        assert_eq!(b.cpus_per_task, Some(16));
+        assert_eq!(b.mem.as_deref(), Some("64G"));
+        let s = batch_script(&Batch {
+            output: "/o".into(),
+            workdir: "/w".into(),
+            ..b
+        })
+        .unwrap();
+        assert!(s.contains("#SBATCH --partition=\"gpu long\"\n"), "{s}");
+        assert!(s.contains("#SBATCH --constraint=a100&ib\n"), "{s}");
+        assert!(s.contains("#SBATCH --cpus-per-task=16\n"), "{s}");
+        // Nothing asked: the cluster's defaults.
+        let d = x.batch_for("python3 train.py\n").unwrap();
+        assert_eq!((d.nodes, d.gpus_per_node), (1, 1));
+        assert_eq!(d.partition.as_deref(), Some("debug"));
+        assert!(x.batch_for("# gpus=two\ntrue\n").is_err());
     }
 }

@@ -311,6 +311,7 @@ pub fn listed(prefix: &str, name: Option<&str>, l: super::Launched) -> Option<su
         spot: false,
         launched_ms: None,
         hourly: l.hourly,
+        batch_on: None,
     })
 }
 

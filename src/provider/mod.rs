@@ -158,6 +158,10 @@ pub struct Listed {
     pub launched_ms: Option<TimestampMs>,
     /// What it costs per hour, when the provider can say.
     pub hourly: Option<Money>,
+    /// Not a machine: a scheduler's job of this store's on the held cluster instance
+    /// named here, which no live attempt in the store accounts for (`id` is
+    /// `<provider>:<the scheduler's id>`, `provider_id` its name there).
+    pub batch_on: Option<String>,
 }
 
 /// A second way onto a machine when its usual one (SSH) cannot reach it: enough to read a
@@ -265,6 +269,14 @@ pub trait Provider: Send + Sync {
     /// How attempts run on this instance, when not trainctl's detached runner (Slurm:
     /// a batch job per attempt).
     fn executor(&self, _inst: &InstanceRecord) -> Option<Arc<dyn crate::job::executor::Executor>> {
+        None
+    }
+
+    /// When the provider bills each job's GPU time rather than a machine (a cluster):
+    /// the price of a GPU-hour there (zero when the cluster's time has no price). An
+    /// attempt on such an instance counts GPU time only while it runs (not while it waits
+    /// in a queue) and costs this per GPU-hour; the instance itself bills nothing.
+    fn gpu_hour_price(&self, _inst: &InstanceRecord) -> Option<Money> {
         None
     }
 

@@ -23,6 +23,8 @@ pub struct SlurmProvider {
     cfg: SlurmProviderConfig,
     /// The login nodes, as a host pool (one hold per `launch`; many at once).
     logins: SshProvider,
+    /// This store's tag in its batch jobs' names (`trainctl-<tag>-…`).
+    owner: String,
 }
 
 impl SlurmProvider {
@@ -48,8 +50,12 @@ impl SlurmProvider {
             ssh_config: cfg.ssh_config.clone(),
             hosts,
         };
+        let dir = data_dir.join("slurm");
+        let owner = super::gpucloud::owner(&dir, None)
+            .unwrap_or_else(|_| dir.display().to_string());
         SlurmProvider {
             logins: SshProvider::with_holds(data_dir, pool, prompt, "slurm-holds"),
+            owner: super::gpucloud::owner_tag(&owner),
             cfg,
         }
     }
@@ -108,7 +114,8 @@ impl Provider for SlurmProvider {
             instance_type: c.name.clone(),
             gpus: c.gpus,
             spot: false,
-            hourly: Money::from_dollars_f64(c.hourly_usd_per_gpu * c.gpus as f64),
+            // The hold bills nothing: each job's GPU time does (`gpu_hour_price`).
+            hourly: Money::ZERO,
             accept_new_host_key: req.accept_new_host_key,
             ..Plan::default()
         })
@@ -146,13 +153,22 @@ impl Provider for SlurmProvider {
         self.logins.remote(inst).await
     }
 
+    fn gpu_hour_price(&self, inst: &InstanceRecord) -> Option<Money> {
+        Some(
+            self.cluster(&inst.instance_type)
+                .map_or(Money::ZERO, |c| Money::from_dollars_f64(c.hourly_usd_per_gpu)),
+        )
+    }
+
     fn executor(&self, inst: &InstanceRecord) -> Option<Arc<dyn Executor>> {
         let c = self.cluster(&inst.instance_type).ok()?;
         Some(Arc::new(SbatchExecutor {
             cluster: Cluster {
                 env: c.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
             },
+            owner: format!("{}-", self.owner),
             template: Batch {
+                constraint: c.constraint.clone(),
                 partition: c.partition.clone(),
                 account: c.account.clone(),
                 qos: c.qos.clone(),

@@ -781,6 +781,7 @@ mod tests {
                     started_ms: 0,
                     ended_ms: None,
                     exit_code: None,
+                    ..Default::default()
                 })
                 .unwrap();
             let mut text = String::new();

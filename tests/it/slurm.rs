@@ -234,8 +234,10 @@ fn trainctl_runs_a_job_on_a_slurm_cluster_follows_it_and_cancels_or_fails_cleanl
             .exists()
     );
     let done = cluster.completions();
+    // Named `trainctl-<this store's tag>-<the attempt's directory>`.
     assert!(
-        done.contains(" Name=trainctl-j-") && done.contains("JobState=COMPLETED"),
+        done.contains(&format!(" Name=trainctl-{}-{job}-1 ", owner_tag(&env)))
+            && done.contains("JobState=COMPLETED"),
         "{done}"
     );
     // A cancelled job leaves no Slurm job behind.
@@ -294,6 +296,7 @@ fn trainctl_runs_a_job_on_a_slurm_cluster_follows_it_and_cancels_or_fails_cleanl
 /// uninterrupted run makes, leaving nothing queued. Returns the env and the job.
 fn survives(
     cluster_extra: &str,
+    project_extra: &str,
     interrupt: impl Fn(&Slurm, &str),
 ) -> (Slurm, crate::common::Env, String) {
     use crate::common::{finish_resumed_run, reference_model, run_until_epoch_2_is_kept};
@@ -303,6 +306,10 @@ fn survives(
     let env = slurm_env(&cluster, &sshd, shared.path(), "0.005", cluster_extra);
     let expected = reference_model(&env);
     let gate = env.hold_at(2 * 16 + 5);
+    // After `[env]`, which hold_at adds to.
+    let toml = env.project.join("trainctl.toml");
+    let text = std::fs::read_to_string(&toml).unwrap();
+    std::fs::write(&toml, format!("{text}\n{project_extra}")).unwrap();
     let (run, job) = run_until_epoch_2_is_kept(&env, "slurm");
     let id = queue(&cluster)
         .split_whitespace()
@@ -346,19 +353,51 @@ fn said(env: &crate::common::Env, job: &str, what: &str) -> bool {
 /// --signal=USR1 --batch`, rather than waiting out a real limit: Slurm's minute-grain
 /// limits may signal up to a minute early), the job checkpoints and trainctl continues it
 /// in a new batch job from that checkpoint, to the model an uninterrupted run makes.
+///
+/// The time limit is the job's own (`[slurm] time_limit` in its `trainctl.toml`, over the
+/// cluster's), and the cluster bills GPU-hours: the job costs its GPU time over both
+/// batch jobs at the cluster's price, the held cluster nothing.
 #[test]
 fn a_job_near_its_time_limit_saves_and_continues_in_a_new_batch_job() {
-    let (_cluster, env, job) = survives("time_limit = \"04:00:00\"\n", |cluster, id| {
-        let script = slurm_ok(cluster, "scontrol", &["write", "batch_script", id, "-"]);
-        assert!(script.contains("#SBATCH --time=04:00:00"), "{script}");
-        assert!(script.contains("#SBATCH --signal=B:USR1@"), "{script}");
-        slurm_ok(cluster, "scancel", &["--signal=USR1", "--batch", id]);
-    });
+    let (_cluster, env, job) = survives(
+        "time_limit = \"08:00:00\"\nhourly_usd_per_gpu = 3.6\n",
+        "[slurm]\ntime_limit = \"04:00:00\"\n",
+        |cluster, id| {
+            let script = slurm_ok(cluster, "scontrol", &["write", "batch_script", id, "-"]);
+            assert!(script.contains("#SBATCH --time=04:00:00"), "{script}");
+            assert!(script.contains("#SBATCH --partition=debug"), "{script}");
+            assert!(script.contains("#SBATCH --signal=B:USR1@"), "{script}");
+            slurm_ok(cluster, "scancel", &["--signal=USR1", "--batch", id]);
+        },
+    );
     assert!(
         said(&env, &job, "Slurm time limit"),
         "{:?}",
         env.events(&job)
     );
+    // One GPU at $3.60 an hour: a thousandth of a dollar per GPU-second, over both
+    // attempts' run time; the cluster's hold bills nothing.
+    let cost = env.json(&["cost"]);
+    let j = cost["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|j| j["id"] == job.as_str())
+        .unwrap();
+    let secs = j["gpu_seconds"].as_i64().unwrap();
+    assert!(secs >= 1, "{cost}");
+    assert_eq!(j["cost_micros"].as_i64().unwrap(), secs * 1000, "{cost}");
+    assert_eq!(cost["instances"][0]["cost_micros"], 0, "{cost}");
+    assert_eq!(cost["total_micros"].as_i64().unwrap(), secs * 1000, "{cost}");
+    let day: i64 = cost["gpu_seconds_days"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|v| v.as_i64().unwrap())
+        .sum();
+    assert_eq!(day, secs, "{cost}");
+    let table = env.ok(&["cost"]);
+    assert!(table.contains("GPU-H"), "{table}");
 }
 
 /// A batch job Slurm requeues mid-run (what a preemption or a failed node does) is
@@ -366,10 +405,97 @@ fn a_job_near_its_time_limit_saves_and_continues_in_a_new_batch_job() {
 /// and the requeued one does not run the attempt again.
 #[test]
 fn a_requeued_batch_job_is_recovered_from_its_checkpoint() {
-    let (_cluster, env, job) = survives("", |cluster, id| {
+    let (_cluster, env, job) = survives("", "", |cluster, id| {
         slurm_ok(cluster, "scontrol", &["requeue", id]);
     });
     assert!(said(&env, &job, "requeued"), "{:?}", env.events(&job));
+}
+
+/// This store's tag in its batch jobs' names.
+fn owner_tag(env: &crate::common::Env) -> String {
+    let owner = std::fs::read_to_string(env.dir.path().join("data/slurm/owner")).unwrap();
+    trainctl::provider::gpucloud::owner_tag(owner.trim())
+}
+
+/// `ls` shows what the cluster has free, and the batch jobs named for this store that no
+/// job of the store accounts for (a store lost, a submit from elsewhere) as orphans, which
+/// `terminate` cancels; another store's jobs on the same account are left alone.
+#[test]
+fn ls_shows_the_clusters_room_and_batch_jobs_no_job_accounts_for() {
+    let cluster = Slurm::start();
+    let sshd = Sshd::start();
+    let shared = tempfile::tempdir().unwrap();
+    let env = slurm_env(&cluster, &sshd, shared.path(), "0", "");
+    let inst = env.json(&[
+        "launch",
+        "--provider",
+        "slurm",
+        "--type",
+        "tc",
+        "--accept-new-host-key",
+    ]);
+    let id = inst["id"].as_str().unwrap().to_string();
+    let table = env.ok(&["ls"]);
+    assert!(table.contains("debug 2/2 GPUs free"), "{table}");
+    let sub = |name: &str| {
+        let out = slurm_ok(
+            &cluster,
+            "sbatch",
+            &[
+                "--parsable",
+                "--job-name",
+                name,
+                "--gres=gpu:1",
+                "-c",
+                "1",
+                "-o",
+                "/dev/null",
+                "--wrap",
+                "sleep 60",
+            ],
+        );
+        out.trim().to_string()
+    };
+    let stray = sub(&format!("trainctl-{}-j-gone-1", owner_tag(&env)));
+    let _theirs = sub("trainctl-0123abcd-j-theirs-1");
+    env.wait_for(30, "both running", || {
+        queue(&cluster).matches("RUNNING").count() == 2
+    });
+    let out = env.run(&["ls"]);
+    let table = String::from_utf8_lossy(&out.stdout);
+    let key = format!("slurm:{stray}");
+    assert!(table.contains("debug 0/2 GPUs free"), "{table}");
+    let row = table
+        .lines()
+        .find(|l| l.starts_with(&key))
+        .unwrap_or_else(|| panic!("{table}"));
+    assert!(row.contains("ORPHAN JOB"), "{row}");
+    assert!(!table.contains("j-theirs"), "another store's: {table}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("1 batch job(s)"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let listed = env.json(&["ls"]);
+    let o = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|o| o["id"] == key.as_str())
+        .unwrap();
+    assert_eq!((o["orphan"].as_bool(), o["batch_on"].as_str()), (Some(true), Some(id.as_str())));
+    // Not a machine to adopt; terminate cancels it and it leaves the queue.
+    assert!(!env.run(&["adopt", &key]).status.success());
+    env.ok(&["terminate", &key]);
+    let q = queue(&cluster);
+    assert!(!q.lines().any(|l| l.starts_with(&format!("{stray} "))), "{q}");
+    assert!(q.contains("j-theirs"), "{q}");
+    assert!(!env.ok(&["ls"]).contains("ORPHAN"));
+    assert!(
+        env.event_kinds(None)
+            .contains(&"orphan.cancelled".to_string())
+    );
+    env.ok(&["terminate", &id]);
 }
 
 /// A job the cluster keeps waiting says so, with Slurm's reason, until it runs.
@@ -419,6 +545,10 @@ fn a_queued_job_says_why_it_waits_then_runs() {
             .contains(&"job.queued".to_string())
     );
     // The other job ends: ours runs to the end.
+    let freed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
     let _ = cluster.run("scancel", &[&other]);
     let status = watch.wait_with_output().unwrap().status;
     assert!(status.success(), "{status:?}");
@@ -429,6 +559,21 @@ fn a_queued_job_says_why_it_waits_then_runs() {
             .contains(&"job.running".to_string())
     );
     assert!(!env.ok(&["jobs"]).contains("queued"));
+    // Its GPU time counts from when it left the queue, not from its submission.
+    let submitted = env
+        .events(&job)
+        .iter()
+        .find(|e| e["kind"] == "job.attempt")
+        .and_then(|e| e["ts_ms"].as_i64())
+        .unwrap();
+    let queued_ms = freed - submitted;
+    assert!(queued_ms >= 1000, "queued {queued_ms} ms");
+    let gpu_s = env.job(&job)["gpu_seconds"].as_i64().unwrap();
+    let ran_ms = end["ended_ms"].as_i64().unwrap() - freed;
+    assert!(
+        gpu_s * 1000 <= ran_ms + 1000,
+        "{gpu_s} GPU-s in {ran_ms} ms out of the queue (queued {queued_ms} ms)"
+    );
     // `run --cluster` again: the cluster already held is used again, not taken twice.
     let again = env.json(&["run", "--cluster", "tc"]);
     assert_eq!(again["state"], "succeeded", "{again}");

@@ -1112,6 +1112,7 @@ impl Provider for AwsProvider {
                                 if spot { p.cheapest_spot() } else { p.on_demand }
                             },
                         ),
+                        batch_on: None,
                     });
                 }
                 match page.next_token() {

@@ -77,7 +77,7 @@ pub(crate) fn draw_cost(f: &mut Frame, app: &mut App, area: Rect) {
     let shown: Vec<_> = c.jobs.iter().take(h).collect();
     let cost = money_column(shown.iter().map(|j| Some(Money(j.cost_micros))));
     let proj = money_column(shown.iter().map(|j| j.projected_micros.map(Money)));
-    let rows: Vec<[String; 4]> = shown
+    let rows: Vec<[String; 5]> = shown
         .iter()
         .enumerate()
         .map(|(k, j)| {
@@ -86,6 +86,7 @@ pub(crate) fn draw_cost(f: &mut Frame, app: &mut App, area: Rect) {
                 j.state.clone(),
                 cost[k].clone(),
                 proj[k].clone(),
+                crate::cost::fmt_gpu_hours(j.gpu_seconds),
             ]
         })
         .collect();
@@ -94,28 +95,31 @@ pub(crate) fn draw_cost(f: &mut Frame, app: &mut App, area: Rect) {
         app,
         right,
         " per job ",
-        ["JOB", "STATE", "COST", "PROJECTED"],
+        ["JOB", "STATE", "COST", "PROJECTED", "GPU-H"],
         rows,
     );
 }
 
 /// A table of the cost pane: name, state, two amounts; columns sized by what they hold
 /// and dropped by priority (the amounts go last but for the name).
-fn draw_cost_table(
+fn draw_cost_table<const N: usize>(
     f: &mut Frame,
     app: &App,
     area: Rect,
     title: &str,
-    header: [&'static str; 4],
-    rows: Vec<[String; 4]>,
+    header: [&'static str; N],
+    rows: Vec<[String; N]>,
 ) {
     let t = &app.theme;
-    let cols = [
-        Col::fill(header[0], 8, 0),
-        Col::fixed(header[1], widest(rows.iter().map(|r| &r[1]), 5), 2),
-        Col::fixed(header[2], widest(rows.iter().map(|r| &r[2]), 4), 1),
-        Col::fixed(header[3], widest(rows.iter().map(|r| &r[3]), 4), 1),
-    ];
+    // Name, state, two amounts, then (jobs) GPU-hours, which go first.
+    let cols: Vec<Col> = (0..N)
+        .map(|i| match i {
+            0 => Col::fill(header[0], 8, 0),
+            1 => Col::fixed(header[1], widest(rows.iter().map(|r| &r[1]), 5), 2),
+            2 | 3 => Col::fixed(header[i], widest(rows.iter().map(|r| &r[i]), 4), 1),
+            _ => Col::fixed(header[i], widest(rows.iter().map(|r| &r[i]), 5), 3),
+        })
+        .collect();
     let (keep, widths) = fit_columns(&cols, area.width);
     let table_rows: Vec<Row> = rows
         .iter()
@@ -162,6 +166,18 @@ fn summary_lines(app: &App, c: &crate::cost::CostReport) -> Vec<Line<'static>> {
         Span::styled("  burn ", t.dim()),
         Span::raw(format!("{}/h", amounts[2])),
     ])];
+    // A cluster bills GPU time: how much of it today.
+    let gpu_today = c
+        .gpu_seconds_days
+        .get(&crate::cost::utc_date(crate::model::now_ms()))
+        .copied()
+        .unwrap_or(0);
+    if gpu_today > 0 {
+        lines[0].spans.push(Span::styled("  GPU-h today ", t.dim()));
+        lines[0]
+            .spans
+            .push(Span::raw(crate::cost::fmt_gpu_hours(gpu_today)));
+    }
     let mut budget = vec![];
     if let Some(l) = app.snap.budget_day {
         budget.push(format!("per day {l}, left {}", Money(l.0 - c.today_micros)));
