@@ -411,6 +411,44 @@ fn a_requeued_batch_job_is_recovered_from_its_checkpoint() {
     assert!(said(&env, &job, "requeued"), "{:?}", env.events(&job));
 }
 
+/// The node a job runs on set DOWN mid-run (what an administrator, or Slurm on a failed
+/// health check, does): Slurm kills the batch job there and requeues it; trainctl
+/// recovers the job in a new batch job, queued until a node is up, which resumes from the
+/// checkpoint. (The fixture's node returns to service by itself when its slurmd registers
+/// again, `ReturnToService=2`, within about two seconds; else it is resumed here.)
+#[test]
+fn a_job_whose_node_goes_down_is_recovered_once_a_node_is_back() {
+    let (_cluster, env, job) = survives("", "", |cluster, id| {
+        slurm_ok(
+            cluster,
+            "scontrol",
+            &["update", "nodename=localhost", "state=down", "reason=trainctl-test"],
+        );
+        // The batch job is taken off the node (requeued, or failed with the node).
+        for _ in 0..200 {
+            let q = queue(cluster);
+            if !q
+                .lines()
+                .any(|l| l.starts_with(&format!("{id} ")) && l.contains("RUNNING"))
+            {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        std::thread::sleep(std::time::Duration::from_secs(2));
+        // Back (unless it came back by itself when it registered again).
+        let state = slurm_ok(cluster, "sinfo", &["-h", "-n", "localhost", "-o", "%t"]);
+        if state.trim().starts_with("down") {
+            slurm_ok(
+                cluster,
+                "scontrol",
+                &["update", "nodename=localhost", "state=resume"],
+            );
+        }
+    });
+    assert!(said(&env, &job, "Slurm"), "{:?}", env.events(&job));
+}
+
 /// This store's tag in its batch jobs' names.
 fn owner_tag(env: &crate::common::Env) -> String {
     let owner = std::fs::read_to_string(env.dir.path().join("data/slurm/owner")).unwrap();
