@@ -672,3 +672,48 @@ fn a_two_rank_job_gets_torchruns_environment_on_each_rank() {
         "{err}"
     );
 }
+
+/// Two nodes, each its own slurmd in a network namespace of its own (`Slurm::start_nodes`):
+/// `resources.nodes = 2` runs one rank on each, through srun, with torchrun's environment
+/// naming the first node as the master; each rank sees its node's name and network.
+#[test]
+fn a_two_node_job_runs_a_rank_on_each_node() {
+    let cluster = Slurm::start_nodes(2);
+    let sshd = Sshd::start();
+    let shared = tempfile::tempdir().unwrap();
+    let env = slurm_env(&cluster, &sshd, shared.path(), "0", "");
+    let toml = env.project.join("trainctl.toml");
+    let text = std::fs::read_to_string(&toml).unwrap().replace(
+        "command = \"python3 train.py --epochs 5\"",
+        "command = \"echo rank=$RANK node=$NODE_RANK world=$WORLD_SIZE on=$SLURMD_NODENAME master=$MASTER_ADDR net=$(readlink /proc/self/ns/net)\"",
+    );
+    std::fs::write(&toml, text).unwrap();
+    crate::common::set_resources(&env, "nodes = 2\ntasks_per_node = 1");
+    let run = env.json(&["run", "--cluster", "tc"]);
+    assert_eq!(run["state"], "succeeded", "{run}");
+    let job = run["job_id"].as_str().unwrap();
+    let log = env.ok(&["logs", job]);
+    let rank0 = log
+        .lines()
+        .find(|l| l.starts_with("rank="))
+        .unwrap_or_default()
+        .to_string();
+    let rank1 = std::fs::read_to_string(
+        shared
+            .path()
+            .join(".trainctl/jobs")
+            .join(format!("{job}-1"))
+            .join("rank-1.log"),
+    )
+    .unwrap();
+    assert!(
+        rank0.starts_with("rank=0 node=0 world=2 on=node1 master=node1 net="),
+        "{log}"
+    );
+    assert!(
+        rank1.starts_with("rank=1 node=1 world=2 on=node2 master=node1 net="),
+        "{rank1}"
+    );
+    let net = |l: &str| l.rsplit("net=").next().unwrap_or_default().trim().to_string();
+    assert_ne!(net(&rank0), net(&rank1), "two networks: {rank0} / {rank1}");
+}
