@@ -53,6 +53,7 @@ fn big_snapshot() -> Snapshot {
     let instances = (0..1000)
         .map(|i| InstanceRow {
             idle_deadline: None,
+            orphan_job_on: None,
             rec: InstanceRecord {
                 name: format!("box-{i}"),
                 spot: i % 3 == 0,

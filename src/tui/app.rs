@@ -26,6 +26,8 @@ pub struct InstanceRow {
     pub uptime_ms: i64,
     /// Known to the provider, not to the store.
     pub orphan: bool,
+    /// An orphan that is a scheduler's batch job on this held cluster, not a machine.
+    pub orphan_job_on: Option<String>,
     /// When the idle guard ends it, if it stays without a job.
     pub idle_deadline: Option<crate::model::TimestampMs>,
 }

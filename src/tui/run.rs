@@ -89,6 +89,7 @@ pub fn build_snapshot(engine: &Engine, cache: &mut SnapshotCache) -> Result<Snap
             uptime_ms: crate::cost::billed_interval(&i, now).map_or(0, |(s, e)| e - s),
             rec: i,
             orphan: false,
+            orphan_job_on: None,
         })
         .collect();
     for (provider, l) in &cache.orphans {
@@ -110,6 +111,7 @@ pub fn build_snapshot(engine: &Engine, cache: &mut SnapshotCache) -> Result<Snap
                 uptime_ms: crate::cost::billed_interval(&rec, now).map_or(0, |(s, e)| e - s),
                 rec,
                 orphan: true,
+                orphan_job_on: l.batch_on.clone(),
                 idle_deadline: None,
             },
         );

@@ -48,6 +48,7 @@ fn instance(id: &str, name: &str, state: InstanceState, hourly: i64) -> Instance
         cost: Money(hourly),
         uptime_ms: 3_600_000,
         orphan: false,
+        orphan_job_on: None,
     }
 }
 
@@ -93,12 +94,25 @@ fn fixture(readonly: bool) -> App {
         now_ms: NOW,
         instances: vec![
             orphan,
-            instance(
-                "i-tp2k0000aaaa",
-                "gpu-box",
-                InstanceState::Running,
-                2_500_000,
-            ),
+            InstanceRow {
+                rec: InstanceRecord {
+                    gpus: 1,
+                    gpu_info: Some("1x NVIDIA A100-SXM4-80GB (81920 MiB)".into()),
+                    ..instance(
+                        "i-tp2k0000aaaa",
+                        "gpu-box",
+                        InstanceState::Running,
+                        2_500_000,
+                    )
+                    .rec
+                },
+                ..instance(
+                    "i-tp2k0000aaaa",
+                    "gpu-box",
+                    InstanceState::Running,
+                    2_500_000,
+                )
+            },
             instance(
                 "i-tp2k0000bbbb",
                 "old-run",
@@ -450,6 +464,39 @@ fn terminate_confirmation_defaults_to_no() {
     );
     key(&mut app, KeyCode::Down);
     assert!(key(&mut app, KeyCode::Char('a')).is_empty());
+}
+
+/// A batch job a cluster runs for this store with no job behind it shows as an orphan job;
+/// terminate asks to cancel it (by its `slurm:ID`), adopt says why it cannot.
+#[test]
+fn an_orphan_batch_job_is_cancelled_not_adopted() {
+    let mut app = fixture(false);
+    let mut snap = app.snap.clone();
+    let mut stray = instance("slurm:77", "trainctl-ab12-j-x-1", InstanceState::Running, 0);
+    stray.orphan = true;
+    stray.orphan_job_on = Some("i-cluster0001".into());
+    stray.rec.provider_id = Some("trainctl-ab12-j-x-1".into());
+    snap.instances.insert(0, stray);
+    app.update(Msg::Snapshot(Box::new(snap)));
+    key(&mut app, KeyCode::Char('1'));
+    key(&mut app, KeyCode::Char('g'));
+    let shown = screen(&mut app, 120, 40);
+    assert!(shown.contains("ORPHAN JOB"), "{shown}");
+    assert!(key(&mut app, KeyCode::Char('a')).is_empty());
+    let said = app.status.clone().unwrap();
+    assert!(said.text.contains("batch job, not a machine"), "{said:?}");
+    ctrl(&mut app, 'd');
+    let Mode::Confirm(c) = &app.mode else {
+        panic!("no confirmation for the batch job")
+    };
+    assert_eq!(c.title, "Cancel orphan batch job?");
+    assert!(c.lines.iter().any(|l| l.contains("i-cluster0001")));
+    assert_eq!(
+        key(&mut app, KeyCode::Char('y')),
+        vec![Command::Terminate {
+            instance: "slurm:77".into()
+        }]
+    );
 }
 
 #[test]

@@ -47,6 +47,15 @@ pub(crate) fn draw_instances(f: &mut Frame, app: &mut App, area: Rect) {
     let cost = money_column(rows.iter().map(|r| Some(r.cost)));
     let states: Vec<String> = rows.iter().map(|r| state_text(r)).collect();
     let types: Vec<String> = rows.iter().map(|r| r.rec.instance_type.clone()).collect();
+    // What the machine says of its GPUs (a cluster: its partitions' free GPUs), else the
+    // count.
+    let gpus: Vec<String> = rows
+        .iter()
+        .map(|r| match &r.rec.gpu_info {
+            Some(g) if !g.is_empty() => crate::sanitize::sanitize_line(g.as_bytes()),
+            _ => r.rec.gpus.to_string(),
+        })
+        .collect();
     let uptimes: Vec<String> = rows
         .iter()
         .map(|r| {
@@ -64,7 +73,7 @@ pub(crate) fn draw_instances(f: &mut Frame, app: &mut App, area: Rect) {
         Col::fixed("$/H", widest(hourly.iter(), 4), 1),
         Col::fixed("COST", widest(cost.iter(), 4), 1),
         Col::fixed("TYPE", widest(types.iter(), 4).min(24), 2),
-        Col::fixed("GPU", 3, 3),
+        Col::fixed("GPUS", widest(gpus.iter(), 4).min(40), 3),
         Col::fixed("UPTIME", widest(uptimes.iter(), 6), 3),
         Col::fixed("MARKET", 9, 4),
         Col::fixed("PROVIDER", 8, 4),
@@ -87,7 +96,7 @@ pub(crate) fn draw_instances(f: &mut Frame, app: &mut App, area: Rect) {
                 Cell::from(hourly[k].clone()),
                 Cell::from(cost[k].clone()),
                 Cell::from(types[k].clone()),
-                Cell::from(i.gpus.to_string()),
+                Cell::from(gpus[k].clone()),
                 Cell::from(uptimes[k].clone()),
                 Cell::from(if i.spot { "spot" } else { "on-demand" }),
                 Cell::from(i.provider.clone()),
@@ -108,6 +117,7 @@ pub(crate) fn draw_instances(f: &mut Frame, app: &mut App, area: Rect) {
 /// the idle guard's countdown in its last five minutes, or the state.
 fn state_text(r: &InstanceRow) -> String {
     match r.idle_deadline {
+        _ if r.orphan_job_on.is_some() => "ORPHAN JOB".into(),
         _ if r.orphan => "ORPHAN".into(),
         Some(d) if d - crate::model::now_ms() < 5 * 60_000 => format!(
             "idle, ends in {}",
@@ -175,7 +185,29 @@ impl App {
                 }
             },
             Action::Terminate => {
-                if let Some(i) = self.selected_instance().filter(|i| i.orphan) {
+                if let Some(i) = self.selected_instance().filter(|i| i.orphan)
+                    && let Some(on) = &i.orphan_job_on
+                {
+                    // A batch job the scheduler runs for this store with no job behind it.
+                    self.mode = Mode::Confirm(Confirm::yes_no(
+                        "Cancel orphan batch job?",
+                        vec![
+                            format!(
+                                "{} ({}) on {} ({})",
+                                i.rec.id,
+                                i.rec.provider_id.clone().unwrap_or_default(),
+                                on,
+                                i.rec.instance_type
+                            ),
+                            "no job of the store accounts for it; it holds the cluster's GPUs"
+                                .into(),
+                        ],
+                        Command::Terminate {
+                            instance: i.rec.id.clone(),
+                        },
+                    ));
+                    Vec::new()
+                } else if let Some(i) = self.selected_instance().filter(|i| i.orphan) {
                     // A machine the provider holds that the store lost: it may be billing.
                     let m = Money::column(&[i.cost, i.rec.hourly]);
                     self.mode = Mode::Confirm(Confirm::yes_no(
@@ -219,6 +251,14 @@ impl App {
                 }
             }
             Action::Adopt => match self.selected_instance().filter(|i| i.orphan) {
+                Some(i) if i.orphan_job_on.is_some() => {
+                    let cancel = self.keymap.first_key(Action::Terminate);
+                    self.say(
+                        format!("{} is a batch job, not a machine: {cancel} cancels it", i.rec.id),
+                        true,
+                    );
+                    Vec::new()
+                }
                 Some(i) => vec![Command::Adopt {
                     instance: i.rec.id.clone(),
                 }],
