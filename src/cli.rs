@@ -151,6 +151,10 @@ pub enum Command {
         job: String,
         #[arg(short, long)]
         follow: bool,
+        /// Another rank's output (a job of several ranks on a Slurm cluster; rank 0's is
+        /// the job's log), read from the cluster.
+        #[arg(long)]
+        rank: Option<u32>,
     },
     /// Print the metric points parsed from a job's log.
     Metrics {
@@ -708,7 +712,12 @@ async fn run(cli: Cli) -> Result<i32> {
             };
             run_job(&engine, opts, json).await
         }
-        Command::Logs { job, follow } => logs(&engine, &job, follow).await,
+        Command::Logs {
+            job,
+            follow,
+            rank: Some(rank),
+        } => rank_logs(&engine, &job, rank, follow).await,
+        Command::Logs { job, follow, .. } => logs(&engine, &job, follow).await,
         Command::Metrics { job, name } => metrics(&engine, &job, name.as_deref(), json).await,
         Command::Cost => cost(&engine, json).await,
         Command::Cancel { job, no_wait } => {
@@ -1725,6 +1734,50 @@ async fn logs(engine: &Engine, key: &str, follow: bool) -> Result<i32> {
             None => Err(e),
         },
     }
+}
+
+/// `logs --rank N`: that rank's output, from the cluster, its complete lines sanitized as
+/// the job's log is; with `-f`, until the job ends.
+async fn rank_logs(engine: &Engine, key: &str, rank: u32, follow: bool) -> Result<i32> {
+    const CHUNK: usize = 1 << 20;
+    let mut off = 0u64;
+    let mut partial: Vec<u8> = Vec::new();
+    loop {
+        let (bytes, live) = engine.rank_log(key, rank, off, CHUNK).await?;
+        let got = bytes.as_ref().map_or(0, Vec::len);
+        if let Some(b) = bytes {
+            partial.extend_from_slice(&b);
+            off += b.len() as u64;
+            // Whole lines only while more may come.
+            let cut = partial.iter().rposition(|&c| c == b'\n').map_or(0, |i| i + 1);
+            let text: String = crate::engine::display_lines(&partial[..cut])
+                .into_iter()
+                .map(|l| l + "\n")
+                .collect();
+            print_block(&text, false);
+            partial.drain(..cut);
+        } else if off == 0 && !(follow && live) {
+            bail!("no output of rank {rank} (is it a job of more than {rank} rank(s)?)");
+        }
+        if got == CHUNK {
+            continue;
+        }
+        if !(follow && live) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        if follow {
+            let _ = engine.poll_job(&engine.store().find_job(key)?.id).await;
+        }
+    }
+    if !partial.is_empty() {
+        let text: String = crate::engine::display_lines(&partial)
+            .into_iter()
+            .map(|l| l + "\n")
+            .collect();
+        print_block(&text, false);
+    }
+    Ok(EXIT_OK)
 }
 
 async fn metrics(engine: &Engine, key: &str, name: Option<&str>, json: bool) -> Result<i32> {

@@ -24,6 +24,38 @@ impl Engine {
         ))
     }
 
+    /// Output of rank `rank` (from 1) of the job's newest attempt, a job of several ranks
+    /// on a scheduler (`rank-N.log` beside its log, kept on the cluster's filesystem, not
+    /// in the store): up to `max` bytes from `from`, with whether the job is still live.
+    /// None while the file is not there.
+    pub async fn rank_log(
+        &self,
+        job_id: &str,
+        rank: u32,
+        from: u64,
+        max: usize,
+    ) -> Result<(Option<Vec<u8>>, bool)> {
+        if rank == 0 {
+            bail!("rank 0's output is the job's log: `trainctl logs {job_id}`");
+        }
+        let job = self.store().find_job(job_id)?;
+        let att = self
+            .store()
+            .attempts(&job.id)?
+            .pop()
+            .with_context(|| format!("job {} has not started", job.id))?;
+        let inst = self.store().find_instance(&att.instance_id)?;
+        let remote = self.remote_for(&inst).await.with_context(|| {
+            format!("the ranks' output stays on {}, which cannot be reached", inst.id)
+        })?;
+        let path = format!("{}/rank-{rank}.log", att.remote_dir);
+        let bytes = crate::remote::retry_lost(4, "reading a rank's output", || {
+            remote.read_range(&path, from, max)
+        })
+        .await?;
+        Ok((bytes, !job.state.is_terminal()))
+    }
+
     /// Display lines of a job's stored log from (attempt, byte offset) up to what is
     /// committed, every attempt in order: complete lines only in the live attempt, all of
     /// it once the job ended; at most about `max_bytes` of it per call (memory stays

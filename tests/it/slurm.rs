@@ -663,6 +663,15 @@ fn a_two_rank_job_gets_torchruns_environment_on_each_rank() {
         rank1.starts_with("rank=1 local=1 node=0 world=2 local_world=2 master=localhost:29"),
         "{rank1}"
     );
+    // Viewable from trainctl: `logs --rank 1` reads it from the cluster.
+    assert_eq!(env.ok(&["logs", job, "--rank", "1"]), rank1);
+    let out = env.run(&["logs", job, "--rank", "5"]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("no output of rank 5"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     // The local provider runs one task: refused, saying what would place them.
     let out = env.run(&["run", "--provider", "local"]);
     assert!(!out.status.success());
