@@ -1749,7 +1749,10 @@ async fn rank_logs(engine: &Engine, key: &str, rank: u32, follow: bool) -> Resul
             partial.extend_from_slice(&b);
             off += b.len() as u64;
             // Whole lines only while more may come.
-            let cut = partial.iter().rposition(|&c| c == b'\n').map_or(0, |i| i + 1);
+            let cut = partial
+                .iter()
+                .rposition(|&c| c == b'\n')
+                .map_or(0, |i| i + 1);
             let text: String = crate::engine::display_lines(&partial[..cut])
                 .into_iter()
                 .map(|l| l + "\n")

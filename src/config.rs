@@ -716,7 +716,10 @@ impl UserConfig {
                 {
                     return Err(at(
                         t,
-                        format!("cluster `{}`: time_limit `{t}` is not a time Slurm reads", c.name),
+                        format!(
+                            "cluster `{}`: time_limit `{t}` is not a time Slurm reads",
+                            c.name
+                        ),
                     ));
                 }
                 if !c.hourly_usd_per_gpu.is_finite() || c.hourly_usd_per_gpu < 0.0 {
@@ -1311,8 +1314,9 @@ mod tests {
             std::fs::write(&f, text).unwrap();
             Project::load(&f)
         };
-        let ok = load("command = \"x\"\n[slurm]\npartition = \"gpu\"\ntime_limit = \"1-00:00:00\"\n")
-            .unwrap();
+        let ok =
+            load("command = \"x\"\n[slurm]\npartition = \"gpu\"\ntime_limit = \"1-00:00:00\"\n")
+                .unwrap();
         assert_eq!(ok.config.slurm.partition.as_deref(), Some("gpu"));
         let e = load("command = \"x\"\n[slurm]\naccount = \"lab$x\"\n").unwrap_err();
         assert_eq!(e.line, 3, "{e}");

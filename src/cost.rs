@@ -433,7 +433,10 @@ mod tests {
         };
         let by_id: HashMap<&str, &InstanceRecord> = [(hold.id.as_str(), &hold)].into();
         let now = midnight + 7_200_000;
-        assert_eq!(job_cost(std::slice::from_ref(&a), &by_id, now), Money(15_000_000));
+        assert_eq!(
+            job_cost(std::slice::from_ref(&a), &by_id, now),
+            Money(15_000_000)
+        );
         assert_eq!(attempt_gpu_seconds(&a, now), 6 * 3600);
         assert_eq!(fmt_gpu_hours(attempt_gpu_seconds(&a, now)), "6.00");
         let days = per_day(std::slice::from_ref(&hold), std::slice::from_ref(&a), now);
@@ -457,7 +460,10 @@ mod tests {
             ended_ms: None,
             ..a.clone()
         };
-        assert_eq!(job_cost(std::slice::from_ref(&queued), &by_id, now), Money::ZERO);
+        assert_eq!(
+            job_cost(std::slice::from_ref(&queued), &by_id, now),
+            Money::ZERO
+        );
         assert_eq!(attempt_gpu_seconds(&queued, now), 0);
         let running = AttemptRecord {
             ended_ms: None,

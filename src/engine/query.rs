@@ -46,7 +46,10 @@ impl Engine {
             .with_context(|| format!("job {} has not started", job.id))?;
         let inst = self.store().find_instance(&att.instance_id)?;
         let remote = self.remote_for(&inst).await.with_context(|| {
-            format!("the ranks' output stays on {}, which cannot be reached", inst.id)
+            format!(
+                "the ranks' output stays on {}, which cannot be reached",
+                inst.id
+            )
         })?;
         let path = format!("{}/rank-{rank}.log", att.remote_dir);
         let bytes = crate::remote::retry_lost(4, "reading a rank's output", || {

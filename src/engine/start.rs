@@ -285,7 +285,9 @@ impl Engine {
         let doing = if setting_up { "setting up" } else { "running" };
         let what = match pid.split_once(':') {
             // A scheduler's handle (`slurm:123`): submitted; it may wait in the queue.
-            Some((sched, id)) => format!("attempt {attempt} submitted as {sched} job {id} to run in {workdir}"),
+            Some((sched, id)) => {
+                format!("attempt {attempt} submitted as {sched} job {id} to run in {workdir}")
+            }
             None => format!("attempt {attempt} {doing} as process group {pid} in {workdir}"),
         };
         self.transition(job_id, state, &what, None)?;

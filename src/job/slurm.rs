@@ -764,7 +764,9 @@ impl super::executor::Executor for SbatchExecutor {
     }
 
     async fn capacity(&self, remote: &dyn Remote) -> Result<Option<String>> {
-        Ok(Some(capacity_text(&partitions(remote, &self.cluster).await?)))
+        Ok(Some(capacity_text(
+            &partitions(remote, &self.cluster).await?,
+        )))
     }
 
     async fn batch_jobs(&self, remote: &dyn Remote) -> Result<Vec<super::executor::BatchJob>> {
@@ -884,13 +886,13 @@ mod tests {
                     cpu*|c1|(null)|gpu:0|2/30/0/32|idle|\n";
         let p = parse_sinfo(text);
         assert_eq!(p.len(), 3);
-        assert_eq!(
-            (p[0].gpus, p[0].gpus_free, p[0].nodes_usable),
-            (2, 1, 1)
-        );
+        assert_eq!((p[0].gpus, p[0].gpus_free, p[0].nodes_usable), (2, 1, 1));
         assert_eq!((p[1].gpus, p[1].gpus_free, p[1].nodes), (12, 3, 3));
         assert_eq!(p[1].nodes_usable, 2);
-        assert_eq!((p[2].name.as_str(), p[2].cpus_idle, p[2].cpus), ("cpu", 30, 32));
+        assert_eq!(
+            (p[2].name.as_str(), p[2].cpus_idle, p[2].cpus),
+            ("cpu", 30, 32)
+        );
         assert_eq!(
             capacity_text(&p),
             "debug 1/2 GPUs free · gpu 3/12 GPUs free (1 of 3 nodes down) · cpu 30/32 CPUs idle"

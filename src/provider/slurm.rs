@@ -51,8 +51,8 @@ impl SlurmProvider {
             hosts,
         };
         let dir = data_dir.join("slurm");
-        let owner = super::gpucloud::owner(&dir, None)
-            .unwrap_or_else(|_| dir.display().to_string());
+        let owner =
+            super::gpucloud::owner(&dir, None).unwrap_or_else(|_| dir.display().to_string());
         SlurmProvider {
             logins: SshProvider::with_holds(data_dir, pool, prompt, "slurm-holds"),
             owner: super::gpucloud::owner_tag(&owner),
@@ -154,10 +154,9 @@ impl Provider for SlurmProvider {
     }
 
     fn gpu_hour_price(&self, inst: &InstanceRecord) -> Option<Money> {
-        Some(
-            self.cluster(&inst.instance_type)
-                .map_or(Money::ZERO, |c| Money::from_dollars_f64(c.hourly_usd_per_gpu)),
-        )
+        Some(self.cluster(&inst.instance_type).map_or(Money::ZERO, |c| {
+            Money::from_dollars_f64(c.hourly_usd_per_gpu)
+        }))
     }
 
     fn executor(&self, inst: &InstanceRecord) -> Option<Arc<dyn Executor>> {

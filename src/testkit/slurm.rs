@@ -74,7 +74,15 @@ impl Net {
                 "link", "add", &veth, "type", "veth", "peer", "name", "eth0", "netns", &ns,
             ])?;
             ip(&["link", "set", &veth, "master", &net.bridge, "up"])?;
-            ip(&["-n", &ns, "addr", "add", &format!("{prefix}.{}/24", k + 1), "dev", "eth0"])?;
+            ip(&[
+                "-n",
+                &ns,
+                "addr",
+                "add",
+                &format!("{prefix}.{}/24", k + 1),
+                "dev",
+                "eth0",
+            ])?;
             ip(&["-n", &ns, "link", "set", "eth0", "up"])?;
             ip(&["-n", &ns, "link", "set", "lo", "up"])?;
         }
@@ -277,7 +285,11 @@ impl Slurm {
                 .status()
                 .expect("slurmd (Debian: slurm-wlm)")
                 .success();
-            assert!(ok, "slurmd did not start: {}", s.log(&format!("d-{node}.log")));
+            assert!(
+                ok,
+                "slurmd did not start: {}",
+                s.log(&format!("d-{node}.log"))
+            );
         }
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
@@ -339,7 +351,11 @@ impl Drop for Slurm {
                 .and_then(|p| p.trim().parse::<i32>().ok())
         };
         let deadline = Instant::now() + Duration::from_secs(5);
-        let mut files: Vec<String> = self.nodes.iter().map(|n| format!("run/d-{n}.pid")).collect();
+        let mut files: Vec<String> = self
+            .nodes
+            .iter()
+            .map(|n| format!("run/d-{n}.pid"))
+            .collect();
         files.push("run/ctld.pid".into());
         for f in &files {
             if let Some(p) = pid(f) {

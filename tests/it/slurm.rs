@@ -388,7 +388,11 @@ fn a_job_near_its_time_limit_saves_and_continues_in_a_new_batch_job() {
     assert!(secs >= 1, "{cost}");
     assert_eq!(j["cost_micros"].as_i64().unwrap(), secs * 1000, "{cost}");
     assert_eq!(cost["instances"][0]["cost_micros"], 0, "{cost}");
-    assert_eq!(cost["total_micros"].as_i64().unwrap(), secs * 1000, "{cost}");
+    assert_eq!(
+        cost["total_micros"].as_i64().unwrap(),
+        secs * 1000,
+        "{cost}"
+    );
     let day: i64 = cost["gpu_seconds_days"]
         .as_object()
         .unwrap()
@@ -422,7 +426,12 @@ fn a_job_whose_node_goes_down_is_recovered_once_a_node_is_back() {
         slurm_ok(
             cluster,
             "scontrol",
-            &["update", "nodename=localhost", "state=down", "reason=trainctl-test"],
+            &[
+                "update",
+                "nodename=localhost",
+                "state=down",
+                "reason=trainctl-test",
+            ],
         );
         // The batch job is taken off the node (requeued, or failed with the node).
         for _ in 0..200 {
@@ -521,12 +530,18 @@ fn ls_shows_the_clusters_room_and_batch_jobs_no_job_accounts_for() {
         .iter()
         .find(|o| o["id"] == key.as_str())
         .unwrap();
-    assert_eq!((o["orphan"].as_bool(), o["batch_on"].as_str()), (Some(true), Some(id.as_str())));
+    assert_eq!(
+        (o["orphan"].as_bool(), o["batch_on"].as_str()),
+        (Some(true), Some(id.as_str()))
+    );
     // Not a machine to adopt; terminate cancels it and it leaves the queue.
     assert!(!env.run(&["adopt", &key]).status.success());
     env.ok(&["terminate", &key]);
     let q = queue(&cluster);
-    assert!(!q.lines().any(|l| l.starts_with(&format!("{stray} "))), "{q}");
+    assert!(
+        !q.lines().any(|l| l.starts_with(&format!("{stray} "))),
+        "{q}"
+    );
     assert!(q.contains("j-theirs"), "{q}");
     assert!(!env.ok(&["ls"]).contains("ORPHAN"));
     assert!(
@@ -619,26 +634,71 @@ fn a_queued_job_says_why_it_waits_then_runs() {
     assert_eq!(env.json(&["ls"]).as_array().unwrap().len(), 1);
 }
 
+/// A run on the cluster of `command` (it echoes its rank's environment) with `resources`:
+/// the env (its project and sshd kept alive), the shared dir, the job, the job's log and
+/// rank 1's output file.
+struct Ranks {
+    env: crate::common::Env,
+    _sshd: Sshd,
+    _shared: tempfile::TempDir,
+    job: String,
+    log: String,
+    rank1: String,
+}
+
+fn run_ranks(cluster: &Slurm, resources: &str, command: &str) -> Ranks {
+    let sshd = Sshd::start();
+    let shared = tempfile::tempdir().unwrap();
+    let env = slurm_env(cluster, &sshd, shared.path(), "0", "");
+    let toml = env.project.join("trainctl.toml");
+    let text = std::fs::read_to_string(&toml).unwrap().replace(
+        "command = \"python3 train.py --epochs 5\"",
+        &format!("command = \"{command}\""),
+    );
+    std::fs::write(&toml, text).unwrap();
+    crate::common::set_resources(&env, resources);
+    let run = env.json(&["run", "--cluster", "tc"]);
+    assert_eq!(run["state"], "succeeded", "{run}");
+    let job = run["job_id"].as_str().unwrap().to_string();
+    let log = env.ok(&["logs", &job]);
+    let rank1 = std::fs::read_to_string(
+        shared
+            .path()
+            .join(".trainctl/jobs")
+            .join(format!("{job}-1"))
+            .join("rank-1.log"),
+    )
+    .unwrap();
+    Ranks {
+        env,
+        _sshd: sshd,
+        _shared: shared,
+        job,
+        log,
+        rank1,
+    }
+}
+
 /// Several ranks: `resources.tasks_per_node = 2` runs one task per rank with `srun`, each
 /// with torchrun's rendezvous environment; rank 0's output is the job's log, the other
 /// rank's is kept beside it. On a machine of trainctl's own it is refused.
 #[test]
 fn a_two_rank_job_gets_torchruns_environment_on_each_rank() {
     let cluster = Slurm::start();
-    let sshd = Sshd::start();
-    let shared = tempfile::tempdir().unwrap();
-    let env = slurm_env(&cluster, &sshd, shared.path(), "0", "");
-    let toml = env.project.join("trainctl.toml");
-    let text = std::fs::read_to_string(&toml).unwrap().replace(
-        "command = \"python3 train.py --epochs 5\"",
-        "command = \"echo rank=$RANK local=$LOCAL_RANK node=$NODE_RANK world=$WORLD_SIZE local_world=$LOCAL_WORLD_SIZE master=$MASTER_ADDR:$MASTER_PORT\"",
+    // Bound whole: the login node and shared dir live to the test's end.
+    let Ranks {
+        env,
+        job,
+        log,
+        rank1,
+        _sshd,
+        _shared,
+    } = run_ranks(
+        &cluster,
+        "tasks_per_node = 2",
+        "echo rank=$RANK local=$LOCAL_RANK node=$NODE_RANK world=$WORLD_SIZE local_world=$LOCAL_WORLD_SIZE master=$MASTER_ADDR:$MASTER_PORT",
     );
-    std::fs::write(&toml, text).unwrap();
-    crate::common::set_resources(&env, "tasks_per_node = 2");
-    let run = env.json(&["run", "--cluster", "tc"]);
-    assert_eq!(run["state"], "succeeded", "{run}");
-    let job = run["job_id"].as_str().unwrap();
-    let log = env.ok(&["logs", job]);
+    let job = job.as_str();
     let rank0 = log
         .lines()
         .find(|l| l.starts_with("rank="))
@@ -651,14 +711,6 @@ fn a_two_rank_job_gets_torchruns_environment_on_each_rank() {
         !log.contains("rank=1"),
         "only rank 0 in the job's log: {log}"
     );
-    let rank1 = std::fs::read_to_string(
-        shared
-            .path()
-            .join(".trainctl/jobs")
-            .join(format!("{job}-1"))
-            .join("rank-1.log"),
-    )
-    .unwrap();
     assert!(
         rank1.starts_with("rank=1 local=1 node=0 world=2 local_world=2 master=localhost:29"),
         "{rank1}"
@@ -688,33 +740,16 @@ fn a_two_rank_job_gets_torchruns_environment_on_each_rank() {
 #[test]
 fn a_two_node_job_runs_a_rank_on_each_node() {
     let cluster = Slurm::start_nodes(2);
-    let sshd = Sshd::start();
-    let shared = tempfile::tempdir().unwrap();
-    let env = slurm_env(&cluster, &sshd, shared.path(), "0", "");
-    let toml = env.project.join("trainctl.toml");
-    let text = std::fs::read_to_string(&toml).unwrap().replace(
-        "command = \"python3 train.py --epochs 5\"",
-        "command = \"echo rank=$RANK node=$NODE_RANK world=$WORLD_SIZE on=$SLURMD_NODENAME master=$MASTER_ADDR net=$(readlink /proc/self/ns/net)\"",
+    let Ranks { log, rank1, .. } = run_ranks(
+        &cluster,
+        "nodes = 2\ntasks_per_node = 1",
+        "echo rank=$RANK node=$NODE_RANK world=$WORLD_SIZE on=$SLURMD_NODENAME master=$MASTER_ADDR net=$(readlink /proc/self/ns/net)",
     );
-    std::fs::write(&toml, text).unwrap();
-    crate::common::set_resources(&env, "nodes = 2\ntasks_per_node = 1");
-    let run = env.json(&["run", "--cluster", "tc"]);
-    assert_eq!(run["state"], "succeeded", "{run}");
-    let job = run["job_id"].as_str().unwrap();
-    let log = env.ok(&["logs", job]);
     let rank0 = log
         .lines()
         .find(|l| l.starts_with("rank="))
         .unwrap_or_default()
         .to_string();
-    let rank1 = std::fs::read_to_string(
-        shared
-            .path()
-            .join(".trainctl/jobs")
-            .join(format!("{job}-1"))
-            .join("rank-1.log"),
-    )
-    .unwrap();
     assert!(
         rank0.starts_with("rank=0 node=0 world=2 on=node1 master=node1 net="),
         "{log}"
@@ -723,6 +758,12 @@ fn a_two_node_job_runs_a_rank_on_each_node() {
         rank1.starts_with("rank=1 node=1 world=2 on=node2 master=node1 net="),
         "{rank1}"
     );
-    let net = |l: &str| l.rsplit("net=").next().unwrap_or_default().trim().to_string();
+    let net = |l: &str| {
+        l.rsplit("net=")
+            .next()
+            .unwrap_or_default()
+            .trim()
+            .to_string()
+    };
     assert_ne!(net(&rank0), net(&rank1), "two networks: {rank0} / {rank1}");
 }

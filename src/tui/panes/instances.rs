@@ -254,7 +254,10 @@ impl App {
                 Some(i) if i.orphan_job_on.is_some() => {
                     let cancel = self.keymap.first_key(Action::Terminate);
                     self.say(
-                        format!("{} is a batch job, not a machine: {cancel} cancels it", i.rec.id),
+                        format!(
+                            "{} is a batch job, not a machine: {cancel} cancels it",
+                            i.rec.id
+                        ),
                         true,
                     );
                     Vec::new()
