@@ -279,7 +279,26 @@ impl Engine {
 
     fn transition(&self, job_id: &str, to: JobState, why: &str, code: Option<i32>) -> Result<()> {
         if self.transition_only(job_id, to, why, code)? && to.is_terminal() {
+            self.say_continuations(job_id, to)?;
             self.job_ended(job_id);
+        }
+        Ok(())
+    }
+
+    /// A job that ended after more than one attempt says how many continuations it took
+    /// (a run of days on a 4-hour partition: each time limit is one).
+    pub(super) fn say_continuations(&self, job_id: &str, to: JobState) -> Result<()> {
+        let n = self.store().attempts(job_id)?.len();
+        if n > 1 {
+            self.store().add_event(
+                "job.continuations",
+                None,
+                Some(job_id),
+                &format!(
+                    "{to} after {n} attempts: {} continuation(s) after interruptions",
+                    n - 1
+                ),
+            )?;
         }
         Ok(())
     }

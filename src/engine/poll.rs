@@ -488,6 +488,9 @@ impl Engine {
             }
         };
         let moved = self.transition_only(&job.id, state, &why, code)?;
+        if moved {
+            self.say_continuations(&job.id, state)?;
+        }
         self.archive_logs(&job).await;
         if job.terminate_on_end
             && let Some(inst_id) = job.instance_id.as_deref()

@@ -375,6 +375,11 @@ fn a_job_near_its_time_limit_saves_and_continues_in_a_new_batch_job() {
         "{:?}",
         env.events(&job)
     );
+    assert!(
+        said(&env, &job, "succeeded after 2 attempts: 1 continuation"),
+        "{:?}",
+        env.events(&job)
+    );
     // One GPU at $3.60 an hour: a thousandth of a dollar per GPU-second, over both
     // attempts' run time; the cluster's hold bills nothing.
     let cost = env.json(&["cost"]);
