@@ -1770,7 +1770,9 @@ async fn rank_logs(engine: &Engine, key: &str, rank: u32, follow: bool) -> Resul
         }
         tokio::time::sleep(std::time::Duration::from_secs(1)).await;
         if follow {
-            let _ = engine.poll_job(&engine.store().find_job(key)?.id).await;
+            // The store's guard goes before the await.
+            let id = engine.store().find_job(key)?.id;
+            let _ = engine.poll_job(&id).await;
         }
     }
     if !partial.is_empty() {
