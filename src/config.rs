@@ -843,6 +843,31 @@ pub struct ProjectConfig {
     /// on machines of other providers).
     #[serde(default)]
     pub slurm: SlurmJobConfig,
+    /// Run the command inside this container image (pulled on the machine when missing):
+    /// `nvcr.io/nvidia/pytorch:24.10-py3`. See `[docker]`.
+    #[serde(default)]
+    pub image: Option<String>,
+    /// How the job's container runs (with `image`).
+    #[serde(default)]
+    pub docker: DockerConfig,
+}
+
+/// `[docker]`: the job's container. The code, the job's data and checkpoints are mounted
+/// at the same paths as on the machine (so every `TRAINCTL_*` path holds inside), the
+/// job's environment is passed, the command runs as the machine user in the workdir with
+/// the host's network and IPC (PyTorch's data loaders); `--gpus N` when the job asks for
+/// GPUs.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct DockerConfig {
+    /// `DOCKER_HOST` on the machine (default: Docker's own, `/var/run/docker.sock`).
+    pub host: Option<String>,
+    /// `--shm-size` (`16g`), when not sharing the host's IPC is wanted: then IPC is
+    /// private with this much shared memory.
+    pub shm_size: Option<String>,
+    /// More of the machine in the container: `"/mnt/datasets:/data:ro"` (absolute paths;
+    /// `:ro` for read-only).
+    pub volumes: Vec<String>,
 }
 
 /// `[slurm]` in `trainctl.toml`: one job's partition, account, QoS, constraint, time
@@ -1071,6 +1096,43 @@ impl Project {
         };
         if self.config.command.trim().is_empty() {
             return Err(err_at("command", "`command` must not be empty".into()));
+        }
+        if let Some(img) = &self.config.image
+            && !crate::job::container::valid_image(img)
+        {
+            return Err(err_at(
+                img,
+                format!("`{img}` is not an image reference (registry/name:tag or @sha256:…)"),
+            ));
+        }
+        for (key, v) in [
+            ("host", &self.config.docker.host),
+            ("shm_size", &self.config.docker.shm_size),
+        ] {
+            if let Some(v) = v
+                && (v.is_empty() || v.chars().any(|c| c.is_control() || c.is_whitespace()))
+            {
+                return Err(err_at(
+                    v,
+                    format!("[docker] {key} `{v}`: no spaces or control characters"),
+                ));
+            }
+        }
+        for v in &self.config.docker.volumes {
+            if !crate::job::container::valid_volume(v) {
+                return Err(err_at(
+                    v,
+                    format!(
+                        "[docker] volume `{v}` is not `/machine/path:/container/path` (or `…:ro`)"
+                    ),
+                ));
+            }
+        }
+        if self.config.image.is_none() && self.config.docker != DockerConfig::default() {
+            return Err(err_at(
+                "[docker]",
+                "[docker] says how the job's container runs, but there is no `image`".into(),
+            ));
         }
         for (key, v) in self.config.slurm.pairs() {
             if let Err(e) = crate::job::slurm::directive_value(&v) {

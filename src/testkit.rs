@@ -3,6 +3,7 @@
 //! Needs `/usr/sbin/sshd` and `ssh-keygen` (Debian: openssh-server, openssh-client).
 
 pub mod clouds;
+pub mod docker;
 pub mod proxy;
 pub mod slurm;
 

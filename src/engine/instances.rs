@@ -231,6 +231,20 @@ impl Engine {
                 tracing::warn!("stopping job {} before terminate: {e:#}", j.id);
             }
         }
+        // Containers its jobs left (a host outlives its hold; a cloud machine goes anyway,
+        // so one that cannot be reached is not waited for).
+        let ran_jobs = !matches!(self.store().last_work_on(&inst.id)?, Some(None));
+        if ran_jobs && (inst.state.is_live() || inst.state == InstanceState::Terminating) {
+            let swept = async {
+                let r = p.remote(&inst).await?;
+                job::container::remove_all_left(r.as_ref()).await
+            };
+            match tokio::time::timeout(Duration::from_secs(10), swept).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::warn!("removing {}'s containers: {e:#}", inst.id),
+                Err(_) => tracing::warn!("removing {}'s containers: no answer in 10 s", inst.id),
+            }
+        }
         p.terminate(&inst)
             .await
             .with_context(|| format!("terminating {}", inst.id))?;

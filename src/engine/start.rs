@@ -116,6 +116,15 @@ impl Engine {
         })
         .await
         .with_context(|| format!("{} cannot run this job", inst.id))?;
+        // A job in a container: Docker must answer there (with an NVIDIA runtime when it
+        // asks for GPUs), before anything is sent.
+        if spec.project.image.is_some() {
+            crate::remote::retry_lost(4, "asking the machine's Docker", || {
+                job::container::check(remote, spec.project.docker.host.as_deref(), res.gpus)
+            })
+            .await
+            .with_context(|| format!("{} cannot run this job", inst.id))?;
+        }
         let (uploaded, bytes, deleted) = self.sync_code(remote, &inst.id, spec).await?;
         self.store().add_event(
             "sync.done",
@@ -253,12 +262,32 @@ impl Engine {
         for (k, v) in spec.project.slurm.pairs() {
             asks.push_str(&format!("# slurm.{k}={v}\n"));
         }
+        // In a container: the command runs there (see `job::container`).
+        let command = match &spec.project.image {
+            Some(image) => job::container::script(
+                &job::container::Container {
+                    image: image.clone(),
+                    name: format!("trainctl-{}", jd.rsplit('/').next().unwrap_or(job_id)),
+                    job_id: job_id.to_string(),
+                    attempt,
+                    mount: root.clone(),
+                    workdir: workdir.clone(),
+                    host: spec.project.docker.host.clone(),
+                    gpus: r.gpus,
+                    shm_size: spec.project.docker.shm_size.clone(),
+                    job_dir: jd.clone(),
+                    volumes: spec.project.docker.volumes.clone(),
+                },
+                &spec.project.command,
+                &env,
+            ),
+            None => job::command_script(&spec.project.command, &env),
+        };
         let script = format!(
-            "# gpu_every={}\n# nodes={}\n# tasks_per_node={}\n{asks}{}",
+            "# gpu_every={}\n# nodes={}\n# tasks_per_node={}\n{asks}{command}",
             self.inner.cfg.gpu_sample_seconds,
             r.nodes.unwrap_or(1).max(1),
             r.tasks_per_node.unwrap_or(1).max(1),
-            job::command_script(&spec.project.command, &env)
         );
         let pid = executor
             .start(remote, &jd, &workdir, &script, self.grace())

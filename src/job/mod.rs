@@ -7,6 +7,7 @@
 
 pub mod artifacts;
 pub mod checkpoint;
+pub mod container;
 pub mod data;
 pub mod delta;
 pub mod executor;

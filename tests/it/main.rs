@@ -5,6 +5,7 @@ mod aws;
 mod clouds;
 mod common;
 mod config_errors;
+mod docker;
 mod headless;
 mod local_e2e;
 mod parser;

@@ -1,0 +1,357 @@
+//! A job inside a container (`image` in `trainctl.toml`). The container is a property of
+//! the attempt's command, not of how the attempt runs: `cmd.sh` creates the container and
+//! runs it attached, so the runner (or a Slurm batch job) runs it like any command: the
+//! log is the container's output, the exit code the container's, the runner's stop and
+//! interruption notices (SIGTERM to its process group) become `docker stop` with the
+//! grace, and SIGTERM reaches every process of the job inside the container.
+//!
+//! Inside, the code, the job's data and checkpoints are where they are on the machine
+//! (trainctl's directory is mounted at its own path, so every `TRAINCTL_*` path holds),
+//! the job's environment is passed, the command runs as the machine's user in the workdir
+//! with the host's network and IPC, under Docker's init (which reaps), and a small shell
+//! that passes SIGTERM to every process of the container and waits for them all before
+//! the container ends (a training process saving its checkpoint is not cut short).
+
+use crate::remote::{Remote, sh_quote};
+use anyhow::{Result, bail};
+use std::collections::BTreeMap;
+
+/// The container of one attempt.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Container {
+    pub image: String,
+    /// `trainctl-<job>-<attempt>`.
+    pub name: String,
+    pub job_id: String,
+    pub attempt: i64,
+    /// Mounted at its own path (trainctl's directory on the machine).
+    pub mount: String,
+    pub workdir: String,
+    /// `DOCKER_HOST` on the machine.
+    pub host: Option<String>,
+    pub gpus: Option<u32>,
+    /// `--shm-size` (and then a private IPC namespace); none: the host's IPC.
+    pub shm_size: Option<String>,
+    /// Where the attempt's files are (the container's name is kept there).
+    pub job_dir: String,
+    /// More mounts, `/machine:/container[:ro]` (checked: [`valid_volume`]).
+    pub volumes: Vec<String>,
+}
+
+/// `/machine/path:/container/path` or `…:ro`: absolute paths, nothing Docker could read
+/// as another option.
+pub fn valid_volume(v: &str) -> bool {
+    let parts: Vec<&str> = v.split(':').collect();
+    let paths_ok = |p: &[&str]| {
+        p.iter()
+            .all(|x| x.starts_with('/') && !x.contains(',') && !x.chars().any(char::is_control))
+    };
+    match parts.as_slice() {
+        [a, b] => paths_ok(&[a, b]),
+        [a, b, "ro"] | [a, b, "rw"] => paths_ok(&[a, b]),
+        _ => false,
+    }
+}
+
+/// A reference `docker` takes (`registry:5000/team/name:tag`, `name@sha256:…`), with
+/// nothing a shell or Docker could read as another argument.
+pub fn valid_image(r: &str) -> bool {
+    !r.is_empty()
+        && !r.starts_with('-')
+        && r.len() <= 512
+        && r.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "._-/:@".contains(c))
+}
+
+/// The `docker create` arguments (each to be shell-quoted) for `env_keys` passed in.
+pub fn create_args(c: &Container, env_keys: &[&str]) -> Vec<String> {
+    let mut a: Vec<String> = vec![
+        "create".into(),
+        "--init".into(),
+        "--name".into(),
+        c.name.clone(),
+        "--label".into(),
+        format!("trainctl.job={}", c.job_id),
+        "--label".into(),
+        format!("trainctl.attempt={}", c.attempt),
+        "--network".into(),
+        "host".into(),
+    ];
+    match &c.shm_size {
+        Some(s) => a.extend(["--shm-size".into(), s.clone()]),
+        None => a.extend(["--ipc".into(), "host".into()]),
+    }
+    for v in &c.volumes {
+        a.extend(["-v".into(), v.clone()]);
+    }
+    a.extend([
+        "-v".into(),
+        format!("{0}:{0}", c.mount),
+        "-w".into(),
+        c.workdir.clone(),
+    ]);
+    if let Some(n) = c.gpus.filter(|&n| n > 0) {
+        // `--gpus 2` is read as a count.
+        a.extend(["--gpus".into(), n.to_string()]);
+    }
+    for k in env_keys {
+        a.extend(["-e".into(), k.to_string()]);
+    }
+    a.extend([
+        "-e".into(),
+        "TRAINCTL_CMD".into(),
+        c.image.clone(),
+        "sh".into(),
+        "-c".into(),
+        INNER.into(),
+    ]);
+    a
+}
+
+/// The container's first process under Docker's init: the command in a shell of its own;
+/// SIGTERM (from `docker stop`) goes to every other process of the container; the
+/// container ends once they all have, with the command's exit status.
+const INNER: &str = "sh -c \"$TRAINCTL_CMD\" & c=$!; \
+    trap 'kill -TERM -1 2>/dev/null' TERM INT; \
+    while :; do wait $c; s=$?; kill -0 $c 2>/dev/null || break; done; \
+    while kill -0 -1 2>/dev/null; do sleep 0.1; done; exit $s";
+
+/// `cmd.sh` of an attempt in a container: `env` exported (and passed in), the container
+/// created (the image pulled if missing: its output is the log's first lines), its name
+/// kept in the job's folder (`container`: what terminate removes), run attached in a
+/// session of its own (the runner's signals do not cut its output), stopped on SIGTERM
+/// with the runner's grace less two seconds (so the container's own exit status is the
+/// one recorded), removed at the end.
+pub fn script(c: &Container, command: &str, env: &BTreeMap<String, String>) -> String {
+    let mut s = String::from("# written by trainctl: the command in a container\n");
+    for (k, v) in env {
+        s.push_str(&format!("export {k}={}\n", sh_quote(v)));
+    }
+    s.push_str(&format!("export TRAINCTL_CMD={}\n", sh_quote(command)));
+    if let Some(h) = &c.host {
+        s.push_str(&format!("export DOCKER_HOST={}\n", sh_quote(h)));
+    }
+    let keys: Vec<&str> = env.keys().map(String::as_str).collect();
+    let args: Vec<String> = create_args(c, &keys).iter().map(|a| sh_quote(a)).collect();
+    let user = "--user \"$(id -u):$(id -g)\"";
+    // `docker create ARGS… --user`: the user goes before the image, after `create`.
+    let (head, tail) = args.split_at(1);
+    s.push_str(&format!(
+        "n={n}\n\
+         g=${{TRAINCTL_GRACE:-30}}; [ \"$g\" -gt 3 ] && g=$((g - 2))\n\
+         docker rm -f \"$n\" >/dev/null 2>&1\n\
+         printf '%s\\n%s\\n' \"${{DOCKER_HOST:-}}\" \"$n\" > {jd}/container\n\
+         docker {head} {user} {tail} >/dev/null || exit 125\n\
+         trap 'docker stop -t \"$g\" \"$n\" >/dev/null 2>&1' TERM INT\n\
+         setsid -w docker start -a \"$n\" < /dev/null &\n\
+         p=$!\n\
+         while :; do wait $p; s=$?; kill -0 $p 2>/dev/null || break; done\n\
+         docker rm \"$n\" >/dev/null 2>&1\n\
+         exit $s\n",
+        n = sh_quote(&c.name),
+        jd = sh_quote(&c.job_dir),
+        head = head.join(" "),
+        tail = tail.join(" "),
+    ));
+    s
+}
+
+fn docker_env(host: Option<&str>) -> String {
+    host.map(|h| format!("DOCKER_HOST={} ", sh_quote(h)))
+        .unwrap_or_default()
+}
+
+/// Before anything runs: Docker answers on the machine, and a job asking for GPUs has an
+/// NVIDIA runtime there.
+pub async fn check(remote: &dyn Remote, host: Option<&str>, gpus: Option<u32>) -> Result<()> {
+    let out = remote
+        .exec(&format!(
+            "{}docker info --format '{{{{json .Runtimes}}}}' 2>&1",
+            docker_env(host)
+        ))
+        .await?;
+    let text = crate::sanitize::sanitize_line(out.stdout.trim_ascii());
+    if out.status != 0 {
+        bail!(
+            "the job runs in a container, but Docker does not answer on the machine{}: {text}",
+            host.map(|h| format!(" at {h}")).unwrap_or_default()
+        );
+    }
+    if let Some(n) = gpus.filter(|&n| n > 0)
+        && !text.contains("nvidia")
+    {
+        bail!(
+            "the job asks for {n} GPU(s) in its container, but the machine's Docker has no \
+             NVIDIA runtime (install the NVIDIA Container Toolkit there); runtimes: {text}"
+        );
+    }
+    Ok(())
+}
+
+/// Remove every container trainctl's attempts on this machine left (each attempt's
+/// folder names its container): what terminating or releasing a machine does first. One
+/// round trip whatever the number of attempts; nothing when Docker is not there.
+pub async fn remove_all_left(remote: &dyn Remote) -> Result<()> {
+    let jobs = sh_quote(&format!("{}/jobs", remote.root()));
+    let out = remote
+        .exec(&format!(
+            "command -v docker >/dev/null 2>&1 || exit 0; \
+             for f in {jobs}/*/container; do [ -f \"$f\" ] || continue; \
+             h=$(sed -n 1p \"$f\"); n=$(sed -n 2p \"$f\"); [ -n \"$n\" ] || continue; \
+             if [ -n \"$h\" ]; then DOCKER_HOST=\"$h\" docker rm -f \"$n\"; else docker rm -f \"$n\"; fi \
+             >/dev/null 2>&1 && echo \"$n\"; done; true"
+        ))
+        .await?;
+    let removed = String::from_utf8_lossy(&out.stdout);
+    if !removed.trim().is_empty() {
+        tracing::info!("removed containers: {}", removed.trim());
+    }
+    Ok(())
+}
+
+/// Remove the container an attempt left (its name is in the attempt's folder), if any.
+pub async fn remove_left(remote: &dyn Remote, job_dir: &str) -> Result<()> {
+    let Some(b) = remote
+        .read_range(&format!("{job_dir}/container"), 0, 4096)
+        .await?
+    else {
+        return Ok(());
+    };
+    let text = String::from_utf8_lossy(&b);
+    let mut lines = text.lines();
+    let (host, name) = (lines.next().unwrap_or(""), lines.next().unwrap_or(""));
+    if name.is_empty() {
+        return Ok(());
+    }
+    let host = (!host.is_empty()).then_some(host);
+    let out = remote
+        .exec(&format!(
+            "{}docker rm -f {} 2>&1",
+            docker_env(host),
+            sh_quote(name)
+        ))
+        .await?;
+    let said = String::from_utf8_lossy(&out.stdout);
+    if out.status != 0 && !said.contains("No such container") {
+        bail!("docker rm -f {name}: {}", said.trim());
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn c() -> Container {
+        Container {
+            image: "nvcr.io/nvidia/pytorch:24.10-py3".into(),
+            name: "trainctl-j-1-1".into(),
+            job_id: "j-1".into(),
+            attempt: 1,
+            mount: "/home/me/.trainctl".into(),
+            workdir: "/home/me/.trainctl/code/p".into(),
+            host: None,
+            gpus: Some(2),
+            shm_size: None,
+            job_dir: "/home/me/.trainctl/jobs/j-1-1".into(),
+            volumes: vec!["/mnt/data:/data:ro".into()],
+        }
+    }
+
+    #[test]
+    fn the_container_gets_the_gpus_the_mount_the_env_and_the_hosts_network() {
+        let a = create_args(&c(), &["TRAINCTL_JOB_ID", "PYTHONUNBUFFERED"]);
+        let s = a.join(" ");
+        assert!(s.starts_with("create --init --name trainctl-j-1-1 "), "{s}");
+        assert!(s.contains(" --gpus 2 "), "{s}");
+        assert!(s.contains(" --network host --ipc host "), "{s}");
+        assert!(
+            s.contains(" -v /home/me/.trainctl:/home/me/.trainctl -w /home/me/.trainctl/code/p ")
+        );
+        assert!(s.contains(" -e TRAINCTL_JOB_ID -e PYTHONUNBUFFERED -e TRAINCTL_CMD "));
+        assert!(s.contains(" --label trainctl.job=j-1 "));
+        assert!(s.contains(" -v /mnt/data:/data:ro "), "{s}");
+        for (v, ok) in [
+            ("/mnt/data:/data:ro", true),
+            ("/a:/b", true),
+            ("data:/data", false),
+            ("/a:/b:z", false),
+            ("/a,b:/c", false),
+            ("/a", false),
+        ] {
+            assert_eq!(valid_volume(v), ok, "{v}");
+        }
+        // The image, then the shell that runs the command.
+        let k = a
+            .iter()
+            .position(|x| x == "nvcr.io/nvidia/pytorch:24.10-py3")
+            .unwrap();
+        assert_eq!(&a[k + 1..k + 3], ["sh", "-c"]);
+        // No GPUs asked: none given; shared memory asked: a private IPC with it.
+        let cpu = Container {
+            gpus: None,
+            shm_size: Some("16g".into()),
+            ..c()
+        };
+        let s = create_args(&cpu, &[]).join(" ");
+        assert!(!s.contains("--gpus"), "{s}");
+        assert!(
+            s.contains(" --shm-size 16g ") && !s.contains("--ipc"),
+            "{s}"
+        );
+    }
+
+    #[test]
+    fn image_references_are_checked() {
+        for ok in [
+            "python:3.11",
+            "nvcr.io/nvidia/pytorch:24.10-py3",
+            "127.0.0.1:5000/team/img@sha256:abc",
+        ] {
+            assert!(valid_image(ok), "{ok}");
+        }
+        for bad in ["", "--privileged", "img; rm -rf /", "a b", "img$(x)"] {
+            assert!(!valid_image(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn the_script_quotes_the_command_and_keeps_the_containers_name() {
+        let mut env = BTreeMap::new();
+        env.insert("TRAINCTL_JOB_ID".to_string(), "j-1".to_string());
+        let s = script(
+            &Container {
+                host: Some("unix:///tmp/d s/sock".into()),
+                ..c()
+            },
+            "python3 train.py --name 'it''s'",
+            &env,
+        );
+        // The exports read back to the command as written.
+        let exports: String = s
+            .lines()
+            .filter(|l| l.starts_with("export "))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let out = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "{exports}printf '%s|%s' \"$TRAINCTL_CMD\" \"$DOCKER_HOST\""
+            ))
+            .output()
+            .unwrap();
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout),
+            "python3 train.py --name 'it''s'|unix:///tmp/d s/sock"
+        );
+        assert!(
+            s.contains("docker create --user \"$(id -u):$(id -g)\" --init"),
+            "{s}"
+        );
+        assert!(
+            s.contains("> /home/me/.trainctl/jobs/j-1-1/container\n"),
+            "{s}"
+        );
+        assert!(s.contains("trap 'docker stop -t \"$g\" \"$n\""), "{s}");
+    }
+}

@@ -1,0 +1,131 @@
+//! Jobs in containers, against a real Docker engine of the test's own
+//! (`testkit::docker`: its own dockerd, a python image imported from this machine).
+
+use crate::common::Env;
+use trainctl::testkit::docker::{Docker, PYTHON_IMAGE};
+
+/// The toy project with `image` and `[docker]` (the test's engine; `extra` more lines),
+/// its command first saying whether it runs in a container.
+fn in_container(env: &Env, docker: &Docker, extra: &str) {
+    let toml = env.project.join("trainctl.toml");
+    let text = std::fs::read_to_string(&toml).unwrap().replace(
+        "command = \"python3 train.py --epochs 5\"",
+        &format!(
+            "image = \"{PYTHON_IMAGE}\"\n\
+             command = \"test -f /.dockerenv && echo in-a-container-as-$(id -u); python3 train.py --epochs 5\""
+        ),
+    );
+    std::fs::write(&toml, text).unwrap();
+    crate::common::set_table(
+        env,
+        "docker",
+        &format!(
+            "host = \"{}\"\nvolumes = [\"{1}:{1}\"]\n{extra}",
+            docker.host(),
+            env.dir.path().display()
+        ),
+    );
+}
+
+/// An `image` job runs in its container to success: its output is the job's log (metrics
+/// followed), its artifacts pulled, the model the one a bare run makes; the container is
+/// gone after.
+#[test]
+fn an_image_job_runs_in_its_container_with_metrics_and_artifacts() {
+    let docker = Docker::start();
+    docker.import_python();
+    let env = Env::new("", "0");
+    let expected = crate::common::reference_model(&env);
+    in_container(&env, &docker, "");
+    let run = env.json(&["run"]);
+    assert_eq!(run["state"], "succeeded", "{run}");
+    let job = run["job_id"].as_str().unwrap();
+    let log = env.ok(&["logs", job]);
+    assert!(log.contains("in-a-container-as-0"), "{log}");
+    assert!(env.has_metrics(job));
+    let model = std::fs::read(
+        env.project
+            .join("trainctl-out")
+            .join(job)
+            .join("model.json"),
+    )
+    .unwrap();
+    assert_eq!(model, expected, "the same model as without the container");
+    assert!(docker.containers().is_empty(), "{:?}", docker.containers());
+}
+
+/// A job cancelled mid-run: SIGTERM reaches the training process inside the container,
+/// which says so and saves, and its last lines land; no container is left. Then terminate
+/// removes a container an attempt left behind (here made by hand under that attempt's
+/// name).
+#[test]
+fn a_cancel_reaches_the_process_in_the_container_and_terminate_leaves_none() {
+    let docker = Docker::start();
+    docker.import_python();
+    let env = Env::new("", "0.02");
+    let _gate = env.hold_at(30);
+    in_container(&env, &docker, "");
+    let run = env.json(&["run", "--detach"]);
+    let job = run["job_id"].as_str().unwrap().to_string();
+    let inst = run["instance_id"].as_str().unwrap().to_string();
+    env.wait_for(60, "the job running with metrics", || env.has_metrics(&job));
+    assert_eq!(docker.containers().len(), 1, "{:?}", docker.containers());
+    env.ok(&["cancel", &job]);
+    assert_eq!(env.job(&job)["state"], "cancelled");
+    let log = env.ok(&["logs", &job]);
+    assert!(log.contains("SIGTERM: stopping"), "{log}");
+    env.wait_for(30, "the container gone", || docker.containers().is_empty());
+    // A container its attempt left (as if the machine lost the wrapper): terminate
+    // removes it.
+    let name = format!("trainctl-{job}-1");
+    let out = docker.run(&["create", "--name", &name, PYTHON_IMAGE, "sleep", "60"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(docker.containers(), vec![name]);
+    env.ok(&["terminate", &inst]);
+    assert!(docker.containers().is_empty(), "{:?}", docker.containers());
+}
+
+/// Refused before anything runs, with the reason: Docker not answering where the job says,
+/// and a GPU job on a machine without GPUs.
+#[test]
+fn a_container_job_is_refused_clearly_when_docker_or_the_gpus_are_not_there() {
+    let docker = Docker::start();
+    let env = Env::new("", "0");
+    in_container(&env, &docker, "");
+    let toml = env.project.join("trainctl.toml");
+    let text = std::fs::read_to_string(&toml).unwrap();
+    std::fs::write(
+        &toml,
+        text.replace(&docker.host(), "unix:///nonexistent/docker.sock"),
+    )
+    .unwrap();
+    let out = env.run(&["run"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("Docker does not answer"), "{err}");
+    std::fs::write(&toml, text).unwrap();
+    crate::common::set_resources(&env, "gpus = 1");
+    let out = env.run(&["run"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("GPU"), "{err}");
+    assert!(docker.containers().is_empty());
+    // A bad image reference is refused where it is written.
+    std::fs::write(
+        &toml,
+        std::fs::read_to_string(&toml)
+            .unwrap()
+            .replace(PYTHON_IMAGE, "--privileged"),
+    )
+    .unwrap();
+    let out = env.run(&["run"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("trainctl.toml:") && err.contains("image reference"),
+        "{err}"
+    );
+}
