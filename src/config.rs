@@ -868,6 +868,22 @@ pub struct DockerConfig {
     /// More of the machine in the container: `"/mnt/datasets:/data:ro"` (absolute paths;
     /// `:ro` for read-only).
     pub volumes: Vec<String>,
+    /// Build the job's image from this Dockerfile (relative to the project root) instead
+    /// of `image`: on the machine, once per content (`trainctl/<project>:<hash>` of the
+    /// Dockerfile, the build arguments and the files its COPY/ADD use).
+    pub dockerfile: Option<String>,
+    /// The build's context, relative to the project root (default: the project root, as
+    /// synced to the machine).
+    pub context: Option<String>,
+    /// `--build-arg`s.
+    pub build_args: BTreeMap<String, String>,
+}
+
+impl ProjectConfig {
+    /// Whether the job runs in a container (`image`, or a Dockerfile to build one).
+    pub fn in_container(&self) -> bool {
+        self.image.is_some() || self.docker.dockerfile.is_some()
+    }
 }
 
 /// `[slurm]` in `trainctl.toml`: one job's partition, account, QoS, constraint, time
@@ -1128,11 +1144,55 @@ impl Project {
                 ));
             }
         }
-        if self.config.image.is_none() && self.config.docker != DockerConfig::default() {
+        let docker = &self.config.docker;
+        if self.config.image.is_some() && docker.dockerfile.is_some() {
+            return Err(err_at(
+                "dockerfile",
+                "`image` or `[docker] dockerfile`, not both (a Dockerfile names its own image)"
+                    .into(),
+            ));
+        }
+        if !self.config.in_container() && *docker != DockerConfig::default() {
             return Err(err_at(
                 "[docker]",
-                "[docker] says how the job's container runs, but there is no `image`".into(),
+                "[docker] says how the job's container runs, but there is no `image` or `dockerfile`"
+                    .into(),
             ));
+        }
+        for (key, rel) in [
+            ("dockerfile", docker.dockerfile.as_deref()),
+            ("context", docker.context.as_deref()),
+        ] {
+            if let Some(rel) = rel
+                && !is_safe_relative(rel)
+            {
+                return Err(err_at(
+                    rel,
+                    format!(
+                        "[docker] {key} must be a relative path inside the project, not `{rel}`"
+                    ),
+                ));
+            }
+        }
+        if let Some(f) = &docker.dockerfile
+            && !self.root.join(f).is_file()
+        {
+            return Err(err_at(
+                f,
+                format!(
+                    "[docker] dockerfile `{f}` is not a file in {}",
+                    self.root.display()
+                ),
+            ));
+        }
+        for (k, v) in &docker.build_args {
+            let key_ok = !k.is_empty() && k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+            if !key_ok || v.contains('\n') {
+                return Err(err_at(
+                    k,
+                    format!("[docker] build_args: `{k}` must be a name and its value one line"),
+                ));
+            }
         }
         for (key, v) in self.config.slurm.pairs() {
             if let Err(e) = crate::job::slurm::directive_value(&v) {

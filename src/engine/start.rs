@@ -118,7 +118,7 @@ impl Engine {
         .with_context(|| format!("{} cannot run this job", inst.id))?;
         // A job in a container: Docker must answer there (with an NVIDIA runtime when it
         // asks for GPUs), before anything is sent.
-        if spec.project.image.is_some() {
+        if spec.project.in_container() {
             crate::remote::retry_lost(4, "asking the machine's Docker", || {
                 job::container::check(remote, spec.project.docker.host.as_deref(), res.gpus)
             })
@@ -221,17 +221,80 @@ impl Engine {
             env.insert("TRAINCTL_DATA_DIR".to_string(), d);
         }
         env.extend(spec.project.env.clone());
-        // The project's setup: the runner runs it first unless this machine ran the same
-        // one (its hash) already.
-        if let Some(setup) = &spec.project.setup {
-            let text = setup.script();
+        // The job's image: named, or built from its Dockerfile on the machine (as the
+        // first part of its setup, so its output is the log's and the job says "setting
+        // up" meanwhile), once per content: a machine that has it builds nothing.
+        let docker = &spec.project.docker;
+        let (image, build) = match (&spec.project.image, &docker.dockerfile) {
+            (Some(i), _) => (Some(i.clone()), None),
+            (None, Some(df)) => {
+                let root_dir = Path::new(&spec.root);
+                let context = root_dir.join(docker.context.as_deref().unwrap_or("."));
+                let text = std::fs::read_to_string(root_dir.join(df))
+                    .with_context(|| format!("reading {df}"))?;
+                let hash = job::container::build_hash(&context, &text, &docker.build_args)?;
+                let repo: String = spec
+                    .project_name
+                    .to_ascii_lowercase()
+                    .chars()
+                    .map(|c| {
+                        if c.is_ascii_alphanumeric() || "._-".contains(c) {
+                            c
+                        } else {
+                            '-'
+                        }
+                    })
+                    .collect();
+                let tag = format!("trainctl/{repo}:{hash}");
+                let have = crate::remote::retry_lost(4, "asking for the image", || {
+                    job::container::has_image(remote, docker.host.as_deref(), &tag)
+                })
+                .await?;
+                self.store().add_event(
+                    if have { "image.cached" } else { "image.build" },
+                    Some(&inst.id),
+                    Some(job_id),
+                    &if have {
+                        format!("image {tag} is on {} already: not built again", inst.id)
+                    } else {
+                        format!("building image {tag} on {} from {df}", inst.id)
+                    },
+                )?;
+                let on_machine = |rel: &str| match rel {
+                    "." | "" => code.clone(),
+                    r => format!("{code}/{r}"),
+                };
+                let text = (!have).then(|| {
+                    job::container::build_text(
+                        &tag,
+                        &on_machine(df),
+                        &on_machine(docker.context.as_deref().unwrap_or(".")),
+                        &docker.build_args,
+                        docker.host.as_deref(),
+                    )
+                });
+                (Some(tag), text)
+            }
+            (None, None) => (None, None),
+        };
+        // The project's setup (after the image's build): the runner runs it first unless
+        // this machine ran the same one (its hash) already.
+        let setup_text = match (&build, &spec.project.setup) {
+            (None, None) => None,
+            (b, s) => Some(format!(
+                "{}{}",
+                b.clone().unwrap_or_default(),
+                s.as_ref().map(|s| s.script()).unwrap_or_default()
+            )),
+        };
+        if let Some(text) = &setup_text {
             let hash = job::setup::setup_hash(
                 Path::new(&spec.root),
-                &text,
+                text,
                 &workdir,
                 &spec.project.setup_inputs,
             )?;
-            let body = job::setup::setup_script(&hash, &text, &env);
+            let body = job::setup::setup_script(&hash, text, &env);
             let path = format!("{jd}/setup.sh");
             crate::remote::retry_lost(4, "uploading the setup", || {
                 remote.write_file(&path, body.as_bytes(), 0o644)
@@ -263,7 +326,7 @@ impl Engine {
             asks.push_str(&format!("# slurm.{k}={v}\n"));
         }
         // In a container: the command runs there (see `job::container`).
-        let command = match &spec.project.image {
+        let command = match &image {
             Some(image) => job::container::script(
                 &job::container::Container {
                     image: image.clone(),
@@ -301,7 +364,7 @@ impl Engine {
             tracing::warn!("labelling {} with job {job_id}: {e:#}", inst.id);
         }
         // With a setup, the runner says whether it runs it (or this machine had it).
-        let setting_up = spec.project.setup.is_some()
+        let setting_up = setup_text.is_some()
             && matches!(
                 executor.status(remote, &jd).await,
                 Ok(job::RemoteStatus::SettingUp { .. })

@@ -13,7 +13,7 @@
 //! the container ends (a training process saving its checkpoint is not cut short).
 
 use crate::remote::{Remote, sh_quote};
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
 use std::collections::BTreeMap;
 
 /// The container of one attempt.
@@ -238,6 +238,165 @@ pub async fn remove_left(remote: &dyn Remote, job_dir: &str) -> Result<()> {
     Ok(())
 }
 
+/// The sources of a Dockerfile's `COPY` and `ADD` instructions (not `--from` another
+/// stage), as written: what of the context a build uses. Continuation lines are joined;
+/// the JSON form is read.
+pub fn copied_sources(dockerfile: &str) -> Vec<String> {
+    let mut joined = Vec::new();
+    let mut cur = String::new();
+    for line in dockerfile.lines() {
+        let t = line.trim();
+        if cur.is_empty() && (t.starts_with('#') || t.is_empty()) {
+            continue;
+        }
+        if let Some(head) = t.strip_suffix('\\') {
+            cur.push_str(head);
+            cur.push(' ');
+        } else {
+            cur.push_str(t);
+            joined.push(std::mem::take(&mut cur));
+        }
+    }
+    if !cur.is_empty() {
+        joined.push(cur);
+    }
+    let mut out = Vec::new();
+    for ins in joined {
+        let mut words = ins.splitn(2, char::is_whitespace);
+        let op = words.next().unwrap_or("").to_ascii_uppercase();
+        if op != "COPY" && op != "ADD" {
+            continue;
+        }
+        let rest = words.next().unwrap_or("").trim();
+        let args: Vec<String> = if rest.starts_with('[') {
+            serde_json::from_str::<Vec<String>>(rest).unwrap_or_default()
+        } else {
+            rest.split_whitespace().map(str::to_string).collect()
+        };
+        let (flags, paths): (Vec<String>, Vec<String>) =
+            args.into_iter().partition(|a| a.starts_with("--"));
+        if flags.iter().any(|f| f.starts_with("--from")) || paths.len() < 2 {
+            continue;
+        }
+        out.extend(paths[..paths.len() - 1].iter().cloned());
+    }
+    out
+}
+
+/// The hash that names a Dockerfile's image (`trainctl/<project>:<hash>`): the
+/// Dockerfile, its build arguments, and the content of every context file its `COPY` and
+/// `ADD` use (a glob, a folder: every file under it). Code the Dockerfile does not copy
+/// does not make it differ. 16 hex digits of BLAKE3.
+pub fn build_hash(
+    context: &std::path::Path,
+    dockerfile_text: &str,
+    args: &BTreeMap<String, String>,
+) -> Result<String> {
+    let mut h = blake3::Hasher::new();
+    h.update(b"trainctl-image-1\0");
+    h.update(dockerfile_text.as_bytes());
+    for (k, v) in args {
+        h.update(format!("\0{k}={v}").as_bytes());
+    }
+    let mut files = std::collections::BTreeSet::new();
+    for src in copied_sources(dockerfile_text) {
+        if src.contains("://") {
+            // A URL: what it serves is the build's business.
+            h.update(format!("\0url {src}").as_bytes());
+            continue;
+        }
+        let rel = src.trim_start_matches("./");
+        let pattern = if rel.is_empty() || rel == "." {
+            "**"
+        } else {
+            rel
+        };
+        let glob = globset::Glob::new(pattern)
+            .with_context(|| format!("COPY source `{src}`"))?
+            .compile_matcher();
+        let under = format!("{}/", rel.trim_end_matches('/'));
+        for path in files_under(context) {
+            let Ok(p) = path.strip_prefix(context) else {
+                continue;
+            };
+            let ps = p.to_string_lossy();
+            if pattern == "**" || glob.is_match(p) || ps.starts_with(&under) {
+                files.insert(p.to_path_buf());
+            }
+        }
+    }
+    for f in files {
+        h.update(b"\0");
+        h.update(f.as_os_str().as_encoded_bytes());
+        h.update(b"\0");
+        let mut fh = blake3::Hasher::new();
+        std::fs::File::open(context.join(&f))
+            .and_then(|mut file| std::io::copy(&mut file, &mut fh))
+            .with_context(|| format!("reading {}", f.display()))?;
+        h.update(fh.finalize().as_bytes());
+    }
+    Ok(h.finalize().to_hex()[..16].to_string())
+}
+
+/// Every file under `dir` (links not followed).
+fn files_under(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(rd) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in rd.flatten() {
+            match e.file_type() {
+                Ok(t) if t.is_dir() => stack.push(e.path()),
+                Ok(t) if t.is_file() => out.push(e.path()),
+                _ => {}
+            }
+        }
+    }
+    out
+}
+
+/// The build on the machine, as setup text: nothing when the image is there already (said
+/// in the log), else `docker build` of `dockerfile` in `context` (paths on the machine),
+/// its output the log's.
+pub fn build_text(
+    tag: &str,
+    dockerfile: &str,
+    context: &str,
+    args: &BTreeMap<String, String>,
+    host: Option<&str>,
+) -> String {
+    let mut b = format!(
+        "docker build -t {} -f {}",
+        sh_quote(tag),
+        sh_quote(dockerfile)
+    );
+    for (k, v) in args {
+        b.push_str(&format!(" --build-arg {}", sh_quote(&format!("{k}={v}"))));
+    }
+    b.push_str(&format!(" {}", sh_quote(context)));
+    format!(
+        "{}if docker image inspect {t} >/dev/null 2>&1; then echo \"image {tag} is on this machine already: not built again\"; \
+         else echo \"building image {tag}\"; {b}; fi\n",
+        host.map(|h| format!("export DOCKER_HOST={}\n", sh_quote(h)))
+            .unwrap_or_default(),
+        t = sh_quote(tag),
+    )
+}
+
+/// Whether `tag` is on the machine's Docker.
+pub async fn has_image(remote: &dyn Remote, host: Option<&str>, tag: &str) -> Result<bool> {
+    let out = remote
+        .exec(&format!(
+            "{}docker image inspect {} >/dev/null 2>&1",
+            docker_env(host),
+            sh_quote(tag)
+        ))
+        .await?;
+    Ok(out.status == 0)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -299,6 +458,44 @@ mod tests {
             s.contains(" --shm-size 16g ") && !s.contains("--ipc"),
             "{s}"
         );
+    }
+
+    #[test]
+    fn a_dockerfiles_copies_are_what_its_image_depends_on() {
+        let df = "FROM python:3.11\n# COPY not-this\nCOPY requirements.txt /r.txt\n\
+                  RUN pip install -r /r.txt\nCOPY --chown=1:1 src/ \\\n  conf/*.yaml /app/\n\
+                  COPY --from=builder /out /out\nADD [\"data set/x.csv\", \"/d/\"]\n";
+        assert_eq!(
+            copied_sources(df),
+            vec!["requirements.txt", "src/", "conf/*.yaml", "data set/x.csv"]
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let ctx = dir.path();
+        std::fs::create_dir_all(ctx.join("src")).unwrap();
+        std::fs::create_dir_all(ctx.join("conf")).unwrap();
+        std::fs::write(ctx.join("requirements.txt"), "numpy\n").unwrap();
+        std::fs::write(ctx.join("src/a.py"), "1").unwrap();
+        std::fs::write(ctx.join("conf/x.yaml"), "a: 1").unwrap();
+        std::fs::write(ctx.join("train.py"), "print(1)").unwrap();
+        let args = BTreeMap::new();
+        let h0 = build_hash(ctx, df, &args).unwrap();
+        // Code it does not copy: the same image.
+        std::fs::write(ctx.join("train.py"), "print(2)").unwrap();
+        assert_eq!(build_hash(ctx, df, &args).unwrap(), h0);
+        // What it copies, or its arguments: another.
+        std::fs::write(ctx.join("requirements.txt"), "numpy\ntorch\n").unwrap();
+        let h1 = build_hash(ctx, df, &args).unwrap();
+        assert_ne!(h1, h0);
+        std::fs::write(ctx.join("src/a.py"), "2").unwrap();
+        let h2 = build_hash(ctx, df, &args).unwrap();
+        assert_ne!(h2, h1);
+        let with_arg: BTreeMap<String, String> = [("CUDA".to_string(), "12".to_string())].into();
+        assert_ne!(build_hash(ctx, df, &with_arg).unwrap(), h2);
+        // `COPY . /app`: everything.
+        let all = "FROM x\nCOPY . /app\n";
+        let a0 = build_hash(ctx, all, &args).unwrap();
+        std::fs::write(ctx.join("train.py"), "print(3)").unwrap();
+        assert_ne!(build_hash(ctx, all, &args).unwrap(), a0);
     }
 
     #[test]

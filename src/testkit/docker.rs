@@ -112,7 +112,10 @@ impl Docker {
             .stdin(tar.stdout.take().expect("tar's output"))
             .output()
             .expect("docker import");
-        assert!(tar.wait().is_ok_and(|s| s.success()), "tar of the root filesystem");
+        assert!(
+            tar.wait().is_ok_and(|s| s.success()),
+            "tar of the root filesystem"
+        );
         assert!(
             out.status.success(),
             "docker import: {}",

@@ -129,3 +129,100 @@ fn a_container_job_is_refused_clearly_when_docker_or_the_gpus_are_not_there() {
         "{err}"
     );
 }
+
+/// A Dockerfile job: the image is built on the machine (its output in the job's log, the
+/// job setting up meanwhile), named by the hash of what the build uses; a second job on
+/// the same machine does not build again (its event says so), nor does a code change the
+/// Dockerfile does not copy; a change to what it copies builds a new image.
+#[test]
+fn a_dockerfile_is_built_once_per_content_on_a_machine() {
+    let docker = Docker::start();
+    docker.import_python();
+    let env = Env::new("", "0");
+    in_container(
+        &env,
+        &docker,
+        "dockerfile = \"Dockerfile\"\nbuild_args = { GREETING = \"hi\" }",
+    );
+    let toml = env.project.join("trainctl.toml");
+    let text = std::fs::read_to_string(&toml)
+        .unwrap()
+        .replace(&format!("image = \"{PYTHON_IMAGE}\"\n"), "");
+    std::fs::write(&toml, text).unwrap();
+    std::fs::write(
+        env.project.join("Dockerfile"),
+        format!(
+            "FROM {PYTHON_IMAGE}\nARG GREETING\nCOPY requirements.txt /opt/req.txt\n\
+             RUN echo \"$GREETING from the image\" > /opt/built\n"
+        ),
+    )
+    .unwrap();
+    std::fs::write(env.project.join("requirements.txt"), "numpy\n").unwrap();
+    let built = |job: &str| -> Vec<String> {
+        env.events(job)
+            .iter()
+            .filter(|e| e["kind"].as_str().is_some_and(|k| k.starts_with("image.")))
+            .map(|e| e["kind"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let first = env.json(&["run"]);
+    assert_eq!(first["state"], "succeeded", "{first}");
+    let j1 = first["job_id"].as_str().unwrap();
+    assert_eq!(built(j1), vec!["image.build"]);
+    let log = env.ok(&["logs", j1]);
+    assert!(log.contains("building image trainctl/toy-train:"), "{log}");
+    assert!(log.contains("in-a-container-as-0"), "{log}");
+    assert!(env.has_metrics(j1));
+    // Built with its argument.
+    let said = env
+        .events(j1)
+        .iter()
+        .find(|e| e["kind"] == "image.build")
+        .and_then(|e| e["message"].as_str().map(str::to_string))
+        .unwrap();
+    let tag = said.split_whitespace().nth(2).unwrap().to_string();
+    let out = docker.run(&[
+        "run",
+        "--rm",
+        "--network",
+        "host",
+        &tag,
+        "cat",
+        "/opt/built",
+    ]);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "hi from the image\n",
+        "{said}"
+    );
+    // The same machine, a code change the Dockerfile does not copy: not built again.
+    let inst = first["instance_id"].as_str().unwrap();
+    std::fs::write(env.project.join("notes.txt"), "changed\n").unwrap();
+    let second = env.json(&["run", "--instance", inst]);
+    assert_eq!(second["state"], "succeeded", "{second}");
+    let j2 = second["job_id"].as_str().unwrap();
+    assert_eq!(built(j2), vec!["image.cached"]);
+    assert!(!env.ok(&["logs", j2]).contains("building image"));
+    // What it copies changed: a new image.
+    std::fs::write(env.project.join("requirements.txt"), "numpy\ntorch\n").unwrap();
+    let third = env.json(&["run", "--instance", inst]);
+    assert_eq!(third["state"], "succeeded", "{third}");
+    assert_eq!(
+        built(third["job_id"].as_str().unwrap()),
+        vec!["image.build"]
+    );
+    let images = String::from_utf8_lossy(
+        &docker
+            .run(&["images", "--format", "{{.Repository}}:{{.Tag}}"])
+            .stdout,
+    )
+    .into_owned();
+    assert_eq!(
+        images
+            .lines()
+            .filter(|l| l.starts_with("trainctl/toy-train:"))
+            .count(),
+        2,
+        "{images}"
+    );
+}
