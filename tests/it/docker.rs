@@ -226,3 +226,26 @@ fn a_dockerfile_is_built_once_per_content_on_a_machine() {
         "{images}"
     );
 }
+
+/// A container job moved to a new machine (`migrate`) stops in its container (SIGTERM
+/// reaching the training process there), and resumes in a container on the new machine
+/// from its checkpoint, to the model an uninterrupted run makes; no container is left.
+#[test]
+fn a_migrated_container_job_resumes_from_its_checkpoint() {
+    use crate::common::{finish_resumed_run, reference_model, run_until_epoch_2_is_kept};
+    let docker = Docker::start();
+    docker.import_python();
+    let env = Env::new("", "0.005");
+    let expected = reference_model(&env);
+    let gate = env.hold_at(2 * 16 + 5);
+    in_container(&env, &docker, "");
+    let (run, job) = run_until_epoch_2_is_kept(&env, "local");
+    let first = env.job(&job)["instance_id"].as_str().unwrap().to_string();
+    let moved = env.json(&["migrate", &job]);
+    assert_eq!(moved["attempt"], 2, "{moved}");
+    assert_ne!(moved["instance_id"].as_str().unwrap(), first);
+    finish_resumed_run(&env, &gate, run, &job, &expected);
+    let log = env.ok(&["logs", &job]);
+    assert_eq!(log.matches("in-a-container-as-0").count(), 2, "{log}");
+    env.wait_for(30, "no container left", || docker.containers().is_empty());
+}
