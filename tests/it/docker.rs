@@ -249,3 +249,34 @@ fn a_migrated_container_job_resumes_from_its_checkpoint() {
     assert_eq!(log.matches("in-a-container-as-0").count(), 2, "{log}");
     env.wait_for(30, "no container left", || docker.containers().is_empty());
 }
+
+/// On an SSH host (the test sshd, this machine's Docker behind it): a container job runs
+/// to success over SSH; releasing the host while a container job runs there stops the job
+/// and leaves no container.
+#[test]
+fn a_container_job_on_an_ssh_host_runs_and_releasing_the_host_leaves_no_container() {
+    let docker = Docker::start();
+    docker.import_python();
+    let sshd = trainctl::testkit::Sshd::start();
+    let env = crate::ssh::ssh_env(&sshd, "", "0.02");
+    // Held only once the gate is gone (the second run).
+    let gate = env.hold_at(20);
+    std::fs::write(&gate, "").unwrap();
+    in_container(&env, &docker, "");
+    let inst = crate::ssh::launch_ssh(&env);
+    let run = env.json(&["run", "--instance", &inst]);
+    assert_eq!(run["state"], "succeeded", "{run}");
+    let job = run["job_id"].as_str().unwrap();
+    assert!(env.ok(&["logs", job]).contains("in-a-container-as-0"));
+    assert!(docker.containers().is_empty());
+    std::fs::remove_file(&gate).unwrap();
+    let held = env.json(&["run", "--instance", &inst, "--detach"]);
+    let held = held["job_id"].as_str().unwrap().to_string();
+    env.wait_for(60, "the held job running with metrics", || {
+        env.has_metrics(&held)
+    });
+    assert_eq!(docker.containers().len(), 1);
+    env.ok(&["terminate", &inst]);
+    assert_eq!(env.job(&held)["state"], "cancelled");
+    assert!(docker.containers().is_empty(), "{:?}", docker.containers());
+}
