@@ -274,6 +274,42 @@ impl Engine {
         self.provider(&inst.provider)?.remote(inst).await
     }
 
+    /// The container images trainctl's jobs used on instance `key`, with their size there.
+    pub async fn machine_images(
+        &self,
+        key: &str,
+    ) -> Result<(InstanceRecord, Vec<job::container::MachineImage>)> {
+        let inst = self.store().find_instance(key)?;
+        let r = self.remote_for(&inst).await?;
+        let images = job::container::machine_images(r.as_ref()).await?;
+        Ok((inst, images))
+    }
+
+    /// Remove the images trainctl's jobs used on instance `key` that no container uses.
+    pub async fn prune_images(&self, key: &str) -> Result<Vec<job::container::MachineImage>> {
+        let inst = self.store().find_instance(key)?;
+        let r = self.remote_for(&inst).await?;
+        let removed = job::container::prune_images(r.as_ref()).await?;
+        if !removed.is_empty() {
+            let freed: u64 = removed.iter().filter_map(|i| i.bytes).sum();
+            self.store().add_event(
+                "images.pruned",
+                Some(&inst.id),
+                None,
+                &format!(
+                    "{} image(s) removed ({freed} bytes): {}",
+                    removed.len(),
+                    removed
+                        .iter()
+                        .map(|i| i.image.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            )?;
+        }
+        Ok(removed)
+    }
+
     /// What the machine says about its GPUs: `2x NVIDIA A100-SXM4-80GB (81920 MiB)`,
     /// `no GPU`, or why it could not be asked.
     pub async fn gpu_facts(&self, inst: &InstanceRecord) -> String {

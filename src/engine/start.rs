@@ -326,6 +326,13 @@ impl Engine {
             asks.push_str(&format!("# slurm.{k}={v}\n"));
         }
         // In a container: the command runs there (see `job::container`).
+        if let Some(image) = &image {
+            // `ls` tells what the jobs' images take on the machine; `images --prune` frees it.
+            if let Err(e) = job::container::note_image(remote, docker.host.as_deref(), image).await
+            {
+                tracing::warn!("{}: noting image {image}: {e:#}", inst.id);
+            }
+        }
         let command = match &image {
             Some(image) => job::container::script(
                 &job::container::Container {

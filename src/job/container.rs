@@ -397,6 +397,94 @@ pub async fn has_image(remote: &dyn Remote, host: Option<&str>, tag: &str) -> Re
     Ok(out.status == 0)
 }
 
+/// An image trainctl's jobs used on a machine (kept in `<root>/images`, a line each:
+/// `DOCKER_HOST<TAB>image`), with its size there when it is still there.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct MachineImage {
+    pub host: Option<String>,
+    pub image: String,
+    /// Bytes on the machine's disk; none: not there any more.
+    pub bytes: Option<u64>,
+}
+
+fn images_file(remote: &dyn Remote) -> String {
+    format!("{}/images", remote.root())
+}
+
+/// Remember that the jobs use `image` on this machine (once).
+pub async fn note_image(remote: &dyn Remote, host: Option<&str>, image: &str) -> Result<()> {
+    let line = format!("{}\t{image}", host.unwrap_or(""));
+    let f = sh_quote(&images_file(remote));
+    remote
+        .exec(&format!(
+            "grep -qxF {l} {f} 2>/dev/null || printf '%s\\n' {l} >> {f}",
+            l = sh_quote(&line)
+        ))
+        .await?
+        .check("noting the job's image")?;
+    Ok(())
+}
+
+/// The images trainctl's jobs used on this machine, with their sizes (one round trip).
+pub async fn machine_images(remote: &dyn Remote) -> Result<Vec<MachineImage>> {
+    let f = sh_quote(&images_file(remote));
+    let out = remote
+        .exec(&format!(
+            "[ -f {f} ] || exit 0; command -v docker >/dev/null 2>&1 || exit 0; \
+             while IFS=$(printf '\\t') read -r h i; do [ -n \"$i\" ] || continue; \
+             if [ -n \"$h\" ]; then export DOCKER_HOST=\"$h\"; else unset DOCKER_HOST; fi; \
+             b=$(docker image inspect --format '{{{{.Size}}}}' \"$i\" 2>/dev/null || echo -); \
+             printf '%s\\t%s\\t%s\\n' \"$h\" \"$i\" \"$b\"; done < {f}"
+        ))
+        .await?
+        .check("listing the jobs' images")?;
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| {
+            let mut p = l.splitn(3, '\t');
+            let (h, i, b) = (p.next()?, p.next()?, p.next()?);
+            Some(MachineImage {
+                host: (!h.is_empty()).then(|| h.to_string()),
+                image: i.to_string(),
+                bytes: b.trim().parse().ok(),
+            })
+        })
+        .collect())
+}
+
+/// Remove the images trainctl's jobs used on this machine that no container uses (Docker
+/// refuses those); forget the ones gone. Returns the removed ones.
+pub async fn prune_images(remote: &dyn Remote) -> Result<Vec<MachineImage>> {
+    let all = machine_images(remote).await?;
+    let mut removed = Vec::new();
+    let mut kept = String::new();
+    for im in all {
+        if im.bytes.is_none() {
+            continue;
+        }
+        let out = remote
+            .exec(&format!(
+                "{}docker image rm {} 2>&1",
+                docker_env(im.host.as_deref()),
+                sh_quote(&im.image)
+            ))
+            .await?;
+        if out.status == 0 {
+            removed.push(im);
+        } else {
+            kept.push_str(&format!(
+                "{}\t{}\n",
+                im.host.as_deref().unwrap_or(""),
+                im.image
+            ));
+        }
+    }
+    remote
+        .write_file(&images_file(remote), kept.as_bytes(), 0o644)
+        .await?;
+    Ok(removed)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

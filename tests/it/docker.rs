@@ -225,6 +225,36 @@ fn a_dockerfile_is_built_once_per_content_on_a_machine() {
         2,
         "{images}"
     );
+    // `ls` tells what they take; `images --prune` removes them (no container uses them).
+    let table = env.ok(&["ls"]);
+    assert!(
+        table.contains(&format!("{inst}: the jobs' container images take")),
+        "{table}"
+    );
+    let listed = env.json(&["images", "--instance", inst]);
+    assert_eq!(listed.as_array().unwrap().len(), 2, "{listed}");
+    assert!(
+        listed
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|i| i["bytes"].as_u64().unwrap() > 0)
+    );
+    let pruned = env.json(&["images", "--instance", inst, "--prune"]);
+    assert_eq!(pruned["removed"].as_array().unwrap().len(), 2, "{pruned}");
+    assert!(pruned["freed_bytes"].as_u64().unwrap() > 0);
+    let images = String::from_utf8_lossy(
+        &docker
+            .run(&["images", "--format", "{{.Repository}}:{{.Tag}}"])
+            .stdout,
+    )
+    .into_owned();
+    assert!(!images.contains("trainctl/toy-train"), "{images}");
+    assert!(
+        images.contains(PYTHON_IMAGE),
+        "the base is not trainctl's: {images}"
+    );
+    assert!(!env.ok(&["ls"]).contains("container images take"));
 }
 
 /// A container job moved to a new machine (`migrate`) stops in its container (SIGTERM
