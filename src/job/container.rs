@@ -368,7 +368,7 @@ pub fn build_text(
     host: Option<&str>,
 ) -> String {
     let mut b = format!(
-        "docker build -t {} -f {}",
+        "docker build --label trainctl.image=1 -t {} -f {}",
         sh_quote(tag),
         sh_quote(dockerfile)
     );
