@@ -877,6 +877,11 @@ pub struct DockerConfig {
     pub context: Option<String>,
     /// `--build-arg`s.
     pub build_args: BTreeMap<String, String>,
+    /// Where built images are pushed and pulled from (`registry.example.com:5000/team`):
+    /// a machine that lacks the image pulls it from there instead of building (a
+    /// replacement after an interruption), and one that builds it pushes it. The machine's
+    /// Docker must be logged in to it.
+    pub registry: Option<String>,
 }
 
 impl ProjectConfig {
@@ -1183,6 +1188,20 @@ impl Project {
                     "[docker] dockerfile `{f}` is not a file in {}",
                     self.root.display()
                 ),
+            ));
+        }
+        if let Some(r) = &docker.registry
+            && (!crate::job::container::valid_image(r) || r.contains('@') || r.ends_with('/'))
+        {
+            return Err(err_at(
+                r,
+                format!("[docker] registry `{r}` is not `host[:port][/namespace]`"),
+            ));
+        }
+        if docker.registry.is_some() && docker.dockerfile.is_none() {
+            return Err(err_at(
+                "registry",
+                "[docker] registry is where built images go: it takes a `dockerfile`".into(),
             ));
         }
         for (k, v) in &docker.build_args {

@@ -245,21 +245,39 @@ impl Engine {
                         }
                     })
                     .collect();
-                let tag = format!("trainctl/{repo}:{hash}");
+                let tag = match &docker.registry {
+                    Some(r) => format!("{r}/{repo}:{hash}"),
+                    None => format!("trainctl/{repo}:{hash}"),
+                };
+                let host = docker.host.as_deref();
                 let have = crate::remote::retry_lost(4, "asking for the image", || {
-                    job::container::has_image(remote, docker.host.as_deref(), &tag)
+                    job::container::has_image(remote, host, &tag)
                 })
                 .await?;
-                self.store().add_event(
-                    if have { "image.cached" } else { "image.build" },
-                    Some(&inst.id),
-                    Some(job_id),
-                    &if have {
-                        format!("image {tag} is on {} already: not built again", inst.id)
-                    } else {
-                        format!("building image {tag} on {} from {df}", inst.id)
-                    },
-                )?;
+                let pulled = !have
+                    && docker.registry.is_some()
+                    && job::container::registry_has(remote, host, &tag).await?;
+                let (kind, what) = if have {
+                    (
+                        "image.cached",
+                        format!("image {tag} is on {} already: not built again", inst.id),
+                    )
+                } else if pulled {
+                    (
+                        "image.pull",
+                        format!(
+                            "pulling image {tag} to {} from its registry: not built",
+                            inst.id
+                        ),
+                    )
+                } else {
+                    (
+                        "image.build",
+                        format!("building image {tag} on {} from {df}", inst.id),
+                    )
+                };
+                self.store()
+                    .add_event(kind, Some(&inst.id), Some(job_id), &what)?;
                 let on_machine = |rel: &str| match rel {
                     "." | "" => code.clone(),
                     r => format!("{code}/{r}"),
@@ -271,6 +289,7 @@ impl Engine {
                         &on_machine(docker.context.as_deref().unwrap_or(".")),
                         &docker.build_args,
                         docker.host.as_deref(),
+                        docker.registry.is_some(),
                     )
                 });
                 (Some(tag), text)
@@ -294,6 +313,18 @@ impl Engine {
                 &workdir,
                 &spec.project.setup_inputs,
             )?;
+            if build.is_some() {
+                // The image is not on the machine (pruned, or never built here): the
+                // machine's record of having run this setup must not skip its build.
+                let forget = format!(
+                    "rm -f {}",
+                    crate::remote::sh_quote(&format!("{root}/setup/{hash}.done"))
+                );
+                crate::remote::retry_lost(4, "forgetting a setup whose image is gone", || {
+                    remote.exec(&forget)
+                })
+                .await?;
+            }
             let body = job::setup::setup_script(&hash, text, &env);
             let path = format!("{jd}/setup.sh");
             crate::remote::retry_lost(4, "uploading the setup", || {
@@ -347,6 +378,9 @@ impl Engine {
                     shm_size: spec.project.docker.shm_size.clone(),
                     job_dir: jd.clone(),
                     volumes: spec.project.docker.volumes.clone(),
+                    // An image trainctl built here is never looked for on Docker Hub.
+                    pull_never: spec.project.docker.dockerfile.is_some()
+                        && spec.project.docker.registry.is_none(),
                 },
                 &spec.project.command,
                 &env,

@@ -36,6 +36,8 @@ pub struct Container {
     pub job_dir: String,
     /// More mounts, `/machine:/container[:ro]` (checked: [`valid_volume`]).
     pub volumes: Vec<String>,
+    /// `--pull never`: the image is one trainctl built on the machine (no registry has it).
+    pub pull_never: bool,
 }
 
 /// `/machine/path:/container/path` or `…:ro`: absolute paths, nothing Docker could read
@@ -77,6 +79,9 @@ pub fn create_args(c: &Container, env_keys: &[&str]) -> Vec<String> {
         "--network".into(),
         "host".into(),
     ];
+    if c.pull_never {
+        a.extend(["--pull".into(), "never".into()]);
+    }
     match &c.shm_size {
         Some(s) => a.extend(["--shm-size".into(), s.clone()]),
         None => a.extend(["--ipc".into(), "host".into()]),
@@ -358,14 +363,16 @@ fn files_under(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
 }
 
 /// The build on the machine, as setup text: nothing when the image is there already (said
-/// in the log), else `docker build` of `dockerfile` in `context` (paths on the machine),
-/// its output the log's.
+/// in the log); with a registry (`pushed`: `tag` names it), pulled from there when another
+/// machine built it; else `docker build` of `dockerfile` in `context` (paths on the
+/// machine), its output the log's, then pushed when `pushed`.
 pub fn build_text(
     tag: &str,
     dockerfile: &str,
     context: &str,
     args: &BTreeMap<String, String>,
     host: Option<&str>,
+    pushed: bool,
 ) -> String {
     let mut b = format!(
         "docker build --label trainctl.image=1 -t {} -f {}",
@@ -376,13 +383,35 @@ pub fn build_text(
         b.push_str(&format!(" --build-arg {}", sh_quote(&format!("{k}={v}"))));
     }
     b.push_str(&format!(" {}", sh_quote(context)));
+    let t = sh_quote(tag);
+    let (pull, push) = if pushed {
+        (
+            format!(
+                "elif docker pull {t}; then echo \"pulled image {tag} from its registry: not built\"; "
+            ),
+            format!("; docker push {t}"),
+        )
+    } else {
+        (String::new(), String::new())
+    };
     format!(
         "{}if docker image inspect {t} >/dev/null 2>&1; then echo \"image {tag} is on this machine already: not built again\"; \
-         else echo \"building image {tag}\"; {b}; fi\n",
+         {pull}else echo \"building image {tag}\"; {b}{push}; fi\n",
         host.map(|h| format!("export DOCKER_HOST={}\n", sh_quote(h)))
             .unwrap_or_default(),
-        t = sh_quote(tag),
     )
+}
+
+/// Whether `tag`'s registry has it, asked from the machine.
+pub async fn registry_has(remote: &dyn Remote, host: Option<&str>, tag: &str) -> Result<bool> {
+    let out = remote
+        .exec(&format!(
+            "{}docker manifest inspect --insecure {} >/dev/null 2>&1",
+            docker_env(host),
+            sh_quote(tag)
+        ))
+        .await?;
+    Ok(out.status == 0)
 }
 
 /// Whether `tag` is on the machine's Docker.
@@ -502,6 +531,7 @@ mod tests {
             shm_size: None,
             job_dir: "/home/me/.trainctl/jobs/j-1-1".into(),
             volumes: vec!["/mnt/data:/data:ro".into()],
+            pull_never: false,
         }
     }
 

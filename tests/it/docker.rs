@@ -255,6 +255,14 @@ fn a_dockerfile_is_built_once_per_content_on_a_machine() {
         "the base is not trainctl's: {images}"
     );
     assert!(!env.ok(&["ls"]).contains("container images take"));
+    // Pruned: the next job builds it again (the machine's record of the setup does not
+    // skip the build), never looking for it on a public registry.
+    let again = env.json(&["run", "--instance", inst]);
+    assert_eq!(again["state"], "succeeded", "{again}");
+    assert_eq!(
+        built(again["job_id"].as_str().unwrap()),
+        vec!["image.build"]
+    );
 }
 
 /// A container job moved to a new machine (`migrate`) stops in its container (SIGTERM
@@ -309,4 +317,67 @@ fn a_container_job_on_an_ssh_host_runs_and_releasing_the_host_leaves_no_containe
     env.ok(&["terminate", &inst]);
     assert_eq!(env.job(&held)["state"], "cancelled");
     assert!(docker.containers().is_empty(), "{:?}", docker.containers());
+}
+
+/// With `[docker] registry`, the machine that builds the image pushes it; a machine
+/// without it (here: the same engine with the image removed, as a replacement machine
+/// after an interruption would be) pulls it from the registry instead of building.
+#[test]
+fn a_built_image_is_pushed_and_a_machine_without_it_pulls_instead_of_building() {
+    let docker = Docker::start();
+    docker.import_python();
+    let registry = trainctl::testkit::docker::Registry::start();
+    let env = Env::new("", "0");
+    in_container(
+        &env,
+        &docker,
+        &format!(
+            "dockerfile = \"Dockerfile\"\nregistry = \"{}/team\"",
+            registry.address()
+        ),
+    );
+    let toml = env.project.join("trainctl.toml");
+    let text = std::fs::read_to_string(&toml)
+        .unwrap()
+        .replace(&format!("image = \"{PYTHON_IMAGE}\"\n"), "");
+    std::fs::write(&toml, text).unwrap();
+    std::fs::write(
+        env.project.join("Dockerfile"),
+        format!("FROM {PYTHON_IMAGE}\nRUN echo built > /tmp/built\n"),
+    )
+    .unwrap();
+    let kinds = |job: &str| -> Vec<String> {
+        env.events(job)
+            .iter()
+            .filter(|e| e["kind"].as_str().is_some_and(|k| k.starts_with("image.")))
+            .map(|e| e["kind"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let first = env.json(&["run"]);
+    assert_eq!(first["state"], "succeeded", "{first}");
+    let j1 = first["job_id"].as_str().unwrap();
+    assert_eq!(kinds(j1), vec!["image.build"]);
+    let tag = env
+        .ok(&["logs", j1])
+        .lines()
+        .find_map(|l| l.strip_prefix("building image ").map(str::to_string))
+        .unwrap();
+    assert!(
+        tag.starts_with(&format!("{}/team/toy-train:", registry.address())),
+        "{tag}"
+    );
+    // The machine loses the image: the next job pulls it, and builds nothing.
+    let out = docker.run(&["image", "rm", &tag]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let second = env.json(&["run", "--instance", first["instance_id"].as_str().unwrap()]);
+    assert_eq!(second["state"], "succeeded", "{second}");
+    let j2 = second["job_id"].as_str().unwrap();
+    assert_eq!(kinds(j2), vec!["image.pull"]);
+    let log = env.ok(&["logs", j2]);
+    assert!(log.contains("from its registry: not built"), "{log}");
+    assert!(!log.contains("building image"), "{log}");
 }
