@@ -426,8 +426,12 @@ pub struct AwsProviderConfig {
     pub profile: Option<String>,
     /// One endpoint for every service (an emulator, a private endpoint).
     pub endpoint_url: Option<String>,
-    /// Per-service endpoints (`ec2`, `s3`, `ssm`, `pricing`), over `endpoint_url`.
+    /// Per-service endpoints (`ec2`, `s3`, `ssm`, `pricing`, `ecr`), over `endpoint_url`.
     pub endpoints: BTreeMap<String, String>,
+    /// The registry host built images are pushed to and pulled from (`host[:port]`), when
+    /// not ECR's own (`<account>.dkr.ecr.<region>.amazonaws.com`, from its token): a
+    /// pull-through proxy, a private endpoint.
+    pub ecr_registry: Option<String>,
     /// S3 path-style addressing (emulators, some private endpoints).
     pub s3_force_path_style: bool,
     /// The `trainctl:owner` tag of this store's machines (default: made once per data
@@ -497,6 +501,7 @@ impl Default for AwsProviderConfig {
             endpoint_url: None,
             endpoints: BTreeMap::new(),
             s3_force_path_style: false,
+            ecr_registry: None,
             owner: None,
             ami: None,
             ami_parameter:
@@ -688,10 +693,12 @@ impl UserConfig {
                 return Err(at(u, format!("checkpoints_s3: {e}")));
             }
             for k in aws.endpoints.keys() {
-                if !["ec2", "s3", "ssm", "pricing"].contains(&k.as_str()) {
+                if !["ec2", "s3", "ssm", "pricing", "ecr"].contains(&k.as_str()) {
                     return Err(at(
                         k,
-                        format!("no AWS service `{k}` here (endpoints for: ec2, s3, ssm, pricing)"),
+                        format!(
+                            "no AWS service `{k}` here (endpoints for: ec2, s3, ssm, pricing, ecr)"
+                        ),
                     ));
                 }
             }

@@ -245,11 +245,36 @@ impl Engine {
                         }
                     })
                     .collect();
-                let tag = match &docker.registry {
+                let host = docker.host.as_deref();
+                let tag = match docker.registry.as_deref() {
+                    // The provider's registry: the repository made when missing, the
+                    // machine's Docker logged in with a token that trainctl never keeps.
+                    Some("ecr") => {
+                        let login = self
+                            .provider("aws")
+                            .context("[docker] registry = \"ecr\" takes [providers.aws]")?
+                            .image_registry(&repo)
+                            .await?
+                            .context("the aws provider gave no registry")?;
+                        job::container::login(
+                            remote,
+                            host,
+                            &login.host,
+                            &login.username,
+                            &login.password,
+                        )
+                        .await?;
+                        self.store().add_event(
+                            "registry.login",
+                            Some(&inst.id),
+                            Some(job_id),
+                            &format!("{}'s Docker logged in to {} (ECR)", inst.id, login.host),
+                        )?;
+                        format!("{}:{hash}", login.repository)
+                    }
                     Some(r) => format!("{r}/{repo}:{hash}"),
                     None => format!("trainctl/{repo}:{hash}"),
                 };
-                let host = docker.host.as_deref();
                 let have = crate::remote::retry_lost(4, "asking for the image", || {
                     job::container::has_image(remote, host, &tag)
                 })

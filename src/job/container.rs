@@ -402,6 +402,34 @@ pub fn build_text(
     )
 }
 
+/// Log the machine's Docker in to `registry` (the password on `docker login`'s standard
+/// input: never on a command line, never in trainctl's output).
+pub async fn login(
+    remote: &dyn Remote,
+    host: Option<&str>,
+    registry: &str,
+    user: &str,
+    password: &crate::ssh::Secret,
+) -> Result<()> {
+    let out = remote
+        .exec_with_stdin(
+            &format!(
+                "{}docker login --username {} --password-stdin {} 2>&1",
+                docker_env(host),
+                sh_quote(user),
+                sh_quote(registry)
+            ),
+            password.expose().as_bytes(),
+        )
+        .await?;
+    if out.status != 0 {
+        let said = crate::sanitize::sanitize_line(out.stdout.trim_ascii())
+            .replace(password.expose(), "[redacted]");
+        bail!("docker login to {registry} on the machine: {said}");
+    }
+    Ok(())
+}
+
 /// Whether `tag`'s registry has it, asked from the machine.
 pub async fn registry_has(remote: &dyn Remote, host: Option<&str>, tag: &str) -> Result<bool> {
     let out = remote

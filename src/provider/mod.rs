@@ -164,6 +164,17 @@ pub struct Listed {
     pub batch_on: Option<String>,
 }
 
+/// Where built images go at a provider's registry, and how to log in to it.
+#[derive(Debug, Clone)]
+pub struct RegistryLogin {
+    /// `host[:port]/trainctl/<project>`: images are `<this>:<hash>`.
+    pub repository: String,
+    /// The host `docker login` takes.
+    pub host: String,
+    pub username: String,
+    pub password: crate::ssh::Secret,
+}
+
 /// A second way onto a machine when its usual one (SSH) cannot reach it: enough to read a
 /// job's status and stop it (SSM Run Command for EC2). Files wait for the usual way.
 pub struct SideChannel {
@@ -270,6 +281,12 @@ pub trait Provider: Send + Sync {
     /// a batch job per attempt).
     fn executor(&self, _inst: &InstanceRecord) -> Option<Arc<dyn crate::job::executor::Executor>> {
         None
+    }
+
+    /// A registry of the provider's for built images (ECR on AWS): repository
+    /// `trainctl/<project>` made when missing, and a login for it. None: it has none.
+    async fn image_registry(&self, _project: &str) -> Result<Option<RegistryLogin>> {
+        Ok(None)
     }
 
     /// When the provider bills each job's GPU time rather than a machine (a cluster):

@@ -381,3 +381,115 @@ fn a_built_image_is_pushed_and_a_machine_without_it_pulls_instead_of_building() 
     assert!(log.contains("from its registry: not built"), "{log}");
     assert!(!log.contains("building image"), "{log}");
 }
+
+/// `[docker] registry = "ecr"`: the repository is made in ECR (moto's API) when missing,
+/// the machine's Docker logged in with `GetAuthorizationToken`'s password on its standard
+/// input (the password is nowhere in trainctl's store, logs or output), the image pushed to
+/// the registry the setting names (here a registry of the test's own) and pulled by a
+/// machine without it instead of building.
+#[test]
+fn ecr_makes_the_repository_logs_in_and_a_machine_without_the_image_pulls_it() {
+    use trainctl::testkit::Moto;
+    let moto = Moto::start();
+    let docker = Docker::start();
+    docker.import_python();
+    let registry = trainctl::testkit::docker::Registry::start();
+    let mut env = Env::new(
+        &format!(
+            "[providers.aws]\nregions = [\"us-east-1\"]\nendpoint_url = \"{}\"\necr_registry = \"{}\"\n",
+            moto.endpoint(),
+            registry.address()
+        ),
+        "0",
+    );
+    env.vars = Moto::client_env(&env.dir.path().join("no-aws-files"));
+    in_container(
+        &env,
+        &docker,
+        "dockerfile = \"Dockerfile\"\nregistry = \"ecr\"",
+    );
+    let toml = env.project.join("trainctl.toml");
+    let text = std::fs::read_to_string(&toml)
+        .unwrap()
+        .replace(&format!("image = \"{PYTHON_IMAGE}\"\n"), "");
+    std::fs::write(&toml, text).unwrap();
+    std::fs::write(
+        env.project.join("Dockerfile"),
+        format!("FROM {PYTHON_IMAGE}\nRUN echo built > /tmp/built\n"),
+    )
+    .unwrap();
+    let first = env.json(&["run"]);
+    assert_eq!(first["state"], "succeeded", "{first}");
+    let j1 = first["job_id"].as_str().unwrap();
+    let kinds = env.event_kinds(Some(j1));
+    assert!(
+        kinds.contains(&"registry.login".to_string()) && kinds.contains(&"image.build".to_string()),
+        "{kinds:?}"
+    );
+    let tag = env
+        .ok(&["logs", j1])
+        .lines()
+        .find_map(|l| l.strip_prefix("building image ").map(str::to_string))
+        .unwrap();
+    assert!(
+        tag.starts_with(&format!("{}/trainctl/toy-train:", registry.address())),
+        "{tag}"
+    );
+    // The repository is in ECR; the token's password is nowhere trainctl writes.
+    let ecr = aws_sdk_ecr::Client::new(&moto.sdk("us-east-1"));
+    let (repos, token) = tokio::runtime::Runtime::new().unwrap().block_on(async {
+        let repos = ecr.describe_repositories().send().await.unwrap();
+        let token = ecr.get_authorization_token().send().await.unwrap();
+        (repos, token)
+    });
+    assert!(
+        repos
+            .repositories()
+            .iter()
+            .any(|r| r.repository_name() == Some("trainctl/toy-train")),
+        "{repos:?}"
+    );
+    let token = token.authorization_data()[0]
+        .authorization_token()
+        .unwrap()
+        .to_string();
+    let decoded = aws_smithy_types::base64::decode(&token).unwrap();
+    let password = String::from_utf8(decoded)
+        .unwrap()
+        .split_once(':')
+        .unwrap()
+        .1
+        .to_string();
+    assert!(password.len() > 4);
+    // (The machine's own Docker keeps its login in its `.docker`, as `docker login` does.)
+    let mut stack = vec![env.dir.path().to_path_buf()];
+    let mut docker_kept = false;
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                if p.file_name().is_some_and(|n| n == ".docker") {
+                    docker_kept = true;
+                    continue;
+                }
+                stack.push(p);
+            } else if let Ok(bytes) = std::fs::read(&p) {
+                for secret in [&password, &token] {
+                    assert!(
+                        !bytes.windows(secret.len()).any(|w| w == secret.as_bytes()),
+                        "ECR's token in {}",
+                        p.display()
+                    );
+                }
+            }
+        }
+    }
+    assert!(docker_kept, "the login was the machine's Docker's");
+    // The machine loses the image: the next job pulls it from the registry.
+    assert!(docker.run(&["image", "rm", &tag]).status.success());
+    let second = env.json(&["run", "--instance", first["instance_id"].as_str().unwrap()]);
+    assert_eq!(second["state"], "succeeded", "{second}");
+    let kinds = env.event_kinds(Some(second["job_id"].as_str().unwrap()));
+    assert!(kinds.contains(&"image.pull".to_string()), "{kinds:?}");
+    assert!(!kinds.contains(&"image.build".to_string()), "{kinds:?}");
+}

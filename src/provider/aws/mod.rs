@@ -14,6 +14,7 @@
 
 pub mod catalog;
 pub mod ec2;
+pub mod ecr;
 pub mod refresh;
 pub mod s3;
 pub mod ssm;
@@ -1160,6 +1161,24 @@ impl Provider for AwsProvider {
             prefix,
             objects,
             env,
+        }))
+    }
+
+    async fn image_registry(
+        &self,
+        project: &str,
+    ) -> Result<Option<crate::provider::RegistryLogin>> {
+        let region = self.region_for(None)?;
+        let client = ecr::client(self.sdk().await?, &self.cfg, &region);
+        let repo = format!("trainctl/{project}");
+        ecr::ensure_repository(&client, &repo).await?;
+        let (host, username, password) = ecr::login(&client).await?;
+        let host = self.cfg.ecr_registry.clone().unwrap_or(host);
+        Ok(Some(crate::provider::RegistryLogin {
+            repository: format!("{host}/{repo}"),
+            host,
+            username,
+            password,
         }))
     }
 
