@@ -889,6 +889,10 @@ pub struct DockerConfig {
     /// replacement after an interruption), and one that builds it pushes it. The machine's
     /// Docker must be logged in to it.
     pub registry: Option<String>,
+    /// Where the image is built: `machine` (default: no registry needed, the machine's
+    /// bandwidth) or `local` (trainctl's own Docker builds and pushes it to `registry`;
+    /// the machine pulls it).
+    pub build: Option<String>,
 }
 
 impl ProjectConfig {
@@ -1204,6 +1208,22 @@ impl Project {
                 r,
                 format!("[docker] registry `{r}` is not `host[:port][/namespace]`"),
             ));
+        }
+        match docker.build.as_deref() {
+            None | Some("machine") => {}
+            Some("local") if docker.registry.is_some() => {}
+            Some("local") => {
+                return Err(err_at(
+                    "build",
+                    "[docker] build = \"local\" pushes the image for the machine to pull: it takes a `registry`".into(),
+                ));
+            }
+            Some(other) => {
+                return Err(err_at(
+                    other,
+                    format!("[docker] build is `machine` or `local`, not `{other}`"),
+                ));
+            }
         }
         if docker.registry.is_some() && docker.dockerfile.is_none() {
             return Err(err_at(

@@ -246,6 +246,7 @@ impl Engine {
                     })
                     .collect();
                 let host = docker.host.as_deref();
+                let mut ecr_login = None;
                 let tag = match docker.registry.as_deref() {
                     // The provider's registry: the repository made when missing, the
                     // machine's Docker logged in with a token that trainctl never keeps.
@@ -270,7 +271,9 @@ impl Engine {
                             Some(job_id),
                             &format!("{}'s Docker logged in to {} (ECR)", inst.id, login.host),
                         )?;
-                        format!("{}:{hash}", login.repository)
+                        let t = format!("{}:{hash}", login.repository);
+                        ecr_login = Some(login);
+                        t
                     }
                     Some(r) => format!("{r}/{repo}:{hash}"),
                     None => format!("trainctl/{repo}:{hash}"),
@@ -279,9 +282,36 @@ impl Engine {
                     job::container::has_image(remote, host, &tag)
                 })
                 .await?;
-                let pulled = !have
+                let mut pulled = !have
                     && docker.registry.is_some()
                     && job::container::registry_has(remote, host, &tag).await?;
+                let local = docker.build.as_deref() == Some("local");
+                if local && !have && !pulled {
+                    // Built here with trainctl's own Docker and pushed; the machine pulls.
+                    if let Some(l) = &ecr_login {
+                        job::container::login_here(&l.host, &l.username, &l.password).await?;
+                    }
+                    let t0 = std::time::Instant::now();
+                    job::container::build_here(
+                        &tag,
+                        &root_dir.join(df),
+                        &context,
+                        &docker.build_args,
+                    )
+                    .await
+                    .with_context(|| format!("building image {tag} here"))?;
+                    self.store().add_event(
+                        "image.build",
+                        Some(&inst.id),
+                        Some(job_id),
+                        &format!(
+                            "built image {tag} here in {} s and pushed it for {} to pull",
+                            t0.elapsed().as_secs(),
+                            inst.id
+                        ),
+                    )?;
+                    pulled = true;
+                }
                 let (kind, what) = if have {
                     (
                         "image.cached",

@@ -430,6 +430,73 @@ pub async fn login(
     Ok(())
 }
 
+/// Log trainctl's own Docker in to `registry` (for a local build's push).
+pub async fn login_here(registry: &str, user: &str, password: &crate::ssh::Secret) -> Result<()> {
+    use tokio::io::AsyncWriteExt;
+    let mut child = tokio::process::Command::new("docker")
+        .args(["login", "--username", user, "--password-stdin", registry])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .context("docker (trainctl's own, for a local build)")?;
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin.write_all(password.expose().as_bytes()).await?;
+    }
+    let out = child.wait_with_output().await?;
+    if !out.status.success() {
+        let said = crate::sanitize::sanitize_line(out.stderr.trim_ascii())
+            .replace(password.expose(), "[redacted]");
+        bail!("docker login to {registry} here: {said}");
+    }
+    Ok(())
+}
+
+/// Build `tag` with trainctl's own Docker from `dockerfile` in `context` and push it;
+/// a failure says the build's last lines.
+pub async fn build_here(
+    tag: &str,
+    dockerfile: &std::path::Path,
+    context: &std::path::Path,
+    args: &BTreeMap<String, String>,
+) -> Result<()> {
+    let run = |argv: Vec<String>| async move {
+        let out = tokio::process::Command::new("docker")
+            .args(&argv)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .await
+            .context("docker (trainctl's own, for a local build)")?;
+        if !out.status.success() {
+            let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
+            text.push_str(&String::from_utf8_lossy(&out.stderr));
+            let lines: Vec<&str> = text.lines().collect();
+            let tail = lines[lines.len().saturating_sub(8)..].join(" | ");
+            bail!(
+                "docker {}: {}",
+                argv.first().map(String::as_str).unwrap_or(""),
+                crate::sanitize::sanitize_line(tail.as_bytes())
+            );
+        }
+        Ok(())
+    };
+    let mut argv = vec![
+        "build".to_string(),
+        "--label".into(),
+        "trainctl.image=1".into(),
+        "-t".into(),
+        tag.into(),
+        "-f".into(),
+        dockerfile.display().to_string(),
+    ];
+    for (k, v) in args {
+        argv.extend(["--build-arg".into(), format!("{k}={v}")]);
+    }
+    argv.push(context.display().to_string());
+    run(argv).await?;
+    run(vec!["push".into(), tag.into()]).await
+}
+
 /// Whether `tag`'s registry has it, asked from the machine.
 pub async fn registry_has(remote: &dyn Remote, host: Option<&str>, tag: &str) -> Result<bool> {
     let out = remote

@@ -493,3 +493,74 @@ fn ecr_makes_the_repository_logs_in_and_a_machine_without_the_image_pulls_it() {
     assert!(kinds.contains(&"image.pull".to_string()), "{kinds:?}");
     assert!(!kinds.contains(&"image.build".to_string()), "{kinds:?}");
 }
+
+/// `[docker] build = "local"`: trainctl's own Docker (here one engine) builds the image and
+/// pushes it to the registry; the machine's Docker (another engine) pulls it, building
+/// nothing.
+#[test]
+fn a_local_build_is_pushed_and_the_machine_pulls_it() {
+    let here = Docker::start();
+    here.import_python();
+    let machine = Docker::start();
+    let registry = trainctl::testkit::docker::Registry::start();
+    let mut env = Env::new("", "0");
+    env.vars.push(("DOCKER_HOST".into(), here.host()));
+    in_container(
+        &env,
+        &machine,
+        &format!(
+            "dockerfile = \"Dockerfile\"\nregistry = \"{}/team\"\nbuild = \"local\"",
+            registry.address()
+        ),
+    );
+    let toml = env.project.join("trainctl.toml");
+    let text = std::fs::read_to_string(&toml)
+        .unwrap()
+        .replace(&format!("image = \"{PYTHON_IMAGE}\"\n"), "");
+    std::fs::write(&toml, text).unwrap();
+    std::fs::write(
+        env.project.join("Dockerfile"),
+        format!("FROM {PYTHON_IMAGE}\nRUN echo built > /tmp/built\n"),
+    )
+    .unwrap();
+    let run = env.json(&["run"]);
+    assert_eq!(run["state"], "succeeded", "{run}");
+    let job = run["job_id"].as_str().unwrap();
+    let events = env.events(job);
+    let said = |kind: &str| {
+        events
+            .iter()
+            .find(|e| e["kind"] == kind)
+            .and_then(|e| e["message"].as_str())
+            .unwrap_or_default()
+            .to_string()
+    };
+    assert!(
+        said("image.build").contains("built image") && said("image.build").contains("here"),
+        "{events:?}"
+    );
+    assert!(
+        said("image.pull").contains("from its registry"),
+        "{events:?}"
+    );
+    let log = env.ok(&["logs", job]);
+    assert!(log.contains("in-a-container-as-0"), "{log}");
+    assert!(
+        !log.contains("building image"),
+        "the machine built nothing: {log}"
+    );
+    let on_machine = String::from_utf8_lossy(
+        &machine
+            .run(&["images", "--format", "{{.Repository}}"])
+            .stdout,
+    )
+    .into_owned();
+    assert!(
+        on_machine.contains(&format!("{}/team/toy-train", registry.address())),
+        "{on_machine}"
+    );
+    assert!(
+        !on_machine.contains(PYTHON_IMAGE.split(':').next().unwrap()),
+        "{on_machine}"
+    );
+}
