@@ -27,6 +27,26 @@ fn in_container(env: &Env, docker: &Docker, extra: &str) {
     );
 }
 
+/// The toy project built from a Dockerfile (`FROM` the test image, then `lines`) instead
+/// of `image`, with `extra` `[docker]` lines.
+fn dockerfile_project(env: &Env, docker: &Docker, extra: &str, lines: &str) {
+    in_container(
+        env,
+        docker,
+        &format!("dockerfile = \"Dockerfile\"\n{extra}"),
+    );
+    let toml = env.project.join("trainctl.toml");
+    let text = std::fs::read_to_string(&toml)
+        .unwrap()
+        .replace(&format!("image = \"{PYTHON_IMAGE}\"\n"), "");
+    std::fs::write(&toml, text).unwrap();
+    std::fs::write(
+        env.project.join("Dockerfile"),
+        format!("FROM {PYTHON_IMAGE}\n{lines}"),
+    )
+    .unwrap();
+}
+
 /// An `image` job runs in its container to success: its output is the job's log (metrics
 /// followed), its artifacts pulled, the model the one a bare run makes; the container is
 /// gone after.
@@ -139,24 +159,13 @@ fn a_dockerfile_is_built_once_per_content_on_a_machine() {
     let docker = Docker::start();
     docker.import_python();
     let env = Env::new("", "0");
-    in_container(
+    dockerfile_project(
         &env,
         &docker,
-        "dockerfile = \"Dockerfile\"\nbuild_args = { GREETING = \"hi\" }",
+        "build_args = { GREETING = \"hi\" }",
+        "ARG GREETING\nCOPY requirements.txt /opt/req.txt\n\
+             RUN echo \"$GREETING from the image\" > /opt/built\n",
     );
-    let toml = env.project.join("trainctl.toml");
-    let text = std::fs::read_to_string(&toml)
-        .unwrap()
-        .replace(&format!("image = \"{PYTHON_IMAGE}\"\n"), "");
-    std::fs::write(&toml, text).unwrap();
-    std::fs::write(
-        env.project.join("Dockerfile"),
-        format!(
-            "FROM {PYTHON_IMAGE}\nARG GREETING\nCOPY requirements.txt /opt/req.txt\n\
-             RUN echo \"$GREETING from the image\" > /opt/built\n"
-        ),
-    )
-    .unwrap();
     std::fs::write(env.project.join("requirements.txt"), "numpy\n").unwrap();
     let built = |job: &str| -> Vec<String> {
         env.events(job)
@@ -328,24 +337,12 @@ fn a_built_image_is_pushed_and_a_machine_without_it_pulls_instead_of_building() 
     docker.import_python();
     let registry = trainctl::testkit::docker::Registry::start();
     let env = Env::new("", "0");
-    in_container(
+    dockerfile_project(
         &env,
         &docker,
-        &format!(
-            "dockerfile = \"Dockerfile\"\nregistry = \"{}/team\"",
-            registry.address()
-        ),
+        &format!("registry = \"{}/team\"", registry.address()),
+        "RUN echo built > /tmp/built\n",
     );
-    let toml = env.project.join("trainctl.toml");
-    let text = std::fs::read_to_string(&toml)
-        .unwrap()
-        .replace(&format!("image = \"{PYTHON_IMAGE}\"\n"), "");
-    std::fs::write(&toml, text).unwrap();
-    std::fs::write(
-        env.project.join("Dockerfile"),
-        format!("FROM {PYTHON_IMAGE}\nRUN echo built > /tmp/built\n"),
-    )
-    .unwrap();
     let kinds = |job: &str| -> Vec<String> {
         env.events(job)
             .iter()
@@ -403,21 +400,12 @@ fn ecr_makes_the_repository_logs_in_and_a_machine_without_the_image_pulls_it() {
         "0",
     );
     env.vars = Moto::client_env(&env.dir.path().join("no-aws-files"));
-    in_container(
+    dockerfile_project(
         &env,
         &docker,
-        "dockerfile = \"Dockerfile\"\nregistry = \"ecr\"",
+        "registry = \"ecr\"",
+        "RUN echo built > /tmp/built\n",
     );
-    let toml = env.project.join("trainctl.toml");
-    let text = std::fs::read_to_string(&toml)
-        .unwrap()
-        .replace(&format!("image = \"{PYTHON_IMAGE}\"\n"), "");
-    std::fs::write(&toml, text).unwrap();
-    std::fs::write(
-        env.project.join("Dockerfile"),
-        format!("FROM {PYTHON_IMAGE}\nRUN echo built > /tmp/built\n"),
-    )
-    .unwrap();
     let first = env.json(&["run"]);
     assert_eq!(first["state"], "succeeded", "{first}");
     let j1 = first["job_id"].as_str().unwrap();
@@ -505,24 +493,15 @@ fn a_local_build_is_pushed_and_the_machine_pulls_it() {
     let registry = trainctl::testkit::docker::Registry::start();
     let mut env = Env::new("", "0");
     env.vars.push(("DOCKER_HOST".into(), here.host()));
-    in_container(
+    dockerfile_project(
         &env,
         &machine,
         &format!(
-            "dockerfile = \"Dockerfile\"\nregistry = \"{}/team\"\nbuild = \"local\"",
+            "registry = \"{}/team\"\nbuild = \"local\"",
             registry.address()
         ),
+        "RUN echo built > /tmp/built\n",
     );
-    let toml = env.project.join("trainctl.toml");
-    let text = std::fs::read_to_string(&toml)
-        .unwrap()
-        .replace(&format!("image = \"{PYTHON_IMAGE}\"\n"), "");
-    std::fs::write(&toml, text).unwrap();
-    std::fs::write(
-        env.project.join("Dockerfile"),
-        format!("FROM {PYTHON_IMAGE}\nRUN echo built > /tmp/built\n"),
-    )
-    .unwrap();
     let run = env.json(&["run"]);
     assert_eq!(run["state"], "succeeded", "{run}");
     let job = run["job_id"].as_str().unwrap();

@@ -193,6 +193,18 @@ fn slurm_env(
     )
 }
 
+/// `launch` of the cluster `tc` (its login node's key trusted on first sight).
+fn hold_cluster(env: &crate::common::Env) -> serde_json::Value {
+    env.json(&[
+        "launch",
+        "--provider",
+        "slurm",
+        "--type",
+        "tc",
+        "--accept-new-host-key",
+    ])
+}
+
 /// What Slurm still has queued or running here, trainctl's or not.
 fn queue(cluster: &Slurm) -> String {
     String::from_utf8_lossy(&cluster.run("squeue", &["-h", "-o", "%i %j %T"]).stdout).into_owned()
@@ -204,14 +216,7 @@ fn trainctl_runs_a_job_on_a_slurm_cluster_follows_it_and_cancels_or_fails_cleanl
     let sshd = Sshd::start();
     let shared = tempfile::tempdir().unwrap();
     let env = slurm_env(&cluster, &sshd, shared.path(), "0", "");
-    let inst = env.json(&[
-        "launch",
-        "--provider",
-        "slurm",
-        "--type",
-        "tc",
-        "--accept-new-host-key",
-    ]);
+    let inst = hold_cluster(&env);
     let id = inst["id"].as_str().unwrap().to_string();
     assert_eq!(inst["state"], "running");
     // A run: submitted as a batch job, followed, its metrics parsed and artifacts pulled.
@@ -478,14 +483,7 @@ fn ls_shows_the_clusters_room_and_batch_jobs_no_job_accounts_for() {
     let sshd = Sshd::start();
     let shared = tempfile::tempdir().unwrap();
     let env = slurm_env(&cluster, &sshd, shared.path(), "0", "");
-    let inst = env.json(&[
-        "launch",
-        "--provider",
-        "slurm",
-        "--type",
-        "tc",
-        "--accept-new-host-key",
-    ]);
+    let inst = hold_cluster(&env);
     let id = inst["id"].as_str().unwrap().to_string();
     let table = env.ok(&["ls"]);
     assert!(table.contains("debug 2/2 GPUs free"), "{table}");
