@@ -285,6 +285,11 @@ pub enum StatusEnd {
     JobEnds(String),
 }
 
+/// How long the answer to the user's action keeps the status line from a job's end.
+const ANSWER_KEPT: std::time::Duration = std::time::Duration::from_secs(4);
+/// Said after an answer when a job's end went to the messages instead.
+const MORE_IN_MESSAGES: &str = " · a job ended (! shows it)";
+
 /// One message of the session's log (the `!` popup).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Message {
@@ -341,6 +346,9 @@ pub struct App {
     /// The job the Logs and Metrics panes show: the highlighted one.
     pub focus_job: Option<String>,
     pub status: Option<Status>,
+    /// When the status line was said, and whether it was an announcement (a job's end)
+    /// rather than the answer to something the user did.
+    status_said: Option<(std::time::Instant, bool)>,
     pub messages: VecDeque<Message>,
     pub dash: Dashboard,
     /// Jobs marked (space) to compare their curves in the chart.
@@ -447,6 +455,7 @@ impl App {
             metrics: MetricsView::default(),
             focus_job: None,
             status: None,
+            status_said: None,
             messages: VecDeque::new(),
             dash: Dashboard::default(),
             marked: Vec::new(),
@@ -505,6 +514,7 @@ impl App {
             }
         }
         self.status = Some(Status { text, error, ends });
+        self.status_said = Some((std::time::Instant::now(), false));
     }
 
     pub fn instance_text(r: &InstanceRow) -> String {
@@ -675,10 +685,34 @@ impl App {
         } else {
             format!(": {reason}")
         };
-        self.say(
-            format!("job {name} ({id}) {state}{code}{reason}"),
-            state != JobState::Succeeded,
-        );
+        let text = format!("job {name} ({id}) {state}{code}{reason}");
+        let error = state != JobState::Succeeded;
+        // The answer to what the user just did stays on the status line (a job ending
+        // elsewhere must not hide "terminated i-…"): the end goes to the messages, and the
+        // line says there is more.
+        let answer_fresh = matches!(&self.status, Some(st) if st.ends == StatusEnd::NextKey)
+            && self
+                .status_said
+                .is_some_and(|(at, aside)| !aside && at.elapsed() < ANSWER_KEPT);
+        if answer_fresh {
+            let at_ms = if self.snap.now_ms > 0 {
+                self.snap.now_ms
+            } else {
+                crate::model::now_ms()
+            };
+            self.messages.push_back(Message { at_ms, text, error });
+            if self.messages.len() > MESSAGES_KEPT {
+                self.messages.pop_front();
+            }
+            if let Some(st) = &mut self.status
+                && !st.text.ends_with(MORE_IN_MESSAGES)
+            {
+                st.text.push_str(MORE_IN_MESSAGES);
+            }
+        } else {
+            self.say(text, error);
+            self.status_said = Some((std::time::Instant::now(), true));
+        }
         self.ring |= self.bell;
         self.dirty = true;
     }

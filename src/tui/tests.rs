@@ -466,6 +466,43 @@ fn terminate_confirmation_defaults_to_no() {
     assert!(key(&mut app, KeyCode::Char('a')).is_empty());
 }
 
+/// A job ending elsewhere does not hide the answer to what the user just did: the answer
+/// stays (saying there is more), the end goes to the messages; with no fresh answer, the
+/// end is the status line.
+#[test]
+fn a_jobs_end_does_not_hide_the_answer_to_the_users_action() {
+    let ended = |app: &App| {
+        let mut snap = app.snap.clone();
+        for j in &mut snap.jobs {
+            if j.rec.id == "j-tp2k0000cccc" {
+                j.rec.state = JobState::Succeeded;
+            }
+        }
+        snap
+    };
+    let mut app = fixture(false);
+    app.say("terminated i-tp2k0000bbbb", false);
+    let snap = ended(&app);
+    app.update(Msg::Snapshot(Box::new(snap)));
+    let st = app.status.clone().unwrap();
+    assert!(st.text.starts_with("terminated i-tp2k0000bbbb"), "{st:?}");
+    assert!(st.text.contains("! shows it"), "{st:?}");
+    assert!(
+        app.messages
+            .iter()
+            .any(|m| m.text.contains("job toy-train (j-tp2k0000cccc) succeeded"))
+    );
+    let mut app = fixture(false);
+    let snap = ended(&app);
+    app.update(Msg::Snapshot(Box::new(snap)));
+    let st = app.status.clone().unwrap();
+    assert!(
+        st.text
+            .starts_with("job toy-train (j-tp2k0000cccc) succeeded"),
+        "{st:?}"
+    );
+}
+
 /// A batch job a cluster runs for this store with no job behind it shows as an orphan job;
 /// terminate asks to cancel it (by its `slurm:ID`), adopt says why it cannot.
 #[test]
