@@ -1837,12 +1837,12 @@ async fn rank_logs(engine: &Engine, key: &str, rank: u32, follow: bool) -> Resul
                 .iter()
                 .rposition(|&c| c == b'\n')
                 .map_or(0, |i| i + 1);
-            let text: String = crate::engine::display_lines(&partial[..cut])
-                .into_iter()
-                .map(|l| l + "\n")
-                .collect();
-            print_block(&text, false);
-            partial.drain(..cut);
+            if cut > 0 {
+                let mut text = String::new();
+                crate::engine::display_text(&partial[..cut], &mut text);
+                print_block(&text, false);
+                partial.drain(..cut);
+            }
         } else if off == 0 && !(follow && live) {
             bail!("no output of rank {rank} (is it a job of more than {rank} rank(s)?)");
         }
@@ -1853,17 +1853,13 @@ async fn rank_logs(engine: &Engine, key: &str, rank: u32, follow: bool) -> Resul
             break;
         }
         tokio::time::sleep(std::time::Duration::from_secs(1)).await;
-        if follow {
-            // The store's guard goes before the await.
-            let id = engine.store().find_job(key)?.id;
-            let _ = engine.poll_job(&id).await;
-        }
+        // The store's guard goes before the await.
+        let id = engine.store().find_job(key)?.id;
+        let _ = engine.poll_job(&id).await;
     }
     if !partial.is_empty() {
-        let text: String = crate::engine::display_lines(&partial)
-            .into_iter()
-            .map(|l| l + "\n")
-            .collect();
+        let mut text = String::new();
+        crate::engine::display_text(&partial, &mut text);
         print_block(&text, false);
     }
     Ok(EXIT_OK)

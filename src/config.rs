@@ -713,21 +713,8 @@ impl UserConfig {
                     time_limit: c.time_limit.clone(),
                     ..SlurmJobConfig::default()
                 };
-                for (key, v) in job.pairs() {
-                    if let Err(e) = crate::job::slurm::directive_value(&v) {
-                        return Err(at(&v, format!("cluster `{}`: {key}: {e:#}", c.name)));
-                    }
-                }
-                if let Some(t) = &c.time_limit
-                    && slurm_time_seconds(t).is_none_or(|s| s == 0)
-                {
-                    return Err(at(
-                        t,
-                        format!(
-                            "cluster `{}`: time_limit `{t}` is not a time Slurm reads",
-                            c.name
-                        ),
-                    ));
+                if let Err((v, why)) = job.check() {
+                    return Err(at(&v, format!("cluster `{}`: {why}", c.name)));
                 }
                 if !c.hourly_usd_per_gpu.is_finite() || c.hourly_usd_per_gpu < 0.0 {
                     return Err(at(
@@ -938,6 +925,28 @@ impl SlurmJobConfig {
         .into_iter()
         .filter_map(|(k, v)| Some((k, v?)))
         .collect()
+    }
+
+    /// Each value as sbatch must get it (no quotes, `$`, backslashes or newlines) and a
+    /// time limit Slurm reads; else the value at fault (to point at) and why.
+    pub fn check(&self) -> Result<(), (String, String)> {
+        for (key, v) in self.pairs() {
+            if let Err(e) = crate::job::slurm::directive_value(&v) {
+                return Err((v, format!("{key}: {e:#}")));
+            }
+        }
+        if let Some(t) = &self.time_limit
+            && slurm_time_seconds(t).is_none_or(|s| s == 0)
+        {
+            return Err((
+                t.clone(),
+                format!(
+                    "time_limit `{t}` is not a time Slurm reads (minutes, MM:SS, HH:MM:SS, \
+                     D-HH, D-HH:MM or D-HH:MM:SS)"
+                ),
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -1240,21 +1249,8 @@ impl Project {
                 ));
             }
         }
-        for (key, v) in self.config.slurm.pairs() {
-            if let Err(e) = crate::job::slurm::directive_value(&v) {
-                return Err(err_at(&v, format!("[slurm] {key}: {e:#}")));
-            }
-        }
-        if let Some(t) = &self.config.slurm.time_limit
-            && slurm_time_seconds(t).is_none_or(|s| s == 0)
-        {
-            return Err(err_at(
-                t,
-                format!(
-                    "[slurm] time_limit `{t}` is not a time Slurm reads (minutes, MM:SS, \
-                     HH:MM:SS, D-HH, D-HH:MM or D-HH:MM:SS)"
-                ),
-            ));
+        if let Err((v, why)) = self.config.slurm.check() {
+            return Err(err_at(&v, format!("[slurm] {why}")));
         }
         if self.config.recovery.max_attempts == 0 {
             return Err(err_at(

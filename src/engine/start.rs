@@ -225,132 +225,7 @@ impl Engine {
         // first part of its setup, so its output is the log's and the job says "setting
         // up" meanwhile), once per content: a machine that has it builds nothing.
         let docker = &spec.project.docker;
-        let (image, build) = match (&spec.project.image, &docker.dockerfile) {
-            (Some(i), _) => (Some(i.clone()), None),
-            (None, Some(df)) => {
-                let root_dir = Path::new(&spec.root);
-                let context = root_dir.join(docker.context.as_deref().unwrap_or("."));
-                let text = std::fs::read_to_string(root_dir.join(df))
-                    .with_context(|| format!("reading {df}"))?;
-                let hash = job::container::build_hash(&context, &text, &docker.build_args)?;
-                let repo: String = spec
-                    .project_name
-                    .to_ascii_lowercase()
-                    .chars()
-                    .map(|c| {
-                        if c.is_ascii_alphanumeric() || "._-".contains(c) {
-                            c
-                        } else {
-                            '-'
-                        }
-                    })
-                    .collect();
-                let host = docker.host.as_deref();
-                let mut ecr_login = None;
-                let tag = match docker.registry.as_deref() {
-                    // The provider's registry: the repository made when missing, the
-                    // machine's Docker logged in with a token that trainctl never keeps.
-                    Some("ecr") => {
-                        let login = self
-                            .provider("aws")
-                            .context("[docker] registry = \"ecr\" takes [providers.aws]")?
-                            .image_registry(&repo)
-                            .await?
-                            .context("the aws provider gave no registry")?;
-                        job::container::login(
-                            remote,
-                            host,
-                            &login.host,
-                            &login.username,
-                            &login.password,
-                        )
-                        .await?;
-                        self.store().add_event(
-                            "registry.login",
-                            Some(&inst.id),
-                            Some(job_id),
-                            &format!("{}'s Docker logged in to {} (ECR)", inst.id, login.host),
-                        )?;
-                        let t = format!("{}:{hash}", login.repository);
-                        ecr_login = Some(login);
-                        t
-                    }
-                    Some(r) => format!("{r}/{repo}:{hash}"),
-                    None => format!("trainctl/{repo}:{hash}"),
-                };
-                let have = crate::remote::retry_lost(4, "asking for the image", || {
-                    job::container::has_image(remote, host, &tag)
-                })
-                .await?;
-                let mut pulled = !have
-                    && docker.registry.is_some()
-                    && job::container::registry_has(remote, host, &tag).await?;
-                let local = docker.build.as_deref() == Some("local");
-                if local && !have && !pulled {
-                    // Built here with trainctl's own Docker and pushed; the machine pulls.
-                    if let Some(l) = &ecr_login {
-                        job::container::login_here(&l.host, &l.username, &l.password).await?;
-                    }
-                    let t0 = std::time::Instant::now();
-                    job::container::build_here(
-                        &tag,
-                        &root_dir.join(df),
-                        &context,
-                        &docker.build_args,
-                    )
-                    .await
-                    .with_context(|| format!("building image {tag} here"))?;
-                    self.store().add_event(
-                        "image.build",
-                        Some(&inst.id),
-                        Some(job_id),
-                        &format!(
-                            "built image {tag} here in {} s and pushed it for {} to pull",
-                            t0.elapsed().as_secs(),
-                            inst.id
-                        ),
-                    )?;
-                    pulled = true;
-                }
-                let (kind, what) = if have {
-                    (
-                        "image.cached",
-                        format!("image {tag} is on {} already: not built again", inst.id),
-                    )
-                } else if pulled {
-                    (
-                        "image.pull",
-                        format!(
-                            "pulling image {tag} to {} from its registry: not built",
-                            inst.id
-                        ),
-                    )
-                } else {
-                    (
-                        "image.build",
-                        format!("building image {tag} on {} from {df}", inst.id),
-                    )
-                };
-                self.store()
-                    .add_event(kind, Some(&inst.id), Some(job_id), &what)?;
-                let on_machine = |rel: &str| match rel {
-                    "." | "" => code.clone(),
-                    r => format!("{code}/{r}"),
-                };
-                let text = (!have).then(|| {
-                    job::container::build_text(
-                        &tag,
-                        &on_machine(df),
-                        &on_machine(docker.context.as_deref().unwrap_or(".")),
-                        &docker.build_args,
-                        docker.host.as_deref(),
-                        docker.registry.is_some(),
-                    )
-                });
-                (Some(tag), text)
-            }
-            (None, None) => (None, None),
-        };
+        let (image, build) = self.job_image(job_id, spec, inst, remote, &code).await?;
         // The project's setup (after the image's build): the runner runs it first unless
         // this machine ran the same one (its hash) already.
         let setup_text = match (&build, &spec.project.setup) {
@@ -480,6 +355,148 @@ impl Engine {
         };
         self.transition(job_id, state, &what, None)?;
         Ok(state)
+    }
+
+    /// The job's image and, when it must be made on the machine, the setup text that makes
+    /// it: a named image as is; a Dockerfile's `trainctl/<project>:<hash>` (or its
+    /// registry's name): on the machine already (nothing to do), in its registry (pulled),
+    /// built here and pushed (`build = "local"`, then pulled), or built there. Each way is
+    /// said in an event.
+    async fn job_image(
+        &self,
+        job_id: &str,
+        spec: &JobSpec,
+        inst: &InstanceRecord,
+        remote: &dyn Remote,
+        code: &str,
+    ) -> Result<(Option<String>, Option<String>)> {
+        let docker = &spec.project.docker;
+        Ok(match (&spec.project.image, &docker.dockerfile) {
+            (Some(i), _) => (Some(i.clone()), None),
+            (None, Some(df)) => {
+                let root_dir = Path::new(&spec.root);
+                let context = root_dir.join(docker.context.as_deref().unwrap_or("."));
+                let text = std::fs::read_to_string(root_dir.join(df))
+                    .with_context(|| format!("reading {df}"))?;
+                let hash = job::container::build_hash(&context, &text, &docker.build_args)?;
+                let repo: String = spec
+                    .project_name
+                    .to_ascii_lowercase()
+                    .chars()
+                    .map(|c| {
+                        if c.is_ascii_alphanumeric() || "._-".contains(c) {
+                            c
+                        } else {
+                            '-'
+                        }
+                    })
+                    .collect();
+                let host = docker.host.as_deref();
+                let mut ecr_login = None;
+                let tag = match docker.registry.as_deref() {
+                    // The provider's registry: the repository made when missing, the
+                    // machine's Docker logged in with a token that trainctl never keeps.
+                    Some("ecr") => {
+                        let login = self
+                            .provider("aws")
+                            .context("[docker] registry = \"ecr\" takes [providers.aws]")?
+                            .image_registry(&repo)
+                            .await?
+                            .context("the aws provider gave no registry")?;
+                        job::container::login(
+                            remote,
+                            host,
+                            &login.host,
+                            &login.username,
+                            &login.password,
+                        )
+                        .await?;
+                        self.store().add_event(
+                            "registry.login",
+                            Some(&inst.id),
+                            Some(job_id),
+                            &format!("{}'s Docker logged in to {} (ECR)", inst.id, login.host),
+                        )?;
+                        let t = format!("{}:{hash}", login.repository);
+                        ecr_login = Some(login);
+                        t
+                    }
+                    Some(r) => format!("{r}/{repo}:{hash}"),
+                    None => format!("trainctl/{repo}:{hash}"),
+                };
+                let have = crate::remote::retry_lost(4, "asking for the image", || {
+                    job::container::has_image(remote, host, &tag)
+                })
+                .await?;
+                let mut pulled = !have
+                    && docker.registry.is_some()
+                    && job::container::registry_has(remote, host, &tag).await?;
+                let local = docker.build.as_deref() == Some("local");
+                if local && !have && !pulled {
+                    // Built here with trainctl's own Docker and pushed; the machine pulls.
+                    if let Some(l) = &ecr_login {
+                        job::container::login_here(&l.host, &l.username, &l.password).await?;
+                    }
+                    let t0 = std::time::Instant::now();
+                    job::container::build_here(
+                        &tag,
+                        &root_dir.join(df),
+                        &context,
+                        &docker.build_args,
+                    )
+                    .await
+                    .with_context(|| format!("building image {tag} here"))?;
+                    self.store().add_event(
+                        "image.build",
+                        Some(&inst.id),
+                        Some(job_id),
+                        &format!(
+                            "built image {tag} here in {} s and pushed it for {} to pull",
+                            t0.elapsed().as_secs(),
+                            inst.id
+                        ),
+                    )?;
+                    pulled = true;
+                }
+                let (kind, what) = if have {
+                    (
+                        "image.cached",
+                        format!("image {tag} is on {} already: not built again", inst.id),
+                    )
+                } else if pulled {
+                    (
+                        "image.pull",
+                        format!(
+                            "pulling image {tag} to {} from its registry: not built",
+                            inst.id
+                        ),
+                    )
+                } else {
+                    (
+                        "image.build",
+                        format!("building image {tag} on {} from {df}", inst.id),
+                    )
+                };
+                self.store()
+                    .add_event(kind, Some(&inst.id), Some(job_id), &what)?;
+                let on_machine = |rel: &str| match rel {
+                    "." | "" => code.to_string(),
+                    r => format!("{code}/{r}"),
+                };
+                let text = (!have).then(|| {
+                    job::container::build_text(
+                        &tag,
+                        &on_machine(df),
+                        &on_machine(docker.context.as_deref().unwrap_or(".")),
+                        &docker.build_args,
+                        docker.host.as_deref(),
+                        docker.registry.is_some(),
+                    )
+                });
+                (Some(tag), text)
+            }
+            (None, None) => (None, None),
+        })
     }
 
     /// Where the manifest last written to `instance` for `project` is remembered locally.

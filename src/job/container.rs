@@ -214,35 +214,6 @@ pub async fn remove_all_left(remote: &dyn Remote) -> Result<()> {
     Ok(())
 }
 
-/// Remove the container an attempt left (its name is in the attempt's folder), if any.
-pub async fn remove_left(remote: &dyn Remote, job_dir: &str) -> Result<()> {
-    let Some(b) = remote
-        .read_range(&format!("{job_dir}/container"), 0, 4096)
-        .await?
-    else {
-        return Ok(());
-    };
-    let text = String::from_utf8_lossy(&b);
-    let mut lines = text.lines();
-    let (host, name) = (lines.next().unwrap_or(""), lines.next().unwrap_or(""));
-    if name.is_empty() {
-        return Ok(());
-    }
-    let host = (!host.is_empty()).then_some(host);
-    let out = remote
-        .exec(&format!(
-            "{}docker rm -f {} 2>&1",
-            docker_env(host),
-            sh_quote(name)
-        ))
-        .await?;
-    let said = String::from_utf8_lossy(&out.stdout);
-    if out.status != 0 && !said.contains("No such container") {
-        bail!("docker rm -f {name}: {}", said.trim());
-    }
-    Ok(())
-}
-
 /// The sources of a Dockerfile's `COPY` and `ADD` instructions (not `--from` another
 /// stage), as written: what of the context a build uses. Continuation lines are joined;
 /// the JSON form is read.

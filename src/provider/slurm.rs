@@ -23,8 +23,10 @@ pub struct SlurmProvider {
     cfg: SlurmProviderConfig,
     /// The login nodes, as a host pool (one hold per `launch`; many at once).
     logins: SshProvider,
+    /// Where this store's tag is kept (made on first use, not at every start).
+    dir: std::path::PathBuf,
     /// This store's tag in its batch jobs' names (`trainctl-<tag>-…`).
-    owner: String,
+    owner: std::sync::OnceLock<String>,
 }
 
 impl SlurmProvider {
@@ -50,14 +52,21 @@ impl SlurmProvider {
             ssh_config: cfg.ssh_config.clone(),
             hosts,
         };
-        let dir = data_dir.join("slurm");
-        let owner =
-            super::gpucloud::owner(&dir, None).unwrap_or_else(|_| dir.display().to_string());
         SlurmProvider {
             logins: SshProvider::with_holds(data_dir, pool, prompt, "slurm-holds"),
-            owner: super::gpucloud::owner_tag(&owner),
+            dir: data_dir.join("slurm"),
+            owner: std::sync::OnceLock::new(),
             cfg,
         }
+    }
+
+    /// This store's tag, made (and kept in the data directory) on first use.
+    fn owner(&self) -> &str {
+        self.owner.get_or_init(|| {
+            let owner = super::gpucloud::owner(&self.dir, None)
+                .unwrap_or_else(|_| self.dir.display().to_string());
+            super::gpucloud::owner_tag(&owner)
+        })
     }
 
     fn cluster(&self, name: &str) -> Result<&SlurmClusterConfig> {
@@ -165,7 +174,7 @@ impl Provider for SlurmProvider {
             cluster: Cluster {
                 env: c.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
             },
-            owner: format!("{}-", self.owner),
+            owner: format!("{}-", self.owner()),
             template: Batch {
                 constraint: c.constraint.clone(),
                 partition: c.partition.clone(),

@@ -487,6 +487,20 @@ impl App {
         self.say_until(msg, error, StatusEnd::NextKey);
     }
 
+    /// Keep a line in the session's messages (the `!` popup), stamped with the refresh's
+    /// clock (a second's precision, and the same in tests).
+    fn log_message(&mut self, text: String, error: bool) {
+        let at_ms = if self.snap.now_ms > 0 {
+            self.snap.now_ms
+        } else {
+            crate::model::now_ms()
+        };
+        self.messages.push_back(Message { at_ms, text, error });
+        if self.messages.len() > MESSAGES_KEPT {
+            self.messages.pop_front();
+        }
+    }
+
     pub(crate) fn say_until(&mut self, msg: impl Into<String>, error: bool, ends: StatusEnd) {
         let text = msg.into();
         // A transfer's progress repeats four times a second: the log keeps its latest.
@@ -498,20 +512,7 @@ impl App {
             last.text = text.clone();
             last.at_ms = self.snap.now_ms;
         } else {
-            // The refresh's clock (a second's precision, and the same in tests).
-            let at_ms = if self.snap.now_ms > 0 {
-                self.snap.now_ms
-            } else {
-                crate::model::now_ms()
-            };
-            self.messages.push_back(Message {
-                at_ms,
-                text: text.clone(),
-                error,
-            });
-            if self.messages.len() > MESSAGES_KEPT {
-                self.messages.pop_front();
-            }
+            self.log_message(text.clone(), error);
         }
         self.status = Some(Status { text, error, ends });
         self.status_said = Some((std::time::Instant::now(), false));
@@ -695,15 +696,7 @@ impl App {
                 .status_said
                 .is_some_and(|(at, aside)| !aside && at.elapsed() < ANSWER_KEPT);
         if answer_fresh {
-            let at_ms = if self.snap.now_ms > 0 {
-                self.snap.now_ms
-            } else {
-                crate::model::now_ms()
-            };
-            self.messages.push_back(Message { at_ms, text, error });
-            if self.messages.len() > MESSAGES_KEPT {
-                self.messages.pop_front();
-            }
+            self.log_message(text, error);
             if let Some(st) = &mut self.status
                 && !st.text.ends_with(MORE_IN_MESSAGES)
             {

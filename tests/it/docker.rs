@@ -47,6 +47,14 @@ fn dockerfile_project(env: &Env, docker: &Docker, extra: &str, lines: &str) {
     .unwrap();
 }
 
+/// The kinds of a job's image events (`image.build`, `image.cached`, `image.pull`).
+fn image_events(env: &Env, job: &str) -> Vec<String> {
+    env.event_kinds(Some(job))
+        .into_iter()
+        .filter(|k| k.starts_with("image."))
+        .collect()
+}
+
 /// An `image` job runs in its container to success: its output is the job's log (metrics
 /// followed), its artifacts pulled, the model the one a bare run makes; the container is
 /// gone after.
@@ -167,13 +175,7 @@ fn a_dockerfile_is_built_once_per_content_on_a_machine() {
              RUN echo \"$GREETING from the image\" > /opt/built\n",
     );
     std::fs::write(env.project.join("requirements.txt"), "numpy\n").unwrap();
-    let built = |job: &str| -> Vec<String> {
-        env.events(job)
-            .iter()
-            .filter(|e| e["kind"].as_str().is_some_and(|k| k.starts_with("image.")))
-            .map(|e| e["kind"].as_str().unwrap().to_string())
-            .collect()
-    };
+    let built = |job: &str| image_events(&env, job);
     let first = env.json(&["run"]);
     assert_eq!(first["state"], "succeeded", "{first}");
     let j1 = first["job_id"].as_str().unwrap();
@@ -343,13 +345,7 @@ fn a_built_image_is_pushed_and_a_machine_without_it_pulls_instead_of_building() 
         &format!("registry = \"{}/team\"", registry.address()),
         "RUN echo built > /tmp/built\n",
     );
-    let kinds = |job: &str| -> Vec<String> {
-        env.events(job)
-            .iter()
-            .filter(|e| e["kind"].as_str().is_some_and(|k| k.starts_with("image.")))
-            .map(|e| e["kind"].as_str().unwrap().to_string())
-            .collect()
-    };
+    let kinds = |job: &str| image_events(&env, job);
     let first = env.json(&["run"]);
     assert_eq!(first["state"], "succeeded", "{first}");
     let j1 = first["job_id"].as_str().unwrap();

@@ -47,12 +47,12 @@ pub(crate) fn draw_instances(f: &mut Frame, app: &mut App, area: Rect) {
     let cost = money_column(rows.iter().map(|r| Some(r.cost)));
     let states: Vec<String> = rows.iter().map(|r| state_text(r)).collect();
     let types: Vec<String> = rows.iter().map(|r| r.rec.instance_type.clone()).collect();
-    // What the machine says of its GPUs (a cluster: its partitions' free GPUs), else the
-    // count.
+    // What the machine says of its GPUs (a cluster: its partitions' free GPUs; sanitized
+    // when it was stored), else the count.
     let gpus: Vec<String> = rows
         .iter()
         .map(|r| match &r.rec.gpu_info {
-            Some(g) if !g.is_empty() => crate::sanitize::sanitize_line(g.as_bytes()),
+            Some(g) if !g.is_empty() => g.clone(),
             _ => r.rec.gpus.to_string(),
         })
         .collect();
