@@ -28,5 +28,10 @@ pub fn limit_malloc_arenas() {
     // SAFETY: a malloc tunable set before any thread starts.
     unsafe {
         libc::mallopt(libc::M_ARENA_MAX, 2);
+        // Buffers of a few MiB (pieces of log, blocks printed) come from the heap and
+        // stay there when freed, rather than being mapped, faulted in and unmapped each
+        // time (a follow did so for every MiB it printed).
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 64 << 20);
     }
 }

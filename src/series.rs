@@ -382,6 +382,34 @@ impl Batch {
     }
 }
 
+/// Points per stored chunk at most (a commit with more makes several).
+pub const CHUNK_POINTS: usize = 65_536;
+
+impl Batch {
+    /// Every metric's points packed, in chunks of at most [`CHUNK_POINTS`].
+    pub fn pack(&self) -> Packed {
+        Packed {
+            series: self
+                .series
+                .iter()
+                .map(|(name, pts)| {
+                    let chunks = pts
+                        .chunks(CHUNK_POINTS)
+                        .map(|part| (part.len(), encode(part)))
+                        .collect();
+                    (name.clone(), chunks)
+                })
+                .collect(),
+        }
+    }
+}
+
+/// A [`Batch`] packed for the store: per metric, its chunks (point count, bytes).
+#[derive(Debug, Default)]
+pub struct Packed {
+    pub series: Vec<(String, Vec<(usize, Vec<u8>)>)>,
+}
+
 /// Pack `points` (in line order); [`decode`] with the same count gives them back.
 pub fn encode(points: &[Point]) -> Vec<u8> {
     let mut b = Bits::new();

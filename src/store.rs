@@ -191,9 +191,6 @@ impl ReplacedAt {
     }
 }
 
-/// Points per stored chunk at most (a commit with more makes several).
-const CHUNK_POINTS: usize = 65_536;
-
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct InstanceRecord {
     pub id: String,
@@ -1668,13 +1665,13 @@ impl Store {
         attempt: i64,
         old: &LogOffset,
         new: &LogOffset,
-        batch: &crate::series::Batch,
+        packed: &crate::series::Packed,
     ) -> Result<bool> {
         self.write(|tx| {
             if !Self::advance_offset_tx(tx, job_id, attempt, old, new)? {
                 return Ok(false);
             }
-            Self::insert_batch_tx(tx, job_id, attempt, batch)?;
+            Self::insert_packed_tx(tx, job_id, attempt, packed)?;
             Ok(true)
         })
     }
@@ -1797,19 +1794,24 @@ impl Store {
         attempt: i64,
         batch: &crate::series::Batch,
     ) -> Result<()> {
+        Self::insert_packed_tx(tx, job_id, attempt, &batch.pack())
+    }
+
+    /// Store chunks packed beforehand (outside the transaction, so the store is held
+    /// only for the writes).
+    fn insert_packed_tx(
+        tx: &rusqlite::Transaction<'_>,
+        job_id: &str,
+        attempt: i64,
+        packed: &crate::series::Packed,
+    ) -> Result<()> {
         let mut stmt = tx.prepare_cached(
             "INSERT INTO metric_chunks (job_id, attempt, name, n, data)
              VALUES (?1, ?2, ?3, ?4, ?5)",
         )?;
-        for (name, pts) in &batch.series {
-            for part in pts.chunks(CHUNK_POINTS) {
-                stmt.execute(params![
-                    job_id,
-                    attempt,
-                    name,
-                    part.len() as i64,
-                    crate::series::encode(part)
-                ])?;
+        for (name, chunks) in &packed.series {
+            for (n, data) in chunks {
+                stmt.execute(params![job_id, attempt, name, *n as i64, data])?;
             }
         }
         Ok(())

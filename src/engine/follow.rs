@@ -24,6 +24,7 @@ impl Engine {
         // The job has ended and the whole file was read: its last line is complete even
         // without a newline.
         if final_read
+            && let Some(rest) = rest
             && !rest.is_empty()
             && self.commit_log_piece(att, &cur, &rest).await?.is_some()
         {
@@ -35,52 +36,105 @@ impl Engine {
     /// Commit the bytes `rx` brings (they start at `start`) in pieces of complete lines,
     /// as they arrive: up to [`LOG_CHUNK`] each, or whatever complete lines are there when
     /// nothing more has come. Returns the bytes committed, the offset after them and the
-    /// partial last line left over (the caller decides whether it is complete).
+    /// partial last line left over (the caller decides whether it is complete; `None`
+    /// when another process took over the log).
+    ///
+    /// Three stages run side by side, each handing the next a piece at a time: cutting
+    /// the stream into pieces (here), parsing (a thread of its own, carrying the parser
+    /// from piece to piece), and committing (the local copy, packing the points, the
+    /// compare-and-swap of offset and points, on a blocking thread). A piece is committed
+    /// only after every piece before it; parsing runs ahead by at most a piece or two.
     async fn commit_stream(
         &self,
         att: &AttemptRecord,
         start: LogOffset,
         mut rx: mpsc::Receiver<Vec<u8>>,
-    ) -> Result<(usize, LogOffset, Vec<u8>)> {
-        let mut cur = start;
-        let mut pending: Vec<u8> = Vec::new();
-        let mut total = 0usize;
-        let mut open = true;
-        while open {
-            match rx.recv().await {
-                Some(chunk) => pending.extend_from_slice(&chunk),
-                None => open = false,
+    ) -> Result<(usize, LogOffset, Option<Vec<u8>>)> {
+        let key = (att.job_id.clone(), att.attempt);
+        let (piece_tx, mut piece_rx) = mpsc::channel::<Vec<u8>>(1);
+        let (parsed_tx, mut parsed_rx) = mpsc::channel::<ParsedPiece>(1);
+        let parsing = tokio::task::spawn_blocking({
+            let (engine, key, start) = (self.clone(), key.clone(), start.clone());
+            move || {
+                let mut parser = engine.take_parser(&key, &start);
+                let mut cur = start;
+                while let Some(data) = piece_rx.blocking_recv() {
+                    let parsed = engine.parse_piece(&mut parser, &cur, data);
+                    cur = parsed.new.clone();
+                    if parsed_tx.blocking_send(parsed).is_err() {
+                        break;
+                    }
+                }
+                (parser, cur.byte_offset)
             }
-            // Take whatever else already arrived, up to a piece's size.
-            while pending.len() < LOG_CHUNK {
-                match rx.try_recv() {
-                    Ok(c) => pending.extend_from_slice(&c),
-                    Err(_) => break,
+        });
+        let cutting = async move {
+            let mut pending: Vec<u8> = Vec::with_capacity(LOG_CHUNK + (1 << 20));
+            loop {
+                let chunk = tokio::select! {
+                    c = rx.recv() => c,
+                    // The commits stopped (another process owns the log, or an error).
+                    _ = piece_tx.closed() => return pending,
+                };
+                let open = match chunk {
+                    Some(chunk) => {
+                        pending.extend_from_slice(&chunk);
+                        true
+                    }
+                    None => false,
+                };
+                // Take whatever else already arrived, up to a piece's size.
+                while open && pending.len() < LOG_CHUNK {
+                    match rx.try_recv() {
+                        Ok(c) => pending.extend_from_slice(&c),
+                        Err(_) => break,
+                    }
+                }
+                let mut take = complete_prefix_len(&pending);
+                // A last line without its newline is left to the caller: a stream cut
+                // mid-line must not commit half a line.
+                if take == 0 && pending.len() >= LOG_CHUNK {
+                    take = pending.len();
+                }
+                if take > 0 {
+                    let mut next = Vec::with_capacity(LOG_CHUNK + (1 << 20));
+                    next.extend_from_slice(&pending[take..]);
+                    pending.truncate(take);
+                    let piece = std::mem::replace(&mut pending, next);
+                    if piece_tx.send(piece).await.is_err() {
+                        return pending;
+                    }
+                }
+                if !open {
+                    return pending;
                 }
             }
-            let mut take = complete_prefix_len(&pending);
-            // A last line without its newline is left to the caller: a stream cut
-            // mid-line must not commit half a line.
-            if take == 0 && pending.len() >= LOG_CHUNK {
-                take = pending.len();
-            }
-            if take == 0 {
-                continue;
-            }
-            // The piece leaves `pending` without a copy (only the partial line after it
-            // is moved).
-            let rest = pending.split_off(take);
-            let piece = std::mem::replace(&mut pending, rest);
-            match self.commit_log_piece_owned(att, &cur, piece).await? {
-                Some(next) => {
-                    cur = next;
-                    total += take;
+        };
+        let committing = async {
+            let (mut cur, mut total) = (start.clone(), 0usize);
+            while let Some(parsed) = parsed_rx.recv().await {
+                let (engine, att) = (self.clone(), att.clone());
+                let committed =
+                    tokio::task::spawn_blocking(move || engine.commit_parsed(&att, parsed))
+                        .await??;
+                match committed {
+                    Some((len, next)) => {
+                        cur = next;
+                        total += len;
+                    }
+                    // Another process advanced this log first: it owns these bytes.
+                    None => return Ok((total, cur, false)),
                 }
-                // Another process advanced this log first: it owns these bytes.
-                None => break,
             }
+            Ok::<_, anyhow::Error>((total, cur, true))
+        };
+        let (rest, committed) = tokio::join!(cutting, committing);
+        let (parser, parsed_to) = parsing.await?;
+        let (total, cur, ours) = committed?;
+        if cur.byte_offset == parsed_to {
+            self.keep_parser(key, parsed_to, parser);
         }
-        Ok((total, cur, pending))
+        Ok((total, cur, ours.then_some(rest)))
     }
 
     /// The log tail a machine put in the job's checkpoint store itself on a notice, while
@@ -148,6 +202,9 @@ impl Engine {
         let (read, committed) = tokio::join!(read, self.commit_stream(att, cur, rx));
         read?;
         let (mut taken, cur, rest) = committed?;
+        let Some(rest) = rest else {
+            return Ok(());
+        };
         if !rest.is_empty() {
             if self.commit_log_piece(att, &cur, &rest).await?.is_none() {
                 return Ok(());
@@ -185,34 +242,54 @@ impl Engine {
         old: &LogOffset,
         data: Vec<u8>,
     ) -> Result<Option<LogOffset>> {
-        // Parsing, the local copy and the store run on a blocking thread, so the transport
-        // keeps reading the next piece meanwhile (pump_log joins the two).
+        // Parsing, the local copy and the store run on a blocking thread.
         let (engine, att, old) = (self.clone(), att.clone(), old.clone());
-        tokio::task::spawn_blocking(move || engine.commit_log_piece_now(&att, &old, &data)).await?
+        tokio::task::spawn_blocking(move || {
+            let key = (att.job_id.clone(), att.attempt);
+            let mut parser = engine.take_parser(&key, &old);
+            let parsed = engine.parse_piece(&mut parser, &old, data);
+            let committed = engine.commit_parsed(&att, parsed)?;
+            if let Some((_, next)) = &committed {
+                engine.keep_parser(key, next.byte_offset, parser);
+            }
+            Ok(committed.map(|(_, next)| next))
+        })
+        .await?
     }
 
-    fn commit_log_piece_now(
-        &self,
-        att: &AttemptRecord,
-        old: &LogOffset,
-        chunk: &[u8],
-    ) -> Result<Option<LogOffset>> {
-        let key = (att.job_id.clone(), att.attempt);
+    /// The parser kept for an attempt's log where it stopped at `old`, or one resumed
+    /// from the stored line and progress.
+    fn take_parser(&self, key: &(String, i64), old: &LogOffset) -> LogParser {
         let kept = self
             .inner
             .parsers
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .remove(&key);
-        let mut parser = match kept {
+            .remove(key);
+        match kept {
             Some((at, p)) if at == old.byte_offset => p,
             _ => LogParser::resume(old.line, old.progress),
-        };
-        // Points go to the store grouped by metric; as owned points only for listeners.
+        }
+    }
+
+    /// Keep the parser of an attempt's log, which stopped at byte `at`, for its next piece.
+    fn keep_parser(&self, key: (String, i64), at: u64, parser: LogParser) {
+        let mut kept = self.inner.parsers.lock().unwrap_or_else(|p| p.into_inner());
+        // Bounded: ended attempts' parsers are dropped now and then (a later commit
+        // of one resumes from the store).
+        if kept.len() >= 256 {
+            kept.clear();
+        }
+        kept.insert(key, (at, parser));
+    }
+
+    /// Parse a piece of log (which starts at `old`): its points grouped by metric (and
+    /// as owned points only when someone listens), and the offset after it.
+    fn parse_piece(&self, parser: &mut LogParser, old: &LogOffset, data: Vec<u8>) -> ParsedPiece {
         let watched = self.inner.events.receiver_count() > 0;
         let mut batch = crate::series::Batch::default();
         let mut points = Vec::new();
-        parser.feed_complete(chunk, &mut |p| {
+        parser.feed_complete(&data, &mut |p| {
             batch.push(p.name, (&p).into());
             if watched {
                 points.push(p.to_owned_point());
@@ -220,7 +297,7 @@ impl Engine {
         });
         let progress = parser.progress();
         let new = LogOffset {
-            byte_offset: old.byte_offset + chunk.len() as u64,
+            byte_offset: old.byte_offset + data.len() as u64,
             line: parser.line(),
             progress,
             progress_ms: if progress != old.progress {
@@ -229,6 +306,32 @@ impl Engine {
                 old.progress_ms
             },
         };
+        ParsedPiece {
+            data,
+            old: old.clone(),
+            new,
+            batch,
+            points,
+            watched,
+        }
+    }
+
+    /// Write a parsed piece to the local copy at its offset and advance the stored offset
+    /// with its points by compare-and-swap: its length and the offset after it, `None`
+    /// when another process won.
+    fn commit_parsed(
+        &self,
+        att: &AttemptRecord,
+        piece: ParsedPiece,
+    ) -> Result<Option<(usize, LogOffset)>> {
+        let ParsedPiece {
+            data,
+            old,
+            new,
+            batch,
+            points,
+            watched,
+        } = piece;
         // The local copy is written at the remote offset, so a retry rewrites the same bytes.
         let local = self.local_log_path(&att.job_id, att.attempt);
         {
@@ -241,42 +344,47 @@ impl Engine {
                 .truncate(false)
                 .write(true)
                 .open(&local)?;
-            f.write_all_at(chunk, old.byte_offset)?;
+            f.write_all_at(&data, old.byte_offset)?;
         }
+        // Packed before the store is taken: it is held only for the writes.
+        let packed = batch.pack();
         if !self
             .store()
-            .commit_log_batch(&att.job_id, att.attempt, old, &new, &batch)?
+            .commit_log_batch(&att.job_id, att.attempt, &old, &new, &packed)?
         {
             return Ok(None);
         }
-        {
-            let mut kept = self.inner.parsers.lock().unwrap_or_else(|p| p.into_inner());
-            // Bounded: ended attempts' parsers are dropped now and then (a later commit
-            // of one resumes from the store).
-            if kept.len() >= 256 {
-                kept.clear();
-            }
-            kept.insert(key, (new.byte_offset, parser));
-        }
         // Lines and points for whoever listens (the cockpit); nobody: no work.
         if watched {
-            let lines = display_lines(chunk);
+            let lines = display_lines(&data);
             if !lines.is_empty() {
                 self.emit(EngineEvent::LogLines {
                     job_id: att.job_id.clone(),
                     lines,
                 });
             }
-            if !points.is_empty() || progress != old.progress {
+            if !points.is_empty() || new.progress != old.progress {
                 self.emit(EngineEvent::Metrics {
                     job_id: att.job_id.clone(),
                     points,
-                    progress,
+                    progress: new.progress,
                 });
             }
         }
-        Ok(Some(new))
+        Ok(Some((data.len(), new)))
     }
+}
+
+/// A piece of log parsed and not yet committed.
+struct ParsedPiece {
+    data: Vec<u8>,
+    /// Where the piece starts, and where it leaves the log.
+    old: LogOffset,
+    new: LogOffset,
+    batch: crate::series::Batch,
+    /// The points as owned points, when someone listened as it was parsed.
+    points: Vec<MetricPoint>,
+    watched: bool,
 }
 
 /// A GPU under this utilisation (percent) is idle.

@@ -383,20 +383,91 @@ pub fn display_lines(chunk: &[u8]) -> Vec<String> {
 }
 
 /// [`display_lines`] as one text, each line ending with a newline (printing).
+///
+/// Stretches of whole lines a terminal shows as they are (no control byte but the
+/// newlines, valid UTF-8 without C1 controls, no line of spaces alone) are copied whole;
+/// only a line with something to strip or choose goes through [`each_display_line`].
 pub fn display_text(chunk: &[u8], out: &mut String) {
-    // A block a terminal shows as is (the usual plain log) is copied whole.
-    if let Some(text) = plain_block(chunk) {
-        out.push_str(text);
-        if !text.ends_with('\n') {
-            out.push('\n');
-        }
+    let body = chunk.strip_suffix(b"\n").unwrap_or(chunk);
+    if body.is_empty() && chunk.len() <= 1 {
         return;
     }
-    out.reserve(chunk.len() + 1);
-    each_display_line(chunk, |seg| {
-        crate::sanitize::sanitize_into(seg, out);
+    out.reserve(body.len() + 1);
+    // `at` is always at the start of a line of `body`.
+    let mut at = 0;
+    loop {
+        let Some(bad) = find_control(&body[at..]).map(|p| at + p) else {
+            // The rest, its last line (perhaps empty) without its newline.
+            plain_lines(&body[at..], out);
+            out.push('\n');
+            return;
+        };
+        let line_start = memchr::memrchr(b'\n', &body[at..bad]).map_or(at, |p| at + p + 1);
+        let line_end = memchr::memchr(b'\n', &body[bad..]).map(|p| bad + p);
+        if line_start > at {
+            // Whole lines, each with its newline.
+            plain_lines(&body[at..line_start - 1], out);
+            out.push('\n');
+        }
+        let line = &body[line_start..line_end.unwrap_or(body.len())];
+        each_display_line(line, |seg| crate::sanitize::sanitize_into(seg, out));
         out.push('\n');
-    });
+        match line_end {
+            Some(e) => at = e + 1,
+            None => return,
+        }
+    }
+}
+
+/// The position of the first byte a terminal acts on rather than shows, newlines aside: a
+/// C0 control or DEL. Whole blocks are tested at a time (the test compiles to vector
+/// instructions), then the block that has one byte by byte.
+fn find_control(bytes: &[u8]) -> Option<usize> {
+    const BLOCK: usize = 32;
+    let is_control = |b: u8| (b < 0x20 && b != b'\n') || b == 0x7f;
+    let mut blocks = bytes.chunks_exact(BLOCK);
+    let mut at = 0;
+    for block in blocks.by_ref() {
+        let mut any = false;
+        for &b in block {
+            any |= is_control(b);
+        }
+        if any {
+            break;
+        }
+        at += BLOCK;
+    }
+    bytes[at..]
+        .iter()
+        .position(|&b| is_control(b))
+        .map(|p| at + p)
+}
+
+static SPACE_NEWLINE: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
+    std::sync::LazyLock::new(|| memchr::memmem::Finder::new(b" \n"));
+
+/// Lines without control bytes (joined by their newlines, the last without one) as a
+/// terminal shows them: as they are when they are valid UTF-8 without C1 controls and no
+/// line is spaces alone, else line by line.
+fn plain_lines(lines: &[u8], out: &mut String) {
+    let spaces_alone = |line: &[u8]| !line.is_empty() && line.iter().all(|&b| b == b' ');
+    if let Ok(text) = std::str::from_utf8(lines)
+        && !memchr::memchr_iter(0xc2, lines)
+            .any(|i| lines.get(i + 1).is_some_and(|b| (0x80..=0x9f).contains(b)))
+        && ((!lines.ends_with(b" ") && SPACE_NEWLINE.find(lines).is_none())
+            || !lines.split(|&b| b == b'\n').any(spaces_alone))
+    {
+        out.push_str(text);
+        return;
+    }
+    for (i, line) in lines.split(|&b| b == b'\n').enumerate() {
+        if i > 0 {
+            out.push('\n');
+        }
+        if !spaces_alone(line) {
+            crate::sanitize::sanitize_into(line, out);
+        }
+    }
 }
 
 /// The part of each line of `chunk` a terminal would show (after the last `\r` that is
@@ -418,26 +489,6 @@ fn each_display_line(chunk: &[u8], mut f: impl FnMut(&[u8])) {
         };
         f(seg);
     }
-}
-
-/// `chunk` as text when every line of it displays as it is: valid UTF-8, no control
-/// byte but newlines (no `\r`, tab, escape, DEL, C1 control), no line ending in a space
-/// (a blank line of spaces displays empty).
-fn plain_block(chunk: &[u8]) -> Option<&str> {
-    if chunk.len() < 2
-        || chunk.iter().any(|&b| (b < 0x20 && b != b'\n') || b == 0x7f)
-        || chunk.ends_with(b" ")
-        || memchr::memmem::find(chunk, b" \n").is_some()
-    {
-        return None;
-    }
-    let text = std::str::from_utf8(chunk).ok()?;
-    if memchr::memchr(0xc2, chunk).is_some()
-        && text.chars().any(|c| ('\u{80}'..='\u{9f}').contains(&c))
-    {
-        return None;
-    }
-    Some(text)
 }
 
 fn memchr_cr(line: &[u8]) -> bool {
@@ -488,6 +539,30 @@ mod tests {
             let mut text = String::new();
             display_text(chunk, &mut text);
             let joined: String = display_lines(chunk).into_iter().map(|l| l + "\n").collect();
+            assert_eq!(text, joined, "{chunk:?}");
+        }
+    }
+
+    #[test]
+    fn display_text_of_any_bytes_is_display_lines_joined() {
+        let mut seed = 0x2545_f491_4f6c_dd1d_u64;
+        for n in 0..20_000 {
+            let mut chunk = crate::sanitize::tests::nasty_bytes(&mut seed, n % 120);
+            // Lines of spaces alone, blank lines and a plain stretch now and then.
+            match n % 7 {
+                0 => chunk.extend_from_slice(b"\n   \nplain line\nmore\n"),
+                1 => chunk
+                    .splice(0..0, b"  \n\nok\n".iter().copied())
+                    .for_each(drop),
+                2 => chunk.extend_from_slice(b" "),
+                _ => {}
+            }
+            let mut text = String::new();
+            display_text(&chunk, &mut text);
+            let joined: String = display_lines(&chunk)
+                .into_iter()
+                .map(|l| l + "\n")
+                .collect();
             assert_eq!(text, joined, "{chunk:?}");
         }
     }
