@@ -404,11 +404,14 @@ impl Batch {
     }
 }
 
-/// A [`Batch`] packed for the store: per metric, its chunks (point count, bytes).
+/// A [`Batch`] packed for the store: per metric, its chunks.
 #[derive(Debug, Default)]
 pub struct Packed {
-    pub series: Vec<(String, Vec<(usize, Vec<u8>)>)>,
+    pub series: Vec<(String, Vec<PackedChunk>)>,
 }
+
+/// A chunk of one metric's points: how many, and their bytes ([`decode`] them).
+pub type PackedChunk = (usize, Vec<u8>);
 
 /// Pack `points` (in line order); [`decode`] with the same count gives them back.
 pub fn encode(points: &[Point]) -> Vec<u8> {
