@@ -156,7 +156,21 @@ fn follow(work: &Path, log: &Path, provider_cfg: &str, provider: &str, launch: &
     std::thread::sleep(std::time::Duration::from_secs(3));
     let before = db_size(&data);
     let printed = work.join("printed");
-    let (secs, rss_mib) = timed(&mut tc(&["logs", "-f", &job]), &printed);
+    // BENCH_FOLLOW_WRAP="perf record -o F -F 999" profiles the follow itself.
+    let mut cmd = match std::env::var("BENCH_FOLLOW_WRAP") {
+        Ok(wrap) if !wrap.trim().is_empty() => {
+            let mut w = wrap.split_whitespace();
+            let mut c = Command::new(w.next().unwrap());
+            c.args(w)
+                .arg(bin())
+                .env("TRAINCTL_CONFIG", &cfg)
+                .current_dir(work.join("proj"));
+            c
+        }
+        _ => tc(&[]),
+    };
+    cmd.args(["logs", "-f", &job]);
+    let (secs, rss_mib) = timed(&mut cmd, &printed);
     let grown = db_size(&data).saturating_sub(before);
     let _ = tc(&["terminate", &inst]).output();
     Case {
@@ -204,8 +218,15 @@ fn main() {
         "log size: {mb} MiB; each row (medians of 3 alternating rounds): baseline, trainctl logs -f, ratio (baseline/trainctl), peak RSS, store growth"
     );
 
+    // BENCH_FOLLOW_CASES="ssh mixed" runs the cases whose names have every word given.
+    let cases = std::env::var("BENCH_FOLLOW_CASES").unwrap_or_default();
+    let wanted = |name: &str| cases.split_whitespace().all(|w| name.contains(w));
+
     // local: the baseline is grep -c loss of the same file.
     for (kind, log) in [("mixed", &mixed), ("plain", &plain)] {
+        if !wanted(&format!("local {kind}")) {
+            continue;
+        }
         let sink = work.with_extension("grep");
         // grep exits 1 when nothing matches (the plain log): not a failure here.
         let (base, c) = rounds(
@@ -243,6 +264,9 @@ fn main() {
         remote_dir.display()
     );
     for (kind, log) in [("mixed", &mixed), ("plain", &plain)] {
+        if !wanted(&format!("ssh {kind}")) {
+            continue;
+        }
         let sink = work.with_extension("cat");
         let ssh_cat = || {
             let _ = std::fs::remove_file(&kh);

@@ -31,7 +31,7 @@ pub fn limit_malloc_arenas() {
         // Buffers of a few MiB (pieces of log, blocks printed) come from the heap and
         // stay there when freed, rather than being mapped, faulted in and unmapped each
         // time (a follow did so for every MiB it printed).
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
-        libc::mallopt(libc::M_TRIM_THRESHOLD, 64 << 20);
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 4 << 20);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 8 << 20);
     }
 }

@@ -14,7 +14,8 @@ impl Engine {
         final_read: bool,
     ) -> Result<usize> {
         let start = self.store().log_offset(&att.job_id, att.attempt)?;
-        let (tx, rx) = mpsc::channel::<Vec<u8>>(8);
+        // Chunks of up to a MiB (local files and SSH streams are read so).
+        let (tx, rx) = mpsc::channel::<Vec<u8>>(4);
         let path = job::log_path(&att.remote_dir);
         let reader = remote.stream_file(&path, start.byte_offset, tx);
         let consume = self.commit_stream(att, start, rx);
@@ -51,8 +52,10 @@ impl Engine {
         mut rx: mpsc::Receiver<Vec<u8>>,
     ) -> Result<(usize, LogOffset, Option<Vec<u8>>)> {
         let key = (att.job_id.clone(), att.attempt);
-        let (piece_tx, mut piece_rx) = mpsc::channel::<Vec<u8>>(1);
-        let (parsed_tx, mut parsed_rx) = mpsc::channel::<ParsedPiece>(1);
+        // A few pieces queue before the parser, so the transport keeps reading while a
+        // piece slow to parse is parsed (a remote stalls when nobody reads).
+        let (piece_tx, mut piece_rx) = mpsc::channel::<Vec<u8>>(3);
+        let (parsed_tx, mut parsed_rx) = mpsc::channel::<ParsedPiece>(2);
         let parsing = tokio::task::spawn_blocking({
             let (engine, key, start) = (self.clone(), key.clone(), start.clone());
             move || {
@@ -77,6 +80,11 @@ impl Engine {
                     _ = piece_tx.closed() => return pending,
                 };
                 let open = match chunk {
+                    // A chunk that starts a piece becomes it, uncopied.
+                    Some(chunk) if pending.is_empty() && chunk.capacity() >= LOG_CHUNK => {
+                        pending = chunk;
+                        true
+                    }
                     Some(chunk) => {
                         pending.extend_from_slice(&chunk);
                         true

@@ -39,8 +39,9 @@ pub mod summary;
 mod supervisor;
 pub use recovery::MigrateTarget;
 
-/// Bytes read from a job's log per round trip.
-const LOG_CHUNK: usize = 4 << 20;
+/// Bytes of a job's log parsed and committed at a time (a piece: complete lines, one
+/// store transaction); the follow keeps a few pieces in flight between its stages.
+const LOG_CHUNK: usize = 1 << 20;
 
 /// What a job was created from, stored with it so any process can re-attach.
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -162,7 +162,6 @@ impl Engine {
         from: u64,
         to: u64,
     ) -> Result<Vec<u8>> {
-        use std::os::unix::fs::FileExt;
         if to <= from {
             return Ok(Vec::new());
         }
@@ -172,17 +171,11 @@ impl Engine {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
             Err(e) => return Err(e.into()),
         };
-        let mut buf = vec![0u8; (to - from) as usize];
-        let mut got = 0;
-        while got < buf.len() {
-            let n = f.read_at(&mut buf[got..], from + got as u64)?;
-            if n == 0 {
-                break;
-            }
-            got += n;
-        }
-        buf.truncate(got);
-        Ok(buf)
+        Ok(crate::remote::local::read_at_most(
+            &f,
+            from,
+            (to - from) as usize,
+        )?)
     }
 }
 

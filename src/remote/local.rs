@@ -381,7 +381,6 @@ impl Remote for LocalRemote {
         offset: u64,
         sink: mpsc::Sender<Vec<u8>>,
     ) -> Result<bool> {
-        use std::os::unix::fs::FileExt;
         let path = path.to_string();
         tokio::task::spawn_blocking(move || {
             let f = match std::fs::File::open(&path) {
@@ -391,15 +390,12 @@ impl Remote for LocalRemote {
             };
             let mut off = offset;
             loop {
-                let mut buf = vec![0u8; 1 << 20];
-                let n = f
-                    .read_at(&mut buf, off)
-                    .with_context(|| format!("reading {path}"))?;
-                if n == 0 {
+                let buf =
+                    read_at_most(&f, off, 1 << 20).with_context(|| format!("reading {path}"))?;
+                if buf.is_empty() {
                     return Ok(true);
                 }
-                buf.truncate(n);
-                off += n as u64;
+                off += buf.len() as u64;
                 if sink.blocking_send(buf).is_err() {
                     return Ok(true);
                 }
@@ -419,6 +415,40 @@ impl Remote for LocalRemote {
         f.take(max as u64).read_to_end(&mut buf).await?;
         Ok(Some(buf))
     }
+}
+
+/// Up to `max` bytes of `f` from `offset` (fewer at its end), read straight into a new
+/// buffer's spare room: a follow reads a whole log this way, and zeroing each buffer
+/// first cost as much as the read.
+pub fn read_at_most(f: &std::fs::File, offset: u64, max: usize) -> std::io::Result<Vec<u8>> {
+    use std::os::unix::io::AsRawFd;
+    let mut buf: Vec<u8> = Vec::with_capacity(max);
+    while buf.len() < max {
+        let spare = buf.spare_capacity_mut();
+        // SAFETY: pread writes at most `spare.len()` bytes into the spare room it is given,
+        // and `set_len` covers only the bytes it reports written.
+        let n = unsafe {
+            libc::pread(
+                f.as_raw_fd(),
+                spare.as_mut_ptr().cast(),
+                spare.len(),
+                (offset + buf.len() as u64) as libc::off_t,
+            )
+        };
+        if n < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        if n == 0 {
+            break;
+        }
+        // SAFETY: the first `n` bytes of the spare room were written by pread.
+        unsafe { buf.set_len(buf.len() + n as usize) };
+    }
+    Ok(buf)
 }
 
 #[cfg(test)]

@@ -368,6 +368,9 @@ async fn watch<T>(conn: &Conn, fut: impl std::future::Future<Output = T>) -> Opt
     }
 }
 
+/// The most of a command's streamed output gathered before it goes to the reader.
+const STREAM_PIECE: usize = 1 << 20;
+
 /// What a command reads on stdin.
 enum Stdin<'a> {
     Empty,
@@ -452,7 +455,10 @@ async fn open_connection(t: &SshTarget) -> Result<(Conn, String)> {
         keepalive_max: t.keepalive_max,
         window_size: 16 << 20,
         maximum_packet_size: 65_535,
-        channel_buffer_size: 1024,
+        // russh widens the window as packets arrive, not as they are read: this bound on
+        // the packets a channel holds unread is what bounds the memory of a slow reader
+        // (a follow parsing a large log); 1 024 let 64 MiB pile up.
+        channel_buffer_size: 128,
         nodelay: true,
         preferred,
         ..Default::default()
@@ -981,20 +987,52 @@ impl SshRemote {
         let mut out = ExecOutput::default();
         let mut status = None;
         let mut stopped_by_reader = false;
-        while let Some(msg) = watch(&conn, channel.wait()).await.flatten() {
+        // Streamed output goes to the sink in pieces of up to a MiB: what has already
+        // arrived is gathered (one wake-up of the reader per piece, not per SSH packet),
+        // and whatever is held goes out before waiting for more.
+        let mut held: Vec<u8> = Vec::new();
+        loop {
+            use futures_util::FutureExt;
+            let msg = match channel.wait().now_or_never() {
+                Some(msg) => msg,
+                None => {
+                    if let Some(s) = sink
+                        && !held.is_empty()
+                        && s.send(std::mem::take(&mut held)).await.is_err()
+                    {
+                        stopped_by_reader = true;
+                        break;
+                    }
+                    watch(&conn, channel.wait()).await.flatten()
+                }
+            };
+            let Some(msg) = msg else { break };
             let Some(data) = self.absorb(msg, &mut out.stderr, &mut status) else {
                 continue;
             };
             match sink {
                 Some(s) => {
-                    if s.send(data.to_vec()).await.is_err() {
-                        let _ = channel.close().await;
+                    if held.is_empty() {
+                        held.reserve(STREAM_PIECE);
+                    }
+                    held.extend_from_slice(&data);
+                    if held.len() >= STREAM_PIECE
+                        && s.send(std::mem::take(&mut held)).await.is_err()
+                    {
                         stopped_by_reader = true;
                         break;
                     }
                 }
                 None => out.stdout.extend_from_slice(&data),
             }
+        }
+        if stopped_by_reader {
+            let _ = channel.close().await;
+        } else if let Some(s) = sink
+            && !held.is_empty()
+            && s.send(held).await.is_err()
+        {
+            stopped_by_reader = true;
         }
         if stopped_by_reader {
             status = status.or(Some(0));
