@@ -18,10 +18,19 @@ impl Engine {
         let (tx, rx) = mpsc::channel::<Vec<u8>>(4);
         let path = job::log_path(&att.remote_dir);
         let reader = remote.stream_file(&path, start.byte_offset, tx);
+        let from = start.byte_offset;
         let consume = self.commit_stream(att, start, rx);
+        let began = std::time::Instant::now();
         let (read, consumed) = tokio::join!(reader, consume);
         read?;
         let (mut total, cur, rest) = consumed?;
+        tracing::debug!(
+            "{} attempt {}: {total} bytes of log committed from {} in {} ms",
+            att.job_id,
+            att.attempt,
+            from,
+            began.elapsed().as_millis()
+        );
         // The job has ended and the whole file was read: its last line is complete even
         // without a newline.
         if final_read

@@ -191,13 +191,27 @@ impl Engine {
             self.enforce_stop(&job, &inst, remote.as_ref(), &att)
                 .await?;
         }
-        // Pump before reading the status, then drain after: nothing written before the
-        // exit is missed.
-        self.pump_log(remote.as_ref(), &att, false).await?;
+        // The status first, then the log: when the status says the job ended, its log was
+        // complete before the read began, so one read takes all of it, its last line
+        // (without a newline) included; nothing written before the exit is missed. The
+        // GPU samples of an ended job are read beside it.
         let status = self
             .executor(&inst)
             .status(remote.as_ref(), &att.remote_dir)
             .await?;
+        let ended = matches!(status, RemoteStatus::Exited { .. } | RemoteStatus::Vanished);
+        if matches!(status, RemoteStatus::Exited { .. }) {
+            let (log, gpu) = tokio::join!(
+                self.pump_log(remote.as_ref(), &att, true),
+                self.pump_gpu(remote.as_ref(), &att, true)
+            );
+            log?;
+            if let Err(e) = gpu {
+                tracing::warn!("job {job_id}: GPU samples: {e:#}");
+            }
+        } else {
+            self.pump_log(remote.as_ref(), &att, ended).await?;
+        }
         if att.running_ms.is_none()
             && matches!(
                 status,
@@ -301,7 +315,6 @@ impl Engine {
                 interrupted: Some(notice),
                 ..
             } if code != 0 && !job.cancel_requested => {
-                self.pump_log(remote.as_ref(), &att, true).await?;
                 self.ship_checkpoints(remote.as_ref(), &job, &att, true)
                     .await
                     .context("shipping the interrupted job's checkpoints")?;
@@ -320,17 +333,12 @@ impl Engine {
             RemoteStatus::Exited {
                 code, setup_failed, ..
             } => {
-                self.pump_log(remote.as_ref(), &att, true).await?;
-                if let Err(e) = self.pump_gpu(remote.as_ref(), &att, true).await {
-                    tracing::warn!("job {job_id}: GPU samples: {e:#}");
-                }
                 let why = (setup_failed && code != 0).then(|| self.setup_failure(&att, code));
                 self.finish_as(&job, &att, Some(code), why).await
             }
             RemoteStatus::Vanished => {
                 // The runner died without recording an exit: the machine rebooted, or its
                 // processes were killed. That is a lost machine, not a failed job.
-                self.pump_log(remote.as_ref(), &att, true).await?;
                 if self.recovers(&job, crate::config::RecoverOn::Lost) {
                     // The runner is gone but the job's processes may not be: only files
                     // that are still are taken.

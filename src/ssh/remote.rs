@@ -973,6 +973,7 @@ impl SshRemote {
         stdin: Stdin<'_>,
         sink: Option<&mpsc::Sender<Vec<u8>>>,
     ) -> Result<ExecOutput> {
+        let began = std::time::Instant::now();
         let (conn, mut channel) = self.start(script).await?;
         match stdin {
             Stdin::Empty => {}
@@ -1038,6 +1039,13 @@ impl SshRemote {
             status = status.or(Some(0));
         }
         out.status = status.ok_or_else(|| self.lost(None))?;
+        tracing::debug!(
+            "{}: `{}` exited {} after {} ms",
+            self.target.alias,
+            script.chars().take(60).collect::<String>(),
+            out.status,
+            began.elapsed().as_millis()
+        );
         Ok(out)
     }
 
