@@ -292,7 +292,10 @@ fn main() {
             .0
         };
         let (base, c) = rounds(ssh_cat, || {
-            follow(&work, log, &cfg, "ssh", &["--accept-new-host-key"])
+            let c = follow(&work, log, &cfg, "ssh", &["--accept-new-host-key"]);
+            // Each round's job left its log on the "machine": a GiB each.
+            let _ = std::fs::remove_dir_all(remote_dir.join(".trainctl/jobs"));
+            c
         });
         assert_eq!(c.out_lines, newlines(log), "every line printed");
         println!(

@@ -127,7 +127,11 @@ impl Engine {
                 }
             }
         };
-        let committing = async {
+        // The committer owns the parsed pieces' receiver: when it stops (another process
+        // won, or an error), the receiver goes with it, so the parser's next send fails,
+        // the parser stops, the cutter's send fails and the transport is told to stop. A
+        // receiver kept alive here left the parser waiting forever on a full channel.
+        let committing = async move {
             let (mut cur, mut total) = (start.clone(), 0usize);
             while let Some(parsed) = parsed_rx.recv().await {
                 let (engine, att) = (self.clone(), att.clone());

@@ -712,6 +712,70 @@ mod tests {
         // The local machine runs nothing here: the temp dir going is its end.
     }
 
+    /// Two processes follow one long log at once (many pieces each): whichever loses the
+    /// compare-and-swap stops its whole pipeline and returns (it once waited forever on
+    /// a parser blocked behind a full channel), and every point is stored exactly once.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn two_followers_of_one_long_log_both_finish_and_store_each_point_once() {
+        let (dir, engine, inst) = local_engine().await;
+        let other = Engine::open(UserConfig {
+            data_dir: Some(dir.path().join("data")),
+            ..Default::default()
+        })
+        .unwrap();
+        let machine = engine.remote_for(&inst).await.unwrap();
+        let att = AttemptRecord {
+            job_id: "j-two".into(),
+            attempt: 1,
+            instance_id: inst.id.clone(),
+            remote_dir: job::job_dir(machine.root(), "j-two", 1),
+            workdir: "/nowhere".into(),
+            started_ms: now_ms(),
+            ..Default::default()
+        };
+        {
+            let mut st = engine.store();
+            st.insert_job(&JobRecord::pending(
+                "j-two", "t", "/nowhere", "true", &inst.id,
+            ))
+            .unwrap();
+            st.add_attempt(&att).unwrap();
+        }
+        // 24 MiB: two dozen pieces.
+        let mut log = Vec::new();
+        let mut steps = 0u64;
+        while log.len() < 24 << 20 {
+            steps += 1;
+            log.extend_from_slice(format!("step={steps} loss={}.5\n", steps % 97).as_bytes());
+        }
+        machine
+            .write_file(&job::log_path(&att.remote_dir), &log, 0o644)
+            .await
+            .unwrap();
+        let both = async {
+            tokio::join!(
+                engine.pump_log(machine.as_ref(), &att, true),
+                other.pump_log(machine.as_ref(), &att, true)
+            )
+        };
+        let (a, b) = tokio::time::timeout(Duration::from_secs(120), both)
+            .await
+            .expect("both followers return");
+        let (a, b) = (a.unwrap(), b.unwrap());
+        assert_eq!(
+            a + b,
+            log.len(),
+            "each byte committed by exactly one of them"
+        );
+        assert_eq!(
+            engine.store().log_offset("j-two", 1).unwrap().byte_offset,
+            log.len() as u64
+        );
+        let loss = engine.store().metrics("j-two", Some("loss")).unwrap();
+        assert_eq!(loss.len() as u64, steps, "every point once");
+        assert!(loss.windows(2).all(|w| w[1].step > w[0].step));
+    }
+
     /// The attempt row is written before the job's directory exists on the machine; a
     /// second process polling in between must not call the job lost.
     #[tokio::test]
