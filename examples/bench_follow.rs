@@ -4,7 +4,11 @@
 //! run in the same run: `grep -c loss` of the same file on `local`, `ssh host cat FILE`
 //! over the same test sshd. Also the peak RSS of `trainctl logs -f` and how much the store
 //! grew, per byte of log. Mixed log (metrics on most lines, as `bench_parse` writes) and
-//! a plain one (no metric).
+//! a plain one (no metric). On `local`, after the mixed follow, reading a series back:
+//! `trainctl metrics JOB --json --name loss` to its first byte and to its exit.
+//!
+//! `BENCH_FOLLOW_CASES="ssh mixed"` runs only the cases whose names hold every word;
+//! `BENCH_FOLLOW_WRAP="perf record -o F -F 999"` runs each follow under the given command.
 //!
 //! `cargo build --release && cargo run --release --example bench_follow [-- SIZE_MB]`
 //! (default 1024; needs openssh-server and openssh-client).
@@ -104,6 +108,36 @@ struct Case {
     rss_mib: f64,
     store_growth: f64,
     out_lines: usize,
+    /// `metrics JOB --json --name loss` after the follow: seconds to its first byte, to
+    /// its exit, and the points it printed.
+    read_back: Option<(f64, f64, usize)>,
+}
+
+/// The release `trainctl metrics JOB --json --name NAME` (a series streamed as it is
+/// unpacked), from spawn: seconds to the first byte on its stdout, seconds to its exit,
+/// and how many points it printed (one per line between `[` and `]`).
+fn read_back(mut cmd: Command) -> (f64, f64, usize) {
+    use std::io::Read;
+    let t = Instant::now();
+    let mut child = cmd.stdout(Stdio::piped()).spawn().unwrap();
+    let mut out = child.stdout.take().unwrap();
+    let mut first = [0u8; 1];
+    out.read_exact(&mut first).unwrap();
+    let first_byte = t.elapsed().as_secs_f64();
+    let (mut lines, mut buf) = (0usize, vec![0u8; 1 << 20]);
+    loop {
+        let n = out.read(&mut buf).unwrap();
+        if n == 0 {
+            break;
+        }
+        lines += buf[..n].iter().filter(|&&b| b == b'\n').count();
+    }
+    assert!(child.wait().unwrap().success());
+    (
+        first_byte,
+        t.elapsed().as_secs_f64(),
+        lines.saturating_sub(1),
+    )
 }
 
 /// A finished job whose log is `log` (the command `cat`s it), on `provider`; then
@@ -172,12 +206,15 @@ fn follow(work: &Path, log: &Path, provider_cfg: &str, provider: &str, launch: &
     cmd.args(["logs", "-f", &job]);
     let (secs, rss_mib) = timed(&mut cmd, &printed);
     let grown = db_size(&data).saturating_sub(before);
+    let read_back = (provider == "local" && log.to_string_lossy().contains("mixed"))
+        .then(|| read_back(tc(&["metrics", &job, "--json", "--name", "loss"])));
     let _ = tc(&["terminate", &inst]).output();
     Case {
         secs,
         rss_mib,
         store_growth: grown as f64 / std::fs::metadata(log).unwrap().len() as f64,
         out_lines: newlines(&printed),
+        read_back,
     }
 }
 
@@ -250,6 +287,12 @@ fn main() {
             c.rss_mib,
             c.store_growth * 100.0
         );
+        if let Some((first, all, points)) = c.read_back {
+            println!(
+                "local {kind}: metrics --json --name loss: first byte {:.0} ms, all {points} points in {all:.2} s",
+                first * 1000.0
+            );
+        }
     }
 
     // ssh: the baseline is `ssh host cat FILE` over the same sshd.
