@@ -591,6 +591,30 @@ mod tests {
         (dir, engine, inst)
     }
 
+    /// A job `id` on `inst` with its first attempt, as the store holds them once started
+    /// (its directory under the machine's `root`).
+    fn stored_attempt(
+        engine: &Engine,
+        inst: &InstanceRecord,
+        root: &str,
+        id: &str,
+    ) -> AttemptRecord {
+        let att = AttemptRecord {
+            job_id: id.into(),
+            attempt: 1,
+            instance_id: inst.id.clone(),
+            remote_dir: job::job_dir(root, id, 1),
+            workdir: "/nowhere".into(),
+            started_ms: now_ms(),
+            ..Default::default()
+        };
+        let mut st = engine.store();
+        st.insert_job(&JobRecord::pending(id, "t", "/nowhere", "true", &inst.id))
+            .unwrap();
+        st.add_attempt(&att).unwrap();
+        att
+    }
+
     /// The machine's own remote, whose log stream breaks off after `cut_at` bytes as a
     /// lost connection does; everything else is the machine's.
     struct CutStream {
@@ -655,25 +679,7 @@ mod tests {
     async fn a_last_line_cut_short_is_not_committed() {
         let (_dir, engine, inst) = local_engine().await;
         let machine = engine.remote_for(&inst).await.unwrap();
-        let att = AttemptRecord {
-            job_id: "j-cut".into(),
-            attempt: 1,
-            instance_id: inst.id.clone(),
-            remote_dir: job::job_dir(machine.root(), "j-cut", 1),
-            workdir: "/nowhere".into(),
-            started_ms: now_ms(),
-            ended_ms: None,
-            exit_code: None,
-            ..Default::default()
-        };
-        {
-            let mut st = engine.store();
-            st.insert_job(&JobRecord::pending(
-                "j-cut", "t", "/nowhere", "true", &inst.id,
-            ))
-            .unwrap();
-            st.add_attempt(&att).unwrap();
-        }
+        let att = stored_attempt(&engine, &inst, machine.root(), "j-cut");
         // The job ended with a last line without its newline.
         machine
             .write_file(
@@ -724,23 +730,7 @@ mod tests {
         })
         .unwrap();
         let machine = engine.remote_for(&inst).await.unwrap();
-        let att = AttemptRecord {
-            job_id: "j-two".into(),
-            attempt: 1,
-            instance_id: inst.id.clone(),
-            remote_dir: job::job_dir(machine.root(), "j-two", 1),
-            workdir: "/nowhere".into(),
-            started_ms: now_ms(),
-            ..Default::default()
-        };
-        {
-            let mut st = engine.store();
-            st.insert_job(&JobRecord::pending(
-                "j-two", "t", "/nowhere", "true", &inst.id,
-            ))
-            .unwrap();
-            st.add_attempt(&att).unwrap();
-        }
+        let att = stored_attempt(&engine, &inst, machine.root(), "j-two");
         // 24 MiB: two dozen pieces.
         let mut log = Vec::new();
         let mut steps = 0u64;
