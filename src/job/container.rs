@@ -470,21 +470,24 @@ pub async fn build_here(
 
 /// Whether `tag`'s registry has it, asked from the machine.
 pub async fn registry_has(remote: &dyn Remote, host: Option<&str>, tag: &str) -> Result<bool> {
-    let out = remote
-        .exec(&format!(
-            "{}docker manifest inspect --insecure {} >/dev/null 2>&1",
-            docker_env(host),
-            sh_quote(tag)
-        ))
-        .await?;
-    Ok(out.status == 0)
+    docker_says_yes(remote, host, "manifest inspect --insecure", tag).await
 }
 
 /// Whether `tag` is on the machine's Docker.
 pub async fn has_image(remote: &dyn Remote, host: Option<&str>, tag: &str) -> Result<bool> {
+    docker_says_yes(remote, host, "image inspect", tag).await
+}
+
+/// Whether `docker SUBCOMMAND TAG` succeeds on the machine (its output discarded).
+async fn docker_says_yes(
+    remote: &dyn Remote,
+    host: Option<&str>,
+    subcommand: &str,
+    tag: &str,
+) -> Result<bool> {
     let out = remote
         .exec(&format!(
-            "{}docker image inspect {} >/dev/null 2>&1",
+            "{}docker {subcommand} {} >/dev/null 2>&1",
             docker_env(host),
             sh_quote(tag)
         ))

@@ -48,6 +48,24 @@ fn dockerfile_project(env: &Env, docker: &Docker, extra: &str, lines: &str) {
 }
 
 /// The kinds of a job's image events (`image.build`, `image.cached`, `image.pull`).
+/// The image a job built, as its log names it (`building image TAG`).
+fn built_tag(env: &Env, job: &str) -> String {
+    env.ok(&["logs", job])
+        .lines()
+        .find_map(|l| l.strip_prefix("building image ").map(str::to_string))
+        .unwrap()
+}
+
+/// The machine loses an image.
+fn remove_image(docker: &Docker, tag: &str) {
+    let out = docker.run(&["image", "rm", tag]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 fn image_events(env: &Env, job: &str) -> Vec<String> {
     env.event_kinds(Some(job))
         .into_iter()
@@ -350,22 +368,13 @@ fn a_built_image_is_pushed_and_a_machine_without_it_pulls_instead_of_building() 
     assert_eq!(first["state"], "succeeded", "{first}");
     let j1 = first["job_id"].as_str().unwrap();
     assert_eq!(kinds(j1), vec!["image.build"]);
-    let tag = env
-        .ok(&["logs", j1])
-        .lines()
-        .find_map(|l| l.strip_prefix("building image ").map(str::to_string))
-        .unwrap();
+    let tag = built_tag(&env, j1);
     assert!(
         tag.starts_with(&format!("{}/team/toy-train:", registry.address())),
         "{tag}"
     );
     // The machine loses the image: the next job pulls it, and builds nothing.
-    let out = docker.run(&["image", "rm", &tag]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    remove_image(&docker, &tag);
     let second = env.json(&["run", "--instance", first["instance_id"].as_str().unwrap()]);
     assert_eq!(second["state"], "succeeded", "{second}");
     let j2 = second["job_id"].as_str().unwrap();
@@ -410,11 +419,7 @@ fn ecr_makes_the_repository_logs_in_and_a_machine_without_the_image_pulls_it() {
         kinds.contains(&"registry.login".to_string()) && kinds.contains(&"image.build".to_string()),
         "{kinds:?}"
     );
-    let tag = env
-        .ok(&["logs", j1])
-        .lines()
-        .find_map(|l| l.strip_prefix("building image ").map(str::to_string))
-        .unwrap();
+    let tag = built_tag(&env, j1);
     assert!(
         tag.starts_with(&format!("{}/trainctl/toy-train:", registry.address())),
         "{tag}"
@@ -470,7 +475,7 @@ fn ecr_makes_the_repository_logs_in_and_a_machine_without_the_image_pulls_it() {
     }
     assert!(docker_kept, "the login was the machine's Docker's");
     // The machine loses the image: the next job pulls it from the registry.
-    assert!(docker.run(&["image", "rm", &tag]).status.success());
+    remove_image(&docker, &tag);
     let second = env.json(&["run", "--instance", first["instance_id"].as_str().unwrap()]);
     assert_eq!(second["state"], "succeeded", "{second}");
     let kinds = env.event_kinds(Some(second["job_id"].as_str().unwrap()));
