@@ -1064,8 +1064,10 @@ const WORDS: [(&[u8], f64); 3] = [
     (b"nan", f64::NAN),
 ];
 
-const POW10: [f64; 16] = [
-    1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14, 1e15,
+/// The powers of ten a double holds exactly.
+const POW10: [f64; 23] = [
+    1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14, 1e15, 1e16,
+    1e17, 1e18, 1e19, 1e20, 1e21, 1e22,
 ];
 
 /// A number at the start of `s`: `-1.5e-3`, `.5`, `nan`, `NaN`, `inf`, `-Infinity`.
@@ -1123,30 +1125,50 @@ pub fn parse_number(s: &[u8]) -> Option<(f64, usize)> {
         return None;
     }
     let num_end = i;
+    // The exponent, when it has at most 3 digits (a longer one takes the slow path).
+    let mut exp: i32 = 0;
+    let mut exp_ok = true;
     if i < s.len() && (s[i] == b'e' || s[i] == b'E') {
         let mut k = i + 1;
+        let exp_neg = k < s.len() && s[k] == b'-';
         if k < s.len() && (s[k] == b'-' || s[k] == b'+') {
             k += 1;
         }
         let d0 = k;
         while k < s.len() && s[k].is_ascii_digit() {
+            if k - d0 < 3 {
+                exp = exp * 10 + (s[k] - b'0') as i32;
+            } else {
+                exp_ok = false;
+            }
             k += 1;
         }
         if k > d0 {
             i = k;
+            if exp_neg {
+                exp = -exp;
+            }
+        } else {
+            exp = 0;
         }
     }
-    // Fast path (Clinger): up to 15 significant digits and no exponent is an exact integer
-    // divided by an exact power of ten: one correctly rounded division, the same result as
+    // Fast path (Clinger): up to 15 significant digits times or divided by a power of ten
+    // a double holds exactly is one correctly rounded operation, the same result as
     // `str::parse`.
-    if i == num_end && int_digits + frac_digits <= 15 {
+    let scale = exp - frac_digits as i32;
+    if exp_ok && int_digits + frac_digits <= 15 && (-22..=22).contains(&scale) {
         let mut m: u64 = 0;
-        for &b in &s[start_digits..i] {
+        for &b in &s[start_digits..num_end] {
             if b != b'.' {
                 m = m * 10 + (b - b'0') as u64;
             }
         }
-        let v = m as f64 / POW10[frac_digits];
+        let m = m as f64;
+        let v = if scale >= 0 {
+            m * POW10[scale as usize]
+        } else {
+            m / POW10[(-scale) as usize]
+        };
         return Some((if neg { -v } else { v }, i));
     }
     let text = std::str::from_utf8(&s[..i]).ok()?;
@@ -1434,11 +1456,19 @@ mod tests {
             let int = seed % 1_000_000;
             let frac_len = (seed >> 20) % 10;
             let frac = (seed >> 24) % 10u64.pow(frac_len as u32);
-            let text = if frac_len == 0 {
+            let mut text = if frac_len == 0 {
                 format!("{int}")
             } else {
                 format!("{int}.{frac:0width$}", width = frac_len as usize)
             };
+            // An exponent on a third of them (`3e-4`, `4.9E+05`, `1e-0300`), from the
+            // fast path's range and past it.
+            match (seed >> 40) % 6 {
+                0 => text.push_str(&format!("e-{}", (seed >> 44) % 30)),
+                1 => text.push_str(&format!("E+{}", (seed >> 44) % 30)),
+                2 if seed & 1 == 0 => text.push_str(&format!("e-0{}", (seed >> 44) % 400)),
+                _ => {}
+            }
             let (v, used) = parse_number(text.as_bytes()).unwrap();
             assert_eq!(used, text.len());
             assert_eq!(
