@@ -369,7 +369,15 @@ pub struct Batch {
 
 impl Batch {
     pub fn push(&mut self, name: &str, p: Point) {
-        let i = if self.series.get(self.last).is_some_and(|(n, _)| n == name) {
+        // A log repeats its names in the same order: the name after the last one first.
+        let next = if self.last + 1 < self.series.len() {
+            self.last + 1
+        } else {
+            0
+        };
+        let i = if self.series.get(next).is_some_and(|(n, _)| n == name) {
+            next
+        } else if self.series.get(self.last).is_some_and(|(n, _)| n == name) {
             self.last
         } else if let Some(i) = self.series.iter().position(|(n, _)| n == name) {
             i
@@ -482,6 +490,35 @@ pub fn decode(data: &[u8], n: usize, mut f: impl FnMut(Point)) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_batch_groups_points_by_name_in_order_whatever_the_order_of_names() {
+        let names = "a b c a b c b d a c c d a";
+        let mut batch = Batch::default();
+        for (line, n) in names.split(' ').enumerate() {
+            let p = Point {
+                line: line as u64,
+                value: 0.0,
+                step: None,
+                epoch: None,
+            };
+            batch.push(n, p);
+        }
+        let got: Vec<(String, Vec<u64>)> = batch
+            .series
+            .iter()
+            .map(|(n, pts)| (n.clone(), pts.iter().map(|p| p.line).collect()))
+            .collect();
+        let want: Vec<(String, Vec<u64>)> = ["a", "b", "c", "d"]
+            .iter()
+            .map(|w| {
+                let lines = names.split(' ').enumerate();
+                let lines = lines.filter(|(_, n)| n == w).map(|(i, _)| i as u64);
+                (w.to_string(), lines.collect())
+            })
+            .collect();
+        assert_eq!(got, want);
+    }
 
     fn round_trip(points: &[Point]) -> Vec<u8> {
         let data = encode(points);
