@@ -97,7 +97,7 @@ async fn main() -> anyhow::Result<()> {
                 }
                 n
             });
-            r.stream_file(path, 0, tx).await?;
+            r.stream_file(path, 0, None, tx).await?;
             assert_eq!(count.await?, size);
             best_follow = best_follow.min(t.elapsed().as_secs_f64());
 
@@ -112,7 +112,7 @@ async fn main() -> anyhow::Result<()> {
                 }
                 points
             });
-            r.stream_file(path, 0, tx).await?;
+            r.stream_file(path, 0, None, tx).await?;
             let points = parse.await?;
             assert!(points > 0);
             best_parse = best_parse.min(t.elapsed().as_secs_f64());

@@ -13,16 +13,32 @@ impl Engine {
         att: &AttemptRecord,
         final_read: bool,
     ) -> Result<usize> {
+        Ok(self.pump_log_until(remote, att, final_read, None).await?.0)
+    }
+
+    /// [`Engine::pump_log`]; with `ended_if` (the job's exit code on the machine), the
+    /// read is the last one too when that file was there before it began: the job had
+    /// ended, its log was whole. Returns the bytes consumed and whether the read was the
+    /// last.
+    pub(super) async fn pump_log_until(
+        &self,
+        remote: &dyn Remote,
+        att: &AttemptRecord,
+        final_read: bool,
+        ended_if: Option<&str>,
+    ) -> Result<(usize, bool)> {
         let start = self.store().log_offset(&att.job_id, att.attempt)?;
         // Chunks of up to a MiB (local files and SSH streams are read so).
         let (tx, rx) = mpsc::channel::<Vec<u8>>(4);
         let path = job::log_path(&att.remote_dir);
-        let reader = remote.stream_file(&path, start.byte_offset, tx);
+        let reader = remote.stream_file(&path, start.byte_offset, ended_if, tx);
         let from = start.byte_offset;
         let consume = self.commit_stream(att, start, rx);
         let began = std::time::Instant::now();
         let (read, consumed) = tokio::join!(reader, consume);
-        read?;
+        // Evaluated first: a failed read is an error whatever the caller knows.
+        let whole = matches!(read?, crate::remote::Streamed::Read { complete: true });
+        let final_read = final_read || whole;
         let (mut total, cur, rest) = consumed?;
         tracing::debug!(
             "{} attempt {}: {total} bytes of log committed from {} in {} ms",
@@ -40,7 +56,7 @@ impl Engine {
         {
             total += rest.len();
         }
-        Ok(total)
+        Ok((total, final_read))
     }
 
     /// Commit the bytes `rx` brings (they start at `start`) in pieces of complete lines,
@@ -416,16 +432,16 @@ impl Engine {
     /// stored offset, as points `gpu<i>.util` (percent) and `gpu<i>.mem_gib`, placed at the
     /// step and line the log had reached when they were read (samples read in a catch-up
     /// share them); committed with the offset by compare-and-swap, like the log, with the
-    /// time since when every GPU sat idle. Returns the bytes consumed.
+    /// time since when every GPU sat idle. Returns whether it looked (false: not due).
     pub(super) async fn pump_gpu(
         &self,
         remote: &dyn Remote,
         att: &AttemptRecord,
         final_read: bool,
-    ) -> Result<usize> {
+    ) -> Result<bool> {
         let every = self.inner.cfg.gpu_sample_seconds;
         if every == 0 {
-            return Ok(0);
+            return Ok(true);
         }
         if !final_read
             && !due(
@@ -434,18 +450,18 @@ impl Engine {
                 Duration::from_secs(every),
             )
         {
-            return Ok(0);
+            return Ok(false);
         }
         let (off, idle_since) = self
             .store()
             .stream_offset(&att.job_id, att.attempt, GPU_STREAM)?;
         let path = format!("{}/gpu.csv", att.remote_dir);
         let Some(bytes) = remote.read_range(&path, off, 1 << 20).await? else {
-            return Ok(0);
+            return Ok(true);
         };
         let take = bytes.iter().rposition(|&b| b == b'\n').map_or(0, |p| p + 1);
         if take == 0 {
-            return Ok(0);
+            return Ok(true);
         }
         let log = self.store().log_offset(&att.job_id, att.attempt)?;
         let (step, epoch) = (log.progress.step, log.progress.epoch);
@@ -514,7 +530,7 @@ impl Engine {
                 progress: log.progress,
             });
         }
-        Ok(if committed { take } else { 0 })
+        Ok(true)
     }
 
     /// How long (ms) every GPU of a running job's attempt `attempt` (its newest) has sat

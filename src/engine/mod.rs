@@ -661,10 +661,11 @@ mod tests {
             &self,
             p: &str,
             off: u64,
+            complete_if: Option<&str>,
             sink: mpsc::Sender<Vec<u8>>,
-        ) -> Result<bool> {
+        ) -> Result<crate::remote::Streamed> {
             let Some(n) = self.cut_at else {
-                return self.inner.stream_file(p, off, sink).await;
+                return self.inner.stream_file(p, off, complete_if, sink).await;
             };
             if let Some(b) = self.inner.read_range(p, off, n).await? {
                 let _ = sink.send(b).await;
@@ -764,6 +765,56 @@ mod tests {
         let loss = engine.store().metrics("j-two", Some("loss")).unwrap();
         assert_eq!(loss.len() as u64, steps, "every point once");
         assert!(loss.windows(2).all(|w| w[1].step > w[0].step));
+    }
+
+    /// A poll reads the status, the log and the GPU samples side by side: while the job
+    /// runs, a last line without its newline waits for it; once the job's exit code is on
+    /// the machine, the poll that sees it takes the whole log, that line included.
+    #[tokio::test]
+    async fn a_poll_beside_the_status_takes_an_ended_jobs_last_line_whole() {
+        let (_dir, engine, inst) = local_engine().await;
+        let machine = engine.remote_for(&inst).await.unwrap();
+        let att = stored_attempt(&engine, &inst, machine.root(), "j-end");
+        {
+            let mut st = engine.store();
+            for s in [JobState::Syncing, JobState::Starting, JobState::Running] {
+                st.transition_job("j-end", s, "t").unwrap();
+            }
+        }
+        let log = job::log_path(&att.remote_dir);
+        machine
+            .write_file(&log, b"step=1 loss=0.5\nstep=2 loss=0.2", 0o644)
+            .await
+            .unwrap();
+        // A live runner (this process stands in for it).
+        let pid = format!("{}\n", std::process::id());
+        machine
+            .write_file(&format!("{}/pid", att.remote_dir), pid.as_bytes(), 0o644)
+            .await
+            .unwrap();
+        let offset = || engine.store().log_offset("j-end", 1).unwrap().byte_offset;
+        assert_eq!(engine.poll_job("j-end").await.unwrap(), JobState::Running);
+        assert_eq!(offset(), 16, "the half line waits while the job runs");
+        // The line goes on and the job ends without a last newline.
+        machine
+            .write_file(&log, b"step=1 loss=0.5\nstep=2 loss=0.25", 0o644)
+            .await
+            .unwrap();
+        machine
+            .write_file(&job::exit_code_path(&att.remote_dir), b"0\n", 0o644)
+            .await
+            .unwrap();
+        assert_eq!(engine.poll_job("j-end").await.unwrap(), JobState::Succeeded);
+        assert_eq!(offset(), 32);
+        let loss: Vec<f64> = engine
+            .store()
+            .metrics("j-end", Some("loss"))
+            .unwrap()
+            .iter()
+            .map(|p| p.value)
+            .collect();
+        assert_eq!(loss, vec![0.5, 0.25]);
+        engine.terminate(&inst.id, "test over").await.unwrap();
     }
 
     /// The attempt row is written before the job's directory exists on the machine; a

@@ -191,26 +191,45 @@ impl Engine {
             self.enforce_stop(&job, &inst, remote.as_ref(), &att)
                 .await?;
         }
-        // The status first, then the log: when the status says the job ended, its log was
-        // complete before the read began, so one read takes all of it, its last line
-        // (without a newline) included; nothing written before the exit is missed. The
-        // GPU samples of an ended job are read beside it.
-        let status = self
-            .executor(&inst)
-            .status(remote.as_ref(), &att.remote_dir)
-            .await?;
-        let ended = matches!(status, RemoteStatus::Exited { .. } | RemoteStatus::Vanished);
-        if matches!(status, RemoteStatus::Exited { .. }) {
+        // The status, the log and the GPU samples side by side: one round trip to the
+        // machine, not one after another (each costs a busy sshd ~100 ms). The log's read
+        // tells whether the job's exit code was there before it began: then the job had
+        // ended and the read took all of its log, its last line (without a newline)
+        // included. A job that ended while it was read has its log and GPU samples read
+        // once more, to the end: nothing written before the exit is missed.
+        let ended_if = job::exit_code_path(&att.remote_dir);
+        let executor = self.executor(&inst);
+        let (status, log, gpu) = tokio::join!(
+            executor.status(remote.as_ref(), &att.remote_dir),
+            self.pump_log_until(remote.as_ref(), &att, false, Some(&ended_if)),
+            self.pump_gpu(remote.as_ref(), &att, false),
+        );
+        let (_, whole_log) = log?;
+        let status = status?;
+        let gpu_read = gpu.unwrap_or_else(|e| {
+            tracing::warn!("job {job_id}: GPU samples: {e:#}");
+            true
+        });
+        let exited = matches!(status, RemoteStatus::Exited { .. });
+        if exited || matches!(status, RemoteStatus::Vanished) {
             let (log, gpu) = tokio::join!(
-                self.pump_log(remote.as_ref(), &att, true),
-                self.pump_gpu(remote.as_ref(), &att, true)
+                async {
+                    if whole_log {
+                        return Ok(0);
+                    }
+                    self.pump_log(remote.as_ref(), &att, true).await
+                },
+                async {
+                    if !exited || (whole_log && gpu_read) {
+                        return Ok(true);
+                    }
+                    self.pump_gpu(remote.as_ref(), &att, true).await
+                }
             );
             log?;
             if let Err(e) = gpu {
                 tracing::warn!("job {job_id}: GPU samples: {e:#}");
             }
-        } else {
-            self.pump_log(remote.as_ref(), &att, ended).await?;
         }
         if att.running_ms.is_none()
             && matches!(
@@ -271,9 +290,6 @@ impl Engine {
                     .await
                 {
                     tracing::warn!("job {job_id}: shipping checkpoints: {e:#}");
-                }
-                if let Err(e) = self.pump_gpu(remote.as_ref(), &att, false).await {
-                    tracing::warn!("job {job_id}: GPU samples: {e:#}");
                 }
                 if !job.cancel_requested
                     && let Some(why) = self.check_budget(&job)?

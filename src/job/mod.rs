@@ -32,6 +32,11 @@ pub fn log_path(job_dir: &str) -> String {
     format!("{job_dir}/stdout.log")
 }
 
+/// The file the runner writes the command's exit status to, after its last byte of log.
+pub fn exit_code_path(job_dir: &str) -> String {
+    format!("{job_dir}/exit_code")
+}
+
 /// What the job's files on the machine say.
 #[derive(Debug, Clone, PartialEq)]
 pub enum RemoteStatus {
@@ -201,7 +206,7 @@ echo \"alive=$alive\"",
         (Some(_), false) => {
             // The runner may have exited between our reads: look once more.
             let code = remote
-                .read_range(&format!("{job_dir}/exit_code"), 0, 64)
+                .read_range(&exit_code_path(job_dir), 0, 64)
                 .await?
                 .and_then(|b| String::from_utf8_lossy(&b).trim().parse().ok());
             match code {

@@ -4,7 +4,7 @@
 //! `TRAINCTL_SANDBOX=<instance id>`, which descendants inherit even when they leave the
 //! process group (a detached job does); the local provider finds and stops them by it.
 
-use super::{ExecOutput, Fetched, Remote};
+use super::{ExecOutput, Fetched, Remote, Streamed};
 use anyhow::{Context, Result};
 use async_trait::async_trait;
 use std::io::{Read, Write};
@@ -379,13 +379,18 @@ impl Remote for LocalRemote {
         &self,
         path: &str,
         offset: u64,
+        complete_if: Option<&str>,
         sink: mpsc::Sender<Vec<u8>>,
-    ) -> Result<bool> {
+    ) -> Result<Streamed> {
         let path = path.to_string();
+        let complete_if = complete_if.map(str::to_string);
         tokio::task::spawn_blocking(move || {
+            let complete = complete_if.is_some_and(|m| std::fs::metadata(m).is_ok());
             let f = match std::fs::File::open(&path) {
                 Ok(f) => f,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    return Ok(Streamed::Missing);
+                }
                 Err(e) => return Err(e).with_context(|| format!("opening {path}")),
             };
             let mut off = offset;
@@ -393,11 +398,11 @@ impl Remote for LocalRemote {
                 let buf =
                     read_at_most(&f, off, 1 << 20).with_context(|| format!("reading {path}"))?;
                 if buf.is_empty() {
-                    return Ok(true);
+                    return Ok(Streamed::Read { complete });
                 }
                 off += buf.len() as u64;
                 if sink.blocking_send(buf).is_err() {
-                    return Ok(true);
+                    return Ok(Streamed::Read { complete });
                 }
             }
         })

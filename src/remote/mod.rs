@@ -204,6 +204,16 @@ pub fn take_through(buf: &mut Vec<u8>, mark: &[u8]) -> Option<Vec<u8>> {
 /// what was sent (sizes and hashes known only once the files were read).
 pub type Trailer = Box<dyn FnOnce(&[Fetched]) -> Result<Vec<u8>> + Send>;
 
+/// What [`Remote::stream_file`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Streamed {
+    /// The file does not exist.
+    Missing,
+    /// Read to its end. `complete`: the `complete_if` file existed before the first byte
+    /// was read, so nothing was written to the file after the read began.
+    Read { complete: bool },
+}
+
 /// A machine trainctl can run things on. Paths are absolute paths on that machine;
 /// scripts are POSIX `sh` text whose every argument was quoted with [`sh_quote`].
 #[async_trait]
@@ -290,22 +300,28 @@ pub trait Remote: Send + Sync {
 
     /// Everything in `path` from `offset` to its current end, sent to `sink` in chunks as it
     /// is read (one round trip on a remote machine). Stops early, without error, when the
-    /// receiver goes away. Returns false when the file does not exist.
+    /// receiver goes away. With `complete_if`, also says whether that file existed before
+    /// the first byte was read (a job's exit code: the log had its last byte then).
     async fn stream_file(
         &self,
         path: &str,
         offset: u64,
+        complete_if: Option<&str>,
         sink: mpsc::Sender<Vec<u8>>,
-    ) -> Result<bool> {
+    ) -> Result<Streamed> {
+        let complete = match complete_if {
+            Some(m) => self.read_range(m, 0, 0).await?.is_some(),
+            None => false,
+        };
         let mut off = offset;
         loop {
             match self.read_range(path, off, 1 << 20).await? {
-                None => return Ok(false),
-                Some(b) if b.is_empty() => return Ok(true),
+                None => return Ok(Streamed::Missing),
+                Some(b) if b.is_empty() => return Ok(Streamed::Read { complete }),
                 Some(b) => {
                     off += b.len() as u64;
                     if sink.send(b).await.is_err() {
-                        return Ok(true);
+                        return Ok(Streamed::Read { complete });
                     }
                 }
             }

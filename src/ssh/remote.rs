@@ -5,7 +5,7 @@
 
 use super::config::{HostConfig, SshConfig, expand, home};
 use crate::remote::{
-    ConnectionLost, ExecOutput, Fetched, Remote, is_connection_lost, retry_lost, sh_quote,
+    ConnectionLost, ExecOutput, Fetched, Remote, Streamed, is_connection_lost, retry_lost, sh_quote,
 };
 use anyhow::{Context, Result, anyhow, bail};
 use async_trait::async_trait;
@@ -1453,19 +1453,25 @@ impl Remote for SshRemote {
         &self,
         path: &str,
         offset: u64,
+        complete_if: Option<&str>,
         sink: mpsc::Sender<Vec<u8>>,
-    ) -> Result<bool> {
+    ) -> Result<Streamed> {
         let q = sh_quote(path);
-        let out = self
-            .exec_raw(
-                &format!("[ -f {q} ] || exit 44; exec tail -c +{} {q}", offset + 1),
-                Stdin::Empty,
-                Some(&sink),
-            )
-            .await?;
+        // One command: whether `complete_if` is there is looked at before the read, and
+        // told by the exit status (45) after the bytes.
+        let cmd = match complete_if {
+            Some(m) => format!(
+                "[ -f {q} ] || exit 44; c=0; [ -e {} ] && c=45; tail -c +{} {q} && exit $c",
+                sh_quote(m),
+                offset + 1
+            ),
+            None => format!("[ -f {q} ] || exit 44; exec tail -c +{} {q}", offset + 1),
+        };
+        let out = self.exec_raw(&cmd, Stdin::Empty, Some(&sink)).await?;
         match out.status {
-            44 => Ok(false),
-            0 => Ok(true),
+            44 => Ok(Streamed::Missing),
+            0 => Ok(Streamed::Read { complete: false }),
+            45 => Ok(Streamed::Read { complete: true }),
             _ => Err(anyhow!(
                 "reading {path}: {}",
                 crate::sanitize::sanitize_line(out.stderr.trim_ascii())

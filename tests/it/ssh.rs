@@ -144,6 +144,40 @@ async fn ssh_remote_runs_quoted_commands_and_moves_files_with_checks() {
         all.extend(c);
     }
     assert_eq!((status, all.as_slice()), (5, &b"a\nb\n"[..]));
+    // A streamed file, from an offset, and whether another file (a job's exit code) was
+    // there before the read began: told by the same command.
+    use trainctl::remote::Streamed;
+    let log = format!("{dest}/w/log 'q'.txt");
+    let ended = format!("{dest}/w/exit code");
+    r.write_file(&log, b"line 1\nline 2\nlast", 0o644)
+        .await
+        .unwrap();
+    let stream = |from: u64, marker: Option<&str>| {
+        let (r, log, marker) = (&r, log.clone(), marker.map(str::to_string));
+        async move {
+            let (tx, mut rx) = tokio::sync::mpsc::channel(8);
+            let found = r
+                .stream_file(&log, from, marker.as_deref(), tx)
+                .await
+                .unwrap();
+            let mut all = Vec::new();
+            while let Some(c) = rx.recv().await {
+                all.extend(c);
+            }
+            (found, String::from_utf8(all).unwrap())
+        }
+    };
+    let open = Streamed::Read { complete: false };
+    assert_eq!(stream(7, None).await, (open, "line 2\nlast".into()));
+    assert_eq!(stream(7, Some(&ended)).await, (open, "line 2\nlast".into()));
+    r.write_file(&ended, b"0\n", 0o644).await.unwrap();
+    let whole = Streamed::Read { complete: true };
+    assert_eq!(stream(0, Some(&ended)).await.0, whole);
+    assert_eq!(stream(0, None).await.0, open);
+    let missing = format!("{dest}/w/nope");
+    let (tx, _rx) = tokio::sync::mpsc::channel(8);
+    let found = r.stream_file(&missing, 0, Some(&ended), tx).await.unwrap();
+    assert_eq!(found, Streamed::Missing);
 }
 
 #[tokio::test]
