@@ -86,24 +86,30 @@ impl Engine {
             move || {
                 let mut parser = engine.take_parser(&key, &start);
                 let mut cur = start;
-                while let Some(data) = piece_rx.blocking_recv() {
-                    let parsed = engine.parse_piece(&mut parser, &cur, data);
+                // Where the stage's time went (debug log): starved, busy, held up.
+                let mut times = StageTimes::default();
+                while let Some(data) = times.waiting(|| piece_rx.blocking_recv()) {
+                    let parsed = times.busy(|| engine.parse_piece(&mut parser, &cur, data));
                     cur = parsed.new.clone();
-                    if parsed_tx.blocking_send(parsed).is_err() {
+                    if !times.held(|| parsed_tx.blocking_send(parsed).is_ok()) {
                         break;
                     }
                 }
+                tracing::debug!("{} parsing: {times}", key.0);
                 (parser, cur.byte_offset)
             }
         });
         let cutting = async move {
             let mut pending: Vec<u8> = Vec::with_capacity(LOG_CHUNK + (1 << 20));
+            let mut times = StageTimes::default();
             loop {
+                let began = std::time::Instant::now();
                 let chunk = tokio::select! {
                     c = rx.recv() => c,
                     // The commits stopped (another process owns the log, or an error).
                     _ = piece_tx.closed() => return pending,
                 };
+                times.waited += began.elapsed();
                 let open = match chunk {
                     // A chunk that starts a piece becomes it, uncopied.
                     Some(chunk) if pending.is_empty() && chunk.capacity() >= LOG_CHUNK => {
@@ -134,11 +140,14 @@ impl Engine {
                     next.extend_from_slice(&pending[take..]);
                     pending.truncate(take);
                     let piece = std::mem::replace(&mut pending, next);
+                    let began = std::time::Instant::now();
                     if piece_tx.send(piece).await.is_err() {
                         return pending;
                     }
+                    times.held_up += began.elapsed();
                 }
                 if !open {
+                    tracing::debug!("cutting: {times}");
                     return pending;
                 }
             }
@@ -149,11 +158,19 @@ impl Engine {
         // receiver kept alive here left the parser waiting forever on a full channel.
         let committing = async move {
             let (mut cur, mut total) = (start.clone(), 0usize);
-            while let Some(parsed) = parsed_rx.recv().await {
+            let mut times = StageTimes::default();
+            loop {
+                let began = std::time::Instant::now();
+                let Some(parsed) = parsed_rx.recv().await else {
+                    break;
+                };
+                times.waited += began.elapsed();
                 let (engine, att) = (self.clone(), att.clone());
+                let began = std::time::Instant::now();
                 let committed =
                     tokio::task::spawn_blocking(move || engine.commit_parsed(&att, parsed))
                         .await??;
+                times.worked += began.elapsed();
                 match committed {
                     Some((len, next)) => {
                         cur = next;
@@ -163,6 +180,7 @@ impl Engine {
                     None => return Ok((total, cur, false)),
                 }
             }
+            tracing::debug!("{} committing: {times}", att.job_id);
             Ok::<_, anyhow::Error>((total, cur, true))
         };
         let (rest, committed) = tokio::join!(cutting, committing);
@@ -422,6 +440,45 @@ struct ParsedPiece {
     /// The points as owned points, when someone listened as it was parsed.
     points: Vec<MetricPoint>,
     watched: bool,
+}
+
+/// Where a stage of the follow spent its time: waiting for its input, working, held up
+/// by the next stage (shown in the debug log: the slowest stage is the one never starved).
+#[derive(Default)]
+struct StageTimes {
+    waited: Duration,
+    worked: Duration,
+    held_up: Duration,
+}
+
+impl StageTimes {
+    fn timed<T>(slot: &mut Duration, f: impl FnOnce() -> T) -> T {
+        let began = std::time::Instant::now();
+        let r = f();
+        *slot += began.elapsed();
+        r
+    }
+    fn waiting<T>(&mut self, f: impl FnOnce() -> T) -> T {
+        Self::timed(&mut self.waited, f)
+    }
+    fn busy<T>(&mut self, f: impl FnOnce() -> T) -> T {
+        Self::timed(&mut self.worked, f)
+    }
+    fn held<T>(&mut self, f: impl FnOnce() -> T) -> T {
+        Self::timed(&mut self.held_up, f)
+    }
+}
+
+impl std::fmt::Display for StageTimes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "waited {} ms, worked {} ms, held up {} ms",
+            self.waited.as_millis(),
+            self.worked.as_millis(),
+            self.held_up.as_millis()
+        )
+    }
 }
 
 /// A GPU under this utilisation (percent) is idle.
