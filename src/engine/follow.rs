@@ -27,17 +27,34 @@ impl Engine {
         final_read: bool,
         ended_if: Option<&str>,
     ) -> Result<(usize, bool)> {
+        let path = job::log_path(&att.remote_dir);
+        let read = |from, tx| -> LogRead<'_, ()> {
+            Box::pin(async move { Ok((remote.stream_file(&path, from, ended_if, tx).await?, ())) })
+        };
+        let (n, last, ()) = self.pump_log_read(att, final_read, read).await?;
+        Ok((n, last))
+    }
+
+    /// [`Engine::pump_log_until`] with the read given: `read(from, sink)` streams the log
+    /// from byte `from` into `sink` and says whether that took the whole log, with
+    /// whatever else it learnt (the job's status, read in the same command).
+    pub(super) async fn pump_log_read<'a, T>(
+        &self,
+        att: &AttemptRecord,
+        final_read: bool,
+        read: impl FnOnce(u64, mpsc::Sender<Vec<u8>>) -> LogRead<'a, T>,
+    ) -> Result<(usize, bool, T)> {
         let start = self.store().log_offset(&att.job_id, att.attempt)?;
         // Chunks of up to a MiB (local files and SSH streams are read so).
         let (tx, rx) = mpsc::channel::<Vec<u8>>(4);
-        let path = job::log_path(&att.remote_dir);
-        let reader = remote.stream_file(&path, start.byte_offset, ended_if, tx);
+        let reader = read(start.byte_offset, tx);
         let from = start.byte_offset;
         let consume = self.commit_stream(att, start, rx);
         let began = std::time::Instant::now();
         let (read, consumed) = tokio::join!(reader, consume);
         // Evaluated first: a failed read is an error whatever the caller knows.
-        let whole = matches!(read?, crate::remote::Streamed::Read { complete: true });
+        let (streamed, learnt) = read?;
+        let whole = matches!(streamed, crate::remote::Streamed::Read { complete: true });
         let final_read = final_read || whole;
         let (mut total, cur, rest) = consumed?;
         tracing::debug!(
@@ -56,7 +73,7 @@ impl Engine {
         {
             total += rest.len();
         }
-        Ok((total, final_read))
+        Ok((total, final_read, learnt))
     }
 
     /// Commit the bytes `rx` brings (they start at `start`) in pieces of complete lines,
@@ -441,6 +458,12 @@ struct ParsedPiece {
     points: Vec<MetricPoint>,
     watched: bool,
 }
+
+/// A read of a log into a sink, as [`Engine::pump_log_read`] takes it: what it found, and
+/// whatever else it learnt.
+pub(super) type LogRead<'a, T> = std::pin::Pin<
+    Box<dyn std::future::Future<Output = Result<(crate::remote::Streamed, T)>> + Send + 'a>,
+>;
 
 /// Where a stage of the follow spent its time: waiting for its input, working, held up
 /// by the next stage (shown in the debug log: the slowest stage is the one never starved).

@@ -191,21 +191,26 @@ impl Engine {
             self.enforce_stop(&job, &inst, remote.as_ref(), &att)
                 .await?;
         }
-        // The status, the log and the GPU samples side by side: one round trip to the
-        // machine, not one after another (each costs a busy sshd ~100 ms). The log's read
-        // tells whether the job's exit code was there before it began: then the job had
-        // ended and the read took all of its log, its last line (without a newline)
-        // included. A job that ended while it was read has its log and GPU samples read
-        // once more, to the end: nothing written before the exit is missed.
-        let ended_if = job::exit_code_path(&att.remote_dir);
+        // The status and the log in one command where the executor can (the runner's: the
+        // status first, then the log), the GPU samples beside it: one round trip to the
+        // machine, not one after another (each costs a busy sshd ~100 ms and a login
+        // shell). The read says whether the job had ended before it began: then it took
+        // all of its log, its last line (without a newline) included. A job that ended
+        // while it was read has its log and GPU samples read once more, to the end:
+        // nothing written before the exit is missed.
         let executor = self.executor(&inst);
-        let (status, log, gpu) = tokio::join!(
-            executor.status(remote.as_ref(), &att.remote_dir),
-            self.pump_log_until(remote.as_ref(), &att, false, Some(&ended_if)),
+        let (machine, dir) = (remote.as_ref(), att.remote_dir.as_str());
+        let read = |from, sink| -> follow::LogRead<'_, RemoteStatus> {
+            Box::pin(async move {
+                let (status, streamed) = executor.status_then_log(machine, dir, from, sink).await?;
+                Ok((streamed, status))
+            })
+        };
+        let (log, gpu) = tokio::join!(
+            self.pump_log_read(&att, false, read),
             self.pump_gpu(remote.as_ref(), &att, false),
         );
-        let (_, whole_log) = log?;
-        let status = status?;
+        let (_, whole_log, status) = log?;
         let gpu_read = gpu.unwrap_or_else(|e| {
             tracing::warn!("job {job_id}: GPU samples: {e:#}");
             true

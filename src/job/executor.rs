@@ -4,10 +4,11 @@
 //! `sbatch` executor the next.
 
 use super::RemoteStatus;
-use crate::remote::Remote;
+use crate::remote::{Remote, Streamed};
 use anyhow::Result;
 use async_trait::async_trait;
 use std::time::Duration;
+use tokio::sync::mpsc;
 
 #[async_trait]
 pub trait Executor: Send + Sync {
@@ -26,6 +27,24 @@ pub trait Executor: Send + Sync {
     ) -> Result<String>;
 
     async fn status(&self, remote: &dyn Remote, job_dir: &str) -> Result<RemoteStatus>;
+
+    /// The attempt's status and its log from `offset` streamed into `sink`, side by side.
+    /// `Streamed::Read { complete: true }` when the read took the whole log: the job had
+    /// ended (its exit code was on the machine) before the read began.
+    async fn status_then_log(
+        &self,
+        remote: &dyn Remote,
+        job_dir: &str,
+        offset: u64,
+        sink: mpsc::Sender<Vec<u8>>,
+    ) -> Result<(RemoteStatus, Streamed)> {
+        let (log, ended_if) = (super::log_path(job_dir), super::exit_code_path(job_dir));
+        let (status, streamed) = tokio::join!(
+            self.status(remote, job_dir),
+            remote.stream_file(&log, offset, Some(&ended_if), sink)
+        );
+        Ok((status?, streamed?))
+    }
 
     /// Send `signal` ("TERM", "KILL") to the whole attempt.
     async fn signal(&self, remote: &dyn Remote, job_dir: &str, signal: &str) -> Result<()>;
@@ -99,6 +118,16 @@ impl Executor for DetachedRunner {
 
     async fn status(&self, remote: &dyn Remote, job_dir: &str) -> Result<RemoteStatus> {
         super::status(remote, job_dir).await
+    }
+
+    async fn status_then_log(
+        &self,
+        remote: &dyn Remote,
+        job_dir: &str,
+        offset: u64,
+        sink: mpsc::Sender<Vec<u8>>,
+    ) -> Result<(RemoteStatus, Streamed)> {
+        super::status_then_log(remote, job_dir, offset, sink).await
     }
 
     async fn signal(&self, remote: &dyn Remote, job_dir: &str, signal: &str) -> Result<()> {

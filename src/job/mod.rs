@@ -154,7 +154,38 @@ pub async fn start_detached(
 
 /// Read the job's status in one command.
 pub async fn status(remote: &dyn Remote, job_dir: &str) -> Result<RemoteStatus> {
-    let script = format!(
+    let out = remote.exec(&status_script(job_dir)).await?;
+    parse_status(remote, job_dir, out).await
+}
+
+/// The job's status, then its log from `offset` streamed into `sink`, in one command where
+/// the remote allows it (over SSH: the status on stderr, the log on stdout). The log is
+/// read after the status was taken: when it says the job ended, the read took the whole
+/// log (`Streamed::Read { complete: true }`).
+pub async fn status_then_log(
+    remote: &dyn Remote,
+    job_dir: &str,
+    offset: u64,
+    sink: tokio::sync::mpsc::Sender<Vec<u8>>,
+) -> Result<(RemoteStatus, crate::remote::Streamed)> {
+    use crate::remote::Streamed;
+    let (out, streamed) = remote
+        .exec_then_stream(&status_script(job_dir), &log_path(job_dir), offset, sink)
+        .await?;
+    let status = parse_status(remote, job_dir, out).await?;
+    let ended = matches!(status, RemoteStatus::Exited { .. } | RemoteStatus::Vanished);
+    let streamed = match streamed {
+        Streamed::Read { complete } => Streamed::Read {
+            complete: complete || ended,
+        },
+        Streamed::Missing => Streamed::Missing,
+    };
+    Ok((status, streamed))
+}
+
+/// The script that prints a job's status as `key=value` lines (see [`parse_status`]).
+fn status_script(job_dir: &str) -> String {
+    format!(
         "cd {} 2>/dev/null || {{ echo missing=1; exit 0; }}
 date +%s > seen 2>/dev/null
 pid=$(cat pid 2>/dev/null)
@@ -172,8 +203,16 @@ if [ -n \"$pid\" ] && kill -0 \"$pid\" 2>/dev/null; then
 fi
 echo \"alive=$alive\"",
         sh_quote(job_dir)
-    );
-    let out = remote.exec(&script).await?.check("reading job status")?;
+    )
+}
+
+/// A job's status from what [`status_script`] printed.
+async fn parse_status(
+    remote: &dyn Remote,
+    job_dir: &str,
+    out: crate::remote::ExecOutput,
+) -> Result<RemoteStatus> {
+    let out = out.check("reading job status")?;
     let text = out.stdout_str();
     let kv: BTreeMap<&str, &str> = text.lines().filter_map(|l| l.split_once('=')).collect();
     if kv.contains_key("missing") {

@@ -295,6 +295,21 @@ pub trait Remote: Send + Sync {
     /// BLAKE3 against the source.
     async fn get(&self, path: &str, dest: &Path) -> Result<Fetched>;
 
+    /// Run `script` (short, its output text), then stream `path` from `offset` into `sink`
+    /// as [`Remote::stream_file`] does: the file is read only after the script ended. One
+    /// round trip on a remote machine (here: two commands one after the other).
+    async fn exec_then_stream(
+        &self,
+        script: &str,
+        path: &str,
+        offset: u64,
+        sink: mpsc::Sender<Vec<u8>>,
+    ) -> Result<(ExecOutput, Streamed)> {
+        let out = self.exec(script).await?;
+        let streamed = self.stream_file(path, offset, None, sink).await?;
+        Ok((out, streamed))
+    }
+
     /// Up to `max` bytes of `path` from `offset`; `None` when the file does not exist.
     async fn read_range(&self, path: &str, offset: u64, max: usize) -> Result<Option<Vec<u8>>>;
 

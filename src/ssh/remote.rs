@@ -1479,6 +1479,48 @@ impl Remote for SshRemote {
         }
     }
 
+    /// One command: the script in a subshell with its output on stderr, a line that ends
+    /// it (unguessable: a fresh id) with its exit status, then the file on stdout.
+    async fn exec_then_stream(
+        &self,
+        script: &str,
+        path: &str,
+        offset: u64,
+        sink: mpsc::Sender<Vec<u8>>,
+    ) -> Result<(ExecOutput, Streamed)> {
+        let q = sh_quote(path);
+        let end = crate::model::new_id("--trainctl-end-");
+        let cmd = format!(
+            "( {script}\n) >&2; printf '\\n{end} %s\\n' \"$?\" >&2\n[ -f {q} ] || exit 44; exec tail -c +{} {q}",
+            offset + 1
+        );
+        let out = self.exec_raw(&cmd, Stdin::Empty, Some(&sink)).await?;
+        let marker = format!("\n{end} ");
+        let Some(at) = memchr::memmem::find(&out.stderr, marker.as_bytes()) else {
+            bail!(
+                "the command did not run: {}",
+                crate::sanitize::sanitize_line(out.stderr.trim_ascii())
+            );
+        };
+        let rest = &out.stderr[at + marker.len()..];
+        let line_end = memchr::memchr(b'\n', rest).unwrap_or(rest.len());
+        let status = String::from_utf8_lossy(&rest[..line_end]).trim().parse()?;
+        let script_out = ExecOutput {
+            status,
+            stdout: out.stderr[..at].to_vec(),
+            stderr: Vec::new(),
+        };
+        let streamed = match out.status {
+            44 => Streamed::Missing,
+            0 => Streamed::Read { complete: false },
+            _ => bail!(
+                "reading {path}: {}",
+                crate::sanitize::sanitize_line(rest[line_end..].trim_ascii())
+            ),
+        };
+        Ok((script_out, streamed))
+    }
+
     async fn read_range(&self, path: &str, offset: u64, max: usize) -> Result<Option<Vec<u8>>> {
         let q = sh_quote(path);
         let max = max.min(64 << 20);

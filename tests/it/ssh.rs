@@ -178,6 +178,30 @@ async fn ssh_remote_runs_quoted_commands_and_moves_files_with_checks() {
     let (tx, _rx) = tokio::sync::mpsc::channel(8);
     let found = r.stream_file(&missing, 0, Some(&ended), tx).await.unwrap();
     assert_eq!(found, Streamed::Missing);
+    // A script, then the file, in one command: the script's output and status apart from
+    // the file's bytes, whatever the script prints or however it exits.
+    let script = "echo a=1; echo 'b=--trainctl-end- 7' ; echo oops >&2; exit 3";
+    let (tx, mut rx) = tokio::sync::mpsc::channel(8);
+    let (out, found) = r.exec_then_stream(script, &log, 7, tx).await.unwrap();
+    let mut all = Vec::new();
+    while let Some(c) = rx.recv().await {
+        all.extend(c);
+    }
+    assert_eq!(out.status, 3);
+    assert_eq!(out.stdout_str(), "a=1\nb=--trainctl-end- 7\noops\n");
+    assert_eq!((found, all.as_slice()), (open, &b"line 2\nlast"[..]));
+    let (tx, _rx) = tokio::sync::mpsc::channel(8);
+    let (out, found) = r
+        .exec_then_stream(
+            "cd /nowhere 2>/dev/null || { echo gone=1; exit 0; }",
+            &missing,
+            0,
+            tx,
+        )
+        .await
+        .unwrap();
+    assert_eq!((out.status, out.stdout_str().as_str()), (0, "gone=1\n"));
+    assert_eq!(found, Streamed::Missing);
 }
 
 #[tokio::test]
