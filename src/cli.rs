@@ -379,6 +379,23 @@ fn point_json(p: &crate::model::MetricPoint) -> serde_json::Value {
     json!({"name": p.name, "value": json_value(p.value), "step": p.step, "epoch": p.epoch, "line": p.line})
 }
 
+/// [`point_json`] written straight out, byte for byte the same (its keys in the same
+/// order): a series of millions of points builds no JSON tree per point.
+fn write_point_json(out: &mut impl Write, p: &crate::model::MetricPoint) -> std::io::Result<()> {
+    out.write_all(b"{\"epoch\":")?;
+    serde_json::to_writer(&mut *out, &p.epoch)?;
+    write!(out, ",\"line\":{},\"name\":", p.line)?;
+    serde_json::to_writer(&mut *out, &p.name)?;
+    out.write_all(b",\"step\":")?;
+    serde_json::to_writer(&mut *out, &p.step)?;
+    out.write_all(b",\"value\":")?;
+    match json_value(p.value) {
+        serde_json::Value::Number(n) => write!(out, "{n}")?,
+        v => serde_json::to_writer(&mut *out, &v)?,
+    }
+    out.write_all(b"}")
+}
+
 /// Print rows as aligned columns.
 fn gpus_list(
     cfg: &crate::config::UserConfig,
@@ -1879,8 +1896,9 @@ async fn metrics(engine: &Engine, key: &str, name: Option<&str>, json: bool) -> 
             if err.is_some() {
                 return;
             }
-            let v = point_json(p);
-            let r = write!(out, "{}{v}", if first { "[\n" } else { ",\n" });
+            let r = out
+                .write_all(if first { b"[\n" } else { b",\n" })
+                .and_then(|()| write_point_json(&mut out, p));
             first = false;
             if let Err(e) = r {
                 err = Some(e);
@@ -2110,4 +2128,36 @@ fn parse_log(file: &Path, json: bool) -> Result<i32> {
         eprintln!("progress: {}", progress_text(&p));
     }
     Ok(EXIT_OK)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_point_written_straight_out_is_the_json_tree_written() {
+        let names = ["loss", "val \"q\"/acc\\x", "é\u{1}"];
+        let values = [
+            0.5,
+            1.0,
+            -2.5e-7,
+            3e300,
+            0.0,
+            f64::NAN,
+            f64::INFINITY,
+            -1e22,
+        ];
+        for (i, v) in values.iter().enumerate() {
+            let p = crate::model::MetricPoint {
+                name: names[i % names.len()].into(),
+                value: *v,
+                step: (i % 2 == 0).then_some(i as i64 - 3),
+                epoch: (i % 3 == 0).then_some(i as f64 / 4.0),
+                line: i as u64 * 1000,
+            };
+            let mut out = Vec::new();
+            write_point_json(&mut out, &p).unwrap();
+            assert_eq!(String::from_utf8(out).unwrap(), point_json(&p).to_string());
+        }
+    }
 }
