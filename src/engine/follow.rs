@@ -512,12 +512,15 @@ impl Engine {
     /// stored offset, as points `gpu<i>.util` (percent) and `gpu<i>.mem_gib`, placed at the
     /// step and line the log had reached when they were read (samples read in a catch-up
     /// share them); committed with the offset by compare-and-swap, like the log, with the
-    /// time since when every GPU sat idle. Returns whether it looked (false: not due).
+    /// time since when every GPU sat idle. `size`: the samples file's size, when the
+    /// machine told it (nothing is read when nothing was added). Returns whether it looked
+    /// (false: not due).
     pub(super) async fn pump_gpu(
         &self,
         remote: &dyn Remote,
         att: &AttemptRecord,
         final_read: bool,
+        size: Option<u64>,
     ) -> Result<bool> {
         let every = self.inner.cfg.gpu_sample_seconds;
         if every == 0 {
@@ -535,7 +538,10 @@ impl Engine {
         let (off, idle_since) = self
             .store()
             .stream_offset(&att.job_id, att.attempt, GPU_STREAM)?;
-        let path = format!("{}/gpu.csv", att.remote_dir);
+        if size.is_some_and(|n| n <= off) {
+            return Ok(true);
+        }
+        let path = job::gpu_path(&att.remote_dir);
         let Some(bytes) = remote.read_range(&path, off, 1 << 20).await? else {
             return Ok(true);
         };

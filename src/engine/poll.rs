@@ -192,49 +192,36 @@ impl Engine {
                 .await?;
         }
         // The status and the log in one command where the executor can (the runner's: the
-        // status first, then the log), the GPU samples beside it: one round trip to the
-        // machine, not one after another (each costs a busy sshd ~100 ms and a login
-        // shell). The read says whether the job had ended before it began: then it took
-        // all of its log, its last line (without a newline) included. A job that ended
-        // while it was read has its log and GPU samples read once more, to the end:
-        // nothing written before the exit is missed.
+        // status first, then the log): one round trip to the machine, not one after
+        // another (each costs a busy sshd ~100 ms and a login shell there). The read says
+        // whether the job had ended before it began: then it took all of its log, its last
+        // line (without a newline) included; a job that ended while it was read has its
+        // log read once more, to the end: nothing written before the exit is missed. The
+        // status tells the GPU samples' size: they are read (when due, or the job exited)
+        // only when they grew.
         let executor = self.executor(&inst);
         let (machine, dir) = (remote.as_ref(), att.remote_dir.as_str());
-        let read = |from, sink| -> follow::LogRead<'_, RemoteStatus> {
+        let read = |from, sink| -> follow::LogRead<'_, (RemoteStatus, Option<u64>)> {
             Box::pin(async move {
-                let (status, streamed) = executor.status_then_log(machine, dir, from, sink).await?;
-                Ok((streamed, status))
+                let polled = executor.status_then_log(machine, dir, from, sink).await?;
+                Ok((polled.log, (polled.status, polled.gpu_bytes)))
             })
         };
-        let (log, gpu) = tokio::join!(
-            self.pump_log_read(&att, false, read),
-            self.pump_gpu(remote.as_ref(), &att, false),
-        );
-        let (_, whole_log, status) = log?;
-        let gpu_read = gpu.unwrap_or_else(|e| {
-            tracing::warn!("job {job_id}: GPU samples: {e:#}");
-            true
-        });
+        let (_, whole_log, (status, gpu_bytes)) = self.pump_log_read(&att, false, read).await?;
         let exited = matches!(status, RemoteStatus::Exited { .. });
-        if exited || matches!(status, RemoteStatus::Vanished) {
-            let (log, gpu) = tokio::join!(
-                async {
-                    if whole_log {
-                        return Ok(0);
-                    }
-                    self.pump_log(remote.as_ref(), &att, true).await
-                },
-                async {
-                    if !exited || (whole_log && gpu_read) {
-                        return Ok(true);
-                    }
-                    self.pump_gpu(remote.as_ref(), &att, true).await
+        let ended = exited || matches!(status, RemoteStatus::Vanished);
+        let (log, gpu) = tokio::join!(
+            async {
+                if !ended || whole_log {
+                    return Ok(0);
                 }
-            );
-            log?;
-            if let Err(e) = gpu {
-                tracing::warn!("job {job_id}: GPU samples: {e:#}");
-            }
+                self.pump_log(remote.as_ref(), &att, true).await
+            },
+            self.pump_gpu(remote.as_ref(), &att, exited, gpu_bytes)
+        );
+        log?;
+        if let Err(e) = gpu {
+            tracing::warn!("job {job_id}: GPU samples: {e:#}");
         }
         if att.running_ms.is_none()
             && matches!(

@@ -4,7 +4,7 @@
 //! `sbatch` executor the next.
 
 use super::RemoteStatus;
-use crate::remote::{Remote, Streamed};
+use crate::remote::Remote;
 use anyhow::Result;
 use async_trait::async_trait;
 use std::time::Duration;
@@ -37,13 +37,17 @@ pub trait Executor: Send + Sync {
         job_dir: &str,
         offset: u64,
         sink: mpsc::Sender<Vec<u8>>,
-    ) -> Result<(RemoteStatus, Streamed)> {
+    ) -> Result<super::Polled> {
         let (log, ended_if) = (super::log_path(job_dir), super::exit_code_path(job_dir));
         let (status, streamed) = tokio::join!(
             self.status(remote, job_dir),
             remote.stream_file(&log, offset, Some(&ended_if), sink)
         );
-        Ok((status?, streamed?))
+        Ok(super::Polled {
+            status: status?,
+            log: streamed?,
+            gpu_bytes: None,
+        })
     }
 
     /// Send `signal` ("TERM", "KILL") to the whole attempt.
@@ -126,7 +130,7 @@ impl Executor for DetachedRunner {
         job_dir: &str,
         offset: u64,
         sink: mpsc::Sender<Vec<u8>>,
-    ) -> Result<(RemoteStatus, Streamed)> {
+    ) -> Result<super::Polled> {
         super::status_then_log(remote, job_dir, offset, sink).await
     }
 

@@ -32,6 +32,20 @@ pub fn log_path(job_dir: &str) -> String {
     format!("{job_dir}/stdout.log")
 }
 
+/// The runner's GPU samples (`nvidia-smi` CSV rows), appended while the job runs.
+pub fn gpu_path(job_dir: &str) -> String {
+    format!("{job_dir}/gpu.csv")
+}
+
+/// What one look at a job's machine read: its status, its log, and the size of its GPU
+/// samples file when that was told (`None`: unknown; read it to know).
+#[derive(Debug)]
+pub struct Polled {
+    pub status: RemoteStatus,
+    pub log: crate::remote::Streamed,
+    pub gpu_bytes: Option<u64>,
+}
+
 /// The file the runner writes the command's exit status to, after its last byte of log.
 pub fn exit_code_path(job_dir: &str) -> String {
     format!("{job_dir}/exit_code")
@@ -161,17 +175,24 @@ pub async fn status(remote: &dyn Remote, job_dir: &str) -> Result<RemoteStatus> 
 /// The job's status, then its log from `offset` streamed into `sink`, in one command where
 /// the remote allows it (over SSH: the status on stderr, the log on stdout). The log is
 /// read after the status was taken: when it says the job ended, the read took the whole
-/// log (`Streamed::Read { complete: true }`).
+/// log (`Streamed::Read { complete: true }`). The status tells the GPU samples' size too,
+/// so they are read only when they grew.
 pub async fn status_then_log(
     remote: &dyn Remote,
     job_dir: &str,
     offset: u64,
     sink: tokio::sync::mpsc::Sender<Vec<u8>>,
-) -> Result<(RemoteStatus, crate::remote::Streamed)> {
+) -> Result<Polled> {
     use crate::remote::Streamed;
     let (out, streamed) = remote
         .exec_then_stream(&status_script(job_dir), &log_path(job_dir), offset, sink)
         .await?;
+    // The script's last line when it ran to its end: none, the samples file is unknown.
+    let text = out.stdout_str();
+    let gpu_bytes = text.lines().find_map(|l| {
+        let v = l.strip_prefix("gpu_bytes=")?.trim();
+        Some(if v.is_empty() { 0 } else { v.parse().ok()? })
+    });
     let status = parse_status(remote, job_dir, out).await?;
     let ended = matches!(status, RemoteStatus::Exited { .. } | RemoteStatus::Vanished);
     let streamed = match streamed {
@@ -180,7 +201,11 @@ pub async fn status_then_log(
         },
         Streamed::Missing => Streamed::Missing,
     };
-    Ok((status, streamed))
+    Ok(Polled {
+        status,
+        log: streamed,
+        gpu_bytes,
+    })
 }
 
 /// The script that prints a job's status as `key=value` lines (see [`parse_status`]).
@@ -195,6 +220,7 @@ echo \"pid=$pid\"
 [ -f interrupting ] && echo \"interrupting=$(sed -n 's/^reason=//p' interrupting | head -n 1)\"
 [ -f setup_failed ] && echo setup_failed=1
 [ -f phase ] && echo \"phase=$(cat phase)\"
+echo \"gpu_bytes=$([ -f gpu.csv ] && wc -c < gpu.csv)\"
 alive=0
 if [ -n \"$pid\" ] && kill -0 \"$pid\" 2>/dev/null; then
   alive=1
@@ -322,6 +348,43 @@ pub async fn stop(remote: &dyn Remote, job_dir: &str, grace: Duration) -> Result
 mod tests {
     use super::*;
     use crate::remote::local::LocalRemote;
+
+    /// One look at a job: its status, its log from an offset, and how long its GPU samples
+    /// are (0 when there are none), so that they are read only when they grew.
+    #[tokio::test]
+    async fn a_look_tells_the_status_the_log_and_the_gpu_samples_size() {
+        let home = tempfile::tempdir().unwrap();
+        let r = LocalRemote::new(home.path(), "trainctl-test-look");
+        let jd = job_dir(r.root(), "j-look", 1);
+        r.write_file(&log_path(&jd), b"a\nb\nhalf", 0o644)
+            .await
+            .unwrap();
+        let look = || async {
+            let (tx, mut rx) = tokio::sync::mpsc::channel(8);
+            let polled = status_then_log(&r, &jd, 2, tx).await.unwrap();
+            let mut log = Vec::new();
+            while let Some(c) = rx.recv().await {
+                log.extend(c);
+            }
+            (polled, String::from_utf8(log).unwrap())
+        };
+        let (p, log) = look().await;
+        assert_eq!(
+            (p.status, p.gpu_bytes, log.as_str()),
+            (RemoteStatus::Starting, Some(0), "b\nhalf")
+        );
+        assert_eq!(p.log, crate::remote::Streamed::Read { complete: false });
+        r.write_file(&gpu_path(&jd), b"1,0,50,1024\n", 0o644)
+            .await
+            .unwrap();
+        r.write_file(&exit_code_path(&jd), b"0\n", 0o644)
+            .await
+            .unwrap();
+        let (p, _) = look().await;
+        assert_eq!(p.gpu_bytes, Some(12));
+        assert!(matches!(p.status, RemoteStatus::Exited { code: 0, .. }));
+        assert_eq!(p.log, crate::remote::Streamed::Read { complete: true });
+    }
 
     /// A start repeated after a lost connection must not start the job twice.
     #[tokio::test]
