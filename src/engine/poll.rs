@@ -217,7 +217,20 @@ impl Engine {
                 }
                 self.pump_log(remote.as_ref(), &att, true).await
             },
-            self.pump_gpu(remote.as_ref(), &att, exited, gpu_bytes)
+            async {
+                // Samples exist only once the runner runs (not queued, not gone).
+                let sampled = matches!(
+                    status,
+                    RemoteStatus::Running { .. }
+                        | RemoteStatus::SettingUp { .. }
+                        | RemoteStatus::Exited { .. }
+                );
+                if !sampled {
+                    return Ok(true);
+                }
+                self.pump_gpu(remote.as_ref(), &att, exited, gpu_bytes)
+                    .await
+            }
         );
         log?;
         if let Err(e) = gpu {

@@ -187,7 +187,7 @@ pub async fn status_then_log(
     let (out, streamed) = remote
         .exec_then_stream(&status_script(job_dir), &log_path(job_dir), offset, sink)
         .await?;
-    // The script's last line when it ran to its end: none, the samples file is unknown.
+    // The samples' size, when the script got that far (empty: there is no samples file).
     let text = out.stdout_str();
     let gpu_bytes = text.lines().find_map(|l| {
         let v = l.strip_prefix("gpu_bytes=")?.trim();
