@@ -182,10 +182,19 @@ impl Engine {
                     break;
                 };
                 times.waited += began.elapsed();
+                // The pieces parsed while the last commit ran go in one transaction with it
+                // (when the store is the slowest stage, fewer and larger commits).
+                let mut group = vec![parsed];
+                while group.len() < COMMIT_GROUP {
+                    match parsed_rx.try_recv() {
+                        Ok(p) => group.push(p),
+                        Err(_) => break,
+                    }
+                }
                 let (engine, att) = (self.clone(), att.clone());
                 let began = std::time::Instant::now();
                 let committed =
-                    tokio::task::spawn_blocking(move || engine.commit_parsed(&att, parsed))
+                    tokio::task::spawn_blocking(move || engine.commit_parsed(&att, group))
                         .await??;
                 times.worked += began.elapsed();
                 match committed {
@@ -320,7 +329,7 @@ impl Engine {
             let key = (att.job_id.clone(), att.attempt);
             let mut parser = engine.take_parser(&key, &old);
             let parsed = engine.parse_piece(&mut parser, &old, data);
-            let committed = engine.commit_parsed(&att, parsed)?;
+            let committed = engine.commit_parsed(&att, vec![parsed])?;
             if let Some((_, next)) = &committed {
                 engine.keep_parser(key, next.byte_offset, parser);
             }
@@ -388,22 +397,19 @@ impl Engine {
         }
     }
 
-    /// Write a parsed piece to the local copy at its offset and advance the stored offset
-    /// with its points by compare-and-swap: its length and the offset after it, `None`
-    /// when another process won.
+    /// Write parsed pieces (consecutive, in log order) to the local copy at their offsets
+    /// and advance the stored offset over them all with their points by one
+    /// compare-and-swap: their length and the offset after them, `None` when another
+    /// process won.
     fn commit_parsed(
         &self,
         att: &AttemptRecord,
-        piece: ParsedPiece,
+        pieces: Vec<ParsedPiece>,
     ) -> Result<Option<(usize, LogOffset)>> {
-        let ParsedPiece {
-            data,
-            old,
-            new,
-            batch,
-            points,
-            watched,
-        } = piece;
+        let (Some(first), Some(last)) = (pieces.first(), pieces.last()) else {
+            anyhow::bail!("no piece of log to commit");
+        };
+        let (old, new) = (first.old.clone(), last.new.clone());
         // The local copy is written at the remote offset, so a retry rewrites the same bytes.
         let local = self.local_log_path(&att.job_id, att.attempt);
         {
@@ -416,36 +422,50 @@ impl Engine {
                 .truncate(false)
                 .write(true)
                 .open(&local)?;
-            f.write_all_at(&data, old.byte_offset)?;
+            for p in &pieces {
+                f.write_all_at(&p.data, p.old.byte_offset)?;
+            }
         }
-        // Packed before the store is taken: it is held only for the writes.
-        let packed = batch.pack();
+        // Packed before the store is taken: it is held only for the writes. Pieces in log
+        // order, so their chunks are stored in log order.
+        let mut packed = crate::series::Packed::default();
+        for p in &pieces {
+            packed.series.extend(p.batch.pack().series);
+        }
         if !self
             .store()
             .commit_log_batch(&att.job_id, att.attempt, &old, &new, &packed)?
         {
             return Ok(None);
         }
-        // Lines and points for whoever listens (the cockpit); nobody: no work.
-        if watched {
-            let lines = display_lines(&data);
+        let mut len = 0;
+        for p in pieces {
+            len += p.data.len();
+            // Lines and points for whoever listens (the cockpit); nobody: no work.
+            if !p.watched {
+                continue;
+            }
+            let lines = display_lines(&p.data);
             if !lines.is_empty() {
                 self.emit(EngineEvent::LogLines {
                     job_id: att.job_id.clone(),
                     lines,
                 });
             }
-            if !points.is_empty() || new.progress != old.progress {
+            if !p.points.is_empty() || p.new.progress != p.old.progress {
                 self.emit(EngineEvent::Metrics {
                     job_id: att.job_id.clone(),
-                    points,
-                    progress: new.progress,
+                    points: p.points,
+                    progress: p.new.progress,
                 });
             }
         }
-        Ok(Some((data.len(), new)))
+        Ok(Some((len, new)))
     }
 }
+
+/// The most parsed pieces committed in one transaction.
+const COMMIT_GROUP: usize = 4;
 
 /// A piece of log parsed and not yet committed.
 struct ParsedPiece {
