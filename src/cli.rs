@@ -389,10 +389,7 @@ fn write_point_json(out: &mut impl Write, p: &crate::model::MetricPoint) -> std:
     out.write_all(b",\"step\":")?;
     serde_json::to_writer(&mut *out, &p.step)?;
     out.write_all(b",\"value\":")?;
-    match json_value(p.value) {
-        serde_json::Value::Number(n) => write!(out, "{n}")?,
-        v => serde_json::to_writer(&mut *out, &v)?,
-    }
+    serde_json::to_writer(&mut *out, &json_value(p.value))?;
     out.write_all(b"}")
 }
 

@@ -369,15 +369,7 @@ pub struct Batch {
 
 impl Batch {
     pub fn push(&mut self, name: &str, p: Point) {
-        // A log repeats its names in the same order: the name after the last one first.
-        let next = if self.last + 1 < self.series.len() {
-            self.last + 1
-        } else {
-            0
-        };
-        let i = if self.series.get(next).is_some_and(|(n, _)| n == name) {
-            next
-        } else if self.series.get(self.last).is_some_and(|(n, _)| n == name) {
+        let i = if self.series.get(self.last).is_some_and(|(n, _)| n == name) {
             self.last
         } else if let Some(i) = self.series.iter().position(|(n, _)| n == name) {
             i

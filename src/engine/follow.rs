@@ -13,31 +13,18 @@ impl Engine {
         att: &AttemptRecord,
         final_read: bool,
     ) -> Result<usize> {
-        Ok(self.pump_log_until(remote, att, final_read, None).await?.0)
-    }
-
-    /// [`Engine::pump_log`]; with `ended_if` (the job's exit code on the machine), the
-    /// read is the last one too when that file was there before it began: the job had
-    /// ended, its log was whole. Returns the bytes consumed and whether the read was the
-    /// last.
-    pub(super) async fn pump_log_until(
-        &self,
-        remote: &dyn Remote,
-        att: &AttemptRecord,
-        final_read: bool,
-        ended_if: Option<&str>,
-    ) -> Result<(usize, bool)> {
         let path = job::log_path(&att.remote_dir);
         let read = |from, tx| -> LogRead<'_, ()> {
-            Box::pin(async move { Ok((remote.stream_file(&path, from, ended_if, tx).await?, ())) })
+            Box::pin(async move { Ok((remote.stream_file(&path, from, None, tx).await?, ())) })
         };
-        let (n, last, ()) = self.pump_log_read(att, final_read, read).await?;
-        Ok((n, last))
+        Ok(self.pump_log_read(att, final_read, read).await?.0)
     }
 
-    /// [`Engine::pump_log_until`] with the read given: `read(from, sink)` streams the log
-    /// from byte `from` into `sink` and says whether that took the whole log, with
-    /// whatever else it learnt (the job's status, read in the same command).
+    /// [`Engine::pump_log`] with the read given: `read(from, sink)` streams the log from
+    /// byte `from` into `sink` and says whether that took the whole log (then it is the
+    /// last read, as with `final_read`), with whatever else it learnt (the job's status,
+    /// read in the same command). Returns the bytes consumed, whether the read was the
+    /// last, and what it learnt.
     pub(super) async fn pump_log_read<'a, T>(
         &self,
         att: &AttemptRecord,
@@ -533,18 +520,17 @@ impl Engine {
     /// step and line the log had reached when they were read (samples read in a catch-up
     /// share them); committed with the offset by compare-and-swap, like the log, with the
     /// time since when every GPU sat idle. `size`: the samples file's size, when the
-    /// machine told it (nothing is read when nothing was added). Returns whether it looked
-    /// (false: not due).
+    /// machine told it (nothing is read when nothing was added).
     pub(super) async fn pump_gpu(
         &self,
         remote: &dyn Remote,
         att: &AttemptRecord,
         final_read: bool,
         size: Option<u64>,
-    ) -> Result<bool> {
+    ) -> Result<()> {
         let every = self.inner.cfg.gpu_sample_seconds;
         if every == 0 {
-            return Ok(true);
+            return Ok(());
         }
         if !final_read
             && !due(
@@ -553,21 +539,21 @@ impl Engine {
                 Duration::from_secs(every),
             )
         {
-            return Ok(false);
+            return Ok(());
         }
         let (off, idle_since) = self
             .store()
             .stream_offset(&att.job_id, att.attempt, GPU_STREAM)?;
         if size.is_some_and(|n| n <= off) {
-            return Ok(true);
+            return Ok(());
         }
         let path = job::gpu_path(&att.remote_dir);
         let Some(bytes) = remote.read_range(&path, off, 1 << 20).await? else {
-            return Ok(true);
+            return Ok(());
         };
         let take = bytes.iter().rposition(|&b| b == b'\n').map_or(0, |p| p + 1);
         if take == 0 {
-            return Ok(true);
+            return Ok(());
         }
         let log = self.store().log_offset(&att.job_id, att.attempt)?;
         let (step, epoch) = (log.progress.step, log.progress.epoch);
@@ -636,7 +622,7 @@ impl Engine {
                 progress: log.progress,
             });
         }
-        Ok(true)
+        Ok(())
     }
 
     /// How long (ms) every GPU of a running job's attempt `attempt` (its newest) has sat

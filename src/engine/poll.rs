@@ -226,7 +226,7 @@ impl Engine {
                         | RemoteStatus::Exited { .. }
                 );
                 if !sampled {
-                    return Ok(true);
+                    return Ok(());
                 }
                 self.pump_gpu(remote.as_ref(), &att, exited, gpu_bytes)
                     .await

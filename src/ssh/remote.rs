@@ -1468,15 +1468,7 @@ impl Remote for SshRemote {
             None => format!("[ -f {q} ] || exit 44; exec tail -c +{} {q}", offset + 1),
         };
         let out = self.exec_raw(&cmd, Stdin::Empty, Some(&sink)).await?;
-        match out.status {
-            44 => Ok(Streamed::Missing),
-            0 => Ok(Streamed::Read { complete: false }),
-            45 => Ok(Streamed::Read { complete: true }),
-            _ => Err(anyhow!(
-                "reading {path}: {}",
-                crate::sanitize::sanitize_line(out.stderr.trim_ascii())
-            )),
-        }
+        streamed(out.status, path, &out.stderr)
     }
 
     /// One command: the script in a subshell with its output on stderr, a line that ends
@@ -1510,15 +1502,7 @@ impl Remote for SshRemote {
             stdout: out.stderr[..at].to_vec(),
             stderr: Vec::new(),
         };
-        let streamed = match out.status {
-            44 => Streamed::Missing,
-            0 => Streamed::Read { complete: false },
-            _ => bail!(
-                "reading {path}: {}",
-                crate::sanitize::sanitize_line(rest[line_end..].trim_ascii())
-            ),
-        };
-        Ok((script_out, streamed))
+        Ok((script_out, streamed(out.status, path, &rest[line_end..])?))
     }
 
     async fn read_range(&self, path: &str, offset: u64, max: usize) -> Result<Option<Vec<u8>>> {
@@ -1538,6 +1522,21 @@ impl Remote for SshRemote {
                 crate::sanitize::sanitize_line(out.stderr.trim_ascii())
             )),
         }
+    }
+}
+
+/// What a streaming command's exit status says of the file it read (`[ -f F ] || exit
+/// 44`, exit 45 when its `complete_if` file was there first; anything else failed, `err`
+/// says why).
+fn streamed(status: i32, path: &str, err: &[u8]) -> Result<Streamed> {
+    match status {
+        44 => Ok(Streamed::Missing),
+        0 => Ok(Streamed::Read { complete: false }),
+        45 => Ok(Streamed::Read { complete: true }),
+        _ => Err(anyhow!(
+            "reading {path}: {}",
+            crate::sanitize::sanitize_line(err.trim_ascii())
+        )),
     }
 }
 
