@@ -57,17 +57,24 @@ enum Role {
     Ignore,
 }
 
-fn role_of(name: &str) -> Role {
+fn role_of(name: &[u8]) -> Role {
+    // First byte first: this runs for every pair, and most names are plain metrics.
+    if !matches!(
+        name.first(),
+        Some(b's' | b'g' | b'i' | b'e' | b't' | b'm' | b'n' | b'v')
+    ) {
+        return Role::Metric;
+    }
     match name {
-        "step" | "global_step" | "iter" | "iteration" | "steps" => Role::Step,
-        "epoch" => Role::Epoch,
-        "total_steps" | "max_steps" | "max_iters" | "num_steps" | "num_training_steps" => {
+        b"step" | b"global_step" | b"iter" | b"iteration" | b"steps" => Role::Step,
+        b"epoch" => Role::Epoch,
+        b"total_steps" | b"max_steps" | b"max_iters" | b"num_steps" | b"num_training_steps" => {
             Role::StepsTotal
         }
-        "epochs" | "total_epochs" | "num_epochs" | "max_epochs" | "num_train_epochs" => {
+        b"epochs" | b"total_epochs" | b"num_epochs" | b"max_epochs" | b"num_train_epochs" => {
             Role::EpochsTotal
         }
-        "v_num" | "type" => Role::Ignore,
+        b"v_num" | b"type" => Role::Ignore,
         _ => Role::Metric,
     }
 }
@@ -292,7 +299,7 @@ impl LogParser {
     /// Parse bytes that end at a segment boundary (or at the end of the input).
     pub fn feed_complete(&mut self, bytes: &[u8], out: &mut impl FnMut(PointRef<'_>)) {
         let mut start = 0;
-        for p in memchr::memchr2_iter(b'\n', b'\r', bytes) {
+        while let Some(p) = find_line_end(&bytes[start..]).map(|p| start + p) {
             self.segment(&bytes[start..p], out);
             if bytes[p] == b'\n' {
                 self.line += 1;
@@ -367,14 +374,14 @@ impl LogParser {
     // ------------------------------------------------------------ pair storage
 
     fn push_name_bytes(&mut self, name: &[u8]) {
-        for &b in name {
-            // Non-ASCII bytes become `?` so a name is always valid UTF-8.
-            self.names.push(if b.is_ascii() {
+        // Non-ASCII bytes become `?` so a name is always valid UTF-8.
+        self.names.extend(name.iter().map(|&b| {
+            if b.is_ascii() {
                 char::from(b.to_ascii_lowercase())
             } else {
                 '?'
-            });
-        }
+            }
+        }));
     }
 
     /// A dict leaf: `outer/inner/key`.
@@ -414,7 +421,7 @@ impl LogParser {
         if name_len == 0 {
             return;
         }
-        let role = role_of(&self.names[start..]);
+        let role = role_of(&self.names.as_bytes()[start..]);
         self.pairs.push(Pair {
             name_start: start as u32,
             name_len: name_len as u32,
@@ -652,7 +659,7 @@ impl LogParser {
         let mut has_paren: Option<bool> = None;
         let mut from = 0;
         let mut last_bar = None;
-        while let Some(off) = memchr::memchr3(b'=', b':', b'|', &s[from..]) {
+        while let Some(off) = find_separator(&s[from..]) {
             let sep = from + off;
             from = sep + 1;
             if s[sep] == b'|' {
@@ -848,7 +855,7 @@ impl LogParser {
         }
         let cols = std::mem::take(&mut self.table);
         for (col, v) in cols.iter().zip(values) {
-            match role_of(col) {
+            match role_of(col.as_bytes()) {
                 Role::Step | Role::Epoch => {}
                 _ if col == "round" || col == "it" || col == "batch" => {
                     self.progress.step = Some(v as i64);
@@ -975,6 +982,37 @@ impl LogParser {
     }
 }
 
+/// The separators [`LogParser::scan_pairs`] looks for, searched by a searcher built once
+/// (the generic `memchr3` picks its routine and builds its vectors on every call, most of
+/// the search's time on a short line).
+#[cfg(target_arch = "x86_64")]
+static SEPARATORS: std::sync::LazyLock<Option<memchr::arch::x86_64::avx2::memchr::Three>> =
+    std::sync::LazyLock::new(|| memchr::arch::x86_64::avx2::memchr::Three::new(b'=', b':', b'|'));
+
+#[cfg(target_arch = "x86_64")]
+static LINE_ENDS: std::sync::LazyLock<Option<memchr::arch::x86_64::avx2::memchr::Two>> =
+    std::sync::LazyLock::new(|| memchr::arch::x86_64::avx2::memchr::Two::new(b'\n', b'\r'));
+
+/// The first `\n` or `\r` in `s`.
+#[inline]
+fn find_line_end(s: &[u8]) -> Option<usize> {
+    #[cfg(target_arch = "x86_64")]
+    if let Some(ends) = LINE_ENDS.as_ref() {
+        return ends.find(s);
+    }
+    memchr::memchr2(b'\n', b'\r', s)
+}
+
+/// The first `=`, `:` or `|` in `s`.
+#[inline]
+fn find_separator(s: &[u8]) -> Option<usize> {
+    #[cfg(target_arch = "x86_64")]
+    if let Some(seps) = SEPARATORS.as_ref() {
+        return seps.find(s);
+    }
+    memchr::memchr3(b'=', b':', b'|', s)
+}
+
 fn name_str<'n>(names: &'n str, p: &Pair) -> &'n str {
     // Names hold only ASCII (see `push_name_bytes`): any byte index is a char boundary.
     &names[p.name_start as usize..(p.name_start + p.name_len) as usize]
@@ -1072,72 +1110,66 @@ const POW10: [f64; 23] = [
 
 /// A number at the start of `s`: `-1.5e-3`, `.5`, `nan`, `NaN`, `inf`, `-Infinity`.
 pub fn parse_number(s: &[u8]) -> Option<(f64, usize)> {
-    let mut i = 0;
-    let neg = match s.first() {
-        Some(b'-') => {
-            i = 1;
-            true
-        }
-        Some(b'+') => {
-            i = 1;
-            false
-        }
-        _ => false,
+    let (neg, mut i) = match s.first() {
+        Some(b'-') => (true, 1),
+        Some(b'+') => (false, 1),
+        _ => (false, 0),
     };
-    let rest = &s[i..];
-    let starts_numeric = rest
-        .first()
-        .is_some_and(|b| b.is_ascii_digit() || *b == b'.');
-    for (word, val) in if starts_numeric { &[][..] } else { &WORDS[..] } {
-        let (word, val) = (*word, *val);
-        if rest.len() >= word.len() && rest[..word.len()].eq_ignore_ascii_case(word) {
-            let end = i + word.len();
-            // `info`, `nano`: a word, not a number.
-            if s.get(end).is_some_and(|b| b.is_ascii_alphanumeric()) {
-                return None;
-            }
-            let v = if neg { -val } else { val };
-            return Some((v, end));
-        }
-    }
+    // The digits, their value gathered as they are read (one pass; it is used only when
+    // there are at most 15 of them, so wrapping past 19 does no harm).
     let start_digits = i;
-    while i < s.len() && s[i].is_ascii_digit() {
+    let mut m: u64 = 0;
+    while let Some(&b) = s.get(i) {
+        let d = b.wrapping_sub(b'0');
+        if d > 9 {
+            break;
+        }
+        m = m.wrapping_mul(10).wrapping_add(d as u64);
         i += 1;
     }
     let int_digits = i - start_digits;
     let mut frac_digits = 0;
-    if i < s.len() && s[i] == b'.' {
-        let j = i + 1;
-        let mut k = j;
-        while k < s.len() && s[k].is_ascii_digit() {
+    if s.get(i) == Some(&b'.') {
+        let mut k = i + 1;
+        let mut f = m;
+        while let Some(&b) = s.get(k) {
+            let d = b.wrapping_sub(b'0');
+            if d > 9 {
+                break;
+            }
+            f = f.wrapping_mul(10).wrapping_add(d as u64);
             k += 1;
         }
-        frac_digits = k - j;
+        frac_digits = k - i - 1;
         if frac_digits > 0 || int_digits > 0 {
             i = k;
+            m = f;
         }
     }
     if int_digits == 0 && frac_digits == 0 {
-        return None;
+        return parse_word(s, neg, start_digits);
     }
     // A dotted version or address (`1.2.3`, `10.0.0.1`) is not a number.
-    if i < s.len() && s[i] == b'.' && s.get(i + 1).is_some_and(u8::is_ascii_digit) {
+    if s.get(i) == Some(&b'.') && s.get(i + 1).is_some_and(u8::is_ascii_digit) {
         return None;
     }
-    let num_end = i;
     // The exponent, when it has at most 3 digits (a longer one takes the slow path).
     let mut exp: i32 = 0;
     let mut exp_ok = true;
-    if i < s.len() && (s[i] == b'e' || s[i] == b'E') {
+    if matches!(s.get(i), Some(b'e' | b'E')) {
         let mut k = i + 1;
-        let exp_neg = k < s.len() && s[k] == b'-';
-        if k < s.len() && (s[k] == b'-' || s[k] == b'+') {
+        let exp_neg = s.get(k) == Some(&b'-');
+        if matches!(s.get(k), Some(b'-' | b'+')) {
             k += 1;
         }
         let d0 = k;
-        while k < s.len() && s[k].is_ascii_digit() {
+        while let Some(&b) = s.get(k) {
+            let d = b.wrapping_sub(b'0');
+            if d > 9 {
+                break;
+            }
             if k - d0 < 3 {
-                exp = exp * 10 + (s[k] - b'0') as i32;
+                exp = exp * 10 + d as i32;
             } else {
                 exp_ok = false;
             }
@@ -1157,13 +1189,8 @@ pub fn parse_number(s: &[u8]) -> Option<(f64, usize)> {
     // `str::parse`.
     let scale = exp - frac_digits as i32;
     if exp_ok && int_digits + frac_digits <= 15 && (-22..=22).contains(&scale) {
-        let mut m: u64 = 0;
-        for &b in &s[start_digits..num_end] {
-            if b != b'.' {
-                m = m * 10 + (b - b'0') as u64;
-            }
-        }
-        let m = m as f64;
+        // Below 10^15, so through i64: one instruction (u64 to f64 takes several).
+        let m = m as i64 as f64;
         let v = if scale >= 0 {
             m * POW10[scale as usize]
         } else {
@@ -1173,6 +1200,22 @@ pub fn parse_number(s: &[u8]) -> Option<(f64, usize)> {
     }
     let text = std::str::from_utf8(&s[..i]).ok()?;
     text.parse::<f64>().ok().map(|v| (v, i))
+}
+
+/// `nan`, `inf`, `infinity` (any case) at `s[at..]`, a sign before it already read.
+fn parse_word(s: &[u8], neg: bool, at: usize) -> Option<(f64, usize)> {
+    let rest = &s[at..];
+    for (word, val) in WORDS {
+        if rest.len() >= word.len() && rest[..word.len()].eq_ignore_ascii_case(word) {
+            let end = at + word.len();
+            // `info`, `nano`: a word, not a number.
+            if s.get(end).is_some_and(|b| b.is_ascii_alphanumeric()) {
+                return None;
+            }
+            return Some((if neg { -val } else { val }, end));
+        }
+    }
+    None
 }
 
 /// Where a dict (`{'` or `{"`) starts after a progress bar on the same line (`... 4.5it/s]{'loss': ...}`).

@@ -368,6 +368,20 @@ pub struct Batch {
 }
 
 impl Batch {
+    /// An empty batch with room for as many points per metric as `like` has (the next
+    /// piece of a log holds about what the last one held: no growing copies per point).
+    pub fn sized_like(like: &Batch) -> Batch {
+        Batch {
+            series: like
+                .series
+                .iter()
+                .filter(|(_, pts)| !pts.is_empty())
+                .map(|(name, pts)| (name.clone(), Vec::with_capacity(pts.len() + pts.len() / 8)))
+                .collect(),
+            last: 0,
+        }
+    }
+
     pub fn push(&mut self, name: &str, p: Point) {
         let i = if self.series.get(self.last).is_some_and(|(n, _)| n == name) {
             self.last
@@ -392,6 +406,7 @@ impl Batch {
             series: self
                 .series
                 .iter()
+                .filter(|(_, pts)| !pts.is_empty())
                 .map(|(name, pts)| {
                     let chunks = pts
                         .chunks(CHUNK_POINTS)

@@ -92,8 +92,11 @@ impl Engine {
                 let mut cur = start;
                 // Where the stage's time went (debug log): starved, busy, held up.
                 let mut times = StageTimes::default();
+                let mut next = crate::series::Batch::default();
                 while let Some(data) = times.waiting(|| piece_rx.blocking_recv()) {
-                    let parsed = times.busy(|| engine.parse_piece(&mut parser, &cur, data));
+                    let batch = std::mem::take(&mut next);
+                    let parsed = times.busy(|| engine.parse_piece(&mut parser, &cur, data, batch));
+                    next = crate::series::Batch::sized_like(&parsed.batch);
                     cur = parsed.new.clone();
                     if !times.held(|| parsed_tx.blocking_send(parsed).is_ok()) {
                         break;
@@ -315,7 +318,7 @@ impl Engine {
         tokio::task::spawn_blocking(move || {
             let key = (att.job_id.clone(), att.attempt);
             let mut parser = engine.take_parser(&key, &old);
-            let parsed = engine.parse_piece(&mut parser, &old, data);
+            let parsed = engine.parse_piece(&mut parser, &old, data, Default::default());
             let committed = engine.commit_parsed(&att, vec![parsed])?;
             if let Some((_, next)) = &committed {
                 engine.keep_parser(key, next.byte_offset, parser);
@@ -353,9 +356,15 @@ impl Engine {
 
     /// Parse a piece of log (which starts at `old`): its points grouped by metric (and
     /// as owned points only when someone listens), and the offset after it.
-    fn parse_piece(&self, parser: &mut LogParser, old: &LogOffset, data: Vec<u8>) -> ParsedPiece {
+    /// `batch` is where the points go (empty; sized like the last piece's).
+    fn parse_piece(
+        &self,
+        parser: &mut LogParser,
+        old: &LogOffset,
+        data: Vec<u8>,
+        mut batch: crate::series::Batch,
+    ) -> ParsedPiece {
         let watched = self.inner.events.receiver_count() > 0;
-        let mut batch = crate::series::Batch::default();
         let mut points = Vec::new();
         parser.feed_complete(&data, &mut |p| {
             batch.push(p.name, (&p).into());
