@@ -1487,6 +1487,15 @@ mod tests {
         assert_eq!(parse_number(b"info"), None);
         assert_eq!(parse_number(b"10.0.0.1"), None);
         assert_eq!(parse_number(b"."), None);
+        assert_eq!(parse_number(b"-."), None);
+        assert_eq!(parse_number(b"+inf,"), Some((f64::INFINITY, 4)));
+        assert_eq!(parse_number(b"-5."), Some((-5.0, 3)));
+        assert_eq!(parse_number(b".5e2x"), Some((50.0, 4)));
+        assert_eq!(parse_number(b"7e"), Some((7.0, 1)));
+        assert_eq!(
+            parse_number(b"12345678901234567890"),
+            Some((12345678901234567890.0, 20))
+        );
     }
 
     #[test]

@@ -499,6 +499,47 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_batch_sized_like_the_last_keeps_room_not_names() {
+        let p = |line| Point {
+            line,
+            value: 0.5,
+            step: None,
+            epoch: None,
+        };
+        let mut last = Batch::default();
+        for line in 0..100 {
+            last.push(if line % 2 == 0 { "loss" } else { "acc" }, p(line));
+        }
+        last.push("once", p(100));
+        let mut next = Batch::sized_like(&last);
+        assert!(next.series.iter().all(|(_, pts)| pts.is_empty()));
+        assert!(next.series.iter().all(|(_, pts)| pts.capacity() >= 1));
+        assert!(
+            next.series
+                .iter()
+                .find(|(n, _)| n == "loss")
+                .unwrap()
+                .1
+                .capacity()
+                >= 50
+        );
+        next.push("acc", p(200));
+        next.push("new", p(201));
+        // Only what this piece got is packed: no empty series stored for `loss` or `once`.
+        let packed: Vec<(String, usize)> = next
+            .pack()
+            .series
+            .iter()
+            .map(|(n, chunks)| (n.clone(), chunks.iter().map(|(k, _)| k).sum()))
+            .collect();
+        assert_eq!(packed, vec![("acc".to_string(), 1), ("new".to_string(), 1)]);
+        // A name absent from a piece is not carried to the one after it.
+        let after = Batch::sized_like(&next);
+        let names: Vec<&str> = after.series.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, vec!["acc", "new"]);
+    }
+
+    #[test]
     fn a_batch_groups_points_by_name_in_order_whatever_the_order_of_names() {
         let names = "a b c a b c b d a c c d a";
         let mut batch = Batch::default();
