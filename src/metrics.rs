@@ -1110,36 +1110,18 @@ const POW10: [f64; 23] = [
 
 /// A number at the start of `s`: `-1.5e-3`, `.5`, `nan`, `NaN`, `inf`, `-Infinity`.
 pub fn parse_number(s: &[u8]) -> Option<(f64, usize)> {
-    let (neg, mut i) = match s.first() {
+    let (neg, start_digits) = match s.first() {
         Some(b'-') => (true, 1),
         Some(b'+') => (false, 1),
         _ => (false, 0),
     };
     // The digits, their value gathered as they are read (one pass; it is used only when
     // there are at most 15 of them, so wrapping past 19 does no harm).
-    let start_digits = i;
-    let mut m: u64 = 0;
-    while let Some(&b) = s.get(i) {
-        let d = b.wrapping_sub(b'0');
-        if d > 9 {
-            break;
-        }
-        m = m.wrapping_mul(10).wrapping_add(d as u64);
-        i += 1;
-    }
+    let (mut m, mut i) = gather_digits(s, start_digits, 0);
     let int_digits = i - start_digits;
     let mut frac_digits = 0;
     if s.get(i) == Some(&b'.') {
-        let mut k = i + 1;
-        let mut f = m;
-        while let Some(&b) = s.get(k) {
-            let d = b.wrapping_sub(b'0');
-            if d > 9 {
-                break;
-            }
-            f = f.wrapping_mul(10).wrapping_add(d as u64);
-            k += 1;
-        }
+        let (f, k) = gather_digits(s, i + 1, m);
         frac_digits = k - i - 1;
         if frac_digits > 0 || int_digits > 0 {
             i = k;
@@ -1200,6 +1182,21 @@ pub fn parse_number(s: &[u8]) -> Option<(f64, usize)> {
     }
     let text = std::str::from_utf8(&s[..i]).ok()?;
     text.parse::<f64>().ok().map(|v| (v, i))
+}
+
+/// The decimal digits of `s` from `at` appended to `m` (wrapping: the caller uses the
+/// value only when there were few enough digits), and where they end.
+#[inline]
+fn gather_digits(s: &[u8], mut at: usize, mut m: u64) -> (u64, usize) {
+    while let Some(&b) = s.get(at) {
+        let d = b.wrapping_sub(b'0');
+        if d > 9 {
+            break;
+        }
+        m = m.wrapping_mul(10).wrapping_add(d as u64);
+        at += 1;
+    }
+    (m, at)
 }
 
 /// `nan`, `inf`, `infinity` (any case) at `s[at..]`, a sign before it already read.
