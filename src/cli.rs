@@ -1352,6 +1352,113 @@ impl LogPrinter {
         self.printed = printed;
         Ok(text)
     }
+
+    /// Print a piece of the log as this process committed it (on stderr with
+    /// `to_stderr`): what of it is not printed yet, after whatever before it is not
+    /// printed yet (read from the local copy, as [`LogPrinter::take_text`] does).
+    fn print_committed(
+        &mut self,
+        engine: &Engine,
+        piece: &crate::engine::CommittedLog,
+        to_stderr: bool,
+    ) -> Result<()> {
+        let end = piece.offset + piece.bytes.len() as u64;
+        loop {
+            let here = piece.attempt == self.attempt;
+            if piece.attempt < self.attempt || (here && end <= self.printed) {
+                return Ok(());
+            }
+            // What is printed always ends at a line's end: so does the rest.
+            if here && piece.offset <= self.printed {
+                let rest = &piece.bytes[(self.printed - piece.offset) as usize..];
+                print_bytes(&crate::engine::display_bytes(rest), to_stderr);
+                self.printed = end;
+                return Ok(());
+            }
+            let text = self.take_text(engine)?;
+            if text.is_empty() {
+                return Ok(());
+            }
+            print_block(&text, to_stderr);
+        }
+    }
+}
+
+/// Prints a job's log as this process commits it, on a thread of its own, from the
+/// pieces in memory (nothing is read back); what another process committed, or a piece
+/// it was too slow to be sent, from the local copy. Stops when dropped.
+struct TapPrinter {
+    stop: std::sync::Arc<std::sync::atomic::AtomicU8>,
+    thread: Option<std::thread::JoinHandle<Result<()>>>,
+}
+
+const TAP_RUN: u8 = 0;
+const TAP_FINISH: u8 = 1;
+const TAP_ABORT: u8 = 2;
+
+impl TapPrinter {
+    fn start(engine: &Engine, job_id: &str, to_stderr: bool) -> TapPrinter {
+        use std::sync::atomic::Ordering;
+        let pieces = engine.tap_log(job_id, 4);
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicU8::new(TAP_RUN));
+        let (engine, mut printer, state) = (engine.clone(), LogPrinter::new(job_id), stop.clone());
+        let thread = std::thread::spawn(move || {
+            loop {
+                match pieces.recv_timeout(std::time::Duration::from_millis(20)) {
+                    Ok(piece) => {
+                        printer.print_committed(&engine, &piece, to_stderr)?;
+                        crate::bufpool::give(piece.bytes);
+                    }
+                    Err(_) => {
+                        // Nothing came: what else is committed. Once told to finish,
+                        // every commit is done, so this reaches the end.
+                        let finishing = state.load(Ordering::Acquire);
+                        loop {
+                            let text = printer.take_text(&engine)?;
+                            if text.is_empty() {
+                                break;
+                            }
+                            print_block(&text, to_stderr);
+                            if state.load(Ordering::Acquire) == TAP_ABORT {
+                                return Ok(());
+                            }
+                        }
+                        if finishing == TAP_FINISH {
+                            return Ok(());
+                        }
+                    }
+                }
+                if state.load(Ordering::Acquire) == TAP_ABORT {
+                    return Ok(());
+                }
+            }
+        });
+        TapPrinter {
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    /// Print the log to its end (the follow is over), then stop.
+    async fn finish(mut self) -> Result<()> {
+        self.stop
+            .store(TAP_FINISH, std::sync::atomic::Ordering::Release);
+        let Some(thread) = self.thread.take() else {
+            return Ok(());
+        };
+        tokio::task::spawn_blocking(move || thread.join())
+            .await?
+            .unwrap_or_else(|_| Err(anyhow::anyhow!("the log printer panicked")))
+    }
+}
+
+impl Drop for TapPrinter {
+    fn drop(&mut self) {
+        if self.thread.is_some() {
+            self.stop
+                .store(TAP_ABORT, std::sync::atomic::Ordering::Release);
+        }
+    }
 }
 
 /// The most of a log read into memory at once for printing.
@@ -1359,13 +1466,22 @@ const PRINT_BYTES: usize = 1 << 20;
 
 /// Print `block` on stdout in one write (or on stderr when stdout carries JSON).
 fn print_block(block: &str, to_stderr: bool) {
+    print_bytes(block.as_bytes(), to_stderr);
+}
+
+/// [`print_block`] of bytes.
+fn print_bytes(block: &[u8], to_stderr: bool) {
     if block.is_empty() {
         return;
     }
     if to_stderr {
-        let _ = std::io::stderr().lock().write_all(block.as_bytes());
+        let _ = std::io::stderr().lock().write_all(block);
     } else {
-        write_stdout(format_args!("{block}"));
+        let mut out = std::io::stdout().lock();
+        if let Err(e) = out.write_all(block).and_then(|_| out.flush()) {
+            quit_on_closed_pipe(&e);
+            eprintln!("error: writing to stdout: {e}");
+        }
     }
 }
 
@@ -1531,17 +1647,21 @@ async fn follow_printing(engine: &Engine, job: &JobRecord, json: bool) -> Result
             }
         }
     };
-    let printing = tokio::spawn({
+    // Not a terminal: the pieces this process commits are printed from memory as they
+    // are committed (a terminal's lines go above the spinner, as read back).
+    let tapped = bar
+        .is_none()
+        .then(|| TapPrinter::start(engine, &job.id, json));
+    let printing = tapped.is_none().then(|| {
         let print_some = print_some.clone();
-        async move {
+        AbortOnDrop(tokio::spawn(async move {
             loop {
                 if !print_some().await {
                     tokio::time::sleep(std::time::Duration::from_millis(20)).await;
                 }
             }
-        }
+        }))
     });
-    let _stop_printing = AbortOnDrop(printing);
     let follow = engine.follow_job(&job.id, |e| {
         if let Some(pb) = bar.as_deref() {
             pb.set_message(status_line(e, &job_id));
@@ -1557,8 +1677,11 @@ async fn follow_printing(engine: &Engine, job: &JobRecord, json: bool) -> Result
         }
     };
     // Everything the job wrote, to the end, before returning.
-    drop(_stop_printing);
-    while print_some().await {}
+    drop(printing);
+    match tapped {
+        Some(printer) => printer.finish().await?,
+        None => while print_some().await {},
+    }
     if let Some(pb) = bar.as_deref() {
         pb.finish_and_clear();
     }

@@ -4,6 +4,7 @@
 //! ([`remote::Remote`]) into one job state machine ([`model::JobState`]) backed by one
 //! SQLite store ([`store::Store`]). See `docs/architecture.md`.
 
+pub mod bufpool;
 pub mod cli;
 pub mod config;
 pub mod cost;

@@ -107,7 +107,7 @@ impl Engine {
             }
         });
         let cutting = async move {
-            let mut pending: Vec<u8> = Vec::with_capacity(LOG_CHUNK + (1 << 20));
+            let mut pending: Vec<u8> = crate::bufpool::take(PENDING_ROOM);
             let mut times = StageTimes::default();
             loop {
                 let began = std::time::Instant::now();
@@ -125,6 +125,7 @@ impl Engine {
                     }
                     Some(chunk) => {
                         pending.extend_from_slice(&chunk);
+                        crate::bufpool::give(chunk);
                         true
                     }
                     None => false,
@@ -132,7 +133,10 @@ impl Engine {
                 // Take whatever else already arrived, up to a piece's size.
                 while open && pending.len() < LOG_CHUNK {
                     match rx.try_recv() {
-                        Ok(c) => pending.extend_from_slice(&c),
+                        Ok(c) => {
+                            pending.extend_from_slice(&c);
+                            crate::bufpool::give(c);
+                        }
                         Err(_) => break,
                     }
                 }
@@ -143,7 +147,7 @@ impl Engine {
                     take = pending.len();
                 }
                 if take > 0 {
-                    let mut next = Vec::with_capacity(LOG_CHUNK + (1 << 20));
+                    let mut next = crate::bufpool::take(PENDING_ROOM);
                     next.extend_from_slice(&pending[take..]);
                     pending.truncate(take);
                     let piece = std::mem::replace(&mut pending, next);
@@ -435,30 +439,97 @@ impl Engine {
             return Ok(None);
         }
         let mut len = 0;
+        let mut tap = self
+            .inner
+            .log_taps
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&att.job_id)
+            .cloned();
         for p in pieces {
             len += p.data.len();
             // Lines and points for whoever listens (the cockpit); nobody: no work.
-            if !p.watched {
-                continue;
+            if p.watched {
+                let lines = display_lines(&p.data);
+                if !lines.is_empty() {
+                    self.emit(EngineEvent::LogLines {
+                        job_id: att.job_id.clone(),
+                        lines,
+                    });
+                }
+                if !p.points.is_empty() || p.new.progress != p.old.progress {
+                    self.emit(EngineEvent::Metrics {
+                        job_id: att.job_id.clone(),
+                        points: p.points,
+                        progress: p.new.progress,
+                    });
+                }
             }
-            let lines = display_lines(&p.data);
-            if !lines.is_empty() {
-                self.emit(EngineEvent::LogLines {
-                    job_id: att.job_id.clone(),
-                    lines,
-                });
-            }
-            if !p.points.is_empty() || p.new.progress != p.old.progress {
-                self.emit(EngineEvent::Metrics {
-                    job_id: att.job_id.clone(),
-                    points: p.points,
-                    progress: p.new.progress,
-                });
+            // The bytes themselves to a printer, which need not read them back; when it
+            // is behind (its queue full), it reads them from the local copy instead.
+            if let Some(tx) = &tap {
+                let piece = CommittedLog {
+                    attempt: att.attempt,
+                    offset: p.old.byte_offset,
+                    bytes: p.data,
+                };
+                match tx.try_send(piece) {
+                    Ok(()) => continue,
+                    Err(std::sync::mpsc::TrySendError::Full(piece)) => {
+                        crate::bufpool::give(piece.bytes);
+                    }
+                    Err(std::sync::mpsc::TrySendError::Disconnected(piece)) => {
+                        crate::bufpool::give(piece.bytes);
+                        self.untap_log(&att.job_id);
+                        tap = None;
+                    }
+                }
+            } else {
+                crate::bufpool::give(p.data);
             }
         }
         Ok(Some((len, new)))
     }
 }
+
+/// A piece of a job's log this process committed: its bytes are in the local copy and
+/// the stored offset is past them.
+pub struct CommittedLog {
+    pub attempt: i64,
+    /// Where the piece starts in its attempt's log.
+    pub offset: u64,
+    pub bytes: Vec<u8>,
+}
+
+impl Engine {
+    /// The pieces of `job_id`'s log as this process commits them, in log order, until
+    /// the receiver goes (a printer's: it need not read the local copy back). A piece
+    /// that finds `depth` pieces waiting is not sent: the printer reads it from the
+    /// local copy, as it reads what another process committed.
+    pub fn tap_log(&self, job_id: &str, depth: usize) -> std::sync::mpsc::Receiver<CommittedLog> {
+        let (tx, rx) = std::sync::mpsc::sync_channel(depth);
+        self.inner
+            .log_taps
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(job_id.to_string(), tx);
+        rx
+    }
+
+    /// Forget a tap whose printer went. (Should a newer printer of the job have tapped
+    /// it meanwhile, it loses its tap and reads the local copy: slower, the same text.)
+    fn untap_log(&self, job_id: &str) {
+        self.inner
+            .log_taps
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(job_id);
+    }
+}
+
+/// Room in a piece being cut: a piece's size and a chunk more (a MiB and an SSH packet),
+/// so that adding the chunk that completes it never grows (copies) it.
+const PENDING_ROOM: usize = LOG_CHUNK + (1 << 20) + (64 << 10);
 
 /// The most parsed pieces committed in one transaction.
 const COMMIT_GROUP: usize = 4;

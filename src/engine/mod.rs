@@ -37,6 +37,7 @@ mod recovery;
 mod start;
 pub mod summary;
 mod supervisor;
+pub use follow::CommittedLog;
 pub use recovery::MigrateTarget;
 
 /// Bytes of a job's log parsed and committed at a time (a piece: complete lines, one
@@ -134,6 +135,8 @@ struct Inner {
     parsers: Mutex<HashMap<(String, i64), (u64, crate::metrics::LogParser)>>,
     /// Jobs a job actor of this process supervises now (one actor per job).
     supervised: Mutex<std::collections::HashSet<String>>,
+    /// Where each job's log pieces go as this process commits them (a printer), by job.
+    log_taps: Mutex<HashMap<String, std::sync::mpsc::SyncSender<follow::CommittedLog>>>,
 }
 
 /// Whether `key` is due in a rate-limited map (not marked within `every`); marks it now
@@ -180,6 +183,7 @@ impl Engine {
                 last_gpu: Mutex::default(),
                 parsers: Mutex::default(),
                 supervised: Mutex::default(),
+                log_taps: Mutex::default(),
             }),
         })
     }
@@ -447,17 +451,42 @@ fn find_control(bytes: &[u8]) -> Option<usize> {
 static SPACE_NEWLINE: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
     std::sync::LazyLock::new(|| memchr::memmem::Finder::new(b" \n"));
 
+/// Whether whole lines without a control byte but their newlines (`lines`, the last
+/// without its newline) show on a terminal as they are: valid UTF-8 without C1 controls,
+/// no line of spaces alone. Then they are that text.
+fn shows_as_is(lines: &[u8]) -> Option<&str> {
+    let text = std::str::from_utf8(lines).ok()?;
+    (!memchr::memchr_iter(0xc2, lines)
+        .any(|i| lines.get(i + 1).is_some_and(|b| (0x80..=0x9f).contains(b)))
+        && ((!lines.ends_with(b" ") && SPACE_NEWLINE.find(lines).is_none())
+            || !lines.split(|&b| b == b'\n').any(spaces_alone)))
+    .then_some(text)
+}
+
+fn spaces_alone(line: &[u8]) -> bool {
+    !line.is_empty() && line.iter().all(|&b| b == b' ')
+}
+
+/// [`display_text`] of `chunk` as bytes: `chunk` itself when it is whole lines that show
+/// as they are (most of a log; nothing copied), else the text made of it.
+pub fn display_bytes(chunk: &[u8]) -> std::borrow::Cow<'_, [u8]> {
+    if let Some(body) = chunk.strip_suffix(b"\n")
+        && !body.is_empty()
+        && find_control(body).is_none()
+        && shows_as_is(body).is_some()
+    {
+        return std::borrow::Cow::Borrowed(chunk);
+    }
+    let mut text = String::new();
+    display_text(chunk, &mut text);
+    std::borrow::Cow::Owned(text.into_bytes())
+}
+
 /// Lines without control bytes (joined by their newlines, the last without one) as a
 /// terminal shows them: as they are when they are valid UTF-8 without C1 controls and no
 /// line is spaces alone, else line by line.
 fn plain_lines(lines: &[u8], out: &mut String) {
-    let spaces_alone = |line: &[u8]| !line.is_empty() && line.iter().all(|&b| b == b' ');
-    if let Ok(text) = std::str::from_utf8(lines)
-        && !memchr::memchr_iter(0xc2, lines)
-            .any(|i| lines.get(i + 1).is_some_and(|b| (0x80..=0x9f).contains(b)))
-        && ((!lines.ends_with(b" ") && SPACE_NEWLINE.find(lines).is_none())
-            || !lines.split(|&b| b == b'\n').any(spaces_alone))
-    {
+    if let Some(text) = shows_as_is(lines) {
         out.push_str(text);
         return;
     }

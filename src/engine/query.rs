@@ -144,6 +144,7 @@ impl Engine {
             if take > 0 {
                 emit(LogPiece::Bytes(&bytes[..take]));
             }
+            crate::bufpool::give(bytes);
             end += take as u64;
             budget = budget.saturating_sub(take as u64);
             // This attempt is not read to its end yet: the next ones wait.

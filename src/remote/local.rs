@@ -427,9 +427,11 @@ impl Remote for LocalRemote {
 /// first cost as much as the read.
 pub fn read_at_most(f: &std::fs::File, offset: u64, max: usize) -> std::io::Result<Vec<u8>> {
     use std::os::unix::io::AsRawFd;
-    let mut buf: Vec<u8> = Vec::with_capacity(max);
+    let mut buf: Vec<u8> = crate::bufpool::take(max);
     while buf.len() < max {
-        let spare = buf.spare_capacity_mut();
+        let want = max - buf.len();
+        // A kept buffer may have more room than asked for.
+        let spare = &mut buf.spare_capacity_mut()[..want];
         // SAFETY: pread writes at most `spare.len()` bytes into the spare room it is given,
         // and `set_len` covers only the bytes it reports written.
         let n = unsafe {
@@ -459,6 +461,24 @@ pub fn read_at_most(f: &std::fs::File, offset: u64, max: usize) -> std::io::Resu
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_read_into_a_kept_buffer_larger_than_asked_reads_no_more() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("f");
+        let data: Vec<u8> = (0..(1u32 << 20)).map(|i| (i % 251) as u8).collect();
+        std::fs::write(&p, &data).unwrap();
+        let f = std::fs::File::open(&p).unwrap();
+        // Kept buffers of 4 MiB: the read of 300 000 bytes likely gets one.
+        for _ in 0..4 {
+            crate::bufpool::give(Vec::with_capacity(4 << 20));
+        }
+        let got = read_at_most(&f, 1000, 300_000).unwrap();
+        assert_eq!(got.len(), 300_000);
+        assert_eq!(got, data[1000..301_000]);
+        let tail = read_at_most(&f, (1 << 20) - 10, 300_000).unwrap();
+        assert_eq!(tail, data[(1 << 20) - 10..]);
+    }
 
     #[test]
     fn file_hashes_match_the_one_shot_functions() {

@@ -1013,8 +1013,9 @@ impl SshRemote {
             };
             match sink {
                 Some(s) => {
-                    if held.is_empty() {
-                        held.reserve(STREAM_PIECE);
+                    if held.capacity() == 0 {
+                        // Room for a packet more than a piece: never grown (copied).
+                        held = crate::bufpool::take(STREAM_PIECE + (64 << 10));
                     }
                     held.extend_from_slice(&data);
                     if held.len() >= STREAM_PIECE
