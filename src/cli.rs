@@ -1362,25 +1362,53 @@ impl LogPrinter {
         piece: &crate::engine::CommittedLog,
         to_stderr: bool,
     ) -> Result<()> {
-        let end = piece.offset + piece.bytes.len() as u64;
         loop {
-            let here = piece.attempt == self.attempt;
-            if piece.attempt < self.attempt || (here && end <= self.printed) {
-                return Ok(());
+            match unprinted(
+                (self.attempt, self.printed),
+                piece.attempt,
+                piece.offset,
+                piece.bytes.len(),
+            ) {
+                Unprinted::None => return Ok(()),
+                Unprinted::From(at) => {
+                    print_bytes(&crate::engine::display_bytes(&piece.bytes[at..]), to_stderr);
+                    self.printed = piece.offset + piece.bytes.len() as u64;
+                    return Ok(());
+                }
+                Unprinted::AfterMore => {
+                    let text = self.take_text(engine)?;
+                    if text.is_empty() {
+                        return Ok(());
+                    }
+                    print_block(&text, to_stderr);
+                }
             }
-            // What is printed always ends at a line's end: so does the rest.
-            if here && piece.offset <= self.printed {
-                let rest = &piece.bytes[(self.printed - piece.offset) as usize..];
-                print_bytes(&crate::engine::display_bytes(rest), to_stderr);
-                self.printed = end;
-                return Ok(());
-            }
-            let text = self.take_text(engine)?;
-            if text.is_empty() {
-                return Ok(());
-            }
-            print_block(&text, to_stderr);
         }
+    }
+}
+
+/// What a printer that printed a log to (attempt, byte) `printed` has to print of a
+/// piece of it (`len` bytes from `offset` of attempt `attempt`).
+#[derive(Debug, PartialEq)]
+enum Unprinted {
+    /// Nothing: it is printed already.
+    None,
+    /// The piece from this byte of it on. (What is printed ends at a line's end, and so
+    /// does what is left of the piece.)
+    From(usize),
+    /// All of it, after bytes before it that are not printed yet.
+    AfterMore,
+}
+
+fn unprinted(printed: (i64, u64), attempt: i64, offset: u64, len: usize) -> Unprinted {
+    let (at, to) = printed;
+    let end = offset + len as u64;
+    if attempt < at || (attempt == at && end <= to) {
+        Unprinted::None
+    } else if attempt == at && offset <= to {
+        Unprinted::From((to - offset) as usize)
+    } else {
+        Unprinted::AfterMore
     }
 }
 
@@ -2253,6 +2281,40 @@ fn parse_log(file: &Path, json: bool) -> Result<i32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_committed_piece_prints_what_of_it_is_not_printed() {
+        // Printed to byte 100 of attempt 2.
+        let p = (2, 100);
+        assert_eq!(unprinted(p, 2, 100, 50), Unprinted::From(0), "next in line");
+        assert_eq!(
+            unprinted(p, 2, 60, 50),
+            Unprinted::From(40),
+            "partly printed"
+        );
+        assert_eq!(
+            unprinted(p, 2, 50, 50),
+            Unprinted::None,
+            "ends where printed"
+        );
+        assert_eq!(unprinted(p, 2, 0, 10), Unprinted::None);
+        assert_eq!(
+            unprinted(p, 1, 500, 50),
+            Unprinted::None,
+            "an earlier attempt"
+        );
+        assert_eq!(
+            unprinted(p, 2, 101, 50),
+            Unprinted::AfterMore,
+            "a gap before it"
+        );
+        assert_eq!(
+            unprinted(p, 3, 0, 50),
+            Unprinted::AfterMore,
+            "the next attempt"
+        );
+        assert_eq!(unprinted((1, 0), 1, 0, 0), Unprinted::None, "empty");
+    }
 
     #[test]
     fn a_point_written_straight_out_is_the_json_tree_written() {

@@ -174,3 +174,70 @@ fn every_artifact_is_pulled_whatever_its_name_and_a_failed_pull_keeps_the_machin
     );
     env.ok(&["terminate", inst]);
 }
+
+/// A job whose log is every kind of text a terminal must not be handed as is (escape
+/// sequences, `\r` rewrites, C1 controls, bytes that are not UTF-8, lines of spaces),
+/// in bursts of some MiB (pieces of several commits), its last line without a newline.
+const NOISY: &str = r#"
+import sys, time
+out = sys.stdout.buffer
+kinds = [
+    b"step=%d loss=0.5 plain line\n",
+    b"\x1b[31mred %d\x1b[0m and \x1b]0;title\x07after\n",
+    b" 10%% |##  | %d/100\r 20%% |####| %d/100\n",
+    b"c1 \xc2\x9b%d here\n",
+    b"not utf8 \xff\xfe %d\n",
+    b"    \n",
+    b"tab\tand bell\x07 %d\n",
+    b"\n",
+]
+n = 0
+for burst in range(3):
+    for i in range(60000):
+        k = kinds[n % len(kinds)]
+        out.write(k % ((n,) * k.count(b"%d")))
+        n += 1
+    out.flush()
+    time.sleep(0.3)
+out.write(b"the last line, without a newline")
+"#;
+
+#[test]
+fn a_followed_log_prints_what_logs_prints_of_it() {
+    let env = Env::new("", "0");
+    std::fs::write(env.project.join("noisy.py"), NOISY).unwrap();
+    let toml = env.project.join("trainctl.toml");
+    let text = std::fs::read_to_string(&toml).unwrap().replace(
+        "command = \"python3 train.py --epochs 5\"",
+        "command = \"python3 noisy.py\"",
+    );
+    std::fs::write(&toml, text).unwrap();
+    let job = env
+        .ok(&["run", "--provider", "local", "--no-pull", "--detach"])
+        .trim()
+        .to_string();
+    // This process reads the log from its first byte as the job writes it: what it
+    // prints are the pieces it commits (not read back).
+    let followed = env.run(&["logs", "-f", &job]);
+    assert!(followed.status.success());
+    // Read back from the local copy by a later process.
+    let stored = env.run(&["logs", &job]);
+    assert!(stored.status.success());
+    let (followed, stored) = (followed.stdout, stored.stdout);
+    assert!(stored.len() > 2 << 20, "{} bytes", stored.len());
+    assert!(
+        followed == stored,
+        "logs -f printed {} bytes, logs {}; first difference at byte {:?}",
+        followed.len(),
+        stored.len(),
+        followed.iter().zip(&stored).position(|(a, b)| a != b)
+    );
+    let text = String::from_utf8(stored).expect("what is printed is UTF-8");
+    assert!(!text.contains('\u{1b}') && !text.contains('\u{7}') && !text.contains('\r'));
+    assert!(!text.contains('\u{9b}'));
+    assert!(text.contains("step=179992 loss=0.5 plain line\n"));
+    assert!(text.contains("red 1 and after\n"), "{}", &text[..400]);
+    assert!(text.contains(" 20% |####| 2/100\n"));
+    assert!(text.ends_with("the last line, without a newline\n"));
+    env.ok(&["terminate", env.job(&job)["instance_id"].as_str().unwrap()]);
+}

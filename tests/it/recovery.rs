@@ -46,10 +46,16 @@ fn spawn_run(env: &Env, args: &[&str]) -> Child {
 }
 
 fn finish(child: Child) -> serde_json::Value {
+    finish_printed(child).0
+}
+
+/// [`finish`], with what the run printed on stderr (the log, with `--json`).
+fn finish_printed(child: Child) -> (serde_json::Value, String) {
     let out = child.wait_with_output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    serde_json::from_str(&stdout)
-        .unwrap_or_else(|e| panic!("{e}: {stdout}\n{}", String::from_utf8_lossy(&out.stderr)))
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    let end = serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("{e}: {stdout}\n{stderr}"));
+    (end, stderr)
 }
 
 /// An uninterrupted run of the same project: its job id and the model it wrote.
@@ -116,7 +122,7 @@ fn migrate_moves_a_running_job_to_a_new_machine_with_an_identical_result() {
     assert_ne!(first, second);
     std::fs::write(&gate, b"").unwrap();
 
-    let end = finish(run);
+    let (end, printed) = finish_printed(run);
     assert_eq!(end["state"], "succeeded", "{end}");
     assert_eq!(model_of(&env, &job), expected, "resumed model differs");
     assert_same_metrics(&env, &job, &reference);
@@ -124,6 +130,15 @@ fn migrate_moves_a_running_job_to_a_new_machine_with_an_identical_result() {
     let log = env.ok(&["logs", &job]);
     assert!(log.contains("resumed from"), "{log}");
     assert!(log.contains("attempt 2 on"), "{log}");
+    // The run that followed the job across both machines printed the whole log, in
+    // order, the marker between the attempts included (its other messages between).
+    let mut lines = printed.lines();
+    for want in log.lines() {
+        assert!(
+            lines.any(|l| l == want),
+            "{want:?} not printed in order by the run:\n{printed}"
+        );
+    }
     // Cost: both machines billed, and the job's cost covers both attempts.
     let cost = env.json(&["cost"]);
     let job_cost = cost_of(&cost, "jobs", &job);
