@@ -1323,6 +1323,10 @@ struct LogPrinter {
     job_id: String,
     attempt: i64,
     printed: u64,
+    /// The bytes from `printed` on that came in committed pieces and are not printed:
+    /// a line not ended yet (a piece may end at a `\r`, and a line is printed whole,
+    /// as [`Engine::log_text_since`] prints it).
+    held: Vec<u8>,
 }
 
 impl LogPrinter {
@@ -1331,6 +1335,7 @@ impl LogPrinter {
             job_id: job_id.into(),
             attempt: 1,
             printed: 0,
+            held: Vec::new(),
         }
     }
 
@@ -1346,6 +1351,8 @@ impl LogPrinter {
 
     /// [`LogPrinter::take_new`] as one text to print as is.
     fn take_text(&mut self, engine: &Engine) -> Result<String> {
+        // Read again from the local copy.
+        self.held.clear();
         let (attempt, printed, text) =
             engine.log_text_since(&self.job_id, self.attempt, self.printed, PRINT_BYTES)?;
         self.attempt = attempt;
@@ -1363,16 +1370,39 @@ impl LogPrinter {
         to_stderr: bool,
     ) -> Result<()> {
         loop {
-            match unprinted(
-                (self.attempt, self.printed),
+            let taken = self.printed + self.held.len() as u64;
+            let unprinted = unprinted(
+                (self.attempt, taken),
                 piece.attempt,
                 piece.offset,
                 piece.bytes.len(),
-            ) {
+            );
+            match unprinted {
                 Unprinted::None => return Ok(()),
                 Unprinted::From(at) => {
-                    print_bytes(&crate::engine::display_bytes(&piece.bytes[at..]), to_stderr);
-                    self.printed = piece.offset + piece.bytes.len() as u64;
+                    let mut rest = &piece.bytes[at..];
+                    // The line held, ended by this piece's first newline.
+                    if !self.held.is_empty() {
+                        let Some(end) = memchr::memchr(b'\n', rest) else {
+                            if self.held.len() + rest.len() > PRINT_BYTES {
+                                // A line longer than a block: shown in blocks, as read.
+                                let text = self.take_text(engine)?;
+                                print_block(&text, to_stderr);
+                                continue;
+                            }
+                            self.held.extend_from_slice(rest);
+                            return Ok(());
+                        };
+                        self.held.extend_from_slice(&rest[..=end]);
+                        rest = &rest[end + 1..];
+                        let line = std::mem::take(&mut self.held);
+                        print_bytes(&crate::engine::display_bytes(&line), to_stderr);
+                        self.printed += line.len() as u64;
+                    }
+                    let whole = memchr::memrchr(b'\n', rest).map_or(0, |p| p + 1);
+                    print_bytes(&crate::engine::display_bytes(&rest[..whole]), to_stderr);
+                    self.printed += whole as u64;
+                    self.held.extend_from_slice(&rest[whole..]);
                     return Ok(());
                 }
                 Unprinted::AfterMore => {

@@ -177,7 +177,8 @@ fn every_artifact_is_pulled_whatever_its_name_and_a_failed_pull_keeps_the_machin
 
 /// A job whose log is every kind of text a terminal must not be handed as is (escape
 /// sequences, `\r` rewrites, C1 controls, bytes that are not UTF-8, lines of spaces),
-/// in bursts of some MiB (pieces of several commits), its last line without a newline.
+/// in bursts of some MiB (pieces of several commits) each left in the middle of a bar
+/// redrawn in place, its last line without a newline.
 const NOISY: &str = r#"
 import sys, time
 out = sys.stdout.buffer
@@ -197,6 +198,8 @@ for burst in range(3):
         k = kinds[n % len(kinds)]
         out.write(k % ((n,) * k.count(b"%d")))
         n += 1
+    # A bar redrawn in place, its line ended by the next burst: a piece ends at `\r`.
+    out.write(b" 50%% |### | %d/100\r" % n)
     out.flush()
     time.sleep(0.3)
 out.write(b"the last line, without a newline")
@@ -238,6 +241,9 @@ fn a_followed_log_prints_what_logs_prints_of_it() {
     assert!(text.contains("step=179992 loss=0.5 plain line\n"));
     assert!(text.contains("red 1 and after\n"), "{}", &text[..400]);
     assert!(text.contains(" 20% |####| 2/100\n"));
+    // The bar's line shows what was drawn last on it.
+    assert!(!text.contains(" 50% |###"));
+    assert!(text.contains("\nstep=60000 loss=0.5 plain line\n"));
     assert!(text.ends_with("the last line, without a newline\n"));
     env.ok(&["terminate", env.job(&job)["instance_id"].as_str().unwrap()]);
 }
