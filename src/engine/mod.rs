@@ -570,11 +570,18 @@ mod tests {
             display_text(chunk, &mut text);
             let joined: String = display_lines(chunk).into_iter().map(|l| l + "\n").collect();
             assert_eq!(text, joined, "{chunk:?}");
+            assert_eq!(*display_bytes(chunk), *text.as_bytes(), "{chunk:?}");
         }
+        // Lines that show as they are: handed on as they are, not copied.
+        let plain = b"step=1 loss=0.5\ncaf\xc3\xa9 ok\n\n";
+        assert!(matches!(
+            display_bytes(plain),
+            std::borrow::Cow::Borrowed(_)
+        ));
     }
 
     #[test]
-    fn display_text_of_any_bytes_is_display_lines_joined() {
+    fn display_text_and_bytes_of_any_bytes_are_display_lines_joined() {
         let mut seed = 0x2545_f491_4f6c_dd1d_u64;
         for n in 0..20_000 {
             let mut chunk = crate::sanitize::tests::nasty_bytes(&mut seed, n % 120);
@@ -594,6 +601,8 @@ mod tests {
                 .map(|l| l + "\n")
                 .collect();
             assert_eq!(text, joined, "{chunk:?}");
+            // And the bytes the printer writes of a committed piece.
+            assert_eq!(*display_bytes(&chunk), *text.as_bytes(), "{chunk:?}");
         }
     }
 
