@@ -33,9 +33,14 @@ macro_rules! println {
 pub fn write_stdout(args: std::fmt::Arguments) {
     let mut out = std::io::stdout().lock();
     if let Err(e) = out.write_fmt(args).and_then(|_| out.flush()) {
-        quit_on_closed_pipe(&e);
-        eprintln!("error: writing to stdout: {e}");
+        stdout_failed(&e);
     }
+}
+
+/// A write to stdout failed: a closed pipe ends the process quietly, anything else is said.
+fn stdout_failed(e: &std::io::Error) {
+    quit_on_closed_pipe(e);
+    eprintln!("error: writing to stdout: {e}");
 }
 
 /// A reader that went away: exit quietly.
@@ -1360,6 +1365,14 @@ impl LogPrinter {
         Ok(text)
     }
 
+    /// Print the next block of the stored log (read from the local copy, as
+    /// [`LogPrinter::take_text`] does); false when there was nothing new.
+    fn print_stored_block(&mut self, engine: &Engine, to_stderr: bool) -> Result<bool> {
+        let text = self.take_text(engine)?;
+        print_block(&text, to_stderr);
+        Ok(!text.is_empty())
+    }
+
     /// Print a piece of the log as this process committed it (on stderr with
     /// `to_stderr`): what of it is not printed yet, after whatever before it is not
     /// printed yet (read from the local copy, as [`LogPrinter::take_text`] does).
@@ -1386,8 +1399,7 @@ impl LogPrinter {
                         let Some(end) = memchr::memchr(b'\n', rest) else {
                             if self.held.len() + rest.len() > PRINT_BYTES {
                                 // A line longer than a block: shown in blocks, as read.
-                                let text = self.take_text(engine)?;
-                                print_block(&text, to_stderr);
+                                self.print_stored_block(engine, to_stderr)?;
                                 continue;
                             }
                             self.held.extend_from_slice(rest);
@@ -1406,11 +1418,9 @@ impl LogPrinter {
                     return Ok(());
                 }
                 Unprinted::AfterMore => {
-                    let text = self.take_text(engine)?;
-                    if text.is_empty() {
+                    if !self.print_stored_block(engine, to_stderr)? {
                         return Ok(());
                     }
-                    print_block(&text, to_stderr);
                 }
             }
         }
@@ -1462,21 +1472,22 @@ impl TapPrinter {
         let (engine, mut printer, state) = (engine.clone(), LogPrinter::new(job_id), stop.clone());
         let thread = std::thread::spawn(move || {
             loop {
-                match pieces.recv_timeout(std::time::Duration::from_millis(20)) {
+                let tick = std::time::Duration::from_millis(20);
+                match pieces.recv_timeout(tick) {
                     Ok(piece) => {
                         printer.print_committed(&engine, &piece, to_stderr)?;
                         crate::bufpool::give(piece.bytes);
                     }
-                    Err(_) => {
+                    Err(e) => {
+                        // No tap any more (another printer of the job took it): the
+                        // local copy, read every tick as a terminal's printer reads it.
+                        if e == std::sync::mpsc::RecvTimeoutError::Disconnected {
+                            std::thread::sleep(tick);
+                        }
                         // Nothing came: what else is committed. Once told to finish,
                         // every commit is done, so this reaches the end.
                         let finishing = state.load(Ordering::Acquire);
-                        loop {
-                            let text = printer.take_text(&engine)?;
-                            if text.is_empty() {
-                                break;
-                            }
-                            print_block(&text, to_stderr);
+                        while printer.print_stored_block(&engine, to_stderr)? {
                             if state.load(Ordering::Acquire) == TAP_ABORT {
                                 return Ok(());
                             }
@@ -1537,8 +1548,7 @@ fn print_bytes(block: &[u8], to_stderr: bool) {
     } else {
         let mut out = std::io::stdout().lock();
         if let Err(e) = out.write_all(block).and_then(|_| out.flush()) {
-            quit_on_closed_pipe(&e);
-            eprintln!("error: writing to stdout: {e}");
+            stdout_failed(&e);
         }
     }
 }
@@ -1997,13 +2007,7 @@ async fn logs(engine: &Engine, key: &str, follow: bool) -> Result<i32> {
         // Every attempt in order, with a marker line where the job moved machines, a few
         // MiB at a time, each in one write.
         let mut printer = LogPrinter::new(&job.id);
-        loop {
-            let text = printer.take_text(engine)?;
-            if text.is_empty() {
-                break;
-            }
-            print_block(&text, false);
-        }
+        while printer.print_stored_block(engine, false)? {}
         return Ok(EXIT_OK);
     }
     match follow_printing(engine, &job, false).await {

@@ -445,6 +445,9 @@ impl std::fmt::Debug for SshRemote {
 /// How much of the connection's incoming bytes one read takes.
 const READ_BUFFER: usize = 256 << 10;
 
+/// The largest packet the server may send us.
+const MAX_PACKET: u32 = 65_535;
+
 /// Connect and authenticate; the connection and the fingerprint of the host key accepted.
 async fn open_connection(t: &SshTarget) -> Result<(Conn, String)> {
     // Throughput: a large window and packets, AES-GCM first (hardware AES where there
@@ -457,7 +460,7 @@ async fn open_connection(t: &SshTarget) -> Result<(Conn, String)> {
         keepalive_interval: Some(t.keepalive.unwrap_or(Duration::from_secs(15))),
         keepalive_max: t.keepalive_max,
         window_size: 16 << 20,
-        maximum_packet_size: 65_535,
+        maximum_packet_size: MAX_PACKET,
         // russh widens the window as packets arrive, not as they are read: this bound on
         // the packets a channel holds unread is what bounds the memory of a slow reader
         // (a follow parsing a large log); 1 024 let 64 MiB pile up.
@@ -1029,7 +1032,7 @@ impl SshRemote {
                 Some(s) => {
                     if held.capacity() == 0 {
                         // Room for a packet more than a piece: never grown (copied).
-                        held = crate::bufpool::take(STREAM_PIECE + (64 << 10));
+                        held = crate::bufpool::take(STREAM_PIECE + MAX_PACKET as usize);
                     }
                     held.extend_from_slice(&data);
                     if held.len() >= STREAM_PIECE
