@@ -170,7 +170,28 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE job_attempts ADD COLUMN gpu_hour_micros INTEGER NOT NULL DEFAULT 0;
     UPDATE job_attempts SET running_ms = started_ms,
         gpus = COALESCE((SELECT gpus FROM instances WHERE instances.id = job_attempts.instance_id), 0);",
+    // 10: a series' chunks of one attempt, and a job's chunks in store order, each an index
+    // range (a query that needed a sort read every chunk of the job, points and all,
+    // before its first row: 130 ms to the first point of a 10 M-point series).
+    "CREATE INDEX metric_chunks_series ON metric_chunks(job_id, name, attempt);
+    CREATE INDEX metric_chunks_rows ON metric_chunks(job_id);",
 ];
+
+/// The query of [`Store::each_chunk`]: a job's metric chunks after a rowid (`?4`), of one
+/// metric (`?2`) and one attempt (`?3`) when asked. Only the filters given are in it, so
+/// each combination is a range of one index, in rowid order (`?2 IS NULL OR name = ?2`
+/// hid the index from the planner, which then sorted every chunk of the job, points and
+/// all, before the first row).
+fn chunks_query(name: bool, attempt: bool, newest_first: bool) -> String {
+    format!(
+        "SELECT rowid, attempt, name, n, data FROM metric_chunks
+         WHERE job_id = ?1{}{} AND rowid > ?4
+         ORDER BY rowid {}",
+        if name { " AND name = ?2" } else { "" },
+        if attempt { " AND attempt = ?3" } else { "" },
+        if newest_first { "DESC" } else { "ASC" }
+    )
+}
 
 /// Where a metric point sits in its series, for the rule that a later attempt's point
 /// replaces an earlier attempt's at the same place: its step, else its epoch (a point
@@ -1842,13 +1863,7 @@ impl Store {
         newest_first: bool,
         mut f: impl FnMut(i64, i64, &mut dyn Iterator<Item = MetricPoint>) -> bool,
     ) -> Result<()> {
-        let sql = format!(
-            "SELECT rowid, attempt, name, n, data FROM metric_chunks
-             WHERE job_id = ?1 AND (?2 IS NULL OR name = ?2) AND (?3 IS NULL OR attempt = ?3)
-               AND rowid > ?4
-             ORDER BY rowid {}",
-            if newest_first { "DESC" } else { "ASC" }
-        );
+        let sql = chunks_query(name.is_some(), attempt.is_some(), newest_first);
         let mut stmt = self.conn.prepare_cached(&sql)?;
         let mut rows = stmt.query(params![job_id, name, attempt, after_rowid])?;
         let mut buf: Vec<crate::series::Point> = Vec::new();
@@ -2170,6 +2185,46 @@ mod tests {
         );
         assert_eq!(after.hourly, Money(3));
         assert_eq!(s.instances(true).unwrap()[0].price_segments.len(), 3);
+    }
+
+    /// Every way the chunks of a series are read is a range of an index in the order asked:
+    /// no query sorts (or gathers for DISTINCT) the job's chunks before its first row.
+    #[test]
+    fn reading_metric_chunks_never_sorts_the_job_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(&dir.path().join("q.db")).unwrap();
+        let plan = |sql: &str| -> String {
+            let mut stmt = s
+                .conn
+                .prepare(&format!("EXPLAIN QUERY PLAN {sql}"))
+                .unwrap();
+            let n = stmt.parameter_count();
+            let args: Vec<rusqlite::types::Value> =
+                (0..n).map(|_| rusqlite::types::Value::Integer(1)).collect();
+            let rows = stmt
+                .query_map(rusqlite::params_from_iter(args), |r| r.get::<_, String>(3))
+                .unwrap();
+            rows.map(Result::unwrap).collect::<Vec<_>>().join("; ")
+        };
+        let mut queries = vec![
+            "SELECT DISTINCT attempt FROM metric_chunks WHERE job_id = ?1 AND name = ?2 ORDER BY attempt"
+                .to_string(),
+        ];
+        for (name, attempt, newest_first) in [
+            (false, false, false),
+            (true, false, false),
+            (true, true, false),
+            (true, false, true),
+            (false, false, true),
+            (true, true, true),
+        ] {
+            queries.push(chunks_query(name, attempt, newest_first));
+        }
+        for q in queries {
+            let p = plan(&q);
+            assert!(p.contains("USING") && p.contains("INDEX"), "{q}: {p}");
+            assert!(!p.contains("TEMP B-TREE"), "{q}: {p}");
+        }
     }
 
     #[test]
