@@ -8,7 +8,8 @@
 //! `trainctl metrics JOB --json --name loss` to its first byte and to its exit.
 //!
 //! `BENCH_FOLLOW_CASES="ssh mixed"` runs only the cases whose names hold every word;
-//! `BENCH_FOLLOW_WRAP="perf record -o F -F 999"` runs each follow under the given command.
+//! `BENCH_FOLLOW_WRAP="perf record -o F -F 999"` runs each follow under the given command;
+//! `BENCH_FOLLOW_ROUNDS=N` sets the rounds per case (default 5; medians are reported).
 //!
 //! `cargo build --release && cargo run --release --example bench_follow [-- SIZE_MB]`
 //! (default 1024; needs openssh-server and openssh-client).
@@ -48,9 +49,15 @@ fn make_log(path: &Path, mb: u64, lines: &[&str]) {
     f.flush().unwrap();
 }
 
-/// Run `cmd` with stdout to `out`: seconds from spawn to exit, and its own peak RSS (MiB).
+/// Run `cmd` with stdout to `out`: seconds from spawn to exit, its own peak RSS (MiB) and
+/// the CPU seconds (user + system) it and the children it waited for used. On a busy
+/// two-core machine wall time swings with the kernel's writeback; CPU time much less.
+/// Both sides start the same way: with nothing left to write back (`sync` first), so
+/// neither pays for the GiBs the other side or a job's setup wrote just before it.
 #[allow(clippy::zombie_processes)] // reaped by wait4, which also gives its rusage
-fn timed(cmd: &mut Command, out: &Path) -> (f64, f64) {
+fn timed(cmd: &mut Command, out: &Path) -> (f64, f64, f64) {
+    // SAFETY: sync(2) takes no arguments and cannot fail.
+    unsafe { libc::sync() };
     let t = Instant::now();
     let child = cmd
         .stdout(std::fs::File::create(out).unwrap())
@@ -66,7 +73,12 @@ fn timed(cmd: &mut Command, out: &Path) -> (f64, f64) {
         pid > 0 && libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
         "{cmd:?}"
     );
-    (secs, ru.ru_maxrss as f64 / 1024.0)
+    let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    (
+        secs,
+        ru.ru_maxrss as f64 / 1024.0,
+        tv(ru.ru_utime) + tv(ru.ru_stime),
+    )
 }
 
 /// Lines of a file, a last one without its newline included (read in pieces: this
@@ -85,6 +97,11 @@ fn newlines(p: &Path) -> usize {
         last = buf[k - 1];
     }
     n + usize::from(last != b'\n')
+}
+
+/// A baseline round's seconds and CPU seconds.
+fn secs_cpu((secs, _, cpu): (f64, f64, f64)) -> (f64, f64) {
+    (secs, cpu)
 }
 
 fn bin() -> PathBuf {
@@ -106,6 +123,7 @@ fn db_size(data: &Path) -> u64 {
 struct Case {
     secs: f64,
     rss_mib: f64,
+    cpu: f64,
     store_growth: f64,
     out_lines: usize,
     /// `metrics JOB --json --name loss` after the follow: seconds to its first byte, to
@@ -204,7 +222,7 @@ fn follow(work: &Path, log: &Path, provider_cfg: &str, provider: &str, launch: &
         _ => tc(&[]),
     };
     cmd.args(["logs", "-f", &job]);
-    let (secs, rss_mib) = timed(&mut cmd, &printed);
+    let (secs, rss_mib, cpu) = timed(&mut cmd, &printed);
     let grown = db_size(&data).saturating_sub(before);
     let read_back = (provider == "local" && log.to_string_lossy().contains("mixed"))
         .then(|| read_back(tc(&["metrics", &job, "--json", "--name", "loss"])));
@@ -212,17 +230,26 @@ fn follow(work: &Path, log: &Path, provider_cfg: &str, provider: &str, launch: &
     Case {
         secs,
         rss_mib,
+        cpu,
         store_growth: grown as f64 / std::fs::metadata(log).unwrap().len() as f64,
         out_lines: newlines(&printed),
         read_back,
     }
 }
 
-/// Three rounds, alternating which side goes first: the median baseline time and the
-/// trainctl round of median time.
-fn rounds(mut base: impl FnMut() -> f64, mut ours: impl FnMut() -> Case) -> (f64, Case) {
+/// Rounds (`BENCH_FOLLOW_ROUNDS`, default 5), alternating which side goes first: the
+/// median baseline round (seconds, CPU seconds) and the trainctl round of median time.
+fn rounds(
+    mut base: impl FnMut() -> (f64, f64),
+    mut ours: impl FnMut() -> Case,
+) -> ((f64, f64), Case) {
+    let n: usize = std::env::var("BENCH_FOLLOW_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|&n| n > 0)
+        .unwrap_or(5);
     let (mut b, mut o) = (Vec::new(), Vec::new());
-    for r in 0..3 {
+    for r in 0..n {
         if r % 2 == 0 {
             b.push(base());
             o.push(ours());
@@ -231,9 +258,9 @@ fn rounds(mut base: impl FnMut() -> f64, mut ours: impl FnMut() -> Case) -> (f64
             b.push(base());
         }
     }
-    b.sort_by(f64::total_cmp);
+    b.sort_by(|x, y| x.0.total_cmp(&y.0));
     o.sort_by(|x, y| x.secs.total_cmp(&y.secs));
-    (b[1], o.swap_remove(1))
+    (b[n / 2], o.swap_remove(n / 2))
 }
 
 fn main() {
@@ -252,7 +279,7 @@ fn main() {
     make_log(&plain, mb, PLAIN);
     let work = tmp.join("trainctl-bench-follow");
     println!(
-        "log size: {mb} MiB; each row (medians of 3 alternating rounds): baseline, trainctl logs -f, ratio (baseline/trainctl), peak RSS, store growth"
+        "log size: {mb} MiB; each row (medians of alternating rounds, each after a sync): baseline, trainctl logs -f, ratio (baseline/trainctl), peak RSS, store growth"
     );
 
     // BENCH_FOLLOW_CASES="ssh mixed" runs the cases whose names have every word given.
@@ -268,24 +295,26 @@ fn main() {
         // grep exits 1 when nothing matches (the plain log): not a failure here.
         let (base, c) = rounds(
             || {
-                timed(
+                secs_cpu(timed(
                     Command::new("sh")
                         .arg("-c")
                         .arg("grep -c loss \"$0\"; true")
                         .arg(log),
                     &sink,
-                )
-                .0
+                ))
             },
             || follow(&work, log, "", "local", &[]),
         );
         assert_eq!(c.out_lines, newlines(log), "every line printed");
         println!(
-            "local {kind}: grep -c loss {base:.2} s; logs -f {:.2} s; {:.3}x; {:.0} MiB RSS; store +{:.1} %",
+            "local {kind}: grep -c loss {:.2} s; logs -f {:.2} s; {:.3}x; {:.0} MiB RSS; store +{:.1} %; CPU {:.2} s vs grep's {:.2} s",
+            base.0,
             c.secs,
-            base / c.secs,
+            base.0 / c.secs,
             c.rss_mib,
-            c.store_growth * 100.0
+            c.store_growth * 100.0,
+            c.cpu,
+            base.1
         );
         if let Some((first, all, points)) = c.read_back {
             println!(
@@ -313,7 +342,7 @@ fn main() {
         let sink = work.with_extension("cat");
         let ssh_cat = || {
             let _ = std::fs::remove_file(&kh);
-            timed(
+            secs_cpu(timed(
                 Command::new("ssh")
                     .args([
                         "-i",
@@ -331,8 +360,7 @@ fn main() {
                     ])
                     .arg(log),
                 &sink,
-            )
-            .0
+            ))
         };
         let (base, c) = rounds(ssh_cat, || {
             let c = follow(&work, log, &cfg, "ssh", &["--accept-new-host-key"]);
@@ -342,11 +370,14 @@ fn main() {
         });
         assert_eq!(c.out_lines, newlines(log), "every line printed");
         println!(
-            "ssh {kind}: ssh host cat {base:.2} s; logs -f {:.2} s; {:.3}x; {:.0} MiB RSS; store +{:.1} %",
+            "ssh {kind}: ssh host cat {:.2} s; logs -f {:.2} s; {:.3}x; {:.0} MiB RSS; store +{:.1} %; CPU {:.2} s vs the ssh client's {:.2} s",
+            base.0,
             c.secs,
-            base / c.secs,
+            base.0 / c.secs,
             c.rss_mib,
-            c.store_growth * 100.0
+            c.store_growth * 100.0,
+            c.cpu,
+            base.1
         );
     }
     let _ = std::fs::remove_dir_all(&work);
