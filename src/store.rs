@@ -172,7 +172,7 @@ const MIGRATIONS: &[&str] = &[
         gpus = COALESCE((SELECT gpus FROM instances WHERE instances.id = job_attempts.instance_id), 0);",
     // 10: a series' chunks of one attempt, and a job's chunks in store order, each an index
     // range (a query that needed a sort read every chunk of the job, points and all,
-    // before its first row: 130 ms to the first point of a 10 M-point series).
+    // before its first row: 80-230 ms to the first point of a 10 M-point series).
     "CREATE INDEX metric_chunks_series ON metric_chunks(job_id, name, attempt);
     CREATE INDEX metric_chunks_rows ON metric_chunks(job_id);",
 ];
@@ -2210,14 +2210,8 @@ mod tests {
             "SELECT DISTINCT attempt FROM metric_chunks WHERE job_id = ?1 AND name = ?2 ORDER BY attempt"
                 .to_string(),
         ];
-        for (name, attempt, newest_first) in [
-            (false, false, false),
-            (true, false, false),
-            (true, true, false),
-            (true, false, true),
-            (false, false, true),
-            (true, true, true),
-        ] {
+        for bits in 0..8 {
+            let (name, attempt, newest_first) = (bits & 1 != 0, bits & 2 != 0, bits & 4 != 0);
             queries.push(chunks_query(name, attempt, newest_first));
         }
         for q in queries {
