@@ -118,9 +118,10 @@ impl Engine {
                 };
                 times.waited += began.elapsed();
                 let open = match chunk {
-                    // A chunk that starts a piece becomes it, uncopied.
+                    // A chunk that starts a piece becomes it, uncopied (the transports end
+                    // their full chunks at a line end, so most do).
                     Some(chunk) if pending.is_empty() && chunk.capacity() >= LOG_CHUNK => {
-                        pending = chunk;
+                        crate::bufpool::give(std::mem::replace(&mut pending, chunk));
                         true
                     }
                     Some(chunk) => {
@@ -130,8 +131,11 @@ impl Engine {
                     }
                     None => false,
                 };
-                // Take whatever else already arrived, up to a piece's size.
-                while open && pending.len() < LOG_CHUNK {
+                // Take whatever else already arrived, up to a piece's size; not after
+                // a chunk that is already a good piece of whole lines (copying the next
+                // one after it would cost more than the larger piece saves).
+                let whole_piece = |p: &Vec<u8>| p.len() >= LOG_CHUNK / 2 && p.ends_with(b"\n");
+                while open && pending.len() < LOG_CHUNK && !whole_piece(&pending) {
                     match rx.try_recv() {
                         Ok(c) => {
                             pending.extend_from_slice(&c);

@@ -395,10 +395,16 @@ impl Remote for LocalRemote {
             };
             let mut off = offset;
             loop {
-                let buf =
+                let mut buf =
                     read_at_most(&f, off, 1 << 20).with_context(|| format!("reading {path}"))?;
                 if buf.is_empty() {
                     return Ok(Streamed::Read { complete });
+                }
+                // A full read ends at its last line end (the rest is read again next time):
+                // the follow then takes each chunk whole as a piece, uncopied.
+                let whole = crate::remote::line_aligned_len(&buf);
+                if buf.len() == 1 << 20 && whole > 0 {
+                    buf.truncate(whole);
                 }
                 off += buf.len() as u64;
                 if sink.blocking_send(buf).is_err() {
@@ -461,6 +467,54 @@ pub fn read_at_most(f: &std::fs::File, offset: u64, max: usize) -> std::io::Resu
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A log streamed from here comes in chunks that end at a line end (but a line too
+    /// long to carry over and the last part), and all of it, in order.
+    #[tokio::test]
+    async fn streamed_chunks_end_at_line_ends_and_make_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("log");
+        // Short lines of any length, one line longer than a carry (200 KiB) among them,
+        // and a last line without its newline.
+        let mut data = Vec::new();
+        let mut seed = 7u64;
+        let mut long = 0..0;
+        while data.len() < 5 << 20 {
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            let len = if long.is_empty() && data.len() > 3 << 20 {
+                long = data.len()..data.len() + (200 << 10);
+                200 << 10
+            } else {
+                (seed >> 33) as usize % 300
+            };
+            data.extend(std::iter::repeat_n(b'a' + (seed % 26) as u8, len));
+            data.push(b'\n');
+        }
+        data.extend_from_slice(b"a last line without its newline");
+        std::fs::write(&p, &data).unwrap();
+        let remote = LocalRemote::new(dir.path(), "m");
+        let (tx, mut rx) = mpsc::channel(1 << 10);
+        let path = p.to_string_lossy().to_string();
+        let streamed = remote.stream_file(&path, 0, None, tx).await.unwrap();
+        assert!(matches!(streamed, Streamed::Read { .. }));
+        let mut chunks = Vec::new();
+        while let Some(c) = rx.recv().await {
+            chunks.push(c);
+        }
+        assert!(chunks.len() > 4);
+        let mut end = 0;
+        for c in &chunks[..chunks.len() - 1] {
+            end += c.len();
+            // Only a chunk that ends inside the long line may end elsewhere.
+            assert!(
+                c.ends_with(b"\n") || long.contains(&end),
+                "a chunk ends at {end}"
+            );
+        }
+        assert_eq!(chunks.concat(), data);
+    }
 
     #[test]
     fn a_read_into_a_kept_buffer_larger_than_asked_reads_no_more() {

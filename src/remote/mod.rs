@@ -344,6 +344,20 @@ pub trait Remote: Send + Sync {
     }
 }
 
+/// Most of a line a transport carries over to its next chunk so that a chunk ends at a
+/// line end ([`line_aligned_len`]).
+pub const LINE_CARRY_MAX: usize = 64 << 10;
+
+/// The length of `chunk` through its last line end, when the part of a line after it is
+/// at most [`LINE_CARRY_MAX`] bytes; else 0 (no line end, or a line too long to carry:
+/// the chunk goes as it is). A log's transport ends its full chunks there, so the follow
+/// takes each chunk whole as a piece of complete lines instead of copying it after the
+/// part of a line the last one ended with.
+pub fn line_aligned_len(chunk: &[u8]) -> usize {
+    let from = chunk.len().saturating_sub(LINE_CARRY_MAX + 1);
+    memchr::memrchr(b'\n', &chunk[from..]).map_or(0, |p| from + p + 1)
+}
+
 /// Quote one shell argument for POSIX `sh`: `'...'` with embedded quotes as `'\''`.
 /// Safe for spaces, `$`, backticks, quotes and newlines.
 pub fn sh_quote(s: &str) -> String {
@@ -413,6 +427,20 @@ pub fn safe_join_path(base: &Path, rel: &Path) -> Result<std::path::PathBuf> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_chunk_is_aligned_at_its_last_line_end_when_the_rest_is_short() {
+        assert_eq!(line_aligned_len(b"abc\ndef"), 4);
+        assert_eq!(line_aligned_len(b"abc\n"), 4);
+        assert_eq!(line_aligned_len(b"abc"), 0);
+        assert_eq!(line_aligned_len(b""), 0);
+        let mut c = vec![b'x'; 10];
+        c.push(b'\n');
+        c.extend(std::iter::repeat_n(b'y', LINE_CARRY_MAX));
+        assert_eq!(line_aligned_len(&c), 11, "a carry of exactly the most");
+        c.push(b'y');
+        assert_eq!(line_aligned_len(&c), 0, "one byte more: sent as it is");
+    }
 
     #[test]
     fn quoting_round_trips_through_sh() {

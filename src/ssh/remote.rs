@@ -1035,11 +1035,20 @@ impl SshRemote {
                         held = crate::bufpool::take(STREAM_PIECE + MAX_PACKET as usize);
                     }
                     held.extend_from_slice(&data);
-                    if held.len() >= STREAM_PIECE
-                        && s.send(std::mem::take(&mut held)).await.is_err()
-                    {
-                        stopped_by_reader = true;
-                        break;
+                    if held.len() >= STREAM_PIECE {
+                        // A full chunk ends at its last line end; the part of a line
+                        // after it (a small copy) starts the next one.
+                        let mut next = Vec::new();
+                        let whole = crate::remote::line_aligned_len(&held);
+                        if whole > 0 && whole < held.len() {
+                            next = crate::bufpool::take(STREAM_PIECE + MAX_PACKET as usize);
+                            next.extend_from_slice(&held[whole..]);
+                            held.truncate(whole);
+                        }
+                        if s.send(std::mem::replace(&mut held, next)).await.is_err() {
+                            stopped_by_reader = true;
+                            break;
+                        }
                     }
                 }
                 None => out.stdout.extend_from_slice(&data),

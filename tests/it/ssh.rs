@@ -1336,3 +1336,56 @@ async fn a_large_upload_goes_in_parallel_streams_and_lands_whole() {
         .unwrap();
     assert!(plan.is_noop());
 }
+
+/// A log streamed over SSH arrives whole and in order, its full chunks ended at a line
+/// end (the part of a line after it carried to the next chunk), so the follow takes them
+/// as pieces uncopied; a line longer than a carry and a last line without its newline
+/// come through as well.
+#[tokio::test]
+async fn a_streamed_log_arrives_whole_in_chunks_ended_at_line_ends() {
+    use trainctl::remote::Streamed;
+    let sshd = Sshd::start();
+    let work = tempfile::tempdir().unwrap();
+    let r = connect_trusting(&sshd, work.path(), &work.path().join("remote")).await;
+    let mut data = Vec::new();
+    let mut seed = 11u64;
+    let mut long_done = false;
+    while data.len() < 6 << 20 {
+        seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        let len = if !long_done && data.len() > 3 << 20 {
+            long_done = true;
+            200 << 10
+        } else {
+            (seed >> 33) as usize % 300
+        };
+        data.extend(std::iter::repeat_n(b'a' + (seed % 26) as u8, len));
+        data.push(b'\n');
+    }
+    data.extend_from_slice(b"a last line without its newline");
+    let path = work.path().join("log");
+    std::fs::write(&path, &data).unwrap();
+    let (tx, mut rx) = tokio::sync::mpsc::channel(1 << 10);
+    let streamed = r
+        .stream_file(path.to_str().unwrap(), 0, None, tx)
+        .await
+        .unwrap();
+    assert!(matches!(streamed, Streamed::Read { .. }));
+    let mut chunks = Vec::new();
+    while let Some(c) = rx.recv().await {
+        chunks.push(c);
+    }
+    assert_eq!(chunks.concat(), data, "every byte, once, in order");
+    // A chunk sent because it was full ends at a line end (a chunk sent because nothing
+    // more had come yet may end anywhere).
+    let aligned = chunks[..chunks.len() - 1]
+        .iter()
+        .filter(|c| c.len() >= 512 << 10 && c.ends_with(b"\n"))
+        .count();
+    assert!(
+        aligned >= 2,
+        "{aligned} of {} chunks end at a line end",
+        chunks.len()
+    );
+}
