@@ -1309,6 +1309,30 @@ fn imds_serve(mut c: std::net::TcpStream, st: &std::sync::Mutex<ImdsState>) -> s
     c.write_all(resp.as_bytes())
 }
 
+/// A log of about `size` bytes: short lines of any length (0..300 bytes), one line of
+/// 200 KiB (longer than a transport carries over to its next chunk) after the first
+/// 3 MiB, and a last line without its newline. Also where the long line is.
+pub fn log_with_a_long_line(size: usize) -> (Vec<u8>, std::ops::Range<usize>) {
+    let mut data = Vec::new();
+    let mut seed = 7u64;
+    let mut long = 0..0;
+    while data.len() < size {
+        seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        let len = if long.is_empty() && data.len() > 3 << 20 {
+            long = data.len()..data.len() + (200 << 10);
+            200 << 10
+        } else {
+            (seed >> 33) as usize % 300
+        };
+        data.extend(std::iter::repeat_n(b'a' + (seed % 26) as u8, len));
+        data.push(b'\n');
+    }
+    data.extend_from_slice(b"a last line without its newline");
+    (data, long)
+}
+
 /// The line kinds of the benchmarks' mixed training log (`bench_parse`, `bench_follow`):
 /// the metric formats trainctl reads, a progress bar redrawn with `\r`, plain lines.
 pub const MIXED_LOG_LINES: &[&str] = &[

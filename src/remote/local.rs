@@ -474,25 +474,7 @@ mod tests {
     async fn streamed_chunks_end_at_line_ends_and_make_the_file() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("log");
-        // Short lines of any length, one line longer than a carry (200 KiB) among them,
-        // and a last line without its newline.
-        let mut data = Vec::new();
-        let mut seed = 7u64;
-        let mut long = 0..0;
-        while data.len() < 5 << 20 {
-            seed = seed
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            let len = if long.is_empty() && data.len() > 3 << 20 {
-                long = data.len()..data.len() + (200 << 10);
-                200 << 10
-            } else {
-                (seed >> 33) as usize % 300
-            };
-            data.extend(std::iter::repeat_n(b'a' + (seed % 26) as u8, len));
-            data.push(b'\n');
-        }
-        data.extend_from_slice(b"a last line without its newline");
+        let (data, long) = crate::testkit::log_with_a_long_line(5 << 20);
         std::fs::write(&p, &data).unwrap();
         let remote = LocalRemote::new(dir.path(), "m");
         let (tx, mut rx) = mpsc::channel(1 << 10);

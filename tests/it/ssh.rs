@@ -1347,23 +1347,7 @@ async fn a_streamed_log_arrives_whole_in_chunks_ended_at_line_ends() {
     let sshd = Sshd::start();
     let work = tempfile::tempdir().unwrap();
     let r = connect_trusting(&sshd, work.path(), &work.path().join("remote")).await;
-    let mut data = Vec::new();
-    let mut seed = 11u64;
-    let mut long_done = false;
-    while data.len() < 6 << 20 {
-        seed = seed
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        let len = if !long_done && data.len() > 3 << 20 {
-            long_done = true;
-            200 << 10
-        } else {
-            (seed >> 33) as usize % 300
-        };
-        data.extend(std::iter::repeat_n(b'a' + (seed % 26) as u8, len));
-        data.push(b'\n');
-    }
-    data.extend_from_slice(b"a last line without its newline");
+    let (data, _) = trainctl::testkit::log_with_a_long_line(6 << 20);
     let path = work.path().join("log");
     std::fs::write(&path, &data).unwrap();
     let (tx, mut rx) = tokio::sync::mpsc::channel(1 << 10);
