@@ -395,16 +395,19 @@ impl Remote for LocalRemote {
             };
             let mut off = offset;
             loop {
+                const READ: usize = 1 << 20;
                 let mut buf =
-                    read_at_most(&f, off, 1 << 20).with_context(|| format!("reading {path}"))?;
+                    read_at_most(&f, off, READ).with_context(|| format!("reading {path}"))?;
                 if buf.is_empty() {
                     return Ok(Streamed::Read { complete });
                 }
                 // A full read ends at its last line end (the rest is read again next time):
                 // the follow then takes each chunk whole as a piece, uncopied.
-                let whole = crate::remote::line_aligned_len(&buf);
-                if buf.len() == 1 << 20 && whole > 0 {
-                    buf.truncate(whole);
+                if buf.len() == READ {
+                    let whole = crate::remote::line_aligned_len(&buf);
+                    if whole > 0 {
+                        buf.truncate(whole);
+                    }
                 }
                 off += buf.len() as u64;
                 if sink.blocking_send(buf).is_err() {

@@ -371,6 +371,9 @@ async fn watch<T>(conn: &Conn, fut: impl std::future::Future<Output = T>) -> Opt
 /// The most of a command's streamed output gathered before it goes to the reader.
 const STREAM_PIECE: usize = 1 << 20;
 
+/// Room in a chunk being gathered: a packet more than a piece, so it never grows (copies).
+const HELD_ROOM: usize = STREAM_PIECE + MAX_PACKET as usize;
+
 /// What a command reads on stdin.
 enum Stdin<'a> {
     Empty,
@@ -1031,8 +1034,7 @@ impl SshRemote {
             match sink {
                 Some(s) => {
                     if held.capacity() == 0 {
-                        // Room for a packet more than a piece: never grown (copied).
-                        held = crate::bufpool::take(STREAM_PIECE + MAX_PACKET as usize);
+                        held = crate::bufpool::take(HELD_ROOM);
                     }
                     held.extend_from_slice(&data);
                     if held.len() >= STREAM_PIECE {
@@ -1041,7 +1043,7 @@ impl SshRemote {
                         let mut next = Vec::new();
                         let whole = crate::remote::line_aligned_len(&held);
                         if whole > 0 && whole < held.len() {
-                            next = crate::bufpool::take(STREAM_PIECE + MAX_PACKET as usize);
+                            next = crate::bufpool::take(HELD_ROOM);
                             next.extend_from_slice(&held[whole..]);
                             held.truncate(whole);
                         }
