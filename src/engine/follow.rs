@@ -416,20 +416,11 @@ impl Engine {
         let (old, new) = (first.old.clone(), last.new.clone());
         // The local copy is written at the remote offset, so a retry rewrites the same bytes.
         let local = self.local_log_path(&att.job_id, att.attempt);
-        {
-            use std::os::unix::fs::FileExt;
-            if let Some(dir) = local.parent() {
-                std::fs::create_dir_all(dir)?;
-            }
-            let f = std::fs::OpenOptions::new()
-                .create(true)
-                .truncate(false)
-                .write(true)
-                .open(&local)?;
-            for p in &pieces {
-                f.write_all_at(&p.data, p.old.byte_offset)?;
-            }
+        if let Some(dir) = local.parent() {
+            std::fs::create_dir_all(dir)?;
         }
+        let bytes: Vec<&[u8]> = pieces.iter().map(|p| &p.data[..]).collect();
+        super::logcopy::write_at(&local, old.byte_offset, &bytes)?;
         // Packed before the store is taken: it is held only for the writes. Pieces in log
         // order, so their chunks are stored in log order.
         let mut packed = crate::series::Packed::default();

@@ -31,6 +31,7 @@ pub mod data;
 mod fleet;
 mod follow;
 mod instances;
+mod logcopy;
 mod poll;
 mod query;
 mod recovery;

@@ -167,16 +167,7 @@ impl Engine {
             return Ok(Vec::new());
         }
         let path = self.local_log_path(job_id, attempt);
-        let f = match std::fs::File::open(&path) {
-            Ok(f) => f,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(e) => return Err(e.into()),
-        };
-        Ok(crate::remote::local::read_at_most(
-            &f,
-            from,
-            (to - from) as usize,
-        )?)
+        Ok(super::logcopy::read_at(&path, from, (to - from) as usize)?.unwrap_or_default())
     }
 }
 
