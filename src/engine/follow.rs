@@ -522,9 +522,9 @@ impl Engine {
     }
 }
 
-/// Room in a piece being cut: a piece's size and a chunk more (a MiB and an SSH packet),
-/// so that adding the chunk that completes it never grows (copies) it.
-const PENDING_ROOM: usize = LOG_CHUNK + (1 << 20) + (64 << 10);
+/// Room in a piece being cut: a piece's size and a chunk more, so that adding the chunk
+/// that completes it never grows (copies) it.
+const PENDING_ROOM: usize = LOG_CHUNK + crate::remote::STREAM_CHUNK_MAX;
 
 /// The most parsed pieces committed in one transaction.
 const COMMIT_GROUP: usize = 4;

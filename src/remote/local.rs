@@ -396,6 +396,7 @@ impl Remote for LocalRemote {
             let mut off = offset;
             loop {
                 const READ: usize = 1 << 20;
+                const _: () = assert!(READ <= super::STREAM_CHUNK_MAX);
                 let mut buf =
                     read_at_most(&f, off, READ).with_context(|| format!("reading {path}"))?;
                 if buf.is_empty() {

@@ -344,6 +344,10 @@ pub trait Remote: Send + Sync {
     }
 }
 
+/// The most bytes in one chunk a [`Remote`] streams (`stream_file`, `exec_then_stream`):
+/// a MiB and an SSH packet. A reader that gathers chunks sizes its buffers by it.
+pub const STREAM_CHUNK_MAX: usize = (1 << 20) + (64 << 10);
+
 /// Most of a line a transport carries over to its next chunk so that a chunk ends at a
 /// line end ([`line_aligned_len`]).
 pub const LINE_CARRY_MAX: usize = 64 << 10;

@@ -373,6 +373,7 @@ const STREAM_PIECE: usize = 1 << 20;
 
 /// Room in a chunk being gathered: a packet more than a piece, so it never grows (copies).
 const HELD_ROOM: usize = STREAM_PIECE + MAX_PACKET as usize;
+const _: () = assert!(HELD_ROOM <= crate::remote::STREAM_CHUNK_MAX);
 
 /// What a command reads on stdin.
 enum Stdin<'a> {
