@@ -69,11 +69,14 @@ impl Engine {
     /// partial last line left over (the caller decides whether it is complete; `None`
     /// when another process took over the log).
     ///
-    /// Three stages run side by side, each handing the next a piece at a time: cutting
+    /// Four stages run side by side, each handing the next a piece at a time: cutting
     /// the stream into pieces (here), parsing (a thread of its own, carrying the parser
-    /// from piece to piece), and committing (the local copy, packing the points, the
-    /// compare-and-swap of offset and points, on a blocking thread). A piece is committed
-    /// only after every piece before it; parsing runs ahead by at most a piece or two.
+    /// from piece to piece), writing the local copy (a thread of its own: its direct
+    /// writes wait for the disk, 2 s for a GiB on this project's VMs, while the commits
+    /// go on), and committing (packing the points, the compare-and-swap of offset and
+    /// points, on a blocking thread). A piece is committed only after every piece before
+    /// it and after its bytes are in the local copy; parsing runs ahead by at most a few
+    /// pieces.
     async fn commit_stream(
         &self,
         att: &AttemptRecord,
@@ -167,24 +170,41 @@ impl Engine {
                 }
             }
         };
-        // The committer owns the parsed pieces' receiver: when it stops (another process
-        // won, or an error), the receiver goes with it, so the parser's next send fails,
-        // the parser stops, the cutter's send fails and the transport is told to stop. A
-        // receiver kept alive here left the parser waiting forever on a full channel.
+        // The writer takes the parsed pieces, writes them to the local copy and hands them
+        // on to the committer. Each stage owns its receiver: when the committer stops
+        // (another process won, or an error), the receiver goes with it, so the writer's
+        // next send fails, the writer stops, then the parser, the cutter, and the
+        // transport is told to stop. A receiver kept alive here left the parser waiting
+        // forever on a full channel.
+        let (written_tx, mut written_rx) = mpsc::channel::<ParsedPiece>(2);
+        let writing = tokio::task::spawn_blocking({
+            let (engine, att) = (self.clone(), att.clone());
+            move || {
+                let mut times = StageTimes::default();
+                while let Some(piece) = times.waiting(|| parsed_rx.blocking_recv()) {
+                    times.busy(|| engine.write_local_copy(&att, std::slice::from_ref(&piece)))?;
+                    if !times.held(|| written_tx.blocking_send(piece).is_ok()) {
+                        break;
+                    }
+                }
+                tracing::debug!("{} writing: {times}", att.job_id);
+                Ok::<_, anyhow::Error>(())
+            }
+        });
         let committing = async move {
             let (mut cur, mut total) = (start.clone(), 0usize);
             let mut times = StageTimes::default();
             loop {
                 let began = std::time::Instant::now();
-                let Some(parsed) = parsed_rx.recv().await else {
+                let Some(written) = written_rx.recv().await else {
                     break;
                 };
                 times.waited += began.elapsed();
-                // The pieces parsed while the last commit ran go in one transaction with it
+                // The pieces written while the last commit ran go in one transaction with it
                 // (when the store is the slowest stage, fewer and larger commits).
-                let mut group = vec![parsed];
+                let mut group = vec![written];
                 while group.len() < COMMIT_GROUP {
-                    match parsed_rx.try_recv() {
+                    match written_rx.try_recv() {
                         Ok(p) => group.push(p),
                         Err(_) => break,
                     }
@@ -192,7 +212,7 @@ impl Engine {
                 let (engine, att) = (self.clone(), att.clone());
                 let began = std::time::Instant::now();
                 let committed =
-                    tokio::task::spawn_blocking(move || engine.commit_parsed(&att, group))
+                    tokio::task::spawn_blocking(move || engine.commit_written(&att, group))
                         .await??;
                 times.worked += began.elapsed();
                 match committed {
@@ -209,6 +229,8 @@ impl Engine {
         };
         let (rest, committed) = tokio::join!(cutting, committing);
         let (parser, parsed_to) = parsing.await?;
+        // A failed write ends the pieces the committer gets: its error is the follow's.
+        writing.await??;
         let (total, cur, ours) = committed?;
         if cur.byte_offset == parsed_to {
             self.keep_parser(key, parsed_to, parser);
@@ -410,17 +432,35 @@ impl Engine {
         att: &AttemptRecord,
         pieces: Vec<ParsedPiece>,
     ) -> Result<Option<(usize, LogOffset)>> {
-        let (Some(first), Some(last)) = (pieces.first(), pieces.last()) else {
-            anyhow::bail!("no piece of log to commit");
+        self.write_local_copy(att, &pieces)?;
+        self.commit_written(att, pieces)
+    }
+
+    /// Write parsed pieces (consecutive, in log order) to the local copy at their
+    /// offsets: at the remote offset, so a retry rewrites the same bytes.
+    fn write_local_copy(&self, att: &AttemptRecord, pieces: &[ParsedPiece]) -> Result<()> {
+        let Some(first) = pieces.first() else {
+            return Ok(());
         };
-        let (old, new) = (first.old.clone(), last.new.clone());
-        // The local copy is written at the remote offset, so a retry rewrites the same bytes.
         let local = self.local_log_path(&att.job_id, att.attempt);
         if let Some(dir) = local.parent() {
             std::fs::create_dir_all(dir)?;
         }
         let bytes: Vec<&[u8]> = pieces.iter().map(|p| &p.data[..]).collect();
-        super::logcopy::write_at(&local, old.byte_offset, &bytes)?;
+        super::logcopy::write_at(&local, first.old.byte_offset, &bytes)
+            .with_context(|| format!("writing {}", local.display()))
+    }
+
+    /// [`Engine::commit_parsed`] of pieces already in the local copy.
+    fn commit_written(
+        &self,
+        att: &AttemptRecord,
+        pieces: Vec<ParsedPiece>,
+    ) -> Result<Option<(usize, LogOffset)>> {
+        let (Some(first), Some(last)) = (pieces.first(), pieces.last()) else {
+            anyhow::bail!("no piece of log to commit");
+        };
+        let (old, new) = (first.old.clone(), last.new.clone());
         // Packed before the store is taken: it is held only for the writes. Pieces in log
         // order, so their chunks are stored in log order.
         let mut packed = crate::series::Packed::default();

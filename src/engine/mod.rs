@@ -837,6 +837,64 @@ mod tests {
         assert!(loss.windows(2).all(|w| w[1].step > w[0].step));
     }
 
+    /// The local copy cannot be written (a folder where the file should be): the follow
+    /// fails saying so, commits nothing (no offset past bytes the copy does not hold), and
+    /// returns rather than wait on its other stages. Once the copy can be written, the
+    /// next follow takes the whole log.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_local_copy_that_cannot_be_written_fails_the_follow_and_commits_nothing() {
+        let (_dir, engine, inst) = local_engine().await;
+        let machine = engine.remote_for(&inst).await.unwrap();
+        let att = stored_attempt(&engine, &inst, machine.root(), "j-nocopy");
+        let mut log = Vec::new();
+        let mut steps = 0u64;
+        while log.len() < 6 << 20 {
+            steps += 1;
+            log.extend_from_slice(format!("step={steps} loss={}.5\n", steps % 97).as_bytes());
+        }
+        machine
+            .write_file(&job::log_path(&att.remote_dir), &log, 0o644)
+            .await
+            .unwrap();
+        let copy = engine.local_log_path("j-nocopy", 1);
+        std::fs::create_dir_all(&copy).unwrap();
+        let failed = tokio::time::timeout(
+            Duration::from_secs(60),
+            engine.pump_log(machine.as_ref(), &att, true),
+        )
+        .await
+        .expect("the follow returns");
+        let e = format!("{:#}", failed.expect_err("the copy cannot be written"));
+        assert!(e.contains(&copy.display().to_string()), "{e}");
+        assert_eq!(
+            engine
+                .store()
+                .log_offset("j-nocopy", 1)
+                .unwrap()
+                .byte_offset,
+            0
+        );
+        assert!(
+            engine
+                .store()
+                .metrics("j-nocopy", Some("loss"))
+                .unwrap()
+                .is_empty()
+        );
+        std::fs::remove_dir(&copy).unwrap();
+        let n = engine.pump_log(machine.as_ref(), &att, true).await.unwrap();
+        assert_eq!(n, log.len());
+        assert!(std::fs::read(&copy).unwrap() == log);
+        assert_eq!(
+            engine
+                .store()
+                .metrics("j-nocopy", Some("loss"))
+                .unwrap()
+                .len() as u64,
+            steps
+        );
+    }
+
     /// A poll reads the status, the log and the GPU samples side by side: while the job
     /// runs, a last line without its newline waits for it; once the job's exit code is on
     /// the machine, the poll that sees it takes the whole log, that line included.
