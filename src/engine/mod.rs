@@ -789,6 +789,22 @@ mod tests {
         // The local machine runs nothing here: the temp dir going is its end.
     }
 
+    /// A log of `step=N loss=…` lines of at least `len` bytes, put where the attempt's
+    /// log is on its machine: the log and its steps.
+    async fn put_step_log(machine: &dyn Remote, att: &AttemptRecord, len: usize) -> (Vec<u8>, u64) {
+        let mut log = Vec::new();
+        let mut steps = 0u64;
+        while log.len() < len {
+            steps += 1;
+            log.extend_from_slice(format!("step={steps} loss={}.5\n", steps % 97).as_bytes());
+        }
+        machine
+            .write_file(&job::log_path(&att.remote_dir), &log, 0o644)
+            .await
+            .unwrap();
+        (log, steps)
+    }
+
     /// Two processes follow one long log at once (many pieces each): whichever loses the
     /// compare-and-swap stops its whole pipeline and returns (it once waited forever on
     /// a parser blocked behind a full channel), and every point is stored exactly once.
@@ -803,16 +819,7 @@ mod tests {
         let machine = engine.remote_for(&inst).await.unwrap();
         let att = stored_attempt(&engine, &inst, machine.root(), "j-two");
         // 24 MiB: two dozen pieces.
-        let mut log = Vec::new();
-        let mut steps = 0u64;
-        while log.len() < 24 << 20 {
-            steps += 1;
-            log.extend_from_slice(format!("step={steps} loss={}.5\n", steps % 97).as_bytes());
-        }
-        machine
-            .write_file(&job::log_path(&att.remote_dir), &log, 0o644)
-            .await
-            .unwrap();
+        let (log, steps) = put_step_log(machine.as_ref(), &att, 24 << 20).await;
         let both = async {
             tokio::join!(
                 engine.pump_log(machine.as_ref(), &att, true),
@@ -846,16 +853,7 @@ mod tests {
         let (_dir, engine, inst) = local_engine().await;
         let machine = engine.remote_for(&inst).await.unwrap();
         let att = stored_attempt(&engine, &inst, machine.root(), "j-nocopy");
-        let mut log = Vec::new();
-        let mut steps = 0u64;
-        while log.len() < 6 << 20 {
-            steps += 1;
-            log.extend_from_slice(format!("step={steps} loss={}.5\n", steps % 97).as_bytes());
-        }
-        machine
-            .write_file(&job::log_path(&att.remote_dir), &log, 0o644)
-            .await
-            .unwrap();
+        let (log, steps) = put_step_log(machine.as_ref(), &att, 6 << 20).await;
         let copy = engine.local_log_path("j-nocopy", 1);
         std::fs::create_dir_all(&copy).unwrap();
         let failed = tokio::time::timeout(
