@@ -1540,8 +1540,8 @@ impl Remote for SshRemote {
         let max = max.min(64 << 20);
         let out = self
             .exec_idempotent(&format!(
-                "[ -f {q} ] || exit 44; tail -c +{} {q} | head -c {max}",
-                offset + 1
+                "[ -f {q} ] || exit 44; {} | head -c {max}",
+                read_from(&q, offset, false)
             ))
             .await?;
         match out.status {
