@@ -502,14 +502,14 @@ impl Engine {
             }
             // The bytes themselves to a printer, which need not read them back; when it
             // is behind (its queue full), it reads them from the local copy instead.
-            if let Some(tx) = &tap {
+            if let Some(t) = &tap {
                 let piece = CommittedLog {
                     attempt: att.attempt,
                     offset: p.old.byte_offset,
                     bytes: p.data,
                 };
-                match tx.try_send(piece) {
-                    Ok(()) => continue,
+                match t.send(piece) {
+                    Ok(()) => {}
                     Err(std::sync::mpsc::TrySendError::Full(piece)) => {
                         crate::bufpool::give(piece.bytes);
                     }
@@ -536,24 +536,80 @@ pub struct CommittedLog {
     pub bytes: Vec<u8>,
 }
 
+/// How long a committer waits for a printer that has a full queue before leaving the
+/// piece to be read back from the local copy: long enough for a printer that shares
+/// the machine's cores to catch up, short enough that a stopped one (`| less`, paused)
+/// barely slows the follow.
+const TAP_WAIT: std::time::Duration = std::time::Duration::from_millis(200);
+
+/// A printer's queue of committed pieces ([`Engine::tap_log`]).
+#[derive(Clone)]
+pub(crate) struct LogTap {
+    tx: std::sync::mpsc::SyncSender<CommittedLog>,
+    /// Set when a wait ran out: the printer is stopped or far behind, so pieces are not
+    /// waited for again until one finds room at once.
+    behind: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl LogTap {
+    /// Queue a piece, waiting up to [`TAP_WAIT`] for room unless the printer is behind:
+    /// a piece the printer is sent it need not read back from the local copy, which a
+    /// large backlog writes past the page cache (read back, it comes from disk).
+    fn send(&self, piece: CommittedLog) -> Result<(), std::sync::mpsc::TrySendError<CommittedLog>> {
+        use std::sync::atomic::Ordering;
+        use std::sync::mpsc::TrySendError;
+        let mut piece = match self.tx.try_send(piece) {
+            Ok(()) => {
+                self.behind.store(false, Ordering::Relaxed);
+                return Ok(());
+            }
+            Err(TrySendError::Full(p)) if !self.behind.load(Ordering::Relaxed) => p,
+            Err(e) => return Err(e),
+        };
+        // No way to wait on a std channel's room: a short sleep, doubled up to a
+        // millisecond (a printer takes about that for a piece).
+        let deadline = std::time::Instant::now() + TAP_WAIT;
+        let mut nap = std::time::Duration::from_micros(50);
+        loop {
+            std::thread::sleep(nap);
+            nap = (nap * 2).min(std::time::Duration::from_millis(1));
+            piece = match self.tx.try_send(piece) {
+                Ok(()) => return Ok(()),
+                Err(TrySendError::Full(p)) if std::time::Instant::now() < deadline => p,
+                Err(TrySendError::Full(p)) => {
+                    self.behind.store(true, Ordering::Relaxed);
+                    return Err(TrySendError::Full(p));
+                }
+                Err(e) => return Err(e),
+            };
+        }
+    }
+}
+
 impl Engine {
     /// The pieces of `job_id`'s log as this process commits them, in log order, until
     /// the receiver goes (a printer's: it need not read the local copy back). A piece
-    /// that finds `depth` pieces waiting is not sent: the printer reads it from the
-    /// local copy, as it reads what another process committed.
+    /// that finds `depth` pieces waiting waits for room a moment ([`TAP_WAIT`]); one
+    /// that waited in vain is not sent, and neither are the next until one finds room
+    /// at once: the printer reads those from the local copy, as it reads what another
+    /// process committed.
     pub fn tap_log(&self, job_id: &str, depth: usize) -> std::sync::mpsc::Receiver<CommittedLog> {
         let (tx, rx) = std::sync::mpsc::sync_channel(depth);
+        let tap = LogTap {
+            tx,
+            behind: Default::default(),
+        };
         self.inner
             .log_taps
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(job_id.to_string(), tx);
+            .insert(job_id.to_string(), tap);
         rx
     }
 
     /// Forget a tap whose printer went. (Should a newer printer of the job have tapped
     /// it meanwhile, it loses its tap and reads the local copy: slower, the same text.)
-    fn untap_log(&self, job_id: &str) {
+    pub(super) fn untap_log(&self, job_id: &str) {
         self.inner
             .log_taps
             .lock()

@@ -137,7 +137,7 @@ struct Inner {
     /// Jobs a job actor of this process supervises now (one actor per job).
     supervised: Mutex<std::collections::HashSet<String>>,
     /// Where each job's log pieces go as this process commits them (a printer), by job.
-    log_taps: Mutex<HashMap<String, std::sync::mpsc::SyncSender<follow::CommittedLog>>>,
+    log_taps: Mutex<HashMap<String, follow::LogTap>>,
 }
 
 /// Whether `key` is due in a rate-limited map (not marked within `every`); marks it now
@@ -891,6 +891,62 @@ mod tests {
                 .len() as u64,
             steps
         );
+    }
+
+    /// A printer slower than the follow (it takes a while over each piece, its queue one
+    /// deep) is still sent every piece: the committer waits for room, so the printer
+    /// never has to read the local copy back. A printer that stops reading costs the
+    /// follow one wait, not one per piece: the follow finishes, and the printer finds the
+    /// one piece it had room for.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_slow_printer_is_sent_every_piece_and_a_stopped_one_does_not_stall_the_follow() {
+        let (_dir, engine, inst) = local_engine().await;
+        let machine = engine.remote_for(&inst).await.unwrap();
+        let att = stored_attempt(&engine, &inst, machine.root(), "j-tap");
+        // Ten pieces or so.
+        let (log, _) = put_step_log(machine.as_ref(), &att, 10 << 20).await;
+        let pieces = engine.tap_log("j-tap", 1);
+        let printer = std::thread::spawn(move || {
+            let mut got = Vec::new();
+            while let Ok(p) = pieces.recv() {
+                std::thread::sleep(Duration::from_millis(150));
+                got.push((p.offset, p.bytes.len()));
+            }
+            got
+        });
+        let n = tokio::time::timeout(
+            Duration::from_secs(60),
+            engine.pump_log(machine.as_ref(), &att, true),
+        )
+        .await
+        .expect("the follow returns")
+        .unwrap();
+        assert_eq!(n, log.len());
+        engine.untap_log("j-tap");
+        let got = printer.join().unwrap();
+        assert!(got.len() > 3, "{got:?}");
+        let mut at = 0;
+        for (offset, len) in &got {
+            assert_eq!(*offset, at, "pieces sent in order, none left out: {got:?}");
+            at += *len as u64;
+        }
+        assert_eq!(at, log.len() as u64);
+
+        // A printer that never reads: its queue fills at once.
+        let att = stored_attempt(&engine, &inst, machine.root(), "j-stuck");
+        let (log, _) = put_step_log(machine.as_ref(), &att, 10 << 20).await;
+        let pieces = engine.tap_log("j-stuck", 1);
+        let n = tokio::time::timeout(
+            Duration::from_secs(60),
+            engine.pump_log(machine.as_ref(), &att, true),
+        )
+        .await
+        .expect("the follow returns")
+        .unwrap();
+        assert_eq!(n, log.len());
+        engine.untap_log("j-stuck");
+        let got: Vec<_> = pieces.iter().map(|p| p.offset).collect();
+        assert_eq!(got, vec![0], "only the first piece found room");
     }
 
     /// A poll reads the status, the log and the GPU samples side by side: while the job
