@@ -666,6 +666,26 @@ impl LogParser {
                 last_bar = Some(sep);
                 continue;
             }
+            // The value first (one byte tells most lines apart: prose after a colon):
+            // what may start a number, or a setting's word after `=`.
+            let mut v = sep + 1;
+            while v < s.len() && s[v] == b' ' {
+                v += 1;
+            }
+            if v >= s.len() {
+                break;
+            }
+            if !(matches!(
+                s[v],
+                b'0'..=b'9' | b'-' | b'+' | b'.' | b'n' | b'N' | b'i' | b'I'
+            ) || (s[sep] == b'=' && matches!(s[v], b'F' | b'T')))
+            {
+                // A bar like `[=====>....]`: skip the run rather than stop at every `=`.
+                while from < s.len() && s[from] == s[sep] {
+                    from += 1;
+                }
+                continue;
+            }
             // Name: the identifier ending right before the separator (for `=`, spaces
             // may stand between: `loss = 0.43`).
             let mut end = sep;
@@ -684,13 +704,6 @@ impl LogParser {
                     from += 1;
                 }
                 continue;
-            }
-            let mut v = sep + 1;
-            while v < s.len() && s[v] == b' ' {
-                v += 1;
-            }
-            if v >= s.len() {
-                break;
             }
             let Some((value, used)) = parse_number(&s[v..]) else {
                 // `amp=False`, `cfg=None`: a settings dump (counted, see `segment`).
@@ -1027,8 +1040,21 @@ fn yolo_name(tok: &[u8]) -> String {
 
 #[inline]
 fn is_ident(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'/' | b'-')
+    IDENT[b as usize]
 }
+
+/// [`is_ident`] as a table: one load where the test is a handful of compares (it runs
+/// on every byte of every name the pair scan reads back).
+static IDENT: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut i = 0;
+    while i < 256 {
+        let b = i as u8;
+        t[i] = b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'/' | b'-');
+        i += 1;
+    }
+    t
+};
 
 fn trim_start(s: &[u8]) -> &[u8] {
     let n = s.iter().take_while(|b| b.is_ascii_whitespace()).count();
