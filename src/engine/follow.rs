@@ -163,6 +163,7 @@ impl Engine {
                         return pending;
                     }
                     times.held_up += began.elapsed();
+                    times.items += 1;
                 }
                 if !open {
                     tracing::debug!("cutting: {times}");
@@ -215,6 +216,7 @@ impl Engine {
                     tokio::task::spawn_blocking(move || engine.commit_written(&att, group))
                         .await??;
                 times.worked += began.elapsed();
+                times.items += 1;
                 match committed {
                     Some((len, next)) => {
                         cur = next;
@@ -650,6 +652,8 @@ struct StageTimes {
     waited: Duration,
     worked: Duration,
     held_up: Duration,
+    /// Pieces handled (groups, for the committer).
+    items: u64,
 }
 
 impl StageTimes {
@@ -663,6 +667,7 @@ impl StageTimes {
         Self::timed(&mut self.waited, f)
     }
     fn busy<T>(&mut self, f: impl FnOnce() -> T) -> T {
+        self.items += 1;
         Self::timed(&mut self.worked, f)
     }
     fn held<T>(&mut self, f: impl FnOnce() -> T) -> T {
@@ -674,7 +679,8 @@ impl std::fmt::Display for StageTimes {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "waited {} ms, worked {} ms, held up {} ms",
+            "{} pieces; waited {} ms, worked {} ms, held up {} ms",
+            self.items,
             self.waited.as_millis(),
             self.worked.as_millis(),
             self.held_up.as_millis()
