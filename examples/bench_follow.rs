@@ -9,7 +9,11 @@
 //!
 //! `BENCH_FOLLOW_CASES="ssh mixed"` runs only the cases whose names hold every word;
 //! `BENCH_FOLLOW_WRAP="perf record -o F -F 999"` runs each follow under the given command;
-//! `BENCH_FOLLOW_ROUNDS=N` sets the rounds per case (default 5; medians are reported).
+//! `BENCH_FOLLOW_ROUNDS=N` sets the rounds per case (default 5; medians are reported);
+//! `BENCH_FOLLOW_AGAINST=PATH` also follows with another `trainctl` binary (an older
+//! build) in every round, between the baseline and this one, and reports it on a line of
+//! its own against the same baseline: on a noisy machine, an A/B measured minutes apart
+//! compares two periods rather than two builds.
 //!
 //! `cargo build --release && cargo run --release --example bench_follow [-- SIZE_MB]`
 //! (default 1024; needs openssh-server and openssh-client).
@@ -160,7 +164,14 @@ fn read_back(mut cmd: Command) -> (f64, f64, usize) {
 
 /// A finished job whose log is `log` (the command `cat`s it), on `provider`; then
 /// `trainctl logs -f` of it, timed.
-fn follow(work: &Path, log: &Path, provider_cfg: &str, provider: &str, launch: &[&str]) -> Case {
+fn follow(
+    bin: &Path,
+    work: &Path,
+    log: &Path,
+    provider_cfg: &str,
+    provider: &str,
+    launch: &[&str],
+) -> Case {
     let data = work.join("data");
     let _ = std::fs::remove_dir_all(work);
     std::fs::create_dir_all(work.join("proj")).unwrap();
@@ -179,7 +190,7 @@ fn follow(work: &Path, log: &Path, provider_cfg: &str, provider: &str, launch: &
     )
     .unwrap();
     let tc = |args: &[&str]| {
-        let mut c = Command::new(bin());
+        let mut c = Command::new(bin);
         c.args(args)
             .env("TRAINCTL_CONFIG", &cfg)
             .current_dir(work.join("proj"));
@@ -214,7 +225,7 @@ fn follow(work: &Path, log: &Path, provider_cfg: &str, provider: &str, launch: &
             let mut w = wrap.split_whitespace();
             let mut c = Command::new(w.next().unwrap());
             c.args(w)
-                .arg(bin())
+                .arg(bin)
                 .env("TRAINCTL_CONFIG", &cfg)
                 .current_dir(work.join("proj"));
             c
@@ -238,29 +249,65 @@ fn follow(work: &Path, log: &Path, provider_cfg: &str, provider: &str, launch: &
 }
 
 /// Rounds (`BENCH_FOLLOW_ROUNDS`, default 5), alternating which side goes first: the
-/// median baseline round (seconds, CPU seconds) and the trainctl round of median time.
+/// median baseline round (seconds, CPU seconds) and, for each follower (this build, then
+/// the one `BENCH_FOLLOW_AGAINST` names), its round of median time.
 fn rounds(
     mut base: impl FnMut() -> (f64, f64),
-    mut ours: impl FnMut() -> Case,
-) -> ((f64, f64), Case) {
+    mut ours: impl FnMut(&Path) -> Case,
+) -> ((f64, f64), Vec<Case>) {
     let n: usize = std::env::var("BENCH_FOLLOW_ROUNDS")
         .ok()
         .and_then(|v| v.parse().ok())
         .filter(|&n| n > 0)
         .unwrap_or(5);
-    let (mut b, mut o) = (Vec::new(), Vec::new());
+    let bins = followers();
+    let mut b = Vec::new();
+    let mut o: Vec<Vec<Case>> = bins.iter().map(|_| Vec::new()).collect();
     for r in 0..n {
         if r % 2 == 0 {
             b.push(base());
-            o.push(ours());
+            for (i, bin) in bins.iter().enumerate().rev() {
+                o[i].push(ours(bin));
+            }
         } else {
-            o.push(ours());
+            for (i, bin) in bins.iter().enumerate() {
+                o[i].push(ours(bin));
+            }
             b.push(base());
         }
     }
     b.sort_by(|x, y| x.0.total_cmp(&y.0));
-    o.sort_by(|x, y| x.secs.total_cmp(&y.secs));
-    (b[n / 2], o.swap_remove(n / 2))
+    let cases = o
+        .into_iter()
+        .map(|mut o| {
+            o.sort_by(|x, y| x.secs.total_cmp(&y.secs));
+            o.swap_remove(n / 2)
+        })
+        .collect();
+    (b[n / 2], cases)
+}
+
+/// The binaries that follow: this build's, then the one to compare it with, if any.
+fn followers() -> Vec<PathBuf> {
+    let mut bins = vec![bin()];
+    if let Some(other) = std::env::var_os("BENCH_FOLLOW_AGAINST").filter(|v| !v.is_empty()) {
+        let other = PathBuf::from(other);
+        assert!(
+            other.exists(),
+            "BENCH_FOLLOW_AGAINST: no {}",
+            other.display()
+        );
+        bins.push(other);
+    }
+    bins
+}
+
+/// How a follower's row is named: this build's plainly, the other's by its path.
+fn label(i: usize) -> String {
+    match i {
+        0 => String::new(),
+        _ => format!(" [{}]", followers()[i].display()),
+    }
 }
 
 fn main() {
@@ -293,7 +340,7 @@ fn main() {
         }
         let sink = work.with_extension("grep");
         // grep exits 1 when nothing matches (the plain log): not a failure here.
-        let (base, c) = rounds(
+        let (base, cases) = rounds(
             || {
                 secs_cpu(timed(
                     Command::new("sh")
@@ -303,24 +350,27 @@ fn main() {
                     &sink,
                 ))
             },
-            || follow(&work, log, "", "local", &[]),
+            |bin| follow(bin, &work, log, "", "local", &[]),
         );
-        assert_eq!(c.out_lines, newlines(log), "every line printed");
-        println!(
-            "local {kind}: grep -c loss {:.2} s; logs -f {:.2} s; {:.3}x; {:.0} MiB RSS; store +{:.1} %; CPU {:.2} s vs grep's {:.2} s",
-            base.0,
-            c.secs,
-            base.0 / c.secs,
-            c.rss_mib,
-            c.store_growth * 100.0,
-            c.cpu,
-            base.1
-        );
-        if let Some((first, all, points)) = c.read_back {
+        for (i, c) in cases.iter().enumerate() {
+            assert_eq!(c.out_lines, newlines(log), "every line printed");
+            let l = label(i);
             println!(
-                "local {kind}: metrics --json --name loss: first byte {:.0} ms, all {points} points in {all:.2} s",
-                first * 1000.0
+                "local {kind}{l}: grep -c loss {:.2} s; logs -f {:.2} s; {:.3}x; {:.0} MiB RSS; store +{:.1} %; CPU {:.2} s vs grep's {:.2} s",
+                base.0,
+                c.secs,
+                base.0 / c.secs,
+                c.rss_mib,
+                c.store_growth * 100.0,
+                c.cpu,
+                base.1
             );
+            if let Some((first, all, points)) = c.read_back {
+                println!(
+                    "local {kind}{l}: metrics --json --name loss: first byte {:.0} ms, all {points} points in {all:.2} s",
+                    first * 1000.0
+                );
+            }
         }
     }
 
@@ -362,23 +412,26 @@ fn main() {
                 &sink,
             ))
         };
-        let (base, c) = rounds(ssh_cat, || {
-            let c = follow(&work, log, &cfg, "ssh", &["--accept-new-host-key"]);
+        let (base, cases) = rounds(ssh_cat, |bin| {
+            let c = follow(bin, &work, log, &cfg, "ssh", &["--accept-new-host-key"]);
             // Each round's job left its log on the "machine": a GiB each.
             let _ = std::fs::remove_dir_all(remote_dir.join(".trainctl/jobs"));
             c
         });
-        assert_eq!(c.out_lines, newlines(log), "every line printed");
-        println!(
-            "ssh {kind}: ssh host cat {:.2} s; logs -f {:.2} s; {:.3}x; {:.0} MiB RSS; store +{:.1} %; CPU {:.2} s vs the ssh client's {:.2} s",
-            base.0,
-            c.secs,
-            base.0 / c.secs,
-            c.rss_mib,
-            c.store_growth * 100.0,
-            c.cpu,
-            base.1
-        );
+        for (i, c) in cases.iter().enumerate() {
+            assert_eq!(c.out_lines, newlines(log), "every line printed");
+            println!(
+                "ssh {kind}{}: ssh host cat {:.2} s; logs -f {:.2} s; {:.3}x; {:.0} MiB RSS; store +{:.1} %; CPU {:.2} s vs the ssh client's {:.2} s",
+                label(i),
+                base.0,
+                c.secs,
+                base.0 / c.secs,
+                c.rss_mib,
+                c.store_growth * 100.0,
+                c.cpu,
+                base.1
+            );
+        }
     }
     let _ = std::fs::remove_dir_all(&work);
     let _ = std::fs::remove_dir_all(&remote_dir);
