@@ -1670,58 +1670,47 @@ async fn follow_printing(engine: &Engine, job: &JobRecord, json: bool) -> Result
         }
     });
     let _stop_tending = AbortOnDrop(tender);
-    // The log is printed from the local copy as it is committed, beside the follow (a
-    // large log is printed while it is still being read, never all in memory).
+    // The log is printed as it is committed, beside the follow (a large log is printed
+    // while it is still being read, never all in memory). On a terminal, lines above the
+    // spinner, read back from the local copy.
     let bar = bar.map(std::sync::Arc::new);
-    let print_some = {
-        let (engine, printer, bar) = (engine.clone(), printer.clone(), bar.clone());
+    let print_some = bar.clone().map(|pb| {
+        let (engine, printer) = (engine.clone(), printer.clone());
         move || {
-            let (engine, printer, bar) = (engine.clone(), printer.clone(), bar.clone());
+            let (engine, printer, pb) = (engine.clone(), printer.clone(), pb.clone());
             async move {
                 let mut p = printer.lock().await;
                 let mut any = false;
                 loop {
                     // On a copy: a task stopped while it reads leaves the printer as it
                     // was, so the final drain prints those lines.
-                    let (e2, mut next, tty) = (engine.clone(), p.clone(), bar.is_some());
-                    let Ok((next, lines, text)) = tokio::task::spawn_blocking(move || {
-                        // A terminal gets lines above the spinner; a file or pipe one text.
-                        if tty {
-                            let l = next.take_new(&e2).unwrap_or_default();
-                            (next, l, String::new())
-                        } else {
-                            let t = next.take_text(&e2).unwrap_or_default();
-                            (next, Vec::new(), t)
-                        }
+                    let (e2, mut next) = (engine.clone(), p.clone());
+                    let Ok((next, lines)) = tokio::task::spawn_blocking(move || {
+                        let l = next.take_new(&e2).unwrap_or_default();
+                        (next, l)
                     })
                     .await
                     else {
                         return any;
                     };
                     *p = next;
-                    if lines.is_empty() && text.is_empty() {
+                    if lines.is_empty() {
                         return any;
                     }
                     any = true;
-                    match bar.as_deref() {
-                        Some(pb) => {
-                            for l in lines {
-                                pb.println(l);
-                            }
-                        }
-                        None => print_block(&text, json),
+                    for l in lines {
+                        pb.println(l);
                     }
                 }
             }
         }
-    };
+    });
     // Not a terminal: the pieces this process commits are printed from memory as they
-    // are committed (a terminal's lines go above the spinner, as read back).
-    let tapped = bar
+    // are committed.
+    let tapped = print_some
         .is_none()
         .then(|| TapPrinter::start(engine, &job.id, json));
-    let printing = tapped.is_none().then(|| {
-        let print_some = print_some.clone();
+    let printing = print_some.clone().map(|print_some| {
         AbortOnDrop(tokio::spawn(async move {
             loop {
                 if !print_some().await {
@@ -1746,9 +1735,10 @@ async fn follow_printing(engine: &Engine, job: &JobRecord, json: bool) -> Result
     };
     // Everything the job wrote, to the end, before returning.
     drop(printing);
-    match tapped {
-        Some(printer) => printer.finish().await?,
-        None => while print_some().await {},
+    match (tapped, print_some) {
+        (Some(printer), _) => printer.finish().await?,
+        (None, Some(print_some)) => while print_some().await {},
+        (None, None) => {}
     }
     if let Some(pb) = bar.as_deref() {
         pb.finish_and_clear();
