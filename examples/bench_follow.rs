@@ -310,6 +310,21 @@ fn label(i: usize) -> String {
     }
 }
 
+/// A case's row: the baseline's seconds, the follow's, their ratio, the follow's peak RSS,
+/// the store's growth, and the follow's CPU seconds against the baseline's.
+fn print_row(name: &str, baseline: &str, base: (f64, f64), c: &Case, whose: &str) {
+    println!(
+        "{name}: {baseline} {:.2} s; logs -f {:.2} s; {:.3}x; {:.0} MiB RSS; store +{:.1} %; CPU {:.2} s vs {whose} {:.2} s",
+        base.0,
+        c.secs,
+        base.0 / c.secs,
+        c.rss_mib,
+        c.store_growth * 100.0,
+        c.cpu,
+        base.1
+    );
+}
+
 fn main() {
     let mb: u64 = std::env::args()
         .nth(1)
@@ -355,15 +370,12 @@ fn main() {
         for (i, c) in cases.iter().enumerate() {
             assert_eq!(c.out_lines, newlines(log), "every line printed");
             let l = label(i);
-            println!(
-                "local {kind}{l}: grep -c loss {:.2} s; logs -f {:.2} s; {:.3}x; {:.0} MiB RSS; store +{:.1} %; CPU {:.2} s vs grep's {:.2} s",
-                base.0,
-                c.secs,
-                base.0 / c.secs,
-                c.rss_mib,
-                c.store_growth * 100.0,
-                c.cpu,
-                base.1
+            print_row(
+                &format!("local {kind}{l}"),
+                "grep -c loss",
+                base,
+                c,
+                "grep's",
             );
             if let Some((first, all, points)) = c.read_back {
                 println!(
@@ -420,17 +432,8 @@ fn main() {
         });
         for (i, c) in cases.iter().enumerate() {
             assert_eq!(c.out_lines, newlines(log), "every line printed");
-            println!(
-                "ssh {kind}{}: ssh host cat {:.2} s; logs -f {:.2} s; {:.3}x; {:.0} MiB RSS; store +{:.1} %; CPU {:.2} s vs the ssh client's {:.2} s",
-                label(i),
-                base.0,
-                c.secs,
-                base.0 / c.secs,
-                c.rss_mib,
-                c.store_growth * 100.0,
-                c.cpu,
-                base.1
-            );
+            let name = format!("ssh {kind}{}", label(i));
+            print_row(&name, "ssh host cat", base, c, "the ssh client's");
         }
     }
     let _ = std::fs::remove_dir_all(&work);

@@ -893,6 +893,22 @@ mod tests {
         );
     }
 
+    /// Follow `att`'s whole log (`log`) in one go, then drop the job's tap, so that its
+    /// printer's queue ends.
+    async fn follow_to_end_untapped(
+        engine: &Engine,
+        machine: &dyn Remote,
+        att: &AttemptRecord,
+        log: &[u8],
+    ) {
+        let n = tokio::time::timeout(Duration::from_secs(60), engine.pump_log(machine, att, true))
+            .await
+            .expect("the follow returns")
+            .unwrap();
+        assert_eq!(n, log.len());
+        engine.untap_log(&att.job_id);
+    }
+
     /// A printer slower than the follow (it takes a while over each piece, its queue one
     /// deep) is still sent every piece: the committer waits for room, so the printer
     /// never has to read the local copy back. A printer that stops reading costs the
@@ -914,15 +930,7 @@ mod tests {
             }
             got
         });
-        let n = tokio::time::timeout(
-            Duration::from_secs(60),
-            engine.pump_log(machine.as_ref(), &att, true),
-        )
-        .await
-        .expect("the follow returns")
-        .unwrap();
-        assert_eq!(n, log.len());
-        engine.untap_log("j-tap");
+        follow_to_end_untapped(&engine, machine.as_ref(), &att, &log).await;
         let got = printer.join().unwrap();
         assert!(got.len() > 3, "{got:?}");
         let mut at = 0;
@@ -936,15 +944,7 @@ mod tests {
         let att = stored_attempt(&engine, &inst, machine.root(), "j-stuck");
         let (log, _) = put_step_log(machine.as_ref(), &att, 10 << 20).await;
         let pieces = engine.tap_log("j-stuck", 1);
-        let n = tokio::time::timeout(
-            Duration::from_secs(60),
-            engine.pump_log(machine.as_ref(), &att, true),
-        )
-        .await
-        .expect("the follow returns")
-        .unwrap();
-        assert_eq!(n, log.len());
-        engine.untap_log("j-stuck");
+        follow_to_end_untapped(&engine, machine.as_ref(), &att, &log).await;
         let got: Vec<_> = pieces.iter().map(|p| p.offset).collect();
         assert_eq!(got, vec![0], "only the first piece found room");
     }
