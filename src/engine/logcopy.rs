@@ -30,10 +30,12 @@ const BLOCK: u64 = 4096;
 const DIRECT_WRITE: usize = 2 << 20;
 
 /// Less than this of whole blocks (a live job's lines) goes through the page cache: a
-/// direct write waits for the disk. A backlog streamed over SSH comes in pieces of what
-/// arrived while the last was parsed, some small: with 256 KiB here, a 1 GiB follow
-/// over the test sshd wrote 28 MiB in 4-256 KiB writes through the page cache.
-const DIRECT_MIN: u64 = 64 << 10;
+/// direct write waits for the disk (on its own stage of the follow). A backlog streamed
+/// over SSH comes in pieces of what arrived while the last was parsed, some small: with
+/// 256 KiB here, a 1 GiB follow over the test sshd wrote 28-77 MiB through the page cache,
+/// with 64 KiB 14-20 MiB, with 16 KiB 5 MiB (the parts of pieces before their first
+/// block boundary and after their last).
+const DIRECT_MIN: u64 = 16 << 10;
 
 /// Write `pieces`, consecutive, to the file at `path` from byte `at` on (the file is made
 /// when missing; nothing else in it changes).
