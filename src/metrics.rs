@@ -666,8 +666,6 @@ impl LogParser {
                 last_bar = Some(sep);
                 continue;
             }
-            // The value first (one byte tells most lines apart: prose after a colon):
-            // what may start a number, or a setting's word after `=`.
             let mut v = sep + 1;
             while v < s.len() && s[v] == b' ' {
                 v += 1;
@@ -675,39 +673,20 @@ impl LogParser {
             if v >= s.len() {
                 break;
             }
-            if !(matches!(
-                s[v],
-                b'0'..=b'9' | b'-' | b'+' | b'.' | b'n' | b'N' | b'i' | b'I'
-            ) || (s[sep] == b'=' && matches!(s[v], b'F' | b'T')))
-            {
+            // The value's first byte before the name (it tells most lines apart: prose
+            // after a colon), which is read back only then.
+            let value_may_follow =
+                starts_number(s[v]) || (s[sep] == b'=' && starts_setting_word(s[v]));
+            let Some((a, end)) = value_may_follow.then(|| name_before(s, sep)).flatten() else {
                 // A bar like `[=====>....]`: skip the run rather than stop at every `=`.
                 while from < s.len() && s[from] == s[sep] {
                     from += 1;
                 }
                 continue;
-            }
-            // Name: the identifier ending right before the separator (for `=`, spaces
-            // may stand between: `loss = 0.43`).
-            let mut end = sep;
-            if s[sep] == b'=' {
-                while end > 0 && sep - end < 2 && s[end - 1] == b' ' {
-                    end -= 1;
-                }
-            }
-            let mut a = end;
-            while a > 0 && is_ident(s[a - 1]) {
-                a -= 1;
-            }
-            if a == end || !s[a].is_ascii_alphabetic() {
-                // A bar like `[=====>....]`: skip the run rather than stop at every `=`.
-                while from < s.len() && s[from] == s[sep] {
-                    from += 1;
-                }
-                continue;
-            }
+            };
             let Some((value, used)) = parse_number(&s[v..]) else {
                 // `amp=False`, `cfg=None`: a settings dump (counted, see `segment`).
-                if s[sep] == b'=' && matches!(s[v], b'F' | b'T' | b'N') {
+                if s[sep] == b'=' && starts_setting_word(s[v]) {
                     self.setting_words = self.setting_words.saturating_add(1);
                 }
                 continue;
@@ -1134,6 +1113,40 @@ const POW10: [f64; 23] = [
     1e17, 1e18, 1e19, 1e20, 1e21, 1e22,
 ];
 
+/// The name of a pair whose separator is at `sep`: where the identifier ending right
+/// before it starts and ends (for `=`, spaces may stand between: `loss = 0.43`), when
+/// there is one and it starts with a letter.
+#[inline]
+fn name_before(s: &[u8], sep: usize) -> Option<(usize, usize)> {
+    let mut end = sep;
+    if s[sep] == b'=' {
+        while end > 0 && sep - end < 2 && s[end - 1] == b' ' {
+            end -= 1;
+        }
+    }
+    let mut a = end;
+    while a > 0 && is_ident(s[a - 1]) {
+        a -= 1;
+    }
+    (a < end && s[a].is_ascii_alphabetic()).then_some((a, end))
+}
+
+/// Whether a number [`parse_number`] reads may start with `b`: a digit, a sign, a point,
+/// or the first letter of `nan`, `inf` or `infinity`.
+#[inline]
+fn starts_number(b: u8) -> bool {
+    matches!(
+        b,
+        b'0'..=b'9' | b'-' | b'+' | b'.' | b'n' | b'N' | b'i' | b'I'
+    )
+}
+
+/// Whether a setting's word (`False`, `True`, `None`) may start with `b`.
+#[inline]
+fn starts_setting_word(b: u8) -> bool {
+    matches!(b, b'F' | b'T' | b'N')
+}
+
 /// A number at the start of `s`: `-1.5e-3`, `.5`, `nan`, `NaN`, `inf`, `-Infinity`.
 pub fn parse_number(s: &[u8]) -> Option<(f64, usize)> {
     let (neg, start_digits) = match s.first() {
@@ -1413,6 +1426,30 @@ pub fn parse_all(bytes: &[u8]) -> (Vec<crate::model::MetricPoint>, Progress) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The pair scan lets a value go on its first byte ([`starts_number`]): every byte a
+    /// number [`parse_number`] reads can start with passes.
+    #[test]
+    fn every_byte_a_number_starts_with_is_let_through() {
+        for b in 0..=255u8 {
+            for rest in [
+                &b"5"[..],
+                b".5",
+                b"5e3",
+                b"an",
+                b"nf",
+                b"nfinity",
+                b"nan",
+                b"inf",
+                b"",
+            ] {
+                let text = [&[b][..], rest].concat();
+                if parse_number(&text).is_some() {
+                    assert!(starts_number(b), "{:?}", String::from_utf8_lossy(&text));
+                }
+            }
+        }
+    }
 
     fn pts(log: &str) -> Vec<(String, f64, Option<i64>, Option<f64>)> {
         parse_all(log.as_bytes())
