@@ -250,11 +250,12 @@ fn follow(
 
 /// Rounds (`BENCH_FOLLOW_ROUNDS`, default 5), alternating which side goes first: the
 /// median baseline round (seconds, CPU seconds) and, for each follower (this build, then
-/// the one `BENCH_FOLLOW_AGAINST` names), its round of median time.
+/// the one `BENCH_FOLLOW_AGAINST` names), its round of median time and how its row is
+/// labelled (this build's plainly, the other's by its path).
 fn rounds(
     mut base: impl FnMut() -> (f64, f64),
     mut ours: impl FnMut(&Path) -> Case,
-) -> ((f64, f64), Vec<Case>) {
+) -> ((f64, f64), Vec<(String, Case)>) {
     let n: usize = std::env::var("BENCH_FOLLOW_ROUNDS")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -279,9 +280,15 @@ fn rounds(
     b.sort_by(|x, y| x.0.total_cmp(&y.0));
     let cases = o
         .into_iter()
-        .map(|mut o| {
+        .zip(&bins)
+        .enumerate()
+        .map(|(i, (mut o, bin))| {
             o.sort_by(|x, y| x.secs.total_cmp(&y.secs));
-            o.swap_remove(n / 2)
+            let label = match i {
+                0 => String::new(),
+                _ => format!(" [{}]", bin.display()),
+            };
+            (label, o.swap_remove(n / 2))
         })
         .collect();
     (b[n / 2], cases)
@@ -300,14 +307,6 @@ fn followers() -> Vec<PathBuf> {
         bins.push(other);
     }
     bins
-}
-
-/// How a follower's row is named: this build's plainly, the other's by its path.
-fn label(i: usize) -> String {
-    match i {
-        0 => String::new(),
-        _ => format!(" [{}]", followers()[i].display()),
-    }
 }
 
 /// A case's row: the baseline's seconds, the follow's, their ratio, the follow's peak RSS,
@@ -367,9 +366,8 @@ fn main() {
             },
             |bin| follow(bin, &work, log, "", "local", &[]),
         );
-        for (i, c) in cases.iter().enumerate() {
+        for (l, c) in &cases {
             assert_eq!(c.out_lines, newlines(log), "every line printed");
-            let l = label(i);
             print_row(
                 &format!("local {kind}{l}"),
                 "grep -c loss",
@@ -430,10 +428,15 @@ fn main() {
             let _ = std::fs::remove_dir_all(remote_dir.join(".trainctl/jobs"));
             c
         });
-        for (i, c) in cases.iter().enumerate() {
+        for (l, c) in &cases {
             assert_eq!(c.out_lines, newlines(log), "every line printed");
-            let name = format!("ssh {kind}{}", label(i));
-            print_row(&name, "ssh host cat", base, c, "the ssh client's");
+            print_row(
+                &format!("ssh {kind}{l}"),
+                "ssh host cat",
+                base,
+                c,
+                "the ssh client's",
+            );
         }
     }
     let _ = std::fs::remove_dir_all(&work);

@@ -503,7 +503,8 @@ impl Engine {
                 }
             }
             // The bytes themselves to a printer, which need not read them back; when it
-            // is behind (its queue full), it reads them from the local copy instead.
+            // is behind (its queue still full after a wait: `LogTap::send`), it reads them
+            // from the local copy instead.
             if let Some(t) = &tap {
                 let piece = CommittedLog {
                     attempt: att.attempt,
